@@ -1,0 +1,73 @@
+# qkv: the front door. `make run`, `make test`, `make bench`, `make bindings`, `make clean`.
+#
+# Every target runs on a JDK >= 25, found here and never taken from the default `java`: JAVA_HOME when it is
+# one, else the newest JDK under /usr/lib/jvm.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := run
+
+JDK := $(shell \
+  best=; bestv=0; \
+  for j in "$$JAVA_HOME" /usr/lib/jvm/*; do \
+    [ -n "$$j" ] && [ -x "$$j/bin/javac" ] && [ -x "$$j/bin/java" ] || continue; \
+    v=$$("$$j/bin/java" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java\.specification\.version = //p'); \
+    v=$${v%%.*}; case "$$v" in ''|*[!0-9]*) continue;; esac; \
+    if [ "$$j" = "$$JAVA_HOME" ] && [ "$$v" -ge 25 ]; then best=$$j; break; fi; \
+    if [ "$$v" -ge 25 ] && [ "$$v" -gt "$$bestv" ]; then best=$$j; bestv=$$v; fi; \
+  done; echo "$$best")
+
+ifeq ($(JDK),)
+  $(error no JDK >= 25 found: set JAVA_HOME to one, or install one under /usr/lib/jvm (e.g. Temurin 25))
+endif
+
+export JAVA_HOME := $(JDK)
+JAVA := $(JDK)/bin/java
+MVN := mvn -B -ntp
+# Flags every qkv JVM needs: FFM downcalls without warnings, and the Vector API incubator module.
+JVM_FLAGS := --enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector
+ARGS ?=
+
+SOURCES := $(shell find pom.xml bindings/pom.xml java/pom.xml bench/pom.xml bindings/src java/src/main bench/src -type f 2>/dev/null)
+STAMP := java/target/.built
+CLASSPATH_FILE := java/target/runtime-classpath.txt
+BUILD_LOG := java/target/build.log
+
+.PHONY: run test bench bench-full bindings clean jdk build
+
+# Build quietly (the log is shown only when the build fails), then run the CLI with ARGS.
+run: $(STAMP)
+	@$(JAVA) $(JVM_FLAGS) -XX:-PrintWarnings -cp "java/target/classes:$$(cat $(CLASSPATH_FILE))" dev.qkv.cli.Main $(ARGS) \
+	  2> >(grep -v '^WARNING: Using incubator modules: jdk.incubator.vector$$' >&2)
+
+build: $(STAMP)
+
+$(STAMP): $(SOURCES)
+	@mkdir -p java/target
+	@if ! $(MVN) -q package -DskipTests > $(BUILD_LOG).tmp 2>&1; then cat $(BUILD_LOG).tmp >&2; echo "error: build failed (log above)" >&2; exit 1; fi
+	@mv $(BUILD_LOG).tmp $(BUILD_LOG)
+	@touch $@
+
+# The whole suite (JUnit 5 through Surefire).
+test:
+	$(MVN) test
+
+# A short JMH run; `make bench-full` runs every shape and thread count (see bench/README in bench/RESULTS.md).
+bench: $(STAMP)
+	$(JAVA) $(JVM_FLAGS) -jar bench/target/benchmarks.jar -f 1 -wi 2 -w 1s -i 3 -r 1s $(BENCH_ARGS)
+
+bench-full: $(STAMP)
+	$(JAVA) $(JVM_FLAGS) -jar bench/target/benchmarks.jar -prof gc $(BENCH_ARGS)
+
+# Regenerates bindings/ from native/cblas.h with jextract (not needed for a normal build).
+# JEXTRACT names a jextract binary built from openjdk/jextract; the symbol allowlist is native/openblas.symbols.
+JEXTRACT ?= jextract
+bindings:
+	@command -v $(JEXTRACT) >/dev/null || { echo "error: jextract not found; set JEXTRACT=/path/to/jextract" >&2; exit 2; }
+	rm -rf bindings/src/main/java/dev/qkv/bindings/openblas
+	$(JEXTRACT) --output bindings/src/main/java --target-package dev.qkv.bindings.openblas --header-class-name cblas_h @native/openblas.symbols native/cblas.h
+
+jdk:
+	@echo $(JDK)
+
+clean:
+	$(MVN) -q clean
