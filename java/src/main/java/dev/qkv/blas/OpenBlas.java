@@ -1,0 +1,420 @@
+package dev.qkv.blas;
+
+import dev.qkv.bindings.openblas.cblas_h;
+import dev.qkv.tensor.Tensor;
+
+import java.io.IOException;
+import java.io.InputStream;
+import java.io.UncheckedIOException;
+import java.lang.foreign.Linker;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.SymbolLookup;
+import java.lang.invoke.MethodHandle;
+import java.nio.file.AtomicMoveNotSupportedException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
+import java.security.MessageDigest;
+import java.security.NoSuchAlgorithmException;
+import java.util.ArrayList;
+import java.util.HexFormat;
+import java.util.List;
+import java.util.Locale;
+
+/**
+ * OpenBLAS through the Foreign Function &amp; Memory API: finds and loads the library once, and offers a
+ * checked single-precision matrix product over off-heap memory.
+ *
+ * <p>This class is the only code that touches the jextract bindings. The library is resolved in this order,
+ * and the first step that applies decides:
+ * <ol>
+ *   <li>a path in the system property {@code qkv.blas.library}, else in the environment variable
+ *       {@code QKV_BLAS_LIBRARY}: if it is given and cannot be loaded, loading fails; there is no fallback;</li>
+ *   <li>the OpenBLAS inside {@code org.bytedeco:openblas:0.3.31-1.5.13:linux-x86_64} on the class path,
+ *       extracted to {@code $XDG_CACHE_HOME/qkv} (or {@code ~/.cache/qkv}, or the system property
+ *       {@code qkv.cache.dir}) in a folder named after the SHA-256 of its files;</li>
+ *   <li>the system's {@code libopenblas.so.0}.</li>
+ * </ol>
+ *
+ * <p>Every argument of {@link #sgemm} is checked in Java against the segments' real sizes before the downcall,
+ * so a wrong dimension, leading dimension or offset is an {@link IllegalArgumentException}, never a crash.
+ */
+public final class OpenBlas {
+
+    /** System property naming an OpenBLAS shared object to load instead of the bundled one. */
+    public static final String LIBRARY_PROPERTY = "qkv.blas.library";
+    /** Environment variable naming an OpenBLAS shared object; the system property wins over it. */
+    public static final String LIBRARY_ENV = "QKV_BLAS_LIBRARY";
+    /** System property naming the folder the bundled library is extracted to. */
+    public static final String CACHE_PROPERTY = "qkv.cache.dir";
+
+    private static final String BUNDLE = "org/bytedeco/openblas/linux-x86_64/";
+    /** The bundled files, dependencies first: each is loaded before the one that needs it. */
+    private static final List<String> BUNDLED_FILES =
+            List.of("libgcc_s.so.1", "libquadmath.so.0", "libgfortran.so.5", "libopenblas.so.0");
+    private static final List<String> SYSTEM_PATHS = List.of(
+            "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
+            "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
+            "/usr/lib64/libopenblas.so.0",
+            "/usr/lib/libopenblas.so.0",
+            "/usr/local/lib/libopenblas.so.0");
+    private static final List<String> REQUIRED_SYMBOLS = List.of("cblas_sgemm", "openblas_set_num_threads",
+            "openblas_get_num_threads", "openblas_get_config", "openblas_get_corename");
+
+    private static final int ROW_MAJOR = 101;
+    private static final int NO_TRANS = 111;
+    private static final int TRANS = 112;
+
+    private static volatile OpenBlas instance;
+    private static BlasUnavailableException failure;
+
+    private final BlasLibrary library;
+    /** cblas_sgemm without the thread-state transition; see {@link #sgemm}. */
+    private final MethodHandle criticalSgemm;
+
+    private OpenBlas(BlasLibrary library) {
+        this.library = library;
+        if (cblas_h.CblasRowMajor() != ROW_MAJOR || cblas_h.CblasNoTrans() != NO_TRANS || cblas_h.CblasTrans() != TRANS) {
+            throw new BlasUnavailableException("cblas.h enum values differ from the CBLAS standard");
+        }
+        // Linker.Option.critical skips the Java-to-native thread transition, which is a large share of the cost
+        // of the small products attention makes (decode steps, tiny heads). Safe here: sgemm does not call back
+        // into Java. OpenBLAS threads can run long for large products, so it is only used where GC latency
+        // from a long critical call does not matter: below a size threshold (see sgemm).
+        this.criticalSgemm = Linker.nativeLinker().downcallHandle(cblas_h.cblas_sgemm$address(),
+                cblas_h.cblas_sgemm$descriptor(), Linker.Option.critical(false));
+    }
+
+    /**
+     * The process-wide OpenBLAS, loaded on first use.
+     *
+     * @throws BlasUnavailableException if no library could be loaded; the message lists what was tried
+     */
+    public static OpenBlas get() {
+        OpenBlas i = instance;
+        if (i != null) {
+            return i;
+        }
+        synchronized (OpenBlas.class) {
+            if (instance == null) {
+                if (failure != null) {
+                    throw new BlasUnavailableException(failure.getMessage(), failure);
+                }
+                try {
+                    BlasLibrary lib = load();
+                    instance = new OpenBlas(lib);
+                } catch (BlasUnavailableException e) {
+                    failure = e;
+                    throw e;
+                } catch (RuntimeException | LinkageError e) {
+                    failure = new BlasUnavailableException("OpenBLAS could not be initialised: " + e, e);
+                    throw failure;
+                }
+            }
+            return instance;
+        }
+    }
+
+    /** True when {@link #get()} succeeds; never throws. */
+    public static boolean isAvailable() {
+        try {
+            get();
+            return true;
+        } catch (BlasUnavailableException e) {
+            return false;
+        }
+    }
+
+    /** What was loaded: source, path, {@code openblas_get_config} and {@code openblas_get_corename}. */
+    public BlasLibrary library() {
+        return library;
+    }
+
+    /** The number of threads OpenBLAS uses for one product ({@code openblas_get_num_threads}). */
+    public int threads() {
+        return cblas_h.openblas_get_num_threads();
+    }
+
+    /**
+     * Sets the number of threads OpenBLAS uses for one product. This setting is process-wide; callers that run
+     * products from several Java threads at once should set it to 1 so that threads × OpenBLAS threads does not
+     * exceed the cores.
+     */
+    public void setThreads(int threads) {
+        if (threads < 1 || threads > 1024) {
+            throw new IllegalArgumentException("OpenBLAS threads must be in 1..1024, got " + threads);
+        }
+        cblas_h.openblas_set_num_threads(threads);
+    }
+
+    /** One line for logs and {@code info}: path, config, core and threads. */
+    public String describe() {
+        return library.path() + " (" + library.source().name().toLowerCase(Locale.ROOT) + "), config \""
+                + library.config() + "\", core " + library.coreName() + ", threads " + threads();
+    }
+
+    /**
+     * {@code C = alpha · op(A) · op(B) + beta · C} in row-major storage, with {@code op(A) [m, k]},
+     * {@code op(B) [k, n]} and {@code C [m, n]}.
+     *
+     * <p>Offsets and leading dimensions are in elements. Row-major {@code A} is stored {@code [m, k]} when
+     * {@code ta == NO} and {@code [k, m]} when {@code ta == YES}, rows {@code lda} elements apart; likewise
+     * {@code B} and {@code C}. Every argument is checked before the native call: sizes non-negative, leading
+     * dimensions at least the stored row length, every element reachable inside its segment, segments native
+     * and alive, and {@code C} overlapping neither {@code A} nor {@code B}.
+     */
+    public void sgemm(Transpose ta, Transpose tb, int m, int n, int k, float alpha,
+                      MemorySegment a, long aOffset, int lda,
+                      MemorySegment b, long bOffset, int ldb,
+                      float beta, MemorySegment c, long cOffset, int ldc) {
+        SgemmArgs.validate(true, ta, tb, m, n, k, a, aOffset, lda, b, bOffset, ldb, c, cOffset, ldc);
+        if (m == 0 || n == 0) {
+            return;
+        }
+        MemorySegment as = a.asSlice(aOffset * Float.BYTES);
+        MemorySegment bs = b.asSlice(bOffset * Float.BYTES);
+        MemorySegment cs = c.asSlice(cOffset * Float.BYTES);
+        int tA = ta == Transpose.NO ? NO_TRANS : TRANS;
+        int tB = tb == Transpose.NO ? NO_TRANS : TRANS;
+        if ((long) m * n * k <= CRITICAL_FLOPS) {
+            try {
+                criticalSgemm.invokeExact(ROW_MAJOR, tA, tB, m, n, k, alpha, as, lda, bs, ldb, beta, cs, ldc);
+            } catch (RuntimeException | Error e) {
+                throw e;
+            } catch (Throwable t) {
+                throw new AssertionError("cblas_sgemm", t);
+            }
+        } else {
+            cblas_h.cblas_sgemm(ROW_MAJOR, tA, tB, m, n, k, alpha, as, lda, bs, ldb, beta, cs, ldc);
+        }
+    }
+
+    /** Products up to this many multiply-adds (a few microseconds) run as critical downcalls. */
+    private static final long CRITICAL_FLOPS = 1L << 18;
+
+    /**
+     * {@code C = alpha · op(A) · op(B) + beta · C} over rank-2 tensor views. Each tensor must have unit stride
+     * in one of its two dimensions: a row-major view uses its row stride as leading dimension, and a transposed
+     * view (unit stride in the first dimension) is passed as the transposed operand, so {@code k.transpose()}
+     * costs nothing. {@code a [m, k]}, {@code b [k, n]}, {@code c [m, n]} are the shapes after {@code ta}/{@code tb}.
+     */
+    public void matmul(Transpose ta, Tensor a, Transpose tb, Tensor b, float alpha, float beta, Tensor c) {
+        rank2("a", a);
+        rank2("b", b);
+        rank2("c", c);
+        long m = ta == Transpose.NO ? a.size(0) : a.size(1);
+        long ka = ta == Transpose.NO ? a.size(1) : a.size(0);
+        long kb = tb == Transpose.NO ? b.size(0) : b.size(1);
+        long n = tb == Transpose.NO ? b.size(1) : b.size(0);
+        if (ka != kb || c.size(0) != m || c.size(1) != n) {
+            throw new IllegalArgumentException("matmul: op(a) [" + m + ", " + ka + "] · op(b) [" + kb + ", " + n
+                    + "] does not give " + c.describe("c"));
+        }
+        if (c.stride(1) != 1 && !(c.size(1) <= 1)) {
+            throw new IllegalArgumentException("matmul: " + c.describe("c") + " needs unit stride in its last dimension");
+        }
+        Operand oa = operand("a", a, ta);
+        Operand ob = operand("b", b, tb);
+        int ldc = (int) Math.max(c.stride(0), Math.max(1, n));
+        if (c.size(0) > 1 && c.stride(0) < n) {
+            throw new IllegalArgumentException("matmul: " + c.describe("c") + " rows overlap (stride " + c.stride(0) + ")");
+        }
+        sgemm(oa.t, ob.t, toInt("m", m), toInt("n", n), toInt("k", ka), alpha, a.segment(), a.offset(), oa.ld,
+                b.segment(), b.offset(), ob.ld, beta, c.segment(), c.offset(), ldc);
+    }
+
+    private record Operand(Transpose t, int ld) {
+    }
+
+    private static Operand operand(String name, Tensor x, Transpose t) {
+        long rows = x.size(0);
+        long cols = x.size(1);
+        if (x.stride(1) == 1 || cols <= 1) {
+            long ld = Math.max(x.stride(0), Math.max(1, cols));
+            if (rows > 1 && x.stride(0) < cols) {
+                throw new IllegalArgumentException("matmul: " + x.describe(name) + " rows overlap (stride "
+                        + x.stride(0) + ")");
+            }
+            return new Operand(t, toInt("ld" + name, ld));
+        }
+        if (x.stride(0) == 1 || rows <= 1) {
+            long ld = Math.max(x.stride(1), Math.max(1, rows));
+            if (x.stride(1) < rows) {
+                throw new IllegalArgumentException("matmul: " + x.describe(name) + " columns overlap (stride "
+                        + x.stride(1) + ")");
+            }
+            return new Operand(t.flip(), toInt("ld" + name, ld));
+        }
+        throw new IllegalArgumentException("matmul: " + x.describe(name) + " with strides "
+                + java.util.Arrays.toString(x.strides()) + " has no unit stride");
+    }
+
+    private static void rank2(String name, Tensor t) {
+        if (t.rank() != 2) {
+            throw new IllegalArgumentException("matmul: " + t.describe(name) + " must have rank 2");
+        }
+    }
+
+    private static int toInt(String what, long v) {
+        if (v > Integer.MAX_VALUE) {
+            throw new IllegalArgumentException("matmul: " + what + "=" + v + " exceeds the 32-bit BLAS interface");
+        }
+        return (int) v;
+    }
+
+    // ---------------------------------------------------------------- loading
+
+    private static BlasLibrary load() {
+        String prop = System.getProperty(LIBRARY_PROPERTY);
+        if (prop != null && !prop.isBlank()) {
+            return loadExplicit(BlasLibrary.Source.PROPERTY, "system property " + LIBRARY_PROPERTY, prop);
+        }
+        String env = System.getenv(LIBRARY_ENV);
+        if (env != null && !env.isBlank()) {
+            return loadExplicit(BlasLibrary.Source.ENVIRONMENT, "environment variable " + LIBRARY_ENV, env);
+        }
+        List<String> tried = new ArrayList<>();
+        ClassLoader cl = OpenBlas.class.getClassLoader();
+        if (isLinuxX64() && cl.getResource(BUNDLE + "libopenblas.so.0") != null) {
+            Path dir;
+            try {
+                dir = extractBundle(cl);
+            } catch (IOException | UncheckedIOException e) {
+                throw new BlasUnavailableException("bundled OpenBLAS (org.bytedeco:openblas) could not be extracted: "
+                        + e.getMessage(), e);
+            }
+            Path so = dir.resolve("libopenblas.so.0");
+            try {
+                for (String f : BUNDLED_FILES) {
+                    System.load(dir.resolve(f).toString());
+                }
+            } catch (UnsatisfiedLinkError e) {
+                throw new BlasUnavailableException("bundled OpenBLAS at " + dir + " could not be loaded: "
+                        + e.getMessage(), e);
+            }
+            return describeLoaded(BlasLibrary.Source.BUNDLED, so, "bundled OpenBLAS " + so);
+        }
+        tried.add(isLinuxX64() ? "bundled org.bytedeco:openblas (not on the class path)"
+                : "bundled org.bytedeco:openblas (only for linux x86-64, this is " + System.getProperty("os.name")
+                + " " + System.getProperty("os.arch") + ")");
+        for (String p : SYSTEM_PATHS) {
+            Path path = Path.of(p);
+            if (!Files.isRegularFile(path)) {
+                tried.add(p + " (absent)");
+                continue;
+            }
+            try {
+                System.load(p);
+                return describeLoaded(BlasLibrary.Source.SYSTEM, path, "system OpenBLAS " + p);
+            } catch (UnsatisfiedLinkError e) {
+                tried.add(p + " (" + e.getMessage() + ")");
+            }
+        }
+        throw new BlasUnavailableException("no OpenBLAS found; tried: " + String.join("; ", tried)
+                + ". Set -D" + LIBRARY_PROPERTY + "=/path/to/libopenblas.so.0 or " + LIBRARY_ENV + ".");
+    }
+
+    private static BlasLibrary loadExplicit(BlasLibrary.Source source, String origin, String value) {
+        Path path = Path.of(value).toAbsolutePath();
+        String what = origin + " = " + value;
+        if (!Files.exists(path)) {
+            throw new BlasUnavailableException(what + ": no such file (an explicit library path never falls back)");
+        }
+        if (!Files.isRegularFile(path) || !Files.isReadable(path)) {
+            throw new BlasUnavailableException(what + ": not a readable file (an explicit library path never falls back)");
+        }
+        try {
+            System.load(path.toString());
+        } catch (UnsatisfiedLinkError e) {
+            throw new BlasUnavailableException(what + ": cannot be loaded: " + e.getMessage(), e);
+        }
+        return describeLoaded(source, path, what);
+    }
+
+    private static BlasLibrary describeLoaded(BlasLibrary.Source source, Path path, String what) {
+        SymbolLookup lookup = SymbolLookup.loaderLookup();
+        List<String> missing = new ArrayList<>();
+        for (String sym : REQUIRED_SYMBOLS) {
+            if (lookup.find(sym).isEmpty()) {
+                missing.add(sym);
+            }
+        }
+        if (!missing.isEmpty()) {
+            throw new BlasUnavailableException(what + ": loaded, but it lacks " + String.join(", ", missing)
+                    + " (is it OpenBLAS?)");
+        }
+        String config = cString(cblas_h.openblas_get_config());
+        String core = cString(cblas_h.openblas_get_corename());
+        return new BlasLibrary(source, path, config, core);
+    }
+
+    private static String cString(MemorySegment p) {
+        return MemorySegment.NULL.equals(p) ? "" : p.reinterpret(4096).getString(0).trim();
+    }
+
+    private static boolean isLinuxX64() {
+        String os = System.getProperty("os.name", "").toLowerCase(Locale.ROOT);
+        String arch = System.getProperty("os.arch", "");
+        return os.contains("linux") && (arch.equals("amd64") || arch.equals("x86_64"));
+    }
+
+    /**
+     * Copies the bundled shared objects into {@code <cache>/openblas-<sha256>/}, unless a previous run already
+     * did. Each file is written to a temporary name in the same folder and renamed into place atomically, so
+     * JVMs extracting at the same time never see (or load) a partial file.
+     */
+    private static Path extractBundle(ClassLoader cl) throws IOException {
+        List<byte[]> contents = new ArrayList<>();
+        MessageDigest sha;
+        try {
+            sha = MessageDigest.getInstance("SHA-256");
+        } catch (NoSuchAlgorithmException e) {
+            throw new IllegalStateException(e);
+        }
+        for (String f : BUNDLED_FILES) {
+            try (InputStream in = cl.getResourceAsStream(BUNDLE + f)) {
+                if (in == null) {
+                    throw new IOException(BUNDLE + f + " is missing from the class path");
+                }
+                byte[] bytes = in.readAllBytes();
+                sha.update(f.getBytes(java.nio.charset.StandardCharsets.UTF_8));
+                sha.update(bytes);
+                contents.add(bytes);
+            }
+        }
+        String hash = HexFormat.of().formatHex(sha.digest()).substring(0, 24);
+        Path dir = cacheRoot().resolve("openblas-" + hash);
+        Files.createDirectories(dir);
+        for (int i = 0; i < BUNDLED_FILES.size(); i++) {
+            Path target = dir.resolve(BUNDLED_FILES.get(i));
+            byte[] bytes = contents.get(i);
+            if (Files.isRegularFile(target) && Files.size(target) == bytes.length) {
+                continue;
+            }
+            Path tmp = Files.createTempFile(dir, BUNDLED_FILES.get(i) + ".", ".tmp");
+            try {
+                Files.write(tmp, bytes);
+                try {
+                    Files.move(tmp, target, StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
+                } catch (AtomicMoveNotSupportedException e) {
+                    Files.move(tmp, target, StandardCopyOption.REPLACE_EXISTING);
+                }
+            } finally {
+                Files.deleteIfExists(tmp);
+            }
+        }
+        return dir;
+    }
+
+    private static Path cacheRoot() {
+        String explicit = System.getProperty(CACHE_PROPERTY);
+        if (explicit != null && !explicit.isBlank()) {
+            return Path.of(explicit);
+        }
+        String xdg = System.getenv("XDG_CACHE_HOME");
+        if (xdg != null && !xdg.isBlank()) {
+            return Path.of(xdg, "qkv");
+        }
+        return Path.of(System.getProperty("user.home"), ".cache", "qkv");
+    }
+}

@@ -1,0 +1,84 @@
+package dev.qkv.blas;
+
+import java.lang.foreign.MemorySegment;
+
+/**
+ * The argument checks of a row-major single-precision matrix product, shared by the native and the Java
+ * kernels so that every implementation rejects exactly the same inputs before touching memory.
+ */
+public final class SgemmArgs {
+    private SgemmArgs() {
+    }
+
+    /**
+     * Checks {@code C [m, n] = op(A) [m, k] · op(B) [k, n]} (row-major, offsets and leading dimensions in
+     * elements): sizes non-negative, leading dimensions at least the stored row length, every reachable element
+     * inside its segment, segments alive (and native when {@code requireNative}), {@code C} overlapping neither
+     * input.
+     *
+     * @throws IllegalArgumentException for a bad size, leading dimension, offset or overlap
+     * @throws IllegalStateException    when a segment's arena is closed
+     */
+    public static void validate(boolean requireNative, Transpose ta, Transpose tb, int m, int n, int k,
+                                MemorySegment a, long aOffset, int lda, MemorySegment b, long bOffset, int ldb,
+                                MemorySegment c, long cOffset, int ldc) {
+        if (m < 0 || n < 0 || k < 0) {
+            throw new IllegalArgumentException("sgemm: negative size m=" + m + " n=" + n + " k=" + k);
+        }
+        if (ta == null || tb == null) {
+            throw new IllegalArgumentException("sgemm: transpose flag is null");
+        }
+        long aEnd = check(requireNative, "a", a, aOffset, ta == Transpose.NO ? m : k, ta == Transpose.NO ? k : m, lda);
+        long bEnd = check(requireNative, "b", b, bOffset, tb == Transpose.NO ? k : n, tb == Transpose.NO ? n : k, ldb);
+        long cEnd = check(requireNative, "c", c, cOffset, m, n, ldc);
+        if (overlaps(c, cOffset, cEnd, a, aOffset, aEnd)) {
+            throw new IllegalArgumentException("sgemm: output c [" + m + ", " + n + "] overlaps input a");
+        }
+        if (overlaps(c, cOffset, cEnd, b, bOffset, bEnd)) {
+            throw new IllegalArgumentException("sgemm: output c [" + m + ", " + n + "] overlaps input b");
+        }
+    }
+
+    /** Checks one operand and returns one past its last element index, or the offset if it is empty. */
+    private static long check(boolean requireNative, String name, MemorySegment s, long offset, int rows, int cols, int ld) {
+        if (s == null) {
+            throw new IllegalArgumentException("sgemm: " + name + " is null");
+        }
+        if (requireNative && !s.isNative()) {
+            throw new IllegalArgumentException("sgemm: " + name + " is a heap segment; OpenBLAS needs off-heap memory");
+        }
+        if (!s.scope().isAlive()) {
+            throw new IllegalStateException("sgemm: " + name + " [" + rows + ", " + cols + "]: its arena is closed");
+        }
+        if (ld < Math.max(1, cols)) {
+            throw new IllegalArgumentException("sgemm: " + name + " [" + rows + ", " + cols + "]: leading dimension "
+                    + ld + " < " + Math.max(1, cols));
+        }
+        if (offset < 0) {
+            throw new IllegalArgumentException("sgemm: " + name + " [" + rows + ", " + cols + "]: negative offset "
+                    + offset);
+        }
+        long end = rows == 0 || cols == 0 ? offset : offset + (long) (rows - 1) * ld + cols;
+        if (end > s.byteSize() / Float.BYTES || offset > s.byteSize() / Float.BYTES) {
+            throw new IllegalArgumentException("sgemm: " + name + " [" + rows + ", " + cols + "] with leading dimension "
+                    + ld + " at offset " + offset + " needs " + end + " floats, segment holds "
+                    + s.byteSize() / Float.BYTES);
+        }
+        return end;
+    }
+
+    private static boolean overlaps(MemorySegment x, long xFrom, long xTo, MemorySegment y, long yFrom, long yTo) {
+        if (xTo <= xFrom || yTo <= yFrom) {
+            return false;
+        }
+        if (x.isNative() != y.isNative() || (!x.isNative() && x.heapBase().orElse(null) != y.heapBase().orElse(null))) {
+            return false;
+        }
+        long x0 = x.address() + xFrom * Float.BYTES;
+        long x1 = x.address() + xTo * Float.BYTES;
+        long y0 = y.address() + yFrom * Float.BYTES;
+        long y1 = y.address() + yTo * Float.BYTES;
+        return x0 < y1 && y0 < x1;
+    }
+
+}

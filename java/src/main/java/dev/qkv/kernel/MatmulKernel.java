@@ -1,0 +1,74 @@
+package dev.qkv.kernel;
+
+import dev.qkv.blas.OpenBlas;
+import dev.qkv.blas.SgemmArgs;
+import dev.qkv.blas.Transpose;
+
+import java.lang.foreign.MemorySegment;
+
+/**
+ * A row-major single-precision matrix product {@code C = alpha · op(A) · op(B) + beta · C}, implemented
+ * natively (OpenBLAS) or in Java. The checks live here, once, and run before any kernel: the kernels trust
+ * their inputs.
+ */
+public abstract class MatmulKernel {
+
+    /** Short name for reports: {@code native}, {@code java-vector}, {@code java-scalar}. */
+    public abstract String name();
+
+    /**
+     * {@code C [m, n] = alpha · op(A) [m, k] · op(B) [k, n] + beta · C}; offsets and leading dimensions in
+     * elements, checked by {@link SgemmArgs#validate}. With {@code beta == 0} the old contents of C are ignored
+     * (even NaN), as in BLAS.
+     */
+    public final void matmul(Transpose ta, Transpose tb, int m, int n, int k, float alpha,
+                             MemorySegment a, long aOffset, int lda, MemorySegment b, long bOffset, int ldb,
+                             float beta, MemorySegment c, long cOffset, int ldc) {
+        SgemmArgs.validate(requiresNative(), ta, tb, m, n, k, a, aOffset, lda, b, bOffset, ldb, c, cOffset, ldc);
+        if (m == 0 || n == 0) {
+            return;
+        }
+        kernel(ta, tb, m, n, k, alpha, a, aOffset, lda, b, bOffset, ldb, beta, c, cOffset, ldc);
+    }
+
+    /** True when the kernel needs off-heap segments. */
+    protected abstract boolean requiresNative();
+
+    /** The product on checked arguments with {@code m, n > 0}. */
+    protected abstract void kernel(Transpose ta, Transpose tb, int m, int n, int k, float alpha,
+                                   MemorySegment a, long aOffset, int lda, MemorySegment b, long bOffset, int ldb,
+                                   float beta, MemorySegment c, long cOffset, int ldc);
+
+    /** OpenBLAS {@code cblas_sgemm}; loads the library on first use. */
+    public static MatmulKernel openBlas() {
+        return NativeHolder.INSTANCE;
+    }
+
+    /** The pure-Java product: plain loops with float accumulation, the JIT's auto-vectorization aside. */
+    public static MatmulKernel javaScalar() {
+        return ScalarMatmul.INSTANCE;
+    }
+
+    private static final class NativeHolder {
+        static final MatmulKernel INSTANCE = new MatmulKernel() {
+            private final OpenBlas blas = OpenBlas.get();
+
+            @Override
+            public String name() {
+                return "native";
+            }
+
+            @Override
+            protected boolean requiresNative() {
+                return true;
+            }
+
+            @Override
+            protected void kernel(Transpose ta, Transpose tb, int m, int n, int k, float alpha,
+                                  MemorySegment a, long aOffset, int lda, MemorySegment b, long bOffset, int ldb,
+                                  float beta, MemorySegment c, long cOffset, int ldc) {
+                blas.sgemm(ta, tb, m, n, k, alpha, a, aOffset, lda, b, bOffset, ldb, beta, c, cOffset, ldc);
+            }
+        };
+    }
+}

@@ -1,0 +1,421 @@
+package dev.qkv.tensor;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.Arrays;
+import java.util.Objects;
+
+/**
+ * A float32 view over a {@link MemorySegment}: an element offset, a shape and element strides.
+ *
+ * <p>A tensor never owns memory. {@link #allocate} takes it from the caller's {@link Arena}, and the caller
+ * closes that arena. Views ({@link #select}, {@link #slice}, {@link #transpose}) share the segment and differ
+ * only in offset, shape and strides; nothing is copied. Strides may be zero (broadcast) but never negative.
+ * Elements are read and written in the platform's native byte order, which is little-endian on every
+ * machine qkv supports.
+ */
+public final class Tensor {
+
+    /** Byte alignment of every tensor {@link #allocate} returns: one AVX-512 register, one cache line. */
+    public static final long ALIGNMENT = 64;
+
+    /** Element layout; unaligned so that views of memory-mapped files at any 4-byte offset stay legal. */
+    static final ValueLayout.OfFloat FLOAT = ValueLayout.JAVA_FLOAT_UNALIGNED;
+
+    private final MemorySegment segment;
+    private final long offset;
+    private final long[] shape;
+    private final long[] strides;
+
+    private Tensor(MemorySegment segment, long offset, long[] shape, long[] strides) {
+        this.segment = segment;
+        this.offset = offset;
+        this.shape = shape;
+        this.strides = strides;
+    }
+
+    /** A zero-filled, contiguous, 64-byte aligned tensor of the given shape, taken from {@code arena}. */
+    public static Tensor allocate(Arena arena, long... shape) {
+        Objects.requireNonNull(arena, "arena");
+        long[] s = checkShape(shape);
+        long n = elementCount(s);
+        long bytes = Math.multiplyExact(Math.max(n, 1), Float.BYTES);
+        MemorySegment seg = arena.allocate(bytes, ALIGNMENT);
+        return new Tensor(seg, 0, s, contiguousStrides(s));
+    }
+
+    /** A contiguous tensor holding a copy of {@code values}, taken from {@code arena}. */
+    public static Tensor of(Arena arena, float[] values, long... shape) {
+        Tensor t = allocate(arena, shape);
+        t.copyFrom(values);
+        return t;
+    }
+
+    /** A contiguous row-major view of {@code segment} from its first byte; the segment must be large enough. */
+    public static Tensor wrap(MemorySegment segment, long... shape) {
+        long[] s = checkShape(shape);
+        return view(segment, 0, s, contiguousStrides(s));
+    }
+
+    /**
+     * A view of {@code segment} with an element offset, shape and element strides, checked against the
+     * segment's size: every element the view can reach must lie inside the segment.
+     */
+    public static Tensor view(MemorySegment segment, long offset, long[] shape, long[] strides) {
+        Objects.requireNonNull(segment, "segment");
+        long[] s = checkShape(shape);
+        Objects.requireNonNull(strides, "strides");
+        if (strides.length != s.length) {
+            throw new IllegalArgumentException("tensor " + Shapes.format(s) + ": " + strides.length
+                    + " strides for " + s.length + " dimensions");
+        }
+        long[] st = strides.clone();
+        for (long x : st) {
+            if (x < 0) {
+                throw new IllegalArgumentException("tensor " + Shapes.format(s) + ": negative stride in "
+                        + Arrays.toString(st));
+            }
+        }
+        if (offset < 0) {
+            throw new IllegalArgumentException("tensor " + Shapes.format(s) + ": negative offset " + offset);
+        }
+        Tensor t = new Tensor(segment, offset, s, st);
+        long need = t.endElement();
+        if (need > segment.byteSize() / Float.BYTES) {
+            throw new IllegalArgumentException("tensor " + Shapes.format(s) + " with strides " + Arrays.toString(st)
+                    + " and offset " + offset + " reaches element " + (need - 1) + ", segment holds "
+                    + segment.byteSize() / Float.BYTES + " floats (" + segment.byteSize() + " bytes)");
+        }
+        return t;
+    }
+
+    private static long[] checkShape(long[] shape) {
+        Objects.requireNonNull(shape, "shape");
+        for (long d : shape) {
+            if (d < 0) {
+                throw new IllegalArgumentException("negative dimension in shape " + Arrays.toString(shape));
+            }
+        }
+        elementCount(shape);
+        return shape.clone();
+    }
+
+    private static long elementCount(long[] shape) {
+        long n = 1;
+        for (long d : shape) {
+            try {
+                n = Math.multiplyExact(n, d);
+            } catch (ArithmeticException e) {
+                throw new IllegalArgumentException("shape " + Arrays.toString(shape) + " has more than 2^63 elements");
+            }
+        }
+        return n;
+    }
+
+    static long[] contiguousStrides(long[] shape) {
+        long[] st = new long[shape.length];
+        long s = 1;
+        for (int i = shape.length - 1; i >= 0; i--) {
+            st[i] = s;
+            s *= Math.max(shape[i], 1);
+        }
+        return st;
+    }
+
+    /** One past the highest element index (relative to the segment's start) this view can reach; 0 if empty. */
+    public long endElement() {
+        long last = offset;
+        for (int i = 0; i < shape.length; i++) {
+            if (shape[i] == 0) {
+                return 0;
+            }
+            try {
+                last = Math.addExact(last, Math.multiplyExact(shape[i] - 1, strides[i]));
+            } catch (ArithmeticException e) {
+                throw new IllegalArgumentException("tensor " + Shapes.format(shape) + " with strides "
+                        + Arrays.toString(strides) + " reaches past 2^63 elements");
+            }
+        }
+        return last + 1;
+    }
+
+    /** The segment this tensor views. */
+    public MemorySegment segment() {
+        return segment;
+    }
+
+    /** Offset of element [0, ..., 0] in elements from the segment's start. */
+    public long offset() {
+        return offset;
+    }
+
+    /** Number of dimensions. */
+    public int rank() {
+        return shape.length;
+    }
+
+    /** Size of dimension {@code d}; negative {@code d} counts from the end. */
+    public long size(int d) {
+        return shape[dim(d)];
+    }
+
+    /** Stride of dimension {@code d} in elements; negative {@code d} counts from the end. */
+    public long stride(int d) {
+        return strides[dim(d)];
+    }
+
+    /** A copy of the shape. */
+    public long[] shape() {
+        return shape.clone();
+    }
+
+    /** A copy of the strides, in elements. */
+    public long[] strides() {
+        return strides.clone();
+    }
+
+    /** Number of elements, the product of the shape. */
+    public long elementCount() {
+        return elementCount(shape);
+    }
+
+    /** True while the memory behind this tensor may be accessed (its arena is open). */
+    public boolean isAlive() {
+        return segment.scope().isAlive();
+    }
+
+    /** True when the elements are laid out densely in row-major order. */
+    public boolean isContiguous() {
+        long s = 1;
+        for (int i = shape.length - 1; i >= 0; i--) {
+            if (shape[i] != 1 && strides[i] != s) {
+                return false;
+            }
+            s *= shape[i];
+        }
+        return true;
+    }
+
+    /** The shape in brackets, e.g. {@code [1, 8, 128, 64]}. */
+    public String shapeString() {
+        return Shapes.format(shape);
+    }
+
+    /** Name and shape for error messages, e.g. {@code k [1, 8, 128, 64]}. */
+    public String describe(String name) {
+        return name + " " + Shapes.format(shape);
+    }
+
+    private int dim(int d) {
+        int r = d < 0 ? d + shape.length : d;
+        if (r < 0 || r >= shape.length) {
+            throw new IndexOutOfBoundsException("dimension " + d + " of tensor " + shapeString());
+        }
+        return r;
+    }
+
+    /** The view with dimension {@code d} fixed at {@code index}; its rank is one less. */
+    public Tensor select(int d, long index) {
+        int r = dim(d);
+        Objects.checkIndex(index, shape[r]);
+        long[] s = new long[shape.length - 1];
+        long[] st = new long[shape.length - 1];
+        for (int i = 0, j = 0; i < shape.length; i++) {
+            if (i != r) {
+                s[j] = shape[i];
+                st[j++] = strides[i];
+            }
+        }
+        return new Tensor(segment, offset + index * strides[r], s, st);
+    }
+
+    /** The view of elements {@code from} (inclusive) to {@code to} (exclusive) along dimension {@code d}. */
+    public Tensor slice(int d, long from, long to) {
+        int r = dim(d);
+        Objects.checkFromToIndex(from, to, shape[r]);
+        long[] s = shape.clone();
+        s[r] = to - from;
+        return new Tensor(segment, offset + (to > from ? from * strides[r] : 0), s, strides.clone());
+    }
+
+    /** The view with the last two dimensions swapped: {@code [..., m, n]} becomes {@code [..., n, m]}. */
+    public Tensor transpose() {
+        if (shape.length < 2) {
+            throw new IllegalArgumentException("transpose needs rank >= 2, tensor is " + shapeString());
+        }
+        return transpose(shape.length - 2, shape.length - 1);
+    }
+
+    /** The view with dimensions {@code a} and {@code b} swapped. */
+    public Tensor transpose(int a, int b) {
+        int x = dim(a);
+        int y = dim(b);
+        long[] s = shape.clone();
+        long[] st = strides.clone();
+        s[x] = shape[y];
+        s[y] = shape[x];
+        st[x] = strides[y];
+        st[y] = strides[x];
+        return new Tensor(segment, offset, s, st);
+    }
+
+    /** A view with a new shape over the same elements; the tensor must be contiguous. */
+    public Tensor reshape(long... newShape) {
+        long[] s = checkShape(newShape);
+        if (elementCount(s) != elementCount()) {
+            throw new IllegalArgumentException("cannot reshape " + shapeString() + " to " + Shapes.format(s));
+        }
+        if (!isContiguous()) {
+            throw new IllegalArgumentException("cannot reshape non-contiguous tensor " + shapeString());
+        }
+        return new Tensor(segment, offset, s, contiguousStrides(s));
+    }
+
+    /** A view that repeats this tensor along dimensions of size 1 (stride 0) to reach {@code target}. */
+    public Tensor broadcastTo(long... target) {
+        if (target.length < shape.length) {
+            throw new IllegalArgumentException("cannot broadcast " + shapeString() + " to " + Shapes.format(target));
+        }
+        long[] s = target.clone();
+        long[] st = new long[target.length];
+        int lead = target.length - shape.length;
+        for (int i = 0; i < target.length; i++) {
+            int j = i - lead;
+            long have = j < 0 ? 1 : shape[j];
+            if (have == target[i]) {
+                st[i] = j < 0 ? 0 : strides[j];
+            } else if (have == 1) {
+                st[i] = 0;
+            } else {
+                throw new IllegalArgumentException("cannot broadcast " + shapeString() + " to " + Shapes.format(target));
+            }
+        }
+        return new Tensor(segment, offset, s, st);
+    }
+
+    /** Element index (from the segment's start) of the given coordinates, bounds-checked. */
+    public long index(long... coords) {
+        if (coords.length != shape.length) {
+            throw new IllegalArgumentException(coords.length + " coordinates for tensor " + shapeString());
+        }
+        long e = offset;
+        for (int i = 0; i < coords.length; i++) {
+            e += Objects.checkIndex(coords[i], shape[i]) * strides[i];
+        }
+        return e;
+    }
+
+    /** The element at the given coordinates. */
+    public float get(long... coords) {
+        return segment.getAtIndex(FLOAT, index(coords));
+    }
+
+    /** Sets the element at the given coordinates. */
+    public void set(float value, long... coords) {
+        segment.setAtIndex(FLOAT, index(coords), value);
+    }
+
+    /** The element at a raw element index from the segment's start (no coordinate checks). */
+    public float getAt(long elementIndex) {
+        return segment.getAtIndex(FLOAT, elementIndex);
+    }
+
+    /** Sets the element at a raw element index from the segment's start (no coordinate checks). */
+    public void setAt(long elementIndex, float value) {
+        segment.setAtIndex(FLOAT, elementIndex, value);
+    }
+
+    /** Copies {@code values}, in row-major order of this tensor's shape, into the tensor. */
+    public Tensor copyFrom(float[] values) {
+        if (values.length != elementCount()) {
+            throw new IllegalArgumentException(values.length + " values for tensor " + shapeString());
+        }
+        if (isContiguous()) {
+            MemorySegment.copy(values, 0, segment, FLOAT, offset * Float.BYTES, values.length);
+            return this;
+        }
+        long[] c = new long[shape.length];
+        for (float value : values) {
+            segment.setAtIndex(FLOAT, indexOf(c), value);
+            advance(c);
+        }
+        return this;
+    }
+
+    /** Copies the elements of {@code src}, which must have the same shape, into this tensor. */
+    public Tensor copyFrom(Tensor src) {
+        if (!Arrays.equals(src.shape, shape)) {
+            throw new IllegalArgumentException("cannot copy " + src.shapeString() + " into " + shapeString());
+        }
+        long n = elementCount();
+        long[] c = new long[shape.length];
+        for (long i = 0; i < n; i++) {
+            segment.setAtIndex(FLOAT, indexOf(c), src.segment.getAtIndex(FLOAT, src.indexOf(c)));
+            advance(c);
+        }
+        return this;
+    }
+
+    /** The elements in row-major order of this tensor's shape, as a new array. */
+    public float[] toArray() {
+        long n = elementCount();
+        if (n > Integer.MAX_VALUE - 8) {
+            throw new IllegalStateException("tensor " + shapeString() + " has too many elements for a float[]");
+        }
+        float[] out = new float[(int) n];
+        if (isContiguous()) {
+            MemorySegment.copy(segment, FLOAT, offset * Float.BYTES, out, 0, out.length);
+            return out;
+        }
+        long[] c = new long[shape.length];
+        for (int i = 0; i < out.length; i++) {
+            out[i] = segment.getAtIndex(FLOAT, indexOf(c));
+            advance(c);
+        }
+        return out;
+    }
+
+    /** Sets every element to {@code value}. */
+    public Tensor fill(float value) {
+        long n = elementCount();
+        if (isContiguous()) {
+            if (value == 0f && Float.floatToRawIntBits(value) == 0) {
+                segment.asSlice(offset * Float.BYTES, n * Float.BYTES).fill((byte) 0);
+            } else {
+                for (long i = 0; i < n; i++) {
+                    segment.setAtIndex(FLOAT, offset + i, value);
+                }
+            }
+            return this;
+        }
+        long[] c = new long[shape.length];
+        for (long i = 0; i < n; i++) {
+            segment.setAtIndex(FLOAT, indexOf(c), value);
+            advance(c);
+        }
+        return this;
+    }
+
+    private long indexOf(long[] c) {
+        long e = offset;
+        for (int i = 0; i < c.length; i++) {
+            e += c[i] * strides[i];
+        }
+        return e;
+    }
+
+    private void advance(long[] c) {
+        for (int i = c.length - 1; i >= 0; i--) {
+            if (++c[i] < shape[i]) {
+                return;
+            }
+            c[i] = 0;
+        }
+    }
+
+    @Override
+    public String toString() {
+        return "Tensor" + shapeString() + " strides=" + Arrays.toString(strides) + " offset=" + offset;
+    }
+}
