@@ -1,0 +1,28 @@
+package dev.qkv.attention;
+
+import java.util.Locale;
+
+/** Which kernels compute attention. */
+public enum Backend {
+    /** Q·Kᵀ and P·V by OpenBLAS {@code cblas_sgemm} through FFM; softmax in Java. */
+    NATIVE,
+    /** The same blocked algorithm with pure-Java products (float accumulation). */
+    JAVA,
+    /** The scalar reference: a direct reading of the definition, accumulating in double. The tests' oracle. */
+    REFERENCE;
+
+    /** The lower-case name used on the command line. */
+    public String cliName() {
+        return name().toLowerCase(Locale.ROOT);
+    }
+
+    /** Parses {@code native}, {@code java} or {@code reference}. */
+    public static Backend parse(String s) {
+        for (Backend b : values()) {
+            if (b.cliName().equals(s)) {
+                return b;
+            }
+        }
+        throw new IllegalArgumentException("unknown backend '" + s + "' (expected native, java or reference)");
+    }
+}

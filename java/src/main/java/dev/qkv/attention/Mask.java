@@ -1,0 +1,44 @@
+package dev.qkv.attention;
+
+import dev.qkv.tensor.Tensor;
+
+import java.util.Objects;
+
+/**
+ * An attention mask over scores {@code [B, Hq, Lq, Lk]}, given as a tensor that broadcasts to that shape from
+ * {@code [Lq, Lk]}, {@code [B, 1, Lq, Lk]}, {@code [B, Hq, Lq, Lk]} or {@code [B, 1, 1, Lk]} (any dimension of
+ * size 1 broadcasts).
+ *
+ * <p>A boolean mask ({@link #allowed}) follows PyTorch: a non-zero element means the query may attend the key,
+ * zero means it may not. An additive mask ({@link #additive}) is added to the scaled scores; {@code -inf}
+ * forbids a key.
+ *
+ * @param kind   how the tensor's values are read
+ * @param values the mask values (for a boolean mask, 0 = forbidden, anything else = allowed)
+ */
+public record Mask(Kind kind, Tensor values) {
+
+    /** How a mask's values are applied to the scores. */
+    public enum Kind {
+        /** Non-zero: may attend; zero: may not. */
+        BOOLEAN,
+        /** Added to the scaled score; {@code -inf} forbids. */
+        ADDITIVE
+    }
+
+    /** Validates that both parts are present. */
+    public Mask {
+        Objects.requireNonNull(kind, "kind");
+        Objects.requireNonNull(values, "values");
+    }
+
+    /** A boolean mask: non-zero elements of {@code allowed} may be attended. */
+    public static Mask allowed(Tensor allowed) {
+        return new Mask(Kind.BOOLEAN, allowed);
+    }
+
+    /** An additive mask: {@code bias} is added to the scaled scores before the softmax. */
+    public static Mask additive(Tensor bias) {
+        return new Mask(Kind.ADDITIVE, bias);
+    }
+}

@@ -1,0 +1,97 @@
+package dev.qkv.attention;
+
+import dev.qkv.tensor.Tensor;
+
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+
+/**
+ * The scalar reference: scaled dot-product attention read straight off its definition, every sum in double.
+ * It shares no code with the blocked kernels, so it can judge them.
+ */
+final class ReferenceAttention {
+    private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
+
+    private ReferenceAttention() {
+    }
+
+    /** {@code out = softmax(scale · q·kᵀ + mask) · v} on validated arguments. */
+    static void compute(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options) {
+        int batch = (int) q.size(0);
+        int hq = (int) q.size(1);
+        int lq = (int) q.size(2);
+        int dk = (int) q.size(3);
+        int hkv = (int) k.size(1);
+        int lk = (int) k.size(2);
+        int dv = (int) v.size(3);
+        if (hkv == 0) {
+            return;
+        }
+        int group = hq / hkv;
+        double scale = options.scaleFor(dk);
+        Mask mask = options.mask();
+        Tensor m = mask == null ? null : (mask.values().rank() == 2
+                ? mask.values().broadcastTo(1, 1, lq, lk)
+                : mask.values());
+        double[] s = new double[lk];
+        MemorySegment qs = q.segment();
+        MemorySegment ks = k.segment();
+        MemorySegment vs = v.segment();
+        MemorySegment os = out.segment();
+        for (int b = 0; b < batch; b++) {
+            for (int h = 0; h < hq; h++) {
+                int g = h / group;
+                for (int i = 0; i < lq; i++) {
+                    double max = Double.NEGATIVE_INFINITY;
+                    boolean any = false;
+                    for (int j = 0; j < lk; j++) {
+                        boolean allowed = !options.causal() || j <= (long) i + (lk - lq);
+                        double x = 0;
+                        for (int d = 0; d < dk; d++) {
+                            x += (double) qs.getAtIndex(F, at(q, b, h, i, d)) * ks.getAtIndex(F, at(k, b, g, j, d));
+                        }
+                        x *= scale;
+                        if (m != null) {
+                            float mv = m.segment().getAtIndex(F, at(m, b, h, i, j));
+                            if (mask.kind() == Mask.Kind.BOOLEAN) {
+                                allowed &= mv != 0f;
+                            } else {
+                                x += mv;
+                            }
+                        }
+                        if (!allowed || x == Double.NEGATIVE_INFINITY) {
+                            s[j] = Double.NEGATIVE_INFINITY;
+                        } else {
+                            s[j] = x;
+                            any = true;
+                            max = Double.isNaN(x) || Double.isNaN(max) ? Double.NaN : Math.max(max, x);
+                        }
+                    }
+                    double sum = 0;
+                    for (int j = 0; j < lk; j++) {
+                        s[j] = any && s[j] != Double.NEGATIVE_INFINITY ? Math.exp(s[j] - max) : 0;
+                        sum += s[j];
+                    }
+                    for (int d = 0; d < dv; d++) {
+                        double acc = 0;
+                        if (any) {
+                            for (int j = 0; j < lk; j++) {
+                                if (s[j] != 0) {
+                                    acc += s[j] * vs.getAtIndex(F, at(v, b, g, j, d));
+                                }
+                            }
+                            acc /= sum;
+                        }
+                        os.setAtIndex(F, at(out, b, h, i, d), (float) acc);
+                    }
+                }
+            }
+        }
+    }
+
+    /** Element index of [b, h, i, j] in a rank-4 tensor; dimensions of size 1 broadcast. */
+    private static long at(Tensor t, int b, int h, int i, int j) {
+        return t.offset() + (t.size(0) == 1 ? 0 : b * t.stride(0)) + (t.size(1) == 1 ? 0 : h * t.stride(1))
+                + (t.size(2) == 1 ? 0 : i * t.stride(2)) + (t.size(3) == 1 ? 0 : j * t.stride(3));
+    }
+}

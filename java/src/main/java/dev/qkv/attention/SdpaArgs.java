@@ -1,0 +1,165 @@
+package dev.qkv.attention;
+
+import dev.qkv.tensor.Shapes;
+import dev.qkv.tensor.Tensor;
+
+import java.lang.foreign.MemorySegment;
+
+/**
+ * The checks of one attention call, shared by every backend and run before any kernel touches memory.
+ * Messages name the tensor and its shape: {@code k [1, 3, 8, 16]: Hq=4 is not a multiple of Hkv=3}.
+ */
+final class SdpaArgs {
+    private SdpaArgs() {
+    }
+
+    /**
+     * Checks {@code q [B, Hq, Lq, Dk]}, {@code k [B, Hkv, Lk, Dk]}, {@code v [B, Hkv, Lk, Dv]},
+     * {@code out [B, Hq, Lq, Dv]} and the options' mask.
+     */
+    static void validate(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options) {
+        if (options == null) {
+            throw new IllegalArgumentException("options is null (use SdpaOptions.DEFAULT)");
+        }
+        rank4("q", q, "[B, Hq, Lq, Dk]");
+        rank4("k", k, "[B, Hkv, Lk, Dk]");
+        rank4("v", v, "[B, Hkv, Lk, Dv]");
+        rank4("out", out, "[B, Hq, Lq, Dv]");
+        long b = q.size(0);
+        long hq = q.size(1);
+        long lq = q.size(2);
+        long dk = q.size(3);
+        long hkv = k.size(1);
+        long lk = k.size(2);
+        long dv = v.size(3);
+        if (k.size(0) != b) {
+            throw new IllegalArgumentException(k.describe("k") + ": batch " + k.size(0) + " differs from "
+                    + q.describe("q"));
+        }
+        if (k.size(3) != dk) {
+            throw new IllegalArgumentException(k.describe("k") + ": head dimension Dk=" + k.size(3) + " differs from "
+                    + q.describe("q") + " Dk=" + dk);
+        }
+        if (v.size(0) != b || v.size(1) != hkv || v.size(2) != lk) {
+            throw new IllegalArgumentException(v.describe("v") + ": expected [" + b + ", " + hkv + ", " + lk
+                    + ", Dv] to match " + k.describe("k"));
+        }
+        if (hkv == 0 && hq != 0 || hkv != 0 && hq % hkv != 0) {
+            throw new IllegalArgumentException(k.describe("k") + ": Hq=" + hq + " is not a multiple of Hkv=" + hkv);
+        }
+        if (dk == 0 && Float.isNaN(options.scale())) {
+            throw new IllegalArgumentException(q.describe("q") + ": Dk=0 has no default scale 1/sqrt(Dk)");
+        }
+        long[] expectOut = {b, hq, lq, dv};
+        if (!java.util.Arrays.equals(out.shape(), expectOut)) {
+            throw new IllegalArgumentException(out.describe("out") + ": expected " + Shapes.format(expectOut)
+                    + " = [B, Hq, Lq, Dv]");
+        }
+        for (long d : new long[] {lq, lk, dk, dv}) {
+            if (d > Integer.MAX_VALUE) {
+                throw new IllegalArgumentException(q.describe("q") + ", " + k.describe("k") + ", " + v.describe("v")
+                        + ": sequence lengths and head dimensions must fit in an int");
+            }
+        }
+        Mask mask = options.mask();
+        if (mask != null) {
+            checkMask(mask.values(), b, hq, lq, lk);
+        }
+        alive("q", q);
+        alive("k", k);
+        alive("v", v);
+        alive("out", out);
+        if (mask != null) {
+            alive("mask", mask.values());
+        }
+        noOverlap(out, q, "q");
+        noOverlap(out, k, "k");
+        noOverlap(out, v, "v");
+        if (mask != null) {
+            noOverlap(out, mask.values(), "mask");
+        }
+        noInternalOverlap(out);
+    }
+
+    private static void rank4(String name, Tensor t, String dims) {
+        if (t == null) {
+            throw new IllegalArgumentException(name + " is null");
+        }
+        if (t.rank() != 4) {
+            throw new IllegalArgumentException(t.describe(name) + ": expected rank 4 " + dims);
+        }
+    }
+
+    private static void alive(String name, Tensor t) {
+        if (!t.isAlive()) {
+            throw new IllegalStateException(t.describe(name) + ": its arena is closed");
+        }
+    }
+
+    private static void checkMask(Tensor m, long b, long hq, long lq, long lk) {
+        String want = "broadcastable to [" + b + ", " + hq + ", " + lq + ", " + lk + "] from [Lq, Lk], [B, 1, Lq, Lk],"
+                + " [B, Hq, Lq, Lk] or [B, 1, 1, Lk]";
+        if (m.rank() == 2) {
+            if (!fits(m.size(0), lq) || m.size(1) != lk) {
+                throw new IllegalArgumentException(m.describe("mask") + ": not " + want);
+            }
+        } else if (m.rank() == 4) {
+            if (!fits(m.size(0), b) || !fits(m.size(1), hq) || !fits(m.size(2), lq) || m.size(3) != lk) {
+                throw new IllegalArgumentException(m.describe("mask") + ": not " + want);
+            }
+        } else {
+            throw new IllegalArgumentException(m.describe("mask") + ": rank " + m.rank() + " is not " + want);
+        }
+    }
+
+    private static boolean fits(long have, long want) {
+        return have == want || have == 1;
+    }
+
+    /** The output must not share memory with an input: a kernel would read what it has already written. */
+    private static void noOverlap(Tensor out, Tensor in, String name) {
+        if (overlaps(out, in)) {
+            throw new IllegalArgumentException(out.describe("out") + " overlaps " + in.describe(name));
+        }
+    }
+
+    /** Two output elements at one address (a zero or too small stride) would race and lose results. */
+    private static void noInternalOverlap(Tensor out) {
+        long[] shape = out.shape();
+        long[] strides = out.strides();
+        Integer[] order = {0, 1, 2, 3};
+        java.util.Arrays.sort(order, (x, y) -> Long.compare(strides[x], strides[y]));
+        long span = 1;
+        for (int i : order) {
+            if (shape[i] <= 1) {
+                continue;
+            }
+            if (strides[i] < span) {
+                throw new IllegalArgumentException(out.describe("out") + " with strides "
+                        + java.util.Arrays.toString(strides) + " maps several elements to one address");
+            }
+            span = strides[i] * shape[i];
+        }
+    }
+
+    static boolean overlaps(Tensor x, Tensor y) {
+        long xe = x.endElement();
+        long ye = y.endElement();
+        if (xe == 0 || ye == 0) {
+            return false;
+        }
+        MemorySegment xs = x.segment();
+        MemorySegment ys = y.segment();
+        if (xs.isNative() != ys.isNative()) {
+            return false;
+        }
+        if (!xs.isNative() && xs.heapBase().orElse(null) != ys.heapBase().orElse(null)) {
+            return false;
+        }
+        long x0 = xs.address() + x.offset() * Float.BYTES;
+        long x1 = xs.address() + xe * Float.BYTES;
+        long y0 = ys.address() + y.offset() * Float.BYTES;
+        long y1 = ys.address() + ye * Float.BYTES;
+        return x0 < y1 && y0 < x1;
+    }
+}
