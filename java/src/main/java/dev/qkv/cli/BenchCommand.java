@@ -53,7 +53,7 @@ final class BenchCommand implements Command {
         Backend backend = backendName.equals("auto")
                 ? (OpenBlas.isAvailable() ? Backend.NATIVE : Backend.JAVA)
                 : SdpaCommand.backend(backendName);
-        Attention attention = Attention.create(backend);
+        Attention attention = Backends.create(backend);
         int used = ThreadPolicy.apply(backend, threads);
 
         try (Arena arena = Arena.ofConfined()) {

@@ -56,7 +56,7 @@ final class DemoCommand implements Command {
 
         Attention nativeAttention = null;
         try {
-            nativeAttention = Attention.create(Backend.NATIVE);
+            nativeAttention = Backends.create(Backend.NATIVE);
             BlasLibrary lib = OpenBlas.get().library();
             out.println("openblas: " + lib.path() + " (" + lib.source().name().toLowerCase(Locale.ROOT) + "), core "
                     + lib.coreName() + ", " + OpenBlas.get().threads() + " threads");

@@ -90,7 +90,7 @@ public final class Main {
             return fail(err, 2, e.getMessage());
         } catch (BlasUnavailableException e) {
             return fail(err, 1, "OpenBLAS is unavailable: " + e.getMessage());
-        } catch (RuntimeException | OutOfMemoryError | StackOverflowError e) {
+        } catch (RuntimeException | Error e) {
             err.println("error: internal failure: " + e
                     + (trace() ? "" : " (set QKV_TRACE=1 for the stack trace)"));
             if (trace()) {
