@@ -54,9 +54,7 @@ final class BenchCommand implements Command {
                 ? (OpenBlas.isAvailable() ? Backend.NATIVE : Backend.JAVA)
                 : SdpaCommand.backend(backendName);
         Attention attention = Backends.create(backend);
-        int used = ThreadPolicy.apply(backend, threads);
-
-        try (Arena arena = Arena.ofConfined()) {
+        try (ThreadPolicy policy = ThreadPolicy.apply(backend, threads); Arena arena = Arena.ofConfined()) {
             SplittableRandom random = new SplittableRandom(SEED);
             Tensor q;
             Tensor k;
@@ -81,8 +79,8 @@ final class BenchCommand implements Command {
             int warm = 1 + Timing.warmUp(call);
             out.println(String.format(Locale.ROOT,
                     "bench backend=%s kernel=%s q=%s k=%s causal=%s threads=%d warmup=%d iters=%d",
-                    backend.cliName(), attention.kernelName(), q.shapeString(), k.shapeString(), causal, used, warm,
-                    iters));
+                    backend.cliName(), attention.kernelName(), q.shapeString(), k.shapeString(), causal,
+                    policy.threads(), warm, iters));
             double ms = Timing.medianMillis(call, iters);
             double gflops = Timing.gflops(Timing.denseFlops(b, h, l, l, d), ms);
             out.println(String.format(Locale.ROOT, "median_ms=%.3f gflops=%.2f", ms, gflops));

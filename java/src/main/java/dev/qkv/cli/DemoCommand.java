@@ -101,7 +101,7 @@ final class DemoCommand implements Command {
     }
 
     private static void time(PrintStream out, String label, Runnable call, int iters, double flops) {
-        call.run();
+        Timing.warmUp(call);
         double ms = Timing.medianMillis(call, iters);
         out.println(String.format(Locale.ROOT, "%-7s %9.2f ms %8.2f GFLOP/s  (median of %d after a warm-up)", label,
                 ms, Timing.gflops(flops, ms), iters));

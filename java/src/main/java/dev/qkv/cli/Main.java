@@ -15,8 +15,8 @@ import java.util.Map;
 /**
  * The {@code qkv} command line: {@code qkv [command] [flags]}, one {@link Command} per word.
  *
- * <p>Exit codes: 0 on success, 2 for a mistake of the user (bad flags, unreadable or malformed input files,
- * shapes that do not fit together) with exactly one line {@code error: ...} on stderr, 1 for everything else
+ * <p>Exit codes: 0 on success, 2 for a mistake of the user (bad flags, input files that are missing, unreadable or
+ * malformed, an output that cannot be written, shapes that do not fit together) with exactly one line {@code error: ...} on stderr, 1 for everything else
  * (OpenBLAS missing, internal failures). Set the environment variable {@code QKV_TRACE=1} to see the stack trace
  * of an internal failure.
  */

@@ -246,6 +246,51 @@ class MainTest {
     }
 
     @Test
+    void maskThatDoesNotBroadcastIsAUserError() throws IOException {
+        SplittableRandom random = new SplittableRandom(SEED);
+        List<String> args = new ArrayList<>(List.of("sdpa"));
+        args.addAll(inputs(random));
+        Path out = dir.resolve("o.npy");
+        args.addAll(List.of("--mask", boolMask(random, 3, 7).toString(), "--out", out.toString()));
+        assertUserError(run(args.toArray(String[]::new)), "mask [3, 7]");
+        assertFalse(Files.exists(out));
+    }
+
+    @Test
+    void negativeScaleInBothFlagForms() throws IOException {
+        SplittableRandom random = new SplittableRandom(SEED);
+        List<String> base = new ArrayList<>(List.of("sdpa"));
+        base.addAll(inputs(random));
+        List<String> spaced = new ArrayList<>(base);
+        spaced.addAll(List.of("--scale", "-0.5", "--out", dir.resolve("a.npy").toString()));
+        List<String> joined = new ArrayList<>(base);
+        joined.addAll(List.of("--scale=-0.5", "--out=" + dir.resolve("b.npy")));
+        assertEquals(0, run(spaced.toArray(String[]::new)).code());
+        assertEquals(0, run(joined.toArray(String[]::new)).code());
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor q = Npy.read(dir.resolve("q.npy"), arena).tensor();
+            Tensor k = Npy.read(dir.resolve("k.npy"), arena).tensor();
+            Tensor v = Npy.read(dir.resolve("v.npy"), arena).tensor();
+            Tensor want = Tensor.allocate(arena, OUT);
+            Attention.create(Backend.REFERENCE).sdpa(q, k, v, want, SdpaOptions.DEFAULT.withScale(-0.5f));
+            assertClose(want.toArray(), Npy.read(dir.resolve("a.npy"), arena).tensor().toArray(), "scale -0.5");
+            assertArrayEquals(Npy.read(dir.resolve("a.npy"), arena).tensor().toArray(),
+                    Npy.read(dir.resolve("b.npy"), arena).tensor().toArray());
+        }
+    }
+
+    @Test
+    void benchPutsBackTheOpenBlasThreadCount() {
+        int before = OpenBlas.get().threads();
+        int other = before == 1 ? 2 : 1;
+        Result r = run("bench", "--shape", "1,1,8,8", "--backend", "native", "--threads", String.valueOf(other),
+                "--iters", "1");
+        assertEquals(0, r.code(), r.toString());
+        assertTrue(r.out().contains("threads=" + other), r.out());
+        assertEquals(before, OpenBlas.get().threads());
+    }
+
+    @Test
     void wrongRankNamesTheFile() throws IOException {
         SplittableRandom random = new SplittableRandom(SEED);
         List<String> args = new ArrayList<>(List.of("sdpa"));
