@@ -68,7 +68,9 @@ final class SdpaCommand implements Command {
             long nanos;
             try {
                 o = Tensor.allocate(arena, q.size(0), q.size(1), q.size(2), v.size(3));
-                warmUp(attention, q, k, v, arena);
+                // checks every argument first, so errors name the real tensors rather than the warm-up's slices
+                attention.workspaceBytes(q, k, v, o, options);
+                warmUp(attention, q, k, v, options, arena);
                 long t0 = System.nanoTime();
                 attention.sdpa(q, k, v, o, options);
                 nanos = System.nanoTime() - t0;
@@ -89,14 +91,15 @@ final class SdpaCommand implements Command {
      * One query row against the first head's keys: it links the downcalls and loads the classes the call needs,
      * so the time printed is the attention itself rather than JVM start-up work, at a cost of Lk·Dk.
      */
-    private static void warmUp(Attention attention, Tensor q, Tensor k, Tensor v, Arena arena) {
+    private static void warmUp(Attention attention, Tensor q, Tensor k, Tensor v, SdpaOptions options, Arena arena) {
         if (q.elementCount() == 0 || k.elementCount() == 0 || v.elementCount() == 0) {
             return;
         }
         Tensor q1 = q.slice(0, 0, 1).slice(1, 0, 1).slice(2, 0, 1);
         Tensor k1 = k.slice(0, 0, 1).slice(1, 0, 1);
         Tensor v1 = v.slice(0, 0, 1).slice(1, 0, 1);
-        attention.sdpa(q1, k1, v1, Tensor.allocate(arena, 1, 1, 1, v.size(3)), SdpaOptions.DEFAULT);
+        attention.sdpa(q1, k1, v1, Tensor.allocate(arena, 1, 1, 1, v.size(3)), new SdpaOptions(false, null,
+                options.scale()));
     }
 
     /** Parses a backend name: {@code native}, {@code java} or {@code reference}. */

@@ -291,6 +291,16 @@ class MainTest {
     }
 
     @Test
+    void headDimensionMismatchNamesTheRealShapes() throws IOException {
+        SplittableRandom random = new SplittableRandom(SEED);
+        Path q = randomNpy("q.npy", random, 2, 4, 5, 8);
+        Path k = randomNpy("k.npy", random, 2, 2, 7, 9);
+        Path v = randomNpy("v.npy", random, 2, 2, 7, 6);
+        assertUserError(run("sdpa", "--q", q.toString(), "--k", k.toString(), "--v", v.toString(), "--out",
+                dir.resolve("o.npy").toString()), "k [2, 2, 7, 9]: head dimension Dk=9 differs from q [2, 4, 5, 8]");
+    }
+
+    @Test
     void wrongRankNamesTheFile() throws IOException {
         SplittableRandom random = new SplittableRandom(SEED);
         List<String> args = new ArrayList<>(List.of("sdpa"));
