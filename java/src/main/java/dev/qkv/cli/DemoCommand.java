@@ -95,7 +95,7 @@ final class DemoCommand implements Command {
                         + " %.2e", javaVsRef));
             }
         }
-        out.println(String.format(Locale.ROOT, "GFLOP/s count the dense 4·B·H·L·L·D = %.2f GFLOP per call; the causal"
+        out.println(String.format(Locale.ROOT, "GFLOP/s count the dense 4*B*H*L*L*D = %.2f GFLOP per call; the causal"
                 + " mask lets both backends skip about half of it", flops / 1e9));
         return 0;
     }

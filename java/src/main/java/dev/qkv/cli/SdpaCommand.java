@@ -33,7 +33,7 @@ final class SdpaCommand implements Command {
 
     @Override
     public String summary() {
-        return "out = softmax(scale·q·kᵀ + mask)·v for q [B, Hq, Lq, Dk], k [B, Hkv, Lk, Dk], v [B, Hkv, Lk, Dv];"
+        return "out = softmax(scale * q k^T + mask) v for q [B, Hq, Lq, Dk], k [B, Hkv, Lk, Dk], v [B, Hkv, Lk, Dv];"
                 + " bool masks allow, float masks add; causal is aligned bottom-right. Default backend native"
                 + " (reference also accepted).";
     }
