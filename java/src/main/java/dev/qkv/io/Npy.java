@@ -14,6 +14,7 @@ import java.nio.channels.FileChannel;
 import java.nio.charset.CharacterCodingException;
 import java.nio.charset.CodingErrorAction;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.AccessDeniedException;
 import java.nio.file.Files;
 import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
@@ -365,7 +366,14 @@ public final class Npy {
         Path tmp = dir.resolve("." + target.getFileName() + "." + HexFormat.of().formatHex(random) + ".tmp");
         boolean done = false;
         try {
-            try (FileChannel ch = FileChannel.open(tmp, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE)) {
+            FileChannel opened;
+            try {
+                opened = FileChannel.open(tmp, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE);
+            } catch (AccessDeniedException e) {
+                // name the file the caller asked for, not our temporary name
+                throw new AccessDeniedException(file.toString(), null, "cannot create files in folder " + dir);
+            }
+            try (FileChannel ch = opened) {
                 writeFully(ch, ByteBuffer.wrap(header));
                 writeData(ch, tensor);
             }
