@@ -162,17 +162,26 @@ class AttentionPropertiesTest {
                 Tensor v = Fixtures.random(arena, r, b, hkv, lk, dv);
                 Tensor out = Tensor.allocate(arena, b, hq, lq, dv);
                 Fixtures.run(backend, q, k, v, out, SdpaOptions.DEFAULT.withCausal(causal));
+                // prefix[x][g][j][d] = sum of v[x, g, 0..j-1, d], in double
+                float[] vv = v.toArray();
+                double[] prefix = new double[b * hkv * (lk + 1) * dv];
+                for (int xg = 0; xg < b * hkv; xg++) {
+                    for (int j = 0; j < lk; j++) {
+                        for (int d = 0; d < dv; d++) {
+                            prefix[(xg * (lk + 1) + j + 1) * dv + d] = prefix[(xg * (lk + 1) + j) * dv + d]
+                                    + vv[(xg * lk + j) * dv + d];
+                        }
+                    }
+                }
                 float[] expected = new float[b * hq * lq * dv];
                 int group = hq / hkv;
                 for (int x = 0; x < b; x++) {
                     for (int h = 0; h < hq; h++) {
+                        int xg = x * hkv + h / group;
                         for (int i = 0; i < lq; i++) {
                             int visible = causal ? Math.max(0, Math.min(lk, i + 1 + lk - lq)) : lk;
                             for (int d = 0; d < dv; d++) {
-                                double sum = 0;
-                                for (int j = 0; j < visible; j++) {
-                                    sum += v.get(x, h / group, j, d);
-                                }
+                                double sum = prefix[(xg * (lk + 1) + visible) * dv + d];
                                 expected[((x * hq + h) * lq + i) * dv + d] = visible == 0 ? 0f : (float) (sum / visible);
                             }
                         }
