@@ -235,4 +235,39 @@ class AttentionArgumentsTest {
             assertDoesNotThrow(() -> a.sdpa(q, k, v, out, o, Workspace.allocate(arena, need)));
         }
     }
+
+    /**
+     * Tensors over heap arrays: OpenBLAS cannot read them, so the native backend rejects each by name; the Java
+     * backends read them like any other memory and agree with the reference on off-heap copies.
+     */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("backends")
+    void heapTensors(Backend backend) {
+        Attention a = Attention.create(backend);
+        try (Arena arena = Arena.ofConfined()) {
+            java.util.Random r = new java.util.Random(3);
+            long[] qs = {1, 2, 3, 4};
+            long[] ks = {1, 1, 5, 4};
+            Tensor q = Fixtures.random(arena, r, qs);
+            Tensor k = Fixtures.random(arena, r, ks);
+            Tensor v = Fixtures.random(arena, r, ks);
+            Tensor out = nan(arena, qs);
+            Tensor hq = Tensor.wrap(java.lang.foreign.MemorySegment.ofArray(q.toArray()), qs);
+            Tensor hk = Tensor.wrap(java.lang.foreign.MemorySegment.ofArray(k.toArray()), ks);
+            Tensor hv = Tensor.wrap(java.lang.foreign.MemorySegment.ofArray(v.toArray()), ks);
+            Tensor hout = Tensor.wrap(java.lang.foreign.MemorySegment.ofArray(new float[24]), qs).fill(Float.NaN);
+            SdpaOptions o = SdpaOptions.CAUSAL;
+            if (backend == Backend.NATIVE) {
+                rejects(IllegalArgumentException.class, out, () -> a.sdpa(hq, k, v, out, o), "q [1, 2, 3, 4]", "heap");
+                rejects(IllegalArgumentException.class, out, () -> a.sdpa(q, hk, v, out, o), "k [1, 1, 5, 4]", "heap");
+                rejects(IllegalArgumentException.class, out, () -> a.sdpa(q, k, hv, out, o), "v [1, 1, 5, 4]", "heap");
+                rejects(IllegalArgumentException.class, hout, () -> a.sdpa(q, k, v, hout, o), "out [1, 2, 3, 4]", "heap");
+                return;
+            }
+            a.sdpa(hq, hk, hv, hout, o);
+            Fixtures.run(Backend.REFERENCE, q, k, v, out, o);
+            double tol = Fixtures.tol(4, 5, 1);
+            Fixtures.assertClose(backend + " heap tensors", qs, hout.toArray(), out.toArray(), tol, tol);
+        }
+    }
 }
