@@ -78,6 +78,9 @@ public final class Attention {
      */
     public void sdpa(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options) {
         SdpaArgs.validate(q, k, v, out, options);
+        if (backend == Backend.NATIVE) {
+            SdpaArgs.requireNative(q, k, v, out);
+        }
         if (matmul == null) {
             ReferenceAttention.compute(q, k, v, out, options);
             return;
@@ -96,6 +99,9 @@ public final class Attention {
     /** Computes attention into {@code out} using the caller's workspace, which must hold {@link #workspaceBytes}. */
     public void sdpa(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options, Workspace workspace) {
         SdpaArgs.validate(q, k, v, out, options);
+        if (backend == Backend.NATIVE) {
+            SdpaArgs.requireNative(q, k, v, out);
+        }
         Objects.requireNonNull(workspace, "workspace");
         if (matmul == null) {
             ReferenceAttention.compute(q, k, v, out, options);

@@ -81,6 +81,21 @@ final class SdpaArgs {
         noInternalOverlap(out);
     }
 
+    /**
+     * The native backend hands q, k, v and out to OpenBLAS, which reads raw addresses: they must be off-heap.
+     * Checked here so that the error names the tensor, not an sgemm operand.
+     */
+    static void requireNative(Tensor q, Tensor k, Tensor v, Tensor out) {
+        Tensor[] ts = {q, k, v, out};
+        String[] names = {"q", "k", "v", "out"};
+        for (int i = 0; i < ts.length; i++) {
+            if (!ts[i].segment().isNative()) {
+                throw new IllegalArgumentException(ts[i].describe(names[i]) + ": a heap segment; the native backend"
+                        + " needs off-heap memory (allocate it from an Arena)");
+            }
+        }
+    }
+
     private static void rank4(String name, Tensor t, String dims) {
         if (t == null) {
             throw new IllegalArgumentException(name + " is null");

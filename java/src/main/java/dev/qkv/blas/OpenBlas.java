@@ -177,8 +177,9 @@ public final class OpenBlas {
         if (m == 0 || n == 0) {
             return;
         }
-        MemorySegment as = a.asSlice(aOffset * Float.BYTES);
-        MemorySegment bs = b.asSlice(bOffset * Float.BYTES);
+        // with k == 0 no element of a or b is read, and their offsets may lie past their segments
+        MemorySegment as = k == 0 ? a : a.asSlice(aOffset * Float.BYTES);
+        MemorySegment bs = k == 0 ? b : b.asSlice(bOffset * Float.BYTES);
         MemorySegment cs = c.asSlice(cOffset * Float.BYTES);
         int tA = ta == Transpose.NO ? NO_TRANS : TRANS;
         int tB = tb == Transpose.NO ? NO_TRANS : TRANS;

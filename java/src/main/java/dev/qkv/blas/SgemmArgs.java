@@ -58,7 +58,12 @@ public final class SgemmArgs {
             throw new IllegalArgumentException("sgemm: " + name + " [" + rows + ", " + cols + "]: negative offset "
                     + offset);
         }
-        long end = rows == 0 || cols == 0 ? offset : offset + (long) (rows - 1) * ld + cols;
+        if (rows == 0 || cols == 0) {
+            // an empty operand reaches no element, so its offset may lie past the segment, as views of empty
+            // tensors do (e.g. head 1 of q [1, 2, 3, 0])
+            return offset;
+        }
+        long end = offset + (long) (rows - 1) * ld + cols;
         if (end > s.byteSize() / Float.BYTES || offset > s.byteSize() / Float.BYTES) {
             throw new IllegalArgumentException("sgemm: " + name + " [" + rows + ", " + cols + "] with leading dimension "
                     + ld + " at offset " + offset + " needs " + end + " floats, segment holds "

@@ -1,0 +1,273 @@
+package dev.qkv.attention;
+
+import dev.qkv.tensor.Tensor;
+import org.junit.jupiter.api.Named;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.MethodSource;
+
+import java.lang.foreign.Arena;
+import java.util.function.Function;
+import java.util.stream.Stream;
+
+import static org.junit.jupiter.api.Assertions.assertDoesNotThrow;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/**
+ * Bad arguments throw a Java exception that names the tensor and its shape, on every backend, before any
+ * kernel runs: the NaN sentinel in {@code out} must survive every rejected call.
+ */
+class AttentionArgumentsTest {
+
+    static Stream<Named<Backend>> backends() {
+        return Stream.of(Backend.values()).map(b -> Named.of(b.cliName(), b));
+    }
+
+    /** Expects {@code type} with a message containing every fragment, and {@code out} untouched. */
+    private static <T extends Throwable> void rejects(Class<T> type, Tensor out, Runnable call, String... fragments) {
+        T e = assertThrows(type, call::run);
+        for (String f : fragments) {
+            assertTrue(e.getMessage() != null && e.getMessage().contains(f),
+                    "message \"" + e.getMessage() + "\" should contain \"" + f + "\"");
+        }
+        if (out != null && out.isAlive()) {
+            for (float x : out.toArray()) {
+                assertTrue(Float.isNaN(x), "out was written before the arguments were rejected");
+            }
+        }
+    }
+
+    private static Tensor nan(Arena arena, long... shape) {
+        return Tensor.allocate(arena, shape).fill(Float.NaN);
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("backends")
+    void hqNotAMultipleOfHkv(Backend backend) {
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor q = Tensor.allocate(arena, 1, 4, 8, 16);
+            Tensor k = Tensor.allocate(arena, 1, 3, 8, 16);
+            Tensor v = Tensor.allocate(arena, 1, 3, 8, 16);
+            Tensor out = nan(arena, 1, 4, 8, 16);
+            rejects(IllegalArgumentException.class, out,
+                    () -> Attention.create(backend).sdpa(q, k, v, out, SdpaOptions.DEFAULT),
+                    "k [1, 3, 8, 16]: Hq=4 is not a multiple of Hkv=3");
+        }
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("backends")
+    void shapeMismatches(Backend backend) {
+        Attention a = Attention.create(backend);
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor q = Tensor.allocate(arena, 2, 4, 8, 16);
+            Tensor k = Tensor.allocate(arena, 2, 2, 10, 16);
+            Tensor v = Tensor.allocate(arena, 2, 2, 10, 5);
+            Tensor out = nan(arena, 2, 4, 8, 5);
+            SdpaOptions o = SdpaOptions.DEFAULT;
+            // Dk of k differs from q
+            Tensor k15 = Tensor.allocate(arena, 2, 2, 10, 15);
+            rejects(IllegalArgumentException.class, out, () -> a.sdpa(q, k15, v, out, o), "k [2, 2, 10, 15]", "Dk");
+            // batch of k differs
+            Tensor k1 = Tensor.allocate(arena, 1, 2, 10, 16);
+            rejects(IllegalArgumentException.class, out, () -> a.sdpa(q, k1, v, out, o), "k [1, 2, 10, 16]", "batch");
+            // v has another Lk, Hkv or batch than k
+            for (long[] s : new long[][] {{2, 2, 9, 5}, {2, 1, 10, 5}, {1, 2, 10, 5}}) {
+                Tensor bad = Tensor.allocate(arena, s);
+                rejects(IllegalArgumentException.class, out, () -> a.sdpa(q, k, bad, out, o), bad.describe("v"));
+            }
+            // out of the wrong shape: Dv, Lq, Hq, B, rank
+            for (long[] s : new long[][] {{2, 4, 8, 4}, {2, 4, 7, 5}, {2, 2, 8, 5}, {1, 4, 8, 5}}) {
+                Tensor bad = nan(arena, s);
+                rejects(IllegalArgumentException.class, bad, () -> a.sdpa(q, k, v, bad, o), bad.describe("out"),
+                        "[2, 4, 8, 5]");
+            }
+        }
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("backends")
+    void wrongRank(Backend backend) {
+        Attention a = Attention.create(backend);
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor q = Tensor.allocate(arena, 1, 2, 8, 16);
+            Tensor k = Tensor.allocate(arena, 1, 2, 8, 16);
+            Tensor v = Tensor.allocate(arena, 1, 2, 8, 16);
+            Tensor out = nan(arena, 1, 2, 8, 16);
+            Tensor r3 = Tensor.allocate(arena, 2, 8, 16);
+            Tensor r5 = Tensor.allocate(arena, 1, 1, 2, 8, 16);
+            SdpaOptions o = SdpaOptions.DEFAULT;
+            rejects(IllegalArgumentException.class, out, () -> a.sdpa(r3, k, v, out, o), "q [2, 8, 16]", "rank 4");
+            rejects(IllegalArgumentException.class, out, () -> a.sdpa(q, r5, v, out, o), "k [1, 1, 2, 8, 16]", "rank 4");
+            rejects(IllegalArgumentException.class, out, () -> a.sdpa(q, k, r3, out, o), "v [2, 8, 16]", "rank 4");
+            Tensor out3 = nan(arena, 2, 8, 16);
+            rejects(IllegalArgumentException.class, out3, () -> a.sdpa(q, k, v, out3, o), "out [2, 8, 16]", "rank 4");
+            rejects(IllegalArgumentException.class, out, () -> a.sdpa(null, k, v, out, o), "q");
+            rejects(IllegalArgumentException.class, out, () -> a.sdpa(q, k, v, out, null), "options");
+        }
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("backends")
+    void maskThatDoesNotBroadcast(Backend backend) {
+        Attention a = Attention.create(backend);
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor q = Tensor.allocate(arena, 2, 4, 8, 16);
+            Tensor k = Tensor.allocate(arena, 2, 2, 10, 16);
+            Tensor v = Tensor.allocate(arena, 2, 2, 10, 16);
+            Tensor out = nan(arena, 2, 4, 8, 16);
+            long[][] bad = {{8, 11}, {3, 10}, {8}, {2, 8, 10}, {2, 2, 8, 10}, {3, 1, 8, 10}, {2, 4, 8, 1},
+                    {2, 1, 2, 10}, {1, 1, 1, 2, 8, 10}};
+            for (long[] s : bad) {
+                Tensor m = Tensor.allocate(arena, s);
+                for (Function<Tensor, Mask> kind : java.util.List.<Function<Tensor, Mask>>of(Mask::allowed, Mask::additive)) {
+                    SdpaOptions o = SdpaOptions.DEFAULT.withMask(kind.apply(m));
+                    rejects(IllegalArgumentException.class, out, () -> a.sdpa(q, k, v, out, o), m.describe("mask"),
+                            "[2, 4, 8, 10]");
+                }
+            }
+        }
+    }
+
+    @Test
+    void nonFiniteScale() {
+        for (float s : new float[] {Float.NaN, Float.POSITIVE_INFINITY, Float.NEGATIVE_INFINITY}) {
+            rejects(IllegalArgumentException.class, null, () -> SdpaOptions.DEFAULT.withScale(s), "scale", "finite");
+        }
+        rejects(IllegalArgumentException.class, null, () -> new SdpaOptions(true, null, Float.POSITIVE_INFINITY),
+                "scale");
+        assertDoesNotThrow(() -> SdpaOptions.DEFAULT.withScale(-0.5f));
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("backends")
+    void defaultScaleNeedsPositiveDk(Backend backend) {
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor q = Tensor.allocate(arena, 1, 1, 2, 0);
+            Tensor k = Tensor.allocate(arena, 1, 1, 2, 0);
+            Tensor v = Tensor.allocate(arena, 1, 1, 2, 3);
+            Tensor out = nan(arena, 1, 1, 2, 3);
+            rejects(IllegalArgumentException.class, out,
+                    () -> Attention.create(backend).sdpa(q, k, v, out, SdpaOptions.DEFAULT), "q [1, 1, 2, 0]", "Dk=0");
+        }
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("backends")
+    void closedArena(Backend backend) {
+        Attention a = Attention.create(backend);
+        try (Arena live = Arena.ofConfined()) {
+            Tensor q = Tensor.allocate(live, 1, 2, 4, 8);
+            Tensor k = Tensor.allocate(live, 1, 2, 4, 8);
+            Tensor v = Tensor.allocate(live, 1, 2, 4, 8);
+            Tensor out = nan(live, 1, 2, 4, 8);
+            Arena dead = Arena.ofConfined();
+            Tensor dq = Tensor.allocate(dead, 1, 2, 4, 8);
+            Tensor dout = Tensor.allocate(dead, 1, 2, 4, 8);
+            Tensor dmask = Tensor.allocate(dead, 4, 4);
+            dead.close();
+            SdpaOptions o = SdpaOptions.DEFAULT;
+            rejects(IllegalStateException.class, out, () -> a.sdpa(dq, k, v, out, o), "q [1, 2, 4, 8]", "closed");
+            rejects(IllegalStateException.class, out, () -> a.sdpa(q, dq, v, out, o), "k [1, 2, 4, 8]", "closed");
+            rejects(IllegalStateException.class, out, () -> a.sdpa(q, k, dq, out, o), "v [1, 2, 4, 8]", "closed");
+            rejects(IllegalStateException.class, null, () -> a.sdpa(q, k, v, dout, o), "out [1, 2, 4, 8]", "closed");
+            rejects(IllegalStateException.class, out, () -> a.sdpa(q, k, v, out, o.withMask(Mask.allowed(dmask))),
+                    "mask [4, 4]", "closed");
+        }
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("backends")
+    void outputOverlappingAnInput(Backend backend) {
+        Attention a = Attention.create(backend);
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor big = Tensor.allocate(arena, 2, 1, 2, 8, 8);
+            Tensor q = big.select(0, 0);
+            Tensor k = Tensor.allocate(arena, 1, 2, 8, 8);
+            Tensor v = Tensor.allocate(arena, 1, 2, 8, 8);
+            SdpaOptions o = SdpaOptions.DEFAULT;
+            rejects(IllegalArgumentException.class, null, () -> a.sdpa(q, k, v, q, o), "out [1, 2, 8, 8]", "overlaps q");
+            rejects(IllegalArgumentException.class, null, () -> a.sdpa(q, k, v, k, o), "overlaps k");
+            rejects(IllegalArgumentException.class, null, () -> a.sdpa(q, k, v, v, o), "overlaps v");
+            // a partial overlap: out starts in the last row of q
+            Tensor flat = big.reshape(2 * 2 * 8 * 8);
+            Tensor shifted = Tensor.view(flat.segment(), 2 * 8 * 8 - 8, new long[] {1, 2, 8, 8},
+                    new long[] {128, 64, 8, 1});
+            rejects(IllegalArgumentException.class, null, () -> a.sdpa(q, k, v, shifted, o), "overlaps q");
+            // out overlapping the mask
+            Tensor m = Tensor.allocate(arena, 1, 2, 8, 8);
+            rejects(IllegalArgumentException.class, null, () -> a.sdpa(q, k, v, m, o.withMask(Mask.additive(m))),
+                    "overlaps mask");
+            // out mapping several elements to one address (a broadcast view)
+            Tensor row = Tensor.allocate(arena, 1, 1, 1, 8).fill(Float.NaN);
+            Tensor broadcast = row.broadcastTo(1, 2, 8, 8);
+            rejects(IllegalArgumentException.class, row, () -> a.sdpa(q, k, v, broadcast, o), "out [1, 2, 8, 8]",
+                    "one address");
+            // the adjacent half of the same allocation is not an overlap
+            assertDoesNotThrow(() -> a.sdpa(q, k, v, big.select(0, 1), o));
+        }
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("backends")
+    void workspaceTooSmallOrClosed(Backend backend) {
+        Attention a = Attention.create(backend);
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor q = Tensor.allocate(arena, 1, 2, 70, 8);
+            Tensor k = Tensor.allocate(arena, 1, 2, 90, 8);
+            Tensor v = Tensor.allocate(arena, 1, 2, 90, 8);
+            Tensor out = nan(arena, 1, 2, 70, 8);
+            SdpaOptions o = SdpaOptions.DEFAULT;
+            long need = a.workspaceBytes(q, k, v, out, o);
+            if (backend == Backend.REFERENCE) {
+                return;
+            }
+            assertTrue(need >= 64L * 90 * Float.BYTES, "a 64-row score tile needs " + 64 * 90 * 4 + " bytes, got " + need);
+            Workspace small = Workspace.allocate(arena, need - 4);
+            rejects(IllegalArgumentException.class, out, () -> a.sdpa(q, k, v, out, o, small), "workspace",
+                    String.valueOf(need));
+            Arena dead = Arena.ofConfined();
+            Workspace closed = Workspace.allocate(dead, need);
+            dead.close();
+            rejects(IllegalStateException.class, out, () -> a.sdpa(q, k, v, out, o, closed), "workspace", "closed");
+            rejects(IllegalArgumentException.class, null, () -> Workspace.allocate(arena, -1), "workspace");
+            assertDoesNotThrow(() -> a.sdpa(q, k, v, out, o, Workspace.allocate(arena, need)));
+        }
+    }
+
+    /**
+     * Tensors over heap arrays: OpenBLAS cannot read them, so the native backend rejects each by name; the Java
+     * backends read them like any other memory and agree with the reference on off-heap copies.
+     */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("backends")
+    void heapTensors(Backend backend) {
+        Attention a = Attention.create(backend);
+        try (Arena arena = Arena.ofConfined()) {
+            java.util.Random r = new java.util.Random(3);
+            long[] qs = {1, 2, 3, 4};
+            long[] ks = {1, 1, 5, 4};
+            Tensor q = Fixtures.random(arena, r, qs);
+            Tensor k = Fixtures.random(arena, r, ks);
+            Tensor v = Fixtures.random(arena, r, ks);
+            Tensor out = nan(arena, qs);
+            Tensor hq = Tensor.wrap(java.lang.foreign.MemorySegment.ofArray(q.toArray()), qs);
+            Tensor hk = Tensor.wrap(java.lang.foreign.MemorySegment.ofArray(k.toArray()), ks);
+            Tensor hv = Tensor.wrap(java.lang.foreign.MemorySegment.ofArray(v.toArray()), ks);
+            Tensor hout = Tensor.wrap(java.lang.foreign.MemorySegment.ofArray(new float[24]), qs).fill(Float.NaN);
+            SdpaOptions o = SdpaOptions.CAUSAL;
+            if (backend == Backend.NATIVE) {
+                rejects(IllegalArgumentException.class, out, () -> a.sdpa(hq, k, v, out, o), "q [1, 2, 3, 4]", "heap");
+                rejects(IllegalArgumentException.class, out, () -> a.sdpa(q, hk, v, out, o), "k [1, 1, 5, 4]", "heap");
+                rejects(IllegalArgumentException.class, out, () -> a.sdpa(q, k, hv, out, o), "v [1, 1, 5, 4]", "heap");
+                rejects(IllegalArgumentException.class, hout, () -> a.sdpa(q, k, v, hout, o), "out [1, 2, 3, 4]", "heap");
+                return;
+            }
+            a.sdpa(hq, hk, hv, hout, o);
+            Fixtures.run(Backend.REFERENCE, q, k, v, out, o);
+            double tol = Fixtures.tol(4, 5, 1);
+            Fixtures.assertClose(backend + " heap tensors", qs, hout.toArray(), out.toArray(), tol, tol);
+        }
+    }
+}

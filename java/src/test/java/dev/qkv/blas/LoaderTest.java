@@ -1,0 +1,186 @@
+package dev.qkv.blas;
+
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+import java.io.IOException;
+import java.io.UncheckedIOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.TimeUnit;
+import java.util.stream.Stream;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/**
+ * How {@link OpenBlas} finds its library, each case in a fresh child JVM running {@link LoaderProbe} (a
+ * library loads once per JVM, so this JVM's own choice cannot be undone): an explicit path that is unusable
+ * fails with a message naming it and never falls back; the default extracts and loads the bundled OpenBLAS,
+ * also with two JVMs racing on one empty cache folder; the system property wins over the environment.
+ */
+class LoaderTest {
+
+    private static final String MISSING = "/nonexistent/libopenblas.so.0";
+
+    @TempDir
+    Path tmp;
+
+    /** The stdout and stderr files of each running child. */
+    private final Map<Process, Path[]> outputs = new java.util.HashMap<>();
+
+    /** What a child JVM did. */
+    record Run(int exit, String out, String err) {
+        String line(String key) {
+            return out.lines().filter(l -> l.startsWith(key + "=")).map(l -> l.substring(key.length() + 1))
+                    .findFirst().orElse(null);
+        }
+
+        @Override
+        public String toString() {
+            return "exit " + exit + "\n--- stdout\n" + out + "--- stderr\n" + err;
+        }
+    }
+
+    /** Starts {@link LoaderProbe} in a child JVM with the given system properties and environment. */
+    private Process start(Map<String, String> properties, Map<String, String> env) throws IOException {
+        List<String> cmd = new ArrayList<>();
+        cmd.add(ProcessHandle.current().info().command().orElseThrow());
+        // the flag every qkv JVM needs for FFM downcalls
+        cmd.add("--enable-native-access=ALL-UNNAMED");
+        properties.forEach((k, v) -> cmd.add("-D" + k + "=" + v));
+        cmd.add("-cp");
+        cmd.add(System.getProperty("java.class.path"));
+        cmd.add(LoaderProbe.class.getName());
+        ProcessBuilder pb = new ProcessBuilder(cmd);
+        pb.environment().remove(OpenBlas.LIBRARY_ENV);
+        pb.environment().putAll(env);
+        Path errFile = Files.createTempFile(tmp, "err-", ".txt");
+        Path outFile = Files.createTempFile(tmp, "out-", ".txt");
+        pb.redirectOutput(outFile.toFile());
+        pb.redirectError(errFile.toFile());
+        Process p = pb.start();
+        outputs.put(p, new Path[] {outFile, errFile});
+        return p;
+    }
+
+    private Run finish(Process p) throws IOException, InterruptedException {
+        if (!p.waitFor(120, TimeUnit.SECONDS)) {
+            p.destroyForcibly();
+            throw new AssertionError("child JVM did not finish in 120 s");
+        }
+        Path[] files = outputs.remove(p);
+        return new Run(p.exitValue(), Files.readString(files[0], StandardCharsets.UTF_8),
+                Files.readString(files[1], StandardCharsets.UTF_8));
+    }
+
+    private Run run(Map<String, String> properties, Map<String, String> env) throws IOException, InterruptedException {
+        return finish(start(properties, env));
+    }
+
+    /** A failed load: status 3 from the probe, no crash or stack trace, and no library reported. */
+    private static String assertFailed(Run r) {
+        assertEquals(3, r.exit(), r.toString());
+        assertTrue(r.line("error") != null, r.toString());
+        assertEquals(null, r.line("source"), r.toString());
+        assertFalse(r.err().contains("Exception") || r.err().contains("fatal error"), r.toString());
+        return r.line("error");
+    }
+
+    private static void assertLoaded(Run r, String source) {
+        assertEquals(0, r.exit(), r.toString());
+        assertEquals(source, r.line("source"), r.toString());
+        assertEquals("19.0,22.0,43.0,50.0", r.line("product"), r.toString());
+        assertTrue(r.line("describe").contains("OpenBLAS"), r.toString());
+    }
+
+    private static boolean isEmptyDir(Path dir) {
+        if (!Files.exists(dir)) {
+            return true;
+        }
+        try (Stream<Path> s = Files.list(dir)) {
+            return s.findAny().isEmpty();
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
+    }
+
+    @Test
+    void missingPropertyPathFailsWithoutFallback() throws Exception {
+        Path cache = tmp.resolve("cache-a");
+        Run r = run(Map.of(OpenBlas.LIBRARY_PROPERTY, MISSING, OpenBlas.CACHE_PROPERTY, cache.toString()), Map.of());
+        String msg = assertFailed(r);
+        assertTrue(msg.contains(OpenBlas.LIBRARY_PROPERTY) && msg.contains(MISSING) && msg.contains("no such file"),
+                msg);
+        // no fallback: the bundled library was never extracted
+        assertTrue(isEmptyDir(cache), "the bundled library was extracted after an explicit path failed");
+    }
+
+    @Test
+    void environmentPathToATextFileFailsClearly() throws Exception {
+        Path text = Files.writeString(tmp.resolve("libopenblas.so.0"), "not a shared object\n");
+        Path cache = tmp.resolve("cache-b");
+        Run r = run(Map.of(OpenBlas.CACHE_PROPERTY, cache.toString()), Map.of(OpenBlas.LIBRARY_ENV, text.toString()));
+        String msg = assertFailed(r);
+        assertTrue(msg.contains(OpenBlas.LIBRARY_ENV) && msg.contains(text.toString()) && msg.contains("cannot be loaded"),
+                msg);
+        assertTrue(isEmptyDir(cache), "the bundled library was extracted after an explicit path failed");
+
+        // a folder is not a library either
+        Run dir = run(Map.of(OpenBlas.CACHE_PROPERTY, cache.toString()), Map.of(OpenBlas.LIBRARY_ENV, tmp.toString()));
+        String dirMsg = assertFailed(dir);
+        assertTrue(dirMsg.contains(tmp.toString()) && dirMsg.contains("not a readable file"), dirMsg);
+    }
+
+    @Test
+    void defaultLoadsTheBundledLibraryIntoAFreshCacheEvenWhenTwoJvmsRace() throws Exception {
+        Path cache = tmp.resolve("fresh-cache");
+        Map<String, String> props = Map.of(OpenBlas.CACHE_PROPERTY, cache.toString());
+        Process p1 = start(props, Map.of());
+        Process p2 = start(props, Map.of());
+        Run r1 = finish(p1);
+        Run r2 = finish(p2);
+        for (Run r : List.of(r1, r2)) {
+            assertLoaded(r, "BUNDLED");
+            assertTrue(Path.of(r.line("path")).startsWith(cache), "loaded from outside the cache folder: " + r);
+            assertTrue(r.line("describe").contains("bundled"), r.toString());
+        }
+        assertEquals(r1.line("path"), r2.line("path"));
+        Path dir = Path.of(r1.line("path")).getParent();
+        assertTrue(dir.getFileName().toString().matches("openblas-[0-9a-f]{24}"), dir.toString());
+        try (Stream<Path> files = Files.list(dir)) {
+            List<String> names = files.map(f -> f.getFileName().toString()).sorted().toList();
+            assertEquals(List.of("libgcc_s.so.1", "libgfortran.so.5", "libopenblas.so.0", "libquadmath.so.0"), names,
+                    "temporary files left behind or files missing");
+        }
+
+        // a second run reuses the extracted files
+        long modified = Files.getLastModifiedTime(Path.of(r1.line("path"))).toMillis();
+        Run again = run(props, Map.of());
+        assertLoaded(again, "BUNDLED");
+        assertEquals(r1.line("path"), again.line("path"));
+        assertEquals(modified, Files.getLastModifiedTime(Path.of(r1.line("path"))).toMillis());
+
+        // (d) the property wins over the environment, in both directions
+        String lib = r1.line("path");
+        Run propGood = run(Map.of(OpenBlas.LIBRARY_PROPERTY, lib), Map.of(OpenBlas.LIBRARY_ENV, MISSING));
+        assertLoaded(propGood, "PROPERTY");
+        assertEquals(lib, propGood.line("path"));
+        Run propBad = run(Map.of(OpenBlas.LIBRARY_PROPERTY, MISSING), Map.of(OpenBlas.LIBRARY_ENV, lib));
+        String msg = assertFailed(propBad);
+        assertTrue(msg.contains(OpenBlas.LIBRARY_PROPERTY) && msg.contains(MISSING) && !msg.contains(OpenBlas.LIBRARY_ENV),
+                msg);
+        Run envGood = run(Map.of(), Map.of(OpenBlas.LIBRARY_ENV, lib));
+        assertLoaded(envGood, "ENVIRONMENT");
+
+        // a real shared object that is not OpenBLAS is refused by name
+        Run notBlas = run(Map.of(OpenBlas.LIBRARY_PROPERTY, dir.resolve("libquadmath.so.0").toString()), Map.of());
+        String notBlasMsg = assertFailed(notBlas);
+        assertTrue(notBlasMsg.contains("cblas_sgemm") && notBlasMsg.contains("libquadmath.so.0"), notBlasMsg);
+    }
+}

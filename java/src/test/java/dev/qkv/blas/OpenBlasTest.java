@@ -1,0 +1,166 @@
+package dev.qkv.blas;
+
+import dev.qkv.tensor.Tensor;
+import org.junit.jupiter.api.Test;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Random;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assertions.fail;
+
+/**
+ * The OpenBLAS layer in this JVM: the typed {@link OpenBlas#matmul} over tensor views (row-major, transposed,
+ * sliced) against a naive loop, its argument checks, {@link OpenBlas#sgemm} refusing heap memory, and the
+ * thread setting. Loading itself is tested in child JVMs by {@link LoaderTest}.
+ */
+class OpenBlasTest {
+
+    private static final OpenBlas BLAS = OpenBlas.get();
+
+    private static Tensor random(Arena arena, Random r, long... shape) {
+        float[] x = new float[(int) (shape[0] * shape[1])];
+        for (int i = 0; i < x.length; i++) {
+            x[i] = 2 * r.nextFloat() - 1;
+        }
+        return Tensor.of(arena, x, shape);
+    }
+
+    /** {@code alpha · op(a) · op(b) + beta · c0} in double, and the bound of its float evaluation. */
+    private static void check(String ctx, Transpose ta, Tensor a, Transpose tb, Tensor b, float alpha, float beta,
+                              float[] c0, Tensor c) {
+        Tensor oa = ta == Transpose.NO ? a : a.transpose();
+        Tensor ob = tb == Transpose.NO ? b : b.transpose();
+        long m = oa.size(0), k = oa.size(1), n = ob.size(1);
+        List<String> bad = new ArrayList<>();
+        for (long i = 0; i < m; i++) {
+            for (long j = 0; j < n; j++) {
+                double dot = 0, abs = 0;
+                for (long p = 0; p < k; p++) {
+                    double x = (double) oa.get(i, p) * ob.get(p, j);
+                    dot += x;
+                    abs += Math.abs(x);
+                }
+                double old = beta * (double) c0[(int) (i * n + j)];
+                double want = alpha * dot + old;
+                double tol = 2 * (k + 3) * 0x1p-24 * (Math.abs(alpha) * abs + Math.abs(old));
+                float got = c.get(i, j);
+                if (!(Math.abs(got - want) <= tol) && bad.size() < 6) {
+                    bad.add("[" + i + ", " + j + "] got " + got + " want " + want);
+                }
+            }
+        }
+        if (!bad.isEmpty()) {
+            fail(ctx + ": " + String.join("; ", bad));
+        }
+    }
+
+    @Test
+    void matmulOverViews() {
+        try (Arena arena = Arena.ofConfined()) {
+            Random r = new Random(5);
+            int m = 17, k = 65, n = 7;
+            for (Transpose ta : Transpose.values()) {
+                for (Transpose tb : Transpose.values()) {
+                    // a as stored [m, k] or [k, m], in four forms: dense, a slice of a wider matrix, the transpose
+                    // of a dense matrix stored the other way round, and a head selected from a rank-3 tensor
+                    long ar = ta == Transpose.NO ? m : k, ac = ta == Transpose.NO ? k : m;
+                    long br = tb == Transpose.NO ? k : n, bc = tb == Transpose.NO ? n : k;
+                    List<Tensor> as = List.of(random(arena, r, ar, ac),
+                            random(arena, r, ar + 3, ac + 5).slice(0, 2, ar + 2).slice(1, 3, ac + 3),
+                            random(arena, r, ac, ar).transpose());
+                    List<Tensor> bs = List.of(random(arena, r, br, bc),
+                            random(arena, r, bc, br).transpose(),
+                            random(arena, r, br, bc + 4).slice(1, 4, bc + 4));
+                    for (Tensor a : as) {
+                        for (Tensor b : bs) {
+                            Tensor cBig = random(arena, r, m, n + 9);
+                            Tensor c = cBig.slice(1, 2, n + 2);
+                            float[] c0 = c.toArray();
+                            BLAS.matmul(ta, a, tb, b, 0.75f, -0.5f, c);
+                            check("ta=" + ta + " a=" + a + " tb=" + tb + " b=" + b, ta, a, tb, b, 0.75f, -0.5f, c0, c);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    @Test
+    void matmulRejectsBadTensors() {
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor a = Tensor.allocate(arena, 4, 5);
+            Tensor b = Tensor.allocate(arena, 5, 6);
+            Tensor c = Tensor.allocate(arena, 4, 6);
+            Transpose no = Transpose.NO;
+            assertMessage(() -> BLAS.matmul(no, a, no, Tensor.allocate(arena, 4, 6), 1f, 0f, c), "does not give");
+            assertMessage(() -> BLAS.matmul(no, a, no, b, 1f, 0f, Tensor.allocate(arena, 4, 7)), "c [4, 7]");
+            assertMessage(() -> BLAS.matmul(no, Tensor.allocate(arena, 1, 4, 5), no, b, 1f, 0f, c), "rank 2");
+            // no unit stride in either dimension: a strided view of a [4, 10]
+            Tensor strided = Tensor.allocate(arena, 4, 5, 2).select(2, 0);
+            assertMessage(() -> BLAS.matmul(no, strided, no, b, 1f, 0f, c), "no unit stride");
+            // an output whose last stride is not 1
+            Tensor cT = Tensor.allocate(arena, 6, 4).transpose();
+            assertMessage(() -> BLAS.matmul(no, a, no, b, 1f, 0f, cT), "unit stride");
+            // rows that overlap: a broadcast view
+            Tensor row = Tensor.allocate(arena, 1, 5).broadcastTo(4, 5);
+            assertMessage(() -> BLAS.matmul(no, row, no, b, 1f, 0f, c), "overlap");
+            // output overlapping an input
+            Tensor sq = Tensor.allocate(arena, 5, 5);
+            assertMessage(() -> BLAS.matmul(no, sq, no, sq, 1f, 0f, sq), "overlaps");
+        }
+    }
+
+    private static void assertMessage(Runnable call, String fragment) {
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, call::run);
+        assertTrue(e.getMessage().contains(fragment), "message \"" + e.getMessage() + "\" should contain \"" + fragment + "\"");
+    }
+
+    @Test
+    void sgemmRefusesHeapSegments() {
+        float[] out = {9, 9, 9, 9};
+        MemorySegment heap = MemorySegment.ofArray(new float[] {1, 2, 3, 4});
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment off = arena.allocate(16, 64);
+            for (int which = 0; which < 3; which++) {
+                MemorySegment a = which == 0 ? heap : off;
+                MemorySegment b = which == 1 ? heap : off;
+                MemorySegment c = which == 2 ? MemorySegment.ofArray(out) : arena.allocate(16, 64);
+                IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                        () -> BLAS.sgemm(Transpose.NO, Transpose.NO, 2, 2, 2, 1f, a, 0, 2, b, 0, 2, 0f, c, 0, 2));
+                assertTrue(e.getMessage().contains("heap segment"), e.getMessage());
+            }
+            assertEquals(9f, out[0]);
+        }
+    }
+
+    @Test
+    void threadsCanBeSetAndRead() {
+        int before = BLAS.threads();
+        assertTrue(before >= 1, "threads " + before);
+        try {
+            BLAS.setThreads(1);
+            assertEquals(1, BLAS.threads());
+            assertThrows(IllegalArgumentException.class, () -> BLAS.setThreads(0));
+            assertThrows(IllegalArgumentException.class, () -> BLAS.setThreads(-3));
+            assertEquals(1, BLAS.threads());
+        } finally {
+            BLAS.setThreads(before);
+        }
+    }
+
+    @Test
+    void describesWhatWasLoaded() {
+        BlasLibrary lib = BLAS.library();
+        assertTrue(lib.config().contains("OpenBLAS"), lib.config());
+        assertTrue(!lib.coreName().isBlank(), "core name is blank");
+        String d = BLAS.describe();
+        assertTrue(d.contains(lib.path().toString()) && d.contains(lib.coreName()) && d.contains("threads"), d);
+        assertTrue(OpenBlas.isAvailable());
+    }
+}

@@ -1,0 +1,251 @@
+package dev.qkv.kernel;
+
+import dev.qkv.blas.Transpose;
+import org.junit.jupiter.api.Named;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.Arguments;
+import org.junit.jupiter.params.provider.MethodSource;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Random;
+import java.util.stream.Stream;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assertions.fail;
+
+/**
+ * Every {@link MatmulKernel} against a naive double-precision loop, over all transpose combinations, tail
+ * sizes, leading dimensions wider than the rows, non-zero offsets and alpha/beta; and every bad argument
+ * rejected before the kernel runs.
+ */
+class MatmulKernelTest {
+
+    static final long SEED = Long.getLong("qkv.test.seed", 20261125L);
+    static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
+    static final int[] SIZES = {1, 3, 7, 17, 63, 64, 65, 129};
+
+    static List<MatmulKernel> kernels() {
+        return List.of(MatmulKernel.openBlas(), MatmulKernel.javaScalar());
+    }
+
+    static Stream<Named<MatmulKernel>> namedKernels() {
+        return kernels().stream().map(k -> Named.of(k.name(), k));
+    }
+
+    /** One product; {@code toString} is what a failure prints. */
+    record Case(long seed, Transpose ta, Transpose tb, int m, int n, int k, int padA, int padB, int padC,
+                long offA, long offB, long offC, float alpha, float beta) {
+    }
+
+    static Stream<Arguments> cases() {
+        Random r = new Random(SEED);
+        float[][] alphaBeta = {{1, 0}, {0.5f, -2}, {-1, 1}, {2, 0.25f}, {0, 3}};
+        List<Arguments> out = new ArrayList<>();
+        for (MatmulKernel kernel : kernels()) {
+            int i = 0;
+            for (Transpose ta : Transpose.values()) {
+                for (Transpose tb : Transpose.values()) {
+                    for (int rep = 0; rep < 8; rep++, i++) {
+                        float[] ab = alphaBeta[i % alphaBeta.length];
+                        Case c = new Case(r.nextLong(), ta, tb, SIZES[r.nextInt(SIZES.length)],
+                                SIZES[r.nextInt(SIZES.length)], rep == 0 ? 0 : SIZES[r.nextInt(SIZES.length)],
+                                r.nextInt(3) * 5, r.nextInt(3) * 3, r.nextInt(2) * 7,
+                                r.nextInt(3) * 11, r.nextInt(3) * 13, r.nextInt(3) * 17, ab[0], ab[1]);
+                        out.add(Arguments.of(Named.of(kernel.name(), kernel), c));
+                    }
+                }
+            }
+        }
+        return out.stream();
+    }
+
+    @ParameterizedTest(name = "{0} {1}")
+    @MethodSource("cases")
+    void matchesNaiveLoop(MatmulKernel kernel, Case c) {
+        try (Arena arena = Arena.ofConfined()) {
+            Random r = new Random(c.seed());
+            // stored shapes: A [m, k] or [k, m]; B [k, n] or [n, k]; C [m, n]
+            int aRows = c.ta() == Transpose.NO ? c.m() : c.k();
+            int aCols = c.ta() == Transpose.NO ? c.k() : c.m();
+            int bRows = c.tb() == Transpose.NO ? c.k() : c.n();
+            int bCols = c.tb() == Transpose.NO ? c.n() : c.k();
+            int lda = Math.max(1, aCols + c.padA());
+            int ldb = Math.max(1, bCols + c.padB());
+            int ldc = c.n() + c.padC();
+            MemorySegment a = random(arena, r, c.offA() + (long) aRows * lda);
+            MemorySegment b = random(arena, r, c.offB() + (long) bRows * ldb);
+            MemorySegment cs = random(arena, r, c.offC() + (long) c.m() * ldc);
+            float[] before = cs.toArray(ValueLayout.JAVA_FLOAT);
+            if (c.beta() == 0) {
+                // with beta = 0 the old C is ignored, even NaN
+                for (int i = 0; i < c.m(); i++) {
+                    for (int j = 0; j < c.n(); j++) {
+                        cs.setAtIndex(F, c.offC() + (long) i * ldc + j, Float.NaN);
+                    }
+                }
+            }
+            kernel.matmul(c.ta(), c.tb(), c.m(), c.n(), c.k(), c.alpha(), a, c.offA(), lda, b, c.offB(), ldb,
+                    c.beta(), cs, c.offC(), ldc);
+            List<String> bad = new ArrayList<>();
+            for (int i = 0; i < c.m(); i++) {
+                for (int j = 0; j < c.n(); j++) {
+                    double dot = 0;
+                    double abs = 0;
+                    for (int p = 0; p < c.k(); p++) {
+                        double x = a.getAtIndex(F, c.offA() + (c.ta() == Transpose.NO ? (long) i * lda + p : (long) p * lda + i));
+                        double y = b.getAtIndex(F, c.offB() + (c.tb() == Transpose.NO ? (long) p * ldb + j : (long) j * ldb + p));
+                        dot += x * y;
+                        abs += Math.abs(x * y);
+                    }
+                    long at = c.offC() + (long) i * ldc + j;
+                    double old = c.beta() == 0 ? 0 : c.beta() * (double) before[(int) at];
+                    double want = c.alpha() * dot + old;
+                    // the classic bound for a float dot product of length k plus the alpha/beta roundings
+                    double tol = 2 * (c.k() + 3) * 0x1p-24 * (Math.abs(c.alpha()) * abs + Math.abs(old));
+                    float got = cs.getAtIndex(F, at);
+                    if (!(Math.abs(got - want) <= tol) && bad.size() < 6) {
+                        bad.add("[" + i + ", " + j + "] got " + got + " want " + want + " tol " + tol);
+                    }
+                }
+            }
+            // padding of C and the area before its offset are untouched
+            for (int idx = 0; idx < before.length; idx++) {
+                long rel = idx - c.offC();
+                boolean inside = rel >= 0 && rel / ldc < c.m() && rel % ldc < c.n();
+                if (!inside && Float.floatToRawIntBits(cs.getAtIndex(F, idx)) != Float.floatToRawIntBits(before[idx])) {
+                    bad.add("element " + idx + " outside C changed");
+                    break;
+                }
+            }
+            if (!bad.isEmpty()) {
+                fail(kernel.name() + " " + c + ": " + String.join("; ", bad));
+            }
+        }
+    }
+
+    private static MemorySegment random(Arena arena, Random r, long floats) {
+        MemorySegment s = arena.allocate(Math.max(1, floats) * Float.BYTES, 64);
+        for (long i = 0; i < floats; i++) {
+            s.setAtIndex(F, i, 2 * r.nextFloat() - 1);
+        }
+        return s;
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("namedKernels")
+    void emptyProductsScaleOrLeaveC(MatmulKernel kernel) {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment a = arena.allocate(4);
+            MemorySegment c = arena.allocate(6 * 4);
+            c.fill((byte) 0);
+            c.setAtIndex(F, 0, 5f);
+            // k = 0: C = beta · C, and no element of a or b is read even at an offset past their ends
+            kernel.matmul(Transpose.NO, Transpose.NO, 2, 3, 0, 1f, a, 9, 1, a, 9, 3, 0.5f, c, 0, 3);
+            assertEquals(2.5f, c.getAtIndex(F, 0));
+            // m = 0 or n = 0: nothing to do
+            MemorySegment b = arena.allocate(6 * 4);
+            kernel.matmul(Transpose.NO, Transpose.NO, 0, 3, 2, 1f, a, 9, 2, b, 0, 3, 0f, c, 0, 3);
+            kernel.matmul(Transpose.NO, Transpose.NO, 2, 0, 3, 1f, b, 0, 3, a, 9, 1, 0f, c, 0, 1);
+            assertEquals(2.5f, c.getAtIndex(F, 0));
+        }
+    }
+
+    /** Every bad argument is an exception, and C keeps its sentinel: the kernel never ran. */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("namedKernels")
+    void badArgumentsAreRejectedBeforeTheCall(MatmulKernel kernel) {
+        Transpose no = Transpose.NO;
+        Transpose yes = Transpose.YES;
+        try (Arena arena = Arena.ofConfined()) {
+            // A [4, 5], B [5, 6], C [4, 6], dense
+            MemorySegment a = arena.allocate(20 * 4, 64);
+            MemorySegment b = arena.allocate(30 * 4, 64);
+            MemorySegment c = arena.allocate(24 * 4, 64);
+            c.fill((byte) 0x7f);
+            MemorySegment big = arena.allocate(200 * 4, 64);
+            expect(IllegalArgumentException.class, c, "leading dimension",
+                    () -> kernel.matmul(no, no, 4, 6, 5, 1f, a, 0, 4, b, 0, 6, 0f, c, 0, 6));
+            expect(IllegalArgumentException.class, c, "leading dimension",
+                    () -> kernel.matmul(yes, no, 4, 6, 5, 1f, a, 0, 3, b, 0, 6, 0f, c, 0, 6));
+            expect(IllegalArgumentException.class, c, "leading dimension",
+                    () -> kernel.matmul(no, yes, 4, 6, 5, 1f, a, 0, 5, b, 0, 4, 0f, c, 0, 6));
+            expect(IllegalArgumentException.class, c, "leading dimension",
+                    () -> kernel.matmul(no, no, 4, 6, 5, 1f, a, 0, 5, b, 0, 6, 0f, c, 0, 5));
+            expect(IllegalArgumentException.class, c, "segment holds 20",
+                    () -> kernel.matmul(no, no, 4, 6, 5, 1f, a, 1, 5, b, 0, 6, 0f, c, 0, 6));
+            expect(IllegalArgumentException.class, c, "segment holds 20",
+                    () -> kernel.matmul(no, no, 4, 6, 5, 1f, a, 0, 6, b, 0, 6, 0f, c, 0, 6));
+            expect(IllegalArgumentException.class, c, "segment holds 30",
+                    () -> kernel.matmul(no, no, 4, 7, 5, 1f, a, 0, 5, b, 0, 7, 0f, c, 0, 6));
+            expect(IllegalArgumentException.class, c, "segment holds 24",
+                    () -> kernel.matmul(no, no, 4, 6, 5, 1f, a, 0, 5, b, 0, 6, 0f, c, 0, 7));
+            expect(IllegalArgumentException.class, c, "negative offset",
+                    () -> kernel.matmul(no, no, 4, 6, 5, 1f, a, -1, 5, b, 0, 6, 0f, c, 0, 6));
+            expect(IllegalArgumentException.class, c, "segment holds",
+                    () -> kernel.matmul(no, no, 4, 6, 5, 1f, a, Long.MAX_VALUE - 3, 5, b, 0, 6, 0f, c, 0, 6));
+            expect(IllegalArgumentException.class, c, "negative size",
+                    () -> kernel.matmul(no, no, -4, 6, 5, 1f, a, 0, 5, b, 0, 6, 0f, c, 0, 6));
+            expect(IllegalArgumentException.class, c, "negative size",
+                    () -> kernel.matmul(no, no, 4, -6, 5, 1f, a, 0, 5, b, 0, 6, 0f, c, 0, 6));
+            expect(IllegalArgumentException.class, c, "negative size",
+                    () -> kernel.matmul(no, no, 4, 6, -5, 1f, a, 0, 5, b, 0, 6, 0f, c, 0, 6));
+            expect(IllegalArgumentException.class, c, "null",
+                    () -> kernel.matmul(null, no, 4, 6, 5, 1f, a, 0, 5, b, 0, 6, 0f, c, 0, 6));
+            expect(IllegalArgumentException.class, c, "null",
+                    () -> kernel.matmul(no, no, 4, 6, 5, 1f, null, 0, 5, b, 0, 6, 0f, c, 0, 6));
+            // C overlapping A or B, in the same segment or through another slice of it
+            big.fill((byte) 0x7f);
+            expect(IllegalArgumentException.class, big, "overlaps input a",
+                    () -> kernel.matmul(no, no, 4, 6, 5, 1f, big, 0, 5, b, 0, 6, 0f, big, 19, 6));
+            expect(IllegalArgumentException.class, big, "overlaps input b",
+                    () -> kernel.matmul(no, no, 4, 6, 5, 1f, a, 0, 5, big.asSlice(40), 0, 6, 0f, big, 0, 6));
+            kernel.matmul(no, no, 4, 6, 5, 1f, big, 0, 5, b, 0, 6, 0f, big, 20, 6);
+            // a closed arena
+            Arena dead = Arena.ofConfined();
+            MemorySegment gone = dead.allocate(20 * 4, 64);
+            dead.close();
+            expect(IllegalStateException.class, c, "closed",
+                    () -> kernel.matmul(no, no, 4, 6, 5, 1f, gone, 0, 5, b, 0, 6, 0f, c, 0, 6));
+            expect(IllegalStateException.class, null, "closed",
+                    () -> kernel.matmul(no, no, 4, 6, 5, 1f, a, 0, 5, b, 0, 6, 0f, gone, 0, 5));
+        }
+    }
+
+    /** OpenBLAS reads raw addresses, so the native kernel refuses heap segments; the Java kernel takes them. */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("namedKernels")
+    void heapSegments(MatmulKernel kernel) {
+        MemorySegment a = MemorySegment.ofArray(new float[] {1, 2, 3, 4});
+        MemorySegment b = MemorySegment.ofArray(new float[] {5, 6, 7, 8});
+        float[] out = new float[4];
+        MemorySegment c = MemorySegment.ofArray(out);
+        if (kernel.name().equals("native")) {
+            expect(IllegalArgumentException.class, c, "heap segment",
+                    () -> kernel.matmul(Transpose.NO, Transpose.NO, 2, 2, 2, 1f, a, 0, 2, b, 0, 2, 0f, c, 0, 2));
+        } else {
+            kernel.matmul(Transpose.NO, Transpose.NO, 2, 2, 2, 1f, a, 0, 2, b, 0, 2, 0f, c, 0, 2);
+            assertEquals(List.of(19f, 22f, 43f, 50f), List.of(out[0], out[1], out[2], out[3]));
+            // the same heap array as both input and output is an overlap
+            expect(IllegalArgumentException.class, null, "overlaps",
+                    () -> kernel.matmul(Transpose.NO, Transpose.NO, 2, 2, 2, 1f, c, 0, 2, b, 0, 2, 0f, c, 0, 2));
+        }
+    }
+
+    private static <T extends Throwable> void expect(Class<T> type, MemorySegment untouched, String fragment,
+                                                     Runnable call) {
+        byte[] before = untouched == null ? null : untouched.toArray(ValueLayout.JAVA_BYTE);
+        T e = assertThrows(type, call::run);
+        assertTrue(e.getMessage() != null && e.getMessage().contains(fragment),
+                "message \"" + e.getMessage() + "\" should contain \"" + fragment + "\"");
+        if (untouched != null) {
+            assertTrue(java.util.Arrays.equals(before, untouched.toArray(ValueLayout.JAVA_BYTE)),
+                    "C was written before the call was rejected");
+        }
+    }
+}

@@ -1,0 +1,277 @@
+package dev.qkv.tensor;
+
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.Arrays;
+import java.util.Random;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertSame;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/**
+ * Tensor views against index arithmetic written out by hand: a dense {@code [A, B, C, D]} holding
+ * {@code value(a, b, c, d) = 1000a + 100b + 10c + d} lets every view be checked element by element.
+ */
+class TensorTest {
+
+    private static final long A = 2, B = 3, C = 4, D = 5;
+
+    private static float value(long a, long b, long c, long d) {
+        return 1000 * a + 100 * b + 10 * c + d;
+    }
+
+    private static Tensor numbered(Arena arena) {
+        float[] x = new float[(int) (A * B * C * D)];
+        int i = 0;
+        for (long a = 0; a < A; a++) {
+            for (long b = 0; b < B; b++) {
+                for (long c = 0; c < C; c++) {
+                    for (long d = 0; d < D; d++) {
+                        x[i++] = value(a, b, c, d);
+                    }
+                }
+            }
+        }
+        return Tensor.of(arena, x, A, B, C, D);
+    }
+
+    @Test
+    void allocateIsZeroedContiguousAndAligned() {
+        try (Arena arena = Arena.ofConfined()) {
+            for (long[] shape : new long[][] {{1}, {3, 7}, {2, 3, 5, 17}, {0, 4}, {}}) {
+                Arena.ofAuto().allocate(3); // a stray small allocation must not disturb alignment
+                Tensor t = Tensor.allocate(arena, shape);
+                assertEquals(0, t.segment().address() % Tensor.ALIGNMENT, Arrays.toString(shape));
+                assertEquals(0, t.segment().address() % 64);
+                assertTrue(t.isContiguous());
+                assertEquals(0, t.offset());
+                for (float x : t.toArray()) {
+                    assertEquals(0f, x);
+                }
+                assertTrue(t.segment().byteSize() >= t.elementCount() * Float.BYTES);
+            }
+            Tensor t = Tensor.allocate(arena, 2, 3, 4);
+            assertArrayEquals(new long[] {12, 4, 1}, t.strides());
+            assertEquals(24, t.elementCount());
+            assertEquals("[2, 3, 4]", t.shapeString());
+            assertEquals("k [2, 3, 4]", t.describe("k"));
+        }
+    }
+
+    @Test
+    void selectSliceTransposeMatchIndexMath() {
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor t = numbered(arena);
+            for (long a = 0; a < A; a++) {
+                for (long b = 0; b < B; b++) {
+                    for (long c = 0; c < C; c++) {
+                        for (long d = 0; d < D; d++) {
+                            float want = value(a, b, c, d);
+                            assertEquals(want, t.get(a, b, c, d));
+                            assertEquals(want, t.select(0, a).get(b, c, d));
+                            assertEquals(want, t.select(1, b).get(a, c, d));
+                            assertEquals(want, t.select(-1, d).get(a, b, c));
+                            assertEquals(want, t.transpose().get(a, b, d, c));
+                            assertEquals(want, t.transpose(0, 2).get(c, b, a, d));
+                            assertEquals(want, t.transpose(1, 2).select(0, a).select(0, c).get(b, d));
+                            if (c >= 1) {
+                                assertEquals(want, t.slice(2, 1, 4).get(a, b, c - 1, d));
+                            }
+                            if (d >= 2 && d < 4 && b >= 1) {
+                                assertEquals(want, t.slice(3, 2, 4).slice(1, 1, 3).get(a, b - 1, c, d - 2));
+                            }
+                        }
+                    }
+                }
+            }
+            Tensor s = t.select(1, 2).slice(1, 1, 3).transpose();
+            assertArrayEquals(new long[] {A, D, 2}, s.shape());
+            assertArrayEquals(new long[] {B * C * D, 1, D}, s.strides());
+            assertEquals(2 * C * D + D, s.offset());
+            assertSame(t.segment(), s.segment());
+            // an empty slice keeps the offset in range
+            assertEquals(0, t.slice(2, 4, 4).elementCount());
+            assertEquals(0, t.slice(2, 4, 4).toArray().length);
+        }
+    }
+
+    @Test
+    void viewsShareMemory() {
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor t = numbered(arena);
+            t.transpose().select(0, 1).slice(1, 2, 3).set(-1f, 2, 0, 3);
+            assertEquals(-1f, t.get(1, 2, 3, 2));
+        }
+    }
+
+    @Test
+    void broadcastToRepeatsSizeOneDimensions() {
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor row = Tensor.of(arena, new float[] {1, 2, 3}, 1, 3);
+            Tensor b = row.broadcastTo(4, 2, 3);
+            assertArrayEquals(new long[] {4, 2, 3}, b.shape());
+            assertArrayEquals(new long[] {0, 0, 1}, b.strides());
+            for (long i = 0; i < 4; i++) {
+                for (long j = 0; j < 2; j++) {
+                    for (long k = 0; k < 3; k++) {
+                        assertEquals(k + 1, b.get(i, j, k));
+                    }
+                }
+            }
+            assertFalse(b.isContiguous());
+            float[] expected = new float[24];
+            for (int i = 0; i < 24; i++) {
+                expected[i] = i % 3 + 1;
+            }
+            assertArrayEquals(expected, b.toArray());
+            assertThrows(IllegalArgumentException.class, () -> row.broadcastTo(2, 4));
+            assertThrows(IllegalArgumentException.class, () -> row.broadcastTo(3));
+        }
+    }
+
+    @Test
+    void reshapeKeepsRowMajorOrder() {
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor t = numbered(arena);
+            Tensor r = t.reshape(A * B, C * D);
+            for (long i = 0; i < A * B * C * D; i++) {
+                long a = i / (B * C * D), b = i / (C * D) % B, c = i / D % C, d = i % D;
+                assertEquals(value(a, b, c, d), r.get(i / (C * D), i % (C * D)));
+            }
+            assertThrows(IllegalArgumentException.class, () -> t.reshape(7, 3));
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> t.transpose().reshape(120));
+            assertTrue(e.getMessage().contains("non-contiguous"), e.getMessage());
+            assertArrayEquals(t.select(0, 1).toArray(), t.select(0, 1).reshape(B * C * D).toArray());
+        }
+    }
+
+    @Test
+    void isContiguous() {
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor t = numbered(arena);
+            assertTrue(t.isContiguous());
+            assertTrue(t.select(0, 1).isContiguous());
+            assertTrue(t.slice(0, 1, 2).isContiguous());
+            assertTrue(t.select(0, 1).select(0, 2).isContiguous());
+            assertFalse(t.select(1, 1).isContiguous());
+            assertFalse(t.transpose().isContiguous());
+            assertFalse(t.slice(3, 0, 4).isContiguous());
+            assertFalse(t.select(2, 0).isContiguous());
+            // size-1 dimensions do not count, whatever their stride
+            assertTrue(t.slice(0, 1, 2).slice(1, 2, 3).slice(2, 3, 4).isContiguous());
+            assertFalse(t.slice(2, 1, 2).slice(1, 0, 1).isContiguous());
+            assertTrue(Tensor.allocate(arena, 3, 1).transpose().isContiguous());
+        }
+    }
+
+    /** copyFrom(float[]) then toArray() returns the same values for dense and strided views alike. */
+    @ParameterizedTest(name = "view {0}")
+    @ValueSource(ints = {0, 1, 2, 3, 4})
+    void copyRoundTrip(int which) {
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor base = Tensor.allocate(arena, 3, 4, 6, 5);
+            Tensor view = switch (which) {
+                case 0 -> base;
+                case 1 -> base.transpose();
+                case 2 -> base.slice(2, 1, 5).slice(3, 2, 5);
+                case 3 -> base.transpose(0, 2).select(1, 3);
+                default -> base.select(3, 4).transpose();
+            };
+            float[] x = new float[(int) view.elementCount()];
+            Random r = new Random(which);
+            for (int i = 0; i < x.length; i++) {
+                x[i] = r.nextFloat();
+            }
+            view.copyFrom(x);
+            assertArrayEquals(x, view.toArray(), view.toString());
+            // and copyFrom(Tensor) into a dense tensor gives the same row-major order
+            Tensor dense = Tensor.allocate(arena, view.shape()).copyFrom(view);
+            assertArrayEquals(x, dense.toArray());
+            // the elements of base the view does not cover stay zero
+            int nonZero = 0;
+            for (float f : base.toArray()) {
+                nonZero += f != 0 ? 1 : 0;
+            }
+            assertTrue(nonZero <= x.length);
+            assertThrows(IllegalArgumentException.class, () -> view.copyFrom(new float[x.length + 1]));
+            assertThrows(IllegalArgumentException.class, () -> view.copyFrom(Tensor.allocate(arena, 1, x.length)));
+        }
+    }
+
+    @Test
+    void fillReachesOnlyTheView() {
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor t = Tensor.allocate(arena, 4, 6);
+            t.slice(1, 2, 4).fill(7f);
+            for (long i = 0; i < 4; i++) {
+                for (long j = 0; j < 6; j++) {
+                    assertEquals(j >= 2 && j < 4 ? 7f : 0f, t.get(i, j));
+                }
+            }
+        }
+    }
+
+    @Test
+    void viewChecksSegmentSizeOffsetAndStrides() {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment seg = arena.allocate(100 * Float.BYTES, 64);
+            // [4, 5] with row stride 20 reaches element 3·20 + 4 = 64 from offset 30: index 94 < 100 fits
+            Tensor ok = Tensor.view(seg, 30, new long[] {4, 5}, new long[] {20, 1});
+            assertEquals(95, ok.endElement());
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                    () -> Tensor.view(seg, 36, new long[] {4, 5}, new long[] {20, 1}));
+            assertTrue(e.getMessage().contains("[4, 5]") && e.getMessage().contains("100"), e.getMessage());
+            e = assertThrows(IllegalArgumentException.class,
+                    () -> Tensor.view(seg, 0, new long[] {4, 5}, new long[] {-5, 1}));
+            assertTrue(e.getMessage().contains("negative stride"), e.getMessage());
+            assertThrows(IllegalArgumentException.class, () -> Tensor.view(seg, -1, new long[] {2}, new long[] {1}));
+            assertThrows(IllegalArgumentException.class, () -> Tensor.view(seg, 0, new long[] {2, 2}, new long[] {1}));
+            assertThrows(IllegalArgumentException.class, () -> Tensor.view(seg, 0, new long[] {-2}, new long[] {1}));
+            assertThrows(IllegalArgumentException.class,
+                    () -> Tensor.view(seg, 0, new long[] {2, Long.MAX_VALUE / 2}, new long[] {Long.MAX_VALUE / 2, 1}));
+            assertThrows(IllegalArgumentException.class, () -> Tensor.wrap(seg, 10, 11));
+            assertThrows(IllegalArgumentException.class, () -> Tensor.allocate(arena, 3, -1));
+            assertThrows(IllegalArgumentException.class,
+                    () -> Tensor.allocate(arena, Long.MAX_VALUE, Long.MAX_VALUE));
+            // a wrapped segment reads what was written through the raw segment
+            seg.setAtIndex(ValueLayout.JAVA_FLOAT_UNALIGNED, 7, 3.5f);
+            assertEquals(3.5f, Tensor.wrap(seg, 10, 10).get(0, 7));
+            // an empty view may sit anywhere, even past the segment's end
+            assertEquals(0, Tensor.view(seg, 0, new long[] {0, 1000}, new long[] {1000, 1}).elementCount());
+        }
+    }
+
+    @Test
+    void indexChecksEveryCoordinate() {
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor t = numbered(arena);
+            assertThrows(IndexOutOfBoundsException.class, () -> t.get(2, 0, 0, 0));
+            assertThrows(IndexOutOfBoundsException.class, () -> t.get(0, 0, 0, -1));
+            assertThrows(IllegalArgumentException.class, () -> t.get(0, 0, 0));
+            assertThrows(IndexOutOfBoundsException.class, () -> t.select(4, 0));
+            assertThrows(IndexOutOfBoundsException.class, () -> t.select(0, 2));
+            assertThrows(IndexOutOfBoundsException.class, () -> t.slice(2, 3, 5));
+            assertThrows(IndexOutOfBoundsException.class, () -> t.slice(2, 3, 2));
+            assertThrows(IllegalArgumentException.class, () -> Tensor.allocate(arena, 3).transpose());
+        }
+    }
+
+    @Test
+    void closedArenaIsDetected() {
+        Arena arena = Arena.ofConfined();
+        Tensor t = Tensor.allocate(arena, 2, 2);
+        assertTrue(t.isAlive());
+        arena.close();
+        assertFalse(t.isAlive());
+        assertThrows(IllegalStateException.class, t::toArray);
+    }
+}
