@@ -62,20 +62,26 @@ public final class MhaWeights {
      */
     public static MhaWeights of(int heads, Tensor wq, Tensor bq, Tensor wk, Tensor bk, Tensor wv, Tensor bv,
                                 Tensor wo, Tensor bo) {
+        return of(heads, wq, bq, wk, bk, wv, bv, wo, bo, new String[] {"wq", "bq", "wk", "bk", "wv", "bv", "wo", "bo"});
+    }
+
+    /** {@link #of} with the names errors use for the eight tensors (file names when loading). */
+    private static MhaWeights of(int heads, Tensor wq, Tensor bq, Tensor wk, Tensor bk, Tensor wv, Tensor bv,
+                                 Tensor wo, Tensor bo, String[] n) {
         Objects.requireNonNull(wq, "wq");
         Objects.requireNonNull(wk, "wk");
         Objects.requireNonNull(wv, "wv");
         Objects.requireNonNull(wo, "wo");
-        int e = embed(heads, wq, "wq", true);
+        int e = embed(heads, wq, n[0], true);
         int dh = e / heads;
-        int kvd = rows(wk, "wk", e);
-        int hkv = kvHeads(heads, dh, kvd, wk, "wk");
-        matrix(wv, "wv", kvd, e);
-        matrix(wo, "wo", e, e);
-        vector(bq, "bq", e);
-        vector(bk, "bk", kvd);
-        vector(bv, "bv", kvd);
-        vector(bo, "bo", e);
+        int kvd = rows(wk, n[2], e);
+        int hkv = kvHeads(heads, dh, kvd, wk, n[2]);
+        matrix(wv, n[4], kvd, e);
+        matrix(wo, n[6], e, e);
+        vector(bq, n[1], e);
+        vector(bk, n[3], kvd);
+        vector(bv, n[5], kvd);
+        vector(bo, n[7], e);
         return new MhaWeights(heads, hkv, e, wq, bq, wk, bk, wv, bv, wo, bo, null, null);
     }
 
@@ -88,20 +94,25 @@ public final class MhaWeights {
      *                                  {@code H}
      */
     public static MhaWeights packed(int heads, Tensor inProj, Tensor inBias, Tensor wo, Tensor bo) {
+        return packed(heads, inProj, inBias, wo, bo, "");
+    }
+
+    /** {@link #packed} with the prefix of the file names errors use. */
+    private static MhaWeights packed(int heads, Tensor inProj, Tensor inBias, Tensor wo, Tensor bo, String p) {
         Objects.requireNonNull(inProj, "inProj");
         Objects.requireNonNull(wo, "wo");
-        int e = embed(heads, inProj, "in_proj_weight", false);
+        int e = embed(heads, inProj, p + "in_proj_weight", false);
         int dh = e / heads;
         long r = inProj.size(0);
         if (r <= e || (r - e) % (2L * dh) != 0) {
-            throw new IllegalArgumentException(inProj.describe("in_proj_weight") + ": expected [E + 2·Hkv·Dh, E] with E="
+            throw new IllegalArgumentException(inProj.describe(p + "in_proj_weight") + ": expected [E + 2·Hkv·Dh, E] with E="
                     + e + ", Dh=" + dh + " (for Hkv=H: " + Shapes.format(3L * e, e) + ")");
         }
         int kvd = (int) ((r - e) / 2);
-        int hkv = kvHeads(heads, dh, kvd, inProj, "in_proj_weight");
-        matrix(wo, "out_proj.weight", e, e);
-        vector(inBias, "in_proj_bias", r);
-        vector(bo, "out_proj.bias", e);
+        int hkv = kvHeads(heads, dh, kvd, inProj, p + "in_proj_weight");
+        matrix(wo, p + "out_proj.weight", e, e);
+        vector(inBias, p + "in_proj_bias", r);
+        vector(bo, p + "out_proj.bias", e);
         Tensor wq = inProj.slice(0, 0, e);
         Tensor wk = inProj.slice(0, e, e + kvd);
         Tensor wv = inProj.slice(0, e + kvd, e + 2L * kvd);
@@ -133,7 +144,6 @@ public final class MhaWeights {
         if (kvHeads < 0) {
             throw new IllegalArgumentException("kv heads must be positive (or 0 to infer), got " + kvHeads);
         }
-        String name = null;
         try {
             MhaWeights w;
             if (st.contains(p + "in_proj_weight")) {
@@ -143,40 +153,19 @@ public final class MhaWeights {
                                 + "': nn.MultiheadAttention(add_bias_kv=True) is not supported");
                     }
                 }
-                name = p + "in_proj_weight";
-                Tensor in = st.tensor(name, arena);
-                name = p + "in_proj_bias";
-                Tensor inB = optional(st, name, arena);
-                name = p + "out_proj.weight";
-                Tensor wo = st.tensor(name, arena);
-                name = p + "out_proj.bias";
-                Tensor bo = optional(st, name, arena);
-                name = p + "in_proj_weight";
-                w = packed(heads, in, inB, wo, bo);
+                w = packed(heads, st.tensor(p + "in_proj_weight", arena), optional(st, p + "in_proj_bias", arena),
+                        st.tensor(p + "out_proj.weight", arena), optional(st, p + "out_proj.bias", arena), p);
             } else if (st.contains(p + "q_proj.weight")) {
-                name = p + "q_proj.weight";
-                Tensor wq = st.tensor(name, arena);
-                name = p + "k_proj.weight";
-                Tensor wk = st.tensor(name, arena);
-                name = p + "v_proj.weight";
-                Tensor wv = st.tensor(name, arena);
-                name = st.contains(p + "o_proj.weight") ? p + "o_proj.weight" : p + "out_proj.weight";
-                if (!st.contains(name)) {
+                String o = st.contains(p + "o_proj.weight") ? p + "o_proj." : p + "out_proj.";
+                if (!st.contains(o + "weight")) {
                     throw new SafetensorsException(st.file() + ": tensor '" + p + "o_proj.weight' (or '" + p
                             + "out_proj.weight') not found");
                 }
-                Tensor wo = st.tensor(name, arena);
-                String oBias = name.substring(0, name.length() - "weight".length()) + "bias";
-                name = p + "q_proj.bias";
-                Tensor bq = optional(st, name, arena);
-                name = p + "k_proj.bias";
-                Tensor bk = optional(st, name, arena);
-                name = p + "v_proj.bias";
-                Tensor bv = optional(st, name, arena);
-                name = oBias;
-                Tensor bo = optional(st, name, arena);
-                name = null;
-                w = of(heads, wq, bq, wk, bk, wv, bv, wo, bo);
+                String[] n = {p + "q_proj.weight", p + "q_proj.bias", p + "k_proj.weight", p + "k_proj.bias",
+                        p + "v_proj.weight", p + "v_proj.bias", o + "weight", o + "bias"};
+                w = of(heads, st.tensor(n[0], arena), optional(st, n[1], arena), st.tensor(n[2], arena),
+                        optional(st, n[3], arena), st.tensor(n[4], arena), optional(st, n[5], arena),
+                        st.tensor(n[6], arena), optional(st, n[7], arena), n);
             } else {
                 throw new SafetensorsException(st.file() + ": no attention weights under prefix '" + p
                         + "': expected tensor '" + p + "in_proj_weight' (nn.MultiheadAttention) or '" + p
@@ -190,9 +179,8 @@ public final class MhaWeights {
             }
             return w;
         } catch (IllegalArgumentException e) {
-            // shape errors from of()/packed() name the tensor by role; say which file they came from
-            throw new SafetensorsException(st.file() + ": " + (name == null ? "" : "under '" + p + "': ")
-                    + e.getMessage());
+            // shape errors from of()/packed() already name the tensor as the file does; add the file
+            throw new SafetensorsException(st.file() + ": tensor " + e.getMessage());
         }
     }
 
