@@ -31,11 +31,16 @@ import java.util.Objects;
  * independently (scalar double sums into contiguous per-head tensors, reference attention).
  *
  * <p>A layer is immutable and thread-safe; each call takes the caller's output and a {@link MhaWorkspace}
- * (one per thread), and the native and Java paths allocate no memory of their own per call, only small view
- * objects. {@link #decode} runs incremental decoding against a {@link KvCache}.
+ * (one per thread) and allocates no off-heap memory. The workspace keeps the head views of the last shape, so
+ * repeated calls of one shape create no objects here; {@link #decode} creates two small views of the growing
+ * cache per step. {@link #decode} runs incremental decoding against a {@link KvCache}.
  */
 public final class MultiHeadAttention {
     private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
+    /** Kinds of call whose head views a workspace caches. */
+    private static final int SELF = 0;
+    private static final int CROSS = 1;
+    private static final int DECODE = 2;
 
     private final MhaWeights w;
     private final Backend backend;
@@ -179,19 +184,20 @@ public final class MultiHeadAttention {
         }
         int bi = toInt("B·L", b * l) / (int) l;
         int li = (int) l;
-        Tensor q;
-        Tensor k;
-        Tensor v;
         long aOff;
         if (kv == null) {
             // P [B·L, E + 2·Hkv·Dh] = x · [W_Q; W_K; W_V]ᵀ, then heads as views with row stride W
             projectQkv(x, seg, 0, qkvWidth);
-            long wd = qkvWidth;
-            long[] st = {l * wd, dh, wd, 1};
-            q = Tensor.view(seg, 0, new long[] {b, h, l, dh}, st);
-            k = Tensor.view(seg, e, new long[] {b, hkv, l, dh}, st);
-            v = Tensor.view(seg, e + kvd, new long[] {b, hkv, l, dh}, st);
-            aOff = b * l * wd;
+            aOff = b * l * qkvWidth;
+            if (!ws.viewsFor(this, SELF, b, l, l)) {
+                long wd = qkvWidth;
+                long[] st = {l * wd, dh, wd, 1};
+                ws.cacheViews(this, SELF, b, l, l,
+                        Tensor.view(seg, 0, new long[] {b, h, l, dh}, st),
+                        Tensor.view(seg, e, new long[] {b, hkv, l, dh}, st),
+                        Tensor.view(seg, e + kvd, new long[] {b, hkv, l, dh}, st),
+                        headsOutput(seg, aOff, b, l));
+            }
         } else {
             int lk = toInt("Lkv", lkv);
             // Q [B·L, E] = x·W_Qᵀ; P_kv [B·Lkv, 2·Hkv·Dh] = kv · [W_K; W_V]ᵀ
@@ -205,15 +211,17 @@ public final class MultiHeadAttention {
                 project(kv, w.wk(), w.bk(), seg, kvOff, 2 * kvd, 0);
                 project(kv, w.wv(), w.bv(), seg, kvOff, 2 * kvd, kvd);
             }
-            q = Tensor.view(seg, 0, new long[] {b, h, l, dh}, new long[] {l * e, dh, e, 1});
-            long[] st = {lkv * 2 * kvd, dh, 2L * kvd, 1};
-            k = Tensor.view(seg, kvOff, new long[] {b, hkv, lkv, dh}, st);
-            v = Tensor.view(seg, kvOff + kvd, new long[] {b, hkv, lkv, dh}, st);
             aOff = kvOff + b * lkv * 2 * kvd;
+            if (!ws.viewsFor(this, CROSS, b, l, lkv)) {
+                long[] st = {lkv * 2 * kvd, dh, 2L * kvd, 1};
+                ws.cacheViews(this, CROSS, b, l, lkv,
+                        Tensor.view(seg, 0, new long[] {b, h, l, dh}, new long[] {l * e, dh, e, 1}),
+                        Tensor.view(seg, kvOff, new long[] {b, hkv, lkv, dh}, st),
+                        Tensor.view(seg, kvOff + kvd, new long[] {b, hkv, lkv, dh}, st),
+                        headsOutput(seg, aOff, b, l));
+            }
         }
-        // each head writes its columns of A [B·L, E]: the concatenation costs nothing
-        Tensor a = Tensor.view(seg, aOff, new long[] {b, h, l, dh}, new long[] {l * e, dh, e, 1});
-        attention.sdpa(q, k, v, a, options, ws.attention());
+        attention.sdpa(ws.q(), ws.k(), ws.v(), ws.a(), options, ws.attention());
         outputProjection(seg, aOff, bi, li, out);
     }
 
@@ -260,12 +268,21 @@ public final class MultiHeadAttention {
             }
         }
         int len = before + ni;
-        Tensor q = Tensor.view(seg, 0, new long[] {1, h, n, dh}, new long[] {n * qkvWidth, dh, qkvWidth, 1});
         long aOff = n * qkvWidth;
-        Tensor a = Tensor.view(seg, aOff, new long[] {1, h, n, dh}, new long[] {n * e, dh, e, 1});
-        attention.sdpa(q, cache.view(ck, len), cache.view(cv, len), a, SdpaOptions.CAUSAL, ws.attention());
+        if (!ws.viewsFor(this, DECODE, 1, n, 0)) {
+            ws.cacheViews(this, DECODE, 1, n, 0,
+                    Tensor.view(seg, 0, new long[] {1, h, n, dh}, new long[] {n * qkvWidth, dh, qkvWidth, 1}),
+                    null, null, headsOutput(seg, aOff, 1, n));
+        }
+        attention.sdpa(ws.q(), cache.view(ck, len), cache.view(cv, len), ws.a(), SdpaOptions.CAUSAL,
+                ws.attention());
         outputProjection(seg, aOff, 1, ni, out);
         cache.advance(ni);
+    }
+
+    /** {@code A [B·L, E]} seen as {@code [B, H, L, Dh]}: each head writes its own columns, so concatenation is free. */
+    private Tensor headsOutput(MemorySegment seg, long aOff, long b, long l) {
+        return Tensor.view(seg, aOff, new long[] {b, h, l, dh}, new long[] {l * e, dh, e, 1});
     }
 
     /** {@code out [B, L, E] = A [B·L, E] · W_Oᵀ + b_O}. */

@@ -178,6 +178,37 @@ class MultiHeadAttentionTest {
         }
     }
 
+    /** The workspace caches head views per layer and call kind: interleaving them must never reuse wrong ones. */
+    @Test
+    void aSharedWorkspaceInterleavesLayersAndCallKinds() {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(13);
+            MultiHeadAttention four = MultiHeadAttention.create(weights(a, r, 16, 4, 4, true, true), Backend.NATIVE);
+            MultiHeadAttention two = MultiHeadAttention.create(weights(a, r, 16, 2, 1, true, false), Backend.NATIVE);
+            Tensor x = rand(a, r, 1f, 1, 6, 16);
+            Tensor kv = rand(a, r, 1f, 1, 6, 16);
+            MhaWorkspace shared = four.newWorkspace(a, 1, 6, 6);
+            for (int round = 0; round < 2; round++) {
+                for (MultiHeadAttention m : new MultiHeadAttention[] {four, two}) {
+                    for (Tensor keys : new Tensor[] {null, kv}) {
+                        Tensor want = Tensor.allocate(a, 1, 6, 16);
+                        m.forward(x, keys, want, SdpaOptions.DEFAULT, m.newWorkspace(a, 1, 6, 6));
+                        Tensor got = Tensor.allocate(a, 1, 6, 16);
+                        m.forward(x, keys, got, SdpaOptions.DEFAULT, shared);
+                        assertArrayEquals(want.toArray(), got.toArray(), m + (keys == null ? " self" : " cross"));
+                    }
+                    KvCache cache = m.newCache(a, 6);
+                    Tensor want = Tensor.allocate(a, 1, 6, 16);
+                    m.decode(x, cache, want, m.newWorkspace(a, 1, 6, 6));
+                    cache.reset();
+                    Tensor got = Tensor.allocate(a, 1, 6, 16);
+                    m.decode(x, cache, got, shared);
+                    assertArrayEquals(want.toArray(), got.toArray(), m + " decode");
+                }
+            }
+        }
+    }
+
     @Test
     void badArgumentsNameTheTensor() {
         try (Arena a = Arena.ofConfined()) {
