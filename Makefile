@@ -11,7 +11,7 @@ JDK := $(shell \
   for j in "$$JAVA_HOME" /usr/lib/jvm/*; do \
     [ -n "$$j" ] && [ -x "$$j/bin/javac" ] && [ -x "$$j/bin/java" ] || continue; \
     v=$$("$$j/bin/java" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java\.specification\.version = //p'); \
-    v=$${v%%.*}; case "$$v" in ''|*[!0-9]*) continue;; esac; \
+    v=$${v%%.*}; [ "$$v" -eq "$$v" ] 2>/dev/null || continue; \
     if [ "$$j" = "$$JAVA_HOME" ] && [ "$$v" -ge 25 ]; then best=$$j; break; fi; \
     if [ "$$v" -ge 25 ] && [ "$$v" -gt "$$bestv" ]; then best=$$j; bestv=$$v; fi; \
   done; echo "$$best")

@@ -10,6 +10,11 @@ import java.lang.foreign.Linker;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.SymbolLookup;
 import java.lang.invoke.MethodHandle;
+import java.net.JarURLConnection;
+import java.net.URL;
+import java.net.URLConnection;
+import java.nio.ByteBuffer;
+import java.nio.charset.StandardCharsets;
 import java.nio.file.AtomicMoveNotSupportedException;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -20,6 +25,7 @@ import java.util.ArrayList;
 import java.util.HexFormat;
 import java.util.List;
 import java.util.Locale;
+import java.util.jar.JarEntry;
 
 /**
  * OpenBLAS through the Foreign Function &amp; Memory API: finds and loads the library once, and offers a
@@ -359,41 +365,64 @@ public final class OpenBlas {
     }
 
     /**
-     * Copies the bundled shared objects into {@code <cache>/openblas-<sha256>/}, unless a previous run already
+     * Copies the bundled shared objects into {@code <cache>/openblas-<hash>/}, unless a previous run already
      * did. Each file is written to a temporary name in the same folder and renamed into place atomically, so
      * JVMs extracting at the same time never see (or load) a partial file.
+     *
+     * <p>The folder's hash covers every file's name, size and content checksum. Inside a jar the content
+     * checksum is the CRC-32 the jar records for the entry, so a JVM start reads no library bytes once the
+     * cache is filled (inflating and hashing 40 MB took most of a second per start); outside a jar the bytes
+     * are hashed.
      */
     private static Path extractBundle(ClassLoader cl) throws IOException {
-        List<byte[]> contents = new ArrayList<>();
         MessageDigest sha;
         try {
             sha = MessageDigest.getInstance("SHA-256");
         } catch (NoSuchAlgorithmException e) {
             throw new IllegalStateException(e);
         }
-        for (String f : BUNDLED_FILES) {
-            try (InputStream in = cl.getResourceAsStream(BUNDLE + f)) {
-                if (in == null) {
-                    throw new IOException(BUNDLE + f + " is missing from the class path");
+        long[] sizes = new long[BUNDLED_FILES.size()];
+        for (int i = 0; i < sizes.length; i++) {
+            String f = BUNDLED_FILES.get(i);
+            URL url = cl.getResource(BUNDLE + f);
+            if (url == null) {
+                throw new IOException(BUNDLE + f + " is missing from the class path");
+            }
+            sha.update(f.getBytes(StandardCharsets.UTF_8));
+            URLConnection conn = url.openConnection();
+            JarEntry entry = conn instanceof JarURLConnection jar ? jar.getJarEntry() : null;
+            if (entry != null && entry.getSize() >= 0 && entry.getCrc() != -1) {
+                sizes[i] = entry.getSize();
+                sha.update(ByteBuffer.allocate(17).putLong(entry.getSize()).putLong(entry.getCrc()).put((byte) 1).flip());
+            } else {
+                try (InputStream in = url.openStream()) {
+                    byte[] bytes = in.readAllBytes();
+                    sizes[i] = bytes.length;
+                    sha.update(ByteBuffer.allocate(9).putLong(bytes.length).put((byte) 2).flip());
+                    sha.update(bytes);
                 }
-                byte[] bytes = in.readAllBytes();
-                sha.update(f.getBytes(java.nio.charset.StandardCharsets.UTF_8));
-                sha.update(bytes);
-                contents.add(bytes);
             }
         }
         String hash = HexFormat.of().formatHex(sha.digest()).substring(0, 24);
         Path dir = cacheRoot().resolve("openblas-" + hash);
         Files.createDirectories(dir);
-        for (int i = 0; i < BUNDLED_FILES.size(); i++) {
-            Path target = dir.resolve(BUNDLED_FILES.get(i));
-            byte[] bytes = contents.get(i);
-            if (Files.isRegularFile(target) && Files.size(target) == bytes.length) {
+        for (int i = 0; i < sizes.length; i++) {
+            String f = BUNDLED_FILES.get(i);
+            Path target = dir.resolve(f);
+            if (Files.isRegularFile(target) && Files.size(target) == sizes[i]) {
                 continue;
             }
-            Path tmp = Files.createTempFile(dir, BUNDLED_FILES.get(i) + ".", ".tmp");
+            Path tmp = Files.createTempFile(dir, f + ".", ".tmp");
             try {
-                Files.write(tmp, bytes);
+                try (InputStream in = cl.getResourceAsStream(BUNDLE + f)) {
+                    if (in == null) {
+                        throw new IOException(BUNDLE + f + " is missing from the class path");
+                    }
+                    Files.copy(in, tmp, StandardCopyOption.REPLACE_EXISTING);
+                }
+                if (Files.size(tmp) != sizes[i]) {
+                    throw new IOException(BUNDLE + f + ": extracted " + Files.size(tmp) + " bytes, expected " + sizes[i]);
+                }
                 try {
                     Files.move(tmp, target, StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
                 } catch (AtomicMoveNotSupportedException e) {

@@ -1,0 +1,102 @@
+package dev.qkv.cli;
+
+import dev.qkv.attention.Attention;
+import dev.qkv.attention.Backend;
+import dev.qkv.attention.SdpaOptions;
+import dev.qkv.blas.OpenBlas;
+import dev.qkv.tensor.Tensor;
+
+import java.io.PrintStream;
+import java.lang.foreign.Arena;
+import java.util.List;
+import java.util.Locale;
+import java.util.Set;
+import java.util.SplittableRandom;
+
+/** {@code bench}: times attention on seeded random inputs; the last line is {@code median_ms=<x> gflops=<y>}. */
+final class BenchCommand implements Command {
+
+    private static final long SEED = 42;
+
+    @Override
+    public String name() {
+        return "bench";
+    }
+
+    @Override
+    public String usage() {
+        return "bench --shape B,H,L,D [--kv-heads N] [--causal] [--backend native|java|auto] [--threads N] [--iters N]";
+    }
+
+    @Override
+    public String summary() {
+        return "Median time of q [B, H, L, D] attending k, v [B, N, L, D] (seed " + SEED + ") after a warm-up;"
+                + " gflops counts the dense 4*B*H*L*L*D. auto = native when OpenBLAS loads. Default 20 iters.";
+    }
+
+    @Override
+    public int run(List<String> args, PrintStream out, PrintStream err) throws UsageException {
+        Flags f = Flags.parse(name(), args, Set.of("shape", "kv-heads", "backend", "threads", "iters"), Set.of("causal"));
+        long[] shape = shape(f.require("shape"));
+        long b = shape[0];
+        long h = shape[1];
+        long l = shape[2];
+        long d = shape[3];
+        int hkv = f.intValue("kv-heads", (int) h, 1, Integer.MAX_VALUE);
+        if (h % hkv != 0) {
+            throw new UsageException("--kv-heads " + hkv + " does not divide H=" + h);
+        }
+        int iters = f.intValue("iters", 20, 1, 1_000_000);
+        int threads = f.intValue("threads", 0, 1, 1024);
+        boolean causal = f.has("causal");
+        String backendName = f.get("backend", "auto");
+        Backend backend = backendName.equals("auto")
+                ? (OpenBlas.isAvailable() ? Backend.NATIVE : Backend.JAVA)
+                : SdpaCommand.backend(backendName);
+        Attention attention = Backends.create(backend);
+        try (ThreadPolicy policy = ThreadPolicy.apply(backend, threads); Arena arena = Arena.ofConfined()) {
+            SplittableRandom random = new SplittableRandom(SEED);
+            Tensor q;
+            Tensor k;
+            Tensor v;
+            Tensor o;
+            try {
+                q = Inputs.uniform(arena, random, b, h, l, d);
+                k = Inputs.uniform(arena, random, b, hkv, l, d);
+                v = Inputs.uniform(arena, random, b, hkv, l, d);
+                o = Tensor.allocate(arena, b, h, l, d);
+            } catch (OutOfMemoryError | IllegalArgumentException e) {
+                throw new UsageException("--shape " + f.require("shape") + ": the tensors do not fit in memory ("
+                        + e.getMessage() + ")");
+            }
+            SdpaOptions options = causal ? SdpaOptions.CAUSAL : SdpaOptions.DEFAULT;
+            Runnable call = () -> attention.sdpa(q, k, v, o, options);
+            try {
+                call.run();
+            } catch (IllegalArgumentException e) {
+                throw new UsageException(e.getMessage());
+            }
+            int warm = 1 + Timing.warmUp(call);
+            out.println(String.format(Locale.ROOT,
+                    "bench backend=%s kernel=%s q=%s k=%s causal=%s threads=%d warmup=%d iters=%d",
+                    backend.cliName(), attention.kernelName(), q.shapeString(), k.shapeString(), causal,
+                    policy.threads(), warm, iters));
+            double ms = Timing.medianMillis(call, iters);
+            double gflops = Timing.gflops(Timing.denseFlops(b, h, l, l, d), ms);
+            out.println(String.format(Locale.ROOT, "median_ms=%.3f gflops=%.2f", ms, gflops));
+        }
+        return 0;
+    }
+
+    private static long[] shape(String text) throws UsageException {
+        String[] parts = text.split(",", -1);
+        if (parts.length != 4) {
+            throw new UsageException("--shape expects B,H,L,D (four positive integers), got '" + text + "'");
+        }
+        long[] s = new long[4];
+        for (int i = 0; i < 4; i++) {
+            s[i] = Flags.parseInt("--shape " + "BHLD".charAt(i), parts[i], 1, Integer.MAX_VALUE);
+        }
+        return s;
+    }
+}

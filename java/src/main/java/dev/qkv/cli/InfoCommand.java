@@ -1,0 +1,136 @@
+package dev.qkv.cli;
+
+import com.sun.management.HotSpotDiagnosticMXBean;
+import dev.qkv.attention.Attention;
+import dev.qkv.attention.Backend;
+import dev.qkv.blas.BlasUnavailableException;
+import dev.qkv.blas.OpenBlas;
+
+import java.io.IOException;
+import java.io.PrintStream;
+import java.lang.management.ManagementFactory;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Set;
+import java.util.stream.Stream;
+
+/** {@code info}: the JDK, the OpenBLAS that was loaded, the CPU's vector features and the usable backends. */
+final class InfoCommand implements Command {
+
+    private static final String VECTOR_MODULE = "jdk.incubator.vector";
+
+    @Override
+    public String name() {
+        return "info";
+    }
+
+    @Override
+    public String usage() {
+        return "info";
+    }
+
+    @Override
+    public String summary() {
+        return "JDK, OpenBLAS path/config/core/threads, CPU vector features the JVM sees, backends available.";
+    }
+
+    @Override
+    public int run(List<String> args, PrintStream out, PrintStream err) throws UsageException {
+        Flags.parse(name(), args, Set.of(), Set.of());
+        out.println("jdk: " + System.getProperty("java.version") + ", " + System.getProperty("java.vm.name") + " "
+                + System.getProperty("java.vm.version") + " (" + System.getProperty("java.vm.vendor") + "), "
+                + System.getProperty("java.home"));
+        out.println("os: " + System.getProperty("os.name") + " " + System.getProperty("os.version") + " "
+                + System.getProperty("os.arch") + ", " + Runtime.getRuntime().availableProcessors() + " processors");
+        out.println("cpu: " + cpu());
+        out.println("vector: " + vector());
+
+        String nativeStatus;
+        try {
+            OpenBlas blas = OpenBlas.get();
+            out.println("openblas: " + blas.describe());
+            nativeStatus = "yes (" + blas.library().source().name().toLowerCase(java.util.Locale.ROOT)
+                    + " OpenBLAS, core " + blas.library().coreName() + ")";
+        } catch (BlasUnavailableException e) {
+            out.println("openblas: unavailable: " + e.getMessage());
+            nativeStatus = "no (" + e.getMessage() + ")";
+        }
+        String env = openBlasEnvironment();
+        if (!env.isEmpty()) {
+            out.println("openblas environment: " + env);
+        }
+        out.println("backends: native " + nativeStatus + "; java yes (" + Attention.create(Backend.JAVA).kernelName()
+                + " products); reference yes (scalar, double accumulation)");
+        return 0;
+    }
+
+    /** Model name and the x86 features that matter to the kernels, as the kernel reports them. */
+    private static String cpu() {
+        Path cpuinfo = Path.of("/proc/cpuinfo");
+        if (!Files.isReadable(cpuinfo)) {
+            return "unknown (no /proc/cpuinfo)";
+        }
+        String model = "unknown model";
+        Set<String> flags = Set.of();
+        try (Stream<String> lines = Files.lines(cpuinfo)) {
+            for (String line : (Iterable<String>) lines::iterator) {
+                int colon = line.indexOf(':');
+                if (colon < 0) {
+                    continue;
+                }
+                String key = line.substring(0, colon).strip();
+                String value = line.substring(colon + 1).strip();
+                if (key.equals("model name") && model.equals("unknown model")) {
+                    model = value;
+                } else if (key.equals("flags") && flags.isEmpty()) {
+                    flags = Set.of(value.split("\\s+"));
+                }
+            }
+        } catch (IOException | java.io.UncheckedIOException e) {
+            return "unknown (" + e.getMessage() + ")";
+        }
+        List<String> parts = new ArrayList<>();
+        for (String f : List.of("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_tile")) {
+            parts.add(f + " " + (flags.contains(f) ? "yes" : "no"));
+        }
+        return model + "; " + String.join(", ", parts) + " (/proc/cpuinfo)";
+    }
+
+    /** What the JVM itself will use: the Vector API's preferred species and HotSpot's UseAVX level. */
+    private static String vector() {
+        String species;
+        if (ModuleLayer.boot().findModule(VECTOR_MODULE).isPresent()) {
+            // VectorInfo names FloatVector, so it is loaded only once the module is known to be there
+            species = VectorInfo.describe();
+        } else {
+            species = VECTOR_MODULE + " absent (run with --add-modules " + VECTOR_MODULE + ")";
+        }
+        String avx;
+        try {
+            String level = ManagementFactory.getPlatformMXBean(HotSpotDiagnosticMXBean.class).getVMOption("UseAVX")
+                    .getValue();
+            avx = "; HotSpot UseAVX=" + level + (level.equals("3") ? " (AVX-512 in use)" : " (no AVX-512 code)");
+        } catch (RuntimeException | LinkageError e) {
+            avx = "";
+        }
+        return species + avx;
+    }
+
+    private static String openBlasEnvironment() {
+        List<String> set = new ArrayList<>();
+        for (String v : List.of("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_L2_SIZE",
+                OpenBlas.LIBRARY_ENV)) {
+            String value = System.getenv(v);
+            if (value != null) {
+                set.add(v + "=" + value);
+            }
+        }
+        String prop = System.getProperty(OpenBlas.LIBRARY_PROPERTY);
+        if (prop != null) {
+            set.add("-D" + OpenBlas.LIBRARY_PROPERTY + "=" + prop);
+        }
+        return String.join(" ", set);
+    }
+}

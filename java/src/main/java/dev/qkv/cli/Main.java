@@ -1,0 +1,124 @@
+package dev.qkv.cli;
+
+import dev.qkv.blas.BlasUnavailableException;
+
+import java.io.IOException;
+import java.io.PrintStream;
+import java.nio.file.AccessDeniedException;
+import java.nio.file.FileSystemException;
+import java.nio.file.NoSuchFileException;
+import java.util.Arrays;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * The {@code qkv} command line: {@code qkv [command] [flags]}, one {@link Command} per word.
+ *
+ * <p>Exit codes: 0 on success, 2 for a mistake of the user (bad flags, input files that are missing, unreadable or
+ * malformed, an output that cannot be written, shapes that do not fit together) with exactly one line {@code error: ...} on stderr, 1 for everything else
+ * (OpenBLAS missing, internal failures). Set the environment variable {@code QKV_TRACE=1} to see the stack trace
+ * of an internal failure.
+ */
+public final class Main {
+
+    /** Every subcommand; to add one, write a {@link Command} and list it here. */
+    private static final List<Command> COMMANDS = List.of(
+            new SdpaCommand(),
+            new InfoCommand(),
+            new BenchCommand(),
+            new DemoCommand());
+
+    /** What runs when no command is given. */
+    private static final String DEFAULT_COMMAND = DemoCommand.NAME;
+
+    private static final Map<String, Command> BY_NAME = new LinkedHashMap<>();
+
+    static {
+        for (Command c : COMMANDS) {
+            if (BY_NAME.put(c.name(), c) != null) {
+                throw new ExceptionInInitializerError("two commands named " + c.name());
+            }
+        }
+    }
+
+    private Main() {
+    }
+
+    /** Runs the command line and exits the JVM with its exit code. */
+    public static void main(String[] args) {
+        int code = run(args, System.out, System.err);
+        System.out.flush();
+        System.err.flush();
+        System.exit(code);
+    }
+
+    /** Runs the command line {@code args}, printing to {@code out} and {@code err}, and returns the exit code. */
+    public static int run(String[] args, PrintStream out, PrintStream err) {
+        try {
+            if (args.length == 0) {
+                return BY_NAME.get(DEFAULT_COMMAND).run(List.of(), out, err);
+            }
+            String word = args[0];
+            if (word.equals("help") || word.equals("--help") || word.equals("-h")) {
+                printUsage(out);
+                return 0;
+            }
+            Command c = BY_NAME.get(word);
+            if (c == null) {
+                throw new UsageException((word.startsWith("-") ? "unknown flag " + word + " (flags follow a command)"
+                        : "unknown command '" + word + "'") + "; commands: " + String.join(", ", BY_NAME.keySet())
+                        + " (see 'qkv help')");
+            }
+            List<String> rest = Arrays.asList(args).subList(1, args.length);
+            if (rest.contains("--help") || rest.contains("-h")) {
+                out.println("usage: qkv " + c.usage().replace("\n", "\n       qkv "));
+                out.println("  " + c.summary());
+                return 0;
+            }
+            return c.run(rest, out, err);
+        } catch (UsageException e) {
+            return fail(err, 2, e.getMessage());
+        } catch (NoSuchFileException e) {
+            return fail(err, 2, e.getFile() + ": " + (e.getReason() != null ? e.getReason() : "no such file"));
+        } catch (AccessDeniedException e) {
+            return fail(err, 2, e.getFile() + ": " + (e.getReason() != null ? e.getReason() : "permission denied"));
+        } catch (FileSystemException e) {
+            return fail(err, 2, e.getMessage());
+        } catch (IOException e) {
+            // NpyFormatException and other problems with the files the user named
+            return fail(err, 2, e.getMessage());
+        } catch (BlasUnavailableException e) {
+            return fail(err, 1, "OpenBLAS is unavailable: " + e.getMessage());
+        } catch (RuntimeException | Error e) {
+            err.println("error: internal failure: " + e
+                    + (trace() ? "" : " (set QKV_TRACE=1 for the stack trace)"));
+            if (trace()) {
+                e.printStackTrace(err);
+            }
+            return 1;
+        }
+    }
+
+    private static int fail(PrintStream err, int code, String message) {
+        err.println("error: " + message.replace('\n', ' '));
+        return code;
+    }
+
+    private static boolean trace() {
+        return "1".equals(System.getenv("QKV_TRACE"));
+    }
+
+    private static void printUsage(PrintStream out) {
+        out.println("usage: qkv [command] [flags]   (no command: the demo)");
+        out.println();
+        for (Command c : COMMANDS) {
+            out.println("  qkv " + c.usage().replace("\n", "\n  qkv "));
+            out.println("      " + c.summary());
+        }
+        out.println("  qkv help");
+        out.println("      This text. 'qkv <command> --help' shows one command.");
+        out.println();
+        out.println("Exit codes: 0 ok, 2 usage or input error (one 'error:' line on stderr), 1 other failures.");
+    }
+}

@@ -1,0 +1,150 @@
+package dev.qkv.cli;
+
+import dev.qkv.attention.Attention;
+import dev.qkv.attention.Backend;
+import dev.qkv.attention.Mask;
+import dev.qkv.attention.SdpaOptions;
+import dev.qkv.io.Npy;
+import dev.qkv.io.NpyArray;
+import dev.qkv.tensor.Tensor;
+
+import java.io.IOException;
+import java.io.PrintStream;
+import java.lang.foreign.Arena;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.List;
+import java.util.Locale;
+import java.util.Set;
+
+/** {@code sdpa}: scaled dot-product attention over {@code .npy} files, written atomically to another. */
+final class SdpaCommand implements Command {
+
+    @Override
+    public String name() {
+        return "sdpa";
+    }
+
+    @Override
+    public String usage() {
+        return "sdpa --q Q.npy --k K.npy --v V.npy [--mask M.npy] [--causal] [--scale S] [--backend native|java]"
+                + " --out O.npy";
+    }
+
+    @Override
+    public String summary() {
+        return "out = softmax(scale * q k^T + mask) v for q [B, Hq, Lq, Dk], k [B, Hkv, Lk, Dk], v [B, Hkv, Lk, Dv];"
+                + " bool masks allow, float masks add; causal is aligned bottom-right. Default backend native"
+                + " (reference also accepted).";
+    }
+
+    @Override
+    public int run(List<String> args, PrintStream out, PrintStream err) throws UsageException, IOException {
+        Flags f = Flags.parse(name(), args, Set.of("q", "k", "v", "mask", "scale", "backend", "out"), Set.of("causal"));
+        Path qPath = Path.of(f.require("q"));
+        Path kPath = Path.of(f.require("k"));
+        Path vPath = Path.of(f.require("v"));
+        Path outPath = Path.of(f.require("out"));
+        Path maskPath = f.has("mask") ? Path.of(f.get("mask", null)) : null;
+        Backend backend = backend(f.get("backend", "native"));
+        float scale = f.has("scale") ? scale(f.get("scale", null)) : Float.NaN;
+        boolean causal = f.has("causal");
+        checkFolder(outPath);
+
+        Attention attention = Backends.create(backend);
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor q = floats("q", Npy.read(qPath, arena), qPath);
+            Tensor k = floats("k", Npy.read(kPath, arena), kPath);
+            Tensor v = floats("v", Npy.read(vPath, arena), vPath);
+            Mask mask = null;
+            if (maskPath != null) {
+                NpyArray m = Npy.read(maskPath, arena);
+                mask = m.isBool() ? Mask.allowed(m.tensor()) : Mask.additive(m.tensor());
+            }
+            rank4(q, "q", "[B, Hq, Lq, Dk]", qPath);
+            rank4(v, "v", "[B, Hkv, Lk, Dv]", vPath);
+            SdpaOptions options = new SdpaOptions(causal, mask, scale);
+            Tensor o;
+            long nanos;
+            try {
+                o = Tensor.allocate(arena, q.size(0), q.size(1), q.size(2), v.size(3));
+                // checks every argument first, so errors name the real tensors rather than the warm-up's slices
+                attention.workspaceBytes(q, k, v, o, options);
+                warmUp(attention, q, k, v, options, arena);
+                long t0 = System.nanoTime();
+                attention.sdpa(q, k, v, o, options);
+                nanos = System.nanoTime() - t0;
+            } catch (IllegalArgumentException e) {
+                throw new UsageException(e.getMessage());
+            }
+            Npy.write(outPath, o);
+            out.println(String.format(Locale.ROOT, "sdpa backend=%s q=%s k=%s v=%s mask=%s out=%s causal=%s ms=%.3f",
+                    backend.cliName(), q.shapeString(), k.shapeString(), v.shapeString(),
+                    mask == null ? "none" : (mask.kind() == Mask.Kind.BOOLEAN ? "bool" : "float")
+                            + mask.values().shapeString(),
+                    o.shapeString(), causal, nanos / 1e6));
+        }
+        return 0;
+    }
+
+    /**
+     * One query row against the first head's keys: it links the downcalls and loads the classes the call needs,
+     * so the time printed is the attention itself rather than JVM start-up work, at a cost of Lk·Dk.
+     */
+    private static void warmUp(Attention attention, Tensor q, Tensor k, Tensor v, SdpaOptions options, Arena arena) {
+        if (q.elementCount() == 0 || k.elementCount() == 0 || v.elementCount() == 0) {
+            return;
+        }
+        Tensor q1 = q.slice(0, 0, 1).slice(1, 0, 1).slice(2, 0, 1);
+        Tensor k1 = k.slice(0, 0, 1).slice(1, 0, 1);
+        Tensor v1 = v.slice(0, 0, 1).slice(1, 0, 1);
+        attention.sdpa(q1, k1, v1, Tensor.allocate(arena, 1, 1, 1, v.size(3)), new SdpaOptions(false, null,
+                options.scale()));
+    }
+
+    /** Parses a backend name: {@code native}, {@code java} or {@code reference}. */
+    static Backend backend(String name) throws UsageException {
+        try {
+            return Backend.parse(name);
+        } catch (IllegalArgumentException e) {
+            throw new UsageException("--backend: " + e.getMessage());
+        }
+    }
+
+    private static float scale(String text) throws UsageException {
+        float s;
+        try {
+            s = Float.parseFloat(text.strip());
+        } catch (NumberFormatException e) {
+            throw new UsageException("--scale expects a number, got '" + text + "'");
+        }
+        if (!Float.isFinite(s)) {
+            throw new UsageException("--scale must be finite, got '" + text + "'");
+        }
+        return s;
+    }
+
+    /** Fails before any work when the output's folder is missing, so a long run does not end in vain. */
+    static void checkFolder(Path out) throws UsageException {
+        Path dir = out.toAbsolutePath().getParent();
+        if (dir == null || !Files.isDirectory(dir)) {
+            throw new UsageException(out + ": folder " + dir + " does not exist");
+        }
+        if (Files.isDirectory(out)) {
+            throw new UsageException(out + ": is a directory");
+        }
+    }
+
+    private static Tensor floats(String name, NpyArray a, Path file) throws UsageException {
+        if (a.isBool()) {
+            throw new UsageException(file + ": " + name + " has dtype '|b1' (bool); expected '<f4' or '<f8'");
+        }
+        return a.tensor();
+    }
+
+    private static void rank4(Tensor t, String name, String dims, Path file) throws UsageException {
+        if (t.rank() != 4) {
+            throw new UsageException(file + ": " + t.describe(name) + ": expected rank 4 " + dims);
+        }
+    }
+}

@@ -1,0 +1,432 @@
+package dev.qkv.io;
+
+import dev.qkv.tensor.Shapes;
+import dev.qkv.tensor.Tensor;
+
+import java.io.IOException;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.math.BigInteger;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.channels.FileChannel;
+import java.nio.charset.CharacterCodingException;
+import java.nio.charset.CodingErrorAction;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.AccessDeniedException;
+import java.nio.file.Files;
+import java.nio.file.NoSuchFileException;
+import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
+import java.nio.file.StandardOpenOption;
+import java.security.SecureRandom;
+import java.util.HexFormat;
+import java.util.List;
+import java.util.Map;
+import java.util.Set;
+
+/**
+ * Reads and writes NumPy {@code .npy} files as float32 {@link Tensor}s.
+ *
+ * <p>Reading accepts format versions 1.0, 2.0 and 3.0 with dtype {@code '<f4'} (taken as is), {@code '<f8'}
+ * (rounded to float32) or {@code '|b1'} (booleans become 0 and 1, and {@link NpyArray#isBool} says so), in C
+ * order. Every other file is a {@link NpyFormatException} whose message is {@code <file>: <what is wrong>}:
+ * bad magic, another version, a header that is not a Python dict literal with exactly the keys {@code descr},
+ * {@code fortran_order} and {@code shape}, another dtype, Fortran order, a dimension that is negative or not an
+ * integer, a shape whose element count or byte size overflows a {@code long}, and a data section whose length is
+ * not exactly what the shape needs. Trailing bytes after the data are an error too: a file that is longer than
+ * its header says is more likely a wrong header than a valid array. Sizes are checked against the file's length
+ * before anything is allocated, and headers over {@link #MAX_HEADER_BYTES} are refused unread.
+ *
+ * <p>The data is copied into memory from the caller's arena, not mapped: a mapped file that is truncated while
+ * OpenBLAS reads it would crash the JVM, and a copy lets the output overwrite an input safely.
+ *
+ * <p>Writing produces version 1.0, {@code '<f4'}, C order, with the header padded so the data starts at a
+ * multiple of 64 bytes. The file appears atomically: the bytes go to a temporary file in the same folder, which
+ * is then renamed over the target; on any failure the temporary file is deleted and the target is untouched.
+ *
+ * <p>Float data is little-endian in the file and in memory; qkv supports only little-endian machines.
+ */
+public final class Npy {
+
+    /** The element type a {@code .npy} file stores. */
+    public enum Dtype {
+        /** {@code '<f4'}: little-endian float32. */
+        FLOAT32("<f4", 4),
+        /** {@code '<f8'}: little-endian float64, rounded to float32 on reading. */
+        FLOAT64("<f8", 8),
+        /** {@code '|b1'}: one byte per boolean, read as 0 or 1. */
+        BOOL("|b1", 1);
+
+        private final String descr;
+        private final int itemSize;
+
+        Dtype(String descr, int itemSize) {
+            this.descr = descr;
+            this.itemSize = itemSize;
+        }
+
+        /** The numpy {@code descr} string, e.g. {@code <f4}. */
+        public String descr() {
+            return descr;
+        }
+
+        /** Bytes per element in the file. */
+        public int itemSize() {
+            return itemSize;
+        }
+    }
+
+    /** Headers longer than this are refused before reading them; numpy's own writers stay far below. */
+    public static final int MAX_HEADER_BYTES = 1 << 20;
+
+    private static final byte[] MAGIC = {(byte) 0x93, 'N', 'U', 'M', 'P', 'Y'};
+    private static final Set<String> KEYS = Set.of("descr", "fortran_order", "shape");
+    private static final ValueLayout.OfDouble F8 = ValueLayout.JAVA_DOUBLE_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
+    private static final ValueLayout.OfFloat F4 = ValueLayout.JAVA_FLOAT_UNALIGNED;
+    /** Bytes moved per channel call: large enough to amortize the call, small enough for a staging buffer. */
+    private static final int CHUNK = 1 << 20;
+    private static final int HEADER_ALIGN = 64;
+
+    private Npy() {
+    }
+
+    /**
+     * Reads {@code file} into a contiguous float32 tensor allocated from {@code arena}.
+     *
+     * @throws NpyFormatException when the file is not a {@code .npy} file qkv supports (see the class comment)
+     * @throws IOException        when the file cannot be opened or read
+     */
+    public static NpyArray read(Path file, Arena arena) throws IOException {
+        String name = file.toString();
+        if (Files.isDirectory(file)) {
+            throw new NpyFormatException(name, "is a directory, not a .npy file");
+        }
+        try (FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
+            long size = ch.size();
+            Header h = readHeader(name, ch, size);
+            Tensor t;
+            try {
+                t = Tensor.allocate(arena, h.shape);
+            } catch (OutOfMemoryError e) {
+                throw new NpyFormatException(name, "shape " + Shapes.format(h.shape) + " needs "
+                        + h.count * Float.BYTES + " bytes of memory as float32, which cannot be allocated");
+            }
+            readData(name, ch, h, t.segment());
+            return new NpyArray(t, h.dtype);
+        }
+    }
+
+    private record Header(Dtype dtype, long[] shape, long count, long dataOffset) {
+    }
+
+    private static Header readHeader(String name, FileChannel ch, long size) throws IOException {
+        ByteBuffer prefix = ByteBuffer.allocate(12).order(ByteOrder.LITTLE_ENDIAN);
+        readFully(name, ch, prefix, 0, (int) Math.min(size, 12));
+        if (size < MAGIC.length || !startsWithMagic(prefix)) {
+            throw new NpyFormatException(name, "not a .npy file (bad magic: expected \\x93NUMPY, found "
+                    + hex(prefix, Math.min(size, MAGIC.length)) + ")");
+        }
+        if (size < 8) {
+            throw new NpyFormatException(name, "truncated header: " + size + " bytes, no format version");
+        }
+        int major = prefix.get(6) & 0xff;
+        int minor = prefix.get(7) & 0xff;
+        if (minor != 0 || major < 1 || major > 3) {
+            throw new NpyFormatException(name, "unsupported .npy format version " + major + "." + minor
+                    + " (expected 1.0, 2.0 or 3.0)");
+        }
+        int prefixLen = major == 1 ? 10 : 12;
+        if (size < prefixLen) {
+            throw new NpyFormatException(name, "truncated header: " + size + " bytes, no header length");
+        }
+        long headerLen = major == 1 ? prefix.getShort(8) & 0xffffL : prefix.getInt(8) & 0xffffffffL;
+        if (headerLen > MAX_HEADER_BYTES) {
+            throw new NpyFormatException(name, "header length " + headerLen + " exceeds the limit of "
+                    + MAX_HEADER_BYTES + " bytes");
+        }
+        if (prefixLen + headerLen > size) {
+            throw new NpyFormatException(name, "truncated header: it declares " + headerLen + " bytes, the file has "
+                    + (size - prefixLen) + " after the prefix");
+        }
+        ByteBuffer hb = ByteBuffer.allocate((int) headerLen);
+        readFully(name, ch, hb, prefixLen, (int) headerLen);
+        String text;
+        try {
+            // v1 and v2 headers are latin-1; v3 is UTF-8 (numpy's own rule)
+            text = (major == 3 ? StandardCharsets.UTF_8 : StandardCharsets.ISO_8859_1).newDecoder()
+                    .onMalformedInput(CodingErrorAction.REPORT).onUnmappableCharacter(CodingErrorAction.REPORT)
+                    .decode(hb.flip()).toString();
+        } catch (CharacterCodingException e) {
+            throw new NpyFormatException(name, "header is not valid UTF-8");
+        }
+        Object parsed;
+        try {
+            parsed = PyLiteral.parse(text);
+        } catch (PyLiteral.SyntaxException e) {
+            throw new NpyFormatException(name, "header is not a valid Python dict literal: " + e.getMessage());
+        }
+        if (!(parsed instanceof Map<?, ?> dict)) {
+            throw new NpyFormatException(name, "header is not a Python dict: " + clip(PyLiteral.repr(parsed)));
+        }
+        for (String key : List.of("descr", "fortran_order", "shape")) {
+            if (!dict.containsKey(key)) {
+                throw new NpyFormatException(name, "header lacks the key '" + key + "'");
+            }
+        }
+        for (Object key : dict.keySet()) {
+            if (!KEYS.contains(key)) {
+                throw new NpyFormatException(name, "header has the unexpected key " + clip(PyLiteral.repr(key))
+                        + " (expected descr, fortran_order, shape)");
+            }
+        }
+        Dtype dtype = dtype(name, dict.get("descr"));
+        Object fortran = dict.get("fortran_order");
+        if (!(fortran instanceof Boolean f)) {
+            throw new NpyFormatException(name, "fortran_order is " + clip(PyLiteral.repr(fortran))
+                    + ", expected True or False");
+        }
+        if (f) {
+            throw new NpyFormatException(name, "fortran_order is True; only C order is supported");
+        }
+        long[] shape = shape(name, dict.get("shape"));
+        long count = 1;
+        for (long d : shape) {
+            try {
+                count = Math.multiplyExact(count, d);
+            } catch (ArithmeticException e) {
+                throw new NpyFormatException(name, "shape " + Shapes.format(shape) + " has more elements than fit in a long");
+            }
+        }
+        long bytes;
+        try {
+            // both the file's bytes and the float32 copy in memory must be addressable
+            bytes = Math.multiplyExact(count, (long) dtype.itemSize);
+            Math.multiplyExact(count, (long) Float.BYTES);
+        } catch (ArithmeticException e) {
+            throw new NpyFormatException(name, "shape " + Shapes.format(shape) + " of " + dtype.descr
+                    + " has more bytes than fit in a long");
+        }
+        long dataOffset = prefixLen + headerLen;
+        long available = size - dataOffset;
+        if (bytes > available) {
+            throw new NpyFormatException(name, "truncated data: shape " + Shapes.format(shape) + " of '"
+                    + dtype.descr + "' needs " + bytes + " bytes, the file has " + available + " after the header");
+        }
+        if (bytes < available) {
+            throw new NpyFormatException(name, (available - bytes) + " bytes of trailing data: shape "
+                    + Shapes.format(shape) + " of '" + dtype.descr + "' needs " + bytes + " bytes, the file has "
+                    + available + " after the header");
+        }
+        return new Header(dtype, shape, count, dataOffset);
+    }
+
+    private static Dtype dtype(String name, Object descr) throws NpyFormatException {
+        if (!(descr instanceof String s)) {
+            throw new NpyFormatException(name, "unsupported dtype " + clip(PyLiteral.repr(descr))
+                    + " (structured arrays are not supported); expected '<f4', '<f8' or '|b1'");
+        }
+        for (Dtype d : Dtype.values()) {
+            if (d.descr.equals(s)) {
+                return d;
+            }
+        }
+        if (s.equals("b1") || s.equals("<b1") || s.equals(">b1") || s.equals("=b1")) {
+            return Dtype.BOOL;
+        }
+        String why = s.startsWith(">") && s.length() > 1 && s.charAt(1) != 'b' ? " (big-endian)" : "";
+        throw new NpyFormatException(name, "unsupported dtype '" + clip(s) + "'" + why
+                + "; expected '<f4' (float32), '<f8' (float64) or '|b1' (bool)");
+    }
+
+    private static long[] shape(String name, Object value) throws NpyFormatException {
+        if (!(value instanceof PyLiteral.Tuple(List<Object> items))) {
+            throw new NpyFormatException(name, "shape " + clip(PyLiteral.repr(value)) + " is not a tuple");
+        }
+        long[] shape = new long[items.size()];
+        for (int i = 0; i < shape.length; i++) {
+            Object d = items.get(i);
+            if (!(d instanceof BigInteger n)) {
+                throw new NpyFormatException(name, "shape " + clip(PyLiteral.repr(value)) + ": dimension "
+                        + clip(PyLiteral.repr(d)) + " is not an integer");
+            }
+            if (n.signum() < 0) {
+                throw new NpyFormatException(name, "shape " + clip(PyLiteral.repr(value)) + ": dimension " + n
+                        + " is negative");
+            }
+            if (n.bitLength() > 63) {
+                throw new NpyFormatException(name, "shape " + clip(PyLiteral.repr(value)) + ": dimension " + n
+                        + " does not fit in a long");
+            }
+            shape[i] = n.longValue();
+        }
+        return shape;
+    }
+
+    private static void readData(String name, FileChannel ch, Header h, MemorySegment dst) throws IOException {
+        long count = h.count;
+        if (count == 0) {
+            return;
+        }
+        if (h.dtype == Dtype.FLOAT32) {
+            // the file's little-endian floats are the tensor's native layout: read straight into the tensor
+            long bytes = count * Float.BYTES;
+            for (long at = 0; at < bytes; at += CHUNK) {
+                int n = (int) Math.min(CHUNK, bytes - at);
+                readFully(name, ch, dst.asSlice(at, n).asByteBuffer(), h.dataOffset + at, n);
+            }
+            return;
+        }
+        int item = h.dtype.itemSize;
+        try (Arena staging = Arena.ofConfined()) {
+            MemorySegment buf = staging.allocate(CHUNK, 64);
+            long perChunk = CHUNK / item;
+            for (long first = 0; first < count; first += perChunk) {
+                long n = Math.min(perChunk, count - first);
+                readFully(name, ch, buf.asSlice(0, n * item).asByteBuffer(), h.dataOffset + first * item,
+                        (int) (n * item));
+                if (h.dtype == Dtype.FLOAT64) {
+                    for (long i = 0; i < n; i++) {
+                        dst.setAtIndex(F4, first + i, (float) buf.getAtIndex(F8, i));
+                    }
+                } else {
+                    for (long i = 0; i < n; i++) {
+                        dst.setAtIndex(F4, first + i, buf.get(ValueLayout.JAVA_BYTE, i) != 0 ? 1f : 0f);
+                    }
+                }
+            }
+        }
+    }
+
+    /** Reads exactly {@code n} bytes at {@code position}; a file that shrank meanwhile is a truncation. */
+    private static void readFully(String name, FileChannel ch, ByteBuffer dst, long position, int n)
+            throws IOException {
+        dst.limit(dst.position() + n);
+        long pos = position;
+        while (dst.hasRemaining()) {
+            int got = ch.read(dst, pos);
+            if (got < 0) {
+                throw new NpyFormatException(name, "truncated: the file ended at byte " + pos + " while reading");
+            }
+            pos += got;
+        }
+    }
+
+    private static boolean startsWithMagic(ByteBuffer b) {
+        if (b.position() < MAGIC.length) {
+            return false;
+        }
+        for (int i = 0; i < MAGIC.length; i++) {
+            if (b.get(i) != MAGIC[i]) {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    private static String hex(ByteBuffer b, long n) {
+        StringBuilder s = new StringBuilder();
+        for (int i = 0; i < n; i++) {
+            int c = b.get(i) & 0xff;
+            s.append(c >= 0x20 && c < 0x7f && c != '\\' ? String.valueOf((char) c) : String.format("\\x%02x", c));
+        }
+        return s.isEmpty() ? "an empty file" : "'" + s + "'";
+    }
+
+    private static String clip(String s) {
+        return s.length() <= 80 ? s : s.substring(0, 77) + "...";
+    }
+
+    // ---------------------------------------------------------------- writing
+
+    /**
+     * Writes {@code tensor} to {@code file} as a version 1.0 {@code '<f4'} C-order {@code .npy} file, atomically:
+     * either the complete file appears under {@code file}, or nothing changes. The folder must exist.
+     *
+     * @throws NoSuchFileException when the folder of {@code file} does not exist
+     * @throws IOException         when writing or renaming fails (the temporary file is removed)
+     */
+    public static void write(Path file, Tensor tensor) throws IOException {
+        if (!tensor.isAlive()) {
+            throw new IllegalStateException("tensor " + tensor.shapeString() + ": its arena is closed");
+        }
+        Path target = file.toAbsolutePath();
+        Path dir = target.getParent();
+        if (dir == null || target.getFileName() == null) {
+            throw new NoSuchFileException(file.toString(), null, "not a file path");
+        }
+        if (!Files.isDirectory(dir)) {
+            throw new NoSuchFileException(file.toString(), null, "folder " + dir + " does not exist");
+        }
+        byte[] header = header(tensor.shape());
+        byte[] random = new byte[6];
+        new SecureRandom().nextBytes(random);
+        // own name instead of createTempFile, whose 0600 permissions the renamed output would keep
+        Path tmp = dir.resolve("." + target.getFileName() + "." + HexFormat.of().formatHex(random) + ".tmp");
+        boolean done = false;
+        try {
+            FileChannel opened;
+            try {
+                opened = FileChannel.open(tmp, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE);
+            } catch (AccessDeniedException e) {
+                // name the file the caller asked for, not our temporary name
+                throw new AccessDeniedException(file.toString(), null, "cannot create files in folder " + dir);
+            }
+            try (FileChannel ch = opened) {
+                writeFully(ch, ByteBuffer.wrap(header));
+                writeData(ch, tensor);
+            }
+            Files.move(tmp, target, StandardCopyOption.ATOMIC_MOVE);
+            done = true;
+        } finally {
+            if (!done) {
+                Files.deleteIfExists(tmp);
+            }
+        }
+    }
+
+    /** The version 1.0 prefix and header for a float32 C-order array, padded to a multiple of 64 bytes. */
+    static byte[] header(long[] shape) {
+        StringBuilder dims = new StringBuilder("(");
+        for (int i = 0; i < shape.length; i++) {
+            dims.append(i == 0 ? "" : ", ").append(shape[i]);
+        }
+        dims.append(shape.length == 1 ? ",)" : ")");
+        String dict = "{'descr': '<f4', 'fortran_order': False, 'shape': " + dims + ", }";
+        int unpadded = 10 + dict.length() + 1;
+        int total = (unpadded + HEADER_ALIGN - 1) / HEADER_ALIGN * HEADER_ALIGN;
+        int headerLen = total - 10;
+        if (headerLen > 0xffff) {
+            throw new IllegalArgumentException("shape " + Shapes.format(shape) + " needs a header longer than .npy 1.0 allows");
+        }
+        String text = dict + " ".repeat(headerLen - dict.length() - 1) + "\n";
+        ByteBuffer b = ByteBuffer.allocate(total).order(ByteOrder.LITTLE_ENDIAN);
+        b.put(MAGIC).put((byte) 1).put((byte) 0).putShort((short) headerLen);
+        b.put(text.getBytes(StandardCharsets.ISO_8859_1));
+        return b.array();
+    }
+
+    private static void writeData(FileChannel ch, Tensor tensor) throws IOException {
+        long bytes = tensor.elementCount() * Float.BYTES;
+        if (bytes == 0) {
+            return;
+        }
+        if (tensor.isContiguous()) {
+            MemorySegment src = tensor.segment().asSlice(tensor.offset() * Float.BYTES, bytes);
+            for (long at = 0; at < bytes; at += CHUNK) {
+                writeFully(ch, src.asSlice(at, Math.min(CHUNK, bytes - at)).asByteBuffer());
+            }
+            return;
+        }
+        try (Arena staging = Arena.ofConfined()) {
+            writeData(ch, Tensor.allocate(staging, tensor.shape()).copyFrom(tensor));
+        }
+    }
+
+    private static void writeFully(FileChannel ch, ByteBuffer src) throws IOException {
+        while (src.hasRemaining()) {
+            ch.write(src);
+        }
+    }
+}

@@ -1,0 +1,415 @@
+package dev.qkv.cli;
+
+import dev.qkv.attention.Attention;
+import dev.qkv.attention.Backend;
+import dev.qkv.attention.Mask;
+import dev.qkv.attention.SdpaOptions;
+import dev.qkv.blas.OpenBlas;
+import dev.qkv.io.Npy;
+import dev.qkv.io.NpyArray;
+import dev.qkv.io.NpyBytes;
+import dev.qkv.tensor.Tensor;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.Arguments;
+import org.junit.jupiter.params.provider.MethodSource;
+
+import java.io.ByteArrayOutputStream;
+import java.io.IOException;
+import java.io.PrintStream;
+import java.lang.foreign.Arena;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.SplittableRandom;
+import java.util.stream.Stream;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assertions.fail;
+
+class MainTest {
+
+    // q [2, 4, 5, 8], k [2, 2, 7, 8], v [2, 2, 7, 6]: grouped-query, Lq < Lk, Dv != Dk
+    private static final long[] Q = {2, 4, 5, 8};
+    private static final long[] K = {2, 2, 7, 8};
+    private static final long[] V = {2, 2, 7, 6};
+    private static final long[] OUT = {2, 4, 5, 6};
+    private static final long SEED = 2024;
+    /** Float32 products over at most 8 terms against a double reference: a few ulps of values of size ~1. */
+    private static final double ATOL = 1e-5;
+    private static final double RTOL = 1e-4;
+
+    @TempDir
+    Path dir;
+
+    record Result(int code, String out, String err) {
+        List<String> errLines() {
+            return err.isEmpty() ? List.of() : List.of(err.split("\n"));
+        }
+    }
+
+    static Result run(String... args) {
+        ByteArrayOutputStream out = new ByteArrayOutputStream();
+        ByteArrayOutputStream err = new ByteArrayOutputStream();
+        int code;
+        try (PrintStream o = new PrintStream(out, true, StandardCharsets.UTF_8);
+             PrintStream e = new PrintStream(err, true, StandardCharsets.UTF_8)) {
+            code = Main.run(args, o, e);
+        }
+        return new Result(code, out.toString(StandardCharsets.UTF_8), err.toString(StandardCharsets.UTF_8));
+    }
+
+    /** Asserts a user error: exit 2, nothing on stdout, exactly one {@code error:} line containing {@code text}. */
+    static void assertUserError(Result r, String text) {
+        assertEquals(2, r.code(), r.toString());
+        assertEquals("", r.out(), r.toString());
+        assertEquals(1, r.errLines().size(), r.toString());
+        assertTrue(r.err().startsWith("error: "), r.toString());
+        assertTrue(r.err().contains(text), "expected '" + text + "' in " + r);
+    }
+
+    private Path randomNpy(String name, SplittableRandom random, long... shape) throws IOException {
+        long n = Arrays.stream(shape).reduce(1, Math::multiplyExact);
+        float[] x = new float[(int) n];
+        for (int i = 0; i < x.length; i++) {
+            x[i] = (float) (random.nextDouble() * 2 - 1);
+        }
+        return NpyBytes.writeF4(dir, name, x, shape);
+    }
+
+    private List<String> inputs(SplittableRandom random) throws IOException {
+        return List.of("--q", randomNpy("q.npy", random, Q).toString(), "--k", randomNpy("k.npy", random, K).toString(),
+                "--v", randomNpy("v.npy", random, V).toString());
+    }
+
+    static Stream<Arguments> sdpaCases() {
+        List<Arguments> cases = new ArrayList<>();
+        for (String backend : List.of("native", "java", "reference")) {
+            for (String mask : List.of("none", "bool [Lq, Lk]", "bool [B, 1, 1, Lk]", "float [B, 1, Lq, Lk]",
+                    "float64 [B, Hq, Lq, Lk]")) {
+                for (boolean causal : List.of(false, true)) {
+                    cases.add(Arguments.of(backend, mask, causal));
+                }
+            }
+        }
+        return cases.stream();
+    }
+
+    @ParameterizedTest(name = "{0} mask={1} causal={2}")
+    @MethodSource("sdpaCases")
+    void sdpaMatchesTheReferenceBackend(String backend, String mask, boolean causal) throws IOException {
+        SplittableRandom random = new SplittableRandom(SEED);
+        List<String> args = new ArrayList<>(List.of("sdpa"));
+        args.addAll(inputs(random));
+        Path maskPath = switch (mask) {
+            case "none" -> null;
+            case "bool [Lq, Lk]" -> boolMask(random, 5, 7);
+            case "bool [B, 1, 1, Lk]" -> boolMask(random, 2, 1, 1, 7);
+            case "float [B, 1, Lq, Lk]" -> floatMask(random, false, 2, 1, 5, 7);
+            default -> floatMask(random, true, 2, 4, 5, 7);
+        };
+        if (maskPath != null) {
+            args.addAll(List.of("--mask", maskPath.toString()));
+        }
+        if (causal) {
+            args.add("--causal");
+        }
+        Path out = dir.resolve("o.npy");
+        args.addAll(List.of("--backend", backend, "--scale", "0.3", "--out", out.toString()));
+
+        Result r = run(args.toArray(String[]::new));
+        assertEquals(0, r.code(), r.toString());
+        assertEquals("", r.err());
+        String line = r.out().strip();
+        assertFalse(line.contains("\n"), "one summary line: " + r.out());
+        assertTrue(line.matches("sdpa backend=" + backend + " q=\\[2, 4, 5, 8\\] k=\\[2, 2, 7, 8\\] v=\\[2, 2, 7, 6\\]"
+                + " mask=\\S.* out=\\[2, 4, 5, 6\\] causal=" + causal + " ms=\\d+\\.\\d{3}"), line);
+
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor q = Npy.read(dir.resolve("q.npy"), arena).tensor();
+            Tensor k = Npy.read(dir.resolve("k.npy"), arena).tensor();
+            Tensor v = Npy.read(dir.resolve("v.npy"), arena).tensor();
+            Mask m = null;
+            if (maskPath != null) {
+                NpyArray a = Npy.read(maskPath, arena);
+                m = a.isBool() ? Mask.allowed(a.tensor()) : Mask.additive(a.tensor());
+            }
+            Tensor want = Tensor.allocate(arena, OUT);
+            Attention.create(Backend.REFERENCE).sdpa(q, k, v, want, new SdpaOptions(causal, m, 0.3f));
+            NpyArray got = Npy.read(out, arena);
+            assertEquals(Npy.Dtype.FLOAT32, got.dtype());
+            assertArrayEquals(OUT, got.tensor().shape());
+            assertClose(want.toArray(), got.tensor().toArray(), "seed " + SEED + " " + backend + " mask " + mask
+                    + " causal " + causal);
+        }
+    }
+
+    private Path boolMask(SplittableRandom random, long... shape) throws IOException {
+        int n = (int) Arrays.stream(shape).reduce(1, Math::multiplyExact);
+        boolean[] b = new boolean[n];
+        for (int i = 0; i < n; i++) {
+            b[i] = random.nextInt(4) != 0;
+        }
+        b[0] = false;
+        b[1] = false; // with causal, some row sees no key at all and must come out as zeros
+        return NpyBytes.write(dir, "m.npy", NpyBytes.file("|b1", NpyBytes.tuple(shape), NpyBytes.b1(b)));
+    }
+
+    private Path floatMask(SplittableRandom random, boolean f8, long... shape) throws IOException {
+        int n = (int) Arrays.stream(shape).reduce(1, Math::multiplyExact);
+        double[] x = new double[n];
+        for (int i = 0; i < n; i++) {
+            x[i] = random.nextInt(5) == 0 ? Double.NEGATIVE_INFINITY : random.nextDouble() * 4 - 2;
+        }
+        if (f8) {
+            return NpyBytes.write(dir, "m.npy", NpyBytes.file("<f8", NpyBytes.tuple(shape), NpyBytes.f8(x)));
+        }
+        float[] f = new float[n];
+        for (int i = 0; i < n; i++) {
+            f[i] = (float) x[i];
+        }
+        return NpyBytes.writeF4(dir, "m.npy", f, shape);
+    }
+
+    private static void assertClose(float[] want, float[] got, String what) {
+        assertEquals(want.length, got.length, what);
+        List<String> bad = new ArrayList<>();
+        for (int i = 0; i < want.length; i++) {
+            double tol = ATOL + RTOL * Math.abs(want[i]);
+            if (!(Math.abs(want[i] - got[i]) <= tol) && bad.size() < 5) {
+                bad.add("[" + i + "] want " + want[i] + " got " + got[i]);
+            }
+        }
+        if (!bad.isEmpty()) {
+            fail(what + " (atol " + ATOL + ", rtol " + RTOL + "): " + bad);
+        }
+    }
+
+    @Test
+    void boolInputIsRejectedWithoutOutput() throws IOException {
+        SplittableRandom random = new SplittableRandom(SEED);
+        List<String> args = new ArrayList<>(List.of("sdpa"));
+        args.addAll(inputs(random));
+        Path q = NpyBytes.write(dir, "q.npy", NpyBytes.file("|b1", "(1, 1, 1, 8)", new byte[8]));
+        args.set(2, q.toString());
+        Path out = dir.resolve("o.npy");
+        args.addAll(List.of("--out", out.toString()));
+        assertUserError(run(args.toArray(String[]::new)), q + ": q has dtype '|b1'");
+        assertFalse(Files.exists(out));
+    }
+
+    static Stream<Arguments> badFiles() {
+        return Stream.of(
+                Arguments.of("int32", NpyBytes.file("<i4", "(2, 4, 5, 8)", new byte[320 * 4]), "unsupported dtype '<i4'"),
+                Arguments.of("big-endian", NpyBytes.file(">f4", "(2, 4, 5, 8)", new byte[320 * 4]), "big-endian"),
+                Arguments.of("fortran", NpyBytes.file(1, "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 4, 5, 8)}",
+                        new byte[320 * 4]), "fortran_order is True"),
+                Arguments.of("truncated", NpyBytes.file("<f4", "(2, 4, 5, 8)", new byte[100]), "truncated data"),
+                Arguments.of("lying shape", NpyBytes.file("<f4", "(100000, 100000, 100000, 8)", new byte[100]),
+                        "truncated data"),
+                Arguments.of("bad magic", "not numpy".getBytes(StandardCharsets.US_ASCII), "bad magic"));
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("badFiles")
+    void malformedInputIsOneErrorLineAndNoOutput(String label, byte[] bytes) throws IOException {
+        SplittableRandom random = new SplittableRandom(SEED);
+        List<String> args = new ArrayList<>(List.of("sdpa"));
+        args.addAll(inputs(random));
+        Path k = NpyBytes.write(dir, "k.npy", bytes);
+        Path out = dir.resolve("o.npy");
+        args.addAll(List.of("--out", out.toString()));
+        Result r = run(args.toArray(String[]::new));
+        assertUserError(r, "error: " + k + ": ");
+        assertFalse(Files.exists(out), label);
+    }
+
+    @Test
+    void shapeMismatchIsAUserErrorFromAttention() throws IOException {
+        SplittableRandom random = new SplittableRandom(SEED);
+        Path q = randomNpy("q.npy", random, 1, 4, 5, 8);
+        Path k = randomNpy("k.npy", random, 1, 3, 7, 8);
+        Path v = randomNpy("v.npy", random, 1, 3, 7, 8);
+        Path out = dir.resolve("o.npy");
+        for (String backend : List.of("native", "java")) {
+            assertUserError(run("sdpa", "--q", q.toString(), "--k", k.toString(), "--v", v.toString(), "--backend",
+                    backend, "--out", out.toString()), "k [1, 3, 7, 8]: Hq=4 is not a multiple of Hkv=3");
+            assertFalse(Files.exists(out));
+        }
+    }
+
+    @Test
+    void maskThatDoesNotBroadcastIsAUserError() throws IOException {
+        SplittableRandom random = new SplittableRandom(SEED);
+        List<String> args = new ArrayList<>(List.of("sdpa"));
+        args.addAll(inputs(random));
+        Path out = dir.resolve("o.npy");
+        args.addAll(List.of("--mask", boolMask(random, 3, 7).toString(), "--out", out.toString()));
+        assertUserError(run(args.toArray(String[]::new)), "mask [3, 7]");
+        assertFalse(Files.exists(out));
+    }
+
+    @Test
+    void negativeScaleInBothFlagForms() throws IOException {
+        SplittableRandom random = new SplittableRandom(SEED);
+        List<String> base = new ArrayList<>(List.of("sdpa"));
+        base.addAll(inputs(random));
+        List<String> spaced = new ArrayList<>(base);
+        spaced.addAll(List.of("--scale", "-0.5", "--out", dir.resolve("a.npy").toString()));
+        List<String> joined = new ArrayList<>(base);
+        joined.addAll(List.of("--scale=-0.5", "--out=" + dir.resolve("b.npy")));
+        assertEquals(0, run(spaced.toArray(String[]::new)).code());
+        assertEquals(0, run(joined.toArray(String[]::new)).code());
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor q = Npy.read(dir.resolve("q.npy"), arena).tensor();
+            Tensor k = Npy.read(dir.resolve("k.npy"), arena).tensor();
+            Tensor v = Npy.read(dir.resolve("v.npy"), arena).tensor();
+            Tensor want = Tensor.allocate(arena, OUT);
+            Attention.create(Backend.REFERENCE).sdpa(q, k, v, want, SdpaOptions.DEFAULT.withScale(-0.5f));
+            assertClose(want.toArray(), Npy.read(dir.resolve("a.npy"), arena).tensor().toArray(), "scale -0.5");
+            assertArrayEquals(Npy.read(dir.resolve("a.npy"), arena).tensor().toArray(),
+                    Npy.read(dir.resolve("b.npy"), arena).tensor().toArray());
+        }
+    }
+
+    @Test
+    void benchPutsBackTheOpenBlasThreadCount() {
+        int before = OpenBlas.get().threads();
+        int other = before == 1 ? 2 : 1;
+        Result r = run("bench", "--shape", "1,1,8,8", "--backend", "native", "--threads", String.valueOf(other),
+                "--iters", "1");
+        assertEquals(0, r.code(), r.toString());
+        assertTrue(r.out().contains("threads=" + other), r.out());
+        assertEquals(before, OpenBlas.get().threads());
+    }
+
+    @Test
+    void headDimensionMismatchNamesTheRealShapes() throws IOException {
+        SplittableRandom random = new SplittableRandom(SEED);
+        Path q = randomNpy("q.npy", random, 2, 4, 5, 8);
+        Path k = randomNpy("k.npy", random, 2, 2, 7, 9);
+        Path v = randomNpy("v.npy", random, 2, 2, 7, 6);
+        assertUserError(run("sdpa", "--q", q.toString(), "--k", k.toString(), "--v", v.toString(), "--out",
+                dir.resolve("o.npy").toString()), "k [2, 2, 7, 9]: head dimension Dk=9 differs from q [2, 4, 5, 8]");
+    }
+
+    @Test
+    void wrongRankNamesTheFile() throws IOException {
+        SplittableRandom random = new SplittableRandom(SEED);
+        List<String> args = new ArrayList<>(List.of("sdpa"));
+        args.addAll(inputs(random));
+        Path q = randomNpy("q3.npy", random, 4, 5, 8);
+        args.set(2, q.toString());
+        args.addAll(List.of("--out", dir.resolve("o.npy").toString()));
+        assertUserError(run(args.toArray(String[]::new)), q + ": q [4, 5, 8]: expected rank 4");
+    }
+
+    @Test
+    void missingInputFile() throws IOException {
+        SplittableRandom random = new SplittableRandom(SEED);
+        List<String> args = new ArrayList<>(List.of("sdpa"));
+        args.addAll(inputs(random));
+        Path absent = dir.resolve("absent.npy");
+        args.set(6, absent.toString());
+        args.addAll(List.of("--out", dir.resolve("o.npy").toString()));
+        assertUserError(run(args.toArray(String[]::new)), absent + ": no such file");
+        assertFalse(Files.exists(dir.resolve("o.npy")));
+    }
+
+    @Test
+    void outputIntoMissingFolder() throws IOException {
+        SplittableRandom random = new SplittableRandom(SEED);
+        List<String> args = new ArrayList<>(List.of("sdpa"));
+        args.addAll(inputs(random));
+        Path out = dir.resolve("nope").resolve("o.npy");
+        args.addAll(List.of("--out", out.toString()));
+        assertUserError(run(args.toArray(String[]::new)), "does not exist");
+        assertFalse(Files.exists(out.getParent()));
+    }
+
+    static Stream<Arguments> badCommandLines() {
+        return Stream.of(
+                Arguments.of(List.of("sdpa", "--q", "q.npy", "--k", "k.npy", "--v", "v.npy"), "missing required flag --out"),
+                Arguments.of(List.of("sdpa", "--k", "k.npy", "--v", "v.npy", "--out", "o.npy"), "missing required flag --q"),
+                Arguments.of(List.of("sdpa", "--q", "q.npy", "--kk", "k.npy"), "unknown flag --kk"),
+                Arguments.of(List.of("sdpa", "--q"), "--q needs a value"),
+                Arguments.of(List.of("sdpa", "--q", "--k", "k.npy"), "--q needs a value"),
+                Arguments.of(List.of("sdpa", "--q", "a", "--q", "b"), "--q given twice"),
+                Arguments.of(List.of("sdpa", "q.npy"), "unexpected argument 'q.npy'"),
+                Arguments.of(List.of("sdpa", "--causal=yes"), "--causal takes no value"),
+                Arguments.of(List.of("sdpa", "--q", "a", "--k", "b", "--v", "c", "--out", "o", "--backend", "gpu"),
+                        "unknown backend 'gpu'"),
+                Arguments.of(List.of("sdpa", "--q", "a", "--k", "b", "--v", "c", "--out", "o", "--scale", "x"),
+                        "--scale expects a number"),
+                Arguments.of(List.of("sdpa", "--q", "a", "--k", "b", "--v", "c", "--out", "o", "--scale", "1e39"),
+                        "--scale must be finite"),
+                Arguments.of(List.of("frobnicate"), "unknown command 'frobnicate'"),
+                Arguments.of(List.of("--verbose"), "unknown flag --verbose"),
+                Arguments.of(List.of("info", "--x"), "unknown flag --x"),
+                Arguments.of(List.of("bench"), "missing required flag --shape"),
+                Arguments.of(List.of("bench", "--shape", "1,2,3"), "--shape expects B,H,L,D"),
+                Arguments.of(List.of("bench", "--shape", "1,2,x,4"), "--shape L expects an integer"),
+                Arguments.of(List.of("bench", "--shape", "1,0,3,4"), "--shape H must be in 1.."),
+                Arguments.of(List.of("bench", "--shape", "1,4,3,4", "--kv-heads", "3"), "--kv-heads 3 does not divide H=4"),
+                Arguments.of(List.of("bench", "--shape", "1,4,3,4", "--iters", "0"), "--iters must be in 1.."),
+                Arguments.of(List.of("bench", "--shape", "1,4,3,4", "--backend", "fast"), "unknown backend 'fast'"));
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("badCommandLines")
+    void badCommandLinesAreOneErrorLineAndExitTwo(List<String> args, String text) {
+        assertUserError(run(args.toArray(String[]::new)), text);
+    }
+
+    @Test
+    void helpGoesToStdoutWithExitZero() {
+        for (String h : List.of("help", "--help", "-h")) {
+            Result r = run(h);
+            assertEquals(0, r.code(), h);
+            assertEquals("", r.err());
+            for (String cmd : List.of("sdpa --q Q.npy", "info", "bench --shape B,H,L,D")) {
+                assertTrue(r.out().contains("qkv " + cmd), cmd + " in " + r.out());
+            }
+        }
+        Result one = run("sdpa", "--help");
+        assertEquals(0, one.code());
+        assertTrue(one.out().startsWith("usage: qkv sdpa --q Q.npy --k K.npy --v V.npy [--mask M.npy] [--causal]"
+                + " [--scale S] [--backend native|java] --out O.npy"), one.out());
+    }
+
+    @Test
+    void infoNamesTheLoadedLibrary() {
+        Result r = run("info");
+        assertEquals(0, r.code(), r.toString());
+        assertEquals("", r.err());
+        String path = OpenBlas.get().library().path().toString();
+        assertTrue(r.out().contains("openblas: " + path), r.out());
+        assertTrue(r.out().contains("core " + OpenBlas.get().library().coreName()), r.out());
+        assertTrue(r.out().contains("jdk: " + System.getProperty("java.version")), r.out());
+        assertTrue(r.out().contains("backends: native yes"), r.out());
+        assertTrue(r.out().contains("FloatVector.SPECIES_PREFERRED"), r.out());
+    }
+
+    @ParameterizedTest
+    @MethodSource("benchBackends")
+    void benchEndsWithTheMedianLine(String backend) {
+        Result r = run("bench", "--shape", "1,4,33,16", "--kv-heads", "2", "--causal", "--backend", backend,
+                "--threads", "1", "--iters", "2");
+        assertEquals(0, r.code(), r.toString());
+        assertEquals("", r.err());
+        String[] lines = r.out().split("\n");
+        assertTrue(lines[lines.length - 1].matches("median_ms=\\d+\\.\\d+ gflops=\\d+\\.\\d+"), r.out());
+        assertTrue(lines[0].contains("q=[1, 4, 33, 16] k=[1, 2, 33, 16] causal=true"), r.out());
+    }
+
+    static Stream<String> benchBackends() {
+        return Stream.of("native", "java", "auto");
+    }
+}

@@ -1,0 +1,310 @@
+package dev.qkv.io;
+
+import dev.qkv.tensor.Tensor;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.Arguments;
+import org.junit.jupiter.params.provider.MethodSource;
+
+import java.io.IOException;
+import java.lang.foreign.Arena;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.NoSuchFileException;
+import java.nio.file.Path;
+import java.util.Arrays;
+import java.util.List;
+import java.util.SplittableRandom;
+import java.util.stream.Stream;
+
+import static dev.qkv.io.NpyBytes.b1;
+import static dev.qkv.io.NpyBytes.f4;
+import static dev.qkv.io.NpyBytes.f8;
+import static dev.qkv.io.NpyBytes.file;
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+class NpyTest {
+
+    @TempDir
+    Path dir;
+
+    static Stream<long[]> shapes() {
+        return Stream.of(new long[] {}, new long[] {0}, new long[] {1}, new long[] {7}, new long[] {2, 0, 5},
+                new long[] {3, 17}, new long[] {1, 8, 7, 5}, new long[] {2, 3, 65, 3});
+    }
+
+    @ParameterizedTest
+    @MethodSource("shapes")
+    void roundTripKeepsShapeAndEveryBit(long[] shape) throws IOException {
+        long seed = 11 + Arrays.hashCode(shape);
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor t = Tensor.allocate(arena, shape);
+            SplittableRandom r = new SplittableRandom(seed);
+            for (long i = 0; i < t.elementCount(); i++) {
+                t.setAt(i, (float) r.nextGaussian());
+            }
+            Path p = dir.resolve("t.npy");
+            Npy.write(p, t);
+            NpyArray back = Npy.read(p, arena);
+            String what = "seed " + seed + " shape " + Arrays.toString(shape);
+            assertEquals(Npy.Dtype.FLOAT32, back.dtype(), what);
+            assertFalse(back.isBool(), what);
+            assertArrayEquals(shape, back.tensor().shape(), what);
+            assertArrayEquals(t.toArray(), back.tensor().toArray(), what);
+        }
+    }
+
+    @Test
+    void writerFollowsTheFormatByteForByte() throws IOException {
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor t = Tensor.of(arena, new float[] {1.5f, -2f, 3.25f, Float.NEGATIVE_INFINITY, 0f, 7f}, 2, 3);
+            Path p = dir.resolve("t.npy");
+            Npy.write(p, t);
+            byte[] bytes = Files.readAllBytes(p);
+            ByteBuffer b = ByteBuffer.wrap(bytes).order(ByteOrder.LITTLE_ENDIAN);
+            assertEquals((byte) 0x93, b.get(0));
+            assertEquals("NUMPY", new String(bytes, 1, 5, StandardCharsets.ISO_8859_1));
+            assertEquals(1, b.get(6));
+            assertEquals(0, b.get(7));
+            int headerLen = b.getShort(8) & 0xffff;
+            assertEquals(0, (10 + headerLen) % 64, "data starts on a 64-byte boundary");
+            String header = new String(bytes, 10, headerLen, StandardCharsets.ISO_8859_1);
+            assertTrue(header.endsWith("\n"));
+            assertEquals("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", header.strip());
+            assertEquals(10 + headerLen + 6 * 4, bytes.length);
+            assertArrayEquals(f4(1.5f, -2f, 3.25f, Float.NEGATIVE_INFINITY, 0f, 7f),
+                    Arrays.copyOfRange(bytes, 10 + headerLen, bytes.length));
+        }
+    }
+
+    @Test
+    void writerTakesNonContiguousViewsInRowMajorOrder() throws IOException {
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor t = Tensor.of(arena, new float[] {1, 2, 3, 4, 5, 6}, 2, 3).transpose();
+            Path p = dir.resolve("t.npy");
+            Npy.write(p, t);
+            NpyArray back = Npy.read(p, arena);
+            assertArrayEquals(new long[] {3, 2}, back.tensor().shape());
+            assertArrayEquals(new float[] {1, 4, 2, 5, 3, 6}, back.tensor().toArray());
+        }
+    }
+
+    @Test
+    void writeReplacesAnExistingFile() throws IOException {
+        try (Arena arena = Arena.ofConfined()) {
+            Path p = dir.resolve("t.npy");
+            Files.writeString(p, "old");
+            Npy.write(p, Tensor.of(arena, new float[] {4, 5}, 2));
+            assertArrayEquals(new float[] {4, 5}, Npy.read(p, arena).tensor().toArray());
+            assertEquals(List.of(p), listDir());
+        }
+    }
+
+    @Test
+    void oneDimensionalAndScalarTuplesAreRead() throws IOException {
+        try (Arena arena = Arena.ofConfined()) {
+            NpyArray a = Npy.read(NpyBytes.write(dir, "a.npy", file("<f4", "(3,)", f4(1, 2, 3))), arena);
+            assertArrayEquals(new long[] {3}, a.tensor().shape());
+            NpyArray s = Npy.read(NpyBytes.write(dir, "s.npy", file("<f4", "()", f4(42))), arena);
+            assertEquals(0, s.tensor().rank());
+            assertEquals(42f, s.tensor().get());
+        }
+    }
+
+    @Test
+    void float64IsRoundedToNearestFloat32() throws IOException {
+        double[] xs = {1.0 / 3, -2.5, 1e-50, 3.4e39, Math.PI, Double.NEGATIVE_INFINITY, -0.0};
+        try (Arena arena = Arena.ofConfined()) {
+            NpyArray a = Npy.read(NpyBytes.write(dir, "d.npy", file("<f8", "(7,)", f8(xs))), arena);
+            assertEquals(Npy.Dtype.FLOAT64, a.dtype());
+            float[] want = new float[xs.length];
+            for (int i = 0; i < xs.length; i++) {
+                want[i] = (float) xs[i];
+            }
+            assertArrayEquals(want, a.tensor().toArray());
+        }
+    }
+
+    @Test
+    void boolBecomesZeroOneAndIsReported() throws IOException {
+        try (Arena arena = Arena.ofConfined()) {
+            NpyArray a = Npy.read(NpyBytes.write(dir, "b.npy",
+                    file("|b1", "(2, 3)", b1(true, false, true, false, false, true))), arena);
+            assertTrue(a.isBool());
+            assertEquals(Npy.Dtype.BOOL, a.dtype());
+            assertArrayEquals(new long[] {2, 3}, a.tensor().shape());
+            assertArrayEquals(new float[] {1, 0, 1, 0, 0, 1}, a.tensor().toArray());
+        }
+    }
+
+    @Test
+    void largeConvertedArraysCrossChunkBoundaries() throws IOException {
+        int n = (1 << 20) / 8 * 3 + 5; // three staging chunks of float64 and a tail
+        double[] xs = new double[n];
+        SplittableRandom r = new SplittableRandom(5);
+        for (int i = 0; i < n; i++) {
+            xs[i] = r.nextDouble() - 0.5;
+        }
+        try (Arena arena = Arena.ofConfined()) {
+            NpyArray a = Npy.read(NpyBytes.write(dir, "d.npy", file("<f8", "(" + n + ",)", f8(xs))), arena);
+            float[] got = a.tensor().toArray();
+            for (int i = 0; i < n; i++) {
+                assertEquals((float) xs[i], got[i], "seed 5 element " + i);
+            }
+        }
+    }
+
+    @Test
+    void versionsTwoAndThreeAndLooseHeadersAreRead() throws IOException {
+        try (Arena arena = Arena.ofConfined()) {
+            String v2 = "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }";
+            assertArrayEquals(new float[] {1, 2}, Npy.read(NpyBytes.write(dir, "v2.npy", file(2, v2, f4(1, 2))), arena)
+                    .tensor().toArray());
+            String v3 = "{\"shape\": (2,), \"fortran_order\": False, \"descr\": \"<f4\"}   \n";
+            assertArrayEquals(new float[] {3, 4}, Npy.read(NpyBytes.write(dir, "v3.npy", file(3, v3, f4(3, 4))), arena)
+                    .tensor().toArray());
+            String py2 = "{'descr': '<f4', 'fortran_order': False, 'shape': (1L, 2L), }";
+            assertArrayEquals(new long[] {1, 2}, Npy.read(NpyBytes.write(dir, "py2.npy", file(1, py2, f4(5, 6))), arena)
+                    .tensor().shape());
+        }
+    }
+
+    static Stream<Arguments> malformed() {
+        byte[] two = f4(1, 2);
+        String ok = "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }";
+        byte[] good = file(1, ok, two);
+        byte[] badMagic = good.clone();
+        badMagic[1] = 'X';
+        byte[] v11 = good.clone();
+        v11[7] = 1;
+        ByteBuffer hugeHeader = ByteBuffer.allocate(12 + 8).order(ByteOrder.LITTLE_ENDIAN);
+        hugeHeader.put(new byte[] {(byte) 0x93, 'N', 'U', 'M', 'P', 'Y', 2, 0}).putInt(Integer.MAX_VALUE);
+        return Stream.of(
+                Arguments.of("empty file", new byte[0], "bad magic"),
+                Arguments.of("bad magic", badMagic, "bad magic"),
+                Arguments.of("text file", "hello, world\n".getBytes(StandardCharsets.US_ASCII), "bad magic"),
+                Arguments.of("only magic", Arrays.copyOf(good, 6), "no format version"),
+                Arguments.of("no header length", Arrays.copyOf(good, 9), "no header length"),
+                Arguments.of("version 4.0", file(4, ok, two), "version 4.0"),
+                Arguments.of("version 1.1", v11, "version 1.1"),
+                Arguments.of("header longer than file", Arrays.copyOf(good, 30), "truncated header"),
+                Arguments.of("multi-GB header length", hugeHeader.array(), "exceeds the limit"),
+                Arguments.of("not a literal", file(1, "descr = '<f4'", two), "not a valid Python dict literal"),
+                Arguments.of("call", file(1, "dict(descr='<f4')", two), "not a valid Python dict literal"),
+                Arguments.of("unterminated string", file(1, "{'descr: '<f4'}", two), "not a valid Python dict literal"),
+                Arguments.of("unclosed dict", file(1, "{'descr': '<f4', 'shape': (2,)", two), "not a valid Python"),
+                Arguments.of("text after dict", file(1, ok + " x", two), "not a valid Python dict literal"),
+                Arguments.of("deep nesting", file(1, "(".repeat(5000), two), "nesting"),
+                Arguments.of("a list", file(1, "['<f4', False, (2,)]", two), "not a Python dict"),
+                Arguments.of("missing shape", file(1, "{'descr': '<f4', 'fortran_order': False}", two),
+                        "lacks the key 'shape'"),
+                Arguments.of("missing descr", file(1, "{'fortran_order': False, 'shape': (2,)}", two),
+                        "lacks the key 'descr'"),
+                Arguments.of("missing fortran_order", file(1, "{'descr': '<f4', 'shape': (2,)}", two),
+                        "lacks the key 'fortran_order'"),
+                Arguments.of("extra key", file(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'x': 1}",
+                        two), "unexpected key 'x'"),
+                Arguments.of("duplicate key", file(1, "{'descr': '<f4', 'descr': '<f4', 'fortran_order': False, "
+                        + "'shape': (2,)}", two), "duplicate key"),
+                Arguments.of("big-endian", file(">f4", "(2,)", two), "'>f4' (big-endian)"),
+                Arguments.of("int32", file("<i4", "(2,)", two), "unsupported dtype '<i4'"),
+                Arguments.of("int64", file("<i8", "(1,)", f8(1)), "unsupported dtype '<i8'"),
+                Arguments.of("float16", file("<f2", "(4,)", two), "unsupported dtype '<f2'"),
+                Arguments.of("uint8", file("|u1", "(8,)", two), "unsupported dtype '|u1'"),
+                Arguments.of("structured", file(1, "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (2,)}",
+                        two), "structured"),
+                Arguments.of("fortran order", file(1, "{'descr': '<f4', 'fortran_order': True, 'shape': (2,)}", two),
+                        "fortran_order is True"),
+                Arguments.of("fortran order not bool", file(1, "{'descr': '<f4', 'fortran_order': 0, 'shape': (2,)}",
+                        two), "expected True or False"),
+                Arguments.of("negative dim", file("<f4", "(2, -1)", two), "dimension -1 is negative"),
+                Arguments.of("float dim", file("<f4", "(2.5,)", two), "dimension 2.5 is not an integer"),
+                Arguments.of("string dim", file("<f4", "('2',)", two), "dimension '2' is not an integer"),
+                Arguments.of("shape is a list", file("<f4", "[2]", two), "is not a tuple"),
+                Arguments.of("shape is an int", file("<f4", "2", two), "is not a tuple"),
+                Arguments.of("dim beyond long", file("<f4", "(9223372036854775808,)", two), "does not fit in a long"),
+                Arguments.of("element count overflows", file("<f4", "(4294967296, 4294967296)", two),
+                        "more elements than fit in a long"),
+                Arguments.of("byte size overflows", file("<f8", "(2305843009213693952,)", two),
+                        "more bytes than fit in a long"),
+                Arguments.of("lying shape", file("<f4", "(1000000, 1000000, 1000)", two), "truncated data"),
+                Arguments.of("truncated data", file("<f4", "(3,)", two), "needs 12 bytes, the file has 8"),
+                Arguments.of("truncated f8", file("<f8", "(2,)", f8(1)), "truncated data"),
+                Arguments.of("trailing data", file("<f4", "(1,)", two), "4 bytes of trailing data"));
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("malformed")
+    void malformedFilesAreNamedFormatErrors(String label, byte[] bytes, String expected) throws IOException {
+        Path p = NpyBytes.write(dir, "bad.npy", bytes);
+        try (Arena arena = Arena.ofConfined()) {
+            NpyFormatException e = assertThrows(NpyFormatException.class, () -> Npy.read(p, arena), label);
+            assertTrue(e.getMessage().startsWith(p + ": "), e.getMessage());
+            assertTrue(e.getMessage().contains(expected), "expected '" + expected + "' in: " + e.getMessage());
+            assertFalse(e.getMessage().contains("\n"), e.getMessage());
+        }
+    }
+
+    @Test
+    void missingFileIsNoSuchFile() {
+        try (Arena arena = Arena.ofConfined()) {
+            assertThrows(NoSuchFileException.class, () -> Npy.read(dir.resolve("absent.npy"), arena));
+        }
+    }
+
+    @Test
+    void directoryIsAFormatError() {
+        try (Arena arena = Arena.ofConfined()) {
+            NpyFormatException e = assertThrows(NpyFormatException.class, () -> Npy.read(dir, arena));
+            assertTrue(e.getMessage().contains("is a directory"), e.getMessage());
+        }
+    }
+
+    @Test
+    void writeIntoMissingFolderFailsAndCreatesNothing() throws IOException {
+        try (Arena arena = Arena.ofConfined()) {
+            Path p = dir.resolve("missing").resolve("o.npy");
+            NoSuchFileException e = assertThrows(NoSuchFileException.class,
+                    () -> Npy.write(p, Tensor.of(arena, new float[] {1}, 1)));
+            assertTrue(e.getMessage().contains("does not exist"), e.getMessage());
+            assertEquals(List.of(), listDir());
+        }
+    }
+
+    @Test
+    void failedRenameLeavesNoFileBehind() throws IOException {
+        // a non-empty directory under the target name: the data is written, then the rename must fail
+        Path target = dir.resolve("o.npy");
+        Files.createDirectory(target);
+        Files.writeString(target.resolve("keep"), "x");
+        try (Arena arena = Arena.ofConfined()) {
+            assertThrows(IOException.class, () -> Npy.write(target, Tensor.of(arena, new float[] {1, 2}, 2)));
+        }
+        assertEquals(List.of(target), listDir(), "no temporary file may remain");
+        assertTrue(Files.isDirectory(target));
+    }
+
+    @Test
+    void writeOfTensorFromClosedArenaFailsBeforeTouchingDisk() throws IOException {
+        Tensor t;
+        try (Arena arena = Arena.ofConfined()) {
+            t = Tensor.of(arena, new float[] {1}, 1);
+        }
+        Tensor dead = t;
+        assertThrows(IllegalStateException.class, () -> Npy.write(dir.resolve("o.npy"), dead));
+        assertEquals(List.of(), listDir());
+    }
+
+    private List<Path> listDir() throws IOException {
+        try (Stream<Path> s = Files.list(dir)) {
+            return s.sorted().toList();
+        }
+    }
+}
