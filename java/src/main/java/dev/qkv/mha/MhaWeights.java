@@ -105,7 +105,7 @@ public final class MhaWeights {
         int dh = e / heads;
         long r = inProj.size(0);
         if (r <= e || (r - e) % (2L * dh) != 0) {
-            throw new IllegalArgumentException(inProj.describe(p + "in_proj_weight") + ": expected [E + 2·Hkv·Dh, E] with E="
+            throw new IllegalArgumentException(inProj.describe(p + "in_proj_weight") + ": expected [E + 2*Hkv*Dh, E] with E="
                     + e + ", Dh=" + dh + " (for Hkv=H: " + Shapes.format(3L * e, e) + ")");
         }
         int kvd = (int) ((r - e) / 2);
@@ -224,7 +224,7 @@ public final class MhaWeights {
 
     private static int rows(Tensor w, String name, int e) {
         if (w.rank() != 2 || w.size(1) != e || w.size(0) == 0 || w.size(0) > Integer.MAX_VALUE / 4) {
-            throw new IllegalArgumentException(w.describe(name) + ": expected [Hkv·Dh, E] with E=" + e);
+            throw new IllegalArgumentException(w.describe(name) + ": expected [Hkv*Dh, E] with E=" + e);
         }
         unitRows(w, name);
         return (int) w.size(0);

@@ -182,7 +182,7 @@ public final class MultiHeadAttention {
         if (b == 0 || l == 0) {
             return;
         }
-        int bi = toInt("B·L", b * l) / (int) l;
+        int bi = toInt("B*L", b * l) / (int) l;
         int li = (int) l;
         long aOff;
         if (kv == null) {
@@ -325,7 +325,7 @@ public final class MultiHeadAttention {
         int k = (int) wt.size(1);
         int ldw = (int) Math.max(wt.stride(0), Math.max(k, 1));
         if (batches == 1 || rows > 1 && aBs == rows * aRs && cBs == rows * cRs) {
-            matmul.matmul(Transpose.NO, Transpose.YES, toInt("B·L", (long) batches * rows), n, k, 1f,
+            matmul.matmul(Transpose.NO, Transpose.YES, toInt("B*L", (long) batches * rows), n, k, 1f,
                     a, aOff, ld(aRs, k), wt.segment(), wt.offset(), ldw, 0f, c, cOff, ld(cRs, n));
         } else if (rows == 1 && aBs >= k && cBs >= n) {
             matmul.matmul(Transpose.NO, Transpose.YES, batches, n, k, 1f,

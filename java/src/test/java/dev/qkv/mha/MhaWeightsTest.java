@@ -162,7 +162,7 @@ class MhaWeightsTest {
 
             Map<String, Tensor> rows = torchNames(a, r, "");
             rows.put("in_proj_weight", rand(a, r, 1f, 3 * E + 1, E));
-            assertContains(loadError(rows, "", H, 0), "in_proj_weight [49, 16]", "expected [E + 2·Hkv·Dh, E]");
+            assertContains(loadError(rows, "", H, 0), "in_proj_weight [49, 16]", "expected [E + 2*Hkv*Dh, E]");
 
             Map<String, Tensor> noOut = torchNames(a, r, "");
             noOut.remove("out_proj.weight");
