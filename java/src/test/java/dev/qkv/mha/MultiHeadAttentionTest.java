@@ -209,6 +209,61 @@ class MultiHeadAttentionTest {
         }
     }
 
+    /** Under the causal rule, changing later tokens must leave every earlier output row bit-identical. */
+    @ParameterizedTest
+    @org.junit.jupiter.params.provider.EnumSource(Backend.class)
+    void causalOutputsIgnoreLaterTokens(Backend backend) {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(17);
+            int l = 12;
+            int keep = 5;
+            MultiHeadAttention layer = MultiHeadAttention.create(weights(a, r, 24, 6, 3, true, true), backend);
+            Tensor x = rand(a, r, 1f, 2, l, 24);
+            Tensor changed = Tensor.allocate(a, 2, l, 24).copyFrom(x);
+            changed.slice(1, keep, l).copyFrom(rand(a, r, 3f, 2, l - keep, 24));
+            MhaWorkspace ws = layer.newWorkspace(a, 2, l, l);
+            Tensor y1 = Tensor.allocate(a, 2, l, 24);
+            Tensor y2 = Tensor.allocate(a, 2, l, 24);
+            layer.forward(x, y1, SdpaOptions.CAUSAL, ws);
+            layer.forward(changed, y2, SdpaOptions.CAUSAL, ws);
+            assertArrayEquals(y1.slice(1, 0, keep).toArray(), y2.slice(1, 0, keep).toArray(), backend + " seed=17");
+        }
+    }
+
+    /** One layer, several threads, a workspace each: every thread gets the single-threaded result. */
+    @Test
+    void oneLayerServesThreadsWithTheirOwnWorkspaces() throws Exception {
+        // a shared arena: the weights and inputs are read from every thread
+        try (Arena a = Arena.ofShared()) {
+            Random r = new Random(19);
+            MultiHeadAttention layer = MultiHeadAttention.create(weights(a, r, 32, 4, 2, true, true), Backend.NATIVE);
+            Tensor x = rand(a, r, 1f, 2, 33, 32);
+            Tensor want = Tensor.allocate(a, 2, 33, 32);
+            layer.forward(x, want, SdpaOptions.CAUSAL, layer.newWorkspace(a, 2, 33, 33));
+            float[] expected = want.toArray();
+            int threads = 4;
+            java.util.concurrent.ExecutorService pool = java.util.concurrent.Executors.newFixedThreadPool(threads);
+            try {
+                List<java.util.concurrent.Future<float[]>> results = new ArrayList<>();
+                for (int t = 0; t < threads; t++) {
+                    MhaWorkspace ws = layer.newWorkspace(a, 2, 33, 33);
+                    Tensor out = Tensor.allocate(a, 2, 33, 32);
+                    results.add(pool.submit(() -> {
+                        for (int i = 0; i < 20; i++) {
+                            layer.forward(x, out, SdpaOptions.CAUSAL, ws);
+                        }
+                        return out.toArray();
+                    }));
+                }
+                for (java.util.concurrent.Future<float[]> f : results) {
+                    assertArrayEquals(expected, f.get());
+                }
+            } finally {
+                pool.shutdown();
+            }
+        }
+    }
+
     @Test
     void badArgumentsNameTheTensor() {
         try (Arena a = Arena.ofConfined()) {
