@@ -25,6 +25,7 @@ public final class Main {
     /** Every subcommand; to add one, write a {@link Command} and list it here. */
     private static final List<Command> COMMANDS = List.of(
             new SdpaCommand(),
+            new MhaCommand(),
             new InfoCommand(),
             new BenchCommand(),
             new DemoCommand());

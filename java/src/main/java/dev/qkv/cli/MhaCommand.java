@@ -1,0 +1,136 @@
+package dev.qkv.cli;
+
+import dev.qkv.attention.Backend;
+import dev.qkv.attention.Mask;
+import dev.qkv.attention.SdpaOptions;
+import dev.qkv.blas.OpenBlas;
+import dev.qkv.io.Npy;
+import dev.qkv.io.NpyArray;
+import dev.qkv.io.Safetensors;
+import dev.qkv.mha.MhaWeights;
+import dev.qkv.mha.MhaWorkspace;
+import dev.qkv.mha.MultiHeadAttention;
+import dev.qkv.tensor.Tensor;
+
+import java.io.IOException;
+import java.io.PrintStream;
+import java.lang.foreign.Arena;
+import java.nio.file.Path;
+import java.util.List;
+import java.util.Locale;
+import java.util.Set;
+
+/** {@code mha}: a multi-head attention layer with weights from a {@code .safetensors} file, over {@code .npy} inputs. */
+final class MhaCommand implements Command {
+
+    @Override
+    public String name() {
+        return "mha";
+    }
+
+    @Override
+    public String usage() {
+        return "mha --x X.npy [--kv KV.npy] --weights W.safetensors --heads H [--kv-heads N] [--prefix P] [--causal]"
+                + " [--mask M.npy] [--backend native|java] --out Y.npy";
+    }
+
+    @Override
+    public String summary() {
+        return "Y [B, L, E] = multi-head attention of x [B, L, E] (keys and values from kv [B, Lkv, E], default x);"
+                + " weights as torch nn.MultiheadAttention (in_proj_weight, out_proj.*) or Hugging Face"
+                + " (q_proj/k_proj/v_proj/o_proj) names under an optional prefix; F32, F16 or BF16.";
+    }
+
+    @Override
+    public int run(List<String> args, PrintStream out, PrintStream err) throws UsageException, IOException {
+        Flags f = Flags.parse(name(), args,
+                Set.of("x", "kv", "weights", "heads", "kv-heads", "prefix", "mask", "backend", "out"), Set.of("causal"));
+        Path xPath = Path.of(f.require("x"));
+        Path kvPath = f.has("kv") ? Path.of(f.get("kv", null)) : null;
+        Path wPath = Path.of(f.require("weights"));
+        int heads = Flags.parseInt("--heads", f.require("heads"), 1, Integer.MAX_VALUE);
+        int kvHeads = f.intValue("kv-heads", 0, 1, Integer.MAX_VALUE);
+        String prefix = f.get("prefix", "");
+        Path maskPath = f.has("mask") ? Path.of(f.get("mask", null)) : null;
+        Backend backend = SdpaCommand.backend(f.get("backend", "native"));
+        boolean causal = f.has("causal");
+        Path outPath = Path.of(f.require("out"));
+        SdpaCommand.checkFolder(outPath);
+        if (backend == Backend.NATIVE) {
+            // a missing library becomes one error line here, before any class that needs it is initialised
+            OpenBlas.get();
+        }
+
+        try (Arena arena = Arena.ofConfined()) {
+            MhaWeights weights = MhaWeights.load(Safetensors.open(wPath, arena), prefix, heads, kvHeads, arena);
+            MultiHeadAttention layer;
+            try {
+                layer = MultiHeadAttention.create(weights, backend);
+            } catch (IllegalArgumentException e) {
+                throw new UsageException(wPath + ": " + e.getMessage());
+            }
+            int e = weights.embedDim();
+            Tensor x = floats("x", Npy.read(xPath, arena), xPath);
+            rank3(x, "x", "[B, L, " + e + "]", xPath, e, -1);
+            Tensor kv = null;
+            if (kvPath != null) {
+                kv = floats("kv", Npy.read(kvPath, arena), kvPath);
+                rank3(kv, "kv", "[" + x.size(0) + ", Lkv, " + e + "]", kvPath, e, x.size(0));
+            }
+            Mask mask = null;
+            if (maskPath != null) {
+                NpyArray m = Npy.read(maskPath, arena);
+                mask = m.isBool() ? Mask.allowed(m.tensor()) : Mask.additive(m.tensor());
+            }
+            SdpaOptions options = new SdpaOptions(causal, mask, Float.NaN);
+            long lkv = kv == null ? x.size(1) : kv.size(1);
+            Tensor y;
+            long nanos;
+            try {
+                y = Tensor.allocate(arena, x.size(0), x.size(1), e);
+                MhaWorkspace ws = layer.newWorkspace(arena, x.size(0), x.size(1), lkv);
+                warmUp(layer, x, kv, arena, ws);
+                long t0 = System.nanoTime();
+                layer.forward(x, kv, y, options, ws);
+                nanos = System.nanoTime() - t0;
+            } catch (IllegalArgumentException ex) {
+                throw new UsageException(ex.getMessage());
+            }
+            Npy.write(outPath, y);
+            out.println(String.format(Locale.ROOT,
+                    "mha backend=%s x=%s kv=%s E=%d H=%d Hkv=%d mask=%s causal=%s out=%s ms=%.3f",
+                    backend.cliName(), x.shapeString(), kv == null ? "x" : kv.shapeString(), e, weights.heads(),
+                    weights.kvHeads(), mask == null ? "none" : (mask.kind() == Mask.Kind.BOOLEAN ? "bool" : "float")
+                            + mask.values().shapeString(), causal, y.shapeString(), nanos / 1e6));
+        }
+        return 0;
+    }
+
+    /**
+     * One query row against one key row: links the downcalls and loads the classes the call needs, so the time
+     * printed is the layer itself rather than JVM start-up work.
+     */
+    private static void warmUp(MultiHeadAttention layer, Tensor x, Tensor kv, Arena arena, MhaWorkspace ws) {
+        if (x.size(0) == 0 || x.size(1) == 0 || kv != null && kv.size(1) == 0) {
+            return;
+        }
+        Tensor x1 = x.slice(0, 0, 1).slice(1, 0, 1);
+        Tensor kv1 = kv == null ? null : kv.slice(0, 0, 1).slice(1, 0, 1);
+        layer.forward(x1, kv1, Tensor.allocate(arena, 1, 1, x.size(2)), SdpaOptions.DEFAULT, ws);
+    }
+
+    private static Tensor floats(String name, NpyArray a, Path file) throws UsageException {
+        if (a.isBool()) {
+            throw new UsageException(file + ": " + name + " has dtype '|b1' (bool); expected '<f4' or '<f8'");
+        }
+        return a.tensor();
+    }
+
+    private static void rank3(Tensor t, String name, String dims, Path file, long e, long batch)
+            throws UsageException {
+        if (t.rank() != 3 || t.size(2) != e || batch >= 0 && t.size(0) != batch) {
+            throw new UsageException(file + ": " + t.describe(name) + ": expected " + dims
+                    + " (E from the weights)");
+        }
+    }
+}

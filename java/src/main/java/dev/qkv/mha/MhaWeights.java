@@ -1,0 +1,343 @@
+package dev.qkv.mha;
+
+import dev.qkv.io.Safetensors;
+import dev.qkv.io.SafetensorsException;
+import dev.qkv.tensor.Shapes;
+import dev.qkv.tensor.Tensor;
+
+import java.lang.foreign.Arena;
+import java.util.Objects;
+
+/**
+ * The learned parameters of one multi-head attention layer: {@code W_Q [E, E]}, {@code W_K [Hkv·Dh, E]},
+ * {@code W_V [Hkv·Dh, E]}, {@code W_O [E, E]} and their optional biases, with {@code H} query heads of
+ * {@code Dh = E / H} and {@code Hkv} key/value heads ({@code H} a multiple of {@code Hkv}).
+ *
+ * <p>Weights are row-major {@code [out, in]} as PyTorch stores them, so a projection is {@code y = x·Wᵀ + b}.
+ * When {@code W_Q}, {@code W_K}, {@code W_V} are rows of one packed tensor (PyTorch's {@code in_proj_weight}),
+ * {@link #packedQkv()} is that tensor and self-attention projects Q, K and V with one matrix product.
+ * The tensors are views (for instance of a memory-mapped file); the caller keeps their arena open.
+ */
+public final class MhaWeights {
+    private final int embedDim;
+    private final int heads;
+    private final int kvHeads;
+    private final int headDim;
+    private final Tensor wq;
+    private final Tensor wk;
+    private final Tensor wv;
+    private final Tensor wo;
+    private final Tensor bq;
+    private final Tensor bk;
+    private final Tensor bv;
+    private final Tensor bo;
+    private final Tensor wqkv;
+    private final Tensor wkv;
+
+    private MhaWeights(int heads, int kvHeads, int embedDim, Tensor wq, Tensor bq, Tensor wk, Tensor bk,
+                       Tensor wv, Tensor bv, Tensor wo, Tensor bo, Tensor wqkv, Tensor wkv) {
+        this.embedDim = embedDim;
+        this.heads = heads;
+        this.kvHeads = kvHeads;
+        this.headDim = embedDim / heads;
+        this.wq = wq;
+        this.wk = wk;
+        this.wv = wv;
+        this.wo = wo;
+        this.bq = bq;
+        this.bk = bk;
+        this.bv = bv;
+        this.bo = bo;
+        this.wqkv = wqkv;
+        this.wkv = wkv;
+    }
+
+    /**
+     * Separate projections: {@code wq [E, E]}, {@code wk [Hkv·Dh, E]}, {@code wv [Hkv·Dh, E]},
+     * {@code wo [E, E]}, each bias {@code null} or a vector of the weight's row count. Each weight needs unit
+     * stride along its rows; {@code Hkv} is taken from {@code wk}.
+     *
+     * @throws IllegalArgumentException naming the tensor and its shape when a shape does not fit {@code E} and
+     *                                  {@code H}
+     */
+    public static MhaWeights of(int heads, Tensor wq, Tensor bq, Tensor wk, Tensor bk, Tensor wv, Tensor bv,
+                                Tensor wo, Tensor bo) {
+        return of(heads, wq, bq, wk, bk, wv, bv, wo, bo, new String[] {"wq", "bq", "wk", "bk", "wv", "bv", "wo", "bo"});
+    }
+
+    /** {@link #of} with the names errors use for the eight tensors (file names when loading). */
+    private static MhaWeights of(int heads, Tensor wq, Tensor bq, Tensor wk, Tensor bk, Tensor wv, Tensor bv,
+                                 Tensor wo, Tensor bo, String[] n) {
+        Objects.requireNonNull(wq, "wq");
+        Objects.requireNonNull(wk, "wk");
+        Objects.requireNonNull(wv, "wv");
+        Objects.requireNonNull(wo, "wo");
+        int e = embed(heads, wq, n[0], true);
+        int dh = e / heads;
+        int kvd = rows(wk, n[2], e);
+        int hkv = kvHeads(heads, dh, kvd, wk, n[2]);
+        matrix(wv, n[4], kvd, e);
+        matrix(wo, n[6], e, e);
+        vector(bq, n[1], e);
+        vector(bk, n[3], kvd);
+        vector(bv, n[5], kvd);
+        vector(bo, n[7], e);
+        return new MhaWeights(heads, hkv, e, wq, bq, wk, bk, wv, bv, wo, bo, null, null);
+    }
+
+    /**
+     * Packed input projection as in {@code nn.MultiheadAttention}: {@code inProj [E + 2·Hkv·Dh, E]} holds
+     * W_Q, W_K, W_V as consecutive row blocks, {@code inBias} (or {@code null}) the matching biases;
+     * {@code wo [E, E]}, {@code bo [E]} or {@code null}.
+     *
+     * @throws IllegalArgumentException naming the tensor and its shape when a shape does not fit {@code E} and
+     *                                  {@code H}
+     */
+    public static MhaWeights packed(int heads, Tensor inProj, Tensor inBias, Tensor wo, Tensor bo) {
+        return packed(heads, inProj, inBias, wo, bo, "");
+    }
+
+    /** {@link #packed} with the prefix of the file names errors use. */
+    private static MhaWeights packed(int heads, Tensor inProj, Tensor inBias, Tensor wo, Tensor bo, String p) {
+        Objects.requireNonNull(inProj, "inProj");
+        Objects.requireNonNull(wo, "wo");
+        int e = embed(heads, inProj, p + "in_proj_weight", false);
+        int dh = e / heads;
+        long r = inProj.size(0);
+        if (r <= e || (r - e) % (2L * dh) != 0) {
+            throw new IllegalArgumentException(inProj.describe(p + "in_proj_weight") + ": expected [E + 2*Hkv*Dh, E] with E="
+                    + e + ", Dh=" + dh + " (for Hkv=H: " + Shapes.format(3L * e, e) + ")");
+        }
+        int kvd = (int) ((r - e) / 2);
+        int hkv = kvHeads(heads, dh, kvd, inProj, p + "in_proj_weight");
+        matrix(wo, p + "out_proj.weight", e, e);
+        vector(inBias, p + "in_proj_bias", r);
+        vector(bo, p + "out_proj.bias", e);
+        Tensor wq = inProj.slice(0, 0, e);
+        Tensor wk = inProj.slice(0, e, e + kvd);
+        Tensor wv = inProj.slice(0, e + kvd, e + 2L * kvd);
+        Tensor bq = inBias == null ? null : inBias.slice(0, 0, e);
+        Tensor bk = inBias == null ? null : inBias.slice(0, e, e + kvd);
+        Tensor bv = inBias == null ? null : inBias.slice(0, e + kvd, e + 2L * kvd);
+        return new MhaWeights(heads, hkv, e, wq, bq, wk, bk, wv, bv, wo, bo, inProj, inProj.slice(0, e, r));
+    }
+
+    /**
+     * Loads one layer from a safetensors file, under {@code prefix} ({@code ""} or e.g.
+     * {@code "model.layers.0.self_attn"}; a trailing dot is optional). Recognizes PyTorch
+     * {@code nn.MultiheadAttention} names ({@code in_proj_weight}, {@code in_proj_bias}, {@code out_proj.weight},
+     * {@code out_proj.bias}) and Hugging Face names ({@code q_proj}, {@code k_proj}, {@code v_proj},
+     * {@code o_proj} or {@code out_proj}, each {@code .weight} with optional {@code .bias}). F32 tensors stay
+     * views of the mapping; F16/BF16 are converted into {@code arena}.
+     *
+     * @param kvHeads the number of key/value heads, or 0 to infer it from the shapes
+     * @throws SafetensorsException naming the file and tensor when a tensor is missing or its shape does not fit
+     */
+    public static MhaWeights load(Safetensors st, String prefix, int heads, int kvHeads, Arena arena)
+            throws SafetensorsException {
+        Objects.requireNonNull(st, "st");
+        String p = prefix == null || prefix.isEmpty() || prefix.endsWith(".") ? (prefix == null ? "" : prefix)
+                : prefix + ".";
+        if (heads <= 0) {
+            throw new IllegalArgumentException("heads must be positive, got " + heads);
+        }
+        if (kvHeads < 0) {
+            throw new IllegalArgumentException("kv heads must be positive (or 0 to infer), got " + kvHeads);
+        }
+        try {
+            MhaWeights w;
+            if (st.contains(p + "in_proj_weight")) {
+                for (String extra : new String[] {"bias_k", "bias_v"}) {
+                    if (st.contains(p + extra)) {
+                        throw new SafetensorsException(st.file() + ": tensor '" + p + extra
+                                + "': nn.MultiheadAttention(add_bias_kv=True) is not supported");
+                    }
+                }
+                w = packed(heads, st.tensor(p + "in_proj_weight", arena), optional(st, p + "in_proj_bias", arena),
+                        st.tensor(p + "out_proj.weight", arena), optional(st, p + "out_proj.bias", arena), p);
+            } else if (st.contains(p + "q_proj.weight")) {
+                String o = st.contains(p + "o_proj.weight") ? p + "o_proj." : p + "out_proj.";
+                if (!st.contains(o + "weight")) {
+                    throw new SafetensorsException(st.file() + ": tensor '" + p + "o_proj.weight' (or '" + p
+                            + "out_proj.weight') not found");
+                }
+                String[] n = {p + "q_proj.weight", p + "q_proj.bias", p + "k_proj.weight", p + "k_proj.bias",
+                        p + "v_proj.weight", p + "v_proj.bias", o + "weight", o + "bias"};
+                w = of(heads, st.tensor(n[0], arena), optional(st, n[1], arena), st.tensor(n[2], arena),
+                        optional(st, n[3], arena), st.tensor(n[4], arena), optional(st, n[5], arena),
+                        st.tensor(n[6], arena), optional(st, n[7], arena), n);
+            } else {
+                throw new SafetensorsException(st.file() + ": no attention weights under prefix '" + p
+                        + "': expected tensor '" + p + "in_proj_weight' (nn.MultiheadAttention) or '" + p
+                        + "q_proj.weight' (Hugging Face)" + names(st));
+            }
+            if (kvHeads != 0 && w.kvHeads != kvHeads) {
+                throw new SafetensorsException(st.file() + ": tensor '"
+                        + (st.contains(p + "in_proj_weight") ? p + "in_proj_weight" : p + "k_proj.weight") + "' "
+                        + w.wk.shapeString() + " rows of K: " + w.kvHeads + " kv heads of Dh=" + w.headDim
+                        + ", not the " + kvHeads + " requested");
+            }
+            return w;
+        } catch (IllegalArgumentException e) {
+            // shape errors from of()/packed() already name the tensor as the file does; add the file
+            throw new SafetensorsException(st.file() + ": tensor " + e.getMessage());
+        }
+    }
+
+    private static String names(Safetensors st) {
+        StringBuilder sb = new StringBuilder(" (the file has ");
+        int i = 0;
+        for (String n : st.entries().keySet()) {
+            if (i == 8) {
+                sb.append(", ...");
+                break;
+            }
+            sb.append(i++ == 0 ? "'" : ", '").append(n).append('\'');
+        }
+        return i == 0 ? " (the file has no tensors)" : sb.append(')').toString();
+    }
+
+    private static Tensor optional(Safetensors st, String name, Arena arena) throws SafetensorsException {
+        return st.contains(name) ? st.tensor(name, arena) : null;
+    }
+
+    private static int embed(int heads, Tensor w, String name, boolean square) {
+        if (heads <= 0) {
+            throw new IllegalArgumentException("heads must be positive, got " + heads);
+        }
+        if (w.rank() != 2) {
+            throw new IllegalArgumentException(w.describe(name) + ": expected a matrix [rows, E]");
+        }
+        long e = w.size(1);
+        if (e == 0 || e > Integer.MAX_VALUE / 4) {
+            throw new IllegalArgumentException(w.describe(name) + ": embedding dimension E=" + e + " out of range");
+        }
+        if (e % heads != 0) {
+            throw new IllegalArgumentException(w.describe(name) + ": E=" + e + " is not divisible by H=" + heads);
+        }
+        if (square && w.size(0) != e) {
+            throw new IllegalArgumentException(w.describe(name) + ": expected [E, E] = " + Shapes.format(e, e));
+        }
+        unitRows(w, name);
+        return (int) e;
+    }
+
+    private static int rows(Tensor w, String name, int e) {
+        if (w.rank() != 2 || w.size(1) != e || w.size(0) == 0 || w.size(0) > Integer.MAX_VALUE / 4) {
+            throw new IllegalArgumentException(w.describe(name) + ": expected [Hkv*Dh, E] with E=" + e);
+        }
+        unitRows(w, name);
+        return (int) w.size(0);
+    }
+
+    private static int kvHeads(int heads, int dh, int kvd, Tensor w, String name) {
+        if (kvd % dh != 0) {
+            throw new IllegalArgumentException(w.describe(name) + ": K/V width " + kvd
+                    + " is not a multiple of Dh=" + dh);
+        }
+        int hkv = kvd / dh;
+        if (heads % hkv != 0) {
+            throw new IllegalArgumentException(w.describe(name) + ": H=" + heads + " is not a multiple of Hkv=" + hkv);
+        }
+        return hkv;
+    }
+
+    private static void matrix(Tensor w, String name, long r, long c) {
+        if (w.rank() != 2 || w.size(0) != r || w.size(1) != c) {
+            throw new IllegalArgumentException(w.describe(name) + ": expected " + Shapes.format(r, c));
+        }
+        unitRows(w, name);
+    }
+
+    private static void unitRows(Tensor w, String name) {
+        if (w.size(1) > 1 && w.stride(1) != 1 || w.size(0) > 1 && w.stride(0) < w.size(1)
+                || w.stride(0) > Integer.MAX_VALUE) {
+            throw new IllegalArgumentException(w.describe(name) + " with strides "
+                    + java.util.Arrays.toString(w.strides()) + ": rows must be unit-stride and not overlap");
+        }
+    }
+
+    private static void vector(Tensor b, String name, long n) {
+        if (b == null) {
+            return;
+        }
+        if (b.rank() != 1 || b.size(0) != n) {
+            throw new IllegalArgumentException(b.describe(name) + ": expected [" + n + "]");
+        }
+    }
+
+    /** Embedding dimension {@code E}. */
+    public int embedDim() {
+        return embedDim;
+    }
+
+    /** Number of query heads {@code H}. */
+    public int heads() {
+        return heads;
+    }
+
+    /** Number of key/value heads {@code Hkv}; {@code H} is a multiple of it. */
+    public int kvHeads() {
+        return kvHeads;
+    }
+
+    /** Head dimension {@code Dh = E / H}. */
+    public int headDim() {
+        return headDim;
+    }
+
+    /** Width of the K (and of the V) projection, {@code Hkv·Dh}. */
+    public int kvDim() {
+        return kvHeads * headDim;
+    }
+
+    /** {@code W_Q [E, E]}. */
+    public Tensor wq() {
+        return wq;
+    }
+
+    /** {@code W_K [Hkv·Dh, E]}. */
+    public Tensor wk() {
+        return wk;
+    }
+
+    /** {@code W_V [Hkv·Dh, E]}. */
+    public Tensor wv() {
+        return wv;
+    }
+
+    /** {@code W_O [E, E]}. */
+    public Tensor wo() {
+        return wo;
+    }
+
+    /** Bias of Q {@code [E]}, or {@code null}. */
+    public Tensor bq() {
+        return bq;
+    }
+
+    /** Bias of K {@code [Hkv·Dh]}, or {@code null}. */
+    public Tensor bk() {
+        return bk;
+    }
+
+    /** Bias of V {@code [Hkv·Dh]}, or {@code null}. */
+    public Tensor bv() {
+        return bv;
+    }
+
+    /** Bias of the output projection {@code [E]}, or {@code null}. */
+    public Tensor bo() {
+        return bo;
+    }
+
+    /** {@code [W_Q; W_K; W_V] [E + 2·Hkv·Dh, E]} when the three are one packed tensor, else {@code null}. */
+    public Tensor packedQkv() {
+        return wqkv;
+    }
+
+    /** {@code [W_K; W_V] [2·Hkv·Dh, E]} when the two are one packed tensor, else {@code null}. */
+    public Tensor packedKv() {
+        return wkv;
+    }
+}

@@ -1,0 +1,83 @@
+package dev.qkv.mha;
+
+import dev.qkv.attention.Workspace;
+import dev.qkv.tensor.Tensor;
+
+import java.lang.foreign.MemorySegment;
+
+/**
+ * Scratch memory for {@link MultiHeadAttention} calls up to a batch size and sequence lengths: the projection
+ * outputs (heads are views into them), the concatenated head outputs, and the attention kernel's tiles.
+ * A workspace serves one call at a time; give each thread its own. Made by
+ * {@link MultiHeadAttention#newWorkspace}.
+ *
+ * <p>It also remembers the head views of the last call's shape, so that repeated calls of one shape (the
+ * steady state of a server or a benchmark) build no new view objects.
+ */
+public final class MhaWorkspace {
+    private final MemorySegment floats;
+    private final Workspace attention;
+
+    /** What the cached views were made for: a layer (views depend on its E, H, Hkv), a call kind, sizes. */
+    private Object viewOwner;
+    private int viewKind = -1;
+    private long viewB;
+    private long viewL;
+    private long viewLkv;
+    /** Cached views: q, k, v, and the heads' output a (k and v unused for decode). */
+    private Tensor q;
+    private Tensor k;
+    private Tensor v;
+    private Tensor a;
+
+    MhaWorkspace(MemorySegment floats, Workspace attention) {
+        this.floats = floats;
+        this.attention = attention;
+    }
+
+    MemorySegment floats() {
+        return floats;
+    }
+
+    Workspace attention() {
+        return attention;
+    }
+
+    /** True when the cached views were made for this kind of call and these sizes. */
+    boolean viewsFor(Object owner, int kind, long b, long l, long lkv) {
+        return viewOwner == owner && viewKind == kind && viewB == b && viewL == l && viewLkv == lkv;
+    }
+
+    void cacheViews(Object owner, int kind, long b, long l, long lkv, Tensor q, Tensor k, Tensor v, Tensor a) {
+        this.viewOwner = owner;
+        this.viewKind = kind;
+        this.viewB = b;
+        this.viewL = l;
+        this.viewLkv = lkv;
+        this.q = q;
+        this.k = k;
+        this.v = v;
+        this.a = a;
+    }
+
+    Tensor q() {
+        return q;
+    }
+
+    Tensor k() {
+        return k;
+    }
+
+    Tensor v() {
+        return v;
+    }
+
+    Tensor a() {
+        return a;
+    }
+
+    /** Total bytes held. */
+    public long byteSize() {
+        return floats.byteSize() + attention.byteSize();
+    }
+}

@@ -1,0 +1,415 @@
+package dev.qkv.mha;
+
+import dev.qkv.attention.Attention;
+import dev.qkv.attention.Backend;
+import dev.qkv.attention.SdpaOptions;
+import dev.qkv.attention.Workspace;
+import dev.qkv.blas.Transpose;
+import dev.qkv.kernel.MatmulKernel;
+import dev.qkv.tensor.Shapes;
+import dev.qkv.tensor.Tensor;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.Objects;
+
+/**
+ * A multi-head attention layer, batch first: for {@code x [B, L, E]} and keys/values from {@code kv [B, Lkv, E]}
+ * ({@code kv = x} for self-attention),
+ * {@code out [B, L, E] = concat_h(sdpa(x·W_Qᵀ + b_Q, kv·W_Kᵀ + b_K, kv·W_Vᵀ + b_V)_h) · W_Oᵀ + b_O} with
+ * {@code H} query heads and {@code Hkv} key/value heads (query head {@code h} uses kv head
+ * {@code h / (H / Hkv)}), scale {@code 1/√Dh} unless the options say otherwise, and the causal rule and masks of
+ * {@link SdpaOptions} ({@code [B, 1, 1, Lkv]} key-padding masks are the common case).
+ *
+ * <p>On {@link Backend#NATIVE} (OpenBLAS) and {@link Backend#JAVA} each projection is one matrix product over all
+ * {@code B·L} rows; with a packed {@code [W_Q; W_K; W_V]} (see {@link MhaWeights#packedQkv()}) self-attention
+ * gets Q, K and V from a single product. The heads are strided views of the projection output (q of row
+ * {@code (b, i)} and head {@code h} at column {@code h·Dh}), the attention writes each head straight into its
+ * columns of one {@code [B·L, E]} buffer, and {@code W_O} is one more product over that buffer: no copy splits
+ * or concatenates heads. Biases are added in Java. {@link Backend#REFERENCE} computes the same function
+ * independently (scalar double sums into contiguous per-head tensors, reference attention).
+ *
+ * <p>A layer is immutable and thread-safe; each call takes the caller's output and a {@link MhaWorkspace}
+ * (one per thread) and allocates no off-heap memory. The workspace keeps the head views of the last shape, so
+ * repeated calls of one shape create no objects here; {@link #decode} creates two small views of the growing
+ * cache per step. {@link #decode} runs incremental decoding against a {@link KvCache}.
+ */
+public final class MultiHeadAttention {
+    private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
+    /** Kinds of call whose head views a workspace caches. */
+    private static final int SELF = 0;
+    private static final int CROSS = 1;
+    private static final int DECODE = 2;
+
+    private final MhaWeights w;
+    private final Backend backend;
+    private final MatmulKernel matmul;
+    private final Attention attention;
+    private final int e;
+    private final int h;
+    private final int hkv;
+    private final int dh;
+    private final int kvd;
+    /** Row width of the packed self-attention projection {@code [Q | K | V]}. */
+    private final int qkvWidth;
+
+    private MultiHeadAttention(MhaWeights w, Backend backend, MatmulKernel matmul, Attention attention) {
+        this.w = w;
+        this.backend = backend;
+        this.matmul = matmul;
+        this.attention = attention;
+        this.e = w.embedDim();
+        this.h = w.heads();
+        this.hkv = w.kvHeads();
+        this.dh = w.headDim();
+        this.kvd = w.kvDim();
+        this.qkvWidth = e + 2 * kvd;
+    }
+
+    /**
+     * A layer over {@code weights} on the given backend.
+     *
+     * @throws IllegalArgumentException for {@link Backend#NATIVE} when a weight lies in heap memory
+     * @throws dev.qkv.blas.BlasUnavailableException for {@link Backend#NATIVE} when OpenBLAS cannot be loaded
+     */
+    public static MultiHeadAttention create(MhaWeights weights, Backend backend) {
+        Objects.requireNonNull(weights, "weights");
+        Objects.requireNonNull(backend, "backend");
+        MatmulKernel mm = switch (backend) {
+            case NATIVE -> MatmulKernel.openBlas();
+            case JAVA -> MatmulKernel.javaScalar();
+            case REFERENCE -> DoubleMatmul.INSTANCE;
+        };
+        if (backend == Backend.NATIVE) {
+            String[] names = {"W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O"};
+            Tensor[] ts = {weights.wq(), weights.wk(), weights.wv(), weights.wo(),
+                    weights.bq(), weights.bk(), weights.bv(), weights.bo()};
+            for (int i = 0; i < ts.length; i++) {
+                if (ts[i] != null && !ts[i].segment().isNative()) {
+                    throw new IllegalArgumentException(ts[i].describe(names[i])
+                            + ": a heap segment; the native backend needs off-heap memory");
+                }
+            }
+        }
+        return new MultiHeadAttention(weights, backend, mm, Attention.create(backend));
+    }
+
+    /** The weights. */
+    public MhaWeights weights() {
+        return w;
+    }
+
+    /** The backend this layer runs on. */
+    public Backend backend() {
+        return backend;
+    }
+
+    /** Floats of projection scratch for self-attention over {@code [batch, lq]}: {@code [Q | K | V]} and the heads' output. */
+    private long selfFloats(long batch, long lq) {
+        return Math.multiplyExact(Math.multiplyExact(batch, lq), (long) qkvWidth + e);
+    }
+
+    /** Floats of projection scratch for cross-attention: Q, {@code [K | V]} of the kv rows, and the heads' output. */
+    private long crossFloats(long batch, long lq, long lkv) {
+        return Math.addExact(Math.multiplyExact(Math.multiplyExact(batch, lq), 2L * e),
+                Math.multiplyExact(Math.multiplyExact(batch, lkv), 2L * kvd));
+    }
+
+    private long attentionBytes(long lq, long lk) {
+        if (backend == Backend.REFERENCE) {
+            return 0;
+        }
+        // the blocked kernel needs one score tile; our head views are always usable in place (unit inner stride)
+        return Math.multiplyExact(Math.min(Attention.BLOCK_ROWS, Math.max(lq, 1)) * Math.max(lk, 1), Float.BYTES);
+    }
+
+    /**
+     * Bytes of a workspace for calls with up to {@code batch} sequences of {@code lq} query rows and {@code lkv}
+     * key rows (for self-attention {@code lkv} may be anything up to {@code lq}; for {@link #decode} use
+     * {@code batch = 1}, the chunk length and the cache capacity).
+     */
+    public long workspaceBytes(long batch, long lq, long lkv) {
+        if (batch < 0 || lq < 0 || lkv < 0) {
+            throw new IllegalArgumentException("workspace for batch=" + batch + ", lq=" + lq + ", lkv=" + lkv
+                    + ": sizes must be >= 0");
+        }
+        long floats = Math.max(selfFloats(batch, lq), crossFloats(batch, lq, lkv));
+        return Math.addExact(Math.multiplyExact(floats, Float.BYTES), attentionBytes(lq, Math.max(lq, lkv)));
+    }
+
+    /** A workspace of {@link #workspaceBytes} from the caller's arena. */
+    public MhaWorkspace newWorkspace(Arena arena, long batch, long lq, long lkv) {
+        Objects.requireNonNull(arena, "arena");
+        workspaceBytes(batch, lq, lkv);
+        long floats = Math.max(selfFloats(batch, lq), crossFloats(batch, lq, lkv));
+        MemorySegment seg = arena.allocate(Math.max(floats * Float.BYTES, 64), Tensor.ALIGNMENT);
+        return new MhaWorkspace(seg, Workspace.allocate(arena, attentionBytes(lq, Math.max(lq, lkv))));
+    }
+
+    /** An empty KV cache for one sequence of up to {@code capacity} positions, shaped for this layer. */
+    public KvCache newCache(Arena arena, int capacity) {
+        return KvCache.allocate(arena, hkv, capacity, dh);
+    }
+
+    /** Self-attention: {@link #forward(Tensor, Tensor, Tensor, SdpaOptions, MhaWorkspace)} with {@code kv = x}. */
+    public void forward(Tensor x, Tensor out, SdpaOptions options, MhaWorkspace ws) {
+        forward(x, null, out, options, ws);
+    }
+
+    /**
+     * {@code out [B, L, E]} from queries {@code x [B, L, E]} and keys/values {@code kv [B, Lkv, E]}
+     * ({@code null} for self-attention). Inputs and output need unit stride along {@code E}. The options' mask
+     * broadcasts to {@code [B, H, L, Lkv]}; causal is aligned bottom-right. {@code ws} must come from
+     * {@link #newWorkspace} with sizes at least these ({@link Backend#REFERENCE} ignores it).
+     */
+    public void forward(Tensor x, Tensor kv, Tensor out, SdpaOptions options, MhaWorkspace ws) {
+        Objects.requireNonNull(options, "options (use SdpaOptions.DEFAULT)");
+        check3("x", x, -1, -1);
+        long b = x.size(0);
+        long l = x.size(1);
+        if (kv != null) {
+            check3("kv", kv, b, -1);
+        }
+        check3("out", out, b, l);
+        long lkv = kv == null ? l : kv.size(1);
+        if (backend == Backend.REFERENCE) {
+            MhaReference.forward(w, x, kv == null ? x : kv, out, options);
+            return;
+        }
+        long need = kv == null ? selfFloats(b, l) : crossFloats(b, l, lkv);
+        MemorySegment seg = checkWorkspace(ws, need, x);
+        if (b == 0 || l == 0) {
+            return;
+        }
+        int bi = toInt("B*L", b * l) / (int) l;
+        int li = (int) l;
+        long aOff;
+        if (kv == null) {
+            // P [B·L, E + 2·Hkv·Dh] = x · [W_Q; W_K; W_V]ᵀ, then heads as views with row stride W
+            projectQkv(x, seg, 0, qkvWidth);
+            aOff = b * l * qkvWidth;
+            if (!ws.viewsFor(this, SELF, b, l, l)) {
+                long wd = qkvWidth;
+                long[] st = {l * wd, dh, wd, 1};
+                ws.cacheViews(this, SELF, b, l, l,
+                        Tensor.view(seg, 0, new long[] {b, h, l, dh}, st),
+                        Tensor.view(seg, e, new long[] {b, hkv, l, dh}, st),
+                        Tensor.view(seg, e + kvd, new long[] {b, hkv, l, dh}, st),
+                        headsOutput(seg, aOff, b, l));
+            }
+        } else {
+            int lk = toInt("Lkv", lkv);
+            // Q [B·L, E] = x·W_Qᵀ; P_kv [B·Lkv, 2·Hkv·Dh] = kv · [W_K; W_V]ᵀ
+            long kvOff = b * l * e;
+            project(x, w.wq(), w.bq(), seg, 0, e, 0);
+            if (w.packedKv() != null) {
+                project(kv, w.packedKv(), null, seg, kvOff, 2 * kvd, 0);
+                addBias(w.bk(), seg, kvOff, bi, (long) lk * 2 * kvd, lk, 2L * kvd);
+                addBias(w.bv(), seg, kvOff + kvd, bi, (long) lk * 2 * kvd, lk, 2L * kvd);
+            } else {
+                project(kv, w.wk(), w.bk(), seg, kvOff, 2 * kvd, 0);
+                project(kv, w.wv(), w.bv(), seg, kvOff, 2 * kvd, kvd);
+            }
+            aOff = kvOff + b * lkv * 2 * kvd;
+            if (!ws.viewsFor(this, CROSS, b, l, lkv)) {
+                long[] st = {lkv * 2 * kvd, dh, 2L * kvd, 1};
+                ws.cacheViews(this, CROSS, b, l, lkv,
+                        Tensor.view(seg, 0, new long[] {b, h, l, dh}, new long[] {l * e, dh, e, 1}),
+                        Tensor.view(seg, kvOff, new long[] {b, hkv, lkv, dh}, st),
+                        Tensor.view(seg, kvOff + kvd, new long[] {b, hkv, lkv, dh}, st),
+                        headsOutput(seg, aOff, b, l));
+            }
+        }
+        attention.sdpa(ws.q(), ws.k(), ws.v(), ws.a(), options, ws.attention());
+        outputProjection(seg, aOff, bi, li, out);
+    }
+
+    /**
+     * Incremental decoding of one sequence: appends the keys and values of {@code x [1, n, E]} (one token or a
+     * chunk) to {@code cache}, then attends the {@code n} new query rows to everything cached, causal
+     * bottom-right, writing {@code out [1, n, E]}. Equal to the last {@code n} rows of a causal
+     * {@link #forward} over the whole sequence so far. {@code ws} must come from {@link #newWorkspace}
+     * {@code (arena, 1, n, cache.capacity())} or larger.
+     *
+     * @throws IllegalStateException when the cache has no room for {@code n} more positions (nothing is appended)
+     */
+    public void decode(Tensor x, KvCache cache, Tensor out, MhaWorkspace ws) {
+        Objects.requireNonNull(cache, "cache");
+        check3("x", x, 1, -1);
+        long n = x.size(1);
+        check3("out", out, 1, n);
+        if (cache.kvHeads() != hkv || cache.headDim() != dh) {
+            throw new IllegalArgumentException(cache.describe() + " does not fit this layer: Hkv=" + hkv
+                    + ", Dh=" + dh);
+        }
+        int before = cache.length();
+        if (n > cache.capacity() - before) {
+            throw new IllegalStateException(cache.describe() + ": appending " + x.describe("x") + " needs "
+                    + (before + n) + " positions, capacity is " + cache.capacity());
+        }
+        MemorySegment seg = checkWorkspace(ws, selfFloats(1, n), x);
+        if (n == 0) {
+            return;
+        }
+        int ni = (int) n;
+        // P [n, E + 2·Hkv·Dh] = x · [W_Q; W_K; W_V]ᵀ
+        projectQkv(x, seg, 0, qkvWidth);
+        // append K and V rows of every kv head at positions before .. before + n - 1
+        MemorySegment ck = cache.k();
+        MemorySegment cv = cache.v();
+        long headBytes = (long) dh * Float.BYTES;
+        for (int g = 0; g < hkv; g++) {
+            long dst = ((long) g * cache.capacity() + before) * dh;
+            for (int t = 0; t < ni; t++) {
+                long src = (long) t * qkvWidth + e + (long) g * dh;
+                MemorySegment.copy(seg, src * Float.BYTES, ck, (dst + (long) t * dh) * Float.BYTES, headBytes);
+                MemorySegment.copy(seg, (src + kvd) * Float.BYTES, cv, (dst + (long) t * dh) * Float.BYTES, headBytes);
+            }
+        }
+        int len = before + ni;
+        long aOff = n * qkvWidth;
+        if (!ws.viewsFor(this, DECODE, 1, n, 0)) {
+            ws.cacheViews(this, DECODE, 1, n, 0,
+                    Tensor.view(seg, 0, new long[] {1, h, n, dh}, new long[] {n * qkvWidth, dh, qkvWidth, 1}),
+                    null, null, headsOutput(seg, aOff, 1, n));
+        }
+        attention.sdpa(ws.q(), cache.view(ck, len), cache.view(cv, len), ws.a(), SdpaOptions.CAUSAL,
+                ws.attention());
+        outputProjection(seg, aOff, 1, ni, out);
+        cache.advance(ni);
+    }
+
+    /** {@code A [B·L, E]} seen as {@code [B, H, L, Dh]}: each head writes its own columns, so concatenation is free. */
+    private Tensor headsOutput(MemorySegment seg, long aOff, long b, long l) {
+        return Tensor.view(seg, aOff, new long[] {b, h, l, dh}, new long[] {l * e, dh, e, 1});
+    }
+
+    /** {@code out [B, L, E] = A [B·L, E] · W_Oᵀ + b_O}. */
+    private void outputProjection(MemorySegment seg, long aOff, int b, int l, Tensor out) {
+        product(seg, aOff, (long) l * e, e, out.segment(), out.offset(), out.stride(0), out.stride(1), b, l, w.wo());
+        addBias(w.bo(), out.segment(), out.offset(), b, out.stride(0), l, out.stride(1));
+    }
+
+    /** {@code P[:, 0 : E + 2·Hkv·Dh] = src · [W_Q; W_K; W_V]ᵀ + [b_Q, b_K, b_V]}, one product when packed. */
+    private void projectQkv(Tensor src, MemorySegment seg, long off, int ld) {
+        int b = (int) src.size(0);
+        int l = (int) src.size(1);
+        if (w.packedQkv() != null) {
+            project(src, w.packedQkv(), null, seg, off, ld, 0);
+            addBias(w.bq(), seg, off, b, (long) l * ld, l, ld);
+            addBias(w.bk(), seg, off + e, b, (long) l * ld, l, ld);
+            addBias(w.bv(), seg, off + e + kvd, b, (long) l * ld, l, ld);
+        } else {
+            project(src, w.wq(), w.bq(), seg, off, ld, 0);
+            project(src, w.wk(), w.bk(), seg, off, ld, e);
+            project(src, w.wv(), w.bv(), seg, off, ld, e + kvd);
+        }
+    }
+
+    /** Columns {@code col ..} of the contiguous rows {@code [B·L, ld]} at {@code off} = {@code src · wᵀ + bias}. */
+    private void project(Tensor src, Tensor wt, Tensor bias, MemorySegment seg, long off, int ld, int col) {
+        int b = (int) src.size(0);
+        int l = (int) src.size(1);
+        product(src.segment(), src.offset(), src.stride(0), src.stride(1), seg, off + col, (long) l * ld, ld, b, l, wt);
+        addBias(bias, seg, off + col, b, (long) l * ld, l, ld);
+    }
+
+    /**
+     * {@code C[b, i, :] = A[b, i, :] · wᵀ} for {@code batches × rows} rows given by batch and row strides: one
+     * product when the rows are evenly spaced across batches, else one per batch.
+     */
+    private void product(MemorySegment a, long aOff, long aBs, long aRs, MemorySegment c, long cOff, long cBs,
+                         long cRs, int batches, int rows, Tensor wt) {
+        int n = (int) wt.size(0);
+        int k = (int) wt.size(1);
+        int ldw = (int) Math.max(wt.stride(0), Math.max(k, 1));
+        if (batches == 1 || rows > 1 && aBs == rows * aRs && cBs == rows * cRs) {
+            matmul.matmul(Transpose.NO, Transpose.YES, toInt("B*L", (long) batches * rows), n, k, 1f,
+                    a, aOff, ld(aRs, k), wt.segment(), wt.offset(), ldw, 0f, c, cOff, ld(cRs, n));
+        } else if (rows == 1 && aBs >= k && cBs >= n) {
+            matmul.matmul(Transpose.NO, Transpose.YES, batches, n, k, 1f,
+                    a, aOff, ld(aBs, k), wt.segment(), wt.offset(), ldw, 0f, c, cOff, ld(cBs, n));
+        } else {
+            for (int bi = 0; bi < batches; bi++) {
+                matmul.matmul(Transpose.NO, Transpose.YES, rows, n, k, 1f,
+                        a, aOff + bi * aBs, ld(aRs, k), wt.segment(), wt.offset(), ldw, 0f,
+                        c, cOff + bi * cBs, ld(cRs, n));
+            }
+        }
+    }
+
+    private static int ld(long stride, int min) {
+        return toInt("leading dimension", Math.max(stride, Math.max(min, 1)));
+    }
+
+    /** Adds {@code bias [n]} to {@code batches × rows} rows of {@code n} floats; nothing when bias is null. */
+    private static void addBias(Tensor bias, MemorySegment seg, long off, int batches, long bs, int rows, long rs) {
+        if (bias == null) {
+            return;
+        }
+        MemorySegment bseg = bias.segment();
+        long bOff = bias.offset();
+        long bStride = bias.stride(0);
+        int n = (int) bias.size(0);
+        for (int b = 0; b < batches; b++) {
+            for (int r = 0; r < rows; r++) {
+                long row = off + b * bs + r * rs;
+                for (int c = 0; c < n; c++) {
+                    seg.setAtIndex(F, row + c, seg.getAtIndex(F, row + c) + bseg.getAtIndex(F, bOff + c * bStride));
+                }
+            }
+        }
+    }
+
+    /** Checks a {@code [B, L, E]} tensor: rank, E, expected B and L (-1: any), unit stride along E, liveness. */
+    private void check3(String name, Tensor t, long b, long l) {
+        if (t == null) {
+            throw new IllegalArgumentException(name + " is null");
+        }
+        String want = "[" + (b < 0 ? "B" : b) + ", " + (l < 0 ? (name.equals("kv") ? "Lkv" : "L") : l) + ", " + e + "]";
+        if (t.rank() != 3 || t.size(2) != e || b >= 0 && t.size(0) != b || l >= 0 && t.size(1) != l) {
+            throw new IllegalArgumentException(t.describe(name) + ": expected " + want + " (E=" + e + ", H=" + h + ")");
+        }
+        if (e > 1 && t.stride(2) != 1 || t.size(1) > 1 && t.stride(1) < e) {
+            throw new IllegalArgumentException(t.describe(name) + " with strides " + java.util.Arrays.toString(t.strides())
+                    + ": rows must have unit stride along E and must not overlap");
+        }
+        if (t.size(0) > Integer.MAX_VALUE || t.size(1) > Integer.MAX_VALUE) {
+            throw new IllegalArgumentException(t.describe(name) + ": dimensions must fit in an int");
+        }
+        if (!t.isAlive()) {
+            throw new IllegalStateException(t.describe(name) + ": its arena is closed");
+        }
+        if (backend == Backend.NATIVE && !t.segment().isNative()) {
+            throw new IllegalArgumentException(t.describe(name) + ": a heap segment; the native backend needs off-heap memory");
+        }
+    }
+
+    private static MemorySegment checkWorkspace(MhaWorkspace ws, long needFloats, Tensor x) {
+        Objects.requireNonNull(ws, "workspace");
+        MemorySegment seg = ws.floats();
+        if (!seg.scope().isAlive()) {
+            throw new IllegalStateException("workspace: its arena is closed");
+        }
+        long need = Math.multiplyExact(needFloats, Float.BYTES);
+        if (seg.byteSize() < need) {
+            throw new IllegalArgumentException("workspace of " + seg.byteSize() + " projection bytes is too small for "
+                    + x.describe("x") + ": needs " + need + " (make it with newWorkspace for these sizes)");
+        }
+        return seg;
+    }
+
+    private static int toInt(String what, long v) {
+        if (v > Integer.MAX_VALUE) {
+            throw new IllegalArgumentException(what + "=" + v + " exceeds the 32-bit BLAS interface");
+        }
+        return (int) v;
+    }
+
+    @Override
+    public String toString() {
+        return "MultiHeadAttention[E=" + e + ", H=" + h + ", Hkv=" + hkv + ", Dh=" + dh + ", " + backend.cliName()
+                + ", W_Q " + Shapes.format(w.wq().shape()) + (w.packedQkv() != null ? " packed" : "") + "]";
+    }
+}

@@ -1,0 +1,123 @@
+package dev.qkv.cli;
+
+import dev.qkv.io.Npy;
+import dev.qkv.tensor.Tensor;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
+
+import java.io.IOException;
+import java.lang.foreign.Arena;
+import java.net.URISyntaxException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+
+import static dev.qkv.cli.MainTest.assertUserError;
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/**
+ * {@code qkv mha} end to end on the PyTorch fixtures of {@code src/test/resources/mha} (made by
+ * {@code make_fixtures.py} with {@code torch.nn.MultiheadAttention}); tolerance {@code 2e-5 + 1e-4·|want|}.
+ */
+class MhaCommandTest {
+    @TempDir
+    Path dir;
+
+    private static String fixture(String name) {
+        try {
+            return Path.of(MhaCommandTest.class.getResource("/mha/" + name).toURI()).toString();
+        } catch (URISyntaxException e) {
+            throw new IllegalStateException(e);
+        }
+    }
+
+    private void assertMatches(String wantFile, Path got) throws IOException {
+        try (Arena a = Arena.ofConfined()) {
+            Tensor want = Npy.read(Path.of(fixture(wantFile)), a).tensor();
+            Tensor y = Npy.read(got, a).tensor();
+            assertArrayEquals(want.shape(), y.shape());
+            float[] w = want.toArray();
+            float[] g = y.toArray();
+            for (int i = 0; i < w.length; i++) {
+                assertTrue(Math.abs(g[i] - w[i]) <= 2e-5 + 1e-4 * Math.abs(w[i]),
+                        wantFile + " [" + i + "]: want " + w[i] + ", got " + g[i]);
+            }
+        }
+    }
+
+    private static MainTest.Result mha(String... args) {
+        List<String> all = new ArrayList<>(List.of("mha"));
+        all.addAll(Arrays.asList(args));
+        return MainTest.run(all.toArray(String[]::new));
+    }
+
+    @ParameterizedTest
+    @ValueSource(strings = {"native", "java", "reference"})
+    void selfCausalAndCrossMatchPyTorch(String backend) throws IOException {
+        Path y = dir.resolve("y.npy");
+        MainTest.Result self = mha("--x", fixture("self_x.npy"), "--weights", fixture("self.safetensors"),
+                "--heads", "4", "--backend", backend, "--out", y.toString());
+        assertEquals(0, self.code(), self.toString());
+        assertEquals(1, self.out().lines().count(), self.out());
+        assertTrue(self.out().startsWith("mha backend=" + backend + " x=[2, 5, 16] kv=x E=16 H=4 Hkv=4 mask=none"),
+                self.out());
+        assertEquals("", self.err());
+        assertMatches("self_out.npy", y);
+
+        MainTest.Result causal = mha("--x", fixture("causal_x.npy"), "--weights", fixture("causal.safetensors"),
+                "--heads", "2", "--causal", "--backend", backend, "--out", y.toString());
+        assertEquals(0, causal.code(), causal.toString());
+        assertMatches("causal_out.npy", y);
+
+        MainTest.Result cross = mha("--x", fixture("cross_x.npy"), "--kv", fixture("cross_kv.npy"),
+                "--mask", fixture("cross_mask.npy"), "--weights", fixture("cross.safetensors"),
+                "--prefix", "decoder.cross_attn", "--heads", "3", "--kv-heads", "3", "--backend", backend,
+                "--out", y.toString());
+        assertEquals(0, cross.code(), cross.toString());
+        assertTrue(cross.out().contains("mask=bool[2, 1, 1, 6]"), cross.out());
+        assertMatches("cross_out.npy", y);
+    }
+
+    @Test
+    void userErrorsAreOneLineAndWriteNothing() throws IOException {
+        Path y = dir.resolve("y.npy");
+        String x = fixture("self_x.npy");
+        String w = fixture("self.safetensors");
+        assertUserError(mha("--x", x, "--weights", w, "--out", y.toString()), "missing required flag --heads");
+        assertUserError(mha("--x", x, "--weights", w, "--heads", "0", "--out", y.toString()), "--heads must be in");
+        assertUserError(mha("--x", x, "--weights", w, "--heads", "3", "--out", y.toString()),
+                "in_proj_weight [48, 16]: E=16 is not divisible by H=3");
+        assertUserError(mha("--x", x, "--weights", w, "--heads", "4", "--kv-heads", "2", "--out", y.toString()),
+                "not the 2 requested");
+        assertUserError(mha("--x", x, "--weights", w, "--heads", "4", "--prefix", "enc", "--out", y.toString()),
+                "no attention weights under prefix 'enc.'");
+        assertUserError(mha("--x", fixture("cross_x.npy"), "--weights", w, "--heads", "4", "--out", y.toString()),
+                "x [2, 4, 24]: expected [B, L, 16]");
+        assertUserError(mha("--x", x, "--kv", fixture("cross_kv.npy"), "--weights", w, "--heads", "4",
+                "--out", y.toString()), "kv [2, 6, 24]: expected [2, Lkv, 16]");
+        assertUserError(mha("--x", x, "--weights", w, "--heads", "4", "--mask", fixture("cross_mask.npy"),
+                "--out", y.toString()), "mask [2, 1, 1, 6]");
+        assertUserError(mha("--x", fixture("cross_mask.npy"), "--weights", w, "--heads", "4", "--out", y.toString()),
+                "x has dtype '|b1'");
+        assertUserError(mha("--x", x, "--weights", dir.resolve("missing.safetensors").toString(), "--heads", "4",
+                "--out", y.toString()), "missing.safetensors");
+        Path bad = dir.resolve("bad.safetensors");
+        Files.write(bad, new byte[] {(byte) 200, 0, 0, 0, 0, 0, 0, 0, '{', '}'});
+        assertUserError(mha("--x", x, "--weights", bad.toString(), "--heads", "4", "--out", y.toString()),
+                bad + ": header length 200 exceeds");
+        assertUserError(mha("--x", x, "--weights", x, "--heads", "4", "--out", y.toString()), "self_x.npy: header");
+        assertUserError(mha("--x", x, "--weights", w, "--heads", "4", "--backend", "gpu", "--out", y.toString()),
+                "unknown backend 'gpu'");
+        assertFalse(Files.exists(y), "no output after an error");
+        try (var files = Files.list(dir)) {
+            assertEquals(List.of(bad), files.toList(), "no temporary files left behind");
+        }
+    }
+}

@@ -1,0 +1,211 @@
+package dev.qkv.io;
+
+import dev.qkv.tensor.Tensor;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.MethodSource;
+
+import java.io.IOException;
+import java.lang.foreign.Arena;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.stream.Stream;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Named.named;
+import static org.junit.jupiter.params.provider.Arguments.arguments;
+
+class SafetensorsTest {
+
+    @TempDir
+    Path dir;
+
+    /** The file bytes: little-endian header length, the header text as given, then {@code data}. */
+    static byte[] file(String header, byte[] data) {
+        byte[] h = header.getBytes(StandardCharsets.UTF_8);
+        ByteBuffer b = ByteBuffer.allocate(8 + h.length + data.length).order(ByteOrder.LITTLE_ENDIAN);
+        b.putLong(h.length).put(h).put(data);
+        return b.array();
+    }
+
+    static byte[] floats(float... xs) {
+        ByteBuffer b = ByteBuffer.allocate(xs.length * 4).order(ByteOrder.LITTLE_ENDIAN);
+        for (float x : xs) {
+            b.putFloat(x);
+        }
+        return b.array();
+    }
+
+    static byte[] shorts(int... xs) {
+        ByteBuffer b = ByteBuffer.allocate(xs.length * 2).order(ByteOrder.LITTLE_ENDIAN);
+        for (int x : xs) {
+            b.putShort((short) x);
+        }
+        return b.array();
+    }
+
+    Path write(String name, byte[] bytes) throws IOException {
+        Path p = dir.resolve(name);
+        Files.write(p, bytes);
+        return p;
+    }
+
+    @Test
+    void f32ViewsAtAnUnalignedOffsetReadBackExactly() throws IOException {
+        // a 7-byte pad after the JSON makes the data start at an odd offset: views must still read right
+        String header = "{\"__metadata__\":{\"format\":\"pt\"},"
+                + "\"a\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]},"
+                + "\"b\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[24,28]}}       ";
+        assertTrue((8 + header.length()) % 4 != 0);
+        float[] a = {1f, -2f, 3.5f, 0f, -0f, Float.MIN_VALUE};
+        byte[] data = new byte[28];
+        System.arraycopy(floats(a), 0, data, 0, 24);
+        System.arraycopy(floats(42f), 0, data, 24, 4);
+        Path p = write("ok.safetensors", file(header, data));
+        try (Arena arena = Arena.ofConfined()) {
+            Safetensors st = Safetensors.open(p, arena);
+            assertEquals("pt", st.metadata().get("format"));
+            assertEquals(2, st.entries().size());
+            Tensor ta = st.tensor("a", arena);
+            assertArrayEquals(new long[] {2, 3}, ta.shape());
+            assertArrayEquals(a, ta.toArray());
+            assertEquals(42f, st.tensor("b", arena).toArray()[0]);
+            assertFalse(st.contains("c"));
+        }
+    }
+
+    @Test
+    void halfAndBfloat16AreConvertedExactly() throws IOException {
+        // F16 bit patterns by hand: 1.5 = 0x3E00, -2.25 = 0xC080, 65504 = 0x7BFF, 2^-24 = 0x0001 (subnormal)
+        // BF16 is the top half of the float32 bits: 1.5 = 0x3FC0, -2.25 = 0xC010, +inf = 0x7F80, 1e-40ish = 0x0001
+        String header = "{\"h\":{\"dtype\":\"F16\",\"shape\":[4],\"data_offsets\":[0,8]},"
+                + "\"g\":{\"dtype\":\"BF16\",\"shape\":[4],\"data_offsets\":[8,16]}}";
+        byte[] data = new byte[16];
+        System.arraycopy(shorts(0x3E00, 0xC080, 0x7BFF, 0x0001), 0, data, 0, 8);
+        System.arraycopy(shorts(0x3FC0, 0xC010, 0x7F80, 0x0001), 0, data, 8, 8);
+        Path p = write("half.safetensors", file(header, data));
+        try (Arena arena = Arena.ofConfined()) {
+            Safetensors st = Safetensors.open(p, arena);
+            assertArrayEquals(new float[] {1.5f, -2.25f, 65504f, (float) Math.pow(2, -24)},
+                    st.tensor("h", arena).toArray());
+            assertArrayEquals(new float[] {1.5f, -2.25f, Float.POSITIVE_INFINITY, Float.intBitsToFloat(0x00010000)},
+                    st.tensor("g", arena).toArray());
+        }
+    }
+
+    static Stream<org.junit.jupiter.params.provider.Arguments> malformed() {
+        byte[] d8 = new byte[8];
+        String okT = "\"t\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}";
+        return Stream.of(
+                bad("too short", new byte[5], "too short"),
+                bad("length beyond file", lengthOnly(1000, "{}"), "header length 1000 exceeds"),
+                bad("negative (huge unsigned) length", lengthOnly(-1, "{}"), "exceeds"),
+                bad("not JSON", file("{\"t\":", d8), "invalid JSON"),
+                bad("trailing garbage", file("{" + okT + "}x", d8), "after the JSON value"),
+                bad("root not object", file("[1,2]", d8), "not a JSON object"),
+                bad("trailing comma", file("{" + okT + ",}", d8), "invalid JSON"),
+                bad("duplicate key", file("{" + okT + "," + okT + "}", d8), "duplicate key \"t\""),
+                bad("not UTF-8", fileRaw(new byte[] {'{', '"', (byte) 0xff, '"', ':', '1', '}'}, d8), "UTF-8"),
+                bad("unknown dtype", file("{\"t\":{\"dtype\":\"F17\",\"shape\":[2],\"data_offsets\":[0,8]}}", d8),
+                        "tensor 't': unknown dtype \"F17\""),
+                bad("shape/bytes mismatch", file("{\"t\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", d8),
+                        "tensor 't': F32 [3] needs 12 bytes"),
+                bad("dtype/bytes mismatch", file("{\"t\":{\"dtype\":\"F64\",\"shape\":[2],\"data_offsets\":[0,8]}}", d8),
+                        "tensor 't': F64 [2] needs 16 bytes"),
+                bad("offsets outside data", file("{\"t\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", d8),
+                        "tensor 't': data_offsets [0, 16] outside the 8 bytes"),
+                bad("begin after end", file("{\"t\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[8,4]}}", d8),
+                        "tensor 't': data_offsets [8, 4] begin after end"),
+                bad("overlap", file("{\"t\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                        + "\"u\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", d8), "overlap tensor"),
+                bad("negative dim", file("{\"t\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", d8),
+                        "tensor 't': \"shape\" element -2"),
+                bad("fractional dim", file("{\"t\":{\"dtype\":\"F32\",\"shape\":[2.0],\"data_offsets\":[0,8]}}", d8),
+                        "tensor 't': \"shape\" element 2.0"),
+                bad("huge dims", file("{\"t\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],"
+                        + "\"data_offsets\":[0,8]}}", d8), "tensor 't': shape"),
+                bad("three offsets", file("{\"t\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,4,8]}}", d8),
+                        "tensor 't': \"data_offsets\" has 3 elements"),
+                bad("missing shape", file("{\"t\":{\"dtype\":\"F32\",\"data_offsets\":[0,8]}}", d8),
+                        "tensor 't': missing or non-array \"shape\""),
+                bad("extra field", file("{\"t\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8],\"x\":1}}", d8),
+                        "tensor 't': unexpected field \"x\""),
+                bad("entry not object", file("{\"t\":3}", d8), "tensor 't': entry is not an object"),
+                bad("metadata not strings", file("{\"__metadata__\":{\"a\":1}," + okT + "}", d8),
+                        "__metadata__ value of \"a\""),
+                bad("integer overflow", file("{\"t\":{\"dtype\":\"F32\",\"shape\":[2],"
+                        + "\"data_offsets\":[0,99999999999999999999]}}", d8), "does not fit in 64 bits"),
+                bad("deep nesting", file("{\"__metadata__\":" + "[".repeat(100) + "]".repeat(100) + "}", d8),
+                        "nesting deeper"),
+                bad("control char in string", file("{\"t\u0001\":1}", d8), "control character"));
+    }
+
+    private static org.junit.jupiter.params.provider.Arguments bad(String name, byte[] bytes, String expect) {
+        return arguments(named(name, bytes), expect);
+    }
+
+    private static byte[] lengthOnly(long declared, String header) {
+        byte[] h = header.getBytes(StandardCharsets.UTF_8);
+        return ByteBuffer.allocate(8 + h.length).order(ByteOrder.LITTLE_ENDIAN).putLong(declared).put(h).array();
+    }
+
+    private static byte[] fileRaw(byte[] h, byte[] data) {
+        return ByteBuffer.allocate(8 + h.length + data.length).order(ByteOrder.LITTLE_ENDIAN)
+                .putLong(h.length).put(h).put(data).array();
+    }
+
+    @ParameterizedTest
+    @MethodSource("malformed")
+    void malformedHeadersAreRejectedNamingFileAndTensor(byte[] bytes, String expect) throws IOException {
+        Path p = write("bad.safetensors", bytes);
+        try (Arena arena = Arena.ofConfined()) {
+            SafetensorsException e = assertThrows(SafetensorsException.class, () -> Safetensors.open(p, arena));
+            assertTrue(e.getMessage().startsWith(p.toString() + ": "), e.getMessage());
+            assertTrue(e.getMessage().contains(expect), () -> "expected '" + expect + "' in: " + e.getMessage());
+        }
+    }
+
+    @Test
+    void missingTensorAndNonFloatDtypeAreClearErrors() throws IOException {
+        String header = "{\"ids\":{\"dtype\":\"I64\",\"shape\":[1],\"data_offsets\":[0,8]}}";
+        Path p = write("ids.safetensors", file(header, new byte[8]));
+        try (Arena arena = Arena.ofConfined()) {
+            Safetensors st = Safetensors.open(p, arena);
+            SafetensorsException missing = assertThrows(SafetensorsException.class, () -> st.tensor("w", arena));
+            assertTrue(missing.getMessage().contains("tensor 'w' not found (the file has 'ids')"), missing.getMessage());
+            SafetensorsException dtype = assertThrows(SafetensorsException.class, () -> st.tensor("ids", arena));
+            assertTrue(dtype.getMessage().contains("tensor 'ids' [1]: dtype I64 is not a float type"),
+                    dtype.getMessage());
+        }
+    }
+
+    @Test
+    void emptyTensorsMayShareAnOffset() throws IOException {
+        String header = "{\"e\":{\"dtype\":\"F32\",\"shape\":[0,4],\"data_offsets\":[4,4]},"
+                + "\"t\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}";
+        Path p = write("empty.safetensors", file(header, floats(1f, 2f)));
+        try (Arena arena = Arena.ofConfined()) {
+            Safetensors st = Safetensors.open(p, arena);
+            assertEquals(0, st.tensor("e", arena).elementCount());
+            assertArrayEquals(new float[] {1f, 2f}, st.tensor("t", arena).toArray());
+        }
+    }
+
+    @Test
+    void jsonStringEscapesDecode() {
+        Object v = SafetensorsJson.parse(" {\"a\\u00e9\\ud83d\\ude00\\n\": [1, -0, 2.5e1, true, null]} ");
+        assertEquals("{aé\uD83D\uDE00\n=[1, 0, 25.0, true, null]}", v.toString());
+        assertThrows(SafetensorsJson.JsonException.class, () -> SafetensorsJson.parse("{\"a\":\"\\ud83d\"}"));
+        assertThrows(SafetensorsJson.JsonException.class, () -> SafetensorsJson.parse("01"));
+        assertThrows(SafetensorsJson.JsonException.class, () -> SafetensorsJson.parse("{\"a\":tru}"));
+        assertThrows(SafetensorsJson.JsonException.class, () -> SafetensorsJson.parse(""));
+    }
+}

@@ -1,0 +1,194 @@
+package dev.qkv.mha;
+
+import dev.qkv.attention.Backend;
+import dev.qkv.attention.SdpaOptions;
+import dev.qkv.io.Safetensors;
+import dev.qkv.io.SafetensorsException;
+import dev.qkv.tensor.Tensor;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
+
+import java.io.IOException;
+import java.lang.foreign.Arena;
+import java.nio.file.Path;
+import java.util.LinkedHashMap;
+import java.util.Map;
+import java.util.Random;
+
+import static dev.qkv.mha.MhaTestSupport.assertClose;
+import static dev.qkv.mha.MhaTestSupport.rand;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNotNull;
+import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+class MhaWeightsTest {
+    private static final int E = 16;
+    private static final int H = 4;
+
+    @TempDir
+    Path dir;
+
+    /** Output of the reference layer over {@code w} for a fixed input, to compare loaded layers with. */
+    private static float[] run(Arena a, MhaWeights w, Backend backend) {
+        Tensor x = rand(a, new Random(99), 1f, 2, 5, w.embedDim());
+        Tensor out = Tensor.allocate(a, 2, 5, w.embedDim());
+        MultiHeadAttention layer = MultiHeadAttention.create(w, backend);
+        layer.forward(x, out, SdpaOptions.CAUSAL, layer.newWorkspace(a, 2, 5, 5));
+        return out.toArray();
+    }
+
+    private Map<String, Tensor> torchNames(Arena a, Random r, String p) {
+        Map<String, Tensor> m = new LinkedHashMap<>();
+        m.put(p + "in_proj_weight", rand(a, r, 0.25f, 3 * E, E));
+        m.put(p + "in_proj_bias", rand(a, r, 0.5f, 3 * E));
+        m.put(p + "out_proj.weight", rand(a, r, 0.25f, E, E));
+        m.put(p + "out_proj.bias", rand(a, r, 0.5f, E));
+        return m;
+    }
+
+    @ParameterizedTest
+    @ValueSource(strings = {"", "encoder.layers.3.self_attn", "encoder.layers.3.self_attn."})
+    void torchNamesUnderAPrefixLoadAsViews(String prefix) throws IOException {
+        try (Arena a = Arena.ofConfined()) {
+            String p = prefix.isEmpty() || prefix.endsWith(".") ? prefix : prefix + ".";
+            Map<String, Tensor> t = torchNames(a, new Random(1), p);
+            // a decoy layer in the same file must not be picked up
+            t.putAll(torchNames(a, new Random(2), "decoy."));
+            Path f = dir.resolve("torch.safetensors");
+            MhaTestSupport.writeF32(f, t);
+            Safetensors st = Safetensors.open(f, a);
+            MhaWeights w = MhaWeights.load(st, prefix, H, 0, a);
+            assertEquals(E, w.embedDim());
+            assertEquals(H, w.kvHeads());
+            assertNotNull(w.packedQkv());
+            MhaWeights direct = MhaWeights.packed(H, t.get(p + "in_proj_weight"), t.get(p + "in_proj_bias"),
+                    t.get(p + "out_proj.weight"), t.get(p + "out_proj.bias"));
+            assertClose(run(a, direct, Backend.REFERENCE), run(a, w, Backend.NATIVE), 1e-5, 1e-5, "prefix=" + prefix);
+        }
+    }
+
+    @Test
+    void huggingFaceNamesWithGroupedQueryHeadsAndPartialBiases() throws IOException {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(3);
+            int kvd = E / H * 2;
+            Map<String, Tensor> t = new LinkedHashMap<>();
+            t.put("model.layers.0.self_attn.q_proj.weight", rand(a, r, 0.25f, E, E));
+            t.put("model.layers.0.self_attn.q_proj.bias", rand(a, r, 0.5f, E));
+            t.put("model.layers.0.self_attn.k_proj.weight", rand(a, r, 0.25f, kvd, E));
+            t.put("model.layers.0.self_attn.k_proj.bias", rand(a, r, 0.5f, kvd));
+            t.put("model.layers.0.self_attn.v_proj.weight", rand(a, r, 0.25f, kvd, E));
+            t.put("model.layers.0.self_attn.v_proj.bias", rand(a, r, 0.5f, kvd));
+            t.put("model.layers.0.self_attn.o_proj.weight", rand(a, r, 0.25f, E, E));
+            Path f = dir.resolve("hf.safetensors");
+            MhaTestSupport.writeF32(f, t);
+            MhaWeights w = MhaWeights.load(Safetensors.open(f, a), "model.layers.0.self_attn", H, 0, a);
+            assertEquals(2, w.kvHeads());
+            assertNull(w.bo());
+            assertNull(w.packedQkv());
+            String p = "model.layers.0.self_attn.";
+            MhaWeights direct = MhaWeights.of(H, t.get(p + "q_proj.weight"), t.get(p + "q_proj.bias"),
+                    t.get(p + "k_proj.weight"), t.get(p + "k_proj.bias"), t.get(p + "v_proj.weight"),
+                    t.get(p + "v_proj.bias"), t.get(p + "o_proj.weight"), null);
+            assertClose(run(a, direct, Backend.REFERENCE), run(a, w, Backend.NATIVE), 1e-5, 1e-5, "hf gqa");
+            assertEquals(2, MhaWeights.load(Safetensors.open(f, a), p, H, 2, a).kvHeads());
+        }
+    }
+
+    @ParameterizedTest
+    @ValueSource(booleans = {true, false})
+    void halfPrecisionFilesAreConvertedOnLoad(boolean bf16) throws IOException {
+        try (Arena a = Arena.ofConfined()) {
+            Map<String, Tensor> t = new LinkedHashMap<>();
+            Random r = new Random(4);
+            t.put("q_proj.weight", rand(a, r, 0.25f, E, E));
+            t.put("k_proj.weight", rand(a, r, 0.25f, E, E));
+            t.put("v_proj.weight", rand(a, r, 0.25f, E, E));
+            t.put("out_proj.weight", rand(a, r, 0.25f, E, E));
+            t.put("out_proj.bias", rand(a, r, 0.5f, E));
+            Path f = dir.resolve("half.safetensors");
+            MhaTestSupport.writeHalf(f, t, bf16);
+            MhaWeights w = MhaWeights.load(Safetensors.open(f, a), null, H, H, a);
+            // the expected weights: the same values rounded to the file's precision in Java, independently
+            Map<String, Tensor> rounded = new LinkedHashMap<>();
+            for (Map.Entry<String, Tensor> en : t.entrySet()) {
+                float[] v = en.getValue().toArray();
+                for (int i = 0; i < v.length; i++) {
+                    v[i] = bf16 ? MhaTestSupport.fromBf16(MhaTestSupport.toBf16(v[i]))
+                            : Float.float16ToFloat(Float.floatToFloat16(v[i]));
+                }
+                rounded.put(en.getKey(), Tensor.of(a, v, en.getValue().shape()));
+            }
+            MhaWeights direct = MhaWeights.of(H, rounded.get("q_proj.weight"), null, rounded.get("k_proj.weight"),
+                    null, rounded.get("v_proj.weight"), null, rounded.get("out_proj.weight"),
+                    rounded.get("out_proj.bias"));
+            assertClose(run(a, direct, Backend.REFERENCE), run(a, w, Backend.NATIVE), 1e-5, 1e-5,
+                    bf16 ? "bf16" : "f16");
+        }
+    }
+
+    /** Writes {@code t}, loads it with H heads and {@code kvHeads}, and returns the error message. */
+    private String loadError(Map<String, Tensor> t, String prefix, int heads, int kvHeads) throws IOException {
+        Path f = dir.resolve("bad.safetensors");
+        MhaTestSupport.writeF32(f, t);
+        try (Arena a = Arena.ofConfined()) {
+            Safetensors st = Safetensors.open(f, a);
+            SafetensorsException e = assertThrows(SafetensorsException.class,
+                    () -> MhaWeights.load(st, prefix, heads, kvHeads, a));
+            assertTrue(e.getMessage().startsWith(f + ": "), e.getMessage());
+            return e.getMessage();
+        }
+    }
+
+    private static void assertContains(String msg, String... parts) {
+        for (String p : parts) {
+            assertTrue(msg.contains(p), () -> "expected '" + p + "' in: " + msg);
+        }
+    }
+
+    @Test
+    void shapesThatDoNotFitAreRejectedNamingFileAndTensor() throws IOException {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(8);
+            Map<String, Tensor> t = torchNames(a, r, "");
+            assertContains(loadError(t, "", 3, 0), "tensor in_proj_weight [48, 16]", "E=16 is not divisible by H=3");
+            assertContains(loadError(t, "", H, 2), "in_proj_weight", "4 kv heads", "not the 2 requested");
+            assertContains(loadError(t, "enc", H, 0), "no attention weights under prefix 'enc.'",
+                    "'enc.in_proj_weight'", "'enc.q_proj.weight'", "the file has 'in_proj_weight'");
+
+            Map<String, Tensor> rows = torchNames(a, r, "");
+            rows.put("in_proj_weight", rand(a, r, 1f, 3 * E + 1, E));
+            assertContains(loadError(rows, "", H, 0), "in_proj_weight [49, 16]", "expected [E + 2*Hkv*Dh, E]");
+
+            Map<String, Tensor> noOut = torchNames(a, r, "");
+            noOut.remove("out_proj.weight");
+            assertContains(loadError(noOut, "", H, 0), "tensor 'out_proj.weight' not found");
+
+            Map<String, Tensor> bias = torchNames(a, r, "");
+            bias.put("out_proj.bias", rand(a, r, 1f, E + 1));
+            assertContains(loadError(bias, "", H, 0), "tensor out_proj.bias [17]", "expected [16]");
+
+            Map<String, Tensor> kv = torchNames(a, r, "");
+            kv.put("bias_k", rand(a, r, 1f, 1, 1, E));
+            assertContains(loadError(kv, "", H, 0), "tensor 'bias_k'", "add_bias_kv");
+
+            Map<String, Tensor> hf = new LinkedHashMap<>();
+            hf.put("q_proj.weight", rand(a, r, 1f, E, E));
+            hf.put("k_proj.weight", rand(a, r, 1f, 6, E));
+            hf.put("v_proj.weight", rand(a, r, 1f, 6, E));
+            hf.put("o_proj.weight", rand(a, r, 1f, E, E));
+            assertContains(loadError(hf, "", H, 0), "tensor k_proj.weight [6, 16]", "not a multiple of Dh=4");
+            hf.put("k_proj.weight", rand(a, r, 1f, 8, E));
+            assertContains(loadError(hf, "", H, 0), "tensor v_proj.weight [6, 16]", "expected [8, 16]");
+            hf.put("v_proj.weight", rand(a, r, 1f, 8, E));
+            hf.remove("o_proj.weight");
+            assertContains(loadError(hf, "", H, 0), "'o_proj.weight' (or 'out_proj.weight') not found");
+            hf.put("o_proj.weight", rand(a, r, 1f, E, E + 1));
+            assertContains(loadError(hf, "", H, 0), "tensor o_proj.weight [16, 17]", "expected [16, 16]");
+        }
+    }
+}

@@ -1,0 +1,296 @@
+package dev.qkv.mha;
+
+import dev.qkv.attention.Backend;
+import dev.qkv.attention.Mask;
+import dev.qkv.attention.SdpaOptions;
+import dev.qkv.tensor.Tensor;
+import org.junit.jupiter.api.Named;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.Arguments;
+import org.junit.jupiter.params.provider.MethodSource;
+
+import java.lang.foreign.Arena;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Random;
+import java.util.stream.Stream;
+
+import static dev.qkv.mha.MhaTestSupport.assertClose;
+import static dev.qkv.mha.MhaTestSupport.rand;
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+class MultiHeadAttentionTest {
+
+    enum MaskKind { NONE, KEY_PADDING, ADDITIVE_2D, BOOL_B1LK }
+
+    /** One randomized layer case; printed in the test name so a failure can be replayed from it. */
+    record Case(long seed, int b, int l, int lkv, int e, int h, int hkv, boolean bias, boolean packed,
+                boolean cross, MaskKind mask, boolean causal) {
+        @Override
+        public String toString() {
+            return "seed=" + seed + " B=" + b + " L=" + l + " Lkv=" + lkv + " E=" + e + " H=" + h + " Hkv=" + hkv
+                    + (bias ? " bias" : "") + (packed ? " packed" : " separate") + (cross ? " cross" : " self")
+                    + " mask=" + mask + (causal ? " causal" : "");
+        }
+    }
+
+    private static final int[] LENGTHS = {1, 3, 7, 17, 65};
+    private static final int[] EMBED = {4, 8, 12, 24, 64};
+
+    static List<Case> cases() {
+        List<Case> out = new ArrayList<>();
+        for (int i = 0; i < 24; i++) {
+            long seed = 0x5eed0000L + i;
+            Random r = new Random(seed);
+            int e = EMBED[r.nextInt(EMBED.length)];
+            List<Integer> hs = divisors(e);
+            int h = hs.get(r.nextInt(hs.size()));
+            List<Integer> kvs = divisors(h);
+            int hkv = kvs.get(r.nextInt(kvs.size()));
+            boolean cross = r.nextBoolean();
+            int l = LENGTHS[r.nextInt(LENGTHS.length)];
+            int lkv = cross ? LENGTHS[r.nextInt(LENGTHS.length)] : l;
+            out.add(new Case(seed, r.nextBoolean() ? 1 : 3, l, lkv, e, h, hkv, r.nextBoolean(), r.nextBoolean(),
+                    cross, MaskKind.values()[r.nextInt(4)], r.nextBoolean()));
+        }
+        return out;
+    }
+
+    private static List<Integer> divisors(int n) {
+        List<Integer> d = new ArrayList<>();
+        for (int i = 1; i <= n; i++) {
+            if (n % i == 0) {
+                d.add(i);
+            }
+        }
+        return d;
+    }
+
+    static Stream<Arguments> backendsAndCases() {
+        return Stream.of(Backend.NATIVE, Backend.JAVA).flatMap(b ->
+                cases().stream().map(c -> Arguments.of(Named.of(b.cliName(), b), c)));
+    }
+
+    /** Weights with entries of size 1/√E so that activations stay of order one whatever E is. */
+    static MhaWeights weights(Arena a, Random r, int e, int h, int hkv, boolean bias, boolean packed) {
+        int kvd = e / h * hkv;
+        float s = (float) (1 / Math.sqrt(e));
+        Tensor wo = rand(a, r, s, e, e);
+        Tensor bo = bias ? rand(a, r, 0.5f, e) : null;
+        if (packed) {
+            return MhaWeights.packed(h, rand(a, r, s, e + 2L * kvd, e), bias ? rand(a, r, 0.5f, e + 2L * kvd) : null,
+                    wo, bo);
+        }
+        return MhaWeights.of(h, rand(a, r, s, e, e), bias ? rand(a, r, 0.5f, e) : null,
+                rand(a, r, s, kvd, e), bias ? rand(a, r, 0.5f, kvd) : null,
+                rand(a, r, s, kvd, e), bias ? rand(a, r, 0.5f, kvd) : null, wo, bo);
+    }
+
+    static SdpaOptions options(Arena a, Random r, Case c) {
+        Mask m = switch (c.mask()) {
+            case NONE -> null;
+            case KEY_PADDING -> Mask.allowed(bools(a, r, c.b(), 1, 1, c.lkv()));
+            case BOOL_B1LK -> Mask.allowed(bools(a, r, c.b(), 1, c.l(), c.lkv()));
+            case ADDITIVE_2D -> Mask.additive(rand(a, r, 2f, c.l(), c.lkv()));
+        };
+        return new SdpaOptions(c.causal(), m, Float.NaN);
+    }
+
+    /** 0/1 values, 80 % allowed. */
+    static Tensor bools(Arena a, Random r, long... shape) {
+        Tensor t = Tensor.allocate(a, shape);
+        float[] x = new float[(int) t.elementCount()];
+        for (int i = 0; i < x.length; i++) {
+            x[i] = r.nextInt(5) == 0 ? 0f : 1f;
+        }
+        return t.copyFrom(x);
+    }
+
+    /** Float sums over E (projections) and Lkv (attention) in float: the bound grows with both. */
+    static double atol(int e, int lkv) {
+        return 2e-6 * (e + lkv) + 1e-6;
+    }
+
+    @ParameterizedTest(name = "{0} {1}")
+    @MethodSource("backendsAndCases")
+    void matchesReference(Backend backend, Case c) {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(c.seed());
+            MhaWeights w = weights(a, r, c.e(), c.h(), c.hkv(), c.bias(), c.packed());
+            Tensor x = rand(a, r, 1f, c.b(), c.l(), c.e());
+            Tensor kv = c.cross() ? rand(a, r, 1f, c.b(), c.lkv(), c.e()) : null;
+            SdpaOptions o = options(a, r, c);
+            Tensor ref = Tensor.allocate(a, c.b(), c.l(), c.e());
+            MultiHeadAttention.create(w, Backend.REFERENCE).forward(x, kv, ref, o, null);
+            MultiHeadAttention layer = MultiHeadAttention.create(w, backend);
+            Tensor out = Tensor.allocate(a, c.b(), c.l(), c.e()).fill(Float.NaN);
+            MhaWorkspace ws = layer.newWorkspace(a, c.b(), c.l(), c.lkv());
+            layer.forward(x, kv, out, o, ws);
+            assertClose(ref.toArray(), out.toArray(), atol(c.e(), c.lkv()), 1e-4, backend + " " + c);
+        }
+    }
+
+    @Test
+    void nonContiguousInputsAndOutputsUseTheirStrides() {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(7);
+            int b = 3;
+            int l = 5;
+            int e = 16;
+            MhaWeights w = weights(a, r, e, 4, 2, true, true);
+            // x rows padded to 2E (one product, ld 2E); kv and out with a gap between batches (one per batch)
+            Tensor x = rand(a, r, 1f, b, l, 2L * e).slice(2, 0, e);
+            Tensor kv = rand(a, r, 1f, b, l + 2, e).slice(1, 1, l + 1);
+            SdpaOptions o = SdpaOptions.CAUSAL;
+            for (Tensor keys : new Tensor[] {null, kv}) {
+                Tensor ref = Tensor.allocate(a, b, l, e);
+                MultiHeadAttention.create(w, Backend.REFERENCE).forward(x, keys, ref, o, null);
+                for (Backend be : new Backend[] {Backend.NATIVE, Backend.JAVA}) {
+                    MultiHeadAttention layer = MultiHeadAttention.create(w, be);
+                    Tensor out = Tensor.allocate(a, b, l + 1, e).fill(Float.NaN).slice(1, 0, l);
+                    layer.forward(x, keys, out, o, layer.newWorkspace(a, b, l, l));
+                    assertClose(ref.toArray(), out.toArray(), atol(e, l), 1e-4, be + (keys == null ? " self" : " cross"));
+                }
+            }
+        }
+    }
+
+    @Test
+    void oneWorkspaceServesSmallerCallsAndRepeatsAreBitIdentical() {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(11);
+            MhaWeights w = weights(a, r, 32, 8, 4, true, false);
+            MultiHeadAttention layer = MultiHeadAttention.create(w, Backend.NATIVE);
+            MhaWorkspace ws = layer.newWorkspace(a, 2, 40, 40);
+            assertEquals(layer.workspaceBytes(2, 40, 40), ws.byteSize(), 64.0);
+            for (int l : new int[] {40, 9, 1}) {
+                Tensor x = rand(a, r, 1f, 2, l, 32);
+                Tensor first = Tensor.allocate(a, 2, l, 32);
+                Tensor second = Tensor.allocate(a, 2, l, 32);
+                layer.forward(x, first, SdpaOptions.CAUSAL, ws);
+                layer.forward(x, second, SdpaOptions.CAUSAL, ws);
+                assertArrayEquals(first.toArray(), second.toArray());
+            }
+        }
+    }
+
+    /** The workspace caches head views per layer and call kind: interleaving them must never reuse wrong ones. */
+    @Test
+    void aSharedWorkspaceInterleavesLayersAndCallKinds() {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(13);
+            MultiHeadAttention four = MultiHeadAttention.create(weights(a, r, 16, 4, 4, true, true), Backend.NATIVE);
+            MultiHeadAttention two = MultiHeadAttention.create(weights(a, r, 16, 2, 1, true, false), Backend.NATIVE);
+            Tensor x = rand(a, r, 1f, 1, 6, 16);
+            Tensor kv = rand(a, r, 1f, 1, 6, 16);
+            MhaWorkspace shared = four.newWorkspace(a, 1, 6, 6);
+            for (int round = 0; round < 2; round++) {
+                for (MultiHeadAttention m : new MultiHeadAttention[] {four, two}) {
+                    for (Tensor keys : new Tensor[] {null, kv}) {
+                        Tensor want = Tensor.allocate(a, 1, 6, 16);
+                        m.forward(x, keys, want, SdpaOptions.DEFAULT, m.newWorkspace(a, 1, 6, 6));
+                        Tensor got = Tensor.allocate(a, 1, 6, 16);
+                        m.forward(x, keys, got, SdpaOptions.DEFAULT, shared);
+                        assertArrayEquals(want.toArray(), got.toArray(), m + (keys == null ? " self" : " cross"));
+                    }
+                    KvCache cache = m.newCache(a, 6);
+                    Tensor want = Tensor.allocate(a, 1, 6, 16);
+                    m.decode(x, cache, want, m.newWorkspace(a, 1, 6, 6));
+                    cache.reset();
+                    Tensor got = Tensor.allocate(a, 1, 6, 16);
+                    m.decode(x, cache, got, shared);
+                    assertArrayEquals(want.toArray(), got.toArray(), m + " decode");
+                }
+            }
+        }
+    }
+
+    /** Under the causal rule, changing later tokens must leave every earlier output row bit-identical. */
+    @ParameterizedTest
+    @org.junit.jupiter.params.provider.EnumSource(Backend.class)
+    void causalOutputsIgnoreLaterTokens(Backend backend) {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(17);
+            int l = 12;
+            int keep = 5;
+            MultiHeadAttention layer = MultiHeadAttention.create(weights(a, r, 24, 6, 3, true, true), backend);
+            Tensor x = rand(a, r, 1f, 2, l, 24);
+            Tensor changed = Tensor.allocate(a, 2, l, 24).copyFrom(x);
+            changed.slice(1, keep, l).copyFrom(rand(a, r, 3f, 2, l - keep, 24));
+            MhaWorkspace ws = layer.newWorkspace(a, 2, l, l);
+            Tensor y1 = Tensor.allocate(a, 2, l, 24);
+            Tensor y2 = Tensor.allocate(a, 2, l, 24);
+            layer.forward(x, y1, SdpaOptions.CAUSAL, ws);
+            layer.forward(changed, y2, SdpaOptions.CAUSAL, ws);
+            assertArrayEquals(y1.slice(1, 0, keep).toArray(), y2.slice(1, 0, keep).toArray(), backend + " seed=17");
+        }
+    }
+
+    /** One layer, several threads, a workspace each: every thread gets the single-threaded result. */
+    @Test
+    void oneLayerServesThreadsWithTheirOwnWorkspaces() throws Exception {
+        // a shared arena: the weights and inputs are read from every thread
+        try (Arena a = Arena.ofShared()) {
+            Random r = new Random(19);
+            MultiHeadAttention layer = MultiHeadAttention.create(weights(a, r, 32, 4, 2, true, true), Backend.NATIVE);
+            Tensor x = rand(a, r, 1f, 2, 33, 32);
+            Tensor want = Tensor.allocate(a, 2, 33, 32);
+            layer.forward(x, want, SdpaOptions.CAUSAL, layer.newWorkspace(a, 2, 33, 33));
+            float[] expected = want.toArray();
+            int threads = 4;
+            java.util.concurrent.ExecutorService pool = java.util.concurrent.Executors.newFixedThreadPool(threads);
+            try {
+                List<java.util.concurrent.Future<float[]>> results = new ArrayList<>();
+                for (int t = 0; t < threads; t++) {
+                    MhaWorkspace ws = layer.newWorkspace(a, 2, 33, 33);
+                    Tensor out = Tensor.allocate(a, 2, 33, 32);
+                    results.add(pool.submit(() -> {
+                        for (int i = 0; i < 20; i++) {
+                            layer.forward(x, out, SdpaOptions.CAUSAL, ws);
+                        }
+                        return out.toArray();
+                    }));
+                }
+                for (java.util.concurrent.Future<float[]> f : results) {
+                    assertArrayEquals(expected, f.get());
+                }
+            } finally {
+                pool.shutdown();
+            }
+        }
+    }
+
+    @Test
+    void badArgumentsNameTheTensor() {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(3);
+            MultiHeadAttention layer = MultiHeadAttention.create(weights(a, r, 8, 2, 2, false, true), Backend.NATIVE);
+            MhaWorkspace ws = layer.newWorkspace(a, 1, 4, 4);
+            Tensor out = Tensor.allocate(a, 1, 4, 8);
+            IllegalArgumentException e1 = assertThrows(IllegalArgumentException.class,
+                    () -> layer.forward(Tensor.allocate(a, 1, 4, 6), out, SdpaOptions.DEFAULT, ws));
+            assertTrue(e1.getMessage().startsWith("x [1, 4, 6]: expected [B, L, 8]"), e1.getMessage());
+            IllegalArgumentException e2 = assertThrows(IllegalArgumentException.class,
+                    () -> layer.forward(Tensor.allocate(a, 1, 4, 8), Tensor.allocate(a, 2, 4, 8), out,
+                            SdpaOptions.DEFAULT, ws));
+            assertTrue(e2.getMessage().startsWith("kv [2, 4, 8]: expected [1, Lkv, 8]"), e2.getMessage());
+            IllegalArgumentException e3 = assertThrows(IllegalArgumentException.class,
+                    () -> layer.forward(Tensor.allocate(a, 1, 9, 8), Tensor.allocate(a, 1, 9, 8), SdpaOptions.DEFAULT,
+                            ws));
+            assertTrue(e3.getMessage().contains("workspace") && e3.getMessage().contains("x [1, 9, 8]"),
+                    e3.getMessage());
+            IllegalArgumentException e4 = assertThrows(IllegalArgumentException.class,
+                    () -> layer.forward(Tensor.allocate(a, 1, 4, 8), out,
+                            SdpaOptions.DEFAULT.withMask(Mask.allowed(Tensor.allocate(a, 1, 1, 1, 5))), ws));
+            assertTrue(e4.getMessage().startsWith("mask [1, 1, 1, 5]"), e4.getMessage());
+            IllegalArgumentException e5 = assertThrows(IllegalArgumentException.class,
+                    () -> layer.forward(Tensor.allocate(a, 1, 4, 8), Tensor.allocate(a, 1, 8, 4).transpose(1, 2),
+                            SdpaOptions.DEFAULT, ws));
+            assertTrue(e5.getMessage().contains("unit stride"), e5.getMessage());
+        }
+    }
+}
