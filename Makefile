@@ -11,7 +11,7 @@ JDK := $(shell \
   for j in "$$JAVA_HOME" /usr/lib/jvm/*; do \
     [ -n "$$j" ] && [ -x "$$j/bin/javac" ] && [ -x "$$j/bin/java" ] || continue; \
     v=$$("$$j/bin/java" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java\.specification\.version = //p'); \
-    v=$${v%%.*}; case "$$v" in ''|*[!0-9]*) continue;; esac; \
+    v=$${v%%.*}; [ "$$v" -eq "$$v" ] 2>/dev/null || continue; \
     if [ "$$j" = "$$JAVA_HOME" ] && [ "$$v" -ge 25 ]; then best=$$j; break; fi; \
     if [ "$$v" -ge 25 ] && [ "$$v" -gt "$$bestv" ]; then best=$$j; bestv=$$v; fi; \
   done; echo "$$best")
@@ -50,6 +50,21 @@ $(STAMP): $(SOURCES)
 # The whole suite (JUnit 5 through Surefire).
 test:
 	$(MVN) test
+
+# Reliability (issue 5): the fuzz and property suites with many more cases per test than `make test` runs.
+FUZZ_ITERATIONS ?= 20000
+.PHONY: fuzz soak
+fuzz:
+	$(MVN) test -pl java -am -Dtest='dev/qkv/reliability/*Test' -Dsurefire.failIfNoSpecifiedTests=false \
+	  -Dqkv.fuzz.iterations=$(FUZZ_ITERATIONS)
+
+# Reliability: SOAK_CALLS mixed calls; fails (exit 1) when heap, resident or native memory grows past its bound.
+# NMT is on so that the run can read the JVM's native memory (FFM arenas) besides the resident set.
+SOAK_CALLS ?= 100000
+soak: $(STAMP)
+	@$(MVN) -q test-compile -pl java -am > java/target/soak-build.log 2>&1 || { cat java/target/soak-build.log >&2; exit 1; }
+	$(JAVA) $(JVM_FLAGS) -XX:NativeMemoryTracking=summary -Xmx512m -Dqkv.soak.calls=$(SOAK_CALLS) \
+	  -cp "java/target/test-classes:java/target/classes:$$(cat $(CLASSPATH_FILE))" dev.qkv.reliability.Soak
 
 # A short JMH run; `make bench-full` runs every shape and thread count (see bench/README in bench/RESULTS.md).
 bench: $(STAMP)
