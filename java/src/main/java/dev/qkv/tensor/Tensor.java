@@ -40,8 +40,11 @@ public final class Tensor {
         Objects.requireNonNull(arena, "arena");
         long[] s = checkShape(shape);
         long n = elementCount(s);
-        long bytes = Math.multiplyExact(Math.max(n, 1), Float.BYTES);
-        MemorySegment seg = arena.allocate(bytes, ALIGNMENT);
+        if (n > Long.MAX_VALUE / Float.BYTES) {
+            throw new IllegalArgumentException("tensor " + Shapes.format(s) + ": " + n
+                    + " floats exceed the 2^63-byte address space");
+        }
+        MemorySegment seg = arena.allocate(Math.max(n, 1) * Float.BYTES, ALIGNMENT);
         return new Tensor(seg, 0, s, contiguousStrides(s));
     }
 
