@@ -51,12 +51,13 @@ $(STAMP): $(SOURCES)
 test:
 	$(MVN) test
 
-# Reliability (issue 5): the fuzz and property suites with many more cases per test than `make test` runs.
+# Reliability (issue 5): the fuzz and property suites with many more cases per test than `make test` runs;
+# FUZZ_ARGS=-Dqkv.fuzz.seed=N replays or varies the random cases.
 FUZZ_ITERATIONS ?= 20000
 .PHONY: fuzz soak
 fuzz:
 	$(MVN) test -pl java -am -Dtest='dev/qkv/reliability/*Test' -Dsurefire.failIfNoSpecifiedTests=false \
-	  -Dqkv.fuzz.iterations=$(FUZZ_ITERATIONS)
+	  -Dqkv.fuzz.iterations=$(FUZZ_ITERATIONS) $(FUZZ_ARGS)
 
 # Reliability: SOAK_CALLS mixed calls; fails (exit 1) when heap, resident or native memory grows past its bound.
 # NMT is on so that the run can read the JVM's native memory (FFM arenas) besides the resident set; a fixed,

@@ -9,6 +9,7 @@ import java.math.BigInteger;
 import java.util.Arrays;
 import java.util.Random;
 
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assertions.fail;
 
@@ -85,6 +86,17 @@ class TensorViewFuzzTest {
         }
         System.out.printf("tensor view fuzz seed=%d: %d views made, %d refused%n", seed, made, refused);
         assertTrue(made > cases / 4 && refused > cases / 10, made + " made, " + refused + " refused");
+    }
+
+    /** Shapes whose byte count overflows a long are an argument error, not an ArithmeticException. */
+    @Test
+    void allocateRefusesShapesBeyondTheAddressSpace() {
+        try (Arena arena = Arena.ofConfined()) {
+            for (long[] shape : new long[][] {{1L << 61}, {1L << 62}, {1L << 31, 1L << 31}, {3, 1L << 61}, {-1}}) {
+                assertThrows(IllegalArgumentException.class, () -> Tensor.allocate(arena, shape),
+                        Arrays.toString(shape));
+            }
+        }
     }
 
     /** Whether a view must be made or refused. */
