@@ -12,7 +12,6 @@ import java.util.Random;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
-import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
  * Tensors over Java arrays ({@code MemorySegment.ofArray}): the Java backends compute with them, the native one
@@ -40,9 +39,8 @@ class HeapSegmentTest {
                 assertEquals(want[i], got[i], 1e-5 + 1e-5 * Math.abs(want[i]), "element " + i);
             }
             Tensor nativeOut = Tensor.allocate(arena, 1, 2, lq, 4).fill(7f);
-            IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+            assertThrows(IllegalArgumentException.class,
                     () -> Attention.create(Backend.NATIVE).sdpa(q, k, v, nativeOut, SdpaOptions.CAUSAL));
-            assertTrue(e.getMessage().contains("heap"), e.getMessage());
             int written = 0;
             for (float x : nativeOut.toArray()) {
                 written += x != 7f ? 1 : 0;
