@@ -38,7 +38,8 @@ class BlasUnavailableTest {
         List<String> lines = output.lines().filter(l -> l.startsWith("probe ")).toList();
         assertEquals(7, lines.size(), output);
         for (String line : lines.subList(0, 6)) {
-            assertTrue(line.contains(": dev.qkv.blas.BlasUnavailableException: ") && line.contains("/nonexistent"), line);
+            assertTrue(line.contains(": dev.qkv.blas.BlasUnavailableException: ") && line.contains("/nonexistent"),
+                    line);
         }
         assertEquals("probe java backend: ok", lines.get(6));
     }

@@ -205,7 +205,8 @@ class EdgeNumericsTest {
                     dead[row] = r.nextInt(3) == 0;
                     for (int j = 0; j < lk; j++) {
                         boolean forbid = dead[row] || r.nextInt(4) == 0;
-                        m[(int) (row * lk + j)] = bool ? (forbid ? 0f : 1f) : (forbid ? Float.NEGATIVE_INFINITY : 0.25f);
+                        float additive = forbid ? Float.NEGATIVE_INFINITY : 0.25f;
+                        m[(int) (row * lk + j)] = bool ? (forbid ? 0f : 1f) : additive;
                     }
                 }
                 Tensor mt = Tensor.of(arena, m, b, hq, lq, lk);
@@ -276,7 +277,7 @@ class EdgeNumericsTest {
         }
     }
 
-    /** Scores in the tens of thousands, and a scale of 1e30, neither overflow: finite results matching the reference. */
+    /** Scores in the tens of thousands, and a scale of 1e30, do not overflow: finite results matching the reference. */
     @ParameterizedTest
     @EnumSource(value = Backend.class, names = {"NATIVE", "JAVA"})
     void hugeLogitsStayFiniteAndMatchTheReference(Backend backend) {

@@ -50,7 +50,8 @@ enum Layouts {
         };
         if (this == BROADCAST_HEADS || this == BROADCAST_ROWS) {
             // fill the stored part; the view then repeats it, and the values the test uses are read back
-            Tensor stored = this == BROADCAST_HEADS ? t.slice(1, 0, Math.min(1, s[1])) : t.slice(2, 0, Math.min(1, s[2]));
+            Tensor stored = this == BROADCAST_HEADS ? t.slice(1, 0, Math.min(1, s[1]))
+                    : t.slice(2, 0, Math.min(1, s[2]));
             stored.copyFrom(Fuzz.uniform(r, (int) stored.elementCount()));
             return t;
         }

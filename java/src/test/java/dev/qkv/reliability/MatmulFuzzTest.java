@@ -340,12 +340,14 @@ class MatmulFuzzTest {
                 window[e] = true;
                 double err = Math.abs(after[e] - expect[i * n + j]);
                 if (!(err <= bound[i * n + j]) && bad.size() < 5) {
-                    bad.add("c[" + i + "," + j + "]=" + after[e] + " ref=" + expect[i * n + j] + " tol=" + bound[i * n + j]);
+                    bad.add("c[" + i + "," + j + "]=" + after[e] + " ref=" + expect[i * n + j] + " tol="
+                            + bound[i * n + j]);
                 }
             }
         }
         for (int e = 0; e < after.length; e++) {
-            if (!window[e] && Float.floatToRawIntBits(after[e]) != Float.floatToRawIntBits(before[e]) && bad.size() < 5) {
+            boolean changed = Float.floatToRawIntBits(after[e]) != Float.floatToRawIntBits(before[e]);
+            if (!window[e] && changed && bad.size() < 5) {
                 bad.add("element " + e + " outside the [m, n] window changed from " + before[e] + " to " + after[e]);
             }
         }
@@ -385,7 +387,8 @@ class MatmulFuzzTest {
                         }
                         case 2 -> {
                             if (m > 0 && n > 0 && k > 0) {
-                                Tensor whole = Tensor.allocate(arena, Math.max(m, k) + 1, Math.max(n, m) + Math.max(k, n) + 1);
+                                long cols = Math.max(n, m) + Math.max(k, n) + 1;
+                                Tensor whole = Tensor.allocate(arena, Math.max(m, k) + 1, cols);
                                 a = ta == Transpose.NO ? whole.slice(0, 0, m).slice(1, 0, k)
                                         : whole.slice(0, 0, k).slice(1, 0, m);
                                 c = whole.slice(0, 0, m).slice(1, 0, n);
@@ -404,9 +407,9 @@ class MatmulFuzzTest {
                         && how[2].endsWith("ok");
                 float alpha = r.nextBoolean() ? 1f : -1.5f;
                 float beta = r.nextBoolean() ? 0f : 0.5f;
-                String what = "seed=" + seed + " case " + it + " m=" + m + " n=" + n + " k=" + k + " ta=" + ta + " tb=" + tb
-                        + " a=" + a + " (" + how[0] + ") b=" + b + " (" + how[1] + ") c=" + c + " (" + how[2] + ") mutation="
-                        + mutation + " alpha=" + alpha + " beta=" + beta;
+                String what = "seed=" + seed + " case " + it + " m=" + m + " n=" + n + " k=" + k + " ta=" + ta
+                        + " tb=" + tb + " a=" + a + " (" + how[0] + ") b=" + b + " (" + how[1] + ") c=" + c + " ("
+                        + how[2] + ") mutation=" + mutation + " alpha=" + alpha + " beta=" + beta;
                 double[] ref = null;
                 double[] tol = null;
                 if (expectValid) {

@@ -87,7 +87,8 @@ public final class Soak {
                     t.start();
                     t.join();
                 }
-                if (i == warmup || (i > warmup && (i - warmup) % Math.max(1, (calls - warmup) / 9) == 0) || i == calls) {
+                boolean tenth = i > warmup && (i - warmup) % Math.max(1, (calls - warmup) / 9) == 0;
+                if (i == warmup || tenth || i == calls) {
                     samples.add(Sample.take(i, (System.nanoTime() - t0) / 1e9));
                 }
             }
@@ -105,7 +106,8 @@ public final class Soak {
         double rss = last.rssMb - first.rssMb;
         double other = last.nmtOtherMb - first.nmtOtherMb;
         System.out.printf("growth after warm-up: heap %+.1f MiB (bound %.0f), RSS %+.1f MiB (bound %.0f),"
-                + " NMT Other %+.1f MiB (bound %.0f)%n", heap, HEAP_BOUND_MB, rss, RSS_BOUND_MB, other, NATIVE_BOUND_MB);
+                + " NMT Other %+.1f MiB (bound %.0f)%n", heap, HEAP_BOUND_MB, rss, RSS_BOUND_MB, other,
+                NATIVE_BOUND_MB);
         boolean ok = heap <= HEAP_BOUND_MB && rss <= RSS_BOUND_MB && (Double.isNaN(other) || other <= NATIVE_BOUND_MB);
         System.out.println(ok ? "soak: OK" : "soak: FAILED (memory grew past a bound)");
         System.exit(ok ? 0 : 1);
@@ -200,7 +202,8 @@ public final class Soak {
                     Tensor out = Tensor.allocate(arena, shape);
                     calls[variant] = () -> att.sdpa(q, k, v, out, SdpaOptions.CAUSAL);
                 }
-                report(backend + " sdpa [1, 8, 256, 64] causal", variants, best(calls, backend == Backend.NATIVE ? 10 : 2));
+                int reps = backend == Backend.NATIVE ? 10 : 2;
+                report(backend + " sdpa [1, 8, 256, 64] causal", variants, best(calls, reps));
             }
         }
         try (Arena arena = Arena.ofConfined()) {
@@ -215,7 +218,7 @@ public final class Soak {
         }
     }
 
-    /** Milliseconds per call of each variant: the best of 5 interleaved rounds of {@code reps} calls, after a warm-up. */
+    /** Milliseconds per call of each variant: the best of 5 interleaved rounds of {@code reps} calls, after warm-up. */
     private static double[] best(Runnable[] calls, int reps) {
         double[] ms = new double[calls.length];
         java.util.Arrays.fill(ms, Double.MAX_VALUE);
