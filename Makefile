@@ -51,6 +51,24 @@ $(STAMP): $(SOURCES)
 test:
 	$(MVN) test
 
+# Reliability (issue 5): the fuzz and property suites with many more cases per test than `make test` runs;
+# FUZZ_ARGS=-Dqkv.fuzz.seed=N replays or varies the random cases.
+FUZZ_ITERATIONS ?= 20000
+.PHONY: fuzz soak
+fuzz:
+	$(MVN) test -pl java -am -Dtest='dev/qkv/reliability/*Test' -Dsurefire.failIfNoSpecifiedTests=false \
+	  -Dqkv.fuzz.iterations=$(FUZZ_ITERATIONS) $(FUZZ_ARGS)
+
+# Reliability: SOAK_CALLS mixed calls; fails (exit 1) when heap, resident or native memory grows past its bound.
+# NMT is on so that the run can read the JVM's native memory (FFM arenas) besides the resident set; a fixed,
+# pre-touched heap keeps heap resizing out of the resident set, so RSS growth means native growth.
+SOAK_CALLS ?= 100000
+soak: $(STAMP)
+	@$(MVN) -q test-compile -pl java -am > java/target/soak-build.log 2>&1 || { cat java/target/soak-build.log >&2; exit 1; }
+	$(JAVA) $(JVM_FLAGS) -XX:NativeMemoryTracking=summary -Xms256m -Xmx256m -XX:+AlwaysPreTouch \
+	  -Dqkv.soak.calls=$(SOAK_CALLS) \
+	  -cp "java/target/test-classes:java/target/classes:$$(cat $(CLASSPATH_FILE))" dev.qkv.reliability.Soak
+
 # A short JMH run; `make bench-full` runs every shape and thread count (see bench/README in bench/RESULTS.md).
 bench: $(STAMP)
 	$(JAVA) $(JVM_FLAGS) -jar bench/target/benchmarks.jar -f 1 -wi 2 -w 1s -i 3 -r 1s $(BENCH_ARGS)

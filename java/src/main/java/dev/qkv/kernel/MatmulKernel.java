@@ -39,8 +39,15 @@ public abstract class MatmulKernel {
                                    MemorySegment a, long aOffset, int lda, MemorySegment b, long bOffset, int ldb,
                                    float beta, MemorySegment c, long cOffset, int ldc);
 
-    /** OpenBLAS {@code cblas_sgemm}; loads the library on first use. */
+    /**
+     * OpenBLAS {@code cblas_sgemm}; loads the library on first use.
+     *
+     * @throws dev.qkv.blas.BlasUnavailableException when OpenBLAS cannot be loaded, on this and every later call
+     */
     public static MatmulKernel openBlas() {
+        // load first, outside the holder's initializer: a failure there would surface as
+        // ExceptionInInitializerError, then as NoClassDefFoundError on every later call
+        OpenBlas.get();
         return NativeHolder.INSTANCE;
     }
 

@@ -40,8 +40,11 @@ public final class Tensor {
         Objects.requireNonNull(arena, "arena");
         long[] s = checkShape(shape);
         long n = elementCount(s);
-        long bytes = Math.multiplyExact(Math.max(n, 1), Float.BYTES);
-        MemorySegment seg = arena.allocate(bytes, ALIGNMENT);
+        if (n > Long.MAX_VALUE / Float.BYTES) {
+            throw new IllegalArgumentException("tensor " + Shapes.format(s) + ": " + n
+                    + " floats exceed the 2^63-byte address space");
+        }
+        MemorySegment seg = arena.allocate(Math.max(n, 1) * Float.BYTES, ALIGNMENT);
         return new Tensor(seg, 0, s, contiguousStrides(s));
     }
 
@@ -102,6 +105,11 @@ public final class Tensor {
     }
 
     private static long elementCount(long[] shape) {
+        for (long d : shape) {
+            if (d == 0) {
+                return 0; // whatever the other sizes: a transpose of a valid empty view must not overflow here
+            }
+        }
         long n = 1;
         for (long d : shape) {
             try {
@@ -125,17 +133,24 @@ public final class Tensor {
 
     /** One past the highest element index (relative to the segment's start) this view can reach; 0 if empty. */
     public long endElement() {
+        for (long d : shape) {
+            if (d == 0) {
+                return 0; // before any arithmetic: an empty view reaches nothing, whatever its strides
+            }
+        }
         long last = offset;
         for (int i = 0; i < shape.length; i++) {
-            if (shape[i] == 0) {
-                return 0;
-            }
             try {
                 last = Math.addExact(last, Math.multiplyExact(shape[i] - 1, strides[i]));
             } catch (ArithmeticException e) {
                 throw new IllegalArgumentException("tensor " + Shapes.format(shape) + " with strides "
                         + Arrays.toString(strides) + " reaches past 2^63 elements");
             }
+        }
+        // the last element itself may sit at 2^63 - 1, where one past it overflows (and would pass any size check)
+        if (last == Long.MAX_VALUE) {
+            throw new IllegalArgumentException("tensor " + Shapes.format(shape) + " at offset " + offset
+                    + " reaches past 2^63 elements");
         }
         return last + 1;
     }
@@ -331,6 +346,9 @@ public final class Tensor {
         if (values.length != elementCount()) {
             throw new IllegalArgumentException(values.length + " values for tensor " + shapeString());
         }
+        if (values.length == 0) {
+            return this; // an empty view may sit at any offset (a select next to an empty dimension)
+        }
         if (isContiguous()) {
             MemorySegment.copy(values, 0, segment, FLOAT, offset * Float.BYTES, values.length);
             return this;
@@ -364,6 +382,9 @@ public final class Tensor {
             throw new IllegalStateException("tensor " + shapeString() + " has too many elements for a float[]");
         }
         float[] out = new float[(int) n];
+        if (n == 0) {
+            return out; // an empty view may sit at any offset (a select next to an empty dimension)
+        }
         if (isContiguous()) {
             MemorySegment.copy(segment, FLOAT, offset * Float.BYTES, out, 0, out.length);
             return out;
@@ -379,6 +400,9 @@ public final class Tensor {
     /** Sets every element to {@code value}. */
     public Tensor fill(float value) {
         long n = elementCount();
+        if (n == 0) {
+            return this; // an empty view may sit at any offset (a select next to an empty dimension)
+        }
         if (isContiguous()) {
             if (value == 0f && Float.floatToRawIntBits(value) == 0) {
                 segment.asSlice(offset * Float.BYTES, n * Float.BYTES).fill((byte) 0);
