@@ -20,6 +20,8 @@ final class VectorPackedKernels implements PackedKernels {
     private static final int NR = 2 * L;
     private static final ByteOrder O = ByteOrder.nativeOrder();
     private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
+    /** Per-thread 8 × NR accumulator tile between the micro-kernel and the store. */
+    private static final ThreadLocal<float[]> TILE = ThreadLocal.withInitial(() -> new float[8 * NR]);
 
     @Override
     public int panel() {
@@ -65,6 +67,7 @@ final class VectorPackedKernels implements PackedKernels {
     @Override
     public void gemm(boolean aTransposed, MemorySegment a, long aOff, int lda, int m, int n, int k, float[] abuf,
                      float[] bp, int packedK, float[] rowScale, float beta, MemorySegment c, long cOff, int ldc) {
+        final float[] tile = TILE.get();
         for (int i = 0; i < m; i += 8) {
             final int mr = Math.min(8, m - i);
             copyRows(aTransposed, a, aOff, lda, i, mr, k, abuf);
@@ -73,13 +76,13 @@ final class VectorPackedKernels implements PackedKernels {
                 final int bBase = jp * packedK * NR;
                 final long cAt = cOff + (long) i * ldc + j0;
                 if (mr == 8) {
-                    kernel8(abuf, 0, k, k, bp, bBase, rowScale, i, beta, c, cAt, ldc, nb);
+                    kernel8(abuf, 0, k, k, bp, bBase, tile);
                 } else {
                     for (int r = 0; r < mr; r++) {
-                        kernel1(abuf, r * k, k, bp, bBase, rowScale == null ? 1f : rowScale[i + r], beta,
-                                c, cAt + (long) r * ldc, nb);
+                        kernel1(abuf, r * k, k, bp, bBase, tile, r * NR);
                     }
                 }
+                flush(tile, mr, rowScale, i, beta, c, cAt, ldc, nb);
             }
         }
     }
@@ -101,8 +104,11 @@ final class VectorPackedKernels implements PackedKernels {
         }
     }
 
-    private static void kernel8(float[] a, int a0, int lda, int k, float[] bp, int bBase, float[] rowScale, int i,
-                                float beta, MemorySegment c, long cOff, int ldc, int nb) {
+    /**
+     * The 8 × 2-vector block of {@code A · B} into {@code tile [8, NR]}. Its accumulators go to an array, not to
+     * a store helper: passing vectors to a method C2 does not inline (node count cutoff) boxes every one of them.
+     */
+    private static void kernel8(float[] a, int a0, int lda, int k, float[] bp, int bBase, float[] tile) {
         final int a1 = a0 + lda;
         final int a2 = a1 + lda;
         final int a3 = a2 + lda;
@@ -154,23 +160,25 @@ final class VectorPackedKernels implements PackedKernels {
             c70 = x.fma(b0, c70);
             c71 = x.fma(b1, c71);
         }
-        long ld = ldc;
-        store(c00, c01, f(rowScale, i), beta, c, cOff, nb);
-        store(c10, c11, f(rowScale, i + 1), beta, c, cOff + ld, nb);
-        store(c20, c21, f(rowScale, i + 2), beta, c, cOff + 2 * ld, nb);
-        store(c30, c31, f(rowScale, i + 3), beta, c, cOff + 3 * ld, nb);
-        store(c40, c41, f(rowScale, i + 4), beta, c, cOff + 4 * ld, nb);
-        store(c50, c51, f(rowScale, i + 5), beta, c, cOff + 5 * ld, nb);
-        store(c60, c61, f(rowScale, i + 6), beta, c, cOff + 6 * ld, nb);
-        store(c70, c71, f(rowScale, i + 7), beta, c, cOff + 7 * ld, nb);
+        c00.intoArray(tile, 0);
+        c01.intoArray(tile, L);
+        c10.intoArray(tile, NR);
+        c11.intoArray(tile, NR + L);
+        c20.intoArray(tile, 2 * NR);
+        c21.intoArray(tile, 2 * NR + L);
+        c30.intoArray(tile, 3 * NR);
+        c31.intoArray(tile, 3 * NR + L);
+        c40.intoArray(tile, 4 * NR);
+        c41.intoArray(tile, 4 * NR + L);
+        c50.intoArray(tile, 5 * NR);
+        c51.intoArray(tile, 5 * NR + L);
+        c60.intoArray(tile, 6 * NR);
+        c61.intoArray(tile, 6 * NR + L);
+        c70.intoArray(tile, 7 * NR);
+        c71.intoArray(tile, 7 * NR + L);
     }
 
-    private static float f(float[] rowScale, int i) {
-        return rowScale == null ? 1f : rowScale[i];
-    }
-
-    private static void kernel1(float[] a, int a0, int k, float[] bp, int bBase, float scale, float beta,
-                                MemorySegment c, long cOff, int nb) {
+    private static void kernel1(float[] a, int a0, int k, float[] bp, int bBase, float[] tile, int at) {
         FloatVector c0 = FloatVector.zero(SP);
         FloatVector c1 = c0;
         for (int p = 0, bo = bBase; p < k; p++, bo += NR) {
@@ -178,35 +186,37 @@ final class VectorPackedKernels implements PackedKernels {
             c0 = x.fma(FloatVector.fromArray(SP, bp, bo), c0);
             c1 = x.fma(FloatVector.fromArray(SP, bp, bo + L), c1);
         }
-        store(c0, c1, scale, beta, c, cOff, nb);
+        c0.intoArray(tile, at);
+        c1.intoArray(tile, at + L);
     }
 
-    /** {@code C row [0, nb) = scale · (v0 | v1) + beta · C}, masked past {@code nb}. */
-    private static void store(FloatVector v0, FloatVector v1, float scale, float beta, MemorySegment c, long cOff,
-                              int nb) {
-        long off = cOff * Float.BYTES;
-        long off1 = off + (long) L * Float.BYTES;
-        if (scale != 1f) {
-            v0 = v0.mul(scale);
-            v1 = v1.mul(scale);
-        }
-        if (nb == NR) {
-            if (beta != 0f) {
-                v0 = FloatVector.fromMemorySegment(SP, c, off, O).mul(beta).add(v0);
-                v1 = FloatVector.fromMemorySegment(SP, c, off1, O).mul(beta).add(v1);
-            }
-            v0.intoMemorySegment(c, off, O);
-            v1.intoMemorySegment(c, off1, O);
-        } else {
-            VectorMask<Float> m0 = SP.indexInRange(0, nb);
-            VectorMask<Float> m1 = SP.indexInRange(L, nb);
-            if (beta != 0f) {
-                v0 = FloatVector.fromMemorySegment(SP, c, off, O, m0).mul(beta).add(v0);
-                v1 = FloatVector.fromMemorySegment(SP, c, off1, O, m1).mul(beta).add(v1);
-            }
-            v0.intoMemorySegment(c, off, O, m0);
-            if (nb > L) {
-                v1.intoMemorySegment(c, off1, O, m1);
+    /** {@code C row r [0, nb) = rowScale[i + r] · tile row r + beta · C} for {@code r < mr}, masked past nb. */
+    private static void flush(float[] tile, int mr, float[] rowScale, int i, float beta, MemorySegment c, long cOff,
+                              int ldc, int nb) {
+        VectorMask<Float> m0 = SP.indexInRange(0, nb);
+        VectorMask<Float> m1 = SP.indexInRange(L, nb);
+        for (int r = 0; r < mr; r++) {
+            float scale = rowScale == null ? 1f : rowScale[i + r];
+            FloatVector v0 = FloatVector.fromArray(SP, tile, r * NR).mul(scale);
+            FloatVector v1 = FloatVector.fromArray(SP, tile, r * NR + L).mul(scale);
+            long off = (cOff + (long) r * ldc) * Float.BYTES;
+            long off1 = off + (long) L * Float.BYTES;
+            if (nb == NR) {
+                if (beta != 0f) {
+                    v0 = FloatVector.fromMemorySegment(SP, c, off, O).mul(beta).add(v0);
+                    v1 = FloatVector.fromMemorySegment(SP, c, off1, O).mul(beta).add(v1);
+                }
+                v0.intoMemorySegment(c, off, O);
+                v1.intoMemorySegment(c, off1, O);
+            } else {
+                if (beta != 0f) {
+                    v0 = FloatVector.fromMemorySegment(SP, c, off, O, m0).mul(beta).add(v0);
+                    v1 = FloatVector.fromMemorySegment(SP, c, off1, O, m1).mul(beta).add(v1);
+                }
+                v0.intoMemorySegment(c, off, O, m0);
+                if (nb > L) {
+                    v1.intoMemorySegment(c, off1, O, m1);
+                }
             }
         }
     }

@@ -73,62 +73,76 @@ final class VectorRowKernels extends RowKernels {
     @Override
     public float expRow(MemorySegment s, long at, int n, int limit, MemorySegment mask, long mAt, long mStride,
                         boolean maskBool) {
+        // each pass is its own small method: one large method defeats C1 (register allocation) and then C2
+        // never compiles it, leaving every vector boxed
         final long base = at * Float.BYTES;
-        // mask and row max
-        FloatVector vmax = FloatVector.broadcast(SP, Float.NEGATIVE_INFINITY);
-        if (mask != null && mStride != 1) {
+        float max;
+        if (mask == null) {
+            max = max(s, base, limit);
+        } else if (mStride == 1) {
+            max = maskAndMax(s, base, limit, mask, mAt * Float.BYTES, maskBool);
+        } else {
             applyMaskScalar(s, at, limit, mask, mAt, mStride, maskBool);
+            max = max(s, base, limit);
         }
-        final boolean vecMask = mask != null && mStride == 1;
-        final long mBase = mAt * Float.BYTES;
-        int j = 0;
-        for (; j <= limit - L; j += L) {
-            long off = base + (long) j * Float.BYTES;
-            FloatVector x = FloatVector.fromMemorySegment(SP, s, off, O);
-            if (vecMask) {
-                x = masked(x, FloatVector.fromMemorySegment(SP, mask, mBase + (long) j * Float.BYTES, O), maskBool);
-                x.intoMemorySegment(s, off, O);
-            }
-            vmax = vmax.max(x);
-        }
-        if (j < limit) {
-            VectorMask<Float> m = SP.indexInRange(j, limit);
-            long off = base + (long) j * Float.BYTES;
-            FloatVector x = FloatVector.fromMemorySegment(SP, s, off, O, m);
-            if (vecMask) {
-                x = masked(x, FloatVector.fromMemorySegment(SP, mask, mBase + (long) j * Float.BYTES, O, m), maskBool);
-                x.intoMemorySegment(s, off, O, m);
-            }
-            vmax = vmax.lanewise(VectorOperators.MAX, x, m);
-        }
-        float max = vmax.reduceLanes(VectorOperators.MAX);
         if (max == Float.NEGATIVE_INFINITY || limit == 0) {
             // no key may be attended: zeros, never NaN
             zero(s, base, 0, n);
             return 0f;
         }
-        // exp and sum
+        float sum = expAndSum(s, base, limit, max);
+        zero(s, base, limit, n);
+        return 1f / sum;
+    }
+
+    /** Row max of {@code s[0, limit)} (NaN if any is NaN). */
+    private static float max(MemorySegment s, long base, int limit) {
+        FloatVector vmax = FloatVector.broadcast(SP, Float.NEGATIVE_INFINITY);
+        int j = 0;
+        for (; j <= limit - L; j += L) {
+            vmax = vmax.max(FloatVector.fromMemorySegment(SP, s, base + (long) j * Float.BYTES, O));
+        }
+        if (j < limit) {
+            VectorMask<Float> m = SP.indexInRange(j, limit);
+            vmax = vmax.lanewise(VectorOperators.MAX,
+                    FloatVector.fromMemorySegment(SP, s, base + (long) j * Float.BYTES, O, m), m);
+        }
+        return vmax.reduceLanes(VectorOperators.MAX);
+    }
+
+    /** Applies a unit-stride mask to {@code s[0, limit)} in place and returns the row max. */
+    private static float maskAndMax(MemorySegment s, long base, int limit, MemorySegment mask, long mBase,
+                                    boolean maskBool) {
+        FloatVector vmax = FloatVector.broadcast(SP, Float.NEGATIVE_INFINITY);
+        for (int j = 0; j < limit; j += L) {
+            VectorMask<Float> m = SP.indexInRange(j, limit);
+            long off = base + (long) j * Float.BYTES;
+            FloatVector x = masked(FloatVector.fromMemorySegment(SP, s, off, O, m),
+                    FloatVector.fromMemorySegment(SP, mask, mBase + (long) j * Float.BYTES, O, m), maskBool);
+            x.intoMemorySegment(s, off, O, m);
+            vmax = vmax.lanewise(VectorOperators.MAX, x, m);
+        }
+        return vmax.reduceLanes(VectorOperators.MAX);
+    }
+
+    /** {@code s[j] = exp(s[j] - max)} for {@code j < limit}; returns the sum. */
+    private static float expAndSum(MemorySegment s, long base, int limit, float max) {
         FloatVector vsum = FloatVector.zero(SP);
-        FloatVector vsum2 = FloatVector.zero(SP);
-        j = 0;
-        for (; j <= limit - 2 * L; j += 2 * L) {
+        int j = 0;
+        for (; j <= limit - L; j += L) {
             long off = base + (long) j * Float.BYTES;
             FloatVector e = exp(FloatVector.fromMemorySegment(SP, s, off, O).sub(max));
-            FloatVector e2 = exp(FloatVector.fromMemorySegment(SP, s, off + (long) L * Float.BYTES, O).sub(max));
             e.intoMemorySegment(s, off, O);
-            e2.intoMemorySegment(s, off + (long) L * Float.BYTES, O);
             vsum = vsum.add(e);
-            vsum2 = vsum2.add(e2);
         }
-        for (; j < limit; j += L) {
+        if (j < limit) {
             VectorMask<Float> m = SP.indexInRange(j, limit);
             long off = base + (long) j * Float.BYTES;
             FloatVector e = exp(FloatVector.fromMemorySegment(SP, s, off, O, m).sub(max));
             e.intoMemorySegment(s, off, O, m);
             vsum = vsum.add(e, m);
         }
-        zero(s, base, limit, n);
-        return 1f / vsum.add(vsum2).reduceLanes(VectorOperators.ADD);
+        return vsum.reduceLanes(VectorOperators.ADD);
     }
 
     private static FloatVector masked(FloatVector x, FloatVector m, boolean maskBool) {
