@@ -3,6 +3,7 @@ package dev.qkv.bench;
 import dev.qkv.attention.Attention;
 import dev.qkv.attention.Backend;
 import dev.qkv.blas.OpenBlas;
+import dev.qkv.kernel.Vectorization;
 
 /** What every benchmark does in its setup: builds the attention and prints which kernels and library ran. */
 final class BenchSupport {
@@ -10,15 +11,13 @@ final class BenchSupport {
     }
 
     static Attention attention(String backend, int threads) {
-        return Attention.create(Backend.parse(backend));
+        return Attention.create(Backend.parse(backend), threads);
     }
 
-    static void report(Attention a, String what, double flops) {
+    /** One line per trial: the plan (kernel, workers, scratch), the OpenBLAS core, the vector kernels. */
+    static void report(String what, String plan) {
         String core = OpenBlas.isAvailable() ? OpenBlas.get().library().coreName() : "unavailable";
-        System.out.println("# qkv " + what + ": kernel=" + a.kernelName() + " openblas.core=" + core
-                + " OPENBLAS_CORETYPE=" + System.getenv("OPENBLAS_CORETYPE") + " flops=" + (long) flops);
-    }
-
-    static void close(Attention a) {
+        System.out.println("# qkv " + what + ": " + plan + " openblas.core=" + core + " OPENBLAS_CORETYPE="
+                + System.getenv("OPENBLAS_CORETYPE") + " vector=\"" + Vectorization.reason() + "\"");
     }
 }

@@ -1,9 +1,7 @@
 package dev.qkv.bench;
 
 import dev.qkv.attention.Attention;
-import dev.qkv.attention.Backend;
 import dev.qkv.attention.SdpaOptions;
-import dev.qkv.attention.Workspace;
 import dev.qkv.tensor.Tensor;
 import org.openjdk.jmh.annotations.Benchmark;
 import org.openjdk.jmh.annotations.BenchmarkMode;
@@ -37,7 +35,7 @@ public class SdpaBench {
     @Param({"1x1x128x64", "1x12x512x64", "1x8x2048x64", "1x1x4096x128"})
     public String shape;
 
-    /** {@code native}, {@code java} or {@code auto}. */
+    /** {@code native}, {@code java}, {@code auto}; {@code reference} is cheap only at the smallest shape. */
     @Param({"native", "java"})
     public String backend;
 
@@ -54,7 +52,6 @@ public class SdpaBench {
     private Tensor v;
     private Tensor out;
     private SdpaOptions options;
-    private Workspace workspace;
 
     @Setup(Level.Trial)
     public void setup() {
@@ -71,8 +68,8 @@ public class SdpaBench {
         out = Tensor.allocate(arena, b, h, l, d);
         options = causal ? SdpaOptions.CAUSAL : SdpaOptions.DEFAULT;
         attention = BenchSupport.attention(backend, threads);
-        BenchSupport.report(attention, shape + (causal ? " causal" : "") + " threads=" + threads,
-                4.0 * b * h * l * l * d);
+        BenchSupport.report(shape + (causal ? " causal" : "") + " threads=" + threads + " flops="
+                + (long) (4.0 * b * h * l * l * d), attention.plan(q, k, v, out, options));
     }
 
     @Benchmark
@@ -83,7 +80,6 @@ public class SdpaBench {
 
     @TearDown(Level.Trial)
     public void tearDown() {
-        BenchSupport.close(attention);
         arena.close();
     }
 

@@ -58,6 +58,12 @@ public final class Attention {
     /** Query rows per block: the score tile is {@code BLOCK_ROWS × Lk} floats. */
     public static final int BLOCK_ROWS = 64;
 
+    /**
+     * {@link Backend#AUTO} runs OpenBLAS from this many dense FLOPs (4·B·Hq·Lq·Lk·D) up, the Java Vector API
+     * kernels below. Measured in bench/RESULTS.md: the Java kernels were faster at every benchmarked shape.
+     */
+    static final double NATIVE_CROSSOVER_FLOPS = Double.MAX_VALUE;
+
     /** Below this many dense FLOPs a call runs on the calling thread alone. */
     static final double PARALLEL_MIN_FLOPS = 8e6;
 
@@ -87,6 +93,10 @@ public final class Attention {
             case JAVA -> {
                 this.packed = Vectorization.packed();
                 this.matmul = packed == null ? MatmulKernel.javaScalar() : MatmulKernel.javaVector();
+            }
+            case AUTO -> {
+                this.packed = Vectorization.packed();
+                this.matmul = OpenBlas.isAvailable() ? MatmulKernel.openBlas() : MatmulKernel.java();
             }
             default -> {
                 this.matmul = null;
@@ -177,6 +187,10 @@ public final class Attention {
      * or {@code reference} for the scalar oracle.
      */
     public String kernelName() {
+        if (backend == Backend.AUTO) {
+            return packed == null ? matmul.name() : "auto(java-vector below " + (long) NATIVE_CROSSOVER_FLOPS
+                    + " FLOP, else " + matmul.name() + ")";
+        }
         return matmul == null ? "reference" : matmul.name();
     }
 
@@ -408,9 +422,11 @@ public final class Attention {
             packV = !matrixOk(v);
             packOut = !rowMajorOk(out);
             // the packed Java engine reads q, k, v in place (any unit-stride layout) and writes out row-major
-            usePacked = owner.packed != null && !packQ && !packK && !packV && !packOut;
-            small = usePacked && lq < 8 && rowMajorOk(q) && rowMajorOk(k) && rowMajorOk(v);
             double flops = 4.0 * batch * hq * lq * lk * Math.max(dk, dv);
+            usePacked = owner.packed != null && !packQ && !packK && !packV && !packOut
+                    && (owner.backend != Backend.AUTO || flops < NATIVE_CROSSOVER_FLOPS
+                    || !"native".equals(owner.matmul.name()));
+            small = usePacked && lq < 8 && rowMajorOk(q) && rowMajorOk(k) && rowMajorOk(v);
             int want = flops < PARALLEL_MIN_FLOPS || owner.threads == 1 || !shareable() ? 1 : owner.threads;
             tileRows = Math.max(1, Math.min(BLOCK_ROWS, lq));
             plan(want);
@@ -472,7 +488,7 @@ public final class Attention {
                 if (tasks == 0 || dv == 0) {
                     return;
                 }
-                if (owner.backend == Backend.NATIVE) {
+                if (!usePacked && "native".equals(owner.matmul.name())) {
                     OpenBlas blas = OpenBlas.get();
                     if (blas.threads() != 1) {
                         // qkv parallelises over tasks itself; OpenBLAS threads inside would oversubscribe

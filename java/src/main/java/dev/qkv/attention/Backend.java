@@ -9,20 +9,25 @@ public enum Backend {
     /** The same blocked algorithm with pure-Java products (float accumulation). */
     JAVA,
     /** The scalar reference: a direct reading of the definition, accumulating in double. The tests' oracle. */
-    REFERENCE;
+    REFERENCE,
+    /**
+     * Per call, the faster of {@link #JAVA} (Vector API) and {@link #NATIVE} for the call's size, from a crossover
+     * measured with the JMH benchmarks; {@code Attention.plan} says which runs.
+     */
+    AUTO;
 
     /** The lower-case name used on the command line. */
     public String cliName() {
         return name().toLowerCase(Locale.ROOT);
     }
 
-    /** Parses {@code native}, {@code java} or {@code reference}. */
+    /** Parses {@code native}, {@code java}, {@code reference} or {@code auto}. */
     public static Backend parse(String s) {
         for (Backend b : values()) {
             if (b.cliName().equals(s)) {
                 return b;
             }
         }
-        throw new IllegalArgumentException("unknown backend '" + s + "' (expected native, java or reference)");
+        throw new IllegalArgumentException("unknown backend '" + s + "' (expected native, java, reference or auto)");
     }
 }

@@ -176,7 +176,7 @@ public final class OpenBlas {
         MemorySegment cs = c.asSlice(cOffset * Float.BYTES);
         int tA = ta == Transpose.NO ? NO_TRANS : TRANS;
         int tB = tb == Transpose.NO ? NO_TRANS : TRANS;
-        if ((long) m * n * k <= CRITICAL_FLOPS) {
+        if (CRITICAL && (long) m * n * k <= CRITICAL_FLOPS) {
             try {
                 criticalSgemm.invokeExact(ROW_MAJOR, tA, tB, m, n, k, alpha, as, lda, bs, ldb, beta, cs, ldc);
             } catch (RuntimeException | Error e) {
@@ -191,6 +191,12 @@ public final class OpenBlas {
 
     /** Products up to this many multiply-adds (a few microseconds) run as critical downcalls. */
     private static final long CRITICAL_FLOPS = 1L << 18;
+    /**
+     * System property {@code qkv.blas.critical=false} turns critical downcalls off (to measure what they save,
+     * see bench/RESULTS.md).
+     */
+    public static final String CRITICAL_PROPERTY = "qkv.blas.critical";
+    private static final boolean CRITICAL = !"false".equalsIgnoreCase(System.getProperty(CRITICAL_PROPERTY));
 
     /**
      * {@code C = alpha · op(A) · op(B) + beta · C} over rank-2 tensor views. Each tensor must have unit stride
