@@ -193,15 +193,13 @@ final class VectorPackedKernels implements PackedKernels {
     /** {@code C row r [0, nb) = rowScale[i + r] · tile row r + beta · C} for {@code r < mr}, masked past nb. */
     private static void flush(float[] tile, int mr, float[] rowScale, int i, float beta, MemorySegment c, long cOff,
                               int ldc, int nb) {
-        VectorMask<Float> m0 = SP.indexInRange(0, nb);
-        VectorMask<Float> m1 = SP.indexInRange(L, nb);
         for (int r = 0; r < mr; r++) {
             float scale = rowScale == null ? 1f : rowScale[i + r];
-            FloatVector v0 = FloatVector.fromArray(SP, tile, r * NR).mul(scale);
-            FloatVector v1 = FloatVector.fromArray(SP, tile, r * NR + L).mul(scale);
             long off = (cOff + (long) r * ldc) * Float.BYTES;
             long off1 = off + (long) L * Float.BYTES;
             if (nb == NR) {
+                FloatVector v0 = FloatVector.fromArray(SP, tile, r * NR).mul(scale);
+                FloatVector v1 = FloatVector.fromArray(SP, tile, r * NR + L).mul(scale);
                 if (beta != 0f) {
                     v0 = FloatVector.fromMemorySegment(SP, c, off, O).mul(beta).add(v0);
                     v1 = FloatVector.fromMemorySegment(SP, c, off1, O).mul(beta).add(v1);
@@ -209,13 +207,11 @@ final class VectorPackedKernels implements PackedKernels {
                 v0.intoMemorySegment(c, off, O);
                 v1.intoMemorySegment(c, off1, O);
             } else {
-                if (beta != 0f) {
-                    v0 = FloatVector.fromMemorySegment(SP, c, off, O, m0).mul(beta).add(v0);
-                    v1 = FloatVector.fromMemorySegment(SP, c, off1, O, m1).mul(beta).add(v1);
-                }
-                v0.intoMemorySegment(c, off, O, m0);
-                if (nb > L) {
-                    v1.intoMemorySegment(c, off1, O, m1);
+                // a partial panel, element by element (masked vector stores may not be intrinsified)
+                for (int j = 0; j < nb; j++) {
+                    long o = off + (long) j * Float.BYTES;
+                    float x = scale * tile[r * NR + j];
+                    c.set(F, o, beta != 0f ? Math.fma(beta, c.get(F, o), x) : x);
                 }
             }
         }

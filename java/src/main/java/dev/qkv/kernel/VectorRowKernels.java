@@ -102,27 +102,35 @@ final class VectorRowKernels extends RowKernels {
         for (; j <= limit - L; j += L) {
             vmax = vmax.max(FloatVector.fromMemorySegment(SP, s, base + (long) j * Float.BYTES, O));
         }
-        if (j < limit) {
-            VectorMask<Float> m = SP.indexInRange(j, limit);
-            vmax = vmax.lanewise(VectorOperators.MAX,
-                    FloatVector.fromMemorySegment(SP, s, base + (long) j * Float.BYTES, O, m), m);
+        float max = vmax.reduceLanes(VectorOperators.MAX);
+        for (; j < limit; j++) {
+            max = Math.max(max, s.get(F, base + (long) j * Float.BYTES));
         }
-        return vmax.reduceLanes(VectorOperators.MAX);
+        return max;
     }
 
     /** Applies a unit-stride mask to {@code s[0, limit)} in place and returns the row max. */
     private static float maskAndMax(MemorySegment s, long base, int limit, MemorySegment mask, long mBase,
                                     boolean maskBool) {
         FloatVector vmax = FloatVector.broadcast(SP, Float.NEGATIVE_INFINITY);
-        for (int j = 0; j < limit; j += L) {
-            VectorMask<Float> m = SP.indexInRange(j, limit);
+        int j = 0;
+        for (; j <= limit - L; j += L) {
             long off = base + (long) j * Float.BYTES;
-            FloatVector x = masked(FloatVector.fromMemorySegment(SP, s, off, O, m),
-                    FloatVector.fromMemorySegment(SP, mask, mBase + (long) j * Float.BYTES, O, m), maskBool);
-            x.intoMemorySegment(s, off, O, m);
-            vmax = vmax.lanewise(VectorOperators.MAX, x, m);
+            FloatVector x = masked(FloatVector.fromMemorySegment(SP, s, off, O),
+                    FloatVector.fromMemorySegment(SP, mask, mBase + (long) j * Float.BYTES, O), maskBool);
+            x.intoMemorySegment(s, off, O);
+            vmax = vmax.max(x);
         }
-        return vmax.reduceLanes(VectorOperators.MAX);
+        float max = vmax.reduceLanes(VectorOperators.MAX);
+        for (; j < limit; j++) {
+            long off = base + (long) j * Float.BYTES;
+            float m = mask.get(F, mBase + (long) j * Float.BYTES);
+            float x = s.get(F, off);
+            x = maskBool ? (m == 0f ? Float.NEGATIVE_INFINITY : x) : x + m;
+            s.set(F, off, x);
+            max = Math.max(max, x);
+        }
+        return max;
     }
 
     /** {@code s[j] = exp(s[j] - max)} for {@code j < limit}; returns the sum. */
@@ -135,14 +143,36 @@ final class VectorRowKernels extends RowKernels {
             e.intoMemorySegment(s, off, O);
             vsum = vsum.add(e);
         }
-        if (j < limit) {
-            VectorMask<Float> m = SP.indexInRange(j, limit);
+        float sum = vsum.reduceLanes(VectorOperators.ADD);
+        for (; j < limit; j++) {
             long off = base + (long) j * Float.BYTES;
-            FloatVector e = exp(FloatVector.fromMemorySegment(SP, s, off, O, m).sub(max));
-            e.intoMemorySegment(s, off, O, m);
-            vsum = vsum.add(e, m);
+            float e = expScalar(s.get(F, off) - max);
+            s.set(F, off, e);
+            sum += e;
         }
-        return vsum.reduceLanes(VectorOperators.ADD);
+        return sum;
+    }
+
+    /**
+     * The same exponential as {@link #exp(FloatVector)} on one float, for row tails: masked vector tails are
+     * not always intrinsified and then box a vector per row.
+     */
+    static float expScalar(float x) {
+        if (x < EXP_LO) {
+            return 0f;
+        }
+        float xc = Math.min(Math.max(x, EXP_LO), EXP_HI);
+        float j = Math.fma(xc, LOG2E, MAGIC);
+        float n = j - MAGIC;
+        float r = Math.fma(n, -C1, xc);
+        r = Math.fma(n, -C2, r);
+        float p = Math.fma(r, P0, P1);
+        p = Math.fma(p, r, P2);
+        p = Math.fma(p, r, P3);
+        p = Math.fma(p, r, P4);
+        p = Math.fma(p, r, P5);
+        float y = Math.fma(p, r * r, r + 1f);
+        return y * Float.intBitsToFloat((Float.floatToRawIntBits(j) - (MAGIC_BITS - 127)) << 23);
     }
 
     private static FloatVector masked(FloatVector x, FloatVector m, boolean maskBool) {
@@ -167,8 +197,8 @@ final class VectorRowKernels extends RowKernels {
         for (; j <= to - L; j += L) {
             z.intoMemorySegment(s, base + (long) j * Float.BYTES, O);
         }
-        if (j < to) {
-            z.intoMemorySegment(s, base + (long) j * Float.BYTES, O, SP.indexInRange(j, to));
+        for (; j < to; j++) {
+            s.set(F, base + (long) j * Float.BYTES, 0f);
         }
     }
 
@@ -180,10 +210,9 @@ final class VectorRowKernels extends RowKernels {
             long off = base + (long) j * Float.BYTES;
             FloatVector.fromMemorySegment(SP, s, off, O).mul(f).intoMemorySegment(s, off, O);
         }
-        if (j < n) {
-            VectorMask<Float> m = SP.indexInRange(j, n);
+        for (; j < n; j++) {
             long off = base + (long) j * Float.BYTES;
-            FloatVector.fromMemorySegment(SP, s, off, O, m).mul(f).intoMemorySegment(s, off, O, m);
+            s.set(F, off, s.get(F, off) * f);
         }
     }
 
