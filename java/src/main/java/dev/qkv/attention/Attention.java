@@ -59,10 +59,14 @@ public final class Attention {
     public static final int BLOCK_ROWS = 64;
 
     /**
-     * {@link Backend#AUTO} runs OpenBLAS from this many dense FLOPs (4·B·Hq·Lq·Lk·D) up, the Java Vector API
-     * kernels below. Measured in bench/RESULTS.md: the Java kernels were faster at every benchmarked shape.
+     * OpenBLAS cores whose sgemm uses AVX-512. Measured (bench/RESULTS.md): with one of these OpenBLAS is as fast
+     * as or faster than the Java Vector API kernels at every benchmarked shape (44 vs 54 µs at [1, 1, 128, 64]),
+     * so {@link Backend#AUTO} runs native; with an AVX2 core (e.g. {@code OPENBLAS_CORETYPE=Haswell}) the Java
+     * kernels are faster at every shape (54 vs 68 µs tiny, 90 vs 64 GFLOP/s at [1, 8, 2048, 64]), so AUTO runs
+     * Java. The crossover is therefore the core, not the size.
      */
-    static final double NATIVE_CROSSOVER_FLOPS = Double.MAX_VALUE;
+    private static final java.util.Set<String> AVX512_CORES =
+            java.util.Set.of("skylakex", "cooperlake", "sapphirerapids");
 
     /** Below this many dense FLOPs a call runs on the calling thread alone. */
     static final double PARALLEL_MIN_FLOPS = 8e6;
@@ -95,8 +99,11 @@ public final class Attention {
                 this.matmul = packed == null ? MatmulKernel.javaScalar() : MatmulKernel.javaVector();
             }
             case AUTO -> {
-                this.packed = Vectorization.packed();
-                this.matmul = OpenBlas.isAvailable() ? MatmulKernel.openBlas() : MatmulKernel.java();
+                boolean blas = OpenBlas.isAvailable();
+                boolean fastBlas = blas && AVX512_CORES.contains(
+                        OpenBlas.get().library().coreName().toLowerCase(java.util.Locale.ROOT));
+                this.packed = fastBlas ? null : Vectorization.packed();
+                this.matmul = blas && (fastBlas || packed == null) ? MatmulKernel.openBlas() : MatmulKernel.java();
             }
             default -> {
                 this.matmul = null;
@@ -188,8 +195,7 @@ public final class Attention {
      */
     public String kernelName() {
         if (backend == Backend.AUTO) {
-            return packed == null ? matmul.name() : "auto(java-vector below " + (long) NATIVE_CROSSOVER_FLOPS
-                    + " FLOP, else " + matmul.name() + ")";
+            return packed != null ? "java-vector" : matmul.name();
         }
         return matmul == null ? "reference" : matmul.name();
     }
@@ -423,9 +429,7 @@ public final class Attention {
             packOut = !rowMajorOk(out);
             // the packed Java engine reads q, k, v in place (any unit-stride layout) and writes out row-major
             double flops = 4.0 * batch * hq * lq * lk * Math.max(dk, dv);
-            usePacked = owner.packed != null && !packQ && !packK && !packV && !packOut
-                    && (owner.backend != Backend.AUTO || flops < NATIVE_CROSSOVER_FLOPS
-                    || !"native".equals(owner.matmul.name()));
+            usePacked = owner.packed != null && !packQ && !packK && !packV && !packOut;
             small = usePacked && lq < 8 && rowMajorOk(q) && rowMajorOk(k) && rowMajorOk(v);
             int want = flops < PARALLEL_MIN_FLOPS || owner.threads == 1 || !shareable() ? 1 : owner.threads;
             tileRows = Math.max(1, Math.min(BLOCK_ROWS, lq));

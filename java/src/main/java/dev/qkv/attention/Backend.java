@@ -11,8 +11,9 @@ public enum Backend {
     /** The scalar reference: a direct reading of the definition, accumulating in double. The tests' oracle. */
     REFERENCE,
     /**
-     * Per call, the faster of {@link #JAVA} (Vector API) and {@link #NATIVE} for the call's size, from a crossover
-     * measured with the JMH benchmarks; {@code Attention.plan} says which runs.
+     * The faster of {@link #NATIVE} and {@link #JAVA} (Vector API) on this machine, from a crossover measured
+     * with the JMH benchmarks: native when OpenBLAS runs an AVX-512 core, else Java; {@code Attention.plan} and
+     * {@code kernelName} say which runs.
      */
     AUTO;
 

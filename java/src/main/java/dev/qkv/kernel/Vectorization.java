@@ -8,7 +8,8 @@ import java.lang.System.Logger.Level;
  * <p>The Vector API classes are loaded only when the module {@code jdk.incubator.vector} is in the boot layer
  * (the JVM was started with {@code --add-modules jdk.incubator.vector}), the system property
  * {@code qkv.vector} is not {@code false}, and the preferred vector shape holds at least 8 floats. Otherwise
- * the scalar kernels run and {@link #reason()} tells why (it is also logged once at level INFO).
+ * the scalar kernels run and {@link #reason()} tells why (also logged once: INFO when the module is absent,
+ * WARNING when the Vector API classes fail to load, DEBUG otherwise).
  */
 public final class Vectorization {
     /** System property that turns the Vector API kernels off when set to {@code false}. */
@@ -22,11 +23,13 @@ public final class Vectorization {
         RowKernels rows = ScalarRowKernels.INSTANCE;
         PackedKernels packed = null;
         String reason;
+        Level level = Level.DEBUG;
         if ("false".equalsIgnoreCase(System.getProperty(PROPERTY, "true"))) {
             reason = "scalar kernels: Vector API turned off by -D" + PROPERTY + "=false";
         } else if (ModuleLayer.boot().findModule("jdk.incubator.vector").isEmpty()) {
             reason = "scalar kernels: module jdk.incubator.vector is absent (start the JVM with"
                     + " --add-modules jdk.incubator.vector)";
+            level = Level.INFO;
         } else {
             try {
                 // by name, so that this class never links against jdk.incubator.vector when it is absent
@@ -42,12 +45,14 @@ public final class Vectorization {
                 }
             } catch (ReflectiveOperationException | LinkageError e) {
                 reason = "scalar kernels: the Vector API kernels failed to load: " + e;
+                level = Level.WARNING;
             }
         }
         ROWS = rows;
         PACKED = packed;
         REASON = reason;
-        System.getLogger("dev.qkv.kernel").log(Level.INFO, "qkv: " + REASON);
+        // a fallback the user did not ask for is worth a line on the console; the normal case is not
+        System.getLogger("dev.qkv.kernel").log(level, "qkv: " + REASON);
     }
 
     private Vectorization() {
