@@ -163,22 +163,35 @@ public final class OpenBlas {
         if (m == 0 || n == 0) {
             return;
         }
-        MemorySegment as = a.asSlice(aOffset * Float.BYTES);
-        MemorySegment bs = b.asSlice(bOffset * Float.BYTES);
-        MemorySegment cs = c.asSlice(cOffset * Float.BYTES);
         int tA = ta == Transpose.NO ? NO_TRANS : TRANS;
         int tB = tb == Transpose.NO ? NO_TRANS : TRANS;
+        // one small method per kind of downcall: with both in one method, a caller that uses both (causal
+        // attention) compiles a body too big to inline the stubs, and the three slices escape (240 B per call)
         if (CRITICAL && (long) m * n * k <= CRITICAL_FLOPS) {
-            try {
-                Critical.SGEMM.invokeExact(ROW_MAJOR, tA, tB, m, n, k, alpha, as, lda, bs, ldb, beta, cs, ldc);
-            } catch (RuntimeException | Error e) {
-                throw e;
-            } catch (Throwable t) {
-                throw new AssertionError("cblas_sgemm", t);
-            }
+            criticalSgemm(tA, tB, m, n, k, alpha, a, aOffset, lda, b, bOffset, ldb, beta, c, cOffset, ldc);
         } else {
-            cblas_h.cblas_sgemm(ROW_MAJOR, tA, tB, m, n, k, alpha, as, lda, bs, ldb, beta, cs, ldc);
+            plainSgemm(tA, tB, m, n, k, alpha, a, aOffset, lda, b, bOffset, ldb, beta, c, cOffset, ldc);
         }
+    }
+
+    private static void criticalSgemm(int tA, int tB, int m, int n, int k, float alpha,
+                                      MemorySegment a, long aOffset, int lda, MemorySegment b, long bOffset, int ldb,
+                                      float beta, MemorySegment c, long cOffset, int ldc) {
+        try {
+            Critical.SGEMM.invokeExact(ROW_MAJOR, tA, tB, m, n, k, alpha, a.asSlice(aOffset * Float.BYTES), lda,
+                    b.asSlice(bOffset * Float.BYTES), ldb, beta, c.asSlice(cOffset * Float.BYTES), ldc);
+        } catch (RuntimeException | Error e) {
+            throw e;
+        } catch (Throwable t) {
+            throw new AssertionError("cblas_sgemm", t);
+        }
+    }
+
+    private static void plainSgemm(int tA, int tB, int m, int n, int k, float alpha,
+                                   MemorySegment a, long aOffset, int lda, MemorySegment b, long bOffset, int ldb,
+                                   float beta, MemorySegment c, long cOffset, int ldc) {
+        cblas_h.cblas_sgemm(ROW_MAJOR, tA, tB, m, n, k, alpha, a.asSlice(aOffset * Float.BYTES), lda,
+                b.asSlice(bOffset * Float.BYTES), ldb, beta, c.asSlice(cOffset * Float.BYTES), ldc);
     }
 
     /**
