@@ -190,12 +190,19 @@ public final class OpenBlas {
     private static void plainSgemm(int tA, int tB, int m, int n, int k, float alpha,
                                    MemorySegment a, long aOffset, int lda, MemorySegment b, long bOffset, int ldb,
                                    float beta, MemorySegment c, long cOffset, int ldc) {
-        cblas_h.cblas_sgemm(ROW_MAJOR, tA, tB, m, n, k, alpha, a.asSlice(aOffset * Float.BYTES), lda,
-                b.asSlice(bOffset * Float.BYTES), ldb, beta, c.asSlice(cOffset * Float.BYTES), ldc);
+        try {
+            Critical.PLAIN.invokeExact(ROW_MAJOR, tA, tB, m, n, k, alpha, a.asSlice(aOffset * Float.BYTES), lda,
+                    b.asSlice(bOffset * Float.BYTES), ldb, beta, c.asSlice(cOffset * Float.BYTES), ldc);
+        } catch (RuntimeException | Error e) {
+            throw e;
+        } catch (Throwable t) {
+            throw new AssertionError("cblas_sgemm", t);
+        }
     }
 
     /**
-     * cblas_sgemm without the thread-state transition; see {@link #sgemm}. In a static final field of a holder
+     * The sgemm downcall handles; cblas_sgemm without the thread-state transition (see {@link #sgemm}) and the
+     * ordinary one. In static final fields of a holder
      * class (initialised after the library is loaded) so that the JIT treats the handle as a constant and
      * inlines the call: through an instance field the handle is opaque, every argument segment escapes, and the
      * call costs 120 B and 250 ns more than an ordinary downcall (measured by DowncallBench).
@@ -207,6 +214,13 @@ public final class OpenBlas {
         // from a long critical call does not matter: below a size threshold (see sgemm).
         static final MethodHandle SGEMM = Linker.nativeLinker().downcallHandle(cblas_h.cblas_sgemm$address(),
                 cblas_h.cblas_sgemm$descriptor(), Linker.Option.critical(false));
+        /**
+         * The ordinary downcall, also held here rather than called through the jextract wrapper: once the
+         * wrapper is compiled on its own it is too big to inline, and the slices passed to it escape (120 B
+         * per product, measured at [1, 1, 4096, 128]).
+         */
+        static final MethodHandle PLAIN = Linker.nativeLinker().downcallHandle(cblas_h.cblas_sgemm$address(),
+                cblas_h.cblas_sgemm$descriptor());
     }
 
     /** Products up to this many multiply-adds (a few microseconds) run as critical downcalls. */
