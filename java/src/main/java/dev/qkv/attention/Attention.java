@@ -65,6 +65,13 @@ public final class Attention {
      * kernels are faster at every shape (54 vs 68 µs tiny, 90 vs 64 GFLOP/s at [1, 8, 2048, 64]), so AUTO runs
      * Java. The crossover is therefore the core, not the size.
      */
+    /**
+     * Below this many query rows (decoding) {@link Backend#AUTO} runs the Java kernels whatever the core: they
+     * read k and v straight from memory, while sgemm with one row still packs them (measured decode step:
+     * 10.2 ms Java vs 20.5 ms OpenBLAS SkylakeX, one thread).
+     */
+    static final int AUTO_JAVA_QUERIES = 8;
+
     private static final java.util.Set<String> AVX512_CORES =
             java.util.Set.of("skylakex", "cooperlake", "sapphirerapids");
 
@@ -83,8 +90,11 @@ public final class Attention {
     private final int threads;
     private final long budget;
     private final ThreadLocal<Job> jobs;
+    /** AUTO runs OpenBLAS (an AVX-512 core) except for decoding-sized queries. */
+    private final boolean autoNative;
 
     private Attention(Backend backend, int threads, long budget) {
+        boolean fastBlas = false;
         this.backend = backend;
         this.threads = threads;
         this.budget = budget;
@@ -100,9 +110,9 @@ public final class Attention {
             }
             case AUTO -> {
                 boolean blas = OpenBlas.isAvailable();
-                boolean fastBlas = blas && AVX512_CORES.contains(
+                fastBlas = blas && AVX512_CORES.contains(
                         OpenBlas.get().library().coreName().toLowerCase(java.util.Locale.ROOT));
-                this.packed = fastBlas ? null : Vectorization.packed();
+                this.packed = Vectorization.packed();
                 this.matmul = blas && (fastBlas || packed == null) ? MatmulKernel.openBlas() : MatmulKernel.java();
             }
             default -> {
@@ -110,6 +120,7 @@ public final class Attention {
                 this.packed = null;
             }
         }
+        this.autoNative = backend == Backend.AUTO && fastBlas;
         this.jobs = ThreadLocal.withInitial(() -> new Job(this));
     }
 
@@ -195,6 +206,9 @@ public final class Attention {
      */
     public String kernelName() {
         if (backend == Backend.AUTO) {
+            if (autoNative && packed != null) {
+                return "auto(native; java-vector below " + AUTO_JAVA_QUERIES + " query rows)";
+            }
             return packed != null ? "java-vector" : matmul.name();
         }
         return matmul == null ? "reference" : matmul.name();
@@ -429,7 +443,8 @@ public final class Attention {
             packOut = !rowMajorOk(out);
             // the packed Java engine reads q, k, v in place (any unit-stride layout) and writes out row-major
             double flops = 4.0 * batch * hq * lq * lk * Math.max(dk, dv);
-            usePacked = owner.packed != null && !packQ && !packK && !packV && !packOut;
+            usePacked = owner.packed != null && !packQ && !packK && !packV && !packOut
+                    && (!owner.autoNative || lq < AUTO_JAVA_QUERIES);
             small = usePacked && lq < 8 && rowMajorOk(q) && rowMajorOk(k) && rowMajorOk(v);
             int want = flops < PARALLEL_MIN_FLOPS || owner.threads == 1 || !shareable() ? 1 : owner.threads;
             tileRows = Math.max(1, Math.min(BLOCK_ROWS, lq));

@@ -12,8 +12,8 @@ public enum Backend {
     REFERENCE,
     /**
      * The faster of {@link #NATIVE} and {@link #JAVA} (Vector API) on this machine, from a crossover measured
-     * with the JMH benchmarks: native when OpenBLAS runs an AVX-512 core, else Java; {@code Attention.plan} and
-     * {@code kernelName} say which runs.
+     * with the JMH benchmarks: native when OpenBLAS runs an AVX-512 core, except for fewer than 8 query rows
+     * (decoding), else Java; {@code Attention.plan} and {@code kernelName} say which runs.
      */
     AUTO;
 
