@@ -90,6 +90,8 @@ public final class Attention {
     private final int threads;
     private final long budget;
     private final ThreadLocal<Job> jobs;
+    /** OpenBLAS when the generic engine's products are native, else null. */
+    private final OpenBlas blas;
     /** AUTO runs OpenBLAS (an AVX-512 core) except for decoding-sized queries. */
     private final boolean autoNative;
 
@@ -121,6 +123,7 @@ public final class Attention {
             }
         }
         this.autoNative = backend == Backend.AUTO && fastBlas;
+        this.blas = matmul != null && "native".equals(matmul.name()) ? OpenBlas.get() : null;
         this.jobs = ThreadLocal.withInitial(() -> new Job(this));
     }
 
@@ -585,22 +588,39 @@ public final class Attention {
                 if (dk == 0) {
                     zeroRows(ws, base, rows, keys, keys);
                 } else {
-                    mm.matmul(Transpose.NO.flipIf(qo.transposed), Transpose.YES.flipIf(ko.transposed),
+                    product(mm, Transpose.NO.flipIf(qo.transposed), Transpose.YES.flipIf(ko.transposed),
                             rows, keys, dk, scale,
                             qo.seg, qo.offset + i0 * qo.rowStep, qo.ld, ko.seg, ko.offset, ko.ld,
-                            0f, ws, base, keys);
+                            ws, base, keys);
                 }
                 // mask, row max, exp and sum; the 1/sum is applied to the output rows
                 softmaxRows(ws, base, i0, rows, keys, maskHead, s.rowScale);
                 // out_block [rows, Dv] = p · v, then each row times its 1/sum
-                mm.matmul(Transpose.NO, Transpose.NO.flipIf(vo.transposed), rows, dv, keys, 1f,
-                        ws, base, keys, vo.seg, vo.offset, vo.ld, 0f, outSeg, outRows, ldo);
+                product(mm, Transpose.NO, Transpose.NO.flipIf(vo.transposed), rows, dv, keys, 1f,
+                        ws, base, keys, vo.seg, vo.offset, vo.ld, outSeg, outRows, ldo);
                 for (int r = 0; r < rows; r++) {
                     owner.rows.scaleRow(outSeg, outRows + (long) r * ldo, dv, s.rowScale[r]);
                 }
             }
             if (packOut) {
                 unpackRows(ws, base + outPackAt, out, b, h, i0, rows, dv);
+            }
+        }
+
+        /**
+         * {@code C = alpha · op(A) · op(B)}: OpenBLAS straight through {@link OpenBlas#sgemm} (which checks every
+         * argument), else the kernel. Not through {@link MatmulKernel#matmul} for native: that checks the
+         * arguments a second time, and the deeper call chain kept C2 from inlining the downcall, so its argument
+         * slices escaped (120 B per product at [1, 1, 4096, 128]).
+         */
+        private void product(MatmulKernel mm, Transpose ta, Transpose tb, int m, int n, int k, float alpha,
+                             MemorySegment a, long aOff, int lda, MemorySegment b, long bOff, int ldb,
+                             MemorySegment c, long cOff, int ldc) {
+            OpenBlas blas = owner.blas;
+            if (blas != null) {
+                blas.sgemm(ta, tb, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, 0f, c, cOff, ldc);
+            } else {
+                mm.matmul(ta, tb, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, 0f, c, cOff, ldc);
             }
         }
 
