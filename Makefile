@@ -69,9 +69,12 @@ soak: $(STAMP)
 	  -Dqkv.soak.calls=$(SOAK_CALLS) \
 	  -cp "java/target/test-classes:java/target/classes:$$(cat $(CLASSPATH_FILE))" dev.qkv.reliability.Soak
 
-# A short JMH run; `make bench-full` runs every shape and thread count (see bench/README in bench/RESULTS.md).
+# A short JMH run (about 2 minutes): two shapes, both backends, causal or not, 1 and 2 threads, and the decode
+# step with its floor, with the allocation profiler. `make bench-full` runs every benchmark and parameter of
+# bench/ (about 15 minutes); bench/RESULTS.md has the commands behind its table. BENCH_ARGS adds JMH options.
+BENCH_SHORT := -f 1 -wi 1 -w 1s -i 2 -r 1s -prof gc -p shape=1x1x128x64,1x8x2048x64
 bench: $(STAMP)
-	$(JAVA) $(JVM_FLAGS) -jar bench/target/benchmarks.jar -f 1 -wi 2 -w 1s -i 3 -r 1s $(BENCH_ARGS)
+	$(JAVA) $(JVM_FLAGS) -jar bench/target/benchmarks.jar $(BENCH_SHORT) $(BENCH_ARGS) 'SdpaBench|DecodeBench'
 
 bench-full: $(STAMP)
 	$(JAVA) $(JVM_FLAGS) -jar bench/target/benchmarks.jar -prof gc $(BENCH_ARGS)

@@ -1,7 +1,11 @@
 package dev.qkv.attention;
 
+import dev.qkv.blas.OpenBlas;
 import dev.qkv.blas.Transpose;
 import dev.qkv.kernel.MatmulKernel;
+import dev.qkv.kernel.PackedKernels;
+import dev.qkv.kernel.RowKernels;
+import dev.qkv.kernel.Vectorization;
 import dev.qkv.tensor.Tensor;
 
 import java.lang.foreign.Arena;
@@ -21,45 +25,172 @@ import java.util.Objects;
  * thousands do not overflow. A row in which no key may be attended gives zeros, never NaN. A NaN in an input
  * row makes that output row NaN.
  *
- * <p>The {@link Backend#NATIVE} and {@link Backend#JAVA} backends share one blocked algorithm: for each
- * (batch, head) and each block of query rows, the scores of the block are one matrix product
- * {@code q_block · kᵀ} into a workspace tile (keys a causal block can never see are skipped), the softmax runs
- * in place, and one more product {@code p · v} writes the block's output rows straight into {@code out}. The
- * products read {@code q}, {@code k}, {@code v} where they lie, through leading dimensions; nothing is copied
- * unless a view has no unit stride in its last two dimensions. {@link Backend#REFERENCE} is a direct scalar
- * reading of the definition, accumulating in double.
+ * <p><b>Algorithm.</b> The {@link Backend#NATIVE} and {@link Backend#JAVA} backends share one blocked
+ * algorithm. The work is cut into tasks, one per (batch, head, block of {@link #BLOCK_ROWS} query rows). A task
+ * computes the scores of its block as one product {@code q_block · kᵀ} into a score tile of the workspace
+ * (keys a causal block can never see are neither multiplied nor exponentiated, and a block that sees no key is
+ * only zeroed), turns each row into unnormalized weights {@code exp(s - max)} (vectorized, see
+ * {@link RowKernels}), multiplies {@code p · v} straight into {@code out} and scales each output row by
+ * {@code 1 / Σ exp}. Native products are OpenBLAS {@code sgemm} on the tensors' own memory through leading
+ * dimensions. The Java products use the Vector API micro-kernel of {@link PackedKernels}: each worker packs
+ * {@code kᵀ} and {@code v} of a head once into its own panels and reuses them for every query block of that head;
+ * queries of fewer than 8 rows (decoding) use dot products and row updates straight from memory instead. Without
+ * the Vector API module the Java backend runs the same blocked algorithm on scalar kernels.
+ * {@link Backend#REFERENCE} is a direct scalar reading of the definition, accumulating in double.
  *
- * <p>An {@code Attention} is immutable and thread-safe. Calls without a {@link Workspace} use one kept per
- * thread, so that steady-state calls allocate nothing on the Java heap.
+ * <p><b>Threads.</b> Tasks run on the caller plus a process-wide pool of (cores − 1) daemon threads, at most
+ * {@link #threads()} at once, claimed one at a time (largest causal blocks first) so uneven work balances.
+ * Problems under about 8 MFLOP run on the caller alone (waking a thread costs more). OpenBLAS is kept at one
+ * thread while qkv runs attention, so threads × OpenBLAS threads never exceeds {@code threads()} ≤ cores. When
+ * the pool is busy with another call, a call runs on its own thread. Each worker has its own score tile and
+ * packing buffers, so no scratch is shared.
+ *
+ * <p><b>Memory.</b> Per worker the off-heap workspace holds a score tile of {@code rows × Lk} floats (rows ≤
+ * {@link #BLOCK_ROWS}; no {@code Lq × Lk} matrix) plus packed copies of views without a unit stride; the Java
+ * backend also keeps its packed {@code kᵀ} and {@code v} panels on the Java heap. {@link #plan} reports both.
+ * A {@linkplain Builder#workspaceBudget budget} lowers the block rows, then the workers, to fit.
+ *
+ * <p>An {@code Attention} is immutable and thread-safe. Calls without a {@link Workspace} use scratch kept per
+ * thread (grown on demand, then reused), so steady-state calls allocate nothing on the Java heap.
  */
 public final class Attention {
 
     /** Query rows per block: the score tile is {@code BLOCK_ROWS × Lk} floats. */
     public static final int BLOCK_ROWS = 64;
 
+    /**
+     * OpenBLAS cores whose sgemm uses AVX-512. Measured (bench/RESULTS.md): with one of these OpenBLAS is as fast
+     * as or faster than the Java Vector API kernels at every benchmarked shape (44 vs 54 µs at [1, 1, 128, 64]),
+     * so {@link Backend#AUTO} runs native; with an AVX2 core (e.g. {@code OPENBLAS_CORETYPE=Haswell}) the Java
+     * kernels are faster at every shape (54 vs 68 µs tiny, 90 vs 64 GFLOP/s at [1, 8, 2048, 64]), so AUTO runs
+     * Java. The crossover is therefore the core, not the size.
+     */
+    /**
+     * Below this many query rows (decoding) {@link Backend#AUTO} runs the Java kernels whatever the core: they
+     * read k and v straight from memory, while sgemm with one row still packs them (measured decode step:
+     * 10.2 ms Java vs 20.5 ms OpenBLAS SkylakeX, one thread).
+     */
+    static final int AUTO_JAVA_QUERIES = 8;
+
+    private static final java.util.Set<String> AVX512_CORES =
+            java.util.Set.of("skylakex", "cooperlake", "sapphirerapids");
+
+    /** Below this many dense FLOPs a call runs on the calling thread alone. */
+    static final double PARALLEL_MIN_FLOPS = 8e6;
+
     private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
+    private static final ThreadLocal<Scratch> SCRATCH = ThreadLocal.withInitial(Scratch::new);
 
     private final Backend backend;
+    /** Products of the generic engine (native, or Java without the Vector API); null otherwise. */
     private final MatmulKernel matmul;
-    private final ThreadLocal<MemorySegment[]> scratch = ThreadLocal.withInitial(() -> new MemorySegment[1]);
+    /** Products of the Java packed engine; null when not used. */
+    private final PackedKernels packed;
+    private final RowKernels rows;
+    private final int threads;
+    private final long budget;
+    private final ThreadLocal<Job> jobs;
+    /** OpenBLAS when the generic engine's products are native, else null. */
+    private final OpenBlas blas;
+    /** AUTO runs OpenBLAS (an AVX-512 core) except for decoding-sized queries. */
+    private final boolean autoNative;
 
-    private Attention(Backend backend, MatmulKernel matmul) {
+    private Attention(Backend backend, int threads, long budget) {
+        boolean fastBlas = false;
         this.backend = backend;
-        this.matmul = matmul;
+        this.threads = threads;
+        this.budget = budget;
+        this.rows = Vectorization.rows();
+        switch (backend) {
+            case NATIVE -> {
+                this.matmul = MatmulKernel.openBlas();
+                this.packed = null;
+            }
+            case JAVA -> {
+                this.packed = Vectorization.packed();
+                this.matmul = packed == null ? MatmulKernel.javaScalar() : MatmulKernel.javaVector();
+            }
+            case AUTO -> {
+                boolean blas = OpenBlas.isAvailable();
+                fastBlas = blas && AVX512_CORES.contains(
+                        OpenBlas.get().library().coreName().toLowerCase(java.util.Locale.ROOT));
+                this.packed = Vectorization.packed();
+                this.matmul = blas && (fastBlas || packed == null) ? MatmulKernel.openBlas() : MatmulKernel.java();
+            }
+            default -> {
+                this.matmul = null;
+                this.packed = null;
+            }
+        }
+        this.autoNative = backend == Backend.AUTO && fastBlas;
+        this.blas = matmul != null && "native".equals(matmul.name()) ? OpenBlas.get() : null;
+        this.jobs = ThreadLocal.withInitial(() -> new Job(this));
     }
 
     /**
-     * Attention on the given backend.
+     * Attention on the given backend, using every core.
      *
      * @throws dev.qkv.blas.BlasUnavailableException for {@link Backend#NATIVE} when OpenBLAS cannot be loaded
      */
     public static Attention create(Backend backend) {
-        Objects.requireNonNull(backend, "backend");
-        return switch (backend) {
-            case NATIVE -> new Attention(backend, MatmulKernel.openBlas());
-            case JAVA -> new Attention(backend, MatmulKernel.javaScalar());
-            case REFERENCE -> new Attention(backend, null);
-        };
+        return builder().backend(backend).build();
+    }
+
+    /** Attention on the given backend with at most {@code threads} threads per call. */
+    public static Attention create(Backend backend, int threads) {
+        return builder().backend(backend).threads(threads).build();
+    }
+
+    /** A builder: backend (default native), threads (default: the cores), workspace budget (default none). */
+    public static Builder builder() {
+        return new Builder();
+    }
+
+    /** Configures an {@link Attention}. */
+    public static final class Builder {
+        private Backend backend = Backend.NATIVE;
+        private int threads = Runtime.getRuntime().availableProcessors();
+        private long budget = Long.MAX_VALUE;
+
+        private Builder() {
+        }
+
+        /** The kernels to use. */
+        public Builder backend(Backend b) {
+            this.backend = Objects.requireNonNull(b, "backend");
+            return this;
+        }
+
+        /** At most this many threads per call (the caller included); capped at the cores. */
+        public Builder threads(int n) {
+            if (n < 1) {
+                throw new IllegalArgumentException("threads must be >= 1, got " + n);
+            }
+            this.threads = Math.min(n, Runtime.getRuntime().availableProcessors());
+            return this;
+        }
+
+        /**
+         * At most this many bytes of scratch (off-heap workspace plus the Java backend's heap panels) per call;
+         * block rows, then workers, are lowered to fit, and a call that cannot fit even one worker with 8-row
+         * blocks is rejected.
+         */
+        public Builder workspaceBudget(long bytes) {
+            if (bytes < 1) {
+                throw new IllegalArgumentException("workspace budget must be >= 1 byte, got " + bytes);
+            }
+            this.budget = bytes;
+            return this;
+        }
+
+        /**
+         * The configured attention.
+         *
+         * @throws dev.qkv.blas.BlasUnavailableException for {@link Backend#NATIVE} when OpenBLAS cannot be loaded
+         */
+        public Attention build() {
+            return new Attention(backend, threads, budget);
+        }
     }
 
     /** The backend this instance runs. */
@@ -67,14 +198,37 @@ public final class Attention {
         return backend;
     }
 
-    /** The matrix-product kernel behind this instance ({@code reference} for the scalar oracle). */
+    /** At most this many threads run one call. */
+    public int threads() {
+        return threads;
+    }
+
+    /**
+     * The matrix-product kernel behind this instance: {@code native}, {@code java-vector}, {@code java-scalar},
+     * or {@code reference} for the scalar oracle.
+     */
     public String kernelName() {
+        if (backend == Backend.AUTO) {
+            if (autoNative && packed != null) {
+                return "auto(native; java-vector below " + AUTO_JAVA_QUERIES + " query rows)";
+            }
+            return packed != null ? "java-vector" : matmul.name();
+        }
         return matmul == null ? "reference" : matmul.name();
     }
 
     /**
-     * Computes attention into {@code out} with a workspace kept for the calling thread (grown on demand, then
-     * reused, so steady-state calls allocate nothing).
+     * The matrix-product kernel of the blocked engine (for {@link Backend#AUTO}, the one it chose for large
+     * products), or {@code null} for {@link Backend#REFERENCE}. Layers built on attention use it for their
+     * projections so that one instance never mixes kernels.
+     */
+    public MatmulKernel matmulKernel() {
+        return matmul;
+    }
+
+    /**
+     * Computes attention into {@code out} with scratch kept for each thread that runs it (grown on demand,
+     * then reused, so steady-state calls allocate nothing).
      */
     public void sdpa(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options) {
         SdpaArgs.validate(q, k, v, out, options);
@@ -85,15 +239,9 @@ public final class Attention {
             ReferenceAttention.compute(q, k, v, out, options);
             return;
         }
-        long need = workspaceBytesChecked(q, k, v, out);
-        MemorySegment[] holder = scratch.get();
-        MemorySegment ws = holder[0];
-        if (ws == null || ws.byteSize() < need) {
-            // Arena.ofAuto: the per-thread tile lives as long as its thread uses it, and is freed by the GC after.
-            ws = Arena.ofAuto().allocate(Math.max(need, 1 << 16), 64);
-            holder[0] = ws;
-        }
-        run(q, k, v, out, options, ws);
+        Job job = jobs.get();
+        job.prepare(q, k, v, out, options, null);
+        job.execute();
     }
 
     /** Computes attention into {@code out} using the caller's workspace, which must hold {@link #workspaceBytes}. */
@@ -107,40 +255,472 @@ public final class Attention {
             ReferenceAttention.compute(q, k, v, out, options);
             return;
         }
-        long need = workspaceBytesChecked(q, k, v, out);
         if (!workspace.segment().scope().isAlive()) {
             throw new IllegalStateException("workspace: its arena is closed");
         }
+        Job job = jobs.get();
+        job.prepare(q, k, v, out, options, workspace.segment());
+        long need = job.workspaceBytes();
         if (workspace.byteSize() < need) {
+            job.release();
             throw new IllegalArgumentException("workspace of " + workspace.byteSize() + " bytes is too small for "
                     + q.describe("q") + ", " + k.describe("k") + ": needs " + need);
         }
-        run(q, k, v, out, options, workspace.segment());
+        job.execute();
     }
 
-    /** Bytes of workspace a call with these tensors needs. */
+    /** Bytes of off-heap workspace a call with these tensors needs (all workers together). */
     public long workspaceBytes(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options) {
         SdpaArgs.validate(q, k, v, out, options);
-        return matmul == null ? 0 : workspaceBytesChecked(q, k, v, out);
+        if (matmul == null) {
+            return 0;
+        }
+        Job job = jobs.get();
+        job.prepare(q, k, v, out, options, null);
+        long need = job.workspaceBytes();
+        job.release();
+        return need;
     }
 
-    private static long workspaceBytesChecked(Tensor q, Tensor k, Tensor v, Tensor out) {
-        long lq = q.size(2);
-        long lk = k.size(2);
-        long floats = (long) Math.min(BLOCK_ROWS, Math.max(lq, 1)) * Math.max(lk, 1);
-        if (!matrixOk(q)) {
-            floats += lq * q.size(3);
+    /**
+     * How a call with these tensors would run, one line: kernel, workers, block rows, tasks, off-heap workspace
+     * and heap scratch in bytes, and the budget.
+     */
+    public String plan(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options) {
+        SdpaArgs.validate(q, k, v, out, options);
+        if (matmul == null) {
+            return "kernel=reference workers=1";
         }
-        if (!matrixOk(k)) {
-            floats += lk * k.size(3);
+        Job job = jobs.get();
+        job.prepare(q, k, v, out, options, null);
+        String s = "kernel=" + job.kernelName() + " rows=" + Vectorization.rows().name() + " workers="
+                + job.workers + " blockRows=" + job.tileRows + " tasks=" + job.tasks + " workspaceBytes="
+                + job.workspaceBytes() + " heapScratchBytes=" + job.heapBytes()
+                + (budget == Long.MAX_VALUE ? "" : " budget=" + budget);
+        job.release();
+        return s;
+    }
+
+    // ------------------------------------------------------------------------------------------ engine
+
+    /** A head matrix as a product operand: offset of element [0, 0], leading dimension, storage order. */
+    static final class Operand {
+        MemorySegment seg;
+        long offset;
+        int ld;
+        boolean transposed;
+        long rowStep;
+    }
+
+    /** Per-thread scratch, shared by every instance: a thread runs one task at a time. */
+    static final class Scratch {
+        MemorySegment own;
+        final Operand qo = new Operand();
+        final Operand ko = new Operand();
+        final Operand vo = new Operand();
+        final float[] rowScale = new float[BLOCK_ROWS];
+        float[] kPack = new float[0];
+        float[] vPack = new float[0];
+        float[] aBuf = new float[0];
+        float[] qBuf = new float[0];
+        /** Which (call, batch, kv head) the packs hold. */
+        long packedCall = -1;
+        long packedHead = -1;
+        long packedQHead = -1;
+
+        MemorySegment ensure(long bytes) {
+            if (own == null || own.byteSize() < bytes) {
+                // Arena.ofAuto: the tile lives as long as its thread keeps it, and is freed by the GC after.
+                own = Arena.ofAuto().allocate(Math.max(bytes, 1 << 16), 64);
+            }
+            return own;
         }
-        if (!matrixOk(v)) {
-            floats += lk * v.size(3);
+    }
+
+    private static long nextCall;
+
+    private static synchronized long nextCallId() {
+        return ++nextCall;
+    }
+
+    /** One call's plan and arguments; reused by its thread, so a call allocates nothing. */
+    static final class Job implements WorkerPool.Tasks {
+        private final Attention owner;
+        Tensor q;
+        Tensor k;
+        Tensor v;
+        Tensor out;
+        MemorySegment shared;
+        int batch;
+        int hq;
+        int lq;
+        int dk;
+        int hkv;
+        int lk;
+        int dv;
+        int group;
+        float scale;
+        boolean causal;
+        MemorySegment mSeg;
+        boolean maskBool;
+        long mOff;
+        long ms0;
+        long ms1;
+        long ms2;
+        long ms3;
+        boolean packQ;
+        boolean packK;
+        boolean packV;
+        boolean packOut;
+        boolean usePacked;
+        boolean small;
+        int tileRows;
+        int blocks;
+        int tasks;
+        int workers;
+        long perWorker;
+        long qPackAt;
+        long kPackAt;
+        long vPackAt;
+        long outPackAt;
+        long callId;
+
+        Job(Attention owner) {
+            this.owner = owner;
         }
-        if (!rowMajorOk(out)) {
-            floats += (long) BLOCK_ROWS * out.size(3);
+
+        String kernelName() {
+            return usePacked ? "java-vector" : owner.matmul.name();
         }
-        return Math.multiplyExact(floats, Float.BYTES);
+
+        long workspaceBytes() {
+            return Math.multiplyExact(perWorker, (long) workers * Float.BYTES);
+        }
+
+        long heapBytes() {
+            if (!usePacked) {
+                return 0;
+            }
+            return (long) workers * Float.BYTES * heapFloats(tileRows);
+        }
+
+        private long heapFloats(int rows) {
+            if (small) {
+                return (long) rows * dk;
+            }
+            PackedKernels p = owner.packed;
+            return (long) p.packedSize(dk, lk) + p.packedSize(lk, dv) + 8L * Math.max(dk, lk);
+        }
+
+        void release() {
+            q = null;
+            k = null;
+            v = null;
+            out = null;
+            shared = null;
+            mSeg = null;
+        }
+
+        void prepare(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options, MemorySegment shared) {
+            this.q = q;
+            this.k = k;
+            this.v = v;
+            this.out = out;
+            this.shared = shared;
+            batch = (int) q.size(0);
+            hq = (int) q.size(1);
+            lq = (int) q.size(2);
+            dk = (int) q.size(3);
+            hkv = (int) k.size(1);
+            lk = (int) k.size(2);
+            dv = (int) v.size(3);
+            group = hkv == 0 ? 1 : Math.max(1, hq / hkv);
+            scale = options.scaleFor(dk);
+            causal = options.causal();
+            Mask mask = options.mask();
+            mSeg = mask == null ? null : mask.values().segment();
+            maskBool = mask != null && mask.kind() == Mask.Kind.BOOLEAN;
+            mOff = ms0 = ms1 = ms2 = ms3 = 0;
+            if (mask != null) {
+                // mask strides broadcast to [B, Hq, Lq, Lk]
+                Tensor m = mask.values();
+                mOff = m.offset();
+                if (m.rank() == 2) {
+                    ms2 = m.size(0) == 1 ? 0 : m.stride(0);
+                    ms3 = m.stride(1);
+                } else {
+                    ms0 = m.size(0) == 1 ? 0 : m.stride(0);
+                    ms1 = m.size(1) == 1 ? 0 : m.stride(1);
+                    ms2 = m.size(2) == 1 ? 0 : m.stride(2);
+                    ms3 = m.stride(3);
+                }
+            }
+            packQ = !matrixOk(q);
+            packK = !matrixOk(k);
+            packV = !matrixOk(v);
+            packOut = !rowMajorOk(out);
+            // the packed Java engine reads q, k, v in place (any unit-stride layout) and writes out row-major
+            double flops = 4.0 * batch * hq * lq * lk * Math.max(dk, dv);
+            usePacked = owner.packed != null && !packQ && !packK && !packV && !packOut
+                    && (!owner.autoNative || lq < AUTO_JAVA_QUERIES);
+            small = usePacked && lq < 8 && rowMajorOk(q) && rowMajorOk(k) && rowMajorOk(v);
+            int want = flops < PARALLEL_MIN_FLOPS || owner.threads == 1 || !shareable() ? 1 : owner.threads;
+            tileRows = Math.max(1, Math.min(BLOCK_ROWS, lq));
+            plan(want);
+            callId = 0;
+        }
+
+        /** Pool threads may touch every segment of the call (not so for a confined arena's memory). */
+        private boolean shareable() {
+            WorkerPool pool = WorkerPool.SHARED;
+            return pool.accessible(q.segment()) && pool.accessible(k.segment()) && pool.accessible(v.segment())
+                    && pool.accessible(out.segment()) && (mSeg == null || pool.accessible(mSeg))
+                    && (shared == null || pool.accessible(shared));
+        }
+
+        /** Block rows and workers under the budget, and the workspace layout of one worker. */
+        private void plan(int want) {
+            int rowsNow = tileRows;
+            for (;;) {
+                blocks = lq == 0 ? 0 : (lq + rowsNow - 1) / rowsNow;
+                tasks = batch * hq * blocks;
+                int w = Math.max(1, Math.min(want, tasks));
+                long pw = layout(rowsNow);
+                long heap = usePacked ? heapFloats(rowsNow) : 0;
+                long per = (pw + heap) * Float.BYTES;
+                while (w > 1 && per * w > owner.budget) {
+                    w--;
+                }
+                if (per * w <= owner.budget || rowsNow <= 8) {
+                    if (per * w > owner.budget) {
+                        throw new IllegalArgumentException("workspace budget of " + owner.budget + " bytes is too"
+                                + " small for " + q.describe("q") + ", " + k.describe("k") + ": one worker needs "
+                                + per);
+                    }
+                    tileRows = rowsNow;
+                    workers = w;
+                    perWorker = pw;
+                    return;
+                }
+                rowsNow = Math.max(8, rowsNow / 2);
+            }
+        }
+
+        /** Floats of off-heap workspace per worker, setting the pack offsets. */
+        private long layout(int rowsNow) {
+            long cursor = (long) rowsNow * Math.max(lk, 1);
+            qPackAt = cursor;
+            cursor += packQ ? (long) lq * dk : 0;
+            kPackAt = cursor;
+            cursor += packK ? (long) lk * dk : 0;
+            vPackAt = cursor;
+            cursor += packV ? (long) lk * dv : 0;
+            outPackAt = cursor;
+            cursor += packOut ? (long) rowsNow * dv : 0;
+            return cursor;
+        }
+
+        void execute() {
+            try {
+                if (tasks == 0 || dv == 0) {
+                    return;
+                }
+                if (!usePacked && "native".equals(owner.matmul.name())) {
+                    OpenBlas blas = OpenBlas.get();
+                    if (blas.threads() != 1) {
+                        // qkv parallelises over tasks itself; OpenBLAS threads inside would oversubscribe
+                        blas.setThreads(1);
+                    }
+                }
+                callId = nextCallId();
+                WorkerPool.SHARED.run(this, tasks, workers - 1);
+            } finally {
+                release();
+            }
+        }
+
+        @Override
+        public void run(int task, int worker) {
+            Scratch s = SCRATCH.get();
+            MemorySegment ws;
+            long base;
+            if (shared != null) {
+                ws = shared;
+                base = (long) worker * perWorker;
+            } else {
+                ws = s.ensure(perWorker * Float.BYTES);
+                base = 0;
+            }
+            // (batch, head, block), the largest causal blocks first
+            int blk = blocks - 1 - task % blocks;
+            int bh = task / blocks;
+            int b = bh / hq;
+            int h = bh % hq;
+            if (usePacked) {
+                runPacked(s, ws, base, b, h, blk);
+            } else {
+                runGeneric(s, ws, base, b, h, blk);
+            }
+        }
+
+        private int keysFor(int i0, int rows) {
+            // keys any row of this block may see: causal rows end at i + (Lk - Lq)
+            return causal ? clamp((long) i0 + rows + (lk - lq), 0, lk) : lk;
+        }
+
+        private int limitFor(int i, int keys) {
+            return causal ? clamp((long) i + 1 + (lk - lq), 0, keys) : keys;
+        }
+
+        private void runGeneric(Scratch s, MemorySegment ws, long base, int b, int h, int blk) {
+            final int g = h / group;
+            final int i0 = blk * tileRows;
+            final int rows = Math.min(tileRows, lq - i0);
+            final MatmulKernel mm = owner.matmul;
+            // q [Lq, Dk], k [Lk, Dk], v [Lk, Dv] of this (batch, head), in place or packed (once per head)
+            long head = ((long) b * hq + h);
+            long kvHead = ((long) b * hkv + g);
+            boolean fresh = s.packedCall != callId;
+            operand(s.qo, q, b, h, packQ && (fresh || s.packedQHead != head), ws, base + qPackAt, packQ);
+            operand(s.ko, k, b, g, packK && (fresh || s.packedHead != kvHead), ws, base + kPackAt, packK);
+            operand(s.vo, v, b, g, packV && (fresh || s.packedHead != kvHead), ws, base + vPackAt, packV);
+            s.packedCall = callId;
+            s.packedHead = kvHead;
+            s.packedQHead = head;
+            final Operand qo = s.qo;
+            final Operand ko = s.ko;
+            final Operand vo = s.vo;
+            final long outHead = out.offset() + b * out.stride(0) + h * out.stride(1);
+            final long maskHead = mOff + b * ms0 + h * ms1;
+            final int keys = keysFor(i0, rows);
+            final long outRows = packOut ? base + outPackAt : outHead + i0 * out.stride(2);
+            final MemorySegment outSeg = packOut ? ws : out.segment();
+            final int ldo = packOut ? dv : (int) ld(out.stride(2), dv);
+            if (keys == 0) {
+                zeroRows(outSeg, outRows, rows, dv, ldo);
+            } else {
+                // scores [rows, keys] = scale · q_block · kᵀ (all zero when Dk = 0)
+                if (dk == 0) {
+                    zeroRows(ws, base, rows, keys, keys);
+                } else {
+                    product(mm, Transpose.NO.flipIf(qo.transposed), Transpose.YES.flipIf(ko.transposed),
+                            rows, keys, dk, scale,
+                            qo.seg, qo.offset + i0 * qo.rowStep, qo.ld, ko.seg, ko.offset, ko.ld,
+                            ws, base, keys);
+                }
+                // mask, row max, exp and sum; the 1/sum is applied to the output rows
+                softmaxRows(ws, base, i0, rows, keys, maskHead, s.rowScale);
+                // out_block [rows, Dv] = p · v, then each row times its 1/sum
+                product(mm, Transpose.NO, Transpose.NO.flipIf(vo.transposed), rows, dv, keys, 1f,
+                        ws, base, keys, vo.seg, vo.offset, vo.ld, outSeg, outRows, ldo);
+                for (int r = 0; r < rows; r++) {
+                    owner.rows.scaleRow(outSeg, outRows + (long) r * ldo, dv, s.rowScale[r]);
+                }
+            }
+            if (packOut) {
+                unpackRows(ws, base + outPackAt, out, b, h, i0, rows, dv);
+            }
+        }
+
+        /**
+         * {@code C = alpha · op(A) · op(B)}: OpenBLAS straight through {@link OpenBlas#sgemm} (which checks every
+         * argument), else the kernel. Not through {@link MatmulKernel#matmul} for native: that checks the
+         * arguments a second time, and the deeper call chain kept C2 from inlining the downcall, so its argument
+         * slices escaped (120 B per product at [1, 1, 4096, 128]).
+         */
+        private void product(MatmulKernel mm, Transpose ta, Transpose tb, int m, int n, int k, float alpha,
+                             MemorySegment a, long aOff, int lda, MemorySegment b, long bOff, int ldb,
+                             MemorySegment c, long cOff, int ldc) {
+            OpenBlas blas = owner.blas;
+            if (blas != null) {
+                blas.sgemm(ta, tb, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, 0f, c, cOff, ldc);
+            } else {
+                mm.matmul(ta, tb, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, 0f, c, cOff, ldc);
+            }
+        }
+
+        private void softmaxRows(MemorySegment ws, long base, int i0, int rows, int keys, long maskHead,
+                                 float[] inv) {
+            for (int r = 0; r < rows; r++) {
+                int i = i0 + r;
+                inv[r] = owner.rows.expRow(ws, base + (long) r * keys, keys, limitFor(i, keys), mSeg,
+                        maskHead + (long) i * ms2, ms3, maskBool);
+            }
+        }
+
+        private void runPacked(Scratch s, MemorySegment ws, long base, int b, int h, int blk) {
+            final PackedKernels pk = owner.packed;
+            final int g = h / group;
+            final int i0 = blk * tileRows;
+            final int rows = Math.min(tileRows, lq - i0);
+            final long outHead = out.offset() + b * out.stride(0) + h * out.stride(1);
+            final int ldo = (int) ld(out.stride(2), dv);
+            final long outRows = outHead + i0 * out.stride(2);
+            final MemorySegment outSeg = out.segment();
+            final long maskHead = mOff + b * ms0 + h * ms1;
+            final int keys = keysFor(i0, rows);
+            if (keys == 0) {
+                zeroRows(outSeg, outRows, rows, dv, ldo);
+                return;
+            }
+            final long qBase = q.offset() + b * q.stride(0) + h * q.stride(1);
+            final long kBase = k.offset() + b * k.stride(0) + g * k.stride(1);
+            final long vBase = v.offset() + b * v.stride(0) + g * v.stride(1);
+            final float[] inv = s.rowScale;
+            if (small) {
+                // few queries: dot products and row updates straight from memory, nothing to pack
+                int qn = rows * dk;
+                if (s.qBuf.length < qn) {
+                    s.qBuf = new float[qn];
+                }
+                for (int r = 0; r < rows; r++) {
+                    long qr = qBase + (i0 + r) * q.stride(2);
+                    for (int p = 0; p < dk; p++) {
+                        s.qBuf[r * dk + p] = scale * q.segment().getAtIndex(F, qr + p * q.stride(3));
+                    }
+                }
+                pk.dotRows(s.qBuf, 0, dk, rows, k.segment(), kBase, (int) ld(k.stride(2), dk), keys, dk,
+                        ws, base, keys);
+                softmaxRows(ws, base, i0, rows, keys, maskHead, inv);
+                pk.axpyRows(ws, base, keys, rows, v.segment(), vBase, (int) ld(v.stride(2), dv), keys, dv, inv,
+                        outSeg, outRows, ldo);
+                return;
+            }
+            long kvHead = ((long) b * hkv + g);
+            if (s.packedCall != callId || s.packedHead != kvHead) {
+                // kᵀ [Dk, Lk] and v [Lk, Dv] of this head into panels, once per head and worker
+                int kn = pk.packedSize(dk, lk);
+                int vn = pk.packedSize(lk, dv);
+                if (s.kPack.length < kn) {
+                    s.kPack = new float[kn];
+                }
+                if (s.vPack.length < vn) {
+                    s.vPack = new float[vn];
+                }
+                boolean kRow = rowMajorOk(k);
+                pk.packB(kRow, k.segment(), kBase, kRow ? (int) ld(k.stride(2), dk) : (int) ld(k.stride(3), lk),
+                        dk, lk, s.kPack);
+                boolean vRow = rowMajorOk(v);
+                pk.packB(!vRow, v.segment(), vBase, vRow ? (int) ld(v.stride(2), dv) : (int) ld(v.stride(3), lk),
+                        lk, dv, s.vPack);
+                s.packedCall = callId;
+                s.packedHead = kvHead;
+            }
+            int an = 8 * Math.max(dk, lk);
+            if (s.aBuf.length < an) {
+                s.aBuf = new float[an];
+            }
+            boolean qRow = rowMajorOk(q);
+            int ldq = qRow ? (int) ld(q.stride(2), dk) : (int) ld(q.stride(3), lq);
+            long qAt = qRow ? qBase + i0 * q.stride(2) : qBase + i0;
+            java.util.Arrays.fill(inv, 0, rows, scale);
+            // scores [rows, keys] = scale · q_block · kᵀ
+            pk.gemm(!qRow, q.segment(), qAt, ldq, rows, keys, dk, s.aBuf, s.kPack, dk, inv, 0f, ws, base, keys);
+            // mask, row max, exp and sum
+            softmaxRows(ws, base, i0, rows, keys, maskHead, inv);
+            // out_block [rows, Dv] = p · v / sum
+            pk.gemm(false, ws, base, keys, rows, dv, keys, s.aBuf, s.vPack, lk, inv, 0f, outSeg, outRows, ldo);
+        }
     }
 
     /** A head matrix {@code [rows, cols]} (the last two dimensions) usable by a product in place. */
@@ -166,114 +746,16 @@ public final class Attention {
         return Math.max(stride, Math.max(n, 1));
     }
 
-    /** The blocked algorithm on validated arguments; {@code ws} holds at least workspaceBytes. */
-    private void run(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options, MemorySegment ws) {
-        final int batch = (int) q.size(0);
-        final int hq = (int) q.size(1);
-        final int lq = (int) q.size(2);
-        final int dk = (int) q.size(3);
-        final int hkv = (int) k.size(1);
-        final int lk = (int) k.size(2);
-        final int dv = (int) v.size(3);
-        if (batch == 0 || hq == 0 || lq == 0) {
-            return;
-        }
-        if (dv == 0) {
-            return;
-        }
-        final int group = hq / hkv;
-        final float scale = options.scaleFor(dk);
-        final boolean causal = options.causal();
-        final Mask mask = options.mask();
-
-        // workspace layout: scores tile [BLOCK_ROWS, Lk], then packed operands when a view needs packing
-        final int tileRows = Math.min(BLOCK_ROWS, lq);
-        long cursor = (long) tileRows * Math.max(lk, 1);
-        final boolean packQ = !matrixOk(q);
-        final boolean packK = !matrixOk(k);
-        final boolean packV = !matrixOk(v);
-        final boolean packOut = !rowMajorOk(out);
-        final long qPackAt = cursor;
-        cursor += packQ ? (long) lq * dk : 0;
-        final long kPackAt = cursor;
-        cursor += packK ? (long) lk * dk : 0;
-        final long vPackAt = cursor;
-        cursor += packV ? (long) lk * dv : 0;
-        final long outPackAt = cursor;
-
-        // mask strides broadcast to [B, Hq, Lq, Lk]
-        final MemorySegment mSeg = mask == null ? null : mask.values().segment();
-        final boolean maskBool = mask != null && mask.kind() == Mask.Kind.BOOLEAN;
-        long mOff = 0;
-        long ms0 = 0;
-        long ms1 = 0;
-        long ms2 = 0;
-        long ms3 = 0;
-        if (mask != null) {
-            Tensor m = mask.values();
-            mOff = m.offset();
-            if (m.rank() == 2) {
-                ms2 = m.size(0) == 1 ? 0 : m.stride(0);
-                ms3 = m.stride(1);
-            } else {
-                ms0 = m.size(0) == 1 ? 0 : m.stride(0);
-                ms1 = m.size(1) == 1 ? 0 : m.stride(1);
-                ms2 = m.size(2) == 1 ? 0 : m.stride(2);
-                ms3 = m.stride(3);
-            }
-        }
-
-        for (int b = 0; b < batch; b++) {
-            for (int h = 0; h < hq; h++) {
-                final int g = h / group;
-                // q [Lq, Dk], k [Lk, Dk], v [Lk, Dv] of this (batch, head), in place or packed
-                Operand qo = operand(q, b, h, packQ, ws, qPackAt);
-                Operand ko = operand(k, b, g, packK, ws, kPackAt);
-                Operand vo = operand(v, b, g, packV, ws, vPackAt);
-                final long outHead = out.offset() + b * out.stride(0) + h * out.stride(1);
-                final long maskHead = mOff + b * ms0 + h * ms1;
-                for (int i0 = 0; i0 < lq; i0 += tileRows) {
-                    final int rows = Math.min(tileRows, lq - i0);
-                    // keys any row of this block may see: causal rows end at i + (Lk - Lq)
-                    final int keys = causal ? clamp((long) i0 + rows + (lk - lq), 0, lk) : lk;
-                    final long outRows = packOut ? outPackAt : outHead + i0 * out.stride(2);
-                    final MemorySegment outSeg = packOut ? ws : out.segment();
-                    final int ldo = packOut ? dv : (int) ld(out.stride(2), dv);
-                    if (keys == 0) {
-                        zeroRows(outSeg, outRows, rows, dv, ldo);
-                    } else {
-                        // scores [rows, keys] = scale · q_block · kᵀ
-                        matmul.matmul(Transpose.NO.flipIf(qo.transposed), Transpose.YES.flipIf(ko.transposed),
-                                rows, keys, dk, scale,
-                                qo.seg, qo.rowOffset(i0), qo.ld, ko.seg, ko.offset, ko.ld,
-                                0f, ws, 0, keys);
-                        // mask, row max, exp and sum, normalize
-                        for (int r = 0; r < rows; r++) {
-                            int i = i0 + r;
-                            int limit = causal ? clamp((long) i + 1 + (lk - lq), 0, keys) : keys;
-                            long sRow = (long) r * keys;
-                            long mRow = maskHead + (long) i * ms2;
-                            Softmax.maskedRow(ws, sRow, keys, limit, mSeg, mRow, ms3, maskBool);
-                        }
-                        // out_block [rows, Dv] = p · v
-                        matmul.matmul(Transpose.NO, Transpose.NO.flipIf(vo.transposed), rows, dv, keys, 1f,
-                                ws, 0, keys, vo.seg, vo.offset, vo.ld, 0f, outSeg, outRows, ldo);
-                    }
-                    if (packOut) {
-                        unpackRows(ws, outPackAt, out, b, h, i0, rows, dv);
-                    }
-                }
-            }
-        }
-    }
-
     private static int clamp(long x, int lo, int hi) {
         return (int) Math.max(lo, Math.min(hi, x));
     }
 
     private static void zeroRows(MemorySegment seg, long at, int rows, int cols, int ld) {
         for (int r = 0; r < rows; r++) {
-            seg.asSlice((at + (long) r * ld) * Float.BYTES, (long) cols * Float.BYTES).fill((byte) 0);
+            long from = (at + (long) r * ld) * Float.BYTES;
+            for (int c = 0; c < cols; c++) {
+                seg.set(F, from + (long) c * Float.BYTES, 0f);
+            }
         }
     }
 
@@ -288,29 +770,42 @@ public final class Attention {
         }
     }
 
-    /** One head matrix as a product operand: segment, offset of row 0, leading dimension, storage order. */
-    private record Operand(MemorySegment seg, long offset, int ld, boolean transposed, long rowStep) {
-        long rowOffset(int row) {
-            return offset + row * rowStep;
-        }
-    }
-
-    private static Operand operand(Tensor t, int b, int h, boolean pack, MemorySegment ws, long packAt) {
+    /**
+     * Points {@code o} at one head matrix of {@code t}: in place when it has a unit stride, else packed
+     * row-major into {@code ws} at {@code packAt} (copied only when {@code copy}).
+     */
+    private static void operand(Operand o, Tensor t, int b, int h, boolean copy, MemorySegment ws, long packAt,
+                                boolean pack) {
         long base = t.offset() + b * t.stride(0) + h * t.stride(1);
         long rows = t.size(2);
         long cols = t.size(3);
         if (pack) {
-            MemorySegment seg = t.segment();
-            for (long r = 0; r < rows; r++) {
-                for (long c = 0; c < cols; c++) {
-                    ws.setAtIndex(F, packAt + r * cols + c, seg.getAtIndex(F, base + r * t.stride(2) + c * t.stride(3)));
+            if (copy) {
+                MemorySegment seg = t.segment();
+                for (long r = 0; r < rows; r++) {
+                    for (long c = 0; c < cols; c++) {
+                        ws.setAtIndex(F, packAt + r * cols + c,
+                                seg.getAtIndex(F, base + r * t.stride(2) + c * t.stride(3)));
+                    }
                 }
             }
-            return new Operand(ws, packAt, (int) Math.max(cols, 1), false, cols);
+            o.seg = ws;
+            o.offset = packAt;
+            o.ld = (int) Math.max(cols, 1);
+            o.transposed = false;
+            o.rowStep = cols;
+        } else if (rowMajorOk(t)) {
+            o.seg = t.segment();
+            o.offset = base;
+            o.ld = (int) ld(t.stride(2), cols);
+            o.transposed = false;
+            o.rowStep = t.stride(2);
+        } else {
+            o.seg = t.segment();
+            o.offset = base;
+            o.ld = (int) ld(t.stride(3), rows);
+            o.transposed = true;
+            o.rowStep = 1;
         }
-        if (rowMajorOk(t)) {
-            return new Operand(t.segment(), base, (int) ld(t.stride(2), cols), false, t.stride(2));
-        }
-        return new Operand(t.segment(), base, (int) ld(t.stride(3), rows), true, 1);
     }
 }

@@ -9,20 +9,26 @@ public enum Backend {
     /** The same blocked algorithm with pure-Java products (float accumulation). */
     JAVA,
     /** The scalar reference: a direct reading of the definition, accumulating in double. The tests' oracle. */
-    REFERENCE;
+    REFERENCE,
+    /**
+     * The faster of {@link #NATIVE} and {@link #JAVA} (Vector API) on this machine, from a crossover measured
+     * with the JMH benchmarks: native when OpenBLAS runs an AVX-512 core, except for fewer than 8 query rows
+     * (decoding), else Java; {@code Attention.plan} and {@code kernelName} say which runs.
+     */
+    AUTO;
 
     /** The lower-case name used on the command line. */
     public String cliName() {
         return name().toLowerCase(Locale.ROOT);
     }
 
-    /** Parses {@code native}, {@code java} or {@code reference}. */
+    /** Parses {@code native}, {@code java}, {@code reference} or {@code auto}. */
     public static Backend parse(String s) {
         for (Backend b : values()) {
             if (b.cliName().equals(s)) {
                 return b;
             }
         }
-        throw new IllegalArgumentException("unknown backend '" + s + "' (expected native, java or reference)");
+        throw new IllegalArgumentException("unknown backend '" + s + "' (expected native, java, reference or auto)");
     }
 }

@@ -50,16 +50,14 @@ final class SdpaArgs {
         if (dk == 0 && Float.isNaN(options.scale())) {
             throw new IllegalArgumentException(q.describe("q") + ": Dk=0 has no default scale 1/sqrt(Dk)");
         }
-        long[] expectOut = {b, hq, lq, dv};
-        if (!java.util.Arrays.equals(out.shape(), expectOut)) {
-            throw new IllegalArgumentException(out.describe("out") + ": expected " + Shapes.format(expectOut)
-                    + " = [B, Hq, Lq, Dv]");
+        // element by element, not through arrays: this runs on every call and must not allocate
+        if (out.size(0) != b || out.size(1) != hq || out.size(2) != lq || out.size(3) != dv) {
+            throw new IllegalArgumentException(out.describe("out") + ": expected "
+                    + Shapes.format(new long[] {b, hq, lq, dv}) + " = [B, Hq, Lq, Dv]");
         }
-        for (long d : new long[] {lq, lk, dk, dv}) {
-            if (d > Integer.MAX_VALUE) {
-                throw new IllegalArgumentException(q.describe("q") + ", " + k.describe("k") + ", " + v.describe("v")
-                        + ": sequence lengths and head dimensions must fit in an int");
-            }
+        if (Math.max(Math.max(lq, lk), Math.max(dk, dv)) > Integer.MAX_VALUE) {
+            throw new IllegalArgumentException(q.describe("q") + ", " + k.describe("k") + ", " + v.describe("v")
+                    + ": sequence lengths and head dimensions must fit in an int");
         }
         Mask mask = options.mask();
         if (mask != null) {
@@ -112,19 +110,23 @@ final class SdpaArgs {
     }
 
     private static void checkMask(Tensor m, long b, long hq, long lq, long lk) {
-        String want = "broadcastable to [" + b + ", " + hq + ", " + lq + ", " + lk + "] from [Lq, Lk], [B, 1, Lq, Lk],"
-                + " [B, Hq, Lq, Lk] or [B, 1, 1, Lk]";
         if (m.rank() == 2) {
             if (!fits(m.size(0), lq) || m.size(1) != lk) {
-                throw new IllegalArgumentException(m.describe("mask") + ": not " + want);
+                throw new IllegalArgumentException(m.describe("mask") + ": not " + maskWant(b, hq, lq, lk));
             }
         } else if (m.rank() == 4) {
             if (!fits(m.size(0), b) || !fits(m.size(1), hq) || !fits(m.size(2), lq) || m.size(3) != lk) {
-                throw new IllegalArgumentException(m.describe("mask") + ": not " + want);
+                throw new IllegalArgumentException(m.describe("mask") + ": not " + maskWant(b, hq, lq, lk));
             }
         } else {
-            throw new IllegalArgumentException(m.describe("mask") + ": rank " + m.rank() + " is not " + want);
+            throw new IllegalArgumentException(m.describe("mask") + ": rank " + m.rank() + " is not "
+                    + maskWant(b, hq, lq, lk));
         }
+    }
+
+    private static String maskWant(long b, long hq, long lq, long lk) {
+        return "broadcastable to [" + b + ", " + hq + ", " + lq + ", " + lk + "] from [Lq, Lk], [B, 1, Lq, Lk],"
+                + " [B, Hq, Lq, Lk] or [B, 1, 1, Lk]";
     }
 
     private static boolean fits(long have, long want) {
@@ -140,20 +142,25 @@ final class SdpaArgs {
 
     /** Two output elements at one address (a zero or too small stride) would race and lose results. */
     private static void noInternalOverlap(Tensor out) {
-        long[] shape = out.shape();
-        long[] strides = out.strides();
-        Integer[] order = {0, 1, 2, 3};
-        java.util.Arrays.sort(order, (x, y) -> Long.compare(strides[x], strides[y]));
+        // dimensions by increasing stride (ties by index), picked one at a time from a bit set: no allocation
+        int used = 0;
         long span = 1;
-        for (int i : order) {
-            if (shape[i] <= 1) {
+        for (int n = 0; n < 4; n++) {
+            int best = -1;
+            for (int d = 0; d < 4; d++) {
+                if ((used & (1 << d)) == 0 && (best < 0 || out.stride(d) < out.stride(best))) {
+                    best = d;
+                }
+            }
+            used |= 1 << best;
+            if (out.size(best) <= 1) {
                 continue;
             }
-            if (strides[i] < span) {
+            if (out.stride(best) < span) {
                 throw new IllegalArgumentException(out.describe("out") + " with strides "
-                        + java.util.Arrays.toString(strides) + " maps several elements to one address");
+                        + java.util.Arrays.toString(out.strides()) + " maps several elements to one address");
             }
-            span = strides[i] * shape[i];
+            span = out.stride(best) * out.size(best);
         }
     }
 

@@ -9,6 +9,7 @@ import java.io.UncheckedIOException;
 import java.lang.foreign.Linker;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.SymbolLookup;
+import java.lang.foreign.ValueLayout;
 import java.lang.invoke.MethodHandle;
 import java.net.JarURLConnection;
 import java.net.URL;
@@ -75,20 +76,12 @@ public final class OpenBlas {
     private static BlasUnavailableException failure;
 
     private final BlasLibrary library;
-    /** cblas_sgemm without the thread-state transition; see {@link #sgemm}. */
-    private final MethodHandle criticalSgemm;
 
     private OpenBlas(BlasLibrary library) {
         this.library = library;
         if (cblas_h.CblasRowMajor() != ROW_MAJOR || cblas_h.CblasNoTrans() != NO_TRANS || cblas_h.CblasTrans() != TRANS) {
             throw new BlasUnavailableException("cblas.h enum values differ from the CBLAS standard");
         }
-        // Linker.Option.critical skips the Java-to-native thread transition, which is a large share of the cost
-        // of the small products attention makes (decode steps, tiny heads). Safe here: sgemm does not call back
-        // into Java. OpenBLAS threads can run long for large products, so it is only used where GC latency
-        // from a long critical call does not matter: below a size threshold (see sgemm).
-        this.criticalSgemm = Linker.nativeLinker().downcallHandle(cblas_h.cblas_sgemm$address(),
-                cblas_h.cblas_sgemm$descriptor(), Linker.Option.critical(false));
     }
 
     /**
@@ -177,27 +170,85 @@ public final class OpenBlas {
         if (m == 0 || n == 0) {
             return;
         }
-        // with k == 0 no element of a or b is read, and their offsets may lie past their segments
-        MemorySegment as = k == 0 ? a : a.asSlice(aOffset * Float.BYTES);
-        MemorySegment bs = k == 0 ? b : b.asSlice(bOffset * Float.BYTES);
-        MemorySegment cs = c.asSlice(cOffset * Float.BYTES);
+        if (k == 0) {
+            // no element of a or b is read, and their offsets may lie past their segments: C = beta · C
+            for (int i = 0; i < m; i++) {
+                for (int j = 0; j < n; j++) {
+                    long at = cOffset + (long) i * ldc + j;
+                    c.setAtIndex(ValueLayout.JAVA_FLOAT_UNALIGNED, at,
+                            beta == 0f ? 0f : beta * c.getAtIndex(ValueLayout.JAVA_FLOAT_UNALIGNED, at));
+                }
+            }
+            return;
+        }
         int tA = ta == Transpose.NO ? NO_TRANS : TRANS;
         int tB = tb == Transpose.NO ? NO_TRANS : TRANS;
-        if ((long) m * n * k <= CRITICAL_FLOPS) {
-            try {
-                criticalSgemm.invokeExact(ROW_MAJOR, tA, tB, m, n, k, alpha, as, lda, bs, ldb, beta, cs, ldc);
-            } catch (RuntimeException | Error e) {
-                throw e;
-            } catch (Throwable t) {
-                throw new AssertionError("cblas_sgemm", t);
-            }
+        // one small method per kind of downcall: with both in one method, a caller that uses both (causal
+        // attention) compiles a body too big to inline the stubs, and the three slices escape (240 B per call)
+        if (CRITICAL && (long) m * n * k <= CRITICAL_FLOPS) {
+            criticalSgemm(tA, tB, m, n, k, alpha, a, aOffset, lda, b, bOffset, ldb, beta, c, cOffset, ldc);
         } else {
-            cblas_h.cblas_sgemm(ROW_MAJOR, tA, tB, m, n, k, alpha, as, lda, bs, ldb, beta, cs, ldc);
+            plainSgemm(tA, tB, m, n, k, alpha, a, aOffset, lda, b, bOffset, ldb, beta, c, cOffset, ldc);
         }
+    }
+
+    private static void criticalSgemm(int tA, int tB, int m, int n, int k, float alpha,
+                                      MemorySegment a, long aOffset, int lda, MemorySegment b, long bOffset, int ldb,
+                                      float beta, MemorySegment c, long cOffset, int ldc) {
+        try {
+            Critical.SGEMM.invokeExact(ROW_MAJOR, tA, tB, m, n, k, alpha, a.asSlice(aOffset * Float.BYTES), lda,
+                    b.asSlice(bOffset * Float.BYTES), ldb, beta, c.asSlice(cOffset * Float.BYTES), ldc);
+        } catch (RuntimeException | Error e) {
+            throw e;
+        } catch (Throwable t) {
+            throw new AssertionError("cblas_sgemm", t);
+        }
+    }
+
+    private static void plainSgemm(int tA, int tB, int m, int n, int k, float alpha,
+                                   MemorySegment a, long aOffset, int lda, MemorySegment b, long bOffset, int ldb,
+                                   float beta, MemorySegment c, long cOffset, int ldc) {
+        try {
+            Critical.PLAIN.invokeExact(ROW_MAJOR, tA, tB, m, n, k, alpha, a.asSlice(aOffset * Float.BYTES), lda,
+                    b.asSlice(bOffset * Float.BYTES), ldb, beta, c.asSlice(cOffset * Float.BYTES), ldc);
+        } catch (RuntimeException | Error e) {
+            throw e;
+        } catch (Throwable t) {
+            throw new AssertionError("cblas_sgemm", t);
+        }
+    }
+
+    /**
+     * The sgemm downcall handles; cblas_sgemm without the thread-state transition (see {@link #sgemm}) and the
+     * ordinary one. In static final fields of a holder
+     * class (initialised after the library is loaded) so that the JIT treats the handle as a constant and
+     * inlines the call: through an instance field the handle is opaque, every argument segment escapes, and the
+     * call costs 120 B and 250 ns more than an ordinary downcall (measured by DowncallBench).
+     */
+    private static final class Critical {
+        // Linker.Option.critical skips the Java-to-native thread transition, which is a large share of the cost
+        // of the small products attention makes (decode steps, tiny heads). Safe here: sgemm does not call back
+        // into Java. OpenBLAS threads can run long for large products, so it is only used where GC latency
+        // from a long critical call does not matter: below a size threshold (see sgemm).
+        static final MethodHandle SGEMM = Linker.nativeLinker().downcallHandle(cblas_h.cblas_sgemm$address(),
+                cblas_h.cblas_sgemm$descriptor(), Linker.Option.critical(false));
+        /**
+         * The ordinary downcall, also held here rather than called through the jextract wrapper: once the
+         * wrapper is compiled on its own it is too big to inline, and the slices passed to it escape (120 B
+         * per product, measured at [1, 1, 4096, 128]).
+         */
+        static final MethodHandle PLAIN = Linker.nativeLinker().downcallHandle(cblas_h.cblas_sgemm$address(),
+                cblas_h.cblas_sgemm$descriptor());
     }
 
     /** Products up to this many multiply-adds (a few microseconds) run as critical downcalls. */
     private static final long CRITICAL_FLOPS = 1L << 18;
+    /**
+     * System property {@code qkv.blas.critical=false} turns critical downcalls off (to measure what they save,
+     * see bench/RESULTS.md).
+     */
+    public static final String CRITICAL_PROPERTY = "qkv.blas.critical";
+    private static final boolean CRITICAL = !"false".equalsIgnoreCase(System.getProperty(CRITICAL_PROPERTY));
 
     /**
      * {@code C = alpha · op(A) · op(B) + beta · C} over rank-2 tensor views. Each tensor must have unit stride

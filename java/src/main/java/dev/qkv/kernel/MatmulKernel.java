@@ -56,6 +56,27 @@ public abstract class MatmulKernel {
         return ScalarMatmul.INSTANCE;
     }
 
+    /**
+     * The pure-Java product on the Vector API (register-blocked micro-kernel over packed panels).
+     *
+     * @throws UnsupportedOperationException when the Vector API kernels are not enabled; the message says why
+     */
+    public static MatmulKernel javaVector() {
+        if (!Vectorization.enabled()) {
+            throw new UnsupportedOperationException(Vectorization.reason());
+        }
+        return VectorHolder.INSTANCE;
+    }
+
+    /** The fastest pure-Java product available: {@link #javaVector()} when enabled, else {@link #javaScalar()}. */
+    public static MatmulKernel java() {
+        return Vectorization.enabled() ? VectorHolder.INSTANCE : ScalarMatmul.INSTANCE;
+    }
+
+    private static final class VectorHolder {
+        static final MatmulKernel INSTANCE = new PackedMatmul(Vectorization.packed());
+    }
+
     private static final class NativeHolder {
         static final MatmulKernel INSTANCE = new MatmulKernel() {
             private final OpenBlas blas = OpenBlas.get();

@@ -76,12 +76,15 @@ public final class MultiHeadAttention {
     public static MultiHeadAttention create(MhaWeights weights, Backend backend) {
         Objects.requireNonNull(weights, "weights");
         Objects.requireNonNull(backend, "backend");
+        Attention attention = Attention.create(backend);
         MatmulKernel mm = switch (backend) {
             case NATIVE -> MatmulKernel.openBlas();
-            case JAVA -> MatmulKernel.javaScalar();
+            case JAVA -> MatmulKernel.java();
             case REFERENCE -> DoubleMatmul.INSTANCE;
+            // the projections run on the kernel AUTO chose for the attention's products
+            case AUTO -> attention.matmulKernel();
         };
-        if (backend == Backend.NATIVE) {
+        if ("native".equals(mm.name())) {
             String[] names = {"W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O"};
             Tensor[] ts = {weights.wq(), weights.wk(), weights.wv(), weights.wo(),
                     weights.bq(), weights.bk(), weights.bv(), weights.bo()};
@@ -92,7 +95,7 @@ public final class MultiHeadAttention {
                 }
             }
         }
-        return new MultiHeadAttention(weights, backend, mm, Attention.create(backend));
+        return new MultiHeadAttention(weights, backend, mm, attention);
     }
 
     /** The weights. */

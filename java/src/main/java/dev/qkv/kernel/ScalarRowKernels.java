@@ -1,23 +1,21 @@
-package dev.qkv.attention;
+package dev.qkv.kernel;
 
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 
-/** The row softmax of the blocked attention, in place over a score tile. */
-final class Softmax {
+/** Row kernels in plain Java with {@link Math#exp}: the fallback when the Vector API module is absent. */
+final class ScalarRowKernels extends RowKernels {
+    static final ScalarRowKernels INSTANCE = new ScalarRowKernels();
     private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
 
-    private Softmax() {
+    @Override
+    public String name() {
+        return "java-scalar";
     }
 
-    /**
-     * Turns scores {@code s[at .. at+n)} into attention weights: entries at or past {@code limit} (causally
-     * hidden) and entries the mask forbids get weight 0; the rest get {@code exp(s - max) / Σ exp(s - max)}.
-     * A row with no allowed entry becomes all zeros. {@code mask} (may be null) is read at
-     * {@code mAt + j * mStride}; boolean masks forbid where the value is 0, additive masks are added.
-     */
-    static void maskedRow(MemorySegment s, long at, int n, int limit, MemorySegment mask, long mAt, long mStride,
-                          boolean maskBool) {
+    @Override
+    public float expRow(MemorySegment s, long at, int n, int limit, MemorySegment mask, long mAt, long mStride,
+                        boolean maskBool) {
         // mask and row max
         float max = Float.NEGATIVE_INFINITY;
         for (int j = 0; j < limit; j++) {
@@ -40,7 +38,7 @@ final class Softmax {
             for (int j = 0; j < n; j++) {
                 s.setAtIndex(F, at + j, 0f);
             }
-            return;
+            return 0f;
         }
         // exp and sum
         double sum = 0;
@@ -49,13 +47,23 @@ final class Softmax {
             s.setAtIndex(F, at + j, e);
             sum += e;
         }
-        // normalize
-        float inv = (float) (1.0 / sum);
-        for (int j = 0; j < limit; j++) {
-            s.setAtIndex(F, at + j, s.getAtIndex(F, at + j) * inv);
-        }
         for (int j = limit; j < n; j++) {
             s.setAtIndex(F, at + j, 0f);
+        }
+        return (float) (1.0 / sum);
+    }
+
+    @Override
+    public void scaleRow(MemorySegment s, long at, int n, float f) {
+        for (int j = 0; j < n; j++) {
+            s.setAtIndex(F, at + j, s.getAtIndex(F, at + j) * f);
+        }
+    }
+
+    @Override
+    public void exp(float[] src, float[] dst, int n) {
+        for (int i = 0; i < n; i++) {
+            dst[i] = (float) Math.exp(src[i]);
         }
     }
 }

@@ -1,0 +1,137 @@
+package dev.qkv.bench;
+
+import dev.qkv.attention.Attention;
+import dev.qkv.attention.SdpaOptions;
+import dev.qkv.tensor.Tensor;
+import jdk.incubator.vector.FloatVector;
+import jdk.incubator.vector.VectorOperators;
+import jdk.incubator.vector.VectorSpecies;
+import org.openjdk.jmh.annotations.Benchmark;
+import org.openjdk.jmh.annotations.BenchmarkMode;
+import org.openjdk.jmh.annotations.Fork;
+import org.openjdk.jmh.annotations.Level;
+import org.openjdk.jmh.annotations.Measurement;
+import org.openjdk.jmh.annotations.Mode;
+import org.openjdk.jmh.annotations.OutputTimeUnit;
+import org.openjdk.jmh.annotations.Param;
+import org.openjdk.jmh.annotations.Scope;
+import org.openjdk.jmh.annotations.Setup;
+import org.openjdk.jmh.annotations.State;
+import org.openjdk.jmh.annotations.TearDown;
+import org.openjdk.jmh.annotations.Warmup;
+
+import java.lang.foreign.Arena;
+import java.nio.ByteOrder;
+import java.util.SplittableRandom;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * One decoding step: 32 heads, 1 query, 4096 cached keys, D = 128 (k and v together 128 MiB, far past the
+ * caches), and its floor {@link #readKvCacheOnce}: the time to read every cached key and value once with the
+ * same number of threads.
+ */
+@State(Scope.Benchmark)
+@BenchmarkMode(Mode.AverageTime)
+@OutputTimeUnit(TimeUnit.MILLISECONDS)
+@Warmup(iterations = 3, time = 1)
+@Measurement(iterations = 5, time = 1)
+// --enable-native-access: FFM downcalls without warnings; --add-modules: the Vector API kernels.
+@Fork(value = 1, jvmArgsAppend = {"--enable-native-access=ALL-UNNAMED", "--add-modules", "jdk.incubator.vector"})
+public class DecodeBench {
+    private static final VectorSpecies<Float> SP = FloatVector.SPECIES_PREFERRED;
+
+    @Param({"native", "java"})
+    public String backend;
+
+    @Param({"1", "2"})
+    public int threads;
+
+    private Arena arena;
+    private Attention attention;
+    private Tensor q;
+    private Tensor k;
+    private Tensor v;
+    private Tensor out;
+    private ExecutorService readers;
+
+    @Setup(Level.Trial)
+    public void setup() {
+        arena = Arena.ofShared();
+        SplittableRandom r = new SplittableRandom(7);
+        q = SdpaBench.random(arena, r, 1, 32, 1, 128);
+        k = SdpaBench.random(arena, r, 1, 32, 4096, 128);
+        v = SdpaBench.random(arena, r, 1, 32, 4096, 128);
+        out = Tensor.allocate(arena, 1, 32, 1, 128);
+        attention = BenchSupport.attention(backend, threads);
+        readers = Executors.newFixedThreadPool(threads);
+        BenchSupport.report("decode 32x1x4096x128 threads=" + threads + " kvBytes="
+                + 2 * k.elementCount() * Float.BYTES, attention.plan(q, k, v, out, SdpaOptions.DEFAULT));
+    }
+
+    @Benchmark
+    public Tensor decodeStep() {
+        attention.sdpa(q, k, v, out, SdpaOptions.DEFAULT);
+        return out;
+    }
+
+    /**
+     * The floor: every float of k and v read once, in 64 chunks spread over {@code threads} threads (vector
+     * loads into four sums, so the reads cannot be dropped and no add latency limits them).
+     */
+    @Benchmark
+    public float readKvCacheOnce() throws Exception {
+        long n = k.elementCount();
+        int chunks = 64;
+        long share = (n / chunks + 4L * SP.length() - 1) / (4L * SP.length()) * (4L * SP.length());
+        Future<?>[] parts = new Future<?>[threads];
+        float[] sums = new float[threads];
+        for (int t = 0; t < threads; t++) {
+            final int id = t;
+            parts[t] = readers.submit(() -> {
+                float s = 0;
+                for (int c = id; c < chunks; c += threads) {
+                    long from = Math.min(n, c * share);
+                    long to = Math.min(n, from + share);
+                    s += sum(k, from, to) + sum(v, from, to);
+                }
+                sums[id] = s;
+            });
+        }
+        float total = 0;
+        for (int t = 0; t < threads; t++) {
+            parts[t].get();
+            total += sums[t];
+        }
+        return total;
+    }
+
+    private static float sum(Tensor t, long from, long to) {
+        java.lang.foreign.MemorySegment seg = t.segment();
+        FloatVector a0 = FloatVector.zero(SP);
+        FloatVector a1 = a0;
+        FloatVector a2 = a0;
+        FloatVector a3 = a0;
+        long l = SP.length();
+        long i = from;
+        for (; i + 4 * l <= to; i += 4 * l) {
+            a0 = a0.add(FloatVector.fromMemorySegment(SP, seg, i * Float.BYTES, ByteOrder.nativeOrder()));
+            a1 = a1.add(FloatVector.fromMemorySegment(SP, seg, (i + l) * Float.BYTES, ByteOrder.nativeOrder()));
+            a2 = a2.add(FloatVector.fromMemorySegment(SP, seg, (i + 2 * l) * Float.BYTES, ByteOrder.nativeOrder()));
+            a3 = a3.add(FloatVector.fromMemorySegment(SP, seg, (i + 3 * l) * Float.BYTES, ByteOrder.nativeOrder()));
+        }
+        float s = a0.add(a1).add(a2.add(a3)).reduceLanes(VectorOperators.ADD);
+        for (; i < to; i++) {
+            s += t.getAt(i);
+        }
+        return s;
+    }
+
+    @TearDown(Level.Trial)
+    public void tearDown() {
+        readers.shutdownNow();
+        arena.close();
+    }
+}

@@ -1,0 +1,72 @@
+package dev.qkv.bench;
+
+import dev.qkv.blas.OpenBlas;
+import dev.qkv.blas.Transpose;
+import org.openjdk.jmh.annotations.Benchmark;
+import org.openjdk.jmh.annotations.BenchmarkMode;
+import org.openjdk.jmh.annotations.Fork;
+import org.openjdk.jmh.annotations.Level;
+import org.openjdk.jmh.annotations.Measurement;
+import org.openjdk.jmh.annotations.Mode;
+import org.openjdk.jmh.annotations.OutputTimeUnit;
+import org.openjdk.jmh.annotations.Param;
+import org.openjdk.jmh.annotations.Scope;
+import org.openjdk.jmh.annotations.Setup;
+import org.openjdk.jmh.annotations.State;
+import org.openjdk.jmh.annotations.TearDown;
+import org.openjdk.jmh.annotations.Warmup;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * FFM costs: a downcall that does nothing ({@code openblas_get_num_threads}) and small {@code sgemm}s
+ * (n × n × n), which run as critical downcalls unless the JVM has {@code -Dqkv.blas.critical=false}; run this
+ * class twice, with and without that flag, to see what {@code Linker.Option.critical} saves.
+ */
+@State(Scope.Benchmark)
+@BenchmarkMode(Mode.AverageTime)
+@OutputTimeUnit(TimeUnit.NANOSECONDS)
+@Warmup(iterations = 3, time = 1)
+@Measurement(iterations = 5, time = 1)
+// --enable-native-access: FFM downcalls without warnings.
+@Fork(value = 1, jvmArgsAppend = {"--enable-native-access=ALL-UNNAMED", "--add-modules", "jdk.incubator.vector"})
+public class DowncallBench {
+    @Param({"1", "8", "32", "64"})
+    public int n;
+
+    private Arena arena;
+    private OpenBlas blas;
+    private MemorySegment a;
+    private MemorySegment b;
+    private MemorySegment c;
+
+    @Setup(Level.Trial)
+    public void setup() {
+        blas = OpenBlas.get();
+        blas.setThreads(1);
+        arena = Arena.ofShared();
+        a = arena.allocate((long) n * n * 4, 64);
+        b = arena.allocate((long) n * n * 4, 64);
+        c = arena.allocate((long) n * n * 4, 64);
+        System.out.println("# qkv downcall: " + blas.describe() + " critical="
+                + System.getProperty(OpenBlas.CRITICAL_PROPERTY, "true"));
+    }
+
+    @Benchmark
+    public int emptyDowncall() {
+        return blas.threads();
+    }
+
+    @Benchmark
+    public MemorySegment sgemm() {
+        blas.sgemm(Transpose.NO, Transpose.YES, n, n, n, 1f, a, 0, n, b, 0, n, 0f, c, 0, n);
+        return c;
+    }
+
+    @TearDown(Level.Trial)
+    public void tearDown() {
+        arena.close();
+    }
+}

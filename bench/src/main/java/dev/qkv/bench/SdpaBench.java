@@ -1,0 +1,94 @@
+package dev.qkv.bench;
+
+import dev.qkv.attention.Attention;
+import dev.qkv.attention.SdpaOptions;
+import dev.qkv.tensor.Tensor;
+import org.openjdk.jmh.annotations.Benchmark;
+import org.openjdk.jmh.annotations.BenchmarkMode;
+import org.openjdk.jmh.annotations.Fork;
+import org.openjdk.jmh.annotations.Level;
+import org.openjdk.jmh.annotations.Measurement;
+import org.openjdk.jmh.annotations.Mode;
+import org.openjdk.jmh.annotations.OutputTimeUnit;
+import org.openjdk.jmh.annotations.Param;
+import org.openjdk.jmh.annotations.Scope;
+import org.openjdk.jmh.annotations.Setup;
+import org.openjdk.jmh.annotations.State;
+import org.openjdk.jmh.annotations.TearDown;
+import org.openjdk.jmh.annotations.Warmup;
+
+import java.lang.foreign.Arena;
+import java.util.SplittableRandom;
+import java.util.concurrent.TimeUnit;
+
+/** Scaled dot-product attention over the shapes of issue 4, per backend, causal or not, on 1 or 2 threads. */
+@State(Scope.Benchmark)
+@BenchmarkMode(Mode.AverageTime)
+@OutputTimeUnit(TimeUnit.MICROSECONDS)
+@Warmup(iterations = 3, time = 1)
+@Measurement(iterations = 5, time = 1)
+// --enable-native-access: FFM downcalls without warnings; --add-modules: the Vector API kernels.
+@Fork(value = 1, jvmArgsAppend = {"--enable-native-access=ALL-UNNAMED", "--add-modules", "jdk.incubator.vector"})
+public class SdpaBench {
+
+    /** {@code BxHxLxD}: q, k, v all {@code [B, H, L, D]}. */
+    @Param({"1x1x128x64", "1x12x512x64", "1x8x2048x64", "1x1x4096x128"})
+    public String shape;
+
+    /** {@code native}, {@code java}, {@code auto}; {@code reference} is cheap only at the smallest shape. */
+    @Param({"native", "java"})
+    public String backend;
+
+    @Param({"false", "true"})
+    public boolean causal;
+
+    @Param({"1", "2"})
+    public int threads;
+
+    private Arena arena;
+    private Attention attention;
+    private Tensor q;
+    private Tensor k;
+    private Tensor v;
+    private Tensor out;
+    private SdpaOptions options;
+
+    @Setup(Level.Trial)
+    public void setup() {
+        String[] p = shape.split("x");
+        long b = Long.parseLong(p[0].trim());
+        long h = Long.parseLong(p[1].trim());
+        long l = Long.parseLong(p[2].trim());
+        long d = Long.parseLong(p[3].trim());
+        arena = Arena.ofShared();
+        SplittableRandom r = new SplittableRandom(42);
+        q = random(arena, r, b, h, l, d);
+        k = random(arena, r, b, h, l, d);
+        v = random(arena, r, b, h, l, d);
+        out = Tensor.allocate(arena, b, h, l, d);
+        options = causal ? SdpaOptions.CAUSAL : SdpaOptions.DEFAULT;
+        attention = BenchSupport.attention(backend, threads);
+        BenchSupport.report(shape + (causal ? " causal" : "") + " threads=" + threads + " flops="
+                + (long) (4.0 * b * h * l * l * d), attention.plan(q, k, v, out, options));
+    }
+
+    @Benchmark
+    public Tensor sdpa() {
+        attention.sdpa(q, k, v, out, options);
+        return out;
+    }
+
+    @TearDown(Level.Trial)
+    public void tearDown() {
+        arena.close();
+    }
+
+    static Tensor random(Arena arena, SplittableRandom r, long... shape) {
+        Tensor t = Tensor.allocate(arena, shape);
+        float[] x = new float[(int) t.elementCount()];
+        for (int i = 0; i < x.length; i++) {
+            x[i] = (float) (r.nextDouble() * 2 - 1);
+        }
+        return t.copyFrom(x);
+    }
+}

@@ -1,0 +1,55 @@
+package dev.qkv.kernel;
+
+import java.lang.foreign.MemorySegment;
+
+/**
+ * Matrix products for the Java attention engine over operands packed once and reused: the right-hand operand
+ * is packed into column panels of {@link #panel()} floats, so that the register-blocked micro-kernel reads it
+ * with aligned unit-stride vector loads whatever its original layout, and the left-hand operand is a row-major
+ * {@code float[]}. The caller (one thread) owns every buffer; nothing is allocated.
+ */
+public interface PackedKernels {
+
+    /** Columns per packed panel (two vectors). */
+    int panel();
+
+    /** Floats {@link #packB} writes for {@code op(B) [k, n]}. */
+    default int packedSize(int k, int n) {
+        int p = panel();
+        return Math.multiplyExact((n + p - 1) / p * p, k);
+    }
+
+    /**
+     * Packs {@code op(B) [k, n]} from {@code b} (row-major, float offset {@code bOff}, leading dimension
+     * {@code ldb}; stored {@code [n, k]} when {@code transposed}) into {@code dst}: panel {@code jp} holds
+     * {@code dst[(jp·k + p)·panel + j] = op(B)[p][jp·panel + j]}, zero past column {@code n}.
+     */
+    void packB(boolean transposed, MemorySegment b, long bOff, int ldb, int k, int n, float[] dst);
+
+    /**
+     * {@code C [m, n] = rowScale[r] · (op(A) [m, k] · B) + beta · C} with {@code A} in {@code a} (float offset
+     * {@code aOff}, leading dimension {@code lda}; stored {@code [k, m]} when {@code aTransposed}), {@code B}
+     * the first {@code k} rows and {@code n} columns of an operand packed by {@link #packB} with
+     * {@code packedK >= k} rows, {@code C} row-major in {@code c} (float offset {@code cOff}, leading dimension
+     * {@code ldc}). Rows of A are copied, eight at a time, into {@code abuf} (at least {@code 8·k} floats).
+     * {@code rowScale} null means 1; with {@code beta == 0} the old C is ignored.
+     */
+    void gemm(boolean aTransposed, MemorySegment a, long aOff, int lda, int m, int n, int k, float[] abuf,
+              float[] bp, int packedK, float[] rowScale, float beta, MemorySegment c, long cOff, int ldc);
+
+    /**
+     * Few-query products straight from memory (no packing): {@code s[sOff + r·lds + j] = a_r · b_j} for
+     * {@code r < m}, {@code j < n}, where {@code a_r} is row {@code r} of the row-major {@code a [m, k]} and
+     * {@code b_j} row {@code j} of the row-major {@code b [n, k]} (unit stride, leading dimension {@code ldb}).
+     */
+    void dotRows(float[] a, int aOff, int lda, int m, MemorySegment b, long bOff, int ldb, int n, int k,
+                 MemorySegment s, long sOff, int lds);
+
+    /**
+     * {@code c_r = rowScale[r] · Σ_j p[pOff + r·ldp + j] · v_j} for {@code r < m}, where {@code v_j} is row {@code j}
+     * of the row-major {@code v [n, d]} (unit stride) and {@code c_r} row {@code r} of {@code c} (leading
+     * dimension {@code ldc}); {@code rowScale} null means 1.
+     */
+    void axpyRows(MemorySegment p, long pOff, int ldp, int m, MemorySegment v, long vOff, int ldv, int n, int d,
+                  float[] rowScale, MemorySegment c, long cOff, int ldc);
+}

@@ -1,0 +1,317 @@
+package dev.qkv.kernel;
+
+import jdk.incubator.vector.FloatVector;
+import jdk.incubator.vector.VectorMask;
+import jdk.incubator.vector.VectorOperators;
+import jdk.incubator.vector.VectorSpecies;
+
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.ByteOrder;
+
+/**
+ * Packed products on {@code FloatVector.SPECIES_PREFERRED}. The micro-kernel keeps an 8-row × 2-vector block
+ * of C in 16 registers and, per step of the reduction, loads two vectors of the packed B panel and broadcasts
+ * one element of each A row: 16 FMAs for 2 loads and 8 broadcasts, which keeps the FMA units busy.
+ */
+final class VectorPackedKernels implements PackedKernels {
+    private static final VectorSpecies<Float> SP = FloatVector.SPECIES_PREFERRED;
+    private static final int L = SP.length();
+    private static final int NR = 2 * L;
+    private static final ByteOrder O = ByteOrder.nativeOrder();
+    private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
+    /** Per-thread 8 × NR accumulator tile between the micro-kernel and the store. */
+    private static final ThreadLocal<float[]> TILE = ThreadLocal.withInitial(() -> new float[8 * NR]);
+
+    @Override
+    public int panel() {
+        return NR;
+    }
+
+    @Override
+    public void packB(boolean transposed, MemorySegment b, long bOff, int ldb, int k, int n, float[] dst) {
+        for (int j0 = 0, jp = 0; j0 < n; j0 += NR, jp++) {
+            final int nb = Math.min(NR, n - j0);
+            final int base = jp * k * NR;
+            if (!transposed) {
+                // B [k, n]: each panel row is a contiguous run of nb floats
+                VectorMask<Float> m0 = SP.indexInRange(0, nb);
+                VectorMask<Float> m1 = SP.indexInRange(L, nb);
+                for (int p = 0; p < k; p++) {
+                    long src = (bOff + (long) p * ldb + j0) * Float.BYTES;
+                    int d = base + p * NR;
+                    if (nb == NR) {
+                        FloatVector.fromMemorySegment(SP, b, src, O).intoArray(dst, d);
+                        FloatVector.fromMemorySegment(SP, b, src + (long) L * Float.BYTES, O).intoArray(dst, d + L);
+                    } else {
+                        FloatVector.fromMemorySegment(SP, b, src, O, m0).intoArray(dst, d);
+                        FloatVector.fromMemorySegment(SP, b, src + (long) L * Float.BYTES, O, m1).intoArray(dst, d + L);
+                    }
+                }
+            } else {
+                // B stored [n, k]: column j of the panel is row j0 + j of the storage
+                if (nb < NR) {
+                    java.util.Arrays.fill(dst, base, base + k * NR, 0f);
+                }
+                for (int jj = 0; jj < nb; jj++) {
+                    long row = bOff + (long) (j0 + jj) * ldb;
+                    int d = base + jj;
+                    for (int p = 0; p < k; p++) {
+                        dst[d + p * NR] = b.getAtIndex(F, row + p);
+                    }
+                }
+            }
+        }
+    }
+
+    @Override
+    public void gemm(boolean aTransposed, MemorySegment a, long aOff, int lda, int m, int n, int k, float[] abuf,
+                     float[] bp, int packedK, float[] rowScale, float beta, MemorySegment c, long cOff, int ldc) {
+        final float[] tile = TILE.get();
+        for (int i = 0; i < m; i += 8) {
+            final int mr = Math.min(8, m - i);
+            copyRows(aTransposed, a, aOff, lda, i, mr, k, abuf);
+            for (int j0 = 0, jp = 0; j0 < n; j0 += NR, jp++) {
+                final int nb = Math.min(NR, n - j0);
+                final int bBase = jp * packedK * NR;
+                final long cAt = cOff + (long) i * ldc + j0;
+                if (mr == 8) {
+                    kernel8(abuf, 0, k, k, bp, bBase, tile);
+                } else {
+                    for (int r = 0; r < mr; r++) {
+                        kernel1(abuf, r * k, k, bp, bBase, tile, r * NR);
+                    }
+                }
+                flush(tile, mr, rowScale, i, beta, c, cAt, ldc, nb);
+            }
+        }
+    }
+
+    /** Rows {@code [i, i + mr)} of {@code op(A)} into {@code dst} row-major {@code [mr, k]}. */
+    private static void copyRows(boolean aTransposed, MemorySegment a, long aOff, int lda, int i, int mr, int k,
+                                 float[] dst) {
+        if (k == 0) {
+            // empty rows (Dk = 0): nothing to copy, and their offsets may lie past the segment
+            return;
+        }
+        if (!aTransposed) {
+            for (int r = 0; r < mr; r++) {
+                MemorySegment.copy(a, F, (aOff + (long) (i + r) * lda) * Float.BYTES, dst, r * k, k);
+            }
+        } else {
+            for (int p = 0; p < k; p++) {
+                long row = aOff + (long) p * lda + i;
+                for (int r = 0; r < mr; r++) {
+                    dst[r * k + p] = a.getAtIndex(F, row + r);
+                }
+            }
+        }
+    }
+
+    /**
+     * The 8 × 2-vector block of {@code A · B} into {@code tile [8, NR]}. Its accumulators go to an array, not to
+     * a store helper: passing vectors to a method C2 does not inline (node count cutoff) boxes every one of them.
+     */
+    private static void kernel8(float[] a, int a0, int lda, int k, float[] bp, int bBase, float[] tile) {
+        final int a1 = a0 + lda;
+        final int a2 = a1 + lda;
+        final int a3 = a2 + lda;
+        final int a4 = a3 + lda;
+        final int a5 = a4 + lda;
+        final int a6 = a5 + lda;
+        final int a7 = a6 + lda;
+        FloatVector c00 = FloatVector.zero(SP);
+        FloatVector c01 = c00;
+        FloatVector c10 = c00;
+        FloatVector c11 = c00;
+        FloatVector c20 = c00;
+        FloatVector c21 = c00;
+        FloatVector c30 = c00;
+        FloatVector c31 = c00;
+        FloatVector c40 = c00;
+        FloatVector c41 = c00;
+        FloatVector c50 = c00;
+        FloatVector c51 = c00;
+        FloatVector c60 = c00;
+        FloatVector c61 = c00;
+        FloatVector c70 = c00;
+        FloatVector c71 = c00;
+        for (int p = 0, bo = bBase; p < k; p++, bo += NR) {
+            FloatVector b0 = FloatVector.fromArray(SP, bp, bo);
+            FloatVector b1 = FloatVector.fromArray(SP, bp, bo + L);
+            FloatVector x = FloatVector.broadcast(SP, a[a0 + p]);
+            c00 = x.fma(b0, c00);
+            c01 = x.fma(b1, c01);
+            x = FloatVector.broadcast(SP, a[a1 + p]);
+            c10 = x.fma(b0, c10);
+            c11 = x.fma(b1, c11);
+            x = FloatVector.broadcast(SP, a[a2 + p]);
+            c20 = x.fma(b0, c20);
+            c21 = x.fma(b1, c21);
+            x = FloatVector.broadcast(SP, a[a3 + p]);
+            c30 = x.fma(b0, c30);
+            c31 = x.fma(b1, c31);
+            x = FloatVector.broadcast(SP, a[a4 + p]);
+            c40 = x.fma(b0, c40);
+            c41 = x.fma(b1, c41);
+            x = FloatVector.broadcast(SP, a[a5 + p]);
+            c50 = x.fma(b0, c50);
+            c51 = x.fma(b1, c51);
+            x = FloatVector.broadcast(SP, a[a6 + p]);
+            c60 = x.fma(b0, c60);
+            c61 = x.fma(b1, c61);
+            x = FloatVector.broadcast(SP, a[a7 + p]);
+            c70 = x.fma(b0, c70);
+            c71 = x.fma(b1, c71);
+        }
+        c00.intoArray(tile, 0);
+        c01.intoArray(tile, L);
+        c10.intoArray(tile, NR);
+        c11.intoArray(tile, NR + L);
+        c20.intoArray(tile, 2 * NR);
+        c21.intoArray(tile, 2 * NR + L);
+        c30.intoArray(tile, 3 * NR);
+        c31.intoArray(tile, 3 * NR + L);
+        c40.intoArray(tile, 4 * NR);
+        c41.intoArray(tile, 4 * NR + L);
+        c50.intoArray(tile, 5 * NR);
+        c51.intoArray(tile, 5 * NR + L);
+        c60.intoArray(tile, 6 * NR);
+        c61.intoArray(tile, 6 * NR + L);
+        c70.intoArray(tile, 7 * NR);
+        c71.intoArray(tile, 7 * NR + L);
+    }
+
+    private static void kernel1(float[] a, int a0, int k, float[] bp, int bBase, float[] tile, int at) {
+        FloatVector c0 = FloatVector.zero(SP);
+        FloatVector c1 = c0;
+        for (int p = 0, bo = bBase; p < k; p++, bo += NR) {
+            FloatVector x = FloatVector.broadcast(SP, a[a0 + p]);
+            c0 = x.fma(FloatVector.fromArray(SP, bp, bo), c0);
+            c1 = x.fma(FloatVector.fromArray(SP, bp, bo + L), c1);
+        }
+        c0.intoArray(tile, at);
+        c1.intoArray(tile, at + L);
+    }
+
+    /** {@code C row r [0, nb) = rowScale[i + r] · tile row r + beta · C} for {@code r < mr}, masked past nb. */
+    private static void flush(float[] tile, int mr, float[] rowScale, int i, float beta, MemorySegment c, long cOff,
+                              int ldc, int nb) {
+        for (int r = 0; r < mr; r++) {
+            float scale = rowScale == null ? 1f : rowScale[i + r];
+            long off = (cOff + (long) r * ldc) * Float.BYTES;
+            long off1 = off + (long) L * Float.BYTES;
+            if (nb == NR) {
+                FloatVector v0 = FloatVector.fromArray(SP, tile, r * NR).mul(scale);
+                FloatVector v1 = FloatVector.fromArray(SP, tile, r * NR + L).mul(scale);
+                if (beta != 0f) {
+                    v0 = FloatVector.fromMemorySegment(SP, c, off, O).mul(beta).add(v0);
+                    v1 = FloatVector.fromMemorySegment(SP, c, off1, O).mul(beta).add(v1);
+                }
+                v0.intoMemorySegment(c, off, O);
+                v1.intoMemorySegment(c, off1, O);
+            } else {
+                // a partial panel, element by element (masked vector stores may not be intrinsified)
+                for (int j = 0; j < nb; j++) {
+                    long o = off + (long) j * Float.BYTES;
+                    float x = scale * tile[r * NR + j];
+                    c.set(F, o, beta != 0f ? Math.fma(beta, c.get(F, o), x) : x);
+                }
+            }
+        }
+    }
+
+    @Override
+    public void dotRows(float[] a, int aOff, int lda, int m, MemorySegment b, long bOff, int ldb, int n, int k,
+                        MemorySegment s, long sOff, int lds) {
+        for (int r = 0; r < m; r++) {
+            final int ar = aOff + r * lda;
+            int j = 0;
+            for (; j + 4 <= n; j += 4) {
+                long b0 = (bOff + (long) j * ldb) * Float.BYTES;
+                long b1 = b0 + (long) ldb * Float.BYTES;
+                long b2 = b1 + (long) ldb * Float.BYTES;
+                long b3 = b2 + (long) ldb * Float.BYTES;
+                FloatVector s0 = FloatVector.zero(SP);
+                FloatVector s1 = s0;
+                FloatVector s2 = s0;
+                FloatVector s3 = s0;
+                int p = 0;
+                for (; p <= k - L; p += L) {
+                    FloatVector x = FloatVector.fromArray(SP, a, ar + p);
+                    long o = (long) p * Float.BYTES;
+                    s0 = x.fma(FloatVector.fromMemorySegment(SP, b, b0 + o, O), s0);
+                    s1 = x.fma(FloatVector.fromMemorySegment(SP, b, b1 + o, O), s1);
+                    s2 = x.fma(FloatVector.fromMemorySegment(SP, b, b2 + o, O), s2);
+                    s3 = x.fma(FloatVector.fromMemorySegment(SP, b, b3 + o, O), s3);
+                }
+                if (p < k) {
+                    VectorMask<Float> mk = SP.indexInRange(p, k);
+                    FloatVector x = FloatVector.fromArray(SP, a, ar + p, mk);
+                    long o = (long) p * Float.BYTES;
+                    s0 = x.fma(FloatVector.fromMemorySegment(SP, b, b0 + o, O, mk), s0);
+                    s1 = x.fma(FloatVector.fromMemorySegment(SP, b, b1 + o, O, mk), s1);
+                    s2 = x.fma(FloatVector.fromMemorySegment(SP, b, b2 + o, O, mk), s2);
+                    s3 = x.fma(FloatVector.fromMemorySegment(SP, b, b3 + o, O, mk), s3);
+                }
+                long so = sOff + (long) r * lds + j;
+                s.setAtIndex(F, so, s0.reduceLanes(VectorOperators.ADD));
+                s.setAtIndex(F, so + 1, s1.reduceLanes(VectorOperators.ADD));
+                s.setAtIndex(F, so + 2, s2.reduceLanes(VectorOperators.ADD));
+                s.setAtIndex(F, so + 3, s3.reduceLanes(VectorOperators.ADD));
+            }
+            for (; j < n; j++) {
+                long bj = (bOff + (long) j * ldb) * Float.BYTES;
+                FloatVector s0 = FloatVector.zero(SP);
+                for (int p = 0; p < k; p += L) {
+                    VectorMask<Float> mk = SP.indexInRange(p, k);
+                    s0 = FloatVector.fromArray(SP, a, ar + p, mk)
+                            .fma(FloatVector.fromMemorySegment(SP, b, bj + (long) p * Float.BYTES, O, mk), s0);
+                }
+                s.setAtIndex(F, sOff + (long) r * lds + j, s0.reduceLanes(VectorOperators.ADD));
+            }
+        }
+    }
+
+    @Override
+    public void axpyRows(MemorySegment p, long pOff, int ldp, int m, MemorySegment v, long vOff, int ldv, int n, int d,
+                         float[] rowScale, MemorySegment c, long cOff, int ldc) {
+        for (int r = 0; r < m; r++) {
+            final long pr = pOff + (long) r * ldp;
+            final float scale = rowScale == null ? 1f : rowScale[r];
+            // four vectors of the output row at a time stay in registers while every key adds its row of v
+            for (int d0 = 0; d0 < d; d0 += 4 * L) {
+                VectorMask<Float> m0 = SP.indexInRange(d0, d);
+                VectorMask<Float> m1 = SP.indexInRange(d0 + L, d);
+                VectorMask<Float> m2 = SP.indexInRange(d0 + 2 * L, d);
+                VectorMask<Float> m3 = SP.indexInRange(d0 + 3 * L, d);
+                FloatVector x0 = FloatVector.zero(SP);
+                FloatVector x1 = x0;
+                FloatVector x2 = x0;
+                FloatVector x3 = x0;
+                boolean full = d0 + 4 * L <= d;
+                for (int j = 0; j < n; j++) {
+                    float w = p.getAtIndex(F, pr + j);
+                    long o = (vOff + (long) j * ldv + d0) * Float.BYTES;
+                    FloatVector wv = FloatVector.broadcast(SP, w);
+                    if (full) {
+                        x0 = wv.fma(FloatVector.fromMemorySegment(SP, v, o, O), x0);
+                        x1 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 4L, O), x1);
+                        x2 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 8L, O), x2);
+                        x3 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 12L, O), x3);
+                    } else {
+                        x0 = wv.fma(FloatVector.fromMemorySegment(SP, v, o, O, m0), x0);
+                        x1 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 4L, O, m1), x1);
+                        x2 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 8L, O, m2), x2);
+                        x3 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 12L, O, m3), x3);
+                    }
+                }
+                long co = (cOff + (long) r * ldc + d0) * Float.BYTES;
+                x0.mul(scale).intoMemorySegment(c, co, O, m0);
+                x1.mul(scale).intoMemorySegment(c, co + L * 4L, O, m1);
+                x2.mul(scale).intoMemorySegment(c, co + L * 8L, O, m2);
+                x3.mul(scale).intoMemorySegment(c, co + L * 12L, O, m3);
+            }
+        }
+    }
+}

@@ -1,0 +1,179 @@
+package dev.qkv.attention;
+
+import dev.qkv.tensor.Tensor;
+import org.junit.jupiter.api.Named;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.MethodSource;
+
+import java.lang.foreign.Arena;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.SplittableRandom;
+import java.util.stream.Stream;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assertions.fail;
+
+/**
+ * The blocked engine against the double-precision reference on shared-arena tensors, so that the parallel
+ * path (pool threads) runs too: 1 and 2 threads, the packed Java engine and its few-query path, native, tails
+ * of every block size, causal with Lq &lt; Lk and Lq &gt; Lk, masks, grouped-query heads, transposed views, a
+ * workspace budget. Tolerance per element: {@code atol = rtol = 4 · (Dk + Lk) · 2^-24} (one rounding per term of
+ * the two reductions, with slack for exp, scale and normalization).
+ */
+class EngineTest {
+
+    record Case(long seed, int b, int hq, int hkv, int lq, int lk, int dk, int dv, boolean causal, String mask,
+                boolean kTransposed) {
+        @Override
+        public String toString() {
+            return "seed=" + seed + " B=" + b + " Hq=" + hq + " Hkv=" + hkv + " Lq=" + lq + " Lk=" + lk + " Dk=" + dk
+                    + " Dv=" + dv + (causal ? " causal" : "") + " mask=" + mask + (kTransposed ? " kT-view" : "");
+        }
+    }
+
+    static Stream<Named<Case>> cases() {
+        List<Case> out = new ArrayList<>();
+        SplittableRandom r = new SplittableRandom(20261125);
+        int[] lens = {1, 3, 7, 8, 17, 63, 64, 65, 129, 200};
+        int[] dims = {1, 3, 16, 17, 33, 64, 65};
+        String[] masks = {"none", "bool2d", "additive4d", "keypad"};
+        for (int i = 0; i < 40; i++) {
+            int hkv = 1 + r.nextInt(2);
+            int hq = hkv * (1 + r.nextInt(3));
+            out.add(new Case(r.nextLong(), 1 + r.nextInt(2), hq, hkv, lens[r.nextInt(lens.length)],
+                    lens[r.nextInt(lens.length)], dims[r.nextInt(dims.length)], dims[r.nextInt(dims.length)],
+                    r.nextBoolean(), masks[r.nextInt(masks.length)], r.nextInt(4) == 0));
+        }
+        // big enough to go parallel (> 8 MFLOP), with a causal block that sees no key (Lq > Lk)
+        out.add(new Case(7, 1, 4, 2, 256, 300, 64, 64, false, "none", false));
+        out.add(new Case(8, 1, 4, 4, 300, 256, 64, 48, true, "none", false));
+        out.add(new Case(9, 2, 2, 1, 200, 333, 64, 64, true, "bool2d", true));
+        out.add(new Case(10, 1, 8, 8, 4, 3000, 128, 128, false, "keypad", false));
+        return out.stream().map(c -> Named.of(c.toString(), c));
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("cases")
+    void matchesReference(Case c) {
+        try (Arena arena = Arena.ofShared()) {
+            SplittableRandom r = new SplittableRandom(c.seed());
+            Tensor q = random(arena, r, c.b(), c.hq(), c.lq(), c.dk());
+            Tensor k;
+            if (c.kTransposed()) {
+                // storage [B, Hkv, Dk, Lk], viewed as [B, Hkv, Lk, Dk] with unit stride along Lk
+                k = random(arena, r, c.b(), c.hkv(), c.dk(), c.lk()).transpose(2, 3);
+            } else {
+                k = random(arena, r, c.b(), c.hkv(), c.lk(), c.dk());
+            }
+            Tensor v = random(arena, r, c.b(), c.hkv(), c.lk(), c.dv());
+            Mask mask = switch (c.mask()) {
+                case "bool2d" -> Mask.allowed(bernoulli(arena, r, 0.7, c.lq(), c.lk()));
+                case "additive4d" -> Mask.additive(uniform(arena, r, -3, 1, c.b(), c.hq(), c.lq(), c.lk()));
+                case "keypad" -> Mask.allowed(bernoulli(arena, r, 0.8, c.b(), 1, 1, c.lk()));
+                default -> null;
+            };
+            SdpaOptions o = SdpaOptions.DEFAULT.withCausal(c.causal()).withMask(mask);
+            Tensor ref = Tensor.allocate(arena, c.b(), c.hq(), c.lq(), c.dv());
+            Attention.create(Backend.REFERENCE).sdpa(q, k, v, ref, o);
+            float[] want = ref.toArray();
+            double tol = 4.0 * (c.dk() + c.lk()) * 0x1p-24;
+            for (Backend backend : new Backend[] {Backend.NATIVE, Backend.JAVA}) {
+                for (int threads : new int[] {1, 2}) {
+                    Attention a = Attention.create(backend, threads);
+                    Tensor got = Tensor.allocate(arena, c.b(), c.hq(), c.lq(), c.dv()).fill(Float.NaN);
+                    a.sdpa(q, k, v, got, o);
+                    check(c + " " + backend + " threads=" + threads + " " + a.plan(q, k, v, got, o),
+                            got.toArray(), want, c.dv(), tol);
+                    Tensor viaWs = Tensor.allocate(arena, c.b(), c.hq(), c.lq(), c.dv()).fill(Float.NaN);
+                    a.sdpa(q, k, v, viaWs, o, Workspace.allocate(arena, a.workspaceBytes(q, k, v, viaWs, o)));
+                    check(c + " " + backend + " threads=" + threads + " workspace", viaWs.toArray(), want, c.dv(), tol);
+                }
+            }
+        }
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("backends")
+    void budgetLowersBlockRowsAndStaysExact(Backend backend) {
+        try (Arena arena = Arena.ofShared()) {
+            SplittableRandom r = new SplittableRandom(5);
+            int lq = 150;
+            int lk = 1000;
+            Tensor q = random(arena, r, 1, 2, lq, 32);
+            Tensor k = random(arena, r, 1, 2, lk, 32);
+            Tensor v = random(arena, r, 1, 2, lk, 32);
+            Tensor ref = Tensor.allocate(arena, 1, 2, lq, 32);
+            Attention.create(Backend.REFERENCE).sdpa(q, k, v, ref, SdpaOptions.CAUSAL);
+            Attention unbounded = Attention.create(backend, 2);
+            long full = scratch(unbounded.plan(q, k, v, ref, SdpaOptions.CAUSAL));
+            Attention bounded = Attention.builder().backend(backend).threads(2).workspaceBudget(full / 3).build();
+            String plan = bounded.plan(q, k, v, ref, SdpaOptions.CAUSAL);
+            assertTrue(scratch(plan) <= full / 3, plan + " exceeds " + full / 3);
+            Tensor got = Tensor.allocate(arena, 1, 2, lq, 32);
+            bounded.sdpa(q, k, v, got, SdpaOptions.CAUSAL);
+            check(backend + " " + plan, got.toArray(), ref.toArray(), 32, 4.0 * (32 + lk) * 0x1p-24);
+            Attention tiny = Attention.builder().backend(backend).workspaceBudget(64).build();
+            IllegalArgumentException e = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
+                    () -> tiny.sdpa(q, k, v, got, SdpaOptions.CAUSAL));
+            assertTrue(e.getMessage().contains("budget") && e.getMessage().contains("q [1, 2, 150, 32]"), e.getMessage());
+        }
+    }
+
+    static Stream<Named<Backend>> backends() {
+        return Stream.of(Backend.NATIVE, Backend.JAVA).map(b -> Named.of(b.cliName(), b));
+    }
+
+    /** workspaceBytes + heapScratchBytes of a plan line. */
+    private static long scratch(String plan) {
+        long sum = 0;
+        for (String part : plan.split(" ")) {
+            if (part.startsWith("workspaceBytes=") || part.startsWith("heapScratchBytes=")) {
+                sum += Long.parseLong(part.substring(part.indexOf('=') + 1));
+            }
+        }
+        assertTrue(sum > 0, plan);
+        return sum;
+    }
+
+    private static void check(String context, float[] got, float[] want, int dv, double tol) {
+        assertEquals(want.length, got.length, context);
+        int bad = 0;
+        StringBuilder sb = new StringBuilder();
+        for (int i = 0; i < got.length; i++) {
+            double err = Math.abs((double) got[i] - want[i]);
+            if (!(err <= tol + tol * Math.abs(want[i]))) {
+                if (bad++ < 5) {
+                    sb.append("\n  row ").append(i / Math.max(dv, 1)).append(" col ").append(i % Math.max(dv, 1))
+                            .append(": got ").append(got[i]).append(" want ").append(want[i]);
+                }
+            }
+        }
+        if (bad > 0) {
+            fail(context + ": " + bad + " elements beyond atol=rtol=" + tol + sb);
+        }
+    }
+
+    static Tensor random(Arena arena, SplittableRandom r, long... shape) {
+        return uniform(arena, r, -1, 1, shape);
+    }
+
+    static Tensor uniform(Arena arena, SplittableRandom r, double lo, double hi, long... shape) {
+        Tensor t = Tensor.allocate(arena, shape);
+        float[] x = new float[(int) t.elementCount()];
+        for (int i = 0; i < x.length; i++) {
+            x[i] = (float) (lo + (hi - lo) * r.nextDouble());
+        }
+        return t.copyFrom(x);
+    }
+
+    static Tensor bernoulli(Arena arena, SplittableRandom r, double p, long... shape) {
+        Tensor t = Tensor.allocate(arena, shape);
+        float[] x = new float[(int) t.elementCount()];
+        for (int i = 0; i < x.length; i++) {
+            x[i] = r.nextDouble() < p ? 1f : 0f;
+        }
+        return t.copyFrom(x);
+    }
+}

@@ -1,0 +1,170 @@
+package dev.qkv.kernel;
+
+import dev.qkv.blas.Transpose;
+import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.SplittableRandom;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assertions.fail;
+
+/**
+ * The Vector API kernels against independent ones: the vectorized exp against {@link Math#exp} in double, the
+ * vector row kernels against the scalar ones, the packed product against a double-precision triple loop.
+ */
+class VectorKernelsTest {
+    private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
+
+    @BeforeEach
+    void vectorApiPresent() {
+        Assumptions.assumeTrue(Vectorization.enabled(), Vectorization.reason());
+    }
+
+    /** The stated accuracy of the vectorized exp: relative error below 3e-7 on [-87, 88], 0 below, NaN kept. */
+    @Test
+    void expRelativeErrorOverItsRange() {
+        int n = 2_000_001;
+        float[] x = new float[n];
+        for (int i = 0; i < n; i++) {
+            x[i] = -87f + 175f * i / (n - 1);
+        }
+        float[] y = new float[n];
+        Vectorization.rows().exp(x, y, n);
+        double worst = 0;
+        float at = 0;
+        for (int i = 0; i < n; i++) {
+            double e = Math.exp(x[i]);
+            double rel = Math.abs(y[i] - e) / e;
+            if (rel > worst) {
+                worst = rel;
+                at = x[i];
+            }
+        }
+        System.out.println("vector exp: max relative error " + worst + " at x=" + at + " over [-87, 88]");
+        assertTrue(worst < 3e-7, "max relative error " + worst + " at x=" + at);
+        float[] special = {Float.NEGATIVE_INFINITY, -1000f, -87.5f, Float.NaN, 0f};
+        float[] out = new float[special.length];
+        Vectorization.rows().exp(special, out, special.length);
+        assertEquals(0f, out[0]);
+        assertEquals(0f, out[1]);
+        assertEquals(0f, out[2]);
+        assertTrue(Float.isNaN(out[3]));
+        assertEquals(1f, out[4]);
+    }
+
+    @Test
+    void expRowMatchesScalar() {
+        SplittableRandom r = new SplittableRandom(11);
+        try (Arena arena = Arena.ofConfined()) {
+            for (int n : new int[] {1, 3, 7, 15, 16, 17, 31, 32, 33, 63, 65, 129, 1000}) {
+                for (int variant = 0; variant < 5; variant++) {
+                    int limit = variant == 1 ? r.nextInt(n + 1) : n;
+                    boolean maskBool = variant == 2;
+                    boolean additive = variant == 3;
+                    long mStride = variant == 4 ? 2 : 1;
+                    MemorySegment a = arena.allocate((long) n * 4);
+                    MemorySegment b = arena.allocate((long) n * 4);
+                    MemorySegment m = arena.allocate((long) n * 8);
+                    for (int j = 0; j < n; j++) {
+                        float s = (float) (r.nextDouble() * 2000 - 1000);
+                        a.setAtIndex(F, j, s);
+                        b.setAtIndex(F, j, s);
+                    }
+                    for (int j = 0; j < 2 * n; j++) {
+                        m.setAtIndex(F, j, maskBool ? (r.nextDouble() < 0.8 ? 1f : 0f)
+                                : (float) (r.nextDouble() * 4 - 2));
+                    }
+                    MemorySegment mask = maskBool || additive || variant == 4 ? m : null;
+                    float fa = Vectorization.scalarRows().expRow(a, 0, n, limit, mask, 0, mStride, maskBool);
+                    float fb = Vectorization.rows().expRow(b, 0, n, limit, mask, 0, mStride, maskBool);
+                    String ctx = "n=" + n + " limit=" + limit + " variant=" + variant;
+                    assertEquals(fa, fb, Math.abs(fa) * 1e-5, ctx + " 1/sum");
+                    for (int j = 0; j < n; j++) {
+                        float x = a.getAtIndex(F, j);
+                        float y = b.getAtIndex(F, j);
+                        if (Math.abs(x - y) > 1e-6 + 1e-6 * Math.abs(x)) {
+                            fail(ctx + " j=" + j + ": scalar " + x + " vector " + y);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    @Test
+    void allMaskedRowGivesZeros() {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment s = arena.allocate(40 * 4);
+            MemorySegment m = arena.allocate(40 * 4);
+            s.fill((byte) 1);
+            assertEquals(0f, Vectorization.rows().expRow(s, 0, 40, 40, m, 0, 1, true));
+            for (int j = 0; j < 40; j++) {
+                assertEquals(0f, s.getAtIndex(F, j));
+            }
+        }
+    }
+
+    @Test
+    void packedMatmulMatchesDoubleLoop() {
+        SplittableRandom r = new SplittableRandom(3);
+        MatmulKernel mm = MatmulKernel.javaVector();
+        int[] sizes = {1, 3, 7, 8, 9, 17, 31, 32, 33, 64, 65, 129};
+        try (Arena arena = Arena.ofConfined()) {
+            for (int trial = 0; trial < 60; trial++) {
+                int m = sizes[r.nextInt(sizes.length)];
+                int n = sizes[r.nextInt(sizes.length)];
+                int k = trial == 0 ? 0 : sizes[r.nextInt(sizes.length)];
+                Transpose ta = r.nextBoolean() ? Transpose.NO : Transpose.YES;
+                Transpose tb = r.nextBoolean() ? Transpose.NO : Transpose.YES;
+                float alpha = (float) (r.nextDouble() * 2 - 1);
+                float beta = r.nextInt(3) == 0 ? 0f : (float) r.nextDouble();
+                int lda = (ta == Transpose.NO ? k : m) + r.nextInt(3);
+                int ldb = (tb == Transpose.NO ? n : k) + r.nextInt(3);
+                int ldc = n + r.nextInt(3);
+                int aRows = ta == Transpose.NO ? m : k;
+                int bRows = tb == Transpose.NO ? k : n;
+                MemorySegment a = fill(arena, r, (long) Math.max(aRows, 1) * Math.max(lda, 1));
+                MemorySegment b = fill(arena, r, (long) Math.max(bRows, 1) * Math.max(ldb, 1));
+                MemorySegment c = fill(arena, r, (long) m * ldc);
+                double[] want = new double[m * n];
+                for (int i = 0; i < m; i++) {
+                    for (int j = 0; j < n; j++) {
+                        double sum = 0;
+                        for (int p = 0; p < k; p++) {
+                            float x = ta == Transpose.NO ? a.getAtIndex(F, (long) i * lda + p) : a.getAtIndex(F, (long) p * lda + i);
+                            float y = tb == Transpose.NO ? b.getAtIndex(F, (long) p * ldb + j) : b.getAtIndex(F, (long) j * ldb + p);
+                            sum += (double) x * y;
+                        }
+                        want[i * n + j] = alpha * sum + beta * c.getAtIndex(F, (long) i * ldc + j);
+                    }
+                }
+                mm.matmul(ta, tb, m, n, k, alpha, a, 0, Math.max(lda, 1), b, 0, Math.max(ldb, 1), beta, c, 0, ldc);
+                double tol = 4.0 * (k + 2) * 0x1p-24;
+                for (int i = 0; i < m; i++) {
+                    for (int j = 0; j < n; j++) {
+                        double got = c.getAtIndex(F, (long) i * ldc + j);
+                        double w = want[i * n + j];
+                        if (Math.abs(got - w) > tol + tol * Math.abs(w)) {
+                            fail("seed 3 trial " + trial + " m=" + m + " n=" + n + " k=" + k + " " + ta + tb + " at ("
+                                    + i + ", " + j + "): got " + got + " want " + w);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    private static MemorySegment fill(Arena arena, SplittableRandom r, long n) {
+        MemorySegment s = arena.allocate(Math.max(n, 1) * 4, 64);
+        for (long i = 0; i < n; i++) {
+            s.setAtIndex(F, i, (float) (r.nextDouble() * 2 - 1));
+        }
+        return s;
+    }
+}
