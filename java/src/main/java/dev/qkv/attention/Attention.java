@@ -614,7 +614,12 @@ public final class Attention {
                 product(mm, Transpose.NO, Transpose.NO.flipIf(vo.transposed), rows, dv, keys, 1f,
                         ws, base, keys, vo.seg, vo.offset, vo.ld, outSeg, outRows, ldo);
                 for (int r = 0; r < rows; r++) {
-                    owner.rows.scaleRow(outSeg, outRows + (long) r * ldo, dv, s.rowScale[r]);
+                    if (s.rowScale[r] == 0f) {
+                        // no key allowed: zeros, even where v holds NaN or Inf (0 · NaN would be NaN)
+                        zeroRows(outSeg, outRows + (long) r * ldo, 1, dv, ldo);
+                    } else {
+                        owner.rows.scaleRow(outSeg, outRows + (long) r * ldo, dv, s.rowScale[r]);
+                    }
                 }
             }
             if (packOut) {
@@ -684,6 +689,7 @@ public final class Attention {
                 softmaxRows(ws, base, i0, rows, keys, maskHead, inv);
                 pk.axpyRows(ws, base, keys, rows, v.segment(), vBase, (int) ld(v.stride(2), dv), keys, dv, inv,
                         outSeg, outRows, ldo);
+                zeroMaskedRows(inv, rows, outSeg, outRows, dv, ldo);
                 return;
             }
             long kvHead = ((long) b * hkv + g);
@@ -720,6 +726,19 @@ public final class Attention {
             softmaxRows(ws, base, i0, rows, keys, maskHead, inv);
             // out_block [rows, Dv] = p · v / sum
             pk.gemm(false, ws, base, keys, rows, dv, keys, s.aBuf, s.vPack, lk, inv, 0f, outSeg, outRows, ldo);
+            zeroMaskedRows(inv, rows, outSeg, outRows, dv, ldo);
+        }
+
+        /**
+         * Rows whose softmax allowed no key (normalizer 0) become zeros: the product computed 0 · v, which is NaN
+         * where v holds NaN or Inf, and a fully masked row must give zeros whatever v holds.
+         */
+        private void zeroMaskedRows(float[] inv, int rows, MemorySegment outSeg, long outRows, int dv, int ldo) {
+            for (int r = 0; r < rows; r++) {
+                if (inv[r] == 0f) {
+                    zeroRows(outSeg, outRows + (long) r * ldo, 1, dv, ldo);
+                }
+            }
         }
     }
 

@@ -234,9 +234,9 @@ class EdgeNumericsTest {
     }
 
     /**
-     * A fully masked row next to a NaN in v: zeros on the reference; on the blocked paths zeros or NaN in the
-     * poisoned column only (the zero weights still multiply v inside the block's key range). Printed, because
-     * the contract promises zeros here and the blocked engine does not yet keep that promise.
+     * A fully masked row next to a NaN in v: zeros on every backend. Other rows that may not attend the
+     * poisoned key are finite on the reference and finite or NaN in the poisoned column only on the blocked
+     * paths (their zero weights still multiply v inside the block's key range), as the failure contract says.
      */
     @ParameterizedTest
     @EnumSource(Backend.class)
@@ -260,7 +260,9 @@ class EdgeNumericsTest {
                 for (long i = 0; i < L; i++) {
                     for (long d = 0; d < DV; d++) {
                         float x = got[outAt(h, i, d)];
-                        if (d != col || backend == Backend.REFERENCE) {
+                        if (i == deadRow) {
+                            assertEquals(0f, x, 0f, backend + " fully masked out[" + h + "," + i + "," + d + "]");
+                        } else if (d != col || backend == Backend.REFERENCE) {
                             assertTrue(i == deadRow ? x == 0f : Float.isFinite(x), backend + " out[" + h + "," + i
                                     + "," + d + "]=" + x);
                         } else if (Float.isNaN(x)) {
