@@ -59,19 +59,19 @@ public final class Attention {
     public static final int BLOCK_ROWS = 64;
 
     /**
-     * OpenBLAS cores whose sgemm uses AVX-512. Measured (bench/RESULTS.md): with one of these OpenBLAS is as fast
-     * as or faster than the Java Vector API kernels at every benchmarked shape (44 vs 54 µs at [1, 1, 128, 64]),
-     * so {@link Backend#AUTO} runs native; with an AVX2 core (e.g. {@code OPENBLAS_CORETYPE=Haswell}) the Java
-     * kernels are faster at every shape (54 vs 68 µs tiny, 90 vs 64 GFLOP/s at [1, 8, 2048, 64]), so AUTO runs
-     * Java. The crossover is therefore the core, not the size.
-     */
-    /**
      * Below this many query rows (decoding) {@link Backend#AUTO} runs the Java kernels whatever the core: they
      * read k and v straight from memory, while sgemm with one row still packs them (measured decode step:
      * 10.2 ms Java vs 20.5 ms OpenBLAS SkylakeX, one thread).
      */
     static final int AUTO_JAVA_QUERIES = 8;
 
+    /**
+     * OpenBLAS cores whose sgemm uses AVX-512. Measured (bench/RESULTS.md): with one of these OpenBLAS is as fast
+     * as or faster than the Java Vector API kernels at every benchmarked shape (44 vs 54 µs at [1, 1, 128, 64]),
+     * so {@link Backend#AUTO} runs native; with an AVX2 core (e.g. {@code OPENBLAS_CORETYPE=Haswell}) the Java
+     * kernels are faster at every shape (54 vs 68 µs tiny, 90 vs 64 GFLOP/s at [1, 8, 2048, 64]), so AUTO runs
+     * Java. The crossover is therefore the core, not the size.
+     */
     private static final java.util.Set<String> AVX512_CORES =
             java.util.Set.of("skylakex", "cooperlake", "sapphirerapids");
 
