@@ -65,7 +65,7 @@ final class PyLiteral {
             case '[' -> sequence(']', depth, false);
             case '\'', '"' -> string();
             default -> {
-                if (c == '-' || c == '+' || c == '.' || Character.isDigit(c)) {
+                if (c == '-' || c == '+' || c == '.' || isAsciiDigit(c)) {
                     yield number();
                 }
                 if (Character.isLetter(c)) {
@@ -169,7 +169,7 @@ final class PyLiteral {
         boolean fraction = false;
         while (pos < s.length()) {
             char c = s.charAt(pos);
-            if (Character.isDigit(c)) {
+            if (isAsciiDigit(c)) {
                 pos++;
             } else if (c == '.' || c == 'e' || c == 'E') {
                 fraction = true;
@@ -194,6 +194,14 @@ final class PyLiteral {
         } catch (NumberFormatException e) {
             throw new SyntaxException("malformed number '" + text + "'", start);
         }
+    }
+
+    /**
+     * Python number literals use the digits 0-9 only; {@link Character#isDigit} (and {@link BigInteger}) would
+     * also take e.g. Arabic-Indic digits, so a UTF-8 header could state a shape numpy itself refuses to read.
+     */
+    private static boolean isAsciiDigit(char c) {
+        return c >= '0' && c <= '9';
     }
 
     private Object name() throws SyntaxException {
