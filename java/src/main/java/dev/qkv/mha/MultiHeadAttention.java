@@ -371,7 +371,7 @@ public final class MultiHeadAttention {
         if (t.rank() != 3 || t.size(2) != e || b >= 0 && t.size(0) != b || l >= 0 && t.size(1) != l) {
             throw new IllegalArgumentException(t.describe(name) + ": expected " + want + " (E=" + e + ", H=" + h + ")");
         }
-        if (e > 1 && t.stride(2) != 1 || t.size(1) > 1 && t.stride(1) < e) {
+        if (e > 1 && t.stride(2) != 1 || t.size(0) > 0 && t.size(1) > 1 && t.stride(1) < e) {
             throw new IllegalArgumentException(t.describe(name) + " with strides " + java.util.Arrays.toString(t.strides())
                     + ": rows must have unit stride along E and must not overlap");
         }
@@ -381,9 +381,41 @@ public final class MultiHeadAttention {
         if (!t.isAlive()) {
             throw new IllegalStateException(t.describe(name) + ": its arena is closed");
         }
+        if (name.equals("out") && t.elementCount() > 0) {
+            if (t.segment().isReadOnly()) {
+                // e.g. a weight of a read-only safetensors mapping: OpenBLAS writing into it would crash the JVM
+                throw new IllegalArgumentException(t.describe(name) + ": a read-only segment");
+            }
+            if (rowsOverlap(t)) {
+                throw new IllegalArgumentException(t.describe(name) + " with strides "
+                        + java.util.Arrays.toString(t.strides()) + ": two rows share memory");
+            }
+        }
         if (backend == Backend.NATIVE && !t.segment().isNative()) {
             throw new IllegalArgumentException(t.describe(name) + ": a heap segment; the native backend needs off-heap memory");
         }
+    }
+
+    /**
+     * True unless the {@code B·L} rows of {@code t [B, L, E]} (unit stride along E) are disjoint by nesting: the
+     * dimension of smaller stride steps at least E, the other at least its whole extent. That covers batch-first
+     * and sequence-first layouts, padded or not; an output whose rows alias would keep only the last write.
+     */
+    private boolean rowsOverlap(Tensor t) {
+        long n0 = t.size(0);
+        long n1 = t.size(1);
+        long s0 = t.stride(0);
+        long s1 = t.stride(1);
+        if (n0 <= 1 || n1 <= 1) {
+            long n = Math.max(n0, n1);
+            long s = n0 > 1 ? s0 : s1;
+            return n > 1 && s < e;
+        }
+        boolean rowsInner = s1 <= s0;
+        long inner = rowsInner ? s1 : s0;
+        long innerCount = rowsInner ? n1 : n0;
+        long outer = rowsInner ? s0 : s1;
+        return inner < e || outer / innerCount < inner;
     }
 
     private static MemorySegment checkWorkspace(MhaWorkspace ws, long needFloats, Tensor x) {
