@@ -180,6 +180,7 @@ public final class MultiHeadAttention {
         long need = kv == null ? selfFloats(b, l) : crossFloats(b, l, lkv);
         MemorySegment seg = checkWorkspace(ws, need, x);
         if (b == 0 || l == 0) {
+            checkEmptyCall(seg, b, l, lkv, options);
             return;
         }
         int bi = toInt("B*L", b * l) / (int) l;
@@ -278,6 +279,21 @@ public final class MultiHeadAttention {
                 ws.attention());
         outputProjection(seg, aOff, 1, ni, out);
         cache.advance(ni);
+    }
+
+    /**
+     * A call with no query rows computes nothing, but its options must still fit the shapes, as they must on
+     * {@link Backend#REFERENCE}, which runs them through the attention's checks. Empty q and out, and k and v
+     * that repeat one float, let the attention check the mask without reading the workspace.
+     */
+    private void checkEmptyCall(MemorySegment seg, long b, long l, long lkv, SdpaOptions options) {
+        long[] none = {0, 0, 0, 0};
+        Tensor q = Tensor.view(seg, 0, new long[] {b, h, l, dh}, none);
+        Tensor kv = Tensor.view(seg, 0, new long[] {b, hkv, lkv, dh}, none);
+        // distinct strides even when L = 0: the attention refuses an output that maps two elements to one address
+        long rows = Math.max(l, 1);
+        Tensor a = Tensor.view(seg, 0, new long[] {b, h, l, dh}, new long[] {h * rows * dh, rows * dh, dh, 1});
+        attention.workspaceBytes(q, kv, kv, a, options);
     }
 
     /** {@code A [B·L, E]} seen as {@code [B, H, L, Dh]}: each head writes its own columns, so concatenation is free. */
