@@ -173,6 +173,7 @@ public final class MultiHeadAttention {
         }
         check3("out", out, b, l);
         long lkv = kv == null ? l : kv.size(1);
+        checkWeightsAlive();
         if (backend == Backend.REFERENCE) {
             MhaReference.forward(w, x, kv == null ? x : kv, out, options);
             return;
@@ -244,6 +245,10 @@ public final class MultiHeadAttention {
             throw new IllegalArgumentException(cache.describe() + " does not fit this layer: Hkv=" + hkv
                     + ", Dh=" + dh);
         }
+        if (!cache.k().scope().isAlive()) {
+            throw new IllegalStateException(cache.describe() + ": its arena is closed");
+        }
+        checkWeightsAlive();
         int before = cache.length();
         if (n > cache.capacity() - before) {
             throw new IllegalStateException(cache.describe() + ": appending " + x.describe("x") + " needs "
@@ -432,6 +437,21 @@ public final class MultiHeadAttention {
         long innerCount = rowsInner ? n1 : n0;
         long outer = rowsInner ? s0 : s1;
         return inner < e || outer / innerCount < inner;
+    }
+
+    /**
+     * Names the weight whose arena is closed. Another thread may still close it after this check; the call then
+     * stops with the JDK's own {@link IllegalStateException} at the next access, or the close is refused while
+     * a native product runs.
+     */
+    private void checkWeightsAlive() {
+        String[] names = {"W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O"};
+        Tensor[] ts = {w.wq(), w.wk(), w.wv(), w.wo(), w.bq(), w.bk(), w.bv(), w.bo()};
+        for (int i = 0; i < ts.length; i++) {
+            if (ts[i] != null && !ts[i].isAlive()) {
+                throw new IllegalStateException(ts[i].describe(names[i]) + ": its arena is closed");
+            }
+        }
     }
 
     private static MemorySegment checkWorkspace(MhaWorkspace ws, long needFloats, Tensor x) {
