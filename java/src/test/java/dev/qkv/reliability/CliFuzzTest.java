@@ -38,7 +38,7 @@ class CliFuzzTest {
     Path root;
     private Path in;
     private Path outDir;
-    /** Valid inputs, by the flag that takes them. */
+    /** Broken inputs: truncated and bit-flipped copies of the valid ones, a directory, a missing file. */
     private final List<Path> bad = new ArrayList<>();
 
     private record Result(int code, String out, String err) {

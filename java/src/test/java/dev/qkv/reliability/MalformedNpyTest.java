@@ -52,7 +52,8 @@ class MalformedNpyTest {
      * Returns null when the file cannot be a valid array: unsupported dtype, non-ASCII digits, wrong data length.
      */
     private static Decoded decode(byte[] f) {
-        if (f.length < 10 || (f[0] & 0xff) != 0x93 || !new String(f, 1, 5, StandardCharsets.ISO_8859_1).equals("NUMPY")) {
+        if (f.length < 10 || (f[0] & 0xff) != 0x93
+                || !new String(f, 1, 5, StandardCharsets.ISO_8859_1).equals("NUMPY")) {
             return null;
         }
         int major = f[6];
@@ -232,7 +233,8 @@ class MalformedNpyTest {
                 f[pos] ^= (byte) (1 << bit);
                 where.append(' ').append(pos).append(':').append(bit);
             }
-            counts[check(f, "seed " + seed + " case " + it + ": file " + which + " bits flipped at" + where).ordinal()]++;
+            String what = "seed " + seed + " case " + it + ": file " + which + " bits flipped at" + where;
+            counts[check(f, what).ordinal()]++;
         }
         assertTrue(counts[0] > 0 && counts[1] > 0, "read/rejected " + Arrays.toString(counts));
     }

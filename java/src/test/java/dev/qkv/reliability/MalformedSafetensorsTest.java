@@ -225,7 +225,8 @@ class MalformedSafetensorsTest {
     }
 
     private static String entry(String name, String dtype, String shape, String offsets) {
-        return "\"" + name + "\":{\"dtype\":\"" + dtype + "\",\"shape\":" + shape + ",\"data_offsets\":" + offsets + "}";
+        return "\"" + name + "\":{\"dtype\":\"" + dtype + "\",\"shape\":" + shape + ",\"data_offsets\":" + offsets
+                + "}";
     }
 
     @Test
@@ -285,7 +286,8 @@ class MalformedSafetensorsTest {
         ByteBuffer.wrap(shortFile).order(ByteOrder.LITTLE_ENDIAN).putLong(0, shortFile.length - 7);
         cases.add(shortFile);
         // invalid UTF-8 in the header: an overlong '"' and a lone continuation byte
-        for (byte[] bad : new byte[][] {{(byte) 0xc0, (byte) 0xa2}, {(byte) 0x80}, {(byte) 0xed, (byte) 0xa0, (byte) 0x80}}) {
+        byte[][] invalid = {{(byte) 0xc0, (byte) 0xa2}, {(byte) 0x80}, {(byte) 0xed, (byte) 0xa0, (byte) 0x80}};
+        for (byte[] bad : invalid) {
             byte[] f = file("{\"" + "x".repeat(bad.length) + "\":1}", d16);
             System.arraycopy(bad, 0, f, 10, bad.length);
             cases.add(f);

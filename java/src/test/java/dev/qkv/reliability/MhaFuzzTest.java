@@ -33,7 +33,8 @@ class MhaFuzzTest {
     /** What is wrong with a forward call; NONE is a valid call. */
     private enum Defect {
         NONE, X_WIDTH, X_RANK, OUT_LENGTH, OUT_BATCH, KV_BATCH, KV_WIDTH, WORKSPACE_SMALL, MASK_SHAPE, X_CLOSED,
-        OUT_CLOSED, WORKSPACE_CLOSED, OUT_TRANSPOSED, OUT_ROWS_OVERLAP, OUT_BATCHES_ALIASED, OUT_READ_ONLY, X_HEAP, NULL_WORKSPACE,
+        OUT_CLOSED, WORKSPACE_CLOSED, OUT_TRANSPOSED, OUT_ROWS_OVERLAP, OUT_BATCHES_ALIASED, OUT_READ_ONLY, X_HEAP,
+        NULL_WORKSPACE,
         NULL_OPTIONS
     }
 
@@ -286,7 +287,8 @@ class MhaFuzzTest {
                 List<float[]> seen = new ArrayList<>();
                 DecodeDefect[] defects = DecodeDefect.values();
                 for (int step = 0; step < 12; step++) {
-                    DecodeDefect defect = r.nextBoolean() ? DecodeDefect.NONE : defects[1 + r.nextInt(defects.length - 1)];
+                    DecodeDefect defect = r.nextBoolean() ? DecodeDefect.NONE
+                            : defects[1 + r.nextInt(defects.length - 1)];
                     int room = capacity - cache.length();
                     int n = defect == DecodeDefect.OVER_CAPACITY ? room + 1 + r.nextInt(3)
                             : r.nextInt(Math.min(room, 5) + 1);

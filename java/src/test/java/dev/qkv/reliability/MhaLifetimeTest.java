@@ -121,7 +121,8 @@ class MhaLifetimeTest {
     void aCacheWhoseArenaIsClosedIsAnIllegalStateAndOutStaysUntouched(Backend backend) {
         try (Arena a = Arena.ofConfined()) {
             Random r = new Random(5);
-            MultiHeadAttention layer = MultiHeadAttention.create(MhaLayers.weights(a, r, 4, 2, 8, true, false), backend);
+            MultiHeadAttention layer = MultiHeadAttention.create(MhaLayers.weights(a, r, 4, 2, 8, true, false),
+                    backend);
             Arena cacheArena = Arena.ofConfined();
             KvCache cache = layer.newCache(cacheArena, 16);
             MhaWorkspace ws = layer.newWorkspace(a, 1, 4, 16);
