@@ -29,6 +29,12 @@ final class PyLiteral {
         }
     }
 
+    /**
+     * Longest integer literal accepted: Python's own default limit for converting digits to an int. Parsing a
+     * megabyte of digits into a {@link BigInteger} takes about 20 s, so a 1 MiB header could stall the reader.
+     */
+    private static final int MAX_INT_DIGITS = 4300;
+
     /** Deeper nesting than this is no header numpy writes; the limit keeps recursion off the stack's edge. */
     private static final int MAX_DEPTH = 32;
 
@@ -185,6 +191,10 @@ final class PyLiteral {
         try {
             if (fraction) {
                 return Double.parseDouble(text);
+            }
+            if (text.length() > MAX_INT_DIGITS + 1) {
+                throw new SyntaxException("integer of " + text.length() + " characters exceeds the limit of "
+                        + MAX_INT_DIGITS + " digits", start);
             }
             BigInteger v = new BigInteger(text);
             if (pos < s.length() && (s.charAt(pos) == 'L' || s.charAt(pos) == 'l')) {
