@@ -303,6 +303,8 @@ class MalformedNpyTest {
                 NpyBytes.file(3, "\ufeff{'descr': '<f4', 'fortran_order': False, 'shape': (4,)}", four),
                 NpyBytes.file(3, "{'descr': '<f4', 'fortran_order': False, 'shape': (4,), '\ud83d\ude00': 1}", four),
                 NpyBytes.file(3, "{'descr': '<f4', 'fortran_order': False, 'shape': (4,), '\u0000': 1}", four)));
+        // a megabyte of digits: parsing it into a BigInteger took about 20 s before the reader capped the length
+        cases.add(NpyBytes.file(2, dict("(" + "9".repeat(Npy.MAX_HEADER_BYTES - 100) + ",)"), four));
         // invalid UTF-8 in a v3 header: an overlong NUL and a lone continuation byte
         byte[] bad = NpyBytes.file(3, dict("(4,)") + "XX", four);
         bad[12 + dict("(4,)").length()] = (byte) 0xc0;
