@@ -173,7 +173,7 @@ public final class MultiHeadAttention {
         }
         check3("out", out, b, l);
         long lkv = kv == null ? l : kv.size(1);
-        checkWeightsAlive();
+        checkWeights(out);
         if (backend == Backend.REFERENCE) {
             MhaReference.forward(w, x, kv == null ? x : kv, out, options);
             return;
@@ -248,7 +248,7 @@ public final class MultiHeadAttention {
         if (!cache.k().scope().isAlive()) {
             throw new IllegalStateException(cache.describe() + ": its arena is closed");
         }
-        checkWeightsAlive();
+        checkWeights(out);
         int before = cache.length();
         if (n > cache.capacity() - before) {
             throw new IllegalStateException(cache.describe() + ": appending " + x.describe("x") + " needs "
@@ -444,7 +444,7 @@ public final class MultiHeadAttention {
      * stops with the JDK's own {@link IllegalStateException} at the next access, or the close is refused while
      * a native product runs.
      */
-    private void checkWeightsAlive() {
+    private void checkWeights(Tensor out) {
         String[] names = {"W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O"};
         Tensor[] ts = {w.wq(), w.wk(), w.wv(), w.wo(), w.bq(), w.bk(), w.bv(), w.bo()};
         for (int i = 0; i < ts.length; i++) {
@@ -452,6 +452,28 @@ public final class MultiHeadAttention {
                 throw new IllegalStateException(ts[i].describe(names[i]) + ": its arena is closed");
             }
         }
+        for (int i = 0; i < ts.length; i++) {
+            // writing there would change the layer for every later call and every other thread
+            if (ts[i] != null && overlaps(out, ts[i])) {
+                throw new IllegalArgumentException(out.describe("out") + " shares memory with "
+                        + ts[i].describe(names[i]));
+            }
+        }
+    }
+
+    /**
+     * True when the address ranges the two views can reach share a byte (coarse but safe: gaps count). Only
+     * off-heap memory is compared, by address, so that the check allocates nothing on the hot path.
+     */
+    private static boolean overlaps(Tensor a, Tensor b) {
+        if (a.elementCount() == 0 || b.elementCount() == 0 || !a.segment().isNative() || !b.segment().isNative()) {
+            return false;
+        }
+        long a0 = a.segment().address() + a.offset() * Float.BYTES;
+        long a1 = a.segment().address() + a.endElement() * Float.BYTES;
+        long b0 = b.segment().address() + b.offset() * Float.BYTES;
+        long b1 = b.segment().address() + b.endElement() * Float.BYTES;
+        return a0 < b1 && b0 < a1;
     }
 
     private static MemorySegment checkWorkspace(MhaWorkspace ws, long needFloats, Tensor x) {
