@@ -263,6 +263,49 @@ class MhaFuzzTest {
         assertTrue(valid > iterations / 4, "only " + valid + " valid cases");
     }
 
+    @ParameterizedTest
+    @EnumSource(Backend.class)
+    void anOutputThatSharesMemoryWithAWeightIsRefusedAndTheWeightsStayIntact(Backend backend) {
+        int h = 2;
+        int dh = 4;
+        int e = h * dh;
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(11);
+            // every weight and the output carved from one segment, as a model loaded into one buffer would be
+            Tensor all = MhaLayers.rand(a, r, 0.3f, 8L * e * e);
+            MemorySegment s = all.segment();
+            long[] mat = {e, e};
+            long[] st = {e, 1};
+            Tensor[] m = new Tensor[4];
+            for (int i = 0; i < 4; i++) {
+                m[i] = Tensor.view(s, (long) i * e * e, mat, st);
+            }
+            Tensor bias = Tensor.view(s, 4L * e * e, new long[] {e}, new long[] {1});
+            MhaWeights w = MhaWeights.of(h, m[0], null, m[1], null, m[2], null, m[3], bias);
+            MultiHeadAttention layer = MultiHeadAttention.create(w, backend);
+            Tensor x = MhaLayers.rand(a, r, 1f, 1, 3, e);
+            MhaWorkspace ws = layer.newWorkspace(a, 1, 3, 3);
+            float[] before = all.toArray();
+            String[] names = {"W_Q", "W_K", "W_V", "W_O", "b_O"};
+            long[] at = {0, e * e + 5, 2L * e * e + e, 4L * e * e - 2 * e, 4L * e * e + 2};
+            for (int i = 0; i < at.length; i++) {
+                Tensor out = Tensor.view(s, at[i], new long[] {1, 3, e}, new long[] {3L * e, e, 1});
+                IllegalArgumentException ex = org.junit.jupiter.api.Assertions.assertThrows(
+                        IllegalArgumentException.class, () -> layer.forward(x, out, SdpaOptions.DEFAULT, ws));
+                assertTrue(ex.getMessage().startsWith("out [1, 3, " + e + "]") && ex.getMessage().contains(names[i]),
+                        backend + ": " + ex.getMessage());
+                org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
+                        () -> layer.decode(x, layer.newCache(a, 4), out, ws));
+            }
+            org.junit.jupiter.api.Assertions.assertArrayEquals(before, all.toArray(), "the weights changed");
+            // the same segment beyond the weights is a valid output
+            Tensor out = Tensor.view(s, 5L * e * e, new long[] {1, 3, e}, new long[] {3L * e, e, 1});
+            layer.forward(x, out, SdpaOptions.DEFAULT, ws);
+            org.junit.jupiter.api.Assertions.assertArrayEquals(java.util.Arrays.copyOf(before, 5 * e * e),
+                    java.util.Arrays.copyOf(all.toArray(), 5 * e * e));
+        }
+    }
+
     /** What is wrong with a decode call; NONE is a valid call. */
     private enum DecodeDefect { NONE, OVER_CAPACITY, FOREIGN_CACHE, X_BATCH, OUT_LENGTH, WORKSPACE_SMALL, RESET }
 
