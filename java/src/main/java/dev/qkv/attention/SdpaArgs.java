@@ -25,6 +25,10 @@ final class SdpaArgs {
         rank4("k", k, "[B, Hkv, Lk, Dk]");
         rank4("v", v, "[B, Hkv, Lk, Dv]");
         rank4("out", out, "[B, Hq, Lq, Dv]");
+        if (out.segment().isReadOnly() && out.elementCount() > 0) {
+            // a read-only file mapping, say: native code writing into it would crash the JVM
+            throw new IllegalArgumentException(out.describe("out") + ": a read-only segment");
+        }
         long b = q.size(0);
         long hq = q.size(1);
         long lq = q.size(2);

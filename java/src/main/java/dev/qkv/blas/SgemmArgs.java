@@ -31,6 +31,10 @@ public final class SgemmArgs {
         long aEnd = check(requireNative, "a", a, aOffset, ta == Transpose.NO ? m : k, ta == Transpose.NO ? k : m, lda);
         long bEnd = check(requireNative, "b", b, bOffset, tb == Transpose.NO ? k : n, tb == Transpose.NO ? n : k, ldb);
         long cEnd = check(requireNative, "c", c, cOffset, m, n, ldc);
+        if (c.isReadOnly() && m > 0 && n > 0) {
+            // e.g. a view of a read-only file mapping: OpenBLAS writing into it would crash the JVM (SIGSEGV)
+            throw new IllegalArgumentException("sgemm: output c [" + m + ", " + n + "] is a read-only segment");
+        }
         if (overlaps(c, cOffset, cEnd, a, aOffset, aEnd)) {
             throw new IllegalArgumentException("sgemm: output c [" + m + ", " + n + "] overlaps input a");
         }

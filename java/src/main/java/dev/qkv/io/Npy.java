@@ -21,6 +21,7 @@ import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
 import java.nio.file.StandardOpenOption;
 import java.security.SecureRandom;
+import java.util.Arrays;
 import java.util.HexFormat;
 import java.util.List;
 import java.util.Map;
@@ -191,8 +192,10 @@ public final class Npy {
             throw new NpyFormatException(name, "fortran_order is True; only C order is supported");
         }
         long[] shape = shape(name, dict.get("shape"));
-        long count = 1;
-        for (long d : shape) {
+        // a zero dimension makes the array empty whatever the others are (numpy agrees), so it is checked
+        // before a product of the others can overflow
+        long count = Arrays.stream(shape).anyMatch(d -> d == 0) ? 0 : 1;
+        for (long d : count == 0 ? new long[0] : shape) {
             try {
                 count = Math.multiplyExact(count, d);
             } catch (ArithmeticException e) {
@@ -252,12 +255,12 @@ public final class Npy {
                         + clip(PyLiteral.repr(d)) + " is not an integer");
             }
             if (n.signum() < 0) {
-                throw new NpyFormatException(name, "shape " + clip(PyLiteral.repr(value)) + ": dimension " + n
-                        + " is negative");
+                throw new NpyFormatException(name, "shape " + clip(PyLiteral.repr(value)) + ": dimension "
+                        + clip(n.toString()) + " is negative");
             }
             if (n.bitLength() > 63) {
-                throw new NpyFormatException(name, "shape " + clip(PyLiteral.repr(value)) + ": dimension " + n
-                        + " does not fit in a long");
+                throw new NpyFormatException(name, "shape " + clip(PyLiteral.repr(value)) + ": dimension "
+                        + clip(n.toString()) + " does not fit in a long");
             }
             shape[i] = n.longValue();
         }

@@ -29,6 +29,12 @@ final class PyLiteral {
         }
     }
 
+    /**
+     * Longest integer literal accepted: Python's own default limit for converting digits to an int. Parsing a
+     * megabyte of digits into a {@link BigInteger} takes about 20 s, so a 1 MiB header could stall the reader.
+     */
+    private static final int MAX_INT_DIGITS = 4300;
+
     /** Deeper nesting than this is no header numpy writes; the limit keeps recursion off the stack's edge. */
     private static final int MAX_DEPTH = 32;
 
@@ -65,7 +71,7 @@ final class PyLiteral {
             case '[' -> sequence(']', depth, false);
             case '\'', '"' -> string();
             default -> {
-                if (c == '-' || c == '+' || c == '.' || Character.isDigit(c)) {
+                if (c == '-' || c == '+' || c == '.' || isAsciiDigit(c)) {
                     yield number();
                 }
                 if (Character.isLetter(c)) {
@@ -169,7 +175,7 @@ final class PyLiteral {
         boolean fraction = false;
         while (pos < s.length()) {
             char c = s.charAt(pos);
-            if (Character.isDigit(c)) {
+            if (isAsciiDigit(c)) {
                 pos++;
             } else if (c == '.' || c == 'e' || c == 'E') {
                 fraction = true;
@@ -186,6 +192,10 @@ final class PyLiteral {
             if (fraction) {
                 return Double.parseDouble(text);
             }
+            if (text.length() > MAX_INT_DIGITS + 1) {
+                throw new SyntaxException("integer of " + text.length() + " characters exceeds the limit of "
+                        + MAX_INT_DIGITS + " digits", start);
+            }
             BigInteger v = new BigInteger(text);
             if (pos < s.length() && (s.charAt(pos) == 'L' || s.charAt(pos) == 'l')) {
                 pos++;
@@ -194,6 +204,14 @@ final class PyLiteral {
         } catch (NumberFormatException e) {
             throw new SyntaxException("malformed number '" + text + "'", start);
         }
+    }
+
+    /**
+     * Python number literals use the digits 0-9 only; {@link Character#isDigit} (and {@link BigInteger}) would
+     * also take e.g. Arabic-Indic digits, so a UTF-8 header could state a shape numpy itself refuses to read.
+     */
+    private static boolean isAsciiDigit(char c) {
+        return c >= '0' && c <= '9';
     }
 
     private Object name() throws SyntaxException {

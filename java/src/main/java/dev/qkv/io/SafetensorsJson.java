@@ -271,7 +271,9 @@ final class SafetensorsJson {
                 return Long.parseLong(text);
             } catch (NumberFormatException ex) {
                 pos = start;
-                throw error("integer " + text + " does not fit in 64 bits");
+                // clipped: the header may hold a number of any length, and the message is one line
+                throw error("integer " + (text.length() <= 40 ? text : text.substring(0, 37) + "...")
+                        + " does not fit in 64 bits");
             }
         }
         return Double.parseDouble(text);

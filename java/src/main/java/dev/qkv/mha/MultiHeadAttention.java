@@ -176,6 +176,7 @@ public final class MultiHeadAttention {
         }
         check3("out", out, b, l);
         long lkv = kv == null ? l : kv.size(1);
+        checkWeights(out);
         if (backend == Backend.REFERENCE) {
             MhaReference.forward(w, x, kv == null ? x : kv, out, options);
             return;
@@ -183,6 +184,7 @@ public final class MultiHeadAttention {
         long need = kv == null ? selfFloats(b, l) : crossFloats(b, l, lkv);
         MemorySegment seg = checkWorkspace(ws, need, x);
         if (b == 0 || l == 0) {
+            checkEmptyCall(seg, b, l, lkv, options);
             return;
         }
         int bi = toInt("B*L", b * l) / (int) l;
@@ -246,6 +248,10 @@ public final class MultiHeadAttention {
             throw new IllegalArgumentException(cache.describe() + " does not fit this layer: Hkv=" + hkv
                     + ", Dh=" + dh);
         }
+        if (!cache.k().scope().isAlive()) {
+            throw new IllegalStateException(cache.describe() + ": its arena is closed");
+        }
+        checkWeights(out);
         int before = cache.length();
         if (n > cache.capacity() - before) {
             throw new IllegalStateException(cache.describe() + ": appending " + x.describe("x") + " needs "
@@ -281,6 +287,21 @@ public final class MultiHeadAttention {
                 ws.attention());
         outputProjection(seg, aOff, 1, ni, out);
         cache.advance(ni);
+    }
+
+    /**
+     * A call with no query rows computes nothing, but its options must still fit the shapes, as they must on
+     * {@link Backend#REFERENCE}, which runs them through the attention's checks. Empty q and out, and k and v
+     * that repeat one float, let the attention check the mask without reading the workspace.
+     */
+    private void checkEmptyCall(MemorySegment seg, long b, long l, long lkv, SdpaOptions options) {
+        long[] none = {0, 0, 0, 0};
+        Tensor q = Tensor.view(seg, 0, new long[] {b, h, l, dh}, none);
+        Tensor kv = Tensor.view(seg, 0, new long[] {b, hkv, lkv, dh}, none);
+        // distinct strides even when L = 0: the attention refuses an output that maps two elements to one address
+        long rows = Math.max(l, 1);
+        Tensor a = Tensor.view(seg, 0, new long[] {b, h, l, dh}, new long[] {h * rows * dh, rows * dh, dh, 1});
+        attention.workspaceBytes(q, kv, kv, a, options);
     }
 
     /** {@code A [B·L, E]} seen as {@code [B, H, L, Dh]}: each head writes its own columns, so concatenation is free. */
@@ -374,7 +395,7 @@ public final class MultiHeadAttention {
         if (t.rank() != 3 || t.size(2) != e || b >= 0 && t.size(0) != b || l >= 0 && t.size(1) != l) {
             throw new IllegalArgumentException(t.describe(name) + ": expected " + want + " (E=" + e + ", H=" + h + ")");
         }
-        if (e > 1 && t.stride(2) != 1 || t.size(1) > 1 && t.stride(1) < e) {
+        if (e > 1 && t.stride(2) != 1 || t.size(0) > 0 && t.size(1) > 1 && t.stride(1) < e) {
             throw new IllegalArgumentException(t.describe(name) + " with strides " + java.util.Arrays.toString(t.strides())
                     + ": rows must have unit stride along E and must not overlap");
         }
@@ -384,9 +405,78 @@ public final class MultiHeadAttention {
         if (!t.isAlive()) {
             throw new IllegalStateException(t.describe(name) + ": its arena is closed");
         }
+        if (name.equals("out") && t.elementCount() > 0) {
+            if (t.segment().isReadOnly()) {
+                // e.g. a weight of a read-only safetensors mapping: OpenBLAS writing into it would crash the JVM
+                throw new IllegalArgumentException(t.describe(name) + ": a read-only segment");
+            }
+            if (rowsOverlap(t)) {
+                throw new IllegalArgumentException(t.describe(name) + " with strides "
+                        + java.util.Arrays.toString(t.strides()) + ": two rows share memory");
+            }
+        }
         if (backend == Backend.NATIVE && !t.segment().isNative()) {
             throw new IllegalArgumentException(t.describe(name) + ": a heap segment; the native backend needs off-heap memory");
         }
+    }
+
+    /**
+     * True unless the {@code B·L} rows of {@code t [B, L, E]} (unit stride along E) are disjoint by nesting: the
+     * dimension of smaller stride steps at least E, the other at least its whole extent. That covers batch-first
+     * and sequence-first layouts, padded or not; an output whose rows alias would keep only the last write.
+     */
+    private boolean rowsOverlap(Tensor t) {
+        long n0 = t.size(0);
+        long n1 = t.size(1);
+        long s0 = t.stride(0);
+        long s1 = t.stride(1);
+        if (n0 <= 1 || n1 <= 1) {
+            long n = Math.max(n0, n1);
+            long s = n0 > 1 ? s0 : s1;
+            return n > 1 && s < e;
+        }
+        boolean rowsInner = s1 <= s0;
+        long inner = rowsInner ? s1 : s0;
+        long innerCount = rowsInner ? n1 : n0;
+        long outer = rowsInner ? s0 : s1;
+        return inner < e || outer / innerCount < inner;
+    }
+
+    /**
+     * Names the weight whose arena is closed. Another thread may still close it after this check; the call then
+     * stops with the JDK's own {@link IllegalStateException} at the next access, or the close is refused while
+     * a native product runs.
+     */
+    private void checkWeights(Tensor out) {
+        String[] names = {"W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O"};
+        Tensor[] ts = {w.wq(), w.wk(), w.wv(), w.wo(), w.bq(), w.bk(), w.bv(), w.bo()};
+        for (int i = 0; i < ts.length; i++) {
+            if (ts[i] != null && !ts[i].isAlive()) {
+                throw new IllegalStateException(ts[i].describe(names[i]) + ": its arena is closed");
+            }
+        }
+        for (int i = 0; i < ts.length; i++) {
+            // writing there would change the layer for every later call and every other thread
+            if (ts[i] != null && overlaps(out, ts[i])) {
+                throw new IllegalArgumentException(out.describe("out") + " shares memory with "
+                        + ts[i].describe(names[i]));
+            }
+        }
+    }
+
+    /**
+     * True when the address ranges the two views can reach share a byte (coarse but safe: gaps count). Only
+     * off-heap memory is compared, by address, so that the check allocates nothing on the hot path.
+     */
+    private static boolean overlaps(Tensor a, Tensor b) {
+        if (a.elementCount() == 0 || b.elementCount() == 0 || !a.segment().isNative() || !b.segment().isNative()) {
+            return false;
+        }
+        long a0 = a.segment().address() + a.offset() * Float.BYTES;
+        long a1 = a.segment().address() + a.endElement() * Float.BYTES;
+        long b0 = b.segment().address() + b.offset() * Float.BYTES;
+        long b1 = b.segment().address() + b.endElement() * Float.BYTES;
+        return a0 < b1 && b0 < a1;
     }
 
     private static MemorySegment checkWorkspace(MhaWorkspace ws, long needFloats, Tensor x) {

@@ -1,0 +1,167 @@
+package dev.qkv.reliability;
+
+import dev.qkv.attention.Backend;
+import dev.qkv.attention.Mask;
+import dev.qkv.attention.SdpaOptions;
+import dev.qkv.blas.OpenBlas;
+import dev.qkv.mha.KvCache;
+import dev.qkv.mha.MhaWorkspace;
+import dev.qkv.mha.MultiHeadAttention;
+import dev.qkv.tensor.Tensor;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.EnumSource;
+
+import java.lang.foreign.Arena;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.Random;
+import java.util.concurrent.Callable;
+import java.util.concurrent.CyclicBarrier;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+
+/**
+ * Threads sharing one {@link MultiHeadAttention} and its weights, each with its own inputs, output and workspace
+ * (and, for decoding, its own KV cache), get results bit-identical to the same calls made one at a time.
+ */
+class MhaConcurrencyTest {
+    private static final int THREADS = 4;
+    private static final int ROUNDS = Integer.getInteger("qkv.fuzz.iterations", 0) > 0 ? 30 : 3;
+    private static int blasThreads;
+
+    @BeforeAll
+    static void oneBlasThread() {
+        blasThreads = OpenBlas.get().threads();
+        OpenBlas.get().setThreads(1);
+    }
+
+    @AfterAll
+    static void restoreBlasThreads() {
+        OpenBlas.get().setThreads(blasThreads);
+    }
+
+    /** Runs every task once per round, all threads released together; returns each task's results per round. */
+    private static List<List<int[]>> race(List<Callable<int[]>> tasks) throws Exception {
+        ExecutorService pool = Executors.newFixedThreadPool(tasks.size());
+        try {
+            List<List<int[]>> all = new ArrayList<>();
+            for (int round = 0; round < ROUNDS; round++) {
+                CyclicBarrier start = new CyclicBarrier(tasks.size());
+                List<Future<int[]>> fs = new ArrayList<>();
+                for (Callable<int[]> t : tasks) {
+                    fs.add(pool.submit(() -> {
+                        start.await();
+                        return t.call();
+                    }));
+                }
+                List<int[]> got = new ArrayList<>();
+                for (Future<int[]> f : fs) {
+                    got.add(f.get());
+                }
+                all.add(got);
+            }
+            return all;
+        } finally {
+            pool.shutdown();
+        }
+    }
+
+    private static int[] bits(Tensor t) {
+        float[] v = t.toArray();
+        int[] b = new int[v.length];
+        for (int i = 0; i < v.length; i++) {
+            b[i] = Float.floatToRawIntBits(v[i]);
+        }
+        return b;
+    }
+
+    private static void assertSame(List<int[]> serial, List<List<int[]>> raced, String what) {
+        for (int round = 0; round < raced.size(); round++) {
+            for (int t = 0; t < serial.size(); t++) {
+                int[] want = serial.get(t);
+                int[] got = raced.get(round).get(t);
+                int first = Arrays.mismatch(want, got);
+                assertEquals(-1, first, what + ": thread " + t + " round " + round + " differs at element " + first);
+            }
+        }
+    }
+
+    @ParameterizedTest
+    @EnumSource(value = Backend.class, names = {"NATIVE", "JAVA"})
+    void threadsSharingOneLayerMatchSerialCallsBitForBit(Backend backend) throws Exception {
+        try (Arena shared = Arena.ofShared()) {
+            Random r = new Random(Fuzz.seed("mha-threads"));
+            MultiHeadAttention layer = MultiHeadAttention.create(MhaLayers.weights(shared, r, 8, 2, 16, true, true),
+                    backend);
+            List<Callable<int[]>> tasks = new ArrayList<>();
+            for (int t = 0; t < THREADS; t++) {
+                // a mix of self, causal, masked and cross calls of different lengths, one kind per thread
+                long b = 1 + t % 2;
+                long l = Fuzz.pick(r, 17, 65, 70);
+                boolean cross = t % 2 == 1;
+                long lkv = cross ? 33 + t : l;
+                Tensor x = MhaLayers.rand(shared, r, 1f, b, l, 128);
+                Tensor kv = cross ? MhaLayers.rand(shared, r, 1f, b, lkv, 128) : null;
+                SdpaOptions options = t == 2 ? new SdpaOptions(true, Mask.additive(
+                        MhaLayers.rand(shared, r, 2f, b, 1, l, lkv)), Float.NaN) : (t == 0 ? SdpaOptions.CAUSAL
+                        : SdpaOptions.DEFAULT);
+                Tensor out = Tensor.allocate(shared, b, l, 128);
+                MhaWorkspace ws = layer.newWorkspace(shared, b, l, lkv);
+                tasks.add(() -> {
+                    layer.forward(x, kv, out, options, ws);
+                    return bits(out);
+                });
+            }
+            List<int[]> serial = new ArrayList<>();
+            for (Callable<int[]> t : tasks) {
+                serial.add(t.call());
+            }
+            assertSame(serial, race(tasks), backend + " forward");
+        }
+    }
+
+    @ParameterizedTest
+    @EnumSource(value = Backend.class, names = {"NATIVE", "JAVA"})
+    void decodingSeparateCachesInParallelMatchesSerialDecoding(Backend backend) throws Exception {
+        try (Arena shared = Arena.ofShared()) {
+            Random r = new Random(Fuzz.seed("mha-decode-threads"));
+            MultiHeadAttention layer = MultiHeadAttention.create(MhaLayers.weights(shared, r, 4, 2, 16, true, false),
+                    backend);
+            List<Callable<int[]>> tasks = new ArrayList<>();
+            for (int t = 0; t < THREADS; t++) {
+                int chunks = 6;
+                List<Tensor> xs = new ArrayList<>();
+                int total = 0;
+                for (int c = 0; c < chunks; c++) {
+                    int n = c == 0 ? 20 + t : 1 + r.nextInt(3);
+                    xs.add(MhaLayers.rand(shared, r, 1f, 1, n, 64));
+                    total += n;
+                }
+                KvCache cache = layer.newCache(shared, total);
+                MhaWorkspace ws = layer.newWorkspace(shared, 1, 23, total);
+                Tensor all = Tensor.allocate(shared, 1, total, 64);
+                tasks.add(() -> {
+                    cache.reset();
+                    long at = 0;
+                    for (Tensor x : xs) {
+                        Tensor o = all.slice(1, at, at + x.size(1));
+                        layer.decode(x, cache, o, ws);
+                        at += x.size(1);
+                    }
+                    return bits(all);
+                });
+            }
+            List<int[]> serial = new ArrayList<>();
+            for (Callable<int[]> t : tasks) {
+                serial.add(t.call());
+            }
+            assertSame(serial, race(tasks), backend + " decode");
+        }
+    }
+}
