@@ -255,10 +255,10 @@ final class VectorPackedKernels implements PackedKernels {
                     s3 = x.fma(FloatVector.fromMemorySegment(SP, b, b3 + o, O, mk), s3);
                 }
                 long so = sOff + (long) r * lds + j;
-                s.setAtIndex(F, so, s0.reduceLanes(VectorOperators.ADD));
-                s.setAtIndex(F, so + 1, s1.reduceLanes(VectorOperators.ADD));
-                s.setAtIndex(F, so + 2, s2.reduceLanes(VectorOperators.ADD));
-                s.setAtIndex(F, so + 3, s3.reduceLanes(VectorOperators.ADD));
+                s.setAtIndex(F, so, Lanes.sum(s0));
+                s.setAtIndex(F, so + 1, Lanes.sum(s1));
+                s.setAtIndex(F, so + 2, Lanes.sum(s2));
+                s.setAtIndex(F, so + 3, Lanes.sum(s3));
             }
             for (; j < n; j++) {
                 long bj = (bOff + (long) j * ldb) * Float.BYTES;
@@ -268,7 +268,7 @@ final class VectorPackedKernels implements PackedKernels {
                     s0 = FloatVector.fromArray(SP, a, ar + p, mk)
                             .fma(FloatVector.fromMemorySegment(SP, b, bj + (long) p * Float.BYTES, O, mk), s0);
                 }
-                s.setAtIndex(F, sOff + (long) r * lds + j, s0.reduceLanes(VectorOperators.ADD));
+                s.setAtIndex(F, sOff + (long) r * lds + j, Lanes.sum(s0));
             }
         }
     }

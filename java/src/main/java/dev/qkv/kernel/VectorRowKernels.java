@@ -138,7 +138,7 @@ final class VectorRowKernels extends RowKernels {
             e.intoMemorySegment(s, off, O);
             vsum = vsum.add(e);
         }
-        float sum = vsum.reduceLanes(VectorOperators.ADD);
+        float sum = Lanes.sum(vsum);
         for (; j < limit; j++) {
             long off = base + (long) j * Float.BYTES;
             float e = expScalar(s.get(F, off) - max);
