@@ -15,9 +15,17 @@ final class Backends {
      * any class whose static initialisation depends on the library is touched.
      */
     static Attention create(Backend backend) {
+        return create(backend, 0);
+    }
+
+    /**
+     * Attention on {@code backend} with at most {@code threads} workers (0: all cores). The engine owns the thread
+     * policy: it parallelises over (batch, head, query block) and keeps OpenBLAS at one thread meanwhile.
+     */
+    static Attention create(Backend backend, int threads) {
         if (backend == Backend.NATIVE) {
             OpenBlas.get();
         }
-        return Attention.create(backend);
+        return threads > 0 ? Attention.create(backend, threads) : Attention.create(backend);
     }
 }

@@ -3,7 +3,6 @@ package dev.qkv.cli;
 import dev.qkv.attention.Attention;
 import dev.qkv.attention.Backend;
 import dev.qkv.attention.SdpaOptions;
-import dev.qkv.blas.OpenBlas;
 import dev.qkv.tensor.Tensor;
 
 import java.io.PrintStream;
@@ -50,11 +49,10 @@ final class BenchCommand implements Command {
         int threads = f.intValue("threads", 0, 1, 1024);
         boolean causal = f.has("causal");
         String backendName = f.get("backend", "auto");
-        Backend backend = backendName.equals("auto")
-                ? (OpenBlas.isAvailable() ? Backend.NATIVE : Backend.JAVA)
-                : SdpaCommand.backend(backendName);
-        Attention attention = Backends.create(backend);
-        try (ThreadPolicy policy = ThreadPolicy.apply(backend, threads); Arena arena = Arena.ofConfined()) {
+        Backend backend = backendName.equals("auto") ? Backend.AUTO : SdpaCommand.backend(backendName);
+        Attention attention = Backends.create(backend, threads);
+        // shared: the engine's pool threads may only touch memory of a shared (or global/auto) arena
+        try (Arena arena = Arena.ofShared()) {
             SplittableRandom random = new SplittableRandom(SEED);
             Tensor q;
             Tensor k;
@@ -78,9 +76,9 @@ final class BenchCommand implements Command {
             }
             int warm = 1 + Timing.warmUp(call);
             out.println(String.format(Locale.ROOT,
-                    "bench backend=%s kernel=%s q=%s k=%s causal=%s threads=%d warmup=%d iters=%d",
-                    backend.cliName(), attention.kernelName(), q.shapeString(), k.shapeString(), causal,
-                    policy.threads(), warm, iters));
+                    "bench backend=%s q=%s k=%s causal=%s threads=%d warmup=%d iters=%d plan: %s",
+                    backend.cliName(), q.shapeString(), k.shapeString(), causal,
+                    attention.threads(), warm, iters, attention.plan(q, k, v, o, options)));
             double ms = Timing.medianMillis(call, iters);
             double gflops = Timing.gflops(Timing.denseFlops(b, h, l, l, d), ms);
             out.println(String.format(Locale.ROOT, "median_ms=%.3f gflops=%.2f", ms, gflops));

@@ -59,13 +59,15 @@ final class DemoCommand implements Command {
             nativeAttention = Backends.create(Backend.NATIVE);
             BlasLibrary lib = OpenBlas.get().library();
             out.println("openblas: " + lib.path() + " (" + lib.source().name().toLowerCase(Locale.ROOT) + "), core "
-                    + lib.coreName() + ", " + OpenBlas.get().threads() + " threads");
+                    + lib.coreName() + " (OpenBLAS runs 1 thread per task; attention runs "
+                    + nativeAttention.threads() + " tasks at once)");
         } catch (BlasUnavailableException e) {
             out.println("openblas: unavailable, native backend skipped: " + e.getMessage());
         }
         Attention javaAttention = Attention.create(Backend.JAVA);
 
-        try (Arena arena = Arena.ofConfined()) {
+        // shared: the engine's pool threads may only touch memory of a shared (or global/auto) arena
+        try (Arena arena = Arena.ofShared()) {
             SplittableRandom random = new SplittableRandom(SEED);
             Tensor q = Inputs.uniform(arena, random, B, H, L, D);
             Tensor k = Inputs.uniform(arena, random, B, H, L, D);

@@ -61,7 +61,8 @@ final class MhaCommand implements Command {
             OpenBlas.get();
         }
 
-        try (Arena arena = Arena.ofConfined()) {
+        // shared: the engine's pool threads may only touch memory of a shared (or global/auto) arena
+        try (Arena arena = Arena.ofShared()) {
             MhaWeights weights = MhaWeights.load(Safetensors.open(wPath, arena), prefix, heads, kvHeads, arena);
             MultiHeadAttention layer;
             try {

@@ -52,7 +52,8 @@ final class SdpaCommand implements Command {
         checkFolder(outPath);
 
         Attention attention = Backends.create(backend);
-        try (Arena arena = Arena.ofConfined()) {
+        // shared: the engine's pool threads may only touch memory of a shared (or global/auto) arena
+        try (Arena arena = Arena.ofShared()) {
             Tensor q = floats("q", Npy.read(qPath, arena), qPath);
             Tensor k = floats("k", Npy.read(kPath, arena), kPath);
             Tensor v = floats("v", Npy.read(vPath, arena), vPath);

@@ -280,14 +280,14 @@ class MainTest {
     }
 
     @Test
-    void benchPutsBackTheOpenBlasThreadCount() {
-        int before = OpenBlas.get().threads();
-        int other = before == 1 ? 2 : 1;
-        Result r = run("bench", "--shape", "1,1,8,8", "--backend", "native", "--threads", String.valueOf(other),
-                "--iters", "1");
-        assertEquals(0, r.code(), r.toString());
-        assertTrue(r.out().contains("threads=" + other), r.out());
-        assertEquals(before, OpenBlas.get().threads());
+    void benchThreadsBoundTheAttentionWorkersAndAutoSaysWhatRan() {
+        for (String backend : new String[] {"native", "java", "auto"}) {
+            Result r = run("bench", "--shape", "1,2,70,8", "--backend", backend, "--threads", "1", "--iters", "1");
+            assertEquals(0, r.code(), r.toString());
+            assertTrue(r.out().contains("threads=1 "), r.out());
+            assertTrue(r.out().contains("plan: kernel="), r.out());
+            assertTrue(r.out().contains("workers=1"), r.out());
+        }
     }
 
     @Test
