@@ -32,8 +32,9 @@ import java.util.Objects;
  *
  * <p>A layer is immutable and thread-safe; each call takes the caller's output and a {@link MhaWorkspace}
  * (one per thread) and allocates no off-heap memory. The workspace keeps the head views of the last shape, so
- * repeated calls of one shape create no objects here; {@link #decode} creates two small views of the growing
- * cache per step. {@link #decode} runs incremental decoding against a {@link KvCache}.
+ * repeated calls of one shape create no objects here; the cache keeps its views of each length it reached, so a
+ * cache reused after {@link KvCache#reset} or {@link KvCache#truncate} decodes without creating objects.
+ * {@link #decode} runs incremental decoding against a {@link KvCache}.
  */
 public final class MultiHeadAttention {
     private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
@@ -74,9 +75,20 @@ public final class MultiHeadAttention {
      * @throws dev.qkv.blas.BlasUnavailableException for {@link Backend#NATIVE} when OpenBLAS cannot be loaded
      */
     public static MultiHeadAttention create(MhaWeights weights, Backend backend) {
+        return create(weights, backend, Runtime.getRuntime().availableProcessors());
+    }
+
+    /**
+     * A layer over {@code weights} on the given backend whose attention runs on at most {@code threads} threads
+     * per call (the caller included; see {@link Attention.Builder#threads}).
+     *
+     * @throws IllegalArgumentException when {@code threads < 1}, or as {@link #create(MhaWeights, Backend)}
+     * @throws dev.qkv.blas.BlasUnavailableException for {@link Backend#NATIVE} when OpenBLAS cannot be loaded
+     */
+    public static MultiHeadAttention create(MhaWeights weights, Backend backend, int threads) {
         Objects.requireNonNull(weights, "weights");
         Objects.requireNonNull(backend, "backend");
-        Attention attention = Attention.create(backend);
+        Attention attention = Attention.create(backend, threads);
         MatmulKernel mm = switch (backend) {
             case NATIVE -> MatmulKernel.openBlas();
             case JAVA -> MatmulKernel.java();
@@ -277,7 +289,7 @@ public final class MultiHeadAttention {
                     Tensor.view(seg, 0, new long[] {1, h, n, dh}, new long[] {n * qkvWidth, dh, qkvWidth, 1}),
                     null, null, headsOutput(seg, aOff, 1, n));
         }
-        attention.sdpa(ws.q(), cache.view(ck, len), cache.view(cv, len), ws.a(), SdpaOptions.CAUSAL,
+        attention.sdpa(ws.q(), cache.keysAt(len), cache.valuesAt(len), ws.a(), SdpaOptions.CAUSAL,
                 ws.attention());
         outputProjection(seg, aOff, 1, ni, out);
         cache.advance(ni);
@@ -370,8 +382,10 @@ public final class MultiHeadAttention {
         if (t == null) {
             throw new IllegalArgumentException(name + " is null");
         }
-        String want = "[" + (b < 0 ? "B" : b) + ", " + (l < 0 ? (name.equals("kv") ? "Lkv" : "L") : l) + ", " + e + "]";
         if (t.rank() != 3 || t.size(2) != e || b >= 0 && t.size(0) != b || l >= 0 && t.size(1) != l) {
+            // built only here: this check runs on every call, which must not allocate
+            String want = "[" + (b < 0 ? "B" : b) + ", " + (l < 0 ? (name.equals("kv") ? "Lkv" : "L") : l) + ", "
+                    + e + "]";
             throw new IllegalArgumentException(t.describe(name) + ": expected " + want + " (E=" + e + ", H=" + h + ")");
         }
         if (e > 1 && t.stride(2) != 1 || t.size(1) > 1 && t.stride(1) < e) {
