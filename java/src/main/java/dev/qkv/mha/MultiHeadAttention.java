@@ -4,6 +4,7 @@ import dev.qkv.attention.Attention;
 import dev.qkv.attention.Backend;
 import dev.qkv.attention.SdpaOptions;
 import dev.qkv.attention.Workspace;
+import dev.qkv.blas.OpenBlas;
 import dev.qkv.blas.Transpose;
 import dev.qkv.kernel.MatmulKernel;
 import dev.qkv.tensor.Shapes;
@@ -46,6 +47,13 @@ public final class MultiHeadAttention {
     private final MhaWeights w;
     private final Backend backend;
     private final MatmulKernel matmul;
+    /**
+     * OpenBLAS when the projections are native, else null: products then call {@link OpenBlas#sgemm} directly,
+     * as the attention engine does. Through {@link MatmulKernel#matmul} the call is virtual (megamorphic once a
+     * process has used several kernels) and one level deeper, and C2 stopped inlining the downcall, so its three
+     * argument slices escaped (JFR: {@code NativeMemorySegmentImpl} allocated in {@code criticalSgemm}).
+     */
+    private final OpenBlas blas;
     private final Attention attention;
     private final int e;
     private final int h;
@@ -59,6 +67,7 @@ public final class MultiHeadAttention {
         this.w = w;
         this.backend = backend;
         this.matmul = matmul;
+        this.blas = "native".equals(matmul.name()) ? OpenBlas.get() : null;
         this.attention = attention;
         this.e = w.embedDim();
         this.h = w.heads();
@@ -135,8 +144,10 @@ public final class MultiHeadAttention {
         if (backend == Backend.REFERENCE) {
             return 0;
         }
-        // the blocked kernel needs one score tile; our head views are always usable in place (unit inner stride)
-        return Math.multiplyExact(Math.min(Attention.BLOCK_ROWS, Math.max(lq, 1)) * Math.max(lk, 1), Float.BYTES);
+        // one score tile per worker (the attention runs up to threads() workers on one call); our head views are
+        // always usable in place (unit inner stride), so nothing is packed
+        long tile = Math.multiplyExact(Math.min(Attention.BLOCK_ROWS, Math.max(lq, 1)) * Math.max(lk, 1), Float.BYTES);
+        return Math.multiplyExact(tile, (long) attention.threads());
     }
 
     /**
@@ -340,17 +351,26 @@ public final class MultiHeadAttention {
         int k = (int) wt.size(1);
         int ldw = (int) Math.max(wt.stride(0), Math.max(k, 1));
         if (batches == 1 || rows > 1 && aBs == rows * aRs && cBs == rows * cRs) {
-            matmul.matmul(Transpose.NO, Transpose.YES, toInt("B*L", (long) batches * rows), n, k, 1f,
-                    a, aOff, ld(aRs, k), wt.segment(), wt.offset(), ldw, 0f, c, cOff, ld(cRs, n));
+            productNt(toInt("B*L", (long) batches * rows), n, k, a, aOff, ld(aRs, k), wt, ldw, c, cOff, ld(cRs, n));
         } else if (rows == 1 && aBs >= k && cBs >= n) {
-            matmul.matmul(Transpose.NO, Transpose.YES, batches, n, k, 1f,
-                    a, aOff, ld(aBs, k), wt.segment(), wt.offset(), ldw, 0f, c, cOff, ld(cBs, n));
+            productNt(batches, n, k, a, aOff, ld(aBs, k), wt, ldw, c, cOff, ld(cBs, n));
         } else {
             for (int bi = 0; bi < batches; bi++) {
-                matmul.matmul(Transpose.NO, Transpose.YES, rows, n, k, 1f,
-                        a, aOff + bi * aBs, ld(aRs, k), wt.segment(), wt.offset(), ldw, 0f,
-                        c, cOff + bi * cBs, ld(cRs, n));
+                productNt(rows, n, k, a, aOff + bi * aBs, ld(aRs, k), wt, ldw, c, cOff + bi * cBs, ld(cRs, n));
             }
+        }
+    }
+
+    /** {@code C [m, n] = A [m, k] · wᵀ}: OpenBLAS directly (see {@link #blas}), else the layer's kernel. */
+    private void productNt(int m, int n, int k, MemorySegment a, long aOff, int lda, Tensor wt, int ldw,
+                           MemorySegment c, long cOff, int ldc) {
+        OpenBlas nat = blas;
+        if (nat != null) {
+            nat.sgemm(Transpose.NO, Transpose.YES, m, n, k, 1f, a, aOff, lda, wt.segment(), wt.offset(), ldw, 0f,
+                    c, cOff, ldc);
+        } else {
+            matmul.matmul(Transpose.NO, Transpose.YES, m, n, k, 1f, a, aOff, lda, wt.segment(), wt.offset(), ldw,
+                    0f, c, cOff, ldc);
         }
     }
 
