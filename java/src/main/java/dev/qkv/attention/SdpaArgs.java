@@ -88,13 +88,18 @@ final class SdpaArgs {
      * Checked here so that the error names the tensor, not an sgemm operand.
      */
     static void requireNative(Tensor q, Tensor k, Tensor v, Tensor out) {
-        Tensor[] ts = {q, k, v, out};
-        String[] names = {"q", "k", "v", "out"};
-        for (int i = 0; i < ts.length; i++) {
-            if (!ts[i].segment().isNative()) {
-                throw new IllegalArgumentException(ts[i].describe(names[i]) + ": a heap segment; the native backend"
-                        + " needs off-heap memory (allocate it from an Arena)");
-            }
+        // one call per tensor, not a loop over an array: C2 did not scalar-replace the Tensor[4] (32 B per call,
+        // JFR jdk.ObjectAllocationSample at this method)
+        requireNative("q", q);
+        requireNative("k", k);
+        requireNative("v", v);
+        requireNative("out", out);
+    }
+
+    private static void requireNative(String name, Tensor t) {
+        if (!t.segment().isNative()) {
+            throw new IllegalArgumentException(t.describe(name) + ": a heap segment; the native backend"
+                    + " needs off-heap memory (allocate it from an Arena)");
         }
     }
 

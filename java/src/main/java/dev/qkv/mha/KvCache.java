@@ -17,6 +17,14 @@ public final class KvCache {
     private final int headDim;
     private final MemorySegment k;
     private final MemorySegment v;
+    /**
+     * Views {@code [1, Hkv, n, Dh]} of the first {@code n} positions, made the first time the cache reaches
+     * length {@code n} and kept: a decode step attends through them, so a cache reused after {@link #reset} or
+     * {@link #truncate} decodes without creating objects (two small views per length reached, at most
+     * {@code 2·capacity}, against {@code 2·Hkv·Dh·4} off-heap bytes per position).
+     */
+    private Tensor[] keyViews = new Tensor[0];
+    private Tensor[] valueViews = new Tensor[0];
     private int length;
 
     private KvCache(int kvHeads, int capacity, int headDim, MemorySegment k, MemorySegment v) {
@@ -64,18 +72,63 @@ public final class KvCache {
         length = 0;
     }
 
+    /**
+     * Keeps the first {@code length} positions and forgets the rest (the memory is reused, not cleared): e.g.
+     * to drop rejected speculative tokens, or to rerun a step from the same prefix.
+     *
+     * @throws IllegalArgumentException when {@code length} is negative or more than the positions cached
+     */
+    public void truncate(int length) {
+        if (length < 0 || length > this.length) {
+            throw new IllegalArgumentException(describe() + ": cannot truncate to " + length
+                    + " positions (must be 0.." + this.length + ")");
+        }
+        this.length = length;
+    }
+
     /** The cached keys as a view {@code [1, Hkv, length, Dh]}. */
     public Tensor keys() {
-        return view(k, length);
+        return keysAt(length);
     }
 
     /** The cached values as a view {@code [1, Hkv, length, Dh]}. */
     public Tensor values() {
-        return view(v, length);
+        return valuesAt(length);
+    }
+
+    /** Keys of the first {@code n} positions, {@code n <= capacity}. */
+    Tensor keysAt(int n) {
+        growViews(n);
+        Tensor t = keyViews[n];
+        if (t == null) {
+            t = view(k, n);
+            keyViews[n] = t;
+        }
+        return t;
+    }
+
+    /** Values of the first {@code n} positions, {@code n <= capacity}. */
+    Tensor valuesAt(int n) {
+        growViews(n);
+        Tensor t = valueViews[n];
+        if (t == null) {
+            t = view(v, n);
+            valueViews[n] = t;
+        }
+        return t;
+    }
+
+    /** Room in the view tables for length {@code n}: grown by doubling, so tables fit the lengths reached. */
+    private void growViews(int n) {
+        if (n >= keyViews.length) {
+            int size = (int) Math.min((long) capacity + 1, Math.max(16L, 2L * n));
+            keyViews = java.util.Arrays.copyOf(keyViews, size);
+            valueViews = java.util.Arrays.copyOf(valueViews, size);
+        }
     }
 
     /** {@code [1, Hkv, n, Dh]} over the first {@code n} positions: heads lie {@code capacity·Dh} apart. */
-    Tensor view(MemorySegment s, int n) {
+    private Tensor view(MemorySegment s, int n) {
         return Tensor.view(s, 0, new long[] {1, kvHeads, n, headDim},
                 new long[] {(long) kvHeads * capacity * headDim, (long) capacity * headDim, headDim, 1});
     }

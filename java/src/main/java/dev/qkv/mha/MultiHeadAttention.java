@@ -4,6 +4,7 @@ import dev.qkv.attention.Attention;
 import dev.qkv.attention.Backend;
 import dev.qkv.attention.SdpaOptions;
 import dev.qkv.attention.Workspace;
+import dev.qkv.blas.OpenBlas;
 import dev.qkv.blas.Transpose;
 import dev.qkv.kernel.MatmulKernel;
 import dev.qkv.tensor.Shapes;
@@ -32,8 +33,9 @@ import java.util.Objects;
  *
  * <p>A layer is immutable and thread-safe; each call takes the caller's output and a {@link MhaWorkspace}
  * (one per thread) and allocates no off-heap memory. The workspace keeps the head views of the last shape, so
- * repeated calls of one shape create no objects here; {@link #decode} creates two small views of the growing
- * cache per step. {@link #decode} runs incremental decoding against a {@link KvCache}.
+ * repeated calls of one shape create no objects here; the cache keeps its views of each length it reached, so a
+ * cache reused after {@link KvCache#reset} or {@link KvCache#truncate} decodes without creating objects.
+ * {@link #decode} runs incremental decoding against a {@link KvCache}.
  */
 public final class MultiHeadAttention {
     private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
@@ -45,6 +47,13 @@ public final class MultiHeadAttention {
     private final MhaWeights w;
     private final Backend backend;
     private final MatmulKernel matmul;
+    /**
+     * OpenBLAS when the projections are native, else null: products then call {@link OpenBlas#sgemm} directly,
+     * as the attention engine does. Through {@link MatmulKernel#matmul} the call is virtual (megamorphic once a
+     * process has used several kernels) and one level deeper, and C2 stopped inlining the downcall, so its three
+     * argument slices escaped (JFR: {@code NativeMemorySegmentImpl} allocated in {@code criticalSgemm}).
+     */
+    private final OpenBlas blas;
     private final Attention attention;
     private final int e;
     private final int h;
@@ -58,6 +67,7 @@ public final class MultiHeadAttention {
         this.w = w;
         this.backend = backend;
         this.matmul = matmul;
+        this.blas = "native".equals(matmul.name()) ? OpenBlas.get() : null;
         this.attention = attention;
         this.e = w.embedDim();
         this.h = w.heads();
@@ -74,9 +84,20 @@ public final class MultiHeadAttention {
      * @throws dev.qkv.blas.BlasUnavailableException for {@link Backend#NATIVE} when OpenBLAS cannot be loaded
      */
     public static MultiHeadAttention create(MhaWeights weights, Backend backend) {
+        return create(weights, backend, Runtime.getRuntime().availableProcessors());
+    }
+
+    /**
+     * A layer over {@code weights} on the given backend whose attention runs on at most {@code threads} threads
+     * per call (the caller included; see {@link Attention.Builder#threads}).
+     *
+     * @throws IllegalArgumentException when {@code threads < 1}, or as {@link #create(MhaWeights, Backend)}
+     * @throws dev.qkv.blas.BlasUnavailableException for {@link Backend#NATIVE} when OpenBLAS cannot be loaded
+     */
+    public static MultiHeadAttention create(MhaWeights weights, Backend backend, int threads) {
         Objects.requireNonNull(weights, "weights");
         Objects.requireNonNull(backend, "backend");
-        Attention attention = Attention.create(backend);
+        Attention attention = Attention.create(backend, threads);
         MatmulKernel mm = switch (backend) {
             case NATIVE -> MatmulKernel.openBlas();
             case JAVA -> MatmulKernel.java();
@@ -123,8 +144,10 @@ public final class MultiHeadAttention {
         if (backend == Backend.REFERENCE) {
             return 0;
         }
-        // the blocked kernel needs one score tile; our head views are always usable in place (unit inner stride)
-        return Math.multiplyExact(Math.min(Attention.BLOCK_ROWS, Math.max(lq, 1)) * Math.max(lk, 1), Float.BYTES);
+        // one score tile per worker (the attention runs up to threads() workers on one call); our head views are
+        // always usable in place (unit inner stride), so nothing is packed
+        long tile = Math.multiplyExact(Math.min(Attention.BLOCK_ROWS, Math.max(lq, 1)) * Math.max(lk, 1), Float.BYTES);
+        return Math.multiplyExact(tile, (long) attention.threads());
     }
 
     /**
@@ -283,7 +306,7 @@ public final class MultiHeadAttention {
                     Tensor.view(seg, 0, new long[] {1, h, n, dh}, new long[] {n * qkvWidth, dh, qkvWidth, 1}),
                     null, null, headsOutput(seg, aOff, 1, n));
         }
-        attention.sdpa(ws.q(), cache.view(ck, len), cache.view(cv, len), ws.a(), SdpaOptions.CAUSAL,
+        attention.sdpa(ws.q(), cache.keysAt(len), cache.valuesAt(len), ws.a(), SdpaOptions.CAUSAL,
                 ws.attention());
         outputProjection(seg, aOff, 1, ni, out);
         cache.advance(ni);
@@ -349,17 +372,26 @@ public final class MultiHeadAttention {
         int k = (int) wt.size(1);
         int ldw = (int) Math.max(wt.stride(0), Math.max(k, 1));
         if (batches == 1 || rows > 1 && aBs == rows * aRs && cBs == rows * cRs) {
-            matmul.matmul(Transpose.NO, Transpose.YES, toInt("B*L", (long) batches * rows), n, k, 1f,
-                    a, aOff, ld(aRs, k), wt.segment(), wt.offset(), ldw, 0f, c, cOff, ld(cRs, n));
+            productNt(toInt("B*L", (long) batches * rows), n, k, a, aOff, ld(aRs, k), wt, ldw, c, cOff, ld(cRs, n));
         } else if (rows == 1 && aBs >= k && cBs >= n) {
-            matmul.matmul(Transpose.NO, Transpose.YES, batches, n, k, 1f,
-                    a, aOff, ld(aBs, k), wt.segment(), wt.offset(), ldw, 0f, c, cOff, ld(cBs, n));
+            productNt(batches, n, k, a, aOff, ld(aBs, k), wt, ldw, c, cOff, ld(cBs, n));
         } else {
             for (int bi = 0; bi < batches; bi++) {
-                matmul.matmul(Transpose.NO, Transpose.YES, rows, n, k, 1f,
-                        a, aOff + bi * aBs, ld(aRs, k), wt.segment(), wt.offset(), ldw, 0f,
-                        c, cOff + bi * cBs, ld(cRs, n));
+                productNt(rows, n, k, a, aOff + bi * aBs, ld(aRs, k), wt, ldw, c, cOff + bi * cBs, ld(cRs, n));
             }
+        }
+    }
+
+    /** {@code C [m, n] = A [m, k] · wᵀ}: OpenBLAS directly (see {@link #blas}), else the layer's kernel. */
+    private void productNt(int m, int n, int k, MemorySegment a, long aOff, int lda, Tensor wt, int ldw,
+                           MemorySegment c, long cOff, int ldc) {
+        OpenBlas nat = blas;
+        if (nat != null) {
+            nat.sgemm(Transpose.NO, Transpose.YES, m, n, k, 1f, a, aOff, lda, wt.segment(), wt.offset(), ldw, 0f,
+                    c, cOff, ldc);
+        } else {
+            matmul.matmul(Transpose.NO, Transpose.YES, m, n, k, 1f, a, aOff, lda, wt.segment(), wt.offset(), ldw,
+                    0f, c, cOff, ldc);
         }
     }
 
@@ -391,8 +423,10 @@ public final class MultiHeadAttention {
         if (t == null) {
             throw new IllegalArgumentException(name + " is null");
         }
-        String want = "[" + (b < 0 ? "B" : b) + ", " + (l < 0 ? (name.equals("kv") ? "Lkv" : "L") : l) + ", " + e + "]";
         if (t.rank() != 3 || t.size(2) != e || b >= 0 && t.size(0) != b || l >= 0 && t.size(1) != l) {
+            // built only here: this check runs on every call, which must not allocate
+            String want = "[" + (b < 0 ? "B" : b) + ", " + (l < 0 ? (name.equals("kv") ? "Lkv" : "L") : l) + ", "
+                    + e + "]";
             throw new IllegalArgumentException(t.describe(name) + ": expected " + want + " (E=" + e + ", H=" + h + ")");
         }
         if (e > 1 && t.stride(2) != 1 || t.size(0) > 0 && t.size(1) > 1 && t.stride(1) < e) {

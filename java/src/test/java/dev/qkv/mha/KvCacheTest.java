@@ -96,4 +96,49 @@ class KvCacheTest {
             assertThrows(IllegalArgumentException.class, () -> KvCache.allocate(a, 2, 0, 4));
         }
     }
+    /**
+     * Truncating to a prefix and decoding the next token again gives the same output as the first time (the
+     * step depends only on the prefix), and equals the reference's causal pass; truncate refuses lengths outside
+     * 0..length and leaves the cache as it was.
+     */
+    @ParameterizedTest
+    @EnumSource(value = Backend.class, names = {"NATIVE", "JAVA"})
+    void truncateRerunsAStepFromTheSamePrefix(Backend backend) {
+        long seed = 31;
+        int e = 16;
+        int prefix = 9;
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(seed);
+            MhaWeights w = MultiHeadAttentionTest.weights(a, r, e, 4, 2, true, true);
+            MultiHeadAttention layer = MultiHeadAttention.create(w, backend);
+            KvCache cache = layer.newCache(a, 12);
+            MhaWorkspace ws = layer.newWorkspace(a, 1, prefix, 12);
+            Tensor seq = rand(a, r, 1f, 1, prefix + 2, e);
+            layer.decode(seq.slice(1, 0, prefix), cache, Tensor.allocate(a, 1, prefix, e), ws);
+            Tensor first = Tensor.allocate(a, 1, 1, e);
+            layer.decode(seq.slice(1, prefix, prefix + 1), cache, first, ws);
+            // a different token at position `prefix`, then back to the prefix and the original token
+            layer.decode(seq.slice(1, prefix + 1, prefix + 2), cache, Tensor.allocate(a, 1, 1, e), ws);
+            cache.truncate(prefix);
+            assertEquals(prefix, cache.length());
+            assertArrayEquals(new long[] {1, 2, prefix, e / 4}, cache.keys().shape());
+            Tensor again = Tensor.allocate(a, 1, 1, e);
+            layer.decode(seq.slice(1, prefix, prefix + 1), cache, again, ws);
+            assertArrayEquals(first.toArray(), again.toArray(), backend + " seed=" + seed + ": same prefix, same step");
+
+            Tensor full = Tensor.allocate(a, 1, prefix + 1, e);
+            MultiHeadAttention.create(w, Backend.REFERENCE).forward(seq.slice(1, 0, prefix + 1), full,
+                    SdpaOptions.CAUSAL, null);
+            assertClose(full.slice(1, prefix, prefix + 1).toArray(), again.toArray(),
+                    MultiHeadAttentionTest.atol(e, prefix + 1), 1e-4, backend + " seed=" + seed);
+
+            IllegalArgumentException tooLong = assertThrows(IllegalArgumentException.class,
+                    () -> cache.truncate(prefix + 2));
+            assertTrue(tooLong.getMessage().contains("cannot truncate to " + (prefix + 2)), tooLong.getMessage());
+            assertThrows(IllegalArgumentException.class, () -> cache.truncate(-1));
+            assertEquals(prefix + 1, cache.length(), "a refused truncate leaves the cache as it was");
+            cache.truncate(0);
+            assertEquals(0, cache.length());
+        }
+    }
 }

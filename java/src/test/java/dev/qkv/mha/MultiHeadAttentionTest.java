@@ -134,6 +134,36 @@ class MultiHeadAttentionTest {
         }
     }
 
+    /**
+     * A layer on two threads, at a size the attention splits across workers (over 8 MFLOP): the workspace from
+     * newWorkspace holds a score tile per worker (it once held one, and such calls and a prefill of this length
+     * were refused as "workspace too small"), and forward and a prefill decode match the reference.
+     */
+    @ParameterizedTest
+    @org.junit.jupiter.params.provider.EnumSource(value = Backend.class, names = {"NATIVE", "JAVA"})
+    void workspaceFitsEveryWorkerOfAMultiThreadedLayer(Backend backend) {
+        long seed = 77;
+        int e = 64;
+        int l = 256;
+        try (Arena a = Arena.ofShared()) {
+            Random r = new Random(seed);
+            MhaWeights w = weights(a, r, e, 4, 2, true, true);
+            MultiHeadAttention layer = MultiHeadAttention.create(w, backend, 2);
+            Tensor x = rand(a, r, 1f, 1, l, e);
+            Tensor out = Tensor.allocate(a, 1, l, e);
+            layer.forward(x, out, SdpaOptions.CAUSAL, layer.newWorkspace(a, 1, l, l));
+            Tensor ref = Tensor.allocate(a, 1, l, e);
+            MultiHeadAttention.create(w, Backend.REFERENCE).forward(x, ref, SdpaOptions.CAUSAL, null);
+            String what = backend + " seed=" + seed + " E=" + e + " H=4 Hkv=2 L=" + l + " threads=2";
+            assertClose(ref.toArray(), out.toArray(), atol(e, l), 1e-4, what);
+
+            KvCache cache = layer.newCache(a, l);
+            Tensor dec = Tensor.allocate(a, 1, l, e);
+            layer.decode(x, cache, dec, layer.newWorkspace(a, 1, l, cache.capacity()));
+            assertClose(ref.toArray(), dec.toArray(), atol(e, l), 1e-4, what + " prefill");
+        }
+    }
+
     @Test
     void nonContiguousInputsAndOutputsUseTheirStrides() {
         try (Arena a = Arena.ofConfined()) {
