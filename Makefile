@@ -59,6 +59,12 @@ fuzz:
 	$(MVN) test -pl java -am -Dtest='dev/qkv/reliability/*Test' -Dsurefire.failIfNoSpecifiedTests=false \
 	  -Dqkv.fuzz.iterations=$(FUZZ_ITERATIONS) $(FUZZ_ARGS)
 
+# Steady-state allocation, exactly: after a warm-up, rounds of 1000 calls must allocate 0 bytes on the Java heap
+# (sdpa, mha forward, mha decode; ThreadMXBean). Run on a quiet machine: the JIT must have compiled the kernels.
+.PHONY: alloc
+alloc:
+	$(MVN) test -pl java -am -Dtest='**/AllocationTest' -Dsurefire.failIfNoSpecifiedTests=false
+
 # Reliability: SOAK_CALLS mixed calls; fails (exit 1) when heap, resident or native memory grows past its bound.
 # NMT is on so that the run can read the JVM's native memory (FFM arenas) besides the resident set; a fixed,
 # pre-touched heap keeps heap resizing out of the resident set, so RSS growth means native growth.

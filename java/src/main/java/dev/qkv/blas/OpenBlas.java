@@ -54,6 +54,12 @@ public final class OpenBlas {
     public static final String LIBRARY_ENV = "QKV_BLAS_LIBRARY";
     /** System property naming the folder the bundled library is extracted to. */
     public static final String CACHE_PROPERTY = "qkv.cache.dir";
+    /**
+     * System property: OpenBLAS threads per product right after loading (default 1). qkv parallelises attention
+     * over its own workers; OpenBLAS threads inside them would oversubscribe the cores, and a product's result
+     * should not depend on whether it ran before or after the first attention call.
+     */
+    public static final String THREADS_PROPERTY = "qkv.blas.threads";
 
     private static final String BUNDLE = "org/bytedeco/openblas/linux-x86_64/";
     /** The bundled files, dependencies first: each is loaded before the one that needs it. */
@@ -101,7 +107,9 @@ public final class OpenBlas {
                 }
                 try {
                     BlasLibrary lib = load();
-                    instance = new OpenBlas(lib);
+                    OpenBlas blas = new OpenBlas(lib);
+                    blas.setThreads(initialThreads());
+                    instance = blas;
                 } catch (BlasUnavailableException e) {
                     failure = e;
                     throw e;
@@ -112,6 +120,22 @@ public final class OpenBlas {
             }
             return instance;
         }
+    }
+
+    private static int initialThreads() {
+        String v = System.getProperty(THREADS_PROPERTY);
+        if (v == null || v.isBlank()) {
+            return 1;
+        }
+        try {
+            int n = Integer.parseInt(v.trim());
+            if (n >= 1 && n <= 1024) {
+                return n;
+            }
+        } catch (NumberFormatException e) {
+            // reported below
+        }
+        throw new BlasUnavailableException(THREADS_PROPERTY + "=" + v + ": expected a thread count in 1..1024");
     }
 
     /** True when {@link #get()} succeeds; never throws. */

@@ -45,6 +45,9 @@ public final class MultiHeadAttention {
     private static final int DECODE = 2;
 
     private final MhaWeights w;
+    /** The weights in {@link #WEIGHT_NAMES} order, built once: the per-call checks must not allocate. */
+    private final Tensor[] weightList;
+    private static final String[] WEIGHT_NAMES = {"W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O"};
     private final Backend backend;
     private final MatmulKernel matmul;
     /**
@@ -65,6 +68,7 @@ public final class MultiHeadAttention {
 
     private MultiHeadAttention(MhaWeights w, Backend backend, MatmulKernel matmul, Attention attention) {
         this.w = w;
+        this.weightList = new Tensor[] {w.wq(), w.wk(), w.wv(), w.wo(), w.bq(), w.bk(), w.bv(), w.bo()};
         this.backend = backend;
         this.matmul = matmul;
         this.blas = "native".equals(matmul.name()) ? OpenBlas.get() : null;
@@ -482,8 +486,8 @@ public final class MultiHeadAttention {
      * a native product runs.
      */
     private void checkWeights(Tensor out) {
-        String[] names = {"W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O"};
-        Tensor[] ts = {w.wq(), w.wk(), w.wv(), w.wo(), w.bq(), w.bk(), w.bv(), w.bo()};
+        final String[] names = WEIGHT_NAMES;
+        final Tensor[] ts = weightList;
         for (int i = 0; i < ts.length; i++) {
             if (ts[i] != null && !ts[i].isAlive()) {
                 throw new IllegalStateException(ts[i].describe(names[i]) + ": its arena is closed");

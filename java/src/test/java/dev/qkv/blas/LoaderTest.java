@@ -149,6 +149,8 @@ class LoaderTest {
             assertLoaded(r, "BUNDLED");
             assertTrue(Path.of(r.line("path")).startsWith(cache), "loaded from outside the cache folder: " + r);
             assertTrue(r.line("describe").contains("bundled"), r.toString());
+            // qkv's thread policy: OpenBLAS starts at one thread per product
+            assertTrue(r.line("describe").endsWith("threads 1"), r.toString());
         }
         assertEquals(r1.line("path"), r2.line("path"));
         Path dir = Path.of(r1.line("path")).getParent();
