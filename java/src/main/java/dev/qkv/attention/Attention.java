@@ -721,11 +721,13 @@ public final class Attention {
             long qAt = qRow ? qBase + i0 * q.stride(2) : qBase + i0;
             java.util.Arrays.fill(inv, 0, rows, scale);
             // scores [rows, keys] = scale · q_block · kᵀ
-            pk.gemm(!qRow, q.segment(), qAt, ldq, rows, keys, dk, s.aBuf, s.kPack, dk, inv, 0f, ws, base, keys);
+            pk.gemm(!qRow, q.segment(), qAt, ldq, rows, keys, dk, s.aBuf, s.kPack, dk, lk, inv, 0f, ws, base,
+                    keys);
             // mask, row max, exp and sum
             softmaxRows(ws, base, i0, rows, keys, maskHead, inv);
             // out_block [rows, Dv] = p · v / sum
-            pk.gemm(false, ws, base, keys, rows, dv, keys, s.aBuf, s.vPack, lk, inv, 0f, outSeg, outRows, ldo);
+            pk.gemm(false, ws, base, keys, rows, dv, keys, s.aBuf, s.vPack, lk, dv, inv, 0f, outSeg, outRows,
+                    ldo);
             zeroMaskedRows(inv, rows, outSeg, outRows, dv, ldo);
         }
 
