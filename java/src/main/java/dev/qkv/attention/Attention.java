@@ -75,6 +75,13 @@ public final class Attention {
     private static final java.util.Set<String> AVX512_CORES =
             java.util.Set.of("skylakex", "cooperlake", "sapphirerapids");
 
+    /**
+     * Keys per block of the Java engine's online softmax: a query block that sees more keys takes them this many
+     * at a time (running max and sum per row, the output rescaled), so its score tile stays in L2 (64 × 2048
+     * floats = 512 KiB). Measured at L = 32768, D = 64: see bench/RESULTS.md, round 2.
+     */
+    static final int KEY_BLOCK = Integer.getInteger("qkv.keyBlock", 2048);
+
     /** Below this many dense FLOPs a call runs on the calling thread alone. */
     static final double PARALLEL_MIN_FLOPS = 8e6;
 
@@ -319,6 +326,9 @@ public final class Attention {
         final Operand ko = new Operand();
         final Operand vo = new Operand();
         final float[] rowScale = new float[BLOCK_ROWS];
+        final float[] rowMax = new float[BLOCK_ROWS];
+        final float[] rowSum = new float[BLOCK_ROWS];
+        final float[] qScale = new float[BLOCK_ROWS];
         float[] kPack = new float[0];
         float[] vPack = new float[0];
         float[] aBuf = new float[0];
@@ -508,7 +518,9 @@ public final class Attention {
 
         /** Floats of off-heap workspace per worker, setting the pack offsets. */
         private long layout(int rowsNow) {
-            long cursor = (long) rowsNow * Math.max(lk, 1);
+            // the packed engine's score tile holds one key block (see KEY_BLOCK), the other paths all keys
+            int cols = usePacked && !small ? Math.min(lk, KEY_BLOCK) : lk;
+            long cursor = (long) rowsNow * Math.max(cols, 1);
             qPackAt = cursor;
             cursor += packQ ? (long) lq * dk : 0;
             kPackAt = cursor;
@@ -719,15 +731,69 @@ public final class Attention {
             boolean qRow = rowMajorOk(q);
             int ldq = qRow ? (int) ld(q.stride(2), dk) : (int) ld(q.stride(3), lq);
             long qAt = qRow ? qBase + i0 * q.stride(2) : qBase + i0;
+            if (keys > KEY_BLOCK) {
+                runOnline(s, ws, base, qRow, ldq, qAt, i0, rows, keys, maskHead, outSeg, outRows, ldo);
+                return;
+            }
             java.util.Arrays.fill(inv, 0, rows, scale);
             // scores [rows, keys] = scale · q_block · kᵀ
-            pk.gemm(!qRow, q.segment(), qAt, ldq, rows, keys, dk, s.aBuf, s.kPack, dk, lk, inv, 0f, ws, base,
+            pk.gemm(!qRow, q.segment(), qAt, ldq, rows, keys, dk, s.aBuf, s.kPack, dk, lk, 0, 0, inv, 0f, ws, base,
                     keys);
             // mask, row max, exp and sum
             softmaxRows(ws, base, i0, rows, keys, maskHead, inv);
             // out_block [rows, Dv] = p · v / sum
-            pk.gemm(false, ws, base, keys, rows, dv, keys, s.aBuf, s.vPack, lk, dv, inv, 0f, outSeg, outRows,
+            pk.gemm(false, ws, base, keys, rows, dv, keys, s.aBuf, s.vPack, lk, dv, 0, 0, inv, 0f, outSeg, outRows,
                     ldo);
+            zeroMaskedRows(inv, rows, outSeg, outRows, dv, ldo);
+        }
+
+        /**
+         * The packed product over keys in blocks of {@link #KEY_BLOCK} with an online softmax: per row a running
+         * max {@code m} and sum {@code l}; each block's weights are {@code exp(s - m_new)}, and what earlier blocks
+         * put in {@code out} and {@code l} is rescaled by {@code exp(m_old - m_new)} before the block's
+         * {@code p · v} is added. The score tile then holds {@code rows × KEY_BLOCK} floats (L2-sized) however
+         * long the sequence. Masks and causal limits apply per block; a row no key may see stays at zeros.
+         */
+        private void runOnline(Scratch s, MemorySegment ws, long base, boolean qRow, int ldq, long qAt, int i0,
+                               int rows, int keys, long maskHead, MemorySegment outSeg, long outRows, int ldo) {
+            final PackedKernels pk = owner.packed;
+            final RowKernels rk = owner.rows;
+            final float[] max = s.rowMax;
+            final float[] sum = s.rowSum;
+            final float[] inv = s.rowScale;
+            java.util.Arrays.fill(max, 0, rows, Float.NEGATIVE_INFINITY);
+            java.util.Arrays.fill(sum, 0, rows, 0f);
+            java.util.Arrays.fill(s.qScale, 0, rows, scale);
+            for (int j0 = 0; j0 < keys; j0 += KEY_BLOCK) {
+                final int nk = Math.min(KEY_BLOCK, keys - j0);
+                // scores [rows, nk] = scale · q_block · kᵀ[:, j0, j0 + nk)
+                pk.gemm(!qRow, q.segment(), qAt, ldq, rows, nk, dk, s.aBuf, s.kPack, dk, lk, 0, j0, s.qScale, 0f,
+                        ws, base, nk);
+                for (int r = 0; r < rows; r++) {
+                    final int i = i0 + r;
+                    final float old = max[r];
+                    final int lim = clamp((long) limitFor(i, keys) - j0, 0, nk);
+                    final float blockSum = rk.expRowOnline(ws, base + (long) r * nk, nk, lim, mSeg,
+                            maskHead + (long) i * ms2 + (long) j0 * ms3, ms3, maskBool, max, r);
+                    final float m = max[r];
+                    // StrictMath: the same bits in every JIT tier; once per row and block, so its cost is nil
+                    final float alpha = j0 == 0 || old == m ? 1f
+                            : old == Float.NEGATIVE_INFINITY ? 0f : (float) StrictMath.exp(old - m);
+                    sum[r] = sum[r] * alpha + blockSum;
+                    if (alpha != 1f) {
+                        rk.scaleRow(outSeg, outRows + (long) r * ldo, dv, alpha);
+                    }
+                }
+                // out_block [rows, Dv] (+)= p · v[j0, j0 + nk)
+                pk.gemm(false, ws, base, nk, rows, dv, nk, s.aBuf, s.vPack, lk, dv, j0, 0, null, j0 == 0 ? 0f : 1f,
+                        outSeg, outRows, ldo);
+            }
+            for (int r = 0; r < rows; r++) {
+                inv[r] = sum[r] == 0f ? 0f : 1f / sum[r];
+                if (inv[r] != 0f) {
+                    rk.scaleRow(outSeg, outRows + (long) r * ldo, dv, inv[r]);
+                }
+            }
             zeroMaskedRows(inv, rows, outSeg, outRows, dv, ldo);
         }
 

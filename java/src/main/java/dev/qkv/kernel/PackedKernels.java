@@ -27,12 +27,13 @@ public interface PackedKernels {
      * {@code C [m, n] = rowScale[r] · (op(A) [m, k] · B) + beta · C} with {@code A} in {@code a} (float offset
      * {@code aOff}, leading dimension {@code lda}; stored {@code [k, m]} when {@code aTransposed}), {@code B}
      * the first {@code k} rows and {@code n} columns of an operand packed by {@link #packB} as
-     * {@code [packedK, packedN]} ({@code packedK >= k}, {@code packedN >= n}), {@code C} row-major in {@code c} (float offset {@code cOff}, leading dimension
+     * {@code [packedK, packedN]}, starting at its row {@code bRow0} and column {@code bCol0} (a multiple of
+     * {@link #panel()}; {@code bRow0 + k <= packedK}, {@code bCol0 + n <= packedN}), {@code C} row-major in {@code c} (float offset {@code cOff}, leading dimension
      * {@code ldc}). Rows of A are copied, eight at a time, into {@code abuf} (at least {@code 8·k} floats).
      * {@code rowScale} null means 1; with {@code beta == 0} the old C is ignored.
      */
     void gemm(boolean aTransposed, MemorySegment a, long aOff, int lda, int m, int n, int k, float[] abuf,
-              float[] bp, int packedK, int packedN, float[] rowScale, float beta, MemorySegment c, long cOff, int ldc);
+              float[] bp, int packedK, int packedN, int bRow0, int bCol0, float[] rowScale, float beta, MemorySegment c, long cOff, int ldc);
 
     /**
      * Few-query products straight from memory (no packing): {@code s[sOff + r·lds + j] = a_r · b_j} for

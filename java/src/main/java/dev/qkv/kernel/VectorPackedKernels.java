@@ -84,7 +84,7 @@ final class VectorPackedKernels implements PackedKernels {
 
     @Override
     public void gemm(boolean aTransposed, MemorySegment a, long aOff, int lda, int m, int n, int k, float[] abuf,
-                     float[] bp, int packedK, int packedN, float[] rowScale, float beta, MemorySegment c, long cOff, int ldc) {
+                     float[] bp, int packedK, int packedN, int bRow0, int bCol0, float[] rowScale, float beta, MemorySegment c, long cOff, int ldc) {
         final float[] tile = TILE.get();
         if (width(packedN) == NARROW) {
             for (int i = 0; i < m; i += 8) {
@@ -92,10 +92,10 @@ final class VectorPackedKernels implements PackedKernels {
                 copyRows(aTransposed, a, aOff, lda, i, mr, k, abuf);
                 final long cAt = cOff + (long) i * ldc;
                 if (mr == 8) {
-                    kernel8(abuf, 0, k, k, bp, 0, tile);
+                    kernel8(abuf, 0, k, k, bp, bRow0 * NARROW, tile);
                 } else {
                     for (int r = 0; r < mr; r++) {
-                        kernel1Narrow(abuf, r * k, k, bp, 0, tile, r * NARROW);
+                        kernel1Narrow(abuf, r * k, k, bp, bRow0 * NARROW, tile, r * NARROW);
                     }
                 }
                 flush(tile, NARROW, mr, rowScale, i, beta, c, cAt, ldc, n);
@@ -109,7 +109,7 @@ final class VectorPackedKernels implements PackedKernels {
             copyRows(aTransposed, a, aOff, lda, i, mr, k, abuf);
             for (int j0 = 0, jp = 0; j0 < n; j0 += NR, jp++) {
                 final int nb = Math.min(NR, n - j0);
-                final int bBase = jp * packedK * NR;
+                final int bBase = (bCol0 / NR + jp) * packedK * NR + bRow0 * NR;
                 final long cAt = cOff + (long) i * ldc + j0;
                 if (mr == 6) {
                     kernel6(abuf, 0, k, k, bp, bBase, tile);
