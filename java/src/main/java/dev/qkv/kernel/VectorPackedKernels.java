@@ -102,6 +102,23 @@ final class VectorPackedKernels implements PackedKernels {
             }
             return;
         }
+        if ((long) m * k <= abuf.length && n > NR) {
+            // all of A fits the buffer (q · kᵀ: 64 rows × Dk): panel by panel, so each panel of B comes from L2
+            // once and then from L1 for every 6 rows, instead of all of B from L2 for every 6 rows
+            copyRows(aTransposed, a, aOff, lda, 0, m, k, abuf);
+            for (int j0 = 0, jp = 0; j0 < n; j0 += NR, jp++) {
+                final int nb = Math.min(NR, n - j0);
+                final int bBase = (bCol0 / NR + jp) * packedK * NR + bRow0 * NR;
+                for (int i = 0; i < m; ) {
+                    final int left = m - i;
+                    final int mr = left >= 6 && left != 8 ? 6 : Math.min(4, left);
+                    block(abuf, i * k, k, mr, bp, bBase, tile);
+                    flush(tile, NR, mr, rowScale, i, beta, c, cOff + (long) i * ldc + j0, ldc, nb);
+                    i += mr;
+                }
+            }
+            return;
+        }
         for (int i = 0; i < m; ) {
             // blocks of 6 rows, then one of 4 (64 = 10 · 6 + 4), then single rows
             final int left = m - i;
@@ -110,19 +127,23 @@ final class VectorPackedKernels implements PackedKernels {
             for (int j0 = 0, jp = 0; j0 < n; j0 += NR, jp++) {
                 final int nb = Math.min(NR, n - j0);
                 final int bBase = (bCol0 / NR + jp) * packedK * NR + bRow0 * NR;
-                final long cAt = cOff + (long) i * ldc + j0;
-                if (mr == 6) {
-                    kernel6(abuf, 0, k, k, bp, bBase, tile);
-                } else if (mr == 4) {
-                    kernel4(abuf, 0, k, k, bp, bBase, tile);
-                } else {
-                    for (int r = 0; r < mr; r++) {
-                        kernel1(abuf, r * k, k, bp, bBase, tile, r * NR);
-                    }
-                }
-                flush(tile, NR, mr, rowScale, i, beta, c, cAt, ldc, nb);
+                block(abuf, 0, k, mr, bp, bBase, tile);
+                flush(tile, NR, mr, rowScale, i, beta, c, cOff + (long) i * ldc + j0, ldc, nb);
             }
             i += mr;
+        }
+    }
+
+    /** The {@code mr × NR} block of A rows {@code a[a0 + r·k ...]} times one panel into {@code tile}. */
+    private static void block(float[] a, int a0, int k, int mr, float[] bp, int bBase, float[] tile) {
+        if (mr == 6) {
+            kernel6(a, a0, k, k, bp, bBase, tile);
+        } else if (mr == 4) {
+            kernel4(a, a0, k, k, bp, bBase, tile);
+        } else {
+            for (int r = 0; r < mr; r++) {
+                kernel1(a, a0 + r * k, k, bp, bBase, tile, r * NR);
+            }
         }
     }
 
