@@ -45,8 +45,9 @@ import java.util.Objects;
  * the pool is busy with another call, a call runs on its own thread. Each worker has its own score tile and
  * packing buffers, so no scratch is shared.
  *
- * <p><b>Memory.</b> Per worker the off-heap workspace holds a score tile of {@code rows × Lk} floats (rows ≤
- * {@link #BLOCK_ROWS}; no {@code Lq × Lk} matrix) plus packed copies of views without a unit stride; the Java
+ * <p><b>Memory.</b> Per worker the off-heap workspace holds a score tile of {@code rows × min(Lk, KEY_BLOCK)}
+ * floats (rows ≤ {@link #BLOCK_ROWS}; no {@code Lq × Lk} matrix: a block that sees more than {@code KEY_BLOCK}
+ * keys takes them a key block at a time with an online softmax, running max and sum per row) plus packed copies of views without a unit stride; the Java
  * backend also keeps its packed {@code kᵀ} and {@code v} panels on the Java heap. {@link #plan} reports both.
  * A {@linkplain Builder#workspaceBudget budget} lowers the block rows, then the workers, to fit.
  *
@@ -78,7 +79,8 @@ public final class Attention {
     /**
      * Keys per block of the Java engine's online softmax: a query block that sees more keys takes them this many
      * at a time (running max and sum per row, the output rescaled), so its score tile stays in L2 (64 × 2048
-     * floats = 512 KiB). Measured at L = 32768, D = 64: see bench/RESULTS.md, round 2.
+     * floats = 512 KiB). Measured at L = 32768, D = 64 (1024, 2048, 4096: 2048 fastest): see bench/RESULTS.md,
+     * round 2. The system property {@code qkv.keyBlock} overrides it, to run tests through the online path.
      */
     static final int KEY_BLOCK = Integer.getInteger("qkv.keyBlock", 2048);
 
