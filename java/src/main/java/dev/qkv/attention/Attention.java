@@ -45,8 +45,9 @@ import java.util.Objects;
  * the pool is busy with another call, a call runs on its own thread. Each worker has its own score tile and
  * packing buffers, so no scratch is shared.
  *
- * <p><b>Memory.</b> Per worker the off-heap workspace holds a score tile of {@code rows × Lk} floats (rows ≤
- * {@link #BLOCK_ROWS}; no {@code Lq × Lk} matrix) plus packed copies of views without a unit stride; the Java
+ * <p><b>Memory.</b> Per worker the off-heap workspace holds a score tile of {@code rows × min(Lk, KEY_BLOCK)}
+ * floats (rows ≤ {@link #BLOCK_ROWS}; no {@code Lq × Lk} matrix: a block that sees more than {@code KEY_BLOCK}
+ * keys takes them a key block at a time with an online softmax, running max and sum per row) plus packed copies of views without a unit stride; the Java
  * backend also keeps its packed {@code kᵀ} and {@code v} panels on the Java heap. {@link #plan} reports both.
  * A {@linkplain Builder#workspaceBudget budget} lowers the block rows, then the workers, to fit.
  *
@@ -74,6 +75,14 @@ public final class Attention {
      */
     private static final java.util.Set<String> AVX512_CORES =
             java.util.Set.of("skylakex", "cooperlake", "sapphirerapids");
+
+    /**
+     * Keys per block of the Java engine's online softmax: a query block that sees more keys takes them this many
+     * at a time (running max and sum per row, the output rescaled), so its score tile stays in L2 (64 × 2048
+     * floats = 512 KiB). Measured at L = 32768, D = 64 (1024, 2048, 4096: 2048 fastest): see bench/RESULTS.md,
+     * round 2. The system property {@code qkv.keyBlock} overrides it, to run tests through the online path.
+     */
+    static final int KEY_BLOCK = Integer.getInteger("qkv.keyBlock", 2048);
 
     /** Below this many dense FLOPs a call runs on the calling thread alone. */
     static final double PARALLEL_MIN_FLOPS = 8e6;
@@ -319,6 +328,9 @@ public final class Attention {
         final Operand ko = new Operand();
         final Operand vo = new Operand();
         final float[] rowScale = new float[BLOCK_ROWS];
+        final float[] rowMax = new float[BLOCK_ROWS];
+        final float[] rowSum = new float[BLOCK_ROWS];
+        final float[] qScale = new float[BLOCK_ROWS];
         float[] kPack = new float[0];
         float[] vPack = new float[0];
         float[] aBuf = new float[0];
@@ -508,7 +520,9 @@ public final class Attention {
 
         /** Floats of off-heap workspace per worker, setting the pack offsets. */
         private long layout(int rowsNow) {
-            long cursor = (long) rowsNow * Math.max(lk, 1);
+            // the score tile holds one key block (see KEY_BLOCK); the few-query path takes all keys at once
+            int cols = small ? lk : Math.min(lk, KEY_BLOCK);
+            long cursor = (long) rowsNow * Math.max(cols, 1);
             qPackAt = cursor;
             cursor += packQ ? (long) lq * dk : 0;
             kPackAt = cursor;
@@ -598,6 +612,8 @@ public final class Attention {
             final int ldo = packOut ? dv : (int) ld(out.stride(2), dv);
             if (keys == 0) {
                 zeroRows(outSeg, outRows, rows, dv, ldo);
+            } else if (keys > KEY_BLOCK) {
+                genericOnline(s, mm, ws, base, i0, rows, keys, maskHead, outSeg, outRows, ldo);
             } else {
                 // scores [rows, keys] = scale · q_block · kᵀ (all zero when Dk = 0)
                 if (dk == 0) {
@@ -636,11 +652,17 @@ public final class Attention {
         private void product(MatmulKernel mm, Transpose ta, Transpose tb, int m, int n, int k, float alpha,
                              MemorySegment a, long aOff, int lda, MemorySegment b, long bOff, int ldb,
                              MemorySegment c, long cOff, int ldc) {
+            product(mm, ta, tb, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, 0f, c, cOff, ldc);
+        }
+
+        private void product(MatmulKernel mm, Transpose ta, Transpose tb, int m, int n, int k, float alpha,
+                             MemorySegment a, long aOff, int lda, MemorySegment b, long bOff, int ldb, float beta,
+                             MemorySegment c, long cOff, int ldc) {
             OpenBlas blas = owner.blas;
             if (blas != null) {
-                blas.sgemm(ta, tb, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, 0f, c, cOff, ldc);
+                blas.sgemm(ta, tb, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
             } else {
-                mm.matmul(ta, tb, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, 0f, c, cOff, ldc);
+                mm.matmul(ta, tb, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
             }
         }
 
@@ -719,13 +741,112 @@ public final class Attention {
             boolean qRow = rowMajorOk(q);
             int ldq = qRow ? (int) ld(q.stride(2), dk) : (int) ld(q.stride(3), lq);
             long qAt = qRow ? qBase + i0 * q.stride(2) : qBase + i0;
+            if (keys > KEY_BLOCK) {
+                runOnline(s, ws, base, qRow, ldq, qAt, i0, rows, keys, maskHead, outSeg, outRows, ldo);
+                return;
+            }
             java.util.Arrays.fill(inv, 0, rows, scale);
             // scores [rows, keys] = scale · q_block · kᵀ
-            pk.gemm(!qRow, q.segment(), qAt, ldq, rows, keys, dk, s.aBuf, s.kPack, dk, inv, 0f, ws, base, keys);
+            pk.gemm(!qRow, q.segment(), qAt, ldq, rows, keys, dk, s.aBuf, s.kPack, dk, lk, 0, 0, inv, 0f, ws, base,
+                    keys);
             // mask, row max, exp and sum
             softmaxRows(ws, base, i0, rows, keys, maskHead, inv);
             // out_block [rows, Dv] = p · v / sum
-            pk.gemm(false, ws, base, keys, rows, dv, keys, s.aBuf, s.vPack, lk, inv, 0f, outSeg, outRows, ldo);
+            pk.gemm(false, ws, base, keys, rows, dv, keys, s.aBuf, s.vPack, lk, dv, 0, 0, inv, 0f, outSeg, outRows,
+                    ldo);
+            zeroMaskedRows(inv, rows, outSeg, outRows, dv, ldo);
+        }
+
+        /**
+         * The packed product over keys in blocks of {@link #KEY_BLOCK} with an online softmax: per row a running
+         * max {@code m} and sum {@code l}; each block's weights are {@code exp(s - m_new)}, and what earlier blocks
+         * put in {@code out} and {@code l} is rescaled by {@code exp(m_old - m_new)} before the block's
+         * {@code p · v} is added. The score tile then holds {@code rows × KEY_BLOCK} floats (L2-sized) however
+         * long the sequence. Masks and causal limits apply per block; a row no key may see stays at zeros.
+         */
+        private void runOnline(Scratch s, MemorySegment ws, long base, boolean qRow, int ldq, long qAt, int i0,
+                               int rows, int keys, long maskHead, MemorySegment outSeg, long outRows, int ldo) {
+            final PackedKernels pk = owner.packed;
+            final float[] max = s.rowMax;
+            final float[] sum = s.rowSum;
+            final float[] inv = s.rowScale;
+            java.util.Arrays.fill(max, 0, rows, Float.NEGATIVE_INFINITY);
+            java.util.Arrays.fill(sum, 0, rows, 0f);
+            java.util.Arrays.fill(s.qScale, 0, rows, scale);
+            for (int j0 = 0; j0 < keys; j0 += KEY_BLOCK) {
+                final int nk = Math.min(KEY_BLOCK, keys - j0);
+                // scores [rows, nk] = scale · q_block · kᵀ[:, j0, j0 + nk)
+                pk.gemm(!qRow, q.segment(), qAt, ldq, rows, nk, dk, s.aBuf, s.kPack, dk, lk, 0, j0, s.qScale, 0f,
+                        ws, base, nk);
+                onlineRows(ws, base, i0, rows, keys, j0, nk, maskHead, max, sum, outSeg, outRows, ldo);
+                // out_block [rows, Dv] (+)= p · v[j0, j0 + nk)
+                pk.gemm(false, ws, base, nk, rows, dv, nk, s.aBuf, s.vPack, lk, dv, j0, 0, null, j0 == 0 ? 0f : 1f,
+                        outSeg, outRows, ldo);
+            }
+            onlineFinish(rows, sum, inv, outSeg, outRows, ldo);
+        }
+
+        /** {@link #runOnline} for the generic engine (sgemm or the generic Java kernel) on the operands of {@code s}. */
+        private void genericOnline(Scratch s, MatmulKernel mm, MemorySegment ws, long base, int i0, int rows, int keys,
+                                   long maskHead, MemorySegment outSeg, long outRows, int ldo) {
+            final Operand qo = s.qo;
+            final Operand ko = s.ko;
+            final Operand vo = s.vo;
+            final float[] max = s.rowMax;
+            final float[] sum = s.rowSum;
+            java.util.Arrays.fill(max, 0, rows, Float.NEGATIVE_INFINITY);
+            java.util.Arrays.fill(sum, 0, rows, 0f);
+            for (int j0 = 0; j0 < keys; j0 += KEY_BLOCK) {
+                final int nk = Math.min(KEY_BLOCK, keys - j0);
+                // scores [rows, nk] = scale · q_block · kᵀ[:, j0, j0 + nk) (all zero when Dk = 0)
+                if (dk == 0) {
+                    zeroRows(ws, base, rows, nk, nk);
+                } else {
+                    product(mm, Transpose.NO.flipIf(qo.transposed), Transpose.YES.flipIf(ko.transposed),
+                            rows, nk, dk, scale, qo.seg, qo.offset + i0 * qo.rowStep, qo.ld,
+                            ko.seg, ko.offset + j0 * ko.rowStep, ko.ld, ws, base, nk);
+                }
+                onlineRows(ws, base, i0, rows, keys, j0, nk, maskHead, max, sum, outSeg, outRows, ldo);
+                // out_block [rows, Dv] (+)= p · v[j0, j0 + nk)
+                product(mm, Transpose.NO, Transpose.NO.flipIf(vo.transposed), rows, dv, nk, 1f,
+                        ws, base, nk, vo.seg, vo.offset + j0 * vo.rowStep, vo.ld, j0 == 0 ? 0f : 1f,
+                        outSeg, outRows, ldo);
+            }
+            onlineFinish(rows, sum, s.rowScale, outSeg, outRows, ldo);
+        }
+
+        /**
+         * The softmax of one key block {@code [j0, j0 + nk)} of an online pass: weights into the tile, the
+         * running max and sum updated, and each output row rescaled by {@code exp(m_old - m_new)} when the max grew.
+         */
+        private void onlineRows(MemorySegment ws, long base, int i0, int rows, int keys, int j0, int nk, long maskHead,
+                                float[] max, float[] sum, MemorySegment outSeg, long outRows, int ldo) {
+            final RowKernels rk = owner.rows;
+            for (int r = 0; r < rows; r++) {
+                final int i = i0 + r;
+                final float old = max[r];
+                final int lim = clamp((long) limitFor(i, keys) - j0, 0, nk);
+                final float blockSum = rk.expRowOnline(ws, base + (long) r * nk, nk, lim, mSeg,
+                        maskHead + (long) i * ms2 + (long) j0 * ms3, ms3, maskBool, max, r);
+                final float m = max[r];
+                // StrictMath: the same bits in every JIT tier; once per row and block, so its cost is nil
+                final float alpha = j0 == 0 || old == m ? 1f
+                        : old == Float.NEGATIVE_INFINITY ? 0f : (float) StrictMath.exp(old - m);
+                sum[r] = sum[r] * alpha + blockSum;
+                if (alpha != 1f) {
+                    rk.scaleRow(outSeg, outRows + (long) r * ldo, dv, alpha);
+                }
+            }
+        }
+
+        /** Each output row times {@code 1 / sum}; rows no key could see become zeros (see {@link #zeroMaskedRows}). */
+        private void onlineFinish(int rows, float[] sum, float[] inv, MemorySegment outSeg, long outRows, int ldo) {
+            for (int r = 0; r < rows; r++) {
+                inv[r] = sum[r] == 0f ? 0f : 1f / sum[r];
+                if (inv[r] != 0f) {
+                    owner.rows.scaleRow(outSeg, outRows + (long) r * ldo, dv, inv[r]);
+                }
+            }
             zeroMaskedRows(inv, rows, outSeg, outRows, dv, ldo);
         }
 

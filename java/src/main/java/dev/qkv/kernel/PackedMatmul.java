@@ -58,7 +58,7 @@ final class PackedMatmul extends MatmulKernel {
             int nb = Math.min(COLS, n - j0);
             long bAt = tb == Transpose.NO ? bOff + j0 : bOff + (long) j0 * ldb;
             kernels.packB(tb == Transpose.YES, b, bAt, ldb, k, nb, buf.b);
-            kernels.gemm(ta == Transpose.YES, a, aOff, lda, m, nb, k, buf.a, buf.b, k, buf.alpha, beta, c,
+            kernels.gemm(ta == Transpose.YES, a, aOff, lda, m, nb, k, buf.a, buf.b, k, nb, 0, 0, buf.alpha, beta, c,
                     cOff + j0, ldc);
         }
     }

@@ -21,6 +21,15 @@ public abstract class RowKernels {
     public abstract float expRow(MemorySegment s, long at, int n, int limit, MemorySegment mask, long mAt,
                                  long mStride, boolean maskBool);
 
+    /**
+     * One key block of an online softmax: masks {@code s[at .. at+n)} as {@link #expRow} does, raises the running
+     * maximum {@code max[r]} to the block's maximum, writes {@code exp(s - max[r])} (0 at or past {@code limit}
+     * and where masked) and returns their sum. A row with no allowed key so far keeps {@code max[r] = -inf}
+     * and gets zeros (sum 0); a NaN score makes {@code max[r]} NaN.
+     */
+    public abstract float expRowOnline(MemorySegment s, long at, int n, int limit, MemorySegment mask, long mAt,
+                                       long mStride, boolean maskBool, float[] max, int r);
+
     /** {@code s[at .. at+n) *= f} (float indices). */
     public abstract void scaleRow(MemorySegment s, long at, int n, float f);
 

@@ -54,6 +54,35 @@ final class ScalarRowKernels extends RowKernels {
     }
 
     @Override
+    public float expRowOnline(MemorySegment s, long at, int n, int limit, MemorySegment mask, long mAt,
+                              long mStride, boolean maskBool, float[] max, int r) {
+        float m = max[r];
+        for (int j = 0; j < limit; j++) {
+            float x = s.getAtIndex(F, at + j);
+            if (mask != null) {
+                float mv = mask.getAtIndex(F, mAt + j * mStride);
+                x = maskBool ? (mv == 0f ? Float.NEGATIVE_INFINITY : x) : x + mv;
+                s.setAtIndex(F, at + j, x);
+            }
+            m = Math.max(m, x);
+        }
+        max[r] = m;
+        double sum = 0;
+        if (m == Float.NEGATIVE_INFINITY) {
+            limit = 0;
+        }
+        for (int j = 0; j < limit; j++) {
+            float e = (float) Math.exp(s.getAtIndex(F, at + j) - m);
+            s.setAtIndex(F, at + j, e);
+            sum += e;
+        }
+        for (int j = limit; j < n; j++) {
+            s.setAtIndex(F, at + j, 0f);
+        }
+        return (float) sum;
+    }
+
+    @Override
     public void scaleRow(MemorySegment s, long at, int n, float f) {
         for (int j = 0; j < n; j++) {
             s.setAtIndex(F, at + j, s.getAtIndex(F, at + j) * f);

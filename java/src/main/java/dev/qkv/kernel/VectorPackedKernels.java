@@ -10,14 +10,18 @@ import java.lang.foreign.ValueLayout;
 import java.nio.ByteOrder;
 
 /**
- * Packed products on {@code FloatVector.SPECIES_PREFERRED}. The micro-kernel keeps an 8-row × 2-vector block
- * of C in 16 registers and, per step of the reduction, loads two vectors of the packed B panel and broadcasts
- * one element of each A row: 16 FMAs for 2 loads and 8 broadcasts, which keeps the FMA units busy.
+ * Packed products on {@code FloatVector.SPECIES_PREFERRED}. The micro-kernel keeps a 6-row × 4-vector block
+ * of C in 24 registers and, per step of the reduction, loads four vectors of the packed B panel and broadcasts
+ * one element of each A row: 24 FMAs for 4 loads and 6 broadcasts. A broadcast from a register competes with
+ * the FMAs for a port, so fewer broadcasts per FMA than the former 8 × 2 block (8 per 16) leave the FMA units
+ * busier.
  */
 final class VectorPackedKernels implements PackedKernels {
     private static final VectorSpecies<Float> SP = FloatVector.SPECIES_PREFERRED;
     private static final int L = SP.length();
-    private static final int NR = 2 * L;
+    /** Columns of a panel: four vectors, or two when the whole operand is at most two vectors wide. */
+    private static final int NR = 4 * L;
+    private static final int NARROW = 2 * L;
     private static final ByteOrder O = ByteOrder.nativeOrder();
     private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
     /** Per-thread 8 × NR accumulator tile between the micro-kernel and the store. */
@@ -28,36 +32,50 @@ final class VectorPackedKernels implements PackedKernels {
         return NR;
     }
 
+    /**
+     * The panel width for an operand {@code n} columns wide: a head dimension of 32 in 64-column panels would
+     * double the work of {@code p · v}, so operands of at most two vectors use the 8 × 2-vector kernel.
+     */
+    private static int width(int n) {
+        return n <= NARROW ? NARROW : NR;
+    }
+
+    @Override
+    public int packedSize(int k, int n) {
+        int p = width(n);
+        return Math.multiplyExact((n + p - 1) / p * p, k);
+    }
+
     @Override
     public void packB(boolean transposed, MemorySegment b, long bOff, int ldb, int k, int n, float[] dst) {
-        for (int j0 = 0, jp = 0; j0 < n; j0 += NR, jp++) {
-            final int nb = Math.min(NR, n - j0);
-            final int base = jp * k * NR;
+        final int nr = width(n);
+        for (int j0 = 0, jp = 0; j0 < n; j0 += nr, jp++) {
+            final int nb = Math.min(nr, n - j0);
+            final int base = jp * k * nr;
             if (!transposed) {
-                // B [k, n]: each panel row is a contiguous run of nb floats
-                VectorMask<Float> m0 = SP.indexInRange(0, nb);
-                VectorMask<Float> m1 = SP.indexInRange(L, nb);
+                // B [k, n]: each panel row is a contiguous run of nb floats (masked loads zero past n)
                 for (int p = 0; p < k; p++) {
                     long src = (bOff + (long) p * ldb + j0) * Float.BYTES;
-                    int d = base + p * NR;
-                    if (nb == NR) {
-                        FloatVector.fromMemorySegment(SP, b, src, O).intoArray(dst, d);
-                        FloatVector.fromMemorySegment(SP, b, src + (long) L * Float.BYTES, O).intoArray(dst, d + L);
-                    } else {
-                        FloatVector.fromMemorySegment(SP, b, src, O, m0).intoArray(dst, d);
-                        FloatVector.fromMemorySegment(SP, b, src + (long) L * Float.BYTES, O, m1).intoArray(dst, d + L);
+                    int d = base + p * nr;
+                    for (int q = 0; q < nr; q += L) {
+                        long o = src + (long) q * Float.BYTES;
+                        if (q + L <= nb) {
+                            FloatVector.fromMemorySegment(SP, b, o, O).intoArray(dst, d + q);
+                        } else {
+                            FloatVector.fromMemorySegment(SP, b, o, O, SP.indexInRange(q, nb)).intoArray(dst, d + q);
+                        }
                     }
                 }
             } else {
                 // B stored [n, k]: column j of the panel is row j0 + j of the storage
-                if (nb < NR) {
-                    java.util.Arrays.fill(dst, base, base + k * NR, 0f);
+                if (nb < nr) {
+                    java.util.Arrays.fill(dst, base, base + k * nr, 0f);
                 }
                 for (int jj = 0; jj < nb; jj++) {
                     long row = bOff + (long) (j0 + jj) * ldb;
                     int d = base + jj;
                     for (int p = 0; p < k; p++) {
-                        dst[d + p * NR] = b.getAtIndex(F, row + p);
+                        dst[d + p * nr] = b.getAtIndex(F, row + p);
                     }
                 }
             }
@@ -66,23 +84,65 @@ final class VectorPackedKernels implements PackedKernels {
 
     @Override
     public void gemm(boolean aTransposed, MemorySegment a, long aOff, int lda, int m, int n, int k, float[] abuf,
-                     float[] bp, int packedK, float[] rowScale, float beta, MemorySegment c, long cOff, int ldc) {
+                     float[] bp, int packedK, int packedN, int bRow0, int bCol0, float[] rowScale, float beta, MemorySegment c, long cOff, int ldc) {
         final float[] tile = TILE.get();
-        for (int i = 0; i < m; i += 8) {
-            final int mr = Math.min(8, m - i);
+        if (width(packedN) == NARROW) {
+            for (int i = 0; i < m; i += 8) {
+                final int mr = Math.min(8, m - i);
+                copyRows(aTransposed, a, aOff, lda, i, mr, k, abuf);
+                final long cAt = cOff + (long) i * ldc;
+                if (mr == 8) {
+                    kernel8(abuf, 0, k, k, bp, bRow0 * NARROW, tile);
+                } else {
+                    for (int r = 0; r < mr; r++) {
+                        kernel1Narrow(abuf, r * k, k, bp, bRow0 * NARROW, tile, r * NARROW);
+                    }
+                }
+                flush(tile, NARROW, mr, rowScale, i, beta, c, cAt, ldc, n);
+            }
+            return;
+        }
+        if ((long) m * k <= abuf.length && n > NR) {
+            // all of A fits the buffer (q · kᵀ: 64 rows × Dk): panel by panel, so each panel of B comes from L2
+            // once and then from L1 for every 6 rows, instead of all of B from L2 for every 6 rows
+            copyRows(aTransposed, a, aOff, lda, 0, m, k, abuf);
+            for (int j0 = 0, jp = 0; j0 < n; j0 += NR, jp++) {
+                final int nb = Math.min(NR, n - j0);
+                final int bBase = (bCol0 / NR + jp) * packedK * NR + bRow0 * NR;
+                for (int i = 0; i < m; ) {
+                    final int left = m - i;
+                    final int mr = left >= 6 && left != 8 ? 6 : Math.min(4, left);
+                    block(abuf, i * k, k, mr, bp, bBase, tile);
+                    flush(tile, NR, mr, rowScale, i, beta, c, cOff + (long) i * ldc + j0, ldc, nb);
+                    i += mr;
+                }
+            }
+            return;
+        }
+        for (int i = 0; i < m; ) {
+            // blocks of 6 rows, then one of 4 (64 = 10 · 6 + 4), then single rows
+            final int left = m - i;
+            final int mr = left >= 6 && left != 8 ? 6 : Math.min(4, left);
             copyRows(aTransposed, a, aOff, lda, i, mr, k, abuf);
             for (int j0 = 0, jp = 0; j0 < n; j0 += NR, jp++) {
                 final int nb = Math.min(NR, n - j0);
-                final int bBase = jp * packedK * NR;
-                final long cAt = cOff + (long) i * ldc + j0;
-                if (mr == 8) {
-                    kernel8(abuf, 0, k, k, bp, bBase, tile);
-                } else {
-                    for (int r = 0; r < mr; r++) {
-                        kernel1(abuf, r * k, k, bp, bBase, tile, r * NR);
-                    }
-                }
-                flush(tile, mr, rowScale, i, beta, c, cAt, ldc, nb);
+                final int bBase = (bCol0 / NR + jp) * packedK * NR + bRow0 * NR;
+                block(abuf, 0, k, mr, bp, bBase, tile);
+                flush(tile, NR, mr, rowScale, i, beta, c, cOff + (long) i * ldc + j0, ldc, nb);
+            }
+            i += mr;
+        }
+    }
+
+    /** The {@code mr × NR} block of A rows {@code a[a0 + r·k ...]} times one panel into {@code tile}. */
+    private static void block(float[] a, int a0, int k, int mr, float[] bp, int bBase, float[] tile) {
+        if (mr == 6) {
+            kernel6(a, a0, k, k, bp, bBase, tile);
+        } else if (mr == 4) {
+            kernel4(a, a0, k, k, bp, bBase, tile);
+        } else {
+            for (int r = 0; r < mr; r++) {
+                kernel1(a, a0 + r * k, k, bp, bBase, tile, r * NR);
             }
         }
     }
@@ -109,7 +169,190 @@ final class VectorPackedKernels implements PackedKernels {
     }
 
     /**
-     * The 8 × 2-vector block of {@code A · B} into {@code tile [8, NR]}. Its accumulators go to an array, not to
+     * The 6 × 4-vector block of {@code A · B} into {@code tile [6, NR]}: 24 accumulators, 4 panel loads and 6
+     * broadcasts per 24 FMAs (29 of the 32 vector registers). Its accumulators go to an array, not to a store
+     * helper: passing vectors to a method C2 does not inline (node count cutoff) boxes every one of them.
+     */
+    private static void kernel6(float[] a, int a0, int lda, int k, float[] bp, int bBase, float[] tile) {
+        final int a1 = a0 + lda;
+        final int a2 = a1 + lda;
+        final int a3 = a2 + lda;
+        final int a4 = a3 + lda;
+        final int a5 = a4 + lda;
+        FloatVector c00 = FloatVector.zero(SP);
+        FloatVector c01 = c00;
+        FloatVector c02 = c00;
+        FloatVector c03 = c00;
+        FloatVector c10 = c00;
+        FloatVector c11 = c00;
+        FloatVector c12 = c00;
+        FloatVector c13 = c00;
+        FloatVector c20 = c00;
+        FloatVector c21 = c00;
+        FloatVector c22 = c00;
+        FloatVector c23 = c00;
+        FloatVector c30 = c00;
+        FloatVector c31 = c00;
+        FloatVector c32 = c00;
+        FloatVector c33 = c00;
+        FloatVector c40 = c00;
+        FloatVector c41 = c00;
+        FloatVector c42 = c00;
+        FloatVector c43 = c00;
+        FloatVector c50 = c00;
+        FloatVector c51 = c00;
+        FloatVector c52 = c00;
+        FloatVector c53 = c00;
+        for (int p = 0; p < k; p++) {
+            final int bo = bBase + p * NR;
+            FloatVector b0 = FloatVector.fromArray(SP, bp, bo);
+            FloatVector b1 = FloatVector.fromArray(SP, bp, bo + L);
+            FloatVector b2 = FloatVector.fromArray(SP, bp, bo + 2 * L);
+            FloatVector b3 = FloatVector.fromArray(SP, bp, bo + 3 * L);
+            FloatVector x = FloatVector.broadcast(SP, a[a0 + p]);
+            c00 = x.fma(b0, c00);
+            c01 = x.fma(b1, c01);
+            c02 = x.fma(b2, c02);
+            c03 = x.fma(b3, c03);
+            x = FloatVector.broadcast(SP, a[a1 + p]);
+            c10 = x.fma(b0, c10);
+            c11 = x.fma(b1, c11);
+            c12 = x.fma(b2, c12);
+            c13 = x.fma(b3, c13);
+            x = FloatVector.broadcast(SP, a[a2 + p]);
+            c20 = x.fma(b0, c20);
+            c21 = x.fma(b1, c21);
+            c22 = x.fma(b2, c22);
+            c23 = x.fma(b3, c23);
+            x = FloatVector.broadcast(SP, a[a3 + p]);
+            c30 = x.fma(b0, c30);
+            c31 = x.fma(b1, c31);
+            c32 = x.fma(b2, c32);
+            c33 = x.fma(b3, c33);
+            x = FloatVector.broadcast(SP, a[a4 + p]);
+            c40 = x.fma(b0, c40);
+            c41 = x.fma(b1, c41);
+            c42 = x.fma(b2, c42);
+            c43 = x.fma(b3, c43);
+            x = FloatVector.broadcast(SP, a[a5 + p]);
+            c50 = x.fma(b0, c50);
+            c51 = x.fma(b1, c51);
+            c52 = x.fma(b2, c52);
+            c53 = x.fma(b3, c53);
+        }
+        c00.intoArray(tile, 0);
+        c01.intoArray(tile, L);
+        c02.intoArray(tile, 2 * L);
+        c03.intoArray(tile, 3 * L);
+        c10.intoArray(tile, NR);
+        c11.intoArray(tile, NR + L);
+        c12.intoArray(tile, NR + 2 * L);
+        c13.intoArray(tile, NR + 3 * L);
+        c20.intoArray(tile, 2 * NR);
+        c21.intoArray(tile, 2 * NR + L);
+        c22.intoArray(tile, 2 * NR + 2 * L);
+        c23.intoArray(tile, 2 * NR + 3 * L);
+        c30.intoArray(tile, 3 * NR);
+        c31.intoArray(tile, 3 * NR + L);
+        c32.intoArray(tile, 3 * NR + 2 * L);
+        c33.intoArray(tile, 3 * NR + 3 * L);
+        c40.intoArray(tile, 4 * NR);
+        c41.intoArray(tile, 4 * NR + L);
+        c42.intoArray(tile, 4 * NR + 2 * L);
+        c43.intoArray(tile, 4 * NR + 3 * L);
+        c50.intoArray(tile, 5 * NR);
+        c51.intoArray(tile, 5 * NR + L);
+        c52.intoArray(tile, 5 * NR + 2 * L);
+        c53.intoArray(tile, 5 * NR + 3 * L);
+    }
+
+    /** The 4 × 4-vector block (the rows a block of 6 leaves over), as {@link #kernel6}. */
+    private static void kernel4(float[] a, int a0, int lda, int k, float[] bp, int bBase, float[] tile) {
+        final int a1 = a0 + lda;
+        final int a2 = a1 + lda;
+        final int a3 = a2 + lda;
+        FloatVector c00 = FloatVector.zero(SP);
+        FloatVector c01 = c00;
+        FloatVector c02 = c00;
+        FloatVector c03 = c00;
+        FloatVector c10 = c00;
+        FloatVector c11 = c00;
+        FloatVector c12 = c00;
+        FloatVector c13 = c00;
+        FloatVector c20 = c00;
+        FloatVector c21 = c00;
+        FloatVector c22 = c00;
+        FloatVector c23 = c00;
+        FloatVector c30 = c00;
+        FloatVector c31 = c00;
+        FloatVector c32 = c00;
+        FloatVector c33 = c00;
+        for (int p = 0; p < k; p++) {
+            final int bo = bBase + p * NR;
+            FloatVector b0 = FloatVector.fromArray(SP, bp, bo);
+            FloatVector b1 = FloatVector.fromArray(SP, bp, bo + L);
+            FloatVector b2 = FloatVector.fromArray(SP, bp, bo + 2 * L);
+            FloatVector b3 = FloatVector.fromArray(SP, bp, bo + 3 * L);
+            FloatVector x = FloatVector.broadcast(SP, a[a0 + p]);
+            c00 = x.fma(b0, c00);
+            c01 = x.fma(b1, c01);
+            c02 = x.fma(b2, c02);
+            c03 = x.fma(b3, c03);
+            x = FloatVector.broadcast(SP, a[a1 + p]);
+            c10 = x.fma(b0, c10);
+            c11 = x.fma(b1, c11);
+            c12 = x.fma(b2, c12);
+            c13 = x.fma(b3, c13);
+            x = FloatVector.broadcast(SP, a[a2 + p]);
+            c20 = x.fma(b0, c20);
+            c21 = x.fma(b1, c21);
+            c22 = x.fma(b2, c22);
+            c23 = x.fma(b3, c23);
+            x = FloatVector.broadcast(SP, a[a3 + p]);
+            c30 = x.fma(b0, c30);
+            c31 = x.fma(b1, c31);
+            c32 = x.fma(b2, c32);
+            c33 = x.fma(b3, c33);
+        }
+        c00.intoArray(tile, 0);
+        c01.intoArray(tile, L);
+        c02.intoArray(tile, 2 * L);
+        c03.intoArray(tile, 3 * L);
+        c10.intoArray(tile, NR);
+        c11.intoArray(tile, NR + L);
+        c12.intoArray(tile, NR + 2 * L);
+        c13.intoArray(tile, NR + 3 * L);
+        c20.intoArray(tile, 2 * NR);
+        c21.intoArray(tile, 2 * NR + L);
+        c22.intoArray(tile, 2 * NR + 2 * L);
+        c23.intoArray(tile, 2 * NR + 3 * L);
+        c30.intoArray(tile, 3 * NR);
+        c31.intoArray(tile, 3 * NR + L);
+        c32.intoArray(tile, 3 * NR + 2 * L);
+        c33.intoArray(tile, 3 * NR + 3 * L);
+    }
+
+    private static void kernel1(float[] a, int a0, int k, float[] bp, int bBase, float[] tile, int at) {
+        FloatVector c0 = FloatVector.zero(SP);
+        FloatVector c1 = c0;
+        FloatVector c2 = c0;
+        FloatVector c3 = c0;
+        for (int p = 0; p < k; p++) {
+            final int bo = bBase + p * NR;
+            FloatVector x = FloatVector.broadcast(SP, a[a0 + p]);
+            c0 = x.fma(FloatVector.fromArray(SP, bp, bo), c0);
+            c1 = x.fma(FloatVector.fromArray(SP, bp, bo + L), c1);
+            c2 = x.fma(FloatVector.fromArray(SP, bp, bo + 2 * L), c2);
+            c3 = x.fma(FloatVector.fromArray(SP, bp, bo + 3 * L), c3);
+        }
+        c0.intoArray(tile, at);
+        c1.intoArray(tile, at + L);
+        c2.intoArray(tile, at + 2 * L);
+        c3.intoArray(tile, at + 3 * L);
+    }
+
+    /**
+     * The 8 × 2-vector block of {@code A · B} into {@code tile [8, NARROW]}, for narrow panels. Its accumulators go to an array, not to
      * a store helper: passing vectors to a method C2 does not inline (node count cutoff) boxes every one of them.
      */
     private static void kernel8(float[] a, int a0, int lda, int k, float[] bp, int bBase, float[] tile) {
@@ -136,7 +379,8 @@ final class VectorPackedKernels implements PackedKernels {
         FloatVector c61 = c00;
         FloatVector c70 = c00;
         FloatVector c71 = c00;
-        for (int p = 0, bo = bBase; p < k; p++, bo += NR) {
+        for (int p = 0; p < k; p++) {
+            final int bo = bBase + p * NARROW;
             FloatVector b0 = FloatVector.fromArray(SP, bp, bo);
             FloatVector b1 = FloatVector.fromArray(SP, bp, bo + L);
             FloatVector x = FloatVector.broadcast(SP, a[a0 + p]);
@@ -166,26 +410,27 @@ final class VectorPackedKernels implements PackedKernels {
         }
         c00.intoArray(tile, 0);
         c01.intoArray(tile, L);
-        c10.intoArray(tile, NR);
-        c11.intoArray(tile, NR + L);
-        c20.intoArray(tile, 2 * NR);
-        c21.intoArray(tile, 2 * NR + L);
-        c30.intoArray(tile, 3 * NR);
-        c31.intoArray(tile, 3 * NR + L);
-        c40.intoArray(tile, 4 * NR);
-        c41.intoArray(tile, 4 * NR + L);
-        c50.intoArray(tile, 5 * NR);
-        c51.intoArray(tile, 5 * NR + L);
-        c60.intoArray(tile, 6 * NR);
-        c61.intoArray(tile, 6 * NR + L);
-        c70.intoArray(tile, 7 * NR);
-        c71.intoArray(tile, 7 * NR + L);
+        c10.intoArray(tile, NARROW);
+        c11.intoArray(tile, NARROW + L);
+        c20.intoArray(tile, 2 * NARROW);
+        c21.intoArray(tile, 2 * NARROW + L);
+        c30.intoArray(tile, 3 * NARROW);
+        c31.intoArray(tile, 3 * NARROW + L);
+        c40.intoArray(tile, 4 * NARROW);
+        c41.intoArray(tile, 4 * NARROW + L);
+        c50.intoArray(tile, 5 * NARROW);
+        c51.intoArray(tile, 5 * NARROW + L);
+        c60.intoArray(tile, 6 * NARROW);
+        c61.intoArray(tile, 6 * NARROW + L);
+        c70.intoArray(tile, 7 * NARROW);
+        c71.intoArray(tile, 7 * NARROW + L);
     }
 
-    private static void kernel1(float[] a, int a0, int k, float[] bp, int bBase, float[] tile, int at) {
+    private static void kernel1Narrow(float[] a, int a0, int k, float[] bp, int bBase, float[] tile, int at) {
         FloatVector c0 = FloatVector.zero(SP);
         FloatVector c1 = c0;
-        for (int p = 0, bo = bBase; p < k; p++, bo += NR) {
+        for (int p = 0; p < k; p++) {
+            final int bo = bBase + p * NARROW;
             FloatVector x = FloatVector.broadcast(SP, a[a0 + p]);
             c0 = x.fma(FloatVector.fromArray(SP, bp, bo), c0);
             c1 = x.fma(FloatVector.fromArray(SP, bp, bo + L), c1);
@@ -194,27 +439,26 @@ final class VectorPackedKernels implements PackedKernels {
         c1.intoArray(tile, at + L);
     }
 
-    /** {@code C row r [0, nb) = rowScale[i + r] · tile row r + beta · C} for {@code r < mr}, masked past nb. */
-    private static void flush(float[] tile, int mr, float[] rowScale, int i, float beta, MemorySegment c, long cOff,
-                              int ldc, int nb) {
+    /** {@code C row r [0, nb) = rowScale[i + r] · tile row r (of nr floats) + beta · C} for {@code r < mr}. */
+    private static void flush(float[] tile, int nr, int mr, float[] rowScale, int i, float beta, MemorySegment c,
+                              long cOff, int ldc, int nb) {
         for (int r = 0; r < mr; r++) {
             float scale = rowScale == null ? 1f : rowScale[i + r];
             long off = (cOff + (long) r * ldc) * Float.BYTES;
-            long off1 = off + (long) L * Float.BYTES;
-            if (nb == NR) {
-                FloatVector v0 = FloatVector.fromArray(SP, tile, r * NR).mul(scale);
-                FloatVector v1 = FloatVector.fromArray(SP, tile, r * NR + L).mul(scale);
-                if (beta != 0f) {
-                    v0 = FloatVector.fromMemorySegment(SP, c, off, O).mul(beta).add(v0);
-                    v1 = FloatVector.fromMemorySegment(SP, c, off1, O).mul(beta).add(v1);
+            if (nb == nr) {
+                for (int q = 0; q < nr; q += L) {
+                    long o = off + (long) q * Float.BYTES;
+                    FloatVector x = FloatVector.fromArray(SP, tile, r * nr + q).mul(scale);
+                    if (beta != 0f) {
+                        x = FloatVector.fromMemorySegment(SP, c, o, O).mul(beta).add(x);
+                    }
+                    x.intoMemorySegment(c, o, O);
                 }
-                v0.intoMemorySegment(c, off, O);
-                v1.intoMemorySegment(c, off1, O);
             } else {
                 // a partial panel, element by element (masked vector stores may not be intrinsified)
                 for (int j = 0; j < nb; j++) {
                     long o = off + (long) j * Float.BYTES;
-                    float x = scale * tile[r * NR + j];
+                    float x = scale * tile[r * nr + j];
                     c.set(F, o, beta != 0f ? Math.fma(beta, c.get(F, o), x) : x);
                 }
             }

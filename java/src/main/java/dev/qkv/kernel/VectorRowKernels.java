@@ -72,6 +72,30 @@ final class VectorRowKernels extends RowKernels {
         return 1f / sum;
     }
 
+    @Override
+    public float expRowOnline(MemorySegment s, long at, int n, int limit, MemorySegment mask, long mAt,
+                              long mStride, boolean maskBool, float[] max, int r) {
+        final long base = at * Float.BYTES;
+        float blockMax;
+        if (mask == null) {
+            blockMax = max(s, base, limit);
+        } else if (mStride == 1) {
+            blockMax = maskAndMax(s, base, limit, mask, mAt * Float.BYTES, maskBool);
+        } else {
+            applyMaskScalar(s, at, limit, mask, mAt, mStride, maskBool);
+            blockMax = max(s, base, limit);
+        }
+        float m = Math.max(max[r], blockMax);
+        max[r] = m;
+        if (m == Float.NEGATIVE_INFINITY || limit == 0) {
+            zero(s, base, 0, n);
+            return 0f;
+        }
+        float sum = expAndSum(s, base, limit, m);
+        zero(s, base, limit, n);
+        return sum;
+    }
+
     /** Row max of {@code s[0, limit)} (NaN if any is NaN). */
     private static float max(MemorySegment s, long base, int limit) {
         FloatVector vmax = FloatVector.broadcast(SP, Float.NEGATIVE_INFINITY);

@@ -18,7 +18,7 @@ import static org.junit.jupiter.api.Assertions.fail;
 /**
  * The blocked engine against the double-precision reference on shared-arena tensors, so that the parallel
  * path (pool threads) runs too: 1 and 2 threads, the packed Java engine and its few-query path, native, tails
- * of every block size, causal with Lq &lt; Lk and Lq &gt; Lk, masks, grouped-query heads, transposed views, a
+ * of every block size, causal with Lq &lt; Lk and Lq &gt; Lk, more keys than one key block, masks, grouped-query heads, transposed views, a
  * workspace budget. Tolerance per element: {@code atol = rtol = 4 · (Dk + Lk) · 2^-24} (one rounding per term of
  * the two reductions, with slack for exp, scale and normalization).
  */
@@ -51,6 +51,10 @@ class EngineTest {
         out.add(new Case(8, 1, 4, 4, 300, 256, 64, 48, true, "none", false));
         out.add(new Case(9, 2, 2, 1, 200, 333, 64, 64, true, "bool2d", true));
         out.add(new Case(10, 1, 8, 8, 4, 3000, 128, 128, false, "keypad", false));
+        // more keys than Attention.KEY_BLOCK: the online softmax over key blocks, with a partial last block
+        out.add(new Case(11, 1, 2, 1, 70, 4500, 32, 32, true, "bool2d", false));
+        out.add(new Case(12, 1, 1, 1, 65, 2300, 17, 33, false, "additive4d", true));
+        out.add(new Case(13, 1, 2, 2, 40, 2 * Attention.KEY_BLOCK + 1, 64, 64, false, "keypad", false));
         return out.stream().map(c -> Named.of(c.toString(), c));
     }
 
