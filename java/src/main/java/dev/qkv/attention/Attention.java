@@ -476,6 +476,12 @@ public final class Attention {
             usePacked = owner.packed != null && !packQ && !packK && !packV && !packOut
                     && (!owner.autoNative || lq < AUTO_JAVA_QUERIES);
             small = usePacked && lq < 8 && rowMajorOk(q) && rowMajorOk(k) && rowMajorOk(v);
+            if (!usePacked && !packV && owner.blas != null && lq >= AUTO_JAVA_QUERIES && hasSubnormal(v, owner.rows)) {
+                // OpenBLAS multiplies subnormal v through microcode assists (measured 35x slower); a packed
+                // copy flushes them (see flushSubnormals). The scan reads v once, against Lq/8 and more reads
+                // by the products; decoding-sized calls (fewer than 8 queries) skip it.
+                packV = true;
+            }
             int want = flops < PARALLEL_MIN_FLOPS || owner.threads == 1 || !shareable() ? 1 : owner.threads;
             tileRows = Math.max(1, Math.min(BLOCK_ROWS, lq));
             plan(want);
@@ -731,6 +737,7 @@ public final class Attention {
                 boolean vRow = rowMajorOk(v);
                 pk.packB(!vRow, v.segment(), vBase, vRow ? (int) ld(v.stride(2), dv) : (int) ld(v.stride(3), lk),
                         lk, dv, s.vPack);
+                flushSubnormals(s.vPack, vn);
                 s.packedCall = callId;
                 s.packedHead = kvHead;
             }
@@ -851,6 +858,20 @@ public final class Attention {
         }
 
         /**
+         * Subnormal values of the packed v become zeros. A product with a subnormal operand takes a microcode
+         * assist on x86 (measured: subnormal v made attention 31x slower), and the JVM cannot set the
+         * flush-to-zero mode; a subnormal v changes an output by less than 2^-126 times its weight. One pass per
+         * head and worker, over what packing has just brought into cache.
+         */
+        private static void flushSubnormals(float[] a, int n) {
+            for (int i = 0; i < n; i++) {
+                if (Math.abs(a[i]) < Float.MIN_NORMAL) {
+                    a[i] = 0f;
+                }
+            }
+        }
+
+        /**
          * Rows whose softmax allowed no key (normalizer 0) become zeros: the product computed 0 · v, which is NaN
          * where v holds NaN or Inf, and a fully masked row must give zeros whatever v holds.
          */
@@ -910,6 +931,32 @@ public final class Attention {
         }
     }
 
+    /** True when some element of {@code t} is subnormal (non-zero and below {@link Float#MIN_NORMAL}). */
+    private static boolean hasSubnormal(Tensor t, RowKernels rows) {
+        MemorySegment seg = t.segment();
+        boolean unit = t.stride(3) == 1;
+        for (long i0 = 0; i0 < t.size(0); i0++) {
+            for (long i1 = 0; i1 < t.size(1); i1++) {
+                for (long i2 = 0; i2 < t.size(2); i2++) {
+                    long row = t.offset() + i0 * t.stride(0) + i1 * t.stride(1) + i2 * t.stride(2);
+                    if (unit) {
+                        if (rows.anySubnormal(seg, row, (int) t.size(3))) {
+                            return true;
+                        }
+                        continue;
+                    }
+                    for (long i3 = 0; i3 < t.size(3); i3++) {
+                        float x = seg.getAtIndex(F, row + i3 * t.stride(3));
+                        if (x != 0f && Math.abs(x) < Float.MIN_NORMAL) {
+                            return true;
+                        }
+                    }
+                }
+            }
+        }
+        return false;
+    }
+
     /**
      * Points {@code o} at one head matrix of {@code t}: in place when it has a unit stride, else packed
      * row-major into {@code ws} at {@code packAt} (copied only when {@code copy}).
@@ -924,8 +971,9 @@ public final class Attention {
                 MemorySegment seg = t.segment();
                 for (long r = 0; r < rows; r++) {
                     for (long c = 0; c < cols; c++) {
-                        ws.setAtIndex(F, packAt + r * cols + c,
-                                seg.getAtIndex(F, base + r * t.stride(2) + c * t.stride(3)));
+                        float x = seg.getAtIndex(F, base + r * t.stride(2) + c * t.stride(3));
+                        // subnormals become zeros, as in every packed copy (see Job.flushSubnormals)
+                        ws.setAtIndex(F, packAt + r * cols + c, Math.abs(x) < Float.MIN_NORMAL ? 0f : x);
                     }
                 }
             }

@@ -30,6 +30,9 @@ public abstract class RowKernels {
     public abstract float expRowOnline(MemorySegment s, long at, int n, int limit, MemorySegment mask, long mAt,
                                        long mStride, boolean maskBool, float[] max, int r);
 
+    /** True when some {@code s[at .. at+n)} (float indices) is subnormal: non-zero and below {@code 2^-126}. */
+    public abstract boolean anySubnormal(MemorySegment s, long at, int n);
+
     /** {@code s[at .. at+n) *= f} (float indices). */
     public abstract void scaleRow(MemorySegment s, long at, int n, float f);
 

@@ -83,6 +83,17 @@ final class ScalarRowKernels extends RowKernels {
     }
 
     @Override
+    public boolean anySubnormal(MemorySegment s, long at, int n) {
+        for (int j = 0; j < n; j++) {
+            float x = s.getAtIndex(F, at + j);
+            if (x != 0f && Math.abs(x) < Float.MIN_NORMAL) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    @Override
     public void scaleRow(MemorySegment s, long at, int n, float f) {
         for (int j = 0; j < n; j++) {
             s.setAtIndex(F, at + j, s.getAtIndex(F, at + j) * f);

@@ -222,6 +222,25 @@ final class VectorRowKernels extends RowKernels {
     }
 
     @Override
+    public boolean anySubnormal(MemorySegment s, long at, int n) {
+        long base = at * Float.BYTES;
+        int j = 0;
+        for (; j <= n - L; j += L) {
+            FloatVector x = FloatVector.fromMemorySegment(SP, s, base + (long) j * Float.BYTES, O).abs();
+            if (x.compare(VectorOperators.LT, Float.MIN_NORMAL).and(x.compare(VectorOperators.NE, 0f)).anyTrue()) {
+                return true;
+            }
+        }
+        for (; j < n; j++) {
+            float x = s.get(F, base + (long) j * Float.BYTES);
+            if (x != 0f && Math.abs(x) < Float.MIN_NORMAL) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    @Override
     public void scaleRow(MemorySegment s, long at, int n, float f) {
         long base = at * Float.BYTES;
         int j = 0;
