@@ -3,7 +3,6 @@ package dev.qkv.attention;
 import dev.qkv.tensor.Shapes;
 import dev.qkv.tensor.Tensor;
 
-import java.lang.foreign.MemorySegment;
 
 /**
  * The checks of one attention call, shared by every backend and run before any kernel touches memory.
@@ -144,7 +143,7 @@ final class SdpaArgs {
 
     /** The output must not share memory with an input: a kernel would read what it has already written. */
     private static void noOverlap(Tensor out, Tensor in, String name) {
-        if (overlaps(out, in)) {
+        if (out.overlaps(in)) {
             throw new IllegalArgumentException(out.describe("out") + " overlaps " + in.describe(name));
         }
     }
@@ -171,26 +170,5 @@ final class SdpaArgs {
             }
             span = out.stride(best) * out.size(best);
         }
-    }
-
-    static boolean overlaps(Tensor x, Tensor y) {
-        long xe = x.endElement();
-        long ye = y.endElement();
-        if (xe == 0 || ye == 0) {
-            return false;
-        }
-        MemorySegment xs = x.segment();
-        MemorySegment ys = y.segment();
-        if (xs.isNative() != ys.isNative()) {
-            return false;
-        }
-        if (!xs.isNative() && xs.heapBase().orElse(null) != ys.heapBase().orElse(null)) {
-            return false;
-        }
-        long x0 = xs.address() + x.offset() * Float.BYTES;
-        long x1 = xs.address() + xe * Float.BYTES;
-        long y0 = ys.address() + y.offset() * Float.BYTES;
-        long y1 = ys.address() + ye * Float.BYTES;
-        return x0 < y1 && y0 < x1;
     }
 }

@@ -495,26 +495,11 @@ public final class MultiHeadAttention {
         }
         for (int i = 0; i < ts.length; i++) {
             // writing there would change the layer for every later call and every other thread
-            if (ts[i] != null && overlaps(out, ts[i])) {
+            if (ts[i] != null && out.overlaps(ts[i])) {
                 throw new IllegalArgumentException(out.describe("out") + " shares memory with "
                         + ts[i].describe(names[i]));
             }
         }
-    }
-
-    /**
-     * True when the address ranges the two views can reach share a byte (coarse but safe: gaps count). Only
-     * off-heap memory is compared, by address, so that the check allocates nothing on the hot path.
-     */
-    private static boolean overlaps(Tensor a, Tensor b) {
-        if (a.elementCount() == 0 || b.elementCount() == 0 || !a.segment().isNative() || !b.segment().isNative()) {
-            return false;
-        }
-        long a0 = a.segment().address() + a.offset() * Float.BYTES;
-        long a1 = a.segment().address() + a.endElement() * Float.BYTES;
-        long b0 = b.segment().address() + b.offset() * Float.BYTES;
-        long b1 = b.segment().address() + b.endElement() * Float.BYTES;
-        return a0 < b1 && b0 < a1;
     }
 
     private static MemorySegment checkWorkspace(MhaWorkspace ws, long needFloats, Tensor x) {

@@ -155,6 +155,31 @@ public final class Tensor {
         return last + 1;
     }
 
+    /**
+     * True when the byte ranges this view and {@code other} can reach share a byte: coarse but safe, since gaps
+     * of strided views count. Views of different heap arrays, or of heap and off-heap memory, never overlap.
+     * Allocates nothing for off-heap views, so per-call argument checks may use it.
+     */
+    public boolean overlaps(Tensor other) {
+        long xe = endElement();
+        long ye = other.endElement();
+        if (xe == 0 || ye == 0) {
+            return false;
+        }
+        MemorySegment ys = other.segment;
+        if (segment.isNative() != ys.isNative()) {
+            return false;
+        }
+        if (!segment.isNative() && segment.heapBase().orElse(null) != ys.heapBase().orElse(null)) {
+            return false;
+        }
+        long x0 = segment.address() + offset * Float.BYTES;
+        long x1 = segment.address() + xe * Float.BYTES;
+        long y0 = ys.address() + other.offset * Float.BYTES;
+        long y1 = ys.address() + ye * Float.BYTES;
+        return x0 < y1 && y0 < x1;
+    }
+
     /** The segment this tensor views. */
     public MemorySegment segment() {
         return segment;
