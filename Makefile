@@ -36,7 +36,7 @@ BUILD_LOG := java/target/build.log
 
 # Build quietly (the log is shown only when the build fails), then run the CLI with ARGS.
 run: $(STAMP)
-	@$(JAVA) $(JVM_FLAGS) -XX:-PrintWarnings -cp "java/target/classes:$$(cat $(CLASSPATH_FILE))" dev.qkv.cli.Main $(ARGS) \
+	@$(JAVA) $(JVM_FLAGS) -cp "java/target/classes:$$(cat $(CLASSPATH_FILE))" dev.qkv.cli.Main $(ARGS) \
 	  2> >(grep -v '^WARNING: Using incubator modules: jdk.incubator.vector$$' >&2)
 
 build: $(STAMP)
