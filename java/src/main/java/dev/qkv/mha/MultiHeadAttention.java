@@ -109,18 +109,17 @@ public final class MultiHeadAttention {
             // the projections run on the kernel AUTO chose for the attention's products
             case AUTO -> attention.matmulKernel();
         };
+        MultiHeadAttention layer = new MultiHeadAttention(weights, backend, mm, attention);
         if ("native".equals(mm.name())) {
-            String[] names = {"W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O"};
-            Tensor[] ts = {weights.wq(), weights.wk(), weights.wv(), weights.wo(),
-                    weights.bq(), weights.bk(), weights.bv(), weights.bo()};
+            Tensor[] ts = layer.weightList;
             for (int i = 0; i < ts.length; i++) {
                 if (ts[i] != null && !ts[i].segment().isNative()) {
-                    throw new IllegalArgumentException(ts[i].describe(names[i])
+                    throw new IllegalArgumentException(ts[i].describe(WEIGHT_NAMES[i])
                             + ": a heap segment; the native backend needs off-heap memory");
                 }
             }
         }
-        return new MultiHeadAttention(weights, backend, mm, attention);
+        return layer;
     }
 
     /** The weights. */
