@@ -598,7 +598,9 @@ public final class Attention {
          * underflowed to 0) still enters as {@code 0 · v}, which is NaN where v holds NaN or ±Inf: without this a
          * non-finite value of v would reach rows that cannot see it, depending on which rows share a block. Every
          * such row holds a NaN, and a row without one was not reached, so finite rows keep the fast path's bits;
-         * the check is one vectorized pass over rows the task has just written.
+         * the check is one vectorized pass over rows the task has just written (measured about 10 ns per row of
+         * 64 floats even from memory: 0.3% of a causal [1, 8, 2048, 64] call; a scan of v instead would cost a
+         * decoding step as much as its product with v).
          */
         private void redoNaNRows(Scratch s, int b, int h, int i0, int rows) {
             final Tensor o = out;
