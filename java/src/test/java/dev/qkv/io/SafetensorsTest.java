@@ -59,8 +59,8 @@ class SafetensorsTest {
     }
 
     @Test
-    void f32ViewsAtAnUnalignedOffsetReadBackExactly() throws IOException {
-        // a 7-byte pad after the JSON makes the data start at an odd offset: views must still read right
+    void f32AtAnUnalignedOffsetReadsBackExactlyCopiedOrMapped() throws IOException {
+        // a 7-byte pad after the JSON makes the data start at an odd offset: copies and views must read right
         String header = "{\"__metadata__\":{\"format\":\"pt\"},"
                 + "\"a\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]},"
                 + "\"b\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[24,28]}}       ";
@@ -70,15 +70,17 @@ class SafetensorsTest {
         System.arraycopy(floats(a), 0, data, 0, 24);
         System.arraycopy(floats(42f), 0, data, 24, 4);
         Path p = write("ok.safetensors", file(header, data));
-        try (Arena arena = Arena.ofConfined()) {
-            Safetensors st = Safetensors.open(p, arena);
-            assertEquals("pt", st.metadata().get("format"));
-            assertEquals(2, st.entries().size());
-            Tensor ta = st.tensor("a", arena);
-            assertArrayEquals(new long[] {2, 3}, ta.shape());
-            assertArrayEquals(a, ta.toArray());
-            assertEquals(42f, st.tensor("b", arena).toArray()[0]);
-            assertFalse(st.contains("c"));
+        for (Safetensors.Load load : Safetensors.Load.values()) {
+            try (Arena arena = Arena.ofConfined()) {
+                Safetensors st = Safetensors.open(p, arena, load);
+                assertEquals("pt", st.metadata().get("format"));
+                assertEquals(2, st.entries().size());
+                Tensor ta = st.tensor("a", arena);
+                assertArrayEquals(new long[] {2, 3}, ta.shape());
+                assertArrayEquals(a, ta.toArray(), load.toString());
+                assertEquals(42f, st.tensor("b", arena).toArray()[0]);
+                assertFalse(st.contains("c"));
+            }
         }
     }
 
