@@ -23,7 +23,11 @@ import java.util.Objects;
  *
  * <p>The softmax is numerically stable (the row maximum is subtracted before {@code exp}), so scores in the
  * thousands do not overflow. A row in which no key may be attended gives zeros, never NaN. A NaN in an input
- * row makes that output row NaN.
+ * row makes that output row NaN. A key whose weight is exactly zero for a row (masked, past the causal limit,
+ * or {@code exp} underflowed to 0 in float) never contributes to that row, not even as {@code 0 · NaN}; a NaN or
+ * Inf of v at a key with a non-zero weight propagates as IEEE arithmetic says. The blocked products would
+ * multiply such zeros by v for every row of a block, so a row that comes out NaN is computed again, exactly,
+ * one key at a time (slow, and only for such rows).
  *
  * <p><b>Algorithm.</b> The {@link Backend#NATIVE} and {@link Backend#JAVA} backends share one blocked
  * algorithm. The work is cut into tasks, one per (batch, head, block of {@link #BLOCK_ROWS} query rows). A task
@@ -335,6 +339,9 @@ public final class Attention {
         float[] vPack = new float[0];
         float[] aBuf = new float[0];
         float[] qBuf = new float[0];
+        /** Scores and column sums of {@link Job#exactRow}; grown on first use, which only NaN outputs reach. */
+        double[] exactScores = new double[0];
+        double[] exactSums = new double[0];
         /** Which (call, batch, kv head) the packs hold. */
         long packedCall = -1;
         long packedHead = -1;
@@ -580,6 +587,110 @@ public final class Attention {
                 runPacked(s, ws, base, b, h, blk);
             } else {
                 runGeneric(s, ws, base, b, h, blk);
+            }
+            int i0 = blk * tileRows;
+            redoNaNRows(s, b, h, i0, Math.min(tileRows, lq - i0));
+        }
+
+        /**
+         * Rows of this block whose output holds a NaN are computed again, one at a time, by {@link #exactRow}. In
+         * the blocked products a key a row may not attend (masked, past its causal limit, or with a weight that
+         * underflowed to 0) still enters as {@code 0 · v}, which is NaN where v holds NaN or ±Inf: without this a
+         * non-finite value of v would reach rows that cannot see it, depending on which rows share a block. Every
+         * such row holds a NaN, and a row without one was not reached, so finite rows keep the fast path's bits;
+         * the check is one vectorized pass over rows the task has just written (measured about 10 ns per row of
+         * 64 floats even from memory: 0.3% of a causal [1, 8, 2048, 64] call; a scan of v instead would cost a
+         * decoding step as much as its product with v).
+         */
+        private void redoNaNRows(Scratch s, int b, int h, int i0, int rows) {
+            final Tensor o = out;
+            final MemorySegment os = o.segment();
+            final long row0 = o.offset() + b * o.stride(0) + h * o.stride(1);
+            final long cs = o.stride(3);
+            for (int r = 0; r < rows; r++) {
+                long at = row0 + (long) (i0 + r) * o.stride(2);
+                boolean nan = false;
+                if (cs == 1) {
+                    nan = owner.rows.anyNaN(os, at, dv);
+                } else {
+                    for (int d = 0; d < dv && !nan; d++) {
+                        float x = os.getAtIndex(F, at + d * cs);
+                        nan = x != x;
+                    }
+                }
+                if (nan) {
+                    exactRow(s, b, h, i0 + r, at);
+                }
+            }
+        }
+
+        /**
+         * Output row {@code i} of head {@code (b, h)} read off the definition, as {@link ReferenceAttention} does:
+         * scores in double, weights {@code exp(s - max)}, and every key whose weight is 0 in float (masked, past
+         * the causal limit, or underflowed) skipped, so a NaN or Inf of v reaches exactly the rows that give it
+         * a weight. Slow (scalar), and only run for rows that came out NaN.
+         */
+        private void exactRow(Scratch s, int b, int h, int i, long outAt) {
+            if (s.exactScores.length < lk) {
+                s.exactScores = new double[lk];
+            }
+            if (s.exactSums.length < dv) {
+                s.exactSums = new double[dv];
+            }
+            final double[] sc = s.exactScores;
+            final double[] acc = s.exactSums;
+            final int g = h / group;
+            final int limit = limitFor(i, lk);
+            final MemorySegment qs = q.segment();
+            final MemorySegment ks = k.segment();
+            final MemorySegment vs = v.segment();
+            final long qRow = q.offset() + b * q.stride(0) + h * q.stride(1) + i * q.stride(2);
+            final long kHead = k.offset() + b * k.stride(0) + g * k.stride(1);
+            final long vHead = v.offset() + b * v.stride(0) + g * v.stride(1);
+            final long mRow = mOff + b * ms0 + h * ms1 + i * ms2;
+            // scores and row max (NaN if any allowed score is NaN)
+            double max = Double.NEGATIVE_INFINITY;
+            boolean any = false;
+            for (int j = 0; j < limit; j++) {
+                double x = Double.NEGATIVE_INFINITY;
+                if (mSeg == null || !maskBool || mSeg.getAtIndex(F, mRow + j * ms3) != 0f) {
+                    x = 0;
+                    long kr = kHead + j * k.stride(2);
+                    for (int d = 0; d < dk; d++) {
+                        x += (double) qs.getAtIndex(F, qRow + d * q.stride(3)) * ks.getAtIndex(F, kr + d * k.stride(3));
+                    }
+                    x *= scale;
+                    if (mSeg != null && !maskBool) {
+                        x += mSeg.getAtIndex(F, mRow + j * ms3);
+                    }
+                }
+                sc[j] = x;
+                if (x != Double.NEGATIVE_INFINITY) {
+                    any = true;
+                    max = Math.max(max, x);
+                }
+            }
+            // weighted sum of v over the keys whose weight is not 0
+            java.util.Arrays.fill(acc, 0, dv, 0);
+            double sum = 0;
+            for (int j = 0; any && j < limit; j++) {
+                if (sc[j] == Double.NEGATIVE_INFINITY) {
+                    continue;
+                }
+                // StrictMath: the same bits in every JIT tier
+                double w = StrictMath.exp(sc[j] - max);
+                if ((float) w == 0f) {
+                    continue;
+                }
+                sum += w;
+                long vr = vHead + j * v.stride(2);
+                for (int d = 0; d < dv; d++) {
+                    acc[d] += w * vs.getAtIndex(F, vr + d * v.stride(3));
+                }
+            }
+            // normalize (a row with no key to attend: zeros)
+            for (int d = 0; d < dv; d++) {
+                out.segment().setAtIndex(F, outAt + d * out.stride(3), any ? (float) (acc[d] / sum) : 0f);
             }
         }
 

@@ -7,7 +7,9 @@ import java.lang.foreign.ValueLayout;
 
 /**
  * The scalar reference: scaled dot-product attention read straight off its definition, every sum in double.
- * It shares no code with the blocked kernels, so it can judge them.
+ * It shares no code with the blocked kernels, so it can judge them. A key whose weight is 0 in float (masked,
+ * past the causal limit, or underflowed) does not enter the weighted sum of v at all, so a NaN or Inf of v
+ * reaches exactly the rows that give its key a weight.
  */
 final class ReferenceAttention {
     private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
@@ -70,6 +72,8 @@ final class ReferenceAttention {
                     double sum = 0;
                     for (int j = 0; j < lk; j++) {
                         s[j] = any && s[j] != Double.NEGATIVE_INFINITY ? Math.exp(s[j] - max) : 0;
+                        // a weight that is 0 in float is 0: the key then never contributes, not even 0 · NaN
+                        s[j] = (float) s[j] == 0f ? 0 : s[j];
                         sum += s[j];
                     }
                     for (int d = 0; d < dv; d++) {

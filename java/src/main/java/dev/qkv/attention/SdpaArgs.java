@@ -96,7 +96,8 @@ final class SdpaArgs {
     }
 
     private static void requireNative(String name, Tensor t) {
-        if (!t.segment().isNative()) {
+        // an empty tensor is never handed to OpenBLAS (no rows, no keys or no columns: nothing to multiply)
+        if (!t.segment().isNative() && t.elementCount() > 0) {
             throw new IllegalArgumentException(t.describe(name) + ": a heap segment; the native backend"
                     + " needs off-heap memory (allocate it from an Arena)");
         }
@@ -148,8 +149,14 @@ final class SdpaArgs {
         }
     }
 
-    /** Two output elements at one address (a zero or too small stride) would race and lose results. */
+    /**
+     * Two output elements at one address (a zero or too small stride) would race and lose results. An empty
+     * output has no elements, so any strides are fine.
+     */
     private static void noInternalOverlap(Tensor out) {
+        if (out.elementCount() == 0) {
+            return;
+        }
         // dimensions by increasing stride (ties by index), picked one at a time from a bit set: no allocation
         int used = 0;
         long span = 1;

@@ -63,7 +63,12 @@ final class MhaCommand implements Command {
 
         // shared: the engine's pool threads may only touch memory of a shared (or global/auto) arena
         try (Arena arena = Arena.ofShared()) {
-            MhaWeights weights = MhaWeights.load(Safetensors.open(wPath, arena), prefix, heads, kvHeads, arena);
+            MhaWeights weights;
+            // the default Load.COPY: the weights are copied into the arena and the file closes right here, so a
+            // file truncated by another process during the run cannot fault inside OpenBLAS
+            try (Arena file = Arena.ofConfined()) {
+                weights = MhaWeights.load(Safetensors.open(wPath, file), prefix, heads, kvHeads, arena);
+            }
             MultiHeadAttention layer;
             try {
                 layer = MultiHeadAttention.create(weights, backend);

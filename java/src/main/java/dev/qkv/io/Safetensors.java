@@ -25,15 +25,21 @@ import java.util.Map;
 import java.util.Objects;
 
 /**
- * A memory-mapped {@code .safetensors} file: an 8-byte little-endian header length, a JSON header mapping
- * tensor names to {@code dtype}, {@code shape} and {@code data_offsets} (plus an optional {@code __metadata__}
- * object of strings), then the raw little-endian tensor bytes.
+ * An open {@code .safetensors} file: an 8-byte little-endian header length, a JSON header mapping tensor names
+ * to {@code dtype}, {@code shape} and {@code data_offsets} (plus an optional {@code __metadata__} object of
+ * strings), then the raw little-endian tensor bytes.
  *
- * <p>The header is untrusted: {@link #open} validates all of it before mapping anything (header length within
- * the file, strict JSON, known dtypes, byte counts equal to {@code numel · sizeof(dtype)}, offsets inside the
- * data, no two tensors overlapping) and every error names the file and the tensor. {@code F32} tensors are
- * returned as views of the mapping (no copy; the data may be only byte-aligned, and {@link Tensor} reads
- * unaligned); {@code F16} and {@code BF16} are converted to float32 into a caller's arena.
+ * <p>The header is untrusted: {@link #open} validates all of it before reading any tensor (header length within
+ * the file, strict JSON, known dtypes, byte counts equal to {@code numel · sizeof(dtype)}, and, as the reference
+ * implementation requires, tensors that tile the data exactly: sorted by offset, each begins where the previous
+ * one ends and the last ends at the end of the file, so no gap, overlap or trailing byte) and every error names
+ * the file and the tensor.
+ *
+ * <p>By default ({@link Load#COPY}) {@link #tensor} reads a tensor into new, 64-byte aligned memory of the
+ * caller's arena: once loaded, nothing depends on the file, which may then be truncated, replaced or deleted.
+ * {@link Load#MAPPED} maps the file instead and returns {@code F32} tensors as zero-copy views of the mapping;
+ * see there for the risk. {@code F16} and {@code BF16} are converted to float32 into the caller's arena in
+ * both modes.
  */
 public final class Safetensors {
 
@@ -42,6 +48,26 @@ public final class Safetensors {
 
     private static final ValueLayout.OfShort LE_SHORT =
             ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
+
+    /** How {@link #open} gives access to the tensors' bytes. */
+    public enum Load {
+        /**
+         * The default: the file is read, never mapped, and every tensor is copied into memory of the arena given
+         * to {@link #tensor} (64-byte aligned, see {@link Tensor#allocate}). The open file is closed with the
+         * arena given to {@link #open}; close that arena once the weights are loaded. A file truncated between
+         * {@code open} and {@code tensor} is a {@link SafetensorsException}; after {@code tensor} it does not
+         * matter.
+         */
+        COPY,
+        /**
+         * {@code F32} tensors are zero-copy views of a read-only mapping of the file, which lives until the arena
+         * given to {@link #open} is closed. <b>Risk:</b> if another process truncates the file while it is mapped,
+         * the next read of a lost page raises {@code SIGBUS}; inside OpenBLAS (the native backend) that kills the
+         * JVM, which no Java check can prevent. Use it only for files nothing writes while they are mapped (a
+         * read-only model store), when the copy's memory or load time matters.
+         */
+        MAPPED
+    }
 
     /** Element types of the safetensors format, with their sizes in bytes. */
     public enum Dtype {
@@ -87,33 +113,59 @@ public final class Safetensors {
         }
     }
 
+    /** Bytes read per {@code FileChannel} call (a {@code ByteBuffer} holds at most 2^31 - 1). */
+    private static final int CHUNK = 1 << 24;
+
     private final Path file;
+    private final Load load;
+    /** The data section: a slice of the mapping ({@link Load#MAPPED}), or an empty segment of the open arena. */
     private final MemorySegment data;
+    /** The open file ({@link Load#COPY}), closed with the arena; null when mapped. */
+    private final FileChannel channel;
+    private final long dataStart;
     private final Map<String, Entry> entries;
     private final Map<String, String> metadata;
 
-    private Safetensors(Path file, MemorySegment data, Map<String, Entry> entries, Map<String, String> metadata) {
+    private Safetensors(Path file, Load load, MemorySegment data, FileChannel channel, long dataStart,
+                        Map<String, Entry> entries, Map<String, String> metadata) {
         this.file = file;
+        this.load = load;
         this.data = data;
+        this.channel = channel;
+        this.dataStart = dataStart;
         this.entries = entries;
         this.metadata = metadata;
     }
 
     /**
-     * Validates the header of {@code file} and maps its data read-only; the mapping lives until {@code arena}
-     * is closed.
+     * Validates the header of {@code file} and keeps it open for {@link #tensor} ({@link Load#COPY}, the safe
+     * default) until {@code arena} is closed.
      *
      * @throws SafetensorsException for a malformed header, naming the file and the tensor at fault
      * @throws IOException          when the file cannot be read
      */
     public static Safetensors open(Path file, Arena arena) throws IOException {
+        return open(file, arena, Load.COPY);
+    }
+
+    /**
+     * Validates the header of {@code file}; {@link Load#COPY} keeps the file open and {@link Load#MAPPED} maps it
+     * read-only, in both cases until {@code arena} is closed.
+     *
+     * @throws SafetensorsException for a malformed header, naming the file and the tensor at fault
+     * @throws IOException          when the file cannot be read
+     */
+    public static Safetensors open(Path file, Arena arena, Load load) throws IOException {
         Objects.requireNonNull(file, "file");
         Objects.requireNonNull(arena, "arena");
+        Objects.requireNonNull(load, "load");
         if (Files.isDirectory(file)) {
             // Linux opens a directory for reading and fails only at the first read, with no file name
             throw fail(file, "is a directory, not a .safetensors file");
         }
-        try (FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
+        FileChannel ch = FileChannel.open(file, StandardOpenOption.READ);
+        boolean keep = false;
+        try {
             long size = ch.size();
             if (size < 8) {
                 throw fail(file, "file of " + size + " bytes is too short for the 8-byte header length");
@@ -142,10 +194,28 @@ public final class Safetensors {
             long dataStart = 8 + n;
             long dataSize = size - dataStart;
             Map<String, String> meta = new LinkedHashMap<>();
-            Map<String, Entry> entries = parseHeader(file, header, dataSize, meta);
-            MemorySegment mapped = ch.map(FileChannel.MapMode.READ_ONLY, 0, size, arena);
-            return new Safetensors(file, mapped.asSlice(dataStart, dataSize), Collections.unmodifiableMap(entries),
-                    Collections.unmodifiableMap(meta));
+            Map<String, Entry> entries = Collections.unmodifiableMap(parseHeader(file, header, dataSize, meta));
+            if (load == Load.MAPPED) {
+                MemorySegment mapped = ch.map(FileChannel.MapMode.READ_ONLY, 0, size, arena);
+                return new Safetensors(file, load, mapped.asSlice(dataStart, dataSize), null, dataStart, entries,
+                        Collections.unmodifiableMap(meta));
+            }
+            // the channel closes with the arena, as a mapping would be unmapped with it
+            MemorySegment token = MemorySegment.NULL.reinterpret(arena, s -> closeQuietly(ch));
+            keep = true;
+            return new Safetensors(file, load, token, ch, dataStart, entries, Collections.unmodifiableMap(meta));
+        } finally {
+            if (!keep) {
+                ch.close();
+            }
+        }
+    }
+
+    private static void closeQuietly(FileChannel ch) {
+        try {
+            ch.close();
+        } catch (IOException e) {
+            // a read-only file: nothing was written that a failed close could lose
         }
     }
 
@@ -188,23 +258,39 @@ public final class Safetensors {
             }
             entries.put(name, entry(file, name, e.getValue(), dataSize));
         }
-        // overlap: sort by start; each non-empty tensor must begin at or after the previous one's end
-        List<Entry> sorted = new ArrayList<>();
-        for (Entry en : entries.values()) {
-            if (en.end() > en.begin()) {
-                sorted.add(en);
-            }
-        }
-        sorted.sort(Comparator.comparingLong(Entry::begin));
-        for (int i = 1; i < sorted.size(); i++) {
-            Entry a = sorted.get(i - 1);
-            Entry b = sorted.get(i);
-            if (b.begin() < a.end()) {
-                throw fail(file, "tensor '" + b.name() + "' bytes [" + b.begin() + ", " + b.end()
-                        + ") overlap tensor '" + a.name() + "' bytes [" + a.begin() + ", " + a.end() + ")");
-            }
-        }
+        tiles(file, entries, dataSize);
         return entries;
+    }
+
+    /**
+     * The reference implementation's rule (huggingface/safetensors, {@code Metadata::validate} and
+     * {@code MetadataIncompleteBuffer}): sorted by {@code (begin, end)}, each tensor begins exactly where the
+     * previous one ends, from byte 0, and the last ends at the end of the data. A gap or trailing bytes belong to
+     * no tensor: more likely a lying header than a valid file, and a polyglot file could hide content there.
+     */
+    private static void tiles(Path file, Map<String, Entry> entries, long dataSize) throws SafetensorsException {
+        List<Entry> sorted = new ArrayList<>(entries.values());
+        sorted.sort(Comparator.comparingLong(Entry::begin).thenComparingLong(Entry::end));
+        long at = 0;
+        Entry prev = null;
+        for (Entry e : sorted) {
+            if (e.begin() < at) {
+                throw fail(file, "tensor '" + e.name() + "' bytes [" + e.begin() + ", " + e.end()
+                        + ") overlap tensor '" + prev.name() + "' bytes [" + prev.begin() + ", " + prev.end() + ")");
+            }
+            if (e.begin() > at) {
+                throw fail(file, "tensor '" + e.name() + "' bytes [" + e.begin() + ", " + e.end() + "): bytes ["
+                        + at + ", " + e.begin() + ") before it belong to no tensor"
+                        + (prev == null ? "" : " (the previous tensor, '" + prev.name() + "', ends at " + at + ")"));
+            }
+            at = e.end();
+            prev = e;
+        }
+        if (at != dataSize) {
+            throw fail(file, (prev == null ? "no tensor holds" : "after tensor '" + prev.name() + "' (bytes ["
+                    + prev.begin() + ", " + prev.end() + ")),") + " the last " + (dataSize - at) + " of the "
+                    + dataSize + " data bytes belong to no tensor");
+        }
     }
 
     private static Entry entry(Path file, String name, Object value, long dataSize) throws SafetensorsException {
@@ -326,31 +412,86 @@ public final class Safetensors {
         return sb.append(')').toString();
     }
 
+    /** How this file was opened. */
+    public Load load() {
+        return load;
+    }
+
     /**
-     * Tensor {@code name} as float32: an F32 tensor is a view of the mapping (no copy, read-only); F16 and
-     * BF16 are converted into a new tensor from {@code arena}. Other dtypes are rejected.
+     * Tensor {@code name} as float32 in a new tensor from {@code arena}: F32 copied ({@link Load#COPY}; with
+     * {@link Load#MAPPED} a read-only view of the mapping, no copy, and {@code arena} unused), F16 and BF16
+     * converted. Other dtypes are rejected.
+     *
+     * @throws SafetensorsException naming the file and tensor: no such tensor, not a float dtype, the arena of
+     *                              {@link #open} closed, or the file shorter than at {@code open}
      */
     public Tensor tensor(String name, Arena arena) throws SafetensorsException {
         Entry e = entry(name);
         if (!data.scope().isAlive()) {
-            throw fail(file, "tensor '" + name + "': the arena holding the mapping is closed");
+            throw fail(file, "tensor '" + name + "': the arena " + (load == Load.MAPPED ? "holding the mapping"
+                    : "the file was opened with") + " is closed");
         }
-        MemorySegment bytes = data.asSlice(e.begin(), e.end() - e.begin());
-        long[] shape = e.shape();
-        return switch (e.dtype()) {
-            case F32 -> Tensor.wrap(bytes, shape);
-            case F16, BF16 -> {
-                Tensor t = Tensor.allocate(Objects.requireNonNull(arena, "arena"), shape);
-                long n = t.elementCount();
-                boolean half = e.dtype() == Dtype.F16;
-                for (long i = 0; i < n; i++) {
-                    short raw = bytes.getAtIndex(LE_SHORT, i);
-                    t.setAt(i, half ? Float.float16ToFloat(raw) : Float.intBitsToFloat((raw & 0xffff) << 16));
-                }
-                yield t;
-            }
-            default -> throw fail(file, "tensor '" + name + "' " + e.shapeString() + ": dtype " + e.dtype()
+        if (e.dtype() != Dtype.F32 && e.dtype() != Dtype.F16 && e.dtype() != Dtype.BF16) {
+            throw fail(file, "tensor '" + name + "' " + e.shapeString() + ": dtype " + e.dtype()
                     + " is not a float type (F32, F16 or BF16)");
-        };
+        }
+        long[] shape = e.shape();
+        long bytes = e.end() - e.begin();
+        if (load == Load.MAPPED && e.dtype() == Dtype.F32) {
+            return Tensor.wrap(data.asSlice(e.begin(), bytes), shape);
+        }
+        Tensor t = Tensor.allocate(Objects.requireNonNull(arena, "arena"), shape);
+        if (e.dtype() == Dtype.F32) {
+            // the file's little-endian floats are the tensor's native layout: read straight into it
+            for (long at = 0; at < bytes; at += CHUNK) {
+                int n = (int) Math.min(CHUNK, bytes - at);
+                read(name, t.segment().asSlice(at, n), e.begin() + at);
+            }
+            return t;
+        }
+        boolean half = e.dtype() == Dtype.F16;
+        long n = t.elementCount();
+        if (load == Load.MAPPED) {
+            convert(data, e.begin(), t, 0, n, half);
+            return t;
+        }
+        try (Arena staging = Arena.ofConfined()) {
+            MemorySegment buf = staging.allocate(Math.min(CHUNK, Math.max(bytes, 1)));
+            long per = buf.byteSize() / 2;
+            for (long first = 0; first < n; first += per) {
+                long m = Math.min(per, n - first);
+                read(name, buf.asSlice(0, m * 2), e.begin() + first * 2);
+                convert(buf, 0, t, first, m, half);
+            }
+        }
+        return t;
+    }
+
+    /** Halves or bfloat16s at byte {@code from} of {@code src} into elements {@code [first, first + n)} of t. */
+    private static void convert(MemorySegment src, long from, Tensor t, long first, long n, boolean half) {
+        for (long i = 0; i < n; i++) {
+            short raw = src.get(LE_SHORT, from + 2 * i);
+            t.setAt(first + i, half ? Float.float16ToFloat(raw) : Float.intBitsToFloat((raw & 0xffff) << 16));
+        }
+    }
+
+    /** Fills {@code dst} from data byte {@code at}; a file that shrank since {@link #open} is an error. */
+    private void read(String name, MemorySegment dst, long at) throws SafetensorsException {
+        ByteBuffer buf = dst.asByteBuffer();
+        long pos = dataStart + at;
+        try {
+            while (buf.hasRemaining()) {
+                int r = channel.read(buf, pos);
+                if (r < 0) {
+                    throw fail(file, "tensor '" + name + "': the file ends at byte " + pos + ", before the tensor's"
+                            + " data does: it was truncated after it was opened");
+                }
+                pos += r;
+            }
+        } catch (SafetensorsException ex) {
+            throw ex;
+        } catch (IOException ex) {
+            throw new SafetensorsException(file + ": tensor '" + name + "': reading failed: " + ex, ex);
+        }
     }
 }

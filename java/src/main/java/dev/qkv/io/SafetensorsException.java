@@ -8,4 +8,9 @@ public final class SafetensorsException extends IOException {
     public SafetensorsException(String message) {
         super(message);
     }
+
+    /** As {@link #SafetensorsException(String)}, for an I/O failure underneath. */
+    public SafetensorsException(String message, Throwable cause) {
+        super(message, cause);
+    }
 }

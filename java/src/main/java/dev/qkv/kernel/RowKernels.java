@@ -33,6 +33,9 @@ public abstract class RowKernels {
     /** True when some {@code s[at .. at+n)} (float indices) is subnormal: non-zero and below {@code 2^-126}. */
     public abstract boolean anySubnormal(MemorySegment s, long at, int n);
 
+    /** True when some {@code s[at .. at+n)} (float indices) is NaN. */
+    public abstract boolean anyNaN(MemorySegment s, long at, int n);
+
     /** {@code s[at .. at+n) *= f} (float indices). */
     public abstract void scaleRow(MemorySegment s, long at, int n, float f);
 

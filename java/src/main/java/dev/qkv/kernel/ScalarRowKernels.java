@@ -94,6 +94,17 @@ final class ScalarRowKernels extends RowKernels {
     }
 
     @Override
+    public boolean anyNaN(MemorySegment s, long at, int n) {
+        for (int j = 0; j < n; j++) {
+            float x = s.getAtIndex(F, at + j);
+            if (x != x) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    @Override
     public void scaleRow(MemorySegment s, long at, int n, float f) {
         for (int j = 0; j < n; j++) {
             s.setAtIndex(F, at + j, s.getAtIndex(F, at + j) * f);

@@ -241,6 +241,25 @@ final class VectorRowKernels extends RowKernels {
     }
 
     @Override
+    public boolean anyNaN(MemorySegment s, long at, int n) {
+        long base = at * Float.BYTES;
+        int j = 0;
+        for (; j <= n - L; j += L) {
+            FloatVector x = FloatVector.fromMemorySegment(SP, s, base + (long) j * Float.BYTES, O);
+            if (x.compare(VectorOperators.NE, x).anyTrue()) {
+                return true;
+            }
+        }
+        for (; j < n; j++) {
+            float x = s.get(F, base + (long) j * Float.BYTES);
+            if (x != x) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    @Override
     public void scaleRow(MemorySegment s, long at, int n, float f) {
         long base = at * Float.BYTES;
         int j = 0;

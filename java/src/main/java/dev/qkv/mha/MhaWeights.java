@@ -16,7 +16,8 @@ import java.util.Objects;
  * <p>Weights are row-major {@code [out, in]} as PyTorch stores them, so a projection is {@code y = x·Wᵀ + b}.
  * When {@code W_Q}, {@code W_K}, {@code W_V} are rows of one packed tensor (PyTorch's {@code in_proj_weight}),
  * {@link #packedQkv()} is that tensor and self-attention projects Q, K and V with one matrix product.
- * The tensors are views (for instance of a memory-mapped file); the caller keeps their arena open.
+ * The tensors are the caller's (copies in its arena when {@link #load loaded}); the caller keeps their arena
+ * open.
  */
 public final class MhaWeights {
     private final int embedDim;
@@ -127,8 +128,9 @@ public final class MhaWeights {
      * {@code "model.layers.0.self_attn"}; a trailing dot is optional). Recognizes PyTorch
      * {@code nn.MultiheadAttention} names ({@code in_proj_weight}, {@code in_proj_bias}, {@code out_proj.weight},
      * {@code out_proj.bias}) and Hugging Face names ({@code q_proj}, {@code k_proj}, {@code v_proj},
-     * {@code o_proj} or {@code out_proj}, each {@code .weight} with optional {@code .bias}). F32 tensors stay
-     * views of the mapping; F16/BF16 are converted into {@code arena}.
+     * {@code o_proj} or {@code out_proj}, each {@code .weight} with optional {@code .bias}). Every tensor is
+     * copied (F16/BF16 converted) into {@code arena}, so the file may be closed and even truncated afterwards;
+     * only a file opened with {@link Safetensors.Load#MAPPED} leaves F32 tensors as views of its mapping.
      *
      * @param kvHeads the number of key/value heads, or 0 to infer it from the shapes
      * @throws SafetensorsException naming the file and tensor when a tensor is missing or its shape does not fit

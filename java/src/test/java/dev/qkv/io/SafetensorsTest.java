@@ -59,8 +59,8 @@ class SafetensorsTest {
     }
 
     @Test
-    void f32ViewsAtAnUnalignedOffsetReadBackExactly() throws IOException {
-        // a 7-byte pad after the JSON makes the data start at an odd offset: views must still read right
+    void f32AtAnUnalignedOffsetReadsBackExactlyCopiedOrMapped() throws IOException {
+        // a 7-byte pad after the JSON makes the data start at an odd offset: copies and views must read right
         String header = "{\"__metadata__\":{\"format\":\"pt\"},"
                 + "\"a\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]},"
                 + "\"b\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[24,28]}}       ";
@@ -70,15 +70,17 @@ class SafetensorsTest {
         System.arraycopy(floats(a), 0, data, 0, 24);
         System.arraycopy(floats(42f), 0, data, 24, 4);
         Path p = write("ok.safetensors", file(header, data));
-        try (Arena arena = Arena.ofConfined()) {
-            Safetensors st = Safetensors.open(p, arena);
-            assertEquals("pt", st.metadata().get("format"));
-            assertEquals(2, st.entries().size());
-            Tensor ta = st.tensor("a", arena);
-            assertArrayEquals(new long[] {2, 3}, ta.shape());
-            assertArrayEquals(a, ta.toArray());
-            assertEquals(42f, st.tensor("b", arena).toArray()[0]);
-            assertFalse(st.contains("c"));
+        for (Safetensors.Load load : Safetensors.Load.values()) {
+            try (Arena arena = Arena.ofConfined()) {
+                Safetensors st = Safetensors.open(p, arena, load);
+                assertEquals("pt", st.metadata().get("format"));
+                assertEquals(2, st.entries().size());
+                Tensor ta = st.tensor("a", arena);
+                assertArrayEquals(new long[] {2, 3}, ta.shape());
+                assertArrayEquals(a, ta.toArray(), load.toString());
+                assertEquals(42f, st.tensor("b", arena).toArray()[0]);
+                assertFalse(st.contains("c"));
+            }
         }
     }
 
@@ -126,6 +128,11 @@ class SafetensorsTest {
                         "tensor 't': data_offsets [8, 4] begin after end"),
                 bad("overlap", file("{\"t\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
                         + "\"u\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", d8), "overlap tensor"),
+                bad("gap", file("{\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+                        + "\"u\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[6,8]}}", d8),
+                        "tensor 'u' bytes [6, 8): bytes [4, 6) before it belong to no tensor"),
+                bad("trailing bytes", file("{\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", d8),
+                        "after tensor 't' (bytes [0, 4)), the last 4 of the 8 data bytes belong to no tensor"),
                 bad("negative dim", file("{\"t\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", d8),
                         "tensor 't': \"shape\" element -2"),
                 bad("fractional dim", file("{\"t\":{\"dtype\":\"F32\",\"shape\":[2.0],\"data_offsets\":[0,8]}}", d8),
@@ -188,14 +195,87 @@ class SafetensorsTest {
     }
 
     @Test
-    void emptyTensorsMayShareAnOffset() throws IOException {
-        String header = "{\"e\":{\"dtype\":\"F32\",\"shape\":[0,4],\"data_offsets\":[4,4]},"
-                + "\"t\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}";
+    void emptyTensorsMayShareAnOffsetAtATensorBoundary() throws IOException {
+        String header = "{\"e\":{\"dtype\":\"F32\",\"shape\":[0,4],\"data_offsets\":[8,8]},"
+                + "\"t\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                + "\"z\":{\"dtype\":\"F16\",\"shape\":[3,0],\"data_offsets\":[0,0]}}";
         Path p = write("empty.safetensors", file(header, floats(1f, 2f)));
         try (Arena arena = Arena.ofConfined()) {
+            for (Safetensors.Load load : Safetensors.Load.values()) {
+                Safetensors st = Safetensors.open(p, arena, load);
+                assertEquals(0, st.tensor("e", arena).elementCount());
+                assertEquals(0, st.tensor("z", arena).elementCount());
+                assertArrayEquals(new float[] {1f, 2f}, st.tensor("t", arena).toArray());
+            }
+        }
+    }
+
+    /** The default copies into 64-byte aligned memory of the caller's arena; MAPPED gives read-only views. */
+    @Test
+    void copyIsTheDefaultAndMappedIsAnOptIn() throws IOException {
+        // a 3-byte header pad puts the data at an odd offset: a view of it could not be aligned
+        String header = "{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}   ";
+        Path p = write("modes.safetensors", file(header, floats(1f, -2f, 3f)));
+        try (Arena arena = Arena.ofConfined()) {
+            Safetensors copied = Safetensors.open(p, arena);
+            assertEquals(Safetensors.Load.COPY, copied.load());
+            Tensor c = copied.tensor("a", arena);
+            assertFalse(c.segment().isMapped());
+            assertFalse(c.segment().isReadOnly());
+            assertEquals(0, c.segment().address() % Tensor.ALIGNMENT);
+            assertArrayEquals(new float[] {1f, -2f, 3f}, c.toArray());
+            Safetensors mapped = Safetensors.open(p, arena, Safetensors.Load.MAPPED);
+            Tensor m = mapped.tensor("a", arena);
+            assertTrue(m.segment().isMapped());
+            assertTrue(m.segment().isReadOnly());
+            assertArrayEquals(new float[] {1f, -2f, 3f}, m.toArray());
+        }
+    }
+
+    /** A copy outlives the arena the file was opened with; reading after that arena closed is a clear error. */
+    @Test
+    void copiesOutliveTheFileAndItsArena() throws IOException {
+        String header = "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                + "\"h\":{\"dtype\":\"F16\",\"shape\":[2],\"data_offsets\":[8,12]}}";
+        byte[] data = new byte[12];
+        System.arraycopy(floats(5f, 6f), 0, data, 0, 8);
+        System.arraycopy(shorts(0x3E00, 0xC080), 0, data, 8, 4);
+        Path p = write("outlive.safetensors", file(header, data));
+        try (Arena keep = Arena.ofConfined()) {
+            Safetensors st;
+            Tensor a;
+            Tensor h;
+            try (Arena fileArena = Arena.ofConfined()) {
+                st = Safetensors.open(p, fileArena);
+                a = st.tensor("a", keep);
+                h = st.tensor("h", keep);
+            }
+            Files.delete(p);
+            assertArrayEquals(new float[] {5f, 6f}, a.toArray());
+            assertArrayEquals(new float[] {1.5f, -2.25f}, h.toArray());
+            SafetensorsException closed = assertThrows(SafetensorsException.class, () -> st.tensor("a", keep));
+            assertTrue(closed.getMessage().startsWith(p + ": tensor 'a': the arena"), closed.getMessage());
+        }
+    }
+
+    /** A file truncated between open and tensor: an exception naming the file and tensor, not a short tensor. */
+    @Test
+    void aFileTruncatedAfterOpenIsAnErrorNamingTheTensor() throws IOException {
+        String header = "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                + "\"h\":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[8,12]}}";
+        byte[] bytes = file(header, new byte[12]);
+        Path p = write("shrinks.safetensors", bytes);
+        try (Arena arena = Arena.ofConfined()) {
             Safetensors st = Safetensors.open(p, arena);
-            assertEquals(0, st.tensor("e", arena).elementCount());
-            assertArrayEquals(new float[] {1f, 2f}, st.tensor("t", arena).toArray());
+            try (java.nio.channels.FileChannel ch = java.nio.channels.FileChannel.open(p,
+                    java.nio.file.StandardOpenOption.WRITE)) {
+                ch.truncate(bytes.length - 6);
+            }
+            for (String name : new String[] {"a", "h"}) {
+                SafetensorsException e = assertThrows(SafetensorsException.class, () -> st.tensor(name, arena));
+                assertTrue(e.getMessage().startsWith(p + ": tensor '" + name + "': the file ends at byte"),
+                        e.getMessage());
+            }
         }
     }
 

@@ -97,6 +97,36 @@ class VectorKernelsTest {
         }
     }
 
+    /** The NaN scan finds a NaN at every position of tail-sized rows, whatever its payload, and nothing else. */
+    @Test
+    void anyNaNFindsEveryNaNAndNothingElse() {
+        float[] others = {0f, -0f, Float.POSITIVE_INFINITY, Float.NEGATIVE_INFINITY, Float.MIN_VALUE, Float.MAX_VALUE};
+        float[] nans = {Float.NaN, Float.intBitsToFloat(0x7f800001), Float.intBitsToFloat(0xffc00000)};
+        try (Arena arena = Arena.ofConfined()) {
+            for (int n : new int[] {0, 1, 3, 7, 15, 16, 17, 31, 32, 33, 63, 65, 129}) {
+                MemorySegment s = arena.allocate((long) (n + 2) * 4);
+                for (int j = 0; j < n + 2; j++) {
+                    s.setAtIndex(F, j, others[j % others.length]);
+                }
+                for (RowKernels k : new RowKernels[] {Vectorization.scalarRows(), Vectorization.rows()}) {
+                    assertTrue(!k.anyNaN(s, 1, n), k.name() + " n=" + n + ": no NaN");
+                    for (int j = 0; j < n; j++) {
+                        float keep = s.getAtIndex(F, 1 + j);
+                        s.setAtIndex(F, 1 + j, nans[j % nans.length]);
+                        assertTrue(k.anyNaN(s, 1, n), k.name() + " n=" + n + ": NaN at " + j);
+                        s.setAtIndex(F, 1 + j, keep);
+                    }
+                    // a NaN just outside the row is not in it
+                    s.setAtIndex(F, 0, Float.NaN);
+                    s.setAtIndex(F, n + 1, Float.NaN);
+                    assertTrue(!k.anyNaN(s, 1, n), k.name() + " n=" + n + ": NaN outside the row");
+                    s.setAtIndex(F, 0, 0f);
+                    s.setAtIndex(F, n + 1, 0f);
+                }
+            }
+        }
+    }
+
     @Test
     void allMaskedRowGivesZeros() {
         try (Arena arena = Arena.ofConfined()) {

@@ -20,9 +20,8 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * on every backend. Shapes span two query blocks so that both "hidden inside a computed block" and "skipped
  * with its block" occur.
  *
- * <p>Where the fast paths may legitimately differ from the reference (a non-finite value at a key the row cannot
- * see, which a matrix product multiplies by a zero weight), the tests bound the difference instead of pinning
- * an implementation detail, and print what happened.
+ * <p>A non-finite value of v reaches exactly the rows that give its key a non-zero weight, on every path:
+ * {@link NonFiniteValuesTest} checks that over threads, block sizes and masks.
  */
 class EdgeNumericsTest {
     private static final long B = 1;
@@ -31,6 +30,8 @@ class EdgeNumericsTest {
     private static final long L = 100;
     private static final long DK = 16;
     private static final long DV = 8;
+    /** Float32 kernels against the double reference, sums of at most L = 100 terms of magnitude 1. */
+    private static final double TOL = 8 * Fuzz.EPS * (L + DK + 16);
 
     /** Inputs [B, H, L, D] of the edge tests, as arrays so single elements are easy to poison. */
     private static float[][] inputs(long seed) {
@@ -139,44 +140,40 @@ class EdgeNumericsTest {
     }
 
     /**
-     * A NaN in v at (key j, column d): rows that may attend j get NaN in column d only. Rows that may not attend j
-     * are exact on the reference; on the blocked paths they are either exact or NaN in column d (the product
-     * P·V multiplies the zero weight by NaN when j lies inside the keys their block computes), never anything
-     * else. The same holds for an Inf in v.
+     * A NaN or Inf in v at (key j, column d): rows that may attend j get it in column d (NaN, or the Inf itself);
+     * rows that may not are exactly the clean result on every backend, whatever rows share their block. Their
+     * other columns are unchanged too.
      */
     @ParameterizedTest
     @EnumSource(Backend.class)
-    void nonFiniteValueAtAHiddenKeyStaysInItsColumn(Backend backend) {
+    void nonFiniteValueAtAHiddenKeyReachesOnlyTheRowsThatSeeIt(Backend backend) {
         try (Arena arena = Arena.ofConfined()) {
             float[][] clean = inputs(3);
             long j = 70;
             long col = 4;
-            for (float poison : new float[] {Float.NaN, Float.POSITIVE_INFINITY}) {
+            float[] ref = run(Backend.REFERENCE, clean, SdpaOptions.CAUSAL, arena);
+            for (float poison : new float[] {Float.NaN, Float.POSITIVE_INFINITY, Float.NEGATIVE_INFINITY}) {
                 float[][] bad = copy(clean);
                 bad[2][(int) (j * DV + col)] = poison;
                 float[] base = run(backend, clean, SdpaOptions.CAUSAL, arena);
                 float[] got = run(backend, bad, SdpaOptions.CAUSAL, arena);
-                int hiddenPoisoned = 0;
                 for (long h = 0; h < HQ; h++) {
                     for (long i = 0; i < L; i++) {
+                        boolean sees = i >= j;
                         for (long d = 0; d < DV; d++) {
                             int e = outAt(h, i, d);
                             String at = backend + " v=" + poison + " out[" + h + "," + i + "," + d + "]=" + got[e];
-                            if (d != col) {
-                                assertTrue(sameBits(got[e], base[e]), at + " outside the poisoned column");
-                            } else if (i >= j) {
-                                assertTrue(poison > 0 ? got[e] == poison : Float.isNaN(got[e]), at);
-                            } else if (backend == Backend.REFERENCE) {
-                                assertTrue(sameBits(got[e], base[e]), at + ": the reference skips hidden keys");
-                            } else if (!sameBits(got[e], base[e])) {
-                                assertTrue(Float.isNaN(got[e]), at);
-                                hiddenPoisoned++;
+                            if (sees && d == col) {
+                                assertTrue(Float.isNaN(poison) ? Float.isNaN(got[e]) : got[e] == poison, at);
+                            } else if (!sees && (i < 64 || backend == Backend.REFERENCE)) {
+                                // a block the key is not in: the fast path's own bits
+                                assertTrue(sameBits(got[e], base[e]), at + " changed");
+                            } else {
+                                assertEquals(ref[e], got[e], TOL * (1 + Math.abs(ref[e])), at + " vs the reference");
                             }
                         }
                     }
                 }
-                System.out.printf("%s: %s in v at key %d reached %d rows that cannot see that key%n", backend,
-                        poison, j, hiddenPoisoned);
             }
         }
     }
@@ -233,18 +230,13 @@ class EdgeNumericsTest {
         }
     }
 
-    /**
-     * A fully masked row next to a NaN in v: zeros on every backend. Other rows that may not attend the
-     * poisoned key are finite on the reference and finite or NaN in the poisoned column only on the blocked
-     * paths (their zero weights still multiply v inside the block's key range), as the failure contract says.
-     */
+    /** A fully masked row, and a NaN in v at a key nobody may attend: zeros there, the clean result elsewhere. */
     @ParameterizedTest
     @EnumSource(Backend.class)
     void fullyMaskedRowNextToANaNValue(Backend backend) {
         try (Arena arena = Arena.ofConfined()) {
             float[][] in = inputs(7);
             long col = 2;
-            in[2][(int) (10 * DV + col)] = Float.NaN;
             float[] allowed = new float[(int) (L * L)];
             java.util.Arrays.fill(allowed, 1f);
             long deadRow = 30;
@@ -253,29 +245,22 @@ class EdgeNumericsTest {
                 allowed[(int) (i * L + 10)] = 0f; // nobody may attend the poisoned key
             }
             SdpaOptions o = SdpaOptions.DEFAULT.withMask(Mask.allowed(Tensor.of(arena, allowed, L, L)));
+            float[] ref = run(Backend.REFERENCE, in, o, arena);
+            in[2][(int) (10 * DV + col)] = Float.NaN;
             float[] got = run(backend, in, o, arena);
-            int nanInDeadRow = 0;
-            int nanElsewhere = 0;
             for (long h = 0; h < HQ; h++) {
                 for (long i = 0; i < L; i++) {
                     for (long d = 0; d < DV; d++) {
-                        float x = got[outAt(h, i, d)];
+                        int e = outAt(h, i, d);
+                        String at = backend + " out[" + h + "," + i + "," + d + "]=" + got[e];
                         if (i == deadRow) {
-                            assertEquals(0f, x, 0f, backend + " fully masked out[" + h + "," + i + "," + d + "]");
-                        } else if (d != col || backend == Backend.REFERENCE) {
-                            assertTrue(i == deadRow ? x == 0f : Float.isFinite(x), backend + " out[" + h + "," + i
-                                    + "," + d + "]=" + x);
-                        } else if (Float.isNaN(x)) {
-                            nanInDeadRow += i == deadRow ? 1 : 0;
-                            nanElsewhere += i == deadRow ? 0 : 1;
+                            assertEquals(0f, got[e], 0f, at + " is fully masked");
                         } else {
-                            assertTrue(i == deadRow ? x == 0f : Float.isFinite(x), backend + " row " + i + "=" + x);
+                            assertEquals(ref[e], got[e], TOL * (1 + Math.abs(ref[e])), at + " vs the clean reference");
                         }
                     }
                 }
             }
-            System.out.printf("%s: NaN in v at a key nobody may attend: fully masked row NaN in %d of %d heads,"
-                    + " %d other rows NaN%n", backend, nanInDeadRow, HQ, nanElsewhere);
         }
     }
 
