@@ -486,7 +486,11 @@ final class VectorPackedKernels implements PackedKernels {
         }
     }
 
-    /** {@code s[so + i] = a[ar ..] · b_i} for the four rows {@code b_i} of {@code b} at {@code b0 + i·ldb}. */
+    /**
+     * {@code s[so + i] = a[ar ..] · b_i} for the four rows {@code b_i} of {@code b} at {@code b0 + i·ldb}: whole
+     * vectors here, the last {@code k mod L} products in {@link #tail}. (With a masked vector step as well the
+     * method is too big for C1: "out of virtual registers in linear scan".)
+     */
     private static void dot4(float[] a, int ar, MemorySegment b, long b0, int ldb, int k, MemorySegment s, long so) {
         final long r0 = b0 * Float.BYTES;
         final long r1 = r0 + (long) ldb * Float.BYTES;
@@ -505,31 +509,31 @@ final class VectorPackedKernels implements PackedKernels {
             s2 = x.fma(FloatVector.fromMemorySegment(SP, b, r2 + o, O), s2);
             s3 = x.fma(FloatVector.fromMemorySegment(SP, b, r3 + o, O), s3);
         }
-        if (p < k) {
-            VectorMask<Float> mk = SP.indexInRange(p, k);
-            FloatVector x = FloatVector.fromArray(SP, a, ar + p, mk);
-            long o = (long) p * Float.BYTES;
-            s0 = x.fma(FloatVector.fromMemorySegment(SP, b, r0 + o, O, mk), s0);
-            s1 = x.fma(FloatVector.fromMemorySegment(SP, b, r1 + o, O, mk), s1);
-            s2 = x.fma(FloatVector.fromMemorySegment(SP, b, r2 + o, O, mk), s2);
-            s3 = x.fma(FloatVector.fromMemorySegment(SP, b, r3 + o, O, mk), s3);
+        final long bl = ldb;
+        s.setAtIndex(F, so, Lanes.sum(s0) + tail(a, ar, b, b0, p, k));
+        s.setAtIndex(F, so + 1, Lanes.sum(s1) + tail(a, ar, b, b0 + bl, p, k));
+        s.setAtIndex(F, so + 2, Lanes.sum(s2) + tail(a, ar, b, b0 + 2 * bl, p, k));
+        s.setAtIndex(F, so + 3, Lanes.sum(s3) + tail(a, ar, b, b0 + 3 * bl, p, k));
+    }
+
+    /** {@code Σ_{p0 ≤ p < k} a[ar + p] · b[b0 + p]}, in order: the tail of a dot product after its whole vectors. */
+    private static float tail(float[] a, int ar, MemorySegment b, long b0, int p0, int k) {
+        float t = 0f;
+        for (int p = p0; p < k; p++) {
+            t = Math.fma(a[ar + p], b.getAtIndex(F, b0 + p), t);
         }
-        s.setAtIndex(F, so, Lanes.sum(s0));
-        s.setAtIndex(F, so + 1, Lanes.sum(s1));
-        s.setAtIndex(F, so + 2, Lanes.sum(s2));
-        s.setAtIndex(F, so + 3, Lanes.sum(s3));
+        return t;
     }
 
     /** {@code a[ar ..] · b_0} for the row {@code b_0} of {@code b} at {@code b0}. */
     private static float dot1(float[] a, int ar, MemorySegment b, long b0, int k) {
         final long r0 = b0 * Float.BYTES;
         FloatVector s0 = FloatVector.zero(SP);
-        for (int p = 0; p < k; p += L) {
-            VectorMask<Float> mk = SP.indexInRange(p, k);
-            s0 = FloatVector.fromArray(SP, a, ar + p, mk)
-                    .fma(FloatVector.fromMemorySegment(SP, b, r0 + (long) p * Float.BYTES, O, mk), s0);
+        int p = 0;
+        for (; p <= k - L; p += L) {
+            s0 = FloatVector.fromArray(SP, a, ar + p).fma(FloatVector.fromMemorySegment(SP, b, r0 + (long) p * Float.BYTES, O), s0);
         }
-        return Lanes.sum(s0);
+        return Lanes.sum(s0) + tail(a, ar, b, b0, p, k);
     }
 
     @Override
@@ -546,7 +550,10 @@ final class VectorPackedKernels implements PackedKernels {
         }
     }
 
-    /** Four rows of {@link #matvec}: {@code y[yo + i] = alpha · A_i · x (+ beta · y)} for rows at {@code a0 + i·lda}. */
+    /**
+     * Four rows of {@link #matvec}: {@code y[yo + i] = alpha · A_i · x (+ beta · y)} for rows at {@code a0 + i·lda};
+     * whole vectors here, the rest in {@link #segTail} (as in {@link #dot4}, to stay small enough for C1).
+     */
     private static void matvec4(MemorySegment a, long a0, int lda, int n, MemorySegment x, long xOff, float alpha,
                                 float beta, MemorySegment y, long yo) {
         final long r0 = a0 * Float.BYTES;
@@ -567,23 +574,24 @@ final class VectorPackedKernels implements PackedKernels {
             s2 = xv.fma(FloatVector.fromMemorySegment(SP, a, r2 + o, O), s2);
             s3 = xv.fma(FloatVector.fromMemorySegment(SP, a, r3 + o, O), s3);
         }
-        if (p < n) {
-            VectorMask<Float> mk = SP.indexInRange(p, n);
-            long o = (long) p * Float.BYTES;
-            FloatVector xv = FloatVector.fromMemorySegment(SP, x, xb + o, O, mk);
-            s0 = xv.fma(FloatVector.fromMemorySegment(SP, a, r0 + o, O, mk), s0);
-            s1 = xv.fma(FloatVector.fromMemorySegment(SP, a, r1 + o, O, mk), s1);
-            s2 = xv.fma(FloatVector.fromMemorySegment(SP, a, r2 + o, O, mk), s2);
-            s3 = xv.fma(FloatVector.fromMemorySegment(SP, a, r3 + o, O, mk), s3);
-        }
-        store(y, yo, alpha * Lanes.sum(s0), beta);
-        store(y, yo + 1, alpha * Lanes.sum(s1), beta);
-        store(y, yo + 2, alpha * Lanes.sum(s2), beta);
-        store(y, yo + 3, alpha * Lanes.sum(s3), beta);
+        final long al = lda;
+        store(y, yo, alpha * (Lanes.sum(s0) + segTail(a, a0, x, xOff, p, n)), beta);
+        store(y, yo + 1, alpha * (Lanes.sum(s1) + segTail(a, a0 + al, x, xOff, p, n)), beta);
+        store(y, yo + 2, alpha * (Lanes.sum(s2) + segTail(a, a0 + 2 * al, x, xOff, p, n)), beta);
+        store(y, yo + 3, alpha * (Lanes.sum(s3) + segTail(a, a0 + 3 * al, x, xOff, p, n)), beta);
     }
 
     private static void store(MemorySegment y, long at, float d, float beta) {
         y.setAtIndex(F, at, beta == 0f ? d : Math.fma(beta, y.getAtIndex(F, at), d));
+    }
+
+    /** {@code Σ_{p0 ≤ p < n} a[a0 + p] · x[xOff + p]}, in order. */
+    private static float segTail(MemorySegment a, long a0, MemorySegment x, long xOff, int p0, int n) {
+        float t = 0f;
+        for (int p = p0; p < n; p++) {
+            t = Math.fma(a.getAtIndex(F, a0 + p), x.getAtIndex(F, xOff + p), t);
+        }
+        return t;
     }
 
     /** {@code A_0 · x} for the row of {@code a} at {@code a0} and the unit-stride {@code x} at {@code xOff}. */
@@ -591,13 +599,12 @@ final class VectorPackedKernels implements PackedKernels {
         final long r0 = a0 * Float.BYTES;
         final long xb = xOff * Float.BYTES;
         FloatVector s0 = FloatVector.zero(SP);
-        for (int p = 0; p < n; p += L) {
-            VectorMask<Float> mk = SP.indexInRange(p, n);
+        int p = 0;
+        for (; p <= n - L; p += L) {
             long o = (long) p * Float.BYTES;
-            s0 = FloatVector.fromMemorySegment(SP, x, xb + o, O, mk)
-                    .fma(FloatVector.fromMemorySegment(SP, a, r0 + o, O, mk), s0);
+            s0 = FloatVector.fromMemorySegment(SP, x, xb + o, O).fma(FloatVector.fromMemorySegment(SP, a, r0 + o, O), s0);
         }
-        return Lanes.sum(s0);
+        return Lanes.sum(s0) + segTail(a, a0, x, xOff, p, n);
     }
 
     @Override
