@@ -43,6 +43,11 @@ public final class MultiHeadAttention {
     private static final int SELF = 0;
     private static final int CROSS = 1;
     private static final int DECODE = 2;
+    /**
+     * Projections of at most this many rows run as matrix-vector products (one per row) rather than one matrix
+     * product that packs the weight: see {@link #productNt} and bench/RESULTS.md, round 3.
+     */
+    static final int GEMV_ROWS = 2;
 
     private final MhaWeights w;
     /** The weights in {@link #WEIGHT_NAMES} order, built once: the per-call checks must not allocate. */
@@ -58,6 +63,8 @@ public final class MultiHeadAttention {
      */
     private final OpenBlas blas;
     private final Attention attention;
+    /** Projections of at most {@link #GEMV_ROWS} rows run as matrix-vector products. */
+    private final boolean gemvRows;
     private final int e;
     private final int h;
     private final int hkv;
@@ -72,6 +79,8 @@ public final class MultiHeadAttention {
         this.backend = backend;
         this.matmul = matmul;
         this.blas = "native".equals(matmul.name()) ? OpenBlas.get() : null;
+        // the reference backend keeps its double-accumulating product; the scalar kernel has no faster matvec
+        this.gemvRows = blas != null || "java-vector".equals(matmul.name());
         this.attention = attention;
         this.e = w.embedDim();
         this.h = w.heads();
@@ -385,11 +394,25 @@ public final class MultiHeadAttention {
         }
     }
 
-    /** {@code C [m, n] = A [m, k] · wᵀ}: OpenBLAS directly (see {@link #blas}), else the layer's kernel. */
+    /**
+     * {@code C [m, n] = A [m, k] · wᵀ}: OpenBLAS directly (see {@link #blas}), else the layer's kernel. Up to
+     * {@link #GEMV_ROWS} rows (a decode step) are matrix-vector products, {@code w [n, k]} read in place: a
+     * matrix product packs the whole weight on every call, which made a Java decode step 3-7x slower than native.
+     */
     private void productNt(int m, int n, int k, MemorySegment a, long aOff, int lda, Tensor wt, int ldw,
                            MemorySegment c, long cOff, int ldc) {
         OpenBlas nat = blas;
-        if (nat != null) {
+        if (m <= GEMV_ROWS && gemvRows) {
+            for (int i = 0; i < m; i++) {
+                long ai = aOff + (long) i * lda;
+                long ci = cOff + (long) i * ldc;
+                if (nat != null) {
+                    nat.sgemv(Transpose.NO, n, k, 1f, wt.segment(), wt.offset(), ldw, a, ai, 1, 0f, c, ci, 1);
+                } else {
+                    matmul.matvec(Transpose.NO, n, k, 1f, wt.segment(), wt.offset(), ldw, a, ai, 1, 0f, c, ci, 1);
+                }
+            }
+        } else if (nat != null) {
             nat.sgemm(Transpose.NO, Transpose.YES, m, n, k, 1f, a, aOff, lda, wt.segment(), wt.offset(), ldw, 0f,
                     c, cOff, ldc);
         } else {
