@@ -299,16 +299,12 @@ public final class MultiHeadAttention {
         int ni = (int) n;
         // P [n, E + 2·Hkv·Dh] = x · [W_Q; W_K; W_V]ᵀ
         projectQkv(x, seg, 0, qkvWidth);
-        // append K and V rows of every kv head at positions before .. before + n - 1
-        MemorySegment ck = cache.k();
-        MemorySegment cv = cache.v();
-        long headBytes = (long) dh * Float.BYTES;
+        // append K and V rows of every kv head at positions before .. before + n - 1 (subnormals as zeros)
         for (int g = 0; g < hkv; g++) {
-            long dst = ((long) g * cache.capacity() + before) * dh;
             for (int t = 0; t < ni; t++) {
                 long src = (long) t * qkvWidth + e + (long) g * dh;
-                MemorySegment.copy(seg, src * Float.BYTES, ck, (dst + (long) t * dh) * Float.BYTES, headBytes);
-                MemorySegment.copy(seg, (src + kvd) * Float.BYTES, cv, (dst + (long) t * dh) * Float.BYTES, headBytes);
+                cache.store(true, g, before + t, seg, src, dh);
+                cache.store(false, g, before + t, seg, src + kvd, dh);
             }
         }
         int len = before + ni;
