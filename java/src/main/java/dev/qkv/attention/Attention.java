@@ -34,7 +34,8 @@ import java.util.Objects;
  * {@code 1 / Σ exp}. Native products are OpenBLAS {@code sgemm} on the tensors' own memory through leading
  * dimensions. The Java products use the Vector API micro-kernel of {@link PackedKernels}: each worker packs
  * {@code kᵀ} and {@code v} of a head once into its own panels and reuses them for every query block of that head;
- * queries of fewer than 8 rows (decoding) use dot products and row updates straight from memory instead. Without
+ * queries of fewer than 8 rows (decoding) use dot products and row updates straight from memory instead, and on
+ * the native backend OpenBLAS {@code sgemv} per query row (sgemm would pack k and v on every call). Without
  * the Vector API module the Java backend runs the same blocked algorithm on scalar kernels.
  * {@link Backend#REFERENCE} is a direct scalar reading of the definition, accumulating in double.
  *
@@ -60,9 +61,11 @@ public final class Attention {
     public static final int BLOCK_ROWS = 64;
 
     /**
-     * Below this many query rows (decoding) {@link Backend#AUTO} runs the Java kernels whatever the core: they
-     * read k and v straight from memory, while sgemm with one row still packs them (measured decode step:
-     * 10.2 ms Java vs 20.5 ms OpenBLAS SkylakeX, one thread).
+     * Below this many query rows (decoding) {@link Backend#AUTO} runs the Java kernels whatever the core. Both
+     * backends now read k and v in place (Java: dot products and row updates; native: sgemv, see
+     * {@link #GEMV_QUERIES}) and tie at the decode benchmark (32 heads, 4096 keys, D = 128, one thread: Java
+     * 10.1 ms, native-gemv 10.4-10.7 ms on either OpenBLAS core, bench/RESULTS.md round 3); Java keeps the
+     * choice because it makes no downcall per head, which matters at small cached lengths.
      */
     static final int AUTO_JAVA_QUERIES = 8;
 
