@@ -63,9 +63,9 @@ public final class Attention {
     /**
      * Below this many query rows (decoding) {@link Backend#AUTO} runs the Java kernels whatever the core. Both
      * backends now read k and v in place (Java: dot products and row updates; native: sgemv, see
-     * {@link #GEMV_QUERIES}) and tie at the decode benchmark (32 heads, 4096 keys, D = 128, one thread: Java
-     * 10.1 ms, native-gemv 10.4-10.7 ms on either OpenBLAS core, bench/RESULTS.md round 3); Java keeps the
-     * choice because it makes no downcall per head, which matters at small cached lengths.
+     * {@link #GEMV_QUERIES}); on the decode benchmark (32 heads, 4096 keys, D = 128) they tie in loaded runs and
+     * native led by 9-27% in the one quiet run (bench/RESULTS.md round 3). Java keeps the choice on that mixed
+     * evidence: it makes no downcall per head, which matters at small cached lengths.
      */
     static final int AUTO_JAVA_QUERIES = 8;
 
