@@ -518,6 +518,11 @@ public final class Attention {
                 while (w > 1 && per * w > owner.budget) {
                     w--;
                 }
+                if (per * w > owner.budget && rowsNow <= 8 && gemv) {
+                    // the sgemv path's tile holds every key; the blocked path's only a key block
+                    gemv = false;
+                    continue;
+                }
                 if (per * w <= owner.budget || rowsNow <= 8) {
                     if (per * w > owner.budget) {
                         throw new IllegalArgumentException("workspace budget of " + owner.budget + " bytes is too"
