@@ -60,7 +60,7 @@ fuzz:
 	  -Dqkv.fuzz.iterations=$(FUZZ_ITERATIONS) $(FUZZ_ARGS)
 
 # Steady-state allocation, exactly: after a warm-up, rounds of 1000 calls must allocate 0 bytes on the Java heap
-# (sdpa, mha forward, mha decode; ThreadMXBean). Run on a quiet machine: the JIT must have compiled the kernels.
+# (sdpa with 16 and with 1 query row, mha forward, mha decode; native and Java backends; ThreadMXBean). Run on a quiet machine: the JIT must have compiled the kernels.
 .PHONY: alloc
 alloc:
 	$(MVN) test -pl java -am -Dtest='**/AllocationTest' -Dsurefire.failIfNoSpecifiedTests=false

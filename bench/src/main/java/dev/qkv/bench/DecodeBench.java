@@ -49,6 +49,13 @@ public class DecodeBench {
     @Param({"1", "2"})
     public int threads;
 
+    /**
+     * {@code normal}: v uniform in [-1, 1]; {@code subnormal}: the same times 1e-39, so every value of v is
+     * subnormal (or zero), to measure what subnormal operands cost each path (not in the default run).
+     */
+    @Param({"normal"})
+    public String values;
+
     private Arena arena;
     private Attention attention;
     private Tensor q;
@@ -64,6 +71,14 @@ public class DecodeBench {
         q = SdpaBench.random(arena, r, 1, 32, 1, 128);
         k = SdpaBench.random(arena, r, 1, 32, 4096, 128);
         v = SdpaBench.random(arena, r, 1, 32, 4096, 128);
+        if (values.equals("subnormal")) {
+            for (long i = 0; i < v.elementCount(); i++) {
+                v.segment().setAtIndex(java.lang.foreign.ValueLayout.JAVA_FLOAT, v.offset() + i,
+                        v.getAt(i) * 1e-39f);
+            }
+        } else if (!values.equals("normal")) {
+            throw new IllegalArgumentException("values=" + values + ": expected normal or subnormal");
+        }
         out = Tensor.allocate(arena, 1, 32, 1, 128);
         attention = BenchSupport.attention(backend, threads);
         readers = Executors.newFixedThreadPool(threads);

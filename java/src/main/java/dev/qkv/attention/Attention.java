@@ -38,7 +38,8 @@ import java.util.Objects;
  * {@code 1 / Σ exp}. Native products are OpenBLAS {@code sgemm} on the tensors' own memory through leading
  * dimensions. The Java products use the Vector API micro-kernel of {@link PackedKernels}: each worker packs
  * {@code kᵀ} and {@code v} of a head once into its own panels and reuses them for every query block of that head;
- * queries of fewer than 8 rows (decoding) use dot products and row updates straight from memory instead. Without
+ * queries of fewer than 8 rows (decoding) use dot products and row updates straight from memory instead, and on
+ * the native backend OpenBLAS {@code sgemv} per query row (sgemm would pack k and v on every call). Without
  * the Vector API module the Java backend runs the same blocked algorithm on scalar kernels.
  * {@link Backend#REFERENCE} is a direct scalar reading of the definition, accumulating in double.
  *
@@ -64,11 +65,16 @@ public final class Attention {
     public static final int BLOCK_ROWS = 64;
 
     /**
-     * Below this many query rows (decoding) {@link Backend#AUTO} runs the Java kernels whatever the core: they
-     * read k and v straight from memory, while sgemm with one row still packs them (measured decode step:
-     * 10.2 ms Java vs 20.5 ms OpenBLAS SkylakeX, one thread).
+     * Below this many query rows (decoding) {@link Backend#AUTO} runs the Java kernels whatever the core. Both
+     * backends now read k and v in place (Java: dot products and row updates; native: sgemv, see
+     * {@link #GEMV_QUERIES}); on the decode benchmark (32 heads, 4096 keys, D = 128) they tie in loaded runs and
+     * native led by 9-27% in the one quiet run (bench/RESULTS.md round 3). Java keeps the choice on that mixed
+     * evidence: it makes no downcall per head, which matters at small cached lengths.
      */
     static final int AUTO_JAVA_QUERIES = 8;
+
+    /** Below this many query rows the native backend multiplies by k and v with sgemv, one query row at a time. */
+    static final int GEMV_QUERIES = 8;
 
     /**
      * OpenBLAS cores whose sgemm uses AVX-512. Measured (bench/RESULTS.md): with one of these OpenBLAS is as fast
@@ -393,6 +399,8 @@ public final class Attention {
         boolean packOut;
         boolean usePacked;
         boolean small;
+        /** Few queries on OpenBLAS: matrix-vector products per query row (see {@link #gemvRows}). */
+        boolean gemv;
         int tileRows;
         int blocks;
         int tasks;
@@ -409,7 +417,7 @@ public final class Attention {
         }
 
         String kernelName() {
-            return usePacked ? "java-vector" : owner.matmul.name();
+            return usePacked ? "java-vector" : gemv ? "native-gemv" : owner.matmul.name();
         }
 
         long workspaceBytes() {
@@ -483,6 +491,7 @@ public final class Attention {
             usePacked = owner.packed != null && !packQ && !packK && !packV && !packOut
                     && (!owner.autoNative || lq < AUTO_JAVA_QUERIES);
             small = usePacked && lq < 8 && rowMajorOk(q) && rowMajorOk(k) && rowMajorOk(v);
+            gemv = !usePacked && owner.blas != null && lq < GEMV_QUERIES;
             if (!usePacked && !packV && owner.blas != null && lq >= AUTO_JAVA_QUERIES && hasSubnormal(v, owner.rows)) {
                 // OpenBLAS multiplies subnormal v through microcode assists (measured 35x slower); a packed
                 // copy flushes them (see flushSubnormals). The scan reads v once, against Lq/8 and more reads
@@ -516,6 +525,11 @@ public final class Attention {
                 while (w > 1 && per * w > owner.budget) {
                     w--;
                 }
+                if (per * w > owner.budget && rowsNow <= 8 && gemv) {
+                    // the sgemv path's tile holds every key; the blocked path's only a key block
+                    gemv = false;
+                    continue;
+                }
                 if (per * w <= owner.budget || rowsNow <= 8) {
                     if (per * w > owner.budget) {
                         throw new IllegalArgumentException("workspace budget of " + owner.budget + " bytes is too"
@@ -534,7 +548,7 @@ public final class Attention {
         /** Floats of off-heap workspace per worker, setting the pack offsets. */
         private long layout(int rowsNow) {
             // the score tile holds one key block (see KEY_BLOCK); the few-query path takes all keys at once
-            int cols = small ? lk : Math.min(lk, KEY_BLOCK);
+            int cols = small || gemv ? lk : Math.min(lk, KEY_BLOCK);
             long cursor = (long) rowsNow * Math.max(cols, 1);
             qPackAt = cursor;
             cursor += packQ ? (long) lq * dk : 0;
@@ -729,6 +743,8 @@ public final class Attention {
             final int ldo = packOut ? dv : (int) ld(out.stride(2), dv);
             if (keys == 0) {
                 zeroRows(outSeg, outRows, rows, dv, ldo);
+            } else if (gemv) {
+                gemvRows(s, ws, base, i0, rows, keys, maskHead, outSeg, outRows, ldo);
             } else if (keys > KEY_BLOCK) {
                 genericOnline(s, mm, ws, base, i0, rows, keys, maskHead, outSeg, outRows, ldo);
             } else {
@@ -780,6 +796,54 @@ public final class Attention {
                 blas.sgemm(ta, tb, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
             } else {
                 mm.matmul(ta, tb, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
+            }
+        }
+
+        /**
+         * The few-query native path: per query row, {@code scores = scale · K · q_r} and
+         * {@code out_r = Vᵀ · p_r / Σ p_r} as OpenBLAS matrix-vector products on k and v in place. sgemm with one
+         * row packs kᵀ and v on every call (2.7-4.4x the time of reading them, bench/RESULTS.md table 3); sgemv
+         * reads them once. All keys at once: the score tile holds {@code rows × Lk} floats (rows < 8).
+         */
+        private void gemvRows(Scratch s, MemorySegment ws, long base, int i0, int rows, int keys, long maskHead,
+                              MemorySegment outSeg, long outRows, int ldo) {
+            final OpenBlas blas = owner.blas;
+            final Operand qo = s.qo;
+            final Operand ko = s.ko;
+            final Operand vo = s.vo;
+            // q row i: a row of [Lq, Dk] (unit stride), or a column of the stored [Dk, Lq] (stride ld)
+            final int incq = qo.transposed ? qo.ld : 1;
+            for (int r = 0; r < rows; r++) {
+                final long qAt = qo.offset + (i0 + r) * qo.rowStep;
+                final long sAt = base + (long) r * keys;
+                // scores [keys] = scale · K [keys, Dk] · q_r (all zero when Dk = 0)
+                if (dk == 0) {
+                    zeroRows(ws, sAt, 1, keys, keys);
+                } else if (ko.transposed) {
+                    blas.sgemv(Transpose.YES, dk, keys, scale, ko.seg, ko.offset, ko.ld, qo.seg, qAt, incq, 0f,
+                            ws, sAt, 1);
+                } else {
+                    blas.sgemv(Transpose.NO, keys, dk, scale, ko.seg, ko.offset, ko.ld, qo.seg, qAt, incq, 0f,
+                            ws, sAt, 1);
+                }
+            }
+            // mask, row max, exp and sum
+            softmaxRows(ws, base, i0, rows, keys, maskHead, s.rowScale);
+            for (int r = 0; r < rows; r++) {
+                final float inv = s.rowScale[r];
+                final long oAt = outRows + (long) r * ldo;
+                if (inv == 0f) {
+                    // no key allowed: zeros, even where v holds NaN or Inf (0 · NaN would be NaN)
+                    zeroRows(outSeg, oAt, 1, dv, ldo);
+                } else if (vo.transposed) {
+                    // out_r [Dv] = V [Dv, keys] · p_r / sum
+                    blas.sgemv(Transpose.NO, dv, keys, inv, vo.seg, vo.offset, vo.ld, ws, base + (long) r * keys, 1,
+                            0f, outSeg, oAt, 1);
+                } else {
+                    // out_r [Dv] = V [keys, Dv]ᵀ · p_r / sum
+                    blas.sgemv(Transpose.YES, keys, dv, inv, vo.seg, vo.offset, vo.ld, ws, base + (long) r * keys, 1,
+                            0f, outSeg, oAt, 1);
+                }
             }
         }
 

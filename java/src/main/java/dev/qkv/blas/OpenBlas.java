@@ -30,7 +30,7 @@ import java.util.jar.JarEntry;
 
 /**
  * OpenBLAS through the Foreign Function &amp; Memory API: finds and loads the library once, and offers a
- * checked single-precision matrix product over off-heap memory.
+ * checked single-precision matrix product and matrix-vector product over off-heap memory.
  *
  * <p>This class is the only code that touches the jextract bindings. The library is resolved in this order,
  * and the first step that applies decides:
@@ -43,7 +43,7 @@ import java.util.jar.JarEntry;
  *   <li>the system's {@code libopenblas.so.0}.</li>
  * </ol>
  *
- * <p>Every argument of {@link #sgemm} is checked in Java against the segments' real sizes before the downcall,
+ * <p>Every argument of {@link #sgemm} and {@link #sgemv} is checked in Java against the segments' real sizes before the downcall,
  * so a wrong dimension, leading dimension or offset is an {@link IllegalArgumentException}, never a crash.
  */
 public final class OpenBlas {
@@ -71,7 +71,7 @@ public final class OpenBlas {
             "/usr/lib64/libopenblas.so.0",
             "/usr/lib/libopenblas.so.0",
             "/usr/local/lib/libopenblas.so.0");
-    private static final List<String> REQUIRED_SYMBOLS = List.of("cblas_sgemm", "openblas_set_num_threads",
+    private static final List<String> REQUIRED_SYMBOLS = List.of("cblas_sgemm", "cblas_sgemv", "openblas_set_num_threads",
             "openblas_get_num_threads", "openblas_get_config", "openblas_get_corename");
 
     private static final int ROW_MAJOR = 101;
@@ -243,6 +243,67 @@ public final class OpenBlas {
     }
 
     /**
+     * {@code y = alpha · op(A) · x + beta · y} with {@code A} stored row-major {@code [m, n]} (leading dimension
+     * {@code lda}) and {@code op(A) = A} ({@code x [n]}, {@code y [m]}) or {@code Aᵀ} ({@code x [m]},
+     * {@code y [n]}); {@code x} and {@code y} are strided vectors (increments {@code incx}, {@code incy} ≥ 1).
+     *
+     * <p>Offsets, leading dimension and increments are in elements. Every argument is checked before the native
+     * call (see {@link SgemvArgs#validate}): sizes non-negative, {@code lda ≥ max(1, n)}, every element reachable
+     * inside its segment, segments native and alive, {@code y} writable and overlapping neither input. With
+     * {@code beta == 0} the old {@code y} is ignored (NaN there does not propagate); with an empty reduction
+     * ({@code x} of length 0) {@code y = beta · y}.
+     */
+    public void sgemv(Transpose ta, int m, int n, float alpha, MemorySegment a, long aOffset, int lda,
+                      MemorySegment x, long xOffset, int incx, float beta, MemorySegment y, long yOffset, int incy) {
+        SgemvArgs.validate(true, ta, m, n, a, aOffset, lda, x, xOffset, incx, y, yOffset, incy);
+        int yLen = ta == Transpose.NO ? m : n;
+        if (yLen == 0) {
+            return;
+        }
+        if (m == 0 || n == 0) {
+            // no element of a or x is read (BLAS would return without scaling y): y = beta · y
+            for (int i = 0; i < yLen; i++) {
+                long at = yOffset + (long) i * incy;
+                y.setAtIndex(ValueLayout.JAVA_FLOAT_UNALIGNED, at,
+                        beta == 0f ? 0f : beta * y.getAtIndex(ValueLayout.JAVA_FLOAT_UNALIGNED, at));
+            }
+            return;
+        }
+        int tA = ta == Transpose.NO ? NO_TRANS : TRANS;
+        if (CRITICAL && (long) m * n <= CRITICAL_FLOPS) {
+            criticalSgemv(tA, m, n, alpha, a, aOffset, lda, x, xOffset, incx, beta, y, yOffset, incy);
+        } else {
+            plainSgemv(tA, m, n, alpha, a, aOffset, lda, x, xOffset, incx, beta, y, yOffset, incy);
+        }
+    }
+
+    private static void criticalSgemv(int tA, int m, int n, float alpha, MemorySegment a, long aOffset, int lda,
+                                      MemorySegment x, long xOffset, int incx, float beta,
+                                      MemorySegment y, long yOffset, int incy) {
+        try {
+            Critical.SGEMV.invokeExact(ROW_MAJOR, tA, m, n, alpha, a.asSlice(aOffset * Float.BYTES), lda,
+                    x.asSlice(xOffset * Float.BYTES), incx, beta, y.asSlice(yOffset * Float.BYTES), incy);
+        } catch (RuntimeException | Error e) {
+            throw e;
+        } catch (Throwable t) {
+            throw new AssertionError("cblas_sgemv", t);
+        }
+    }
+
+    private static void plainSgemv(int tA, int m, int n, float alpha, MemorySegment a, long aOffset, int lda,
+                                   MemorySegment x, long xOffset, int incx, float beta,
+                                   MemorySegment y, long yOffset, int incy) {
+        try {
+            Critical.PLAIN_SGEMV.invokeExact(ROW_MAJOR, tA, m, n, alpha, a.asSlice(aOffset * Float.BYTES), lda,
+                    x.asSlice(xOffset * Float.BYTES), incx, beta, y.asSlice(yOffset * Float.BYTES), incy);
+        } catch (RuntimeException | Error e) {
+            throw e;
+        } catch (Throwable t) {
+            throw new AssertionError("cblas_sgemv", t);
+        }
+    }
+
+    /**
      * The sgemm downcall handles; cblas_sgemm without the thread-state transition (see {@link #sgemm}) and the
      * ordinary one. In static final fields of a holder
      * class (initialised after the library is loaded) so that the JIT treats the handle as a constant and
@@ -263,9 +324,14 @@ public final class OpenBlas {
          */
         static final MethodHandle PLAIN = Linker.nativeLinker().downcallHandle(cblas_h.cblas_sgemm$address(),
                 cblas_h.cblas_sgemm$descriptor());
+        /** cblas_sgemv, critical (small products) and ordinary, for the same reasons as sgemm's. */
+        static final MethodHandle SGEMV = Linker.nativeLinker().downcallHandle(cblas_h.cblas_sgemv$address(),
+                cblas_h.cblas_sgemv$descriptor(), Linker.Option.critical(false));
+        static final MethodHandle PLAIN_SGEMV = Linker.nativeLinker().downcallHandle(cblas_h.cblas_sgemv$address(),
+                cblas_h.cblas_sgemv$descriptor());
     }
 
-    /** Products up to this many multiply-adds (a few microseconds) run as critical downcalls. */
+    /** Products (sgemm and sgemv) up to this many multiply-adds (a few microseconds) run as critical downcalls. */
     private static final long CRITICAL_FLOPS = 1L << 18;
     /**
      * System property {@code qkv.blas.critical=false} turns critical downcalls off (to measure what they save,

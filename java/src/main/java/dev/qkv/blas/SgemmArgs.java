@@ -28,9 +28,9 @@ public final class SgemmArgs {
         if (ta == null || tb == null) {
             throw new IllegalArgumentException("sgemm: transpose flag is null");
         }
-        long aEnd = check(requireNative, "a", a, aOffset, ta == Transpose.NO ? m : k, ta == Transpose.NO ? k : m, lda);
-        long bEnd = check(requireNative, "b", b, bOffset, tb == Transpose.NO ? k : n, tb == Transpose.NO ? n : k, ldb);
-        long cEnd = check(requireNative, "c", c, cOffset, m, n, ldc);
+        long aEnd = checkOperand("sgemm", requireNative, "a", a, aOffset, ta == Transpose.NO ? m : k, ta == Transpose.NO ? k : m, lda);
+        long bEnd = checkOperand("sgemm", requireNative, "b", b, bOffset, tb == Transpose.NO ? k : n, tb == Transpose.NO ? n : k, ldb);
+        long cEnd = checkOperand("sgemm", requireNative, "c", c, cOffset, m, n, ldc);
         if (c.isReadOnly() && m > 0 && n > 0) {
             // e.g. a view of a read-only file mapping: OpenBLAS writing into it would crash the JVM (SIGSEGV)
             throw new IllegalArgumentException("sgemm: output c [" + m + ", " + n + "] is a read-only segment");
@@ -43,23 +43,27 @@ public final class SgemmArgs {
         }
     }
 
-    /** Checks one operand and returns one past its last element index, or the offset if it is empty. */
-    private static long check(boolean requireNative, String name, MemorySegment s, long offset, int rows, int cols, int ld) {
+    /**
+     * Checks one row-major operand {@code [rows, cols]} of the routine {@code fn} and returns one past its last
+     * element index, or the offset if it is empty.
+     */
+    static long checkOperand(String fn, boolean requireNative, String name, MemorySegment s, long offset, int rows,
+                             int cols, int ld) {
         if (s == null) {
-            throw new IllegalArgumentException("sgemm: " + name + " is null");
+            throw new IllegalArgumentException(fn + ": " + name + " is null");
         }
         if (requireNative && !s.isNative()) {
-            throw new IllegalArgumentException("sgemm: " + name + " is a heap segment; OpenBLAS needs off-heap memory");
+            throw new IllegalArgumentException(fn + ": " + name + " is a heap segment; OpenBLAS needs off-heap memory");
         }
         if (!s.scope().isAlive()) {
-            throw new IllegalStateException("sgemm: " + name + " [" + rows + ", " + cols + "]: its arena is closed");
+            throw new IllegalStateException(fn + ": " + name + " [" + rows + ", " + cols + "]: its arena is closed");
         }
         if (ld < Math.max(1, cols)) {
-            throw new IllegalArgumentException("sgemm: " + name + " [" + rows + ", " + cols + "]: leading dimension "
+            throw new IllegalArgumentException(fn + ": " + name + " [" + rows + ", " + cols + "]: leading dimension "
                     + ld + " < " + Math.max(1, cols));
         }
         if (offset < 0) {
-            throw new IllegalArgumentException("sgemm: " + name + " [" + rows + ", " + cols + "]: negative offset "
+            throw new IllegalArgumentException(fn + ": " + name + " [" + rows + ", " + cols + "]: negative offset "
                     + offset);
         }
         if (rows == 0 || cols == 0) {
@@ -69,14 +73,14 @@ public final class SgemmArgs {
         }
         long end = offset + (long) (rows - 1) * ld + cols;
         if (end > s.byteSize() / Float.BYTES || offset > s.byteSize() / Float.BYTES) {
-            throw new IllegalArgumentException("sgemm: " + name + " [" + rows + ", " + cols + "] with leading dimension "
+            throw new IllegalArgumentException(fn + ": " + name + " [" + rows + ", " + cols + "] with leading dimension "
                     + ld + " at offset " + offset + " needs " + end + " floats, segment holds "
                     + s.byteSize() / Float.BYTES);
         }
         return end;
     }
 
-    private static boolean overlaps(MemorySegment x, long xFrom, long xTo, MemorySegment y, long yFrom, long yTo) {
+    static boolean overlaps(MemorySegment x, long xFrom, long xTo, MemorySegment y, long yFrom, long yTo) {
         if (xTo <= xFrom || yTo <= yFrom) {
             return false;
         }

@@ -2,9 +2,11 @@ package dev.qkv.kernel;
 
 import dev.qkv.blas.OpenBlas;
 import dev.qkv.blas.SgemmArgs;
+import dev.qkv.blas.SgemvArgs;
 import dev.qkv.blas.Transpose;
 
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 
 /**
  * A row-major single-precision matrix product {@code C = alpha · op(A) · op(B) + beta · C}, implemented
@@ -29,6 +31,43 @@ public abstract class MatmulKernel {
             return;
         }
         kernel(ta, tb, m, n, k, alpha, a, aOffset, lda, b, bOffset, ldb, beta, c, cOffset, ldc);
+    }
+
+    /**
+     * {@code y = alpha · op(A) · x + beta · y} with {@code A} stored row-major {@code [m, n]} and
+     * {@code op(A) = A} ({@code x [n]}, {@code y [m]}) or {@code Aᵀ} ({@code x [m]}, {@code y [n]}); offsets,
+     * leading dimension and increments in elements, checked by {@link SgemvArgs#validate}. A product of one row
+     * without packing: {@code A} is read once, in place. With {@code beta == 0} the old {@code y} is ignored.
+     */
+    public final void matvec(Transpose ta, int m, int n, float alpha, MemorySegment a, long aOffset, int lda,
+                             MemorySegment x, long xOffset, int incx, float beta, MemorySegment y, long yOffset,
+                             int incy) {
+        SgemvArgs.validate(requiresNative(), ta, m, n, a, aOffset, lda, x, xOffset, incx, y, yOffset, incy);
+        if ((ta == Transpose.NO ? m : n) == 0) {
+            return;
+        }
+        matvecKernel(ta, m, n, alpha, a, aOffset, lda, x, xOffset, incx, beta, y, yOffset, incy);
+    }
+
+    /**
+     * The matrix-vector product on checked arguments with a non-empty {@code y}: plain loops with float
+     * accumulation, one output element at a time; kernels override it with a faster one.
+     */
+    protected void matvecKernel(Transpose ta, int m, int n, float alpha, MemorySegment a, long aOffset, int lda,
+                                MemorySegment x, long xOffset, int incx, float beta, MemorySegment y, long yOffset,
+                                int incy) {
+        final ValueLayout.OfFloat f = ValueLayout.JAVA_FLOAT_UNALIGNED;
+        int yLen = ta == Transpose.NO ? m : n;
+        int xLen = ta == Transpose.NO ? n : m;
+        for (int i = 0; i < yLen; i++) {
+            float s = 0f;
+            for (int p = 0; p < xLen; p++) {
+                long at = ta == Transpose.NO ? aOffset + (long) i * lda + p : aOffset + (long) p * lda + i;
+                s += a.getAtIndex(f, at) * x.getAtIndex(f, xOffset + (long) p * incx);
+            }
+            long yi = yOffset + (long) i * incy;
+            y.setAtIndex(f, yi, beta == 0f ? alpha * s : alpha * s + beta * y.getAtIndex(f, yi));
+        }
     }
 
     /** True when the kernel needs off-heap segments. */
@@ -96,6 +135,13 @@ public abstract class MatmulKernel {
                                   MemorySegment a, long aOffset, int lda, MemorySegment b, long bOffset, int ldb,
                                   float beta, MemorySegment c, long cOffset, int ldc) {
                 blas.sgemm(ta, tb, m, n, k, alpha, a, aOffset, lda, b, bOffset, ldb, beta, c, cOffset, ldc);
+            }
+
+            @Override
+            protected void matvecKernel(Transpose ta, int m, int n, float alpha, MemorySegment a, long aOffset,
+                                        int lda, MemorySegment x, long xOffset, int incx, float beta,
+                                        MemorySegment y, long yOffset, int incy) {
+                blas.sgemv(ta, m, n, alpha, a, aOffset, lda, x, xOffset, incx, beta, y, yOffset, incy);
             }
         };
     }

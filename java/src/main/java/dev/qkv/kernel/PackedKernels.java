@@ -44,6 +44,15 @@ public interface PackedKernels {
                  MemorySegment s, long sOff, int lds);
 
     /**
+     * {@code y[yOff + i] = alpha · A_i · x + beta · y[yOff + i]} for {@code i < m}, where {@code A_i} is row
+     * {@code i} of the row-major {@code a [m, n]} (float offset {@code aOff}, leading dimension {@code lda}) and
+     * {@code x} the unit-stride vector of {@code n} floats at {@code xOff}: a matrix-vector product read straight
+     * from memory, nothing packed. With {@code beta == 0} the old {@code y} is ignored.
+     */
+    void matvec(MemorySegment a, long aOff, int lda, int m, int n, MemorySegment x, long xOff, float alpha, float beta,
+                MemorySegment y, long yOff);
+
+    /**
      * {@code c_r = rowScale[r] · Σ_j p[pOff + r·ldp + j] · v_j} for {@code r < m}, where {@code v_j} is row {@code j}
      * of the row-major {@code v [n, d]} (unit stride) and {@code c_r} row {@code r} of {@code c} (leading
      * dimension {@code ldc}); {@code rowScale} null means 1.

@@ -62,4 +62,15 @@ final class PackedMatmul extends MatmulKernel {
                     cOff + j0, ldc);
         }
     }
+
+    @Override
+    protected void matvecKernel(Transpose ta, int m, int n, float alpha, MemorySegment a, long aOffset, int lda,
+                                MemorySegment x, long xOffset, int incx, float beta, MemorySegment y, long yOffset,
+                                int incy) {
+        if (ta == Transpose.NO && incx == 1 && incy == 1) {
+            kernels.matvec(a, aOffset, lda, m, n, x, xOffset, alpha, beta, y, yOffset);
+        } else {
+            super.matvecKernel(ta, m, n, alpha, a, aOffset, lda, x, xOffset, incx, beta, y, yOffset, incy);
+        }
+    }
 }

@@ -465,56 +465,146 @@ final class VectorPackedKernels implements PackedKernels {
         }
     }
 
+    // The few-query kernels below are cut into methods that each hold one register block: a method with all the
+    // loops in one body is too big for C1's profiling tier ("out of virtual registers"), never reaches C2 at small
+    // shapes, and then every vector op allocates. No vector crosses a call, so a helper C2 declines to inline
+    // still boxes nothing.
+
     @Override
     public void dotRows(float[] a, int aOff, int lda, int m, MemorySegment b, long bOff, int ldb, int n, int k,
                         MemorySegment s, long sOff, int lds) {
         for (int r = 0; r < m; r++) {
             final int ar = aOff + r * lda;
+            final long so = sOff + (long) r * lds;
             int j = 0;
             for (; j + 4 <= n; j += 4) {
-                long b0 = (bOff + (long) j * ldb) * Float.BYTES;
-                long b1 = b0 + (long) ldb * Float.BYTES;
-                long b2 = b1 + (long) ldb * Float.BYTES;
-                long b3 = b2 + (long) ldb * Float.BYTES;
-                FloatVector s0 = FloatVector.zero(SP);
-                FloatVector s1 = s0;
-                FloatVector s2 = s0;
-                FloatVector s3 = s0;
-                int p = 0;
-                for (; p <= k - L; p += L) {
-                    FloatVector x = FloatVector.fromArray(SP, a, ar + p);
-                    long o = (long) p * Float.BYTES;
-                    s0 = x.fma(FloatVector.fromMemorySegment(SP, b, b0 + o, O), s0);
-                    s1 = x.fma(FloatVector.fromMemorySegment(SP, b, b1 + o, O), s1);
-                    s2 = x.fma(FloatVector.fromMemorySegment(SP, b, b2 + o, O), s2);
-                    s3 = x.fma(FloatVector.fromMemorySegment(SP, b, b3 + o, O), s3);
-                }
-                if (p < k) {
-                    VectorMask<Float> mk = SP.indexInRange(p, k);
-                    FloatVector x = FloatVector.fromArray(SP, a, ar + p, mk);
-                    long o = (long) p * Float.BYTES;
-                    s0 = x.fma(FloatVector.fromMemorySegment(SP, b, b0 + o, O, mk), s0);
-                    s1 = x.fma(FloatVector.fromMemorySegment(SP, b, b1 + o, O, mk), s1);
-                    s2 = x.fma(FloatVector.fromMemorySegment(SP, b, b2 + o, O, mk), s2);
-                    s3 = x.fma(FloatVector.fromMemorySegment(SP, b, b3 + o, O, mk), s3);
-                }
-                long so = sOff + (long) r * lds + j;
-                s.setAtIndex(F, so, Lanes.sum(s0));
-                s.setAtIndex(F, so + 1, Lanes.sum(s1));
-                s.setAtIndex(F, so + 2, Lanes.sum(s2));
-                s.setAtIndex(F, so + 3, Lanes.sum(s3));
+                dot4(a, ar, b, bOff + (long) j * ldb, ldb, k, s, so + j);
             }
             for (; j < n; j++) {
-                long bj = (bOff + (long) j * ldb) * Float.BYTES;
-                FloatVector s0 = FloatVector.zero(SP);
-                for (int p = 0; p < k; p += L) {
-                    VectorMask<Float> mk = SP.indexInRange(p, k);
-                    s0 = FloatVector.fromArray(SP, a, ar + p, mk)
-                            .fma(FloatVector.fromMemorySegment(SP, b, bj + (long) p * Float.BYTES, O, mk), s0);
-                }
-                s.setAtIndex(F, sOff + (long) r * lds + j, Lanes.sum(s0));
+                s.setAtIndex(F, so + j, dot1(a, ar, b, bOff + (long) j * ldb, k));
             }
         }
+    }
+
+    /**
+     * {@code s[so + i] = a[ar ..] · b_i} for the four rows {@code b_i} of {@code b} at {@code b0 + i·ldb}: whole
+     * vectors here, the last {@code k mod L} products in {@link #tail}. (With a masked vector step as well the
+     * method is too big for C1: "out of virtual registers in linear scan".)
+     */
+    private static void dot4(float[] a, int ar, MemorySegment b, long b0, int ldb, int k, MemorySegment s, long so) {
+        final long r0 = b0 * Float.BYTES;
+        final long r1 = r0 + (long) ldb * Float.BYTES;
+        final long r2 = r1 + (long) ldb * Float.BYTES;
+        final long r3 = r2 + (long) ldb * Float.BYTES;
+        FloatVector s0 = FloatVector.zero(SP);
+        FloatVector s1 = s0;
+        FloatVector s2 = s0;
+        FloatVector s3 = s0;
+        int p = 0;
+        for (; p <= k - L; p += L) {
+            FloatVector x = FloatVector.fromArray(SP, a, ar + p);
+            long o = (long) p * Float.BYTES;
+            s0 = x.fma(FloatVector.fromMemorySegment(SP, b, r0 + o, O), s0);
+            s1 = x.fma(FloatVector.fromMemorySegment(SP, b, r1 + o, O), s1);
+            s2 = x.fma(FloatVector.fromMemorySegment(SP, b, r2 + o, O), s2);
+            s3 = x.fma(FloatVector.fromMemorySegment(SP, b, r3 + o, O), s3);
+        }
+        final long bl = ldb;
+        s.setAtIndex(F, so, Lanes.sum(s0) + tail(a, ar, b, b0, p, k));
+        s.setAtIndex(F, so + 1, Lanes.sum(s1) + tail(a, ar, b, b0 + bl, p, k));
+        s.setAtIndex(F, so + 2, Lanes.sum(s2) + tail(a, ar, b, b0 + 2 * bl, p, k));
+        s.setAtIndex(F, so + 3, Lanes.sum(s3) + tail(a, ar, b, b0 + 3 * bl, p, k));
+    }
+
+    /** {@code Σ_{p0 ≤ p < k} a[ar + p] · b[b0 + p]}, in order: the tail of a dot product after its whole vectors. */
+    private static float tail(float[] a, int ar, MemorySegment b, long b0, int p0, int k) {
+        float t = 0f;
+        for (int p = p0; p < k; p++) {
+            t = Math.fma(a[ar + p], b.getAtIndex(F, b0 + p), t);
+        }
+        return t;
+    }
+
+    /** {@code a[ar ..] · b_0} for the row {@code b_0} of {@code b} at {@code b0}. */
+    private static float dot1(float[] a, int ar, MemorySegment b, long b0, int k) {
+        final long r0 = b0 * Float.BYTES;
+        FloatVector s0 = FloatVector.zero(SP);
+        int p = 0;
+        for (; p <= k - L; p += L) {
+            s0 = FloatVector.fromArray(SP, a, ar + p).fma(FloatVector.fromMemorySegment(SP, b, r0 + (long) p * Float.BYTES, O), s0);
+        }
+        return Lanes.sum(s0) + tail(a, ar, b, b0, p, k);
+    }
+
+    @Override
+    public void matvec(MemorySegment a, long aOff, int lda, int m, int n, MemorySegment x, long xOff, float alpha,
+                       float beta, MemorySegment y, long yOff) {
+        int i = 0;
+        for (; i + 4 <= m; i += 4) {
+            matvec4(a, aOff + (long) i * lda, lda, n, x, xOff, alpha, beta, y, yOff + i);
+        }
+        for (; i < m; i++) {
+            float d = alpha * segDot1(a, aOff + (long) i * lda, n, x, xOff);
+            long at = yOff + i;
+            y.setAtIndex(F, at, beta == 0f ? d : Math.fma(beta, y.getAtIndex(F, at), d));
+        }
+    }
+
+    /**
+     * Four rows of {@link #matvec}: {@code y[yo + i] = alpha · A_i · x (+ beta · y)} for rows at {@code a0 + i·lda};
+     * whole vectors here, the rest in {@link #segTail} (as in {@link #dot4}, to stay small enough for C1).
+     */
+    private static void matvec4(MemorySegment a, long a0, int lda, int n, MemorySegment x, long xOff, float alpha,
+                                float beta, MemorySegment y, long yo) {
+        final long r0 = a0 * Float.BYTES;
+        final long r1 = r0 + (long) lda * Float.BYTES;
+        final long r2 = r1 + (long) lda * Float.BYTES;
+        final long r3 = r2 + (long) lda * Float.BYTES;
+        final long xb = xOff * Float.BYTES;
+        FloatVector s0 = FloatVector.zero(SP);
+        FloatVector s1 = s0;
+        FloatVector s2 = s0;
+        FloatVector s3 = s0;
+        int p = 0;
+        for (; p <= n - L; p += L) {
+            long o = (long) p * Float.BYTES;
+            FloatVector xv = FloatVector.fromMemorySegment(SP, x, xb + o, O);
+            s0 = xv.fma(FloatVector.fromMemorySegment(SP, a, r0 + o, O), s0);
+            s1 = xv.fma(FloatVector.fromMemorySegment(SP, a, r1 + o, O), s1);
+            s2 = xv.fma(FloatVector.fromMemorySegment(SP, a, r2 + o, O), s2);
+            s3 = xv.fma(FloatVector.fromMemorySegment(SP, a, r3 + o, O), s3);
+        }
+        final long al = lda;
+        store(y, yo, alpha * (Lanes.sum(s0) + segTail(a, a0, x, xOff, p, n)), beta);
+        store(y, yo + 1, alpha * (Lanes.sum(s1) + segTail(a, a0 + al, x, xOff, p, n)), beta);
+        store(y, yo + 2, alpha * (Lanes.sum(s2) + segTail(a, a0 + 2 * al, x, xOff, p, n)), beta);
+        store(y, yo + 3, alpha * (Lanes.sum(s3) + segTail(a, a0 + 3 * al, x, xOff, p, n)), beta);
+    }
+
+    private static void store(MemorySegment y, long at, float d, float beta) {
+        y.setAtIndex(F, at, beta == 0f ? d : Math.fma(beta, y.getAtIndex(F, at), d));
+    }
+
+    /** {@code Σ_{p0 ≤ p < n} a[a0 + p] · x[xOff + p]}, in order. */
+    private static float segTail(MemorySegment a, long a0, MemorySegment x, long xOff, int p0, int n) {
+        float t = 0f;
+        for (int p = p0; p < n; p++) {
+            t = Math.fma(a.getAtIndex(F, a0 + p), x.getAtIndex(F, xOff + p), t);
+        }
+        return t;
+    }
+
+    /** {@code A_0 · x} for the row of {@code a} at {@code a0} and the unit-stride {@code x} at {@code xOff}. */
+    private static float segDot1(MemorySegment a, long a0, int n, MemorySegment x, long xOff) {
+        final long r0 = a0 * Float.BYTES;
+        final long xb = xOff * Float.BYTES;
+        FloatVector s0 = FloatVector.zero(SP);
+        int p = 0;
+        for (; p <= n - L; p += L) {
+            long o = (long) p * Float.BYTES;
+            s0 = FloatVector.fromMemorySegment(SP, x, xb + o, O).fma(FloatVector.fromMemorySegment(SP, a, r0 + o, O), s0);
+        }
+        return Lanes.sum(s0) + segTail(a, a0, x, xOff, p, n);
     }
 
     @Override
@@ -523,39 +613,57 @@ final class VectorPackedKernels implements PackedKernels {
         for (int r = 0; r < m; r++) {
             final long pr = pOff + (long) r * ldp;
             final float scale = rowScale == null ? 1f : rowScale[r];
+            final long cr = cOff + (long) r * ldc;
             // four vectors of the output row at a time stay in registers while every key adds its row of v
-            for (int d0 = 0; d0 < d; d0 += 4 * L) {
-                VectorMask<Float> m0 = SP.indexInRange(d0, d);
-                VectorMask<Float> m1 = SP.indexInRange(d0 + L, d);
-                VectorMask<Float> m2 = SP.indexInRange(d0 + 2 * L, d);
-                VectorMask<Float> m3 = SP.indexInRange(d0 + 3 * L, d);
-                FloatVector x0 = FloatVector.zero(SP);
-                FloatVector x1 = x0;
-                FloatVector x2 = x0;
-                FloatVector x3 = x0;
-                boolean full = d0 + 4 * L <= d;
-                for (int j = 0; j < n; j++) {
-                    float w = p.getAtIndex(F, pr + j);
-                    long o = (vOff + (long) j * ldv + d0) * Float.BYTES;
-                    FloatVector wv = FloatVector.broadcast(SP, w);
-                    if (full) {
-                        x0 = wv.fma(FloatVector.fromMemorySegment(SP, v, o, O), x0);
-                        x1 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 4L, O), x1);
-                        x2 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 8L, O), x2);
-                        x3 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 12L, O), x3);
-                    } else {
-                        x0 = wv.fma(FloatVector.fromMemorySegment(SP, v, o, O, m0), x0);
-                        x1 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 4L, O, m1), x1);
-                        x2 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 8L, O, m2), x2);
-                        x3 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 12L, O, m3), x3);
-                    }
-                }
-                long co = (cOff + (long) r * ldc + d0) * Float.BYTES;
-                x0.mul(scale).intoMemorySegment(c, co, O, m0);
-                x1.mul(scale).intoMemorySegment(c, co + L * 4L, O, m1);
-                x2.mul(scale).intoMemorySegment(c, co + L * 8L, O, m2);
-                x3.mul(scale).intoMemorySegment(c, co + L * 12L, O, m3);
+            int d0 = 0;
+            for (; d0 + 4 * L <= d; d0 += 4 * L) {
+                axpy4(p, pr, v, vOff + d0, ldv, n, scale, c, cr + d0);
+            }
+            if (d0 < d) {
+                axpyTail(p, pr, v, vOff + d0, ldv, n, d - d0, scale, c, cr + d0);
             }
         }
+    }
+
+    /** {@code c[co .. co + 4L) = scale · Σ_j p[pr + j] · v[v0 + j·ldv ..]}: four full vectors of one output row. */
+    private static void axpy4(MemorySegment p, long pr, MemorySegment v, long v0, int ldv, int n, float scale,
+                              MemorySegment c, long co) {
+        FloatVector x0 = FloatVector.zero(SP);
+        FloatVector x1 = x0;
+        FloatVector x2 = x0;
+        FloatVector x3 = x0;
+        for (int j = 0; j < n; j++) {
+            FloatVector wv = FloatVector.broadcast(SP, p.getAtIndex(F, pr + j));
+            long o = (v0 + (long) j * ldv) * Float.BYTES;
+            x0 = wv.fma(FloatVector.fromMemorySegment(SP, v, o, O), x0);
+            x1 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 4L, O), x1);
+            x2 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 8L, O), x2);
+            x3 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 12L, O), x3);
+        }
+        long cb = co * Float.BYTES;
+        x0.mul(scale).intoMemorySegment(c, cb, O);
+        x1.mul(scale).intoMemorySegment(c, cb + L * 4L, O);
+        x2.mul(scale).intoMemorySegment(c, cb + L * 8L, O);
+        x3.mul(scale).intoMemorySegment(c, cb + L * 12L, O);
+    }
+
+    /** {@link #axpy4} for the last {@code w < 4L} columns of a row, one masked vector at a time. */
+    private static void axpyTail(MemorySegment p, long pr, MemorySegment v, long v0, int ldv, int n, int w,
+                                 float scale, MemorySegment c, long co) {
+        for (int d0 = 0; d0 < w; d0 += L) {
+            axpy1(p, pr, v, v0 + d0, ldv, n, w - d0, scale, c, co + d0);
+        }
+    }
+
+    /** One vector of {@link #axpy4}, its first {@code w} lanes (all when {@code w ≥ L}). */
+    private static void axpy1(MemorySegment p, long pr, MemorySegment v, long v0, int ldv, int n, int w,
+                              float scale, MemorySegment c, long co) {
+        VectorMask<Float> mk = SP.indexInRange(0, w);
+        FloatVector x0 = FloatVector.zero(SP);
+        for (int j = 0; j < n; j++) {
+            FloatVector wv = FloatVector.broadcast(SP, p.getAtIndex(F, pr + j));
+            x0 = wv.fma(FloatVector.fromMemorySegment(SP, v, (v0 + (long) j * ldv) * Float.BYTES, O, mk), x0);
+        }
+        x0.mul(scale).intoMemorySegment(c, co * Float.BYTES, O, mk);
     }
 }

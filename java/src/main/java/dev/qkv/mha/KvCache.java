@@ -4,12 +4,20 @@ import dev.qkv.tensor.Tensor;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.util.Objects;
 
 /**
  * The keys and values of one sequence seen so far, for incremental decoding: {@code K} and {@code V}
  * {@code [Hkv, capacity, Dh]} off-heap, appended in place by {@link MultiHeadAttention#decode}. A cache belongs
  * to one sequence and one thread at a time; {@link #reset} empties it for the next sequence.
+ *
+ * <p>Subnormal keys and values (non-zero, below {@link Float#MIN_NORMAL} in magnitude) are stored as zeros. A
+ * product with a subnormal operand takes a microcode assist on x86, and the JVM cannot set the flush-to-zero
+ * mode: a cache holding subnormal values made every later decode step orders of magnitude slower. Flushing
+ * changes a score or an output by less than {@code 2^-126} times the other factor, far below float rounding
+ * of any normal result; the blocked attention paths flush their packed copies the same way. NaN and infinities
+ * are kept.
  */
 public final class KvCache {
     private final int kvHeads;
@@ -17,6 +25,7 @@ public final class KvCache {
     private final int headDim;
     private final MemorySegment k;
     private final MemorySegment v;
+    private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
     /**
      * Views {@code [1, Hkv, n, Dh]} of the first {@code n} positions, made the first time the cache reaches
      * length {@code n} and kept: a decode step attends through them, so a cache reused after {@link #reset} or
@@ -143,6 +152,19 @@ public final class KvCache {
 
     void advance(int n) {
         length += n;
+    }
+
+    /**
+     * Stores {@code n} floats of {@code src} from float index {@code from} at position {@code pos} of kv head
+     * {@code g} of the keys ({@code keys}) or the values, subnormals as zeros (see the class comment).
+     */
+    void store(boolean keys, int g, int pos, MemorySegment src, long from, int n) {
+        MemorySegment dst = keys ? k : v;
+        long to = ((long) g * capacity + pos) * headDim;
+        for (int i = 0; i < n; i++) {
+            float x = src.getAtIndex(F, from + i);
+            dst.setAtIndex(F, to + i, Math.abs(x) < Float.MIN_NORMAL ? 0f : x);
+        }
     }
 
     /** A one-line description for messages. */

@@ -43,6 +43,11 @@ public final class MultiHeadAttention {
     private static final int SELF = 0;
     private static final int CROSS = 1;
     private static final int DECODE = 2;
+    /**
+     * Projections of at most this many rows run as matrix-vector products (one per row) rather than one matrix
+     * product that packs the weight: see {@link #productNt} and bench/RESULTS.md, round 3.
+     */
+    static final int GEMV_ROWS = 2;
 
     private final MhaWeights w;
     /** The weights in {@link #WEIGHT_NAMES} order, built once: the per-call checks must not allocate. */
@@ -58,6 +63,8 @@ public final class MultiHeadAttention {
      */
     private final OpenBlas blas;
     private final Attention attention;
+    /** Projections of at most {@link #GEMV_ROWS} rows run as matrix-vector products. */
+    private final boolean gemvRows;
     private final int e;
     private final int h;
     private final int hkv;
@@ -72,6 +79,8 @@ public final class MultiHeadAttention {
         this.backend = backend;
         this.matmul = matmul;
         this.blas = "native".equals(matmul.name()) ? OpenBlas.get() : null;
+        // the reference backend keeps its double-accumulating product; the scalar kernel has no faster matvec
+        this.gemvRows = blas != null || "java-vector".equals(matmul.name());
         this.attention = attention;
         this.e = w.embedDim();
         this.h = w.heads();
@@ -290,16 +299,12 @@ public final class MultiHeadAttention {
         int ni = (int) n;
         // P [n, E + 2·Hkv·Dh] = x · [W_Q; W_K; W_V]ᵀ
         projectQkv(x, seg, 0, qkvWidth);
-        // append K and V rows of every kv head at positions before .. before + n - 1
-        MemorySegment ck = cache.k();
-        MemorySegment cv = cache.v();
-        long headBytes = (long) dh * Float.BYTES;
+        // append K and V rows of every kv head at positions before .. before + n - 1 (subnormals as zeros)
         for (int g = 0; g < hkv; g++) {
-            long dst = ((long) g * cache.capacity() + before) * dh;
             for (int t = 0; t < ni; t++) {
                 long src = (long) t * qkvWidth + e + (long) g * dh;
-                MemorySegment.copy(seg, src * Float.BYTES, ck, (dst + (long) t * dh) * Float.BYTES, headBytes);
-                MemorySegment.copy(seg, (src + kvd) * Float.BYTES, cv, (dst + (long) t * dh) * Float.BYTES, headBytes);
+                cache.store(true, g, before + t, seg, src, dh);
+                cache.store(false, g, before + t, seg, src + kvd, dh);
             }
         }
         int len = before + ni;
@@ -385,11 +390,25 @@ public final class MultiHeadAttention {
         }
     }
 
-    /** {@code C [m, n] = A [m, k] · wᵀ}: OpenBLAS directly (see {@link #blas}), else the layer's kernel. */
+    /**
+     * {@code C [m, n] = A [m, k] · wᵀ}: OpenBLAS directly (see {@link #blas}), else the layer's kernel. Up to
+     * {@link #GEMV_ROWS} rows (a decode step) are matrix-vector products, {@code w [n, k]} read in place: a
+     * matrix product packs the whole weight on every call, which made a Java decode step 3-7x slower than native.
+     */
     private void productNt(int m, int n, int k, MemorySegment a, long aOff, int lda, Tensor wt, int ldw,
                            MemorySegment c, long cOff, int ldc) {
         OpenBlas nat = blas;
-        if (nat != null) {
+        if (m <= GEMV_ROWS && gemvRows) {
+            for (int i = 0; i < m; i++) {
+                long ai = aOff + (long) i * lda;
+                long ci = cOff + (long) i * ldc;
+                if (nat != null) {
+                    nat.sgemv(Transpose.NO, n, k, 1f, wt.segment(), wt.offset(), ldw, a, ai, 1, 0f, c, ci, 1);
+                } else {
+                    matmul.matvec(Transpose.NO, n, k, 1f, wt.segment(), wt.offset(), ldw, a, ai, 1, 0f, c, ci, 1);
+                }
+            }
+        } else if (nat != null) {
             nat.sgemm(Transpose.NO, Transpose.YES, m, n, k, 1f, a, aOff, lda, wt.segment(), wt.offset(), ldw, 0f,
                     c, cOff, ldc);
         } else {

@@ -37,17 +37,6 @@ public final class Allocations {
     /** Queries below this many rows run the Java engine's few-query path (Attention.AUTO_JAVA_QUERIES). */
     public static final int FEW_QUERIES = Attention.AUTO_JAVA_QUERIES;
 
-    /**
-     * Why the Java backend's few-query cases (decoding) are skipped: an open engine issue, not a property of this
-     * test. {@code VectorPackedKernels.dotRows} and {@code axpyRows} are too big for C1's profiling tier
-     * ({@code -XX:+PrintCompilation}: "COMPILE SKIPPED: out of virtual registers in LIR generator"), so at small
-     * shapes they stay at tier 2 and never reach C2, and every vector op boxes (JFR/ThreadMXBean: 85 KB per call
-     * at q [1, 4, 1, 64], k [1, 2, 24, 64]; 0 at k [1, 2, 1024, 128], where C2 compiles them on stack
-     * replacement). Remove the skip once they are split into methods C1 can compile.
-     */
-    public static final String FEW_QUERY_JAVA_ISSUE = "known engine issue: Java few-query kernels stay at C1 and box"
-            + " their vectors at small shapes (see Allocations.FEW_QUERY_JAVA_ISSUE, bench/RESULTS.md)";
-
     private static final com.sun.management.ThreadMXBean MX = bean();
 
     private Allocations() {

@@ -2,6 +2,7 @@ package dev.qkv.attention;
 
 import dev.qkv.tensor.Tensor;
 import org.junit.jupiter.api.Named;
+import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.MethodSource;
 
@@ -122,6 +123,35 @@ class EngineTest {
             IllegalArgumentException e = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
                     () -> tiny.sdpa(q, k, v, got, SdpaOptions.CAUSAL));
             assertTrue(e.getMessage().contains("budget") && e.getMessage().contains("q [1, 2, 150, 32]"), e.getMessage());
+        }
+    }
+
+    /**
+     * A decode-sized native call whose all-keys score tile (the sgemv path) exceeds the budget runs the blocked
+     * path, whose tile holds one key block, and stays exact.
+     */
+    @Test
+    void nativeFewQueriesFallBackToKeyBlocksUnderATightBudget() {
+        try (Arena arena = Arena.ofShared()) {
+            SplittableRandom r = new SplittableRandom(6);
+            int lk = 3 * Attention.KEY_BLOCK + 5;
+            Tensor q = random(arena, r, 1, 2, 3, 16);
+            Tensor k = random(arena, r, 1, 2, lk, 16);
+            Tensor v = random(arena, r, 1, 2, lk, 16);
+            Tensor ref = Tensor.allocate(arena, 1, 2, 3, 16);
+            Attention.create(Backend.REFERENCE).sdpa(q, k, v, ref, SdpaOptions.CAUSAL);
+            Attention free = Attention.create(Backend.NATIVE, 1);
+            assertTrue(free.plan(q, k, v, ref, SdpaOptions.CAUSAL).startsWith("kernel=native-gemv"));
+            long budget = 3L * lk * Float.BYTES - 1;
+            Attention bounded = Attention.builder().backend(Backend.NATIVE).threads(1).workspaceBudget(budget).build();
+            String plan = bounded.plan(q, k, v, ref, SdpaOptions.CAUSAL);
+            assertTrue(plan.startsWith("kernel=native ") && scratch(plan) <= budget, plan);
+            for (Attention a : new Attention[] {free, bounded}) {
+                Tensor got = Tensor.allocate(arena, 1, 2, 3, 16);
+                a.sdpa(q, k, v, got, SdpaOptions.CAUSAL);
+                check(a.plan(q, k, v, ref, SdpaOptions.CAUSAL), got.toArray(), ref.toArray(), 16,
+                        4.0 * (16 + lk) * 0x1p-24);
+            }
         }
     }
 

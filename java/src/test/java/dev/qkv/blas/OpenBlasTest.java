@@ -140,6 +140,48 @@ class OpenBlasTest {
     }
 
     @Test
+    void sgemvMatchesTheLoopBothWaysAndRefusesBadOutputs() {
+        try (Arena arena = Arena.ofConfined()) {
+            Random r = new Random(11);
+            int m = 67, n = 33;
+            // a [m, n] with padded rows, x and y strided
+            Tensor a = random(arena, r, m, n + 3);
+            MemorySegment x = random(arena, r, 1, 3 * m).segment();
+            MemorySegment y = random(arena, r, 1, 2 * m).segment();
+            for (Transpose t : Transpose.values()) {
+                int xLen = t == Transpose.NO ? n : m;
+                int yLen = t == Transpose.NO ? m : n;
+                float[] y0 = y.toArray(java.lang.foreign.ValueLayout.JAVA_FLOAT);
+                BLAS.sgemv(t, m, n, 0.5f, a.segment(), 0, n + 3, x, 1, 3, -1f, y, 0, 2);
+                for (int i = 0; i < yLen; i++) {
+                    double dot = 0, abs = 0;
+                    for (int p = 0; p < xLen; p++) {
+                        double av = t == Transpose.NO ? a.get(i, p) : a.get(p, i);
+                        double term = av * x.getAtIndex(java.lang.foreign.ValueLayout.JAVA_FLOAT, 1 + 3L * p);
+                        dot += term;
+                        abs += Math.abs(term);
+                    }
+                    double want = 0.5 * dot - y0[2 * i];
+                    double tol = 2 * (xLen + 3) * 0x1p-24 * (0.5 * abs + Math.abs(y0[2 * i]));
+                    float got = y.getAtIndex(java.lang.foreign.ValueLayout.JAVA_FLOAT, 2L * i);
+                    assertTrue(Math.abs(got - want) <= tol, t + " y[" + i + "] got " + got + " want " + want);
+                }
+            }
+            MemorySegment heap = MemorySegment.ofArray(new float[2 * m]);
+            assertMessage(() -> BLAS.sgemv(Transpose.NO, m, n, 1f, a.segment(), 0, n + 3, x, 0, 1, 0f, heap, 0, 1),
+                    "heap segment");
+            assertMessage(() -> BLAS.sgemv(Transpose.NO, m, n, 1f, a.segment(), 0, n + 3, x, 0, 1, 0f,
+                    y.asReadOnly(), 0, 1), "read-only");
+            assertMessage(() -> BLAS.sgemv(Transpose.NO, m, n, 1f, a.segment(), 0, n + 3, x, 0, 0, 0f, y, 0, 1),
+                    "increment 0 < 1");
+            assertMessage(() -> BLAS.sgemv(Transpose.NO, m, n, 1f, a.segment(), 0, n + 4, x, 0, 1, 0f, y, 0, 1),
+                    "needs");
+            assertMessage(() -> BLAS.sgemv(Transpose.YES, m, n, 1f, a.segment(), 0, n + 3, x, 0, 1, 0f,
+                    a.segment(), 5, 1), "overlaps input a");
+        }
+    }
+
+    @Test
     void threadsCanBeSetAndRead() {
         int before = BLAS.threads();
         assertTrue(before >= 1, "threads " + before);

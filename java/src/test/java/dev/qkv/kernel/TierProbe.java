@@ -41,13 +41,28 @@ public final class TierProbe {
                 for (int i = 0; i <= warmups; i++) {
                     attention.sdpa(q, k, v, out, o);
                 }
-                for (float x : out.toArray()) {
-                    int bits = Float.floatToRawIntBits(x);
-                    crc.update(new byte[] {(byte) bits, (byte) (bits >> 8), (byte) (bits >> 16), (byte) (bits >> 24)});
-                }
+                update(crc, out);
             }
+            // the matrix-vector kernel of one-row projections: 7 rows (a block of 4 and 3 single rows) of 37
+            // columns (two whole vectors and a tail)
+            Random r = new Random(9);
+            Tensor w = fill(Tensor.allocate(arena, 7, 37), r);
+            Tensor x = fill(Tensor.allocate(arena, 37), r);
+            Tensor y = Tensor.allocate(arena, 7);
+            for (int i = 0; i <= warmups; i++) {
+                MatmulKernel.java().matvec(dev.qkv.blas.Transpose.NO, 7, 37, 0.75f, w.segment(), w.offset(), 37,
+                        x.segment(), x.offset(), 1, 0f, y.segment(), y.offset(), 1);
+            }
+            update(crc, y);
         }
         return crc.getValue();
+    }
+
+    private static void update(CRC32 crc, Tensor t) {
+        for (float x : t.toArray()) {
+            int bits = Float.floatToRawIntBits(x);
+            crc.update(new byte[] {(byte) bits, (byte) (bits >> 8), (byte) (bits >> 16), (byte) (bits >> 24)});
+        }
     }
 
     private static Tensor fill(Tensor t, Random r) {

@@ -6,7 +6,6 @@ import dev.qkv.attention.Mask;
 import dev.qkv.attention.SdpaOptions;
 import dev.qkv.tensor.Tensor;
 import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.Assumptions;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
@@ -94,9 +93,6 @@ class AllocationTest {
     void steadyStateLayerCallsAllocateNothing(Backend backend, Call call) {
         Allocations.requireCounter();
         Case c = CASES.get(name(backend, call));
-        // a decode step attends one query row: the Java engine's few-query path
-        Assumptions.assumeFalse(backend == Backend.JAVA
-                && (call == Call.DECODE_FIXED_LENGTH || call == Call.DECODE_GROWING), Allocations.FEW_QUERY_JAVA_ISSUE);
         c.check().run();
         Allocations.assertSteadyStateAllocatesNothing(c.what(), c.call());
     }

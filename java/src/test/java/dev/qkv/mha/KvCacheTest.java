@@ -59,6 +59,58 @@ class KvCacheTest {
     }
 
     @Test
+    void storeFlushesSubnormalsAndKeepsEverythingElse() {
+        float[] xs = {Float.MIN_VALUE, -Float.MIN_VALUE, 1e-40f, -3e-39f, Math.nextDown(Float.MIN_NORMAL),
+                Float.MIN_NORMAL, -Float.MIN_NORMAL, 0f, -0f, 1f, -2.5f, Float.MAX_VALUE, Float.NaN,
+                Float.POSITIVE_INFINITY, Float.NEGATIVE_INFINITY, 7e-30f};
+        try (Arena a = Arena.ofConfined()) {
+            KvCache cache = KvCache.allocate(a, 2, 3, xs.length);
+            Tensor src = Tensor.of(a, xs, xs.length);
+            for (boolean keys : new boolean[] {true, false}) {
+                cache.store(keys, 1, 2, src.segment(), src.offset(), xs.length);
+            }
+            cache.truncate(0);
+            cache.advance(3);
+            for (Tensor t : new Tensor[] {cache.keys(), cache.values()}) {
+                for (int i = 0; i < xs.length; i++) {
+                    float x = xs[i];
+                    boolean subnormal = x != 0f && Math.abs(x) < Float.MIN_NORMAL;
+                    float want = subnormal ? 0f : x;
+                    float got = t.get(0, 1, 2, i);
+                    assertTrue(subnormal ? got == 0f : Float.compare(got, want) == 0 || got == want,
+                            "element " + i + ": stored " + x + ", read " + got);
+                }
+            }
+        }
+    }
+
+    /** Values the projection makes subnormal reach the cache as zeros, and the step still matches the reference. */
+    @ParameterizedTest
+    @EnumSource(value = Backend.class, names = {"NATIVE", "JAVA"})
+    void subnormalProjectionsAreCachedAsZeros(Backend backend) {
+        long seed = 23;
+        int e = 32;
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(seed);
+            MhaWeights w = MultiHeadAttentionTest.weights(a, r, e, 4, 2, false, true);
+            // subnormal inputs (|x| < 1e-40, no bias): every projected key and value is subnormal or zero
+            Tensor x = rand(a, r, 1e-40f, 1, 5, e);
+            MultiHeadAttention layer = MultiHeadAttention.create(w, backend);
+            KvCache cache = layer.newCache(a, 8);
+            MhaWorkspace ws = layer.newWorkspace(a, 1, 5, cache.capacity());
+            Tensor out = Tensor.allocate(a, 1, 5, e);
+            layer.decode(x, cache, out, ws);
+            for (float v : cache.values().toArray()) {
+                assertEquals(0f, Math.abs(v), backend + " seed=" + seed + ": a subnormal value was cached");
+            }
+            Tensor ref = Tensor.allocate(a, 1, 5, e);
+            MultiHeadAttention.create(w, Backend.REFERENCE).forward(x, ref, SdpaOptions.CAUSAL, null);
+            // the exact outputs are below 1e-37: flushed or not, they agree far below any normal magnitude
+            assertClose(ref.toArray(), out.toArray(), 1e-36, 0, backend + " seed=" + seed);
+        }
+    }
+
+    @Test
     void capacityIsEnforcedAndResetStartsOver() {
         try (Arena a = Arena.ofConfined()) {
             Random r = new Random(5);
