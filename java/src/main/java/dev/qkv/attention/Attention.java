@@ -26,7 +26,8 @@ import java.util.Objects;
  * row makes that output row NaN.
  *
  * <p><b>Algorithm.</b> The {@link Backend#NATIVE} and {@link Backend#JAVA} backends share one blocked
- * algorithm. The work is cut into tasks, one per (batch, head, block of {@link #BLOCK_ROWS} query rows). A task
+ * algorithm. The work is cut into tasks, one per (batch, head, block of query rows: {@link #BLOCK_ROWS} for the
+ * Java kernels, up to {@link #NATIVE_BLOCK_ROWS} for OpenBLAS, whose sgemm repacks its operands per call). A task
  * computes the scores of its block as one product {@code q_block · kᵀ} into a score tile of the workspace
  * (keys a causal block can never see are neither multiplied nor exponentiated, and a block that sees no key is
  * only zeroed), turns each row into unnormalized weights {@code exp(s - max)} (vectorized, see
@@ -46,7 +47,7 @@ import java.util.Objects;
  * packing buffers, so no scratch is shared.
  *
  * <p><b>Memory.</b> Per worker the off-heap workspace holds a score tile of {@code rows × min(Lk, KEY_BLOCK)}
- * floats (rows ≤ {@link #BLOCK_ROWS}; no {@code Lq × Lk} matrix: a block that sees more than {@code KEY_BLOCK}
+ * floats ({@code NATIVE_KEY_BLOCK} for OpenBLAS; no {@code Lq × Lk} matrix: a block that sees more than {@code KEY_BLOCK}
  * keys takes them a key block at a time with an online softmax, running max and sum per row) plus packed copies of views without a unit stride; the Java
  * backend also keeps its packed {@code kᵀ} and {@code v} panels on the Java heap. {@link #plan} reports both.
  * A {@linkplain Builder#workspaceBudget budget} lowers the block rows, then the workers, to fit.
@@ -83,6 +84,28 @@ public final class Attention {
      * round 2. The system property {@code qkv.keyBlock} overrides it, to run tests through the online path.
      */
     static final int KEY_BLOCK = Integer.getInteger("qkv.keyBlock", 2048);
+
+    /**
+     * Query rows per block of the OpenBLAS engine. sgemm packs both operands on every call, so a 64-row block
+     * repacks all of kᵀ and v for 64 rows only; 256 rows amortize that packing (measured at [1, 8, 2048, 64],
+     * SkylakeX, per head: q · kᵀ 4.9 → 3.6 ms, p · v 5.5 → 4.0 ms; see bench/RESULTS.md, round 3). Lowered (not
+     * under {@link #BLOCK_ROWS}) while a call would have fewer than 4 tasks per core, and by the budget.
+     * The system property {@code qkv.nativeBlockRows} overrides it (for measurements and tests).
+     */
+    static final int NATIVE_BLOCK_ROWS = Integer.getInteger("qkv.nativeBlockRows", 256);
+
+    /**
+     * Keys per block of the OpenBLAS engine's online softmax: a 256 × 1024 score tile is 1 MiB, half of a core's
+     * L2, which leaves room for OpenBLAS's packed panels (2048 keys: a 2 MiB tile, measured no faster). The
+     * system property {@code qkv.nativeKeyBlock} overrides it.
+     */
+    static final int NATIVE_KEY_BLOCK = Integer.getInteger("qkv.nativeKeyBlock", 1024);
+
+    /** The larger of the two engines' block rows: the size of the per-row scratch arrays. */
+    private static final int MAX_BLOCK_ROWS = Math.max(BLOCK_ROWS, NATIVE_BLOCK_ROWS);
+
+    /** Cores of the machine: the native engine's block rows depend on it, never on a call's threads. */
+    private static final int CORES = Runtime.getRuntime().availableProcessors();
 
     /** Below this many dense FLOPs a call runs on the calling thread alone. */
     static final double PARALLEL_MIN_FLOPS = 8e6;
@@ -327,10 +350,10 @@ public final class Attention {
         final Operand qo = new Operand();
         final Operand ko = new Operand();
         final Operand vo = new Operand();
-        final float[] rowScale = new float[BLOCK_ROWS];
-        final float[] rowMax = new float[BLOCK_ROWS];
-        final float[] rowSum = new float[BLOCK_ROWS];
-        final float[] qScale = new float[BLOCK_ROWS];
+        final float[] rowScale = new float[MAX_BLOCK_ROWS];
+        final float[] rowMax = new float[MAX_BLOCK_ROWS];
+        final float[] rowSum = new float[MAX_BLOCK_ROWS];
+        final float[] qScale = new float[MAX_BLOCK_ROWS];
         float[] kPack = new float[0];
         float[] vPack = new float[0];
         float[] aBuf = new float[0];
@@ -386,6 +409,10 @@ public final class Attention {
         boolean packOut;
         boolean usePacked;
         boolean small;
+        /** Keys per block of the online softmax ({@link #KEY_BLOCK} or {@link #NATIVE_KEY_BLOCK}). */
+        int keyBlock;
+        /** OpenBLAS runs the products (the generic engine on native sgemm). */
+        boolean nativeEngine;
         int tileRows;
         int blocks;
         int tasks;
@@ -483,7 +510,21 @@ public final class Attention {
                 packV = true;
             }
             int want = flops < PARALLEL_MIN_FLOPS || owner.threads == 1 || !shareable() ? 1 : owner.threads;
-            tileRows = Math.max(1, Math.min(BLOCK_ROWS, lq));
+            nativeEngine = !usePacked && owner.blas != null;
+            keyBlock = nativeEngine ? NATIVE_KEY_BLOCK : KEY_BLOCK;
+            int rows0 = BLOCK_ROWS;
+            if (nativeEngine) {
+                // Larger blocks while each core could still get 4 tasks (uneven causal blocks balance). From the
+                // shape and the machine only, never from this call's threads: sgemm's bits depend on how the rows
+                // are cut (measured), and results must not change with the thread count. Calls too small for the
+                // pool take the whole block (tiny shapes: one block, two downcalls).
+                rows0 = Math.max(BLOCK_ROWS, NATIVE_BLOCK_ROWS);
+                while (flops >= PARALLEL_MIN_FLOPS && rows0 > BLOCK_ROWS
+                        && (long) batch * hq * ((lq + rows0 - 1) / rows0) < 4L * CORES) {
+                    rows0 /= 2;
+                }
+            }
+            tileRows = Math.max(1, Math.min(rows0, lq));
             plan(want);
             callId = 0;
         }
@@ -527,7 +568,7 @@ public final class Attention {
         /** Floats of off-heap workspace per worker, setting the pack offsets. */
         private long layout(int rowsNow) {
             // the score tile holds one key block (see KEY_BLOCK); the few-query path takes all keys at once
-            int cols = small ? lk : Math.min(lk, KEY_BLOCK);
+            int cols = small ? lk : tileLd(Math.min(lk, keyBlock));
             long cursor = (long) rowsNow * Math.max(cols, 1);
             qPackAt = cursor;
             cursor += packQ ? (long) lq * dk : 0;
@@ -618,23 +659,24 @@ public final class Attention {
             final int ldo = packOut ? dv : (int) ld(out.stride(2), dv);
             if (keys == 0) {
                 zeroRows(outSeg, outRows, rows, dv, ldo);
-            } else if (keys > KEY_BLOCK) {
+            } else if (keys > keyBlock) {
                 genericOnline(s, mm, ws, base, i0, rows, keys, maskHead, outSeg, outRows, ldo);
             } else {
+                final int lds = tileLd(keys);
                 // scores [rows, keys] = scale · q_block · kᵀ (all zero when Dk = 0)
                 if (dk == 0) {
-                    zeroRows(ws, base, rows, keys, keys);
+                    zeroRows(ws, base, rows, keys, lds);
                 } else {
                     product(mm, Transpose.NO.flipIf(qo.transposed), Transpose.YES.flipIf(ko.transposed),
                             rows, keys, dk, scale,
                             qo.seg, qo.offset + i0 * qo.rowStep, qo.ld, ko.seg, ko.offset, ko.ld,
-                            ws, base, keys);
+                            ws, base, lds);
                 }
                 // mask, row max, exp and sum; the 1/sum is applied to the output rows
-                softmaxRows(ws, base, i0, rows, keys, maskHead, s.rowScale);
+                softmaxRows(ws, base, lds, i0, rows, keys, maskHead, s.rowScale);
                 // out_block [rows, Dv] = p · v, then each row times its 1/sum
                 product(mm, Transpose.NO, Transpose.NO.flipIf(vo.transposed), rows, dv, keys, 1f,
-                        ws, base, keys, vo.seg, vo.offset, vo.ld, outSeg, outRows, ldo);
+                        ws, base, lds, vo.seg, vo.offset, vo.ld, outSeg, outRows, ldo);
                 for (int r = 0; r < rows; r++) {
                     if (s.rowScale[r] == 0f) {
                         // no key allowed: zeros, even where v holds NaN or Inf (0 · NaN would be NaN)
@@ -672,11 +714,20 @@ public final class Attention {
             }
         }
 
-        private void softmaxRows(MemorySegment ws, long base, int i0, int rows, int keys, long maskHead,
+        /**
+         * Leading dimension of a score tile of {@code keys} columns: for the native engine a row of a multiple of
+         * 64 floats (256 B) is padded by one cache line, so that consecutive tile rows do not fall into the same
+         * few L1 sets when sgemm writes a column of them (measured q · kᵀ per head at 256 × 2048: 3.84 → 3.62 ms).
+         */
+        private int tileLd(int keys) {
+            return nativeEngine && keys % 64 == 0 ? keys + 16 : keys;
+        }
+
+        private void softmaxRows(MemorySegment ws, long base, int lds, int i0, int rows, int keys, long maskHead,
                                  float[] inv) {
             for (int r = 0; r < rows; r++) {
                 int i = i0 + r;
-                inv[r] = owner.rows.expRow(ws, base + (long) r * keys, keys, limitFor(i, keys), mSeg,
+                inv[r] = owner.rows.expRow(ws, base + (long) r * lds, keys, limitFor(i, keys), mSeg,
                         maskHead + (long) i * ms2, ms3, maskBool);
             }
         }
@@ -714,7 +765,7 @@ public final class Attention {
                 }
                 pk.dotRows(s.qBuf, 0, dk, rows, k.segment(), kBase, (int) ld(k.stride(2), dk), keys, dk,
                         ws, base, keys);
-                softmaxRows(ws, base, i0, rows, keys, maskHead, inv);
+                softmaxRows(ws, base, keys, i0, rows, keys, maskHead, inv);
                 pk.axpyRows(ws, base, keys, rows, v.segment(), vBase, (int) ld(v.stride(2), dv), keys, dv, inv,
                         outSeg, outRows, ldo);
                 zeroMaskedRows(inv, rows, outSeg, outRows, dv, ldo);
@@ -757,7 +808,7 @@ public final class Attention {
             pk.gemm(!qRow, q.segment(), qAt, ldq, rows, keys, dk, s.aBuf, s.kPack, dk, lk, 0, 0, inv, 0f, ws, base,
                     keys);
             // mask, row max, exp and sum
-            softmaxRows(ws, base, i0, rows, keys, maskHead, inv);
+            softmaxRows(ws, base, keys, i0, rows, keys, maskHead, inv);
             // out_block [rows, Dv] = p · v / sum
             pk.gemm(false, ws, base, keys, rows, dv, keys, s.aBuf, s.vPack, lk, dv, 0, 0, inv, 0f, outSeg, outRows,
                     ldo);
@@ -785,7 +836,7 @@ public final class Attention {
                 // scores [rows, nk] = scale · q_block · kᵀ[:, j0, j0 + nk)
                 pk.gemm(!qRow, q.segment(), qAt, ldq, rows, nk, dk, s.aBuf, s.kPack, dk, lk, 0, j0, s.qScale, 0f,
                         ws, base, nk);
-                onlineRows(ws, base, i0, rows, keys, j0, nk, maskHead, max, sum, outSeg, outRows, ldo);
+                onlineRows(ws, base, nk, i0, rows, keys, j0, nk, maskHead, max, sum, outSeg, outRows, ldo);
                 // out_block [rows, Dv] (+)= p · v[j0, j0 + nk)
                 pk.gemm(false, ws, base, nk, rows, dv, nk, s.aBuf, s.vPack, lk, dv, j0, 0, null, j0 == 0 ? 0f : 1f,
                         outSeg, outRows, ldo);
@@ -803,20 +854,21 @@ public final class Attention {
             final float[] sum = s.rowSum;
             java.util.Arrays.fill(max, 0, rows, Float.NEGATIVE_INFINITY);
             java.util.Arrays.fill(sum, 0, rows, 0f);
-            for (int j0 = 0; j0 < keys; j0 += KEY_BLOCK) {
-                final int nk = Math.min(KEY_BLOCK, keys - j0);
+            for (int j0 = 0; j0 < keys; j0 += keyBlock) {
+                final int nk = Math.min(keyBlock, keys - j0);
+                final int lds = tileLd(nk);
                 // scores [rows, nk] = scale · q_block · kᵀ[:, j0, j0 + nk) (all zero when Dk = 0)
                 if (dk == 0) {
-                    zeroRows(ws, base, rows, nk, nk);
+                    zeroRows(ws, base, rows, nk, lds);
                 } else {
                     product(mm, Transpose.NO.flipIf(qo.transposed), Transpose.YES.flipIf(ko.transposed),
                             rows, nk, dk, scale, qo.seg, qo.offset + i0 * qo.rowStep, qo.ld,
-                            ko.seg, ko.offset + j0 * ko.rowStep, ko.ld, ws, base, nk);
+                            ko.seg, ko.offset + j0 * ko.rowStep, ko.ld, ws, base, lds);
                 }
-                onlineRows(ws, base, i0, rows, keys, j0, nk, maskHead, max, sum, outSeg, outRows, ldo);
+                onlineRows(ws, base, lds, i0, rows, keys, j0, nk, maskHead, max, sum, outSeg, outRows, ldo);
                 // out_block [rows, Dv] (+)= p · v[j0, j0 + nk)
                 product(mm, Transpose.NO, Transpose.NO.flipIf(vo.transposed), rows, dv, nk, 1f,
-                        ws, base, nk, vo.seg, vo.offset + j0 * vo.rowStep, vo.ld, j0 == 0 ? 0f : 1f,
+                        ws, base, lds, vo.seg, vo.offset + j0 * vo.rowStep, vo.ld, j0 == 0 ? 0f : 1f,
                         outSeg, outRows, ldo);
             }
             onlineFinish(rows, sum, s.rowScale, outSeg, outRows, ldo);
@@ -826,14 +878,14 @@ public final class Attention {
          * The softmax of one key block {@code [j0, j0 + nk)} of an online pass: weights into the tile, the
          * running max and sum updated, and each output row rescaled by {@code exp(m_old - m_new)} when the max grew.
          */
-        private void onlineRows(MemorySegment ws, long base, int i0, int rows, int keys, int j0, int nk, long maskHead,
-                                float[] max, float[] sum, MemorySegment outSeg, long outRows, int ldo) {
+        private void onlineRows(MemorySegment ws, long base, int lds, int i0, int rows, int keys, int j0, int nk,
+                                long maskHead, float[] max, float[] sum, MemorySegment outSeg, long outRows, int ldo) {
             final RowKernels rk = owner.rows;
             for (int r = 0; r < rows; r++) {
                 final int i = i0 + r;
                 final float old = max[r];
                 final int lim = clamp((long) limitFor(i, keys) - j0, 0, nk);
-                final float blockSum = rk.expRowOnline(ws, base + (long) r * nk, nk, lim, mSeg,
+                final float blockSum = rk.expRowOnline(ws, base + (long) r * lds, nk, lim, mSeg,
                         maskHead + (long) i * ms2 + (long) j0 * ms3, ms3, maskBool, max, r);
                 final float m = max[r];
                 // StrictMath: the same bits in every JIT tier; once per row and block, so its cost is nil
