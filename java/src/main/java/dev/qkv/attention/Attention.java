@@ -110,6 +110,14 @@ public final class Attention {
     /** Below this many dense FLOPs a call runs on the calling thread alone. */
     static final double PARALLEL_MIN_FLOPS = 8e6;
 
+    /**
+     * The same threshold for the native engine while the pool spins between calls ({@link WorkerPool#SPIN_NANOS}):
+     * a spinning helper starts without a wake-up, so two 64-row tasks of [1, 1, 128, 64] (4 MFLOP) run in
+     * parallel (measured in bench/RESULTS.md, round 3). The Java engine keeps 8 MFLOP: each of its workers packs
+     * kᵀ and v of the head again.
+     */
+    static final double NATIVE_PARALLEL_MIN_FLOPS = 2e6;
+
     private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
     private static final ThreadLocal<Scratch> SCRATCH = ThreadLocal.withInitial(Scratch::new);
 
@@ -315,6 +323,24 @@ public final class Attention {
     }
 
     /**
+     * Bytes of workspace that the score tiles of a call with {@code lq} query rows and {@code lk} keys can need,
+     * all workers together, when no operand has to be packed (unit inner strides): an upper bound over the
+     * engines this instance may run, for callers that size one workspace for many calls.
+     */
+    public long scoreTileBytes(long lq, long lk) {
+        if (matmul == null) {
+            return 0;
+        }
+        long q = Math.max(lq, 1);
+        long k = Math.max(lk, 1);
+        // Java engine and few-query path: up to BLOCK_ROWS rows of all keys; native: larger blocks, one
+        // padded key block
+        long javaTile = Math.min(BLOCK_ROWS, q) * k;
+        long nativeTile = Math.min(MAX_BLOCK_ROWS, q) * (Math.min(k, NATIVE_KEY_BLOCK) + 16);
+        return Math.multiplyExact(Math.max(javaTile, nativeTile) * Float.BYTES, (long) threads);
+    }
+
+    /**
      * How a call with these tensors would run, one line: kernel, workers, block rows, tasks, off-heap workspace
      * and heap scratch in bytes, and the budget.
      */
@@ -509,17 +535,18 @@ public final class Attention {
                 // by the products; decoding-sized calls (fewer than 8 queries) skip it.
                 packV = true;
             }
-            int want = flops < PARALLEL_MIN_FLOPS || owner.threads == 1 || !shareable() ? 1 : owner.threads;
             nativeEngine = !usePacked && owner.blas != null;
+            double parallelMin = nativeEngine && WorkerPool.SHARED.spins() ? NATIVE_PARALLEL_MIN_FLOPS
+                    : PARALLEL_MIN_FLOPS;
+            int want = flops < parallelMin || owner.threads == 1 || !shareable() ? 1 : owner.threads;
             keyBlock = nativeEngine ? NATIVE_KEY_BLOCK : KEY_BLOCK;
             int rows0 = BLOCK_ROWS;
             if (nativeEngine) {
                 // Larger blocks while each core could still get 4 tasks (uneven causal blocks balance). From the
                 // shape and the machine only, never from this call's threads: sgemm's bits depend on how the rows
-                // are cut (measured), and results must not change with the thread count. Calls too small for the
-                // pool take the whole block (tiny shapes: one block, two downcalls).
+                // are cut (measured), and results must not change with the thread count.
                 rows0 = Math.max(BLOCK_ROWS, NATIVE_BLOCK_ROWS);
-                while (flops >= PARALLEL_MIN_FLOPS && rows0 > BLOCK_ROWS
+                while (rows0 > BLOCK_ROWS
                         && (long) batch * hq * ((lq + rows0 - 1) / rows0) < 4L * CORES) {
                     rows0 /= 2;
                 }
