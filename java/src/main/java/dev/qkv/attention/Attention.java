@@ -73,9 +73,21 @@ public final class Attention {
      * so {@link Backend#AUTO} runs native; with an AVX2 core (e.g. {@code OPENBLAS_CORETYPE=Haswell}) the Java
      * kernels are faster at every shape (54 vs 68 µs tiny, 90 vs 64 GFLOP/s at [1, 8, 2048, 64]), so AUTO runs
      * Java. The crossover is therefore the core, not the size.
+     *
+     * <p>Round 3 (faster softmax for both engines, larger native blocks) moved the crossover within the AVX-512
+     * cores: native still wins the tiny shape (43 vs 46 µs at [1, 1, 128, 64]) and head size 128 (66-68 vs
+     * 70-72 ms at [1, 1, 4096, 128]), the Java kernels now win larger problems of head size 64 (77-79 vs 84-85 ms
+     * at [1, 8, 2048, 64]; causal 41 vs 49 ms), see {@link #AUTO_NATIVE_MIN_DK} and
+     * {@link #AUTO_NATIVE_MAX_FLOPS}.
      */
     private static final java.util.Set<String> AVX512_CORES =
             java.util.Set.of("skylakex", "cooperlake", "sapphirerapids");
+
+    /** With an AVX-512 core, {@link Backend#AUTO} runs native at this head size (Dk) and above (see AVX512_CORES). */
+    static final int AUTO_NATIVE_MIN_DK = 128;
+
+    /** With an AVX-512 core, {@link Backend#AUTO} runs native below this many dense FLOPs (see AVX512_CORES). */
+    static final double AUTO_NATIVE_MAX_FLOPS = 8e6;
 
     /**
      * Keys per block of the Java engine's online softmax: a query block that sees more keys takes them this many
@@ -250,7 +262,8 @@ public final class Attention {
     public String kernelName() {
         if (backend == Backend.AUTO) {
             if (autoNative && packed != null) {
-                return "auto(native; java-vector below " + AUTO_JAVA_QUERIES + " query rows)";
+                return "auto(native below " + (long) AUTO_NATIVE_MAX_FLOPS + " FLOPs or from Dk = " + AUTO_NATIVE_MIN_DK
+                        + "; java-vector otherwise and below " + AUTO_JAVA_QUERIES + " query rows)";
             }
             return packed != null ? "java-vector" : matmul.name();
         }
@@ -527,7 +540,8 @@ public final class Attention {
             // the packed Java engine reads q, k, v in place (any unit-stride layout) and writes out row-major
             double flops = 4.0 * batch * hq * lq * lk * Math.max(dk, dv);
             usePacked = owner.packed != null && !packQ && !packK && !packV && !packOut
-                    && (!owner.autoNative || lq < AUTO_JAVA_QUERIES);
+                    && (!owner.autoNative || lq < AUTO_JAVA_QUERIES
+                        || dk < AUTO_NATIVE_MIN_DK && flops >= AUTO_NATIVE_MAX_FLOPS);
             small = usePacked && lq < 8 && rowMajorOk(q) && rowMajorOk(k) && rowMajorOk(v);
             if (!usePacked && !packV && owner.blas != null && lq >= AUTO_JAVA_QUERIES && hasSubnormal(v, owner.rows)) {
                 // OpenBLAS multiplies subnormal v through microcode assists (measured 35x slower); a packed
