@@ -123,10 +123,10 @@ public final class Attention {
     static final double PARALLEL_MIN_FLOPS = 8e6;
 
     /**
-     * The same threshold for the native engine while the pool spins between calls ({@link WorkerPool#SPIN_NANOS}):
-     * a spinning helper starts without a wake-up, so two 64-row tasks of [1, 1, 128, 64] (4 MFLOP) run in
-     * parallel (measured in bench/RESULTS.md, round 3). The Java engine keeps 8 MFLOP: each of its workers packs
-     * kᵀ and v of the head again.
+     * The same threshold for the native engine when the pool spins between calls ({@link WorkerPool#SPIN_NANOS},
+     * off by default): a spinning helper starts without a wake-up, so the two 64-row tasks of [1, 1, 128, 64]
+     * (4 MFLOP) can run in parallel (21-23 µs when the second core is free; bench/RESULTS.md, round 3). The Java
+     * engine keeps 8 MFLOP: each of its workers packs kᵀ and v of the head again.
      */
     static final double NATIVE_PARALLEL_MIN_FLOPS = 2e6;
 

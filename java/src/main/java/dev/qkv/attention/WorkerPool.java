@@ -18,8 +18,10 @@ import java.util.concurrent.locks.ReentrantLock;
  * for at most {@link #SPIN_NANOS} waiting for the next call before it parks, so back-to-back small calls (tens
  * of microseconds) find it running instead of paying a futex wake-up and a reschedule each time. The spin is
  * bounded and starts only after work: an idle pool is parked and uses no CPU, and a busy process pays at most
- * {@code SPIN_NANOS} of one core per call. The system property {@code qkv.pool.spinMicros} sets the bound
- * (default 50; 0 parks at once).
+ * {@code SPIN_NANOS} of one core per call. The system property {@code qkv.pool.spinMicros} sets the bound;
+ * the default is 0 (park at once): on the shared 2-core machine of bench/RESULTS.md (round 3) a 50 µs spin let
+ * the tiny shape run in 21-23 µs on two threads when the second core was free, but under load the median stayed
+ * at the one-thread time and JMH read 57-62 µs against 43-47, so spinning is for callers who own the cores.
  */
 final class WorkerPool {
 
@@ -29,7 +31,7 @@ final class WorkerPool {
     }
 
     /** How long a pool thread spins for the next call after finishing one (see the class comment). */
-    static final long SPIN_NANOS = Math.max(0, Long.getLong("qkv.pool.spinMicros", 50)) * 1000;
+    static final long SPIN_NANOS = Math.max(0, Long.getLong("qkv.pool.spinMicros", 0)) * 1000;
 
     static final WorkerPool SHARED = new WorkerPool(Math.max(0, Runtime.getRuntime().availableProcessors() - 1));
 
