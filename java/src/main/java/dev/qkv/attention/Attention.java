@@ -47,9 +47,9 @@ import java.util.Objects;
  * packing buffers, so no scratch is shared.
  *
  * <p><b>Memory.</b> Per worker the off-heap workspace holds a score tile of {@code rows × min(Lk, KEY_BLOCK)}
- * floats ({@code NATIVE_KEY_BLOCK} for OpenBLAS; no {@code Lq × Lk} matrix: a block that sees more than {@code KEY_BLOCK}
- * keys takes them a key block at a time with an online softmax, running max and sum per row) plus packed copies of views without a unit stride; the Java
- * backend also keeps its packed {@code kᵀ} and {@code v} panels on the Java heap. {@link #plan} reports both.
+ * floats ({@code NATIVE_KEY_BLOCK}, rows padded, for OpenBLAS; no {@code Lq × Lk} matrix: a block that sees more
+ * keys takes them a key block at a time with an online softmax, running max and sum per row) plus packed copies
+ * of views without a unit stride; the Java backend also keeps its packed {@code kᵀ} and {@code v} panels on the Java heap. {@link #plan} reports both.
  * A {@linkplain Builder#workspaceBudget budget} lowers the block rows, then the workers, to fit.
  *
  * <p>An {@code Attention} is immutable and thread-safe. Calls without a {@link Workspace} use scratch kept per
@@ -758,7 +758,8 @@ public final class Attention {
         /**
          * Leading dimension of a score tile of {@code keys} columns: for the native engine a row of a multiple of
          * 64 floats (256 B) is padded by one cache line, so that consecutive tile rows do not fall into the same
-         * few L1 sets when sgemm writes a column of them (measured q · kᵀ per head at 256 × 2048: 3.84 → 3.62 ms).
+         * few L1 sets when sgemm writes a column of them (measured q · kᵀ per head at 256 × 2048: 3.84 → 3.62
+         * ms).
          */
         private int tileLd(int keys) {
             return nativeEngine && keys % 64 == 0 ? keys + 16 : keys;

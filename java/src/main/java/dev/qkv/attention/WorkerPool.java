@@ -12,7 +12,8 @@ import java.util.concurrent.locks.ReentrantLock;
  * other worker), shared by every {@link Attention}, so that no number of instances can oversubscribe the
  * cores. A call hands its tasks to the pool only when the pool is idle; a call that finds it busy runs its tasks
  * on the calling thread. Tasks are claimed one at a time from a shared counter, which balances uneven (causal)
- * work, and a call returns when its tasks are done, whether or not every helper got to run. Nothing is allocated per call: workers are woken by {@link LockSupport#unpark}.
+ * work, and a call returns when its tasks are done, whether or not every helper got to run. Nothing is
+ * allocated per call: workers are woken by {@link LockSupport#unpark}.
  *
  * <p><b>Spin policy.</b> A pool thread that has just finished a call's tasks spins ({@link Thread#onSpinWait})
  * for at most {@link #SPIN_NANOS} waiting for the next call before it parks, so back-to-back small calls (tens
@@ -33,13 +34,13 @@ final class WorkerPool {
     /** How long a pool thread spins for the next call after finishing one (see the class comment). */
     static final long SPIN_NANOS = Math.max(0, Long.getLong("qkv.pool.spinMicros", 0)) * 1000;
 
+    /** Low 32 bits of {@link #state} while a call's fields are being set or after it ended. */
+    private static final long CLOSED = 0xFFFF_FFFFL;
+
     static final WorkerPool SHARED = new WorkerPool(Math.max(0, Runtime.getRuntime().availableProcessors() - 1));
 
     private final ReentrantLock busy = new ReentrantLock();
     private final Thread[] threads;
-    /** Low 32 bits of {@link #state} while a call's fields are being set or after it ended. */
-    private static final long CLOSED = 0xFFFF_FFFFL;
-
     /** (generation of the open call) << 32 | (its next unclaimed task), or CLOSED in the low bits. */
     private final AtomicLong state = new AtomicLong(CLOSED);
     /** Tasks of the open call not yet finished (run, or skipped after a failure). */
