@@ -48,8 +48,9 @@ import java.util.Objects;
  *
  * <p><b>Memory.</b> Per worker the off-heap workspace holds a score tile of {@code rows × min(Lk, KEY_BLOCK)}
  * floats ({@code NATIVE_KEY_BLOCK}, rows padded, for OpenBLAS; no {@code Lq × Lk} matrix: a block that sees more
- * keys takes them a key block at a time with an online softmax, running max and sum per row) plus packed copies
- * of views without a unit stride; the Java backend also keeps its packed {@code kᵀ} and {@code v} panels on the Java heap. {@link #plan} reports both.
+ * keys than that takes them a key block at a time with an online softmax, running max and sum per row) plus
+ * packed copies of views without a unit stride; the Java backend also keeps its packed {@code kᵀ} and {@code v}
+ * panels on the Java heap. {@link #plan} reports both.
  * A {@linkplain Builder#workspaceBudget budget} lowers the block rows, then the workers, to fit.
  *
  * <p>An {@code Attention} is immutable and thread-safe. Calls without a {@link Workspace} use scratch kept per
