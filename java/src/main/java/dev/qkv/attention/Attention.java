@@ -30,7 +30,8 @@ import java.util.Objects;
  * one key at a time (slow, and only for such rows).
  *
  * <p><b>Algorithm.</b> The {@link Backend#NATIVE} and {@link Backend#JAVA} backends share one blocked
- * algorithm. The work is cut into tasks, one per (batch, head, block of {@link #BLOCK_ROWS} query rows). A task
+ * algorithm. The work is cut into tasks, one per (batch, head, block of query rows: {@link #BLOCK_ROWS} for the
+ * Java kernels, up to {@link #NATIVE_BLOCK_ROWS} for OpenBLAS, whose sgemm repacks its operands per call). A task
  * computes the scores of its block as one product {@code q_block · kᵀ} into a score tile of the workspace
  * (keys a causal block can never see are neither multiplied nor exponentiated, and a block that sees no key is
  * only zeroed), turns each row into unnormalized weights {@code exp(s - max)} (vectorized, see
@@ -51,9 +52,10 @@ import java.util.Objects;
  * packing buffers, so no scratch is shared.
  *
  * <p><b>Memory.</b> Per worker the off-heap workspace holds a score tile of {@code rows × min(Lk, KEY_BLOCK)}
- * floats (rows ≤ {@link #BLOCK_ROWS}; no {@code Lq × Lk} matrix: a block that sees more than {@code KEY_BLOCK}
- * keys takes them a key block at a time with an online softmax, running max and sum per row) plus packed copies of views without a unit stride; the Java
- * backend also keeps its packed {@code kᵀ} and {@code v} panels on the Java heap. {@link #plan} reports both.
+ * floats ({@code NATIVE_KEY_BLOCK}, rows padded, for OpenBLAS; no {@code Lq × Lk} matrix: a block that sees more
+ * keys than that takes them a key block at a time with an online softmax, running max and sum per row) plus
+ * packed copies of views without a unit stride; the Java backend also keeps its packed {@code kᵀ} and {@code v}
+ * panels on the Java heap. {@link #plan} reports both.
  * A {@linkplain Builder#workspaceBudget budget} lowers the block rows, then the workers, to fit.
  *
  * <p>An {@code Attention} is immutable and thread-safe. Calls without a {@link Workspace} use scratch kept per
@@ -82,9 +84,21 @@ public final class Attention {
      * so {@link Backend#AUTO} runs native; with an AVX2 core (e.g. {@code OPENBLAS_CORETYPE=Haswell}) the Java
      * kernels are faster at every shape (54 vs 68 µs tiny, 90 vs 64 GFLOP/s at [1, 8, 2048, 64]), so AUTO runs
      * Java. The crossover is therefore the core, not the size.
+     *
+     * <p>Round 3 (faster softmax for both engines, larger native blocks) moved the crossover within the AVX-512
+     * cores: native still wins the tiny shape (43 vs 46 µs at [1, 1, 128, 64]) and head size 128 (66-68 vs
+     * 70-72 ms at [1, 1, 4096, 128]), the Java kernels now win larger problems of head size 64 (77-79 vs 84-85 ms
+     * at [1, 8, 2048, 64]; causal 41 vs 49 ms), see {@link #AUTO_NATIVE_MIN_DK} and
+     * {@link #AUTO_NATIVE_MAX_FLOPS}.
      */
     private static final java.util.Set<String> AVX512_CORES =
             java.util.Set.of("skylakex", "cooperlake", "sapphirerapids");
+
+    /** With an AVX-512 core, {@link Backend#AUTO} runs native at this head size (Dk) and above (see AVX512_CORES). */
+    static final int AUTO_NATIVE_MIN_DK = 128;
+
+    /** With an AVX-512 core, {@link Backend#AUTO} runs native below this many dense FLOPs (see AVX512_CORES). */
+    static final double AUTO_NATIVE_MAX_FLOPS = 8e6;
 
     /**
      * Keys per block of the Java engine's online softmax: a query block that sees more keys takes them this many
@@ -94,8 +108,38 @@ public final class Attention {
      */
     static final int KEY_BLOCK = Integer.getInteger("qkv.keyBlock", 2048);
 
+    /**
+     * Query rows per block of the OpenBLAS engine. sgemm packs both operands on every call, so a 64-row block
+     * repacks all of kᵀ and v for 64 rows only; 256 rows amortize that packing (measured at [1, 8, 2048, 64],
+     * SkylakeX, per head: q · kᵀ 4.9 → 3.6 ms, p · v 5.5 → 4.0 ms; see bench/RESULTS.md, round 3). Lowered (not
+     * under {@link #BLOCK_ROWS}) while a call would have fewer than 4 tasks per core, and by the budget.
+     * The system property {@code qkv.nativeBlockRows} overrides it (for measurements and tests).
+     */
+    static final int NATIVE_BLOCK_ROWS = Integer.getInteger("qkv.nativeBlockRows", 256);
+
+    /**
+     * Keys per block of the OpenBLAS engine's online softmax: a 256 × 1024 score tile is 1 MiB, half of a core's
+     * L2, which leaves room for OpenBLAS's packed panels (2048 keys: a 2 MiB tile, measured no faster). The
+     * system property {@code qkv.nativeKeyBlock} overrides it.
+     */
+    static final int NATIVE_KEY_BLOCK = Integer.getInteger("qkv.nativeKeyBlock", 1024);
+
+    /** The larger of the two engines' block rows: the size of the per-row scratch arrays. */
+    private static final int MAX_BLOCK_ROWS = Math.max(BLOCK_ROWS, NATIVE_BLOCK_ROWS);
+
+    /** Cores of the machine: the native engine's block rows depend on it, never on a call's threads. */
+    private static final int CORES = Runtime.getRuntime().availableProcessors();
+
     /** Below this many dense FLOPs a call runs on the calling thread alone. */
     static final double PARALLEL_MIN_FLOPS = 8e6;
+
+    /**
+     * The same threshold for the native engine when the pool spins between calls ({@link WorkerPool#SPIN_NANOS},
+     * off by default): a spinning helper starts without a wake-up, so the two 64-row tasks of [1, 1, 128, 64]
+     * (4 MFLOP) can run in parallel (21-23 µs when the second core is free; bench/RESULTS.md, round 3). The Java
+     * engine keeps 8 MFLOP: each of its workers packs kᵀ and v of the head again.
+     */
+    static final double NATIVE_PARALLEL_MIN_FLOPS = 2e6;
 
     private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
     private static final ThreadLocal<Scratch> SCRATCH = ThreadLocal.withInitial(Scratch::new);
@@ -229,7 +273,8 @@ public final class Attention {
     public String kernelName() {
         if (backend == Backend.AUTO) {
             if (autoNative && packed != null) {
-                return "auto(native; java-vector below " + AUTO_JAVA_QUERIES + " query rows)";
+                return "auto(native below " + (long) AUTO_NATIVE_MAX_FLOPS + " FLOPs or from Dk = " + AUTO_NATIVE_MIN_DK
+                        + "; java-vector otherwise and below " + AUTO_JAVA_QUERIES + " query rows)";
             }
             return packed != null ? "java-vector" : matmul.name();
         }
@@ -302,6 +347,24 @@ public final class Attention {
     }
 
     /**
+     * Bytes of workspace that the score tiles of a call with {@code lq} query rows and {@code lk} keys can need,
+     * all workers together, when no operand has to be packed (unit inner strides): an upper bound over the
+     * engines this instance may run, for callers that size one workspace for many calls.
+     */
+    public long scoreTileBytes(long lq, long lk) {
+        if (matmul == null) {
+            return 0;
+        }
+        long q = Math.max(lq, 1);
+        long k = Math.max(lk, 1);
+        // Java engine and few-query path: up to BLOCK_ROWS rows of all keys; native: larger blocks, one
+        // padded key block
+        long javaTile = Math.min(BLOCK_ROWS, q) * k;
+        long nativeTile = Math.min(MAX_BLOCK_ROWS, q) * (Math.min(k, NATIVE_KEY_BLOCK) + 16);
+        return Math.multiplyExact(Math.max(javaTile, nativeTile) * Float.BYTES, (long) threads);
+    }
+
+    /**
      * How a call with these tensors would run, one line: kernel, workers, block rows, tasks, off-heap workspace
      * and heap scratch in bytes, and the budget.
      */
@@ -337,10 +400,10 @@ public final class Attention {
         final Operand qo = new Operand();
         final Operand ko = new Operand();
         final Operand vo = new Operand();
-        final float[] rowScale = new float[BLOCK_ROWS];
-        final float[] rowMax = new float[BLOCK_ROWS];
-        final float[] rowSum = new float[BLOCK_ROWS];
-        final float[] qScale = new float[BLOCK_ROWS];
+        final float[] rowScale = new float[MAX_BLOCK_ROWS];
+        final float[] rowMax = new float[MAX_BLOCK_ROWS];
+        final float[] rowSum = new float[MAX_BLOCK_ROWS];
+        final float[] qScale = new float[MAX_BLOCK_ROWS];
         float[] kPack = new float[0];
         float[] vPack = new float[0];
         float[] aBuf = new float[0];
@@ -401,6 +464,10 @@ public final class Attention {
         boolean small;
         /** Few queries on OpenBLAS: matrix-vector products per query row (see {@link #gemvRows}). */
         boolean gemv;
+        /** Keys per block of the online softmax ({@link #KEY_BLOCK} or {@link #NATIVE_KEY_BLOCK}). */
+        int keyBlock;
+        /** OpenBLAS runs the products (the generic engine on native sgemm). */
+        boolean nativeEngine;
         int tileRows;
         int blocks;
         int tasks;
@@ -489,7 +556,8 @@ public final class Attention {
             // the packed Java engine reads q, k, v in place (any unit-stride layout) and writes out row-major
             double flops = 4.0 * batch * hq * lq * lk * Math.max(dk, dv);
             usePacked = owner.packed != null && !packQ && !packK && !packV && !packOut
-                    && (!owner.autoNative || lq < AUTO_JAVA_QUERIES);
+                    && (!owner.autoNative || lq < AUTO_JAVA_QUERIES
+                        || dk < AUTO_NATIVE_MIN_DK && flops >= AUTO_NATIVE_MAX_FLOPS);
             small = usePacked && lq < 8 && rowMajorOk(q) && rowMajorOk(k) && rowMajorOk(v);
             gemv = !usePacked && owner.blas != null && lq < GEMV_QUERIES;
             if (!usePacked && !packV && owner.blas != null && lq >= AUTO_JAVA_QUERIES && hasSubnormal(v, owner.rows)) {
@@ -498,8 +566,23 @@ public final class Attention {
                 // by the products; decoding-sized calls (fewer than 8 queries) skip it.
                 packV = true;
             }
-            int want = flops < PARALLEL_MIN_FLOPS || owner.threads == 1 || !shareable() ? 1 : owner.threads;
-            tileRows = Math.max(1, Math.min(BLOCK_ROWS, lq));
+            nativeEngine = !usePacked && owner.blas != null;
+            double parallelMin = nativeEngine && WorkerPool.SHARED.spins() ? NATIVE_PARALLEL_MIN_FLOPS
+                    : PARALLEL_MIN_FLOPS;
+            int want = flops < parallelMin || owner.threads == 1 || !shareable() ? 1 : owner.threads;
+            keyBlock = nativeEngine ? NATIVE_KEY_BLOCK : KEY_BLOCK;
+            int rows0 = BLOCK_ROWS;
+            if (nativeEngine) {
+                // Larger blocks while each core could still get 4 tasks (uneven causal blocks balance). From the
+                // shape and the machine only, never from this call's threads: sgemm's bits depend on how the rows
+                // are cut (measured), and results must not change with the thread count.
+                rows0 = Math.max(BLOCK_ROWS, NATIVE_BLOCK_ROWS);
+                while (rows0 > BLOCK_ROWS
+                        && (long) batch * hq * ((lq + rows0 - 1) / rows0) < 4L * CORES) {
+                    rows0 /= 2;
+                }
+            }
+            tileRows = Math.max(1, Math.min(rows0, lq));
             plan(want);
             callId = 0;
         }
@@ -548,7 +631,7 @@ public final class Attention {
         /** Floats of off-heap workspace per worker, setting the pack offsets. */
         private long layout(int rowsNow) {
             // the score tile holds one key block (see KEY_BLOCK); the few-query path takes all keys at once
-            int cols = small || gemv ? lk : Math.min(lk, KEY_BLOCK);
+            int cols = small || gemv ? lk : tileLd(Math.min(lk, keyBlock));
             long cursor = (long) rowsNow * Math.max(cols, 1);
             qPackAt = cursor;
             cursor += packQ ? (long) lq * dk : 0;
@@ -745,23 +828,24 @@ public final class Attention {
                 zeroRows(outSeg, outRows, rows, dv, ldo);
             } else if (gemv) {
                 gemvRows(s, ws, base, i0, rows, keys, maskHead, outSeg, outRows, ldo);
-            } else if (keys > KEY_BLOCK) {
+            } else if (keys > keyBlock) {
                 genericOnline(s, mm, ws, base, i0, rows, keys, maskHead, outSeg, outRows, ldo);
             } else {
+                final int lds = tileLd(keys);
                 // scores [rows, keys] = scale · q_block · kᵀ (all zero when Dk = 0)
                 if (dk == 0) {
-                    zeroRows(ws, base, rows, keys, keys);
+                    zeroRows(ws, base, rows, keys, lds);
                 } else {
                     product(mm, Transpose.NO.flipIf(qo.transposed), Transpose.YES.flipIf(ko.transposed),
                             rows, keys, dk, scale,
                             qo.seg, qo.offset + i0 * qo.rowStep, qo.ld, ko.seg, ko.offset, ko.ld,
-                            ws, base, keys);
+                            ws, base, lds);
                 }
                 // mask, row max, exp and sum; the 1/sum is applied to the output rows
-                softmaxRows(ws, base, i0, rows, keys, maskHead, s.rowScale);
+                softmaxRows(ws, base, lds, i0, rows, keys, maskHead, s.rowScale);
                 // out_block [rows, Dv] = p · v, then each row times its 1/sum
                 product(mm, Transpose.NO, Transpose.NO.flipIf(vo.transposed), rows, dv, keys, 1f,
-                        ws, base, keys, vo.seg, vo.offset, vo.ld, outSeg, outRows, ldo);
+                        ws, base, lds, vo.seg, vo.offset, vo.ld, outSeg, outRows, ldo);
                 for (int r = 0; r < rows; r++) {
                     if (s.rowScale[r] == 0f) {
                         // no key allowed: zeros, even where v holds NaN or Inf (0 · NaN would be NaN)
@@ -828,7 +912,7 @@ public final class Attention {
                 }
             }
             // mask, row max, exp and sum
-            softmaxRows(ws, base, i0, rows, keys, maskHead, s.rowScale);
+            softmaxRows(ws, base, keys, i0, rows, keys, maskHead, s.rowScale);
             for (int r = 0; r < rows; r++) {
                 final float inv = s.rowScale[r];
                 final long oAt = outRows + (long) r * ldo;
@@ -847,11 +931,21 @@ public final class Attention {
             }
         }
 
-        private void softmaxRows(MemorySegment ws, long base, int i0, int rows, int keys, long maskHead,
+        /**
+         * Leading dimension of a score tile of {@code keys} columns: for the native engine a row of a multiple of
+         * 64 floats (256 B) is padded by one cache line, so that consecutive tile rows do not fall into the same
+         * few L1 sets when sgemm writes a column of them (measured q · kᵀ per head at 256 × 2048: 3.84 → 3.62
+         * ms).
+         */
+        private int tileLd(int keys) {
+            return nativeEngine && keys % 64 == 0 ? keys + 16 : keys;
+        }
+
+        private void softmaxRows(MemorySegment ws, long base, int lds, int i0, int rows, int keys, long maskHead,
                                  float[] inv) {
             for (int r = 0; r < rows; r++) {
                 int i = i0 + r;
-                inv[r] = owner.rows.expRow(ws, base + (long) r * keys, keys, limitFor(i, keys), mSeg,
+                inv[r] = owner.rows.expRow(ws, base + (long) r * lds, keys, limitFor(i, keys), mSeg,
                         maskHead + (long) i * ms2, ms3, maskBool);
             }
         }
@@ -889,7 +983,7 @@ public final class Attention {
                 }
                 pk.dotRows(s.qBuf, 0, dk, rows, k.segment(), kBase, (int) ld(k.stride(2), dk), keys, dk,
                         ws, base, keys);
-                softmaxRows(ws, base, i0, rows, keys, maskHead, inv);
+                softmaxRows(ws, base, keys, i0, rows, keys, maskHead, inv);
                 pk.axpyRows(ws, base, keys, rows, v.segment(), vBase, (int) ld(v.stride(2), dv), keys, dv, inv,
                         outSeg, outRows, ldo);
                 zeroMaskedRows(inv, rows, outSeg, outRows, dv, ldo);
@@ -932,7 +1026,7 @@ public final class Attention {
             pk.gemm(!qRow, q.segment(), qAt, ldq, rows, keys, dk, s.aBuf, s.kPack, dk, lk, 0, 0, inv, 0f, ws, base,
                     keys);
             // mask, row max, exp and sum
-            softmaxRows(ws, base, i0, rows, keys, maskHead, inv);
+            softmaxRows(ws, base, keys, i0, rows, keys, maskHead, inv);
             // out_block [rows, Dv] = p · v / sum
             pk.gemm(false, ws, base, keys, rows, dv, keys, s.aBuf, s.vPack, lk, dv, 0, 0, inv, 0f, outSeg, outRows,
                     ldo);
@@ -960,7 +1054,7 @@ public final class Attention {
                 // scores [rows, nk] = scale · q_block · kᵀ[:, j0, j0 + nk)
                 pk.gemm(!qRow, q.segment(), qAt, ldq, rows, nk, dk, s.aBuf, s.kPack, dk, lk, 0, j0, s.qScale, 0f,
                         ws, base, nk);
-                onlineRows(ws, base, i0, rows, keys, j0, nk, maskHead, max, sum, outSeg, outRows, ldo);
+                onlineRows(ws, base, nk, i0, rows, keys, j0, nk, maskHead, max, sum, outSeg, outRows, ldo);
                 // out_block [rows, Dv] (+)= p · v[j0, j0 + nk)
                 pk.gemm(false, ws, base, nk, rows, dv, nk, s.aBuf, s.vPack, lk, dv, j0, 0, null, j0 == 0 ? 0f : 1f,
                         outSeg, outRows, ldo);
@@ -978,20 +1072,21 @@ public final class Attention {
             final float[] sum = s.rowSum;
             java.util.Arrays.fill(max, 0, rows, Float.NEGATIVE_INFINITY);
             java.util.Arrays.fill(sum, 0, rows, 0f);
-            for (int j0 = 0; j0 < keys; j0 += KEY_BLOCK) {
-                final int nk = Math.min(KEY_BLOCK, keys - j0);
+            for (int j0 = 0; j0 < keys; j0 += keyBlock) {
+                final int nk = Math.min(keyBlock, keys - j0);
+                final int lds = tileLd(nk);
                 // scores [rows, nk] = scale · q_block · kᵀ[:, j0, j0 + nk) (all zero when Dk = 0)
                 if (dk == 0) {
-                    zeroRows(ws, base, rows, nk, nk);
+                    zeroRows(ws, base, rows, nk, lds);
                 } else {
                     product(mm, Transpose.NO.flipIf(qo.transposed), Transpose.YES.flipIf(ko.transposed),
                             rows, nk, dk, scale, qo.seg, qo.offset + i0 * qo.rowStep, qo.ld,
-                            ko.seg, ko.offset + j0 * ko.rowStep, ko.ld, ws, base, nk);
+                            ko.seg, ko.offset + j0 * ko.rowStep, ko.ld, ws, base, lds);
                 }
-                onlineRows(ws, base, i0, rows, keys, j0, nk, maskHead, max, sum, outSeg, outRows, ldo);
+                onlineRows(ws, base, lds, i0, rows, keys, j0, nk, maskHead, max, sum, outSeg, outRows, ldo);
                 // out_block [rows, Dv] (+)= p · v[j0, j0 + nk)
                 product(mm, Transpose.NO, Transpose.NO.flipIf(vo.transposed), rows, dv, nk, 1f,
-                        ws, base, nk, vo.seg, vo.offset + j0 * vo.rowStep, vo.ld, j0 == 0 ? 0f : 1f,
+                        ws, base, lds, vo.seg, vo.offset + j0 * vo.rowStep, vo.ld, j0 == 0 ? 0f : 1f,
                         outSeg, outRows, ldo);
             }
             onlineFinish(rows, sum, s.rowScale, outSeg, outRows, ldo);
@@ -1001,14 +1096,14 @@ public final class Attention {
          * The softmax of one key block {@code [j0, j0 + nk)} of an online pass: weights into the tile, the
          * running max and sum updated, and each output row rescaled by {@code exp(m_old - m_new)} when the max grew.
          */
-        private void onlineRows(MemorySegment ws, long base, int i0, int rows, int keys, int j0, int nk, long maskHead,
-                                float[] max, float[] sum, MemorySegment outSeg, long outRows, int ldo) {
+        private void onlineRows(MemorySegment ws, long base, int lds, int i0, int rows, int keys, int j0, int nk,
+                                long maskHead, float[] max, float[] sum, MemorySegment outSeg, long outRows, int ldo) {
             final RowKernels rk = owner.rows;
             for (int r = 0; r < rows; r++) {
                 final int i = i0 + r;
                 final float old = max[r];
                 final int lim = clamp((long) limitFor(i, keys) - j0, 0, nk);
-                final float blockSum = rk.expRowOnline(ws, base + (long) r * nk, nk, lim, mSeg,
+                final float blockSum = rk.expRowOnline(ws, base + (long) r * lds, nk, lim, mSeg,
                         maskHead + (long) i * ms2 + (long) j0 * ms3, ms3, maskBool, max, r);
                 final float m = max[r];
                 // StrictMath: the same bits in every JIT tier; once per row and block, so its cost is nil

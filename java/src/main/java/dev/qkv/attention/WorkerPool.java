@@ -2,6 +2,7 @@ package dev.qkv.attention;
 
 import java.lang.foreign.MemorySegment;
 import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.atomic.AtomicReference;
 import java.util.concurrent.locks.LockSupport;
 import java.util.concurrent.locks.ReentrantLock;
@@ -11,7 +12,17 @@ import java.util.concurrent.locks.ReentrantLock;
  * other worker), shared by every {@link Attention}, so that no number of instances can oversubscribe the
  * cores. A call hands its tasks to the pool only when the pool is idle; a call that finds it busy runs its tasks
  * on the calling thread. Tasks are claimed one at a time from a shared counter, which balances uneven (causal)
- * work. Nothing is allocated per call: workers are woken by {@link LockSupport#unpark}.
+ * work, and a call returns when its tasks are done, whether or not every helper got to run. Nothing is
+ * allocated per call: workers are woken by {@link LockSupport#unpark}.
+ *
+ * <p><b>Spin policy.</b> A pool thread that has just finished a call's tasks spins ({@link Thread#onSpinWait})
+ * for at most {@link #SPIN_NANOS} waiting for the next call before it parks, so back-to-back small calls (tens
+ * of microseconds) find it running instead of paying a futex wake-up and a reschedule each time. The spin is
+ * bounded and starts only after work: an idle pool is parked and uses no CPU, and a busy process pays at most
+ * {@code SPIN_NANOS} of one core per call. The system property {@code qkv.pool.spinMicros} sets the bound;
+ * the default is 0 (park at once): on the shared 2-core machine of bench/RESULTS.md (round 3) a 50 µs spin let
+ * the tiny shape run in 21-23 µs on two threads when the second core was free, but under load the median stayed
+ * at the one-thread time and JMH read 57-62 µs against 43-47, so spinning is for callers who own the cores.
  */
 final class WorkerPool {
 
@@ -20,12 +31,20 @@ final class WorkerPool {
         void run(int task, int worker);
     }
 
+    /** How long a pool thread spins for the next call after finishing one (see the class comment). */
+    static final long SPIN_NANOS = Math.max(0, Long.getLong("qkv.pool.spinMicros", 0)) * 1000;
+
+    /** Low 32 bits of {@link #state} while a call's fields are being set or after it ended. */
+    private static final long CLOSED = 0xFFFF_FFFFL;
+
     static final WorkerPool SHARED = new WorkerPool(Math.max(0, Runtime.getRuntime().availableProcessors() - 1));
 
     private final ReentrantLock busy = new ReentrantLock();
     private final Thread[] threads;
-    private final AtomicInteger next = new AtomicInteger();
-    private final AtomicInteger running = new AtomicInteger();
+    /** (generation of the open call) << 32 | (its next unclaimed task), or CLOSED in the low bits. */
+    private final AtomicLong state = new AtomicLong(CLOSED);
+    /** Tasks of the open call not yet finished (run, or skipped after a failure). */
+    private final AtomicInteger pending = new AtomicInteger();
     private final AtomicReference<Throwable> failure = new AtomicReference<>();
     private volatile long generation;
     private volatile int helpers;
@@ -57,7 +76,9 @@ final class WorkerPool {
 
     /**
      * Runs tasks {@code 0 .. count-1} on the caller and up to {@code wanted} pool threads, and returns when all
-     * are done. A failure in any task is rethrown here (the remaining tasks are skipped).
+     * are done. A failure in any task is rethrown here (the remaining tasks are skipped). The call waits for
+     * its tasks, not for its helpers: a helper the scheduler has not run yet (the cores busy with other
+     * processes) finds nothing left to claim, and the caller has run every task itself.
      */
     void run(Tasks job, int count, int wanted) {
         int h = Math.min(Math.min(wanted, threads.length), count - 1);
@@ -69,26 +90,30 @@ final class WorkerPool {
         }
         try {
             start(h);
+            long g = generation + 1;
+            // closed while the fields change: a late claim for an earlier call cannot succeed from here on
+            state.set(g << 32 | CLOSED);
             tasks = job;
             taskCount = count;
             helpers = h;
-            next.set(0);
             failure.set(null);
-            running.set(h);
+            pending.set(count);
             caller = Thread.currentThread();
-            generation++;
+            state.set(g << 32);
+            generation = g;
             for (int i = 0; i < h; i++) {
                 LockSupport.unpark(threads[i]);
             }
-            drain(job, count, 0);
+            drain(job, g, count, 0);
             int spins = 0;
-            while (running.get() > 0) {
+            while (pending.get() > 0) {
                 if (++spins < 2000) {
                     Thread.onSpinWait();
                 } else {
                     LockSupport.park(this);
                 }
             }
+            state.set(g << 32 | CLOSED);
             tasks = null;
             Throwable f = failure.get();
             if (f != null) {
@@ -106,14 +131,37 @@ final class WorkerPool {
         }
     }
 
-    private void drain(Tasks job, int count, int worker) {
-        try {
-            for (int t; (t = next.getAndIncrement()) < count; ) {
-                job.run(t, worker);
+    /**
+     * The next task of call {@code g}, or -1 when none is left or {@code g} is no longer the open call. One
+     * compare-and-set on (generation, next task) together: a helper that read the fields of another call cannot
+     * claim a task with them.
+     */
+    private int claim(long g, int count) {
+        for (;;) {
+            long st = state.get();
+            int t = (int) st;
+            if (st >>> 32 != (g & CLOSED) || t < 0 || t >= count) {
+                return -1;
             }
-        } catch (Throwable e) {
-            failure.compareAndSet(null, e);
-            next.set(count);
+            if (state.compareAndSet(st, st + 1)) {
+                return t;
+            }
+        }
+    }
+
+    private void drain(Tasks job, long g, int count, int worker) {
+        for (int t; (t = claim(g, count)) >= 0; ) {
+            try {
+                if (failure.get() == null) {
+                    job.run(t, worker);
+                }
+            } catch (Throwable e) {
+                failure.compareAndSet(null, e);
+            } finally {
+                if (pending.decrementAndGet() == 0 && worker != 0) {
+                    LockSupport.unpark(caller);
+                }
+            }
         }
     }
 
@@ -129,22 +177,35 @@ final class WorkerPool {
         }
     }
 
+    /** True when pool threads spin between calls (then a small call is worth sharing with them). */
+    boolean spins() {
+        return SPIN_NANOS > 0 && threads.length > 0;
+    }
+
     private void loop(int index) {
         long seen = 0;
+        long spinUntil = 0;
         for (;;) {
             long g = generation;
             if (g == seen) {
-                LockSupport.park(this);
+                if (spinUntil != 0 && System.nanoTime() - spinUntil < 0) {
+                    Thread.onSpinWait();
+                } else {
+                    spinUntil = 0;
+                    LockSupport.park(this);
+                }
                 continue;
             }
             seen = g;
             if (index >= helpers) {
                 continue;
             }
-            drain(tasks, taskCount, index + 1);
-            if (running.decrementAndGet() == 0) {
-                LockSupport.unpark(caller);
+            Tasks job = tasks;
+            int count = taskCount;
+            if (job != null) {
+                drain(job, g, count, index + 1);
             }
+            spinUntil = SPIN_NANOS == 0 ? 0 : System.nanoTime() + SPIN_NANOS;
         }
     }
 }

@@ -96,18 +96,36 @@ final class VectorRowKernels extends RowKernels {
         return sum;
     }
 
-    /** Row max of {@code s[0, limit)} (NaN if any is NaN). */
+    /**
+     * Row max of {@code s[0, limit)} over its non-NaN entries, or NaN when the row holds a NaN and nothing above
+     * -inf. The vector max is a compare and blend: {@code FloatVector.max} has {@link Math#max} semantics (NaN
+     * and -0.0 first), which C2 emits as several instructions per vector (measured: the softmax of a 2048-key row
+     * 0.55 ns per score with it and the exp clamps, 0.31 without). Skipping NaN here loses nothing: a NaN score
+     * still makes its exponential, the row's sum and so its factor NaN; only a row whose other entries are all
+     * -inf would then look fully masked, hence the rescan there.
+     */
     private static float max(MemorySegment s, long base, int limit) {
         FloatVector vmax = FloatVector.broadcast(SP, Float.NEGATIVE_INFINITY);
         int j = 0;
         for (; j <= limit - L; j += L) {
-            vmax = vmax.max(FloatVector.fromMemorySegment(SP, s, base + (long) j * Float.BYTES, O));
+            FloatVector x = FloatVector.fromMemorySegment(SP, s, base + (long) j * Float.BYTES, O);
+            vmax = vmax.blend(x, vmax.compare(VectorOperators.LT, x));
         }
         float max = vmax.reduceLanes(VectorOperators.MAX);
         for (; j < limit; j++) {
             max = Math.max(max, s.get(F, base + (long) j * Float.BYTES));
         }
-        return max;
+        return max == Float.NEGATIVE_INFINITY ? nanOrMinusInf(s, base, limit) : max;
+    }
+
+    /** NaN when {@code s[0, limit)} holds a NaN, else -inf (the row max when no entry is above -inf). */
+    private static float nanOrMinusInf(MemorySegment s, long base, int limit) {
+        for (int j = 0; j < limit; j++) {
+            if (Float.isNaN(s.get(F, base + (long) j * Float.BYTES))) {
+                return Float.NaN;
+            }
+        }
+        return Float.NEGATIVE_INFINITY;
     }
 
     /** Applies a unit-stride mask to {@code s[0, limit)} in place and returns the row max. */
@@ -120,7 +138,7 @@ final class VectorRowKernels extends RowKernels {
             FloatVector x = masked(FloatVector.fromMemorySegment(SP, s, off, O),
                     FloatVector.fromMemorySegment(SP, mask, mBase + (long) j * Float.BYTES, O), maskBool);
             x.intoMemorySegment(s, off, O);
-            vmax = vmax.max(x);
+            vmax = vmax.blend(x, vmax.compare(VectorOperators.LT, x));
         }
         float max = vmax.reduceLanes(VectorOperators.MAX);
         for (; j < limit; j++) {
@@ -131,10 +149,17 @@ final class VectorRowKernels extends RowKernels {
             s.set(F, off, x);
             max = Math.max(max, x);
         }
-        return max;
+        // NaN skipped by the blend as in max(); the masked values are in s now
+        return max == Float.NEGATIVE_INFINITY ? nanOrMinusInf(s, base, limit) : max;
     }
 
-    /** {@code s[j] = exp(s[j] - max)} for {@code j < limit}; returns the sum. */
+    /**
+     * {@code s[j] = exp(s[j] - max)} for {@code j < limit}; returns the sum. The arguments are at most 0 (max is
+     * the row max) or NaN, so the exponential needs no upper clamp, and below {@code EXP_LO} the result is
+     * replaced by 0 whatever the intermediate values were, so it needs no lower clamp either: without the two
+     * clamps ({@code FloatVector.max/min}, several instructions each) the same bits come out for every argument
+     * in {@code [EXP_LO, EXP_HI]}, faster (see {@link #max}).
+     */
     private static float expAndSum(MemorySegment s, long base, int limit, float max) {
         FloatVector vsum = FloatVector.zero(SP);
         int j = 0;
@@ -145,10 +170,9 @@ final class VectorRowKernels extends RowKernels {
             // 2^n from exponent bits. Written out here, not in a helper: a helper C2 does not inline (it can
             // be compiled on its own first) boxes its vector argument and result on every call.
             VectorMask<Float> tiny = x.compare(VectorOperators.LT, EXP_LO);
-            FloatVector xc = x.max(EXP_LO).min(EXP_HI);
-            FloatVector jv = xc.fma(LOG2E, MAGIC);
+            FloatVector jv = x.fma(LOG2E, MAGIC);
             FloatVector n = jv.sub(MAGIC);
-            FloatVector r = n.fma(bc(-C1), xc);
+            FloatVector r = n.fma(bc(-C1), x);
             r = n.fma(bc(-C2), r);
             FloatVector p = r.fma(P0, P1);
             p = p.fma(r, bc(P2));
@@ -279,7 +303,10 @@ final class VectorRowKernels extends RowKernels {
      */
     @Override
     public void exp(float[] src, float[] dst, int n) {
-        System.arraycopy(src, 0, dst, 0, n);
+        for (int i = 0; i < n; i++) {
+            // the softmax's arguments are at most 0; other callers get the clamp expAndSum leaves out
+            dst[i] = Math.min(src[i], EXP_HI);
+        }
         expAndSum(MemorySegment.ofArray(dst), 0, n, 0f);
     }
 }

@@ -156,10 +156,8 @@ public final class MultiHeadAttention {
         if (backend == Backend.REFERENCE) {
             return 0;
         }
-        // one score tile per worker (the attention runs up to threads() workers on one call); our head views are
-        // always usable in place (unit inner stride), so nothing is packed
-        long tile = Math.multiplyExact(Math.min(Attention.BLOCK_ROWS, Math.max(lq, 1)) * Math.max(lk, 1), Float.BYTES);
-        return Math.multiplyExact(tile, (long) attention.threads());
+        // our head views are always usable in place (unit inner stride), so the score tiles are all it needs
+        return attention.scoreTileBytes(lq, lk);
     }
 
     /**
