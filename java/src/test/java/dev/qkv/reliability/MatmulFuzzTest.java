@@ -51,35 +51,6 @@ class MatmulFuzzTest {
                 Named.of("OpenBlas.sgemm", new Object[] {sgemm, true, "sgemm"}));
     }
 
-    /** One operand as the case generator laid it out. */
-    static final class Operand {
-        MemorySegment seg;
-        long off;
-        int ld;
-        int rows;
-        int cols;
-        boolean closed;
-
-        /** One past the last element a naive product would touch, in elements from the segment start. */
-        long reach() {
-            return rows <= 0 || cols <= 0 ? off : off + (long) (rows - 1) * ld + cols;
-        }
-
-        long floats() {
-            return seg == null ? 0 : seg.byteSize() / Float.BYTES;
-        }
-
-        long address(long element) {
-            return seg.address() + element * Float.BYTES;
-        }
-
-        @Override
-        public String toString() {
-            return "[" + rows + " x " + cols + "] ld=" + ld + " off=" + off + " seg=" + floats() + " floats"
-                    + (seg != null && !seg.isNative() ? " heap" : "") + (closed ? " closed" : "");
-        }
-    }
-
     @ParameterizedTest(name = "{0}")
     @MethodSource("entryPoints")
     void randomArgumentsNeverCrashAndValidOnesMatchTheReference(Object[] entry) {
@@ -100,16 +71,16 @@ class MatmulFuzzTest {
                 int k = Fuzz.tailSize(r);
                 float alpha = new float[] {1f, -0.5f, 2f, 0f}[r.nextInt(4)];
                 float beta = new float[] {0f, 0f, 1f, -2f}[r.nextInt(4)];
-                Operand a = layout(arena, r, ta == Transpose.NO ? m : k, ta == Transpose.NO ? k : m);
-                Operand b = layout(arena, r, tb == Transpose.NO ? k : n, tb == Transpose.NO ? n : k);
-                Operand c = layout(arena, r, m, n);
+                RawOperand a = place(arena, r, ta == Transpose.NO ? m : k, ta == Transpose.NO ? k : m);
+                RawOperand b = place(arena, r, tb == Transpose.NO ? k : n, tb == Transpose.NO ? n : k);
+                RawOperand c = place(arena, r, m, n);
                 String mutation = mutate(arena, r, a, b, c, nativeOnly);
                 int mm = mutation.equals("negative m") ? -1 - r.nextInt(3) : m;
                 int nn = mutation.equals("negative n") ? -1 : n;
                 int kk = mutation.equals("negative k") ? Integer.MIN_VALUE : k;
                 boolean nullFlag = mutation.equals("null transpose");
                 String verdict = independentVerdict(mm, nn, kk, a, b, c, nativeOnly, nullFlag);
-                boolean escapes = escapes(a) || escapes(b) || escapes(c);
+                boolean escapes = a.escapes() || b.escapes() || c.escapes();
                 String what = "seed=" + seed + " case " + it + " (" + mutation + ") ta=" + ta + " tb=" + tb + " m=" + mm
                         + " n=" + nn + " k=" + kk + " alpha=" + alpha + " beta=" + beta + " a=" + a + " b=" + b
                         + " c=" + c + " expected " + (verdict == null ? "valid" : "rejection: " + verdict);
@@ -147,36 +118,17 @@ class MatmulFuzzTest {
                 "the generator must produce all kinds of cases: " + valid + " " + rejected + " " + wouldHaveEscaped);
     }
 
-    private static boolean escapes(Operand o) {
-        return o.seg != null && o.rows > 0 && o.cols > 0 && (o.off < 0 || o.reach() > o.floats());
-    }
-
     /** A random valid placement: padded leading dimension, offset, and sometimes slack after the last row. */
-    private static Operand layout(Arena arena, Random r, int rows, int cols) {
-        Operand o = new Operand();
-        o.rows = rows;
-        o.cols = cols;
-        o.ld = Math.max(1, cols) + (r.nextInt(3) == 0 ? r.nextInt(5) : 0);
-        o.off = r.nextInt(3) == 0 ? r.nextInt(9) : 0;
-        long need = Math.max(o.reach(), o.off);
-        long floats = need + (r.nextBoolean() ? 0 : r.nextInt(4));
-        o.seg = arena.allocate(Math.max(floats, 0) * Float.BYTES, 4);
-        fillRandom(r, o.seg);
-        return o;
-    }
-
-    private static void fillRandom(Random r, MemorySegment s) {
-        for (long i = 0; i < s.byteSize() / Float.BYTES; i++) {
-            s.setAtIndex(F, i, r.nextFloat() * 2 - 1);
-        }
+    private static RawOperand place(Arena arena, Random r, int rows, int cols) {
+        return RawOperand.place(arena, r, rows, cols, Math.max(1, cols) + (r.nextInt(3) == 0 ? r.nextInt(5) : 0));
     }
 
     /** Breaks the case in one way (or not at all) and names what it did. */
-    private static String mutate(Arena arena, Random r, Operand a, Operand b, Operand c, boolean nativeOnly) {
+    private static String mutate(Arena arena, Random r, RawOperand a, RawOperand b, RawOperand c, boolean nativeOnly) {
         if (r.nextInt(10) < 4) {
             return "none";
         }
-        Operand o = switch (r.nextInt(3)) {
+        RawOperand o = switch (r.nextInt(3)) {
             case 0 -> a;
             case 1 -> b;
             default -> c;
@@ -204,11 +156,11 @@ class MatmulFuzzTest {
             }
             case 5, 6 -> {
                 // C inside an input's memory: a different segment object over the same bytes, or the same segment
-                Operand in = r.nextBoolean() ? a : b;
+                RawOperand in = r.nextBoolean() ? a : b;
                 long span = Math.max(c.reach() - c.off, 0);
                 long floats = Math.max(in.floats(), span + 8);
                 MemorySegment shared = arena.allocate(floats * Float.BYTES, 4);
-                fillRandom(r, shared);
+                RawOperand.fillRandom(r, shared);
                 in.seg = shared;
                 long cOff = r.nextInt((int) Math.max(1, floats - span));
                 c.seg = r.nextBoolean() ? shared : shared.asSlice(0);
@@ -245,7 +197,7 @@ class MatmulFuzzTest {
      * The documented contract, restated from the arguments: null (valid) or why the call must be rejected.
      * This deliberately shares no code with {@code SgemmArgs}.
      */
-    private static String independentVerdict(int m, int n, int k, Operand a, Operand b, Operand c,
+    private static String independentVerdict(int m, int n, int k, RawOperand a, RawOperand b, RawOperand c,
                                              boolean nativeOnly, boolean nullFlag) {
         if (m < 0 || n < 0 || k < 0) {
             return "negative size";
@@ -253,7 +205,7 @@ class MatmulFuzzTest {
         if (nullFlag) {
             return "null flag";
         }
-        for (Operand o : new Operand[] {a, b, c}) {
+        for (RawOperand o : new RawOperand[] {a, b, c}) {
             if (o.seg == null) {
                 return "null segment";
             }
@@ -275,7 +227,7 @@ class MatmulFuzzTest {
                 return "reach";
             }
         }
-        for (Operand in : new Operand[] {a, b}) {
+        for (RawOperand in : new RawOperand[] {a, b}) {
             if (comparableAddresses(c, in) && c.reach() > c.off && in.reach() > in.off
                     && c.address(c.off) < in.address(in.reach()) && in.address(in.off) < c.address(c.reach())) {
                 return "overlap";
@@ -285,7 +237,7 @@ class MatmulFuzzTest {
     }
 
     /** Native segments share one address space; the generator never makes heap segments share an array. */
-    private static boolean comparableAddresses(Operand x, Operand y) {
+    private static boolean comparableAddresses(RawOperand x, RawOperand y) {
         return x.seg.isNative() && y.seg.isNative();
     }
 
@@ -293,13 +245,13 @@ class MatmulFuzzTest {
         return s == null ? new float[0] : s.toArray(ValueLayout.JAVA_FLOAT);
     }
 
-    private static float opA(Transpose t, Operand o, int i, int p) {
+    private static float opA(Transpose t, RawOperand o, int i, int p) {
         return o.seg.getAtIndex(F, o.off + (t == Transpose.NO ? (long) i * o.ld + p : (long) p * o.ld + i));
     }
 
     /** C [m, n] = alpha · op(A) · op(B) + beta · C in double, C's old values ignored when beta is 0. */
-    private static double[] reference(Transpose ta, Transpose tb, int m, int n, int k, float alpha, Operand a,
-                                      Operand b, float beta, Operand c) {
+    private static double[] reference(Transpose ta, Transpose tb, int m, int n, int k, float alpha, RawOperand a,
+                                      RawOperand b, float beta, RawOperand c) {
         double[] out = new double[m * n];
         for (int i = 0; i < m; i++) {
             for (int j = 0; j < n; j++) {
@@ -315,8 +267,8 @@ class MatmulFuzzTest {
     }
 
     /** The forward error bound of a float sum of k products: about 2(k+2)u · Σ|terms|, plus a denormal floor. */
-    private static double[] bound(Transpose ta, Transpose tb, int m, int n, int k, float alpha, Operand a,
-                                  Operand b, float beta, Operand c) {
+    private static double[] bound(Transpose ta, Transpose tb, int m, int n, int k, float alpha, RawOperand a,
+                                  RawOperand b, float beta, RawOperand c) {
         double[] out = new double[m * n];
         for (int i = 0; i < m; i++) {
             for (int j = 0; j < n; j++) {
@@ -331,7 +283,7 @@ class MatmulFuzzTest {
         return out;
     }
 
-    private static void checkResult(String what, int m, int n, Operand c, float[] before, double[] expect,
+    private static void checkResult(String what, int m, int n, RawOperand c, float[] before, double[] expect,
                                     double[] bound) {
         float[] after = snapshot(c.seg);
         boolean[] window = new boolean[after.length];

@@ -55,38 +55,6 @@ class MatvecFuzzTest {
         return (t, m, n, al, a, ao, lda, x, xo, ix, be, y, yo, iy) -> k.matvec(t, m, n, al, a, ao, lda, x, xo, ix, be, y, yo, iy);
     }
 
-    /** A matrix or a strided vector as the case generator laid it out (a vector is rows × 1 with ld = inc). */
-    static final class Operand {
-        MemorySegment seg;
-        long off;
-        int ld;
-        int rows;
-        int cols;
-        boolean closed;
-
-        long reach() {
-            return rows <= 0 || cols <= 0 ? off : off + (long) (rows - 1) * ld + cols;
-        }
-
-        long floats() {
-            return seg == null ? 0 : seg.byteSize() / Float.BYTES;
-        }
-
-        long address(long element) {
-            return seg.address() + element * Float.BYTES;
-        }
-
-        float at(long i) {
-            return seg.getAtIndex(F, off + i * ld);
-        }
-
-        @Override
-        public String toString() {
-            return "[" + rows + " x " + cols + "] ld/inc=" + ld + " off=" + off + " seg=" + floats() + " floats"
-                    + (seg != null && !seg.isNative() ? " heap" : "") + (closed ? " closed" : "");
-        }
-    }
-
     @ParameterizedTest(name = "{0}")
     @MethodSource("entryPoints")
     void randomArgumentsNeverCrashAndValidOnesMatchTheReference(Object[] entry) {
@@ -107,9 +75,9 @@ class MatvecFuzzTest {
                 float beta = new float[] {0f, 0f, 1f, -2f}[r.nextInt(4)];
                 int xLen = ta == Transpose.NO ? n : m;
                 int yLen = ta == Transpose.NO ? m : n;
-                Operand a = layout(arena, r, m, n, Math.max(1, n) + (r.nextInt(3) == 0 ? r.nextInt(5) : 0));
-                Operand x = layout(arena, r, xLen, 1, r.nextInt(3) == 0 ? 1 + r.nextInt(4) : 1);
-                Operand y = layout(arena, r, yLen, 1, r.nextInt(3) == 0 ? 1 + r.nextInt(4) : 1);
+                RawOperand a = RawOperand.place(arena, r, m, n, Math.max(1, n) + (r.nextInt(3) == 0 ? r.nextInt(5) : 0));
+                RawOperand x = RawOperand.place(arena, r, xLen, 1, r.nextInt(3) == 0 ? 1 + r.nextInt(4) : 1);
+                RawOperand y = RawOperand.place(arena, r, yLen, 1, r.nextInt(3) == 0 ? 1 + r.nextInt(4) : 1);
                 if (beta == 0f && r.nextBoolean() && y.seg != null) {
                     // with beta = 0 the old y must be ignored, even NaN
                     for (long i = 0; i < yLen; i++) {
@@ -121,7 +89,7 @@ class MatvecFuzzTest {
                 int nn = mutation.equals("negative n") ? Integer.MIN_VALUE : n;
                 boolean nullFlag = mutation.equals("null transpose");
                 String verdict = independentVerdict(mm, nn, a, x, y, nativeOnly, nullFlag);
-                boolean escapes = escapes(a) || escapes(x) || escapes(y);
+                boolean escapes = a.escapes() || x.escapes() || y.escapes();
                 String what = "seed=" + seed + " case " + it + " (" + mutation + ") ta=" + ta + " m=" + mm + " n=" + nn
                         + " alpha=" + alpha + " beta=" + beta + " a=" + a + " x=" + x + " y=" + y + " expected "
                         + (verdict == null ? "valid" : "rejection: " + verdict);
@@ -178,30 +146,12 @@ class MatvecFuzzTest {
                 "the generator must produce all kinds of cases: " + valid + " " + rejected + " " + wouldHaveEscaped);
     }
 
-    private static boolean escapes(Operand o) {
-        return o.seg != null && o.rows > 0 && o.cols > 0 && (o.off < 0 || o.reach() > o.floats());
-    }
-
-    private static Operand layout(Arena arena, Random r, int rows, int cols, int ld) {
-        Operand o = new Operand();
-        o.rows = rows;
-        o.cols = cols;
-        o.ld = ld;
-        o.off = r.nextInt(3) == 0 ? r.nextInt(9) : 0;
-        long floats = Math.max(o.reach(), o.off) + (r.nextBoolean() ? 0 : r.nextInt(4));
-        o.seg = arena.allocate(floats * Float.BYTES, 4);
-        for (long i = 0; i < floats; i++) {
-            o.seg.setAtIndex(F, i, r.nextFloat() * 2 - 1);
-        }
-        return o;
-    }
-
     /** Breaks the case in one way (or not at all) and names what it did. */
-    private static String mutate(Arena arena, Random r, Operand a, Operand x, Operand y, boolean nativeOnly) {
+    private static String mutate(Arena arena, Random r, RawOperand a, RawOperand x, RawOperand y, boolean nativeOnly) {
         if (r.nextInt(10) < 4) {
             return "none";
         }
-        Operand o = switch (r.nextInt(3)) {
+        RawOperand o = switch (r.nextInt(3)) {
             case 0 -> a;
             case 1 -> x;
             default -> y;
@@ -230,7 +180,7 @@ class MatvecFuzzTest {
             }
             case 5, 6 -> {
                 // y inside an input's memory: a different segment object over the same bytes, or the same segment
-                Operand in = r.nextBoolean() ? a : x;
+                RawOperand in = r.nextBoolean() ? a : x;
                 long span = Math.max(y.reach() - y.off, 0);
                 long floats = Math.max(in.floats(), span + 8);
                 MemorySegment shared = arena.allocate(floats * Float.BYTES, 4);
@@ -270,7 +220,7 @@ class MatvecFuzzTest {
     }
 
     /** The documented contract, restated from the arguments (no code shared with {@code SgemvArgs}). */
-    private static String independentVerdict(int m, int n, Operand a, Operand x, Operand y, boolean nativeOnly,
+    private static String independentVerdict(int m, int n, RawOperand a, RawOperand x, RawOperand y, boolean nativeOnly,
                                              boolean nullFlag) {
         if (m < 0 || n < 0) {
             return "negative size";
@@ -278,7 +228,7 @@ class MatvecFuzzTest {
         if (nullFlag) {
             return "null flag";
         }
-        for (Operand o : new Operand[] {a, x, y}) {
+        for (RawOperand o : new RawOperand[] {a, x, y}) {
             if (o.seg == null) {
                 return "null segment";
             }
@@ -302,7 +252,7 @@ class MatvecFuzzTest {
         if (y.seg.isReadOnly() && y.rows > 0) {
             return "read-only";
         }
-        for (Operand in : new Operand[] {a, x}) {
+        for (RawOperand in : new RawOperand[] {a, x}) {
             if (y.seg.isNative() && in.seg.isNative() && y.reach() > y.off && in.reach() > in.off
                     && y.address(y.off) < in.address(in.reach()) && in.address(in.off) < y.address(y.reach())) {
                 return "overlap";
@@ -311,7 +261,7 @@ class MatvecFuzzTest {
         return null;
     }
 
-    private static void checkResult(String what, int len, Operand y, float[] before, double[] expect, double[] bound) {
+    private static void checkResult(String what, int len, RawOperand y, float[] before, double[] expect, double[] bound) {
         float[] after = y.seg.toArray(ValueLayout.JAVA_FLOAT);
         boolean[] touched = new boolean[after.length];
         List<String> bad = new ArrayList<>();
@@ -344,10 +294,10 @@ class MatvecFuzzTest {
         try (Arena arena = Arena.ofConfined()) {
             for (int m : sizes) {
                 for (int n : sizes) {
-                    Operand a = layout(arena, r, m, n, n + (m % 3));
-                    Operand x = layout(arena, r, n, 1, 1);
-                    Operand y = layout(arena, r, m, 1, 1);
-                    Operand y2 = layout(arena, r, m, 1, 1);
+                    RawOperand a = RawOperand.place(arena, r, m, n, n + (m % 3));
+                    RawOperand x = RawOperand.place(arena, r, n, 1, 1);
+                    RawOperand y = RawOperand.place(arena, r, m, 1, 1);
+                    RawOperand y2 = RawOperand.place(arena, r, m, 1, 1);
                     MatmulKernel.javaVector().matvec(Transpose.NO, m, n, 0.5f, a.seg, a.off, a.ld, x.seg, x.off, 1, 0f,
                             y.seg, y.off, 1);
                     MatmulKernel.javaScalar().matvec(Transpose.NO, m, n, 0.5f, a.seg, a.off, a.ld, x.seg, x.off, 1, 0f,
