@@ -32,8 +32,8 @@ import java.util.Objects;
  * or concatenates heads. Biases are added in Java. {@link Backend#REFERENCE} computes the same function
  * independently (scalar double sums into contiguous per-head tensors, reference attention).
  *
- * <p><b>Threads.</b> A projection of at least {@link #PARALLEL_MIN_FLOPS} is cut into slabs of
- * {@link #SLAB_ROWS} rows, one product each, run on the caller and the attention's pool
+ * <p><b>Threads.</b> A projection of at least {@link #PARALLEL_MIN_FLOPS} is cut into slabs of rows of
+ * {@code x} ({@link #slabRows}), one product each, run on the caller and the attention's pool
  * ({@link WorkerPool}), at most the layer's threads at once: OpenBLAS itself stays at one thread, and the Java
  * product runs on its caller. The cut depends on the shape only, so a layer's results are the same bits on one
  * thread or two; a call whose memory a pool thread cannot touch (a confined arena), or that finds the pool busy,
@@ -56,12 +56,10 @@ public final class MultiHeadAttention {
      * product that packs the weight: see {@link #productNt} and bench/RESULTS.md, round 3.
      */
     static final int GEMV_ROWS = 2;
-    /**
-     * Rows of {@code x} per product when a projection is cut for the pool. Fixed, never derived from the threads:
-     * sgemm's bits depend on how the rows are cut. Each slab packs the weight again, so slabs are no smaller than
-     * the 64-row blocks of the attention (bench/RESULTS.md, round 3: parallel projections).
-     */
-    static final int SLAB_ROWS = 64;
+    /** Fewest rows per slab of a cut projection: the attention's block rows. */
+    static final int MIN_SLAB_ROWS = 64;
+    /** Most rows per slab: eight slabs of {@code [2048, E]}, enough to balance a few cores. */
+    static final int MAX_SLAB_ROWS = 256;
     /**
      * Projections under this many FLOPs are one product on the caller: waking a pool thread costs more (the
      * attention's measured threshold, {@code Attention.PARALLEL_MIN_FLOPS}).
@@ -391,7 +389,7 @@ public final class MultiHeadAttention {
     /**
      * {@code C[b, i, :] = A[b, i, :] · wᵀ} for {@code batches × rows} rows given by batch and row strides: one
      * matrix when the rows are evenly spaced across batches, else one per batch; each matrix one product, or
-     * {@link #SLAB_ROWS}-row slabs (from {@link #PARALLEL_MIN_FLOPS} on) shared with the pool.
+     * slabs of {@link #slabRows} rows (from {@link #PARALLEL_MIN_FLOPS} on) shared with the pool.
      */
     private void product(MhaWorkspace ws, MemorySegment a, long aOff, long aBs, long aRs, MemorySegment c, long cOff,
                          long cBs, long cRs, int batches, int rows, Tensor wt) {
@@ -418,7 +416,7 @@ public final class MultiHeadAttention {
             lda = ld(aRs, k);
             ldc = ld(cRs, n);
         }
-        // the cut comes from the shape alone (see SLAB_ROWS): the same slabs on one thread or many
+        // the cut comes from the shape alone (see slabRows): the same slabs on one thread or many
         if (2.0 * mats * m * n * k < PARALLEL_MIN_FLOPS) {
             for (int bi = 0; bi < mats; bi++) {
                 productNt(m, n, k, a, aOff + bi * aBs, lda, wt, ldw, c, cOff + bi * cBs, ldc);
@@ -430,14 +428,15 @@ public final class MultiHeadAttention {
             // slabs run side by side on qkv's threads; OpenBLAS threads inside them would oversubscribe
             nat.setThreads(1);
         }
-        int slabs = (m + SLAB_ROWS - 1) / SLAB_ROWS;
+        int slabRows = slabRows(m);
+        int slabs = (m + slabRows - 1) / slabRows;
         int tasks = Math.multiplyExact(mats, slabs);
         int threads = attention.threads();
         WorkerPool pool = WorkerPool.shared();
         boolean parallel = threads > 1 && pool.accessible(a) && pool.accessible(c)
                 && pool.accessible(wt.segment());
         Slabs job = ws.slabs();
-        job.set(this, a, aOff, aBs, lda, c, cOff, cBs, ldc, m, n, k, wt, ldw, slabs);
+        job.set(this, a, aOff, aBs, lda, c, cOff, cBs, ldc, m, n, k, wt, ldw, slabRows, slabs);
         try {
             // wanted 0: the pool runs every task on the caller, in the same slabs
             pool.run(job, tasks, parallel ? threads - 1 : 0);
@@ -447,7 +446,18 @@ public final class MultiHeadAttention {
     }
 
     /**
-     * One projection cut into {@link #SLAB_ROWS}-row slabs, slab {@code s} of matrix {@code i} being task
+     * Rows per slab of a cut matrix of {@code m} rows: about four slabs, in multiples of 64 rows, 64 to 256. From
+     * {@code m} only, never from the threads: sgemm's bits depend on how the rows are cut. Every slab packs the
+     * whole weight again (a [1536, 512] weight is 3 MB), so slabs are as large as balance allows: 64-row slabs
+     * made the one-thread forward 14-17% slower at L = 512 (bench/RESULTS.md, round 3: parallel projections).
+     */
+    static int slabRows(int m) {
+        int r = (m + 4 * MIN_SLAB_ROWS - 1) / (4 * MIN_SLAB_ROWS) * MIN_SLAB_ROWS;
+        return Math.max(MIN_SLAB_ROWS, Math.min(MAX_SLAB_ROWS, r));
+    }
+
+    /**
+     * One projection cut into slabs of {@link #slabRows} rows, slab {@code s} of matrix {@code i} being task
      * {@code i · slabs + s}; each task writes only its rows of C. A workspace holds one and every call reuses it,
      * so a call allocates nothing.
      */
@@ -466,10 +476,11 @@ public final class MultiHeadAttention {
         private int m;
         private int n;
         private int k;
+        private int slabRows;
         private int slabs;
 
         void set(MultiHeadAttention layer, MemorySegment a, long aOff, long aStep, int lda, MemorySegment c,
-                 long cOff, long cStep, int ldc, int m, int n, int k, Tensor wt, int ldw, int slabs) {
+                 long cOff, long cStep, int ldc, int m, int n, int k, Tensor wt, int ldw, int slabRows, int slabs) {
             this.layer = layer;
             this.a = a;
             this.aOff = aOff;
@@ -484,6 +495,7 @@ public final class MultiHeadAttention {
             this.k = k;
             this.wt = wt;
             this.ldw = ldw;
+            this.slabRows = slabRows;
             this.slabs = slabs;
         }
 
@@ -498,8 +510,8 @@ public final class MultiHeadAttention {
         @Override
         public void run(int task, int worker) {
             int mat = task / slabs;
-            int r0 = task % slabs * SLAB_ROWS;
-            int rows = Math.min(SLAB_ROWS, m - r0);
+            int r0 = task % slabs * slabRows;
+            int rows = Math.min(slabRows, m - r0);
             layer.productNt(rows, n, k, a, aOff + mat * aStep + (long) r0 * lda, lda, wt, ldw,
                     c, cOff + mat * cStep + (long) r0 * ldc, ldc);
         }

@@ -41,7 +41,7 @@ class AllocationTest {
 
     enum Call {
         SELF_PACKED_CAUSAL, SELF_SEPARATE_KEY_PADDING, CROSS, DECODE_FIXED_LENGTH, DECODE_GROWING,
-        /** Projections cut into row slabs (see {@link MultiHeadAttention#SLAB_ROWS}), run on the caller. */
+        /** Projections cut into row slabs (see {@link MultiHeadAttention#slabRows}), run on the caller. */
         SELF_SLABS,
         /** The same on a two-thread layer: the caller's side of sharing slabs with the pool. */
         SELF_SLABS_TWO_THREADS

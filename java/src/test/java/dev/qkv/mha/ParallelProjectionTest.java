@@ -23,7 +23,7 @@ import static dev.qkv.mha.MhaTestSupport.rand;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 
 /**
- * Projections cut into {@link MultiHeadAttention#SLAB_ROWS}-row slabs and shared with the pool: a layer on two
+ * Projections cut into row slabs ({@link MultiHeadAttention#slabRows}) and shared with the pool: a layer on two
  * threads gives the same bits as on one (the cut depends on the shape only) and matches the reference, on shapes
  * whose rows are not a multiple of the slab, self and cross attention, grouped-query heads, biases, packed and
  * separate weights, padded batches (one product per batch), a prefill through {@code decode}, a confined arena
@@ -44,7 +44,7 @@ class ParallelProjectionTest {
 
     static Stream<Arguments> cases() {
         List<Case> cs = List.of(
-                // 300 rows: four slabs and a 44-row remainder; GQA
+                // 300 rows: two 128-row slabs and a 44-row remainder; GQA
                 new Case(61, 2, 150, 150, 128, 4, 2, true, false, false),
                 // 130 rows: two slabs and a 2-row remainder (a matrix-vector product); separate weights
                 new Case(62, 1, 130, 130, 192, 4, 4, false, false, false),
