@@ -32,12 +32,12 @@ import java.util.Objects;
  * or concatenates heads. Biases are added in Java. {@link Backend#REFERENCE} computes the same function
  * independently (scalar double sums into contiguous per-head tensors, reference attention).
  *
- * <p><b>Threads.</b> A projection of at least {@link #PARALLEL_MIN_FLOPS} is cut into slabs of rows of
- * {@code x} ({@link #slabRows}), one product each, run on the caller and the attention's pool
- * ({@link WorkerPool}), at most the layer's threads at once: OpenBLAS itself stays at one thread, and the Java
- * product runs on its caller. The cut depends on the shape only, so a layer's results are the same bits on one
- * thread or two; a call whose memory a pool thread cannot touch (a confined arena), or that finds the pool busy,
- * runs the same slabs on the caller.
+ * <p><b>Threads.</b> A projection of at least {@link #PARALLEL_MIN_FLOPS} is cut into slabs of
+ * {@link #SLAB_COLS} output columns (rows of the weight), one product each, run on the caller and the attention's
+ * pool ({@link WorkerPool}), at most the layer's threads at once: OpenBLAS itself stays at one thread, and the
+ * Java product runs on its caller. The cut depends on the shape only, so a layer's results are the same bits on
+ * one thread or two; a call whose memory a pool thread cannot touch (a confined arena), or that finds the pool
+ * busy, runs the same slabs on the caller.
  *
  * <p>A layer is immutable and thread-safe; each call takes the caller's output and a {@link MhaWorkspace}
  * (one per thread) and allocates no off-heap memory. The workspace keeps the head views of the last shape, so
@@ -56,10 +56,16 @@ public final class MultiHeadAttention {
      * product that packs the weight: see {@link #productNt} and bench/RESULTS.md, round 3.
      */
     static final int GEMV_ROWS = 2;
-    /** Fewest rows per slab of a cut projection: the attention's block rows. */
-    static final int MIN_SLAB_ROWS = 64;
-    /** Most rows per slab: eight slabs of {@code [2048, E]}, enough to balance a few cores. */
-    static final int MAX_SLAB_ROWS = 256;
+    /**
+     * Output columns (weight rows) per product when a projection is cut for the pool. Fixed, never derived from
+     * the threads: sgemm's bits depend on how a product is cut. Columns rather than rows of {@code x}: every
+     * product packs its whole B operand, and a slab of rows repacks the whole weight (3 MB for {@code [1536, 512]};
+     * the Java packing is the slow one), while a slab of columns packs only its own weight rows and repacks the
+     * much smaller {@code x}. Measured (bench/RESULTS.md, round 3: parallel projections): 64-row slabs made the
+     * one-thread Java forward 35-50% slower, 128-column slabs 0-10%; 128 rather than 256 or 512 so that
+     * {@code W_O [512, 512]} and the packed {@code [768, 512]} of grouped-query heads still split evenly.
+     */
+    static final int SLAB_COLS = 128;
     /**
      * Projections under this many FLOPs are one product on the caller: waking a pool thread costs more (the
      * attention's measured threshold, {@code Attention.PARALLEL_MIN_FLOPS}).
@@ -389,7 +395,7 @@ public final class MultiHeadAttention {
     /**
      * {@code C[b, i, :] = A[b, i, :] · wᵀ} for {@code batches × rows} rows given by batch and row strides: one
      * matrix when the rows are evenly spaced across batches, else one per batch; each matrix one product, or
-     * slabs of {@link #slabRows} rows (from {@link #PARALLEL_MIN_FLOPS} on) shared with the pool.
+     * slabs of {@link #SLAB_COLS} columns (from {@link #PARALLEL_MIN_FLOPS} on) shared with the pool.
      */
     private void product(MhaWorkspace ws, MemorySegment a, long aOff, long aBs, long aRs, MemorySegment c, long cOff,
                          long cBs, long cRs, int batches, int rows, Tensor wt) {
@@ -416,10 +422,10 @@ public final class MultiHeadAttention {
             lda = ld(aRs, k);
             ldc = ld(cRs, n);
         }
-        // the cut comes from the shape alone (see slabRows): the same slabs on one thread or many
+        // the cut comes from the shape alone (see SLAB_COLS): the same slabs on one thread or many
         if (2.0 * mats * m * n * k < PARALLEL_MIN_FLOPS) {
             for (int bi = 0; bi < mats; bi++) {
-                productNt(m, n, k, a, aOff + bi * aBs, lda, wt, ldw, c, cOff + bi * cBs, ldc);
+                productNt(m, n, k, a, aOff + bi * aBs, lda, wt.segment(), wt.offset(), ldw, c, cOff + bi * cBs, ldc);
             }
             return;
         }
@@ -428,15 +434,14 @@ public final class MultiHeadAttention {
             // slabs run side by side on qkv's threads; OpenBLAS threads inside them would oversubscribe
             nat.setThreads(1);
         }
-        int slabRows = slabRows(m);
-        int slabs = (m + slabRows - 1) / slabRows;
+        int slabs = (n + SLAB_COLS - 1) / SLAB_COLS;
         int tasks = Math.multiplyExact(mats, slabs);
         int threads = attention.threads();
         WorkerPool pool = WorkerPool.shared();
         boolean parallel = threads > 1 && pool.accessible(a) && pool.accessible(c)
                 && pool.accessible(wt.segment());
         Slabs job = ws.slabs();
-        job.set(this, a, aOff, aBs, lda, c, cOff, cBs, ldc, m, n, k, wt, ldw, slabRows, slabs);
+        job.set(this, a, aOff, aBs, lda, c, cOff, cBs, ldc, m, n, k, wt, ldw, slabs);
         try {
             // wanted 0: the pool runs every task on the caller, in the same slabs
             pool.run(job, tasks, parallel ? threads - 1 : 0);
@@ -446,20 +451,9 @@ public final class MultiHeadAttention {
     }
 
     /**
-     * Rows per slab of a cut matrix of {@code m} rows: about four slabs, in multiples of 64 rows, 64 to 256. From
-     * {@code m} only, never from the threads: sgemm's bits depend on how the rows are cut. Every slab packs the
-     * whole weight again (a [1536, 512] weight is 3 MB), so slabs are as large as balance allows: 64-row slabs
-     * made the one-thread forward 14-17% slower at L = 512 (bench/RESULTS.md, round 3: parallel projections).
-     */
-    static int slabRows(int m) {
-        int r = (m + 4 * MIN_SLAB_ROWS - 1) / (4 * MIN_SLAB_ROWS) * MIN_SLAB_ROWS;
-        return Math.max(MIN_SLAB_ROWS, Math.min(MAX_SLAB_ROWS, r));
-    }
-
-    /**
-     * One projection cut into slabs of {@link #slabRows} rows, slab {@code s} of matrix {@code i} being task
-     * {@code i · slabs + s}; each task writes only its rows of C. A workspace holds one and every call reuses it,
-     * so a call allocates nothing.
+     * One projection cut into slabs of {@link #SLAB_COLS} columns, slab {@code s} of matrix {@code i} being task
+     * {@code i · slabs + s}; each task writes only its columns of C. A workspace holds one and every call reuses
+     * it, so a call allocates nothing.
      */
     static final class Slabs implements WorkerPool.Tasks {
         private MultiHeadAttention layer;
@@ -476,11 +470,10 @@ public final class MultiHeadAttention {
         private int m;
         private int n;
         private int k;
-        private int slabRows;
         private int slabs;
 
         void set(MultiHeadAttention layer, MemorySegment a, long aOff, long aStep, int lda, MemorySegment c,
-                 long cOff, long cStep, int ldc, int m, int n, int k, Tensor wt, int ldw, int slabRows, int slabs) {
+                 long cOff, long cStep, int ldc, int m, int n, int k, Tensor wt, int ldw, int slabs) {
             this.layer = layer;
             this.a = a;
             this.aOff = aOff;
@@ -495,7 +488,6 @@ public final class MultiHeadAttention {
             this.k = k;
             this.wt = wt;
             this.ldw = ldw;
-            this.slabRows = slabRows;
             this.slabs = slabs;
         }
 
@@ -510,10 +502,11 @@ public final class MultiHeadAttention {
         @Override
         public void run(int task, int worker) {
             int mat = task / slabs;
-            int r0 = task % slabs * slabRows;
-            int rows = Math.min(slabRows, m - r0);
-            layer.productNt(rows, n, k, a, aOff + mat * aStep + (long) r0 * lda, lda, wt, ldw,
-                    c, cOff + mat * cStep + (long) r0 * ldc, ldc);
+            int j0 = task % slabs * SLAB_COLS;
+            int cols = Math.min(SLAB_COLS, n - j0);
+            // C[:, j0 .. j0 + cols) = A · w[j0 .. j0 + cols, :]ᵀ
+            layer.productNt(m, cols, k, a, aOff + mat * aStep, lda, wt.segment(), wt.offset() + (long) j0 * ldw,
+                    ldw, c, cOff + mat * cStep + j0, ldc);
         }
     }
 
@@ -522,25 +515,23 @@ public final class MultiHeadAttention {
      * {@link #GEMV_ROWS} rows (a decode step) are matrix-vector products, {@code w [n, k]} read in place: a
      * matrix product packs the whole weight on every call, which made a Java decode step 3-7x slower than native.
      */
-    private void productNt(int m, int n, int k, MemorySegment a, long aOff, int lda, Tensor wt, int ldw,
-                           MemorySegment c, long cOff, int ldc) {
+    private void productNt(int m, int n, int k, MemorySegment a, long aOff, int lda, MemorySegment wSeg, long wOff,
+                           int ldw, MemorySegment c, long cOff, int ldc) {
         OpenBlas nat = blas;
         if (m <= GEMV_ROWS && gemvRows) {
             for (int i = 0; i < m; i++) {
                 long ai = aOff + (long) i * lda;
                 long ci = cOff + (long) i * ldc;
                 if (nat != null) {
-                    nat.sgemv(Transpose.NO, n, k, 1f, wt.segment(), wt.offset(), ldw, a, ai, 1, 0f, c, ci, 1);
+                    nat.sgemv(Transpose.NO, n, k, 1f, wSeg, wOff, ldw, a, ai, 1, 0f, c, ci, 1);
                 } else {
-                    matmul.matvec(Transpose.NO, n, k, 1f, wt.segment(), wt.offset(), ldw, a, ai, 1, 0f, c, ci, 1);
+                    matmul.matvec(Transpose.NO, n, k, 1f, wSeg, wOff, ldw, a, ai, 1, 0f, c, ci, 1);
                 }
             }
         } else if (nat != null) {
-            nat.sgemm(Transpose.NO, Transpose.YES, m, n, k, 1f, a, aOff, lda, wt.segment(), wt.offset(), ldw, 0f,
-                    c, cOff, ldc);
+            nat.sgemm(Transpose.NO, Transpose.YES, m, n, k, 1f, a, aOff, lda, wSeg, wOff, ldw, 0f, c, cOff, ldc);
         } else {
-            matmul.matmul(Transpose.NO, Transpose.YES, m, n, k, 1f, a, aOff, lda, wt.segment(), wt.offset(), ldw,
-                    0f, c, cOff, ldc);
+            matmul.matmul(Transpose.NO, Transpose.YES, m, n, k, 1f, a, aOff, lda, wSeg, wOff, ldw, 0f, c, cOff, ldc);
         }
     }
 

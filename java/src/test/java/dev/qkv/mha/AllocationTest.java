@@ -41,7 +41,7 @@ class AllocationTest {
 
     enum Call {
         SELF_PACKED_CAUSAL, SELF_SEPARATE_KEY_PADDING, CROSS, DECODE_FIXED_LENGTH, DECODE_GROWING,
-        /** Projections cut into row slabs (see {@link MultiHeadAttention#slabRows}), run on the caller. */
+        /** Projections cut into column slabs (see {@link MultiHeadAttention#SLAB_COLS}), run on the caller. */
         SELF_SLABS,
         /** The same on a two-thread layer: the caller's side of sharing slabs with the pool. */
         SELF_SLABS_TWO_THREADS
@@ -53,7 +53,7 @@ class AllocationTest {
     private static final int HKV = 2;
     private static final int B = 2;
     private static final int L = 8;
-    /** B·L_SLABS = 66 rows: a 64-row slab and a 2-row one, 17 MFLOP per packed projection (over the threshold). */
+    /** B·L_SLABS = 66 rows: 17 MFLOP for [W_Q; W_K; W_V] (over the threshold), four 128-column slabs. */
     private static final int L_SLABS = 33;
     private static final int LKV = 12;
     private static final int PREFIX = 16;

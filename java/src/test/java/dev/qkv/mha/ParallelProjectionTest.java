@@ -23,11 +23,12 @@ import static dev.qkv.mha.MhaTestSupport.rand;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 
 /**
- * Projections cut into row slabs ({@link MultiHeadAttention#slabRows}) and shared with the pool: a layer on two
- * threads gives the same bits as on one (the cut depends on the shape only) and matches the reference, on shapes
- * whose rows are not a multiple of the slab, self and cross attention, grouped-query heads, biases, packed and
- * separate weights, padded batches (one product per batch), a prefill through {@code decode}, a confined arena
- * (the caller alone) and several callers sharing one layer (the pool busy).
+ * Projections cut into column slabs ({@link MultiHeadAttention#SLAB_COLS}) and shared with the pool: a layer on
+ * two threads gives the same bits as on one (the cut depends on the shape only) and matches the reference, on
+ * shapes whose projection widths are not a multiple of the slab, self and cross attention, grouped-query heads,
+ * biases, packed and separate weights, padded batches (one product per batch), a prefill and a two-token step
+ * (matrix-vector products per slab) through {@code decode}, a confined arena (the caller alone) and several
+ * callers sharing one layer (the pool busy).
  */
 class ParallelProjectionTest {
 
@@ -44,14 +45,14 @@ class ParallelProjectionTest {
 
     static Stream<Arguments> cases() {
         List<Case> cs = List.of(
-                // 300 rows: two 128-row slabs and a 44-row remainder; GQA
-                new Case(61, 2, 150, 150, 128, 4, 2, true, false, false),
-                // 130 rows: two slabs and a 2-row remainder (a matrix-vector product); separate weights
+                // [Q | K | V] 320 wide: slabs of 128, 128, 64 columns; W_O 160: 128 and 32; GQA
+                new Case(61, 2, 150, 150, 160, 4, 2, true, false, false),
+                // separate weights, each 192 wide: 128 and 64
                 new Case(62, 1, 130, 130, 192, 4, 4, false, false, false),
                 // queries and keys of different lengths, packed [W_K; W_V]
                 new Case(63, 1, 150, 170, 192, 4, 2, true, true, false),
                 new Case(64, 2, 100, 77, 192, 8, 2, false, true, false),
-                // batches 5 rows apart: one 150-row matrix per batch, each cut alone
+                // batches 5 rows apart: one 150-row matrix per batch, each cut alone (192 wide: 128 and 64)
                 new Case(65, 2, 150, 150, 128, 4, 1, true, false, true));
         List<Arguments> out = new ArrayList<>();
         for (Backend be : new Backend[] {Backend.NATIVE, Backend.JAVA}) {
@@ -115,13 +116,46 @@ class ParallelProjectionTest {
     }
 
     /**
+     * A two-token decode step at E = 1024 (12.6 MFLOP for [W_Q; W_K; W_V]: over the threshold): each column slab
+     * is two matrix-vector products. The same bits on one and two threads, and the last rows of the reference.
+     */
+    @ParameterizedTest
+    @EnumSource(value = Backend.class, names = {"NATIVE", "JAVA"})
+    void fewTokenStepIsCutIntoMatrixVectorSlabs(Backend backend) {
+        long seed = 69;
+        int e = 1024;
+        int prefix = 3;
+        int n = prefix + 2;
+        try (Arena a = Arena.ofShared()) {
+            Random r = new Random(seed);
+            MhaWeights w = MultiHeadAttentionTest.weights(a, r, e, 8, 8, true, true);
+            Tensor x = rand(a, r, 1f, 1, n, e);
+            Tensor ref = Tensor.allocate(a, 1, n, e);
+            MultiHeadAttention.create(w, Backend.REFERENCE).forward(x, ref, SdpaOptions.CAUSAL, null);
+            float[][] got = new float[2][];
+            for (int threads = 1; threads <= 2; threads++) {
+                MultiHeadAttention layer = MultiHeadAttention.create(w, backend, threads);
+                KvCache cache = layer.newCache(a, n);
+                MhaWorkspace ws = layer.newWorkspace(a, 1, prefix, cache.capacity());
+                layer.decode(x.slice(1, 0, prefix), cache, Tensor.allocate(a, 1, prefix, e), ws);
+                Tensor out = Tensor.allocate(a, 1, 2, e).fill(Float.NaN);
+                layer.decode(x.slice(1, prefix, n), cache, out, ws);
+                got[threads - 1] = out.toArray();
+            }
+            String what = backend + " seed=" + seed + " E=" + e + " H=8 Hkv=8 step of 2 after " + prefix;
+            assertClose(ref.slice(1, prefix, n).toArray(), got[0], MultiHeadAttentionTest.atol(e, n), 1e-4, what);
+            assertArrayEquals(got[0], got[1], what + ": threads 1 vs 2");
+        }
+    }
+
+    /**
      * Memory of a confined arena cannot be touched by pool threads: a two-thread layer runs every slab on the
      * caller, with the same bits as the same call in a shared arena (same seed, same values).
      */
     @ParameterizedTest
     @EnumSource(value = Backend.class, names = {"NATIVE", "JAVA"})
     void confinedArenaRunsOnTheCallerWithTheSameBits(Backend backend) {
-        Case c = new Case(67, 2, 150, 150, 128, 4, 2, true, false, false);
+        Case c = new Case(67, 2, 150, 150, 160, 4, 2, true, false, false);
         float[][] got = new float[2][];
         int i = 0;
         for (Arena a : new Arena[] {Arena.ofConfined(), Arena.ofShared()}) {
@@ -142,7 +176,7 @@ class ParallelProjectionTest {
     @ParameterizedTest
     @EnumSource(value = Backend.class, names = {"NATIVE", "JAVA"})
     void callersSharingALayerGetTheSingleThreadedBits(Backend backend) throws Exception {
-        Case c = new Case(68, 1, 150, 150, 128, 4, 2, true, false, false);
+        Case c = new Case(68, 1, 150, 150, 160, 4, 2, true, false, false);
         try (Arena a = Arena.ofShared()) {
             Random r = new Random(c.seed());
             MhaWeights w = MultiHeadAttentionTest.weights(a, r, c.e(), c.h(), c.hkv(), true, c.packed());
