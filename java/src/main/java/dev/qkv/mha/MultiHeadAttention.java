@@ -124,8 +124,8 @@ public final class MultiHeadAttention {
     }
 
     /**
-     * A layer over {@code weights} on the given backend whose attention runs on at most {@code threads} threads
-     * per call (the caller included; see {@link Attention.Builder#threads}).
+     * A layer over {@code weights} on the given backend whose attention and projections run on at most
+     * {@code threads} threads per call (the caller included; see {@link Attention.Builder#threads}).
      *
      * @throws IllegalArgumentException when {@code threads < 1}, or as {@link #create(MhaWeights, Backend)}
      * @throws dev.qkv.blas.BlasUnavailableException for {@link Backend#NATIVE} when OpenBLAS cannot be loaded
