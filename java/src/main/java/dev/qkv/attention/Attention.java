@@ -630,8 +630,9 @@ public final class Attention {
 
         /** Floats of off-heap workspace per worker, setting the pack offsets. */
         private long layout(int rowsNow) {
-            // the score tile holds one key block (see KEY_BLOCK); the few-query path takes all keys at once
-            int cols = small || gemv ? lk : tileLd(Math.min(lk, keyBlock));
+            // the score tile holds one key block (see KEY_BLOCK); the few-query path takes all keys at once. A
+            // causal block sees fewer keys, and tileLd pads a multiple of 64 by 16 (native): bound every block
+            int cols = small || gemv ? lk : Math.min(lk, keyBlock) + (nativeEngine ? 16 : 0);
             long cursor = (long) rowsNow * Math.max(cols, 1);
             qPackAt = cursor;
             cursor += packQ ? (long) lq * dk : 0;

@@ -24,10 +24,10 @@ import java.util.concurrent.locks.ReentrantLock;
  * the tiny shape run in 21-23 µs on two threads when the second core was free, but under load the median stayed
  * at the one-thread time and JMH read 57-62 µs against 43-47, so spinning is for callers who own the cores.
  */
-final class WorkerPool {
+public final class WorkerPool {
 
     /** A batch of numbered tasks; {@code worker} is 0 for the caller, 1.. for pool threads. */
-    interface Tasks {
+    public interface Tasks {
         void run(int task, int worker);
     }
 
@@ -56,13 +56,21 @@ final class WorkerPool {
         this.threads = new Thread[size];
     }
 
+    /**
+     * The process-wide pool: public for the multi-head layer's projections (dev.qkv.mha), which must share
+     * attention's threads rather than bring their own, so that nothing oversubscribes the cores.
+     */
+    public static WorkerPool shared() {
+        return SHARED;
+    }
+
     /** Pool threads available to one call (cores - 1). */
     int helpers() {
         return threads.length;
     }
 
     /** True when the pool's threads may access {@code s} (false for memory of a confined arena). */
-    boolean accessible(MemorySegment s) {
+    public boolean accessible(MemorySegment s) {
         if (threads.length == 0) {
             return false;
         }
@@ -80,7 +88,7 @@ final class WorkerPool {
      * its tasks, not for its helpers: a helper the scheduler has not run yet (the cores busy with other
      * processes) finds nothing left to claim, and the caller has run every task itself.
      */
-    void run(Tasks job, int count, int wanted) {
+    public void run(Tasks job, int count, int wanted) {
         int h = Math.min(Math.min(wanted, threads.length), count - 1);
         if (h <= 0 || !busy.tryLock()) {
             for (int t = 0; t < count; t++) {

@@ -17,6 +17,8 @@ import java.lang.foreign.MemorySegment;
 public final class MhaWorkspace {
     private final MemorySegment floats;
     private final Workspace attention;
+    /** The slabs of a projection shared with the pool: one per workspace, as a workspace serves one call. */
+    private final MultiHeadAttention.Slabs slabs = new MultiHeadAttention.Slabs();
 
     /** What the cached views were made for: a layer (views depend on its E, H, Hkv), a call kind, sizes. */
     private Object viewOwner;
@@ -41,6 +43,10 @@ public final class MhaWorkspace {
 
     Workspace attention() {
         return attention;
+    }
+
+    MultiHeadAttention.Slabs slabs() {
+        return slabs;
     }
 
     /** True when the cached views were made for this kind of call and these sizes. */

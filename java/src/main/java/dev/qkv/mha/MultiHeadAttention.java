@@ -3,6 +3,7 @@ package dev.qkv.mha;
 import dev.qkv.attention.Attention;
 import dev.qkv.attention.Backend;
 import dev.qkv.attention.SdpaOptions;
+import dev.qkv.attention.WorkerPool;
 import dev.qkv.attention.Workspace;
 import dev.qkv.blas.OpenBlas;
 import dev.qkv.blas.Transpose;
@@ -31,6 +32,13 @@ import java.util.Objects;
  * or concatenates heads. Biases are added in Java. {@link Backend#REFERENCE} computes the same function
  * independently (scalar double sums into contiguous per-head tensors, reference attention).
  *
+ * <p><b>Threads.</b> A projection of at least {@link #PARALLEL_MIN_FLOPS} is cut into slabs of
+ * {@link #SLAB_COLS} output columns (rows of the weight), one product each, run on the caller and the attention's
+ * pool ({@link WorkerPool}), at most the layer's threads at once: OpenBLAS itself stays at one thread, and the
+ * Java product runs on its caller. The cut depends on the shape only, so a layer's results are the same bits on
+ * one thread or two; a call whose memory a pool thread cannot touch (a confined arena), or that finds the pool
+ * busy, runs the same slabs on the caller.
+ *
  * <p>A layer is immutable and thread-safe; each call takes the caller's output and a {@link MhaWorkspace}
  * (one per thread) and allocates no off-heap memory. The workspace keeps the head views of the last shape, so
  * repeated calls of one shape create no objects here; the cache keeps its views of each length it reached, so a
@@ -48,6 +56,21 @@ public final class MultiHeadAttention {
      * product that packs the weight: see {@link #productNt} and bench/RESULTS.md, round 3.
      */
     static final int GEMV_ROWS = 2;
+    /**
+     * Output columns (weight rows) per product when a projection is cut for the pool. Fixed, never derived from
+     * the threads: sgemm's bits depend on how a product is cut. Columns rather than rows of {@code x}: every
+     * product packs its whole B operand, and a slab of rows repacks the whole weight (3 MB for {@code [1536, 512]};
+     * the Java packing is the slow one), while a slab of columns packs only its own weight rows and repacks the
+     * much smaller {@code x}. Measured (bench/RESULTS.md, round 3: parallel projections): 64-row slabs made the
+     * one-thread Java forward 35-50% slower, 128-column slabs 0-10%; 128 rather than 256 or 512 so that
+     * {@code W_O [512, 512]} and the packed {@code [768, 512]} of grouped-query heads still split evenly.
+     */
+    static final int SLAB_COLS = 128;
+    /**
+     * Projections under this many FLOPs are one product on the caller: waking a pool thread costs more (the
+     * attention's measured threshold, {@code Attention.PARALLEL_MIN_FLOPS}).
+     */
+    static final double PARALLEL_MIN_FLOPS = 8e6;
 
     private final MhaWeights w;
     /** The weights in {@link #WEIGHT_NAMES} order, built once: the per-call checks must not allocate. */
@@ -101,8 +124,8 @@ public final class MultiHeadAttention {
     }
 
     /**
-     * A layer over {@code weights} on the given backend whose attention runs on at most {@code threads} threads
-     * per call (the caller included; see {@link Attention.Builder#threads}).
+     * A layer over {@code weights} on the given backend whose attention and projections run on at most
+     * {@code threads} threads per call (the caller included; see {@link Attention.Builder#threads}).
      *
      * @throws IllegalArgumentException when {@code threads < 1}, or as {@link #create(MhaWeights, Backend)}
      * @throws dev.qkv.blas.BlasUnavailableException for {@link Backend#NATIVE} when OpenBLAS cannot be loaded
@@ -225,7 +248,7 @@ public final class MultiHeadAttention {
         long aOff;
         if (kv == null) {
             // P [B·L, E + 2·Hkv·Dh] = x · [W_Q; W_K; W_V]ᵀ, then heads as views with row stride W
-            projectQkv(x, seg, 0, qkvWidth);
+            projectQkv(ws, x, seg, 0, qkvWidth);
             aOff = b * l * qkvWidth;
             if (!ws.viewsFor(this, SELF, b, l, l)) {
                 long wd = qkvWidth;
@@ -240,14 +263,14 @@ public final class MultiHeadAttention {
             int lk = toInt("Lkv", lkv);
             // Q [B·L, E] = x·W_Qᵀ; P_kv [B·Lkv, 2·Hkv·Dh] = kv · [W_K; W_V]ᵀ
             long kvOff = b * l * e;
-            project(x, w.wq(), w.bq(), seg, 0, e, 0);
+            project(ws, x, w.wq(), w.bq(), seg, 0, e, 0);
             if (w.packedKv() != null) {
-                project(kv, w.packedKv(), null, seg, kvOff, 2 * kvd, 0);
+                project(ws, kv, w.packedKv(), null, seg, kvOff, 2 * kvd, 0);
                 addBias(w.bk(), seg, kvOff, bi, (long) lk * 2 * kvd, lk, 2L * kvd);
                 addBias(w.bv(), seg, kvOff + kvd, bi, (long) lk * 2 * kvd, lk, 2L * kvd);
             } else {
-                project(kv, w.wk(), w.bk(), seg, kvOff, 2 * kvd, 0);
-                project(kv, w.wv(), w.bv(), seg, kvOff, 2 * kvd, kvd);
+                project(ws, kv, w.wk(), w.bk(), seg, kvOff, 2 * kvd, 0);
+                project(ws, kv, w.wv(), w.bv(), seg, kvOff, 2 * kvd, kvd);
             }
             aOff = kvOff + b * lkv * 2 * kvd;
             if (!ws.viewsFor(this, CROSS, b, l, lkv)) {
@@ -260,7 +283,7 @@ public final class MultiHeadAttention {
             }
         }
         attention.sdpa(ws.q(), ws.k(), ws.v(), ws.a(), options, ws.attention());
-        outputProjection(seg, aOff, bi, li, out);
+        outputProjection(ws, seg, aOff, bi, li, out);
     }
 
     /**
@@ -296,7 +319,7 @@ public final class MultiHeadAttention {
         }
         int ni = (int) n;
         // P [n, E + 2·Hkv·Dh] = x · [W_Q; W_K; W_V]ᵀ
-        projectQkv(x, seg, 0, qkvWidth);
+        projectQkv(ws, x, seg, 0, qkvWidth);
         // append K and V rows of every kv head at positions before .. before + n - 1 (subnormals as zeros)
         for (int g = 0; g < hkv; g++) {
             for (int t = 0; t < ni; t++) {
@@ -314,7 +337,7 @@ public final class MultiHeadAttention {
         }
         attention.sdpa(ws.q(), cache.keysAt(len), cache.valuesAt(len), ws.a(), SdpaOptions.CAUSAL,
                 ws.attention());
-        outputProjection(seg, aOff, 1, ni, out);
+        outputProjection(ws, seg, aOff, 1, ni, out);
         cache.advance(ni);
     }
 
@@ -339,52 +362,151 @@ public final class MultiHeadAttention {
     }
 
     /** {@code out [B, L, E] = A [B·L, E] · W_Oᵀ + b_O}. */
-    private void outputProjection(MemorySegment seg, long aOff, int b, int l, Tensor out) {
-        product(seg, aOff, (long) l * e, e, out.segment(), out.offset(), out.stride(0), out.stride(1), b, l, w.wo());
+    private void outputProjection(MhaWorkspace ws, MemorySegment seg, long aOff, int b, int l, Tensor out) {
+        product(ws, seg, aOff, (long) l * e, e, out.segment(), out.offset(), out.stride(0), out.stride(1), b, l, w.wo());
         addBias(w.bo(), out.segment(), out.offset(), b, out.stride(0), l, out.stride(1));
     }
 
     /** {@code P[:, 0 : E + 2·Hkv·Dh] = src · [W_Q; W_K; W_V]ᵀ + [b_Q, b_K, b_V]}, one product when packed. */
-    private void projectQkv(Tensor src, MemorySegment seg, long off, int ld) {
+    private void projectQkv(MhaWorkspace ws, Tensor src, MemorySegment seg, long off, int ld) {
         int b = (int) src.size(0);
         int l = (int) src.size(1);
         if (w.packedQkv() != null) {
-            project(src, w.packedQkv(), null, seg, off, ld, 0);
+            project(ws, src, w.packedQkv(), null, seg, off, ld, 0);
             addBias(w.bq(), seg, off, b, (long) l * ld, l, ld);
             addBias(w.bk(), seg, off + e, b, (long) l * ld, l, ld);
             addBias(w.bv(), seg, off + e + kvd, b, (long) l * ld, l, ld);
         } else {
-            project(src, w.wq(), w.bq(), seg, off, ld, 0);
-            project(src, w.wk(), w.bk(), seg, off, ld, e);
-            project(src, w.wv(), w.bv(), seg, off, ld, e + kvd);
+            project(ws, src, w.wq(), w.bq(), seg, off, ld, 0);
+            project(ws, src, w.wk(), w.bk(), seg, off, ld, e);
+            project(ws, src, w.wv(), w.bv(), seg, off, ld, e + kvd);
         }
     }
 
     /** Columns {@code col ..} of the contiguous rows {@code [B·L, ld]} at {@code off} = {@code src · wᵀ + bias}. */
-    private void project(Tensor src, Tensor wt, Tensor bias, MemorySegment seg, long off, int ld, int col) {
+    private void project(MhaWorkspace ws, Tensor src, Tensor wt, Tensor bias, MemorySegment seg, long off, int ld,
+                         int col) {
         int b = (int) src.size(0);
         int l = (int) src.size(1);
-        product(src.segment(), src.offset(), src.stride(0), src.stride(1), seg, off + col, (long) l * ld, ld, b, l, wt);
+        product(ws, src.segment(), src.offset(), src.stride(0), src.stride(1), seg, off + col, (long) l * ld, ld, b, l, wt);
         addBias(bias, seg, off + col, b, (long) l * ld, l, ld);
     }
 
     /**
      * {@code C[b, i, :] = A[b, i, :] · wᵀ} for {@code batches × rows} rows given by batch and row strides: one
-     * product when the rows are evenly spaced across batches, else one per batch.
+     * matrix when the rows are evenly spaced across batches, else one per batch; each matrix one product, or
+     * slabs of {@link #SLAB_COLS} columns (from {@link #PARALLEL_MIN_FLOPS} on) shared with the pool.
      */
-    private void product(MemorySegment a, long aOff, long aBs, long aRs, MemorySegment c, long cOff, long cBs,
-                         long cRs, int batches, int rows, Tensor wt) {
+    private void product(MhaWorkspace ws, MemorySegment a, long aOff, long aBs, long aRs, MemorySegment c, long cOff,
+                         long cBs, long cRs, int batches, int rows, Tensor wt) {
         int n = (int) wt.size(0);
         int k = (int) wt.size(1);
         int ldw = (int) Math.max(wt.stride(0), Math.max(k, 1));
+        int mats;
+        int m;
+        int lda;
+        int ldc;
         if (batches == 1 || rows > 1 && aBs == rows * aRs && cBs == rows * cRs) {
-            productNt(toInt("B*L", (long) batches * rows), n, k, a, aOff, ld(aRs, k), wt, ldw, c, cOff, ld(cRs, n));
+            mats = 1;
+            m = toInt("B*L", (long) batches * rows);
+            lda = ld(aRs, k);
+            ldc = ld(cRs, n);
         } else if (rows == 1 && aBs >= k && cBs >= n) {
-            productNt(batches, n, k, a, aOff, ld(aBs, k), wt, ldw, c, cOff, ld(cBs, n));
+            mats = 1;
+            m = batches;
+            lda = ld(aBs, k);
+            ldc = ld(cBs, n);
         } else {
-            for (int bi = 0; bi < batches; bi++) {
-                productNt(rows, n, k, a, aOff + bi * aBs, ld(aRs, k), wt, ldw, c, cOff + bi * cBs, ld(cRs, n));
+            mats = batches;
+            m = rows;
+            lda = ld(aRs, k);
+            ldc = ld(cRs, n);
+        }
+        // the cut comes from the shape alone (see SLAB_COLS): the same slabs on one thread or many
+        if (2.0 * mats * m * n * k < PARALLEL_MIN_FLOPS) {
+            for (int bi = 0; bi < mats; bi++) {
+                productNt(m, n, k, a, aOff + bi * aBs, lda, wt.segment(), wt.offset(), ldw, c, cOff + bi * cBs, ldc);
             }
+            return;
+        }
+        OpenBlas nat = blas;
+        if (nat != null && nat.threads() != 1) {
+            // slabs run side by side on qkv's threads; OpenBLAS threads inside them would oversubscribe
+            nat.setThreads(1);
+        }
+        int slabs = (n + SLAB_COLS - 1) / SLAB_COLS;
+        int tasks = Math.multiplyExact(mats, slabs);
+        int threads = attention.threads();
+        WorkerPool pool = WorkerPool.shared();
+        boolean parallel = threads > 1 && pool.accessible(a) && pool.accessible(c)
+                && pool.accessible(wt.segment());
+        Slabs job = ws.slabs();
+        job.set(this, a, aOff, aBs, lda, c, cOff, cBs, ldc, m, n, k, wt, ldw, slabs);
+        try {
+            // wanted 0: the pool runs every task on the caller, in the same slabs
+            pool.run(job, tasks, parallel ? threads - 1 : 0);
+        } finally {
+            job.release();
+        }
+    }
+
+    /**
+     * One projection cut into slabs of {@link #SLAB_COLS} columns, slab {@code s} of matrix {@code i} being task
+     * {@code i · slabs + s}; each task writes only its columns of C. A workspace holds one and every call reuses
+     * it, so a call allocates nothing.
+     */
+    static final class Slabs implements WorkerPool.Tasks {
+        private MultiHeadAttention layer;
+        private MemorySegment a;
+        private MemorySegment c;
+        private Tensor wt;
+        private long aOff;
+        private long aStep;
+        private long cOff;
+        private long cStep;
+        private int lda;
+        private int ldc;
+        private int ldw;
+        private int m;
+        private int n;
+        private int k;
+        private int slabs;
+
+        void set(MultiHeadAttention layer, MemorySegment a, long aOff, long aStep, int lda, MemorySegment c,
+                 long cOff, long cStep, int ldc, int m, int n, int k, Tensor wt, int ldw, int slabs) {
+            this.layer = layer;
+            this.a = a;
+            this.aOff = aOff;
+            this.aStep = aStep;
+            this.lda = lda;
+            this.c = c;
+            this.cOff = cOff;
+            this.cStep = cStep;
+            this.ldc = ldc;
+            this.m = m;
+            this.n = n;
+            this.k = k;
+            this.wt = wt;
+            this.ldw = ldw;
+            this.slabs = slabs;
+        }
+
+        /** Drops the call's memory, which the workspace must not keep reachable. */
+        void release() {
+            layer = null;
+            a = null;
+            c = null;
+            wt = null;
+        }
+
+        @Override
+        public void run(int task, int worker) {
+            int mat = task / slabs;
+            int j0 = task % slabs * SLAB_COLS;
+            int cols = Math.min(SLAB_COLS, n - j0);
+            // C[:, j0 .. j0 + cols) = A · w[j0 .. j0 + cols, :]ᵀ
+            layer.productNt(m, cols, k, a, aOff + mat * aStep, lda, wt.segment(), wt.offset() + (long) j0 * ldw,
+                    ldw, c, cOff + mat * cStep + j0, ldc);
         }
     }
 
@@ -393,25 +515,23 @@ public final class MultiHeadAttention {
      * {@link #GEMV_ROWS} rows (a decode step) are matrix-vector products, {@code w [n, k]} read in place: a
      * matrix product packs the whole weight on every call, which made a Java decode step 3-7x slower than native.
      */
-    private void productNt(int m, int n, int k, MemorySegment a, long aOff, int lda, Tensor wt, int ldw,
-                           MemorySegment c, long cOff, int ldc) {
+    private void productNt(int m, int n, int k, MemorySegment a, long aOff, int lda, MemorySegment wSeg, long wOff,
+                           int ldw, MemorySegment c, long cOff, int ldc) {
         OpenBlas nat = blas;
         if (m <= GEMV_ROWS && gemvRows) {
             for (int i = 0; i < m; i++) {
                 long ai = aOff + (long) i * lda;
                 long ci = cOff + (long) i * ldc;
                 if (nat != null) {
-                    nat.sgemv(Transpose.NO, n, k, 1f, wt.segment(), wt.offset(), ldw, a, ai, 1, 0f, c, ci, 1);
+                    nat.sgemv(Transpose.NO, n, k, 1f, wSeg, wOff, ldw, a, ai, 1, 0f, c, ci, 1);
                 } else {
-                    matmul.matvec(Transpose.NO, n, k, 1f, wt.segment(), wt.offset(), ldw, a, ai, 1, 0f, c, ci, 1);
+                    matmul.matvec(Transpose.NO, n, k, 1f, wSeg, wOff, ldw, a, ai, 1, 0f, c, ci, 1);
                 }
             }
         } else if (nat != null) {
-            nat.sgemm(Transpose.NO, Transpose.YES, m, n, k, 1f, a, aOff, lda, wt.segment(), wt.offset(), ldw, 0f,
-                    c, cOff, ldc);
+            nat.sgemm(Transpose.NO, Transpose.YES, m, n, k, 1f, a, aOff, lda, wSeg, wOff, ldw, 0f, c, cOff, ldc);
         } else {
-            matmul.matmul(Transpose.NO, Transpose.YES, m, n, k, 1f, a, aOff, lda, wt.segment(), wt.offset(), ldw,
-                    0f, c, cOff, ldc);
+            matmul.matmul(Transpose.NO, Transpose.YES, m, n, k, 1f, a, aOff, lda, wSeg, wOff, ldw, 0f, c, cOff, ldc);
         }
     }
 

@@ -27,7 +27,8 @@ import static dev.qkv.mha.MhaTestSupport.rand;
  * (self-attention with packed or separate weights, causal or with a key-padding mask; cross-attention) and a
  * decode step (one token at a fixed cache length, by {@link KvCache#truncate}; and tokens appended until the
  * cache is full, then {@link KvCache#reset}), on the native and Java backends, one thread
- * ({@code create(w, backend, 1)}) so that every allocation happens on the measured thread. All cases are
+ * ({@code create(w, backend, 1)}) so that every allocation happens on the measured thread (one case runs two,
+ * for the caller's side of projections shared with the pool). All cases are
  * warmed up together first (see {@link Allocations} for why and for how "nothing" is measured); each then checks
  * its output against the reference backend, so that "allocates nothing" is not "does nothing".
  *
@@ -38,7 +39,13 @@ import static dev.qkv.mha.MhaTestSupport.rand;
  */
 class AllocationTest {
 
-    enum Call { SELF_PACKED_CAUSAL, SELF_SEPARATE_KEY_PADDING, CROSS, DECODE_FIXED_LENGTH, DECODE_GROWING }
+    enum Call {
+        SELF_PACKED_CAUSAL, SELF_SEPARATE_KEY_PADDING, CROSS, DECODE_FIXED_LENGTH, DECODE_GROWING,
+        /** Projections cut into column slabs (see {@link MultiHeadAttention#SLAB_COLS}), run on the caller. */
+        SELF_SLABS,
+        /** The same on a two-thread layer: the caller's side of sharing slabs with the pool. */
+        SELF_SLABS_TWO_THREADS
+    }
 
     // Dh = E / H = 64: four 16-float vectors, no masked tail (see the class comment)
     private static final int E = 256;
@@ -46,6 +53,8 @@ class AllocationTest {
     private static final int HKV = 2;
     private static final int B = 2;
     private static final int L = 8;
+    /** B·L_SLABS = 66 rows: 17 MFLOP for [W_Q; W_K; W_V] (over the threshold), four 128-column slabs. */
+    private static final int L_SLABS = 33;
     private static final int LKV = 12;
     private static final int PREFIX = 16;
     private static final int CAPACITY = 24;
@@ -84,8 +93,12 @@ class AllocationTest {
     }
 
     private static String name(Backend backend, Call call) {
-        return backend + " " + call + " E=" + E + " H=" + H + " Hkv=" + HKV + " B=" + B + " L=" + L + " Lkv=" + LKV
-                + " seed=" + (40 + call.ordinal());
+        return backend + " " + call + " E=" + E + " H=" + H + " Hkv=" + HKV + " B=" + B + " L=" + rows(call)
+                + " Lkv=" + LKV + " seed=" + (40 + call.ordinal());
+    }
+
+    private static int rows(Call call) {
+        return call == Call.SELF_SLABS || call == Call.SELF_SLABS_TWO_THREADS ? L_SLABS : L;
     }
 
     @ParameterizedTest(name = "{0} {1}")
@@ -102,27 +115,28 @@ class AllocationTest {
         Random r = new Random(40 + call.ordinal());
         Arena a = arena;
         MhaWeights w = MultiHeadAttentionTest.weights(a, r, E, H, HKV, true, call != Call.SELF_SEPARATE_KEY_PADDING);
-        MultiHeadAttention layer = MultiHeadAttention.create(w, backend, 1);
+        MultiHeadAttention layer = MultiHeadAttention.create(w, backend, call == Call.SELF_SLABS_TWO_THREADS ? 2 : 1);
         MultiHeadAttention reference = MultiHeadAttention.create(w, Backend.REFERENCE);
-        double atol = MultiHeadAttentionTest.atol(E, Math.max(LKV, CAPACITY));
+        double atol = MultiHeadAttentionTest.atol(E, Math.max(L_SLABS, Math.max(LKV, CAPACITY)));
         switch (call) {
-            case SELF_PACKED_CAUSAL, SELF_SEPARATE_KEY_PADDING, CROSS -> {
-                Tensor x = rand(a, r, 1f, B, L, E);
+            case SELF_PACKED_CAUSAL, SELF_SEPARATE_KEY_PADDING, CROSS, SELF_SLABS, SELF_SLABS_TWO_THREADS -> {
+                int l = rows(call);
+                Tensor x = rand(a, r, 1f, B, l, E);
                 Tensor kv = call == Call.CROSS ? rand(a, r, 1f, B, LKV, E) : null;
-                long keys = kv == null ? L : LKV;
+                long keys = kv == null ? l : LKV;
                 SdpaOptions options = switch (call) {
-                    case SELF_PACKED_CAUSAL -> SdpaOptions.CAUSAL;
+                    case SELF_PACKED_CAUSAL, SELF_SLABS, SELF_SLABS_TWO_THREADS -> SdpaOptions.CAUSAL;
                     case SELF_SEPARATE_KEY_PADDING -> SdpaOptions.DEFAULT.withMask(
                             Mask.allowed(keyPadding(r, (int) keys)));
                     default -> SdpaOptions.DEFAULT;
                 };
-                Tensor out = Tensor.allocate(a, B, L, E);
-                MhaWorkspace ws = layer.newWorkspace(a, B, L, keys);
+                Tensor out = Tensor.allocate(a, B, l, E);
+                MhaWorkspace ws = layer.newWorkspace(a, B, l, keys);
                 Runnable op = () -> layer.forward(x, kv, out, options, ws);
                 return new Case(what, op, () -> {
                     out.fill(Float.NaN);
                     op.run();
-                    Tensor ref = Tensor.allocate(a, B, L, E);
+                    Tensor ref = Tensor.allocate(a, B, l, E);
                     reference.forward(x, kv, ref, options, null);
                     assertClose(ref.toArray(), out.toArray(), atol, 1e-4, what);
                 });
