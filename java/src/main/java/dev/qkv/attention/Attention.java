@@ -124,17 +124,20 @@ public final class Attention {
      */
     static final int NATIVE_KEY_BLOCK = Integer.getInteger("qkv.nativeKeyBlock", 1024);
 
+    /**
+     * Floats added to a native score-tile row whose length is a multiple of 64 (see {@code Job.tileLd}); every
+     * bound on a tile's size adds it, whatever the keys of a block.
+     */
+    private static final int TILE_PAD = 16;
+
     /** The larger of the two engines' block rows: the size of the per-row scratch arrays. */
     private static final int MAX_BLOCK_ROWS = Math.max(BLOCK_ROWS, NATIVE_BLOCK_ROWS);
 
     /** Cores of the machine: the native engine's block rows depend on it, never on a call's threads. */
     private static final int CORES = Runtime.getRuntime().availableProcessors();
 
-    /** Below this many dense FLOPs a call runs on the calling thread alone. */
-    static final double PARALLEL_MIN_FLOPS = 8e6;
-
     /**
-     * The same threshold for the native engine when the pool spins between calls ({@link WorkerPool#SPIN_NANOS},
+     * {@link WorkerPool#MIN_PARALLEL_FLOPS} for the native engine when the pool spins between calls ({@link WorkerPool#SPIN_NANOS},
      * off by default): a spinning helper starts without a wake-up, so the two 64-row tasks of [1, 1, 128, 64]
      * (4 MFLOP) can run in parallel (21-23 µs when the second core is free; bench/RESULTS.md, round 3). The Java
      * engine keeps 8 MFLOP: each of its workers packs kᵀ and v of the head again.
@@ -360,7 +363,7 @@ public final class Attention {
         // Java engine and few-query path: up to BLOCK_ROWS rows of all keys; native: larger blocks, one
         // padded key block
         long javaTile = Math.min(BLOCK_ROWS, q) * k;
-        long nativeTile = Math.min(MAX_BLOCK_ROWS, q) * (Math.min(k, NATIVE_KEY_BLOCK) + 16);
+        long nativeTile = Math.min(MAX_BLOCK_ROWS, q) * (Math.min(k, NATIVE_KEY_BLOCK) + TILE_PAD);
         return Math.multiplyExact(Math.max(javaTile, nativeTile) * Float.BYTES, (long) threads);
     }
 
@@ -568,7 +571,7 @@ public final class Attention {
             }
             nativeEngine = !usePacked && owner.blas != null;
             double parallelMin = nativeEngine && WorkerPool.SHARED.spins() ? NATIVE_PARALLEL_MIN_FLOPS
-                    : PARALLEL_MIN_FLOPS;
+                    : WorkerPool.MIN_PARALLEL_FLOPS;
             int want = flops < parallelMin || owner.threads == 1 || !shareable() ? 1 : owner.threads;
             keyBlock = nativeEngine ? NATIVE_KEY_BLOCK : KEY_BLOCK;
             int rows0 = BLOCK_ROWS;
@@ -631,8 +634,8 @@ public final class Attention {
         /** Floats of off-heap workspace per worker, setting the pack offsets. */
         private long layout(int rowsNow) {
             // the score tile holds one key block (see KEY_BLOCK); the few-query path takes all keys at once. A
-            // causal block sees fewer keys, and tileLd pads a multiple of 64 by 16 (native): bound every block
-            int cols = small || gemv ? lk : Math.min(lk, keyBlock) + (nativeEngine ? 16 : 0);
+            // causal block sees fewer keys, and tileLd pads a multiple of 64 (native): bound every block
+            int cols = small || gemv ? lk : Math.min(lk, keyBlock) + (nativeEngine ? TILE_PAD : 0);
             long cursor = (long) rowsNow * Math.max(cols, 1);
             qPackAt = cursor;
             cursor += packQ ? (long) lq * dk : 0;
@@ -939,7 +942,7 @@ public final class Attention {
          * ms).
          */
         private int tileLd(int keys) {
-            return nativeEngine && keys % 64 == 0 ? keys + 16 : keys;
+            return nativeEngine && keys % 64 == 0 ? keys + TILE_PAD : keys;
         }
 
         private void softmaxRows(MemorySegment ws, long base, int lds, int i0, int rows, int keys, long maskHead,
