@@ -31,6 +31,12 @@ public final class WorkerPool {
         void run(int task, int worker);
     }
 
+    /**
+     * Below this many FLOPs work stays on the calling thread: waking a parked pool thread costs about as much as
+     * such a task (measured for attention, bench/RESULTS.md). Shared by every user of the pool.
+     */
+    public static final double MIN_PARALLEL_FLOPS = 8e6;
+
     /** How long a pool thread spins for the next call after finishing one (see the class comment). */
     static final long SPIN_NANOS = Math.max(0, Long.getLong("qkv.pool.spinMicros", 0)) * 1000;
 

@@ -32,7 +32,7 @@ import java.util.Objects;
  * or concatenates heads. Biases are added in Java. {@link Backend#REFERENCE} computes the same function
  * independently (scalar double sums into contiguous per-head tensors, reference attention).
  *
- * <p><b>Threads.</b> A projection of at least {@link #PARALLEL_MIN_FLOPS} is cut into slabs of
+ * <p><b>Threads.</b> A projection of at least {@link WorkerPool#MIN_PARALLEL_FLOPS} is cut into slabs of
  * {@link #SLAB_COLS} output columns (rows of the weight), one product each, run on the caller and the attention's
  * pool ({@link WorkerPool}), at most the layer's threads at once: OpenBLAS itself stays at one thread, and the
  * Java product runs on its caller. The cut depends on the shape only, so a layer's results are the same bits on
@@ -66,11 +66,6 @@ public final class MultiHeadAttention {
      * {@code W_O [512, 512]} and the packed {@code [768, 512]} of grouped-query heads still split evenly.
      */
     static final int SLAB_COLS = 128;
-    /**
-     * Projections under this many FLOPs are one product on the caller: waking a pool thread costs more (the
-     * attention's measured threshold, {@code Attention.PARALLEL_MIN_FLOPS}).
-     */
-    static final double PARALLEL_MIN_FLOPS = 8e6;
 
     private final MhaWeights w;
     /** The weights in {@link #WEIGHT_NAMES} order, built once: the per-call checks must not allocate. */
@@ -395,7 +390,7 @@ public final class MultiHeadAttention {
     /**
      * {@code C[b, i, :] = A[b, i, :] · wᵀ} for {@code batches × rows} rows given by batch and row strides: one
      * matrix when the rows are evenly spaced across batches, else one per batch; each matrix one product, or
-     * slabs of {@link #SLAB_COLS} columns (from {@link #PARALLEL_MIN_FLOPS} on) shared with the pool.
+     * slabs of {@link #SLAB_COLS} columns (from {@link WorkerPool#MIN_PARALLEL_FLOPS} on) shared with the pool.
      */
     private void product(MhaWorkspace ws, MemorySegment a, long aOff, long aBs, long aRs, MemorySegment c, long cOff,
                          long cBs, long cRs, int batches, int rows, Tensor wt) {
@@ -423,7 +418,7 @@ public final class MultiHeadAttention {
             ldc = ld(cRs, n);
         }
         // the cut comes from the shape alone (see SLAB_COLS): the same slabs on one thread or many
-        if (2.0 * mats * m * n * k < PARALLEL_MIN_FLOPS) {
+        if (2.0 * mats * m * n * k < WorkerPool.MIN_PARALLEL_FLOPS) {
             for (int bi = 0; bi < mats; bi++) {
                 productNt(m, n, k, a, aOff + bi * aBs, lda, wt.segment(), wt.offset(), ldw, c, cOff + bi * cBs, ldc);
             }
