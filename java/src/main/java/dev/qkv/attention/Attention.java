@@ -411,9 +411,8 @@ public final class Attention {
         float[] vPack = new float[0];
         float[] aBuf = new float[0];
         float[] qBuf = new float[0];
-        /** Scores and column sums of {@link Job#exactRow}; grown on first use, which only NaN outputs reach. */
+        /** Scores of {@link Job#exactRow}; grown on first use, which only NaN outputs reach. */
         double[] exactScores = new double[0];
-        double[] exactSums = new double[0];
         /** Which (call, batch, kv head) the packs hold. */
         long packedCall = -1;
         long packedHead = -1;
@@ -441,6 +440,8 @@ public final class Attention {
         Tensor k;
         Tensor v;
         Tensor out;
+        /** The call's options, for {@link #exactRow}. */
+        SdpaOptions options;
         MemorySegment shared;
         int batch;
         int hq;
@@ -514,6 +515,7 @@ public final class Attention {
             k = null;
             v = null;
             out = null;
+            options = null;
             shared = null;
             mSeg = null;
         }
@@ -523,6 +525,7 @@ public final class Attention {
             this.k = k;
             this.v = v;
             this.out = out;
+            this.options = options;
             this.shared = shared;
             batch = (int) q.size(0);
             hq = (int) q.size(1);
@@ -720,79 +723,22 @@ public final class Attention {
                     }
                 }
                 if (nan) {
-                    exactRow(s, b, h, i0 + r, at);
+                    exactRow(s, b, h, i0 + r);
                 }
             }
         }
 
         /**
-         * Output row {@code i} of head {@code (b, h)} read off the definition, as {@link ReferenceAttention} does:
-         * scores in double, weights {@code exp(s - max)}, and every key whose weight is 0 in float (masked, past
-         * the causal limit, or underflowed) skipped, so a NaN or Inf of v reaches exactly the rows that give it
-         * a weight. Slow (scalar), and only run for rows that came out NaN.
+         * Output row {@code i} of head {@code (b, h)} read off the definition by {@link ReferenceAttention#row}:
+         * scores in double and every key whose weight is 0 in float (masked, past the causal limit, or
+         * underflowed) skipped, so a NaN or Inf of v reaches exactly the rows that give it a weight. Slow
+         * (scalar), and only run for rows that came out NaN.
          */
-        private void exactRow(Scratch s, int b, int h, int i, long outAt) {
+        private void exactRow(Scratch s, int b, int h, int i) {
             if (s.exactScores.length < lk) {
                 s.exactScores = new double[lk];
             }
-            if (s.exactSums.length < dv) {
-                s.exactSums = new double[dv];
-            }
-            final double[] sc = s.exactScores;
-            final double[] acc = s.exactSums;
-            final int g = h / group;
-            final int limit = limitFor(i, lk);
-            final MemorySegment qs = q.segment();
-            final MemorySegment ks = k.segment();
-            final MemorySegment vs = v.segment();
-            final long qRow = q.offset() + b * q.stride(0) + h * q.stride(1) + i * q.stride(2);
-            final long kHead = k.offset() + b * k.stride(0) + g * k.stride(1);
-            final long vHead = v.offset() + b * v.stride(0) + g * v.stride(1);
-            final long mRow = mOff + b * ms0 + h * ms1 + i * ms2;
-            // scores and row max (NaN if any allowed score is NaN)
-            double max = Double.NEGATIVE_INFINITY;
-            boolean any = false;
-            for (int j = 0; j < limit; j++) {
-                double x = Double.NEGATIVE_INFINITY;
-                if (mSeg == null || !maskBool || mSeg.getAtIndex(F, mRow + j * ms3) != 0f) {
-                    x = 0;
-                    long kr = kHead + j * k.stride(2);
-                    for (int d = 0; d < dk; d++) {
-                        x += (double) qs.getAtIndex(F, qRow + d * q.stride(3)) * ks.getAtIndex(F, kr + d * k.stride(3));
-                    }
-                    x *= scale;
-                    if (mSeg != null && !maskBool) {
-                        x += mSeg.getAtIndex(F, mRow + j * ms3);
-                    }
-                }
-                sc[j] = x;
-                if (x != Double.NEGATIVE_INFINITY) {
-                    any = true;
-                    max = Math.max(max, x);
-                }
-            }
-            // weighted sum of v over the keys whose weight is not 0
-            java.util.Arrays.fill(acc, 0, dv, 0);
-            double sum = 0;
-            for (int j = 0; any && j < limit; j++) {
-                if (sc[j] == Double.NEGATIVE_INFINITY) {
-                    continue;
-                }
-                // StrictMath: the same bits in every JIT tier
-                double w = StrictMath.exp(sc[j] - max);
-                if ((float) w == 0f) {
-                    continue;
-                }
-                sum += w;
-                long vr = vHead + j * v.stride(2);
-                for (int d = 0; d < dv; d++) {
-                    acc[d] += w * vs.getAtIndex(F, vr + d * v.stride(3));
-                }
-            }
-            // normalize (a row with no key to attend: zeros)
-            for (int d = 0; d < dv; d++) {
-                out.segment().setAtIndex(F, outAt + d * out.stride(3), any ? (float) (acc[d] / sum) : 0f);
-            }
+            ReferenceAttention.row(q, k, v, out, options, b, h, i, s.exactScores);
         }
 
         private int keysFor(int i0, int rows) {

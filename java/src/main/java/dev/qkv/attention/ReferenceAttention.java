@@ -7,7 +7,8 @@ import java.lang.foreign.ValueLayout;
 
 /**
  * The scalar reference: scaled dot-product attention read straight off its definition, every sum in double.
- * It shares no code with the blocked kernels, so it can judge them. A key whose weight is 0 in float (masked,
+ * The blocked kernels share none of it, so it can judge them; only their exact path for output rows that came
+ * out NaN calls {@link #row}, so that those rows are the definition itself. A key whose weight is 0 in float (masked,
  * past the causal limit, or underflowed) does not enter the weighted sum of v at all, so a NaN or Inf of v
  * reaches exactly the rows that give its key a weight.
  */
@@ -19,78 +20,90 @@ final class ReferenceAttention {
 
     /** {@code out = softmax(scale · q·kᵀ + mask) · v} on validated arguments. */
     static void compute(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options) {
-        int batch = (int) q.size(0);
-        int hq = (int) q.size(1);
-        int lq = (int) q.size(2);
-        int dk = (int) q.size(3);
-        int hkv = (int) k.size(1);
-        int lk = (int) k.size(2);
-        int dv = (int) v.size(3);
-        if (hkv == 0) {
+        if (k.size(1) == 0) {
             return;
         }
-        int group = hq / hkv;
+        double[] s = new double[(int) k.size(2)];
+        for (int b = 0; b < q.size(0); b++) {
+            for (int h = 0; h < q.size(1); h++) {
+                for (int i = 0; i < q.size(2); i++) {
+                    row(q, k, v, out, options, b, h, i, s);
+                }
+            }
+        }
+    }
+
+    /**
+     * Output row {@code i} of head {@code (b, h)}, on validated arguments with {@code Hkv > 0}; {@code s} is
+     * scratch of at least {@code Lk} doubles. Also the blocked engines' exact path for rows that came out NaN
+     * (see {@link Attention}), so that such a row is the definition itself.
+     */
+    static void row(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options, int b, int h, int i, double[] s) {
+        int lq = (int) q.size(2);
+        int dk = (int) q.size(3);
+        int lk = (int) k.size(2);
+        int dv = (int) v.size(3);
+        int g = h / ((int) q.size(1) / (int) k.size(1));
         double scale = options.scaleFor(dk);
         Mask mask = options.mask();
-        Tensor m = mask == null ? null : (mask.values().rank() == 2
-                ? mask.values().broadcastTo(1, 1, lq, lk)
-                : mask.values());
-        double[] s = new double[lk];
+        Tensor m = mask == null ? null : mask.values();
         MemorySegment qs = q.segment();
         MemorySegment ks = k.segment();
         MemorySegment vs = v.segment();
         MemorySegment os = out.segment();
-        for (int b = 0; b < batch; b++) {
-            for (int h = 0; h < hq; h++) {
-                int g = h / group;
-                for (int i = 0; i < lq; i++) {
-                    double max = Double.NEGATIVE_INFINITY;
-                    boolean any = false;
-                    for (int j = 0; j < lk; j++) {
-                        boolean allowed = !options.causal() || j <= (long) i + (lk - lq);
-                        double x = 0;
-                        for (int d = 0; d < dk; d++) {
-                            x += (double) qs.getAtIndex(F, at(q, b, h, i, d)) * ks.getAtIndex(F, at(k, b, g, j, d));
-                        }
-                        x *= scale;
-                        if (m != null) {
-                            float mv = m.segment().getAtIndex(F, at(m, b, h, i, j));
-                            if (mask.kind() == Mask.Kind.BOOLEAN) {
-                                allowed &= mv != 0f;
-                            } else {
-                                x += mv;
-                            }
-                        }
-                        if (!allowed || x == Double.NEGATIVE_INFINITY) {
-                            s[j] = Double.NEGATIVE_INFINITY;
-                        } else {
-                            s[j] = x;
-                            any = true;
-                            max = Double.isNaN(x) || Double.isNaN(max) ? Double.NaN : Math.max(max, x);
-                        }
-                    }
-                    double sum = 0;
-                    for (int j = 0; j < lk; j++) {
-                        s[j] = any && s[j] != Double.NEGATIVE_INFINITY ? Math.exp(s[j] - max) : 0;
-                        // a weight that is 0 in float is 0: the key then never contributes, not even 0 · NaN
-                        s[j] = (float) s[j] == 0f ? 0 : s[j];
-                        sum += s[j];
-                    }
-                    for (int d = 0; d < dv; d++) {
-                        double acc = 0;
-                        if (any) {
-                            for (int j = 0; j < lk; j++) {
-                                if (s[j] != 0) {
-                                    acc += s[j] * vs.getAtIndex(F, at(v, b, g, j, d));
-                                }
-                            }
-                            acc /= sum;
-                        }
-                        os.setAtIndex(F, at(out, b, h, i, d), (float) acc);
-                    }
+        double max = Double.NEGATIVE_INFINITY;
+        boolean any = false;
+        for (int j = 0; j < lk; j++) {
+            boolean allowed = !options.causal() || j <= (long) i + (lk - lq);
+            double x = 0;
+            for (int d = 0; d < dk; d++) {
+                x += (double) qs.getAtIndex(F, at(q, b, h, i, d)) * ks.getAtIndex(F, at(k, b, g, j, d));
+            }
+            x *= scale;
+            if (m != null) {
+                float mv = m.segment().getAtIndex(F, maskAt(m, b, h, i, j));
+                if (mask.kind() == Mask.Kind.BOOLEAN) {
+                    allowed &= mv != 0f;
+                } else {
+                    x += mv;
                 }
             }
+            if (!allowed || x == Double.NEGATIVE_INFINITY) {
+                s[j] = Double.NEGATIVE_INFINITY;
+            } else {
+                s[j] = x;
+                any = true;
+                max = Double.isNaN(x) || Double.isNaN(max) ? Double.NaN : Math.max(max, x);
+            }
         }
+        double sum = 0;
+        for (int j = 0; j < lk; j++) {
+            // StrictMath: the same bits in every JIT tier (the engines' exact path must not depend on it)
+            s[j] = any && s[j] != Double.NEGATIVE_INFINITY ? StrictMath.exp(s[j] - max) : 0;
+            // a weight that is 0 in float is 0: the key then never contributes, not even 0 · NaN
+            s[j] = (float) s[j] == 0f ? 0 : s[j];
+            sum += s[j];
+        }
+        for (int d = 0; d < dv; d++) {
+            double acc = 0;
+            if (any) {
+                for (int j = 0; j < lk; j++) {
+                    if (s[j] != 0) {
+                        acc += s[j] * vs.getAtIndex(F, at(v, b, g, j, d));
+                    }
+                }
+                acc /= sum;
+            }
+            os.setAtIndex(F, at(out, b, h, i, d), (float) acc);
+        }
+    }
+
+    /** Element index of mask entry (b, h, i, j): a rank-2 mask is {@code [Lq, Lk]}; dimensions of size 1 broadcast. */
+    private static long maskAt(Tensor m, int b, int h, int i, int j) {
+        if (m.rank() == 2) {
+            return m.offset() + (m.size(0) == 1 ? 0 : i * m.stride(0)) + (m.size(1) == 1 ? 0 : j * m.stride(1));
+        }
+        return at(m, b, h, i, j);
     }
 
     /** Element index of [b, h, i, j] in a rank-4 tensor; dimensions of size 1 broadcast. */
