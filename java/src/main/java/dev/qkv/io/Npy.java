@@ -274,11 +274,7 @@ public final class Npy {
         }
         if (h.dtype == Dtype.FLOAT32) {
             // the file's little-endian floats are the tensor's native layout: read straight into the tensor
-            long bytes = count * Float.BYTES;
-            for (long at = 0; at < bytes; at += CHUNK) {
-                int n = (int) Math.min(CHUNK, bytes - at);
-                readFully(name, ch, dst.asSlice(at, n).asByteBuffer(), h.dataOffset + at, n);
-            }
+            truncatedAt(name, FileRanges.read(ch, dst.asSlice(0, count * Float.BYTES), h.dataOffset));
             return;
         }
         int item = h.dtype.itemSize;
@@ -306,13 +302,13 @@ public final class Npy {
     private static void readFully(String name, FileChannel ch, ByteBuffer dst, long position, int n)
             throws IOException {
         dst.limit(dst.position() + n);
-        long pos = position;
-        while (dst.hasRemaining()) {
-            int got = ch.read(dst, pos);
-            if (got < 0) {
-                throw new NpyFormatException(name, "truncated: the file ended at byte " + pos + " while reading");
-            }
-            pos += got;
+        truncatedAt(name, FileRanges.read(ch, dst, position));
+    }
+
+    /** {@code end} from {@link FileRanges#read}: -1, or the byte at which the file ended too early. */
+    private static void truncatedAt(String name, long end) throws NpyFormatException {
+        if (end >= 0) {
+            throw new NpyFormatException(name, "truncated: the file ended at byte " + end + " while reading");
         }
     }
 

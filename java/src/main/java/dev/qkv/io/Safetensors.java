@@ -113,7 +113,7 @@ public final class Safetensors {
         }
     }
 
-    /** Bytes read per {@code FileChannel} call (a {@code ByteBuffer} holds at most 2^31 - 1). */
+    /** Bytes of the staging buffer through which F16 and BF16 tensors are read and converted. */
     private static final int CHUNK = 1 << 24;
 
     private final Path file;
@@ -220,13 +220,8 @@ public final class Safetensors {
     }
 
     private static void readFully(FileChannel ch, ByteBuffer buf, long at) throws IOException {
-        long p = at;
-        while (buf.hasRemaining()) {
-            int r = ch.read(buf, p);
-            if (r < 0) {
-                throw new IOException("unexpected end of file while reading the header");
-            }
-            p += r;
+        if (FileRanges.read(ch, buf, at) >= 0) {
+            throw new IOException("unexpected end of file while reading the header");
         }
     }
 
@@ -443,10 +438,7 @@ public final class Safetensors {
         Tensor t = Tensor.allocate(Objects.requireNonNull(arena, "arena"), shape);
         if (e.dtype() == Dtype.F32) {
             // the file's little-endian floats are the tensor's native layout: read straight into it
-            for (long at = 0; at < bytes; at += CHUNK) {
-                int n = (int) Math.min(CHUNK, bytes - at);
-                read(name, t.segment().asSlice(at, n), e.begin() + at);
-            }
+            read(name, t.segment().asSlice(0, bytes), e.begin());
             return t;
         }
         boolean half = e.dtype() == Dtype.F16;
@@ -477,21 +469,15 @@ public final class Safetensors {
 
     /** Fills {@code dst} from data byte {@code at}; a file that shrank since {@link #open} is an error. */
     private void read(String name, MemorySegment dst, long at) throws SafetensorsException {
-        ByteBuffer buf = dst.asByteBuffer();
-        long pos = dataStart + at;
+        long end;
         try {
-            while (buf.hasRemaining()) {
-                int r = channel.read(buf, pos);
-                if (r < 0) {
-                    throw fail(file, "tensor '" + name + "': the file ends at byte " + pos + ", before the tensor's"
-                            + " data does: it was truncated after it was opened");
-                }
-                pos += r;
-            }
-        } catch (SafetensorsException ex) {
-            throw ex;
+            end = FileRanges.read(channel, dst, dataStart + at);
         } catch (IOException ex) {
             throw new SafetensorsException(file + ": tensor '" + name + "': reading failed: " + ex, ex);
+        }
+        if (end >= 0) {
+            throw fail(file, "tensor '" + name + "': the file ends at byte " + end + ", before the tensor's"
+                    + " data does: it was truncated after it was opened");
         }
     }
 }
