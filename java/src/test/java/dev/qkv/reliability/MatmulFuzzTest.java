@@ -139,17 +139,13 @@ class MatmulFuzzTest {
                 return "ld too small";
             }
             case 1 -> {
-                o.off = o.floats() - Math.max(o.reach() - o.off, 0) + 1 + r.nextInt(3);
-                return "offset past end";
+                return o.breakAs(RawOperand.Break.OFFSET_PAST_END, arena, r, nativeOnly);
             }
             case 2 -> {
-                long need = Math.max(o.reach(), 1);
-                o.seg = arena.allocate((need - 1) * Float.BYTES, 4);
-                return "segment 1 float short";
+                return o.breakAs(RawOperand.Break.ONE_FLOAT_SHORT, arena, r, nativeOnly);
             }
             case 3 -> {
-                o.off = -1 - r.nextInt(1000);
-                return "negative offset";
+                return o.breakAs(RawOperand.Break.NEGATIVE_OFFSET, arena, r, nativeOnly);
             }
             case 4 -> {
                 return new String[] {"negative m", "negative n", "negative k"}[r.nextInt(3)];
@@ -168,27 +164,19 @@ class MatmulFuzzTest {
                 return "c shares memory with " + (in == a ? "a" : "b");
             }
             case 7 -> {
-                Arena gone = Arena.ofConfined();
-                MemorySegment s = gone.allocate(Math.max(o.floats(), 1) * Float.BYTES, 4);
-                gone.close();
-                o.seg = s;
-                o.closed = true;
-                return "closed arena";
+                return o.breakAs(RawOperand.Break.CLOSED_ARENA, arena, r, nativeOnly);
             }
             case 8 -> {
-                o.seg = MemorySegment.ofArray(new float[(int) o.floats()]);
-                return nativeOnly ? "heap segment" : "heap segment (allowed)";
+                return o.breakAs(RawOperand.Break.HEAP, arena, r, nativeOnly);
             }
             case 9 -> {
-                o.seg = null;
-                return "null segment";
+                return o.breakAs(RawOperand.Break.NULL_SEGMENT, arena, r, nativeOnly);
             }
             case 10 -> {
                 return "null transpose";
             }
             default -> {
-                o.off = Long.MAX_VALUE - r.nextInt(4);
-                return "offset near Long.MAX_VALUE";
+                return o.breakAs(RawOperand.Break.OFFSET_NEAR_MAX, arena, r, nativeOnly);
             }
         }
     }

@@ -163,17 +163,13 @@ class MatvecFuzzTest {
                 return o == a ? "lda too small" : "increment < 1";
             }
             case 1 -> {
-                o.off = o.floats() - Math.max(o.reach() - o.off, 0) + 1 + r.nextInt(3);
-                return "offset past end";
+                return o.breakAs(RawOperand.Break.OFFSET_PAST_END, arena, r, nativeOnly);
             }
             case 2 -> {
-                long need = Math.max(o.reach(), 1);
-                o.seg = arena.allocate((need - 1) * Float.BYTES, 4);
-                return "segment 1 float short";
+                return o.breakAs(RawOperand.Break.ONE_FLOAT_SHORT, arena, r, nativeOnly);
             }
             case 3 -> {
-                o.off = -1 - r.nextInt(1000);
-                return "negative offset";
+                return o.breakAs(RawOperand.Break.NEGATIVE_OFFSET, arena, r, nativeOnly);
             }
             case 4 -> {
                 return r.nextBoolean() ? "negative m" : "negative n";
@@ -190,20 +186,13 @@ class MatvecFuzzTest {
                 return "y shares memory with " + (in == a ? "a" : "x");
             }
             case 7 -> {
-                Arena gone = Arena.ofConfined();
-                MemorySegment s = gone.allocate(Math.max(o.floats(), 1) * Float.BYTES, 4);
-                gone.close();
-                o.seg = s;
-                o.closed = true;
-                return "closed arena";
+                return o.breakAs(RawOperand.Break.CLOSED_ARENA, arena, r, nativeOnly);
             }
             case 8 -> {
-                o.seg = MemorySegment.ofArray(new float[(int) o.floats()]);
-                return nativeOnly ? "heap segment" : "heap segment (allowed)";
+                return o.breakAs(RawOperand.Break.HEAP, arena, r, nativeOnly);
             }
             case 9 -> {
-                o.seg = null;
-                return "null segment";
+                return o.breakAs(RawOperand.Break.NULL_SEGMENT, arena, r, nativeOnly);
             }
             case 10 -> {
                 return "null transpose";
@@ -213,8 +202,7 @@ class MatvecFuzzTest {
                 return "read-only y";
             }
             default -> {
-                o.off = Long.MAX_VALUE - r.nextInt(4);
-                return "offset near Long.MAX_VALUE";
+                return o.breakAs(RawOperand.Break.OFFSET_NEAR_MAX, arena, r, nativeOnly);
             }
         }
     }

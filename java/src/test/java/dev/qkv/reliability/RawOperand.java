@@ -32,6 +32,48 @@ final class RawOperand {
         return o;
     }
 
+    /** Ways to break one operand on its own, shared by the raw-argument fuzzers. */
+    enum Break { OFFSET_PAST_END, ONE_FLOAT_SHORT, NEGATIVE_OFFSET, CLOSED_ARENA, HEAP, NULL_SEGMENT, OFFSET_NEAR_MAX }
+
+    /** Breaks this operand as {@code how} says and names what it did. */
+    String breakAs(Break how, Arena arena, Random r, boolean nativeOnly) {
+        switch (how) {
+            case OFFSET_PAST_END -> {
+                off = floats() - Math.max(reach() - off, 0) + 1 + r.nextInt(3);
+                return "offset past end";
+            }
+            case ONE_FLOAT_SHORT -> {
+                long need = Math.max(reach(), 1);
+                seg = arena.allocate((need - 1) * Float.BYTES, 4);
+                return "segment 1 float short";
+            }
+            case NEGATIVE_OFFSET -> {
+                off = -1 - r.nextInt(1000);
+                return "negative offset";
+            }
+            case CLOSED_ARENA -> {
+                Arena gone = Arena.ofConfined();
+                MemorySegment s = gone.allocate(Math.max(floats(), 1) * Float.BYTES, 4);
+                gone.close();
+                seg = s;
+                closed = true;
+                return "closed arena";
+            }
+            case HEAP -> {
+                seg = MemorySegment.ofArray(new float[(int) floats()]);
+                return nativeOnly ? "heap segment" : "heap segment (allowed)";
+            }
+            case NULL_SEGMENT -> {
+                seg = null;
+                return "null segment";
+            }
+            default -> {
+                off = Long.MAX_VALUE - r.nextInt(4);
+                return "offset near Long.MAX_VALUE";
+            }
+        }
+    }
+
     static void fillRandom(Random r, MemorySegment s) {
         for (long i = 0; i < s.byteSize() / Float.BYTES; i++) {
             s.setAtIndex(F, i, r.nextFloat() * 2 - 1);
