@@ -13,27 +13,28 @@ public interface PackedKernels {
     /** Columns per packed panel of a wide operand (an operand at most half as wide may use narrower panels). */
     int panel();
 
-    /** Floats {@link #packB} writes for {@code op(B) [k, n]}. */
+    /** Floats a {@link #packB} destination needs for {@code op(B) [k, n]}, slack for its alignment included. */
     int packedSize(int k, int n);
 
     /**
      * Packs {@code op(B) [k, n]} from {@code b} (row-major, float offset {@code bOff}, leading dimension
      * {@code ldb}; stored {@code [n, k]} when {@code transposed}) into {@code dst}: panel {@code jp} of width {@code w} ({@link #panel()}, or less for a narrow operand)
-     * holds {@code dst[(jp·k + p)·w + j] = op(B)[p][jp·w + j]}, zero past column {@code n}.
+     * holds {@code dst[at + (jp·k + p)·w + j] = op(B)[p][jp·w + j]}, zero past column {@code n}, and returns
+     * {@code at}: the start the kernels chose (a cache-line boundary when they can tell), to pass to {@link #gemm}.
      */
-    void packB(boolean transposed, MemorySegment b, long bOff, int ldb, int k, int n, float[] dst);
+    int packB(boolean transposed, MemorySegment b, long bOff, int ldb, int k, int n, float[] dst);
 
     /**
      * {@code C [m, n] = rowScale[r] · (op(A) [m, k] · B) + beta · C} with {@code A} in {@code a} (float offset
      * {@code aOff}, leading dimension {@code lda}; stored {@code [k, m]} when {@code aTransposed}), {@code B}
      * the first {@code k} rows and {@code n} columns of an operand packed by {@link #packB} as
-     * {@code [packedK, packedN]}, starting at its row {@code bRow0} and column {@code bCol0} (a multiple of
+     * {@code [packedK, packedN]} from index {@code bAt} of {@code bp} (what {@code packB} returned), starting at its row {@code bRow0} and column {@code bCol0} (a multiple of
      * {@link #panel()}; {@code bRow0 + k <= packedK}, {@code bCol0 + n <= packedN}), {@code C} row-major in {@code c} (float offset {@code cOff}, leading dimension
      * {@code ldc}). Rows of A are copied, eight at a time, into {@code abuf} (at least {@code 8·k} floats).
      * {@code rowScale} null means 1; with {@code beta == 0} the old C is ignored.
      */
     void gemm(boolean aTransposed, MemorySegment a, long aOff, int lda, int m, int n, int k, float[] abuf,
-              float[] bp, int packedK, int packedN, int bRow0, int bCol0, float[] rowScale, float beta, MemorySegment c, long cOff, int ldc);
+              float[] bp, int bAt, int packedK, int packedN, int bRow0, int bCol0, float[] rowScale, float beta, MemorySegment c, long cOff, int ldc);
 
     /**
      * Few-query products straight from memory (no packing): {@code s[sOff + r·lds + j] = a_r · b_j} for

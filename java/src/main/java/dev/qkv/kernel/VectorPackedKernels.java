@@ -22,10 +22,15 @@ final class VectorPackedKernels implements PackedKernels {
     /** Columns of a panel: four vectors, or two when the whole operand is at most two vectors wide. */
     private static final int NR = 4 * L;
     private static final int NARROW = 2 * L;
+    /** Bytes of one vector. */
+    private static final long VB = (long) L * Float.BYTES;
     private static final ByteOrder O = ByteOrder.nativeOrder();
     private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
-    /** Per-thread 8 × NR accumulator tile between the micro-kernel and the store. */
-    private static final ThreadLocal<float[]> TILE = ThreadLocal.withInitial(() -> new float[8 * NR]);
+    /**
+     * Per-thread 8 × NR accumulator tile between the micro-kernel and the store, used from a cache-line-aligned
+     * index (see {@link HeapAlignment}).
+     */
+    private static final ThreadLocal<float[]> TILE = ThreadLocal.withInitial(() -> new float[8 * NR + HeapAlignment.SLACK]);
 
     @Override
     public int panel() {
@@ -43,15 +48,17 @@ final class VectorPackedKernels implements PackedKernels {
     @Override
     public int packedSize(int k, int n) {
         int p = width(n);
-        return Math.multiplyExact((n + p - 1) / p * p, k);
+        return Math.addExact(Math.multiplyExact((n + p - 1) / p * p, k), HeapAlignment.SLACK);
     }
 
     @Override
-    public void packB(boolean transposed, MemorySegment b, long bOff, int ldb, int k, int n, float[] dst) {
+    public int packB(boolean transposed, MemorySegment b, long bOff, int ldb, int k, int n, float[] dst) {
         final int nr = width(n);
+        // panels from a cache-line boundary: their vector loads then never straddle two lines
+        final int at = HeapAlignment.floatOffset(dst);
         for (int j0 = 0, jp = 0; j0 < n; j0 += nr, jp++) {
             final int nb = Math.min(nr, n - j0);
-            final int base = jp * k * nr;
+            final int base = at + jp * k * nr;
             if (!transposed) {
                 // B [k, n]: each panel row is a contiguous run of nb floats (masked loads zero past n)
                 for (int p = 0; p < k; p++) {
@@ -80,25 +87,28 @@ final class VectorPackedKernels implements PackedKernels {
                 }
             }
         }
+        return at;
     }
 
     @Override
     public void gemm(boolean aTransposed, MemorySegment a, long aOff, int lda, int m, int n, int k, float[] abuf,
-                     float[] bp, int packedK, int packedN, int bRow0, int bCol0, float[] rowScale, float beta, MemorySegment c, long cOff, int ldc) {
+                     float[] bp, int bAt, int packedK, int packedN, int bRow0, int bCol0, float[] rowScale, float beta,
+                     MemorySegment c, long cOff, int ldc) {
         final float[] tile = TILE.get();
+        final int t = HeapAlignment.floatOffset(tile);
         if (width(packedN) == NARROW) {
             for (int i = 0; i < m; i += 8) {
                 final int mr = Math.min(8, m - i);
                 copyRows(aTransposed, a, aOff, lda, i, mr, k, abuf);
                 final long cAt = cOff + (long) i * ldc;
                 if (mr == 8) {
-                    kernel8(abuf, 0, k, k, bp, bRow0 * NARROW, tile);
+                    kernel8(abuf, 0, k, k, bp, bAt + bRow0 * NARROW, tile, t);
                 } else {
                     for (int r = 0; r < mr; r++) {
-                        kernel1Narrow(abuf, r * k, k, bp, bRow0 * NARROW, tile, r * NARROW);
+                        kernel1Narrow(abuf, r * k, k, bp, bAt + bRow0 * NARROW, tile, t + r * NARROW);
                     }
                 }
-                flush(tile, NARROW, mr, rowScale, i, beta, c, cAt, ldc, n);
+                flush(tile, t, NARROW, mr, rowScale, i, beta, c, cAt, ldc, n);
             }
             return;
         }
@@ -108,12 +118,12 @@ final class VectorPackedKernels implements PackedKernels {
             copyRows(aTransposed, a, aOff, lda, 0, m, k, abuf);
             for (int j0 = 0, jp = 0; j0 < n; j0 += NR, jp++) {
                 final int nb = Math.min(NR, n - j0);
-                final int bBase = (bCol0 / NR + jp) * packedK * NR + bRow0 * NR;
+                final int bBase = bAt + (bCol0 / NR + jp) * packedK * NR + bRow0 * NR;
                 for (int i = 0; i < m; ) {
                     final int left = m - i;
                     final int mr = left >= 6 && left != 8 ? 6 : Math.min(4, left);
-                    block(abuf, i * k, k, mr, bp, bBase, tile);
-                    flush(tile, NR, mr, rowScale, i, beta, c, cOff + (long) i * ldc + j0, ldc, nb);
+                    block(abuf, i * k, k, mr, bp, bBase, tile, t, rowScale, i, beta, c, cOff + (long) i * ldc + j0,
+                            ldc, nb);
                     i += mr;
                 }
             }
@@ -126,24 +136,36 @@ final class VectorPackedKernels implements PackedKernels {
             copyRows(aTransposed, a, aOff, lda, i, mr, k, abuf);
             for (int j0 = 0, jp = 0; j0 < n; j0 += NR, jp++) {
                 final int nb = Math.min(NR, n - j0);
-                final int bBase = (bCol0 / NR + jp) * packedK * NR + bRow0 * NR;
-                block(abuf, 0, k, mr, bp, bBase, tile);
-                flush(tile, NR, mr, rowScale, i, beta, c, cOff + (long) i * ldc + j0, ldc, nb);
+                final int bBase = bAt + (bCol0 / NR + jp) * packedK * NR + bRow0 * NR;
+                block(abuf, 0, k, mr, bp, bBase, tile, t, rowScale, i, beta, c, cOff + (long) i * ldc + j0, ldc, nb);
             }
             i += mr;
         }
     }
 
-    /** The {@code mr × NR} block of A rows {@code a[a0 + r·k ...]} times one panel into {@code tile}. */
-    private static void block(float[] a, int a0, int k, int mr, float[] bp, int bBase, float[] tile) {
+    /**
+     * The {@code mr × NR} block of A rows {@code a[a0 + r·k ...]} times one panel into rows {@code [i, i + mr)}
+     * of C ({@code nb} columns from float offset {@code cOff}), as {@link #flush} states. A full panel with
+     * {@code beta == 0} (every product of a single-pass call) is stored by the 6- and 4-row kernels from their
+     * registers; the others go through {@code tile} and {@link #flush}.
+     */
+    private static void block(float[] a, int a0, int k, int mr, float[] bp, int bBase, float[] tile, int t,
+                              float[] rowScale, int i, float beta, MemorySegment c, long cOff, int ldc, int nb) {
+        final boolean direct = beta == 0f && nb == NR;
+        final MemorySegment to = direct ? c : null;
+        final long cAt = cOff * Float.BYTES;
+        final long ldcBytes = (long) ldc * Float.BYTES;
         if (mr == 6) {
-            kernel6(a, a0, k, k, bp, bBase, tile);
+            kernel6(a, a0, k, k, bp, bBase, tile, t, to, cAt, ldcBytes, rowScale, i);
         } else if (mr == 4) {
-            kernel4(a, a0, k, k, bp, bBase, tile);
+            kernel4(a, a0, k, k, bp, bBase, tile, t, to, cAt, ldcBytes, rowScale, i);
         } else {
             for (int r = 0; r < mr; r++) {
-                kernel1(a, a0 + r * k, k, bp, bBase, tile, r * NR);
+                kernel1(a, a0 + r * k, k, bp, bBase, tile, t + r * NR);
             }
+        }
+        if (!direct || (mr != 6 && mr != 4)) {
+            flush(tile, t, NR, mr, rowScale, i, beta, c, cOff, ldc, nb);
         }
     }
 
@@ -173,7 +195,8 @@ final class VectorPackedKernels implements PackedKernels {
      * broadcasts per 24 FMAs (29 of the 32 vector registers). Its accumulators go to an array, not to a store
      * helper: passing vectors to a method C2 does not inline (node count cutoff) boxes every one of them.
      */
-    private static void kernel6(float[] a, int a0, int lda, int k, float[] bp, int bBase, float[] tile) {
+    private static void kernel6(float[] a, int a0, int lda, int k, float[] bp, int bBase, float[] tile, int t,
+                                MemorySegment c, long cAt, long ldcBytes, float[] rowScale, int i) {
         final int a1 = a0 + lda;
         final int a2 = a1 + lda;
         final int a3 = a2 + lda;
@@ -240,34 +263,75 @@ final class VectorPackedKernels implements PackedKernels {
             c52 = x.fma(b2, c52);
             c53 = x.fma(b3, c53);
         }
-        c00.intoArray(tile, 0);
-        c01.intoArray(tile, L);
-        c02.intoArray(tile, 2 * L);
-        c03.intoArray(tile, 3 * L);
-        c10.intoArray(tile, NR);
-        c11.intoArray(tile, NR + L);
-        c12.intoArray(tile, NR + 2 * L);
-        c13.intoArray(tile, NR + 3 * L);
-        c20.intoArray(tile, 2 * NR);
-        c21.intoArray(tile, 2 * NR + L);
-        c22.intoArray(tile, 2 * NR + 2 * L);
-        c23.intoArray(tile, 2 * NR + 3 * L);
-        c30.intoArray(tile, 3 * NR);
-        c31.intoArray(tile, 3 * NR + L);
-        c32.intoArray(tile, 3 * NR + 2 * L);
-        c33.intoArray(tile, 3 * NR + 3 * L);
-        c40.intoArray(tile, 4 * NR);
-        c41.intoArray(tile, 4 * NR + L);
-        c42.intoArray(tile, 4 * NR + 2 * L);
-        c43.intoArray(tile, 4 * NR + 3 * L);
-        c50.intoArray(tile, 5 * NR);
-        c51.intoArray(tile, 5 * NR + L);
-        c52.intoArray(tile, 5 * NR + 2 * L);
-        c53.intoArray(tile, 5 * NR + 3 * L);
+        if (c == null) {
+            c00.intoArray(tile, t);
+            c01.intoArray(tile, t + L);
+            c02.intoArray(tile, t + 2 * L);
+            c03.intoArray(tile, t + 3 * L);
+            c10.intoArray(tile, t + NR);
+            c11.intoArray(tile, t + NR + L);
+            c12.intoArray(tile, t + NR + 2 * L);
+            c13.intoArray(tile, t + NR + 3 * L);
+            c20.intoArray(tile, t + 2 * NR);
+            c21.intoArray(tile, t + 2 * NR + L);
+            c22.intoArray(tile, t + 2 * NR + 2 * L);
+            c23.intoArray(tile, t + 2 * NR + 3 * L);
+            c30.intoArray(tile, t + 3 * NR);
+            c31.intoArray(tile, t + 3 * NR + L);
+            c32.intoArray(tile, t + 3 * NR + 2 * L);
+            c33.intoArray(tile, t + 3 * NR + 3 * L);
+            c40.intoArray(tile, t + 4 * NR);
+            c41.intoArray(tile, t + 4 * NR + L);
+            c42.intoArray(tile, t + 4 * NR + 2 * L);
+            c43.intoArray(tile, t + 4 * NR + 3 * L);
+            c50.intoArray(tile, t + 5 * NR);
+            c51.intoArray(tile, t + 5 * NR + L);
+            c52.intoArray(tile, t + 5 * NR + 2 * L);
+            c53.intoArray(tile, t + 5 * NR + 3 * L);
+            return;
+        }
+        // straight to C (beta = 0, a full panel): no round trip through the tile
+        float s0 = rowScale == null ? 1f : rowScale[i + 0];
+        long o0 = cAt + 0;
+        c00.mul(s0).intoMemorySegment(c, o0, O);
+        c01.mul(s0).intoMemorySegment(c, o0 + VB, O);
+        c02.mul(s0).intoMemorySegment(c, o0 + 2 * VB, O);
+        c03.mul(s0).intoMemorySegment(c, o0 + 3 * VB, O);
+        float s1 = rowScale == null ? 1f : rowScale[i + 1];
+        long o1 = cAt + ldcBytes;
+        c10.mul(s1).intoMemorySegment(c, o1, O);
+        c11.mul(s1).intoMemorySegment(c, o1 + VB, O);
+        c12.mul(s1).intoMemorySegment(c, o1 + 2 * VB, O);
+        c13.mul(s1).intoMemorySegment(c, o1 + 3 * VB, O);
+        float s2 = rowScale == null ? 1f : rowScale[i + 2];
+        long o2 = cAt + 2 * ldcBytes;
+        c20.mul(s2).intoMemorySegment(c, o2, O);
+        c21.mul(s2).intoMemorySegment(c, o2 + VB, O);
+        c22.mul(s2).intoMemorySegment(c, o2 + 2 * VB, O);
+        c23.mul(s2).intoMemorySegment(c, o2 + 3 * VB, O);
+        float s3 = rowScale == null ? 1f : rowScale[i + 3];
+        long o3 = cAt + 3 * ldcBytes;
+        c30.mul(s3).intoMemorySegment(c, o3, O);
+        c31.mul(s3).intoMemorySegment(c, o3 + VB, O);
+        c32.mul(s3).intoMemorySegment(c, o3 + 2 * VB, O);
+        c33.mul(s3).intoMemorySegment(c, o3 + 3 * VB, O);
+        float s4 = rowScale == null ? 1f : rowScale[i + 4];
+        long o4 = cAt + 4 * ldcBytes;
+        c40.mul(s4).intoMemorySegment(c, o4, O);
+        c41.mul(s4).intoMemorySegment(c, o4 + VB, O);
+        c42.mul(s4).intoMemorySegment(c, o4 + 2 * VB, O);
+        c43.mul(s4).intoMemorySegment(c, o4 + 3 * VB, O);
+        float s5 = rowScale == null ? 1f : rowScale[i + 5];
+        long o5 = cAt + 5 * ldcBytes;
+        c50.mul(s5).intoMemorySegment(c, o5, O);
+        c51.mul(s5).intoMemorySegment(c, o5 + VB, O);
+        c52.mul(s5).intoMemorySegment(c, o5 + 2 * VB, O);
+        c53.mul(s5).intoMemorySegment(c, o5 + 3 * VB, O);
     }
 
     /** The 4 × 4-vector block (the rows a block of 6 leaves over), as {@link #kernel6}. */
-    private static void kernel4(float[] a, int a0, int lda, int k, float[] bp, int bBase, float[] tile) {
+    private static void kernel4(float[] a, int a0, int lda, int k, float[] bp, int bBase, float[] tile, int t,
+                                MemorySegment c, long cAt, long ldcBytes, float[] rowScale, int i) {
         final int a1 = a0 + lda;
         final int a2 = a1 + lda;
         final int a3 = a2 + lda;
@@ -314,22 +378,50 @@ final class VectorPackedKernels implements PackedKernels {
             c32 = x.fma(b2, c32);
             c33 = x.fma(b3, c33);
         }
-        c00.intoArray(tile, 0);
-        c01.intoArray(tile, L);
-        c02.intoArray(tile, 2 * L);
-        c03.intoArray(tile, 3 * L);
-        c10.intoArray(tile, NR);
-        c11.intoArray(tile, NR + L);
-        c12.intoArray(tile, NR + 2 * L);
-        c13.intoArray(tile, NR + 3 * L);
-        c20.intoArray(tile, 2 * NR);
-        c21.intoArray(tile, 2 * NR + L);
-        c22.intoArray(tile, 2 * NR + 2 * L);
-        c23.intoArray(tile, 2 * NR + 3 * L);
-        c30.intoArray(tile, 3 * NR);
-        c31.intoArray(tile, 3 * NR + L);
-        c32.intoArray(tile, 3 * NR + 2 * L);
-        c33.intoArray(tile, 3 * NR + 3 * L);
+        if (c == null) {
+            c00.intoArray(tile, t);
+            c01.intoArray(tile, t + L);
+            c02.intoArray(tile, t + 2 * L);
+            c03.intoArray(tile, t + 3 * L);
+            c10.intoArray(tile, t + NR);
+            c11.intoArray(tile, t + NR + L);
+            c12.intoArray(tile, t + NR + 2 * L);
+            c13.intoArray(tile, t + NR + 3 * L);
+            c20.intoArray(tile, t + 2 * NR);
+            c21.intoArray(tile, t + 2 * NR + L);
+            c22.intoArray(tile, t + 2 * NR + 2 * L);
+            c23.intoArray(tile, t + 2 * NR + 3 * L);
+            c30.intoArray(tile, t + 3 * NR);
+            c31.intoArray(tile, t + 3 * NR + L);
+            c32.intoArray(tile, t + 3 * NR + 2 * L);
+            c33.intoArray(tile, t + 3 * NR + 3 * L);
+            return;
+        }
+        // straight to C (beta = 0, a full panel): no round trip through the tile
+        float s0 = rowScale == null ? 1f : rowScale[i + 0];
+        long o0 = cAt + 0;
+        c00.mul(s0).intoMemorySegment(c, o0, O);
+        c01.mul(s0).intoMemorySegment(c, o0 + VB, O);
+        c02.mul(s0).intoMemorySegment(c, o0 + 2 * VB, O);
+        c03.mul(s0).intoMemorySegment(c, o0 + 3 * VB, O);
+        float s1 = rowScale == null ? 1f : rowScale[i + 1];
+        long o1 = cAt + ldcBytes;
+        c10.mul(s1).intoMemorySegment(c, o1, O);
+        c11.mul(s1).intoMemorySegment(c, o1 + VB, O);
+        c12.mul(s1).intoMemorySegment(c, o1 + 2 * VB, O);
+        c13.mul(s1).intoMemorySegment(c, o1 + 3 * VB, O);
+        float s2 = rowScale == null ? 1f : rowScale[i + 2];
+        long o2 = cAt + 2 * ldcBytes;
+        c20.mul(s2).intoMemorySegment(c, o2, O);
+        c21.mul(s2).intoMemorySegment(c, o2 + VB, O);
+        c22.mul(s2).intoMemorySegment(c, o2 + 2 * VB, O);
+        c23.mul(s2).intoMemorySegment(c, o2 + 3 * VB, O);
+        float s3 = rowScale == null ? 1f : rowScale[i + 3];
+        long o3 = cAt + 3 * ldcBytes;
+        c30.mul(s3).intoMemorySegment(c, o3, O);
+        c31.mul(s3).intoMemorySegment(c, o3 + VB, O);
+        c32.mul(s3).intoMemorySegment(c, o3 + 2 * VB, O);
+        c33.mul(s3).intoMemorySegment(c, o3 + 3 * VB, O);
     }
 
     private static void kernel1(float[] a, int a0, int k, float[] bp, int bBase, float[] tile, int at) {
@@ -355,7 +447,7 @@ final class VectorPackedKernels implements PackedKernels {
      * The 8 × 2-vector block of {@code A · B} into {@code tile [8, NARROW]}, for narrow panels. Its accumulators go to an array, not to
      * a store helper: passing vectors to a method C2 does not inline (node count cutoff) boxes every one of them.
      */
-    private static void kernel8(float[] a, int a0, int lda, int k, float[] bp, int bBase, float[] tile) {
+    private static void kernel8(float[] a, int a0, int lda, int k, float[] bp, int bBase, float[] tile, int t) {
         final int a1 = a0 + lda;
         final int a2 = a1 + lda;
         final int a3 = a2 + lda;
@@ -408,22 +500,22 @@ final class VectorPackedKernels implements PackedKernels {
             c70 = x.fma(b0, c70);
             c71 = x.fma(b1, c71);
         }
-        c00.intoArray(tile, 0);
-        c01.intoArray(tile, L);
-        c10.intoArray(tile, NARROW);
-        c11.intoArray(tile, NARROW + L);
-        c20.intoArray(tile, 2 * NARROW);
-        c21.intoArray(tile, 2 * NARROW + L);
-        c30.intoArray(tile, 3 * NARROW);
-        c31.intoArray(tile, 3 * NARROW + L);
-        c40.intoArray(tile, 4 * NARROW);
-        c41.intoArray(tile, 4 * NARROW + L);
-        c50.intoArray(tile, 5 * NARROW);
-        c51.intoArray(tile, 5 * NARROW + L);
-        c60.intoArray(tile, 6 * NARROW);
-        c61.intoArray(tile, 6 * NARROW + L);
-        c70.intoArray(tile, 7 * NARROW);
-        c71.intoArray(tile, 7 * NARROW + L);
+        c00.intoArray(tile, t + 0);
+        c01.intoArray(tile, t + L);
+        c10.intoArray(tile, t + NARROW);
+        c11.intoArray(tile, t + NARROW + L);
+        c20.intoArray(tile, t + 2 * NARROW);
+        c21.intoArray(tile, t + 2 * NARROW + L);
+        c30.intoArray(tile, t + 3 * NARROW);
+        c31.intoArray(tile, t + 3 * NARROW + L);
+        c40.intoArray(tile, t + 4 * NARROW);
+        c41.intoArray(tile, t + 4 * NARROW + L);
+        c50.intoArray(tile, t + 5 * NARROW);
+        c51.intoArray(tile, t + 5 * NARROW + L);
+        c60.intoArray(tile, t + 6 * NARROW);
+        c61.intoArray(tile, t + 6 * NARROW + L);
+        c70.intoArray(tile, t + 7 * NARROW);
+        c71.intoArray(tile, t + 7 * NARROW + L);
     }
 
     private static void kernel1Narrow(float[] a, int a0, int k, float[] bp, int bBase, float[] tile, int at) {
@@ -440,7 +532,7 @@ final class VectorPackedKernels implements PackedKernels {
     }
 
     /** {@code C row r [0, nb) = rowScale[i + r] · tile row r (of nr floats) + beta · C} for {@code r < mr}. */
-    private static void flush(float[] tile, int nr, int mr, float[] rowScale, int i, float beta, MemorySegment c,
+    private static void flush(float[] tile, int t, int nr, int mr, float[] rowScale, int i, float beta, MemorySegment c,
                               long cOff, int ldc, int nb) {
         for (int r = 0; r < mr; r++) {
             float scale = rowScale == null ? 1f : rowScale[i + r];
@@ -448,7 +540,7 @@ final class VectorPackedKernels implements PackedKernels {
             if (nb == nr) {
                 for (int q = 0; q < nr; q += L) {
                     long o = off + (long) q * Float.BYTES;
-                    FloatVector x = FloatVector.fromArray(SP, tile, r * nr + q).mul(scale);
+                    FloatVector x = FloatVector.fromArray(SP, tile, t + r * nr + q).mul(scale);
                     if (beta != 0f) {
                         x = FloatVector.fromMemorySegment(SP, c, o, O).mul(beta).add(x);
                     }
@@ -458,7 +550,7 @@ final class VectorPackedKernels implements PackedKernels {
                 // a partial panel, element by element (masked vector stores may not be intrinsified)
                 for (int j = 0; j < nb; j++) {
                     long o = off + (long) j * Float.BYTES;
-                    float x = scale * tile[r * nr + j];
+                    float x = scale * tile[t + r * nr + j];
                     c.set(F, o, beta != 0f ? Math.fma(beta, c.get(F, o), x) : x);
                 }
             }
