@@ -3,6 +3,7 @@ package dev.qkv.attention;
 import dev.qkv.blas.OpenBlas;
 import dev.qkv.blas.Transpose;
 import dev.qkv.kernel.MatmulKernel;
+import dev.qkv.kernel.PackBuffer;
 import dev.qkv.kernel.PackedKernels;
 import dev.qkv.kernel.RowKernels;
 import dev.qkv.kernel.Vectorization;
@@ -407,8 +408,8 @@ public final class Attention {
         final float[] rowMax = new float[MAX_BLOCK_ROWS];
         final float[] rowSum = new float[MAX_BLOCK_ROWS];
         final float[] qScale = new float[MAX_BLOCK_ROWS];
-        float[] kPack = new float[0];
-        float[] vPack = new float[0];
+        final PackBuffer kPack = new PackBuffer();
+        final PackBuffer vPack = new PackBuffer();
         /** Where the packed operands start in {@link #kPack} and {@link #vPack} (see {@code PackedKernels.packB}). */
         int kAt;
         int vAt;
@@ -947,19 +948,15 @@ public final class Attention {
                 // kᵀ [Dk, Lk] and v [Lk, Dv] of this head into panels, once per head and worker
                 int kn = pk.packedSize(dk, lk);
                 int vn = pk.packedSize(lk, dv);
-                if (s.kPack.length < kn) {
-                    s.kPack = new float[kn];
-                }
-                if (s.vPack.length < vn) {
-                    s.vPack = new float[vn];
-                }
+                s.kPack.ensure(kn);
+                s.vPack.ensure(vn);
                 boolean kRow = rowMajorOk(k);
                 s.kAt = pk.packB(kRow, k.segment(), kBase, kRow ? (int) ld(k.stride(2), dk) : (int) ld(k.stride(3), lk),
                         dk, lk, s.kPack);
                 boolean vRow = rowMajorOk(v);
                 s.vAt = pk.packB(!vRow, v.segment(), vBase, vRow ? (int) ld(v.stride(2), dv) : (int) ld(v.stride(3), lk),
                         lk, dv, s.vPack);
-                flushSubnormals(s.vPack, vn);
+                flushSubnormals(s.vPack.array(), vn);
                 s.packedCall = callId;
                 s.packedHead = kvHead;
             }
@@ -976,12 +973,12 @@ public final class Attention {
             }
             java.util.Arrays.fill(inv, 0, rows, scale);
             // scores [rows, keys] = scale · q_block · kᵀ
-            pk.gemm(!qRow, q.segment(), qAt, ldq, rows, keys, dk, s.aBuf, s.kPack, s.kAt, dk, lk, 0, 0, inv, 0f, ws, base,
+            pk.gemm(!qRow, q.segment(), qAt, ldq, rows, keys, dk, s.aBuf, s.kPack.array(), s.kAt, dk, lk, 0, 0, inv, 0f, ws, base,
                     keys);
             // mask, row max, exp and sum
             softmaxRows(ws, base, keys, i0, rows, keys, maskHead, inv);
             // out_block [rows, Dv] = p · v / sum
-            pk.gemm(false, ws, base, keys, rows, dv, keys, s.aBuf, s.vPack, s.vAt, lk, dv, 0, 0, inv, 0f, outSeg, outRows,
+            pk.gemm(false, ws, base, keys, rows, dv, keys, s.aBuf, s.vPack.array(), s.vAt, lk, dv, 0, 0, inv, 0f, outSeg, outRows,
                     ldo);
             zeroMaskedRows(inv, rows, outSeg, outRows, dv, ldo);
         }
@@ -1005,11 +1002,11 @@ public final class Attention {
             for (int j0 = 0; j0 < keys; j0 += KEY_BLOCK) {
                 final int nk = Math.min(KEY_BLOCK, keys - j0);
                 // scores [rows, nk] = scale · q_block · kᵀ[:, j0, j0 + nk)
-                pk.gemm(!qRow, q.segment(), qAt, ldq, rows, nk, dk, s.aBuf, s.kPack, s.kAt, dk, lk, 0, j0, s.qScale, 0f,
+                pk.gemm(!qRow, q.segment(), qAt, ldq, rows, nk, dk, s.aBuf, s.kPack.array(), s.kAt, dk, lk, 0, j0, s.qScale, 0f,
                         ws, base, nk);
                 onlineRows(ws, base, nk, i0, rows, keys, j0, nk, maskHead, max, sum, outSeg, outRows, ldo);
                 // out_block [rows, Dv] (+)= p · v[j0, j0 + nk)
-                pk.gemm(false, ws, base, nk, rows, dv, nk, s.aBuf, s.vPack, s.vAt, lk, dv, j0, 0, null, j0 == 0 ? 0f : 1f,
+                pk.gemm(false, ws, base, nk, rows, dv, nk, s.aBuf, s.vPack.array(), s.vAt, lk, dv, j0, 0, null, j0 == 0 ? 0f : 1f,
                         outSeg, outRows, ldo);
             }
             onlineFinish(rows, sum, inv, outSeg, outRows, ldo);

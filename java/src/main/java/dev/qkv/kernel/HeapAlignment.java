@@ -51,17 +51,17 @@ final class HeapAlignment {
     }
 
     /**
-     * The index in {@code a}, in {@code [0, SLACK]}, whose element starts a 64-byte cache line at the time of the
-     * call; 0 when that cannot be told.
+     * The index in the {@code float[]} viewed by {@code array} ({@code MemorySegment.ofArray}), in
+     * {@code [0, SLACK]}, whose element starts a 64-byte cache line at the time of the call; 0 when that cannot be
+     * told. The caller keeps the view: making one per call would allocate it each time.
      */
-    static int floatOffset(float[] a) {
-        if (MEMMOVE == null || a.length == 0) {
+    static int floatOffset(MemorySegment array) {
+        if (MEMMOVE == null || array.byteSize() == 0) {
             return 0;
         }
         long address;
         try {
-            MemorySegment p = MemorySegment.ofArray(a);
-            address = (long) MEMMOVE.invokeExact(p, p, 0L);
+            address = (long) MEMMOVE.invokeExact(array, array, 0L);
         } catch (Throwable e) {
             return 0;
         }

@@ -18,11 +18,12 @@ public interface PackedKernels {
 
     /**
      * Packs {@code op(B) [k, n]} from {@code b} (row-major, float offset {@code bOff}, leading dimension
-     * {@code ldb}; stored {@code [n, k]} when {@code transposed}) into {@code dst}: panel {@code jp} of width {@code w} ({@link #panel()}, or less for a narrow operand)
+     * {@code ldb}; stored {@code [n, k]} when {@code transposed}) into {@code dst}'s array (at least
+     * {@link #packedSize} floats): panel {@code jp} of width {@code w} ({@link #panel()}, or less for a narrow operand)
      * holds {@code dst[at + (jp·k + p)·w + j] = op(B)[p][jp·w + j]}, zero past column {@code n}, and returns
      * {@code at}: the start the kernels chose (a cache-line boundary when they can tell), to pass to {@link #gemm}.
      */
-    int packB(boolean transposed, MemorySegment b, long bOff, int ldb, int k, int n, float[] dst);
+    int packB(boolean transposed, MemorySegment b, long bOff, int ldb, int k, int n, PackBuffer dst);
 
     /**
      * {@code C [m, n] = rowScale[r] · (op(A) [m, k] · B) + beta · C} with {@code A} in {@code a} (float offset

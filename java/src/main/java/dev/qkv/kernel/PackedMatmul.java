@@ -22,7 +22,7 @@ final class PackedMatmul extends MatmulKernel {
 
     /** Per-thread scratch: packed B panels, a block of A rows, the alpha of each row. */
     private static final class Buffers {
-        float[] b = new float[0];
+        final PackBuffer b = new PackBuffer();
         float[] a = new float[0];
         float[] alpha = new float[64];
     }
@@ -43,9 +43,7 @@ final class PackedMatmul extends MatmulKernel {
                           float beta, MemorySegment c, long cOff, int ldc) {
         Buffers buf = buffers.get();
         int bNeed = kernels.packedSize(k, Math.min(n, COLS));
-        if (buf.b.length < bNeed) {
-            buf.b = new float[bNeed];
-        }
+        buf.b.ensure(bNeed);
         int aNeed = Math.multiplyExact(8, Math.max(k, 1));
         if (buf.a.length < aNeed) {
             buf.a = new float[aNeed];
@@ -58,7 +56,7 @@ final class PackedMatmul extends MatmulKernel {
             int nb = Math.min(COLS, n - j0);
             long bAt = tb == Transpose.NO ? bOff + j0 : bOff + (long) j0 * ldb;
             int at = kernels.packB(tb == Transpose.YES, b, bAt, ldb, k, nb, buf.b);
-            kernels.gemm(ta == Transpose.YES, a, aOff, lda, m, nb, k, buf.a, buf.b, at, k, nb, 0, 0, buf.alpha, beta, c,
+            kernels.gemm(ta == Transpose.YES, a, aOff, lda, m, nb, k, buf.a, buf.b.array(), at, k, nb, 0, 0, buf.alpha, beta, c,
                     cOff + j0, ldc);
         }
     }

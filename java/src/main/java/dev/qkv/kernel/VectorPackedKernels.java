@@ -30,7 +30,11 @@ final class VectorPackedKernels implements PackedKernels {
      * Per-thread 8 × NR accumulator tile between the micro-kernel and the store, used from a cache-line-aligned
      * index (see {@link HeapAlignment}).
      */
-    private static final ThreadLocal<float[]> TILE = ThreadLocal.withInitial(() -> new float[8 * NR + HeapAlignment.SLACK]);
+    private static final ThreadLocal<PackBuffer> TILE = ThreadLocal.withInitial(() -> {
+        PackBuffer b = new PackBuffer();
+        b.ensure(8 * NR + HeapAlignment.SLACK);
+        return b;
+    });
 
     @Override
     public int panel() {
@@ -52,10 +56,11 @@ final class VectorPackedKernels implements PackedKernels {
     }
 
     @Override
-    public int packB(boolean transposed, MemorySegment b, long bOff, int ldb, int k, int n, float[] dst) {
+    public int packB(boolean transposed, MemorySegment b, long bOff, int ldb, int k, int n, PackBuffer buffer) {
         final int nr = width(n);
+        final float[] dst = buffer.array();
         // panels from a cache-line boundary: their vector loads then never straddle two lines
-        final int at = HeapAlignment.floatOffset(dst);
+        final int at = buffer.alignedStart();
         for (int j0 = 0, jp = 0; j0 < n; j0 += nr, jp++) {
             final int nb = Math.min(nr, n - j0);
             final int base = at + jp * k * nr;
@@ -94,8 +99,9 @@ final class VectorPackedKernels implements PackedKernels {
     public void gemm(boolean aTransposed, MemorySegment a, long aOff, int lda, int m, int n, int k, float[] abuf,
                      float[] bp, int bAt, int packedK, int packedN, int bRow0, int bCol0, float[] rowScale, float beta,
                      MemorySegment c, long cOff, int ldc) {
-        final float[] tile = TILE.get();
-        final int t = HeapAlignment.floatOffset(tile);
+        final PackBuffer tb = TILE.get();
+        final float[] tile = tb.array();
+        final int t = tb.alignedStart();
         if (width(packedN) == NARROW) {
             for (int i = 0; i < m; i += 8) {
                 final int mr = Math.min(8, m - i);
