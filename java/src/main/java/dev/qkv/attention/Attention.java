@@ -572,7 +572,7 @@ public final class Attention {
             gemv = !usePacked && owner.blas != null && lq < GEMV_QUERIES;
             if (!usePacked && !packV && owner.blas != null && lq >= AUTO_JAVA_QUERIES && hasSubnormal(v, owner.rows)) {
                 // OpenBLAS multiplies subnormal v through microcode assists (measured 35x slower); a packed
-                // copy flushes them (see flushSubnormals). The scan reads v once, against Lq/8 and more reads
+                // copy flushes them (see packB's flushSubnormals). The scan reads v once, against Lq/8 and more reads
                 // by the products; decoding-sized calls (fewer than 8 queries) skip it.
                 packV = true;
             }
@@ -952,11 +952,10 @@ public final class Attention {
                 s.vPack.ensure(vn);
                 boolean kRow = rowMajorOk(k);
                 s.kAt = pk.packB(kRow, k.segment(), kBase, kRow ? (int) ld(k.stride(2), dk) : (int) ld(k.stride(3), lk),
-                        dk, lk, s.kPack);
+                        dk, lk, false, s.kPack);
                 boolean vRow = rowMajorOk(v);
                 s.vAt = pk.packB(!vRow, v.segment(), vBase, vRow ? (int) ld(v.stride(2), dv) : (int) ld(v.stride(3), lk),
-                        lk, dv, s.vPack);
-                flushSubnormals(s.vPack.array(), vn);
+                        lk, dv, true, s.vPack);
                 s.packedCall = callId;
                 s.packedHead = kvHead;
             }
@@ -1078,20 +1077,6 @@ public final class Attention {
         }
 
         /**
-         * Subnormal values of the packed v become zeros. A product with a subnormal operand takes a microcode
-         * assist on x86 (measured: subnormal v made attention 31x slower), and the JVM cannot set the
-         * flush-to-zero mode; a subnormal v changes an output by less than 2^-126 times its weight. One pass per
-         * head and worker, over what packing has just brought into cache.
-         */
-        private static void flushSubnormals(float[] a, int n) {
-            for (int i = 0; i < n; i++) {
-                if (Math.abs(a[i]) < Float.MIN_NORMAL) {
-                    a[i] = 0f;
-                }
-            }
-        }
-
-        /**
          * Rows whose softmax allowed no key (normalizer 0) become zeros: the product computed 0 · v, which is NaN
          * where v holds NaN or Inf, and a fully masked row must give zeros whatever v holds.
          */
@@ -1192,7 +1177,10 @@ public final class Attention {
                 for (long r = 0; r < rows; r++) {
                     for (long c = 0; c < cols; c++) {
                         float x = seg.getAtIndex(F, base + r * t.stride(2) + c * t.stride(3));
-                        // subnormals become zeros, as in every packed copy (see Job.flushSubnormals)
+                        // subnormals become zeros in a packed copy, as in the Java engine's packed v: a product
+                        // with a subnormal operand takes a microcode assist on x86 (measured: subnormal v made
+                        // attention 31x slower), and the JVM cannot set flush-to-zero; a subnormal changes an
+                        // output by less than 2^-126 times its weight
                         ws.setAtIndex(F, packAt + r * cols + c, Math.abs(x) < Float.MIN_NORMAL ? 0f : x);
                     }
                 }

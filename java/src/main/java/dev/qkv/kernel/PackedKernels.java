@@ -22,8 +22,10 @@ public interface PackedKernels {
      * {@link #packedSize} floats): panel {@code jp} of width {@code w} ({@link #panel()}, or less for a narrow operand)
      * holds {@code dst[at + (jp·k + p)·w + j] = op(B)[p][jp·w + j]}, zero past column {@code n}, and returns
      * {@code at}: the start the kernels chose (a cache-line boundary when they can tell), to pass to {@link #gemm}.
+     * With {@code flushSubnormals}, subnormal values are packed as zeros (NaN and infinities stay).
      */
-    int packB(boolean transposed, MemorySegment b, long bOff, int ldb, int k, int n, PackBuffer dst);
+    int packB(boolean transposed, MemorySegment b, long bOff, int ldb, int k, int n, boolean flushSubnormals,
+              PackBuffer dst);
 
     /**
      * {@code C [m, n] = rowScale[r] · (op(A) [m, k] · B) + beta · C} with {@code A} in {@code a} (float offset

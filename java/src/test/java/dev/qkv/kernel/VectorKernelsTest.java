@@ -149,7 +149,8 @@ class VectorKernelsTest {
             for (int trial = 0; trial < 60; trial++) {
                 int m = sizes[r.nextInt(sizes.length)];
                 int n = sizes[r.nextInt(sizes.length)];
-                int k = trial == 0 ? 0 : sizes[r.nextInt(sizes.length)];
+                // every sixth trial a reduction past one pass of the transposed packing (256 steps)
+                int k = trial == 0 ? 0 : trial % 6 == 5 ? 250 + r.nextInt(320) : sizes[r.nextInt(sizes.length)];
                 Transpose ta = r.nextBoolean() ? Transpose.NO : Transpose.YES;
                 Transpose tb = r.nextBoolean() ? Transpose.NO : Transpose.YES;
                 float alpha = (float) (r.nextDouble() * 2 - 1);
