@@ -55,19 +55,19 @@ final class VectorRowKernels extends RowKernels {
         final long base = at * Float.BYTES;
         float max;
         if (mask == null) {
-            max = max(s, base, limit);
+            max = max(s, base, limit, n);
         } else if (mStride == 1) {
             max = maskAndMax(s, base, limit, mask, mAt * Float.BYTES, maskBool);
         } else {
             applyMaskScalar(s, at, limit, mask, mAt, mStride, maskBool);
-            max = max(s, base, limit);
+            max = max(s, base, limit, n);
         }
         if (max == Float.NEGATIVE_INFINITY || limit == 0) {
             // no key may be attended: zeros, never NaN
             zero(s, base, 0, n);
             return 0f;
         }
-        float sum = expAndSum(s, base, limit, max);
+        float sum = expAndSum(s, base, limit, n, max);
         zero(s, base, limit, n);
         return 1f / sum;
     }
@@ -78,12 +78,12 @@ final class VectorRowKernels extends RowKernels {
         final long base = at * Float.BYTES;
         float blockMax;
         if (mask == null) {
-            blockMax = max(s, base, limit);
+            blockMax = max(s, base, limit, n);
         } else if (mStride == 1) {
             blockMax = maskAndMax(s, base, limit, mask, mAt * Float.BYTES, maskBool);
         } else {
             applyMaskScalar(s, at, limit, mask, mAt, mStride, maskBool);
-            blockMax = max(s, base, limit);
+            blockMax = max(s, base, limit, n);
         }
         float m = Math.max(max[r], blockMax);
         max[r] = m;
@@ -91,7 +91,7 @@ final class VectorRowKernels extends RowKernels {
             zero(s, base, 0, n);
             return 0f;
         }
-        float sum = expAndSum(s, base, limit, m);
+        float sum = expAndSum(s, base, limit, n, m);
         zero(s, base, limit, n);
         return sum;
     }
@@ -102,13 +102,20 @@ final class VectorRowKernels extends RowKernels {
      * and -0.0 first), which C2 emits as several instructions per vector (measured: the softmax of a 2048-key row
      * 0.55 ns per score with it and the exp clamps, 0.31 without). Skipping NaN here loses nothing: a NaN score
      * still makes its exponential, the row's sum and so its factor NaN; only a row whose other entries are all
-     * -inf would then look fully masked, hence the rescan there.
+     * -inf would then look fully masked, hence the rescan there. {@code s[limit, width)} is part of the row (read,
+     * not used).
      */
-    private static float max(MemorySegment s, long base, int limit) {
-        FloatVector vmax = FloatVector.broadcast(SP, Float.NEGATIVE_INFINITY);
+    private static float max(MemorySegment s, long base, int limit, int width) {
+        final FloatVector minusInf = FloatVector.broadcast(SP, Float.NEGATIVE_INFINITY);
+        FloatVector vmax = minusInf;
         int j = 0;
-        for (; j <= limit - L; j += L) {
+        // a row's last partial vector too, when the row is wide enough to load it whole: lanes past the limit
+        // count as -inf (a scalar tail at every causal row cost more than the vector body at small shapes)
+        for (; j < limit && j <= width - L; j += L) {
             FloatVector x = FloatVector.fromMemorySegment(SP, s, base + (long) j * Float.BYTES, O);
+            if (j > limit - L) {
+                x = minusInf.blend(x, SP.indexInRange(j, limit));
+            }
             vmax = vmax.blend(x, vmax.compare(VectorOperators.LT, x));
         }
         float max = vmax.reduceLanes(VectorOperators.MAX);
@@ -154,16 +161,20 @@ final class VectorRowKernels extends RowKernels {
     }
 
     /**
-     * {@code s[j] = exp(s[j] - max)} for {@code j < limit}; returns the sum. The arguments are at most 0 (max is
+     * {@code s[j] = exp(s[j] - max)} for {@code j < limit} (and possibly 0 for some {@code j} in
+     * {@code [limit, width)}, part of the row); returns the sum. The arguments are at most 0 (max is
      * the row max) or NaN, so the exponential needs no upper clamp, and below {@code EXP_LO} the result is
      * replaced by 0 whatever the intermediate values were, so it needs no lower clamp either: without the two
      * clamps ({@code FloatVector.max/min}, several instructions each) the same bits come out for every argument
      * in {@code [EXP_LO, EXP_HI]}, faster (see {@link #max}).
      */
-    private static float expAndSum(MemorySegment s, long base, int limit, float max) {
-        FloatVector vsum = FloatVector.zero(SP);
+    private static float expAndSum(MemorySegment s, long base, int limit, int width, float max) {
+        final FloatVector zero = FloatVector.zero(SP);
+        FloatVector vsum = zero;
         int j = 0;
-        for (; j <= limit - L; j += L) {
+        // as in max: the last partial vector too when the row (width floats) holds it; its lanes past the limit
+        // become 0, which is what the caller's zeroing writes there anyway
+        for (; j < limit && j <= width - L; j += L) {
             long off = base + (long) j * Float.BYTES;
             FloatVector x = FloatVector.fromMemorySegment(SP, s, off, O).sub(max);
             // exp(x): x = n·ln2 + r with n rounded to nearest (the MAGIC addition), exp(r) by the polynomial,
@@ -183,6 +194,9 @@ final class VectorRowKernels extends RowKernels {
             FloatVector twoN = jv.reinterpretAsInts().sub(MAGIC_BITS - 127).lanewise(VectorOperators.LSHL, 23)
                     .reinterpretAsFloats();
             FloatVector e = y.mul(twoN).blend(0f, tiny);
+            if (j > limit - L) {
+                e = zero.blend(e, SP.indexInRange(j, limit));
+            }
             e.intoMemorySegment(s, off, O);
             vsum = vsum.add(e);
         }
@@ -307,6 +321,6 @@ final class VectorRowKernels extends RowKernels {
             // the softmax's arguments are at most 0; other callers get the clamp expAndSum leaves out
             dst[i] = Math.min(src[i], EXP_HI);
         }
-        expAndSum(MemorySegment.ofArray(dst), 0, n, 0f);
+        expAndSum(MemorySegment.ofArray(dst), 0, n, n, 0f);
     }
 }
