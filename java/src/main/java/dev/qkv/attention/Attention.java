@@ -87,19 +87,20 @@ public final class Attention {
      * Java. The crossover is therefore the core, not the size.
      *
      * <p>Round 3 (faster softmax for both engines, larger native blocks) moved the crossover within the AVX-512
-     * cores: native still wins the tiny shape (43 vs 46 µs at [1, 1, 128, 64]) and head size 128 (66-68 vs
-     * 70-72 ms at [1, 1, 4096, 128]), the Java kernels now win larger problems of head size 64 (77-79 vs 84-85 ms
-     * at [1, 8, 2048, 64]; causal 41 vs 49 ms), see {@link #AUTO_NATIVE_MIN_DK} and
-     * {@link #AUTO_NATIVE_MAX_FLOPS}.
+     * cores: native still won the tiny shape (43 vs 46 µs at [1, 1, 128, 64]) and head size 128, the Java kernels
+     * larger problems of head size 64.
+     *
+     * <p>Round 4 (the Java kernels' panels on cache lines, stores from registers, vector row tails) moved it again:
+     * on SkylakeX, one thread, the Java kernels win every benchmarked shape up to head size 128 ([1, 1, 128, 64]
+     * 40 vs 44 µs, causal 35 vs 37; [1, 12, 512, 64] 6.4 vs 7.3 ms; [1, 4, 512, 128] 3.8 vs 4.2 ms;
+     * [1, 1, 4096, 128] 66.5 vs 69.7 ms; [1, 8, 2048, 64] 70 vs 81 ms), and native wins head size 256
+     * ([1, 1, 2048, 256] 30 vs 40 ms; 16 vs 21 ms on two threads). See {@link #AUTO_NATIVE_MIN_DK}.
      */
     private static final java.util.Set<String> AVX512_CORES =
             java.util.Set.of("skylakex", "cooperlake", "sapphirerapids");
 
     /** With an AVX-512 core, {@link Backend#AUTO} runs native at this head size (Dk) and above (see AVX512_CORES). */
-    static final int AUTO_NATIVE_MIN_DK = 128;
-
-    /** With an AVX-512 core, {@link Backend#AUTO} runs native below this many dense FLOPs (see AVX512_CORES). */
-    static final double AUTO_NATIVE_MAX_FLOPS = 8e6;
+    static final int AUTO_NATIVE_MIN_DK = 256;
 
     /**
      * Keys per block of the Java engine's online softmax: a query block that sees more keys takes them this many
@@ -138,12 +139,12 @@ public final class Attention {
     private static final int CORES = Runtime.getRuntime().availableProcessors();
 
     /**
-     * {@link WorkerPool#MIN_PARALLEL_FLOPS} for the native engine when the pool spins between calls ({@link WorkerPool#SPIN_NANOS},
-     * off by default): a spinning helper starts without a wake-up, so the two 64-row tasks of [1, 1, 128, 64]
-     * (4 MFLOP) can run in parallel (21-23 µs when the second core is free; bench/RESULTS.md, round 3). The Java
-     * engine keeps 8 MFLOP: each of its workers packs kᵀ and v of the head again.
+     * {@link WorkerPool#MIN_PARALLEL_FLOPS} when the pool spins between calls ({@link WorkerPool#SPIN_NANOS}, off by
+     * default): a spinning helper starts without a wake-up, so the two 64-row tasks of [1, 1, 128, 64] (4 MFLOP)
+     * can run in parallel: native 21-25 µs when the second core is free (bench/RESULTS.md, round 3), and since
+     * round 4 the Java engine too, 23 µs, although each of its workers packs kᵀ and v of the head again.
      */
-    static final double NATIVE_PARALLEL_MIN_FLOPS = 2e6;
+    static final double SPIN_PARALLEL_MIN_FLOPS = 2e6;
 
     private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
     private static final ThreadLocal<Scratch> SCRATCH = ThreadLocal.withInitial(Scratch::new);
@@ -277,8 +278,8 @@ public final class Attention {
     public String kernelName() {
         if (backend == Backend.AUTO) {
             if (autoNative && packed != null) {
-                return "auto(native below " + (long) AUTO_NATIVE_MAX_FLOPS + " FLOPs or from Dk = " + AUTO_NATIVE_MIN_DK
-                        + "; java-vector otherwise and below " + AUTO_JAVA_QUERIES + " query rows)";
+                return "auto(native from Dk = " + AUTO_NATIVE_MIN_DK + " and " + AUTO_JAVA_QUERIES
+                        + " query rows; java-vector otherwise)";
             }
             return packed != null ? "java-vector" : matmul.name();
         }
@@ -566,8 +567,7 @@ public final class Attention {
             // the packed Java engine reads q, k, v in place (any unit-stride layout) and writes out row-major
             double flops = 4.0 * batch * hq * lq * lk * Math.max(dk, dv);
             usePacked = owner.packed != null && !packQ && !packK && !packV && !packOut
-                    && (!owner.autoNative || lq < AUTO_JAVA_QUERIES
-                        || dk < AUTO_NATIVE_MIN_DK && flops >= AUTO_NATIVE_MAX_FLOPS);
+                    && (!owner.autoNative || lq < AUTO_JAVA_QUERIES || dk < AUTO_NATIVE_MIN_DK);
             small = usePacked && lq < 8 && rowMajorOk(q) && rowMajorOk(k) && rowMajorOk(v);
             gemv = !usePacked && owner.blas != null && lq < GEMV_QUERIES;
             if (!usePacked && !packV && owner.blas != null && lq >= AUTO_JAVA_QUERIES && hasSubnormal(v, owner.rows)) {
@@ -577,7 +577,7 @@ public final class Attention {
                 packV = true;
             }
             nativeEngine = !usePacked && owner.blas != null;
-            double parallelMin = nativeEngine && WorkerPool.SHARED.spins() ? NATIVE_PARALLEL_MIN_FLOPS
+            double parallelMin = WorkerPool.SHARED.spins() ? SPIN_PARALLEL_MIN_FLOPS
                     : WorkerPool.MIN_PARALLEL_FLOPS;
             int want = flops < parallelMin || owner.threads == 1 || !shareable() ? 1 : owner.threads;
             keyBlock = nativeEngine ? NATIVE_KEY_BLOCK : KEY_BLOCK;
