@@ -19,8 +19,8 @@ import java.lang.invoke.MethodHandle;
  * ({@link Linker.Option#critical(boolean) critical(true)}) hands the native side a pointer to the elements;
  * {@code memmove(p, p, 0)} returns it unchanged and touches no memory. The answer is a hint: a garbage collection
  * may move the array later, which changes the speed of the kernels, never their results (every index stays
- * relative to the array). When the downcall is unavailable (native access denied, no C library), every offset
- * is 0.
+ * relative to the array). Without native access granted to this module ({@code --enable-native-access}) or
+ * without a C library, every offset is 0: the kernels are then slower, never wrong.
  */
 final class HeapAlignment {
     /** Floats of slack an array needs so that a run of {@code n} floats fits from any aligned start. */
@@ -32,6 +32,10 @@ final class HeapAlignment {
     }
 
     private static MethodHandle memmove() {
+        // only where native access was granted: a pure-Java user who did not grant it gets no warning for this
+        if (!HeapAlignment.class.getModule().isNativeAccessEnabled()) {
+            return null;
+        }
         try {
             Linker linker = Linker.nativeLinker();
             MemorySegment fn = linker.defaultLookup().find("memmove").orElse(null);

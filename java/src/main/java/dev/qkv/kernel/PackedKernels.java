@@ -31,7 +31,8 @@ public interface PackedKernels {
      * {@code C [m, n] = rowScale[r] · (op(A) [m, k] · B) + beta · C} with {@code A} in {@code a} (float offset
      * {@code aOff}, leading dimension {@code lda}; stored {@code [k, m]} when {@code aTransposed}), {@code B}
      * the first {@code k} rows and {@code n} columns of an operand packed by {@link #packB} as
-     * {@code [packedK, packedN]} from index {@code bAt} of {@code bp} (what {@code packB} returned), starting at its row {@code bRow0} and column {@code bCol0} (a multiple of
+     * {@code [packedK, packedN]} from index {@code bAt} of {@code bp} (what {@code packB} returned), starting at
+     * its row {@code bRow0} and column {@code bCol0} (a multiple of
      * {@link #panel()}; {@code bRow0 + k <= packedK}, {@code bCol0 + n <= packedN}), {@code C} row-major in {@code c} (float offset {@code cOff}, leading dimension
      * {@code ldc}). Rows of A are copied, eight at a time, into {@code abuf} (at least {@code 8·k} floats).
      * {@code rowScale} null means 1; with {@code beta == 0} the old C is ignored.

@@ -339,8 +339,8 @@ final class VectorPackedKernels implements PackedKernels {
             return;
         }
         // straight to C (beta = 0, a full panel): no round trip through the tile
-        float s0 = rowScale == null ? 1f : rowScale[i + 0];
-        long o0 = cAt + 0;
+        float s0 = rowScale == null ? 1f : rowScale[i];
+        long o0 = cAt;
         c00.mul(s0).intoMemorySegment(c, o0, O);
         c01.mul(s0).intoMemorySegment(c, o0 + VB, O);
         c02.mul(s0).intoMemorySegment(c, o0 + 2 * VB, O);
@@ -446,8 +446,8 @@ final class VectorPackedKernels implements PackedKernels {
             return;
         }
         // straight to C (beta = 0, a full panel): no round trip through the tile
-        float s0 = rowScale == null ? 1f : rowScale[i + 0];
-        long o0 = cAt + 0;
+        float s0 = rowScale == null ? 1f : rowScale[i];
+        long o0 = cAt;
         c00.mul(s0).intoMemorySegment(c, o0, O);
         c01.mul(s0).intoMemorySegment(c, o0 + VB, O);
         c02.mul(s0).intoMemorySegment(c, o0 + 2 * VB, O);
