@@ -98,6 +98,14 @@ public class DecodeBench {
      */
     @Benchmark
     public float readKvCacheOnce() throws Exception {
+        return readOnce(k, v, threads, readers);
+    }
+
+    /**
+     * Every float of {@code k} and {@code v} (same element count) read once, in 64 chunks spread over
+     * {@code threads} tasks of {@code readers}: the decode step's floor.
+     */
+    static float readOnce(Tensor k, Tensor v, int threads, ExecutorService readers) throws Exception {
         long n = k.elementCount();
         int chunks = 64;
         long share = (n / chunks + 4L * SP.length() - 1) / (4L * SP.length()) * (4L * SP.length());

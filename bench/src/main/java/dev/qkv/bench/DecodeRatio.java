@@ -1,0 +1,86 @@
+package dev.qkv.bench;
+
+import dev.qkv.attention.Attention;
+import dev.qkv.attention.SdpaOptions;
+import dev.qkv.tensor.Tensor;
+
+import java.lang.foreign.Arena;
+import java.util.Arrays;
+import java.util.Locale;
+import java.util.SplittableRandom;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+
+/**
+ * The decode step against its floor in one JVM: rounds of (read the KV cache once, one step per backend), so that
+ * every backend and the floor share the JVM's memory placement. {@link DecodeBench} measures each in its own JMH
+ * fork, and there the floor alone moved by ±20% between forks (6.2-8.5 ms on one thread), more than the
+ * differences being measured.
+ *
+ * <pre>java --enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector -cp bench/target/benchmarks.jar \
+ *     dev.qkv.bench.DecodeRatio [threads=1] [rounds=80] [backends=native,java]</pre>
+ *
+ * Prints per backend the mean and best time over the last three quarters of the rounds, the ratio of the means
+ * to the floor's and that of the bests. On two threads the floor's mean carries the hand-off to the reader
+ * threads (its best is the steadier figure there).
+ */
+public final class DecodeRatio {
+    private DecodeRatio() {
+    }
+
+    public static void main(String[] args) throws Exception {
+        int threads = args.length > 0 ? Integer.parseInt(args[0]) : 1;
+        int rounds = args.length > 1 ? Integer.parseInt(args[1]) : 80;
+        String[] backends = (args.length > 2 ? args[2] : "native,java").split(",");
+        if (threads < 1 || rounds < 4) {
+            throw new IllegalArgumentException("threads >= 1 and rounds >= 4 expected");
+        }
+        ExecutorService readers = Executors.newFixedThreadPool(threads);
+        try (Arena arena = Arena.ofShared()) {
+            SplittableRandom r = new SplittableRandom(7);
+            Tensor q = SdpaBench.random(arena, r, 1, 32, 1, 128);
+            Tensor k = SdpaBench.random(arena, r, 1, 32, 4096, 128);
+            Tensor v = SdpaBench.random(arena, r, 1, 32, 4096, 128);
+            Tensor out = Tensor.allocate(arena, 1, 32, 1, 128);
+            Attention[] attention = new Attention[backends.length];
+            for (int b = 0; b < backends.length; b++) {
+                attention[b] = BenchSupport.attention(backends[b], threads);
+                BenchSupport.report("decode-ratio 32x1x4096x128 threads=" + threads + " backend=" + backends[b],
+                        attention[b].plan(q, k, v, out, SdpaOptions.DEFAULT));
+            }
+            int n = backends.length + 1;
+            double[] total = new double[n];
+            double[] best = new double[n];
+            Arrays.fill(best, Double.MAX_VALUE);
+            float sink = 0;
+            for (int round = 0; round < rounds; round++) {
+                long[] t = new long[n];
+                long t0 = System.nanoTime();
+                sink += DecodeBench.readOnce(k, v, threads, readers);
+                t[0] = System.nanoTime() - t0;
+                for (int b = 0; b < backends.length; b++) {
+                    long s = System.nanoTime();
+                    attention[b].sdpa(q, k, v, out, SdpaOptions.DEFAULT);
+                    t[b + 1] = System.nanoTime() - s;
+                }
+                if (round >= rounds / 4) {
+                    for (int i = 0; i < n; i++) {
+                        total[i] += t[i];
+                        best[i] = Math.min(best[i], t[i]);
+                    }
+                }
+            }
+            int counted = rounds - rounds / 4;
+            StringBuilder line = new StringBuilder(String.format(Locale.ROOT, "threads=%d floor_ms=%.2f (best %.2f)",
+                    threads, total[0] / counted / 1e6, best[0] / 1e6));
+            for (int b = 0; b < backends.length; b++) {
+                line.append(String.format(Locale.ROOT, " | %s_ms=%.2f (best %.2f) ratio=%.2f (best/best %.2f)",
+                        backends[b], total[b + 1] / counted / 1e6, best[b + 1] / 1e6, total[b + 1] / total[0],
+                        best[b + 1] / best[0]));
+            }
+            System.out.println(line + (sink == 42f ? " " : ""));
+        } finally {
+            readers.shutdownNow();
+        }
+    }
+}
