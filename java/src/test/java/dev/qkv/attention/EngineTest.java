@@ -127,6 +127,43 @@ class EngineTest {
     }
 
     /**
+     * With at least 4 heads per worker the Java engine's task is a whole head (each head packed once): on 2 threads
+     * the plan says so, the output matches the reference, and it is bit-identical to the one-thread run, whose
+     * tasks are single blocks. Causal and dense, with GQA (two query heads per kv head) and a partial last block.
+     */
+    @Test
+    void wholeHeadTasksMatchBlockTasksBitForBit() {
+        try (Arena arena = Arena.ofShared()) {
+            SplittableRandom r = new SplittableRandom(11);
+            int lq = 150;
+            Tensor q = random(arena, r, 1, 8, lq, 64);
+            Tensor k = random(arena, r, 1, 4, lq, 64);
+            Tensor v = random(arena, r, 1, 4, lq, 64);
+            for (SdpaOptions o : List.of(SdpaOptions.DEFAULT, SdpaOptions.CAUSAL)) {
+                Tensor ref = Tensor.allocate(arena, 1, 8, lq, 64);
+                Attention.create(Backend.REFERENCE).sdpa(q, k, v, ref, o);
+                Attention one = Attention.create(Backend.JAVA, 1);
+                Attention two = Attention.create(Backend.JAVA, 2);
+                String plan = two.plan(q, k, v, ref, o);
+                assertTrue(plan.contains("workers=2") && plan.contains("(whole heads)"), plan);
+                assertTrue(!one.plan(q, k, v, ref, o).contains("whole heads"), one.plan(q, k, v, ref, o));
+                Tensor a = Tensor.allocate(arena, 1, 8, lq, 64);
+                Tensor b = Tensor.allocate(arena, 1, 8, lq, 64);
+                one.sdpa(q, k, v, a, o);
+                two.sdpa(q, k, v, b, o);
+                float[] x = a.toArray();
+                float[] y = b.toArray();
+                for (int i = 0; i < x.length; i++) {
+                    if (Float.floatToRawIntBits(x[i]) != Float.floatToRawIntBits(y[i])) {
+                        fail(plan + ": element " + i + " differs between 1 and 2 threads: " + x[i] + " vs " + y[i]);
+                    }
+                }
+                check(plan, y, ref.toArray(), 64, 4.0 * (64 + lq) * 0x1p-24);
+            }
+        }
+    }
+
+    /**
      * A decode-sized native call whose all-keys score tile (the sgemv path) exceeds the budget runs the blocked
      * path, whose tile holds one key block, and stays exact.
      */
