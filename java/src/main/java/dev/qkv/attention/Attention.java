@@ -382,7 +382,8 @@ public final class Attention {
         job.prepare(q, k, v, out, options, null);
         String s = "kernel=" + job.kernelName() + " rows=" + Vectorization.rows().name() + " workers="
                 + job.workers + " blockRows=" + job.tileRows + " tasks=" + job.tasks
-                + (job.headTasks ? " (whole heads)" : "") + " workspaceBytes=" + job.workspaceBytes() + " heapScratchBytes=" + job.heapBytes()
+                + (job.headTasks ? " (whole heads)" : "") + " workspaceBytes=" + job.workspaceBytes()
+                + " heapScratchBytes=" + job.heapBytes()
                 + (budget == Long.MAX_VALUE ? "" : " budget=" + budget);
         job.release();
         return s;
@@ -574,8 +575,8 @@ public final class Attention {
             gemv = !usePacked && owner.blas != null && lq < GEMV_QUERIES;
             if (!usePacked && !packV && owner.blas != null && lq >= AUTO_JAVA_QUERIES && hasSubnormal(v, owner.rows)) {
                 // OpenBLAS multiplies subnormal v through microcode assists (measured 35x slower); a packed
-                // copy flushes them (see packB's flushSubnormals). The scan reads v once, against Lq/8 and more reads
-                // by the products; decoding-sized calls (fewer than 8 queries) skip it.
+                // copy flushes them (as packB's flushSubnormals does). The scan reads v once, against Lq/8 and
+                // more reads by the products; decoding-sized calls (fewer than 8 queries) skip it.
                 packV = true;
             }
             nativeEngine = !usePacked && owner.blas != null;
@@ -972,11 +973,11 @@ public final class Attention {
                 s.kPack.ensure(kn);
                 s.vPack.ensure(vn);
                 boolean kRow = rowMajorOk(k);
-                s.kAt = pk.packB(kRow, k.segment(), kBase, kRow ? (int) ld(k.stride(2), dk) : (int) ld(k.stride(3), lk),
-                        dk, lk, false, s.kPack);
+                s.kAt = pk.packB(kRow, k.segment(), kBase,
+                        kRow ? (int) ld(k.stride(2), dk) : (int) ld(k.stride(3), lk), dk, lk, false, s.kPack);
                 boolean vRow = rowMajorOk(v);
-                s.vAt = pk.packB(!vRow, v.segment(), vBase, vRow ? (int) ld(v.stride(2), dv) : (int) ld(v.stride(3), lk),
-                        lk, dv, true, s.vPack);
+                s.vAt = pk.packB(!vRow, v.segment(), vBase,
+                        vRow ? (int) ld(v.stride(2), dv) : (int) ld(v.stride(3), lk), lk, dv, true, s.vPack);
                 s.packedCall = callId;
                 s.packedHead = kvHead;
             }
@@ -993,13 +994,13 @@ public final class Attention {
             }
             java.util.Arrays.fill(inv, 0, rows, scale);
             // scores [rows, keys] = scale · q_block · kᵀ
-            pk.gemm(!qRow, q.segment(), qAt, ldq, rows, keys, dk, s.aBuf, s.kPack.array(), s.kAt, dk, lk, 0, 0, inv, 0f, ws, base,
-                    keys);
+            pk.gemm(!qRow, q.segment(), qAt, ldq, rows, keys, dk, s.aBuf, s.kPack.array(), s.kAt, dk, lk, 0, 0, inv,
+                    0f, ws, base, keys);
             // mask, row max, exp and sum
             softmaxRows(ws, base, keys, i0, rows, keys, maskHead, inv);
             // out_block [rows, Dv] = p · v / sum
-            pk.gemm(false, ws, base, keys, rows, dv, keys, s.aBuf, s.vPack.array(), s.vAt, lk, dv, 0, 0, inv, 0f, outSeg, outRows,
-                    ldo);
+            pk.gemm(false, ws, base, keys, rows, dv, keys, s.aBuf, s.vPack.array(), s.vAt, lk, dv, 0, 0, inv, 0f,
+                    outSeg, outRows, ldo);
             zeroMaskedRows(inv, rows, outSeg, outRows, dv, ldo);
         }
 
@@ -1022,12 +1023,12 @@ public final class Attention {
             for (int j0 = 0; j0 < keys; j0 += KEY_BLOCK) {
                 final int nk = Math.min(KEY_BLOCK, keys - j0);
                 // scores [rows, nk] = scale · q_block · kᵀ[:, j0, j0 + nk)
-                pk.gemm(!qRow, q.segment(), qAt, ldq, rows, nk, dk, s.aBuf, s.kPack.array(), s.kAt, dk, lk, 0, j0, s.qScale, 0f,
-                        ws, base, nk);
+                pk.gemm(!qRow, q.segment(), qAt, ldq, rows, nk, dk, s.aBuf, s.kPack.array(), s.kAt, dk, lk, 0, j0,
+                        s.qScale, 0f, ws, base, nk);
                 onlineRows(ws, base, nk, i0, rows, keys, j0, nk, maskHead, max, sum, outSeg, outRows, ldo);
                 // out_block [rows, Dv] (+)= p · v[j0, j0 + nk)
-                pk.gemm(false, ws, base, nk, rows, dv, nk, s.aBuf, s.vPack.array(), s.vAt, lk, dv, j0, 0, null, j0 == 0 ? 0f : 1f,
-                        outSeg, outRows, ldo);
+                pk.gemm(false, ws, base, nk, rows, dv, nk, s.aBuf, s.vPack.array(), s.vAt, lk, dv, j0, 0, null,
+                        j0 == 0 ? 0f : 1f, outSeg, outRows, ldo);
             }
             onlineFinish(rows, sum, inv, outSeg, outRows, ldo);
         }

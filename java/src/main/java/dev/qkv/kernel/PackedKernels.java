@@ -38,7 +38,8 @@ public interface PackedKernels {
      * {@code rowScale} null means 1; with {@code beta == 0} the old C is ignored.
      */
     void gemm(boolean aTransposed, MemorySegment a, long aOff, int lda, int m, int n, int k, float[] abuf,
-              float[] bp, int bAt, int packedK, int packedN, int bRow0, int bCol0, float[] rowScale, float beta, MemorySegment c, long cOff, int ldc);
+              float[] bp, int bAt, int packedK, int packedN, int bRow0, int bCol0, float[] rowScale, float beta,
+              MemorySegment c, long cOff, int ldc);
 
     /**
      * Few-query products straight from memory (no packing): {@code s[sOff + r·lds + j] = a_r · b_j} for

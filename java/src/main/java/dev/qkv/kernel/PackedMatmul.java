@@ -56,8 +56,8 @@ final class PackedMatmul extends MatmulKernel {
             int nb = Math.min(COLS, n - j0);
             long bAt = tb == Transpose.NO ? bOff + j0 : bOff + (long) j0 * ldb;
             int at = kernels.packB(tb == Transpose.YES, b, bAt, ldb, k, nb, false, buf.b);
-            kernels.gemm(ta == Transpose.YES, a, aOff, lda, m, nb, k, buf.a, buf.b.array(), at, k, nb, 0, 0, buf.alpha, beta, c,
-                    cOff + j0, ldc);
+            kernels.gemm(ta == Transpose.YES, a, aOff, lda, m, nb, k, buf.a, buf.b.array(), at, k, nb, 0, 0, buf.alpha,
+                    beta, c, cOff + j0, ldc);
         }
     }
 
