@@ -620,6 +620,14 @@ final class VectorPackedKernels implements PackedKernels {
             for (; j + 4 <= n; j += 4) {
                 dot4(a, ar, b, bOff + (long) j * ldb, ldb, k, s, so + j);
             }
+            if (j < n && n >= 4) {
+                // the last 1-3 keys by one more dot4 over the last four (its keys' sums are the same bits as
+                // dot1's): dot1, called only for such tails, was seen left in C1 for a whole JVM (make alloc:
+                // 384 B per layer decode step, every vector op boxed, JFR pointing at dot1 alone)
+                j = n - 4;
+                dot4(a, ar, b, bOff + (long) j * ldb, ldb, k, s, so + j);
+                j = n;
+            }
             for (; j < n; j++) {
                 s.setAtIndex(F, so + j, dot1(a, ar, b, bOff + (long) j * ldb, k));
             }
