@@ -46,8 +46,10 @@ import java.util.Objects;
  * {@link Backend#REFERENCE} is a direct scalar reading of the definition, accumulating in double.
  *
  * <p><b>Threads.</b> Tasks run on the caller plus a process-wide pool of (cores − 1) daemon threads, at most
- * {@link #threads()} at once, claimed one at a time (largest causal blocks first) so uneven work balances.
- * Problems under about 8 MFLOP run on the caller alone (waking a thread costs more). OpenBLAS is kept at one
+ * {@link #threads()} at once, claimed one at a time (largest causal blocks first) so uneven work balances; on
+ * the Java kernels with at least 4 heads per worker and an even share, a task is a whole head, so that each
+ * head's {@code kᵀ} and {@code v} are packed once. Problems under about 8 MFLOP run on the caller alone (waking a
+ * thread costs more). OpenBLAS is kept at one
  * thread while qkv runs attention, so threads × OpenBLAS threads never exceeds {@code threads()} ≤ cores. When
  * the pool is busy with another call, a call runs on its own thread. Each worker has its own score tile and
  * packing buffers, so no scratch is shared.
