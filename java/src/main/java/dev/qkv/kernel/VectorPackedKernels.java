@@ -166,10 +166,9 @@ final class VectorPackedKernels implements PackedKernels {
             copyRows(aTransposed, a, aOff, lda, 0, m, k, abuf);
             for (int j0 = 0, jp = 0; j0 < n; j0 += NR, jp++) {
                 final int nb = Math.min(NR, n - j0);
-                final int bBase = bAt + (bCol0 / NR + jp) * packedK * NR + bRow0 * NR;
+                final int bBase = panelStart(bAt, bCol0, jp, packedK, bRow0);
                 for (int i = 0; i < m; ) {
-                    final int left = m - i;
-                    final int mr = left >= 6 && left != 8 ? 6 : Math.min(4, left);
+                    final int mr = blockRows(m - i);
                     block(abuf, i * k, k, mr, bp, bBase, tile, t, rowScale, i, beta, c, cOff + (long) i * ldc + j0,
                             ldc, nb);
                     i += mr;
@@ -178,17 +177,25 @@ final class VectorPackedKernels implements PackedKernels {
             return;
         }
         for (int i = 0; i < m; ) {
-            // blocks of 6 rows, then one of 4 (64 = 10 · 6 + 4), then single rows
-            final int left = m - i;
-            final int mr = left >= 6 && left != 8 ? 6 : Math.min(4, left);
+            final int mr = blockRows(m - i);
             copyRows(aTransposed, a, aOff, lda, i, mr, k, abuf);
             for (int j0 = 0, jp = 0; j0 < n; j0 += NR, jp++) {
                 final int nb = Math.min(NR, n - j0);
-                final int bBase = bAt + (bCol0 / NR + jp) * packedK * NR + bRow0 * NR;
+                final int bBase = panelStart(bAt, bCol0, jp, packedK, bRow0);
                 block(abuf, 0, k, mr, bp, bBase, tile, t, rowScale, i, beta, c, cOff + (long) i * ldc + j0, ldc, nb);
             }
             i += mr;
         }
+    }
+
+    /** Rows of the next register block, {@code left} rows to go: 6s, then one of 4 (64 = 10 · 6 + 4), then 1s. */
+    private static int blockRows(int left) {
+        return left >= 6 && left != 8 ? 6 : Math.min(4, left);
+    }
+
+    /** Index in the packed operand of panel {@code jp} past column {@code bCol0}, at its row {@code bRow0}. */
+    private static int panelStart(int bAt, int bCol0, int jp, int packedK, int bRow0) {
+        return bAt + (bCol0 / NR + jp) * packedK * NR + bRow0 * NR;
     }
 
     /**
@@ -779,7 +786,7 @@ final class VectorPackedKernels implements PackedKernels {
         }
     }
 
-    /** {@code c[co .. co + 4L) = scale · Σ_j p[pr + j] · v[v0 + j·ldv ..]}: four full vectors of one output row. */
+    /** {@code c[co .. co + 8L) = scale · Σ_j p[pr + j] · v[v0 + j·ldv ..]}: eight full vectors of an output row. */
     private static void axpy8(MemorySegment p, long pr, MemorySegment v, long v0, int ldv, int n, float scale,
                               MemorySegment c, long co) {
         FloatVector x0 = FloatVector.zero(SP);
@@ -813,6 +820,7 @@ final class VectorPackedKernels implements PackedKernels {
         x7.mul(scale).intoMemorySegment(c, cb + L * 28L, O);
     }
 
+    /** {@code c[co .. co + 4L) = scale · Σ_j p[pr + j] · v[v0 + j·ldv ..]}: four full vectors of an output row. */
     private static void axpy4(MemorySegment p, long pr, MemorySegment v, long v0, int ldv, int n, float scale,
                               MemorySegment c, long co) {
         FloatVector x0 = FloatVector.zero(SP);

@@ -53,15 +53,7 @@ final class VectorRowKernels extends RowKernels {
         // each pass is its own small method: one large method defeats C1 (register allocation) and then C2
         // never compiles it, leaving every vector boxed
         final long base = at * Float.BYTES;
-        float max;
-        if (mask == null) {
-            max = max(s, base, limit, n);
-        } else if (mStride == 1) {
-            max = maskAndMax(s, base, limit, mask, mAt * Float.BYTES, maskBool);
-        } else {
-            applyMaskScalar(s, at, limit, mask, mAt, mStride, maskBool);
-            max = max(s, base, limit, n);
-        }
+        float max = maskedMax(s, at, n, limit, mask, mAt, mStride, maskBool);
         if (max == Float.NEGATIVE_INFINITY || limit == 0) {
             // no key may be attended: zeros, never NaN
             zero(s, base, 0, n);
@@ -76,15 +68,7 @@ final class VectorRowKernels extends RowKernels {
     public float expRowOnline(MemorySegment s, long at, int n, int limit, MemorySegment mask, long mAt,
                               long mStride, boolean maskBool, float[] max, int r) {
         final long base = at * Float.BYTES;
-        float blockMax;
-        if (mask == null) {
-            blockMax = max(s, base, limit, n);
-        } else if (mStride == 1) {
-            blockMax = maskAndMax(s, base, limit, mask, mAt * Float.BYTES, maskBool);
-        } else {
-            applyMaskScalar(s, at, limit, mask, mAt, mStride, maskBool);
-            blockMax = max(s, base, limit, n);
-        }
+        float blockMax = maskedMax(s, at, n, limit, mask, mAt, mStride, maskBool);
         float m = Math.max(max[r], blockMax);
         max[r] = m;
         if (m == Float.NEGATIVE_INFINITY || limit == 0) {
@@ -94,6 +78,23 @@ final class VectorRowKernels extends RowKernels {
         float sum = expAndSum(s, base, limit, n, m);
         zero(s, base, limit, n);
         return sum;
+    }
+
+    /**
+     * The mask applied to {@code s[at, at + limit)} in place (none when {@code mask} is null) and the row max of
+     * the result, as {@link #max} defines it: the first pass of {@link #expRow} and {@link #expRowOnline}.
+     */
+    private static float maskedMax(MemorySegment s, long at, int n, int limit, MemorySegment mask, long mAt,
+                                   long mStride, boolean maskBool) {
+        final long base = at * Float.BYTES;
+        if (mask == null) {
+            return max(s, base, limit, n);
+        }
+        if (mStride == 1) {
+            return maskAndMax(s, base, limit, mask, mAt * Float.BYTES, maskBool);
+        }
+        applyMaskScalar(s, at, limit, mask, mAt, mStride, maskBool);
+        return max(s, base, limit, n);
     }
 
     /**
