@@ -921,10 +921,19 @@ public final class Attention {
 
         private void softmaxRows(MemorySegment ws, long base, int lds, int i0, int rows, int keys, long maskHead,
                                  float[] inv) {
+            // every row's max first, then the exponentials: a row's exponentials wait on its max (a reduction
+            // over the row), and with the passes apart that wait overlaps other rows' work. Measured on a
+            // [64, 2048] tile (its own harness, best of 4 JVMs): 3.7 ns per 16 scores this way, 4.3 one row
+            // ahead, 4.35 row by row; on [64, 128] 5.9, 5.8 and 6.3.
+            final RowKernels rk = owner.rows;
             for (int r = 0; r < rows; r++) {
                 int i = i0 + r;
-                inv[r] = owner.rows.expRow(ws, base + (long) r * lds, keys, limitFor(i, keys), mSeg,
+                inv[r] = rk.maskedMax(ws, base + (long) r * lds, keys, limitFor(i, keys), mSeg,
                         maskHead + (long) i * ms2, ms3, maskBool);
+            }
+            for (int r = 0; r < rows; r++) {
+                inv[r] = RowKernels.normalizer(rk.expFrom(ws, base + (long) r * lds, keys, limitFor(i0 + r, keys),
+                        inv[r]));
             }
         }
 
@@ -1027,7 +1036,7 @@ public final class Attention {
                 // scores [rows, nk] = scale · q_block · kᵀ[:, j0, j0 + nk)
                 pk.gemm(!qRow, q.segment(), qAt, ldq, rows, nk, dk, s.aBuf, s.kPack.array(), s.kAt, dk, lk, 0, j0,
                         s.qScale, 0f, ws, base, nk);
-                onlineRows(ws, base, nk, i0, rows, keys, j0, nk, maskHead, max, sum, outSeg, outRows, ldo);
+                onlineRows(ws, base, nk, i0, rows, keys, j0, nk, maskHead, max, sum, inv, outSeg, outRows, ldo);
                 // out_block [rows, Dv] (+)= p · v[j0, j0 + nk)
                 pk.gemm(false, ws, base, nk, rows, dv, nk, s.aBuf, s.vPack.array(), s.vAt, lk, dv, j0, 0, null,
                         j0 == 0 ? 0f : 1f, outSeg, outRows, ldo);
@@ -1056,7 +1065,8 @@ public final class Attention {
                             rows, nk, dk, scale, qo.seg, qo.offset + i0 * qo.rowStep, qo.ld,
                             ko.seg, ko.offset + j0 * ko.rowStep, ko.ld, ws, base, lds);
                 }
-                onlineRows(ws, base, lds, i0, rows, keys, j0, nk, maskHead, max, sum, outSeg, outRows, ldo);
+                onlineRows(ws, base, lds, i0, rows, keys, j0, nk, maskHead, max, sum, s.rowScale, outSeg, outRows,
+                        ldo);
                 // out_block [rows, Dv] (+)= p · v[j0, j0 + nk)
                 product(mm, Transpose.NO, Transpose.NO.flipIf(vo.transposed), rows, dv, nk, 1f,
                         ws, base, lds, vo.seg, vo.offset + j0 * vo.rowStep, vo.ld, j0 == 0 ? 0f : 1f,
@@ -1070,15 +1080,23 @@ public final class Attention {
          * running max and sum updated, and each output row rescaled by {@code exp(m_old - m_new)} when the max grew.
          */
         private void onlineRows(MemorySegment ws, long base, int lds, int i0, int rows, int keys, int j0, int nk,
-                                long maskHead, float[] max, float[] sum, MemorySegment outSeg, long outRows, int ldo) {
+                                long maskHead, float[] max, float[] sum, float[] blockMax, MemorySegment outSeg,
+                                long outRows, int ldo) {
             final RowKernels rk = owner.rows;
+            // every row's block max first, as in softmaxRows
             for (int r = 0; r < rows; r++) {
                 final int i = i0 + r;
-                final float old = max[r];
                 final int lim = clamp((long) limitFor(i, keys) - j0, 0, nk);
-                final float blockSum = rk.expRowOnline(ws, base + (long) r * lds, nk, lim, mSeg,
-                        maskHead + (long) i * ms2 + (long) j0 * ms3, ms3, maskBool, max, r);
-                final float m = max[r];
+                blockMax[r] = rk.maskedMax(ws, base + (long) r * lds, nk, lim, mSeg,
+                        maskHead + (long) i * ms2 + (long) j0 * ms3, ms3, maskBool);
+            }
+            for (int r = 0; r < rows; r++) {
+                final int lim = clamp((long) limitFor(i0 + r, keys) - j0, 0, nk);
+                final float old = max[r];
+                // a row with no allowed key so far keeps -inf and gets zeros; a NaN score makes the max NaN
+                final float m = Math.max(old, blockMax[r]);
+                max[r] = m;
+                final float blockSum = rk.expFrom(ws, base + (long) r * lds, nk, lim, m);
                 // StrictMath: the same bits in every JIT tier; once per row and block, so its cost is nil
                 final float alpha = j0 == 0 || old == m ? 1f
                         : old == Float.NEGATIVE_INFINITY ? 0f : (float) StrictMath.exp(old - m);

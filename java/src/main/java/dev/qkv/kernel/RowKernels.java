@@ -17,18 +17,34 @@ public abstract class RowKernels {
      * rest {@code exp(s - max)}; the result is {@code 1 / Σ exp(s - max)}, or 0 when no entry is allowed (the
      * row then holds zeros, never NaN). A NaN score makes the factor NaN. {@code mask} (may be null) is read
      * at {@code mAt + j * mStride}: a boolean mask forbids where the value is 0, an additive one is added.
+     * It is {@link #maskedMax} then {@link #expFrom}; a caller with many rows runs the first pass over all of
+     * them before the second, so that no row waits on its own maximum.
      */
-    public abstract float expRow(MemorySegment s, long at, int n, int limit, MemorySegment mask, long mAt,
-                                 long mStride, boolean maskBool);
+    public final float expRow(MemorySegment s, long at, int n, int limit, MemorySegment mask, long mAt,
+                              long mStride, boolean maskBool) {
+        return normalizer(expFrom(s, at, n, limit, maskedMax(s, at, n, limit, mask, mAt, mStride, maskBool)));
+    }
 
     /**
-     * One key block of an online softmax: masks {@code s[at .. at+n)} as {@link #expRow} does, raises the running
-     * maximum {@code max[r]} to the block's maximum, writes {@code exp(s - max[r])} (0 at or past {@code limit}
-     * and where masked) and returns their sum. A row with no allowed key so far keeps {@code max[r] = -inf}
-     * and gets zeros (sum 0); a NaN score makes {@code max[r]} NaN.
+     * The first pass of {@link #expRow}: applies the mask to {@code s[at .. at+limit)} in place (nothing when
+     * {@code mask} is null) and returns the maximum of those entries; -inf when none is above -inf (or
+     * {@code limit} is 0). A row holding a NaN returns NaN or the maximum of its other entries: either way the
+     * NaN reaches the row's sum through {@link #expFrom}. {@code s[limit, n)} belongs to the row and may be read.
      */
-    public abstract float expRowOnline(MemorySegment s, long at, int n, int limit, MemorySegment mask, long mAt,
-                                       long mStride, boolean maskBool, float[] max, int r);
+    public abstract float maskedMax(MemorySegment s, long at, int n, int limit, MemorySegment mask, long mAt,
+                                    long mStride, boolean maskBool);
+
+    /**
+     * The second pass of {@link #expRow}: {@code s[j] = exp(s[j] - max)} for {@code j < limit} and 0 for
+     * {@code limit <= j < n}; returns the sum of the row. When {@code max} is -inf or {@code limit} is 0 the
+     * whole row becomes 0 and the sum is 0.
+     */
+    public abstract float expFrom(MemorySegment s, long at, int n, int limit, float max);
+
+    /** The factor that normalizes a row whose weights sum to {@code sum}: 0 for a row with no allowed key. */
+    public static float normalizer(float sum) {
+        return sum == 0f ? 0f : 1f / sum;
+    }
 
     /** True when some {@code s[at .. at+n)} (float indices) is subnormal: non-zero and below {@code 2^-126}. */
     public abstract boolean anySubnormal(MemorySegment s, long at, int n);

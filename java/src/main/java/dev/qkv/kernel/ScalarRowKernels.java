@@ -14,65 +14,30 @@ final class ScalarRowKernels extends RowKernels {
     }
 
     @Override
-    public float expRow(MemorySegment s, long at, int n, int limit, MemorySegment mask, long mAt, long mStride,
-                        boolean maskBool) {
-        // mask and row max
+    public float maskedMax(MemorySegment s, long at, int n, int limit, MemorySegment mask, long mAt, long mStride,
+                           boolean maskBool) {
         float max = Float.NEGATIVE_INFINITY;
         for (int j = 0; j < limit; j++) {
             float x = s.getAtIndex(F, at + j);
             if (mask != null) {
                 float m = mask.getAtIndex(F, mAt + j * mStride);
-                if (maskBool) {
-                    if (m == 0f) {
-                        x = Float.NEGATIVE_INFINITY;
-                    }
-                } else {
-                    x += m;
-                }
+                x = maskBool ? (m == 0f ? Float.NEGATIVE_INFINITY : x) : x + m;
                 s.setAtIndex(F, at + j, x);
             }
             max = Math.max(max, x);
         }
-        if (max == Float.NEGATIVE_INFINITY) {
-            // no key may be attended: zeros, never NaN
-            for (int j = 0; j < n; j++) {
-                s.setAtIndex(F, at + j, 0f);
-            }
-            return 0f;
-        }
-        // exp and sum
-        double sum = 0;
-        for (int j = 0; j < limit; j++) {
-            float e = (float) Math.exp(s.getAtIndex(F, at + j) - max);
-            s.setAtIndex(F, at + j, e);
-            sum += e;
-        }
-        for (int j = limit; j < n; j++) {
-            s.setAtIndex(F, at + j, 0f);
-        }
-        return (float) (1.0 / sum);
+        return max;
     }
 
     @Override
-    public float expRowOnline(MemorySegment s, long at, int n, int limit, MemorySegment mask, long mAt,
-                              long mStride, boolean maskBool, float[] max, int r) {
-        float m = max[r];
-        for (int j = 0; j < limit; j++) {
-            float x = s.getAtIndex(F, at + j);
-            if (mask != null) {
-                float mv = mask.getAtIndex(F, mAt + j * mStride);
-                x = maskBool ? (mv == 0f ? Float.NEGATIVE_INFINITY : x) : x + mv;
-                s.setAtIndex(F, at + j, x);
-            }
-            m = Math.max(m, x);
-        }
-        max[r] = m;
-        double sum = 0;
-        if (m == Float.NEGATIVE_INFINITY) {
+    public float expFrom(MemorySegment s, long at, int n, int limit, float max) {
+        if (max == Float.NEGATIVE_INFINITY) {
+            // no key may be attended: zeros, never NaN
             limit = 0;
         }
+        double sum = 0;
         for (int j = 0; j < limit; j++) {
-            float e = (float) Math.exp(s.getAtIndex(F, at + j) - m);
+            float e = (float) Math.exp(s.getAtIndex(F, at + j) - max);
             s.setAtIndex(F, at + j, e);
             sum += e;
         }

@@ -48,12 +48,10 @@ final class VectorRowKernels extends RowKernels {
     }
 
     @Override
-    public float expRow(MemorySegment s, long at, int n, int limit, MemorySegment mask, long mAt, long mStride,
-                        boolean maskBool) {
+    public float expFrom(MemorySegment s, long at, int n, int limit, float max) {
         // each pass is its own small method: one large method defeats C1 (register allocation) and then C2
         // never compiles it, leaving every vector boxed
         final long base = at * Float.BYTES;
-        float max = maskedMax(s, at, n, limit, mask, mAt, mStride, maskBool);
         if (max == Float.NEGATIVE_INFINITY || limit == 0) {
             // no key may be attended: zeros, never NaN
             zero(s, base, 0, n);
@@ -61,30 +59,12 @@ final class VectorRowKernels extends RowKernels {
         }
         float sum = expAndSum(s, base, limit, n, max);
         zero(s, base, limit, n);
-        return 1f / sum;
-    }
-
-    @Override
-    public float expRowOnline(MemorySegment s, long at, int n, int limit, MemorySegment mask, long mAt,
-                              long mStride, boolean maskBool, float[] max, int r) {
-        final long base = at * Float.BYTES;
-        float blockMax = maskedMax(s, at, n, limit, mask, mAt, mStride, maskBool);
-        float m = Math.max(max[r], blockMax);
-        max[r] = m;
-        if (m == Float.NEGATIVE_INFINITY || limit == 0) {
-            zero(s, base, 0, n);
-            return 0f;
-        }
-        float sum = expAndSum(s, base, limit, n, m);
-        zero(s, base, limit, n);
         return sum;
     }
 
-    /**
-     * The mask applied to {@code s[at, at + limit)} in place (none when {@code mask} is null) and the row max of
-     * the result, as {@link #max} defines it: the first pass of {@link #expRow} and {@link #expRowOnline}.
-     */
-    private static float maskedMax(MemorySegment s, long at, int n, int limit, MemorySegment mask, long mAt,
+    /** The row max as {@link #max} defines it, after the mask. */
+    @Override
+    public float maskedMax(MemorySegment s, long at, int n, int limit, MemorySegment mask, long mAt,
                                    long mStride, boolean maskBool) {
         final long base = at * Float.BYTES;
         if (mask == null) {
@@ -110,6 +90,27 @@ final class VectorRowKernels extends RowKernels {
         final FloatVector minusInf = FloatVector.broadcast(SP, Float.NEGATIVE_INFINITY);
         FloatVector vmax = minusInf;
         int j = 0;
+        // four independent maxima: one compare-and-blend chain waits ~4 cycles per vector on its own result
+        // (measured, 2048-key rows: 0.97 ns per vector with one chain)
+        if (limit >= 4 * L) {
+            FloatVector m1 = minusInf;
+            FloatVector m2 = minusInf;
+            FloatVector m3 = minusInf;
+            for (; j <= limit - 4 * L; j += 4 * L) {
+                long off = base + (long) j * Float.BYTES;
+                FloatVector x0 = FloatVector.fromMemorySegment(SP, s, off, O);
+                FloatVector x1 = FloatVector.fromMemorySegment(SP, s, off + L * Float.BYTES, O);
+                FloatVector x2 = FloatVector.fromMemorySegment(SP, s, off + 2 * L * Float.BYTES, O);
+                FloatVector x3 = FloatVector.fromMemorySegment(SP, s, off + 3 * L * Float.BYTES, O);
+                vmax = vmax.blend(x0, vmax.compare(VectorOperators.LT, x0));
+                m1 = m1.blend(x1, m1.compare(VectorOperators.LT, x1));
+                m2 = m2.blend(x2, m2.compare(VectorOperators.LT, x2));
+                m3 = m3.blend(x3, m3.compare(VectorOperators.LT, x3));
+            }
+            vmax = vmax.blend(m1, vmax.compare(VectorOperators.LT, m1));
+            m2 = m2.blend(m3, m2.compare(VectorOperators.LT, m3));
+            vmax = vmax.blend(m2, vmax.compare(VectorOperators.LT, m2));
+        }
         // a row's last partial vector too, when the row is wide enough to load it whole: lanes past the limit
         // count as -inf (a scalar tail at every causal row cost more than the vector body at small shapes)
         for (; j < limit && j <= width - L; j += L) {
@@ -119,7 +120,7 @@ final class VectorRowKernels extends RowKernels {
             }
             vmax = vmax.blend(x, vmax.compare(VectorOperators.LT, x));
         }
-        float max = vmax.reduceLanes(VectorOperators.MAX);
+        float max = Lanes.max(vmax);
         for (; j < limit; j++) {
             max = Math.max(max, s.get(F, base + (long) j * Float.BYTES));
         }

@@ -97,6 +97,43 @@ class VectorKernelsTest {
         }
     }
 
+    /**
+     * The row max finds the largest entry wherever it sits: in each of the four interleaved maxima of long rows,
+     * in the folded lanes, in the partial last vector, in a scalar tail; an entry past the limit never counts.
+     */
+    @Test
+    void maskedMaxFindsTheLargestEntryAtEveryPosition() {
+        SplittableRandom r = new SplittableRandom(5);
+        try (Arena arena = Arena.ofConfined()) {
+            for (int n : new int[] {1, 15, 16, 17, 63, 64, 65, 100, 128, 129, 200}) {
+                MemorySegment s = arena.allocate((long) n * 4);
+                for (int limit : new int[] {n, Math.max(0, n - 1), n / 2}) {
+                    for (int p = 0; p < n; p++) {
+                        for (int j = 0; j < n; j++) {
+                            s.setAtIndex(F, j, (float) (-10 * r.nextDouble()));
+                        }
+                        s.setAtIndex(F, p, 5f);
+                        float want = p < limit ? 5f : Float.NEGATIVE_INFINITY;
+                        if (p >= limit) {
+                            for (int j = 0; j < limit; j++) {
+                                want = Math.max(want, s.getAtIndex(F, j));
+                            }
+                        }
+                        for (RowKernels k : new RowKernels[] {Vectorization.scalarRows(), Vectorization.rows()}) {
+                            assertEquals(want, k.maskedMax(s, 0, n, limit, null, 0, 0, false),
+                                    k.name() + " n=" + n + " limit=" + limit + " max at " + p);
+                        }
+                    }
+                }
+                // every entry -inf: the row max is -inf (a fully masked row), not NaN
+                for (int j = 0; j < n; j++) {
+                    s.setAtIndex(F, j, Float.NEGATIVE_INFINITY);
+                }
+                assertEquals(Float.NEGATIVE_INFINITY, Vectorization.rows().maskedMax(s, 0, n, n, null, 0, 0, false));
+            }
+        }
+    }
+
     /** The NaN scan finds a NaN at every position of tail-sized rows, whatever its payload, and nothing else. */
     @Test
     void anyNaNFindsEveryNaNAndNothingElse() {
