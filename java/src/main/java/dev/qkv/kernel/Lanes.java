@@ -48,33 +48,4 @@ final class Lanes {
         }
         return t.lane(0);
     }
-
-    /**
-     * The largest lane of {@code v} by compare and blend (NaN lanes lose every comparison, so they are skipped
-     * unless all lanes are NaN), folded like {@link #sum}: {@code reduceLanes(MAX)} has {@link Math#max}
-     * semantics, which C2 emits as a longer sequence per step.
-     */
-    static float max(FloatVector v) {
-        if (L > 16) {
-            return v.reduceLanes(jdk.incubator.vector.VectorOperators.MAX);
-        }
-        FloatVector t = v;
-        if (L > 8) {
-            t = larger(t, t.rearrange(ROT8));
-        }
-        if (L > 4) {
-            t = larger(t, t.rearrange(ROT4));
-        }
-        if (L > 2) {
-            t = larger(t, t.rearrange(ROT2));
-        }
-        if (L > 1) {
-            t = larger(t, t.rearrange(ROT1));
-        }
-        return t.lane(0);
-    }
-
-    private static FloatVector larger(FloatVector a, FloatVector b) {
-        return a.blend(b, a.compare(jdk.incubator.vector.VectorOperators.LT, b));
-    }
 }

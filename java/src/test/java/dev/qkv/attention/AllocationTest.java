@@ -35,6 +35,12 @@ class AllocationTest {
     private static final int HQ = 4;
     private static final int HKV = 2;
     private static final int LK = 24;
+    /**
+     * Keys of the long-row cases: past the Java engine's key block (2048), so the online softmax runs, and past
+     * the row max's unrolled loop. At [1, 1, 4096, 128] a lane-max helper was once left out of line there and
+     * boxed ~7 MB per call (JMH -prof gc), which rows of 24 keys never reach.
+     */
+    private static final int LONG_LK = 2100;
     // four 16-float vectors, no masked tail: see the class comment
     private static final int D = 64;
 
@@ -51,8 +57,14 @@ class AllocationTest {
             for (Opts o : Opts.values()) {
                 for (int lq : new int[] {16, 1}) {
                     for (boolean ws : new boolean[] {false, true}) {
-                        all.add(Arguments.of(b, o, lq, ws));
+                        all.add(Arguments.of(b, o, lq, ws, LK));
                     }
+                }
+                if (b == Backend.JAVA && (o == Opts.PLAIN || o == Opts.CAUSAL)) {
+                    // Java only: the native engine's online path allocates 1920 B per call here in every JVM
+                    // (its downcalls' asSlice arguments escape, 120 B each; bench/RESULTS.md, round 5), an
+                    // open issue that this check would report on every run
+                    all.add(Arguments.of(b, o, 16, false, LONG_LK));
                 }
             }
         }
@@ -64,7 +76,7 @@ class AllocationTest {
         arena = Arena.ofShared();
         cases().forEach(a -> {
             Object[] p = a.get();
-            Case c = build((Backend) p[0], (Opts) p[1], (int) p[2], (boolean) p[3]);
+            Case c = build((Backend) p[0], (Opts) p[1], (int) p[2], (boolean) p[3], (int) p[4]);
             CASES.put(c.what(), c);
         });
         Allocations.warmUpTogether(CASES.values().stream().map(Case::call).toList(), Allocations.WARMUP);
@@ -76,27 +88,27 @@ class AllocationTest {
         arena.close();
     }
 
-    private static String name(Backend backend, Opts opts, int lq, boolean withWorkspace) {
+    private static String name(Backend backend, Opts opts, int lq, boolean withWorkspace, int lk) {
         return backend + " " + opts + " q [" + B + ", " + HQ + ", " + lq + ", " + D + "] k [" + B + ", " + HKV
-                + ", " + LK + ", " + D + "] workspace=" + withWorkspace + " seed=" + seed(opts, lq);
+                + ", " + lk + ", " + D + "] workspace=" + withWorkspace + " seed=" + seed(opts, lq);
     }
 
     private static long seed(Opts opts, int lq) {
         return 1000L * opts.ordinal() + lq;
     }
 
-    private static Case build(Backend backend, Opts opts, int lq, boolean withWorkspace) {
+    private static Case build(Backend backend, Opts opts, int lq, boolean withWorkspace, int lk) {
         Random r = new Random(seed(opts, lq));
         Tensor q = Fixtures.random(arena, r, B, HQ, lq, D);
-        Tensor k = Fixtures.random(arena, r, B, HKV, LK, D);
-        Tensor v = Fixtures.random(arena, r, B, HKV, LK, D);
+        Tensor k = Fixtures.random(arena, r, B, HKV, lk, D);
+        Tensor v = Fixtures.random(arena, r, B, HKV, lk, D);
         Tensor out = Tensor.allocate(arena, B, HQ, lq, D);
         SdpaOptions options = switch (opts) {
             case PLAIN -> SdpaOptions.DEFAULT;
             case CAUSAL -> SdpaOptions.CAUSAL;
-            case KEY_PADDING -> SdpaOptions.DEFAULT.withMask(Mask.allowed(keyPadding(r)));
+            case KEY_PADDING -> SdpaOptions.DEFAULT.withMask(Mask.allowed(keyPadding(r, lk)));
             case CAUSAL_ADDITIVE -> SdpaOptions.CAUSAL.withMask(
-                    Mask.additive(Tensor.of(arena, Fixtures.uniform(r, lq * LK, -2, 2), lq, LK)));
+                    Mask.additive(Tensor.of(arena, Fixtures.uniform(r, lq * lk, -2, 2), lq, lk)));
         };
         Attention attention = Attention.builder().backend(backend).threads(1).build();
         Workspace ws = withWorkspace
@@ -104,30 +116,30 @@ class AllocationTest {
         Runnable call = withWorkspace
                 ? () -> attention.sdpa(q, k, v, out, options, ws)
                 : () -> attention.sdpa(q, k, v, out, options);
-        return new Case(name(backend, opts, lq, withWorkspace), q, k, v, out, options, call);
+        return new Case(name(backend, opts, lq, withWorkspace, lk), q, k, v, out, options, call);
     }
 
-    @ParameterizedTest(name = "{0} {1} Lq={2} workspace={3}")
+    @ParameterizedTest(name = "{0} {1} Lq={2} workspace={3} Lk={4}")
     @MethodSource("cases")
-    void steadyStateSdpaAllocatesNothing(Backend backend, Opts opts, int lq, boolean withWorkspace) {
+    void steadyStateSdpaAllocatesNothing(Backend backend, Opts opts, int lq, boolean withWorkspace, int lk) {
         Allocations.requireCounter();
-        Case c = CASES.get(name(backend, opts, lq, withWorkspace));
+        Case c = CASES.get(name(backend, opts, lq, withWorkspace, lk));
         c.out().fill(Float.NaN);
         c.call().run();
         Tensor ref = Tensor.allocate(arena, B, HQ, lq, D);
         ReferenceAttention.compute(c.q(), c.k(), c.v(), ref, c.options());
-        double tol = Fixtures.tol(D, LK, 2);
+        double tol = Fixtures.tol(D, lk, 2);
         Fixtures.assertClose(c.what(), ref.shape(), c.out().toArray(), ref.toArray(), tol, tol);
 
         Allocations.assertSteadyStateAllocatesNothing(c.what(), c.call());
     }
 
     /** {@code [B, 1, 1, Lk]}, 0/1 with the first key always allowed (no fully masked row). */
-    private static Tensor keyPadding(Random r) {
-        float[] m = new float[B * LK];
+    private static Tensor keyPadding(Random r, int lk) {
+        float[] m = new float[B * lk];
         for (int i = 0; i < m.length; i++) {
-            m[i] = i % LK == 0 || r.nextInt(4) != 0 ? 1f : 0f;
+            m[i] = i % lk == 0 || r.nextInt(4) != 0 ? 1f : 0f;
         }
-        return Tensor.of(arena, m, B, 1, 1, LK);
+        return Tensor.of(arena, m, B, 1, 1, lk);
     }
 }
