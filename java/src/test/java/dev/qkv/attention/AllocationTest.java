@@ -61,9 +61,9 @@ class AllocationTest {
                     }
                 }
                 if (b == Backend.JAVA && (o == Opts.PLAIN || o == Opts.CAUSAL)) {
-                    // Java only: the native engine's online path allocates 1920 B per call here in every JVM
-                    // (its downcalls' asSlice arguments escape, 120 B each; bench/RESULTS.md, round 5), an
-                    // open issue that this check would report on every run
+                    // Java only: the native engine's online path allocated 1920 B per call in this JVM in 4 runs
+                    // of 4 (its downcalls' asSlice arguments escape, 120 B each; 0 B in a JVM running only that
+                    // case; bench/RESULTS.md, round 5), an open issue this check would report on every run
                     all.add(Arguments.of(b, o, 16, false, LONG_LK));
                 }
             }
