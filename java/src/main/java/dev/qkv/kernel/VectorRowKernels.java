@@ -28,7 +28,8 @@ final class VectorRowKernels extends RowKernels {
     private static final float LOG2E = 1.44269504088896341f;
     /**
      * 1.5 · 2^23 + 127: adding it rounds a float of magnitude below 2^22 to an integer {@code n} kept in the low
-     * mantissa bits, biased by 127, so that those bits shifted left by 23 are the float 2^n (for -127 <= n <= 128).
+     * mantissa bits, biased by 127, so that those bits shifted left by 23 are the float 2^n (for -126 <= n <= 127,
+     * which EXP_LO and EXP_HI keep it in).
      */
     private static final float MAGIC = Float.intBitsToFloat(0x4B40007F);
     /** ln 2 split so that n · C1 is exact for |n| < 2^9 (Cody and Waite). */
@@ -222,8 +223,8 @@ final class VectorRowKernels extends RowKernels {
             long off = base + (long) j * Float.BYTES;
             FloatVector x = FloatVector.fromMemorySegment(SP, s, off, O).sub(max);
             // exp(x): x = n·ln2 + t with n rounded to nearest (the MAGIC addition), exp(t) by the polynomial,
-            // 2^n from the shifted bits of that sum. Written out here, not in a helper: one C2 does not inline (it can
-            // be compiled on its own first) boxes its vector argument and result on every call.
+            // 2^n from the shifted bits of that sum. Written out here, not in a helper: one C2 does not inline
+            // (it can be compiled on its own first) boxes its vector argument and result on every call.
             VectorMask<Float> tiny = x.compare(VectorOperators.LT, EXP_LO);
             FloatVector jv = x.fma(LOG2E, MAGIC);
             FloatVector twoN = jv.reinterpretAsInts().lanewise(VectorOperators.LSHL, 23).reinterpretAsFloats();
