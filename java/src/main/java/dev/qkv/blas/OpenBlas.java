@@ -11,6 +11,8 @@ import java.lang.foreign.MemorySegment;
 import java.lang.foreign.SymbolLookup;
 import java.lang.foreign.ValueLayout;
 import java.lang.invoke.MethodHandle;
+import java.lang.invoke.MethodHandles;
+import java.lang.invoke.MethodType;
 import java.net.JarURLConnection;
 import java.net.URL;
 import java.net.URLConnection;
@@ -209,10 +211,48 @@ public final class OpenBlas {
         int tB = tb == Transpose.NO ? NO_TRANS : TRANS;
         // one small method per kind of downcall: with both in one method, a caller that uses both (causal
         // attention) compiles a body too big to inline the stubs, and the three slices escape (240 B per call)
-        if (CRITICAL && (long) m * n * k <= CRITICAL_FLOPS) {
-            criticalSgemm(tA, tB, m, n, k, alpha, a, aOffset, lda, b, bOffset, ldb, beta, c, cOffset, ldc);
-        } else {
-            plainSgemm(tA, tB, m, n, k, alpha, a, aOffset, lda, b, bOffset, ldb, beta, c, cOffset, ldc);
+        try {
+            if (CRITICAL && (long) m * n * k <= CRITICAL_FLOPS) {
+                Entry.criticalSgemm.invokeExact(tA, tB, m, n, k, alpha, a, aOffset, lda, b, bOffset, ldb, beta, c,
+                        cOffset, ldc);
+            } else {
+                Entry.plainSgemm.invokeExact(tA, tB, m, n, k, alpha, a, aOffset, lda, b, bOffset, ldb, beta, c,
+                        cOffset, ldc);
+            }
+        } catch (RuntimeException | Error e) {
+            throw e;
+        } catch (Throwable t) {
+            throw new AssertionError("cblas_sgemm", t);
+        }
+    }
+
+    /**
+     * The four downcall wrappers, each reached through a method handle in a field the JIT may not treat as a
+     * constant (deliberately not final), so that C2 never inlines a wrapper into its caller. Each wrapper then is
+     * compiled on its own, small, with the linker's adapter inlined, and the three argument slices it makes never
+     * leave it. Inlined into a large caller (the attention engine's block loop), the adapter could fall outside
+     * the caller's inlining budget, and then the slices escaped: 120 B per product, in some JVMs and not others
+     * (bench/RESULTS.md, rounds 3 and 5). The indirect call costs a few nanoseconds per product.
+     */
+    private static final class Entry {
+        private static final MethodType SGEMM = MethodType.methodType(void.class, int.class, int.class, int.class,
+                int.class, int.class, float.class, MemorySegment.class, long.class, int.class, MemorySegment.class,
+                long.class, int.class, float.class, MemorySegment.class, long.class, int.class);
+        private static final MethodType SGEMV = MethodType.methodType(void.class, int.class, int.class, int.class,
+                float.class, MemorySegment.class, long.class, int.class, MemorySegment.class, long.class, int.class,
+                float.class, MemorySegment.class, long.class, int.class);
+        // not final: see the class comment
+        static MethodHandle criticalSgemm = find("criticalSgemm", SGEMM);
+        static MethodHandle plainSgemm = find("plainSgemm", SGEMM);
+        static MethodHandle criticalSgemv = find("criticalSgemv", SGEMV);
+        static MethodHandle plainSgemv = find("plainSgemv", SGEMV);
+
+        private static MethodHandle find(String name, MethodType type) {
+            try {
+                return MethodHandles.lookup().findStatic(OpenBlas.class, name, type);
+            } catch (ReflectiveOperationException e) {
+                throw new AssertionError(name, e);
+            }
         }
     }
 
@@ -270,10 +310,18 @@ public final class OpenBlas {
             return;
         }
         int tA = ta == Transpose.NO ? NO_TRANS : TRANS;
-        if (CRITICAL && (long) m * n <= CRITICAL_FLOPS) {
-            criticalSgemv(tA, m, n, alpha, a, aOffset, lda, x, xOffset, incx, beta, y, yOffset, incy);
-        } else {
-            plainSgemv(tA, m, n, alpha, a, aOffset, lda, x, xOffset, incx, beta, y, yOffset, incy);
+        try {
+            if (CRITICAL && (long) m * n <= CRITICAL_FLOPS) {
+                Entry.criticalSgemv.invokeExact(tA, m, n, alpha, a, aOffset, lda, x, xOffset, incx, beta, y, yOffset,
+                        incy);
+            } else {
+                Entry.plainSgemv.invokeExact(tA, m, n, alpha, a, aOffset, lda, x, xOffset, incx, beta, y, yOffset,
+                        incy);
+            }
+        } catch (RuntimeException | Error e) {
+            throw e;
+        } catch (Throwable t) {
+            throw new AssertionError("cblas_sgemv", t);
         }
     }
 
