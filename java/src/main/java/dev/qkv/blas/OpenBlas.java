@@ -209,8 +209,8 @@ public final class OpenBlas {
         }
         int tA = ta == Transpose.NO ? NO_TRANS : TRANS;
         int tB = tb == Transpose.NO ? NO_TRANS : TRANS;
-        // one small method per kind of downcall: with both in one method, a caller that uses both (causal
-        // attention) compiles a body too big to inline the stubs, and the three slices escape (240 B per call)
+        // one wrapper per kind of downcall, each compiled on its own (see Entry); a wrapper's checked
+        // Throwable cannot happen (the downcall declares none), and becomes an AssertionError here
         try {
             if (CRITICAL && (long) m * n * k <= CRITICAL_FLOPS) {
                 Entry.criticalSgemm.invokeExact(tA, tB, m, n, k, alpha, a, aOffset, lda, b, bOffset, ldb, beta, c,
@@ -258,28 +258,16 @@ public final class OpenBlas {
 
     private static void criticalSgemm(int tA, int tB, int m, int n, int k, float alpha,
                                       MemorySegment a, long aOffset, int lda, MemorySegment b, long bOffset, int ldb,
-                                      float beta, MemorySegment c, long cOffset, int ldc) {
-        try {
-            Critical.SGEMM.invokeExact(ROW_MAJOR, tA, tB, m, n, k, alpha, a.asSlice(aOffset * Float.BYTES), lda,
-                    b.asSlice(bOffset * Float.BYTES), ldb, beta, c.asSlice(cOffset * Float.BYTES), ldc);
-        } catch (RuntimeException | Error e) {
-            throw e;
-        } catch (Throwable t) {
-            throw new AssertionError("cblas_sgemm", t);
-        }
+                                      float beta, MemorySegment c, long cOffset, int ldc) throws Throwable {
+        Critical.SGEMM.invokeExact(ROW_MAJOR, tA, tB, m, n, k, alpha, a.asSlice(aOffset * Float.BYTES), lda,
+                b.asSlice(bOffset * Float.BYTES), ldb, beta, c.asSlice(cOffset * Float.BYTES), ldc);
     }
 
     private static void plainSgemm(int tA, int tB, int m, int n, int k, float alpha,
                                    MemorySegment a, long aOffset, int lda, MemorySegment b, long bOffset, int ldb,
-                                   float beta, MemorySegment c, long cOffset, int ldc) {
-        try {
-            Critical.PLAIN.invokeExact(ROW_MAJOR, tA, tB, m, n, k, alpha, a.asSlice(aOffset * Float.BYTES), lda,
-                    b.asSlice(bOffset * Float.BYTES), ldb, beta, c.asSlice(cOffset * Float.BYTES), ldc);
-        } catch (RuntimeException | Error e) {
-            throw e;
-        } catch (Throwable t) {
-            throw new AssertionError("cblas_sgemm", t);
-        }
+                                   float beta, MemorySegment c, long cOffset, int ldc) throws Throwable {
+        Critical.PLAIN.invokeExact(ROW_MAJOR, tA, tB, m, n, k, alpha, a.asSlice(aOffset * Float.BYTES), lda,
+                b.asSlice(bOffset * Float.BYTES), ldb, beta, c.asSlice(cOffset * Float.BYTES), ldc);
     }
 
     /**
@@ -327,28 +315,16 @@ public final class OpenBlas {
 
     private static void criticalSgemv(int tA, int m, int n, float alpha, MemorySegment a, long aOffset, int lda,
                                       MemorySegment x, long xOffset, int incx, float beta,
-                                      MemorySegment y, long yOffset, int incy) {
-        try {
-            Critical.SGEMV.invokeExact(ROW_MAJOR, tA, m, n, alpha, a.asSlice(aOffset * Float.BYTES), lda,
-                    x.asSlice(xOffset * Float.BYTES), incx, beta, y.asSlice(yOffset * Float.BYTES), incy);
-        } catch (RuntimeException | Error e) {
-            throw e;
-        } catch (Throwable t) {
-            throw new AssertionError("cblas_sgemv", t);
-        }
+                                      MemorySegment y, long yOffset, int incy) throws Throwable {
+        Critical.SGEMV.invokeExact(ROW_MAJOR, tA, m, n, alpha, a.asSlice(aOffset * Float.BYTES), lda,
+                x.asSlice(xOffset * Float.BYTES), incx, beta, y.asSlice(yOffset * Float.BYTES), incy);
     }
 
     private static void plainSgemv(int tA, int m, int n, float alpha, MemorySegment a, long aOffset, int lda,
                                    MemorySegment x, long xOffset, int incx, float beta,
-                                   MemorySegment y, long yOffset, int incy) {
-        try {
-            Critical.PLAIN_SGEMV.invokeExact(ROW_MAJOR, tA, m, n, alpha, a.asSlice(aOffset * Float.BYTES), lda,
-                    x.asSlice(xOffset * Float.BYTES), incx, beta, y.asSlice(yOffset * Float.BYTES), incy);
-        } catch (RuntimeException | Error e) {
-            throw e;
-        } catch (Throwable t) {
-            throw new AssertionError("cblas_sgemv", t);
-        }
+                                   MemorySegment y, long yOffset, int incy) throws Throwable {
+        Critical.PLAIN_SGEMV.invokeExact(ROW_MAJOR, tA, m, n, alpha, a.asSlice(aOffset * Float.BYTES), lda,
+                x.asSlice(xOffset * Float.BYTES), incx, beta, y.asSlice(yOffset * Float.BYTES), incy);
     }
 
     /**
