@@ -16,10 +16,14 @@ import jdk.incubator.vector.VectorSpecies;
 final class Lanes {
     private static final VectorSpecies<Float> SP = FloatVector.SPECIES_PREFERRED;
     private static final int L = SP.length();
-    private static final VectorShuffle<Float> ROT8 = L > 8 ? VectorShuffle.iota(SP, 8, 1, true) : null;
-    private static final VectorShuffle<Float> ROT4 = L > 4 ? VectorShuffle.iota(SP, 4, 1, true) : null;
-    private static final VectorShuffle<Float> ROT2 = L > 2 ? VectorShuffle.iota(SP, 2, 1, true) : null;
-    private static final VectorShuffle<Float> ROT1 = L > 1 ? VectorShuffle.iota(SP, 1, 1, true) : null;
+    /**
+     * Rotations by 8, 4, 2 and 1 lanes (null where the vector is not wider): the folds of {@link #sum} and of
+     * {@code VectorRowKernels}' row max, which writes its fold out in place (a helper taking vectors boxed them).
+     */
+    static final VectorShuffle<Float> ROT8 = L > 8 ? VectorShuffle.iota(SP, 8, 1, true) : null;
+    static final VectorShuffle<Float> ROT4 = L > 4 ? VectorShuffle.iota(SP, 4, 1, true) : null;
+    static final VectorShuffle<Float> ROT2 = L > 2 ? VectorShuffle.iota(SP, 2, 1, true) : null;
+    static final VectorShuffle<Float> ROT1 = L > 1 ? VectorShuffle.iota(SP, 1, 1, true) : null;
 
     private Lanes() {
     }

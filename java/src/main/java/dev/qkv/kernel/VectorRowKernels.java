@@ -3,7 +3,6 @@ package dev.qkv.kernel;
 import jdk.incubator.vector.FloatVector;
 import jdk.incubator.vector.VectorMask;
 import jdk.incubator.vector.VectorOperators;
-import jdk.incubator.vector.VectorShuffle;
 import jdk.incubator.vector.VectorSpecies;
 
 import java.lang.foreign.MemorySegment;
@@ -17,11 +16,6 @@ import java.nio.ByteOrder;
 final class VectorRowKernels extends RowKernels {
     private static final VectorSpecies<Float> SP = FloatVector.SPECIES_PREFERRED;
     private static final int L = SP.length();
-    /** Rotations by 8, 4, 2 and 1 lanes, for the row max's fold (as {@link Lanes#sum} folds). */
-    private static final VectorShuffle<Float> ROT8 = VectorShuffle.iota(SP, 8 % L, 1, true);
-    private static final VectorShuffle<Float> ROT4 = VectorShuffle.iota(SP, 4 % L, 1, true);
-    private static final VectorShuffle<Float> ROT2 = VectorShuffle.iota(SP, 2 % L, 1, true);
-    private static final VectorShuffle<Float> ROT1 = VectorShuffle.iota(SP, 1 % L, 1, true);
     private static final ByteOrder O = ByteOrder.nativeOrder();
     private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
 
@@ -135,17 +129,26 @@ final class VectorRowKernels extends RowKernels {
         // the lanes folded by compare and blend, rotations of 8, 4, 2, 1 (reduceLanes(MAX) has Math.max semantics,
         // a longer sequence per step). Written out: a helper taking the vector was once left out of line and
         // boxed its vectors (JMH -prof gc: 7 MB per call at [1, 1, 4096, 128] on one thread).
-        // Rotations by 0 (fewer than 16 lanes) change nothing; wider vectors (no NaN lane here) use reduceLanes.
+        // Lanes.sum's rotations and guards; wider vectors (no NaN lane here) use reduceLanes.
         float max;
         if (L <= 16) {
-            FloatVector u = vmax.rearrange(ROT8);
-            vmax = vmax.blend(u, vmax.compare(VectorOperators.LT, u));
-            u = vmax.rearrange(ROT4);
-            vmax = vmax.blend(u, vmax.compare(VectorOperators.LT, u));
-            u = vmax.rearrange(ROT2);
-            vmax = vmax.blend(u, vmax.compare(VectorOperators.LT, u));
-            u = vmax.rearrange(ROT1);
-            vmax = vmax.blend(u, vmax.compare(VectorOperators.LT, u));
+            FloatVector u;
+            if (L > 8) {
+                u = vmax.rearrange(Lanes.ROT8);
+                vmax = vmax.blend(u, vmax.compare(VectorOperators.LT, u));
+            }
+            if (L > 4) {
+                u = vmax.rearrange(Lanes.ROT4);
+                vmax = vmax.blend(u, vmax.compare(VectorOperators.LT, u));
+            }
+            if (L > 2) {
+                u = vmax.rearrange(Lanes.ROT2);
+                vmax = vmax.blend(u, vmax.compare(VectorOperators.LT, u));
+            }
+            if (L > 1) {
+                u = vmax.rearrange(Lanes.ROT1);
+                vmax = vmax.blend(u, vmax.compare(VectorOperators.LT, u));
+            }
             max = vmax.lane(0);
         } else {
             max = vmax.reduceLanes(VectorOperators.MAX);
