@@ -54,8 +54,8 @@ import java.util.Objects;
  * the pool is busy with another call, a call runs on its own thread. Each worker has its own score tile and
  * packing buffers, so no scratch is shared.
  *
- * <p><b>Memory.</b> Per worker the off-heap workspace holds a score tile of {@code rows × min(Lk, KEY_BLOCK)}
- * floats ({@code NATIVE_KEY_BLOCK}, rows padded, for OpenBLAS; no {@code Lq × Lk} matrix: a block that sees more
+ * <p><b>Memory.</b> Per worker the off-heap workspace holds a score tile of {@code rows × min(Lk, keyBlock)}
+ * floats (at most {@code KEY_BLOCK}, fewer for wide heads; {@code NATIVE_KEY_BLOCK}, rows padded, for OpenBLAS; no {@code Lq × Lk} matrix: a block that sees more
  * keys than that takes them a key block at a time with an online softmax, running max and sum per row) plus
  * packed copies of views without a unit stride; the Java backend also keeps its packed {@code kᵀ} and {@code v}
  * panels on the Java heap. {@link #plan} reports both.
@@ -105,12 +105,39 @@ public final class Attention {
     static final int AUTO_NATIVE_MIN_DK = 256;
 
     /**
-     * Keys per block of the Java engine's online softmax: a query block that sees more keys takes them this many
-     * at a time (running max and sum per row, the output rescaled), so its score tile stays in L2 (64 × 2048
-     * floats = 512 KiB). Measured at L = 32768, D = 64 (1024, 2048, 4096: 2048 fastest): see bench/RESULTS.md,
-     * round 2. The system property {@code qkv.keyBlock} overrides it, to run tests through the online path.
+     * Most keys per block of the Java engine's online softmax: a query block that sees more keys takes them at
+     * most this many at a time (running max and sum per row, the output rescaled), so its score tile stays in L2
+     * (64 × 2048 floats = 512 KiB). Measured at L = 32768, D = 64 (1024, 2048, 4096: 2048 fastest): see
+     * bench/RESULTS.md, round 2. Wider heads take fewer keys per block (see {@link #javaKeyBlock}). The system
+     * property {@code qkv.keyBlock} sets the block for every head size, to run tests through the online path.
      */
     static final int KEY_BLOCK = Integer.getInteger("qkv.keyBlock", 2048);
+
+    /** The block is {@code qkv.keyBlock} for every head size, not {@link #javaKeyBlock}'s choice. */
+    private static final boolean KEY_BLOCK_SET = Integer.getInteger("qkv.keyBlock") != null;
+
+    /**
+     * Bytes of a core's L2 that one key block's working set of the Java engine may fill: the block's packed kᵀ
+     * ({@code Dk × keys}) and v ({@code keys × Dv}) and its score tile ({@code BLOCK_ROWS × keys}). Three
+     * quarters of this machine's 2 MiB L2; D = 64 at 2048 keys fills it exactly.
+     */
+    static final long KEY_BLOCK_L2_BYTES = 3L << 19;
+
+    /**
+     * Keys per block of the Java engine for these head sizes: {@link #KEY_BLOCK}, halved (not under 256) while
+     * the block's kᵀ, v and score tile exceed {@link #KEY_BLOCK_L2_BYTES}. At D = 128, 2048 keys make 2.5 MiB,
+     * more than the L2, and the products then read their panels from L3 (measured at [1, 1, 4096, 128], one
+     * thread, interleaved runs: 1024 keys 0.93× the time of 2048, 512 keys 0.94×; bench/RESULTS.md, round 6).
+     */
+    static int javaKeyBlock(int dk, int dv) {
+        int kb = KEY_BLOCK;
+        if (!KEY_BLOCK_SET) {
+            while (kb > 256 && (long) kb * ((long) dk + dv + BLOCK_ROWS) * Float.BYTES > KEY_BLOCK_L2_BYTES) {
+                kb /= 2;
+            }
+        }
+        return kb;
+    }
 
     /**
      * Query rows per block of the OpenBLAS engine. sgemm packs both operands on every call, so a 64-row block
@@ -476,7 +503,7 @@ public final class Attention {
         boolean small;
         /** Few queries on OpenBLAS: matrix-vector products per query row (see {@link #gemvRows}). */
         boolean gemv;
-        /** Keys per block of the online softmax ({@link #KEY_BLOCK} or {@link #NATIVE_KEY_BLOCK}). */
+        /** Keys per block of the online softmax ({@link #javaKeyBlock} or {@link #NATIVE_KEY_BLOCK}). */
         int keyBlock;
         /** OpenBLAS runs the products (the generic engine on native sgemm). */
         boolean nativeEngine;
@@ -585,7 +612,7 @@ public final class Attention {
             double parallelMin = WorkerPool.SHARED.spins() ? SPIN_PARALLEL_MIN_FLOPS
                     : WorkerPool.MIN_PARALLEL_FLOPS;
             int want = flops < parallelMin || owner.threads == 1 || !shareable() ? 1 : owner.threads;
-            keyBlock = nativeEngine ? NATIVE_KEY_BLOCK : KEY_BLOCK;
+            keyBlock = nativeEngine ? NATIVE_KEY_BLOCK : javaKeyBlock(dk, dv);
             int rows0 = BLOCK_ROWS;
             if (nativeEngine) {
                 // Larger blocks while each core could still get 4 tasks (uneven causal blocks balance). From the
@@ -656,7 +683,7 @@ public final class Attention {
 
         /** Floats of off-heap workspace per worker, setting the pack offsets. */
         private long layout(int rowsNow) {
-            // the score tile holds one key block (see KEY_BLOCK); the few-query path takes all keys at once. A
+            // the score tile holds one key block (see javaKeyBlock); the few-query path takes all keys at once. A
             // causal block sees fewer keys, and tileLd pads a multiple of 64 (native): bound every block
             int cols = small || gemv ? lk : Math.min(lk, keyBlock) + (nativeEngine ? TILE_PAD : 0);
             long cursor = (long) rowsNow * Math.max(cols, 1);
@@ -999,7 +1026,7 @@ public final class Attention {
             boolean qRow = rowMajorOk(q);
             int ldq = qRow ? (int) ld(q.stride(2), dk) : (int) ld(q.stride(3), lq);
             long qAt = qRow ? qBase + i0 * q.stride(2) : qBase + i0;
-            if (keys > KEY_BLOCK) {
+            if (keys > keyBlock) {
                 runOnline(s, ws, base, qRow, ldq, qAt, i0, rows, keys, maskHead, outSeg, outRows, ldo);
                 return;
             }
@@ -1016,11 +1043,11 @@ public final class Attention {
         }
 
         /**
-         * The packed product over keys in blocks of {@link #KEY_BLOCK} with an online softmax: per row a running
-         * max {@code m} and sum {@code l}; each block's weights are {@code exp(s - m_new)}, and what earlier blocks
-         * put in {@code out} and {@code l} is rescaled by {@code exp(m_old - m_new)} before the block's
-         * {@code p · v} is added. The score tile then holds {@code rows × KEY_BLOCK} floats (L2-sized) however
-         * long the sequence. Masks and causal limits apply per block; a row no key may see stays at zeros.
+         * The packed product over keys in blocks of {@code keyBlock} ({@link #javaKeyBlock}) with an online
+         * softmax: per row a running max {@code m} and sum {@code l}; each block's weights are
+         * {@code exp(s - m_new)}, and what earlier blocks put in {@code out} and {@code l} is rescaled by
+         * {@code exp(m_old - m_new)} before the block's {@code p · v} is added. The score tile then holds
+         * {@code rows × keyBlock} floats (L2-sized) however long the sequence. Masks and causal limits apply per block; a row no key may see stays at zeros.
          */
         private void runOnline(Scratch s, MemorySegment ws, long base, boolean qRow, int ldq, long qAt, int i0,
                                int rows, int keys, long maskHead, MemorySegment outSeg, long outRows, int ldo) {
@@ -1031,8 +1058,8 @@ public final class Attention {
             java.util.Arrays.fill(max, 0, rows, Float.NEGATIVE_INFINITY);
             java.util.Arrays.fill(sum, 0, rows, 0f);
             java.util.Arrays.fill(s.qScale, 0, rows, scale);
-            for (int j0 = 0; j0 < keys; j0 += KEY_BLOCK) {
-                final int nk = Math.min(KEY_BLOCK, keys - j0);
+            for (int j0 = 0; j0 < keys; j0 += keyBlock) {
+                final int nk = Math.min(keyBlock, keys - j0);
                 // scores [rows, nk] = scale · q_block · kᵀ[:, j0, j0 + nk)
                 pk.gemm(!qRow, q.segment(), qAt, ldq, rows, nk, dk, s.aBuf, s.kPack.array(), s.kAt, dk, lk, 0, j0,
                         s.qScale, 0f, ws, base, nk);

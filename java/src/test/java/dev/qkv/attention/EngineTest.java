@@ -56,6 +56,9 @@ class EngineTest {
         out.add(new Case(11, 1, 2, 1, 70, 4500, 32, 32, true, "bool2d", false));
         out.add(new Case(12, 1, 1, 1, 65, 2300, 17, 33, false, "additive4d", true));
         out.add(new Case(13, 1, 2, 2, 40, 2 * Attention.KEY_BLOCK + 1, 64, 64, false, "keypad", false));
+        // wide heads take fewer keys per block (Attention.javaKeyBlock): 1024 at D = 128, 512 at Dk + Dv = 456
+        out.add(new Case(14, 1, 2, 1, 70, 1500, 128, 128, true, "additive4d", false));
+        out.add(new Case(15, 1, 1, 1, 40, 700, 256, 200, false, "bool2d", true));
         return out.stream().map(c -> Named.of(c.toString(), c));
     }
 
@@ -190,6 +193,26 @@ class EngineTest {
                         4.0 * (16 + lk) * 0x1p-24);
             }
         }
+    }
+
+    /**
+     * The Java engine's key block keeps one block's packed kᵀ, v and score tile within the L2 budget, and is the
+     * largest such halving of KEY_BLOCK: D = 64 keeps 2048 keys, D = 128 takes 1024.
+     */
+    @Test
+    void javaKeyBlockFitsTheL2Budget() {
+        for (int dk : new int[] {1, 16, 64, 65, 128, 200, 256, 512, 1024}) {
+            for (int dv : new int[] {1, 32, 64, 128, 256, 1024}) {
+                int kb = Attention.javaKeyBlock(dk, dv);
+                long set = (long) kb * (dk + dv + Attention.BLOCK_ROWS) * Float.BYTES;
+                String at = "Dk=" + dk + " Dv=" + dv + " keyBlock=" + kb;
+                assertTrue(kb >= 256 && kb <= Attention.KEY_BLOCK && Integer.bitCount(kb) == 1, at);
+                assertTrue(set <= Attention.KEY_BLOCK_L2_BYTES || kb == 256, at);
+                assertTrue(kb == Attention.KEY_BLOCK || 2 * set > Attention.KEY_BLOCK_L2_BYTES, at);
+            }
+        }
+        assertEquals(2048, Attention.javaKeyBlock(64, 64));
+        assertEquals(1024, Attention.javaKeyBlock(128, 128));
     }
 
     static Stream<Named<Backend>> backends() {
