@@ -108,6 +108,25 @@ final class VectorPackedKernels implements PackedKernels {
      */
     private static void packTransposed(MemorySegment b, long bOff, int ldb, int k, int j0, int nb, int nr,
                                        boolean flushSubnormals, float[] dst, int base) {
+        if (L == 16 && nb % 16 == 0 && k % 16 == 0) {
+            // whole 16 × 16 blocks: in-register transposes, no gathers
+            final long st = (long) ldb * Float.BYTES;
+            for (int g = 0; g < nb; g += 16) {
+                for (int c = 0; c < k; c += 16) {
+                    final long src = (bOff + (long) (j0 + g) * ldb + c) * Float.BYTES;
+                    final int d = base + c * nr + g;
+                    transposeHalf(b, src, st, dst, d, nr);
+                    transposeHalf(b, src + 8 * st, st, dst, d + 8 * nr, nr);
+                    transposeMerge(dst, d, nr, flushSubnormals);
+                }
+            }
+            if (nb < nr) {
+                for (int p = 0; p < k; p++) {
+                    java.util.Arrays.fill(dst, base + p * nr + nb, base + (p + 1) * nr, 0f);
+                }
+            }
+            return;
+        }
         final TransposeScratch t = TRANSPOSE.get();
         final float[] rows = t.rows;
         for (int p0 = 0; p0 < k; p0 += KC) {
@@ -134,6 +153,104 @@ final class VectorPackedKernels implements PackedKernels {
                     x.intoArray(dst, d + q);
                 }
             }
+        }
+    }
+
+    /**
+     * Two-source lane selections for the 16 × 16 transpose of {@link #transposeHalf} and {@link #transposeMerge}
+     * (null unless {@code L == 16}). At distance {@code d}, the pair {@code (x_i, x_{i+d})} becomes
+     * {@code (LOd.selectFrom(x_i, x_{i+d}), HId.selectFrom(x_i, x_{i+d}))}, which swaps the pair's off-diagonal
+     * {@code d × d} sub-blocks; distances 1, 2, 4 and 8 transpose 16 × 16.
+     */
+    private static final FloatVector LO1 = selection(1, false);
+    private static final FloatVector HI1 = selection(1, true);
+    private static final FloatVector LO2 = selection(2, false);
+    private static final FloatVector HI2 = selection(2, true);
+    private static final FloatVector LO4 = selection(4, false);
+    private static final FloatVector HI4 = selection(4, true);
+    private static final FloatVector LO8 = selection(8, false);
+    private static final FloatVector HI8 = selection(8, true);
+
+    private static FloatVector selection(int d, boolean high) {
+        if (L != 16) {
+            return null;
+        }
+        float[] ix = new float[L];
+        for (int i = 0; i < L; i++) {
+            boolean first = (i & d) == 0;
+            ix[i] = high ? (first ? i + d : L + i) : (first ? i : L + i - d);
+        }
+        return FloatVector.fromArray(SP, ix, 0);
+    }
+
+    /**
+     * The first three stages (distances 1, 2, 4) of a 16 × 16 transpose, on eight storage rows ({@code st} bytes
+     * apart from byte {@code src}), stored as panel rows {@code d + i·nr}, {@code i < 8}. Stages 1-3 keep rows
+     * 0-7 and 8-15 apart, so each half is one call; {@link #transposeMerge} does the fourth. Cut in three methods:
+     * the whole transpose in one body is too big for C1's profiling tier ("out of virtual registers"), stays in
+     * the tier below, and then every vector op allocates (measured: a [1, 1, 128, 64] call 2.8x slower).
+     */
+    private static void transposeHalf(MemorySegment b, long src, long st, float[] dst, int d, int nr) {
+        FloatVector x0 = FloatVector.fromMemorySegment(SP, b, src, O);
+        FloatVector x1 = FloatVector.fromMemorySegment(SP, b, src + st, O);
+        FloatVector x2 = FloatVector.fromMemorySegment(SP, b, src + 2 * st, O);
+        FloatVector x3 = FloatVector.fromMemorySegment(SP, b, src + 3 * st, O);
+        FloatVector x4 = FloatVector.fromMemorySegment(SP, b, src + 4 * st, O);
+        FloatVector x5 = FloatVector.fromMemorySegment(SP, b, src + 5 * st, O);
+        FloatVector x6 = FloatVector.fromMemorySegment(SP, b, src + 6 * st, O);
+        FloatVector x7 = FloatVector.fromMemorySegment(SP, b, src + 7 * st, O);
+        final FloatVector lo1 = LO1;
+        final FloatVector hi1 = HI1;
+        final FloatVector lo2 = LO2;
+        final FloatVector hi2 = HI2;
+        final FloatVector lo4 = LO4;
+        final FloatVector hi4 = HI4;
+        FloatVector t;
+        // distance 1: (0, 1), (2, 3), ...
+        t = lo1.selectFrom(x0, x1); x1 = hi1.selectFrom(x0, x1); x0 = t;
+        t = lo1.selectFrom(x2, x3); x3 = hi1.selectFrom(x2, x3); x2 = t;
+        t = lo1.selectFrom(x4, x5); x5 = hi1.selectFrom(x4, x5); x4 = t;
+        t = lo1.selectFrom(x6, x7); x7 = hi1.selectFrom(x6, x7); x6 = t;
+        // distance 2: (0, 2), (1, 3), (4, 6), (5, 7)
+        t = lo2.selectFrom(x0, x2); x2 = hi2.selectFrom(x0, x2); x0 = t;
+        t = lo2.selectFrom(x1, x3); x3 = hi2.selectFrom(x1, x3); x1 = t;
+        t = lo2.selectFrom(x4, x6); x6 = hi2.selectFrom(x4, x6); x4 = t;
+        t = lo2.selectFrom(x5, x7); x7 = hi2.selectFrom(x5, x7); x5 = t;
+        // distance 4: (0, 4), (1, 5), (2, 6), (3, 7)
+        t = lo4.selectFrom(x0, x4); x4 = hi4.selectFrom(x0, x4); x0 = t;
+        t = lo4.selectFrom(x1, x5); x5 = hi4.selectFrom(x1, x5); x1 = t;
+        t = lo4.selectFrom(x2, x6); x6 = hi4.selectFrom(x2, x6); x2 = t;
+        t = lo4.selectFrom(x3, x7); x7 = hi4.selectFrom(x3, x7); x3 = t;
+        x0.intoArray(dst, d);
+        x1.intoArray(dst, d + nr);
+        x2.intoArray(dst, d + 2 * nr);
+        x3.intoArray(dst, d + 3 * nr);
+        x4.intoArray(dst, d + 4 * nr);
+        x5.intoArray(dst, d + 5 * nr);
+        x6.intoArray(dst, d + 6 * nr);
+        x7.intoArray(dst, d + 7 * nr);
+    }
+
+    /**
+     * The fourth stage (distance 8) of the transpose {@link #transposeHalf} began at panel rows {@code d + i·nr}:
+     * rows {@code i} and {@code i + 8} in place, subnormals flushed to zeros when {@code flush} is set.
+     */
+    private static void transposeMerge(float[] dst, int d, int nr, boolean flush) {
+        final FloatVector lo8 = LO8;
+        final FloatVector hi8 = HI8;
+        for (int i = 0; i < 8; i++) {
+            final int at = d + i * nr;
+            final int at8 = at + 8 * nr;
+            FloatVector x = FloatVector.fromArray(SP, dst, at);
+            FloatVector y = FloatVector.fromArray(SP, dst, at8);
+            FloatVector u = lo8.selectFrom(x, y);
+            FloatVector w = hi8.selectFrom(x, y);
+            if (flush) {
+                u = u.blend(0f, u.abs().compare(VectorOperators.LT, Float.MIN_NORMAL));
+                w = w.blend(0f, w.abs().compare(VectorOperators.LT, Float.MIN_NORMAL));
+            }
+            u.intoArray(dst, at);
+            w.intoArray(dst, at8);
         }
     }
 

@@ -231,6 +231,57 @@ class VectorKernelsTest {
         }
     }
 
+    /**
+     * Packing a transposed operand (storage [n, k], the in-register 16 × 16 transposes where whole blocks allow,
+     * gathers elsewhere) gives the same panels, bit for bit, as packing an explicitly transposed copy [k, n]
+     * row by row: whole, partial and ragged panels, reductions past one gather pass, subnormals flushed or kept.
+     */
+    @Test
+    void transposedPackingMatchesPackingAnExplicitTranspose() {
+        PackedKernels pk = Vectorization.packed();
+        SplittableRandom r = new SplittableRandom(11);
+        int[][] shapes = {{16, 16}, {64, 64}, {128, 64}, {48, 32}, {32, 128}, {80, 16}, {17, 16}, {64, 17},
+            {130, 300}, {256, 512}, {1, 1}, {96, 48}};
+        try (Arena arena = Arena.ofConfined()) {
+            for (int[] shape : shapes) {
+                for (boolean flush : new boolean[] {false, true}) {
+                    int n = shape[0];
+                    int k = shape[1];
+                    int ldb = k + 3;
+                    MemorySegment b = fill(arena, r, (long) n * ldb);
+                    MemorySegment bt = arena.allocate((long) k * n * 4, 64);
+                    for (int j = 0; j < n; j++) {
+                        for (int p = 0; p < k; p++) {
+                            float x = b.getAtIndex(F, (long) j * ldb + p);
+                            if (r.nextInt(7) == 0) {
+                                // a subnormal, of either sign
+                                x = Math.copySign(Float.MIN_VALUE * (1 + r.nextInt(1000)), x);
+                                b.setAtIndex(F, (long) j * ldb + p, x);
+                            }
+                            bt.setAtIndex(F, (long) p * n + j, x);
+                        }
+                    }
+                    PackBuffer viaT = new PackBuffer();
+                    PackBuffer viaRows = new PackBuffer();
+                    viaT.ensure(pk.packedSize(k, n));
+                    viaRows.ensure(pk.packedSize(k, n));
+                    java.util.Arrays.fill(viaT.array(), Float.NaN);
+                    int at = pk.packB(true, b, 0, ldb, k, n, flush, viaT);
+                    int at2 = pk.packB(false, bt, 0, n, k, n, flush, viaRows);
+                    int len = pk.packedSize(k, n) - HeapAlignment.SLACK;
+                    for (int i = 0; i < len; i++) {
+                        int got = Float.floatToRawIntBits(viaT.array()[at + i]);
+                        int want = Float.floatToRawIntBits(viaRows.array()[at2 + i]);
+                        if (got != want) {
+                            fail("n=" + n + " k=" + k + " flush=" + flush + " at " + i + ": got "
+                                    + viaT.array()[at + i] + " want " + viaRows.array()[at2 + i]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     private static MemorySegment fill(Arena arena, SplittableRandom r, long n) {
         MemorySegment s = arena.allocate(Math.max(n, 1) * 4, 64);
         for (long i = 0; i < n; i++) {
