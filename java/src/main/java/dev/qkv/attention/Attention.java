@@ -766,6 +766,10 @@ public final class Attention {
             final MemorySegment os = o.segment();
             final long row0 = o.offset() + b * o.stride(0) + h * o.stride(1);
             final long cs = o.stride(3);
+            if (cs == 1 && !owner.rows.anyNaN(os, row0 + (long) i0 * o.stride(2), o.stride(2), rows, dv)) {
+                // the usual case, in one pass over the block
+                return;
+            }
             for (int r = 0; r < rows; r++) {
                 long at = row0 + (long) (i0 + r) * o.stride(2);
                 boolean nan = false;

@@ -52,6 +52,19 @@ public abstract class RowKernels {
     /** True when some {@code s[at .. at+n)} (float indices) is NaN. */
     public abstract boolean anyNaN(MemorySegment s, long at, int n);
 
+    /**
+     * True when some row {@code s[at + r·ld .. at + r·ld + n)}, {@code r < rows} (float indices), holds a NaN:
+     * what {@link #anyNaN(MemorySegment, long, int)} says of any of the rows.
+     */
+    public boolean anyNaN(MemorySegment s, long at, long ld, int rows, int n) {
+        for (int r = 0; r < rows; r++) {
+            if (anyNaN(s, at + r * ld, n)) {
+                return true;
+            }
+        }
+        return false;
+    }
+
     /** {@code s[at .. at+n) *= f} (float indices). */
     public abstract void scaleRow(MemorySegment s, long at, int n, float f);
 

@@ -16,6 +16,8 @@ import java.nio.ByteOrder;
 final class VectorRowKernels extends RowKernels {
     private static final VectorSpecies<Float> SP = FloatVector.SPECIES_PREFERRED;
     private static final int L = SP.length();
+    /** Bytes of one vector. */
+    private static final long VB = (long) L * Float.BYTES;
     private static final ByteOrder O = ByteOrder.nativeOrder();
     private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
 
@@ -332,6 +334,50 @@ final class VectorRowKernels extends RowKernels {
             }
         }
         return false;
+    }
+
+    /**
+     * One pass over the rows without a branch per vector: {@code x - x} is 0 for a finite x and NaN for NaN or
+     * ±Inf, and a sum of them is NaN when any is. Only then are the rows checked one by one (an Inf alone is
+     * not a NaN). Row by row, with a test per vector, the output check of a [1, 1, 128, 64] call took ~3% of
+     * its samples (JFR).
+     */
+    @Override
+    public boolean anyNaN(MemorySegment s, long at, long ld, int rows, int n) {
+        if (n < L) {
+            return super.anyNaN(s, at, ld, rows, n);
+        }
+        FloatVector acc = FloatVector.zero(SP);
+        FloatVector acc1 = acc;
+        FloatVector acc2 = acc;
+        FloatVector acc3 = acc;
+        float tail = 0f;
+        for (int r = 0; r < rows; r++) {
+            long base = (at + r * ld) * Float.BYTES;
+            int j = 0;
+            // four sums, so that the additions do not wait on each other
+            for (; j <= n - 4 * L; j += 4 * L) {
+                long o = base + (long) j * Float.BYTES;
+                FloatVector x0 = FloatVector.fromMemorySegment(SP, s, o, O);
+                FloatVector x1 = FloatVector.fromMemorySegment(SP, s, o + VB, O);
+                FloatVector x2 = FloatVector.fromMemorySegment(SP, s, o + 2 * VB, O);
+                FloatVector x3 = FloatVector.fromMemorySegment(SP, s, o + 3 * VB, O);
+                acc = acc.add(x0.sub(x0));
+                acc1 = acc1.add(x1.sub(x1));
+                acc2 = acc2.add(x2.sub(x2));
+                acc3 = acc3.add(x3.sub(x3));
+            }
+            for (; j <= n - L; j += L) {
+                FloatVector x = FloatVector.fromMemorySegment(SP, s, base + (long) j * Float.BYTES, O);
+                acc = acc.add(x.sub(x));
+            }
+            for (; j < n; j++) {
+                float x = s.get(F, base + (long) j * Float.BYTES);
+                tail += x - x;
+            }
+        }
+        float probe = Lanes.sum(acc.add(acc1).add(acc2.add(acc3))) + tail;
+        return probe != probe && super.anyNaN(s, at, ld, rows, n);
     }
 
     @Override

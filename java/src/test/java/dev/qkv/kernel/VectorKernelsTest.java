@@ -137,6 +137,38 @@ class VectorKernelsTest {
         }
     }
 
+    /**
+     * The scan of several rows (ld apart, gaps between them) finds a NaN at every position of every row, and
+     * nothing else: not infinities of either sign (which its one-pass probe sees), not a NaN in a gap or past the
+     * last row.
+     */
+    @Test
+    void anyNaNOverRowsFindsEveryNaNAndNothingElse() {
+        float[] others = {1f, -0f, Float.POSITIVE_INFINITY, Float.NEGATIVE_INFINITY, Float.MIN_VALUE, -Float.MAX_VALUE};
+        try (Arena arena = Arena.ofConfined()) {
+            for (int n : new int[] {0, 1, 15, 16, 17, 64, 65, 128}) {
+                for (int rows : new int[] {1, 3, 6}) {
+                    long ld = n + 5;
+                    MemorySegment s = arena.allocate((rows * ld + 1) * 4);
+                    for (long j = 0; j < rows * ld + 1; j++) {
+                        s.setAtIndex(F, j, others[(int) (j % others.length)]);
+                    }
+                    for (RowKernels k : new RowKernels[] {Vectorization.scalarRows(), Vectorization.rows()}) {
+                        String at = k.name() + " n=" + n + " rows=" + rows;
+                        assertTrue(!k.anyNaN(s, 0, ld, rows, n), at + ": no NaN");
+                        for (long j = 0; j < rows * ld + 1; j++) {
+                            float keep = s.getAtIndex(F, j);
+                            s.setAtIndex(F, j, Float.NaN);
+                            boolean inRow = j < rows * ld && j % ld < n;
+                            assertEquals(inRow, k.anyNaN(s, 0, ld, rows, n), at + ": NaN at " + j);
+                            s.setAtIndex(F, j, keep);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /** The NaN scan finds a NaN at every position of tail-sized rows, whatever its payload, and nothing else. */
     @Test
     void anyNaNFindsEveryNaNAndNothingElse() {

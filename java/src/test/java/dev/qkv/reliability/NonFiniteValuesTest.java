@@ -195,20 +195,19 @@ class NonFiniteValuesTest {
         return p;
     }
 
-    private static Case causal(long seed) {
+    private static Case causal(long seed, long dv) {
         Random r = new Random(seed);
         long b = 1;
         long hq = 4;
         long hkv = 2;
         long l = 300;
         long dk = 16;
-        long dv = 8;
         // +Inf and -Inf meet in column 3 at keys 65 and 128 of kv head 0 ... as the helper assigns them
         Map<long[], Float> p = poison(hkv, 63, 1, 64, 2, 65, 3, 127, 3, 128, 3, 129, 5, 200, 6, 299, 7, 10, 0);
         p.put(new long[] {0, 0, 130, 3}, Float.POSITIVE_INFINITY);
         p.put(new long[] {0, 0, 131, 3}, Float.NEGATIVE_INFINITY);
         return new Case(b, hq, hkv, l, l, dk, dv, uniform(r, b * hq * l * dk), uniform(r, b * hkv * l * dk),
-                uniform(r, b * hkv * l * dv), null, false, true, p, "causal seed=" + seed);
+                uniform(r, b * hkv * l * dv), null, false, true, p, "causal dv=" + dv + " seed=" + seed);
     }
 
     /** A mask of forbidden keys (a quarter, more at poisoned keys), a few fully masked rows, and causal or not. */
@@ -242,7 +241,17 @@ class NonFiniteValuesTest {
     @ParameterizedTest
     @EnumSource(Backend.class)
     void causalRowsNeverSeeLaterNonFiniteValues(Backend backend) {
-        check(backend, causal(Fuzz.seed("nonfinite-causal")));
+        check(backend, causal(Fuzz.seed("nonfinite-causal"), 8));
+    }
+
+    /**
+     * Output rows of at least one vector (Dv = 20: a whole vector and a tail), where the check for NaN rows scans
+     * a block's rows in one vectorized pass before it looks at rows one by one.
+     */
+    @ParameterizedTest
+    @EnumSource(Backend.class)
+    void causalRowsNeverSeeLaterNonFiniteValuesInWideRows(Backend backend) {
+        check(backend, causal(Fuzz.seed("nonfinite-causal-wide"), 20));
     }
 
     @ParameterizedTest
