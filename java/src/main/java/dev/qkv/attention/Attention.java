@@ -956,15 +956,34 @@ public final class Attention {
             // over the row), and with the passes apart that wait overlaps other rows' work. Measured on a
             // [64, 2048] tile (its own harness, best of 4 JVMs): 3.7 ns per 16 scores this way, 4.3 one row
             // ahead, 4.35 row by row; on [64, 128] 5.9, 5.8 and 6.3.
+            rowMaxes(ws, base, lds, i0, rows, keys, maskHead, inv);
+            rowWeights(ws, base, lds, i0, 0, rows, keys, inv, null);
+        }
+
+        /** The first pass of {@link #softmaxRows}: each row masked, and its max into {@code max[r]}. */
+        private void rowMaxes(MemorySegment ws, long base, int lds, int i0, int rows, int keys, long maskHead,
+                              float[] max) {
             final RowKernels rk = owner.rows;
             for (int r = 0; r < rows; r++) {
                 int i = i0 + r;
-                inv[r] = rk.maskedMax(ws, base + (long) r * lds, keys, limitFor(i, keys), mSeg,
+                max[r] = rk.maskedMax(ws, base + (long) r * lds, keys, limitFor(i, keys), mSeg,
                         maskHead + (long) i * ms2, ms3, maskBool);
             }
-            for (int r = 0; r < rows; r++) {
-                inv[r] = RowKernels.normalizer(rk.expFrom(ws, base + (long) r * lds, keys, limitFor(i0 + r, keys),
-                        inv[r]));
+        }
+
+        /**
+         * The second pass of {@link #softmaxRows} for rows {@code [r0, r1)}: the weights from the max in
+         * {@code inv[r]}, which becomes the row's normalizer; the weights go back into the tile, or, with
+         * {@code dst}, to {@code dst[(r - r0)·keys ...]}.
+         */
+        private void rowWeights(MemorySegment ws, long base, int lds, int i0, int r0, int r1, int keys, float[] inv,
+                                float[] dst) {
+            final RowKernels rk = owner.rows;
+            for (int r = r0; r < r1; r++) {
+                long at = base + (long) r * lds;
+                int lim = limitFor(i0 + r, keys);
+                inv[r] = RowKernels.normalizer(dst == null ? rk.expFrom(ws, at, keys, lim, inv[r])
+                        : rk.expInto(ws, at, keys, lim, inv[r], dst, (r - r0) * keys));
             }
         }
 
@@ -1038,11 +1057,17 @@ public final class Attention {
             // scores [rows, keys] = scale · q_block · kᵀ
             pk.gemm(!qRow, q.segment(), qAt, ldq, rows, keys, dk, s.aBuf, s.kPack.array(), s.kAt, dk, lk, 0, 0, inv,
                     0f, ws, base, keys);
-            // mask, row max, exp and sum
-            softmaxRows(ws, base, keys, i0, rows, keys, maskHead, inv);
-            // out_block [rows, Dv] = p · v / sum
-            pk.gemm(false, ws, base, keys, rows, dv, keys, s.aBuf, s.vPack.array(), s.vAt, lk, dv, 0, 0, inv, 0f,
-                    outSeg, outRows, ldo);
+            // mask and row max, every row first (see softmaxRows)
+            rowMaxes(ws, base, keys, i0, rows, keys, maskHead, inv);
+            // then per register block of rows: their weights straight into the kernel's A buffer (no copy of
+            // the tile's rows, and A is in L1), and out_block [mr, Dv] = p · v / sum
+            for (int i = 0; i < rows; ) {
+                final int mr = pk.sliverRows(dv, rows - i);
+                rowWeights(ws, base, keys, i0, i, i + mr, keys, inv, s.aBuf);
+                pk.gemmRows(s.aBuf, i, mr, dv, keys, s.vPack.array(), s.vAt, lk, dv, 0, 0, inv, 0f, outSeg,
+                        outRows + (long) i * ldo, ldo);
+                i += mr;
+            }
             zeroMaskedRows(inv, rows, outSeg, outRows, dv, ldo);
         }
 
@@ -1067,10 +1092,17 @@ public final class Attention {
                 // scores [rows, nk] = scale · q_block · kᵀ[:, j0, j0 + nk)
                 pk.gemm(!qRow, q.segment(), qAt, ldq, rows, nk, dk, s.aBuf, s.kPack.array(), s.kAt, dk, lk, 0, j0,
                         s.qScale, 0f, ws, base, nk);
-                onlineRows(ws, base, nk, i0, rows, keys, j0, nk, maskHead, max, sum, inv, outSeg, outRows, ldo);
-                // out_block [rows, Dv] (+)= p · v[j0, j0 + nk)
-                pk.gemm(false, ws, base, nk, rows, dv, nk, s.aBuf, s.vPack.array(), s.vAt, lk, dv, j0, 0, null,
-                        j0 == 0 ? 0f : 1f, outSeg, outRows, ldo);
+                onlineMaxes(ws, base, nk, i0, rows, keys, j0, nk, maskHead, inv);
+                // per register block of rows: weights into the kernel's A buffer, running max and sum, the
+                // output rows rescaled, then out_block [mr, Dv] (+)= p · v[j0, j0 + nk)
+                for (int i = 0; i < rows; ) {
+                    final int mr = pk.sliverRows(dv, rows - i);
+                    onlineWeights(ws, base, nk, i0, i, i + mr, keys, j0, nk, max, sum, inv, outSeg, outRows, ldo,
+                            s.aBuf);
+                    pk.gemmRows(s.aBuf, i, mr, dv, nk, s.vPack.array(), s.vAt, lk, dv, j0, 0, null,
+                            j0 == 0 ? 0f : 1f, outSeg, outRows + (long) i * ldo, ldo);
+                    i += mr;
+                }
             }
             onlineFinish(rows, sum, inv, outSeg, outRows, ldo);
         }
@@ -1096,8 +1128,9 @@ public final class Attention {
                             rows, nk, dk, scale, qo.seg, qo.offset + i0 * qo.rowStep, qo.ld,
                             ko.seg, ko.offset + j0 * ko.rowStep, ko.ld, ws, base, lds);
                 }
-                onlineRows(ws, base, lds, i0, rows, keys, j0, nk, maskHead, max, sum, s.rowScale, outSeg, outRows,
-                        ldo);
+                onlineMaxes(ws, base, lds, i0, rows, keys, j0, nk, maskHead, s.rowScale);
+                onlineWeights(ws, base, lds, i0, 0, rows, keys, j0, nk, max, sum, s.rowScale, outSeg, outRows, ldo,
+                        null);
                 // out_block [rows, Dv] (+)= p · v[j0, j0 + nk)
                 product(mm, Transpose.NO, Transpose.NO.flipIf(vo.transposed), rows, dv, nk, 1f,
                         ws, base, lds, vo.seg, vo.offset + j0 * vo.rowStep, vo.ld, j0 == 0 ? 0f : 1f,
@@ -1107,27 +1140,38 @@ public final class Attention {
         }
 
         /**
-         * The softmax of one key block {@code [j0, j0 + nk)} of an online pass: weights into the tile, the
-         * running max and sum updated, and each output row rescaled by {@code exp(m_old - m_new)} when the max grew.
+         * The first pass of the softmax of one key block {@code [j0, j0 + nk)} of an online pass: each row masked,
+         * and its max over the block into {@code blockMax[r]} (every row's first, as in {@link #softmaxRows}).
          */
-        private void onlineRows(MemorySegment ws, long base, int lds, int i0, int rows, int keys, int j0, int nk,
-                                long maskHead, float[] max, float[] sum, float[] blockMax, MemorySegment outSeg,
-                                long outRows, int ldo) {
+        private void onlineMaxes(MemorySegment ws, long base, int lds, int i0, int rows, int keys, int j0, int nk,
+                                 long maskHead, float[] blockMax) {
             final RowKernels rk = owner.rows;
-            // every row's block max first, as in softmaxRows
             for (int r = 0; r < rows; r++) {
                 final int i = i0 + r;
                 final int lim = clamp((long) limitFor(i, keys) - j0, 0, nk);
                 blockMax[r] = rk.maskedMax(ws, base + (long) r * lds, nk, lim, mSeg,
                         maskHead + (long) i * ms2 + (long) j0 * ms3, ms3, maskBool);
             }
-            for (int r = 0; r < rows; r++) {
+        }
+
+        /**
+         * The second pass for rows {@code [r0, r1)}: weights into the tile (or, with {@code dst}, to
+         * {@code dst[(r - r0)·nk ...]}), the running max and sum updated, and each output row rescaled by
+         * {@code exp(m_old - m_new)} when the max grew.
+         */
+        private void onlineWeights(MemorySegment ws, long base, int lds, int i0, int r0, int r1, int keys, int j0,
+                                   int nk, float[] max, float[] sum, float[] blockMax, MemorySegment outSeg,
+                                   long outRows, int ldo, float[] dst) {
+            final RowKernels rk = owner.rows;
+            for (int r = r0; r < r1; r++) {
                 final int lim = clamp((long) limitFor(i0 + r, keys) - j0, 0, nk);
                 final float old = max[r];
                 // a row with no allowed key so far keeps -inf and gets zeros; a NaN score makes the max NaN
                 final float m = Math.max(old, blockMax[r]);
                 max[r] = m;
-                final float blockSum = rk.expFrom(ws, base + (long) r * lds, nk, lim, m);
+                final long at = base + (long) r * lds;
+                final float blockSum = dst == null ? rk.expFrom(ws, at, nk, lim, m)
+                        : rk.expInto(ws, at, nk, lim, m, dst, (r - r0) * nk);
                 // StrictMath: the same bits in every JIT tier; once per row and block, so its cost is nil
                 final float alpha = j0 == 0 || old == m ? 1f
                         : old == Float.NEGATIVE_INFINITY ? 0f : (float) StrictMath.exp(old - m);

@@ -42,6 +42,20 @@ public interface PackedKernels {
               MemorySegment c, long cOff, int ldc);
 
     /**
+     * Rows of A the next {@link #gemmRows} call takes, {@code left} rows to go, for a B operand {@code packedN}
+     * columns wide: one register block.
+     */
+    int sliverRows(int packedN, int left);
+
+    /**
+     * {@link #gemm} for rows {@code [i, i + m)} of a product whose A rows are already in {@code a} (row-major
+     * {@code [m, k]} from index 0), {@code m} at most {@link #sliverRows}: {@code C} row {@code r} at
+     * {@code cOff + r·ldc} gets {@code rowScale[i + r] · (A_r · B) + beta · C}.
+     */
+    void gemmRows(float[] a, int i, int m, int n, int k, float[] bp, int bAt, int packedK, int packedN, int bRow0,
+                  int bCol0, float[] rowScale, float beta, MemorySegment c, long cOff, int ldc);
+
+    /**
      * Few-query products straight from memory (no packing): {@code s[sOff + r·lds + j] = a_r · b_j} for
      * {@code r < m}, {@code j < n}, where {@code a_r} is row {@code r} of the row-major {@code a [m, k]} and
      * {@code b_j} row {@code j} of the row-major {@code b [n, k]} (unit stride, leading dimension {@code ldb}).

@@ -41,6 +41,17 @@ public abstract class RowKernels {
      */
     public abstract float expFrom(MemorySegment s, long at, int n, int limit, float max);
 
+    /**
+     * {@link #expFrom} with the weights written to {@code dst[dOff .. dOff + n)}, the same bits and sum, for a
+     * caller that multiplies them straight from {@code dst}. The row {@code s} may or may not receive them too
+     * (the vector kernels leave it as it is; this default computes in place and copies).
+     */
+    public float expInto(MemorySegment s, long at, int n, int limit, float max, float[] dst, int dOff) {
+        float sum = expFrom(s, at, n, limit, max);
+        MemorySegment.copy(s, java.lang.foreign.ValueLayout.JAVA_FLOAT_UNALIGNED, at * Float.BYTES, dst, dOff, n);
+        return sum;
+    }
+
     /** The factor that normalizes a row whose weights sum to {@code sum}: 0 for a row with no allowed key. */
     public static float normalizer(float sum) {
         return sum == 0f ? 0f : 1f / sum;

@@ -305,6 +305,34 @@ final class VectorPackedKernels implements PackedKernels {
         }
     }
 
+    @Override
+    public int sliverRows(int packedN, int left) {
+        return width(packedN) == NARROW ? Math.min(8, left) : blockRows(left);
+    }
+
+    @Override
+    public void gemmRows(float[] a, int i, int m, int n, int k, float[] bp, int bAt, int packedK, int packedN,
+                         int bRow0, int bCol0, float[] rowScale, float beta, MemorySegment c, long cOff, int ldc) {
+        final PackBuffer tb = TILE.get();
+        final float[] tile = tb.array();
+        final int t = tb.alignedStart();
+        if (width(packedN) == NARROW) {
+            if (m == 8) {
+                kernel8(a, 0, k, k, bp, bAt + bRow0 * NARROW, tile, t);
+            } else {
+                for (int r = 0; r < m; r++) {
+                    kernel1Narrow(a, r * k, k, bp, bAt + bRow0 * NARROW, tile, t + r * NARROW);
+                }
+            }
+            flush(tile, t, NARROW, m, rowScale, i, beta, c, cOff, ldc, n);
+            return;
+        }
+        for (int j0 = 0, jp = 0; j0 < n; j0 += NR, jp++) {
+            block(a, 0, k, m, bp, panelStart(bAt, bCol0, jp, packedK, bRow0), tile, t, rowScale, i, beta, c,
+                    cOff + j0, ldc, Math.min(NR, n - j0));
+        }
+    }
+
     /** Rows of the next register block, {@code left} rows to go: 6s, then one of 4 (64 = 10 · 6 + 4), then 1s. */
     private static int blockRows(int left) {
         return left >= 6 && left != 8 ? 6 : Math.min(4, left);

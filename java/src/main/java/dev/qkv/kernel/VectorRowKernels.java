@@ -65,8 +65,19 @@ final class VectorRowKernels extends RowKernels {
             zero(s, base, 0, n);
             return 0f;
         }
-        float sum = expAndSum(s, base, limit, n, max);
+        float sum = expAndSum(s, base, limit, n, max, null, 0);
         zero(s, base, limit, n);
+        return sum;
+    }
+
+    @Override
+    public float expInto(MemorySegment s, long at, int n, int limit, float max, float[] dst, int dOff) {
+        if (max == Float.NEGATIVE_INFINITY || limit == 0) {
+            java.util.Arrays.fill(dst, dOff, dOff + n, 0f);
+            return 0f;
+        }
+        float sum = expAndSum(s, at * Float.BYTES, limit, n, max, dst, dOff);
+        java.util.Arrays.fill(dst, dOff + limit, dOff + n, 0f);
         return sum;
     }
 
@@ -218,7 +229,8 @@ final class VectorRowKernels extends RowKernels {
      * clamps ({@code FloatVector.max/min}, several instructions each) the same bits come out for every argument
      * in {@code [EXP_LO, EXP_HI]}, faster (see {@link #max}).
      */
-    private static float expAndSum(MemorySegment s, long base, int limit, int width, float max) {
+    private static float expAndSum(MemorySegment s, long base, int limit, int width, float max, float[] dst,
+                                   int dOff) {
         final FloatVector zero = FloatVector.zero(SP);
         FloatVector vsum = zero;
         int j = 0;
@@ -244,14 +256,22 @@ final class VectorRowKernels extends RowKernels {
             if (j > limit - L) {
                 e = zero.blend(e, SP.indexInRange(j, limit));
             }
-            e.intoMemorySegment(s, off, O);
+            if (dst == null) {
+                e.intoMemorySegment(s, off, O);
+            } else {
+                e.intoArray(dst, dOff + j);
+            }
             vsum = vsum.add(e);
         }
         float sum = Lanes.sum(vsum);
         for (; j < limit; j++) {
             long off = base + (long) j * Float.BYTES;
             float e = expScalar(s.get(F, off) - max);
-            s.set(F, off, e);
+            if (dst == null) {
+                s.set(F, off, e);
+            } else {
+                dst[dOff + j] = e;
+            }
             sum += e;
         }
         return sum;
@@ -405,6 +425,6 @@ final class VectorRowKernels extends RowKernels {
             // the softmax's arguments are at most 0; other callers get the clamp expAndSum leaves out
             dst[i] = Math.min(src[i], EXP_HI);
         }
-        expAndSum(MemorySegment.ofArray(dst), 0, n, n, 0f);
+        expAndSum(MemorySegment.ofArray(dst), 0, n, n, 0f, null, 0);
     }
 }

@@ -138,6 +138,44 @@ class VectorKernelsTest {
     }
 
     /**
+     * Weights written to an array (expInto) are the bits expFrom writes back into the row, with the same sum:
+     * full and partial vectors, limits inside the row, a row with no allowed key (limit 0 or max -inf).
+     */
+    @Test
+    void expIntoWritesTheBitsOfExpFrom() {
+        SplittableRandom r = new SplittableRandom(17);
+        try (Arena arena = Arena.ofConfined()) {
+            for (int n : new int[] {1, 7, 16, 17, 33, 128, 129}) {
+                for (int trial = 0; trial < 6; trial++) {
+                    int limit = trial == 0 ? 0 : trial == 1 ? n : 1 + r.nextInt(n);
+                    MemorySegment a = fill(arena, r, n);
+                    for (int j = 0; j < n; j++) {
+                        a.setAtIndex(F, j, a.getAtIndex(F, j) * 40f);
+                    }
+                    MemorySegment b = arena.allocate(4L * n, 64);
+                    b.copyFrom(a);
+                    for (RowKernels k : new RowKernels[] {Vectorization.scalarRows(), Vectorization.rows()}) {
+                        a.copyFrom(b);
+                        float max = trial == 2 ? Float.NEGATIVE_INFINITY : 40f;
+                        float[] dst = new float[n + 3];
+                        java.util.Arrays.fill(dst, Float.NaN);
+                        float got = k.expInto(a, 0, n, limit, max, dst, 3);
+                        MemorySegment c = arena.allocate(4L * n, 64);
+                        c.copyFrom(b);
+                        float want = k.expFrom(c, 0, n, limit, max);
+                        String at = k.name() + " n=" + n + " limit=" + limit + " max=" + max;
+                        assertEquals(Float.floatToRawIntBits(want), Float.floatToRawIntBits(got), at + ": sum");
+                        for (int j = 0; j < n; j++) {
+                            assertEquals(Float.floatToRawIntBits(c.getAtIndex(F, j)),
+                                    Float.floatToRawIntBits(dst[3 + j]), at + ": weight " + j);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /**
      * The scan of several rows (ld apart, gaps between them) finds a NaN at every position of every row, and
      * nothing else: not infinities of either sign (which its one-pass probe sees), not a NaN in a gap or past the
      * last row.
