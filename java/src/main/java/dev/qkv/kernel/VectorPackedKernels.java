@@ -258,28 +258,12 @@ final class VectorPackedKernels implements PackedKernels {
     public void gemm(boolean aTransposed, MemorySegment a, long aOff, int lda, int m, int n, int k, float[] abuf,
                      float[] bp, int bAt, int packedK, int packedN, int bRow0, int bCol0, float[] rowScale, float beta,
                      MemorySegment c, long cOff, int ldc) {
-        final PackBuffer tb = TILE.get();
-        final float[] tile = tb.array();
-        final int t = tb.alignedStart();
-        if (width(packedN) == NARROW) {
-            for (int i = 0; i < m; i += 8) {
-                final int mr = Math.min(8, m - i);
-                copyRows(aTransposed, a, aOff, lda, i, mr, k, abuf);
-                final long cAt = cOff + (long) i * ldc;
-                if (mr == 8) {
-                    kernel8(abuf, 0, k, k, bp, bAt + bRow0 * NARROW, tile, t);
-                } else {
-                    for (int r = 0; r < mr; r++) {
-                        kernel1Narrow(abuf, r * k, k, bp, bAt + bRow0 * NARROW, tile, t + r * NARROW);
-                    }
-                }
-                flush(tile, t, NARROW, mr, rowScale, i, beta, c, cAt, ldc, n);
-            }
-            return;
-        }
         if ((long) m * k <= abuf.length && n > NR) {
             // all of A fits the buffer (q · kᵀ: 64 rows × Dk): panel by panel, so each panel of B comes from L2
             // once and then from L1 for every 6 rows, instead of all of B from L2 for every 6 rows
+            final PackBuffer tb = TILE.get();
+            final float[] tile = tb.array();
+            final int t = tb.alignedStart();
             copyRows(aTransposed, a, aOff, lda, 0, m, k, abuf);
             for (int j0 = 0, jp = 0; j0 < n; j0 += NR, jp++) {
                 final int nb = Math.min(NR, n - j0);
@@ -293,14 +277,12 @@ final class VectorPackedKernels implements PackedKernels {
             }
             return;
         }
+        // a register block of rows at a time: copied, then times every panel
         for (int i = 0; i < m; ) {
-            final int mr = blockRows(m - i);
+            final int mr = sliverRows(packedN, m - i);
             copyRows(aTransposed, a, aOff, lda, i, mr, k, abuf);
-            for (int j0 = 0, jp = 0; j0 < n; j0 += NR, jp++) {
-                final int nb = Math.min(NR, n - j0);
-                final int bBase = panelStart(bAt, bCol0, jp, packedK, bRow0);
-                block(abuf, 0, k, mr, bp, bBase, tile, t, rowScale, i, beta, c, cOff + (long) i * ldc + j0, ldc, nb);
-            }
+            gemmRows(abuf, i, mr, n, k, bp, bAt, packedK, packedN, bRow0, bCol0, rowScale, beta, c,
+                    cOff + (long) i * ldc, ldc);
             i += mr;
         }
     }
