@@ -97,6 +97,10 @@ public final class Attention {
      * 40 vs 44 µs, causal 35 vs 37; [1, 12, 512, 64] 6.4 vs 7.3 ms; [1, 4, 512, 128] 3.8 vs 4.2 ms;
      * [1, 1, 4096, 128] 66.5 vs 69.7 ms; [1, 8, 2048, 64] 70 vs 81 ms), and native wins head size 256
      * ([1, 1, 2048, 256] 30 vs 40 ms; 16 vs 21 ms on two threads). See {@link #AUTO_NATIVE_MIN_DK}.
+     *
+     * <p>Round 6 (smaller Java key blocks for wide heads, weights straight into the p·v kernel) brought head size
+     * 256 to a tie: [1, 1, 2048, 256] 26.2 vs 28.8 ms, [1, 2, 1024, 256] 13.2 vs 13.6, [1, 1, 4096, 256] 113 vs
+     * 109, [1, 4, 512, 256] 7.0 vs 6.1 (native vs Java, one thread); the rule stays (bench/RESULTS.md, round 6).
      */
     private static final java.util.Set<String> AVX512_CORES =
             java.util.Set.of("skylakex", "cooperlake", "sapphirerapids");
