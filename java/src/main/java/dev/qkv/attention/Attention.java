@@ -55,7 +55,8 @@ import java.util.Objects;
  * packing buffers, so no scratch is shared.
  *
  * <p><b>Memory.</b> Per worker the off-heap workspace holds a score tile of {@code rows × min(Lk, keyBlock)}
- * floats (at most {@code KEY_BLOCK}, fewer for wide heads; {@code NATIVE_KEY_BLOCK}, rows padded, for OpenBLAS; no {@code Lq × Lk} matrix: a block that sees more
+ * floats (at most {@code KEY_BLOCK}, fewer for wide heads; {@code NATIVE_KEY_BLOCK}, rows padded, for OpenBLAS;
+ * no {@code Lq × Lk} matrix: a block that sees more
  * keys than that takes them a key block at a time with an online softmax, running max and sum per row) plus
  * packed copies of views without a unit stride; the Java backend also keeps its packed {@code kᵀ} and {@code v}
  * panels on the Java heap. {@link #plan} reports both.
@@ -131,7 +132,7 @@ public final class Attention {
      * Keys per block of the Java engine for these head sizes: {@link #KEY_BLOCK}, halved (not under 256) while
      * the block's kᵀ, v and score tile exceed {@link #KEY_BLOCK_L2_BYTES}. At D = 128, 2048 keys make 2.5 MiB,
      * more than the L2, and the products then read their panels from L3 (measured at [1, 1, 4096, 128], one
-     * thread, interleaved runs: 1024 keys 0.93× the time of 2048, 512 keys 0.94×; bench/RESULTS.md, round 6).
+     * thread, interleaved runs: 1024 keys 0.93-1.00× the time of 2048, median 0.97; bench/RESULTS.md, round 6).
      */
     static int javaKeyBlock(int dk, int dv) {
         int kb = KEY_BLOCK;
@@ -1080,7 +1081,8 @@ public final class Attention {
          * softmax: per row a running max {@code m} and sum {@code l}; each block's weights are
          * {@code exp(s - m_new)}, and what earlier blocks put in {@code out} and {@code l} is rescaled by
          * {@code exp(m_old - m_new)} before the block's {@code p · v} is added. The score tile then holds
-         * {@code rows × keyBlock} floats (L2-sized) however long the sequence. Masks and causal limits apply per block; a row no key may see stays at zeros.
+         * {@code rows × keyBlock} floats (L2-sized) however long the sequence. Masks and causal limits apply per
+         * block; a row no key may see stays at zeros.
          */
         private void runOnline(Scratch s, MemorySegment ws, long base, boolean qRow, int ldq, long qAt, int i0,
                                int rows, int keys, long maskHead, MemorySegment outSeg, long outRows, int ldo) {
