@@ -359,8 +359,8 @@ final class VectorRowKernels extends RowKernels {
     /**
      * One pass over the rows without a branch per vector: {@code x - x} is 0 for a finite x and NaN for NaN or
      * ±Inf, and a sum of them is NaN when any is. Only then are the rows checked one by one (an Inf alone is
-     * not a NaN). Row by row, with a test per vector, the output check of a [1, 1, 128, 64] call took ~3% of
-     * its samples (JFR).
+     * not a NaN). A [64, 64] block: 195-211 ns, against 357-374 row by row with a test per vector (own
+     * harness, round 6).
      */
     @Override
     public boolean anyNaN(MemorySegment s, long at, long ld, int rows, int n) {
