@@ -961,25 +961,14 @@ public final class Attention {
             // over the row), and with the passes apart that wait overlaps other rows' work. Measured on a
             // [64, 2048] tile (its own harness, best of 4 JVMs): 3.7 ns per 16 scores this way, 4.3 one row
             // ahead, 4.35 row by row; on [64, 128] 5.9, 5.8 and 6.3.
-            rowMaxes(ws, base, lds, i0, rows, keys, maskHead, inv);
+            rowMaxes(ws, base, lds, i0, rows, keys, 0, keys, maskHead, inv);
             rowWeights(ws, base, lds, i0, 0, rows, keys, inv, null);
         }
 
-        /** The first pass of {@link #softmaxRows}: each row masked, and its max into {@code max[r]}. */
-        private void rowMaxes(MemorySegment ws, long base, int lds, int i0, int rows, int keys, long maskHead,
-                              float[] max) {
-            final RowKernels rk = owner.rows;
-            for (int r = 0; r < rows; r++) {
-                int i = i0 + r;
-                max[r] = rk.maskedMax(ws, base + (long) r * lds, keys, limitFor(i, keys), mSeg,
-                        maskHead + (long) i * ms2, ms3, maskBool);
-            }
-        }
-
         /**
-         * The second pass of {@link #softmaxRows} for rows {@code [r0, r1)}: the weights from the max in
-         * {@code inv[r]}, which becomes the row's normalizer; the weights go back into the tile, or, with
-         * {@code dst}, to {@code dst[(r - r0)·keys ...]}.
+         * The second pass of {@link #softmaxRows} ({@link #rowMaxes} is the first) for rows {@code [r0, r1)}: the
+         * weights from the max in {@code inv[r]}, which becomes the row's normalizer; the weights go back into the
+         * tile, or, with {@code dst}, to {@code dst[(r - r0)·keys ...]}.
          */
         private void rowWeights(MemorySegment ws, long base, int lds, int i0, int r0, int r1, int keys, float[] inv,
                                 float[] dst) {
@@ -1063,7 +1052,7 @@ public final class Attention {
             pk.gemm(!qRow, q.segment(), qAt, ldq, rows, keys, dk, s.aBuf, s.kPack.array(), s.kAt, dk, lk, 0, 0, inv,
                     0f, ws, base, keys);
             // mask and row max, every row first (see softmaxRows)
-            rowMaxes(ws, base, keys, i0, rows, keys, maskHead, inv);
+            rowMaxes(ws, base, keys, i0, rows, keys, 0, keys, maskHead, inv);
             // then per register block of rows: their weights straight into the kernel's A buffer (no copy of
             // the tile's rows, and A is in L1), and out_block [mr, Dv] = p · v / sum
             for (int i = 0; i < rows; ) {
@@ -1098,7 +1087,7 @@ public final class Attention {
                 // scores [rows, nk] = scale · q_block · kᵀ[:, j0, j0 + nk)
                 pk.gemm(!qRow, q.segment(), qAt, ldq, rows, nk, dk, s.aBuf, s.kPack.array(), s.kAt, dk, lk, 0, j0,
                         s.qScale, 0f, ws, base, nk);
-                onlineMaxes(ws, base, nk, i0, rows, keys, j0, nk, maskHead, inv);
+                rowMaxes(ws, base, nk, i0, rows, keys, j0, nk, maskHead, inv);
                 // per register block of rows: weights into the kernel's A buffer, running max and sum, the
                 // output rows rescaled, then out_block [mr, Dv] (+)= p · v[j0, j0 + nk)
                 for (int i = 0; i < rows; ) {
@@ -1134,7 +1123,7 @@ public final class Attention {
                             rows, nk, dk, scale, qo.seg, qo.offset + i0 * qo.rowStep, qo.ld,
                             ko.seg, ko.offset + j0 * ko.rowStep, ko.ld, ws, base, lds);
                 }
-                onlineMaxes(ws, base, lds, i0, rows, keys, j0, nk, maskHead, s.rowScale);
+                rowMaxes(ws, base, lds, i0, rows, keys, j0, nk, maskHead, s.rowScale);
                 onlineWeights(ws, base, lds, i0, 0, rows, keys, j0, nk, max, sum, s.rowScale, outSeg, outRows, ldo,
                         null);
                 // out_block [rows, Dv] (+)= p · v[j0, j0 + nk)
@@ -1146,11 +1135,12 @@ public final class Attention {
         }
 
         /**
-         * The first pass of the softmax of one key block {@code [j0, j0 + nk)} of an online pass: each row masked,
-         * and its max over the block into {@code blockMax[r]} (every row's first, as in {@link #softmaxRows}).
+         * The first pass of a softmax over keys {@code [j0, j0 + nk)} (all of them: {@code j0 = 0, nk = keys}; one
+         * key block of an online pass otherwise): each row masked, and its max there into {@code blockMax[r]},
+         * every row's before any exponential (see {@link #softmaxRows}).
          */
-        private void onlineMaxes(MemorySegment ws, long base, int lds, int i0, int rows, int keys, int j0, int nk,
-                                 long maskHead, float[] blockMax) {
+        private void rowMaxes(MemorySegment ws, long base, int lds, int i0, int rows, int keys, int j0, int nk,
+                              long maskHead, float[] blockMax) {
             final RowKernels rk = owner.rows;
             for (int r = 0; r < rows; r++) {
                 final int i = i0 + r;
