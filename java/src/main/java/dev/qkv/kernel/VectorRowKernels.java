@@ -118,9 +118,9 @@ final class VectorRowKernels extends RowKernels {
             for (; j <= limit - 4 * L; j += 4 * L) {
                 long off = base + (long) j * Float.BYTES;
                 FloatVector x0 = FloatVector.fromMemorySegment(SP, s, off, O);
-                FloatVector x1 = FloatVector.fromMemorySegment(SP, s, off + L * Float.BYTES, O);
-                FloatVector x2 = FloatVector.fromMemorySegment(SP, s, off + 2 * L * Float.BYTES, O);
-                FloatVector x3 = FloatVector.fromMemorySegment(SP, s, off + 3 * L * Float.BYTES, O);
+                FloatVector x1 = FloatVector.fromMemorySegment(SP, s, off + VB, O);
+                FloatVector x2 = FloatVector.fromMemorySegment(SP, s, off + 2 * VB, O);
+                FloatVector x3 = FloatVector.fromMemorySegment(SP, s, off + 3 * VB, O);
                 vmax = vmax.blend(x0, vmax.compare(VectorOperators.LT, x0));
                 m1 = m1.blend(x1, m1.compare(VectorOperators.LT, x1));
                 m2 = m2.blend(x2, m2.compare(VectorOperators.LT, x2));
