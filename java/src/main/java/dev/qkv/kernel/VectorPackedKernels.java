@@ -791,11 +791,16 @@ final class VectorPackedKernels implements PackedKernels {
             s2 = x.fma(FloatVector.fromMemorySegment(SP, b, r2 + o, O), s2);
             s3 = x.fma(FloatVector.fromMemorySegment(SP, b, r3 + o, O), s3);
         }
+        // the four lane sums before any scalar call: see matvec4
+        final float t0 = Lanes.sum(s0);
+        final float t1 = Lanes.sum(s1);
+        final float t2 = Lanes.sum(s2);
+        final float t3 = Lanes.sum(s3);
         final long bl = ldb;
-        s.setAtIndex(F, so, Lanes.sum(s0) + tail(a, ar, b, b0, p, k));
-        s.setAtIndex(F, so + 1, Lanes.sum(s1) + tail(a, ar, b, b0 + bl, p, k));
-        s.setAtIndex(F, so + 2, Lanes.sum(s2) + tail(a, ar, b, b0 + 2 * bl, p, k));
-        s.setAtIndex(F, so + 3, Lanes.sum(s3) + tail(a, ar, b, b0 + 3 * bl, p, k));
+        s.setAtIndex(F, so, t0 + tail(a, ar, b, b0, p, k));
+        s.setAtIndex(F, so + 1, t1 + tail(a, ar, b, b0 + bl, p, k));
+        s.setAtIndex(F, so + 2, t2 + tail(a, ar, b, b0 + 2 * bl, p, k));
+        s.setAtIndex(F, so + 3, t3 + tail(a, ar, b, b0 + 3 * bl, p, k));
     }
 
     /** {@code Σ_{p0 ≤ p < k} a[ar + p] · b[b0 + p]}, in order: the tail of a dot product after its whole vectors. */
@@ -856,11 +861,20 @@ final class VectorPackedKernels implements PackedKernels {
             s2 = xv.fma(FloatVector.fromMemorySegment(SP, a, r2 + o, O), s2);
             s3 = xv.fma(FloatVector.fromMemorySegment(SP, a, r3 + o, O), s3);
         }
+        // The four lane sums come first. C2 inlines in bytecode order and stops at a node budget
+        // (NodeCountInliningCutoff): with each sum after the previous row's tail and store, a compile of this
+        // method whose profile included tails left the last Lanes.sum out of line, and its vector was boxed on
+        // every call (18 KB per Java decode step of the layer, E = 256; PrintInlining and JFR). Scalar calls
+        // left out of line cost a call, not an allocation.
+        final float t0 = Lanes.sum(s0);
+        final float t1 = Lanes.sum(s1);
+        final float t2 = Lanes.sum(s2);
+        final float t3 = Lanes.sum(s3);
         final long al = lda;
-        store(y, yo, alpha * (Lanes.sum(s0) + segTail(a, a0, x, xOff, p, n)), beta);
-        store(y, yo + 1, alpha * (Lanes.sum(s1) + segTail(a, a0 + al, x, xOff, p, n)), beta);
-        store(y, yo + 2, alpha * (Lanes.sum(s2) + segTail(a, a0 + 2 * al, x, xOff, p, n)), beta);
-        store(y, yo + 3, alpha * (Lanes.sum(s3) + segTail(a, a0 + 3 * al, x, xOff, p, n)), beta);
+        store(y, yo, alpha * (t0 + segTail(a, a0, x, xOff, p, n)), beta);
+        store(y, yo + 1, alpha * (t1 + segTail(a, a0 + al, x, xOff, p, n)), beta);
+        store(y, yo + 2, alpha * (t2 + segTail(a, a0 + 2 * al, x, xOff, p, n)), beta);
+        store(y, yo + 3, alpha * (t3 + segTail(a, a0 + 3 * al, x, xOff, p, n)), beta);
     }
 
     private static void store(MemorySegment y, long at, float d, float beta) {

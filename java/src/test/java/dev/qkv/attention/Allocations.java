@@ -1,5 +1,6 @@
 package dev.qkv.attention;
 
+import dev.qkv.kernel.TierProbe;
 import org.junit.jupiter.api.Assumptions;
 
 import java.lang.management.ManagementFactory;
@@ -62,8 +63,15 @@ public final class Allocations {
         Assumptions.assumeTrue(least == 0, "reading the allocation counter allocates " + least + " bytes");
     }
 
-    /** Runs every call in turn, {@code rounds} times: the shared warm-up of a test class. */
+    /**
+     * Runs every call in turn, {@code rounds} times: the shared warm-up of a test class. Before that the Java
+     * kernels run ragged shapes ({@link TierProbe}: heads of 17 and 19, 37 columns, masked tails), as in a service
+     * that serves varied shapes, so that the JIT's profiles are not only those of the cases measured. In such a
+     * JVM C2 once compiled the matrix-vector kernel with its last lane sum out of line, and a Java decode step of
+     * the layer boxed 18 KB per call; a JVM warmed on the measured cases alone never showed it.
+     */
     public static void warmUpTogether(Iterable<Runnable> calls, int rounds) {
+        TierProbe.checksum(rounds);
         for (int i = 0; i < rounds; i++) {
             for (Runnable c : calls) {
                 c.run();

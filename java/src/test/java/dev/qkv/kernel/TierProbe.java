@@ -24,7 +24,7 @@ public final class TierProbe {
     }
 
     /** CRC-32 of the raw bits of every output, computed on the last of {@code warmups + 1} repetitions. */
-    static long checksum(int warmups) {
+    public static long checksum(int warmups) {
         Attention attention = Attention.create(Backend.JAVA, 1);
         CRC32 crc = new CRC32();
         try (Arena arena = Arena.ofConfined()) {
