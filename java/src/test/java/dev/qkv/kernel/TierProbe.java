@@ -28,8 +28,9 @@ public final class TierProbe {
         Attention attention = Attention.create(Backend.JAVA, 1);
         CRC32 crc = new CRC32();
         try (Arena arena = Arena.ofConfined()) {
-            // a multi-row block (packed kernels) and a decoding-sized block (dot-product kernels), with a mask
-            int[][] shapes = {{1, 2, 70, 33, 19}, {1, 4, 3, 70, 17}};
+            // a multi-row block (packed kernels) and decoding-sized blocks (dot-product kernels: the four-key one,
+            // and the straight-line ones of D = 128 and 64), with a mask
+            int[][] shapes = {{1, 2, 70, 33, 19}, {1, 4, 3, 70, 17}, {1, 2, 1, 41, 128}, {1, 3, 2, 23, 64}};
             for (int[] sh : shapes) {
                 Random r = new Random(7);
                 Tensor q = fill(Tensor.allocate(arena, sh[0], sh[1], sh[2], sh[4]), r);

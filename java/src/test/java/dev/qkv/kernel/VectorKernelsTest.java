@@ -302,6 +302,73 @@ class VectorKernelsTest {
     }
 
     /**
+     * The few-query dot products ({@code dotRows}, a decode step's q·kᵀ) give, for every key, the bits of one
+     * fixed order, modelled here in scalars: lane {@code i} accumulates {@code q[c·L + i] · k[c·L + i]} by fused
+     * multiply-adds over the whole vectors {@code c} in order, the lanes are summed by rotations of L/2, ..., 1,
+     * and the last {@code k mod L} products follow as a serial fused chain from 0. That covers the straight-line
+     * kernels of Dk = 64 and 128 and the four-key kernel of the others alike, so a key's score does not depend on
+     * which kernel or which position in a block computed it. Also within a stated bound of a double sum.
+     */
+    @Test
+    void dotRowsGiveTheBitsOfOneFixedOrder() {
+        SplittableRandom r = new SplittableRandom(17);
+        PackedKernels pk = Vectorization.packed();
+        int lanes = jdk.incubator.vector.FloatVector.SPECIES_PREFERRED.length();
+        Assumptions.assumeTrue(lanes <= 16, "the model follows Lanes.sum's rotations up to 16 lanes");
+        try (Arena arena = Arena.ofConfined()) {
+            for (int k : new int[] {64, 128, 1, 15, 17, 48, 100, 256}) {
+                for (int n : new int[] {1, 3, 4, 5, 37}) {
+                    int m = 1 + r.nextInt(2);
+                    int ldb = k + (r.nextBoolean() ? 0 : 1 + r.nextInt(20));
+                    int lds = n + r.nextInt(3);
+                    int aOff = r.nextInt(4);
+                    float[] a = new float[aOff + m * k];
+                    for (int i = 0; i < a.length; i++) {
+                        a[i] = (float) (r.nextDouble() * 2 - 1);
+                    }
+                    long bOff = r.nextInt(5);
+                    MemorySegment b = fill(arena, r, bOff + (long) n * ldb);
+                    MemorySegment out = arena.allocate((long) m * lds * Float.BYTES);
+                    pk.dotRows(a, aOff, k, m, b, bOff, ldb, n, k, out, 0, lds);
+                    for (int row = 0; row < m; row++) {
+                        for (int j = 0; j < n; j++) {
+                            float[] lane = new float[lanes];
+                            int whole = k / lanes * lanes;
+                            double exact = 0;
+                            for (int p = 0; p < k; p++) {
+                                float x = a[aOff + row * k + p];
+                                float y = b.getAtIndex(F, bOff + (long) j * ldb + p);
+                                exact += (double) x * y;
+                                if (p < whole) {
+                                    lane[p % lanes] = Math.fma(x, y, lane[p % lanes]);
+                                }
+                            }
+                            for (int h = lanes / 2; h >= 1; h /= 2) {
+                                float[] next = new float[lanes];
+                                for (int i = 0; i < lanes; i++) {
+                                    next[i] = lane[i] + lane[(i + h) % lanes];
+                                }
+                                lane = next;
+                            }
+                            float tail = 0f;
+                            for (int p = whole; p < k; p++) {
+                                tail = Math.fma(a[aOff + row * k + p], b.getAtIndex(F, bOff + (long) j * ldb + p), tail);
+                            }
+                            float want = lane[0] + tail;
+                            float got = out.getAtIndex(F, (long) row * lds + j);
+                            String at = "k=" + k + " n=" + n + " row " + row + " key " + j;
+                            assertEquals(Float.floatToRawIntBits(want), Float.floatToRawIntBits(got),
+                                    at + ": got " + got + " want " + want);
+                            double tol = 2.0 * (k + 2) * 0x1p-24 * k;
+                            assertTrue(Math.abs(got - exact) <= tol, at + ": " + got + " vs double " + exact);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /**
      * Packing a transposed operand (storage [n, k], the in-register 16 × 16 transposes where whole blocks allow,
      * gathers elsewhere) gives the same panels, bit for bit, as packing an explicitly transposed copy [k, n]
      * row by row: whole, partial and ragged panels, reductions past one gather pass, subnormals flushed or kept.
