@@ -18,9 +18,10 @@ import java.util.concurrent.Executors;
  * differences being measured.
  *
  * <pre>java --enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector -cp bench/target/benchmarks.jar \
- *     dev.qkv.bench.DecodeRatio [threads=1] [rounds=80] [backends=native,java]</pre>
+ *     dev.qkv.bench.DecodeRatio [threads=1] [rounds=80] [backends=native,java] [kvHeads=32]</pre>
  *
- * Prints per backend the mean and best time over the last three quarters of the rounds, the ratio of the means
+ * With {@code kvHeads} under 32 the 32 query heads share kv heads (grouped-query attention), and the floor reads
+ * the smaller cache. Prints per backend the mean and best time over the last three quarters of the rounds, the ratio of the means
  * to the floor's and that of the bests. On two threads the floor's mean carries the hand-off to the reader
  * threads (its best is the steadier figure there).
  */
@@ -32,20 +33,22 @@ public final class DecodeRatio {
         int threads = args.length > 0 ? Integer.parseInt(args[0]) : 1;
         int rounds = args.length > 1 ? Integer.parseInt(args[1]) : 80;
         String[] backends = (args.length > 2 ? args[2] : "native,java").split(",");
-        if (threads < 1 || rounds < 4) {
-            throw new IllegalArgumentException("threads >= 1 and rounds >= 4 expected");
+        int kvHeads = args.length > 3 ? Integer.parseInt(args[3]) : 32;
+        if (threads < 1 || rounds < 4 || kvHeads < 1 || 32 % kvHeads != 0) {
+            throw new IllegalArgumentException("threads >= 1, rounds >= 4 and kvHeads dividing 32 expected");
         }
         ExecutorService readers = Executors.newFixedThreadPool(threads);
         try (Arena arena = Arena.ofShared()) {
             SplittableRandom r = new SplittableRandom(7);
             Tensor q = SdpaBench.random(arena, r, 1, 32, 1, 128);
-            Tensor k = SdpaBench.random(arena, r, 1, 32, 4096, 128);
-            Tensor v = SdpaBench.random(arena, r, 1, 32, 4096, 128);
+            Tensor k = SdpaBench.random(arena, r, 1, kvHeads, 4096, 128);
+            Tensor v = SdpaBench.random(arena, r, 1, kvHeads, 4096, 128);
             Tensor out = Tensor.allocate(arena, 1, 32, 1, 128);
             Attention[] attention = new Attention[backends.length];
             for (int b = 0; b < backends.length; b++) {
                 attention[b] = BenchSupport.attention(backends[b], threads);
-                BenchSupport.report("decode-ratio 32x1x4096x128 threads=" + threads + " backend=" + backends[b],
+                BenchSupport.report("decode-ratio 32x1x4096x128 kvHeads=" + kvHeads + " threads=" + threads
+                        + " backend=" + backends[b],
                         attention[b].plan(q, k, v, out, SdpaOptions.DEFAULT));
             }
             int n = backends.length + 1;
@@ -71,8 +74,9 @@ public final class DecodeRatio {
                 }
             }
             int counted = rounds - rounds / 4;
-            StringBuilder line = new StringBuilder(String.format(Locale.ROOT, "threads=%d floor_ms=%.2f (best %.2f)",
-                    threads, total[0] / counted / 1e6, best[0] / 1e6));
+            StringBuilder line = new StringBuilder(String.format(Locale.ROOT,
+                    "threads=%d kvHeads=%d floor_ms=%.2f (best %.2f)", threads, kvHeads, total[0] / counted / 1e6,
+                    best[0] / 1e6));
             for (int b = 0; b < backends.length; b++) {
                 line.append(String.format(Locale.ROOT, " | %s_ms=%.2f (best %.2f) ratio=%.2f (best/best %.2f)",
                         backends[b], total[b + 1] / counted / 1e6, best[b + 1] / 1e6, total[b + 1] / total[0],

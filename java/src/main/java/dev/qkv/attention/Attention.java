@@ -145,6 +145,18 @@ public final class Attention {
     }
 
     /**
+     * Bytes of k (and then of v) per key block of a grouped few-query call ({@link Job#runGroup}): the block is read
+     * from memory for a group's first query head and from the L2 (2 MiB per core here) for the others, with room
+     * for the other operand's block and the scores.
+     */
+    static final long GROUP_KEY_BLOCK_BYTES = 256L << 10;
+
+    /** Keys per block of a grouped few-query call: {@link #GROUP_KEY_BLOCK_BYTES} of the wider of k and v rows. */
+    static int groupKeyBlock(int dk, int dv) {
+        return (int) Math.max(16, GROUP_KEY_BLOCK_BYTES / ((long) Math.max(1, Math.max(dk, dv)) * Float.BYTES));
+    }
+
+    /**
      * Query rows per block of the OpenBLAS engine. sgemm packs both operands on every call, so a 64-row block
      * repacks all of kᵀ and v for 64 rows only; 256 rows amortize that packing (measured at [1, 8, 2048, 64],
      * SkylakeX, per head: q · kᵀ 4.9 → 3.6 ms, p · v 5.5 → 4.0 ms; see bench/RESULTS.md, round 3). Lowered (not
@@ -451,6 +463,8 @@ public final class Attention {
         int vAt;
         float[] aBuf = new float[0];
         float[] qBuf = new float[0];
+        /** The normalizers of a group's heads ({@link Job#runGroup}); grown on first use. */
+        float[] groupScale = new float[0];
         /** Scores of {@link Job#exactRow}; grown on first use, which only NaN outputs reach. */
         double[] exactScores = new double[0];
         /** Which (call, batch, kv head) the packs hold. */
@@ -517,6 +531,12 @@ public final class Attention {
         int tasks;
         /** A task is a whole (batch, head), all its blocks, instead of one block (see {@link #plan}). */
         boolean headTasks;
+        /**
+         * Few queries with grouped kv heads: a task is a (batch, kv head) and runs the query heads of its group
+         * together, key block by key block, so that k and v are read from memory once per group, not once per
+         * query head (see {@link #runGroup}).
+         */
+        boolean groupTasks;
         int workers;
         long perWorker;
         long qPackAt;
@@ -546,7 +566,7 @@ public final class Attention {
 
         private long heapFloats(int rows) {
             if (small) {
-                return (long) rows * dk;
+                return (long) rows * dk * (groupTasks ? group : 1);
             }
             PackedKernels p = owner.packed;
             return (long) p.packedSize(dk, lk) + p.packedSize(lk, dv) + 8L * Math.max(dk, lk);
@@ -646,9 +666,20 @@ public final class Attention {
         private void plan(int want) {
             int rowsNow = tileRows;
             headTasks = false;
+            // few queries (one block of them) with grouped kv heads, more than one key block of them: a task per
+            // (batch, kv head), whose workers each hold the group's score rows. (Within one block, a head's k and v
+            // stay in the L2 for the next head of its group anyway: the layer's decode step at 1023 cached keys,
+            // Dh = 64, read 1.06 and 0.99 of the time grouped, one and two threads.) A caller's workspace sized for one head's rows per worker (as
+            // scoreTileBytes promises) keeps a task per head instead.
+            groupTasks = small && group > 1 && lq <= tileRows && (long) group * lq <= MAX_BLOCK_ROWS
+                    && lk > groupKeyBlock(dk, dv);
+            if (groupTasks && shared != null) {
+                int w = (int) Math.max(1, Math.min(want, (long) batch * hkv));
+                groupTasks = layout(rowsNow) * w * Float.BYTES <= shared.byteSize();
+            }
             for (;;) {
                 blocks = lq == 0 ? 0 : (lq + rowsNow - 1) / rowsNow;
-                tasks = batch * hq * blocks;
+                tasks = groupTasks ? batch * hkv * blocks : batch * hq * blocks;
                 int w = Math.max(1, Math.min(want, tasks));
                 long pw = layout(rowsNow);
                 long heap = usePacked ? heapFloats(rowsNow) : 0;
@@ -676,7 +707,7 @@ public final class Attention {
                     // a task is a whole head: each head is packed once and the shares stay equal. The blocks and
                     // their bits are the same either way.
                     int heads = batch * hq;
-                    headTasks = usePacked && w > 1 && blocks > 1 && heads >= 4 * w && heads % w == 0;
+                    headTasks = !groupTasks && usePacked && w > 1 && blocks > 1 && heads >= 4 * w && heads % w == 0;
                     if (headTasks) {
                         tasks = heads;
                     }
@@ -691,7 +722,7 @@ public final class Attention {
             // the score tile holds one key block (see javaKeyBlock); the few-query path takes all keys at once. A
             // causal block sees fewer keys, and tileLd pads a multiple of 64 (native): bound every block
             int cols = small || gemv ? lk : Math.min(lk, keyBlock) + (nativeEngine ? TILE_PAD : 0);
-            long cursor = (long) rowsNow * Math.max(cols, 1);
+            long cursor = (long) rowsNow * Math.max(cols, 1) * (groupTasks ? group : 1);
             qPackAt = cursor;
             cursor += packQ ? (long) lq * dk : 0;
             kPackAt = cursor;
@@ -734,7 +765,9 @@ public final class Attention {
                 ws = s.ensure(perWorker * Float.BYTES);
                 base = 0;
             }
-            if (headTasks) {
+            if (groupTasks) {
+                runGroup(s, ws, base, task / hkv, task % hkv);
+            } else if (headTasks) {
                 for (int blk = blocks - 1; blk >= 0; blk--) {
                     runBlock(s, ws, base, task, blk);
                 }
@@ -978,6 +1011,81 @@ public final class Attention {
                 int lim = limitFor(i0 + r, keys);
                 inv[r] = RowKernels.normalizer(dst == null ? rk.expFrom(ws, at, keys, lim, inv[r])
                         : rk.expInto(ws, at, keys, lim, inv[r], dst, (r - r0) * keys));
+            }
+        }
+
+        /**
+         * The few-query path ({@link #runPacked}'s {@code small} branch) for the {@code group} query heads of kv head
+         * {@code g}, all rows (one block): per key block of {@link #GROUP_KEY_BLOCK_BYTES}, every head's scores,
+         * so that the block of k comes from memory for the first head and from the L2 for the others; every head's
+         * softmax; then per key block every head's p·v, the partial sums kept in the output rows
+         * ({@code PackedKernels.axpyRowsBlock}). Each head's operations and their order are those of
+         * {@code runPacked}, so the bits are the same.
+         */
+        private void runGroup(Scratch s, MemorySegment ws, long base, int b, int g) {
+            final PackedKernels pk = owner.packed;
+            final int rows = lq;
+            final int keys = keysFor(0, rows);
+            final int ldo = (int) ld(out.stride(2), dv);
+            final MemorySegment outSeg = out.segment();
+            final int h0 = g * group;
+            if (keys == 0) {
+                for (int hh = 0; hh < group; hh++) {
+                    zeroRows(outSeg, out.offset() + b * out.stride(0) + (h0 + hh) * out.stride(1), rows, dv, ldo);
+                }
+                return;
+            }
+            int qn = group * rows * dk;
+            if (s.qBuf.length < qn) {
+                s.qBuf = new float[qn];
+            }
+            if (s.groupScale.length < group * rows) {
+                s.groupScale = new float[group * rows];
+            }
+            final float[] inv = s.groupScale;
+            for (int hh = 0; hh < group; hh++) {
+                long qHead = q.offset() + b * q.stride(0) + (h0 + hh) * q.stride(1);
+                for (int r = 0; r < rows; r++) {
+                    long qr = qHead + r * q.stride(2);
+                    int at = (hh * rows + r) * dk;
+                    for (int p = 0; p < dk; p++) {
+                        s.qBuf[at + p] = scale * q.segment().getAtIndex(F, qr + p * q.stride(3));
+                    }
+                }
+            }
+            final long kBase = k.offset() + b * k.stride(0) + g * k.stride(1);
+            final long vBase = v.offset() + b * v.stride(0) + g * v.stride(1);
+            final int ldk = (int) ld(k.stride(2), dk);
+            final int ldv = (int) ld(v.stride(2), dv);
+            final int kb = groupKeyBlock(dk, dv);
+            final long headFloats = (long) rows * keys;
+            for (int j0 = 0; j0 < keys; j0 += kb) {
+                int nk = Math.min(kb, keys - j0);
+                for (int hh = 0; hh < group; hh++) {
+                    pk.dotRows(s.qBuf, hh * rows * dk, dk, rows, k.segment(), kBase + (long) j0 * ldk, ldk, nk, dk,
+                            ws, base + hh * headFloats + j0, keys);
+                }
+            }
+            for (int hh = 0; hh < group; hh++) {
+                softmaxRows(ws, base + hh * headFloats, keys, 0, rows, keys, mOff + b * ms0 + (h0 + hh) * ms1,
+                        s.rowScale);
+                System.arraycopy(s.rowScale, 0, inv, hh * rows, rows);
+            }
+            for (int j0 = 0; j0 < keys; j0 += kb) {
+                int nk = Math.min(kb, keys - j0);
+                for (int hh = 0; hh < group; hh++) {
+                    long outRows = out.offset() + b * out.stride(0) + (h0 + hh) * out.stride(1);
+                    pk.axpyRowsBlock(ws, base + hh * headFloats + j0, keys, rows, v.segment(),
+                            vBase + (long) j0 * ldv, ldv, nk, dv, j0 == 0, j0 + nk >= keys, inv, hh * rows, outSeg,
+                            outRows, ldo);
+                }
+            }
+            for (int hh = 0; hh < group; hh++) {
+                int h = h0 + hh;
+                System.arraycopy(inv, hh * rows, s.rowScale, 0, rows);
+                zeroMaskedRows(s.rowScale, rows, outSeg, out.offset() + b * out.stride(0) + h * out.stride(1), dv,
+                        ldo);
+                redoNaNRows(s, b, h, 0, rows);
             }
         }
 

@@ -79,4 +79,13 @@ public interface PackedKernels {
      */
     void axpyRows(MemorySegment p, long pOff, int ldp, int m, MemorySegment v, long vOff, int ldv, int n, int d,
                   float[] rowScale, MemorySegment c, long cOff, int ldc);
+
+    /**
+     * One key block of {@link #axpyRows}: keys {@code [0, n)} of {@code p} and {@code v} as given (offsets at the
+     * block's first key), added to the partial sums that C holds unless {@code first}, and multiplied by
+     * {@code rowScale[rsOff + r]} only when {@code last}. Blocks taken in order give the bits of one
+     * {@code axpyRows} over all keys; between them C holds raw partial sums.
+     */
+    void axpyRowsBlock(MemorySegment p, long pOff, int ldp, int m, MemorySegment v, long vOff, int ldv, int n, int d,
+                       boolean first, boolean last, float[] rowScale, int rsOff, MemorySegment c, long cOff, int ldc);
 }

@@ -974,9 +974,16 @@ final class VectorPackedKernels implements PackedKernels {
     @Override
     public void axpyRows(MemorySegment p, long pOff, int ldp, int m, MemorySegment v, long vOff, int ldv, int n, int d,
                          float[] rowScale, MemorySegment c, long cOff, int ldc) {
+        axpyRowsBlock(p, pOff, ldp, m, v, vOff, ldv, n, d, true, true, rowScale, 0, c, cOff, ldc);
+    }
+
+    @Override
+    public void axpyRowsBlock(MemorySegment p, long pOff, int ldp, int m, MemorySegment v, long vOff, int ldv, int n,
+                              int d, boolean first, boolean last, float[] rowScale, int rsOff, MemorySegment c,
+                              long cOff, int ldc) {
         for (int r = 0; r < m; r++) {
             final long pr = pOff + (long) r * ldp;
-            final float scale = rowScale == null ? 1f : rowScale[r];
+            final float scale = rowScale == null ? 1f : rowScale[rsOff + r];
             final long cr = cOff + (long) r * ldc;
             // eight (then four) vectors of the output row at a time stay in registers while every key adds its
             // row of v: a 128-float head reads v once, not in two passes of four vectors (a decode step, 32 heads
@@ -984,90 +991,135 @@ final class VectorPackedKernels implements PackedKernels {
             // measured in the same JVM)
             int d0 = 0;
             for (; d0 + 8 * L <= d; d0 += 8 * L) {
-                axpy8(p, pr, v, vOff + d0, ldv, n, scale, c, cr + d0);
+                axpy8(p, pr, v, vOff + d0, ldv, n, first, last, scale, c, cr + d0);
             }
             for (; d0 + 4 * L <= d; d0 += 4 * L) {
-                axpy4(p, pr, v, vOff + d0, ldv, n, scale, c, cr + d0);
+                axpy4(p, pr, v, vOff + d0, ldv, n, first, last, scale, c, cr + d0);
             }
-            if (d0 < d) {
-                axpyTail(p, pr, v, vOff + d0, ldv, n, d - d0, scale, c, cr + d0);
+            for (; d0 < d; d0 += L) {
+                axpy1(p, pr, v, vOff + d0, ldv, n, Math.min(L, d - d0), first, last, scale, c, cr + d0);
             }
         }
     }
 
+    // axpy8, axpy4 and axpy1 continue a sum held in C when not first (its raw partial sums, read back as they were
+    // stored) and scale it only when last: key blocks taken in order give the bits of one pass over every key.
+
     /** {@code c[co .. co + 8L) = scale · Σ_j p[pr + j] · v[v0 + j·ldv ..]}: eight full vectors of an output row. */
-    private static void axpy8(MemorySegment p, long pr, MemorySegment v, long v0, int ldv, int n, float scale,
-                              MemorySegment c, long co) {
-        FloatVector x0 = FloatVector.zero(SP);
-        FloatVector x1 = x0;
-        FloatVector x2 = x0;
-        FloatVector x3 = x0;
-        FloatVector x4 = x0;
-        FloatVector x5 = x0;
-        FloatVector x6 = x0;
-        FloatVector x7 = x0;
+    private static void axpy8(MemorySegment p, long pr, MemorySegment v, long v0, int ldv, int n, boolean first,
+                              boolean last, float scale, MemorySegment c, long co) {
+        final long cb = co * Float.BYTES;
+        FloatVector x0;
+        FloatVector x1;
+        FloatVector x2;
+        FloatVector x3;
+        FloatVector x4;
+        FloatVector x5;
+        FloatVector x6;
+        FloatVector x7;
+        if (first) {
+            x0 = FloatVector.zero(SP);
+            x1 = x0;
+            x2 = x0;
+            x3 = x0;
+            x4 = x0;
+            x5 = x0;
+            x6 = x0;
+            x7 = x0;
+        } else {
+            x0 = FloatVector.fromMemorySegment(SP, c, cb, O);
+            x1 = FloatVector.fromMemorySegment(SP, c, cb + VB, O);
+            x2 = FloatVector.fromMemorySegment(SP, c, cb + 2 * VB, O);
+            x3 = FloatVector.fromMemorySegment(SP, c, cb + 3 * VB, O);
+            x4 = FloatVector.fromMemorySegment(SP, c, cb + 4 * VB, O);
+            x5 = FloatVector.fromMemorySegment(SP, c, cb + 5 * VB, O);
+            x6 = FloatVector.fromMemorySegment(SP, c, cb + 6 * VB, O);
+            x7 = FloatVector.fromMemorySegment(SP, c, cb + 7 * VB, O);
+        }
         for (int j = 0; j < n; j++) {
             FloatVector wv = FloatVector.broadcast(SP, p.getAtIndex(F, pr + j));
             long o = (v0 + (long) j * ldv) * Float.BYTES;
             x0 = wv.fma(FloatVector.fromMemorySegment(SP, v, o, O), x0);
-            x1 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 4L, O), x1);
-            x2 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 8L, O), x2);
-            x3 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 12L, O), x3);
-            x4 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 16L, O), x4);
-            x5 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 20L, O), x5);
-            x6 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 24L, O), x6);
-            x7 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 28L, O), x7);
+            x1 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + VB, O), x1);
+            x2 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + 2 * VB, O), x2);
+            x3 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + 3 * VB, O), x3);
+            x4 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + 4 * VB, O), x4);
+            x5 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + 5 * VB, O), x5);
+            x6 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + 6 * VB, O), x6);
+            x7 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + 7 * VB, O), x7);
         }
-        long cb = co * Float.BYTES;
-        x0.mul(scale).intoMemorySegment(c, cb, O);
-        x1.mul(scale).intoMemorySegment(c, cb + L * 4L, O);
-        x2.mul(scale).intoMemorySegment(c, cb + L * 8L, O);
-        x3.mul(scale).intoMemorySegment(c, cb + L * 12L, O);
-        x4.mul(scale).intoMemorySegment(c, cb + L * 16L, O);
-        x5.mul(scale).intoMemorySegment(c, cb + L * 20L, O);
-        x6.mul(scale).intoMemorySegment(c, cb + L * 24L, O);
-        x7.mul(scale).intoMemorySegment(c, cb + L * 28L, O);
+        if (last) {
+            x0 = x0.mul(scale);
+            x1 = x1.mul(scale);
+            x2 = x2.mul(scale);
+            x3 = x3.mul(scale);
+            x4 = x4.mul(scale);
+            x5 = x5.mul(scale);
+            x6 = x6.mul(scale);
+            x7 = x7.mul(scale);
+        }
+        x0.intoMemorySegment(c, cb, O);
+        x1.intoMemorySegment(c, cb + VB, O);
+        x2.intoMemorySegment(c, cb + 2 * VB, O);
+        x3.intoMemorySegment(c, cb + 3 * VB, O);
+        x4.intoMemorySegment(c, cb + 4 * VB, O);
+        x5.intoMemorySegment(c, cb + 5 * VB, O);
+        x6.intoMemorySegment(c, cb + 6 * VB, O);
+        x7.intoMemorySegment(c, cb + 7 * VB, O);
     }
 
     /** {@code c[co .. co + 4L) = scale · Σ_j p[pr + j] · v[v0 + j·ldv ..]}: four full vectors of an output row. */
-    private static void axpy4(MemorySegment p, long pr, MemorySegment v, long v0, int ldv, int n, float scale,
-                              MemorySegment c, long co) {
-        FloatVector x0 = FloatVector.zero(SP);
-        FloatVector x1 = x0;
-        FloatVector x2 = x0;
-        FloatVector x3 = x0;
+    private static void axpy4(MemorySegment p, long pr, MemorySegment v, long v0, int ldv, int n, boolean first,
+                              boolean last, float scale, MemorySegment c, long co) {
+        final long cb = co * Float.BYTES;
+        FloatVector x0;
+        FloatVector x1;
+        FloatVector x2;
+        FloatVector x3;
+        if (first) {
+            x0 = FloatVector.zero(SP);
+            x1 = x0;
+            x2 = x0;
+            x3 = x0;
+        } else {
+            x0 = FloatVector.fromMemorySegment(SP, c, cb, O);
+            x1 = FloatVector.fromMemorySegment(SP, c, cb + VB, O);
+            x2 = FloatVector.fromMemorySegment(SP, c, cb + 2 * VB, O);
+            x3 = FloatVector.fromMemorySegment(SP, c, cb + 3 * VB, O);
+        }
         for (int j = 0; j < n; j++) {
             FloatVector wv = FloatVector.broadcast(SP, p.getAtIndex(F, pr + j));
             long o = (v0 + (long) j * ldv) * Float.BYTES;
             x0 = wv.fma(FloatVector.fromMemorySegment(SP, v, o, O), x0);
-            x1 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 4L, O), x1);
-            x2 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 8L, O), x2);
-            x3 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + L * 12L, O), x3);
+            x1 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + VB, O), x1);
+            x2 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + 2 * VB, O), x2);
+            x3 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + 3 * VB, O), x3);
         }
-        long cb = co * Float.BYTES;
-        x0.mul(scale).intoMemorySegment(c, cb, O);
-        x1.mul(scale).intoMemorySegment(c, cb + L * 4L, O);
-        x2.mul(scale).intoMemorySegment(c, cb + L * 8L, O);
-        x3.mul(scale).intoMemorySegment(c, cb + L * 12L, O);
-    }
-
-    /** {@link #axpy4} for the last {@code w < 4L} columns of a row, one masked vector at a time. */
-    private static void axpyTail(MemorySegment p, long pr, MemorySegment v, long v0, int ldv, int n, int w,
-                                 float scale, MemorySegment c, long co) {
-        for (int d0 = 0; d0 < w; d0 += L) {
-            axpy1(p, pr, v, v0 + d0, ldv, n, w - d0, scale, c, co + d0);
+        if (last) {
+            x0 = x0.mul(scale);
+            x1 = x1.mul(scale);
+            x2 = x2.mul(scale);
+            x3 = x3.mul(scale);
         }
+        x0.intoMemorySegment(c, cb, O);
+        x1.intoMemorySegment(c, cb + VB, O);
+        x2.intoMemorySegment(c, cb + 2 * VB, O);
+        x3.intoMemorySegment(c, cb + 3 * VB, O);
     }
 
     /** One vector of {@link #axpy4}, its first {@code w} lanes (all when {@code w ≥ L}). */
     private static void axpy1(MemorySegment p, long pr, MemorySegment v, long v0, int ldv, int n, int w,
-                              float scale, MemorySegment c, long co) {
+                              boolean first, boolean last, float scale, MemorySegment c, long co) {
         VectorMask<Float> mk = SP.indexInRange(0, w);
-        FloatVector x0 = FloatVector.zero(SP);
+        final long cb = co * Float.BYTES;
+        FloatVector x0 = first ? FloatVector.zero(SP) : FloatVector.fromMemorySegment(SP, c, cb, O, mk);
         for (int j = 0; j < n; j++) {
             FloatVector wv = FloatVector.broadcast(SP, p.getAtIndex(F, pr + j));
             x0 = wv.fma(FloatVector.fromMemorySegment(SP, v, (v0 + (long) j * ldv) * Float.BYTES, O, mk), x0);
         }
-        x0.mul(scale).intoMemorySegment(c, co * Float.BYTES, O, mk);
+        if (last) {
+            x0 = x0.mul(scale);
+        }
+        x0.intoMemorySegment(c, cb, O, mk);
     }
 }

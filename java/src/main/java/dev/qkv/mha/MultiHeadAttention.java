@@ -174,8 +174,10 @@ public final class MultiHeadAttention {
         if (backend == Backend.REFERENCE) {
             return 0;
         }
-        // our head views are always usable in place (unit inner stride), so the score tiles are all it needs
-        return attention.scoreTileBytes(lq, lk);
+        // our head views are always usable in place (unit inner stride), so the score tiles are all it needs. A
+        // decode step's query heads share their kv head's reads when a worker holds the whole group's score rows
+        // (Attention's grouped few-query tasks), hence the rows of a group.
+        return attention.scoreTileBytes(Math.multiplyExact(lq, (long) h / Math.max(1, hkv)), lk);
     }
 
     /**

@@ -273,4 +273,69 @@ class EngineTest {
         }
         return t.copyFrom(x);
     }
+
+    /**
+     * Few queries with grouped kv heads run a task per (batch, kv head), the group's query heads together, key
+     * block by key block (and p·v's partial sums kept in the output between blocks). Each head's arithmetic is that
+     * of a task per head, so the output must equal, bit for bit, attention on k and v expanded to Hq heads (which
+     * runs a task per head), and match the reference. Cases: several key blocks (2100 keys of 64 floats: blocks of
+     * 1024; a call within one block keeps a task per head), a v row of 20 (masked vector tail), causal and masked
+     * rows, one and two threads, and a caller's
+     * workspace sized for one head's rows per worker, which keeps a task per head (the same bits again).
+     */
+    @Test
+    void groupedDecodeEqualsExpandedHeadsBitForBit() {
+        Assumptions.assumeTrue(dev.qkv.kernel.Vectorization.enabled(), "Vector API module absent");
+        // {B, Hq, Hkv, Lq, Lk, Dk, Dv}
+        int[][] shapes = {{2, 8, 2, 3, 2100, 64, 64}, {1, 4, 1, 1, 1100, 128, 20}, {1, 6, 3, 7, 4100, 32, 33}};
+        try (Arena arena = Arena.ofShared()) {
+            for (int[] sh : shapes) {
+                int b = sh[0], hq = sh[1], hkv = sh[2], lq = sh[3], lk = sh[4], dk = sh[5], dv = sh[6];
+                java.util.Random r = new java.util.Random(31 + lk);
+                Tensor q = Fixtures.random(arena, r, b, hq, lq, dk);
+                Tensor k = Fixtures.random(arena, r, b, hkv, lk, dk);
+                Tensor v = Fixtures.random(arena, r, b, hkv, lk, dv);
+                Tensor kx = Tensor.allocate(arena, b, hq, lk, dk);
+                Tensor vx = Tensor.allocate(arena, b, hq, lk, dv);
+                for (int x = 0; x < b; x++) {
+                    for (int h = 0; h < hq; h++) {
+                        kx.select(0, x).select(0, h).copyFrom(k.select(0, x).select(0, h / (hq / hkv)));
+                        vx.select(0, x).select(0, h).copyFrom(v.select(0, x).select(0, h / (hq / hkv)));
+                    }
+                }
+                float[] allowed = Fixtures.uniform(r, lq * lk, 0, 1);
+                for (int i = 0; i < allowed.length; i++) {
+                    allowed[i] = allowed[i] < 0.25f ? 0f : 1f;
+                }
+                Tensor mask = Tensor.of(arena, allowed, lq, lk);
+                List<SdpaOptions> options = List.of(SdpaOptions.DEFAULT, SdpaOptions.CAUSAL,
+                        SdpaOptions.DEFAULT.withMask(Mask.allowed(mask)));
+                for (SdpaOptions o : options) {
+                    Tensor ref = Tensor.allocate(arena, b, hq, lq, dv);
+                    ReferenceAttention.compute(q, k, v, ref, o);
+                    for (int threads : new int[] {1, 2}) {
+                        Attention at = Attention.builder().backend(Backend.JAVA).threads(threads).build();
+                        Tensor grouped = Tensor.allocate(arena, b, hq, lq, dv).fill(Float.NaN);
+                        Tensor expanded = Tensor.allocate(arena, b, hq, lq, dv).fill(Float.NaN);
+                        Tensor small = Tensor.allocate(arena, b, hq, lq, dv).fill(Float.NaN);
+                        String what = "B=" + b + " Hq=" + hq + " Hkv=" + hkv + " Lq=" + lq + " Lk=" + lk + " Dk=" + dk
+                                + " Dv=" + dv + " causal=" + o.causal() + " mask=" + (o.mask() != null)
+                                + " threads=" + threads;
+                        assertTrue(at.plan(q, k, v, grouped, o).contains(" tasks=" + (b * hkv) + " "),
+                                what + ": a task per kv head expected, plan " + at.plan(q, k, v, grouped, o));
+                        at.sdpa(q, k, v, grouped, o);
+                        at.sdpa(q, kx, vx, expanded, o);
+                        Workspace one = Workspace.allocate(arena, at.scoreTileBytes(lq, lk));
+                        at.sdpa(q, k, v, small, o, one);
+                        Fixtures.assertBitIdentical(what + " grouped vs expanded", grouped.shape(),
+                                grouped.toArray(), expanded.toArray());
+                        Fixtures.assertBitIdentical(what + " grouped vs a task per head", grouped.shape(),
+                                grouped.toArray(), small.toArray());
+                        double tol = Fixtures.tol(dk, lk, 2);
+                        Fixtures.assertClose(what, grouped.shape(), grouped.toArray(), ref.toArray(), tol, tol);
+                    }
+                }
+            }
+        }
+    }
 }
