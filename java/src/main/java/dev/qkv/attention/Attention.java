@@ -673,6 +673,11 @@ public final class Attention {
             // scoreTileBytes promises) keeps a task per head instead.
             groupTasks = small && group > 1 && lq <= tileRows && (long) group * lq <= MAX_BLOCK_ROWS
                     && lk > groupKeyBlock(dk, dv);
+            if (groupTasks) {
+                // one worker within the budget (heap scratch counts, as below): else a task per head, which needs
+                // one head's rows only, rather than a budget error
+                groupTasks = (layout(rowsNow) + heapFloats(rowsNow)) * Float.BYTES <= owner.budget;
+            }
             if (groupTasks && shared != null) {
                 int w = (int) Math.max(1, Math.min(want, (long) batch * hkv));
                 groupTasks = layout(rowsNow) * w * Float.BYTES <= shared.byteSize();

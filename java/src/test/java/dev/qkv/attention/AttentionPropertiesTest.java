@@ -360,14 +360,8 @@ class AttentionPropertiesTest {
             Tensor q = Fixtures.random(arena, r, b, hq, lq, dk);
             Tensor k = Fixtures.random(arena, r, b, hkv, lk, dk);
             Tensor v = Fixtures.random(arena, r, b, hkv, lk, dv);
-            Tensor kx = Tensor.allocate(arena, b, hq, lk, dk);
-            Tensor vx = Tensor.allocate(arena, b, hq, lk, dv);
-            for (int x = 0; x < b; x++) {
-                for (int h = 0; h < hq; h++) {
-                    kx.select(0, x).select(0, h).copyFrom(k.select(0, x).select(0, h / (hq / hkv)));
-                    vx.select(0, x).select(0, h).copyFrom(v.select(0, x).select(0, h / (hq / hkv)));
-                }
-            }
+            Tensor kx = Fixtures.expandHeads(arena, k, hq);
+            Tensor vx = Fixtures.expandHeads(arena, v, hq);
             for (SdpaOptions o : List.of(SdpaOptions.DEFAULT, SdpaOptions.CAUSAL)) {
                 Tensor grouped = Tensor.allocate(arena, b, hq, lq, dv);
                 Tensor expanded = Tensor.allocate(arena, b, hq, lq, dv);

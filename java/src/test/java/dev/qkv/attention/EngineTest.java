@@ -280,8 +280,8 @@ class EngineTest {
      * of a task per head, so the output must equal, bit for bit, attention on k and v expanded to Hq heads (which
      * runs a task per head), and match the reference. Cases: several key blocks (2100 keys of 64 floats: blocks of
      * 1024; a call within one block keeps a task per head), a v row of 20 (masked vector tail), causal and masked
-     * rows, one and two threads, and a caller's
-     * workspace sized for one head's rows per worker, which keeps a task per head (the same bits again).
+     * rows, one and two threads, and a caller's workspace or a budget sized for one head's rows per worker, which
+     * keep a task per head (the same bits again).
      */
     @Test
     void groupedDecodeEqualsExpandedHeadsBitForBit() {
@@ -295,14 +295,8 @@ class EngineTest {
                 Tensor q = Fixtures.random(arena, r, b, hq, lq, dk);
                 Tensor k = Fixtures.random(arena, r, b, hkv, lk, dk);
                 Tensor v = Fixtures.random(arena, r, b, hkv, lk, dv);
-                Tensor kx = Tensor.allocate(arena, b, hq, lk, dk);
-                Tensor vx = Tensor.allocate(arena, b, hq, lk, dv);
-                for (int x = 0; x < b; x++) {
-                    for (int h = 0; h < hq; h++) {
-                        kx.select(0, x).select(0, h).copyFrom(k.select(0, x).select(0, h / (hq / hkv)));
-                        vx.select(0, x).select(0, h).copyFrom(v.select(0, x).select(0, h / (hq / hkv)));
-                    }
-                }
+                Tensor kx = Fixtures.expandHeads(arena, k, hq);
+                Tensor vx = Fixtures.expandHeads(arena, v, hq);
                 float[] allowed = Fixtures.uniform(r, lq * lk, 0, 1);
                 for (int i = 0; i < allowed.length; i++) {
                     allowed[i] = allowed[i] < 0.25f ? 0f : 1f;
@@ -327,6 +321,15 @@ class EngineTest {
                         at.sdpa(q, kx, vx, expanded, o);
                         Workspace one = Workspace.allocate(arena, at.scoreTileBytes(lq, lk));
                         at.sdpa(q, k, v, small, o, one);
+                        // a budget for one head's rows (scores and scaled q) per worker: a task per head, no error
+                        Attention tight = Attention.builder().backend(Backend.JAVA).threads(threads)
+                                .workspaceBudget(((long) lq * lk + (long) lq * dk) * Float.BYTES).build();
+                        Tensor budgeted = Tensor.allocate(arena, b, hq, lq, dv).fill(Float.NaN);
+                        assertTrue(tight.plan(q, k, v, budgeted, o).contains(" tasks=" + (b * hq) + " "),
+                                what + ": a task per head expected, plan " + tight.plan(q, k, v, budgeted, o));
+                        tight.sdpa(q, k, v, budgeted, o);
+                        Fixtures.assertBitIdentical(what + " grouped vs a budget for one head", grouped.shape(),
+                                grouped.toArray(), budgeted.toArray());
                         Fixtures.assertBitIdentical(what + " grouped vs expanded", grouped.shape(),
                                 grouped.toArray(), expanded.toArray());
                         Fixtures.assertBitIdentical(what + " grouped vs a task per head", grouped.shape(),

@@ -58,6 +58,23 @@ final class Fixtures {
         return Tensor.of(arena, uniform(r, count(shape), -1, 1), shape);
     }
 
+    /**
+     * {@code t [B, Hkv, L, D]} expanded to {@code hq} heads, head {@code h} a copy of kv head {@code h / (hq / Hkv)}
+     * (independent copies, not a broadcast view): grouped-query attention on {@code t} must equal ordinary
+     * attention on this.
+     */
+    static Tensor expandHeads(Arena arena, Tensor t, int hq) {
+        long b = t.size(0);
+        int hkv = (int) t.size(1);
+        Tensor x = Tensor.allocate(arena, b, hq, t.size(2), t.size(3));
+        for (int i = 0; i < b; i++) {
+            for (int h = 0; h < hq; h++) {
+                x.select(0, i).select(0, h).copyFrom(t.select(0, i).select(0, h / (hq / hkv)));
+            }
+        }
+        return x;
+    }
+
     /** A contiguous copy of any view: what the reference is given, so that it never sees our strides. */
     static Tensor contiguousCopy(Arena arena, Tensor t) {
         return Tensor.of(arena, t.toArray(), t.shape());
