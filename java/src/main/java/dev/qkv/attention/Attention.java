@@ -147,13 +147,14 @@ public final class Attention {
     /**
      * Bytes of k (and then of v) per key block of a grouped few-query call ({@link Job#runGroup}): the block is read
      * from memory for a group's first query head and from the L2 (2 MiB per core here) for the others, with room
-     * for the other operand's block and the scores.
+     * for the other operand's block and the scores. Property {@code qkv.groupKeyBlockBytes} (at least 64): tests set
+     * it small, so that calls of a few hundred keys take the grouped path in many blocks.
      */
-    static final long GROUP_KEY_BLOCK_BYTES = 256L << 10;
+    static final long GROUP_KEY_BLOCK_BYTES = Math.max(64, Long.getLong("qkv.groupKeyBlockBytes", 256L << 10));
 
     /** Keys per block of a grouped few-query call: {@link #GROUP_KEY_BLOCK_BYTES} of the wider of k and v rows. */
     static int groupKeyBlock(int dk, int dv) {
-        return (int) Math.max(16, GROUP_KEY_BLOCK_BYTES / ((long) Math.max(1, Math.max(dk, dv)) * Float.BYTES));
+        return (int) Math.max(1, GROUP_KEY_BLOCK_BYTES / ((long) Math.max(1, Math.max(dk, dv)) * Float.BYTES));
     }
 
     /**
