@@ -30,7 +30,7 @@ import java.util.concurrent.TimeUnit;
 
 /**
  * One decoding step: 32 heads, 1 query, 4096 cached keys, D = 128 (k and v together 128 MiB, far past the
- * caches), and its floor {@link #readKvCacheOnce}: the time to read every cached key and value once with the
+ * L2; {@code kvHeads} under 32 shares them, grouped-query), and its floor {@link #readKvCacheOnce}: the time to read every cached key and value once with the
  * same number of threads.
  */
 @State(Scope.Benchmark)
@@ -56,6 +56,13 @@ public class DecodeBench {
     @Param({"normal"})
     public String values;
 
+    /**
+     * kv heads for the 32 query heads: 32 is the issue's multi-head step; 8 or 4 is grouped-query attention (each
+     * kv head read once for its query heads; not in the default run: {@code -p kvHeads=8}).
+     */
+    @Param({"32"})
+    public int kvHeads;
+
     private Arena arena;
     private Attention attention;
     private Tensor q;
@@ -69,8 +76,11 @@ public class DecodeBench {
         arena = Arena.ofShared();
         SplittableRandom r = new SplittableRandom(7);
         q = SdpaBench.random(arena, r, 1, 32, 1, 128);
-        k = SdpaBench.random(arena, r, 1, 32, 4096, 128);
-        v = SdpaBench.random(arena, r, 1, 32, 4096, 128);
+        if (kvHeads < 1 || 32 % kvHeads != 0) {
+            throw new IllegalArgumentException("kvHeads=" + kvHeads + ": expected a divisor of 32");
+        }
+        k = SdpaBench.random(arena, r, 1, kvHeads, 4096, 128);
+        v = SdpaBench.random(arena, r, 1, kvHeads, 4096, 128);
         if (values.equals("subnormal")) {
             for (long i = 0; i < v.elementCount(); i++) {
                 v.segment().setAtIndex(java.lang.foreign.ValueLayout.JAVA_FLOAT, v.offset() + i,
@@ -82,7 +92,7 @@ public class DecodeBench {
         out = Tensor.allocate(arena, 1, 32, 1, 128);
         attention = BenchSupport.attention(backend, threads);
         readers = Executors.newFixedThreadPool(threads);
-        BenchSupport.report("decode 32x1x4096x128 threads=" + threads + " kvBytes="
+        BenchSupport.report("decode 32x1x4096x128 kvHeads=" + kvHeads + " threads=" + threads + " kvBytes="
                 + 2 * k.elementCount() * Float.BYTES, attention.plan(q, k, v, out, SdpaOptions.DEFAULT));
     }
 
