@@ -295,19 +295,15 @@ final class VectorPackedKernels implements PackedKernels {
     @Override
     public void gemmRows(float[] a, int i, int m, int n, int k, float[] bp, int bAt, int packedK, int packedN,
                          int bRow0, int bCol0, float[] rowScale, float beta, MemorySegment c, long cOff, int ldc) {
-        if (width(packedN) != NARROW && beta == 0f && n % NR == 0 && (m == 6 || m == 4)) {
-            // every block stores straight to C (see block): no tile, and so no downcall for its cache-line start
-            // (HeapAlignment, ~4 ns per register block of rows: ~0.7 µs of a [1, 1, 128, 64] call, 2% in JFR)
-            for (int j0 = 0, jp = 0; j0 < n; j0 += NR, jp++) {
-                block(a, 0, k, m, bp, panelStart(bAt, bCol0, jp, packedK, bRow0), null, 0, rowScale, i, 0f, c,
-                        cOff + j0, ldc, NR);
-            }
-            return;
-        }
-        final PackBuffer tb = TILE.get();
-        final float[] tile = tb.array();
-        final int t = tb.alignedStart();
-        if (width(packedN) == NARROW) {
+        final boolean narrow = width(packedN) == NARROW;
+        // When every block stores straight to C (see block), the tile is not touched: then no tile, and so no
+        // downcall for its cache-line start (HeapAlignment, ~4 ns per register block of rows: ~0.7 µs of a
+        // [1, 1, 128, 64] call, 2% in JFR).
+        final boolean direct = !narrow && beta == 0f && n % NR == 0 && (m == 6 || m == 4);
+        final PackBuffer tb = direct ? null : TILE.get();
+        final float[] tile = direct ? null : tb.array();
+        final int t = direct ? 0 : tb.alignedStart();
+        if (narrow) {
             if (m == 8) {
                 kernel8(a, 0, k, k, bp, bAt + bRow0 * NARROW, tile, t);
             } else {
