@@ -667,22 +667,11 @@ public final class Attention {
         private void plan(int want) {
             int rowsNow = tileRows;
             headTasks = false;
-            // few queries (one block of them) with grouped kv heads, more than one key block of them: a task per
-            // (batch, kv head), whose workers each hold the group's score rows. (Within one block, a head's k and v
-            // stay in the L2 for the next head of its group anyway: the layer's decode step at 1023 cached keys,
-            // Dh = 64, read 1.06 and 0.99 of the time grouped, one and two threads.) A caller's workspace sized for one head's rows per worker (as
-            // scoreTileBytes promises) keeps a task per head instead.
-            groupTasks = small && group > 1 && lq <= tileRows && (long) group * lq <= MAX_BLOCK_ROWS
-                    && lk > groupKeyBlock(dk, dv);
-            if (groupTasks) {
-                // one worker within the budget (heap scratch counts, as below): else a task per head, which needs
-                // one head's rows only, rather than a budget error
-                groupTasks = (layout(rowsNow) + heapFloats(rowsNow)) * Float.BYTES <= owner.budget;
-            }
-            if (groupTasks && shared != null) {
-                int w = (int) Math.max(1, Math.min(want, (long) batch * hkv));
-                groupTasks = layout(rowsNow) * w * Float.BYTES <= shared.byteSize();
-            }
+            // Few queries with grouped kv heads, more than one key block of them: a task per (batch, kv head), whose
+            // worker holds the group's score rows (at most MAX_BLOCK_ROWS, as any block). Within one key block a
+            // head's k and v stay in the L2 for the next head of its group anyway (the layer's decode step at 1023
+            // cached keys, Dh = 64, read 1.06 and 0.99 of the time grouped, one and two threads).
+            groupTasks = small && group > 1 && (long) group * lq <= MAX_BLOCK_ROWS && lk > groupKeyBlock(dk, dv);
             for (;;) {
                 blocks = lq == 0 ? 0 : (lq + rowsNow - 1) / rowsNow;
                 tasks = groupTasks ? batch * hkv * blocks : batch * hq * blocks;
@@ -692,6 +681,13 @@ public final class Attention {
                 long per = (pw + heap) * Float.BYTES;
                 while (w > 1 && per * w > owner.budget) {
                     w--;
+                }
+                if (groupTasks && (per * w > owner.budget
+                        || shared != null && pw * w * Float.BYTES > shared.byteSize())) {
+                    // the group's rows do not fit the budget, or a caller's workspace sized for one head's rows
+                    // per worker (as scoreTileBytes promises): a task per head, which needs one head's rows only
+                    groupTasks = false;
+                    continue;
                 }
                 if (per * w > owner.budget && rowsNow <= 8 && gemv) {
                     // the sgemv path's tile holds every key; the blocked path's only a key block
@@ -1041,23 +1037,12 @@ public final class Attention {
                 }
                 return;
             }
-            int qn = group * rows * dk;
-            if (s.qBuf.length < qn) {
-                s.qBuf = new float[qn];
-            }
             if (s.groupScale.length < group * rows) {
                 s.groupScale = new float[group * rows];
             }
             final float[] inv = s.groupScale;
             for (int hh = 0; hh < group; hh++) {
-                long qHead = q.offset() + b * q.stride(0) + (h0 + hh) * q.stride(1);
-                for (int r = 0; r < rows; r++) {
-                    long qr = qHead + r * q.stride(2);
-                    int at = (hh * rows + r) * dk;
-                    for (int p = 0; p < dk; p++) {
-                        s.qBuf[at + p] = scale * q.segment().getAtIndex(F, qr + p * q.stride(3));
-                    }
-                }
+                scaledQRows(s, hh * rows, q.offset() + b * q.stride(0) + (h0 + hh) * q.stride(1), rows);
             }
             final long kBase = k.offset() + b * k.stride(0) + g * k.stride(1);
             final long vBase = v.offset() + b * v.stride(0) + g * v.stride(1);
@@ -1095,6 +1080,24 @@ public final class Attention {
             }
         }
 
+        /**
+         * {@code rows} query rows from float offset {@code qRow0} (row stride {@code q.stride(2)}), times
+         * {@code scale}, into {@code s.qBuf} row-major {@code [·, Dk]} from row {@code at}; the buffer grows to fit.
+         */
+        private void scaledQRows(Scratch s, int at, long qRow0, int rows) {
+            int qn = (at + rows) * dk;
+            if (s.qBuf.length < qn) {
+                s.qBuf = java.util.Arrays.copyOf(s.qBuf, qn);
+            }
+            for (int r = 0; r < rows; r++) {
+                long qr = qRow0 + r * q.stride(2);
+                int to = (at + r) * dk;
+                for (int p = 0; p < dk; p++) {
+                    s.qBuf[to + p] = scale * q.segment().getAtIndex(F, qr + p * q.stride(3));
+                }
+            }
+        }
+
         private void runPacked(Scratch s, MemorySegment ws, long base, int b, int h, int blk) {
             final PackedKernels pk = owner.packed;
             final int g = h / group;
@@ -1116,16 +1119,7 @@ public final class Attention {
             final float[] inv = s.rowScale;
             if (small) {
                 // few queries: dot products and row updates straight from memory, nothing to pack
-                int qn = rows * dk;
-                if (s.qBuf.length < qn) {
-                    s.qBuf = new float[qn];
-                }
-                for (int r = 0; r < rows; r++) {
-                    long qr = qBase + (i0 + r) * q.stride(2);
-                    for (int p = 0; p < dk; p++) {
-                        s.qBuf[r * dk + p] = scale * q.segment().getAtIndex(F, qr + p * q.stride(3));
-                    }
-                }
+                scaledQRows(s, 0, qBase + i0 * q.stride(2), rows);
                 pk.dotRows(s.qBuf, 0, dk, rows, k.segment(), kBase, (int) ld(k.stride(2), dk), keys, dk,
                         ws, base, keys);
                 softmaxRows(ws, base, keys, i0, rows, keys, maskHead, inv);
