@@ -145,6 +145,14 @@ public final class Attention {
     }
 
     /**
+     * Most query blocks that one task of the Java engine's online path runs together, key block by key block
+     * (see {@link Job#runOnline}): each key block's packed kᵀ and v then come from the L2 for every block of the
+     * span after the first, instead of from memory for every block. Property {@code qkv.spanBlocks} (1: a
+     * block at a time, as before; tests set it to vary the spans).
+     */
+    static final int SPAN_BLOCKS = Math.max(1, Integer.getInteger("qkv.spanBlocks", 16));
+
+    /**
      * Bytes of k (and then of v) per key block of a grouped few-query call ({@link Job#runGroup}): the block is read
      * from memory for a group's first query head and from the L2 (2 MiB per core here) for the others, with room
      * for the other operand's block and the scores. Property {@code qkv.groupKeyBlockBytes} (at least 64): tests set
@@ -429,7 +437,8 @@ public final class Attention {
         job.prepare(q, k, v, out, options, null);
         String s = "kernel=" + job.kernelName() + " rows=" + Vectorization.rows().name() + " workers="
                 + job.workers + " blockRows=" + job.tileRows + " tasks=" + job.tasks
-                + (job.headTasks ? " (whole heads)" : "") + " workspaceBytes=" + job.workspaceBytes()
+                + (job.headTasks ? " (whole heads)" : "")
+                + (job.spanBlocks > 1 ? " spanBlocks=" + job.spanBlocks : "") + " workspaceBytes=" + job.workspaceBytes()
                 + " heapScratchBytes=" + job.heapBytes()
                 + (budget == Long.MAX_VALUE ? "" : " budget=" + budget);
         job.release();
@@ -457,6 +466,9 @@ public final class Attention {
         final float[] rowMax = new float[MAX_BLOCK_ROWS];
         final float[] rowSum = new float[MAX_BLOCK_ROWS];
         final float[] qScale = new float[MAX_BLOCK_ROWS];
+        /** Running max and sum of a span's rows ({@link Job#runOnline}); grown on first use. */
+        float[] spanMax = new float[0];
+        float[] spanSum = new float[0];
         final PackBuffer kPack = new PackBuffer();
         final PackBuffer vPack = new PackBuffer();
         /** Where the packed operands start in {@link #kPack} and {@link #vPack} (see {@code PackedKernels.packB}). */
@@ -533,6 +545,13 @@ public final class Attention {
         /** A task is a whole (batch, head), all its blocks, instead of one block (see {@link #plan}). */
         boolean headTasks;
         /**
+         * Query blocks per span: the online path runs a span's blocks together (see {@link #runOnline}); a task
+         * is a span (or, with {@link #headTasks}, every span of a head). 1 when no block of the call is online.
+         */
+        int spanBlocks;
+        /** Spans per head: {@code ceil(blocks / spanBlocks)}. */
+        int spans;
+        /**
          * Few queries with grouped kv heads: a task is a (batch, kv head) and runs the query heads of its group
          * together, key block by key block, so that k and v are read from memory once per group, not once per
          * query head (see {@link #runGroup}).
@@ -570,7 +589,9 @@ public final class Attention {
                 return (long) rows * dk * (groupTasks ? group : 1);
             }
             PackedKernels p = owner.packed;
-            return (long) p.packedSize(dk, lk) + p.packedSize(lk, dv) + 8L * Math.max(dk, lk);
+            // with the online path's running max and sum of a span's rows
+            long span = lk > keyBlock ? 2L * SPAN_BLOCKS * rows : 0;
+            return (long) p.packedSize(dk, lk) + p.packedSize(lk, dv) + 8L * Math.max(dk, lk) + span;
         }
 
         void release() {
@@ -710,8 +731,20 @@ public final class Attention {
                     // their bits are the same either way.
                     int heads = batch * hq;
                     headTasks = !groupTasks && usePacked && w > 1 && blocks > 1 && heads >= 4 * w && heads % w == 0;
+                    // Spans: with more keys than a key block, the blocks of a span share each key block's packed kᵀ
+                    // and v while they are in the L2. Enough spans that each worker gets 4 (causal spans are
+                    // uneven); one worker, or whole heads per task, take spans of SPAN_BLOCKS. The blocks and
+                    // their bits are the same whatever the spans.
+                    spanBlocks = 1;
+                    if (usePacked && !small && lk > keyBlock && blocks > 1) {
+                        long even = w == 1 || headTasks ? SPAN_BLOCKS : (long) heads * blocks / (4L * w);
+                        spanBlocks = (int) Math.max(1, Math.min(Math.min(SPAN_BLOCKS, blocks), even));
+                    }
+                    spans = (blocks + spanBlocks - 1) / spanBlocks;
                     if (headTasks) {
                         tasks = heads;
+                    } else if (!groupTasks) {
+                        tasks = heads * spans;
                     }
                     return;
                 }
@@ -770,12 +803,46 @@ public final class Attention {
             if (groupTasks) {
                 runGroup(s, ws, base, task / hkv, task % hkv);
             } else if (headTasks) {
-                for (int blk = blocks - 1; blk >= 0; blk--) {
-                    runBlock(s, ws, base, task, blk);
+                for (int sp = spans - 1; sp >= 0; sp--) {
+                    runSpan(s, ws, base, task, sp);
                 }
             } else {
-                // (batch, head, block), the largest causal blocks first
-                runBlock(s, ws, base, task / blocks, blocks - 1 - task % blocks);
+                // (batch, head, span), the largest causal spans first
+                runSpan(s, ws, base, task / spans, spans - 1 - task % spans);
+            }
+        }
+
+        /**
+         * The blocks of span {@code sp} of head {@code bh}: a block whose keys fit one key block by itself
+         * ({@link #runBlock}), the others together by {@link #runOnline}.
+         */
+        private void runSpan(Scratch s, MemorySegment ws, long base, int bh, int sp) {
+            final int lo = sp * spanBlocks;
+            final int hi = Math.min(blocks, lo + spanBlocks);
+            if (hi - lo == 1) {
+                runBlock(s, ws, base, bh, lo);
+                return;
+            }
+            boolean online = false;
+            for (int blk = hi - 1; blk >= lo; blk--) {
+                int i0 = blk * tileRows;
+                if (keysFor(i0, Math.min(tileRows, lq - i0)) > keyBlock) {
+                    online = true;
+                } else {
+                    runBlock(s, ws, base, bh, blk);
+                }
+            }
+            if (online) {
+                int b = bh / hq;
+                int h = bh % hq;
+                runOnline(s, ws, base, b, h, lo, hi);
+                for (int blk = lo; blk < hi; blk++) {
+                    int i0 = blk * tileRows;
+                    int rows = Math.min(tileRows, lq - i0);
+                    if (keysFor(i0, rows) > keyBlock) {
+                        redoNaNRows(s, b, h, i0, rows);
+                    }
+                }
             }
         }
 
@@ -1114,11 +1181,11 @@ public final class Attention {
                 return;
             }
             final long qBase = q.offset() + b * q.stride(0) + h * q.stride(1);
-            final long kBase = k.offset() + b * k.stride(0) + g * k.stride(1);
-            final long vBase = v.offset() + b * v.stride(0) + g * v.stride(1);
             final float[] inv = s.rowScale;
             if (small) {
                 // few queries: dot products and row updates straight from memory, nothing to pack
+                final long kBase = k.offset() + b * k.stride(0) + g * k.stride(1);
+                final long vBase = v.offset() + b * v.stride(0) + g * v.stride(1);
                 scaledQRows(s, 0, qBase + i0 * q.stride(2), rows);
                 pk.dotRows(s.qBuf, 0, dk, rows, k.segment(), kBase, (int) ld(k.stride(2), dk), keys, dk,
                         ws, base, keys);
@@ -1128,33 +1195,14 @@ public final class Attention {
                 zeroMaskedRows(inv, rows, outSeg, outRows, dv, ldo);
                 return;
             }
-            long kvHead = ((long) b * hkv + g);
-            if (s.packedCall != callId || s.packedHead != kvHead) {
-                // kᵀ [Dk, Lk] and v [Lk, Dv] of this head into panels, once per head and worker
-                int kn = pk.packedSize(dk, lk);
-                int vn = pk.packedSize(lk, dv);
-                s.kPack.ensure(kn);
-                s.vPack.ensure(vn);
-                boolean kRow = rowMajorOk(k);
-                s.kAt = pk.packB(kRow, k.segment(), kBase,
-                        kRow ? (int) ld(k.stride(2), dk) : (int) ld(k.stride(3), lk), dk, lk, false, s.kPack);
-                boolean vRow = rowMajorOk(v);
-                s.vAt = pk.packB(!vRow, v.segment(), vBase,
-                        vRow ? (int) ld(v.stride(2), dv) : (int) ld(v.stride(3), lk), lk, dv, true, s.vPack);
-                s.packedCall = callId;
-                s.packedHead = kvHead;
+            if (keys > keyBlock) {
+                runOnline(s, ws, base, b, h, blk, blk + 1);
+                return;
             }
-            int an = 8 * Math.max(dk, lk);
-            if (s.aBuf.length < an) {
-                s.aBuf = new float[an];
-            }
+            packHead(s, b, g);
             boolean qRow = rowMajorOk(q);
             int ldq = qRow ? (int) ld(q.stride(2), dk) : (int) ld(q.stride(3), lq);
             long qAt = qRow ? qBase + i0 * q.stride(2) : qBase + i0;
-            if (keys > keyBlock) {
-                runOnline(s, ws, base, qRow, ldq, qAt, i0, rows, keys, maskHead, outSeg, outRows, ldo);
-                return;
-            }
             java.util.Arrays.fill(inv, 0, rows, scale);
             // scores [rows, keys] = scale · q_block · kᵀ
             pk.gemm(!qRow, q.segment(), qAt, ldq, rows, keys, dk, s.aBuf, s.kPack.array(), s.kAt, dk, lk, 0, 0, inv,
@@ -1173,6 +1221,30 @@ public final class Attention {
             zeroMaskedRows(inv, rows, outSeg, outRows, dv, ldo);
         }
 
+        /** kᵀ [Dk, Lk] and v [Lk, Dv] of kv head {@code g} into panels, once per head and worker, and A's buffer. */
+        private void packHead(Scratch s, int b, int g) {
+            final PackedKernels pk = owner.packed;
+            long kvHead = ((long) b * hkv + g);
+            if (s.packedCall != callId || s.packedHead != kvHead) {
+                final long kBase = k.offset() + b * k.stride(0) + g * k.stride(1);
+                final long vBase = v.offset() + b * v.stride(0) + g * v.stride(1);
+                s.kPack.ensure(pk.packedSize(dk, lk));
+                s.vPack.ensure(pk.packedSize(lk, dv));
+                boolean kRow = rowMajorOk(k);
+                s.kAt = pk.packB(kRow, k.segment(), kBase,
+                        kRow ? (int) ld(k.stride(2), dk) : (int) ld(k.stride(3), lk), dk, lk, false, s.kPack);
+                boolean vRow = rowMajorOk(v);
+                s.vAt = pk.packB(!vRow, v.segment(), vBase,
+                        vRow ? (int) ld(v.stride(2), dv) : (int) ld(v.stride(3), lk), lk, dv, true, s.vPack);
+                s.packedCall = callId;
+                s.packedHead = kvHead;
+            }
+            int an = 8 * Math.max(dk, lk);
+            if (s.aBuf.length < an) {
+                s.aBuf = new float[an];
+            }
+        }
+
         /**
          * The packed product over keys in blocks of {@code keyBlock} ({@link #javaKeyBlock}) with an online
          * softmax: per row a running max {@code m} and sum {@code l}; each block's weights are
@@ -1180,34 +1252,73 @@ public final class Attention {
          * {@code exp(m_old - m_new)} before the block's {@code p · v} is added. The score tile then holds
          * {@code rows × keyBlock} floats (L2-sized) however long the sequence. Masks and causal limits apply per
          * block; a row no key may see stays at zeros.
+         * <p>
+         * It runs the query blocks {@code [lo, hi)} of head {@code h} that see more than one key block, key block
+         * by key block: every block's step for keys {@code [j0, j0 + keyBlock)} before any block's next, so that
+         * the key block's packed kᵀ and v come from the L2 for all blocks but the first (measured at [1, 1, 4096,
+         * 128]: see bench/RESULTS.md, round 8). Each row's operations and their order are those of running its
+         * block alone, so the bits do not depend on the span.
          */
-        private void runOnline(Scratch s, MemorySegment ws, long base, boolean qRow, int ldq, long qAt, int i0,
-                               int rows, int keys, long maskHead, MemorySegment outSeg, long outRows, int ldo) {
+        private void runOnline(Scratch s, MemorySegment ws, long base, int b, int h, int lo, int hi) {
             final PackedKernels pk = owner.packed;
-            final float[] max = s.rowMax;
-            final float[] sum = s.rowSum;
+            packHead(s, b, h / group);
+            final int n = (hi - lo) * tileRows;
+            if (s.spanMax.length < n) {
+                s.spanMax = new float[n];
+                s.spanSum = new float[n];
+            }
+            final float[] max = s.spanMax;
+            final float[] sum = s.spanSum;
             final float[] inv = s.rowScale;
-            java.util.Arrays.fill(max, 0, rows, Float.NEGATIVE_INFINITY);
-            java.util.Arrays.fill(sum, 0, rows, 0f);
-            java.util.Arrays.fill(s.qScale, 0, rows, scale);
-            for (int j0 = 0; j0 < keys; j0 += keyBlock) {
-                final int nk = Math.min(keyBlock, keys - j0);
-                // scores [rows, nk] = scale · q_block · kᵀ[:, j0, j0 + nk)
-                pk.gemm(!qRow, q.segment(), qAt, ldq, rows, nk, dk, s.aBuf, s.kPack.array(), s.kAt, dk, lk, 0, j0,
-                        s.qScale, 0f, ws, base, nk);
-                rowMaxes(ws, base, nk, i0, rows, keys, j0, nk, maskHead, inv);
-                // per register block of rows: weights into the kernel's A buffer, running max and sum, the
-                // output rows rescaled, then out_block [mr, Dv] (+)= p · v[j0, j0 + nk)
-                for (int i = 0; i < rows; ) {
-                    final int mr = pk.sliverRows(dv, rows - i);
-                    onlineWeights(ws, base, nk, i0, i, i + mr, keys, j0, nk, max, sum, inv, outSeg, outRows, ldo,
-                            s.aBuf);
-                    pk.gemmRows(s.aBuf, i, mr, dv, nk, s.vPack.array(), s.vAt, lk, dv, j0, 0, null,
-                            j0 == 0 ? 0f : 1f, outSeg, outRows + (long) i * ldo, ldo);
-                    i += mr;
+            java.util.Arrays.fill(max, 0, n, Float.NEGATIVE_INFINITY);
+            java.util.Arrays.fill(sum, 0, n, 0f);
+            java.util.Arrays.fill(s.qScale, 0, tileRows, scale);
+            final long qBase = q.offset() + b * q.stride(0) + h * q.stride(1);
+            final boolean qRow = rowMajorOk(q);
+            final int ldq = qRow ? (int) ld(q.stride(2), dk) : (int) ld(q.stride(3), lq);
+            final long outHead = out.offset() + b * out.stride(0) + h * out.stride(1);
+            final int ldo = (int) ld(out.stride(2), dv);
+            final MemorySegment outSeg = out.segment();
+            final long maskHead = mOff + b * ms0 + h * ms1;
+            // the span's last block sees the most keys (causal rows see more keys further down)
+            final int last = (hi - 1) * tileRows;
+            final int spanKeys = keysFor(last, Math.min(tileRows, lq - last));
+            for (int j0 = 0; j0 < spanKeys; j0 += keyBlock) {
+                for (int blk = lo; blk < hi; blk++) {
+                    final int i0 = blk * tileRows;
+                    final int rows = Math.min(tileRows, lq - i0);
+                    final int keys = keysFor(i0, rows);
+                    if (keys <= keyBlock || j0 >= keys) {
+                        // one key block: runBlock's single pass; or no keys left for this block
+                        continue;
+                    }
+                    final int so = (blk - lo) * tileRows;
+                    final int nk = Math.min(keyBlock, keys - j0);
+                    final long qAt = qRow ? qBase + i0 * q.stride(2) : qBase + i0;
+                    final long outRows = outHead + i0 * out.stride(2);
+                    // scores [rows, nk] = scale · q_block · kᵀ[:, j0, j0 + nk)
+                    pk.gemm(!qRow, q.segment(), qAt, ldq, rows, nk, dk, s.aBuf, s.kPack.array(), s.kAt, dk, lk, 0,
+                            j0, s.qScale, 0f, ws, base, nk);
+                    rowMaxes(ws, base, nk, i0, rows, keys, j0, nk, maskHead, inv);
+                    // per register block of rows: weights into the kernel's A buffer, running max and sum, the
+                    // output rows rescaled, then out_block [mr, Dv] (+)= p · v[j0, j0 + nk)
+                    for (int i = 0; i < rows; ) {
+                        final int mr = pk.sliverRows(dv, rows - i);
+                        onlineWeights(ws, base, nk, i0, i, i + mr, keys, j0, nk, max, sum, so, inv, outSeg, outRows,
+                                ldo, s.aBuf);
+                        pk.gemmRows(s.aBuf, i, mr, dv, nk, s.vPack.array(), s.vAt, lk, dv, j0, 0, null,
+                                j0 == 0 ? 0f : 1f, outSeg, outRows + (long) i * ldo, ldo);
+                        i += mr;
+                    }
                 }
             }
-            onlineFinish(rows, sum, inv, outSeg, outRows, ldo);
+            for (int blk = lo; blk < hi; blk++) {
+                final int i0 = blk * tileRows;
+                final int rows = Math.min(tileRows, lq - i0);
+                if (keysFor(i0, rows) > keyBlock) {
+                    onlineFinish(rows, sum, (blk - lo) * tileRows, inv, outSeg, outHead + i0 * out.stride(2), ldo);
+                }
+            }
         }
 
         /** {@link #runOnline} for the generic engine (sgemm or the generic Java kernel) on the operands of {@code s}. */
@@ -1232,14 +1343,14 @@ public final class Attention {
                             ko.seg, ko.offset + j0 * ko.rowStep, ko.ld, ws, base, lds);
                 }
                 rowMaxes(ws, base, lds, i0, rows, keys, j0, nk, maskHead, s.rowScale);
-                onlineWeights(ws, base, lds, i0, 0, rows, keys, j0, nk, max, sum, s.rowScale, outSeg, outRows, ldo,
-                        null);
+                onlineWeights(ws, base, lds, i0, 0, rows, keys, j0, nk, max, sum, 0, s.rowScale, outSeg, outRows,
+                        ldo, null);
                 // out_block [rows, Dv] (+)= p · v[j0, j0 + nk)
                 product(mm, Transpose.NO, Transpose.NO.flipIf(vo.transposed), rows, dv, nk, 1f,
                         ws, base, lds, vo.seg, vo.offset + j0 * vo.rowStep, vo.ld, j0 == 0 ? 0f : 1f,
                         outSeg, outRows, ldo);
             }
-            onlineFinish(rows, sum, s.rowScale, outSeg, outRows, ldo);
+            onlineFinish(rows, sum, 0, s.rowScale, outSeg, outRows, ldo);
         }
 
         /**
@@ -1260,36 +1371,40 @@ public final class Attention {
 
         /**
          * The second pass for rows {@code [r0, r1)}: weights into the tile (or, with {@code dst}, to
-         * {@code dst[(r - r0)·nk ...]}), the running max and sum updated, and each output row rescaled by
-         * {@code exp(m_old - m_new)} when the max grew.
+         * {@code dst[(r - r0)·nk ...]}), the running max and sum ({@code max[so + r]}, {@code sum[so + r]})
+         * updated, and each output row rescaled by {@code exp(m_old - m_new)} when the max grew.
          */
         private void onlineWeights(MemorySegment ws, long base, int lds, int i0, int r0, int r1, int keys, int j0,
-                                   int nk, float[] max, float[] sum, float[] blockMax, MemorySegment outSeg,
+                                   int nk, float[] max, float[] sum, int so, float[] blockMax, MemorySegment outSeg,
                                    long outRows, int ldo, float[] dst) {
             final RowKernels rk = owner.rows;
             for (int r = r0; r < r1; r++) {
                 final int lim = clamp((long) limitFor(i0 + r, keys) - j0, 0, nk);
-                final float old = max[r];
+                final float old = max[so + r];
                 // a row with no allowed key so far keeps -inf and gets zeros; a NaN score makes the max NaN
                 final float m = Math.max(old, blockMax[r]);
-                max[r] = m;
+                max[so + r] = m;
                 final long at = base + (long) r * lds;
                 final float blockSum = dst == null ? rk.expFrom(ws, at, nk, lim, m)
                         : rk.expInto(ws, at, nk, lim, m, dst, (r - r0) * nk);
                 // StrictMath: the same bits in every JIT tier; once per row and block, so its cost is nil
                 final float alpha = j0 == 0 || old == m ? 1f
                         : old == Float.NEGATIVE_INFINITY ? 0f : (float) StrictMath.exp(old - m);
-                sum[r] = sum[r] * alpha + blockSum;
+                sum[so + r] = sum[so + r] * alpha + blockSum;
                 if (alpha != 1f) {
                     rk.scaleRow(outSeg, outRows + (long) r * ldo, dv, alpha);
                 }
             }
         }
 
-        /** Each output row times {@code 1 / sum}; rows no key could see become zeros (see {@link #zeroMaskedRows}). */
-        private void onlineFinish(int rows, float[] sum, float[] inv, MemorySegment outSeg, long outRows, int ldo) {
+        /**
+         * Each output row times {@code 1 / sum[so + r]}; rows no key could see become zeros (see
+         * {@link #zeroMaskedRows}).
+         */
+        private void onlineFinish(int rows, float[] sum, int so, float[] inv, MemorySegment outSeg, long outRows,
+                                  int ldo) {
             for (int r = 0; r < rows; r++) {
-                inv[r] = sum[r] == 0f ? 0f : 1f / sum[r];
+                inv[r] = sum[so + r] == 0f ? 0f : 1f / sum[so + r];
                 if (inv[r] != 0f) {
                     owner.rows.scaleRow(outSeg, outRows + (long) r * ldo, dv, inv[r]);
                 }

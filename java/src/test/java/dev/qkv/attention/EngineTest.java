@@ -168,6 +168,61 @@ class EngineTest {
     }
 
     /**
+     * Query blocks that see more than one key block run together, key block by key block, in spans
+     * ({@code Attention.SPAN_BLOCKS}); a row's bits must not depend on which blocks share its span. One thread takes
+     * the five blocks as one span; two threads, with fewer than 4 spans per worker otherwise, a block per task. The
+     * two are compared bit for bit, dense, causal (Lq &lt; Lk, so the first blocks see fewer keys than the last) and
+     * masked, over three key blocks with a partial last one, and against the reference. A causal Lq = Lk call
+     * then mixes, within a span, blocks of one key block (run alone) and blocks of two (spans of 16 blocks
+     * on one thread, of 4 on two).
+     */
+    @Test
+    void spansOfBlocksMatchSingleBlocksBitForBit() {
+        int kb = Attention.javaKeyBlock(32, 32);
+        spansMatch(300, 2 * kb + 404, true);
+        spansMatch(kb + 150, kb + 150, false);
+    }
+
+    private static void spansMatch(int lq, int lk, boolean all) {
+        try (Arena arena = Arena.ofShared()) {
+            SplittableRandom r = new SplittableRandom(21);
+            Tensor q = random(arena, r, 1, 1, lq, 32);
+            Tensor k = random(arena, r, 1, 1, lk, 32);
+            Tensor v = random(arena, r, 1, 1, lk, 32);
+            Mask mask = Mask.allowed(bernoulli(arena, r, 0.6, lq, lk));
+            List<SdpaOptions> options = all
+                    ? List.of(SdpaOptions.DEFAULT, SdpaOptions.CAUSAL, SdpaOptions.CAUSAL.withMask(mask))
+                    : List.of(SdpaOptions.CAUSAL);
+            for (SdpaOptions o : options) {
+                Tensor ref = Tensor.allocate(arena, 1, 1, lq, 32);
+                Attention.create(Backend.REFERENCE).sdpa(q, k, v, ref, o);
+                Attention one = Attention.create(Backend.JAVA, 1);
+                Attention two = Attention.create(Backend.JAVA, 2);
+                String plan1 = one.plan(q, k, v, ref, o);
+                String plan2 = two.plan(q, k, v, ref, o);
+                int blocks = (lq + 63) / 64;
+                int span1 = Math.min(blocks, Attention.SPAN_BLOCKS);
+                int span2 = Math.max(1, Math.min(span1, blocks / 8));
+                assertTrue(span1 == 1 ? !plan1.contains("spanBlocks") : plan1.contains("spanBlocks=" + span1), plan1);
+                assertTrue(plan2.contains("workers=2")
+                        && (span2 == 1 ? !plan2.contains("spanBlocks") : plan2.contains("spanBlocks=" + span2)), plan2);
+                Tensor a = Tensor.allocate(arena, 1, 1, lq, 32).fill(Float.NaN);
+                Tensor b = Tensor.allocate(arena, 1, 1, lq, 32).fill(Float.NaN);
+                one.sdpa(q, k, v, a, o);
+                two.sdpa(q, k, v, b, o);
+                float[] x = a.toArray();
+                float[] y = b.toArray();
+                for (int i = 0; i < x.length; i++) {
+                    if (Float.floatToRawIntBits(x[i]) != Float.floatToRawIntBits(y[i])) {
+                        fail(plan1 + " / " + plan2 + ": element " + i + " differs: " + x[i] + " vs " + y[i]);
+                    }
+                }
+                check(plan1, x, ref.toArray(), 32, 4.0 * (32 + lk) * 0x1p-24);
+            }
+        }
+    }
+
+    /**
      * A decode-sized native call whose all-keys score tile (the sgemv path) exceeds the budget runs the blocked
      * path, whose tile holds one key block, and stays exact.
      */
