@@ -463,8 +463,6 @@ public final class Attention {
         final Operand ko = new Operand();
         final Operand vo = new Operand();
         final float[] rowScale = new float[MAX_BLOCK_ROWS];
-        final float[] rowMax = new float[MAX_BLOCK_ROWS];
-        final float[] rowSum = new float[MAX_BLOCK_ROWS];
         final float[] qScale = new float[MAX_BLOCK_ROWS];
         /** Running max and sum of a span's rows ({@link Job#runOnline}); grown on first use. */
         float[] spanMax = new float[0];
@@ -736,6 +734,9 @@ public final class Attention {
                     // uneven); one worker, or whole heads per task, take spans of SPAN_BLOCKS. The blocks and
                     // their bits are the same whatever the spans.
                     spanBlocks = 1;
+                    // The packed Java engine only: sgemm packs its operands from k and v on every call, and the
+                    // native engine measured no faster in spans ([1, 8, 2048, 64], [1, 1, 4096, 128],
+                    // [1, 1, 8192, 64]: 0.93-1.03 of the time, within the noise).
                     if (usePacked && !small && lk > keyBlock && blocks > 1) {
                         long even = w == 1 || headTasks ? SPAN_BLOCKS : (long) heads * blocks / (4L * w);
                         spanBlocks = (int) Math.max(1, Math.min(Math.min(SPAN_BLOCKS, blocks), even));
@@ -916,12 +917,9 @@ public final class Attention {
             return causal ? clamp((long) i + 1 + (lk - lq), 0, keys) : keys;
         }
 
-        private void runGeneric(Scratch s, MemorySegment ws, long base, int b, int h, int blk) {
+        /** q [Lq, Dk], k [Lk, Dk], v [Lk, Dv] of this (batch, head) into {@code s}, in place or packed (once per head). */
+        private void genericOperands(Scratch s, MemorySegment ws, long base, int b, int h) {
             final int g = h / group;
-            final int i0 = blk * tileRows;
-            final int rows = Math.min(tileRows, lq - i0);
-            final MatmulKernel mm = owner.matmul;
-            // q [Lq, Dk], k [Lk, Dk], v [Lk, Dv] of this (batch, head), in place or packed (once per head)
             long head = ((long) b * hq + h);
             long kvHead = ((long) b * hkv + g);
             boolean fresh = s.packedCall != callId;
@@ -931,6 +929,13 @@ public final class Attention {
             s.packedCall = callId;
             s.packedHead = kvHead;
             s.packedQHead = head;
+        }
+
+        private void runGeneric(Scratch s, MemorySegment ws, long base, int b, int h, int blk) {
+            final int i0 = blk * tileRows;
+            final int rows = Math.min(tileRows, lq - i0);
+            final MatmulKernel mm = owner.matmul;
+            genericOperands(s, ws, base, b, h);
             final Operand qo = s.qo;
             final Operand ko = s.ko;
             final Operand vo = s.vo;
@@ -945,7 +950,7 @@ public final class Attention {
             } else if (gemv) {
                 gemvRows(s, ws, base, i0, rows, keys, maskHead, outSeg, outRows, ldo);
             } else if (keys > keyBlock) {
-                genericOnline(s, mm, ws, base, i0, rows, keys, maskHead, outSeg, outRows, ldo);
+                runOnline(s, ws, base, b, h, blk, blk + 1);
             } else {
                 final int lds = tileLd(keys);
                 // scores [rows, keys] = scale · q_block · kᵀ (all zero when Dk = 0)
@@ -1260,8 +1265,11 @@ public final class Attention {
          * block alone, so the bits do not depend on the span.
          */
         private void runOnline(Scratch s, MemorySegment ws, long base, int b, int h, int lo, int hi) {
-            final PackedKernels pk = owner.packed;
-            packHead(s, b, h / group);
+            if (usePacked) {
+                packHead(s, b, h / group);
+            } else {
+                genericOperands(s, ws, base, b, h);
+            }
             final int n = (hi - lo) * tileRows;
             if (s.spanMax.length < n) {
                 s.spanMax = new float[n];
@@ -1269,16 +1277,13 @@ public final class Attention {
             }
             final float[] max = s.spanMax;
             final float[] sum = s.spanSum;
-            final float[] inv = s.rowScale;
             java.util.Arrays.fill(max, 0, n, Float.NEGATIVE_INFINITY);
             java.util.Arrays.fill(sum, 0, n, 0f);
             java.util.Arrays.fill(s.qScale, 0, tileRows, scale);
-            final long qBase = q.offset() + b * q.stride(0) + h * q.stride(1);
-            final boolean qRow = rowMajorOk(q);
-            final int ldq = qRow ? (int) ld(q.stride(2), dk) : (int) ld(q.stride(3), lq);
             final long outHead = out.offset() + b * out.stride(0) + h * out.stride(1);
-            final int ldo = (int) ld(out.stride(2), dv);
-            final MemorySegment outSeg = out.segment();
+            // the generic engine packs a block's output rows when out has no unit stride (a span is then one block)
+            final MemorySegment outSeg = packOut ? ws : out.segment();
+            final int ldo = packOut ? dv : (int) ld(out.stride(2), dv);
             final long maskHead = mOff + b * ms0 + h * ms1;
             // the span's last block sees the most keys (causal rows see more keys further down)
             final int last = (hi - 1) * tileRows;
@@ -1292,23 +1297,13 @@ public final class Attention {
                         // one key block: runBlock's single pass; or no keys left for this block
                         continue;
                     }
-                    final int so = (blk - lo) * tileRows;
-                    final int nk = Math.min(keyBlock, keys - j0);
-                    final long qAt = qRow ? qBase + i0 * q.stride(2) : qBase + i0;
-                    final long outRows = outHead + i0 * out.stride(2);
-                    // scores [rows, nk] = scale · q_block · kᵀ[:, j0, j0 + nk)
-                    pk.gemm(!qRow, q.segment(), qAt, ldq, rows, nk, dk, s.aBuf, s.kPack.array(), s.kAt, dk, lk, 0,
-                            j0, s.qScale, 0f, ws, base, nk);
-                    rowMaxes(ws, base, nk, i0, rows, keys, j0, nk, maskHead, inv);
-                    // per register block of rows: weights into the kernel's A buffer, running max and sum, the
-                    // output rows rescaled, then out_block [mr, Dv] (+)= p · v[j0, j0 + nk)
-                    for (int i = 0; i < rows; ) {
-                        final int mr = pk.sliverRows(dv, rows - i);
-                        onlineWeights(ws, base, nk, i0, i, i + mr, keys, j0, nk, max, sum, so, inv, outSeg, outRows,
-                                ldo, s.aBuf);
-                        pk.gemmRows(s.aBuf, i, mr, dv, nk, s.vPack.array(), s.vAt, lk, dv, j0, 0, null,
-                                j0 == 0 ? 0f : 1f, outSeg, outRows + (long) i * ldo, ldo);
-                        i += mr;
+                    final long outRows = packOut ? base + outPackAt : outHead + i0 * out.stride(2);
+                    if (usePacked) {
+                        packedOnlineStep(s, ws, base, b, h, i0, rows, keys, j0, maskHead, outSeg, outRows, ldo, max,
+                                sum, (blk - lo) * tileRows);
+                    } else {
+                        genericOnlineStep(s, owner.matmul, ws, base, i0, rows, keys, j0, maskHead, outSeg, outRows,
+                                ldo, max, sum, (blk - lo) * tileRows);
                     }
                 }
             }
@@ -1316,41 +1311,70 @@ public final class Attention {
                 final int i0 = blk * tileRows;
                 final int rows = Math.min(tileRows, lq - i0);
                 if (keysFor(i0, rows) > keyBlock) {
-                    onlineFinish(rows, sum, (blk - lo) * tileRows, inv, outSeg, outHead + i0 * out.stride(2), ldo);
+                    onlineFinish(rows, sum, (blk - lo) * tileRows, s.rowScale, outSeg,
+                            packOut ? base + outPackAt : outHead + i0 * out.stride(2), ldo);
                 }
             }
         }
 
-        /** {@link #runOnline} for the generic engine (sgemm or the generic Java kernel) on the operands of {@code s}. */
-        private void genericOnline(Scratch s, MatmulKernel mm, MemorySegment ws, long base, int i0, int rows, int keys,
-                                   long maskHead, MemorySegment outSeg, long outRows, int ldo) {
+        /**
+         * One key block {@code [j0, j0 + keyBlock)} of {@link #runOnline} on the packed Java engine: the scores,
+         * then per register block of rows their weights into the kernel's A buffer (running max and sum
+         * {@code max[so + r]}, {@code sum[so + r]} updated, the output rows rescaled) and the block's {@code p · v}
+         * added to them.
+         */
+        private void packedOnlineStep(Scratch s, MemorySegment ws, long base, int b, int h, int i0, int rows,
+                                      int keys, int j0, long maskHead, MemorySegment outSeg, long outRows, int ldo,
+                                      float[] max, float[] sum, int so) {
+            final PackedKernels pk = owner.packed;
+            final int nk = Math.min(keyBlock, keys - j0);
+            final boolean qRow = rowMajorOk(q);
+            final int ldq = qRow ? (int) ld(q.stride(2), dk) : (int) ld(q.stride(3), lq);
+            final long qBase = q.offset() + b * q.stride(0) + h * q.stride(1);
+            final long qAt = qRow ? qBase + i0 * q.stride(2) : qBase + i0;
+            // scores [rows, nk] = scale · q_block · kᵀ[:, j0, j0 + nk)
+            pk.gemm(!qRow, q.segment(), qAt, ldq, rows, nk, dk, s.aBuf, s.kPack.array(), s.kAt, dk, lk, 0, j0,
+                    s.qScale, 0f, ws, base, nk);
+            rowMaxes(ws, base, nk, i0, rows, keys, j0, nk, maskHead, s.rowScale);
+            for (int i = 0; i < rows; ) {
+                final int mr = pk.sliverRows(dv, rows - i);
+                onlineWeights(ws, base, nk, i0, i, i + mr, keys, j0, nk, max, sum, so, s.rowScale, outSeg, outRows,
+                        ldo, s.aBuf);
+                pk.gemmRows(s.aBuf, i, mr, dv, nk, s.vPack.array(), s.vAt, lk, dv, j0, 0, null,
+                        j0 == 0 ? 0f : 1f, outSeg, outRows + (long) i * ldo, ldo);
+                i += mr;
+            }
+        }
+
+        /**
+         * One key block {@code [j0, j0 + keyBlock)} of {@link #runOnline} on the generic engine (sgemm or the
+         * generic Java kernel), on the operands of {@code s}: the scores, their weights with the
+         * running max and sum {@code max[so + r]}, {@code sum[so + r]} updated, and the block's {@code p · v} added
+         * to the output rows.
+         */
+        private void genericOnlineStep(Scratch s, MatmulKernel mm, MemorySegment ws, long base, int i0, int rows,
+                                       int keys, int j0, long maskHead, MemorySegment outSeg, long outRows, int ldo,
+                                       float[] max, float[] sum, int so) {
             final Operand qo = s.qo;
             final Operand ko = s.ko;
             final Operand vo = s.vo;
-            final float[] max = s.rowMax;
-            final float[] sum = s.rowSum;
-            java.util.Arrays.fill(max, 0, rows, Float.NEGATIVE_INFINITY);
-            java.util.Arrays.fill(sum, 0, rows, 0f);
-            for (int j0 = 0; j0 < keys; j0 += keyBlock) {
-                final int nk = Math.min(keyBlock, keys - j0);
-                final int lds = tileLd(nk);
-                // scores [rows, nk] = scale · q_block · kᵀ[:, j0, j0 + nk) (all zero when Dk = 0)
-                if (dk == 0) {
-                    zeroRows(ws, base, rows, nk, lds);
-                } else {
-                    product(mm, Transpose.NO.flipIf(qo.transposed), Transpose.YES.flipIf(ko.transposed),
-                            rows, nk, dk, scale, qo.seg, qo.offset + i0 * qo.rowStep, qo.ld,
-                            ko.seg, ko.offset + j0 * ko.rowStep, ko.ld, ws, base, lds);
-                }
-                rowMaxes(ws, base, lds, i0, rows, keys, j0, nk, maskHead, s.rowScale);
-                onlineWeights(ws, base, lds, i0, 0, rows, keys, j0, nk, max, sum, 0, s.rowScale, outSeg, outRows,
-                        ldo, null);
-                // out_block [rows, Dv] (+)= p · v[j0, j0 + nk)
-                product(mm, Transpose.NO, Transpose.NO.flipIf(vo.transposed), rows, dv, nk, 1f,
-                        ws, base, lds, vo.seg, vo.offset + j0 * vo.rowStep, vo.ld, j0 == 0 ? 0f : 1f,
-                        outSeg, outRows, ldo);
+            final int nk = Math.min(keyBlock, keys - j0);
+            final int lds = tileLd(nk);
+            // scores [rows, nk] = scale · q_block · kᵀ[:, j0, j0 + nk) (all zero when Dk = 0)
+            if (dk == 0) {
+                zeroRows(ws, base, rows, nk, lds);
+            } else {
+                product(mm, Transpose.NO.flipIf(qo.transposed), Transpose.YES.flipIf(ko.transposed),
+                        rows, nk, dk, scale, qo.seg, qo.offset + i0 * qo.rowStep, qo.ld,
+                        ko.seg, ko.offset + j0 * ko.rowStep, ko.ld, ws, base, lds);
             }
-            onlineFinish(rows, sum, 0, s.rowScale, outSeg, outRows, ldo);
+            rowMaxes(ws, base, lds, i0, rows, keys, j0, nk, maskHead, s.rowScale);
+            onlineWeights(ws, base, lds, i0, 0, rows, keys, j0, nk, max, sum, so, s.rowScale, outSeg, outRows,
+                    ldo, null);
+            // out_block [rows, Dv] (+)= p · v[j0, j0 + nk)
+            product(mm, Transpose.NO, Transpose.NO.flipIf(vo.transposed), rows, dv, nk, 1f,
+                    ws, base, lds, vo.seg, vo.offset + j0 * vo.rowStep, vo.ld, j0 == 0 ? 0f : 1f,
+                    outSeg, outRows, ldo);
         }
 
         /**

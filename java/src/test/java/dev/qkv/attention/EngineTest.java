@@ -168,13 +168,14 @@ class EngineTest {
     }
 
     /**
-     * Query blocks that see more than one key block run together, key block by key block, in spans
-     * ({@code Attention.SPAN_BLOCKS}); a row's bits must not depend on which blocks share its span. One thread takes
-     * the five blocks as one span; two threads, with fewer than 4 spans per worker otherwise, a block per task. The
-     * two are compared bit for bit, dense, causal (Lq &lt; Lk, so the first blocks see fewer keys than the last) and
-     * masked, over three key blocks with a partial last one, and against the reference. A causal Lq = Lk call
-     * then mixes, within a span, blocks of one key block (run alone) and blocks of two (spans of 16 blocks
-     * on one thread, of 4 on two).
+     * The Java engine runs query blocks that see more than one key block together, key block by key block, in
+     * spans ({@code Attention.SPAN_BLOCKS}); a row's bits must not depend on which blocks share its span. One thread
+     * takes the five blocks as one span; two threads, with fewer than 4 spans per worker otherwise, a block per
+     * task. The two are compared bit for bit, dense, causal (Lq &lt; Lk, so the first blocks see fewer keys than
+     * the last) and masked, over three key blocks with a partial last one, and against the reference. A causal
+     * Lq = Lk call then mixes, within a span, blocks of one key block (run alone) and blocks of two (spans of 16
+     * blocks on one thread, of 4 on two). The native engine's online path (the same method, a block at a time)
+     * is compared the same way.
      */
     @Test
     void spansOfBlocksMatchSingleBlocksBitForBit() {
@@ -196,30 +197,40 @@ class EngineTest {
             for (SdpaOptions o : options) {
                 Tensor ref = Tensor.allocate(arena, 1, 1, lq, 32);
                 Attention.create(Backend.REFERENCE).sdpa(q, k, v, ref, o);
-                Attention one = Attention.create(Backend.JAVA, 1);
-                Attention two = Attention.create(Backend.JAVA, 2);
-                String plan1 = one.plan(q, k, v, ref, o);
-                String plan2 = two.plan(q, k, v, ref, o);
-                int blocks = (lq + 63) / 64;
-                int span1 = Math.min(blocks, Attention.SPAN_BLOCKS);
-                int span2 = Math.max(1, Math.min(span1, blocks / 8));
-                assertTrue(span1 == 1 ? !plan1.contains("spanBlocks") : plan1.contains("spanBlocks=" + span1), plan1);
-                assertTrue(plan2.contains("workers=2")
-                        && (span2 == 1 ? !plan2.contains("spanBlocks") : plan2.contains("spanBlocks=" + span2)), plan2);
-                Tensor a = Tensor.allocate(arena, 1, 1, lq, 32).fill(Float.NaN);
-                Tensor b = Tensor.allocate(arena, 1, 1, lq, 32).fill(Float.NaN);
-                one.sdpa(q, k, v, a, o);
-                two.sdpa(q, k, v, b, o);
-                float[] x = a.toArray();
-                float[] y = b.toArray();
-                for (int i = 0; i < x.length; i++) {
-                    if (Float.floatToRawIntBits(x[i]) != Float.floatToRawIntBits(y[i])) {
-                        fail(plan1 + " / " + plan2 + ": element " + i + " differs: " + x[i] + " vs " + y[i]);
-                    }
+                for (Backend backend : new Backend[] {Backend.JAVA, Backend.NATIVE}) {
+                    spansMatch(arena, q, k, v, o, ref.toArray(), backend);
                 }
-                check(plan1, x, ref.toArray(), 32, 4.0 * (32 + lk) * 0x1p-24);
             }
         }
+    }
+
+    private static void spansMatch(Arena arena, Tensor q, Tensor k, Tensor v, SdpaOptions o, float[] want,
+                                   Backend backend) {
+        Tensor a = Tensor.allocate(arena, q.size(0), q.size(1), q.size(2), v.size(3)).fill(Float.NaN);
+        Tensor b = Tensor.allocate(arena, q.size(0), q.size(1), q.size(2), v.size(3)).fill(Float.NaN);
+        Attention one = Attention.create(backend, 1);
+        Attention two = Attention.create(backend, 2);
+        String plan1 = one.plan(q, k, v, a, o);
+        String plan2 = two.plan(q, k, v, b, o);
+        // the Java engine: spans of SPAN_BLOCKS on one thread; on two, enough spans for 4 per worker. The native
+        // engine runs a block at a time (its bits must not depend on the threads either)
+        int rows = (int) planField(plan1, "blockRows");
+        int blocks = (int) ((q.size(2) + rows - 1) / rows);
+        int span1 = backend == Backend.JAVA ? Math.min(blocks, Attention.SPAN_BLOCKS) : 1;
+        int span2 = Math.max(1, Math.min(span1, blocks / 8));
+        assertTrue(span1 == 1 ? !plan1.contains("spanBlocks") : plan1.contains("spanBlocks=" + span1), plan1);
+        assertTrue(plan2.contains("workers=2")
+                && (span2 == 1 ? !plan2.contains("spanBlocks") : plan2.contains("spanBlocks=" + span2)), plan2);
+        one.sdpa(q, k, v, a, o);
+        two.sdpa(q, k, v, b, o);
+        float[] x = a.toArray();
+        float[] y = b.toArray();
+        for (int i = 0; i < x.length; i++) {
+            if (Float.floatToRawIntBits(x[i]) != Float.floatToRawIntBits(y[i])) {
+                fail(plan1 + " / " + plan2 + ": element " + i + " differs: " + x[i] + " vs " + y[i]);
+            }
+        }
+        check(plan1, x, want, (int) v.size(3), 4.0 * (q.size(3) + k.size(2)) * 0x1p-24);
     }
 
     /**
@@ -278,6 +289,16 @@ class EngineTest {
     }
 
     /** workspaceBytes + heapScratchBytes of a plan line. */
+    /** The value of {@code name=...} in a plan line. */
+    private static long planField(String plan, String name) {
+        for (String part : plan.split(" ")) {
+            if (part.startsWith(name + "=")) {
+                return Long.parseLong(part.substring(name.length() + 1));
+            }
+        }
+        throw new AssertionError(name + " not in " + plan);
+    }
+
     private static long scratch(String plan) {
         long sum = 0;
         for (String part : plan.split(" ")) {
