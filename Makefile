@@ -58,10 +58,11 @@ FUZZ_ITERATIONS ?= 20000
 fuzz:
 	$(MVN) test -pl java -am -Dtest='dev/qkv/reliability/*Test' -Dsurefire.failIfNoSpecifiedTests=false \
 	  -Dqkv.fuzz.iterations=$(FUZZ_ITERATIONS) $(FUZZ_ARGS)
-	@# again with key blocks of 256 bytes for grouped few-query calls, so that the calls the fuzzers draw (a few
-	@# hundred keys) take the grouped path in many blocks (Attention.GROUP_KEY_BLOCK_BYTES)
+	@# again with small key blocks, so that the calls the fuzzers draw (a few hundred keys) take the grouped
+	@# few-query path in many blocks (Attention.GROUP_KEY_BLOCK_BYTES) and the online path in spans of 3 query
+	@# blocks (Attention.KEY_BLOCK, SPAN_BLOCKS)
 	$(MVN) test -pl java -am -Dtest='dev/qkv/reliability/*FuzzTest' -Dsurefire.failIfNoSpecifiedTests=false \
-	  '-Dqkv.jvm.flags=$(JVM_FLAGS) -Dqkv.groupKeyBlockBytes=256' $(FUZZ_ARGS)
+	  '-Dqkv.jvm.flags=$(JVM_FLAGS) -Dqkv.groupKeyBlockBytes=256 -Dqkv.keyBlock=64 -Dqkv.spanBlocks=3' $(FUZZ_ARGS)
 
 # Steady-state allocation, exactly: after a warm-up, rounds of 1000 calls must allocate 0 bytes on the Java heap
 # (sdpa with 16 and with 1 query row, mha forward, mha decode; native and Java backends; ThreadMXBean). Run on a quiet machine: the JIT must have compiled the kernels.
