@@ -1251,10 +1251,10 @@ public final class Attention {
         }
 
         /**
-         * The packed product over keys in blocks of {@code keyBlock} ({@link #javaKeyBlock}) with an online
-         * softmax: per row a running max {@code m} and sum {@code l}; each block's weights are
-         * {@code exp(s - m_new)}, and what earlier blocks put in {@code out} and {@code l} is rescaled by
-         * {@code exp(m_old - m_new)} before the block's {@code p · v} is added. The score tile then holds
+         * The product over keys in blocks of {@code keyBlock} ({@link #javaKeyBlock}; {@link #NATIVE_KEY_BLOCK} on
+         * the generic engine) with an online softmax: per row a running max {@code m} and sum {@code l}; each
+         * block's weights are {@code exp(s - m_new)}, and what earlier blocks put in {@code out} and {@code l} is
+         * rescaled by {@code exp(m_old - m_new)} before the block's {@code p · v} is added. The score tile then holds
          * {@code rows × keyBlock} floats (L2-sized) however long the sequence. Masks and causal limits apply per
          * block; a row no key may see stays at zeros.
          * <p>
@@ -1262,7 +1262,8 @@ public final class Attention {
          * by key block: every block's step for keys {@code [j0, j0 + keyBlock)} before any block's next, so that
          * the key block's packed kᵀ and v come from the L2 for all blocks but the first (measured at [1, 1, 4096,
          * 128]: see bench/RESULTS.md, round 8). Each row's operations and their order are those of running its
-         * block alone, so the bits do not depend on the span.
+         * block alone, so the bits do not depend on the span. The generic engine runs one block at a time (see
+         * {@link #plan}).
          */
         private void runOnline(Scratch s, MemorySegment ws, long base, int b, int h, int lo, int hi) {
             if (usePacked) {
