@@ -5,10 +5,58 @@ import dev.qkv.blas.Transpose;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 
-/** The pure-Java matrix product with float accumulation; the loop order keeps the inner loop unit-stride. */
+/**
+ * The pure-Java matrix product with float accumulation, for JVMs without the Vector API. {@code op(B)} is copied
+ * row-major to a per-thread heap array once per call (k·n floats, against the product's m·n·k), and each row of
+ * C is accumulated in a heap row by {@code row[j] += a_ip · b[p][j]}: unit-stride loops over arrays, which C2
+ * compiles to vector instructions itself. The additions are those of the plain triple loop, in the same order
+ * ({@code beta · c}, then one product per p), so the bits are too.
+ */
 final class ScalarMatmul extends MatmulKernel {
     static final ScalarMatmul INSTANCE = new ScalarMatmul();
     private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
+    /** Largest op(B) copied to the heap (64 MiB); a larger one runs the plain loops over the segments. */
+    private static final long MAX_COPY = 16L << 20;
+
+    /** Rows of C accumulated together. */
+    private static final int ROWS = 4;
+
+    /**
+     * Per-thread heap copies, grown on first use: op(B) one array per row (so that the inner loops index every
+     * array by the same {@code j}, which C2 vectorizes; with {@code x[off + j]} it cannot rule out that two arrays
+     * overlap and keeps the loop scalar), {@link #ROWS} rows of C and of alpha · op(A), and a row of B.
+     */
+    private static final class Scratch {
+        float[][] b = new float[0][];
+        final float[][] rows = new float[ROWS][0];
+        final float[][] a = new float[ROWS][0];
+        float[] tmp = new float[0];
+
+        void ensure(int k, int n) {
+            if (b.length < k) {
+                b = java.util.Arrays.copyOf(b, k);
+            }
+            int width = Math.max(n, rows[0].length);
+            for (int p = 0; p < k; p++) {
+                if (b[p] == null || b[p].length < n) {
+                    b[p] = new float[width];
+                }
+            }
+            for (int r = 0; r < ROWS; r++) {
+                if (rows[r].length < n) {
+                    rows[r] = new float[n];
+                }
+                if (a[r].length < k) {
+                    a[r] = new float[k];
+                }
+            }
+            if (tmp.length < k) {
+                tmp = new float[k];
+            }
+        }
+    }
+
+    private static final ThreadLocal<Scratch> SCRATCH = ThreadLocal.withInitial(Scratch::new);
 
     @Override
     public String name() {
@@ -24,6 +72,96 @@ final class ScalarMatmul extends MatmulKernel {
     protected void kernel(Transpose ta, Transpose tb, int m, int n, int k, float alpha,
                           MemorySegment a, long aOff, int lda, MemorySegment b, long bOff, int ldb,
                           float beta, MemorySegment c, long cOff, int ldc) {
+        if ((long) k * n > MAX_COPY) {
+            plain(ta, tb, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
+            return;
+        }
+        final Scratch s = SCRATCH.get();
+        s.ensure(k, n);
+        final float[][] bh = s.b;
+        // op(B) [k, n] row-major
+        if (tb == Transpose.NO) {
+            for (int p = 0; p < k; p++) {
+                MemorySegment.copy(b, F, (bOff + (long) p * ldb) * Float.BYTES, bh[p], 0, n);
+            }
+        } else if (k > 0) {
+            // (with k = 0 the rows of B are empty, and their offsets may lie past the segment)
+            final float[] t = s.tmp;
+            for (int j = 0; j < n; j++) {
+                MemorySegment.copy(b, F, (bOff + (long) j * ldb) * Float.BYTES, t, 0, k);
+                for (int p = 0; p < k; p++) {
+                    bh[p][j] = t[p];
+                }
+            }
+        }
+        // ROWS rows of C at a time, each B row read once for all of them
+        final float[][] cr = s.rows;
+        final float[][] ar = s.a;
+        for (int i0 = 0; i0 < m; i0 += ROWS) {
+            final int rows = Math.min(ROWS, m - i0);
+            for (int r = 0; r < rows; r++) {
+                final float[] row = cr[r];
+                final long ci = cOff + (long) (i0 + r) * ldc;
+                if (beta == 0f) {
+                    java.util.Arrays.fill(row, 0, n, 0f);
+                } else {
+                    MemorySegment.copy(c, F, ci * Float.BYTES, row, 0, n);
+                    for (int j = 0; j < n; j++) {
+                        row[j] = beta * row[j];
+                    }
+                }
+                // alpha · op(A) row i0 + r
+                final float[] ai = ar[r];
+                for (int p = 0; p < k; p++) {
+                    ai[p] = alpha * (ta == Transpose.NO ? a.getAtIndex(F, aOff + (long) (i0 + r) * lda + p)
+                            : a.getAtIndex(F, aOff + (long) p * lda + i0 + r));
+                }
+            }
+            if (rows == ROWS) {
+                final float[] a0 = ar[0];
+                final float[] a1 = ar[1];
+                final float[] a2 = ar[2];
+                final float[] a3 = ar[3];
+                for (int p = 0; p < k; p++) {
+                    axpy4(cr[0], cr[1], cr[2], cr[3], bh[p], n, a0[p], a1[p], a2[p], a3[p]);
+                }
+            } else {
+                for (int r = 0; r < rows; r++) {
+                    final float[] ai = ar[r];
+                    for (int p = 0; p < k; p++) {
+                        axpy(cr[r], bh[p], n, ai[p]);
+                    }
+                }
+            }
+            for (int r = 0; r < rows; r++) {
+                MemorySegment.copy(cr[r], 0, c, F, (cOff + (long) (i0 + r) * ldc) * Float.BYTES, n);
+            }
+        }
+    }
+
+    /** {@code y[j] += a · x[j]} for {@code j < n}. */
+    private static void axpy(float[] y, float[] x, int n, float a) {
+        for (int j = 0; j < n; j++) {
+            y[j] += a * x[j];
+        }
+    }
+
+    /** {@link #axpy} into four rows from one row of B. */
+    private static void axpy4(float[] y0, float[] y1, float[] y2, float[] y3, float[] x, int n, float a0, float a1,
+                              float a2, float a3) {
+        for (int j = 0; j < n; j++) {
+            float xj = x[j];
+            y0[j] += a0 * xj;
+            y1[j] += a1 * xj;
+            y2[j] += a2 * xj;
+            y3[j] += a3 * xj;
+        }
+    }
+
+    /** The same sums over the segments in place, for an op(B) too large to copy. */
+    private static void plain(Transpose ta, Transpose tb, int m, int n, int k, float alpha,
+                              MemorySegment a, long aOff, int lda, MemorySegment b, long bOff, int ldb,
+                              float beta, MemorySegment c, long cOff, int ldc) {
         for (int i = 0; i < m; i++) {
             long ci = cOff + (long) i * ldc;
             for (int j = 0; j < n; j++) {

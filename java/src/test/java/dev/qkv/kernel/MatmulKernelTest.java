@@ -129,6 +129,69 @@ class MatmulKernelTest {
         }
     }
 
+    /**
+     * The scalar kernel copies op(B) to the heap and accumulates four rows of C at a time; its sums must still be
+     * the plain float loop's, bit for bit: {@code beta · c}, then {@code + (alpha · a_ip) · b_pj} for p in order.
+     * Every case of {@link #cases} (all transposes, row counts that are and are not multiples of four, k = 0).
+     */
+    @ParameterizedTest(name = "{1}")
+    @MethodSource("cases")
+    void javaScalarHasThePlainFloatLoopsBits(MatmulKernel kernel, Case c) {
+        if (kernel != MatmulKernel.javaScalar()) {
+            return;
+        }
+        try (Arena arena = Arena.ofConfined()) {
+            Random r = new Random(c.seed());
+            int aRows = c.ta() == Transpose.NO ? c.m() : c.k();
+            int aCols = c.ta() == Transpose.NO ? c.k() : c.m();
+            int bRows = c.tb() == Transpose.NO ? c.k() : c.n();
+            int bCols = c.tb() == Transpose.NO ? c.n() : c.k();
+            int lda = Math.max(1, aCols + c.padA());
+            int ldb = Math.max(1, bCols + c.padB());
+            int ldc = c.n() + c.padC();
+            MemorySegment a = random(arena, r, c.offA() + (long) aRows * lda);
+            MemorySegment b = random(arena, r, c.offB() + (long) bRows * ldb);
+            MemorySegment cs = random(arena, r, c.offC() + (long) c.m() * ldc);
+            float[] before = cs.toArray(ValueLayout.JAVA_FLOAT);
+            kernel.matmul(c.ta(), c.tb(), c.m(), c.n(), c.k(), c.alpha(), a, c.offA(), lda, b, c.offB(), ldb,
+                    c.beta(), cs, c.offC(), ldc);
+            for (int i = 0; i < c.m(); i++) {
+                for (int j = 0; j < c.n(); j++) {
+                    long at = c.offC() + (long) i * ldc + j;
+                    float want = c.beta() == 0 ? 0f : c.beta() * before[(int) at];
+                    for (int p = 0; p < c.k(); p++) {
+                        float x = a.getAtIndex(F, c.offA() + (c.ta() == Transpose.NO ? (long) i * lda + p : (long) p * lda + i));
+                        float y = b.getAtIndex(F, c.offB() + (c.tb() == Transpose.NO ? (long) p * ldb + j : (long) j * ldb + p));
+                        want = want + (c.alpha() * x) * y;
+                    }
+                    float got = cs.getAtIndex(F, at);
+                    if (Float.floatToRawIntBits(got) != Float.floatToRawIntBits(want)) {
+                        fail(c + ": [" + i + ", " + j + "] got " + got + ", the plain loop " + want);
+                    }
+                }
+            }
+        }
+    }
+
+    /**
+     * The scalar kernel's heap copies are per thread and grown once: in steady state its calls allocate nothing
+     * (both B layouts, a row count that is not a multiple of four, beta 0 and 1).
+     */
+    @org.junit.jupiter.api.Test
+    void javaScalarSteadyStateAllocatesNothing() {
+        try (Arena arena = Arena.ofConfined()) {
+            Random r = new Random(7);
+            MemorySegment a = random(arena, r, 37 * 64);
+            MemorySegment b = random(arena, r, 70 * 64);
+            MemorySegment c = random(arena, r, 37 * 70);
+            MatmulKernel k = MatmulKernel.javaScalar();
+            dev.qkv.attention.Allocations.assertSteadyStateAllocatesNothing("javaScalar matmul", () -> {
+                k.matmul(Transpose.NO, Transpose.YES, 37, 70, 64, 0.5f, a, 0, 64, b, 0, 64, 0f, c, 0, 70);
+                k.matmul(Transpose.NO, Transpose.NO, 37, 64, 70, 0.01f, c, 0, 70, b, 0, 64, 1f, a, 0, 64);
+            });
+        }
+    }
+
     private static MemorySegment random(Arena arena, Random r, long floats) {
         MemorySegment s = arena.allocate(Math.max(1, floats) * Float.BYTES, 64);
         for (long i = 0; i < floats; i++) {
