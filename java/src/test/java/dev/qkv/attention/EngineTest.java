@@ -155,13 +155,8 @@ class EngineTest {
                 Tensor b = Tensor.allocate(arena, 1, 8, lq, 64);
                 one.sdpa(q, k, v, a, o);
                 two.sdpa(q, k, v, b, o);
-                float[] x = a.toArray();
                 float[] y = b.toArray();
-                for (int i = 0; i < x.length; i++) {
-                    if (Float.floatToRawIntBits(x[i]) != Float.floatToRawIntBits(y[i])) {
-                        fail(plan + ": element " + i + " differs between 1 and 2 threads: " + x[i] + " vs " + y[i]);
-                    }
-                }
+                assertSameBits(plan + ", 1 and 2 threads", a.toArray(), y);
                 check(plan, y, ref.toArray(), 64, 4.0 * (64 + lq) * 0x1p-24);
             }
         }
@@ -225,12 +220,7 @@ class EngineTest {
         one.sdpa(q, k, v, a, o);
         two.sdpa(q, k, v, b, o);
         float[] x = a.toArray();
-        float[] y = b.toArray();
-        for (int i = 0; i < x.length; i++) {
-            if (Float.floatToRawIntBits(x[i]) != Float.floatToRawIntBits(y[i])) {
-                fail(plan1 + " / " + plan2 + ": element " + i + " differs: " + x[i] + " vs " + y[i]);
-            }
-        }
+        assertSameBits(plan1 + " / " + plan2, x, b.toArray());
         check(plan1, x, want, (int) v.size(3), 4.0 * (q.size(3) + k.size(2)) * 0x1p-24);
     }
 
@@ -290,6 +280,16 @@ class EngineTest {
     }
 
     /** workspaceBytes + heapScratchBytes of a plan line. */
+    /** Fails, naming the first differing element, unless {@code x} and {@code y} hold the same bits. */
+    private static void assertSameBits(String context, float[] x, float[] y) {
+        assertEquals(x.length, y.length, context);
+        for (int i = 0; i < x.length; i++) {
+            if (Float.floatToRawIntBits(x[i]) != Float.floatToRawIntBits(y[i])) {
+                fail(context + ": element " + i + " differs: " + x[i] + " vs " + y[i]);
+            }
+        }
+    }
+
     /** The value of {@code name=...} in a plan line. */
     private static long planField(String plan, String name) {
         for (String part : plan.split(" ")) {

@@ -65,6 +65,26 @@ class MatmulKernelTest {
         return out.stream();
     }
 
+    /** A case's operands: random A, B and C with their leading dimensions and offsets. */
+    record Operands(MemorySegment a, int lda, MemorySegment b, int ldb, MemorySegment c, int ldc) {
+    }
+
+    static Operands operands(Arena arena, Case c) {
+        Random r = new Random(c.seed());
+        // stored shapes: A [m, k] or [k, m]; B [k, n] or [n, k]; C [m, n]
+        int aRows = c.ta() == Transpose.NO ? c.m() : c.k();
+        int aCols = c.ta() == Transpose.NO ? c.k() : c.m();
+        int bRows = c.tb() == Transpose.NO ? c.k() : c.n();
+        int bCols = c.tb() == Transpose.NO ? c.n() : c.k();
+        int lda = Math.max(1, aCols + c.padA());
+        int ldb = Math.max(1, bCols + c.padB());
+        int ldc = c.n() + c.padC();
+        MemorySegment a = random(arena, r, c.offA() + (long) aRows * lda);
+        MemorySegment b = random(arena, r, c.offB() + (long) bRows * ldb);
+        MemorySegment cs = random(arena, r, c.offC() + (long) c.m() * ldc);
+        return new Operands(a, lda, b, ldb, cs, ldc);
+    }
+
     /** The cases of {@link #cases} for the scalar kernel. */
     static Stream<Arguments> scalarCases() {
         return cases().filter(a -> ((Named<?>) a.get()[0]).getPayload() == MatmulKernel.javaScalar());
@@ -74,18 +94,13 @@ class MatmulKernelTest {
     @MethodSource("cases")
     void matchesNaiveLoop(MatmulKernel kernel, Case c) {
         try (Arena arena = Arena.ofConfined()) {
-            Random r = new Random(c.seed());
-            // stored shapes: A [m, k] or [k, m]; B [k, n] or [n, k]; C [m, n]
-            int aRows = c.ta() == Transpose.NO ? c.m() : c.k();
-            int aCols = c.ta() == Transpose.NO ? c.k() : c.m();
-            int bRows = c.tb() == Transpose.NO ? c.k() : c.n();
-            int bCols = c.tb() == Transpose.NO ? c.n() : c.k();
-            int lda = Math.max(1, aCols + c.padA());
-            int ldb = Math.max(1, bCols + c.padB());
-            int ldc = c.n() + c.padC();
-            MemorySegment a = random(arena, r, c.offA() + (long) aRows * lda);
-            MemorySegment b = random(arena, r, c.offB() + (long) bRows * ldb);
-            MemorySegment cs = random(arena, r, c.offC() + (long) c.m() * ldc);
+            Operands o = operands(arena, c);
+            MemorySegment a = o.a();
+            MemorySegment b = o.b();
+            MemorySegment cs = o.c();
+            int lda = o.lda();
+            int ldb = o.ldb();
+            int ldc = o.ldc();
             float[] before = cs.toArray(ValueLayout.JAVA_FLOAT);
             if (c.beta() == 0) {
                 // with beta = 0 the old C is ignored, even NaN
@@ -143,30 +158,20 @@ class MatmulKernelTest {
     @MethodSource("scalarCases")
     void javaScalarHasThePlainFloatLoopsBits(MatmulKernel kernel, Case c) {
         try (Arena arena = Arena.ofConfined()) {
-            Random r = new Random(c.seed());
-            int aRows = c.ta() == Transpose.NO ? c.m() : c.k();
-            int aCols = c.ta() == Transpose.NO ? c.k() : c.m();
-            int bRows = c.tb() == Transpose.NO ? c.k() : c.n();
-            int bCols = c.tb() == Transpose.NO ? c.n() : c.k();
-            int lda = Math.max(1, aCols + c.padA());
-            int ldb = Math.max(1, bCols + c.padB());
-            int ldc = c.n() + c.padC();
-            MemorySegment a = random(arena, r, c.offA() + (long) aRows * lda);
-            MemorySegment b = random(arena, r, c.offB() + (long) bRows * ldb);
-            MemorySegment cs = random(arena, r, c.offC() + (long) c.m() * ldc);
-            float[] before = cs.toArray(ValueLayout.JAVA_FLOAT);
-            kernel.matmul(c.ta(), c.tb(), c.m(), c.n(), c.k(), c.alpha(), a, c.offA(), lda, b, c.offB(), ldb,
-                    c.beta(), cs, c.offC(), ldc);
+            Operands o = operands(arena, c);
+            float[] before = o.c().toArray(ValueLayout.JAVA_FLOAT);
+            kernel.matmul(c.ta(), c.tb(), c.m(), c.n(), c.k(), c.alpha(), o.a(), c.offA(), o.lda(), o.b(), c.offB(),
+                    o.ldb(), c.beta(), o.c(), c.offC(), o.ldc());
             for (int i = 0; i < c.m(); i++) {
                 for (int j = 0; j < c.n(); j++) {
-                    long at = c.offC() + (long) i * ldc + j;
+                    long at = c.offC() + (long) i * o.ldc() + j;
                     float want = c.beta() == 0 ? 0f : c.beta() * before[(int) at];
                     for (int p = 0; p < c.k(); p++) {
-                        float x = a.getAtIndex(F, c.offA() + (c.ta() == Transpose.NO ? (long) i * lda + p : (long) p * lda + i));
-                        float y = b.getAtIndex(F, c.offB() + (c.tb() == Transpose.NO ? (long) p * ldb + j : (long) j * ldb + p));
-                        want = want + (c.alpha() * x) * y;
+                        long x = c.offA() + (c.ta() == Transpose.NO ? (long) i * o.lda() + p : (long) p * o.lda() + i);
+                        long y = c.offB() + (c.tb() == Transpose.NO ? (long) p * o.ldb() + j : (long) j * o.ldb() + p);
+                        want = want + (c.alpha() * o.a().getAtIndex(F, x)) * o.b().getAtIndex(F, y);
                     }
-                    float got = cs.getAtIndex(F, at);
+                    float got = o.c().getAtIndex(F, at);
                     if (Float.floatToRawIntBits(got) != Float.floatToRawIntBits(want)) {
                         fail(c + ": [" + i + ", " + j + "] got " + got + ", the plain loop " + want);
                     }
