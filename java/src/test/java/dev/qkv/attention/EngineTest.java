@@ -279,7 +279,6 @@ class EngineTest {
         return Stream.of(Backend.NATIVE, Backend.JAVA).map(b -> Named.of(b.cliName(), b));
     }
 
-    /** workspaceBytes + heapScratchBytes of a plan line. */
     /** Fails, naming the first differing element, unless {@code x} and {@code y} hold the same bits. */
     private static void assertSameBits(String context, float[] x, float[] y) {
         assertEquals(x.length, y.length, context);
@@ -300,6 +299,7 @@ class EngineTest {
         throw new AssertionError(name + " not in " + plan);
     }
 
+    /** workspaceBytes + heapScratchBytes of a plan line. */
     private static long scratch(String plan) {
         long sum = 0;
         for (String part : plan.split(" ")) {

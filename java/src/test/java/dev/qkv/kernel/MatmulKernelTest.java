@@ -1,7 +1,9 @@
 package dev.qkv.kernel;
 
+import dev.qkv.attention.Allocations;
 import dev.qkv.blas.Transpose;
 import org.junit.jupiter.api.Named;
+import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
@@ -184,7 +186,7 @@ class MatmulKernelTest {
      * The scalar kernel's heap copies are per thread and grown once: in steady state its calls allocate nothing
      * (both B layouts, a row count that is not a multiple of four, beta 0 and 1).
      */
-    @org.junit.jupiter.api.Test
+    @Test
     void javaScalarSteadyStateAllocatesNothing() {
         try (Arena arena = Arena.ofConfined()) {
             Random r = new Random(7);
@@ -192,7 +194,7 @@ class MatmulKernelTest {
             MemorySegment b = random(arena, r, 70 * 64);
             MemorySegment c = random(arena, r, 37 * 70);
             MatmulKernel k = MatmulKernel.javaScalar();
-            dev.qkv.attention.Allocations.assertSteadyStateAllocatesNothing("javaScalar matmul", () -> {
+            Allocations.assertSteadyStateAllocatesNothing("javaScalar matmul", () -> {
                 k.matmul(Transpose.NO, Transpose.YES, 37, 70, 64, 0.5f, a, 0, 64, b, 0, 64, 0f, c, 0, 70);
                 k.matmul(Transpose.NO, Transpose.NO, 37, 64, 70, 0.01f, c, 0, 70, b, 0, 64, 1f, a, 0, 64);
             });
