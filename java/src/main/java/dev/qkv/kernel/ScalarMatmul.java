@@ -7,16 +7,21 @@ import java.lang.foreign.ValueLayout;
 
 /**
  * The pure-Java matrix product with float accumulation, for JVMs without the Vector API. {@code op(B)} is copied
- * row-major to a per-thread heap array once per call (k·n floats, against the product's m·n·k), and each row of
- * C is accumulated in a heap row by {@code row[j] += a_ip · b[p][j]}: unit-stride loops over arrays, which C2
- * compiles to vector instructions itself. The additions are those of the plain triple loop, in the same order
- * ({@code beta · c}, then one product per p), so the bits are too.
+ * row-major to per-thread heap arrays once per call (k·n floats, against the product's m·n·k; in blocks of
+ * columns when large), and four rows of C at a time are accumulated in heap rows by
+ * {@code row[j] += a_ip · b[p][j]}: unit-stride loops over arrays, which C2 compiles to vector instructions
+ * itself. The additions are those of the plain triple loop, in the same order ({@code beta · c}, then one product
+ * per p), so the bits are too.
  */
 final class ScalarMatmul extends MatmulKernel {
     static final ScalarMatmul INSTANCE = new ScalarMatmul();
     private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
-    /** Largest op(B) copied to the heap (64 MiB); a larger one runs the plain loops over the segments. */
-    private static final long MAX_COPY = 16L << 20;
+    /**
+     * Most floats of op(B) copied to the heap at once (4 MiB per thread, kept for the thread's life): wider
+     * products take their columns in blocks of that size; a reduction longer than this runs the plain loops over
+     * the segments.
+     */
+    private static final int MAX_COPY = 1 << 20;
 
     /** Rows of C accumulated together. */
     private static final int ROWS = 4;
@@ -72,23 +77,34 @@ final class ScalarMatmul extends MatmulKernel {
     protected void kernel(Transpose ta, Transpose tb, int m, int n, int k, float alpha,
                           MemorySegment a, long aOff, int lda, MemorySegment b, long bOff, int ldb,
                           float beta, MemorySegment c, long cOff, int ldc) {
-        if ((long) k * n > MAX_COPY) {
+        if (k > MAX_COPY) {
             plain(ta, tb, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
             return;
         }
+        // columns of C in blocks whose op(B) fits the copy; every element of C is still one chain of sums
+        final int nc = (int) Math.min(n, MAX_COPY / Math.max(k, 1));
         final Scratch s = SCRATCH.get();
-        s.ensure(k, n);
+        s.ensure(k, nc);
+        for (int j0 = 0; j0 < n; j0 += nc) {
+            columns(s, ta, tb, m, j0, Math.min(nc, n - j0), k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
+        }
+    }
+
+    /** Columns {@code [j0, j0 + w)} of C, with op(B)'s columns copied to {@code s.b}. */
+    private static void columns(Scratch s, Transpose ta, Transpose tb, int m, int j0, int w, int k, float alpha,
+                                MemorySegment a, long aOff, int lda, MemorySegment b, long bOff, int ldb,
+                                float beta, MemorySegment c, long cOff, int ldc) {
         final float[][] bh = s.b;
-        // op(B) [k, n] row-major
+        // op(B) [k, w] row-major
         if (tb == Transpose.NO) {
             for (int p = 0; p < k; p++) {
-                MemorySegment.copy(b, F, (bOff + (long) p * ldb) * Float.BYTES, bh[p], 0, n);
+                MemorySegment.copy(b, F, (bOff + (long) p * ldb + j0) * Float.BYTES, bh[p], 0, w);
             }
         } else if (k > 0) {
             // (with k = 0 the rows of B are empty, and their offsets may lie past the segment)
             final float[] t = s.tmp;
-            for (int j = 0; j < n; j++) {
-                MemorySegment.copy(b, F, (bOff + (long) j * ldb) * Float.BYTES, t, 0, k);
+            for (int j = 0; j < w; j++) {
+                MemorySegment.copy(b, F, (bOff + (long) (j0 + j) * ldb) * Float.BYTES, t, 0, k);
                 for (int p = 0; p < k; p++) {
                     bh[p][j] = t[p];
                 }
@@ -101,12 +117,12 @@ final class ScalarMatmul extends MatmulKernel {
             final int rows = Math.min(ROWS, m - i0);
             for (int r = 0; r < rows; r++) {
                 final float[] row = cr[r];
-                final long ci = cOff + (long) (i0 + r) * ldc;
+                final long ci = cOff + (long) (i0 + r) * ldc + j0;
                 if (beta == 0f) {
-                    java.util.Arrays.fill(row, 0, n, 0f);
+                    java.util.Arrays.fill(row, 0, w, 0f);
                 } else {
-                    MemorySegment.copy(c, F, ci * Float.BYTES, row, 0, n);
-                    for (int j = 0; j < n; j++) {
+                    MemorySegment.copy(c, F, ci * Float.BYTES, row, 0, w);
+                    for (int j = 0; j < w; j++) {
                         row[j] = beta * row[j];
                     }
                 }
@@ -123,18 +139,18 @@ final class ScalarMatmul extends MatmulKernel {
                 final float[] a2 = ar[2];
                 final float[] a3 = ar[3];
                 for (int p = 0; p < k; p++) {
-                    axpy4(cr[0], cr[1], cr[2], cr[3], bh[p], n, a0[p], a1[p], a2[p], a3[p]);
+                    axpy4(cr[0], cr[1], cr[2], cr[3], bh[p], w, a0[p], a1[p], a2[p], a3[p]);
                 }
             } else {
                 for (int r = 0; r < rows; r++) {
                     final float[] ai = ar[r];
                     for (int p = 0; p < k; p++) {
-                        axpy(cr[r], bh[p], n, ai[p]);
+                        axpy(cr[r], bh[p], w, ai[p]);
                     }
                 }
             }
             for (int r = 0; r < rows; r++) {
-                MemorySegment.copy(cr[r], 0, c, F, (cOff + (long) (i0 + r) * ldc) * Float.BYTES, n);
+                MemorySegment.copy(cr[r], 0, c, F, (cOff + (long) (i0 + r) * ldc + j0) * Float.BYTES, w);
             }
         }
     }

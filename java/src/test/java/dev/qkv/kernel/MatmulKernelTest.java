@@ -159,6 +159,25 @@ class MatmulKernelTest {
     @ParameterizedTest(name = "{1}")
     @MethodSource("scalarCases")
     void javaScalarHasThePlainFloatLoopsBits(MatmulKernel kernel, Case c) {
+        assertPlainLoopBits(kernel, c);
+    }
+
+    /**
+     * The same for products past the scalar kernel's 4 MiB copy of op(B): columns in two blocks (k·n over 2^20
+     * floats), and a reduction longer than 2^20 (the plain loops), both B layouts.
+     */
+    @Test
+    void javaScalarWideAndLongProductsHaveThePlainFloatLoopsBits() {
+        for (Transpose tb : Transpose.values()) {
+            assertPlainLoopBits(MatmulKernel.javaScalar(),
+                    new Case(31, Transpose.NO, tb, 5, 16411, 70, 0, 3, 0, 0, 0, 5, 0.5f, 1f));
+            assertPlainLoopBits(MatmulKernel.javaScalar(),
+                    new Case(32, Transpose.YES, tb, 2, 3, (1 << 20) + 7, 0, 0, 0, 0, 0, 0, 1f, 0f));
+        }
+    }
+
+    /** Runs case {@code c} and compares every element of C with the plain float loop, bit for bit. */
+    private static void assertPlainLoopBits(MatmulKernel kernel, Case c) {
         try (Arena arena = Arena.ofConfined()) {
             Operands o = operands(arena, c);
             float[] before = o.c().toArray(ValueLayout.JAVA_FLOAT);
