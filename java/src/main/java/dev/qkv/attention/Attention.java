@@ -826,8 +826,7 @@ public final class Attention {
             }
             boolean online = false;
             for (int blk = hi - 1; blk >= lo; blk--) {
-                int i0 = blk * tileRows;
-                if (keysFor(i0, Math.min(tileRows, lq - i0)) > keyBlock) {
+                if (keysOf(blk) > keyBlock) {
                     online = true;
                 } else {
                     runBlock(s, ws, base, bh, blk);
@@ -838,10 +837,8 @@ public final class Attention {
                 int h = bh % hq;
                 runOnline(s, ws, base, b, h, lo, hi);
                 for (int blk = lo; blk < hi; blk++) {
-                    int i0 = blk * tileRows;
-                    int rows = Math.min(tileRows, lq - i0);
-                    if (keysFor(i0, rows) > keyBlock) {
-                        redoNaNRows(s, b, h, i0, rows);
+                    if (keysOf(blk) > keyBlock) {
+                        redoNaNRows(s, b, h, blk * tileRows, rowsOf(blk));
                     }
                 }
             }
@@ -855,8 +852,7 @@ public final class Attention {
             } else {
                 runGeneric(s, ws, base, b, h, blk);
             }
-            int i0 = blk * tileRows;
-            redoNaNRows(s, b, h, i0, Math.min(tileRows, lq - i0));
+            redoNaNRows(s, b, h, blk * tileRows, rowsOf(blk));
         }
 
         /**
@@ -908,6 +904,16 @@ public final class Attention {
             ReferenceAttention.row(q, k, v, out, options, b, h, i, s.exactScores);
         }
 
+        /** Query rows of block {@code blk}: {@link #tileRows}, fewer in the last. */
+        private int rowsOf(int blk) {
+            return Math.min(tileRows, lq - blk * tileRows);
+        }
+
+        /** Keys that some row of block {@code blk} may see ({@link #keysFor}). */
+        private int keysOf(int blk) {
+            return keysFor(blk * tileRows, rowsOf(blk));
+        }
+
         private int keysFor(int i0, int rows) {
             // keys any row of this block may see: causal rows end at i + (Lk - Lq)
             return causal ? clamp((long) i0 + rows + (lk - lq), 0, lk) : lk;
@@ -933,7 +939,7 @@ public final class Attention {
 
         private void runGeneric(Scratch s, MemorySegment ws, long base, int b, int h, int blk) {
             final int i0 = blk * tileRows;
-            final int rows = Math.min(tileRows, lq - i0);
+            final int rows = rowsOf(blk);
             final MatmulKernel mm = owner.matmul;
             genericOperands(s, ws, base, b, h);
             final Operand qo = s.qo;
@@ -1174,7 +1180,7 @@ public final class Attention {
             final PackedKernels pk = owner.packed;
             final int g = h / group;
             final int i0 = blk * tileRows;
-            final int rows = Math.min(tileRows, lq - i0);
+            final int rows = rowsOf(blk);
             final long outHead = out.offset() + b * out.stride(0) + h * out.stride(1);
             final int ldo = (int) ld(out.stride(2), dv);
             final long outRows = outHead + i0 * out.stride(2);
@@ -1287,13 +1293,12 @@ public final class Attention {
             final int ldo = packOut ? dv : (int) ld(out.stride(2), dv);
             final long maskHead = mOff + b * ms0 + h * ms1;
             // the span's last block sees the most keys (causal rows see more keys further down)
-            final int last = (hi - 1) * tileRows;
-            final int spanKeys = keysFor(last, Math.min(tileRows, lq - last));
+            final int spanKeys = keysOf(hi - 1);
             for (int j0 = 0; j0 < spanKeys; j0 += keyBlock) {
                 for (int blk = lo; blk < hi; blk++) {
                     final int i0 = blk * tileRows;
-                    final int rows = Math.min(tileRows, lq - i0);
-                    final int keys = keysFor(i0, rows);
+                    final int rows = rowsOf(blk);
+                    final int keys = keysOf(blk);
                     if (keys <= keyBlock || j0 >= keys) {
                         // one key block: runBlock's single pass; or no keys left for this block
                         continue;
@@ -1309,11 +1314,9 @@ public final class Attention {
                 }
             }
             for (int blk = lo; blk < hi; blk++) {
-                final int i0 = blk * tileRows;
-                final int rows = Math.min(tileRows, lq - i0);
-                if (keysFor(i0, rows) > keyBlock) {
-                    onlineFinish(rows, sum, (blk - lo) * tileRows, s.rowScale, outSeg,
-                            packOut ? base + outPackAt : outHead + i0 * out.stride(2), ldo);
+                if (keysOf(blk) > keyBlock) {
+                    onlineFinish(rowsOf(blk), sum, (blk - lo) * tileRows, s.rowScale, outSeg,
+                            packOut ? base + outPackAt : outHead + (long) blk * tileRows * out.stride(2), ldo);
                 }
             }
         }
