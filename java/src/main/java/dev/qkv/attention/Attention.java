@@ -868,7 +868,7 @@ public final class Attention {
         private void redoNaNRows(Scratch s, int b, int h, int i0, int rows) {
             final Tensor o = out;
             final MemorySegment os = o.segment();
-            final long row0 = o.offset() + b * o.stride(0) + h * o.stride(1);
+            final long row0 = headAt(o, b, h);
             final long cs = o.stride(3);
             if (cs == 1 && !owner.rows.anyNaN(os, row0 + (long) i0 * o.stride(2), o.stride(2), rows, dv)) {
                 // the usual case, in one pass over the block
@@ -945,7 +945,7 @@ public final class Attention {
             final Operand qo = s.qo;
             final Operand ko = s.ko;
             final Operand vo = s.vo;
-            final long outHead = out.offset() + b * out.stride(0) + h * out.stride(1);
+            final long outHead = headAt(out, b, h);
             final long maskHead = mOff + b * ms0 + h * ms1;
             final int keys = keysFor(i0, rows);
             final long outRows = packOut ? base + outPackAt : outHead + i0 * out.stride(2);
@@ -1111,7 +1111,7 @@ public final class Attention {
             final int h0 = g * group;
             if (keys == 0) {
                 for (int hh = 0; hh < group; hh++) {
-                    zeroRows(outSeg, out.offset() + b * out.stride(0) + (h0 + hh) * out.stride(1), rows, dv, ldo);
+                    zeroRows(outSeg, headAt(out, b, h0 + hh), rows, dv, ldo);
                 }
                 return;
             }
@@ -1120,10 +1120,10 @@ public final class Attention {
             }
             final float[] inv = s.groupScale;
             for (int hh = 0; hh < group; hh++) {
-                scaledQRows(s, hh * rows, q.offset() + b * q.stride(0) + (h0 + hh) * q.stride(1), rows);
+                scaledQRows(s, hh * rows, headAt(q, b, h0 + hh), rows);
             }
-            final long kBase = k.offset() + b * k.stride(0) + g * k.stride(1);
-            final long vBase = v.offset() + b * v.stride(0) + g * v.stride(1);
+            final long kBase = headAt(k, b, g);
+            final long vBase = headAt(v, b, g);
             final int ldk = (int) ld(k.stride(2), dk);
             final int ldv = (int) ld(v.stride(2), dv);
             final int kb = groupKeyBlock(dk, dv);
@@ -1143,7 +1143,7 @@ public final class Attention {
             for (int j0 = 0; j0 < keys; j0 += kb) {
                 int nk = Math.min(kb, keys - j0);
                 for (int hh = 0; hh < group; hh++) {
-                    long outRows = out.offset() + b * out.stride(0) + (h0 + hh) * out.stride(1);
+                    long outRows = headAt(out, b, h0 + hh);
                     pk.axpyRowsBlock(ws, base + hh * headFloats + j0, keys, rows, v.segment(),
                             vBase + (long) j0 * ldv, ldv, nk, dv, j0 == 0, j0 + nk >= keys, inv, hh * rows, outSeg,
                             outRows, ldo);
@@ -1152,8 +1152,7 @@ public final class Attention {
             for (int hh = 0; hh < group; hh++) {
                 int h = h0 + hh;
                 System.arraycopy(inv, hh * rows, s.rowScale, 0, rows);
-                zeroMaskedRows(s.rowScale, rows, outSeg, out.offset() + b * out.stride(0) + h * out.stride(1), dv,
-                        ldo);
+                zeroMaskedRows(s.rowScale, rows, outSeg, headAt(out, b, h), dv, ldo);
                 redoNaNRows(s, b, h, 0, rows);
             }
         }
@@ -1181,7 +1180,7 @@ public final class Attention {
             final int g = h / group;
             final int i0 = blk * tileRows;
             final int rows = rowsOf(blk);
-            final long outHead = out.offset() + b * out.stride(0) + h * out.stride(1);
+            final long outHead = headAt(out, b, h);
             final int ldo = (int) ld(out.stride(2), dv);
             final long outRows = outHead + i0 * out.stride(2);
             final MemorySegment outSeg = out.segment();
@@ -1191,12 +1190,12 @@ public final class Attention {
                 zeroRows(outSeg, outRows, rows, dv, ldo);
                 return;
             }
-            final long qBase = q.offset() + b * q.stride(0) + h * q.stride(1);
+            final long qBase = headAt(q, b, h);
             final float[] inv = s.rowScale;
             if (small) {
                 // few queries: dot products and row updates straight from memory, nothing to pack
-                final long kBase = k.offset() + b * k.stride(0) + g * k.stride(1);
-                final long vBase = v.offset() + b * v.stride(0) + g * v.stride(1);
+                final long kBase = headAt(k, b, g);
+                final long vBase = headAt(v, b, g);
                 scaledQRows(s, 0, qBase + i0 * q.stride(2), rows);
                 pk.dotRows(s.qBuf, 0, dk, rows, k.segment(), kBase, (int) ld(k.stride(2), dk), keys, dk,
                         ws, base, keys);
@@ -1237,8 +1236,8 @@ public final class Attention {
             final PackedKernels pk = owner.packed;
             long kvHead = ((long) b * hkv + g);
             if (s.packedCall != callId || s.packedHead != kvHead) {
-                final long kBase = k.offset() + b * k.stride(0) + g * k.stride(1);
-                final long vBase = v.offset() + b * v.stride(0) + g * v.stride(1);
+                final long kBase = headAt(k, b, g);
+                final long vBase = headAt(v, b, g);
                 s.kPack.ensure(pk.packedSize(dk, lk));
                 s.vPack.ensure(pk.packedSize(lk, dv));
                 boolean kRow = rowMajorOk(k);
@@ -1287,7 +1286,7 @@ public final class Attention {
             java.util.Arrays.fill(max, 0, n, Float.NEGATIVE_INFINITY);
             java.util.Arrays.fill(sum, 0, n, 0f);
             java.util.Arrays.fill(s.qScale, 0, tileRows, scale);
-            final long outHead = out.offset() + b * out.stride(0) + h * out.stride(1);
+            final long outHead = headAt(out, b, h);
             // the generic engine packs a block's output rows when out has no unit stride (a span is then one block)
             final MemorySegment outSeg = packOut ? ws : out.segment();
             final int ldo = packOut ? dv : (int) ld(out.stride(2), dv);
@@ -1334,7 +1333,7 @@ public final class Attention {
             final int nk = Math.min(keyBlock, keys - j0);
             final boolean qRow = rowMajorOk(q);
             final int ldq = qRow ? (int) ld(q.stride(2), dk) : (int) ld(q.stride(3), lq);
-            final long qBase = q.offset() + b * q.stride(0) + h * q.stride(1);
+            final long qBase = headAt(q, b, h);
             final long qAt = qRow ? qBase + i0 * q.stride(2) : qBase + i0;
             // scores [rows, nk] = scale · q_block · kᵀ[:, j0, j0 + nk)
             pk.gemm(!qRow, q.segment(), qAt, ldq, rows, nk, dk, s.aBuf, s.kPack.array(), s.kAt, dk, lk, 0, j0,
@@ -1472,6 +1471,11 @@ public final class Attention {
                 && ld(t.stride(3), rows) <= Integer.MAX_VALUE;
     }
 
+    /** Float offset of head {@code h} of batch {@code b} in {@code t} (element [b, h, 0, 0]). */
+    private static long headAt(Tensor t, long b, long h) {
+        return t.offset() + b * t.stride(0) + h * t.stride(1);
+    }
+
     private static long ld(long stride, long n) {
         return Math.max(stride, Math.max(n, 1));
     }
@@ -1491,7 +1495,7 @@ public final class Attention {
 
     private static void unpackRows(MemorySegment ws, long at, Tensor out, int b, int h, int i0, int rows, int dv) {
         MemorySegment seg = out.segment();
-        long base = out.offset() + b * out.stride(0) + h * out.stride(1);
+        long base = headAt(out, b, h);
         for (int r = 0; r < rows; r++) {
             for (int d = 0; d < dv; d++) {
                 seg.setAtIndex(F, base + (long) (i0 + r) * out.stride(2) + d * out.stride(3),
@@ -1532,7 +1536,7 @@ public final class Attention {
      */
     private static void operand(Operand o, Tensor t, int b, int h, boolean copy, MemorySegment ws, long packAt,
                                 boolean pack) {
-        long base = t.offset() + b * t.stride(0) + h * t.stride(1);
+        long base = headAt(t, b, h);
         long rows = t.size(2);
         long cols = t.size(3);
         if (pack) {
