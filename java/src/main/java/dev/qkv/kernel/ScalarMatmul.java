@@ -41,10 +41,9 @@ final class ScalarMatmul extends MatmulKernel {
             if (b.length < k) {
                 b = java.util.Arrays.copyOf(b, k);
             }
-            int width = Math.max(n, rows[0].length);
             for (int p = 0; p < k; p++) {
                 if (b[p] == null || b[p].length < n) {
-                    b[p] = new float[width];
+                    b[p] = new float[n];
                 }
             }
             for (int r = 0; r < ROWS; r++) {
