@@ -1,0 +1,344 @@
+package dev.qkv.bench;
+
+import ai.onnxruntime.OnnxTensor;
+import ai.onnxruntime.OrtEnvironment;
+import ai.onnxruntime.OrtException;
+import ai.onnxruntime.OrtSession;
+import dev.qkv.attention.Attention;
+import dev.qkv.attention.Backend;
+import dev.qkv.attention.SdpaOptions;
+import dev.qkv.tensor.Tensor;
+import org.openjdk.jmh.annotations.Benchmark;
+import org.openjdk.jmh.annotations.BenchmarkMode;
+import org.openjdk.jmh.annotations.Fork;
+import org.openjdk.jmh.annotations.Level;
+import org.openjdk.jmh.annotations.Measurement;
+import org.openjdk.jmh.annotations.Mode;
+import org.openjdk.jmh.annotations.OutputTimeUnit;
+import org.openjdk.jmh.annotations.Param;
+import org.openjdk.jmh.annotations.Scope;
+import org.openjdk.jmh.annotations.Setup;
+import org.openjdk.jmh.annotations.State;
+import org.openjdk.jmh.annotations.TearDown;
+import org.openjdk.jmh.annotations.Warmup;
+
+import java.io.ByteArrayOutputStream;
+import java.lang.foreign.Arena;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.FloatBuffer;
+import java.nio.charset.StandardCharsets;
+import java.util.LinkedHashMap;
+import java.util.Map;
+import java.util.SplittableRandom;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * The peer issue 4 measures qkv against: ONNX Runtime for Java (CPU, MLAS kernels) running the same attention,
+ * so that both are measured on the same machine in the same period. Built only with {@code -Port} (the
+ * {@code ort} profile of bench/pom.xml, {@code make bench-ort}): ORT's jar is 75 MB, and the library never
+ * depends on it.
+ *
+ * <p>{@code graph} picks how ORT is asked for attention, since no single form is its fastest at every shape:
+ * <ul>
+ *   <li>{@code mha}: the {@code com.microsoft.MultiHeadAttention} contrib operator (ORT's own fused CPU
+ *       attention; inputs {@code [B, L, H·D]}, causal through {@code unidirectional});
+ *   <li>{@code attention}: the ONNX {@code Attention} operator of opset 23 ({@code [B, H, L, D]},
+ *       {@code is_causal});
+ *   <li>{@code matmul}: {@code MatMul(q, kᵀ)·scale (+ causal mask) → Softmax → MatMul(·, v)}, the unfused
+ *       graph (ORT folds the transpose and the scale into one {@code FusedMatMul}).
+ * </ul>
+ * The setup checks ORT's output against qkv's Java backend on the same inputs (max |difference| ≤ 1e-4, the
+ * inputs are uniform in [-1, 1)) and prints the difference, so a figure always belongs to a correct run.
+ * ORT's intra-op pool has {@code threads} threads and ORT's defaults otherwise (its workers spin between calls).
+ * The output is pinned, so a call allocates no output tensor.
+ */
+@State(Scope.Benchmark)
+@BenchmarkMode(Mode.AverageTime)
+@OutputTimeUnit(TimeUnit.MICROSECONDS)
+@Warmup(iterations = 3, time = 1)
+@Measurement(iterations = 5, time = 1)
+@Fork(value = 1, jvmArgsAppend = {"--enable-native-access=ALL-UNNAMED", "--add-modules", "jdk.incubator.vector"})
+public class OrtBench {
+
+    /** {@code BxHxLxD} as in {@link SdpaBench}, or {@code BxHxLqxLkxD} (the decode step: {@code 1x32x1x4096x128}). */
+    @Param({"1x1x128x64", "1x12x512x64", "1x8x2048x64", "1x1x4096x128", "1x32x1x4096x128"})
+    public String shape;
+
+    @Param({"mha", "attention", "matmul"})
+    public String graph;
+
+    @Param({"false", "true"})
+    public boolean causal;
+
+    @Param({"1", "2"})
+    public int threads;
+
+    private OrtSession session;
+    private final Map<String, OnnxTensor> inputs = new LinkedHashMap<>();
+    private Map<String, OnnxTensor> pinned;
+
+    @Setup(Level.Trial)
+    public void setup() throws OrtException {
+        String[] p = shape.split("x");
+        if (p.length != 4 && p.length != 5) {
+            throw new IllegalArgumentException("shape must be BxHxLxD or BxHxLqxLkxD: " + shape);
+        }
+        int b = Integer.parseInt(p[0]);
+        int h = Integer.parseInt(p[1]);
+        int lq = Integer.parseInt(p[2]);
+        int lk = Integer.parseInt(p[p.length - 2]);
+        int d = Integer.parseInt(p[p.length - 1]);
+        if (causal && lq != lk) {
+            throw new IllegalArgumentException("causal is measured only where Lq = Lk (the three graphs align a "
+                    + "causal mask differently when Lq < Lk): " + shape);
+        }
+        SplittableRandom r = new SplittableRandom(42);
+        float[] q = uniform(r, b * h * lq * d);
+        float[] k = uniform(r, b * h * lk * d);
+        float[] v = uniform(r, b * h * lk * d);
+
+        boolean bsnh = graph.equals("mha");
+        long[] qShape = bsnh ? new long[] {b, lq, (long) h * d} : new long[] {b, h, lq, d};
+        long[] kShape = bsnh ? new long[] {b, lk, (long) h * d} : new long[] {b, h, lk, d};
+        OrtEnvironment env = OrtEnvironment.getEnvironment();
+        inputs.put("q", tensor(env, bsnh ? toBsnh(q, b, h, lq, d) : q, qShape));
+        inputs.put("k", tensor(env, bsnh ? toBsnh(k, b, h, lk, d) : k, kShape));
+        inputs.put("v", tensor(env, bsnh ? toBsnh(v, b, h, lk, d) : v, kShape));
+        if (causal && graph.equals("matmul")) {
+            float[] mask = new float[lq * lk];
+            for (int i = 0; i < lq; i++) {
+                for (int j = i + 1; j < lk; j++) {
+                    mask[i * lk + j] = Float.NEGATIVE_INFINITY;
+                }
+            }
+            inputs.put("mask", tensor(env, mask, new long[] {lq, lk}));
+        }
+        OnnxTensor out = tensor(env, new float[b * h * lq * d], qShape);
+        pinned = Map.of("o", out);
+
+        OrtSession.SessionOptions options = new OrtSession.SessionOptions();
+        options.setIntraOpNumThreads(threads);
+        options.setInterOpNumThreads(1);
+        options.setExecutionMode(OrtSession.SessionOptions.ExecutionMode.SEQUENTIAL);
+        options.setOptimizationLevel(OrtSession.SessionOptions.OptLevel.ALL_OPT);
+        session = env.createSession(model(graph, b, h, lq, lk, d, causal), options);
+
+        session.run(inputs, pinned).close();
+        float[] ours = qkvJava(q, k, v, b, h, lq, lk, d);
+        float[] theirs = new float[ours.length];
+        out.getFloatBuffer().get(theirs);
+        if (bsnh) {
+            theirs = fromBsnh(theirs, b, h, lq, d);
+        }
+        double maxDiff = 0;
+        for (int i = 0; i < ours.length; i++) {
+            maxDiff = Math.max(maxDiff, Math.abs((double) ours[i] - theirs[i]));
+        }
+        System.out.println("# ort " + env.getVersion() + " graph=" + graph + " shape=" + shape
+                + (causal ? " causal" : "") + " intra_op_threads=" + threads + " flops="
+                + (long) (4.0 * b * h * lq * lk * d) + " max|ort - qkv java|=" + maxDiff);
+        if (!(maxDiff <= 1e-4)) {
+            throw new IllegalStateException("ORT's output differs from qkv's by " + maxDiff + " (graph " + graph
+                    + ", shape " + shape + ")");
+        }
+    }
+
+    @Benchmark
+    public Map<String, OnnxTensor> ort() throws OrtException {
+        session.run(inputs, pinned).close();
+        return pinned;
+    }
+
+    @TearDown(Level.Trial)
+    public void tearDown() throws OrtException {
+        session.close();
+        inputs.values().forEach(OnnxTensor::close);
+        pinned.values().forEach(OnnxTensor::close);
+    }
+
+    private float[] qkvJava(float[] q, float[] k, float[] v, int b, int h, int lq, int lk, int d) {
+        Attention attention = Attention.create(Backend.JAVA, threads);
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor tq = Tensor.allocate(arena, b, h, lq, d).copyFrom(q);
+            Tensor tk = Tensor.allocate(arena, b, h, lk, d).copyFrom(k);
+            Tensor tv = Tensor.allocate(arena, b, h, lk, d).copyFrom(v);
+            Tensor to = Tensor.allocate(arena, b, h, lq, d);
+            attention.sdpa(tq, tk, tv, to, causal ? SdpaOptions.CAUSAL : SdpaOptions.DEFAULT);
+            return to.toArray();
+        }
+    }
+
+    private static float[] uniform(SplittableRandom r, int n) {
+        float[] x = new float[n];
+        for (int i = 0; i < n; i++) {
+            x[i] = (float) (r.nextDouble() * 2 - 1);
+        }
+        return x;
+    }
+
+    /** A direct buffer, which ORT reads and writes in place. */
+    private static OnnxTensor tensor(OrtEnvironment env, float[] data, long[] shape) throws OrtException {
+        FloatBuffer buffer = ByteBuffer.allocateDirect(data.length * Float.BYTES).order(ByteOrder.nativeOrder())
+                .asFloatBuffer();
+        buffer.put(data).rewind();
+        return OnnxTensor.createTensor(env, buffer, shape);
+    }
+
+    /** {@code [B, H, L, D]} to {@code [B, L, H·D]}. */
+    private static float[] toBsnh(float[] x, int b, int h, int l, int d) {
+        float[] y = new float[x.length];
+        for (int bi = 0; bi < b; bi++) {
+            for (int hi = 0; hi < h; hi++) {
+                for (int li = 0; li < l; li++) {
+                    System.arraycopy(x, ((bi * h + hi) * l + li) * d, y, ((bi * l + li) * h + hi) * d, d);
+                }
+            }
+        }
+        return y;
+    }
+
+    /** {@code [B, L, H·D]} to {@code [B, H, L, D]}. */
+    private static float[] fromBsnh(float[] y, int b, int h, int l, int d) {
+        float[] x = new float[y.length];
+        for (int bi = 0; bi < b; bi++) {
+            for (int hi = 0; hi < h; hi++) {
+                for (int li = 0; li < l; li++) {
+                    System.arraycopy(y, ((bi * l + li) * h + hi) * d, x, ((bi * h + hi) * l + li) * d, d);
+                }
+            }
+        }
+        return x;
+    }
+
+    /** The ONNX model (a serialized {@code ModelProto}) of one attention call in the chosen graph. */
+    static byte[] model(String graph, int b, int h, int lq, int lk, int d, boolean causal) {
+        float scale = (float) (1 / Math.sqrt(d));
+        Proto g = new Proto();
+        boolean bsnh = false;
+        switch (graph) {
+            case "mha" -> {
+                bsnh = true;
+                g.message(1, node("MultiHeadAttention", "com.microsoft", new String[] {"q", "k", "v"}, "o",
+                        intAttribute("num_heads", h), floatAttribute("scale", scale),
+                        intAttribute("unidirectional", causal ? 1 : 0)));
+            }
+            case "attention" -> g.message(1, node("Attention", null, new String[] {"q", "k", "v"}, "o",
+                    floatAttribute("scale", scale), intAttribute("is_causal", causal ? 1 : 0)));
+            case "matmul" -> {
+                Proto perm = new Proto().string(1, "perm").int64(8, 0).int64(8, 1).int64(8, 3).int64(8, 2)
+                        .int64(20, 7);
+                g.message(1, node("Transpose", null, new String[] {"k"}, "kt", perm));
+                g.message(1, node("MatMul", null, new String[] {"q", "kt"}, "s"));
+                g.message(1, node("Mul", null, new String[] {"s", "scale"}, "scaled"));
+                String logits = "scaled";
+                if (causal) {
+                    g.message(1, node("Add", null, new String[] {"scaled", "mask"}, "masked"));
+                    logits = "masked";
+                }
+                g.message(1, node("Softmax", null, new String[] {logits}, "p", intAttribute("axis", -1)));
+                g.message(1, node("MatMul", null, new String[] {"p", "v"}, "o"));
+                g.message(5, new Proto().int64(2, 1).float32(4, scale).string(8, "scale"));
+            }
+            default -> throw new IllegalArgumentException("graph must be mha, attention or matmul: " + graph);
+        }
+        g.string(2, "qkv-ort-bench");
+        long[] qShape = bsnh ? new long[] {b, lq, (long) h * d} : new long[] {b, h, lq, d};
+        long[] kShape = bsnh ? new long[] {b, lk, (long) h * d} : new long[] {b, h, lk, d};
+        g.message(11, valueInfo("q", qShape)).message(11, valueInfo("k", kShape)).message(11, valueInfo("v", kShape));
+        if (causal && graph.equals("matmul")) {
+            g.message(11, valueInfo("mask", lq, lk));
+        }
+        g.message(12, valueInfo("o", qShape));
+        return new Proto()
+                .int64(1, 10) // ir_version
+                .message(8, new Proto().string(1, "").int64(2, 23)) // opset_import: ai.onnx 23
+                .message(8, new Proto().string(1, "com.microsoft").int64(2, 1))
+                .message(7, g) // graph
+                .bytes();
+    }
+
+    private static Proto node(String op, String domain, String[] in, String out, Proto... attributes) {
+        Proto n = new Proto();
+        for (String s : in) {
+            n.string(1, s);
+        }
+        n.string(2, out).string(4, op);
+        if (domain != null) {
+            n.string(7, domain);
+        }
+        for (Proto a : attributes) {
+            n.message(5, a);
+        }
+        return n;
+    }
+
+    private static Proto floatAttribute(String name, float value) {
+        return new Proto().string(1, name).float32(2, value).int64(20, 1); // AttributeProto.FLOAT
+    }
+
+    private static Proto intAttribute(String name, long value) {
+        return new Proto().string(1, name).int64(3, value).int64(20, 2); // AttributeProto.INT
+    }
+
+    /** A float tensor's {@code ValueInfoProto} with fixed dimensions. */
+    private static Proto valueInfo(String name, long... dims) {
+        Proto shape = new Proto();
+        for (long dim : dims) {
+            shape.message(1, new Proto().int64(1, dim));
+        }
+        Proto tensor = new Proto().int64(1, 1).message(2, shape); // elem_type FLOAT
+        return new Proto().string(1, name).message(2, new Proto().message(1, tensor));
+    }
+
+    /** Just enough of the protobuf wire format to write an ONNX model: varints, fixed32 floats, nested messages. */
+    private static final class Proto {
+        private final ByteArrayOutputStream out = new ByteArrayOutputStream();
+
+        private void varint(long v) {
+            while ((v & ~0x7FL) != 0) {
+                out.write((int) ((v & 0x7F) | 0x80));
+                v >>>= 7;
+            }
+            out.write((int) v);
+        }
+
+        private void tag(int field, int wireType) {
+            varint(((long) field << 3) | wireType);
+        }
+
+        Proto int64(int field, long v) {
+            tag(field, 0);
+            varint(v);
+            return this;
+        }
+
+        Proto float32(int field, float v) {
+            tag(field, 5);
+            int bits = Float.floatToIntBits(v);
+            for (int i = 0; i < 4; i++) {
+                out.write((bits >>> (8 * i)) & 0xFF);
+            }
+            return this;
+        }
+
+        Proto string(int field, String s) {
+            return bytes(field, s.getBytes(StandardCharsets.UTF_8));
+        }
+
+        Proto message(int field, Proto m) {
+            return bytes(field, m.bytes());
+        }
+
+        private Proto bytes(int field, byte[] b) {
+            tag(field, 2);
+            varint(b.length);
+            out.writeBytes(b);
+            return this;
+        }
+
+        byte[] bytes() {
+            return out.toByteArray();
+        }
+    }
+}
