@@ -50,8 +50,9 @@ import java.util.concurrent.TimeUnit;
  * </ul>
  * The setup checks ORT's output against qkv's Java backend on the same inputs (max |difference| ≤ 1e-4, the
  * inputs are uniform in [-1, 1)) and prints the difference, so a figure always belongs to a correct run.
- * ORT's intra-op pool has {@code threads} threads and ORT's defaults otherwise (its workers spin between calls).
- * The output is pinned, so a call allocates no output tensor.
+ * ORT's intra-op pool has {@code threads} threads, its workers spinning between calls as ORT's default has them
+ * unless {@code spin} is false, and ORT's defaults otherwise. The output is pinned, so a call allocates no output
+ * tensor.
  */
 @State(Scope.Benchmark)
 @BenchmarkMode(Mode.AverageTime)
@@ -73,6 +74,14 @@ public class OrtBench {
 
     @Param({"1", "2"})
     public int threads;
+
+    /**
+     * Whether ORT's intra-op workers spin between calls ({@code session.intra_op.allow_spinning}; on by default in
+     * ORT). qkv's pool parks at once unless {@code -Dqkv.pool.spinMicros} says otherwise, so {@code false} is the
+     * like-for-like setting for qkv's default and {@code true} for qkv with its spin on.
+     */
+    @Param({"true"})
+    public boolean spin;
 
     private OrtSession session;
     private final Map<String, OnnxTensor> inputs = new LinkedHashMap<>();
@@ -119,6 +128,7 @@ public class OrtBench {
 
         OrtSession.SessionOptions options = new OrtSession.SessionOptions();
         options.setIntraOpNumThreads(threads);
+        options.addConfigEntry("session.intra_op.allow_spinning", spin ? "1" : "0");
         options.setInterOpNumThreads(1);
         options.setExecutionMode(OrtSession.SessionOptions.ExecutionMode.SEQUENTIAL);
         options.setOptimizationLevel(OrtSession.SessionOptions.OptLevel.ALL_OPT);
@@ -136,7 +146,7 @@ public class OrtBench {
             maxDiff = Math.max(maxDiff, Math.abs((double) ours[i] - theirs[i]));
         }
         System.out.println("# ort " + env.getVersion() + " graph=" + graph + " shape=" + shape
-                + (causal ? " causal" : "") + " intra_op_threads=" + threads + " flops="
+                + (causal ? " causal" : "") + " intra_op_threads=" + threads + " spin=" + spin + " flops="
                 + (long) (4.0 * b * h * lq * lk * d) + " max|ort - qkv java|=" + maxDiff);
         if (!(maxDiff <= 1e-4)) {
             throw new IllegalStateException("ORT's output differs from qkv's by " + maxDiff + " (graph " + graph
