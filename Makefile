@@ -98,6 +98,7 @@ ORT_JAR := bench/target/ort/benchmarks.jar
 BENCH_ORT_SHORT := -f 1 -wi 2 -w 1s -i 3 -r 1s -p shape=1x1x128x64,1x8x2048x64 -p causal=false
 .PHONY: bench-ort
 bench-ort:
+	@mkdir -p bench/target
 	@$(MVN) -q package -DskipTests -Port -pl bench -am > bench/target/ort-build.log 2>&1 || { cat bench/target/ort-build.log >&2; echo "error: the ort build failed (log above)" >&2; exit 1; }
 	$(JAVA) $(JVM_FLAGS) -jar $(ORT_JAR) $(BENCH_ORT_SHORT) $(BENCH_ARGS) OrtBench
 	$(JAVA) $(JVM_FLAGS) -jar $(ORT_JAR) $(BENCH_ORT_SHORT) $(BENCH_ARGS) SdpaBench
