@@ -92,8 +92,9 @@ bench-full: $(STAMP)
 
 # The peer of issue 4, measured here: ONNX Runtime for Java (OrtBench: three ways of asking ORT for attention,
 # each checked against qkv's output) and then qkv, on the shapes of `make bench`, 1 and 2 threads, within the same
-# few minutes (about 4). The ort profile downloads ORT's 75 MB jar, so only this target needs it; it builds its
-# own jar, bench/target/ort/benchmarks.jar, which also holds every other benchmark. BENCH_ARGS adds JMH options.
+# few minutes (about 2.5 after the build). The ort profile downloads ORT's 75 MB jar, so only this target needs
+# it; it builds its own jar, bench/target/ort/benchmarks.jar, which also holds every other benchmark. BENCH_ARGS
+# adds JMH options.
 ORT_JAR := bench/target/ort/benchmarks.jar
 BENCH_ORT_SHORT := -f 1 -wi 2 -w 1s -i 3 -r 1s -p shape=1x1x128x64,1x8x2048x64 -p causal=false
 .PHONY: bench-ort
