@@ -99,8 +99,8 @@ public class OrtBench {
         int lk = Integer.parseInt(p[p.length - 2]);
         int d = Integer.parseInt(p[p.length - 1]);
         if (causal && lq != lk) {
-            throw new IllegalArgumentException("causal is measured only where Lq = Lk (the three graphs align a "
-                    + "causal mask differently when Lq < Lk): " + shape);
+            throw new IllegalArgumentException("causal is measured only where Lq = Lk, where every definition of "
+                    + "a causal mask agrees: " + shape);
         }
         SplittableRandom r = new SplittableRandom(42);
         float[] q = uniform(r, b * h * lq * d);
