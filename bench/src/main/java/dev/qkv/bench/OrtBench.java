@@ -111,9 +111,9 @@ public class OrtBench {
         long[] qShape = bsnh ? new long[] {b, lq, (long) h * d} : new long[] {b, h, lq, d};
         long[] kShape = bsnh ? new long[] {b, lk, (long) h * d} : new long[] {b, h, lk, d};
         OrtEnvironment env = OrtEnvironment.getEnvironment();
-        inputs.put("q", tensor(env, bsnh ? toBsnh(q, b, h, lq, d) : q, qShape));
-        inputs.put("k", tensor(env, bsnh ? toBsnh(k, b, h, lk, d) : k, kShape));
-        inputs.put("v", tensor(env, bsnh ? toBsnh(v, b, h, lk, d) : v, kShape));
+        inputs.put("q", tensor(env, bsnh ? bsnh(q, b, h, lq, d, false) : q, qShape));
+        inputs.put("k", tensor(env, bsnh ? bsnh(k, b, h, lk, d, false) : k, kShape));
+        inputs.put("v", tensor(env, bsnh ? bsnh(v, b, h, lk, d, false) : v, kShape));
         if (causal && graph.equals("matmul")) {
             float[] mask = new float[lq * lk];
             for (int i = 0; i < lq; i++) {
@@ -139,7 +139,7 @@ public class OrtBench {
         float[] theirs = new float[ours.length];
         out.getFloatBuffer().get(theirs);
         if (bsnh) {
-            theirs = fromBsnh(theirs, b, h, lq, d);
+            theirs = bsnh(theirs, b, h, lq, d, true);
         }
         double maxDiff = 0;
         for (int i = 0; i < ours.length; i++) {
@@ -195,30 +195,19 @@ public class OrtBench {
         return OnnxTensor.createTensor(env, buffer, shape);
     }
 
-    /** {@code [B, H, L, D]} to {@code [B, L, H·D]}. */
-    private static float[] toBsnh(float[] x, int b, int h, int l, int d) {
+    /** {@code [B, H, L, D]} to {@code [B, L, H·D]}, or back when {@code back}. */
+    private static float[] bsnh(float[] x, int b, int h, int l, int d, boolean back) {
         float[] y = new float[x.length];
         for (int bi = 0; bi < b; bi++) {
             for (int hi = 0; hi < h; hi++) {
                 for (int li = 0; li < l; li++) {
-                    System.arraycopy(x, ((bi * h + hi) * l + li) * d, y, ((bi * l + li) * h + hi) * d, d);
+                    int bhld = ((bi * h + hi) * l + li) * d;
+                    int blhd = ((bi * l + li) * h + hi) * d;
+                    System.arraycopy(x, back ? blhd : bhld, y, back ? bhld : blhd, d);
                 }
             }
         }
         return y;
-    }
-
-    /** {@code [B, L, H·D]} to {@code [B, H, L, D]}. */
-    private static float[] fromBsnh(float[] y, int b, int h, int l, int d) {
-        float[] x = new float[y.length];
-        for (int bi = 0; bi < b; bi++) {
-            for (int hi = 0; hi < h; hi++) {
-                for (int li = 0; li < l; li++) {
-                    System.arraycopy(y, ((bi * l + li) * h + hi) * d, x, ((bi * h + hi) * l + li) * d, d);
-                }
-            }
-        }
-        return x;
     }
 
     /** The ONNX model (a serialized {@code ModelProto}) of one attention call in the chosen graph. */
