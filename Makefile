@@ -93,16 +93,17 @@ bench-full: $(STAMP)
 # The peer of issue 4, measured here: ONNX Runtime for Java (OrtBench: three ways of asking ORT for attention,
 # each checked against qkv's output) and then qkv, on the shapes of `make bench`, 1 and 2 threads, within the same
 # few minutes (about 2.5 after the build). The ort profile downloads ORT's 75 MB jar, so only this target needs
-# it; it builds its own jar, bench/target/ort/benchmarks.jar, which also holds every other benchmark. BENCH_ARGS
-# adds JMH options.
+# it; it builds its own jar, bench/target/ort/benchmarks.jar, which also holds every other benchmark. It ends with
+# one table of ORT's fastest form against each qkv backend (OrtTable). BENCH_ARGS adds JMH options.
 ORT_JAR := bench/target/ort/benchmarks.jar
 BENCH_ORT_SHORT := -f 1 -wi 2 -w 1s -i 3 -r 1s -p shape=1x1x128x64,1x8x2048x64 -p causal=false
 .PHONY: bench-ort
 bench-ort:
 	@mkdir -p bench/target
 	@$(MVN) -q package -DskipTests -Port -pl bench -am > bench/target/ort-build.log 2>&1 || { cat bench/target/ort-build.log >&2; echo "error: the ort build failed (log above)" >&2; exit 1; }
-	$(JAVA) $(JVM_FLAGS) -jar $(ORT_JAR) $(BENCH_ORT_SHORT) $(BENCH_ARGS) OrtBench
-	$(JAVA) $(JVM_FLAGS) -jar $(ORT_JAR) $(BENCH_ORT_SHORT) $(BENCH_ARGS) SdpaBench
+	$(JAVA) $(JVM_FLAGS) -jar $(ORT_JAR) $(BENCH_ORT_SHORT) $(BENCH_ARGS) -rf csv -rff bench/target/ort/ort.csv OrtBench
+	$(JAVA) $(JVM_FLAGS) -jar $(ORT_JAR) $(BENCH_ORT_SHORT) $(BENCH_ARGS) -rf csv -rff bench/target/ort/qkv.csv SdpaBench
+	@$(JAVA) -cp $(ORT_JAR) dev.qkv.bench.OrtTable bench/target/ort/ort.csv bench/target/ort/qkv.csv
 
 # Regenerates bindings/ from native/cblas.h with jextract (not needed for a normal build).
 # JEXTRACT names a jextract binary built from openjdk/jextract; the symbol allowlist is native/openblas.symbols.
