@@ -909,6 +909,11 @@ public final class Attention {
             return Math.min(tileRows, lq - blk * tileRows);
         }
 
+        /** Float offset of the mask's rows for head {@code h} of batch {@code b} (its broadcast dims stride 0). */
+        private long maskAt(int b, int h) {
+            return mOff + b * ms0 + h * ms1;
+        }
+
         /** Keys that some row of block {@code blk} may see ({@link #keysFor}). */
         private int keysOf(int blk) {
             return keysFor(blk * tileRows, rowsOf(blk));
@@ -946,7 +951,7 @@ public final class Attention {
             final Operand ko = s.ko;
             final Operand vo = s.vo;
             final long outHead = headAt(out, b, h);
-            final long maskHead = mOff + b * ms0 + h * ms1;
+            final long maskHead = maskAt(b, h);
             final int keys = keysFor(i0, rows);
             final long outRows = packOut ? base + outPackAt : outHead + i0 * out.stride(2);
             final MemorySegment outSeg = packOut ? ws : out.segment();
@@ -1136,8 +1141,7 @@ public final class Attention {
                 }
             }
             for (int hh = 0; hh < group; hh++) {
-                softmaxRows(ws, base + hh * headFloats, keys, 0, rows, keys, mOff + b * ms0 + (h0 + hh) * ms1,
-                        s.rowScale);
+                softmaxRows(ws, base + hh * headFloats, keys, 0, rows, keys, maskAt(b, h0 + hh), s.rowScale);
                 System.arraycopy(s.rowScale, 0, inv, hh * rows, rows);
             }
             for (int j0 = 0; j0 < keys; j0 += kb) {
@@ -1184,7 +1188,7 @@ public final class Attention {
             final int ldo = (int) ld(out.stride(2), dv);
             final long outRows = outHead + i0 * out.stride(2);
             final MemorySegment outSeg = out.segment();
-            final long maskHead = mOff + b * ms0 + h * ms1;
+            final long maskHead = maskAt(b, h);
             final int keys = keysFor(i0, rows);
             if (keys == 0) {
                 zeroRows(outSeg, outRows, rows, dv, ldo);
@@ -1290,7 +1294,7 @@ public final class Attention {
             // the generic engine packs a block's output rows when out has no unit stride (a span is then one block)
             final MemorySegment outSeg = packOut ? ws : out.segment();
             final int ldo = packOut ? dv : (int) ld(out.stride(2), dv);
-            final long maskHead = mOff + b * ms0 + h * ms1;
+            final long maskHead = maskAt(b, h);
             // the span's last block sees the most keys (causal rows see more keys further down)
             final int spanKeys = keysOf(hi - 1);
             for (int j0 = 0; j0 < spanKeys; j0 += keyBlock) {
