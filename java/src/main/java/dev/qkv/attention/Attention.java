@@ -438,7 +438,8 @@ public final class Attention {
         String s = "kernel=" + job.kernelName() + " rows=" + Vectorization.rows().name() + " workers="
                 + job.workers + " blockRows=" + job.tileRows + " tasks=" + job.tasks
                 + (job.headTasks ? " (whole heads)" : "")
-                + (job.spanBlocks > 1 ? " spanBlocks=" + job.spanBlocks : "") + " workspaceBytes=" + job.workspaceBytes()
+                + (job.spanBlocks > 1 ? " spanBlocks=" + job.spanBlocks : "")
+                + " workspaceBytes=" + job.workspaceBytes()
                 + " heapScratchBytes=" + job.heapBytes()
                 + (budget == Long.MAX_VALUE ? "" : " budget=" + budget);
         job.release();
@@ -928,7 +929,10 @@ public final class Attention {
             return causal ? clamp((long) i + 1 + (lk - lq), 0, keys) : keys;
         }
 
-        /** q [Lq, Dk], k [Lk, Dk], v [Lk, Dv] of this (batch, head) into {@code s}, in place or packed (once per head). */
+        /**
+         * q [Lq, Dk], k [Lk, Dk], v [Lk, Dv] of this (batch, head) into {@code s}, in place or packed (once per
+         * head).
+         */
         private void genericOperands(Scratch s, MemorySegment ws, long base, int b, int h) {
             final int g = h / group;
             long head = ((long) b * hq + h);
