@@ -107,9 +107,9 @@ public class OrtBench {
                     + "a causal mask agrees: " + shape);
         }
         SplittableRandom r = new SplittableRandom(42);
-        float[] q = uniform(r, b * h * lq * d);
-        float[] k = uniform(r, b * h * lk * d);
-        float[] v = uniform(r, b * h * lk * d);
+        float[] q = SdpaBench.uniform(r, b * h * lq * d);
+        float[] k = SdpaBench.uniform(r, b * h * lk * d);
+        float[] v = SdpaBench.uniform(r, b * h * lk * d);
 
         boolean bsnh = graph.equals("mha");
         long[] qShape = bsnh ? new long[] {b, lq, (long) h * d} : new long[] {b, h, lq, d};
@@ -181,14 +181,6 @@ public class OrtBench {
             attention.sdpa(tq, tk, tv, to, causal ? SdpaOptions.CAUSAL : SdpaOptions.DEFAULT);
             return to.toArray();
         }
-    }
-
-    private static float[] uniform(SplittableRandom r, int n) {
-        float[] x = new float[n];
-        for (int i = 0; i < n; i++) {
-            x[i] = (float) (r.nextDouble() * 2 - 1);
-        }
-        return x;
     }
 
     /** A direct buffer, which ORT reads and writes in place. */

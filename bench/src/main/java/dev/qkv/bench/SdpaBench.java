@@ -85,10 +85,15 @@ public class SdpaBench {
 
     static Tensor random(Arena arena, SplittableRandom r, long... shape) {
         Tensor t = Tensor.allocate(arena, shape);
-        float[] x = new float[(int) t.elementCount()];
-        for (int i = 0; i < x.length; i++) {
+        return t.copyFrom(uniform(r, (int) t.elementCount()));
+    }
+
+    /** {@code n} floats uniform in [-1, 1): the benchmarks' inputs. */
+    static float[] uniform(SplittableRandom r, int n) {
+        float[] x = new float[n];
+        for (int i = 0; i < n; i++) {
             x[i] = (float) (r.nextDouble() * 2 - 1);
         }
-        return t.copyFrom(x);
+        return x;
     }
 }
