@@ -74,13 +74,11 @@ public class DecodeBench {
     @Setup(Level.Trial)
     public void setup() {
         arena = Arena.ofShared();
-        SplittableRandom r = new SplittableRandom(7);
-        q = SdpaBench.random(arena, r, 1, 32, 1, 128);
-        if (kvHeads < 1 || 32 % kvHeads != 0) {
-            throw new IllegalArgumentException("kvHeads=" + kvHeads + ": expected a divisor of 32");
-        }
-        k = SdpaBench.random(arena, r, 1, kvHeads, 4096, 128);
-        v = SdpaBench.random(arena, r, 1, kvHeads, 4096, 128);
+        Step step = Step.allocate(arena, kvHeads);
+        q = step.q();
+        k = step.k();
+        v = step.v();
+        out = step.out();
         if (values.equals("subnormal")) {
             for (long i = 0; i < v.elementCount(); i++) {
                 v.segment().setAtIndex(java.lang.foreign.ValueLayout.JAVA_FLOAT, v.offset() + i,
@@ -89,11 +87,24 @@ public class DecodeBench {
         } else if (!values.equals("normal")) {
             throw new IllegalArgumentException("values=" + values + ": expected normal or subnormal");
         }
-        out = Tensor.allocate(arena, 1, 32, 1, 128);
         attention = BenchSupport.attention(backend, threads);
         readers = Executors.newFixedThreadPool(threads);
         BenchSupport.report("decode 32x1x4096x128 kvHeads=" + kvHeads + " threads=" + threads + " kvBytes="
                 + 2 * k.elementCount() * Float.BYTES, attention.plan(q, k, v, out, SdpaOptions.DEFAULT));
+    }
+
+    /** The step's tensors: q [1, 32, 1, 128], k and v [1, kvHeads, 4096, 128] (uniform, seed 7), out like q. */
+    record Step(Tensor q, Tensor k, Tensor v, Tensor out) {
+        static Step allocate(Arena arena, int kvHeads) {
+            if (kvHeads < 1 || 32 % kvHeads != 0) {
+                throw new IllegalArgumentException("kvHeads=" + kvHeads + ": expected a divisor of 32");
+            }
+            SplittableRandom r = new SplittableRandom(7);
+            Tensor q = SdpaBench.random(arena, r, 1, 32, 1, 128);
+            Tensor k = SdpaBench.random(arena, r, 1, kvHeads, 4096, 128);
+            Tensor v = SdpaBench.random(arena, r, 1, kvHeads, 4096, 128);
+            return new Step(q, k, v, Tensor.allocate(arena, 1, 32, 1, 128));
+        }
     }
 
     @Benchmark
