@@ -156,7 +156,7 @@ class EngineTest {
                 one.sdpa(q, k, v, a, o);
                 two.sdpa(q, k, v, b, o);
                 float[] y = b.toArray();
-                assertSameBits(plan + ", 1 and 2 threads", a.toArray(), y);
+                Fixtures.assertBitIdentical(plan + ", 1 and 2 threads", b.shape(), a.toArray(), y);
                 check(plan, y, ref.toArray(), 64, 4.0 * (64 + lq) * 0x1p-24);
             }
         }
@@ -220,7 +220,7 @@ class EngineTest {
         one.sdpa(q, k, v, a, o);
         two.sdpa(q, k, v, b, o);
         float[] x = a.toArray();
-        assertSameBits(plan1 + " / " + plan2, x, b.toArray());
+        Fixtures.assertBitIdentical(plan1 + " / " + plan2, a.shape(), x, b.toArray());
         check(plan1, x, want, (int) v.size(3), 4.0 * (q.size(3) + k.size(2)) * 0x1p-24);
     }
 
@@ -277,16 +277,6 @@ class EngineTest {
 
     static Stream<Named<Backend>> backends() {
         return Stream.of(Backend.NATIVE, Backend.JAVA).map(b -> Named.of(b.cliName(), b));
-    }
-
-    /** Fails, naming the first differing element, unless {@code x} and {@code y} hold the same bits. */
-    private static void assertSameBits(String context, float[] x, float[] y) {
-        assertEquals(x.length, y.length, context);
-        for (int i = 0; i < x.length; i++) {
-            if (Float.floatToRawIntBits(x[i]) != Float.floatToRawIntBits(y[i])) {
-                fail(context + ": element " + i + " differs: " + x[i] + " vs " + y[i]);
-            }
-        }
     }
 
     /** The value of {@code name=...} in a plan line. */
@@ -374,11 +364,7 @@ class EngineTest {
                 Tensor v = Fixtures.random(arena, r, b, hkv, lk, dv);
                 Tensor kx = Fixtures.expandHeads(arena, k, hq);
                 Tensor vx = Fixtures.expandHeads(arena, v, hq);
-                float[] allowed = Fixtures.uniform(r, lq * lk, 0, 1);
-                for (int i = 0; i < allowed.length; i++) {
-                    allowed[i] = allowed[i] < 0.25f ? 0f : 1f;
-                }
-                Tensor mask = Tensor.of(arena, allowed, lq, lk);
+                Tensor mask = bernoulli(arena, new SplittableRandom(31 + lk), 0.75, lq, lk);
                 List<SdpaOptions> options = List.of(SdpaOptions.DEFAULT, SdpaOptions.CAUSAL,
                         SdpaOptions.DEFAULT.withMask(Mask.allowed(mask)));
                 for (SdpaOptions o : options) {

@@ -7,6 +7,7 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.Random;
 
+import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.fail;
 
 /** Shared helpers of the attention tests: seeded inputs, tensor layouts, and the elementwise comparison. */
@@ -148,6 +149,7 @@ final class Fixtures {
 
     /** Fails unless {@code got} and {@code ref} are identical bit for bit, reporting the first differences. */
     static void assertBitIdentical(String context, long[] shape, float[] got, float[] ref) {
+        assertEquals(ref.length, got.length, context + ": element count");
         List<String> first = new ArrayList<>();
         int bad = 0;
         for (int i = 0; i < got.length; i++) {
