@@ -32,6 +32,10 @@ STAMP := java/target/.built
 CLASSPATH_FILE := java/target/runtime-classpath.txt
 BUILD_LOG := java/target/build.log
 
+# $(call quiet_mvn,ARGS,LOG): Maven with ARGS, its output kept in LOG and shown (with one error line) only when it
+# fails.
+quiet_mvn = $(MVN) -q $(1) > $(2) 2>&1 || { cat $(2) >&2; echo "error: build failed (log above)" >&2; exit 1; }
+
 .PHONY: run test bench bench-full bindings clean jdk build
 
 # Build quietly (the log is shown only when the build fails), then run the CLI with ARGS.
@@ -43,7 +47,7 @@ build: $(STAMP)
 
 $(STAMP): $(SOURCES)
 	@mkdir -p java/target
-	@if ! $(MVN) -q package -DskipTests > $(BUILD_LOG).tmp 2>&1; then cat $(BUILD_LOG).tmp >&2; echo "error: build failed (log above)" >&2; exit 1; fi
+	@$(call quiet_mvn,package -DskipTests,$(BUILD_LOG).tmp)
 	@mv $(BUILD_LOG).tmp $(BUILD_LOG)
 	@touch $@
 
@@ -75,7 +79,7 @@ alloc:
 # pre-touched heap keeps heap resizing out of the resident set, so RSS growth means native growth.
 SOAK_CALLS ?= 100000
 soak: $(STAMP)
-	@$(MVN) -q test-compile -pl java -am > java/target/soak-build.log 2>&1 || { cat java/target/soak-build.log >&2; exit 1; }
+	@$(call quiet_mvn,test-compile -pl java -am,java/target/soak-build.log)
 	$(JAVA) $(JVM_FLAGS) -XX:NativeMemoryTracking=summary -Xms256m -Xmx256m -XX:+AlwaysPreTouch \
 	  -Dqkv.soak.calls=$(SOAK_CALLS) \
 	  -cp "java/target/test-classes:java/target/classes:$$(cat $(CLASSPATH_FILE))" dev.qkv.reliability.Soak
@@ -100,7 +104,7 @@ BENCH_ORT_SHORT := -f 1 -wi 2 -w 1s -i 3 -r 1s -p shape=1x1x128x64,1x8x2048x64 -
 .PHONY: bench-ort
 bench-ort:
 	@mkdir -p bench/target
-	@$(MVN) -q package -DskipTests -Port -pl bench -am > bench/target/ort-build.log 2>&1 || { cat bench/target/ort-build.log >&2; echo "error: the ort build failed (log above)" >&2; exit 1; }
+	@$(call quiet_mvn,package -DskipTests -Port -pl bench -am,bench/target/ort-build.log)
 	$(JAVA) $(JVM_FLAGS) -jar $(ORT_JAR) $(BENCH_ORT_SHORT) $(BENCH_ARGS) -rf csv -rff bench/target/ort/ort.csv OrtBench
 	$(JAVA) $(JVM_FLAGS) -jar $(ORT_JAR) $(BENCH_ORT_SHORT) $(BENCH_ARGS) -rf csv -rff bench/target/ort/qkv.csv SdpaBench
 	@$(JAVA) -cp $(ORT_JAR) dev.qkv.bench.OrtTable bench/target/ort/ort.csv bench/target/ort/qkv.csv
