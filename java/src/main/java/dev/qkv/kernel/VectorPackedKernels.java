@@ -258,20 +258,35 @@ final class VectorPackedKernels implements PackedKernels {
     public void gemm(boolean aTransposed, MemorySegment a, long aOff, int lda, int m, int n, int k, float[] abuf,
                      float[] bp, int bAt, int packedK, int packedN, int bRow0, int bCol0, float[] rowScale, float beta,
                      MemorySegment c, long cOff, int ldc) {
-        if ((long) m * k <= abuf.length && n > NR) {
+        if (width(packedN) == NARROW) {
+            // narrow panels: the 8 × 2-vector kernel over row-major rows
+            for (int i = 0; i < m; ) {
+                final int mr = sliverRows(packedN, m - i);
+                copyRows(aTransposed, a, aOff, lda, i, mr, k, abuf, 0);
+                gemmRows(abuf, i, mr, n, k, bp, bAt, packedK, packedN, bRow0, bCol0, rowScale, beta, c,
+                        cOff + (long) i * ldc, ldc);
+                i += mr;
+            }
+            return;
+        }
+        final PackBuffer tb = TILE.get();
+        final float[] tile = tb.array();
+        final int t = tb.alignedStart();
+        if ((long) m * k <= abuf.length) {
             // all of A fits the buffer (q · kᵀ: 64 rows × Dk): panel by panel, so each panel of B comes from L2
             // once and then from L1 for every 6 rows, instead of all of B from L2 for every 6 rows
-            final PackBuffer tb = TILE.get();
-            final float[] tile = tb.array();
-            final int t = tb.alignedStart();
-            copyRows(aTransposed, a, aOff, lda, 0, m, k, abuf);
+            for (int i = 0; i < m; ) {
+                final int mr = blockRows(m - i);
+                copyBlock(aTransposed, a, aOff, lda, i, mr, k, abuf, i * k);
+                i += mr;
+            }
             for (int j0 = 0, jp = 0; j0 < n; j0 += NR, jp++) {
                 final int nb = Math.min(NR, n - j0);
                 final int bBase = panelStart(bAt, bCol0, jp, packedK, bRow0);
                 for (int i = 0; i < m; ) {
                     final int mr = blockRows(m - i);
-                    block(abuf, i * k, k, mr, bp, bBase, tile, t, rowScale, i, beta, c, cOff + (long) i * ldc + j0,
-                            ldc, nb);
+                    block(abuf, i * k, k, mr, true, bp, bBase, tile, t, rowScale, i, beta, c,
+                            cOff + (long) i * ldc + j0, ldc, nb);
                     i += mr;
                 }
             }
@@ -279,10 +294,12 @@ final class VectorPackedKernels implements PackedKernels {
         }
         // a register block of rows at a time: copied, then times every panel
         for (int i = 0; i < m; ) {
-            final int mr = sliverRows(packedN, m - i);
-            copyRows(aTransposed, a, aOff, lda, i, mr, k, abuf);
-            gemmRows(abuf, i, mr, n, k, bp, bAt, packedK, packedN, bRow0, bCol0, rowScale, beta, c,
-                    cOff + (long) i * ldc, ldc);
+            final int mr = blockRows(m - i);
+            copyBlock(aTransposed, a, aOff, lda, i, mr, k, abuf, 0);
+            for (int j0 = 0, jp = 0; j0 < n; j0 += NR, jp++) {
+                block(abuf, 0, k, mr, true, bp, panelStart(bAt, bCol0, jp, packedK, bRow0), tile, t, rowScale, i,
+                        beta, c, cOff + (long) i * ldc + j0, ldc, Math.min(NR, n - j0));
+            }
             i += mr;
         }
     }
@@ -315,7 +332,7 @@ final class VectorPackedKernels implements PackedKernels {
             return;
         }
         for (int j0 = 0, jp = 0; j0 < n; j0 += NR, jp++) {
-            block(a, 0, k, m, bp, panelStart(bAt, bCol0, jp, packedK, bRow0), tile, t, rowScale, i, beta, c,
+            block(a, 0, k, m, false, bp, panelStart(bAt, bCol0, jp, packedK, bRow0), tile, t, rowScale, i, beta, c,
                     cOff + j0, ldc, Math.min(NR, n - j0));
         }
     }
@@ -331,19 +348,25 @@ final class VectorPackedKernels implements PackedKernels {
     }
 
     /**
-     * The {@code mr × NR} block of A rows {@code a[a0 + r·k ...]} times one panel into rows {@code [i, i + mr)}
+     * The {@code mr × NR} block of A rows {@code a[a0 + r·k ...]} (with {@code stepMajor}, a block of 6 or 4 rows
+     * as {@link #copyBlock} lays it out: {@code a[a0 + p·mr + r]}) times one panel into rows {@code [i, i + mr)}
      * of C ({@code nb} columns from float offset {@code cOff}), as {@link #flush} states. A full panel with
      * {@code beta == 0} (every product of a single-pass call) is stored by the 6- and 4-row kernels from their
      * registers; the others go through {@code tile} and {@link #flush}.
      */
-    private static void block(float[] a, int a0, int k, int mr, float[] bp, int bBase, float[] tile, int t,
-                              float[] rowScale, int i, float beta, MemorySegment c, long cOff, int ldc, int nb) {
+    private static void block(float[] a, int a0, int k, int mr, boolean stepMajor, float[] bp, int bBase,
+                              float[] tile, int t, float[] rowScale, int i, float beta, MemorySegment c, long cOff,
+                              int ldc, int nb) {
         final boolean direct = beta == 0f && nb == NR;
         final MemorySegment to = direct ? c : null;
         final long cAt = cOff * Float.BYTES;
         final long ldcBytes = (long) ldc * Float.BYTES;
-        if (mr == 6) {
+        if (mr == 6 && stepMajor) {
+            kernel6i(a, a0, k, bp, bBase, tile, t, to, cAt, ldcBytes, rowScale, i);
+        } else if (mr == 6) {
             kernel6(a, a0, k, k, bp, bBase, tile, t, to, cAt, ldcBytes, rowScale, i);
+        } else if (mr == 4 && stepMajor) {
+            kernel4i(a, a0, k, bp, bBase, tile, t, to, cAt, ldcBytes, rowScale, i);
         } else if (mr == 4) {
             kernel4(a, a0, k, k, bp, bBase, tile, t, to, cAt, ldcBytes, rowScale, i);
         } else {
@@ -356,23 +379,113 @@ final class VectorPackedKernels implements PackedKernels {
         }
     }
 
-    /** Rows {@code [i, i + mr)} of {@code op(A)} into {@code dst} row-major {@code [mr, k]}. */
+    /** Rows {@code [i, i + mr)} of {@code op(A)} into {@code dst} row-major {@code [mr, k]} from {@code d0}. */
     private static void copyRows(boolean aTransposed, MemorySegment a, long aOff, int lda, int i, int mr, int k,
-                                 float[] dst) {
+                                 float[] dst, int d0) {
         if (k == 0) {
             // empty rows (Dk = 0): nothing to copy, and their offsets may lie past the segment
             return;
         }
         if (!aTransposed) {
             for (int r = 0; r < mr; r++) {
-                MemorySegment.copy(a, F, (aOff + (long) (i + r) * lda) * Float.BYTES, dst, r * k, k);
+                MemorySegment.copy(a, F, (aOff + (long) (i + r) * lda) * Float.BYTES, dst, d0 + r * k, k);
             }
         } else {
             for (int p = 0; p < k; p++) {
                 long row = aOff + (long) p * lda + i;
                 for (int r = 0; r < mr; r++) {
-                    dst[r * k + p] = a.getAtIndex(F, row + r);
+                    dst[d0 + r * k + p] = a.getAtIndex(F, row + r);
                 }
+            }
+        }
+    }
+
+    /**
+     * Rows {@code [i, i + mr)} of {@code op(A)} into {@code dst} from {@code d0}, as {@link #block} reads them with
+     * {@code stepMajor}: a block of 6 or 4 rows step by step ({@code dst[d0 + p·mr + r]}), other rows row-major.
+     */
+    private static void copyBlock(boolean aTransposed, MemorySegment a, long aOff, int lda, int i, int mr, int k,
+                                  float[] dst, int d0) {
+        if (mr != 6 && mr != 4) {
+            copyRows(aTransposed, a, aOff, lda, i, mr, k, dst, d0);
+        } else if (!aTransposed) {
+            copyStepMajor(a, (aOff + (long) i * lda) * Float.BYTES, (long) lda * Float.BYTES, mr, k, dst, d0);
+        } else if (k > 0) {
+            // A stored [k, m]: each step's mr values lie side by side
+            for (int p = 0; p < k; p++) {
+                final long row = aOff + (long) p * lda + i;
+                for (int r = 0; r < mr; r++) {
+                    dst[d0 + p * mr + r] = a.getAtIndex(F, row + r);
+                }
+            }
+        }
+    }
+
+    /**
+     * Lane selections of {@link #copyStepMajor}, per output vector {@code j} of a block of {@code L} steps: lane
+     * {@code l} is step {@code p = e / mr} of row {@code r = e % mr}, {@code e = j·L + l}. {@code STEP_IX} picks
+     * lane {@code p} of the first or second row of a pair ({@code p + L·(r % 2)}); {@code STEP_PAIR1} and
+     * {@code STEP_PAIR2} mark the lanes whose row is in the second pair (rows 2, 3) and the third (rows 4, 5).
+     */
+    private static final float[] STEP_IX6 = stepIndex(6);
+    private static final float[] STEP_IX4 = stepIndex(4);
+    private static final boolean[] STEP_PAIR1_6 = stepPair(6, 1);
+    private static final boolean[] STEP_PAIR2_6 = stepPair(6, 2);
+    private static final boolean[] STEP_PAIR1_4 = stepPair(4, 1);
+
+    private static float[] stepIndex(int mr) {
+        float[] ix = new float[mr * L];
+        for (int e = 0; e < ix.length; e++) {
+            ix[e] = e / mr + L * (e % mr % 2);
+        }
+        return ix;
+    }
+
+    private static boolean[] stepPair(int mr, int pair) {
+        boolean[] m = new boolean[mr * L];
+        for (int e = 0; e < m.length; e++) {
+            m[e] = e % mr / 2 == pair;
+        }
+        return m;
+    }
+
+    /**
+     * {@code dst[d0 + p·mr + r] = A[r][p]} for the {@code mr} (6 or 4) rows of {@code k} floats at byte
+     * {@code row0 + r·ldaBytes}: {@code L} steps at a time, the rows' vectors merged by two-source lane selections
+     * (one per pair of rows) and blends, so the copy costs ~2 vector operations per output vector rather than a
+     * scalar load and store per float (which took a third of q · kᵀ's time at [1, 1, 128, 64]).
+     */
+    private static void copyStepMajor(MemorySegment a, long row0, long ldaBytes, int mr, int k, float[] dst, int d0) {
+        int p = 0;
+        for (; p + L <= k; p += L) {
+            final long o = row0 + (long) p * Float.BYTES;
+            final int d = d0 + p * mr;
+            FloatVector x0 = FloatVector.fromMemorySegment(SP, a, o, O);
+            FloatVector x1 = FloatVector.fromMemorySegment(SP, a, o + ldaBytes, O);
+            FloatVector x2 = FloatVector.fromMemorySegment(SP, a, o + 2 * ldaBytes, O);
+            FloatVector x3 = FloatVector.fromMemorySegment(SP, a, o + 3 * ldaBytes, O);
+            if (mr == 6) {
+                FloatVector x4 = FloatVector.fromMemorySegment(SP, a, o + 4 * ldaBytes, O);
+                FloatVector x5 = FloatVector.fromMemorySegment(SP, a, o + 5 * ldaBytes, O);
+                for (int j = 0; j < 6; j++) {
+                    FloatVector ix = FloatVector.fromArray(SP, STEP_IX6, j * L);
+                    ix.selectFrom(x0, x1)
+                            .blend(ix.selectFrom(x2, x3), VectorMask.fromArray(SP, STEP_PAIR1_6, j * L))
+                            .blend(ix.selectFrom(x4, x5), VectorMask.fromArray(SP, STEP_PAIR2_6, j * L))
+                            .intoArray(dst, d + j * L);
+                }
+            } else {
+                for (int j = 0; j < 4; j++) {
+                    FloatVector ix = FloatVector.fromArray(SP, STEP_IX4, j * L);
+                    ix.selectFrom(x0, x1)
+                            .blend(ix.selectFrom(x2, x3), VectorMask.fromArray(SP, STEP_PAIR1_4, j * L))
+                            .intoArray(dst, d + j * L);
+                }
+            }
+        }
+        for (; p < k; p++) {
+            for (int r = 0; r < mr; r++) {
+                dst[d0 + p * mr + r] = a.get(F, row0 + r * ldaBytes + (long) p * Float.BYTES);
             }
         }
     }
@@ -560,6 +673,240 @@ final class VectorPackedKernels implements PackedKernels {
             c22 = x.fma(b2, c22);
             c23 = x.fma(b3, c23);
             x = FloatVector.broadcast(SP, a[a3 + p]);
+            c30 = x.fma(b0, c30);
+            c31 = x.fma(b1, c31);
+            c32 = x.fma(b2, c32);
+            c33 = x.fma(b3, c33);
+        }
+        if (c == null) {
+            c00.intoArray(tile, t);
+            c01.intoArray(tile, t + L);
+            c02.intoArray(tile, t + 2 * L);
+            c03.intoArray(tile, t + 3 * L);
+            c10.intoArray(tile, t + NR);
+            c11.intoArray(tile, t + NR + L);
+            c12.intoArray(tile, t + NR + 2 * L);
+            c13.intoArray(tile, t + NR + 3 * L);
+            c20.intoArray(tile, t + 2 * NR);
+            c21.intoArray(tile, t + 2 * NR + L);
+            c22.intoArray(tile, t + 2 * NR + 2 * L);
+            c23.intoArray(tile, t + 2 * NR + 3 * L);
+            c30.intoArray(tile, t + 3 * NR);
+            c31.intoArray(tile, t + 3 * NR + L);
+            c32.intoArray(tile, t + 3 * NR + 2 * L);
+            c33.intoArray(tile, t + 3 * NR + 3 * L);
+            return;
+        }
+        // straight to C (beta = 0, a full panel): no round trip through the tile
+        float s0 = rowScale == null ? 1f : rowScale[i];
+        long o0 = cAt;
+        c00.mul(s0).intoMemorySegment(c, o0, O);
+        c01.mul(s0).intoMemorySegment(c, o0 + VB, O);
+        c02.mul(s0).intoMemorySegment(c, o0 + 2 * VB, O);
+        c03.mul(s0).intoMemorySegment(c, o0 + 3 * VB, O);
+        float s1 = rowScale == null ? 1f : rowScale[i + 1];
+        long o1 = cAt + ldcBytes;
+        c10.mul(s1).intoMemorySegment(c, o1, O);
+        c11.mul(s1).intoMemorySegment(c, o1 + VB, O);
+        c12.mul(s1).intoMemorySegment(c, o1 + 2 * VB, O);
+        c13.mul(s1).intoMemorySegment(c, o1 + 3 * VB, O);
+        float s2 = rowScale == null ? 1f : rowScale[i + 2];
+        long o2 = cAt + 2 * ldcBytes;
+        c20.mul(s2).intoMemorySegment(c, o2, O);
+        c21.mul(s2).intoMemorySegment(c, o2 + VB, O);
+        c22.mul(s2).intoMemorySegment(c, o2 + 2 * VB, O);
+        c23.mul(s2).intoMemorySegment(c, o2 + 3 * VB, O);
+        float s3 = rowScale == null ? 1f : rowScale[i + 3];
+        long o3 = cAt + 3 * ldcBytes;
+        c30.mul(s3).intoMemorySegment(c, o3, O);
+        c31.mul(s3).intoMemorySegment(c, o3 + VB, O);
+        c32.mul(s3).intoMemorySegment(c, o3 + 2 * VB, O);
+        c33.mul(s3).intoMemorySegment(c, o3 + 3 * VB, O);
+    }
+
+    /**
+     * {@link #kernel6} over A packed step by step: {@code a[a0 + p·6 + r]} is row {@code r}, step {@code p}.
+     * The 6 broadcasts then share one index with constant offsets; the 6 row indices of the row-major form
+     * leave C2 one general register short in the loop (it parks one in a vector register, two extra
+     * vector-port moves per step), which cost q · kᵀ a sixth of its speed at Dk = 64.
+     */
+    private static void kernel6i(float[] a, int a0, int k, float[] bp, int bBase, float[] tile, int t,
+                                MemorySegment c, long cAt, long ldcBytes, float[] rowScale, int i) {
+        FloatVector c00 = FloatVector.zero(SP);
+        FloatVector c01 = c00;
+        FloatVector c02 = c00;
+        FloatVector c03 = c00;
+        FloatVector c10 = c00;
+        FloatVector c11 = c00;
+        FloatVector c12 = c00;
+        FloatVector c13 = c00;
+        FloatVector c20 = c00;
+        FloatVector c21 = c00;
+        FloatVector c22 = c00;
+        FloatVector c23 = c00;
+        FloatVector c30 = c00;
+        FloatVector c31 = c00;
+        FloatVector c32 = c00;
+        FloatVector c33 = c00;
+        FloatVector c40 = c00;
+        FloatVector c41 = c00;
+        FloatVector c42 = c00;
+        FloatVector c43 = c00;
+        FloatVector c50 = c00;
+        FloatVector c51 = c00;
+        FloatVector c52 = c00;
+        FloatVector c53 = c00;
+        for (int p = 0; p < k; p++) {
+            final int bo = bBase + p * NR;
+            final int ao = a0 + p * 6;
+            FloatVector b0 = FloatVector.fromArray(SP, bp, bo);
+            FloatVector b1 = FloatVector.fromArray(SP, bp, bo + L);
+            FloatVector b2 = FloatVector.fromArray(SP, bp, bo + 2 * L);
+            FloatVector b3 = FloatVector.fromArray(SP, bp, bo + 3 * L);
+            FloatVector x = FloatVector.broadcast(SP, a[ao]);
+            c00 = x.fma(b0, c00);
+            c01 = x.fma(b1, c01);
+            c02 = x.fma(b2, c02);
+            c03 = x.fma(b3, c03);
+            x = FloatVector.broadcast(SP, a[ao + 1]);
+            c10 = x.fma(b0, c10);
+            c11 = x.fma(b1, c11);
+            c12 = x.fma(b2, c12);
+            c13 = x.fma(b3, c13);
+            x = FloatVector.broadcast(SP, a[ao + 2]);
+            c20 = x.fma(b0, c20);
+            c21 = x.fma(b1, c21);
+            c22 = x.fma(b2, c22);
+            c23 = x.fma(b3, c23);
+            x = FloatVector.broadcast(SP, a[ao + 3]);
+            c30 = x.fma(b0, c30);
+            c31 = x.fma(b1, c31);
+            c32 = x.fma(b2, c32);
+            c33 = x.fma(b3, c33);
+            x = FloatVector.broadcast(SP, a[ao + 4]);
+            c40 = x.fma(b0, c40);
+            c41 = x.fma(b1, c41);
+            c42 = x.fma(b2, c42);
+            c43 = x.fma(b3, c43);
+            x = FloatVector.broadcast(SP, a[ao + 5]);
+            c50 = x.fma(b0, c50);
+            c51 = x.fma(b1, c51);
+            c52 = x.fma(b2, c52);
+            c53 = x.fma(b3, c53);
+        }
+        if (c == null) {
+            c00.intoArray(tile, t);
+            c01.intoArray(tile, t + L);
+            c02.intoArray(tile, t + 2 * L);
+            c03.intoArray(tile, t + 3 * L);
+            c10.intoArray(tile, t + NR);
+            c11.intoArray(tile, t + NR + L);
+            c12.intoArray(tile, t + NR + 2 * L);
+            c13.intoArray(tile, t + NR + 3 * L);
+            c20.intoArray(tile, t + 2 * NR);
+            c21.intoArray(tile, t + 2 * NR + L);
+            c22.intoArray(tile, t + 2 * NR + 2 * L);
+            c23.intoArray(tile, t + 2 * NR + 3 * L);
+            c30.intoArray(tile, t + 3 * NR);
+            c31.intoArray(tile, t + 3 * NR + L);
+            c32.intoArray(tile, t + 3 * NR + 2 * L);
+            c33.intoArray(tile, t + 3 * NR + 3 * L);
+            c40.intoArray(tile, t + 4 * NR);
+            c41.intoArray(tile, t + 4 * NR + L);
+            c42.intoArray(tile, t + 4 * NR + 2 * L);
+            c43.intoArray(tile, t + 4 * NR + 3 * L);
+            c50.intoArray(tile, t + 5 * NR);
+            c51.intoArray(tile, t + 5 * NR + L);
+            c52.intoArray(tile, t + 5 * NR + 2 * L);
+            c53.intoArray(tile, t + 5 * NR + 3 * L);
+            return;
+        }
+        // straight to C (beta = 0, a full panel): no round trip through the tile
+        float s0 = rowScale == null ? 1f : rowScale[i];
+        long o0 = cAt;
+        c00.mul(s0).intoMemorySegment(c, o0, O);
+        c01.mul(s0).intoMemorySegment(c, o0 + VB, O);
+        c02.mul(s0).intoMemorySegment(c, o0 + 2 * VB, O);
+        c03.mul(s0).intoMemorySegment(c, o0 + 3 * VB, O);
+        float s1 = rowScale == null ? 1f : rowScale[i + 1];
+        long o1 = cAt + ldcBytes;
+        c10.mul(s1).intoMemorySegment(c, o1, O);
+        c11.mul(s1).intoMemorySegment(c, o1 + VB, O);
+        c12.mul(s1).intoMemorySegment(c, o1 + 2 * VB, O);
+        c13.mul(s1).intoMemorySegment(c, o1 + 3 * VB, O);
+        float s2 = rowScale == null ? 1f : rowScale[i + 2];
+        long o2 = cAt + 2 * ldcBytes;
+        c20.mul(s2).intoMemorySegment(c, o2, O);
+        c21.mul(s2).intoMemorySegment(c, o2 + VB, O);
+        c22.mul(s2).intoMemorySegment(c, o2 + 2 * VB, O);
+        c23.mul(s2).intoMemorySegment(c, o2 + 3 * VB, O);
+        float s3 = rowScale == null ? 1f : rowScale[i + 3];
+        long o3 = cAt + 3 * ldcBytes;
+        c30.mul(s3).intoMemorySegment(c, o3, O);
+        c31.mul(s3).intoMemorySegment(c, o3 + VB, O);
+        c32.mul(s3).intoMemorySegment(c, o3 + 2 * VB, O);
+        c33.mul(s3).intoMemorySegment(c, o3 + 3 * VB, O);
+        float s4 = rowScale == null ? 1f : rowScale[i + 4];
+        long o4 = cAt + 4 * ldcBytes;
+        c40.mul(s4).intoMemorySegment(c, o4, O);
+        c41.mul(s4).intoMemorySegment(c, o4 + VB, O);
+        c42.mul(s4).intoMemorySegment(c, o4 + 2 * VB, O);
+        c43.mul(s4).intoMemorySegment(c, o4 + 3 * VB, O);
+        float s5 = rowScale == null ? 1f : rowScale[i + 5];
+        long o5 = cAt + 5 * ldcBytes;
+        c50.mul(s5).intoMemorySegment(c, o5, O);
+        c51.mul(s5).intoMemorySegment(c, o5 + VB, O);
+        c52.mul(s5).intoMemorySegment(c, o5 + 2 * VB, O);
+        c53.mul(s5).intoMemorySegment(c, o5 + 3 * VB, O);
+    }
+
+    /**
+     * {@link #kernel4} over A packed step by step: {@code a[a0 + p·4 + r]} is row {@code r}, step {@code p}.
+     * The 4 broadcasts then share one index with constant offsets; the 4 row indices of the row-major form
+     * leave C2 one general register short in the loop (it parks one in a vector register, two extra
+     * vector-port moves per step), which cost q · kᵀ a sixth of its speed at Dk = 64.
+     */
+    private static void kernel4i(float[] a, int a0, int k, float[] bp, int bBase, float[] tile, int t,
+                                MemorySegment c, long cAt, long ldcBytes, float[] rowScale, int i) {
+        FloatVector c00 = FloatVector.zero(SP);
+        FloatVector c01 = c00;
+        FloatVector c02 = c00;
+        FloatVector c03 = c00;
+        FloatVector c10 = c00;
+        FloatVector c11 = c00;
+        FloatVector c12 = c00;
+        FloatVector c13 = c00;
+        FloatVector c20 = c00;
+        FloatVector c21 = c00;
+        FloatVector c22 = c00;
+        FloatVector c23 = c00;
+        FloatVector c30 = c00;
+        FloatVector c31 = c00;
+        FloatVector c32 = c00;
+        FloatVector c33 = c00;
+        for (int p = 0; p < k; p++) {
+            final int bo = bBase + p * NR;
+            final int ao = a0 + p * 4;
+            FloatVector b0 = FloatVector.fromArray(SP, bp, bo);
+            FloatVector b1 = FloatVector.fromArray(SP, bp, bo + L);
+            FloatVector b2 = FloatVector.fromArray(SP, bp, bo + 2 * L);
+            FloatVector b3 = FloatVector.fromArray(SP, bp, bo + 3 * L);
+            FloatVector x = FloatVector.broadcast(SP, a[ao]);
+            c00 = x.fma(b0, c00);
+            c01 = x.fma(b1, c01);
+            c02 = x.fma(b2, c02);
+            c03 = x.fma(b3, c03);
+            x = FloatVector.broadcast(SP, a[ao + 1]);
+            c10 = x.fma(b0, c10);
+            c11 = x.fma(b1, c11);
+            c12 = x.fma(b2, c12);
+            c13 = x.fma(b3, c13);
+            x = FloatVector.broadcast(SP, a[ao + 2]);
+            c20 = x.fma(b0, c20);
+            c21 = x.fma(b1, c21);
+            c22 = x.fma(b2, c22);
+            c23 = x.fma(b3, c23);
+            x = FloatVector.broadcast(SP, a[ao + 3]);
             c30 = x.fma(b0, c30);
             c31 = x.fma(b1, c31);
             c32 = x.fma(b2, c32);

@@ -419,6 +419,66 @@ class VectorKernelsTest {
         }
     }
 
+    /**
+     * {@code gemm} copies blocks of 6 and 4 rows of A step by step for its kernels and other rows as they are; each
+     * output element is still one fused multiply-add chain over the steps in order, so it has the bits of the
+     * same row multiplied alone ({@code gemmRows} on one row-major row). Over row counts that leave every block
+     * size, reductions with and without a partial vector of steps, A stored either way, and both of gemm's
+     * orders (all of A in its buffer, or a block at a time).
+     */
+    @Test
+    void gemmGivesTheBitsOfEachRowAlone() {
+        PackedKernels pk = Vectorization.packed();
+        SplittableRandom r = new SplittableRandom(17);
+        int[] ms = {1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 13, 64, 65};
+        int[] ks = {1, 7, 15, 16, 17, 33, 64, 65, 130};
+        int[] ns = {64, 65, 128, 200};
+        try (Arena arena = Arena.ofConfined()) {
+            for (int trial = 0; trial < 80; trial++) {
+                int m = ms[trial % ms.length];
+                int k = ks[r.nextInt(ks.length)];
+                int n = ns[r.nextInt(ns.length)];
+                boolean aTransposed = r.nextInt(4) == 0;
+                boolean allOfA = r.nextBoolean();
+                float beta = r.nextInt(3) == 0 ? 0.5f : 0f;
+                int lda = (aTransposed ? m : k) + r.nextInt(3);
+                MemorySegment a = fill(arena, r, (long) (aTransposed ? k : m) * lda);
+                MemorySegment b = fill(arena, r, (long) n * k);
+                PackBuffer packed = new PackBuffer();
+                packed.ensure(pk.packedSize(k, n));
+                int at = pk.packB(true, b, 0, k, k, n, false, packed);
+                float[] scale = new float[m];
+                for (int i = 0; i < m; i++) {
+                    scale[i] = (float) (r.nextDouble() + 0.5);
+                }
+                int ldc = n + 3;
+                MemorySegment c0 = fill(arena, r, (long) m * ldc);
+                MemorySegment c = arena.allocate(c0.byteSize(), 64).copyFrom(c0);
+                MemorySegment want = arena.allocate(c0.byteSize(), 64).copyFrom(c0);
+                float[] abuf = new float[allOfA ? Math.max(m * k, 8 * k) : 8 * k];
+                pk.gemm(aTransposed, a, 0, lda, m, n, k, abuf, packed.array(), at, k, n, 0, 0, scale, beta, c, 0, ldc);
+                float[] row = new float[8 * k];
+                for (int i = 0; i < m; i++) {
+                    for (int p = 0; p < k; p++) {
+                        row[p] = a.getAtIndex(F, aTransposed ? (long) p * lda + i : (long) i * lda + p);
+                    }
+                    pk.gemmRows(row, i, 1, n, k, packed.array(), at, k, n, 0, 0, scale, beta, want, (long) i * ldc,
+                            ldc);
+                }
+                for (int i = 0; i < m; i++) {
+                    for (int j = 0; j < n; j++) {
+                        float got = c.getAtIndex(F, (long) i * ldc + j);
+                        float w = want.getAtIndex(F, (long) i * ldc + j);
+                        if (Float.floatToRawIntBits(got) != Float.floatToRawIntBits(w)) {
+                            fail("m=" + m + " n=" + n + " k=" + k + " transposed=" + aTransposed + " allOfA=" + allOfA
+                                    + " beta=" + beta + " at (" + i + ", " + j + "): got " + got + " want " + w);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     private static MemorySegment fill(Arena arena, SplittableRandom r, long n) {
         MemorySegment s = arena.allocate(Math.max(n, 1) * 4, 64);
         for (long i = 0; i < n; i++) {
