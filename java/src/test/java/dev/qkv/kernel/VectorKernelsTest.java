@@ -420,11 +420,11 @@ class VectorKernelsTest {
     }
 
     /**
-     * {@code gemm} copies blocks of 6 and 4 rows of A step by step for its kernels and other rows as they are; each
-     * output element is still one fused multiply-add chain over the steps in order, so it has the bits of the
-     * same row multiplied alone ({@code gemmRows} on one row-major row). Over row counts that leave every block
-     * size, reductions with and without a partial vector of steps, A stored either way, and both of gemm's
-     * orders (all of A in its buffer, or a block at a time).
+     * {@code gemm} copies blocks of 6 and 4 rows of A step by step for its kernels (short reductions only) and
+     * other rows as they are; each output element is still one fused multiply-add chain over the steps in order,
+     * so it has the bits of the same row multiplied alone ({@code gemmRows} on one row-major row). Over row counts
+     * that leave every block size, reductions with and without a partial vector of steps (and past the step-major
+     * limit), A stored either way, and both of gemm's orders (all of A in its buffer, or a block at a time).
      */
     @Test
     void gemmGivesTheBitsOfEachRowAlone() {
