@@ -736,10 +736,12 @@ final class VectorPackedKernels implements PackedKernels {
      * {@link #kernel6} over A packed step by step: {@code a[a0 + p·6 + r]} is row {@code r}, step {@code p}.
      * The 6 broadcasts then share one index with constant offsets; the 6 row indices of the row-major form
      * leave C2 one general register short in the loop (it parks one in a vector register, two extra
-     * vector-port moves per step), which cost q · kᵀ a sixth of its speed at Dk = 64.
+     * vector-port moves per step), which cost q · kᵀ a sixth of its speed at Dk = 64. The body repeats
+     * {@link #kernel6}'s on purpose: one method holding both loops ran both at the slow speed (measured), and a
+     * store step shared as a method would box the 24 accumulators.
      */
     private static void kernel6i(float[] a, int a0, int k, float[] bp, int bBase, float[] tile, int t,
-                                MemorySegment c, long cAt, long ldcBytes, float[] rowScale, int i) {
+                                 MemorySegment c, long cAt, long ldcBytes, float[] rowScale, int i) {
         FloatVector c00 = FloatVector.zero(SP);
         FloatVector c01 = c00;
         FloatVector c02 = c00;
@@ -869,13 +871,11 @@ final class VectorPackedKernels implements PackedKernels {
     }
 
     /**
-     * {@link #kernel4} over A packed step by step: {@code a[a0 + p·4 + r]} is row {@code r}, step {@code p}.
-     * The 4 broadcasts then share one index with constant offsets; the 4 row indices of the row-major form
-     * leave C2 one general register short in the loop (it parks one in a vector register, two extra
-     * vector-port moves per step), which cost q · kᵀ a sixth of its speed at Dk = 64.
+     * {@link #kernel4} over A packed step by step ({@code a[a0 + p·4 + r]}), for the 4 rows a step-major copy
+     * leaves after its blocks of 6 ({@link #kernel6i}).
      */
     private static void kernel4i(float[] a, int a0, int k, float[] bp, int bBase, float[] tile, int t,
-                                MemorySegment c, long cAt, long ldcBytes, float[] rowScale, int i) {
+                                 MemorySegment c, long cAt, long ldcBytes, float[] rowScale, int i) {
         FloatVector c00 = FloatVector.zero(SP);
         FloatVector c01 = c00;
         FloatVector c02 = c00;
