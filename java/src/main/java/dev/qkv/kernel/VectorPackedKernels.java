@@ -394,11 +394,19 @@ final class VectorPackedKernels implements PackedKernels {
                 MemorySegment.copy(a, F, (aOff + (long) (i + r) * lda) * Float.BYTES, dst, d0 + r * k, k);
             }
         } else {
-            for (int p = 0; p < k; p++) {
-                long row = aOff + (long) p * lda + i;
-                for (int r = 0; r < mr; r++) {
-                    dst[d0 + r * k + p] = a.getAtIndex(F, row + r);
-                }
+            gather(a, aOff + i, 1, lda, mr, 0, k, dst, d0, k, 1);
+        }
+    }
+
+    /**
+     * {@code dst[d0 + r·dr + p·dp] = a[src + r·sr + p·sp]} (float offsets) for {@code r < mr} and
+     * {@code p0 <= p < k}, step by step: the scalar copies of A, where no bulk or vector copy fits the layout.
+     */
+    private static void gather(MemorySegment a, long src, long sr, long sp, int mr, int p0, int k, float[] dst,
+                               int d0, int dr, int dp) {
+        for (int p = p0; p < k; p++) {
+            for (int r = 0; r < mr; r++) {
+                dst[d0 + r * dr + p * dp] = a.getAtIndex(F, src + r * sr + p * sp);
             }
         }
     }
@@ -412,15 +420,10 @@ final class VectorPackedKernels implements PackedKernels {
         if (!stepMajor || (mr != 6 && mr != 4)) {
             copyRows(aTransposed, a, aOff, lda, i, mr, k, dst, d0);
         } else if (!aTransposed) {
-            copyStepMajor(a, (aOff + (long) i * lda) * Float.BYTES, (long) lda * Float.BYTES, mr, k, dst, d0);
-        } else if (k > 0) {
+            copyStepMajor(a, aOff + (long) i * lda, lda, mr, k, dst, d0);
+        } else {
             // A stored [k, m]: each step's mr values lie side by side
-            for (int p = 0; p < k; p++) {
-                final long row = aOff + (long) p * lda + i;
-                for (int r = 0; r < mr; r++) {
-                    dst[d0 + p * mr + r] = a.getAtIndex(F, row + r);
-                }
-            }
+            gather(a, aOff + i, 1, lda, mr, 0, k, dst, d0, 1, mr);
         }
     }
 
@@ -458,15 +461,17 @@ final class VectorPackedKernels implements PackedKernels {
     }
 
     /**
-     * {@code dst[d0 + p·mr + r] = A[r][p]} for the {@code mr} (6 or 4) rows of {@code k} floats at byte
-     * {@code row0 + r·ldaBytes}: {@code L} steps at a time, the rows' vectors merged by two-source lane selections
-     * (one per pair of rows) and blends, so the copy costs ~2 vector operations per output vector rather than a
-     * scalar load and store per float (which took a third of q · kᵀ's time at [1, 1, 128, 64]).
+     * {@code dst[d0 + p·mr + r] = A[r][p]} for the {@code mr} (6 or 4) rows of {@code k} floats at float offset
+     * {@code row0 + r·lda}: {@code L} steps at a time, the rows' vectors merged by two-source lane selections (one
+     * per pair of rows) and blends, a few vector operations per output vector (three selections and two blends for
+     * 6 rows) rather than a scalar load and store per float (which took a third of q · kᵀ's time at
+     * [1, 1, 128, 64]); the steps past the last whole vector go through {@link #gather}.
      */
-    private static void copyStepMajor(MemorySegment a, long row0, long ldaBytes, int mr, int k, float[] dst, int d0) {
+    private static void copyStepMajor(MemorySegment a, long row0, int lda, int mr, int k, float[] dst, int d0) {
+        final long ldaBytes = (long) lda * Float.BYTES;
         int p = 0;
         for (; p + L <= k; p += L) {
-            final long o = row0 + (long) p * Float.BYTES;
+            final long o = (row0 + p) * Float.BYTES;
             final int d = d0 + p * mr;
             FloatVector x0 = FloatVector.fromMemorySegment(SP, a, o, O);
             FloatVector x1 = FloatVector.fromMemorySegment(SP, a, o + ldaBytes, O);
@@ -491,11 +496,7 @@ final class VectorPackedKernels implements PackedKernels {
                 }
             }
         }
-        for (; p < k; p++) {
-            for (int r = 0; r < mr; r++) {
-                dst[d0 + p * mr + r] = a.get(F, row0 + r * ldaBytes + (long) p * Float.BYTES);
-            }
-        }
+        gather(a, row0, lda, 1, mr, p, k, dst, d0, 1, mr);
     }
 
     /**
