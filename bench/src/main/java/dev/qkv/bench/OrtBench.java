@@ -112,13 +112,13 @@ public class OrtBench {
         float[] v = SdpaBench.uniform(r, b * h * lk * d);
 
         boolean bsnh = graph.equals("mha");
-        long[] qShape = bsnh ? new long[] {b, lq, (long) h * d} : new long[] {b, h, lq, d};
-        long[] kShape = bsnh ? new long[] {b, lk, (long) h * d} : new long[] {b, h, lk, d};
+        long[] qShape = ioShape(graph, b, h, lq, d);
+        long[] kShape = ioShape(graph, b, h, lk, d);
         OrtEnvironment env = OrtEnvironment.getEnvironment();
         inputs.put("q", tensor(env, bsnh ? bsnh(q, b, h, lq, d, false) : q, qShape));
         inputs.put("k", tensor(env, bsnh ? bsnh(k, b, h, lk, d, false) : k, kShape));
         inputs.put("v", tensor(env, bsnh ? bsnh(v, b, h, lk, d, false) : v, kShape));
-        if (causal && graph.equals("matmul")) {
+        if (takesMask(graph, causal)) {
             float[] mask = new float[lq * lk];
             for (int i = 0; i < lq; i++) {
                 for (int j = i + 1; j < lk; j++) {
@@ -210,14 +210,10 @@ public class OrtBench {
     static byte[] model(String graph, int b, int h, int lq, int lk, int d, boolean causal) {
         float scale = (float) (1 / Math.sqrt(d));
         Proto g = new Proto();
-        boolean bsnh = false;
         switch (graph) {
-            case "mha" -> {
-                bsnh = true;
-                g.message(1, node("MultiHeadAttention", "com.microsoft", new String[] {"q", "k", "v"}, "o",
-                        intAttribute("num_heads", h), floatAttribute("scale", scale),
-                        intAttribute("unidirectional", causal ? 1 : 0)));
-            }
+            case "mha" -> g.message(1, node("MultiHeadAttention", "com.microsoft", new String[] {"q", "k", "v"}, "o",
+                    intAttribute("num_heads", h), floatAttribute("scale", scale),
+                    intAttribute("unidirectional", causal ? 1 : 0)));
             case "attention" -> g.message(1, node("Attention", null, new String[] {"q", "k", "v"}, "o",
                     floatAttribute("scale", scale), intAttribute("is_causal", causal ? 1 : 0)));
             case "matmul" -> {
@@ -238,10 +234,10 @@ public class OrtBench {
             default -> throw new IllegalArgumentException("graph must be mha, attention or matmul: " + graph);
         }
         g.string(2, "qkv-ort-bench");
-        long[] qShape = bsnh ? new long[] {b, lq, (long) h * d} : new long[] {b, h, lq, d};
-        long[] kShape = bsnh ? new long[] {b, lk, (long) h * d} : new long[] {b, h, lk, d};
+        long[] qShape = ioShape(graph, b, h, lq, d);
+        long[] kShape = ioShape(graph, b, h, lk, d);
         g.message(11, valueInfo("q", qShape)).message(11, valueInfo("k", kShape)).message(11, valueInfo("v", kShape));
-        if (causal && graph.equals("matmul")) {
+        if (takesMask(graph, causal)) {
             g.message(11, valueInfo("mask", lq, lk));
         }
         g.message(12, valueInfo("o", qShape));
@@ -251,6 +247,16 @@ public class OrtBench {
                 .message(8, new Proto().string(1, "com.microsoft").int64(2, 1))
                 .message(7, g) // graph
                 .bytes();
+    }
+
+    /** The shape of q, k, v or the output in {@code graph}: {@code [B, L, H·D]} for mha, else {@code [B, H, L, D]}. */
+    private static long[] ioShape(String graph, int b, int h, int l, int d) {
+        return graph.equals("mha") ? new long[] {b, l, (long) h * d} : new long[] {b, h, l, d};
+    }
+
+    /** Whether {@code graph} takes the causal mask as an input (the others have a causal attribute). */
+    private static boolean takesMask(String graph, boolean causal) {
+        return causal && graph.equals("matmul");
     }
 
     private static Proto node(String op, String domain, String[] in, String out, Proto... attributes) {
