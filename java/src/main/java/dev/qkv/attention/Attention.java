@@ -1022,7 +1022,7 @@ public final class Attention {
         /**
          * The few-query native path: per query row, {@code scores = scale · K · q_r} and
          * {@code out_r = Vᵀ · p_r / Σ p_r} as OpenBLAS matrix-vector products on k and v in place. sgemm with one
-         * row packs kᵀ and v on every call (2.7-4.4x the time of reading them, bench/RESULTS.md table 3); sgemv
+         * row packs kᵀ and v on every call (2.7-4.4x the time of reading them, bench/RESULTS.md, round 1, table 3); sgemv
          * reads them once. All keys at once: the score tile holds {@code rows × Lk} floats (rows < 8).
          */
         private void gemvRows(Scratch s, MemorySegment ws, long base, int i0, int rows, int keys, long maskHead,
