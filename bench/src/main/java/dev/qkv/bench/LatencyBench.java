@@ -1,0 +1,130 @@
+package dev.qkv.bench;
+
+import dev.qkv.attention.Attention;
+import dev.qkv.attention.SdpaOptions;
+import dev.qkv.tensor.Tensor;
+import org.openjdk.jmh.annotations.Benchmark;
+import org.openjdk.jmh.annotations.BenchmarkMode;
+import org.openjdk.jmh.annotations.Fork;
+import org.openjdk.jmh.annotations.Level;
+import org.openjdk.jmh.annotations.Measurement;
+import org.openjdk.jmh.annotations.Mode;
+import org.openjdk.jmh.annotations.OutputTimeUnit;
+import org.openjdk.jmh.annotations.Param;
+import org.openjdk.jmh.annotations.Scope;
+import org.openjdk.jmh.annotations.Setup;
+import org.openjdk.jmh.annotations.State;
+import org.openjdk.jmh.annotations.TearDown;
+import org.openjdk.jmh.annotations.Threads;
+import org.openjdk.jmh.annotations.Warmup;
+
+import java.lang.foreign.Arena;
+import java.util.SplittableRandom;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * Latency of single calls, as a service sees them: JMH's sample mode times every call and reports percentiles
+ * (p50 to p99.99 and the worst), so a pause, a wake-up or a recompilation shows in the tail instead of being
+ * averaged away. {@link #oneCaller} is one request thread; {@link #twoCallers} is two request threads sharing
+ * one {@link Attention} (it is thread-safe) and the process-wide pool, each with its own output, which is where
+ * a pool that oversubscribed the cores, or a lock, would show. With {@code -prof gc} the run also shows that no
+ * collection happens (the calls allocate nothing).
+ *
+ * <pre>
+ * $J LatencyBench -f 1 -wi 2 -w 2s -i 3 -r 3s -prof gc
+ * </pre>
+ */
+@State(Scope.Benchmark)
+@BenchmarkMode(Mode.SampleTime)
+@OutputTimeUnit(TimeUnit.MICROSECONDS)
+@Warmup(iterations = 2, time = 2)
+@Measurement(iterations = 3, time = 3)
+// --enable-native-access: FFM downcalls without warnings; --add-modules: the Vector API kernels.
+@Fork(value = 1, jvmArgsAppend = {"--enable-native-access=ALL-UNNAMED", "--add-modules", "jdk.incubator.vector"})
+public class LatencyBench {
+
+    /**
+     * {@code BxHxLxD} (q, k and v {@code [B, H, L, D]}) or {@code BxHxLqxLkxD} (q {@code [B, H, Lq, D]}, k and v
+     * {@code [B, H, Lk, D]}): the tiny shape of issue 4, a 512-token prefill of 8 heads, and a decode step of 32
+     * heads over 2048 cached keys.
+     */
+    @Param({"1x1x128x64", "1x8x512x64", "1x32x1x2048x128"})
+    public String shape;
+
+    @Param({"java", "native"})
+    public String backend;
+
+    /** Threads of the {@link Attention}: its workers, the caller being one. */
+    @Param({"1", "2"})
+    public int threads;
+
+    private Arena arena;
+    private Attention attention;
+    private Tensor q;
+    private Tensor k;
+    private Tensor v;
+    private long[] outShape;
+    private SdpaOptions options;
+
+    /** Each request thread's own output. */
+    @State(Scope.Thread)
+    public static class Output {
+        private Arena arena;
+        Tensor out;
+
+        @Setup(Level.Trial)
+        public void setup(LatencyBench b) {
+            arena = Arena.ofShared();
+            out = Tensor.allocate(arena, b.outShape);
+        }
+
+        @TearDown(Level.Trial)
+        public void tearDown() {
+            arena.close();
+        }
+    }
+
+    @Setup(Level.Trial)
+    public void setup() {
+        String[] p = shape.split("x");
+        if (p.length != 4 && p.length != 5) {
+            throw new IllegalArgumentException("shape must be BxHxLxD or BxHxLqxLkxD: " + shape);
+        }
+        long b = Long.parseLong(p[0]);
+        long h = Long.parseLong(p[1]);
+        long lq = Long.parseLong(p[2]);
+        long lk = Long.parseLong(p[p.length - 2]);
+        long d = Long.parseLong(p[p.length - 1]);
+        arena = Arena.ofShared();
+        SplittableRandom r = new SplittableRandom(42);
+        q = SdpaBench.random(arena, r, b, h, lq, d);
+        k = SdpaBench.random(arena, r, b, h, lk, d);
+        v = SdpaBench.random(arena, r, b, h, lk, d);
+        outShape = new long[] {b, h, lq, d};
+        // causal where it means one thing (Lq = Lk, a prefill); a decode step's one query sees every cached key
+        options = lq == lk ? SdpaOptions.CAUSAL : SdpaOptions.DEFAULT;
+        attention = BenchSupport.attention(backend, threads);
+        // the plan of a call into shared memory, as the request threads' outputs are
+        BenchSupport.report("latency " + shape + (lq == lk ? " causal" : "") + " threads=" + threads + " flops="
+                + (long) (4.0 * b * h * lq * lk * d), attention.plan(q, k, v, Tensor.allocate(arena, outShape), options));
+    }
+
+    @Benchmark
+    @Threads(1)
+    public Tensor oneCaller(Output o) {
+        attention.sdpa(q, k, v, o.out, options);
+        return o.out;
+    }
+
+    @Benchmark
+    @Threads(2)
+    public Tensor twoCallers(Output o) {
+        attention.sdpa(q, k, v, o.out, options);
+        return o.out;
+    }
+
+    @TearDown(Level.Trial)
+    public void tearDown() {
+        arena.close();
+    }
+}
