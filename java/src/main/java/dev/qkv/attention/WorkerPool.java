@@ -15,6 +15,11 @@ import java.util.concurrent.locks.ReentrantLock;
  * work, and a call returns when its tasks are done, whether or not every helper got to run. Nothing is
  * allocated per call: workers are woken by {@link LockSupport#unpark}.
  *
+ * <p><b>Concurrent callers.</b> Every thread inside {@link #run} computes on its own core, so helpers take only
+ * the cores that callers leave: a call gets at most (cores - callers) helpers, and a helper stops claiming a call's
+ * tasks (after the one it is running) as soon as another caller comes in, leaving the rest to the call's own
+ * thread. Two request threads on two cores then run one thread each, not three threads on two cores.
+ *
  * <p><b>Spin policy.</b> A pool thread that has just finished a call's tasks spins ({@link Thread#onSpinWait})
  * for at most {@link #SPIN_NANOS} waiting for the next call before it parks, so back-to-back small calls (tens
  * of microseconds) find it running instead of paying a futex wake-up and a reschedule each time. The spin is
@@ -52,6 +57,8 @@ public final class WorkerPool {
     /** Tasks of the open call not yet finished (run, or skipped after a failure). */
     private final AtomicInteger pending = new AtomicInteger();
     private final AtomicReference<Throwable> failure = new AtomicReference<>();
+    /** Threads inside {@link #run} now, each computing on its own core (see "Concurrent callers" above). */
+    private final AtomicInteger callers = new AtomicInteger();
     private volatile long generation;
     private volatile int helpers;
     private volatile int taskCount;
@@ -95,7 +102,17 @@ public final class WorkerPool {
      * processes) finds nothing left to claim, and the caller has run every task itself.
      */
     public void run(Tasks job, int count, int wanted) {
-        int h = Math.min(Math.min(wanted, threads.length), count - 1);
+        int active = callers.incrementAndGet();
+        try {
+            run(job, count, wanted, active);
+        } finally {
+            callers.decrementAndGet();
+        }
+    }
+
+    private void run(Tasks job, int count, int wanted, int active) {
+        // the cores that the callers (this one included) leave free
+        int h = Math.min(Math.min(Math.min(wanted, threads.length), count - 1), threads.length + 1 - active);
         if (h <= 0 || !busy.tryLock()) {
             for (int t = 0; t < count; t++) {
                 job.run(t, 0);
@@ -164,7 +181,8 @@ public final class WorkerPool {
     }
 
     private void drain(Tasks job, long g, int count, int worker) {
-        for (int t; (t = claim(g, count)) >= 0; ) {
+        // a helper (worker > 0) claims while the callers leave it a core; the caller claims until none is left
+        for (int t; (worker == 0 || callers.get() + worker <= threads.length + 1) && (t = claim(g, count)) >= 0; ) {
             try {
                 if (failure.get() == null) {
                     job.run(t, worker);

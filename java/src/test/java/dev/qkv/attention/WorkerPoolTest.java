@@ -1,0 +1,154 @@
+package dev.qkv.attention;
+
+import org.junit.jupiter.api.Test;
+
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicIntegerArray;
+import java.util.concurrent.atomic.AtomicReference;
+import java.util.concurrent.locks.LockSupport;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.abort;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
+
+/**
+ * The pool's policy for concurrent callers: helpers take only the cores that the threads inside {@code run} leave
+ * free. No timing is asserted: which worker ran each task is recorded, and the counts are the property.
+ */
+class WorkerPoolTest {
+
+    private static final WorkerPool POOL = WorkerPool.SHARED;
+    private static final long WAIT_S = 20;
+
+    /** Callers parked inside {@code run} (each in its one task) until {@link #close}: they hold the cores. */
+    private static final class Blockers implements AutoCloseable {
+        private final CountDownLatch inside;
+        private final CountDownLatch release = new CountDownLatch(1);
+        private final List<Thread> threads = new ArrayList<>();
+
+        Blockers(int n) throws InterruptedException {
+            inside = new CountDownLatch(n);
+            for (int i = 0; i < n; i++) {
+                Thread t = new Thread(() -> POOL.run((task, worker) -> {
+                    inside.countDown();
+                    await(release);
+                }, 1, 0), "blocker-" + i);
+                t.setDaemon(true);
+                t.start();
+                threads.add(t);
+            }
+            assertTrue(inside.await(WAIT_S, TimeUnit.SECONDS), "blockers did not enter the pool");
+        }
+
+        @Override
+        public void close() throws InterruptedException {
+            release.countDown();
+            for (Thread t : threads) {
+                t.join(TimeUnit.SECONDS.toMillis(WAIT_S));
+            }
+        }
+    }
+
+    private static void await(CountDownLatch latch) {
+        try {
+            latch.await(WAIT_S, TimeUnit.SECONDS);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
+    }
+
+    private static int cores() {
+        return POOL.helpers() + 1;
+    }
+
+    @Test
+    void everyTaskRunsOnceWhateverTheHelpers() {
+        int n = 200;
+        AtomicIntegerArray runs = new AtomicIntegerArray(n);
+        POOL.run((task, worker) -> runs.incrementAndGet(task), n, POOL.helpers());
+        for (int t = 0; t < n; t++) {
+            assertEquals(1, runs.get(t), "task " + t);
+        }
+    }
+
+    @Test
+    void aCallerGetsNoHelperWhileOtherCallersHoldTheOtherCores() throws Exception {
+        assumeTrue(POOL.helpers() >= 1, "one core: the pool has no helpers");
+        int n = 64;
+        AtomicIntegerArray runs = new AtomicIntegerArray(n);
+        AtomicIntegerArray byWorker = new AtomicIntegerArray(cores());
+        try (Blockers held = new Blockers(cores() - 1)) {
+            POOL.run((task, worker) -> {
+                runs.incrementAndGet(task);
+                byWorker.incrementAndGet(worker);
+                // long enough that a woken helper would get some of the tasks
+                LockSupport.parkNanos(200_000);
+            }, n, POOL.helpers());
+        }
+        for (int t = 0; t < n; t++) {
+            assertEquals(1, runs.get(t), "task " + t);
+        }
+        assertEquals(n, byWorker.get(0), "every task on the calling thread");
+    }
+
+    @Test
+    void aHelperStepsAsideWhenAnotherCallerComesIn() throws Exception {
+        assumeTrue(POOL.helpers() >= 1, "one core: the pool has no helpers");
+        int n = 64;
+        AtomicIntegerArray runs = new AtomicIntegerArray(n);
+        AtomicIntegerArray byWorker = new AtomicIntegerArray(cores());
+        CountDownLatch helperIn = new CountDownLatch(1);
+        CountDownLatch othersIn = new CountDownLatch(1);
+        AtomicReference<Throwable> failed = new AtomicReference<>();
+        // the call: its first tasks on the caller and on helper 1 both wait until the other callers are inside
+        // the pool (the caller's also until the helper has started), so that when they go on the cores are taken
+        Thread call = new Thread(() -> {
+            try {
+                POOL.run((task, worker) -> {
+                    runs.incrementAndGet(task);
+                    if (byWorker.getAndIncrement(worker) == 0 && worker <= 1) {
+                        if (worker == 1) {
+                            helperIn.countDown();
+                        } else {
+                            await(helperIn);
+                        }
+                        await(othersIn);
+                    } else {
+                        // long enough that a helper still claiming would get some of the tasks left
+                        LockSupport.parkNanos(200_000);
+                    }
+                }, n, POOL.helpers());
+            } catch (Throwable e) {
+                failed.set(e);
+            }
+        }, "call");
+        call.start();
+        if (!helperIn.await(WAIT_S, TimeUnit.SECONDS)) {
+            call.join();
+            abort("no pool thread was scheduled within " + WAIT_S + " s: nothing to observe");
+        }
+        try (Blockers others = new Blockers(cores() - 1)) {
+            othersIn.countDown();
+            call.join(TimeUnit.SECONDS.toMillis(WAIT_S));
+        }
+        assertEquals(null, failed.get());
+        for (int t = 0; t < n; t++) {
+            assertEquals(1, runs.get(t), "task " + t);
+        }
+        // helper 1 finished the task it was running, then claimed nothing more: the cores were the callers'
+        assertEquals(1, byWorker.get(1), "tasks run by helper 1");
+        assertEquals(n - 1, byWorker.get(0) + (cores() > 2 ? sumFrom(byWorker, 2) : 0), "tasks run by the rest");
+    }
+
+    private static int sumFrom(AtomicIntegerArray a, int from) {
+        int s = 0;
+        for (int i = from; i < a.length(); i++) {
+            s += a.get(i);
+        }
+        return s;
+    }
+}
