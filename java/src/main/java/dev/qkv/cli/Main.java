@@ -91,6 +91,10 @@ public final class Main {
             return fail(err, 2, e.getMessage());
         } catch (BlasUnavailableException e) {
             return fail(err, 1, "OpenBLAS is unavailable: " + e.getMessage());
+        } catch (OutOfMemoryError e) {
+            // memory the inputs' shapes ask for (the commands name the tensor where they can)
+            return fail(err, 2, "not enough memory (" + e.getMessage() + "): the inputs ask for more than this JVM"
+                    + " can allocate");
         } catch (RuntimeException | Error e) {
             err.println("error: internal failure: " + e
                     + (trace() ? "" : " (set QKV_TRACE=1 for the stack trace)"));

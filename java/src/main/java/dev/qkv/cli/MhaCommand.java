@@ -101,6 +101,9 @@ final class MhaCommand implements Command {
                 nanos = System.nanoTime() - t0;
             } catch (IllegalArgumentException ex) {
                 throw new UsageException(ex.getMessage());
+            } catch (OutOfMemoryError ex) {
+                throw new UsageException(SdpaCommand.outOfMemory("out [B, L, E] = [" + x.size(0) + ", " + x.size(1)
+                        + ", " + e + "] and the layer's workspace", ex));
             }
             Npy.write(outPath, y);
             out.println(String.format(Locale.ROOT,

@@ -6,6 +6,7 @@ import dev.qkv.attention.Mask;
 import dev.qkv.attention.SdpaOptions;
 import dev.qkv.io.Npy;
 import dev.qkv.io.NpyArray;
+import dev.qkv.tensor.Shapes;
 import dev.qkv.tensor.Tensor;
 
 import java.io.IOException;
@@ -77,6 +78,9 @@ final class SdpaCommand implements Command {
                 nanos = System.nanoTime() - t0;
             } catch (IllegalArgumentException e) {
                 throw new UsageException(e.getMessage());
+            } catch (OutOfMemoryError e) {
+                throw new UsageException(outOfMemory("out [B, Hq, Lq, Dv] = " + Shapes.format(
+                        new long[] {q.size(0), q.size(1), q.size(2), v.size(3)}), e));
             }
             Npy.write(outPath, o);
             out.println(String.format(Locale.ROOT, "sdpa backend=%s q=%s k=%s v=%s mask=%s out=%s causal=%s ms=%.3f",
@@ -125,14 +129,35 @@ final class SdpaCommand implements Command {
         return s;
     }
 
-    /** Fails before any work when the output's folder is missing, so a long run does not end in vain. */
+    /**
+     * The message for memory the inputs' shapes ask for and the JVM cannot give: a user's mistake (or a machine
+     * too small for the inputs), not an internal failure.
+     */
+    static String outOfMemory(String what, OutOfMemoryError e) {
+        return what + ": not enough memory (" + e.getMessage() + "); the inputs' shapes ask for more than this JVM"
+                + " can allocate";
+    }
+
+    /**
+     * Fails before any work when the output cannot be written, so a long run does not end in vain: its folder is
+     * missing, or it exists and is not a regular file (a folder, a device: the output replaces the file at that
+     * path, it never writes through it).
+     */
     static void checkFolder(Path out) throws UsageException {
-        Path dir = out.toAbsolutePath().getParent();
-        if (dir == null || !Files.isDirectory(dir)) {
+        Path abs = out.toAbsolutePath();
+        Path dir = abs.getParent();
+        if (dir == null || abs.getFileName() == null) {
+            throw new UsageException(out + ": not a file path");
+        }
+        if (!Files.isDirectory(dir)) {
             throw new UsageException(out + ": folder " + dir + " does not exist");
         }
         if (Files.isDirectory(out)) {
             throw new UsageException(out + ": is a directory");
+        }
+        if (Files.exists(out) && !Files.isRegularFile(out)) {
+            throw new UsageException(out + ": exists and is not a regular file (a device or other special file);"
+                    + " the output would replace it");
         }
     }
 

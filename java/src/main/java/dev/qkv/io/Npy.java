@@ -15,6 +15,7 @@ import java.nio.charset.CharacterCodingException;
 import java.nio.charset.CodingErrorAction;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.AccessDeniedException;
+import java.nio.file.FileSystemException;
 import java.nio.file.Files;
 import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
@@ -341,7 +342,9 @@ public final class Npy {
 
     /**
      * Writes {@code tensor} to {@code file} as a version 1.0 {@code '<f4'} C-order {@code .npy} file, atomically:
-     * either the complete file appears under {@code file}, or nothing changes. The folder must exist.
+     * either the complete file appears under {@code file}, or nothing changes. The folder must exist. A symbolic
+     * link to an existing file is followed (the file it names is replaced, the link stays); a path that exists as
+     * anything but a regular file (a folder, a device, a pipe) is refused, since the new file would replace it.
      *
      * @throws NoSuchFileException when the folder of {@code file} does not exist
      * @throws IOException         when writing or renaming fails (the temporary file is removed)
@@ -351,6 +354,9 @@ public final class Npy {
             throw new IllegalStateException("tensor " + tensor.shapeString() + ": its arena is closed");
         }
         Path target = file.toAbsolutePath();
+        if (Files.isSymbolicLink(target) && Files.exists(target)) {
+            target = target.toRealPath();
+        }
         Path dir = target.getParent();
         if (dir == null || target.getFileName() == null) {
             throw new NoSuchFileException(file.toString(), null, "not a file path");
@@ -358,11 +364,16 @@ public final class Npy {
         if (!Files.isDirectory(dir)) {
             throw new NoSuchFileException(file.toString(), null, "folder " + dir + " does not exist");
         }
+        if (Files.exists(target) && !Files.isRegularFile(target)) {
+            throw new FileSystemException(file.toString(), null, "exists and is not a regular file (a folder, a"
+                    + " device or another special file), which the output would replace");
+        }
         byte[] header = header(tensor.shape());
         byte[] random = new byte[6];
         new SecureRandom().nextBytes(random);
-        // own name instead of createTempFile, whose 0600 permissions the renamed output would keep
-        Path tmp = dir.resolve("." + target.getFileName() + "." + HexFormat.of().formatHex(random) + ".tmp");
+        // own name instead of createTempFile, whose 0600 permissions the renamed output would keep; not built
+        // from the output's name, which may already be as long as the file system allows
+        Path tmp = dir.resolve(".qkv-" + HexFormat.of().formatHex(random) + ".tmp");
         boolean done = false;
         try {
             FileChannel opened;
@@ -378,6 +389,15 @@ public final class Npy {
             }
             Files.move(tmp, target, StandardCopyOption.ATOMIC_MOVE);
             done = true;
+        } catch (FileSystemException e) {
+            if (file.toString().equals(e.getFile())) {
+                throw e;
+            }
+            // name the file the caller asked for, not our temporary name
+            throw new FileSystemException(file.toString(), null,
+                    e.getReason() != null ? e.getReason() : e.getClass().getSimpleName());
+        } catch (IOException e) {
+            throw new IOException(file + ": " + e.getMessage(), e);
         } finally {
             if (!done) {
                 Files.deleteIfExists(tmp);

@@ -435,7 +435,13 @@ public final class Safetensors {
         if (load == Load.MAPPED && e.dtype() == Dtype.F32) {
             return Tensor.wrap(data.asSlice(e.begin(), bytes), shape);
         }
-        Tensor t = Tensor.allocate(Objects.requireNonNull(arena, "arena"), shape);
+        Tensor t;
+        try {
+            t = Tensor.allocate(Objects.requireNonNull(arena, "arena"), shape);
+        } catch (OutOfMemoryError oom) {
+            throw fail(file, "tensor '" + name + "' " + e.shapeString() + " needs "
+                    + (bytes / e.dtype().byteSize() * Float.BYTES) + " bytes of memory as float32, which cannot be allocated");
+        }
         if (e.dtype() == Dtype.F32) {
             // the file's little-endian floats are the tensor's native layout: read straight into it
             read(name, t.segment().asSlice(0, bytes), e.begin());

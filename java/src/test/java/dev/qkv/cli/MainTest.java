@@ -33,6 +33,8 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assertions.fail;
+import static org.junit.jupiter.api.Assumptions.abort;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 class MainTest {
 
@@ -332,6 +334,38 @@ class MainTest {
         args.addAll(List.of("--out", out.toString()));
         assertUserError(run(args.toArray(String[]::new)), "does not exist");
         assertFalse(Files.exists(out.getParent()));
+    }
+
+    @Test
+    void anOutputTooLargeForMemoryIsAUserErrorNamingIt() throws IOException {
+        // small inputs, an output of 10^12 floats: 1000 query heads sharing one kv head of 10^6 values
+        SplittableRandom random = new SplittableRandom(SEED);
+        Path q = randomNpy("q.npy", random, 1, 1000, 1000, 1);
+        Path k = randomNpy("k.npy", random, 1, 1, 1, 1);
+        Path v = randomNpy("v.npy", random, 1, 1, 1, 1_000_000);
+        Path out = dir.resolve("o.npy");
+        assertUserError(run("sdpa", "--q", q.toString(), "--k", k.toString(), "--v", v.toString(), "--backend", "java",
+                "--out", out.toString()), "out [B, Hq, Lq, Dv] = [1, 1000, 1000, 1000000]: not enough memory");
+        assertFalse(Files.exists(out));
+    }
+
+    @Test
+    void anOutputPathThatIsNotARegularFileIsRefusedBeforeAnyWork() throws Exception {
+        Path fifo = dir.resolve("pipe.npy");
+        Process p;
+        try {
+            p = new ProcessBuilder("mkfifo", fifo.toString()).start();
+        } catch (IOException e) {
+            abort("no mkfifo here: " + e.getMessage());
+            return;
+        }
+        assumeTrue(p.waitFor() == 0 && Files.exists(fifo), "mkfifo failed");
+        SplittableRandom random = new SplittableRandom(SEED);
+        List<String> args = new ArrayList<>(List.of("sdpa"));
+        args.addAll(inputs(random));
+        args.addAll(List.of("--out", fifo.toString()));
+        assertUserError(run(args.toArray(String[]::new)), "not a regular file");
+        assertTrue(Files.exists(fifo) && !Files.isRegularFile(fifo), "the pipe was replaced");
     }
 
     static Stream<Arguments> badCommandLines() {

@@ -279,16 +279,58 @@ class NpyTest {
     }
 
     @Test
-    void failedRenameLeavesNoFileBehind() throws IOException {
-        // a non-empty directory under the target name: the data is written, then the rename must fail
+    void failedRenameLeavesNoFileBehindAndNamesTheOutput() throws IOException {
+        // a name longer than the file system allows (255 bytes): the data is written under the temporary name,
+        // then the rename must fail
+        Path target = dir.resolve("a".repeat(300) + ".npy");
+        try (Arena arena = Arena.ofConfined()) {
+            IOException e = assertThrows(IOException.class,
+                    () -> Npy.write(target, Tensor.of(arena, new float[] {1, 2}, 2)));
+            assertTrue(e.getMessage().startsWith(target.toString()), e.getMessage());
+            assertFalse(e.getMessage().contains(".qkv-"), "the temporary name leaked: " + e.getMessage());
+        }
+        assertEquals(List.of(), listDir(), "no temporary file may remain");
+    }
+
+    @Test
+    void theLongestNameTheFolderAllowsCanBeWritten() throws IOException {
+        // 255 bytes: the temporary name must not be longer than the output's
+        Path target = dir.resolve("b".repeat(251) + ".npy");
+        try (Arena arena = Arena.ofConfined()) {
+            Npy.write(target, Tensor.of(arena, new float[] {1, 2, 3}, 3));
+            assertArrayEquals(new float[] {1, 2, 3}, Npy.read(target, arena).tensor().toArray());
+        }
+        assertEquals(List.of(target), listDir());
+    }
+
+    @Test
+    void aPathThatIsNotARegularFileIsRefusedAndKept() throws IOException {
+        // a non-empty folder under the target name: renaming over it would fail or replace it
         Path target = dir.resolve("o.npy");
         Files.createDirectory(target);
         Files.writeString(target.resolve("keep"), "x");
         try (Arena arena = Arena.ofConfined()) {
-            assertThrows(IOException.class, () -> Npy.write(target, Tensor.of(arena, new float[] {1, 2}, 2)));
+            IOException e = assertThrows(IOException.class,
+                    () -> Npy.write(target, Tensor.of(arena, new float[] {1, 2}, 2)));
+            assertTrue(e.getMessage().contains("not a regular file"), e.getMessage());
         }
         assertEquals(List.of(target), listDir(), "no temporary file may remain");
         assertTrue(Files.isDirectory(target));
+    }
+
+    @Test
+    void aSymbolicLinkIsFollowedAndKept() throws IOException {
+        Path real = Files.createDirectory(dir.resolve("real")).resolve("o.npy");
+        Files.writeString(real, "old");
+        Path link = Files.createSymbolicLink(dir.resolve("link.npy"), real);
+        try (Arena arena = Arena.ofConfined()) {
+            Npy.write(link, Tensor.of(arena, new float[] {4, 5}, 2));
+            assertTrue(Files.isSymbolicLink(link), "the link was replaced by a file");
+            assertArrayEquals(new float[] {4, 5}, Npy.read(real, arena).tensor().toArray());
+        }
+        try (Stream<Path> s = Files.list(real.getParent())) {
+            assertEquals(List.of(real), s.toList(), "no temporary file may remain");
+        }
     }
 
     @Test

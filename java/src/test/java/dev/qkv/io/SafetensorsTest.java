@@ -7,6 +7,7 @@ import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.MethodSource;
 
 import java.io.IOException;
+import java.io.RandomAccessFile;
 import java.lang.foreign.Arena;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
@@ -20,6 +21,7 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
 import static org.junit.jupiter.api.Named.named;
 import static org.junit.jupiter.params.provider.Arguments.arguments;
 
@@ -81,6 +83,30 @@ class SafetensorsTest {
                 assertEquals(42f, st.tensor("b", arena).toArray()[0]);
                 assertFalse(st.contains("c"));
             }
+        }
+    }
+
+    @Test
+    void aTensorTooLargeForMemoryIsAnErrorNamingItNotAnOutOfMemoryError() throws IOException {
+        // 2 TB of F32 declared, the file sparse: copying it needs memory that cannot be had
+        assumeTrue(!"1".equals(Files.readString(Path.of("/proc/sys/vm/overcommit_memory")).trim()),
+                "with overcommit always on, the allocation could succeed and then be touched");
+        long rows = 1L << 20;
+        long cols = 1L << 19;
+        long bytes = rows * cols * Float.BYTES;
+        byte[] head = file("{\"w\":{\"dtype\":\"F32\",\"shape\":[" + rows + "," + cols + "],\"data_offsets\":[0,"
+                + bytes + "]}}", new byte[0]);
+        Path p = write("huge.safetensors", head);
+        try (RandomAccessFile f = new RandomAccessFile(p.toFile(), "rw")) {
+            f.setLength(head.length + bytes);
+        }
+        try (Arena arena = Arena.ofConfined()) {
+            Safetensors st = Safetensors.open(p, arena);
+            SafetensorsException e = assertThrows(SafetensorsException.class, () -> st.tensor("w", arena));
+            assertTrue(e.getMessage().contains("tensor 'w' [" + rows + ", " + cols + "] needs " + bytes
+                    + " bytes of memory as float32, which cannot be allocated"), e.getMessage());
+        } finally {
+            Files.delete(p);
         }
     }
 
