@@ -11,9 +11,11 @@ public enum Backend {
     /** The scalar reference: a direct reading of the definition, accumulating in double. The tests' oracle. */
     REFERENCE,
     /**
-     * The faster of {@link #NATIVE} and {@link #JAVA} (Vector API) on this machine, from a crossover measured
-     * with the JMH benchmarks: native when OpenBLAS runs an AVX-512 core, except for fewer than 8 query rows
-     * (decoding), else Java; {@code Attention.plan} and {@code kernelName} say which runs.
+     * The faster of {@link #NATIVE} and {@link #JAVA} on this machine, from a crossover measured with the JMH
+     * benchmarks (bench/RESULTS.md): when OpenBLAS runs an AVX-512 core, native from head size 256 with 8 query
+     * rows or more, the Java Vector API kernels below that and for decoding; with any other core, the Java
+     * Vector API kernels. Without the Vector API ({@code jdk.incubator.vector} absent), native when OpenBLAS
+     * loads, else the scalar Java kernels. {@code Attention.plan} and {@code kernelName} say which runs.
      */
     AUTO;
 

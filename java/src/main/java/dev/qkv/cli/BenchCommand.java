@@ -30,7 +30,8 @@ final class BenchCommand implements Command {
     @Override
     public String summary() {
         return "Median time of q [B, H, L, D] attending k, v [B, N, L, D] (seed " + SEED + ") after a warm-up;"
-                + " gflops counts the dense 4*B*H*L*L*D. auto = native when OpenBLAS loads. Default 20 iters.";
+                + " gflops counts the dense 4*B*H*L*L*D. auto = the faster kernels here"
+                + " (README, Backends); the header's plan names them. Default 20 iters.";
     }
 
     @Override
