@@ -116,7 +116,23 @@ public final class Attention {
      * bench/RESULTS.md, round 2. Wider heads take fewer keys per block (see {@link #javaKeyBlock}). The system
      * property {@code qkv.keyBlock} sets the block for every head size, to run tests through the online path.
      */
-    static final int KEY_BLOCK = Integer.getInteger("qkv.keyBlock", 2048);
+    static final int KEY_BLOCK = blockProperty("qkv.keyBlock", 2048, 64);
+
+    /**
+     * The integer system property {@code name}, or {@code fallback} when unset. A block of keys must be a positive
+     * multiple of {@code multiple} (the Java kernels' panels hold 64 keys): anything else is a configuration
+     * error, reported when the class loads rather than as wrong results (keys skipped) or a loop that never ends.
+     */
+    static int blockProperty(String name, int fallback, int multiple) {
+        Integer v = Integer.getInteger(name);
+        if (v == null) {
+            return fallback;
+        }
+        if (v <= 0 || v % multiple != 0) {
+            throw new IllegalStateException("-D" + name + "=" + v + ": must be a positive multiple of " + multiple);
+        }
+        return v;
+    }
 
     /** The block is {@code qkv.keyBlock} for every head size, not {@link #javaKeyBlock}'s choice. */
     private static final boolean KEY_BLOCK_SET = Integer.getInteger("qkv.keyBlock") != null;
@@ -179,7 +195,7 @@ public final class Attention {
      * L2, which leaves room for OpenBLAS's packed panels (2048 keys: a 2 MiB tile, measured no faster). The
      * system property {@code qkv.nativeKeyBlock} overrides it.
      */
-    static final int NATIVE_KEY_BLOCK = Integer.getInteger("qkv.nativeKeyBlock", 1024);
+    static final int NATIVE_KEY_BLOCK = blockProperty("qkv.nativeKeyBlock", 1024, 1);
 
     /**
      * Floats added to a native score-tile row whose length is a multiple of 64 (see {@code Job.tileLd}); every
@@ -419,9 +435,15 @@ public final class Attention {
         long k = Math.max(lk, 1);
         // Java engine and few-query path: up to BLOCK_ROWS rows of all keys; native: larger blocks, one
         // padded key block
-        long javaTile = Math.min(BLOCK_ROWS, q) * k;
-        long nativeTile = Math.min(MAX_BLOCK_ROWS, q) * (Math.min(k, NATIVE_KEY_BLOCK) + TILE_PAD);
-        return Math.multiplyExact(Math.max(javaTile, nativeTile) * Float.BYTES, (long) threads);
+        try {
+            long javaTile = Math.multiplyExact(Math.min(BLOCK_ROWS, q), k);
+            long nativeTile = Math.min(MAX_BLOCK_ROWS, q) * (Math.min(k, NATIVE_KEY_BLOCK) + TILE_PAD);
+            return Math.multiplyExact(Math.multiplyExact(Math.max(javaTile, nativeTile), (long) Float.BYTES),
+                    (long) threads);
+        } catch (ArithmeticException e) {
+            throw new IllegalArgumentException("score tiles for lq=" + lq + ", lk=" + lk + " on " + threads
+                    + " threads: more bytes than a long holds");
+        }
     }
 
     /**
@@ -644,8 +666,10 @@ public final class Attention {
             packOut = !rowMajorOk(out);
             // the packed Java engine reads q, k, v in place (any unit-stride layout) and writes out row-major
             double flops = 4.0 * batch * hq * lq * lk * Math.max(dk, dv);
+            // AUTO keeps heap tensors (arrays wrapped as segments) on the Java kernels: OpenBLAS needs addresses
+            boolean heap = owner.autoNative && !(offHeap(q) && offHeap(k) && offHeap(v) && offHeap(out));
             usePacked = owner.packed != null && !packQ && !packK && !packV && !packOut
-                    && (!owner.autoNative || lq < AUTO_JAVA_QUERIES || dk < AUTO_NATIVE_MIN_DK);
+                    && (!owner.autoNative || heap || lq < AUTO_JAVA_QUERIES || dk < AUTO_NATIVE_MIN_DK);
             small = usePacked && lq < 8 && rowMajorOk(q) && rowMajorOk(k) && rowMajorOk(v);
             gemv = !usePacked && owner.blas != null && lq < GEMV_QUERIES;
             if (!usePacked && !packV && owner.blas != null && lq >= AUTO_JAVA_QUERIES && hasSubnormal(v, owner.rows)) {
@@ -655,6 +679,11 @@ public final class Attention {
                 packV = true;
             }
             nativeEngine = !usePacked && owner.blas != null;
+            if (nativeEngine && owner.backend == Backend.AUTO) {
+                // AUTO chose OpenBLAS (no Java kernels for this layout, or no Vector API): the same check as the
+                // native backend's, before any work
+                SdpaArgs.requireNative(q, k, v, out);
+            }
             double parallelMin = WorkerPool.SHARED.spins() ? SPIN_PARALLEL_MIN_FLOPS
                     : WorkerPool.MIN_PARALLEL_FLOPS;
             int want = flops < parallelMin || owner.threads == 1 || !shareable() ? 1 : owner.threads;
@@ -673,6 +702,10 @@ public final class Attention {
             tileRows = Math.max(1, Math.min(rows0, lq));
             plan(want);
             callId = 0;
+        }
+
+        private static boolean offHeap(Tensor t) {
+            return t.segment().isNative() || t.elementCount() == 0;
         }
 
         /** Pool threads may touch every segment of the call (not so for a confined arena's memory). */

@@ -62,6 +62,12 @@ final class SdpaArgs {
             throw new IllegalArgumentException(q.describe("q") + ", " + k.describe("k") + ", " + v.describe("v")
                     + ": sequence lengths and head dimensions must fit in an int");
         }
+        // the engines count (batch, head, row) tasks in an int: B·Hq·Lq query rows at most (only views with
+        // zero strides reach this without holding gigabytes)
+        if (b != 0 && hq != 0 && lq != 0 && (b > Integer.MAX_VALUE / hq || b * hq > Integer.MAX_VALUE / lq)) {
+            throw new IllegalArgumentException(q.describe("q") + ": B·Hq·Lq = " + b + "·" + hq + "·" + lq
+                    + " query rows exceed 2^31 - 1");
+        }
         Mask mask = options.mask();
         if (mask != null) {
             checkMask(mask.values(), b, hq, lq, lk);

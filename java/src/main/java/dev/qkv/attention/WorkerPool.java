@@ -113,7 +113,9 @@ public final class WorkerPool {
     private void run(Tasks job, int count, int wanted, int active) {
         // the cores that the callers (this one included) leave free
         int h = Math.min(Math.min(Math.min(wanted, threads.length), count - 1), threads.length + 1 - active);
-        if (h <= 0 || !busy.tryLock()) {
+        // a task that calls run again on the caller's thread runs its tasks there: the lock is reentrant, and
+        // taking it again would overwrite the open call's fields
+        if (h <= 0 || busy.isHeldByCurrentThread() || !busy.tryLock()) {
             for (int t = 0; t < count; t++) {
                 job.run(t, 0);
             }

@@ -387,10 +387,15 @@ public final class OpenBlas {
         }
         Operand oa = operand("a", a, ta);
         Operand ob = operand("b", b, tb);
-        int ldc = (int) Math.max(c.stride(0), Math.max(1, n));
         if (c.size(0) > 1 && c.stride(0) < n) {
             throw new IllegalArgumentException("matmul: " + c.describe("c") + " rows overlap (stride " + c.stride(0) + ")");
         }
+        long ldcLong = Math.max(c.stride(0), Math.max(1, n));
+        if (ldcLong > Integer.MAX_VALUE) {
+            throw new IllegalArgumentException("matmul: " + c.describe("c") + ": row stride " + c.stride(0)
+                    + " exceeds the 32-bit BLAS interface");
+        }
+        int ldc = (int) ldcLong;
         sgemm(oa.t, ob.t, toInt("m", m), toInt("n", n), toInt("k", ka), alpha, a.segment(), a.offset(), oa.ld,
                 b.segment(), b.offset(), ob.ld, beta, c.segment(), c.offset(), ldc);
     }

@@ -36,12 +36,23 @@ public final class KvCache {
     private Tensor[] valueViews = new Tensor[0];
     private int length;
 
+    /** All of k's and v's memory as flat views, for overlap checks that must not allocate. */
+    private final Tensor allKeys;
+    private final Tensor allValues;
+
     private KvCache(int kvHeads, int capacity, int headDim, MemorySegment k, MemorySegment v) {
         this.kvHeads = kvHeads;
         this.capacity = capacity;
         this.headDim = headDim;
         this.k = k;
         this.v = v;
+        this.allKeys = Tensor.wrap(k, k.byteSize() / Float.BYTES);
+        this.allValues = Tensor.wrap(v, v.byteSize() / Float.BYTES);
+    }
+
+    /** True when {@code t} shares memory with the cached keys or values. */
+    boolean overlaps(Tensor t) {
+        return t.overlaps(allKeys) || t.overlaps(allValues);
     }
 
     /** An empty cache for {@code capacity} positions of {@code kvHeads} heads of {@code headDim}, from {@code arena}. */
@@ -51,7 +62,13 @@ public final class KvCache {
             throw new IllegalArgumentException("KV cache [" + kvHeads + ", " + capacity + ", " + headDim
                     + "]: every dimension must be positive");
         }
-        long bytes = Math.multiplyExact(Math.multiplyExact((long) kvHeads * capacity, headDim), (long) Float.BYTES);
+        long bytes;
+        try {
+            bytes = Math.multiplyExact(Math.multiplyExact((long) kvHeads * capacity, headDim), (long) Float.BYTES);
+        } catch (ArithmeticException e) {
+            throw new IllegalArgumentException("KV cache [" + kvHeads + ", " + capacity + ", " + headDim
+                    + "]: more bytes than a long holds");
+        }
         return new KvCache(kvHeads, capacity, headDim, arena.allocate(bytes, Tensor.ALIGNMENT),
                 arena.allocate(bytes, Tensor.ALIGNMENT));
     }

@@ -190,8 +190,13 @@ public final class MultiHeadAttention {
             throw new IllegalArgumentException("workspace for batch=" + batch + ", lq=" + lq + ", lkv=" + lkv
                     + ": sizes must be >= 0");
         }
-        long floats = Math.max(selfFloats(batch, lq), crossFloats(batch, lq, lkv));
-        return Math.addExact(Math.multiplyExact(floats, Float.BYTES), attentionBytes(lq, Math.max(lq, lkv)));
+        try {
+            long floats = Math.max(selfFloats(batch, lq), crossFloats(batch, lq, lkv));
+            return Math.addExact(Math.multiplyExact(floats, Float.BYTES), attentionBytes(lq, Math.max(lq, lkv)));
+        } catch (ArithmeticException e) {
+            throw new IllegalArgumentException("workspace for batch=" + batch + ", lq=" + lq + ", lkv=" + lkv
+                    + ": more bytes than a long holds");
+        }
     }
 
     /** A workspace of {@link #workspaceBytes} from the caller's arena. */
@@ -305,6 +310,10 @@ public final class MultiHeadAttention {
             throw new IllegalStateException(cache.describe() + ": its arena is closed");
         }
         checkWeights(out);
+        if (cache.overlaps(out)) {
+            // the step writes out after reading the cache: every later step would attend to the overwrite
+            throw new IllegalArgumentException(out.describe("out") + " shares memory with " + cache.describe());
+        }
         int before = cache.length();
         if (n > cache.capacity() - before) {
             throw new IllegalStateException(cache.describe() + ": appending " + x.describe("x") + " needs "
@@ -586,7 +595,7 @@ public final class MultiHeadAttention {
                         + java.util.Arrays.toString(t.strides()) + ": two rows share memory");
             }
         }
-        if (backend == Backend.NATIVE && !t.segment().isNative()) {
+        if ((backend == Backend.NATIVE || "native".equals(matmul.name())) && !t.segment().isNative()) {
             throw new IllegalArgumentException(t.describe(name) + ": a heap segment; the native backend needs off-heap memory");
         }
     }

@@ -317,7 +317,7 @@ public final class Tensor {
         if (target.length < shape.length) {
             throw new IllegalArgumentException("cannot broadcast " + shapeString() + " to " + Shapes.format(target));
         }
-        long[] s = target.clone();
+        long[] s = checkShape(target);
         long[] st = new long[target.length];
         int lead = target.length - shape.length;
         for (int i = 0; i < target.length; i++) {
@@ -386,10 +386,17 @@ public final class Tensor {
         return this;
     }
 
-    /** Copies the elements of {@code src}, which must have the same shape, into this tensor. */
+    /**
+     * Copies the elements of {@code src}, which must have the same shape, into this tensor. When the two share
+     * memory (e.g. {@code t.copyFrom(t.transpose())}), {@code src} is read in full first, as if copied to a
+     * temporary array: the result is always {@code src}'s values before the call.
+     */
     public Tensor copyFrom(Tensor src) {
         if (!Arrays.equals(src.shape, shape)) {
             throw new IllegalArgumentException("cannot copy " + src.shapeString() + " into " + shapeString());
+        }
+        if (overlaps(src)) {
+            return copyFrom(src.toArray());
         }
         long n = elementCount();
         long[] c = new long[shape.length];

@@ -7,6 +7,7 @@ import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.MethodSource;
 
 import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
 import java.util.function.Function;
 import java.util.stream.Stream;
 
@@ -268,6 +269,26 @@ class AttentionArgumentsTest {
             Fixtures.run(Backend.REFERENCE, q, k, v, out, o);
             double tol = Fixtures.tol(4, 5, 1);
             Fixtures.assertClose(backend + " heap tensors", qs, hout.toArray(), out.toArray(), tol, tol);
+        }
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("backends")
+    void moreQueryRowsThanAnIntCountsAreRefused(Backend backend) {
+        try (Arena arena = Arena.ofConfined()) {
+            // zero strides: 2^16 · 2^16 query rows over one float (before the fix: 0 tasks, nothing computed, no error)
+            MemorySegment one = arena.allocate(4 * Float.BYTES, 64);
+            long[] zeros = {0, 0, 0, 0};
+            Tensor q = Tensor.view(one, 0, new long[] {1L << 16, 1L << 16, 1, 1}, zeros);
+            Tensor k = Tensor.view(one, 1, new long[] {1L << 16, 1L << 16, 1, 1}, zeros);
+            Tensor v = Tensor.view(one, 2, new long[] {1L << 16, 1L << 16, 1, 1}, zeros);
+            // an output of one float repeated: the count is checked before the output's rows, so the message
+            // says which limit the call passes
+            Tensor out = Tensor.allocate(arena, 1, 1, 1, 1).broadcastTo(1L << 16, 1L << 16, 1, 1);
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                    () -> Attention.create(backend).sdpa(q, k, v, out, SdpaOptions.DEFAULT));
+            assertTrue(e.getMessage().startsWith("q [65536, 65536, 1, 1]: B·Hq·Lq = 65536·65536·1 query rows exceed"),
+                    e.getMessage());
         }
     }
 }

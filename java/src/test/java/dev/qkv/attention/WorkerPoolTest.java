@@ -11,6 +11,7 @@ import java.util.concurrent.atomic.AtomicReference;
 import java.util.concurrent.locks.LockSupport;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assumptions.abort;
 import static org.junit.jupiter.api.Assumptions.assumeTrue;
@@ -150,5 +151,49 @@ class WorkerPoolTest {
             s += a.get(i);
         }
         return s;
+    }
+
+    @Test
+    void aTaskThatCallsRunAgainOnTheCallersThreadLosesNoTask() {
+        int n = 64;
+        int inner = 16;
+        AtomicIntegerArray outerRuns = new AtomicIntegerArray(n);
+        AtomicIntegerArray innerRuns = new AtomicIntegerArray(inner);
+        Thread callerThread = Thread.currentThread();
+        java.util.concurrent.atomic.AtomicBoolean nested = new java.util.concurrent.atomic.AtomicBoolean();
+        POOL.run((task, worker) -> {
+            if (Thread.currentThread() == callerThread && nested.compareAndSet(false, true)) {
+                // e.g. a task that runs attention: a call inside a call, on the thread holding the pool
+                POOL.run((t, w) -> innerRuns.incrementAndGet(t), inner, POOL.helpers());
+            }
+            outerRuns.incrementAndGet(task);
+            LockSupport.parkNanos(50_000);
+        }, n, POOL.helpers());
+        assertTrue(nested.get());
+        for (int t = 0; t < n; t++) {
+            assertEquals(1, outerRuns.get(t), "outer task " + t);
+        }
+        for (int t = 0; t < inner; t++) {
+            assertEquals(1, innerRuns.get(t), "inner task " + t);
+        }
+    }
+
+    @Test
+    void aBlockPropertyMustBeAPositiveMultiple() {
+        String name = "qkv.test.blockProperty";
+        try {
+            System.clearProperty(name);
+            assertEquals(2048, Attention.blockProperty(name, 2048, 64));
+            System.setProperty(name, "128");
+            assertEquals(128, Attention.blockProperty(name, 2048, 64));
+            for (String bad : new String[] {"0", "-64", "16", "100"}) {
+                System.setProperty(name, bad);
+                IllegalStateException e = assertThrows(IllegalStateException.class,
+                        () -> Attention.blockProperty(name, 2048, 64));
+                assertEquals("-D" + name + "=" + bad + ": must be a positive multiple of 64", e.getMessage());
+            }
+        } finally {
+            System.clearProperty(name);
+        }
     }
 }

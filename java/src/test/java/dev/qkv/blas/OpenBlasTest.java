@@ -3,8 +3,14 @@ package dev.qkv.blas;
 import dev.qkv.tensor.Tensor;
 import org.junit.jupiter.api.Test;
 
+import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.channels.FileChannel;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardOpenOption;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Random;
@@ -113,6 +119,25 @@ class OpenBlasTest {
             // output overlapping an input
             Tensor sq = Tensor.allocate(arena, 5, 5);
             assertMessage(() -> BLAS.matmul(no, sq, no, sq, 1f, 0f, sq), "overlaps");
+        }
+    }
+
+    @Test
+    void matmulRefusesARowStridePastTheBlasInterface() throws IOException {
+        // c [2, 8] with rows 2^32 + 8 floats apart, over a sparse 16 GiB file mapping: cast to an int, the stride
+        // would put row 1 at element 8 (measured before the check), outside c
+        Path file = Files.createTempFile("qkv-ldc", ".bin");
+        try (Arena arena = Arena.ofConfined();
+             FileChannel ch = FileChannel.open(file, StandardOpenOption.READ, StandardOpenOption.WRITE)) {
+            long floats = (1L << 32) + 16;
+            MemorySegment big = ch.map(FileChannel.MapMode.READ_WRITE, 0, floats * Float.BYTES, arena);
+            Tensor wide = Tensor.view(big, 0, new long[] {2, 8}, new long[] {(1L << 32) + 8, 1});
+            assertMessage(() -> BLAS.matmul(Transpose.NO, Tensor.allocate(arena, 2, 1).fill(1f), Transpose.NO,
+                    Tensor.allocate(arena, 1, 8).fill(1f), 1f, 0f, wide),
+                    "c [2, 8]: row stride 4294967304 exceeds the 32-bit BLAS interface");
+            assertEquals(0f, big.getAtIndex(ValueLayout.JAVA_FLOAT, 8), "nothing written");
+        } finally {
+            Files.delete(file);
         }
     }
 

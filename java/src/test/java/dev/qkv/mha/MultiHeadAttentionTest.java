@@ -323,4 +323,38 @@ class MultiHeadAttentionTest {
             assertTrue(e5.getMessage().contains("unit stride"), e5.getMessage());
         }
     }
+
+    @Test
+    void decodeRefusesAnOutputInsideTheCacheAndKeepsTheCache() {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(5);
+            MultiHeadAttention layer = MultiHeadAttention.create(weights(a, r, 8, 2, 2, false, true), Backend.JAVA);
+            KvCache cache = KvCache.allocate(a, 2, 6, 4);
+            MhaWorkspace ws = layer.newWorkspace(a, 1, 1, cache.capacity());
+            Tensor x = Tensor.allocate(a, 1, 1, 8).fill(0.5f);
+            layer.decode(x, cache, Tensor.allocate(a, 1, 1, 8), ws);
+            float[] keys = cache.keys().toArray();
+            // out over the cached keys' memory: writing it would change what every later step attends to
+            Tensor out = Tensor.wrap(cache.keys().segment(), 1, 1, 8);
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                    () -> layer.decode(x, cache, out, ws));
+            assertTrue(e.getMessage().startsWith("out [1, 1, 8] shares memory with"), e.getMessage());
+            assertEquals(1, cache.length(), "nothing appended");
+            assertArrayEquals(keys, cache.keys().toArray(), "the cache is unchanged");
+        }
+    }
+
+    @Test
+    void sizesBeyondALongAreArgumentErrors() {
+        try (Arena a = Arena.ofConfined()) {
+            MultiHeadAttention layer = MultiHeadAttention.create(weights(a, new Random(6), 8, 2, 2, false, true),
+                    Backend.JAVA);
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                    () -> layer.workspaceBytes(Long.MAX_VALUE / 2, 4, 4));
+            assertTrue(e.getMessage().startsWith("workspace for batch=" + Long.MAX_VALUE / 2), e.getMessage());
+            IllegalArgumentException c = assertThrows(IllegalArgumentException.class,
+                    () -> KvCache.allocate(a, Integer.MAX_VALUE, Integer.MAX_VALUE, Integer.MAX_VALUE));
+            assertTrue(c.getMessage().startsWith("KV cache [2147483647, 2147483647, 2147483647]"), c.getMessage());
+        }
+    }
 }

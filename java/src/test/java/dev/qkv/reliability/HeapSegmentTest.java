@@ -8,10 +8,15 @@ import org.junit.jupiter.api.Test;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.List;
 import java.util.Random;
+import java.util.concurrent.TimeUnit;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
  * Tensors over Java arrays ({@code MemorySegment.ofArray}): the Java backends compute with them, the native one
@@ -49,5 +54,37 @@ class HeapSegmentTest {
             assertEquals(0, written, "NATIVE with a heap q wrote " + written + " of " + nativeOut.elementCount()
                     + " output elements before rejecting it");
         }
+    }
+
+    /**
+     * AUTO with a heap output at head size 256, where it would run OpenBLAS: in this JVM (Vector API present) the
+     * Java kernels take the call, whatever core OpenBLAS runs; without the Vector API (a child JVM) AUTO has
+     * only OpenBLAS and refuses the heap tensor by name before writing anything.
+     */
+    @Test
+    void autoKeepsHeapTensorsOffOpenBlasOrRefusesThemFirst() throws Exception {
+        String here = probe(true);
+        assertTrue(here.startsWith("ok "), here);
+        assertTrue(Double.parseDouble(here.substring(3)) < 1e-5, here);
+        String scalar = probe(false);
+        assertTrue(scalar.startsWith("rejected 0 out [1, 2, 96, 256]"), scalar);
+        assertTrue(scalar.contains("heap segment"), scalar);
+    }
+
+    private static String probe(boolean vector) throws Exception {
+        List<String> cmd = new ArrayList<>(List.of(ProcessHandle.current().info().command().orElseThrow(),
+                "--enable-native-access=ALL-UNNAMED"));
+        if (vector) {
+            cmd.addAll(List.of("--add-modules", "jdk.incubator.vector"));
+        } else {
+            cmd.add("-Dqkv.vector=false");
+        }
+        cmd.addAll(List.of("-cp", System.getProperty("java.class.path"), AutoHeapProbe.class.getName()));
+        Process p = new ProcessBuilder(cmd).start();
+        String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8).trim();
+        String err = new String(p.getErrorStream().readAllBytes(), StandardCharsets.UTF_8);
+        assertTrue(p.waitFor(120, TimeUnit.SECONDS), "child timed out");
+        assertEquals(0, p.exitValue(), "child failed: " + err);
+        return out;
     }
 }

@@ -274,4 +274,26 @@ class TensorTest {
         assertFalse(t.isAlive());
         assertThrows(IllegalStateException.class, t::toArray);
     }
+
+    @Test
+    void broadcastToANegativeSizeIsRefused() {
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor t = Tensor.allocate(arena, 1, 4);
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> t.broadcastTo(-3, 4));
+            assertTrue(e.getMessage().contains("negative dimension"), e.getMessage());
+        }
+    }
+
+    @Test
+    void copyFromAnOverlappingViewCopiesTheValuesBeforeTheCall() {
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor t = Tensor.of(arena, new float[] {1, 2, 3, 4, 5, 6, 7, 8, 9}, 3, 3);
+            t.copyFrom(t.transpose());
+            assertArrayEquals(new float[] {1, 4, 7, 2, 5, 8, 3, 6, 9}, t.toArray());
+            // a shifted view of the same row: each element from its neighbour as it was
+            Tensor r = Tensor.of(arena, new float[] {1, 2, 3, 4, 5}, 5);
+            r.slice(0, 1, 5).copyFrom(r.slice(0, 0, 4));
+            assertArrayEquals(new float[] {1, 1, 2, 3, 4}, r.toArray());
+        }
+    }
 }
