@@ -86,15 +86,12 @@ public class LatencyBench {
 
     @Setup(Level.Trial)
     public void setup() {
-        String[] p = shape.split("x");
-        if (p.length != 4 && p.length != 5) {
-            throw new IllegalArgumentException("shape must be BxHxLxD or BxHxLqxLkxD: " + shape);
-        }
-        long b = Long.parseLong(p[0]);
-        long h = Long.parseLong(p[1]);
-        long lq = Long.parseLong(p[2]);
-        long lk = Long.parseLong(p[p.length - 2]);
-        long d = Long.parseLong(p[p.length - 1]);
+        long[] s = BenchSupport.shape(shape);
+        long b = s[0];
+        long h = s[1];
+        long lq = s[2];
+        long lk = s[3];
+        long d = s[4];
         arena = Arena.ofShared();
         SplittableRandom r = new SplittableRandom(42);
         q = SdpaBench.random(arena, r, b, h, lq, d);

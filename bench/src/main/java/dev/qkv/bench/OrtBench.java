@@ -93,15 +93,12 @@ public class OrtBench {
 
     @Setup(Level.Trial)
     public void setup() throws OrtException {
-        String[] p = shape.split("x");
-        if (p.length != 4 && p.length != 5) {
-            throw new IllegalArgumentException("shape must be BxHxLxD or BxHxLqxLkxD: " + shape);
-        }
-        int b = Integer.parseInt(p[0]);
-        int h = Integer.parseInt(p[1]);
-        int lq = Integer.parseInt(p[2]);
-        int lk = Integer.parseInt(p[p.length - 2]);
-        int d = Integer.parseInt(p[p.length - 1]);
+        long[] s = BenchSupport.shape(shape);
+        int b = Math.toIntExact(s[0]);
+        int h = Math.toIntExact(s[1]);
+        int lq = Math.toIntExact(s[2]);
+        int lk = Math.toIntExact(s[3]);
+        int d = Math.toIntExact(s[4]);
         if (causal && lq != lk) {
             throw new IllegalArgumentException("causal is measured only where Lq = Lk, where every definition of "
                     + "a causal mask agrees: " + shape);
