@@ -626,6 +626,17 @@ public final class Attention {
         }
 
         void prepare(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options, MemorySegment shared) {
+            try {
+                prepareFields(q, k, v, out, options, shared);
+            } catch (RuntimeException | Error e) {
+                // a refused call (e.g. the budget) leaves no reference to its tensors in this thread's job
+                release();
+                throw e;
+            }
+        }
+
+        private void prepareFields(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options,
+                                   MemorySegment shared) {
             this.q = q;
             this.k = k;
             this.v = v;

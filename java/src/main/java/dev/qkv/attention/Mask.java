@@ -6,8 +6,8 @@ import java.util.Objects;
 
 /**
  * An attention mask over scores {@code [B, Hq, Lq, Lk]}, given as a tensor that broadcasts to that shape from
- * {@code [Lq, Lk]}, {@code [B, 1, Lq, Lk]}, {@code [B, Hq, Lq, Lk]} or {@code [B, 1, 1, Lk]} (any dimension of
- * size 1 broadcasts).
+ * {@code [Lq, Lk]}, {@code [B, 1, Lq, Lk]}, {@code [B, Hq, Lq, Lk]} or {@code [B, 1, 1, Lk]} (a dimension of
+ * size 1 broadcasts, except the last: a mask always has one value per key, {@code Lk} of them).
  *
  * <p>A boolean mask ({@link #allowed}) follows PyTorch: a non-zero element means the query may attend the key,
  * zero means it may not. An additive mask ({@link #additive}) is added to the scaled scores; {@code -inf}

@@ -159,6 +159,12 @@ public final class MhaWeights {
                         st.tensor(p + "out_proj.weight", arena), optional(st, p + "out_proj.bias", arena), p);
             } else if (st.contains(p + "q_proj.weight")) {
                 String o = st.contains(p + "o_proj.weight") ? p + "o_proj." : p + "out_proj.";
+                String other = o.equals(p + "o_proj.") ? p + "out_proj." : p + "o_proj.";
+                if (st.contains(other + "bias") && !st.contains(o + "bias")) {
+                    // a bias under the other family's name would otherwise be dropped without a word
+                    throw new SafetensorsException(st.file() + ": tensor '" + other + "bias' belongs to no weight: the"
+                            + " output projection is '" + o + "weight'");
+                }
                 if (!st.contains(o + "weight")) {
                     throw new SafetensorsException(st.file() + ": tensor '" + p + "o_proj.weight' (or '" + p
                             + "out_proj.weight') not found");
@@ -174,10 +180,11 @@ public final class MhaWeights {
                         + "q_proj.weight' (Hugging Face)" + names(st));
             }
             if (kvHeads != 0 && w.kvHeads != kvHeads) {
-                throw new SafetensorsException(st.file() + ": tensor '"
-                        + (st.contains(p + "in_proj_weight") ? p + "in_proj_weight" : p + "k_proj.weight") + "' "
-                        + w.wk.shapeString() + " rows of K: " + w.kvHeads + " kv heads of Dh=" + w.headDim
-                        + ", not the " + kvHeads + " requested");
+                // the file's own tensor and shape (for in_proj_weight, w.wk is only its rows of K)
+                String name = st.contains(p + "in_proj_weight") ? p + "in_proj_weight" : p + "k_proj.weight";
+                throw new SafetensorsException(st.file() + ": tensor '" + name + "' " + st.entry(name).shapeString()
+                        + ", its rows of K: " + w.kvHeads + " kv heads of Dh=" + w.headDim + ", not the " + kvHeads
+                        + " requested");
             }
             return w;
         } catch (IllegalArgumentException e) {

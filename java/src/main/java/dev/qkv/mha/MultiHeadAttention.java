@@ -80,9 +80,16 @@ public final class MultiHeadAttention {
      * argument slices escaped (JFR: {@code NativeMemorySegmentImpl} allocated in {@code criticalSgemm}).
      */
     private final OpenBlas blas;
+    /**
+     * AUTO's kernel for products with heap memory (arrays wrapped as segments) when it chose OpenBLAS, which needs
+     * addresses: the Java kernels, as AUTO's attention does for heap tensors. Null otherwise.
+     */
+    private final MatmulKernel heapKernel;
     private final Attention attention;
     /** Projections of at most {@link #GEMV_ROWS} rows run as matrix-vector products. */
     private final boolean gemvRows;
+    /** The same for {@link #heapKernel} (the scalar kernels have no faster matrix-vector product). */
+    private final boolean heapGemv;
     private final int e;
     private final int h;
     private final int hkv;
@@ -99,6 +106,8 @@ public final class MultiHeadAttention {
         this.blas = "native".equals(matmul.name()) ? OpenBlas.get() : null;
         // the reference backend keeps its double-accumulating product; the scalar kernel has no faster matvec
         this.gemvRows = blas != null || "java-vector".equals(matmul.name());
+        this.heapKernel = backend == Backend.AUTO && blas != null ? MatmulKernel.java() : null;
+        this.heapGemv = heapKernel != null && "java-vector".equals(heapKernel.name());
         this.attention = attention;
         this.e = w.embedDim();
         this.h = w.heads();
@@ -137,7 +146,7 @@ public final class MultiHeadAttention {
             case AUTO -> attention.matmulKernel();
         };
         MultiHeadAttention layer = new MultiHeadAttention(weights, backend, mm, attention);
-        if ("native".equals(mm.name())) {
+        if (backend == Backend.NATIVE) {
             Tensor[] ts = layer.weightList;
             for (int i = 0; i < ts.length; i++) {
                 if (ts[i] != null && !ts[i].segment().isNative()) {
@@ -415,8 +424,8 @@ public final class MultiHeadAttention {
         if (batches == 1 || rows > 1 && aBs == rows * aRs && cBs == rows * cRs) {
             mats = 1;
             m = toInt("B*L", (long) batches * rows);
-            lda = ld(aRs, k);
-            ldc = ld(cRs, n);
+            lda = ld(m, aRs, k);
+            ldc = ld(m, cRs, n);
         } else if (rows == 1 && aBs >= k && cBs >= n) {
             mats = 1;
             m = batches;
@@ -425,8 +434,8 @@ public final class MultiHeadAttention {
         } else {
             mats = batches;
             m = rows;
-            lda = ld(aRs, k);
-            ldc = ld(cRs, n);
+            lda = ld(m, aRs, k);
+            ldc = ld(m, cRs, n);
         }
         // the cut comes from the shape alone (see SLAB_COLS): the same slabs on one thread or many
         if (2.0 * mats * m * n * k < WorkerPool.MIN_PARALLEL_FLOPS) {
@@ -524,25 +533,35 @@ public final class MultiHeadAttention {
     private void productNt(int m, int n, int k, MemorySegment a, long aOff, int lda, MemorySegment wSeg, long wOff,
                            int ldw, MemorySegment c, long cOff, int ldc) {
         OpenBlas nat = blas;
-        if (m <= GEMV_ROWS && gemvRows) {
+        MatmulKernel mm = matmul;
+        if (heapKernel != null && !(a.isNative() && wSeg.isNative() && c.isNative())) {
+            nat = null;
+            mm = heapKernel;
+        }
+        if (m <= GEMV_ROWS && (mm == matmul ? gemvRows : heapGemv)) {
             for (int i = 0; i < m; i++) {
                 long ai = aOff + (long) i * lda;
                 long ci = cOff + (long) i * ldc;
                 if (nat != null) {
                     nat.sgemv(Transpose.NO, n, k, 1f, wSeg, wOff, ldw, a, ai, 1, 0f, c, ci, 1);
                 } else {
-                    matmul.matvec(Transpose.NO, n, k, 1f, wSeg, wOff, ldw, a, ai, 1, 0f, c, ci, 1);
+                    mm.matvec(Transpose.NO, n, k, 1f, wSeg, wOff, ldw, a, ai, 1, 0f, c, ci, 1);
                 }
             }
         } else if (nat != null) {
             nat.sgemm(Transpose.NO, Transpose.YES, m, n, k, 1f, a, aOff, lda, wSeg, wOff, ldw, 0f, c, cOff, ldc);
         } else {
-            matmul.matmul(Transpose.NO, Transpose.YES, m, n, k, 1f, a, aOff, lda, wSeg, wOff, ldw, 0f, c, cOff, ldc);
+            mm.matmul(Transpose.NO, Transpose.YES, m, n, k, 1f, a, aOff, lda, wSeg, wOff, ldw, 0f, c, cOff, ldc);
         }
     }
 
     private static int ld(long stride, int min) {
         return toInt("leading dimension", Math.max(stride, Math.max(min, 1)));
+    }
+
+    /** {@link #ld(long, int)} of {@code m} rows: one row's stride is never used, whatever the view says. */
+    private static int ld(int m, long stride, int min) {
+        return m == 1 ? Math.max(min, 1) : ld(stride, min);
     }
 
     /** Adds {@code bias [n]} to {@code batches × rows} rows of {@code n} floats; nothing when bias is null. */
@@ -595,7 +614,7 @@ public final class MultiHeadAttention {
                         + java.util.Arrays.toString(t.strides()) + ": two rows share memory");
             }
         }
-        if ((backend == Backend.NATIVE || "native".equals(matmul.name())) && !t.segment().isNative()) {
+        if (backend == Backend.NATIVE && !t.segment().isNative()) {
             throw new IllegalArgumentException(t.describe(name) + ": a heap segment; the native backend needs off-heap memory");
         }
     }

@@ -156,7 +156,9 @@ class MhaWeightsTest {
             Random r = new Random(8);
             Map<String, Tensor> t = torchNames(a, r, "");
             assertContains(loadError(t, "", 3, 0), "tensor in_proj_weight [48, 16]", "E=16 is not divisible by H=3");
-            assertContains(loadError(t, "", H, 2), "in_proj_weight", "4 kv heads", "not the 2 requested");
+            // the file's tensor and shape, not the slice of it that holds K
+            assertContains(loadError(t, "", H, 2), "tensor 'in_proj_weight' [48, 16], its rows of K: 4 kv heads",
+                    "not the 2 requested");
             assertContains(loadError(t, "enc", H, 0), "no attention weights under prefix 'enc.'",
                     "'enc.in_proj_weight'", "'enc.q_proj.weight'", "the file has 'in_proj_weight'");
 
@@ -189,6 +191,11 @@ class MhaWeightsTest {
             assertContains(loadError(hf, "", H, 0), "'o_proj.weight' (or 'out_proj.weight') not found");
             hf.put("o_proj.weight", rand(a, r, 1f, E, E + 1));
             assertContains(loadError(hf, "", H, 0), "tensor o_proj.weight [16, 17]", "expected [16, 16]");
+            // a bias under the other naming family would be dropped without a word
+            hf.put("o_proj.weight", rand(a, r, 1f, E, E));
+            hf.put("out_proj.bias", rand(a, r, 1f, E));
+            assertContains(loadError(hf, "", H, 0), "tensor 'out_proj.bias' belongs to no weight",
+                    "the output projection is 'o_proj.weight'");
         }
     }
 }

@@ -357,4 +357,29 @@ class MultiHeadAttentionTest {
             assertTrue(c.getMessage().startsWith("KV cache [2147483647, 2147483647, 2147483647]"), c.getMessage());
         }
     }
+
+    @org.junit.jupiter.params.ParameterizedTest
+    @org.junit.jupiter.params.provider.EnumSource(value = Backend.class, names = {"NATIVE", "JAVA", "AUTO"})
+    void oneRowViewsWithAnyStrideOnTheirSizeOneDimensions(Backend backend) {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(11);
+            MhaWeights w = weights(a, r, 8, 2, 2, true, true);
+            float[] xv = new float[8];
+            for (int i = 0; i < 8; i++) {
+                xv[i] = r.nextFloat() - 0.5f;
+            }
+            Tensor x = Tensor.of(a, xv, 1, 1, 8);
+            // the same row through strides no BLAS leading dimension can hold: they are never used
+            long far = 1L << 40;
+            Tensor xFar = Tensor.view(x.segment(), 0, new long[] {1, 1, 8}, new long[] {far, far, 1});
+            Tensor outFar = Tensor.view(Tensor.allocate(a, 8).segment(), 0, new long[] {1, 1, 8},
+                    new long[] {far, far, 1});
+            Tensor want = Tensor.allocate(a, 1, 1, 8);
+            MultiHeadAttention ref = MultiHeadAttention.create(w, Backend.REFERENCE);
+            ref.forward(x, want, SdpaOptions.DEFAULT, ref.newWorkspace(a, 1, 1, 1));
+            MultiHeadAttention layer = MultiHeadAttention.create(w, backend);
+            layer.forward(xFar, outFar, SdpaOptions.DEFAULT, layer.newWorkspace(a, 1, 1, 1));
+            MhaTestSupport.assertClose(want.toArray(), outFar.toArray(), 1e-5, 1e-5, backend.toString());
+        }
+    }
 }

@@ -3,6 +3,8 @@ package dev.qkv.reliability;
 import dev.qkv.attention.Attention;
 import dev.qkv.attention.Backend;
 import dev.qkv.attention.SdpaOptions;
+import dev.qkv.mha.MhaWeights;
+import dev.qkv.mha.MultiHeadAttention;
 import dev.qkv.tensor.Tensor;
 
 import java.lang.foreign.Arena;
@@ -19,6 +21,10 @@ public final class AutoHeapProbe {
     }
 
     public static void main(String[] args) {
+        if (args.length > 0 && args[0].equals("mha")) {
+            mha();
+            return;
+        }
         Random r = new Random(7);
         try (Arena arena = Arena.ofConfined()) {
             Tensor q = Fuzz.random(arena, r, 1, 2, 96, 256);
@@ -44,6 +50,44 @@ public final class AutoHeapProbe {
                 worst = Math.max(worst, Math.abs(got[i] - want[i]));
             }
             System.out.println("ok " + worst);
+        }
+    }
+
+    /** The layer under AUTO with heap weights, input and output, against the reference layer off-heap. */
+    private static void mha() {
+        Random r = new Random(8);
+        int e = 16;
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor[] off = new Tensor[4];
+            Tensor[] heap = new Tensor[4];
+            long[][] shapes = {{3 * e, e}, {3 * e}, {e, e}, {e}};
+            for (int i = 0; i < 4; i++) {
+                off[i] = Fuzz.random(arena, r, shapes[i]);
+                heap[i] = Tensor.wrap(MemorySegment.ofArray(off[i].toArray()), shapes[i]);
+            }
+            Tensor x = Fuzz.random(arena, r, 2, 5, e);
+            Tensor want = Tensor.allocate(arena, 2, 5, e);
+            MultiHeadAttention ref = MultiHeadAttention.create(MhaWeights.packed(4, off[0], off[1], off[2], off[3]),
+                    Backend.REFERENCE);
+            ref.forward(x, want, SdpaOptions.CAUSAL, ref.newWorkspace(arena, 2, 5, 5));
+            Tensor heapX = Tensor.wrap(MemorySegment.ofArray(x.toArray()), 2, 5, e);
+            Tensor out = Tensor.wrap(MemorySegment.ofArray(new float[2 * 5 * e]), 2, 5, e);
+            MultiHeadAttention layer;
+            try {
+                layer = MultiHeadAttention.create(MhaWeights.packed(4, heap[0], heap[1], heap[2], heap[3]),
+                        Backend.AUTO);
+                layer.forward(heapX, out, SdpaOptions.CAUSAL, layer.newWorkspace(arena, 2, 5, 5));
+            } catch (IllegalArgumentException ex) {
+                System.out.println("rejected " + ex.getMessage());
+                return;
+            }
+            float[] got = out.toArray();
+            float[] w = want.toArray();
+            double worst = 0;
+            for (int i = 0; i < got.length; i++) {
+                worst = Math.max(worst, Math.abs(got[i] - w[i]));
+            }
+            System.out.println("ok " + worst + " products=" + Attention.create(Backend.AUTO).matmulKernel().name());
         }
     }
 }

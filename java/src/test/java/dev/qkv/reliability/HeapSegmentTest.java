@@ -71,7 +71,23 @@ class HeapSegmentTest {
         assertTrue(scalar.contains("heap segment"), scalar);
     }
 
-    private static String probe(boolean vector) throws Exception {
+    /**
+     * The layer under AUTO with heap weights, input and output: without the Vector API its products run on
+     * OpenBLAS, and the heap operands go to the Java kernels instead of being refused.
+     */
+    @Test
+    void autoLayerRunsHeapTensorsWhenItsProductsAreNative() throws Exception {
+        for (boolean vector : new boolean[] {true, false}) {
+            String got = probe(vector, "mha");
+            assertTrue(got.startsWith("ok "), got);
+            assertTrue(Double.parseDouble(got.split(" ")[1]) < 1e-5, got);
+            if (!vector) {
+                assertTrue(got.endsWith("products=native"), "the probe should run OpenBLAS products: " + got);
+            }
+        }
+    }
+
+    private static String probe(boolean vector, String... args) throws Exception {
         List<String> cmd = new ArrayList<>(List.of(ProcessHandle.current().info().command().orElseThrow(),
                 "--enable-native-access=ALL-UNNAMED"));
         if (vector) {
@@ -80,6 +96,7 @@ class HeapSegmentTest {
             cmd.add("-Dqkv.vector=false");
         }
         cmd.addAll(List.of("-cp", System.getProperty("java.class.path"), AutoHeapProbe.class.getName()));
+        cmd.addAll(List.of(args));
         Process p = new ProcessBuilder(cmd).start();
         String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8).trim();
         String err = new String(p.getErrorStream().readAllBytes(), StandardCharsets.UTF_8);
