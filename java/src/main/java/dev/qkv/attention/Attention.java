@@ -359,8 +359,8 @@ public final class Attention {
 
     /**
      * The matrix-product kernel of the blocked engine (for {@link Backend#AUTO}, the one it chose for large
-     * products), or {@code null} for {@link Backend#REFERENCE}. Layers built on attention use it for their
-     * projections so that one instance never mixes kernels.
+     * products), or {@code null} for {@link Backend#REFERENCE}. The multi-head layer under AUTO uses it for its
+     * projections only when the Vector API is absent (it measured the Java kernels faster there otherwise).
      */
     public MatmulKernel matmulKernel() {
         return matmul;

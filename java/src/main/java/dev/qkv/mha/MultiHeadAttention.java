@@ -8,6 +8,7 @@ import dev.qkv.attention.Workspace;
 import dev.qkv.blas.OpenBlas;
 import dev.qkv.blas.Transpose;
 import dev.qkv.kernel.MatmulKernel;
+import dev.qkv.kernel.Vectorization;
 import dev.qkv.tensor.Shapes;
 import dev.qkv.tensor.Tensor;
 
@@ -142,8 +143,10 @@ public final class MultiHeadAttention {
             case NATIVE -> MatmulKernel.openBlas();
             case JAVA -> MatmulKernel.java();
             case REFERENCE -> DoubleMatmul.INSTANCE;
-            // the projections run on the kernel AUTO chose for the attention's products
-            case AUTO -> attention.matmulKernel();
+            // the projections: the Java Vector API kernels when present, which ran the layer's products faster
+            // than OpenBLAS's SkylakeX sgemm (E = 512, bench/RESULTS.md, round 11), else what AUTO chose for the
+            // attention (OpenBLAS when it loads)
+            case AUTO -> Vectorization.enabled() ? MatmulKernel.java() : attention.matmulKernel();
         };
         MultiHeadAttention layer = new MultiHeadAttention(weights, backend, mm, attention);
         if (backend == Backend.NATIVE) {
