@@ -55,7 +55,7 @@ final class MhaCommand implements Command {
         Backend backend = SdpaCommand.backend(f.get("backend", "native"));
         boolean causal = f.has("causal");
         Path outPath = Path.of(f.require("out"));
-        SdpaCommand.checkFolder(outPath);
+        Npy.checkTarget(outPath);
         if (backend == Backend.NATIVE) {
             // a missing library becomes one error line here, before any class that needs it is initialised
             OpenBlas.get();

@@ -12,7 +12,6 @@ import dev.qkv.tensor.Tensor;
 import java.io.IOException;
 import java.io.PrintStream;
 import java.lang.foreign.Arena;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.List;
 import java.util.Locale;
@@ -50,7 +49,8 @@ final class SdpaCommand implements Command {
         Backend backend = backend(f.get("backend", "native"));
         float scale = f.has("scale") ? scale(f.get("scale", null)) : Float.NaN;
         boolean causal = f.has("causal");
-        checkFolder(outPath);
+        // before any work, so that a long run does not end in vain
+        Npy.checkTarget(outPath);
 
         Attention attention = Backends.create(backend);
         // shared: the engine's pool threads may only touch memory of a shared (or global/auto) arena
@@ -136,29 +136,6 @@ final class SdpaCommand implements Command {
     static String outOfMemory(String what, OutOfMemoryError e) {
         return what + ": not enough memory (" + e.getMessage() + "); the inputs' shapes ask for more than this JVM"
                 + " can allocate";
-    }
-
-    /**
-     * Fails before any work when the output cannot be written, so a long run does not end in vain: its folder is
-     * missing, or it exists and is not a regular file (a folder, a device: the output replaces the file at that
-     * path, it never writes through it).
-     */
-    static void checkFolder(Path out) throws UsageException {
-        Path abs = out.toAbsolutePath();
-        Path dir = abs.getParent();
-        if (dir == null || abs.getFileName() == null) {
-            throw new UsageException(out + ": not a file path");
-        }
-        if (!Files.isDirectory(dir)) {
-            throw new UsageException(out + ": folder " + dir + " does not exist");
-        }
-        if (Files.isDirectory(out)) {
-            throw new UsageException(out + ": is a directory");
-        }
-        if (Files.exists(out) && !Files.isRegularFile(out)) {
-            throw new UsageException(out + ": exists and is not a regular file (a device or other special file);"
-                    + " the output would replace it");
-        }
     }
 
     private static Tensor floats(String name, NpyArray a, Path file) throws UsageException {

@@ -353,21 +353,8 @@ public final class Npy {
         if (!tensor.isAlive()) {
             throw new IllegalStateException("tensor " + tensor.shapeString() + ": its arena is closed");
         }
-        Path target = file.toAbsolutePath();
-        if (Files.isSymbolicLink(target) && Files.exists(target)) {
-            target = target.toRealPath();
-        }
+        Path target = checkTarget(file);
         Path dir = target.getParent();
-        if (dir == null || target.getFileName() == null) {
-            throw new NoSuchFileException(file.toString(), null, "not a file path");
-        }
-        if (!Files.isDirectory(dir)) {
-            throw new NoSuchFileException(file.toString(), null, "folder " + dir + " does not exist");
-        }
-        if (Files.exists(target) && !Files.isRegularFile(target)) {
-            throw new FileSystemException(file.toString(), null, "exists and is not a regular file (a folder, a"
-                    + " device or another special file), which the output would replace");
-        }
         byte[] header = header(tensor.shape());
         byte[] random = new byte[6];
         new SecureRandom().nextBytes(random);
@@ -403,6 +390,33 @@ public final class Npy {
                 Files.deleteIfExists(tmp);
             }
         }
+    }
+
+    /**
+     * The checks {@link #write} makes of {@code file} before writing, for callers that want them before long work
+     * (the command line checks its output first): the folder exists, and the path is a regular file or nothing
+     * yet. Returns the absolute path the data would replace, a symbolic link to an existing file resolved.
+     *
+     * @throws NoSuchFileException when {@code file} names no file in an existing folder
+     * @throws FileSystemException when {@code file} exists as something other than a regular file
+     */
+    public static Path checkTarget(Path file) throws IOException {
+        Path target = file.toAbsolutePath();
+        if (Files.isSymbolicLink(target) && Files.exists(target)) {
+            target = target.toRealPath();
+        }
+        Path dir = target.getParent();
+        if (dir == null || target.getFileName() == null) {
+            throw new NoSuchFileException(file.toString(), null, "not a file path");
+        }
+        if (!Files.isDirectory(dir)) {
+            throw new NoSuchFileException(file.toString(), null, "folder " + dir + " does not exist");
+        }
+        if (Files.exists(target) && !Files.isRegularFile(target)) {
+            throw new FileSystemException(file.toString(), null, "exists and is not a regular file (a folder, a"
+                    + " device or another special file), which the output would replace");
+        }
+        return target;
     }
 
     /** The version 1.0 prefix and header for a float32 C-order array, padded to a multiple of 64 bytes. */
