@@ -82,15 +82,14 @@ public final class MultiHeadAttention {
      */
     private final OpenBlas blas;
     /**
-     * AUTO's kernel for products with heap memory (arrays wrapped as segments) when it chose OpenBLAS, which needs
-     * addresses: the Java kernels, as AUTO's attention does for heap tensors. Null otherwise.
+     * AUTO's kernel for products with heap memory (arrays wrapped as segments) when its projections run on
+     * OpenBLAS (no Vector API), which needs addresses: the scalar Java kernels, as AUTO's attention uses for heap
+     * tensors. Null otherwise.
      */
     private final MatmulKernel heapKernel;
     private final Attention attention;
     /** Projections of at most {@link #GEMV_ROWS} rows run as matrix-vector products. */
     private final boolean gemvRows;
-    /** The same for {@link #heapKernel} (the scalar kernels have no faster matrix-vector product). */
-    private final boolean heapGemv;
     private final int e;
     private final int h;
     private final int hkv;
@@ -108,7 +107,6 @@ public final class MultiHeadAttention {
         // the reference backend keeps its double-accumulating product; the scalar kernel has no faster matvec
         this.gemvRows = blas != null || "java-vector".equals(matmul.name());
         this.heapKernel = backend == Backend.AUTO && blas != null ? MatmulKernel.java() : null;
-        this.heapGemv = heapKernel != null && "java-vector".equals(heapKernel.name());
         this.attention = attention;
         this.e = w.embedDim();
         this.h = w.heads();
@@ -541,7 +539,8 @@ public final class MultiHeadAttention {
             nat = null;
             mm = heapKernel;
         }
-        if (m <= GEMV_ROWS && (mm == matmul ? gemvRows : heapGemv)) {
+        // the heap kernel is the scalar one, which has no faster matrix-vector product
+        if (m <= GEMV_ROWS && mm == matmul && gemvRows) {
             for (int i = 0; i < m; i++) {
                 long ai = aOff + (long) i * lda;
                 long ci = cOff + (long) i * ldc;
