@@ -43,13 +43,7 @@ public final class AutoHeapProbe {
                 System.out.println("rejected " + written + " " + e.getMessage());
                 return;
             }
-            float[] got = out.toArray();
-            float[] want = ref.toArray();
-            double worst = 0;
-            for (int i = 0; i < got.length; i++) {
-                worst = Math.max(worst, Math.abs(got[i] - want[i]));
-            }
-            System.out.println("ok " + worst);
+            System.out.println("ok " + maxAbsDiff(out, ref));
         }
     }
 
@@ -81,13 +75,17 @@ public final class AutoHeapProbe {
                 System.out.println("rejected " + ex.getMessage());
                 return;
             }
-            float[] got = out.toArray();
-            float[] w = want.toArray();
-            double worst = 0;
-            for (int i = 0; i < got.length; i++) {
-                worst = Math.max(worst, Math.abs(got[i] - w[i]));
-            }
-            System.out.println("ok " + worst + " products=" + Attention.create(Backend.AUTO).matmulKernel().name());
+            System.out.println("ok " + maxAbsDiff(out, want) + " products=" + Attention.create(Backend.AUTO).matmulKernel().name());
         }
+    }
+
+    private static double maxAbsDiff(Tensor a, Tensor b) {
+        float[] x = a.toArray();
+        float[] y = b.toArray();
+        double worst = 0;
+        for (int i = 0; i < x.length; i++) {
+            worst = Math.max(worst, Math.abs(x[i] - y[i]));
+        }
+        return worst;
     }
 }
