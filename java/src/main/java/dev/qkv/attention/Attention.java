@@ -678,7 +678,8 @@ public final class Attention {
             // the packed Java engine reads q, k, v in place (any unit-stride layout) and writes out row-major
             double flops = 4.0 * batch * hq * lq * lk * Math.max(dk, dv);
             // AUTO keeps heap tensors (arrays wrapped as segments) on the Java kernels: OpenBLAS needs addresses
-            boolean heap = owner.autoNative && !(offHeap(q) && offHeap(k) && offHeap(v) && offHeap(out));
+            boolean heap = owner.autoNative && !(SdpaArgs.offHeap(q) && SdpaArgs.offHeap(k) && SdpaArgs.offHeap(v)
+                    && SdpaArgs.offHeap(out));
             usePacked = owner.packed != null && !packQ && !packK && !packV && !packOut
                     && (!owner.autoNative || heap || lq < AUTO_JAVA_QUERIES || dk < AUTO_NATIVE_MIN_DK);
             small = usePacked && lq < 8 && rowMajorOk(q) && rowMajorOk(k) && rowMajorOk(v);
@@ -713,10 +714,6 @@ public final class Attention {
             tileRows = Math.max(1, Math.min(rows0, lq));
             plan(want);
             callId = 0;
-        }
-
-        private static boolean offHeap(Tensor t) {
-            return t.segment().isNative() || t.elementCount() == 0;
         }
 
         /** Pool threads may touch every segment of the call (not so for a confined arena's memory). */

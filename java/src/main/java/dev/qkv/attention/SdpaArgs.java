@@ -101,9 +101,16 @@ final class SdpaArgs {
         requireNative("out", out);
     }
 
+    /**
+     * True when OpenBLAS may be handed {@code t}: off-heap, or empty (an empty tensor is never handed to it: no
+     * rows, no keys or no columns, nothing to multiply).
+     */
+    static boolean offHeap(Tensor t) {
+        return t.segment().isNative() || t.elementCount() == 0;
+    }
+
     private static void requireNative(String name, Tensor t) {
-        // an empty tensor is never handed to OpenBLAS (no rows, no keys or no columns: nothing to multiply)
-        if (!t.segment().isNative() && t.elementCount() > 0) {
+        if (!offHeap(t)) {
             throw new IllegalArgumentException(t.describe(name) + ": a heap segment; the native backend"
                     + " needs off-heap memory (allocate it from an Arena)");
         }
