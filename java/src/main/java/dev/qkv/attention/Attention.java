@@ -198,13 +198,50 @@ public final class Attention {
     static final int NATIVE_KEY_BLOCK = blockProperty("qkv.nativeKeyBlock", 1024, 1);
 
     /**
+     * OpenBLAS (since 0.3.16, {@code SMALL_MATRIX_OPT}) multiplies a product of {@code m·n·k ≤ 10^6} without
+     * packing its operands, on cores that have such kernels: SkylakeX and its successors for column-major NN, NT
+     * and TT (row-major NN, TN, TT), not for the row-major NT of {@code q · kᵀ} in place (its permit then wants
+     * {@code m·n ≤ 1200}). On these cores the OpenBLAS engine cuts both products of a block into calls of at most
+     * this size, with kᵀ copied row-major once per head and thread so that {@code q · kᵀ} is NN. Measured per call
+     * over a head of 2048 queries and keys, D = 64, SkylakeX, one thread (GFLOP/s): {@code q · kᵀ} 32 × 480
+     * keys 186-193, against 147-165 for one 256 × 1024 call; {@code p · v} 32 rows × 480 keys 222-225, against
+     * 138-155 (bench/RESULTS.md, round 12). Haswell has no such kernels: small calls there measured slower (73-77
+     * against 101-104), so it keeps whole blocks.
+     */
+    static final long SMALL_MNK = 1_000_000;
+
+    /**
+     * Query rows per small call (see {@link #SMALL_MNK}); the system property {@code qkv.nativeSmallRows}.
+     * Measured (whole calls, SkylakeX, one thread; bench/RESULTS.md, round 12): 16 rows 60-69 ms at [1, 8, 2048,
+     * 64], 32 rows 53-56, 64 rows 51-56; at [1, 12, 512, 64] 32 rows 5.2-6.0 ms, 64 rows 4.9-5.8.
+     */
+    static final int SMALL_ROWS = Math.max(1, Integer.getInteger("qkv.nativeSmallRows", 64));
+
+    /**
+     * Block rows of the OpenBLAS engine in small calls: no operand is packed per call, so large blocks amortize
+     * nothing, and a 128 × 1024 tile (512 KiB) leaves more of the L2 to k and v. Measured against 256 (same runs
+     * as {@link #SMALL_ROWS}): [1, 8, 2048, 64] 51-53 against 54-56 ms, [1, 12, 512, 64] 5.0-5.1 against 5.8 ms,
+     * [1, 1, 4096, 128] the same. {@code qkv.nativeBlockRows} sets this one too.
+     */
+    static final int SMALL_BLOCK_ROWS = Integer.getInteger("qkv.nativeBlockRows", 128);
+
+    /**
+     * {@code qkv.nativeSmallCalls}: {@code true} or {@code false} forces small calls on or off for every core;
+     * unset, they are on for the AVX-512 cores (see {@link #SMALL_MNK}).
+     */
+    private static final String SMALL_CALLS_SET = System.getProperty("qkv.nativeSmallCalls");
+
+    /** A small call's chunk of keys is at least this wide, else the product runs as one call. */
+    private static final int SMALL_MIN_KEYS = 64;
+
+    /**
      * Floats added to a native score-tile row whose length is a multiple of 64 (see {@code Job.tileLd}); every
      * bound on a tile's size adds it, whatever the keys of a block.
      */
     private static final int TILE_PAD = 16;
 
     /** The larger of the two engines' block rows: the size of the per-row scratch arrays. */
-    private static final int MAX_BLOCK_ROWS = Math.max(BLOCK_ROWS, NATIVE_BLOCK_ROWS);
+    private static final int MAX_BLOCK_ROWS = Math.max(BLOCK_ROWS, Math.max(NATIVE_BLOCK_ROWS, SMALL_BLOCK_ROWS));
 
     /** Cores of the machine: the native engine's block rows depend on it, never on a call's threads. */
     private static final int CORES = Runtime.getRuntime().availableProcessors();
@@ -233,8 +270,10 @@ public final class Attention {
     private final OpenBlas blas;
     /** AUTO runs OpenBLAS (an AVX-512 core) except for decoding-sized queries. */
     private final boolean autoNative;
+    /** The OpenBLAS engine cuts its products into calls OpenBLAS's small-matrix kernels take (see SMALL_MNK). */
+    private final boolean smallCalls;
 
-    private Attention(Backend backend, int threads, long budget) {
+    private Attention(Backend backend, int threads, long budget, Boolean smallCalls) {
         boolean fastBlas = false;
         this.backend = backend;
         this.threads = threads;
@@ -263,6 +302,9 @@ public final class Attention {
         }
         this.autoNative = backend == Backend.AUTO && fastBlas;
         this.blas = matmul != null && "native".equals(matmul.name()) ? OpenBlas.get() : null;
+        this.smallCalls = blas != null && (smallCalls != null ? smallCalls : SMALL_CALLS_SET != null
+                ? Boolean.parseBoolean(SMALL_CALLS_SET) : AVX512_CORES.contains(
+                        blas.library().coreName().toLowerCase(java.util.Locale.ROOT)));
         this.jobs = ThreadLocal.withInitial(() -> new Job(this));
     }
 
@@ -290,6 +332,7 @@ public final class Attention {
         private Backend backend = Backend.NATIVE;
         private int threads = Runtime.getRuntime().availableProcessors();
         private long budget = Long.MAX_VALUE;
+        private Boolean smallCalls;
 
         private Builder() {
         }
@@ -328,7 +371,16 @@ public final class Attention {
          * @throws dev.qkv.blas.BlasUnavailableException for {@link Backend#NATIVE} when OpenBLAS cannot be loaded
          */
         public Attention build() {
-            return new Attention(backend, threads, budget);
+            return new Attention(backend, threads, budget, smallCalls);
+        }
+
+        /**
+         * Forces the OpenBLAS engine's products into small calls (true) or whole blocks (false) whatever the core,
+         * so that tests run both on any machine; null (the default) decides by the core (see {@code SMALL_MNK}).
+         */
+        Builder smallCalls(Boolean on) {
+            this.smallCalls = on;
+            return this;
         }
     }
 
@@ -463,6 +515,7 @@ public final class Attention {
                 + (job.spanBlocks > 1 ? " spanBlocks=" + job.spanBlocks : "")
                 + " workspaceBytes=" + job.workspaceBytes()
                 + " heapScratchBytes=" + job.heapBytes()
+                + (job.transQ ? " qTransposedBytes=" + 3L * job.tileRows * job.dk * Float.BYTES * job.workers : "")
                 + (budget == Long.MAX_VALUE ? "" : " budget=" + budget);
         job.release();
         return s;
@@ -505,6 +558,17 @@ public final class Attention {
         long packedCall = -1;
         long packedHead = -1;
         long packedQHead = -1;
+        /**
+         * qᵀ [Dk, rows] of one query block, for the OpenBLAS engine's small calls ({@link Job#transQ}), and the heap
+         * rows it is transposed through; grown on first use and kept, like {@link #own}.
+         */
+        MemorySegment qT;
+        float[] qRows = new float[0];
+        float[] qColumn = new float[0];
+        /** Which (call, batch and head, first row) {@link #qT} holds. */
+        long qTCall = -1;
+        long qTHead = -1;
+        int qTRow = -1;
 
         MemorySegment ensure(long bytes) {
             if (own == null || own.byteSize() < bytes) {
@@ -556,6 +620,14 @@ public final class Attention {
         boolean small;
         /** Few queries on OpenBLAS: matrix-vector products per query row (see {@link #gemvRows}). */
         boolean gemv;
+        /** The OpenBLAS engine's products in small calls ({@link #SMALL_MNK}, {@link #nativeProduct}). */
+        boolean smallCalls;
+        /**
+         * With {@link #smallCalls}, q and k both stored row-major: each query block is copied as qᵀ [Dk, rows]
+         * ({@link Scratch#qT}, per thread, outside the workspace), so that {@code q · kᵀ} is {@code (qᵀ)ᵀ · kᵀ}, a
+         * form OpenBLAS's small kernels take (see {@link #SMALL_MNK}).
+         */
+        boolean transQ;
         /** Keys per block of the online softmax ({@link #javaKeyBlock} or {@link #NATIVE_KEY_BLOCK}). */
         int keyBlock;
         /** OpenBLAS runs the products (the generic engine on native sgemm). */
@@ -691,6 +763,7 @@ public final class Attention {
                 packV = true;
             }
             nativeEngine = !usePacked && owner.blas != null;
+            smallCalls = nativeEngine && owner.smallCalls;
             if (nativeEngine && owner.backend == Backend.AUTO) {
                 // AUTO chose OpenBLAS (no Java kernels for this layout, or no Vector API): the same check as the
                 // native backend's, before any work
@@ -705,7 +778,7 @@ public final class Attention {
                 // Larger blocks while each core could still get 4 tasks (uneven causal blocks balance). From the
                 // shape and the machine only, never from this call's threads: sgemm's bits depend on how the rows
                 // are cut (measured), and results must not change with the thread count.
-                rows0 = Math.max(BLOCK_ROWS, NATIVE_BLOCK_ROWS);
+                rows0 = Math.max(BLOCK_ROWS, smallCalls ? SMALL_BLOCK_ROWS : NATIVE_BLOCK_ROWS);
                 while (rows0 > BLOCK_ROWS
                         && (long) batch * hq * ((lq + rows0 - 1) / rows0) < 4L * CORES) {
                     rows0 /= 2;
@@ -738,7 +811,10 @@ public final class Attention {
                 tasks = groupTasks ? batch * hkv * blocks : batch * hq * blocks;
                 int w = Math.max(1, Math.min(want, tasks));
                 long pw = layout(rowsNow);
-                long heap = usePacked ? heapFloats(rowsNow) : 0;
+                // small calls with q and k both stored row-major (in place or packed so): each block's qᵀ, off
+                // heap, and the heap rows it goes through; the few-query sgemv path reads q in place
+                transQ = smallCalls && !gemv && dk > 0 && (packQ || rowMajorOk(q)) && (packK || rowMajorOk(k));
+                long heap = usePacked ? heapFloats(rowsNow) : transQ ? 3L * rowsNow * dk : 0;
                 long per = (pw + heap) * Float.BYTES;
                 while (w > 1 && per * w > owner.budget) {
                     w--;
@@ -987,6 +1063,43 @@ public final class Attention {
             s.packedQHead = head;
         }
 
+        /**
+         * Rows {@code [i0, i0 + rows)} of {@code s.qo} (row-major) copied to {@link Scratch#qT} as qᵀ [Dk, rows],
+         * once per call, head and block; {@code s.qo} is left as it was. Through heap arrays: the rows in by bulk
+         * copies, each column gathered and out by one.
+         */
+        private MemorySegment transposedQ(Scratch s, long head, int i0, int rows) {
+            final int n = rows * dk;
+            if (s.qT == null || s.qT.byteSize() < (long) n * Float.BYTES) {
+                s.qT = Arena.ofAuto().allocate(Math.max((long) n * Float.BYTES, 1 << 14), 64);
+                s.qTCall = -1;
+            }
+            if (s.qRows.length < n) {
+                s.qRows = new float[n];
+            }
+            if (s.qColumn.length < rows) {
+                s.qColumn = new float[rows];
+            }
+            if (s.qTCall != callId || s.qTHead != head || s.qTRow != i0) {
+                final Operand qo = s.qo;
+                final float[] in = s.qRows;
+                final float[] col = s.qColumn;
+                for (int r = 0; r < rows; r++) {
+                    MemorySegment.copy(qo.seg, F, (qo.offset + (i0 + r) * qo.rowStep) * Float.BYTES, in, r * dk, dk);
+                }
+                for (int c = 0; c < dk; c++) {
+                    for (int r = 0; r < rows; r++) {
+                        col[r] = in[r * dk + c];
+                    }
+                    MemorySegment.copy(col, 0, s.qT, F, (long) c * rows * Float.BYTES, rows);
+                }
+                s.qTCall = callId;
+                s.qTHead = head;
+                s.qTRow = i0;
+            }
+            return s.qT;
+        }
+
         private void runGeneric(Scratch s, MemorySegment ws, long base, int b, int h, int blk) {
             final int i0 = blk * tileRows;
             final int rows = rowsOf(blk);
@@ -1012,6 +1125,10 @@ public final class Attention {
                 // scores [rows, keys] = scale · q_block · kᵀ (all zero when Dk = 0)
                 if (dk == 0) {
                     zeroRows(ws, base, rows, keys, lds);
+                } else if (transQ) {
+                    product(mm, Transpose.YES, Transpose.YES, rows, keys, dk, scale,
+                            transposedQ(s, (long) b * hq + h, i0, rows), 0, rows, ko.seg, ko.offset, ko.ld,
+                            ws, base, lds);
                 } else {
                     product(mm, Transpose.NO.flipIf(qo.transposed), Transpose.YES.flipIf(ko.transposed),
                             rows, keys, dk, scale,
@@ -1053,10 +1170,61 @@ public final class Attention {
                              MemorySegment a, long aOff, int lda, MemorySegment b, long bOff, int ldb, float beta,
                              MemorySegment c, long cOff, int ldc) {
             OpenBlas blas = owner.blas;
-            if (blas != null) {
+            if (blas != null && smallCalls && (long) m * n * k > SMALL_MNK) {
+                smallProducts(blas, ta, tb, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
+            } else if (blas != null) {
                 blas.sgemm(ta, tb, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
             } else {
                 mm.matmul(ta, tb, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
+            }
+        }
+
+        /**
+         * {@code C = alpha · op(A) · op(B) + beta · C} as OpenBLAS calls of at most {@link #SMALL_MNK}
+         * multiply-adds each, which its small-matrix kernels take without packing: rows in runs of
+         * {@link #SMALL_ROWS}, and the longer of {@code n} and {@code k} (the keys: q · kᵀ's columns, p · v's
+         * reduction) in equal chunks of a multiple of 16; the chunks of a reduction after the first add to C.
+         * The cut depends on the shapes only, so the bits do not change with the threads. A product that would
+         * need chunks under {@link #SMALL_MIN_KEYS} runs as one call.
+         */
+        private void smallProducts(OpenBlas blas, Transpose ta, Transpose tb, int m, int n, int k, float alpha,
+                                   MemorySegment a, long aOff, int lda, MemorySegment b, long bOff, int ldb,
+                                   float beta, MemorySegment c, long cOff, int ldc) {
+            final int rs = Math.min(m, SMALL_ROWS);
+            final boolean alongN = n >= k;
+            final int len = alongN ? n : k;
+            final long other = (long) rs * (alongN ? k : n);
+            int chunks = 1;
+            int chunk = len;
+            if (other * len > SMALL_MNK) {
+                final long most = SMALL_MNK / other / 16 * 16;
+                if (most < SMALL_MIN_KEYS) {
+                    blas.sgemm(ta, tb, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
+                    return;
+                }
+                chunks = (int) ((len + most - 1) / most);
+                chunk = (len + chunks - 1) / chunks;
+                chunk = Math.min(len, (chunk + 15) / 16 * 16);
+            }
+            for (int i = 0; i < m; i += rs) {
+                final int mi = Math.min(rs, m - i);
+                // op(A) [m, k]: row i starts at i·lda (stored [m, k]) or at column i (stored [k, m])
+                final long aRow = aOff + (ta == Transpose.NO ? (long) i * lda : i);
+                final long cRow = cOff + (long) i * ldc;
+                for (int j = 0; j < len; j += chunk) {
+                    final int nj = Math.min(chunk, len - j);
+                    if (alongN) {
+                        // op(B) [k, n]: column j at j (stored [k, n]) or row j·ldb (stored [n, k])
+                        final long bCol = bOff + (tb == Transpose.NO ? j : (long) j * ldb);
+                        blas.sgemm(ta, tb, mi, nj, k, alpha, a, aRow, lda, b, bCol, ldb, beta, c, cRow + j, ldc);
+                    } else {
+                        // reduction steps [j, j + nj): op(A)'s columns, op(B)'s rows
+                        final long aStep = aRow + (ta == Transpose.NO ? j : (long) j * lda);
+                        final long bStep = bOff + (tb == Transpose.NO ? (long) j * ldb : j);
+                        blas.sgemm(ta, tb, mi, n, nj, alpha, a, aStep, lda, b, bStep, ldb, j == 0 ? beta : 1f, c,
+                                cRow, ldc);
+                    }
+                }
             }
         }
 
@@ -1356,7 +1524,7 @@ public final class Attention {
                         packedOnlineStep(s, ws, base, b, h, i0, rows, keys, j0, maskHead, outSeg, outRows, ldo, max,
                                 sum, (blk - lo) * tileRows);
                     } else {
-                        genericOnlineStep(s, owner.matmul, ws, base, i0, rows, keys, j0, maskHead, outSeg, outRows,
+                        genericOnlineStep(s, owner.matmul, ws, base, (long) b * hq + h, i0, rows, keys, j0, maskHead, outSeg, outRows,
                                 ldo, max, sum, (blk - lo) * tileRows);
                     }
                 }
@@ -1404,8 +1572,8 @@ public final class Attention {
          * running max and sum {@code max[so + r]}, {@code sum[so + r]} updated, and the block's {@code p · v} added
          * to the output rows.
          */
-        private void genericOnlineStep(Scratch s, MatmulKernel mm, MemorySegment ws, long base, int i0, int rows,
-                                       int keys, int j0, long maskHead, MemorySegment outSeg, long outRows, int ldo,
+        private void genericOnlineStep(Scratch s, MatmulKernel mm, MemorySegment ws, long base, long head, int i0,
+                                       int rows, int keys, int j0, long maskHead, MemorySegment outSeg, long outRows, int ldo,
                                        float[] max, float[] sum, int so) {
             final Operand qo = s.qo;
             final Operand ko = s.ko;
@@ -1415,6 +1583,10 @@ public final class Attention {
             // scores [rows, nk] = scale · q_block · kᵀ[:, j0, j0 + nk) (all zero when Dk = 0)
             if (dk == 0) {
                 zeroRows(ws, base, rows, nk, lds);
+            } else if (transQ) {
+                product(mm, Transpose.YES, Transpose.YES, rows, nk, dk, scale,
+                        transposedQ(s, head, i0, rows), 0, rows, ko.seg, ko.offset + j0 * ko.rowStep, ko.ld,
+                        ws, base, lds);
             } else {
                 product(mm, Transpose.NO.flipIf(qo.transposed), Transpose.YES.flipIf(ko.transposed),
                         rows, nk, dk, scale, qo.seg, qo.offset + i0 * qo.rowStep, qo.ld,

@@ -280,7 +280,7 @@ class EngineTest {
     }
 
     /** The value of {@code name=...} in a plan line. */
-    private static long planField(String plan, String name) {
+    static long planField(String plan, String name) {
         for (String part : plan.split(" ")) {
             if (part.startsWith(name + "=")) {
                 return Long.parseLong(part.substring(name.length() + 1));
