@@ -58,15 +58,18 @@ test:
 # Reliability (issue 5): the fuzz and property suites with many more cases per test than `make test` runs;
 # FUZZ_ARGS=-Dqkv.fuzz.seed=N replays or varies the random cases.
 FUZZ_ITERATIONS ?= 20000
+FUZZ_FORCED = -Dqkv.groupKeyBlockBytes=256 -Dqkv.keyBlock=64 -Dqkv.spanBlocks=3 -Dqkv.nativeSmallCalls=true \
+  -Dqkv.nativeSmallRows=16 -Dqkv.nativeSmallMnk=65536
 .PHONY: fuzz soak
 fuzz:
 	$(MVN) test -pl java -am -Dtest='dev/qkv/reliability/*Test' -Dsurefire.failIfNoSpecifiedTests=false \
 	  -Dqkv.fuzz.iterations=$(FUZZ_ITERATIONS) $(FUZZ_ARGS)
 	@# again with small key blocks, so that the calls the fuzzers draw (a few hundred keys) take the grouped
 	@# few-query path in many blocks (Attention.GROUP_KEY_BLOCK_BYTES) and the online path in spans of 3 query
-	@# blocks (Attention.KEY_BLOCK, SPAN_BLOCKS)
+	@# blocks (Attention.KEY_BLOCK, SPAN_BLOCKS); and the native engine in small calls on any OpenBLAS core, of
+	@# 16 rows and at most 16·64·64 multiply-adds, so that the fuzzers' calls cut into many (Attention.SMALL_MNK)
 	$(MVN) test -pl java -am -Dtest='dev/qkv/reliability/*FuzzTest' -Dsurefire.failIfNoSpecifiedTests=false \
-	  '-Dqkv.jvm.flags=$(JVM_FLAGS) -Dqkv.groupKeyBlockBytes=256 -Dqkv.keyBlock=64 -Dqkv.spanBlocks=3' $(FUZZ_ARGS)
+	  '-Dqkv.jvm.flags=$(JVM_FLAGS) $(FUZZ_FORCED)' $(FUZZ_ARGS)
 
 # Steady-state allocation, exactly: after a warm-up, rounds of 1000 calls must allocate 0 bytes on the Java heap
 # (sdpa with 16 and with 1 query row, mha forward, mha decode; native and Java backends; ThreadMXBean). Run on a quiet machine: the JIT must have compiled the kernels.

@@ -206,9 +206,10 @@ public final class Attention {
      * over a head of 2048 queries and keys, D = 64, SkylakeX, one thread (GFLOP/s): {@code q · kᵀ} 32 × 480
      * keys 186-193, against 147-165 for one 256 × 1024 call; {@code p · v} 32 rows × 480 keys 222-225, against
      * 138-155 (bench/RESULTS.md, round 12). Haswell has no such kernels: small calls there measured slower (73-77
-     * against 101-104), so it keeps whole blocks.
+     * against 101-104), so it keeps whole blocks. The system property {@code qkv.nativeSmallMnk} lowers the
+     * bound, so that tests cut small calls too (make fuzz).
      */
-    static final long SMALL_MNK = 1_000_000;
+    static final long SMALL_MNK = Math.max(1, Long.getLong("qkv.nativeSmallMnk", 1_000_000));
 
     /**
      * Query rows per small call (see {@link #SMALL_MNK}); the system property {@code qkv.nativeSmallRows}.
