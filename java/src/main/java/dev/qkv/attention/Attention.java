@@ -198,13 +198,14 @@ public final class Attention {
     static final int NATIVE_KEY_BLOCK = blockProperty("qkv.nativeKeyBlock", 1024, 1);
 
     /**
-     * OpenBLAS (since 0.3.16, {@code SMALL_MATRIX_OPT}) multiplies a product of {@code m·n·k ≤ 10^6} without
+     * OpenBLAS ({@code SMALL_MATRIX_OPT}, in the bundled 0.3.31) multiplies a product of {@code m·n·k ≤ 10^6} without
      * packing its operands, on cores that have such kernels: SkylakeX and its successors for column-major NN, NT
      * and TT (row-major NN, TN, TT), not for the row-major NT of {@code q · kᵀ} in place (its permit then wants
      * {@code m·n ≤ 1200}). On these cores the OpenBLAS engine cuts both products of a block into calls of at most
-     * this size, with kᵀ copied row-major once per head and thread so that {@code q · kᵀ} is NN. Measured per call
-     * over a head of 2048 queries and keys, D = 64, SkylakeX, one thread (GFLOP/s): {@code q · kᵀ} 32 × 480
-     * keys 186-193, against 147-165 for one 256 × 1024 call; {@code p · v} 32 rows × 480 keys 222-225, against
+     * this size, with each query block copied as qᵀ so that {@code q · kᵀ} is {@code (qᵀ)ᵀ · kᵀ}, TT (see
+     * {@code Job.transQ}). Measured per call over a head of 2048 queries and keys, D = 64, SkylakeX, one thread
+     * (GFLOP/s): {@code q · kᵀ} in TT form, 32-64 rows × 240-480 keys, 165-193, against 147-165 for one
+     * 256 × 1024 call; {@code p · v} 32 rows × 480 keys 199-225, against
      * 138-155 (bench/RESULTS.md, round 12). Haswell has no such kernels: small calls there measured slower (73-77
      * against 101-104), so it keeps whole blocks. The system property {@code qkv.nativeSmallMnk} lowers the
      * bound, so that tests cut small calls too (make fuzz).
@@ -501,7 +502,8 @@ public final class Attention {
 
     /**
      * How a call with these tensors would run, one line: kernel, workers, block rows, tasks, off-heap workspace
-     * and heap scratch in bytes, and the budget.
+     * and heap scratch in bytes, for the OpenBLAS engine in small calls the per-thread copies of qᵀ
+     * ({@code qTransposedBytes}, off-heap and heap together, all workers), and the budget.
      */
     public String plan(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options) {
         SdpaArgs.validate(q, k, v, out, options);
@@ -835,6 +837,12 @@ public final class Attention {
                     gemv = false;
                     continue;
                 }
+                if (per * w > owner.budget && rowsNow <= 8 && transQ) {
+                    // the copy of qᵀ does not fit even 8-row blocks: whole calls on q and k in place, as before
+                    // small calls (their bits, too: a budget this small changes the native engine's bits anyway)
+                    smallCalls = false;
+                    continue;
+                }
                 if (per * w <= owner.budget || rowsNow <= 8) {
                     if (per * w > owner.budget) {
                         throw new IllegalArgumentException("workspace budget of " + owner.budget + " bytes is too"
@@ -1075,7 +1083,8 @@ public final class Attention {
         private MemorySegment transposedQ(Scratch s, long head, int i0, int rows) {
             final int n = rows * dk;
             if (s.qT == null || s.qT.byteSize() < (long) n * Float.BYTES) {
-                s.qT = Arena.ofAuto().allocate(Math.max((long) n * Float.BYTES, 1 << 14), 64);
+                // exactly what the budget counts (plan): no minimum size
+                s.qT = Arena.ofAuto().allocate((long) n * Float.BYTES, 64);
                 s.qTCall = -1;
             }
             if (s.qRows.length < n) {

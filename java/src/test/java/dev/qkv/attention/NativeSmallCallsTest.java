@@ -11,7 +11,6 @@ import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.MethodSource;
 
 import java.lang.foreign.Arena;
-import java.util.List;
 import java.util.Random;
 import java.util.stream.Stream;
 
@@ -45,7 +44,7 @@ class NativeSmallCallsTest {
     static Stream<Named<Case>> cases() {
         Layout c = Layout.CONTIGUOUS;
         return Stream.of(
-                // one block of 256 rows over 1024 keys: 8 runs of rows, 3 chunks of keys per product
+                // 1024 keys: several chunks of keys per product (64-row blocks on 2 cores, 128 on more)
                 new Case(1, 1, 2, 2, 300, 1024, 64, 64, false, c, c, false),
                 // past one key block: the online softmax's steps, each in small calls
                 new Case(2, 1, 1, 1, 260, 2500, 64, 64, false, c, c, false),
@@ -74,10 +73,7 @@ class NativeSmallCallsTest {
             Mask mask = c.mask() ? Mask.allowed(EngineTest.bernoulli(arena, new java.util.SplittableRandom(c.seed()),
                     0.8, c.lq(), c.lk())) : null;
             SdpaOptions o = SdpaOptions.DEFAULT.withCausal(c.causal()).withMask(mask);
-            Tensor ref = Tensor.allocate(arena, c.b(), c.hq(), c.lq(), c.dv());
-            Attention.create(Backend.REFERENCE).sdpa(Fixtures.contiguousCopy(arena, q),
-                    Fixtures.contiguousCopy(arena, k), v, ref, o);
-            float[] want = ref.toArray();
+            float[] want = reference(arena, Fixtures.contiguousCopy(arena, q), Fixtures.contiguousCopy(arena, k), v, o);
             double tol = 4.0 * (c.dk() + c.lk()) * 0x1p-24;
             long[] shape = {c.b(), c.hq(), c.lq(), c.dv()};
             float[] one = null;
@@ -102,27 +98,48 @@ class NativeSmallCallsTest {
         }
     }
 
+    /** The reference's output for contiguous q, k, v. */
+    private static float[] reference(Arena arena, Tensor q, Tensor k, Tensor v, SdpaOptions o) {
+        Tensor ref = Tensor.allocate(arena, q.size(0), q.size(1), q.size(2), v.size(3));
+        Attention.create(Backend.REFERENCE).sdpa(q, k, v, ref, o);
+        return ref.toArray();
+    }
+
     @Test
     void wholeBlockCallsStayAvailable() {
-        // forced off, the engine issues one call per product and copies nothing, on any core
+        // forced off, the engine issues one call per product and copies nothing, on any core; on, it copies qᵀ
+        assertBothMatch(11, 300, 1100, SdpaOptions.CAUSAL, 2, Long.MAX_VALUE, true);
+    }
+
+    @Test
+    void aBudgetTooSmallForTheCopyRunsWithoutIt() {
+        // 8-row blocks fit 2560 bytes with q and k in place, not with the copy of qᵀ as well: the call runs as
+        // whole calls on q in place (as with small calls off), where it used to be refused
+        assertBothMatch(13, 64, 64, SdpaOptions.DEFAULT, 1, 2560, false);
+    }
+
+    /**
+     * Native attention over q [1, 2, lq, 64] and k, v [1, 2, lk, 64] with small calls forced off, then on, against
+     * the reference; {@code plan()} shows the copy of qᵀ only when on and {@code copyWhenOn}.
+     */
+    private static void assertBothMatch(long seed, int lq, int lk, SdpaOptions o, int threads, long budget,
+                                        boolean copyWhenOn) {
         try (Arena arena = Arena.ofShared()) {
-            Random r = new Random(11);
-            Tensor q = Fixtures.random(arena, r, 1, 2, 300, 64);
-            Tensor k = Fixtures.random(arena, r, 1, 2, 1100, 64);
-            Tensor v = Fixtures.random(arena, r, 1, 2, 1100, 64);
-            Tensor ref = Tensor.allocate(arena, 1, 2, 300, 64);
-            Attention.create(Backend.REFERENCE).sdpa(q, k, v, ref, SdpaOptions.CAUSAL);
-            for (Boolean on : List.of(false, true)) {
-                Attention a = Attention.builder().backend(Backend.NATIVE).threads(2).smallCalls(on).build();
-                Tensor got = Tensor.allocate(arena, 1, 2, 300, 64).fill(Float.NaN);
-                a.sdpa(q, k, v, got, SdpaOptions.CAUSAL);
-                String plan = a.plan(q, k, v, got, SdpaOptions.CAUSAL);
-                double tol = 4.0 * (64 + 1100) * 0x1p-24;
-                Fixtures.assertClose("smallCalls=" + on + " " + plan, new long[] {1, 2, 300, 64}, got.toArray(),
-                        ref.toArray(), tol, tol);
-                if (!on) {
-                    assertFalse(plan.contains("qTransposedBytes="), plan);
-                }
+            Random r = new Random(seed);
+            Tensor q = Fixtures.random(arena, r, 1, 2, lq, 64);
+            Tensor k = Fixtures.random(arena, r, 1, 2, lk, 64);
+            Tensor v = Fixtures.random(arena, r, 1, 2, lk, 64);
+            float[] want = reference(arena, q, k, v, o);
+            long[] shape = {1, 2, lq, 64};
+            double tol = 4.0 * (64 + lk) * 0x1p-24;
+            for (boolean on : new boolean[] {false, true}) {
+                Attention a = Attention.builder().backend(Backend.NATIVE).threads(threads).smallCalls(on)
+                        .workspaceBudget(budget).build();
+                Tensor got = Tensor.allocate(arena, shape).fill(Float.NaN);
+                a.sdpa(q, k, v, got, o);
+                String plan = a.plan(q, k, v, got, o);
+                Fixtures.assertClose("smallCalls=" + on + " " + plan, shape, got.toArray(), want, tol, tol);
+                assertTrue(plan.contains("qTransposedBytes=") == (on && copyWhenOn), plan);
             }
         }
     }
@@ -136,8 +153,7 @@ class NativeSmallCallsTest {
             Tensor q = Fixtures.random(arena, r, 1, 1, 256, 64);
             Tensor k = Fixtures.random(arena, r, 1, 1, 512, 64);
             Tensor v = Fixtures.random(arena, r, 1, 1, 512, 64);
-            Tensor ref = Tensor.allocate(arena, 1, 1, 256, 64);
-            Attention.create(Backend.REFERENCE).sdpa(q, k, v, ref, SdpaOptions.DEFAULT);
+            float[] want = reference(arena, q, k, v, SdpaOptions.DEFAULT);
             Attention free = Attention.builder().backend(Backend.NATIVE).threads(1).smallCalls(true).build();
             Tensor out = Tensor.allocate(arena, 1, 1, 256, 64).fill(Float.NaN);
             String plan = free.plan(q, k, v, out, SdpaOptions.DEFAULT);
@@ -151,7 +167,7 @@ class NativeSmallCallsTest {
             assertTrue(EngineTest.planField(tightPlan, "workspaceBytes")
                     + EngineTest.planField(tightPlan, "qTransposedBytes") <= tile + copy - 1, tightPlan);
             double tol = 4.0 * (64 + 512) * 0x1p-24;
-            Fixtures.assertClose(tightPlan, new long[] {1, 1, 256, 64}, out.toArray(), ref.toArray(), tol, tol);
+            Fixtures.assertClose(tightPlan, new long[] {1, 1, 256, 64}, out.toArray(), want, tol, tol);
         }
     }
 }
