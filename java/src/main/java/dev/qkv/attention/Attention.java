@@ -198,17 +198,17 @@ public final class Attention {
     static final int NATIVE_KEY_BLOCK = blockProperty("qkv.nativeKeyBlock", 1024, 1);
 
     /**
-     * OpenBLAS ({@code SMALL_MATRIX_OPT}, in the bundled 0.3.31) multiplies a product of {@code m·n·k ≤ 10^6} without
-     * packing its operands, on cores that have such kernels: SkylakeX and its successors for column-major NN, NT
-     * and TT (row-major NN, TN, TT), not for the row-major NT of {@code q · kᵀ} in place (its permit then wants
-     * {@code m·n ≤ 1200}). On these cores the OpenBLAS engine cuts both products of a block into calls of at most
-     * this size, with each query block copied as qᵀ so that {@code q · kᵀ} is {@code (qᵀ)ᵀ · kᵀ}, TT (see
+     * OpenBLAS ({@code SMALL_MATRIX_OPT}, in the bundled 0.3.31) multiplies a product of {@code m·n·k ≤ 10^6}
+     * without packing its operands, on cores that have such kernels: SkylakeX and its successors for column-major
+     * NN, NT and TT (row-major NN, TN, TT), not for the row-major NT of {@code q · kᵀ} in place (its permit then
+     * wants {@code m·n ≤ 1200}). On these cores the OpenBLAS engine cuts both products of a block into calls of at
+     * most this size, with each query block copied as qᵀ so that {@code q · kᵀ} is {@code (qᵀ)ᵀ · kᵀ}, TT (see
      * {@code Job.transQ}). Measured per call over a head of 2048 queries and keys, D = 64, SkylakeX, one thread
      * (GFLOP/s): {@code q · kᵀ} in TT form, 32-64 rows × 240-480 keys, 165-193, against 147-165 for one
-     * 256 × 1024 call; {@code p · v} 32 rows × 480 keys 199-225, against
-     * 138-155 (bench/RESULTS.md, round 12). Haswell has no such kernels: small calls there measured slower (73-77
-     * against 101-104), so it keeps whole blocks. The system property {@code qkv.nativeSmallMnk} lowers the
-     * bound, so that tests cut small calls too (make fuzz).
+     * 256 × 1024 call; {@code p · v} 32 rows × 480 keys 199-225, against 138-155 (bench/RESULTS.md, round 12).
+     * Haswell has no such kernels: small calls there measured slower (73-77 against 101-104), so it keeps whole
+     * blocks. The system property {@code qkv.nativeSmallMnk} lowers the bound, so that tests cut small calls too
+     * (make fuzz).
      */
     static final long SMALL_MNK = Math.max(1, Long.getLong("qkv.nativeSmallMnk", 1_000_000));
 
@@ -623,7 +623,7 @@ public final class Attention {
         boolean small;
         /** Few queries on OpenBLAS: matrix-vector products per query row (see {@link #gemvRows}). */
         boolean gemv;
-        /** The OpenBLAS engine's products in small calls ({@link #SMALL_MNK}, {@link #nativeProduct}). */
+        /** The OpenBLAS engine's products in small calls ({@link #SMALL_MNK}, {@link #smallProducts}). */
         boolean smallCalls;
         /**
          * With {@link #smallCalls}, q and k both stored row-major: each query block is copied as qᵀ [Dk, rows]
@@ -1537,8 +1537,8 @@ public final class Attention {
                         packedOnlineStep(s, ws, base, b, h, i0, rows, keys, j0, maskHead, outSeg, outRows, ldo, max,
                                 sum, (blk - lo) * tileRows);
                     } else {
-                        genericOnlineStep(s, owner.matmul, ws, base, (long) b * hq + h, i0, rows, keys, j0, maskHead, outSeg, outRows,
-                                ldo, max, sum, (blk - lo) * tileRows);
+                        genericOnlineStep(s, owner.matmul, ws, base, (long) b * hq + h, i0, rows, keys, j0,
+                                maskHead, outSeg, outRows, ldo, max, sum, (blk - lo) * tileRows);
                     }
                 }
             }
@@ -1586,8 +1586,8 @@ public final class Attention {
          * to the output rows.
          */
         private void genericOnlineStep(Scratch s, MatmulKernel mm, MemorySegment ws, long base, long head, int i0,
-                                       int rows, int keys, int j0, long maskHead, MemorySegment outSeg, long outRows, int ldo,
-                                       float[] max, float[] sum, int so) {
+                                       int rows, int keys, int j0, long maskHead, MemorySegment outSeg, long outRows,
+                                       int ldo, float[] max, float[] sum, int so) {
             final Operand qo = s.qo;
             final Operand ko = s.ko;
             final Operand vo = s.vo;
