@@ -233,7 +233,10 @@ public final class Attention {
      */
     private static final String SMALL_CALLS_SET = System.getProperty("qkv.nativeSmallCalls");
 
-    /** A small call's chunk of keys is at least this wide, else the product runs as one call. */
+    /**
+     * A small call's chunk of keys is at least this wide: heads too wide for it keep whole calls (see
+     * {@code Job.smallCalls}).
+     */
     private static final int SMALL_MIN_KEYS = 64;
 
     /**
@@ -518,7 +521,8 @@ public final class Attention {
                 + (job.spanBlocks > 1 ? " spanBlocks=" + job.spanBlocks : "")
                 + " workspaceBytes=" + job.workspaceBytes()
                 + " heapScratchBytes=" + job.heapBytes()
-                + (job.transQ ? " qTransposedBytes=" + 3L * job.tileRows * job.dk * Float.BYTES * job.workers : "")
+                + (job.transQ ? " qTransposedBytes=" + job.qTransposedFloats(job.tileRows) * Float.BYTES * job.workers
+                        : "")
                 + (budget == Long.MAX_VALUE ? "" : " budget=" + budget);
         job.release();
         return s;
@@ -690,6 +694,14 @@ public final class Attention {
             return (long) p.packedSize(dk, lk) + p.packedSize(lk, dv) + 8L * Math.max(dk, lk) + span;
         }
 
+        /**
+         * Floats of one thread's copy of qᵀ for blocks of {@code rows} ({@link #transposedQ}): the off-heap copy and
+         * the heap rows it goes through (rows × Dk each, and a column); 0 without {@link #transQ}.
+         */
+        long qTransposedFloats(int rows) {
+            return transQ ? 3L * rows * dk : 0;
+        }
+
         void release() {
             q = null;
             k = null;
@@ -820,7 +832,7 @@ public final class Attention {
                 // small calls with q and k both stored row-major (in place or packed so): each block's qᵀ, off
                 // heap, and the heap rows it goes through; the few-query sgemv path reads q in place
                 transQ = smallCalls && !gemv && dk > 0 && (packQ || rowMajorOk(q)) && (packK || rowMajorOk(k));
-                long heap = usePacked ? heapFloats(rowsNow) : transQ ? 3L * rowsNow * dk : 0;
+                long heap = usePacked ? heapFloats(rowsNow) : qTransposedFloats(rowsNow);
                 long per = (pw + heap) * Float.BYTES;
                 while (w > 1 && per * w > owner.budget) {
                     w--;
@@ -1197,8 +1209,9 @@ public final class Attention {
          * multiply-adds each, which its small-matrix kernels take without packing: rows in runs of
          * {@link #SMALL_ROWS}, and the longer of {@code n} and {@code k} (the keys: q · kᵀ's columns, p · v's
          * reduction) in equal chunks of a multiple of 16; the chunks of a reduction after the first add to C.
-         * The cut depends on the shapes only, so the bits do not change with the threads. A product that would
-         * need chunks under {@link #SMALL_MIN_KEYS} runs as one call.
+         * The cut depends on the shapes only, so the bits do not change with the threads. Chunks are at least
+         * {@link #SMALL_MIN_KEYS} wide: {@link #smallCalls} is on only where {@code SMALL_ROWS · max(Dk, Dv)} times
+         * that fits the bound, and the rows times the shorter of {@code n} and {@code k} never exceed it.
          */
         private void smallProducts(OpenBlas blas, Transpose ta, Transpose tb, int m, int n, int k, float alpha,
                                    MemorySegment a, long aOff, int lda, MemorySegment b, long bOff, int ldb,
@@ -1211,10 +1224,6 @@ public final class Attention {
             int chunk = len;
             if (other * len > SMALL_MNK) {
                 final long most = SMALL_MNK / other / 16 * 16;
-                if (most < SMALL_MIN_KEYS) {
-                    blas.sgemm(ta, tb, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
-                    return;
-                }
                 chunks = (int) ((len + most - 1) / most);
                 chunk = (len + chunks - 1) / chunks;
                 chunk = Math.min(len, (chunk + 15) / 16 * 16);
