@@ -12,11 +12,12 @@ import java.util.Objects;
  * {@code [Hkv, capacity, Dh]} off-heap, appended in place by {@link MultiHeadAttention#decode}. A cache belongs
  * to one sequence and one thread at a time; {@link #reset} empties it for the next sequence.
  *
- * <p>Subnormal keys and values (non-zero, below {@link Float#MIN_NORMAL} in magnitude) are stored as zeros. A
+ * <p>Subnormal keys and values (non-zero, below {@link Float#MIN_NORMAL} in magnitude) are stored as zeros of
+ * their sign, as the processor's flush-to-zero mode would store them; -0.0 stays -0.0. A
  * product with a subnormal operand takes a microcode assist on x86, and the JVM cannot set the flush-to-zero
  * mode: a cache holding subnormal values made every later decode step orders of magnitude slower. Flushing
  * changes a score or an output by less than {@code 2^-126} times the other factor, far below float rounding
- * of any normal result; the blocked attention paths flush their packed copies the same way. NaN and infinities
+ * of any normal result; the blocked attention paths flush their packed copies too. NaN and infinities
  * are kept.
  */
 public final class KvCache {
@@ -180,7 +181,7 @@ public final class KvCache {
         long to = ((long) g * capacity + pos) * headDim;
         for (int i = 0; i < n; i++) {
             float x = src.getAtIndex(F, from + i);
-            dst.setAtIndex(F, to + i, Math.abs(x) < Float.MIN_NORMAL ? 0f : x);
+            dst.setAtIndex(F, to + i, Math.abs(x) < Float.MIN_NORMAL ? Math.copySign(0f, x) : x);
         }
     }
 
