@@ -334,6 +334,14 @@ public final class MultiHeadAttention {
             return;
         }
         int ni = (int) n;
+        int len = before + ni;
+        long aOff = n * qkvWidth;
+        if (!ws.viewsFor(this, DECODE, 1, n, 0)) {
+            ws.cacheViews(this, DECODE, 1, n, 0,
+                    Tensor.view(seg, 0, new long[] {1, h, n, dh}, new long[] {n * qkvWidth, dh, qkvWidth, 1}),
+                    null, null, headsOutput(seg, aOff, 1, n));
+        }
+        checkAttentionWorkspace(ws, cache, len);
         // P [n, E + 2·Hkv·Dh] = x · [W_Q; W_K; W_V]ᵀ
         projectQkv(ws, x, seg, 0, qkvWidth);
         // append K and V rows of every kv head at positions before .. before + n - 1 (subnormals as zeros)
@@ -343,13 +351,6 @@ public final class MultiHeadAttention {
                 cache.store(true, g, before + t, seg, src, dh);
                 cache.store(false, g, before + t, seg, src + kvd, dh);
             }
-        }
-        int len = before + ni;
-        long aOff = n * qkvWidth;
-        if (!ws.viewsFor(this, DECODE, 1, n, 0)) {
-            ws.cacheViews(this, DECODE, 1, n, 0,
-                    Tensor.view(seg, 0, new long[] {1, h, n, dh}, new long[] {n * qkvWidth, dh, qkvWidth, 1}),
-                    null, null, headsOutput(seg, aOff, 1, n));
         }
         attention.sdpa(ws.q(), cache.keysAt(len), cache.valuesAt(len), ws.a(), SdpaOptions.CAUSAL,
                 ws.attention());
@@ -665,8 +666,28 @@ public final class MultiHeadAttention {
         }
     }
 
+    /**
+     * Refuses a decode step whose workspace cannot hold the attention's score tiles over {@code len} keys
+     * before anything is projected or written to the cache: a workspace made for a shorter cache than the one
+     * it meets. At or above the bound {@link #newWorkspace} sizes nothing is asked; below it the attention
+     * says exactly what this step needs, so a smaller workspace that suffices still runs.
+     */
+    private void checkAttentionWorkspace(MhaWorkspace ws, KvCache cache, int len) {
+        long have = ws.attention().byteSize();
+        if (backend == Backend.REFERENCE || have >= attentionBytes(ws.q().size(2), len)) {
+            return;
+        }
+        long need = attention.workspaceBytes(ws.q(), cache.keysAt(len), cache.valuesAt(len), ws.a(),
+                SdpaOptions.CAUSAL);
+        if (have < need) {
+            throw new IllegalArgumentException("workspace of " + have + " attention bytes is too small for a decode"
+                    + " step of " + ws.q().size(2) + " rows after " + cache.describe() + ": needs " + need
+                    + " (make it with newWorkspace(arena, 1, n, cache.capacity()))");
+        }
+    }
+
     private static MemorySegment checkWorkspace(MhaWorkspace ws, long needFloats, Tensor x) {
-        Objects.requireNonNull(ws, "workspace");
+        Objects.requireNonNull(ws, "workspace (make one with newWorkspace)");
         MemorySegment seg = ws.floats();
         if (!seg.scope().isAlive()) {
             throw new IllegalStateException("workspace: its arena is closed");

@@ -75,9 +75,10 @@ class KvCacheTest {
                 for (int i = 0; i < xs.length; i++) {
                     float x = xs[i];
                     boolean subnormal = x != 0f && Math.abs(x) < Float.MIN_NORMAL;
-                    float want = subnormal ? 0f : x;
+                    // bit for bit: a flushed subnormal keeps its sign, and -0.0 stays -0.0
+                    float want = subnormal ? Math.copySign(0f, x) : x;
                     float got = t.get(0, 1, 2, i);
-                    assertTrue(subnormal ? got == 0f : Float.compare(got, want) == 0 || got == want,
+                    assertEquals(Float.floatToRawIntBits(want), Float.floatToRawIntBits(got),
                             "element " + i + ": stored " + x + ", read " + got);
                 }
             }
@@ -148,6 +149,47 @@ class KvCacheTest {
             assertThrows(IllegalArgumentException.class, () -> KvCache.allocate(a, 2, 0, 4));
         }
     }
+    /**
+     * A workspace made for a short cache, met by a long one, is refused before the step projects anything or
+     * writes to the cache: the position it would have appended stays as it was (zeros), the length too, and the
+     * same step with a workspace for the cache's capacity then matches the reference's causal pass.
+     */
+    @ParameterizedTest
+    @EnumSource(value = Backend.class, names = {"NATIVE", "JAVA"})
+    void aWorkspaceForAShorterCacheIsRefusedBeforeAnythingIsAppended(Backend backend) {
+        long seed = 37;
+        int e = 64;
+        int prefix = 2000;
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(seed);
+            MhaWeights w = MultiHeadAttentionTest.weights(a, r, e, 4, 4, true, true);
+            MultiHeadAttention layer = MultiHeadAttention.create(w, backend);
+            KvCache cache = layer.newCache(a, prefix + 8);
+            MhaWorkspace big = layer.newWorkspace(a, 1, prefix, cache.capacity());
+            Tensor seq = rand(a, r, 1f, 1, prefix + 1, e);
+            layer.decode(seq.slice(1, 0, prefix), cache, Tensor.allocate(a, 1, prefix, e), big);
+
+            MhaWorkspace small = layer.newWorkspace(a, 1, 1, 16);
+            Tensor out = Tensor.allocate(a, 1, 1, e);
+            IllegalArgumentException refused = assertThrows(IllegalArgumentException.class,
+                    () -> layer.decode(seq.slice(1, prefix, prefix + 1), cache, out, small));
+            assertEquals(prefix, cache.length(), "a refused step leaves the length");
+            for (Tensor t : new Tensor[] {cache.keysAt(prefix + 1), cache.valuesAt(prefix + 1)}) {
+                for (float x : t.slice(2, prefix, prefix + 1).toArray()) {
+                    assertEquals(0, Float.floatToRawIntBits(x), backend + ": a refused step wrote to the cache");
+                }
+            }
+            assertTrue(refused.getMessage().contains("workspace of ") && refused.getMessage().contains("holding "
+                    + prefix), refused.getMessage());
+
+            layer.decode(seq.slice(1, prefix, prefix + 1), cache, out, layer.newWorkspace(a, 1, 1, cache.capacity()));
+            Tensor full = Tensor.allocate(a, 1, prefix + 1, e);
+            MultiHeadAttention.create(w, Backend.REFERENCE).forward(seq, full, SdpaOptions.CAUSAL, null);
+            assertClose(full.slice(1, prefix, prefix + 1).toArray(), out.toArray(),
+                    MultiHeadAttentionTest.atol(e, prefix + 1), 1e-4, backend + " seed=" + seed);
+        }
+    }
+
     /**
      * Truncating to a prefix and decoding the next token again gives the same output as the first time (the
      * step depends only on the prefix), and equals the reference's causal pass; truncate refuses lengths outside
