@@ -26,6 +26,9 @@ final class Flags {
      */
     static Flags parse(String command, List<String> args, Set<String> valueFlags, Set<String> switchFlags)
             throws UsageException {
+        if (helpRequested(args, valueFlags)) {
+            throw new HelpRequest(command);
+        }
         Flags f = new Flags(command);
         for (int i = 0; i < args.size(); i++) {
             String a = args.get(i);
@@ -61,6 +64,25 @@ final class Flags {
             }
         }
         return f;
+    }
+
+    /**
+     * True when {@code --help} or {@code -h} stands where a flag does, anywhere on the line (so help wins over
+     * the other mistakes on it); a word that {@link #parse} takes as a value flag's value, such as
+     * {@code --out -h}, is not a help request.
+     */
+    private static boolean helpRequested(List<String> args, Set<String> valueFlags) {
+        for (int i = 0; i < args.size(); i++) {
+            String a = args.get(i);
+            if (a.equals("--help") || a.equals("-h")) {
+                return true;
+            }
+            if (a.startsWith("--") && a.indexOf('=') < 0 && valueFlags.contains(a.substring(2))
+                    && i + 1 < args.size() && !args.get(i + 1).startsWith("--")) {
+                i++;
+            }
+        }
+        return false;
     }
 
     /** The value of {@code name}, or {@code fallback} when it was not given. */

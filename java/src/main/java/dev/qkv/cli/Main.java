@@ -72,12 +72,14 @@ public final class Main {
                         + " (see 'qkv help')");
             }
             List<String> rest = Arrays.asList(args).subList(1, args.length);
-            if (rest.contains("--help") || rest.contains("-h")) {
+            try {
+                // every command parses its flags before it does anything (Flags.parse finds --help and -h)
+                return c.run(rest, out, err);
+            } catch (HelpRequest h) {
                 out.println("usage: qkv " + c.usage().replace("\n", "\n       qkv "));
                 out.println("  " + c.summary());
                 return 0;
             }
-            return c.run(rest, out, err);
         } catch (UsageException e) {
             return fail(err, 2, e.getMessage());
         } catch (NoSuchFileException e) {

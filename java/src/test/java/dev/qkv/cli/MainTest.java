@@ -418,6 +418,31 @@ class MainTest {
                 + " [--scale S] [--backend native|java] --out O.npy"), one.out());
     }
 
+    /**
+     * {@code -h} that a value flag takes as its value is that value, not a help request: the command runs and
+     * fails on it (exit 2, one line, no output file) instead of printing usage and exiting 0 with nothing done.
+     * Where a flag stands, help wins over the rest of the line.
+     */
+    @Test
+    void dashHAsAFlagsValueIsNotAHelpRequest() throws IOException {
+        List<String> in = inputs(new SplittableRandom(SEED));
+        Path out = dir.resolve("o.npy");
+        List<String> args = new ArrayList<>(List.of("sdpa"));
+        args.addAll(in);
+        args.addAll(List.of("--mask", "-h", "--out", out.toString()));
+        assertUserError(run(args.toArray(String[]::new)), "-h");
+        assertFalse(Files.exists(out), "no output for a refused call");
+        assertUserError(run("bench", "--shape", "1,1,8,8", "--iters", "-h"), "--iters expects an integer, got '-h'");
+
+        for (List<String> help : List.of(List.of("sdpa", "--causal", "-h"), List.of("sdpa", "--bogus", "--help"),
+                List.of("bench", "--iters", "3", "-h"), List.of("mha", "--out=-x", "--help"))) {
+            Result r = run(help.toArray(String[]::new));
+            assertEquals(0, r.code(), help + ": " + r);
+            assertTrue(r.out().startsWith("usage: qkv " + help.get(0)), help + ": " + r);
+            assertEquals("", r.err(), help.toString());
+        }
+    }
+
     @Test
     void infoNamesTheLoadedLibrary() {
         Result r = run("info");
