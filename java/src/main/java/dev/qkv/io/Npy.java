@@ -105,6 +105,11 @@ public final class Npy {
         if (Files.isDirectory(file)) {
             throw new NpyFormatException(name, "is a directory, not a .npy file");
         }
+        if (Files.exists(file) && !Files.isRegularFile(file)) {
+            // a pipe or a device reports size 0, which would read as "an empty file"
+            throw new NpyFormatException(name, "is not a regular file (a pipe or a device); give the path of a"
+                    + " .npy file");
+        }
         try (FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
             long size = ch.size();
             Header h = readHeader(name, ch, size);
@@ -244,9 +249,16 @@ public final class Npy {
                 + "; expected '<f4' (float32), '<f8' (float64) or '|b1' (bool)");
     }
 
+    /** Most dimensions a shape may have: numpy's {@code NPY_MAXDIMS} (64 since numpy 2.0, 32 before). */
+    static final int MAX_RANK = 64;
+
     private static long[] shape(String name, Object value) throws NpyFormatException {
         if (!(value instanceof PyLiteral.Tuple(List<Object> items))) {
             throw new NpyFormatException(name, "shape " + clip(PyLiteral.repr(value)) + " is not a tuple");
+        }
+        if (items.size() > MAX_RANK) {
+            throw new NpyFormatException(name, "shape has " + items.size() + " dimensions; at most " + MAX_RANK
+                    + " are supported (numpy's own limit)");
         }
         long[] shape = new long[items.size()];
         for (int i = 0; i < shape.length; i++) {
@@ -373,6 +385,9 @@ public final class Npy {
             try (FileChannel ch = opened) {
                 writeFully(ch, ByteBuffer.wrap(header));
                 writeData(ch, tensor);
+                // on disk before the rename: after a power loss the target is the old file or the whole new one,
+                // never an empty file that the rename's metadata reached first
+                ch.force(true);
             }
             Files.move(tmp, target, StandardCopyOption.ATOMIC_MOVE);
             done = true;
@@ -381,8 +396,9 @@ public final class Npy {
                 throw e;
             }
             // name the file the caller asked for, not our temporary name
-            throw new FileSystemException(file.toString(), null,
-                    e.getReason() != null ? e.getReason() : e.getClass().getSimpleName());
+            throw new FileSystemException(file.toString(), null, e.getReason() != null ? e.getReason()
+                    : e instanceof NoSuchFileException ? "cannot create files in folder " + dir
+                    : e.getClass().getSimpleName());
         } catch (IOException e) {
             throw new IOException(file + ": " + e.getMessage(), e);
         } finally {

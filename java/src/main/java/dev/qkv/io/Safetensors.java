@@ -163,6 +163,10 @@ public final class Safetensors {
             // Linux opens a directory for reading and fails only at the first read, with no file name
             throw fail(file, "is a directory, not a .safetensors file");
         }
+        if (Files.exists(file) && !Files.isRegularFile(file)) {
+            // a pipe or a device reports size 0, which would read as a file too short for its header
+            throw fail(file, "is not a regular file (a pipe or a device); give the path of a .safetensors file");
+        }
         FileChannel ch = FileChannel.open(file, StandardOpenOption.READ);
         boolean keep = false;
         try {
@@ -346,6 +350,10 @@ public final class Safetensors {
         }
         if (count >= 0 && list.size() != count) {
             throw fail(file, where + ": \"" + field + "\" has " + list.size() + " elements, expected " + count);
+        }
+        if (list.size() > Npy.MAX_RANK) {
+            throw fail(file, where + ": \"" + field + "\" has " + list.size() + " dimensions; at most "
+                    + Npy.MAX_RANK + " are supported");
         }
         long[] out = new long[list.size()];
         for (int i = 0; i < out.length; i++) {

@@ -443,6 +443,20 @@ class MainTest {
         }
     }
 
+    /**
+     * A folder that exists but where no file can be created (Linux's /proc/self) fails at the write: the line says
+     * so in words, where it used to end in the bare class name "NoSuchFileException".
+     */
+    @Test
+    void anOutputFolderThatTakesNoFilesIsNamed() throws IOException {
+        Path proc = Path.of("/proc/self");
+        assumeTrue(Files.isDirectory(proc), "no /proc here");
+        List<String> args = new ArrayList<>(List.of("sdpa"));
+        args.addAll(inputs(new SplittableRandom(SEED)));
+        args.addAll(List.of("--out", proc.resolve("o.npy").toString()));
+        assertUserError(run(args.toArray(String[]::new)), "cannot create files in folder /proc/self");
+    }
+
     @Test
     void infoNamesTheLoadedLibrary() {
         Result r = run("info");

@@ -348,6 +348,31 @@ class MalformedNpyTest {
                 "zero last"));
     }
 
+    /**
+     * numpy's own limit, 64 dimensions, is the reader's: one more is refused, and a header of 100 000 dimensions
+     * gives a short message rather than one listing them all (it was 300 KB).
+     */
+    @Test
+    void shapesOfMoreThan64DimensionsAreRejectedBriefly() throws Exception {
+        assertEquals(Outcome.READ, check(v1(dict("(" + "1, ".repeat(64) + ")"), NpyBytes.f4(7)), "64 dimensions"));
+        assertEquals(Outcome.REJECTED, check(v1(dict("(" + "1, ".repeat(65) + ")"), NpyBytes.f4(7)),
+                "65 dimensions"));
+        assertEquals(Outcome.REJECTED, check(NpyBytes.file(2, dict("(" + "2, ".repeat(100_000) + ")") + "\n",
+                NpyBytes.f4(7)), "100000 dimensions"));
+    }
+
+    /** A character device (a pipe alike) has no size to read a header against: named as such, not "empty". */
+    @Test
+    void aDeviceIsNotARegularFile() {
+        Path device = Path.of("/dev/zero");
+        org.junit.jupiter.api.Assumptions.assumeTrue(Files.exists(device), "no /dev/zero here");
+        try (Arena arena = Arena.ofConfined()) {
+            NpyFormatException e = org.junit.jupiter.api.Assertions.assertThrows(NpyFormatException.class,
+                    () -> Npy.read(device, arena));
+            assertTrue(e.getMessage().startsWith(device + ": is not a regular file"), e.getMessage());
+        }
+    }
+
     @Test
     void aDirectoryOrAMissingFileIsAnIOExceptionNamingIt() throws Exception {
         try (Arena arena = Arena.ofConfined()) {

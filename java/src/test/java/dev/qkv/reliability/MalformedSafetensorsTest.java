@@ -378,6 +378,29 @@ class MalformedSafetensorsTest {
         }
     }
 
+    /** 64 dimensions read; 65, or 100 000 (a 300 KB message before), are refused in a short message. */
+    @Test
+    void shapesOfMoreThan64DimensionsAreRejectedBriefly() throws Exception {
+        String ones64 = "[" + "1,".repeat(63) + "1]";
+        assertEquals(Outcome.READ, check(file("{" + entry("a", "F32", ones64, "[0,4]") + "}", new byte[4]),
+                "64 dimensions"));
+        for (int rank : new int[] {65, 100_000}) {
+            String shape = "[" + "1,".repeat(rank - 1) + "1]";
+            assertEquals(Outcome.REJECTED, check(file("{" + entry("a", "F32", shape, "[0,4]") + "}", new byte[4]),
+                    rank + " dimensions"));
+        }
+    }
+
+    @Test
+    void aDeviceIsNotARegularFile() {
+        Path device = Path.of("/dev/zero");
+        org.junit.jupiter.api.Assumptions.assumeTrue(Files.exists(device), "no /dev/zero here");
+        try (Arena arena = Arena.ofConfined()) {
+            SafetensorsException e = assertThrows(SafetensorsException.class, () -> Safetensors.open(device, arena));
+            assertTrue(e.getMessage().startsWith(device + ": is not a regular file"), e.getMessage());
+        }
+    }
+
     @Test
     void aDirectoryOrAMissingFileIsAnIOExceptionNamingIt() {
         try (Arena arena = Arena.ofConfined()) {
