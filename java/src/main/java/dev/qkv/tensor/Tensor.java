@@ -225,8 +225,12 @@ public final class Tensor {
         return segment.scope().isAlive();
     }
 
-    /** True when the elements are laid out densely in row-major order. */
+    /** True when the elements are laid out densely in row-major order (an empty tensor always is). */
     public boolean isContiguous() {
+        if (elementCount() == 0) {
+            // no element has an address; strides of a view of an empty dimension are whatever it was cut from
+            return true;
+        }
         long s = 1;
         for (int i = shape.length - 1; i >= 0; i--) {
             if (shape[i] != 1 && strides[i] != s) {
@@ -366,10 +370,79 @@ public final class Tensor {
         segment.setAtIndex(FLOAT, elementIndex, value);
     }
 
-    /** Copies {@code values}, in row-major order of this tensor's shape, into the tensor. */
+    /**
+     * True when no two elements of this view share an address. A broadcast view (stride 0 along a dimension of
+     * size 2 or more) and views whose strides interleave onto each other do not; every tensor that
+     * {@link #allocate} makes does.
+     */
+    public boolean hasDistinctAddresses() {
+        long n = elementCount();
+        if (n <= 1) {
+            return true;
+        }
+        // dimensions of size 2+ by increasing stride: distinct when each stride reaches past the span of the
+        // dimensions below it (the usual case, decided without looking at elements)
+        Integer[] dims = new Integer[shape.length];
+        int m = 0;
+        for (int d = 0; d < shape.length; d++) {
+            if (shape[d] > 1) {
+                dims[m++] = d;
+            }
+        }
+        Arrays.sort(dims, 0, m, (x, y) -> Long.compare(strides[x], strides[y]));
+        long span = 1;
+        boolean nested = true;
+        for (int i = 0; i < m; i++) {
+            long st = strides[dims[i]];
+            if (st == 0) {
+                return false;
+            }
+            if (st < span) {
+                nested = false;
+                break;
+            }
+            span = st * shape[dims[i]];
+        }
+        if (nested) {
+            return true;
+        }
+        // strides that interleave (e.g. [2, 2] with strides [3, 2]): compare the addresses themselves
+        if (n > Integer.MAX_VALUE - 8) {
+            return false;
+        }
+        long[] at = new long[(int) n];
+        long[] c = new long[shape.length];
+        for (int i = 0; i < at.length; i++) {
+            at[i] = indexOf(c);
+            advance(c);
+        }
+        Arrays.sort(at);
+        for (int i = 1; i < at.length; i++) {
+            if (at[i] == at[i - 1]) {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    private void requireDistinctAddresses() {
+        if (!hasDistinctAddresses()) {
+            throw new IllegalArgumentException("cannot copy into tensor " + shapeString() + " with strides "
+                    + Arrays.toString(strides) + ": it maps several elements to one address (a broadcast view?),"
+                    + " so only the last value written to each would remain");
+        }
+    }
+
+    /**
+     * Copies {@code values}, in row-major order of this tensor's shape, into the tensor, which must map each
+     * element to its own address (see {@link #hasDistinctAddresses}).
+     */
     public Tensor copyFrom(float[] values) {
         if (values.length != elementCount()) {
             throw new IllegalArgumentException(values.length + " values for tensor " + shapeString());
+        }
+        if (!isContiguous()) {
+            requireDistinctAddresses();
         }
         if (values.length == 0) {
             return this; // an empty view may sit at any offset (a select next to an empty dimension)
@@ -389,11 +462,15 @@ public final class Tensor {
     /**
      * Copies the elements of {@code src}, which must have the same shape, into this tensor. When the two share
      * memory (e.g. {@code t.copyFrom(t.transpose())}), {@code src} is read in full first, as if copied to a
-     * temporary array: the result is always {@code src}'s values before the call.
+     * temporary array: the result is always {@code src}'s values before the call. This tensor must map each
+     * element to its own address (see {@link #hasDistinctAddresses}); {@code src} may be a broadcast view.
      */
     public Tensor copyFrom(Tensor src) {
         if (!Arrays.equals(src.shape, shape)) {
             throw new IllegalArgumentException("cannot copy " + src.shapeString() + " into " + shapeString());
+        }
+        if (!isContiguous()) {
+            requireDistinctAddresses();
         }
         if (overlaps(src)) {
             return copyFrom(src.toArray());

@@ -296,4 +296,90 @@ class TensorTest {
             assertArrayEquals(new float[] {1, 1, 2, 3, 4}, r.toArray());
         }
     }
+
+    /**
+     * A destination that maps two elements to one address (a broadcast view) is refused by both copyFrom forms,
+     * and left as it was: before, each address silently kept the last value written to it.
+     */
+    @Test
+    void copyIntoABroadcastViewIsRefused() {
+        try (Arena a = Arena.ofConfined()) {
+            Tensor row = Tensor.allocate(a, 1, 3).copyFrom(new float[] {7, 8, 9});
+            Tensor wide = row.broadcastTo(2, 3);
+            assertFalse(wide.hasDistinctAddresses());
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                    () -> wide.copyFrom(new float[] {1, 2, 3, 4, 5, 6}));
+            assertTrue(e.getMessage().contains("[2, 3]") && e.getMessage().contains("one address"), e.getMessage());
+            Tensor src = Tensor.of(a, new float[] {1, 2, 3, 4, 5, 6}, 2, 3);
+            assertThrows(IllegalArgumentException.class, () -> wide.copyFrom(src));
+            assertArrayEquals(new float[] {7, 8, 9}, row.toArray(), "a refused copy writes nothing");
+            // a broadcast source is fine: every destination element has its own address
+            Tensor dst = Tensor.allocate(a, 2, 3).copyFrom(wide);
+            assertArrayEquals(new float[] {7, 8, 9, 7, 8, 9}, dst.toArray());
+        }
+    }
+
+    /** Views whose strides interleave: distinct addresses copy element by element, colliding ones are refused. */
+    @Test
+    void interleavedStridesAreJudgedByTheirAddresses() {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment seg = a.allocate(6 * Float.BYTES, 64);
+            // [2, 2] with strides [3, 2]: addresses 0, 2, 3, 5, distinct though 3 < 2 * 2
+            Tensor t = Tensor.view(seg, 0, new long[] {2, 2}, new long[] {3, 2});
+            assertTrue(t.hasDistinctAddresses());
+            t.copyFrom(new float[] {1, 2, 3, 4});
+            assertArrayEquals(new float[] {1, 0, 2, 3, 0, 4}, seg.toArray(ValueLayout.JAVA_FLOAT));
+            // [2, 2] with strides [1, 1]: addresses 0, 1, 1, 2
+            Tensor collide = Tensor.view(seg, 0, new long[] {2, 2}, new long[] {1, 1});
+            assertFalse(collide.hasDistinctAddresses());
+            assertThrows(IllegalArgumentException.class, () -> collide.copyFrom(new float[] {9, 9, 9, 9}));
+        }
+    }
+
+    /** hasDistinctAddresses against the set of addresses, enumerated here, over random small views. */
+    @Test
+    void distinctAddressesMatchEnumeration() {
+        Random r = new Random(41);
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment seg = a.allocate(4096 * Float.BYTES, 64);
+            for (int it = 0; it < 2000; it++) {
+                int rank = 1 + r.nextInt(4);
+                long[] shape = new long[rank];
+                long[] strides = new long[rank];
+                for (int d = 0; d < rank; d++) {
+                    shape[d] = r.nextInt(5);
+                    strides[d] = r.nextInt(3) == 0 ? r.nextInt(3) : r.nextInt(40);
+                }
+                Tensor t = Tensor.view(seg, r.nextInt(8), shape, strides);
+                java.util.Set<Long> seen = new java.util.HashSet<>();
+                boolean distinct = true;
+                long[] c = new long[rank];
+                long n = Arrays.stream(shape).reduce(1, (x, y) -> x * y);
+                for (long i = 0; i < n && distinct; i++) {
+                    long at = 0;
+                    for (int d = 0; d < rank; d++) {
+                        at += c[d] * strides[d];
+                    }
+                    distinct = seen.add(at);
+                    for (int d = rank - 1; d >= 0 && ++c[d] == shape[d]; d--) {
+                        c[d] = 0;
+                    }
+                }
+                assertEquals(distinct, t.hasDistinctAddresses(), t.toString());
+            }
+        }
+    }
+
+    /** A tensor with no elements is contiguous wherever its zero is, so it reshapes like any other. */
+    @Test
+    void emptyTensorsAreContiguousAndReshape() {
+        try (Arena a = Arena.ofConfined()) {
+            for (long[] shape : new long[][] {{2, 0}, {0, 4}, {3, 0, 5}}) {
+                Tensor t = Tensor.allocate(a, shape);
+                assertTrue(t.isContiguous(), Arrays.toString(shape));
+                assertArrayEquals(new long[] {0, 2}, t.reshape(0, 2).shape());
+                assertEquals(0, t.reshape(0).elementCount());
+            }
+        }
+    }
 }
