@@ -51,6 +51,14 @@ final class BenchCommand implements Command {
         boolean causal = f.has("causal");
         String backendName = f.get("backend", "auto");
         Backend backend = backendName.equals("auto") ? Backend.AUTO : SdpaCommand.backend(backendName);
+        try {
+            long qo = Math.multiplyExact(Math.multiplyExact(Math.multiplyExact(b, h), l), d);
+            long kv = Math.multiplyExact(Math.multiplyExact(Math.multiplyExact(b, (long) hkv), l), d);
+            Inputs.requireFits("--shape " + f.require("shape") + " (q, k, v and out)",
+                    Math.multiplyExact(Math.addExact(qo, kv), 2L * Float.BYTES));
+        } catch (ArithmeticException e) {
+            throw new UsageException("--shape " + f.require("shape") + ": more bytes than a long holds");
+        }
         Attention attention = Backends.create(backend, threads);
         // shared: the engine's pool threads may only touch memory of a shared (or global/auto) arena
         try (Arena arena = Arena.ofShared()) {

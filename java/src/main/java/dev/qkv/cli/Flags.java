@@ -119,6 +119,10 @@ final class Flags {
         try {
             n = Integer.parseInt(text.strip());
         } catch (NumberFormatException e) {
+            if (text.strip().matches("[+-]?[0-9]+")) {
+                // an integer, just not an int
+                throw new UsageException(what + " must be in " + min + ".." + max + ", got " + text.strip());
+            }
             throw new UsageException(what + " expects an integer, got '" + text + "'");
         }
         if (n < min || n > max) {

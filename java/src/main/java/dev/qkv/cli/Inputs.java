@@ -10,6 +10,33 @@ final class Inputs {
     private Inputs() {
     }
 
+    /**
+     * Refuses, before anything is allocated, {@code bytes} of tensors that this machine's physical memory cannot
+     * hold. Linux lets such an off-heap allocation succeed (it overcommits) and then kills the JVM while the
+     * tensors are filled; a size the shapes make absurd is the user's mistake, to be said in one line.
+     */
+    static void requireFits(String what, long bytes) throws UsageException {
+        long physical = physicalMemory();
+        if (bytes > physical) {
+            throw new UsageException(String.format(java.util.Locale.ROOT, "%s needs %.1f GiB of memory; this machine"
+                    + " has %.1f GiB", what, bytes / 1073741824.0, physical / 1073741824.0));
+        }
+    }
+
+    /** Bytes of physical memory (of the container, where there is one), or Long.MAX_VALUE when the JVM cannot say. */
+    static long physicalMemory() {
+        try {
+            if (java.lang.management.ManagementFactory.getOperatingSystemMXBean()
+                    instanceof com.sun.management.OperatingSystemMXBean os) {
+                long total = os.getTotalMemorySize();
+                return total > 0 ? total : Long.MAX_VALUE;
+            }
+        } catch (LinkageError e) {
+            // a runtime image without jdk.management: no check
+        }
+        return Long.MAX_VALUE;
+    }
+
     /** A contiguous tensor of {@code shape} filled with uniform values in [-1, 1) drawn from {@code random}. */
     static Tensor uniform(Arena arena, SplittableRandom random, long... shape) {
         Tensor t = Tensor.allocate(arena, shape);

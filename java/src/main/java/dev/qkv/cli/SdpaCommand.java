@@ -68,8 +68,18 @@ final class SdpaCommand implements Command {
             SdpaOptions options = new SdpaOptions(causal, mask, scale);
             Tensor o;
             long nanos;
+            long[] outShape = {q.size(0), q.size(1), q.size(2), v.size(3)};
             try {
-                o = Tensor.allocate(arena, q.size(0), q.size(1), q.size(2), v.size(3));
+                // small files can ask for a large output: q [.., .., Lq, 1] and v [.., .., .., Dv] give Lq·Dv
+                Inputs.requireFits("out [B, Hq, Lq, Dv] = " + Shapes.format(outShape),
+                        Math.multiplyExact(Math.multiplyExact(Math.multiplyExact(Math.multiplyExact(outShape[0],
+                                outShape[1]), outShape[2]), outShape[3]), (long) Float.BYTES));
+            } catch (ArithmeticException e) {
+                throw new UsageException("out [B, Hq, Lq, Dv] = " + Shapes.format(outShape)
+                        + ": more bytes than a long holds");
+            }
+            try {
+                o = Tensor.allocate(arena, outShape);
                 // checks every argument first, so errors name the real tensors rather than the warm-up's slices
                 attention.workspaceBytes(q, k, v, o, options);
                 warmUp(attention, q, k, v, options, arena);

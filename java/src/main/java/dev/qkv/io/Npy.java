@@ -426,7 +426,8 @@ public final class Npy {
             throw new NoSuchFileException(file.toString(), null, "not a file path");
         }
         if (!Files.isDirectory(dir)) {
-            throw new NoSuchFileException(file.toString(), null, "folder " + dir + " does not exist");
+            throw new NoSuchFileException(file.toString(), null, "folder " + dir
+                    + (Files.exists(dir) ? " is a file, not a folder" : " does not exist"));
         }
         if (Files.exists(target) && !Files.isRegularFile(target)) {
             throw new FileSystemException(file.toString(), null, "exists and is not a regular file (a folder, a"

@@ -334,18 +334,25 @@ class MainTest {
         args.addAll(List.of("--out", out.toString()));
         assertUserError(run(args.toArray(String[]::new)), "does not exist");
         assertFalse(Files.exists(out.getParent()));
+        // a "folder" that is a file (the q input): said as such, and the file is left as it was
+        Path q = Path.of(args.get(2));
+        byte[] before = Files.readAllBytes(q);
+        args.set(args.size() - 1, q.resolve("o.npy").toString());
+        assertUserError(run(args.toArray(String[]::new)), "folder " + q.toAbsolutePath() + " is a file, not a folder");
+        assertArrayEquals(before, Files.readAllBytes(q));
     }
 
     @Test
     void anOutputTooLargeForMemoryIsAUserErrorNamingIt() throws IOException {
-        // small inputs, an output of 10^12 floats: 1000 query heads sharing one kv head of 10^6 values
+        // small inputs, an output of 10^12 floats: 1000 query heads sharing one kv head of 10^6 values (refused
+        // as larger than the machine, or where the JVM cannot say its size, as memory it cannot allocate)
         SplittableRandom random = new SplittableRandom(SEED);
         Path q = randomNpy("q.npy", random, 1, 1000, 1000, 1);
         Path k = randomNpy("k.npy", random, 1, 1, 1, 1);
         Path v = randomNpy("v.npy", random, 1, 1, 1, 1_000_000);
         Path out = dir.resolve("o.npy");
         assertUserError(run("sdpa", "--q", q.toString(), "--k", k.toString(), "--v", v.toString(), "--backend", "java",
-                "--out", out.toString()), "out [B, Hq, Lq, Dv] = [1, 1000, 1000, 1000000]: not enough memory");
+                "--out", out.toString()), "out [B, Hq, Lq, Dv] = [1, 1000, 1000, 1000000]");
         assertFalse(Files.exists(out));
     }
 
@@ -393,6 +400,9 @@ class MainTest {
                 Arguments.of(List.of("bench", "--shape", "1,0,3,4"), "--shape H must be in 1.."),
                 Arguments.of(List.of("bench", "--shape", "1,4,3,4", "--kv-heads", "3"), "--kv-heads 3 does not divide H=4"),
                 Arguments.of(List.of("bench", "--shape", "1,4,3,4", "--iters", "0"), "--iters must be in 1.."),
+                Arguments.of(List.of("bench", "--shape", "1,4,3,4", "--iters", "99999999999"),
+                        "--iters must be in 1..1000000, got 99999999999"),
+                Arguments.of(List.of("bench", "--shape", "1,4,3,99999999999"), "--shape D must be in 1.."),
                 Arguments.of(List.of("bench", "--shape", "1,4,3,4", "--backend", "fast"), "unknown backend 'fast'"));
     }
 
@@ -455,6 +465,31 @@ class MainTest {
         args.addAll(inputs(new SplittableRandom(SEED)));
         args.addAll(List.of("--out", proc.resolve("o.npy").toString()));
         assertUserError(run(args.toArray(String[]::new)), "cannot create files in folder /proc/self");
+    }
+
+    /**
+     * Shapes whose tensors need more than the machine's physical memory are refused before anything is
+     * allocated: Linux would let the allocation succeed and kill the JVM while filling it. For bench, 1.5× the
+     * memory over q, k, v and out; for sdpa, two files under a megabyte whose output would need 1.5× it.
+     */
+    @Test
+    void tensorsLargerThanTheMachineAreRefusedBeforeAllocation() throws IOException {
+        long physical = Inputs.physicalMemory();
+        assumeTrue(physical < 1L << 44, "physical memory unknown or over 16 TiB");
+        long d = 1 << 20;
+        long l = (long) Math.ceil(1.5 * physical / (4.0 * Float.BYTES * d));
+        assertUserError(run("bench", "--shape", "1,1," + l + "," + d, "--iters", "1"), "this machine has");
+
+        long lq = 1 << 17;
+        long dv = (long) Math.ceil(1.5 * physical / ((double) Float.BYTES * lq));
+        assumeTrue(dv < 1 << 20, "too much memory for small files to ask for more");
+        SplittableRandom random = new SplittableRandom(SEED);
+        Path out = dir.resolve("big.npy");
+        Result r = run("sdpa", "--q", randomNpy("q1.npy", random, 1, 1, lq, 1).toString(),
+                "--k", randomNpy("k1.npy", random, 1, 1, 1, 1).toString(),
+                "--v", randomNpy("v1.npy", random, 1, 1, 1, dv).toString(), "--out", out.toString());
+        assertUserError(r, "out [B, Hq, Lq, Dv] = [1, 1, " + lq + ", " + dv + "] needs");
+        assertFalse(Files.exists(out));
     }
 
     @Test
