@@ -345,7 +345,9 @@ class SdpaFuzzTest {
                 long inEnd = in.endElement();
                 long floats = Math.max(inEnd, n) + inEnd;
                 MemorySegment seg = arena.allocate(floats * Float.BYTES, 64);
-                Tensor shared = Tensor.view(seg, in.offset(), in.shape(), in.strides()).copyFrom(in);
+                // the raw floats under `in`, so that a broadcast `in` (several elements at one address) is copied too
+                MemorySegment.copy(in.segment(), 0, seg, 0, inEnd * Float.BYTES);
+                Tensor shared = Tensor.view(seg, in.offset(), in.shape(), in.strides());
                 long start = in.offset() + r.nextInt((int) Math.max(1, inEnd - in.offset()));
                 c.out = Tensor.view(seg, start, shape, contiguous(shape));
                 c.mutation = "out overlaps " + (in == c.q ? "q" : in == c.k ? "k" : "v");
