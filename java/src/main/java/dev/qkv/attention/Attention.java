@@ -480,6 +480,28 @@ public final class Attention {
     }
 
     /**
+     * Bytes of {@code workspace} that this call would use: what {@link #sdpa(Tensor, Tensor, Tensor, Tensor,
+     * SdpaOptions, Workspace)} checks before it runs. It can be less than {@link #workspaceBytes(Tensor, Tensor,
+     * Tensor, Tensor, SdpaOptions)}, which plans for a workspace of any size: a workspace too small for the
+     * grouped layout of grouped kv heads runs one head per task instead.
+     */
+    public long workspaceBytes(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options, Workspace workspace) {
+        SdpaArgs.validate(q, k, v, out, options);
+        Objects.requireNonNull(workspace, "workspace");
+        if (matmul == null) {
+            return 0;
+        }
+        if (!workspace.segment().scope().isAlive()) {
+            throw new IllegalStateException("workspace: its arena is closed");
+        }
+        Job job = jobs.get();
+        job.prepare(q, k, v, out, options, workspace.segment());
+        long need = job.workspaceBytes();
+        job.release();
+        return need;
+    }
+
+    /**
      * Bytes of workspace that the score tiles of a call with {@code lq} query rows and {@code lk} keys can need,
      * all workers together, when no operand has to be packed (unit inner strides): an upper bound over the
      * engines this instance may run, for callers that size one workspace for many calls.

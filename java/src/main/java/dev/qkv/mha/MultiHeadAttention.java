@@ -677,11 +677,13 @@ public final class MultiHeadAttention {
         if (backend == Backend.REFERENCE || have >= attentionBytes(ws.q().size(2), len)) {
             return;
         }
+        // planned with this workspace, as sdpa will: grouped kv heads fall back to a head per task when it is small
         long need = attention.workspaceBytes(ws.q(), cache.keysAt(len), cache.valuesAt(len), ws.a(),
-                SdpaOptions.CAUSAL);
+                SdpaOptions.CAUSAL, ws.attention());
         if (have < need) {
+            long n = ws.q().size(2);
             throw new IllegalArgumentException("workspace of " + have + " attention bytes is too small for a decode"
-                    + " step of " + ws.q().size(2) + " rows after " + cache.describe() + ": needs " + need
+                    + " step of " + n + (n == 1 ? " row" : " rows") + " after " + cache.describe() + ": needs " + need
                     + " (make it with newWorkspace(arena, 1, n, cache.capacity()))");
         }
     }

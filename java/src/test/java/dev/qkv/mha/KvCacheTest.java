@@ -191,6 +191,42 @@ class KvCacheTest {
     }
 
     /**
+     * With grouped kv heads a workspace smaller than newWorkspace's bound can still do: the attention then runs
+     * one head per task instead of a group's rows together. Such a step runs (it was refused by a check that
+     * planned for the grouped layout), and equals the same step with a workspace for the whole cache.
+     */
+    @ParameterizedTest
+    @EnumSource(value = Backend.class, names = {"NATIVE", "JAVA"})
+    void aSmallerWorkspaceThatSufficesStillRuns(Backend backend) {
+        long seed = 43;
+        int e = 512;
+        int prefix = 2047;
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(seed);
+            MhaWeights w = MultiHeadAttentionTest.weights(a, r, e, 8, 2, true, true);
+            for (int threads = 1; threads <= 2; threads++) {
+                MultiHeadAttention layer = MultiHeadAttention.create(w, backend, threads);
+                KvCache cache = layer.newCache(a, prefix + 1);
+                MhaWorkspace full = layer.newWorkspace(a, 1, 1, cache.capacity());
+                Tensor seq = rand(a, r, 1f, 1, prefix + 1, e);
+                layer.decode(seq.slice(1, 0, prefix), cache, Tensor.allocate(a, 1, prefix, e),
+                        layer.newWorkspace(a, 1, prefix, cache.capacity()));
+                Tensor want = Tensor.allocate(a, 1, 1, e);
+                layer.decode(seq.slice(1, prefix, prefix + 1), cache, want, full);
+                cache.truncate(prefix);
+
+                MhaWorkspace small = layer.newWorkspace(a, 1, 1, 1100);
+                assertTrue(small.attention().byteSize() < full.attention().byteSize());
+                Tensor got = Tensor.allocate(a, 1, 1, e);
+                layer.decode(seq.slice(1, prefix, prefix + 1), cache, got, small);
+                assertEquals(prefix + 1, cache.length());
+                assertClose(want.toArray(), got.toArray(), MultiHeadAttentionTest.atol(e, prefix + 1), 1e-4,
+                        backend + " threads=" + threads + " seed=" + seed);
+            }
+        }
+    }
+
+    /**
      * Truncating to a prefix and decoding the next token again gives the same output as the first time (the
      * step depends only on the prefix), and equals the reference's causal pass; truncate refuses lengths outside
      * 0..length and leaves the cache as it was.
