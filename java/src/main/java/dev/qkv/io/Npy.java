@@ -365,6 +365,11 @@ public final class Npy {
         if (!tensor.isAlive()) {
             throw new IllegalStateException("tensor " + tensor.shapeString() + ": its arena is closed");
         }
+        if (tensor.shape().length > MAX_RANK) {
+            // a file that read (and numpy) would refuse
+            throw new IllegalArgumentException("tensor of " + tensor.shape().length + " dimensions: a .npy file"
+                    + " holds at most " + MAX_RANK);
+        }
         Path target = checkTarget(file);
         Path dir = target.getParent();
         byte[] header = header(tensor.shape());

@@ -361,6 +361,23 @@ class MalformedNpyTest {
                 NpyBytes.f4(7)), "100000 dimensions"));
     }
 
+    /** The writer keeps to the reader's limit: a tensor of 65 dimensions is refused, and no file appears. */
+    @Test
+    void theWriterRefusesWhatTheReaderWould() throws Exception {
+        try (Arena arena = Arena.ofConfined()) {
+            long[] shape = new long[65];
+            Arrays.fill(shape, 1);
+            Path file = dir.resolve("rank65.npy");
+            IllegalArgumentException e = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
+                    () -> Npy.write(file, Tensor.allocate(arena, shape)));
+            assertTrue(e.getMessage().contains("at most 64"), e.getMessage());
+            assertTrue(Files.notExists(file));
+            Path ok = dir.resolve("rank64.npy");
+            Npy.write(ok, Tensor.allocate(arena, Arrays.copyOf(shape, 64)).fill(3f));
+            assertEquals(64, Npy.read(ok, arena).tensor().shape().length);
+        }
+    }
+
     /** A character device (a pipe alike) has no size to read a header against: named as such, not "empty". */
     @Test
     void aDeviceIsNotARegularFile() {
