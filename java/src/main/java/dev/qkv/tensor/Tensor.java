@@ -370,10 +370,15 @@ public final class Tensor {
         segment.setAtIndex(FLOAT, elementIndex, value);
     }
 
+    /** Views whose strides interleave are checked address by address up to this many elements. */
+    private static final long ENUMERATED_ELEMENTS = 1 << 20;
+
     /**
      * True when no two elements of this view share an address. A broadcast view (stride 0 along a dimension of
      * size 2 or more) and views whose strides interleave onto each other do not; every tensor that
-     * {@link #allocate} makes does.
+     * {@link #allocate} makes, and every view whose strides nest (each at least the extent of the smaller ones,
+     * as slices, transposes and padded rows have), does. A view whose strides interleave is checked address by
+     * address when it has at most 2^20 elements; a larger one is reported as not distinct, conservatively.
      */
     public boolean hasDistinctAddresses() {
         long n = elementCount();
@@ -406,8 +411,9 @@ public final class Tensor {
         if (nested) {
             return true;
         }
-        // strides that interleave (e.g. [2, 2] with strides [3, 2]): compare the addresses themselves
-        if (n > Integer.MAX_VALUE - 8) {
+        // strides that interleave (e.g. [2, 2] with strides [3, 2]): compare the addresses themselves, within a
+        // bound on the heap this takes
+        if (n > ENUMERATED_ELEMENTS) {
             return false;
         }
         long[] at = new long[(int) n];
@@ -428,9 +434,20 @@ public final class Tensor {
     private void requireDistinctAddresses() {
         if (!hasDistinctAddresses()) {
             throw new IllegalArgumentException("cannot copy into tensor " + shapeString() + " with strides "
-                    + Arrays.toString(strides) + ": it maps several elements to one address (a broadcast view?),"
-                    + " so only the last value written to each would remain");
+                    + Arrays.toString(strides) + (elementCount() > ENUMERATED_ELEMENTS && !hasZeroStride()
+                    ? ": its strides interleave and it has too many elements to check that no two share an address"
+                    : ": it maps several elements to one address (a broadcast view?), so only the last value"
+                    + " written to each would remain"));
         }
+    }
+
+    private boolean hasZeroStride() {
+        for (int d = 0; d < shape.length; d++) {
+            if (shape[d] > 1 && strides[d] == 0) {
+                return true;
+            }
+        }
+        return false;
     }
 
     /**

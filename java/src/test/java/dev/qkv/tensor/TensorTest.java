@@ -336,6 +336,34 @@ class TensorTest {
         }
     }
 
+    /**
+     * Interleaved strides are enumerated up to 2^20 elements: at the bound a distinct view copies; past it the
+     * answer is a conservative false, and copyFrom says it could not check, rather than allocating addresses
+     * for every element (an OutOfMemoryError for views of billions).
+     */
+    @Test
+    void largeInterleavedViewsAreCheckedWithinABound() {
+        try (Arena a = Arena.ofConfined()) {
+            long cols = 1 << 19;
+            MemorySegment seg = a.allocate((2 * cols + 6) * Float.BYTES, 64);
+            // rows at even and odd addresses: distinct, but stride 2 < the row's extent 2 * cols
+            Tensor atBound = Tensor.view(seg, 0, new long[] {2, cols}, new long[] {3, 2});
+            assertTrue(atBound.hasDistinctAddresses());
+            float[] values = new float[(int) (2 * cols)];
+            for (int i = 0; i < values.length; i++) {
+                values[i] = i;
+            }
+            atBound.copyFrom(values);
+            assertEquals(values[(int) cols + 5], seg.getAtIndex(ValueLayout.JAVA_FLOAT, 3 + 2 * 5));
+            // one more column: as distinct, but past the bound
+            Tensor past = Tensor.view(seg, 0, new long[] {2, cols + 1}, new long[] {3, 2});
+            assertFalse(past.hasDistinctAddresses());
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                    () -> past.copyFrom(new float[(int) (2 * cols + 2)]));
+            assertTrue(e.getMessage().contains("too many elements to check"), e.getMessage());
+        }
+    }
+
     /** hasDistinctAddresses against the set of addresses, enumerated here, over random small views. */
     @Test
     void distinctAddressesMatchEnumeration() {
