@@ -6,13 +6,14 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := run
 
+# $(JAVA_HOME), expanded by make, is the environment's or a command-line JAVA_HOME=... (which $(shell) would not see)
 JDK := $(shell \
-  best=; bestv=0; \
-  for j in "$$JAVA_HOME" /usr/lib/jvm/*; do \
+  best=; bestv=0; jh="$(JAVA_HOME)"; \
+  for j in "$$jh" /usr/lib/jvm/*; do \
     [ -n "$$j" ] && [ -x "$$j/bin/javac" ] && [ -x "$$j/bin/java" ] || continue; \
     v=$$("$$j/bin/java" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java\.specification\.version = //p'); \
     v=$${v%%.*}; [ "$$v" -eq "$$v" ] 2>/dev/null || continue; \
-    if [ "$$j" = "$$JAVA_HOME" ] && [ "$$v" -ge 25 ]; then best=$$j; break; fi; \
+    if [ "$$j" = "$$jh" ] && [ "$$v" -ge 25 ]; then best=$$j; break; fi; \
     if [ "$$v" -ge 25 ] && [ "$$v" -gt "$$bestv" ]; then best=$$j; bestv=$$v; fi; \
   done; echo "$$best")
 
@@ -20,7 +21,8 @@ ifeq ($(JDK),)
   $(error no JDK >= 25 found: set JAVA_HOME to one, or install one under /usr/lib/jvm (e.g. Temurin 25))
 endif
 
-export JAVA_HOME := $(JDK)
+# override: a command-line JAVA_HOME=... that is not a JDK >= 25 must not reach Maven either
+override export JAVA_HOME := $(JDK)
 JAVA := $(JDK)/bin/java
 MVN := mvn -B -ntp
 # Flags every qkv JVM needs: FFM downcalls without warnings, and the Vector API incubator module.
