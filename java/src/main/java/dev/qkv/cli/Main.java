@@ -97,14 +97,23 @@ public final class Main {
             // memory the inputs' shapes ask for (the commands name the tensor where they can)
             return fail(err, 2, "not enough memory (" + e.getMessage() + "): the inputs ask for more than this JVM"
                     + " can allocate");
-        } catch (RuntimeException | Error e) {
-            err.println("error: internal failure: " + e
-                    + (trace() ? "" : " (set QKV_TRACE=1 for the stack trace)"));
-            if (trace()) {
-                e.printStackTrace(err);
+        } catch (ExceptionInInitializerError e) {
+            if (e.getCause() instanceof IllegalStateException bad && String.valueOf(bad.getMessage()).startsWith("-D")) {
+                // a -Dqkv.* setting the library refuses when its class loads: the user's to fix
+                return fail(err, 2, bad.getMessage());
             }
-            return 1;
+            return internal(err, e);
+        } catch (RuntimeException | Error e) {
+            return internal(err, e);
         }
+    }
+
+    private static int internal(PrintStream err, Throwable e) {
+        err.println("error: internal failure: " + e + (trace() ? "" : " (set QKV_TRACE=1 for the stack trace)"));
+        if (trace()) {
+            e.printStackTrace(err);
+        }
+        return 1;
     }
 
     private static int fail(PrintStream err, int code, String message) {

@@ -492,6 +492,24 @@ class MainTest {
         assertFalse(Files.exists(out));
     }
 
+    /**
+     * A -Dqkv.* setting the library refuses when Attention loads is the user's mistake: one line with the
+     * setting and exit 2, not "internal failure: ExceptionInInitializerError" and exit 1. A child JVM, since the
+     * class loads once per process.
+     */
+    @Test
+    void aRefusedSettingIsAUserErrorNamingIt() throws IOException, InterruptedException {
+        String javaCmd = ProcessHandle.current().info().command().orElse("java");
+        Process p = new ProcessBuilder(javaCmd, "--enable-native-access=ALL-UNNAMED", "--add-modules",
+                "jdk.incubator.vector", "-Dqkv.keyBlock=100", "-cp", System.getProperty("java.class.path"),
+                Main.class.getName(), "bench", "--shape", "1,1,8,8", "--iters", "1").start();
+        assertTrue(p.waitFor(120, java.util.concurrent.TimeUnit.SECONDS), "child JVM timed out");
+        String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        String err = new String(p.getErrorStream().readAllBytes(), StandardCharsets.UTF_8)
+                .lines().filter(l -> !l.startsWith("WARNING")).collect(java.util.stream.Collectors.joining("\n"));
+        assertUserError(new Result(p.exitValue(), out, err), "-Dqkv.keyBlock=100: must be a positive multiple of 64");
+    }
+
     @Test
     void infoNamesTheLoadedLibrary() {
         Result r = run("info");

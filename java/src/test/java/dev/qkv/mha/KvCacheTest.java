@@ -149,6 +149,7 @@ class KvCacheTest {
             assertThrows(IllegalArgumentException.class, () -> KvCache.allocate(a, 2, 0, 4));
         }
     }
+
     /**
      * A workspace made for a short cache, met by a long one, is refused before the step projects anything or
      * writes to the cache: the position it would have appended stays as it was (zeros), the length too, and the
