@@ -128,11 +128,18 @@ public final class Attention {
         if (v == null) {
             return fallback;
         }
-        if (v <= 0 || v % multiple != 0) {
-            throw new IllegalStateException("-D" + name + "=" + v + ": must be a positive multiple of " + multiple);
+        if (v <= 0 || v % multiple != 0 || v > MAX_BLOCK_PROPERTY) {
+            throw new IllegalStateException("-D" + name + "=" + v + ": must be a positive multiple of " + multiple
+                    + (v > MAX_BLOCK_PROPERTY ? " up to " + MAX_BLOCK_PROPERTY : ""));
         }
         return v;
     }
+
+    /**
+     * Largest block of rows or keys a property may set: blocks step through lengths of up to
+     * {@link SdpaArgs#MAX_SIZE} without passing 2^31 - 1, and a block's arrays stay allocatable.
+     */
+    static final int MAX_BLOCK_PROPERTY = 1 << 20;
 
     /** The block is {@code qkv.keyBlock} for every head size, not {@link #javaKeyBlock}'s choice. */
     private static final boolean KEY_BLOCK_SET = Integer.getInteger("qkv.keyBlock") != null;
@@ -178,7 +185,9 @@ public final class Attention {
 
     /** Keys per block of a grouped few-query call: {@link #GROUP_KEY_BLOCK_BYTES} of the wider of k and v rows. */
     static int groupKeyBlock(int dk, int dv) {
-        return (int) Math.max(1, GROUP_KEY_BLOCK_BYTES / ((long) Math.max(1, Math.max(dk, dv)) * Float.BYTES));
+        // at most MAX_BLOCK_PROPERTY keys: a cast of more wrapped to 0 or below, and the key loop never ended
+        return (int) Math.max(1, Math.min(MAX_BLOCK_PROPERTY,
+                GROUP_KEY_BLOCK_BYTES / ((long) Math.max(1, Math.max(dk, dv)) * Float.BYTES)));
     }
 
     /**
@@ -188,7 +197,7 @@ public final class Attention {
      * under {@link #BLOCK_ROWS}) while a call would have fewer than 4 tasks per core, and by the budget.
      * The system property {@code qkv.nativeBlockRows} overrides it (for measurements and tests).
      */
-    static final int NATIVE_BLOCK_ROWS = Integer.getInteger("qkv.nativeBlockRows", 256);
+    static final int NATIVE_BLOCK_ROWS = blockProperty("qkv.nativeBlockRows", 256, 1);
 
     /**
      * Keys per block of the OpenBLAS engine's online softmax: a 256 × 1024 score tile is 1 MiB, half of a core's
@@ -225,7 +234,7 @@ public final class Attention {
      * as {@link #SMALL_ROWS}): [1, 8, 2048, 64] 51-53 against 54-56 ms, [1, 12, 512, 64] 5.0-5.1 against 5.8 ms,
      * [1, 1, 4096, 128] the same. {@code qkv.nativeBlockRows} sets this one too.
      */
-    static final int SMALL_BLOCK_ROWS = Integer.getInteger("qkv.nativeBlockRows", 128);
+    static final int SMALL_BLOCK_ROWS = blockProperty("qkv.nativeBlockRows", 128, 1);
 
     /**
      * {@code qkv.nativeSmallCalls}: {@code true} or {@code false} forces small calls on or off for every core;
@@ -737,6 +746,10 @@ public final class Attention {
         void prepare(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options, MemorySegment shared) {
             try {
                 prepareFields(q, k, v, out, options, shared);
+            } catch (ArithmeticException e) {
+                release();
+                throw new IllegalArgumentException(q.describe("q") + ", " + k.describe("k") + ", " + v.describe("v")
+                        + ": the scratch memory this call needs has more bytes than a long holds");
             } catch (RuntimeException | Error e) {
                 // a refused call (e.g. the budget) leaves no reference to its tensors in this thread's job
                 release();
@@ -855,7 +868,7 @@ public final class Attention {
                 // heap, and the heap rows it goes through; the few-query sgemv path reads q in place
                 transQ = smallCalls && !gemv && dk > 0 && (packQ || rowMajorOk(q)) && (packK || rowMajorOk(k));
                 long heap = usePacked ? heapFloats(rowsNow) : qTransposedFloats(rowsNow);
-                long per = (pw + heap) * Float.BYTES;
+                long per = Math.multiplyExact(Math.addExact(pw, heap), (long) Float.BYTES);
                 while (w > 1 && per * w > owner.budget) {
                     w--;
                 }
@@ -922,15 +935,16 @@ public final class Attention {
             // the score tile holds one key block (see javaKeyBlock); the few-query path takes all keys at once. A
             // causal block sees fewer keys, and tileLd pads a multiple of 64 (native): bound every block
             int cols = small || gemv ? lk : Math.min(lk, keyBlock) + (nativeEngine ? TILE_PAD : 0);
-            long cursor = (long) rowsNow * Math.max(cols, 1) * (groupTasks ? group : 1);
+            // exact: packed copies of sizes near 2^31 each can pass a long together (caught in prepare)
+            long cursor = Math.multiplyExact((long) rowsNow * Math.max(cols, 1), (long) (groupTasks ? group : 1));
             qPackAt = cursor;
-            cursor += packQ ? (long) lq * dk : 0;
+            cursor = Math.addExact(cursor, packQ ? (long) lq * dk : 0);
             kPackAt = cursor;
-            cursor += packK ? (long) lk * dk : 0;
+            cursor = Math.addExact(cursor, packK ? (long) lk * dk : 0);
             vPackAt = cursor;
-            cursor += packV ? (long) lk * dv : 0;
+            cursor = Math.addExact(cursor, packV ? (long) lk * dv : 0);
             outPackAt = cursor;
-            cursor += packOut ? (long) rowsNow * dv : 0;
+            cursor = Math.addExact(cursor, packOut ? (long) rowsNow * dv : 0);
             return cursor;
         }
 

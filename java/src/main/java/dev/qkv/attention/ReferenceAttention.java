@@ -20,7 +20,9 @@ final class ReferenceAttention {
 
     /** {@code out = softmax(scale · q·kᵀ + mask) · v} on validated arguments. */
     static void compute(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options) {
-        if (k.size(1) == 0) {
+        if (k.size(1) == 0 || out.elementCount() == 0) {
+            // nothing to write; and the int counters below may not reach sizes an empty call allows (B·Hq of 2^32
+            // with Lq = 0 looped forever)
             return;
         }
         double[] s = new double[(int) k.size(2)];

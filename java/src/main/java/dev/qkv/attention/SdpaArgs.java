@@ -9,6 +9,13 @@ import dev.qkv.tensor.Tensor;
  * Messages name the tensor and its shape: {@code k [1, 3, 8, 16]: Hq=4 is not a multiple of Hkv=3}.
  */
 final class SdpaArgs {
+    /**
+     * Largest Lq, Lk, Dk and Dv: the engines step through them in int blocks of up to 2^20 (rows, keys, the
+     * block properties' bounds), and a step past 2^31 - 1 would wrap (a call that computed nothing, or a loop
+     * that never ended). Only views with zero strides come near it.
+     */
+    static final long MAX_SIZE = Integer.MAX_VALUE - (1L << 21);
+
     private SdpaArgs() {
     }
 
@@ -58,9 +65,9 @@ final class SdpaArgs {
             throw new IllegalArgumentException(out.describe("out") + ": expected "
                     + Shapes.format(new long[] {b, hq, lq, dv}) + " = [B, Hq, Lq, Dv]");
         }
-        if (Math.max(Math.max(lq, lk), Math.max(dk, dv)) > Integer.MAX_VALUE) {
+        if (Math.max(Math.max(lq, lk), Math.max(dk, dv)) > MAX_SIZE) {
             throw new IllegalArgumentException(q.describe("q") + ", " + k.describe("k") + ", " + v.describe("v")
-                    + ": sequence lengths and head dimensions must fit in an int");
+                    + ": sequence lengths and head dimensions must be at most 2^31 - 2^21 - 1 = " + MAX_SIZE);
         }
         // the engines count (batch, head, row) tasks in an int: B·Hq·Lq query rows at most (only views with
         // zero strides reach this without holding gigabytes)

@@ -85,6 +85,10 @@ public final class Tensor {
         }
         Tensor t = new Tensor(segment, offset, s, st);
         long need = t.endElement();
+        if (need > 0 && segment.isNative() && segment.address() == 0) {
+            // MemorySegment.NULL made large with reinterpret: any access would crash the JVM
+            throw new IllegalArgumentException("tensor " + Shapes.format(s) + ": a segment at address 0 (NULL)");
+        }
         if (need > segment.byteSize() / Float.BYTES) {
             throw new IllegalArgumentException("tensor " + Shapes.format(s) + " with strides " + Arrays.toString(st)
                     + " and offset " + offset + " reaches element " + (need - 1) + ", segment holds "

@@ -192,6 +192,13 @@ class WorkerPoolTest {
                         () -> Attention.blockProperty(name, 2048, 64));
                 assertEquals("-D" + name + "=" + bad + ": must be a positive multiple of 64", e.getMessage());
             }
+            // a block past 2^20 would step lengths past 2^31 - 1, or allocate arrays the JVM refuses
+            System.setProperty(name, String.valueOf(Attention.MAX_BLOCK_PROPERTY));
+            assertEquals(Attention.MAX_BLOCK_PROPERTY, Attention.blockProperty(name, 2048, 64));
+            System.setProperty(name, String.valueOf(Attention.MAX_BLOCK_PROPERTY + 64));
+            IllegalStateException e = assertThrows(IllegalStateException.class,
+                    () -> Attention.blockProperty(name, 2048, 64));
+            assertTrue(e.getMessage().endsWith("must be a positive multiple of 64 up to 1048576"), e.getMessage());
         } finally {
             System.clearProperty(name);
         }
