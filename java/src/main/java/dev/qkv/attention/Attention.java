@@ -464,15 +464,24 @@ public final class Attention {
         if (!workspace.segment().scope().isAlive()) {
             throw new IllegalStateException("workspace: its arena is closed");
         }
-        Job job = jobs.get();
-        job.prepare(q, k, v, out, options, workspace.segment());
-        long need = job.workspaceBytes();
-        if (workspace.byteSize() < need) {
-            job.release();
-            throw new IllegalArgumentException("workspace of " + workspace.byteSize() + " bytes is too small for "
-                    + q.describe("q") + ", " + k.describe("k") + ": needs " + need);
+        SdpaArgs.noOverlapWithWorkspace(workspace.whole(), q, k, v, out, options);
+        if (!workspace.acquire()) {
+            throw new IllegalStateException("workspace of " + workspace.byteSize() + " bytes: in use by another"
+                    + " call (a workspace serves one call at a time; give each thread its own)");
         }
-        job.execute();
+        try {
+            Job job = jobs.get();
+            job.prepare(q, k, v, out, options, workspace.segment());
+            long need = job.workspaceBytes();
+            if (workspace.byteSize() < need) {
+                job.release();
+                throw new IllegalArgumentException("workspace of " + workspace.byteSize() + " bytes is too small for "
+                        + q.describe("q") + ", " + k.describe("k") + ": needs " + need);
+            }
+            job.execute();
+        } finally {
+            workspace.release();
+        }
     }
 
     /** Bytes of off-heap workspace a call with these tensors needs (all workers together). */

@@ -96,6 +96,27 @@ final class SdpaArgs {
     }
 
     /**
+     * A caller's workspace must share memory with no tensor of the call: the engine writes score tiles and packed
+     * copies there while it reads the inputs and writes out. (An arena of the caller's own can hand out memory
+     * it also gave to tensors.) One check per tensor, no allocation.
+     */
+    static void noOverlapWithWorkspace(Tensor ws, Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options) {
+        workspaceOverlap(ws, q, "q");
+        workspaceOverlap(ws, k, "k");
+        workspaceOverlap(ws, v, "v");
+        workspaceOverlap(ws, out, "out");
+        if (options.mask() != null) {
+            workspaceOverlap(ws, options.mask().values(), "mask");
+        }
+    }
+
+    private static void workspaceOverlap(Tensor ws, Tensor t, String name) {
+        if (t.overlaps(ws)) {
+            throw new IllegalArgumentException(t.describe(name) + " shares memory with the workspace");
+        }
+    }
+
+    /**
      * The native backend hands q, k, v and out to OpenBLAS, which reads raw addresses: they must be off-heap.
      * Checked here so that the error names the tensor, not an sgemm operand.
      */

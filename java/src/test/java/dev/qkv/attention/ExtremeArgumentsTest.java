@@ -10,9 +10,13 @@ import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
+import java.util.ArrayList;
 import java.util.List;
 import java.util.Random;
+import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.atomic.AtomicReference;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
@@ -97,6 +101,165 @@ class ExtremeArgumentsTest {
             Tensor out = Tensor.view(few, 0, new long[] {1, h, 0, 8}, new long[] {0, 0, 8, 1});
             assertTimeoutPreemptively(Duration.ofSeconds(30),
                     () -> Attention.create(backend).sdpa(q, kv, kv, out, SdpaOptions.DEFAULT));
+        }
+    }
+
+    /** An arena of one's own that hands out slices of one segment: the tensors can sit in the workspace. */
+    private static Arena slicing(MemorySegment all, long at) {
+        return new Arena() {
+            @Override
+            public MemorySegment allocate(long byteSize, long byteAlignment) {
+                return all.asSlice(at, byteSize);
+            }
+
+            @Override
+            public MemorySegment.Scope scope() {
+                return all.scope();
+            }
+
+            @Override
+            public void close() {
+            }
+        };
+    }
+
+    /**
+     * A workspace that shares memory with q, k, v, the mask or out is refused before the call writes anything,
+     * naming the tensor; the same workspace elsewhere in the segment gives the reference's result. (The engines
+     * wrote score tiles over the inputs, or over out: wrong results without a word.)
+     */
+    @ParameterizedTest
+    @EnumSource(value = Backend.class, names = {"NATIVE", "JAVA", "AUTO"})
+    void aWorkspaceSharingMemoryWithATensorIsRefused(Backend backend) {
+        try (Arena a = Arena.ofShared()) {
+            Random r = new Random(5);
+            long[] qs = {1, 2, 40, 16};
+            long[] kvs = {1, 2, 48, 16};
+            int block = 64 << 10; // bytes per tensor's place in the segment, 64-byte aligned
+            MemorySegment all = a.allocate(6L * block, 64);
+            String[] names = {"q", "k", "v", "mask", "out"};
+            Tensor q = Tensor.view(all, 0, qs, new long[] {40 * 16 * 2, 40 * 16, 16, 1})
+                    .copyFrom(Fixtures.uniform(r, Fixtures.count(qs), -1, 1));
+            Tensor k = Tensor.view(all, block / 4, kvs, new long[] {48 * 16 * 2, 48 * 16, 16, 1})
+                    .copyFrom(Fixtures.uniform(r, Fixtures.count(kvs), -1, 1));
+            Tensor v = Tensor.view(all, 2 * block / 4, kvs, new long[] {48 * 16 * 2, 48 * 16, 16, 1})
+                    .copyFrom(Fixtures.uniform(r, Fixtures.count(kvs), -1, 1));
+            Tensor m = Tensor.view(all, 3 * block / 4, new long[] {40, 48}, new long[] {48, 1})
+                    .copyFrom(Fixtures.uniform(r, 40 * 48, -1, 1));
+            Tensor out = Tensor.view(all, 4 * block / 4, qs, new long[] {40 * 16 * 2, 40 * 16, 16, 1});
+            SdpaOptions options = SdpaOptions.DEFAULT.withMask(Mask.additive(m));
+            Attention att = Attention.create(backend);
+            long need = att.workspaceBytes(q, k, v, out, options);
+            assertTrue(need <= block, "workspace of " + need + " bytes");
+            for (int i = 0; i < names.length; i++) {
+                out.fill(Float.NaN);
+                Workspace ws = Workspace.allocate(slicing(all, (long) i * block + 64), need);
+                IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                        () -> att.sdpa(q, k, v, out, options, ws));
+                assertTrue(e.getMessage().startsWith(names[i] + " [") && e.getMessage().endsWith(
+                        "shares memory with the workspace"), e.getMessage());
+                for (float x : out.toArray()) {
+                    assertTrue(Float.isNaN(x), names[i] + ": a refused call wrote out");
+                }
+            }
+            Workspace apart = Workspace.allocate(slicing(all, 5L * block), need);
+            att.sdpa(q, k, v, out, options, apart);
+            Tensor ref = Tensor.allocate(a, qs);
+            Attention.create(Backend.REFERENCE).sdpa(q, k, v, ref, options);
+            Fixtures.assertClose(backend + " workspace apart", qs, out.toArray(), ref.toArray(),
+                    Fixtures.tol(16, 48, 1), Fixtures.tol(16, 48, 1));
+        }
+    }
+
+    /** A workspace must be writable off-heap memory: an arena of one's own that gives anything else is refused. */
+    @Test
+    void anArenaGivingHeapOrReadOnlyMemoryMakesNoWorkspace() {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment ro = a.allocate(4096, 64).asReadOnly();
+            MemorySegment heap = MemorySegment.ofArray(new byte[4096]);
+            for (MemorySegment given : new MemorySegment[] {ro, heap}) {
+                Arena odd = new Arena() {
+                    @Override
+                    public MemorySegment allocate(long byteSize, long byteAlignment) {
+                        return given.asSlice(0, byteSize);
+                    }
+
+                    @Override
+                    public MemorySegment.Scope scope() {
+                        return a.scope();
+                    }
+
+                    @Override
+                    public void close() {
+                    }
+                };
+                IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                        () -> Workspace.allocate(odd, 1024));
+                assertTrue(e.getMessage().contains("writable off-heap memory"), e.getMessage());
+            }
+        }
+    }
+
+    /**
+     * One workspace, two threads calling at once: each call either gives exactly the serial result or is
+     * refused as in use; never a result that differs (12 to 121 of 400 did, before).
+     */
+    @ParameterizedTest
+    @EnumSource(value = Backend.class, names = {"NATIVE", "JAVA"})
+    void aWorkspaceInUseIsRefusedNotShared(Backend backend) throws InterruptedException {
+        try (Arena a = Arena.ofShared()) {
+            Random r = new Random(9);
+            long[] shape = {1, 4, 96, 32};
+            Attention att = Attention.create(backend, 1);
+            Tensor[] qs = new Tensor[2];
+            Tensor[] want = new Tensor[2];
+            Tensor k = Fixtures.random(a, r, shape);
+            Tensor v = Fixtures.random(a, r, shape);
+            for (int t = 0; t < 2; t++) {
+                qs[t] = Fixtures.random(a, r, shape);
+                want[t] = Tensor.allocate(a, shape);
+            }
+            Workspace ws = Workspace.allocate(a, att.workspaceBytes(qs[0], k, v, want[0], SdpaOptions.CAUSAL));
+            for (int t = 0; t < 2; t++) {
+                att.sdpa(qs[t], k, v, want[t], SdpaOptions.CAUSAL, ws);
+            }
+            AtomicInteger differ = new AtomicInteger();
+            AtomicInteger refused = new AtomicInteger();
+            AtomicReference<Throwable> other = new AtomicReference<>();
+            CountDownLatch go = new CountDownLatch(1);
+            List<Thread> threads = new ArrayList<>();
+            for (int t = 0; t < 2; t++) {
+                final int me = t;
+                threads.add(Thread.ofPlatform().start(() -> {
+                    Tensor got = Tensor.allocate(a, shape);
+                    try {
+                        go.await();
+                        for (int i = 0; i < 300; i++) {
+                            try {
+                                att.sdpa(qs[me], k, v, got, SdpaOptions.CAUSAL, ws);
+                            } catch (IllegalStateException e) {
+                                assertTrue(e.getMessage().contains("in use by another call"), e.getMessage());
+                                refused.incrementAndGet();
+                                continue;
+                            }
+                            if (!java.util.Arrays.equals(got.toArray(), want[me].toArray())) {
+                                differ.incrementAndGet();
+                            }
+                        }
+                    } catch (Throwable e) {
+                        other.compareAndSet(null, e);
+                    }
+                }));
+            }
+            go.countDown();
+            for (Thread t : threads) {
+                t.join(TimeUnit.MINUTES.toMillis(2));
+            }
+            if (other.get() != null) {
+                throw new AssertionError(other.get());
+            }
+            assertEquals(0, differ.get(), backend + ": results that differ from the serial ones (" + refused.get()
+                    + " calls refused as in use)");
         }
     }
 
