@@ -4,11 +4,13 @@ import dev.qkv.attention.Workspace;
 import dev.qkv.tensor.Tensor;
 
 import java.lang.foreign.MemorySegment;
+import java.util.concurrent.atomic.AtomicBoolean;
 
 /**
  * Scratch memory for {@link MultiHeadAttention} calls up to a batch size and sequence lengths: the projection
  * outputs (heads are views into them), the concatenated head outputs, and the attention kernel's tiles.
- * A workspace serves one call at a time; give each thread its own. Made by
+ * A workspace serves one call at a time (a second call that finds it in use throws
+ * {@link IllegalStateException}); give each thread its own. Made by
  * {@link MultiHeadAttention#newWorkspace}.
  *
  * <p>It also remembers the head views of the last call's shape, so that repeated calls of one shape (the
@@ -32,9 +34,20 @@ public final class MhaWorkspace {
     private Tensor v;
     private Tensor a;
 
+    /** Set while a call uses the workspace (see {@link MultiHeadAttention}'s take). */
+    private final AtomicBoolean inUse = new AtomicBoolean();
+
     MhaWorkspace(MemorySegment floats, Workspace attention) {
         this.floats = floats;
         this.attention = attention;
+    }
+
+    boolean acquire() {
+        return inUse.compareAndSet(false, true);
+    }
+
+    void release() {
+        inUse.set(false);
     }
 
     MemorySegment floats() {

@@ -235,6 +235,19 @@ public final class MultiHeadAttention {
      * {@link #newWorkspace} with sizes at least these ({@link Backend#REFERENCE} ignores it).
      */
     public void forward(Tensor x, Tensor kv, Tensor out, SdpaOptions options, MhaWorkspace ws) {
+        if (backend == Backend.REFERENCE || ws == null) {
+            forwardIn(x, kv, out, options, ws);
+            return;
+        }
+        take(ws);
+        try {
+            forwardIn(x, kv, out, options, ws);
+        } finally {
+            ws.release();
+        }
+    }
+
+    private void forwardIn(Tensor x, Tensor kv, Tensor out, SdpaOptions options, MhaWorkspace ws) {
         Objects.requireNonNull(options, "options (use SdpaOptions.DEFAULT)");
         check3("x", x, -1, -1);
         long b = x.size(0);
@@ -308,6 +321,30 @@ public final class MultiHeadAttention {
      * @throws IllegalStateException when the cache has no room for {@code n} more positions (nothing is appended)
      */
     public void decode(Tensor x, KvCache cache, Tensor out, MhaWorkspace ws) {
+        if (ws == null) {
+            decodeIn(x, cache, out, ws);
+            return;
+        }
+        take(ws);
+        try {
+            decodeIn(x, cache, out, ws);
+        } finally {
+            ws.release();
+        }
+    }
+
+    /**
+     * A workspace serves one call at a time: a second call that finds it taken is refused, rather than share its
+     * projections, cached views and score tiles (both results would be wrong).
+     */
+    private static void take(MhaWorkspace ws) {
+        if (!ws.acquire()) {
+            throw new IllegalStateException("workspace: in use by another call (a workspace serves one call at a"
+                    + " time; give each thread its own)");
+        }
+    }
+
+    private void decodeIn(Tensor x, KvCache cache, Tensor out, MhaWorkspace ws) {
         Objects.requireNonNull(cache, "cache");
         check3("x", x, 1, -1);
         long n = x.size(1);

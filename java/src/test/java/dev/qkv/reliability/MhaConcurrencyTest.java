@@ -126,6 +126,48 @@ class MhaConcurrencyTest {
         }
     }
 
+    /**
+     * Misuse: two threads sharing one workspace. Each call either gives exactly the serial result or is refused
+     * as the workspace is in use; never a result that differs (the two calls' projections and views mixed).
+     */
+    @ParameterizedTest
+    @EnumSource(value = Backend.class, names = {"NATIVE", "JAVA"})
+    void threadsSharingOneWorkspaceAreRefusedNotMixed(Backend backend) throws Exception {
+        try (Arena shared = Arena.ofShared()) {
+            Random r = new Random(Fuzz.seed("mha-shared-workspace"));
+            MultiHeadAttention layer = MultiHeadAttention.create(MhaLayers.weights(shared, r, 8, 2, 16, true, true),
+                    backend, 1);
+            MhaWorkspace ws = layer.newWorkspace(shared, 1, 64, 64);
+            List<Callable<int[]>> tasks = new ArrayList<>();
+            int[] refused = new int[1];
+            for (int t = 0; t < 2; t++) {
+                Tensor x = MhaLayers.rand(shared, r, 1f, 1, 64, 128);
+                Tensor out = Tensor.allocate(shared, 1, 64, 128);
+                tasks.add(() -> {
+                    for (;;) {
+                        try {
+                            layer.forward(x, out, SdpaOptions.CAUSAL, ws);
+                            return bits(out);
+                        } catch (IllegalStateException e) {
+                            org.junit.jupiter.api.Assertions.assertTrue(e.getMessage().contains("in use by another"
+                                    + " call"), e.getMessage());
+                            synchronized (refused) {
+                                refused[0]++;
+                            }
+                        }
+                    }
+                });
+            }
+            List<int[]> serial = new ArrayList<>();
+            for (Callable<int[]> t : tasks) {
+                serial.add(t.call());
+            }
+            for (int i = 0; i < 20; i++) {
+                assertSame(serial, race(tasks), backend + " one workspace, " + refused[0] + " calls refused");
+            }
+        }
+    }
+
     @ParameterizedTest
     @EnumSource(value = Backend.class, names = {"NATIVE", "JAVA"})
     void decodingSeparateCachesInParallelMatchesSerialDecoding(Backend backend) throws Exception {
