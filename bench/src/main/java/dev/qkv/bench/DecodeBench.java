@@ -24,14 +24,14 @@ import java.lang.foreign.Arena;
 import java.nio.ByteOrder;
 import java.util.SplittableRandom;
 import java.util.concurrent.ExecutorService;
-import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import java.util.concurrent.TimeUnit;
 
 /**
  * One decoding step: 32 heads, 1 query, 4096 cached keys, D = 128 (k and v together 128 MiB, far past the
- * L2; {@code kvHeads} under 32 shares them, grouped-query), and its floor {@link #readKvCacheOnce}: the time to read every cached key and value once with the
- * same number of threads.
+ * L2; {@code kvHeads} under 32 shares them, grouped-query). Its floor, the time to read every cached key and value
+ * once with the same number of threads, is {@link DecodeFloorBench} (no backend parameter: one floor per thread
+ * count); {@link DecodeRatio} measures step and floor in one JVM, which is what a ratio of the two needs.
  */
 @State(Scope.Benchmark)
 @BenchmarkMode(Mode.AverageTime)
@@ -39,7 +39,7 @@ import java.util.concurrent.TimeUnit;
 @Warmup(iterations = 3, time = 1)
 @Measurement(iterations = 5, time = 1)
 // --enable-native-access: FFM downcalls without warnings; --add-modules: the Vector API kernels.
-@Fork(value = 1, jvmArgsAppend = {"--enable-native-access=ALL-UNNAMED", "--add-modules", "jdk.incubator.vector"})
+@Fork(value = 1, jvmArgsPrepend = {"--enable-native-access=ALL-UNNAMED", "--add-modules", "jdk.incubator.vector"})
 public class DecodeBench {
     private static final VectorSpecies<Float> SP = FloatVector.SPECIES_PREFERRED;
 
@@ -69,7 +69,6 @@ public class DecodeBench {
     private Tensor k;
     private Tensor v;
     private Tensor out;
-    private ExecutorService readers;
 
     @Setup(Level.Trial)
     public void setup() {
@@ -88,7 +87,6 @@ public class DecodeBench {
             throw new IllegalArgumentException("values=" + values + ": expected normal or subnormal");
         }
         attention = BenchSupport.attention(backend, threads);
-        readers = Executors.newFixedThreadPool(threads);
         BenchSupport.report("decode 32x1x4096x128 kvHeads=" + kvHeads + " threads=" + threads + " kvBytes="
                 + 2 * k.elementCount() * Float.BYTES, attention.plan(q, k, v, out, SdpaOptions.DEFAULT));
     }
@@ -114,15 +112,6 @@ public class DecodeBench {
     }
 
     /**
-     * The floor: every float of k and v read once, in 64 chunks spread over {@code threads} threads (vector
-     * loads into four sums, so the reads cannot be dropped and no add latency limits them).
-     */
-    @Benchmark
-    public float readKvCacheOnce() throws Exception {
-        return readOnce(k, v, threads, readers);
-    }
-
-    /**
      * Every float of {@code k} and {@code v} (same element count) read once, in 64 chunks spread over
      * {@code threads} tasks of {@code readers}: the decode step's floor.
      */
@@ -130,26 +119,34 @@ public class DecodeBench {
         long n = k.elementCount();
         int chunks = 64;
         long share = (n / chunks + 4L * SP.length() - 1) / (4L * SP.length()) * (4L * SP.length());
+        // the calling thread reads share 0 and hands the others to threads - 1 readers, as a step runs on its
+        // caller plus threads - 1 helpers (a floor that woke a reader for every share paid a hand-off the step
+        // does not)
         Future<?>[] parts = new Future<?>[threads];
         float[] sums = new float[threads];
-        for (int t = 0; t < threads; t++) {
+        for (int t = 1; t < threads; t++) {
             final int id = t;
             parts[t] = readers.submit(() -> {
-                float s = 0;
-                for (int c = id; c < chunks; c += threads) {
-                    long from = Math.min(n, c * share);
-                    long to = Math.min(n, from + share);
-                    s += sum(k, from, to) + sum(v, from, to);
-                }
-                sums[id] = s;
+                sums[id] = readShare(k, v, n, share, chunks, id, threads);
             });
         }
-        float total = 0;
-        for (int t = 0; t < threads; t++) {
+        sums[0] = readShare(k, v, n, share, chunks, 0, threads);
+        float total = sums[0];
+        for (int t = 1; t < threads; t++) {
             parts[t].get();
             total += sums[t];
         }
         return total;
+    }
+
+    private static float readShare(Tensor k, Tensor v, long n, long share, int chunks, int id, int threads) {
+        float s = 0;
+        for (int c = id; c < chunks; c += threads) {
+            long from = Math.min(n, c * share);
+            long to = Math.min(n, from + share);
+            s += sum(k, from, to) + sum(v, from, to);
+        }
+        return s;
     }
 
     private static float sum(Tensor t, long from, long to) {
@@ -175,7 +172,6 @@ public class DecodeBench {
 
     @TearDown(Level.Trial)
     public void tearDown() {
-        readers.shutdownNow();
         arena.close();
     }
 }

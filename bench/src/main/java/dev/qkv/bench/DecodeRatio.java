@@ -17,7 +17,10 @@ import java.util.concurrent.Executors;
  * differences being measured.
  *
  * <pre>java --enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector -cp bench/target/benchmarks.jar \
- *     dev.qkv.bench.DecodeRatio [threads=1] [rounds=80] [backends=native,java] [kvHeads=32]</pre>
+ *     dev.qkv.bench.DecodeRatio [threads] [rounds] [backends] [kvHeads]</pre>
+ *
+ * Positional, each optional: threads (default 1), rounds (80), backends (native,java), kvHeads (32), e.g.
+ * {@code DecodeRatio 2 80 native,java}.
  *
  * With {@code kvHeads} under 32 the 32 query heads share kv heads (grouped-query attention), and the floor reads
  * the smaller cache. Prints per backend the mean and best time over the last three quarters of the rounds, the ratio of the means
