@@ -3,6 +3,7 @@ package dev.qkv.cli;
 import dev.qkv.attention.Attention;
 import dev.qkv.attention.Backend;
 import dev.qkv.attention.SdpaOptions;
+import dev.qkv.blas.OpenBlas;
 import dev.qkv.tensor.Tensor;
 
 import java.io.PrintStream;
@@ -84,10 +85,12 @@ final class BenchCommand implements Command {
                 throw new UsageException(e.getMessage());
             }
             int warm = 1 + Timing.warmUp(call);
+            // the OpenBLAS core beside every figure (what ran native products, or would have)
+            String core = OpenBlas.isAvailable() ? OpenBlas.get().library().coreName() : "unavailable";
             out.println(String.format(Locale.ROOT,
-                    "bench backend=%s q=%s k=%s causal=%s threads=%d warmup=%d iters=%d plan: %s",
+                    "bench backend=%s q=%s k=%s causal=%s threads=%d warmup=%d iters=%d plan: %s openblas.core=%s",
                     backend.cliName(), q.shapeString(), k.shapeString(), causal,
-                    attention.threads(), warm, iters, attention.plan(q, k, v, o, options)));
+                    attention.threads(), warm, iters, attention.plan(q, k, v, o, options), core));
             double ms = Timing.medianMillis(call, iters);
             double gflops = Timing.gflops(Timing.denseFlops(b, h, l, l, d), ms);
             out.println(String.format(Locale.ROOT, "median_ms=%.3f gflops=%.2f", ms, gflops));

@@ -289,6 +289,10 @@ class MainTest {
             assertTrue(r.out().contains("threads=1 "), r.out());
             assertTrue(r.out().contains("plan: kernel="), r.out());
             assertTrue(r.out().contains("workers=1"), r.out());
+            // every figure beside the OpenBLAS core (the library the tests load, independently)
+            assertTrue(r.out().contains(" openblas.core=" + OpenBlas.get().library().coreName() + "\n"), r.out());
+            assertTrue(r.out().strip().lines().reduce((a, b) -> b).orElseThrow().matches(
+                    "median_ms=[0-9.]+ gflops=[0-9.]+"), r.out());
         }
     }
 
