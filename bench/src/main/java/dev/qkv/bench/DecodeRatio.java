@@ -11,7 +11,8 @@ import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 
 /**
- * The decode step against its floor in one JVM: rounds of (read the KV cache once, one step per backend), so that
+ * The decode step against its floor in one JVM: rounds of (read the KV cache once, one step per backend, in an
+ * order that rotates from round to round), so that
  * every backend and the floor share the JVM's memory placement. {@link DecodeBench} measures each in its own JMH
  * fork, and there the floor alone moved by ±20% between forks (6.2-8.5 ms on one thread), more than the
  * differences being measured.
@@ -60,13 +61,17 @@ public final class DecodeRatio {
             float sink = 0;
             for (int round = 0; round < rounds; round++) {
                 long[] t = new long[n];
-                long t0 = System.nanoTime();
-                sink += DecodeBench.readOnce(k, v, threads, readers);
-                t[0] = System.nanoTime() - t0;
-                for (int b = 0; b < backends.length; b++) {
+                // the order rotates each round (floor, backends...; then starting one later), so that whatever
+                // the previous read leaves in the caches favours no one of them
+                for (int j = 0; j < n; j++) {
+                    int i = (j + round) % n;
                     long s = System.nanoTime();
-                    attention[b].sdpa(q, k, v, out, SdpaOptions.DEFAULT);
-                    t[b + 1] = System.nanoTime() - s;
+                    if (i == 0) {
+                        sink += DecodeBench.readOnce(k, v, threads, readers);
+                    } else {
+                        attention[i - 1].sdpa(q, k, v, out, SdpaOptions.DEFAULT);
+                    }
+                    t[i] = System.nanoTime() - s;
                 }
                 if (round >= rounds / 4) {
                     for (int i = 0; i < n; i++) {
