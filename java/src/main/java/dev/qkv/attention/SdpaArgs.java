@@ -130,17 +130,19 @@ final class SdpaArgs {
     }
 
     /**
-     * True when OpenBLAS may be handed {@code t}: off-heap, or empty (an empty tensor is never handed to it: no
+     * True when OpenBLAS may be handed {@code t}: off-heap at a multiple of 4 bytes (its SSE kernels load
+     * floats aligned), or empty (an empty tensor is never handed to it: no
      * rows, no keys or no columns, nothing to multiply).
      */
     static boolean offHeap(Tensor t) {
-        return t.segment().isNative() || t.elementCount() == 0;
+        return t.elementCount() == 0 || t.segment().isNative() && t.segment().address() % Float.BYTES == 0;
     }
 
     private static void requireNative(String name, Tensor t) {
         if (!offHeap(t)) {
-            throw new IllegalArgumentException(t.describe(name) + ": a heap segment; the native backend"
-                    + " needs off-heap memory (allocate it from an Arena)");
+            throw new IllegalArgumentException(t.describe(name) + (t.segment().isNative()
+                    ? ": a segment at an address that is not a multiple of 4; OpenBLAS needs aligned floats"
+                    : ": a heap segment; the native backend needs off-heap memory (allocate it from an Arena)"));
         }
     }
 

@@ -55,6 +55,11 @@ public final class SgemmArgs {
         if (requireNative && !s.isNative()) {
             throw new IllegalArgumentException(fn + ": " + name + " is a heap segment; OpenBLAS needs off-heap memory");
         }
+        if (requireNative && s.address() % Float.BYTES != 0) {
+            // OpenBLAS's SSE kernels (the Sandybridge core's sscal, say) load floats aligned: a crash, not an error
+            throw new IllegalArgumentException(fn + ": " + name + " at address " + s.address() + ": OpenBLAS needs"
+                    + " floats at addresses that are multiples of 4");
+        }
         if (!s.scope().isAlive()) {
             throw new IllegalStateException(fn + ": " + name + " [" + rows + ", " + cols + "]: its arena is closed");
         }

@@ -55,6 +55,11 @@ public final class SgemvArgs {
         if (requireNative && !s.isNative()) {
             throw new IllegalArgumentException("sgemv: " + name + " is a heap segment; OpenBLAS needs off-heap memory");
         }
+        if (requireNative && s.address() % Float.BYTES != 0) {
+            // y misaligned by 1-3 bytes crashed the Sandybridge core's sscal (SSE aligned loads) when beta != 1
+            throw new IllegalArgumentException("sgemv: " + name + " at address " + s.address() + ": OpenBLAS needs"
+                    + " floats at addresses that are multiples of 4");
+        }
         if (!s.scope().isAlive()) {
             throw new IllegalStateException("sgemv: " + name + " [" + len + "]: its arena is closed");
         }

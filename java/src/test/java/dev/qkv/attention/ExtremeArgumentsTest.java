@@ -263,6 +263,40 @@ class ExtremeArgumentsTest {
         }
     }
 
+    /**
+     * Floats at an address that is not a multiple of 4 (a slice one byte in): OpenBLAS's SSE kernels load them
+     * aligned, and the Sandybridge core's sscal crashed the JVM on such an sgemv output (beta 0, a one-query
+     * call). NATIVE refuses them before any work, naming the tensor; AUTO runs them on the Java kernels, which
+     * take any address, and matches the reference.
+     */
+    @Test
+    void floatsAtAnOddAddressAreRefusedByNativeAndRunElsewhere() {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(8);
+            Tensor q = Fixtures.random(a, r, 1, 1, 1, 64);
+            Tensor k = Fixtures.random(a, r, 1, 1, 32, 64);
+            Tensor v = Fixtures.random(a, r, 1, 1, 32, 64);
+            MemorySegment raw = a.allocate(64 * Float.BYTES + 8, 64);
+            Tensor odd = Tensor.wrap(raw.asSlice(1, 64 * Float.BYTES), 1, 1, 1, 64).fill(Float.NaN);
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                    () -> Attention.create(Backend.NATIVE).sdpa(q, k, v, odd, SdpaOptions.DEFAULT));
+            assertTrue(e.getMessage().startsWith("out [1, 1, 1, 64]") && e.getMessage().contains("multiple of 4"),
+                    e.getMessage());
+            assertTrue(Float.isNaN(odd.get(0, 0, 0, 0)), "a refused call wrote out");
+            Attention.create(Backend.AUTO).sdpa(q, k, v, odd, SdpaOptions.DEFAULT);
+            Tensor ref = Tensor.allocate(a, 1, 1, 1, 64);
+            Attention.create(Backend.REFERENCE).sdpa(q, k, v, ref, SdpaOptions.DEFAULT);
+            Fixtures.assertClose("AUTO, out at an odd address", new long[] {1, 1, 1, 64}, odd.toArray(),
+                    ref.toArray(), Fixtures.tol(64, 32, 1), Fixtures.tol(64, 32, 1));
+            // and OpenBLAS called directly
+            dev.qkv.blas.OpenBlas blas = dev.qkv.blas.OpenBlas.get();
+            IllegalArgumentException direct = assertThrows(IllegalArgumentException.class,
+                    () -> blas.sgemv(dev.qkv.blas.Transpose.NO, 1, 64, 1f, k.segment(), 0, 64, q.segment(), 0, 1, 0f,
+                            raw.asSlice(1, 16), 0, 1));
+            assertTrue(direct.getMessage().contains("multiples of 4"), direct.getMessage());
+        }
+    }
+
     /** MemorySegment.NULL made large by reinterpret: any access would crash the JVM, so no tensor views it. */
     @Test
     void aNullSegmentIsRefused() {
