@@ -29,6 +29,7 @@ import java.util.HexFormat;
 import java.util.List;
 import java.util.Locale;
 import java.util.jar.JarEntry;
+import java.util.zip.CRC32;
 
 /**
  * OpenBLAS through the Foreign Function &amp; Memory API: finds and loads the library once, and offers a
@@ -541,9 +542,10 @@ public final class OpenBlas {
      * JVMs extracting at the same time never see (or load) a partial file.
      *
      * <p>The folder's hash covers every file's name, size and content checksum. Inside a jar the content
-     * checksum is the CRC-32 the jar records for the entry, so a JVM start reads no library bytes once the
+     * checksum is the CRC-32 the jar records for the entry, so a JVM start inflates no library bytes once the
      * cache is filled (inflating and hashing 40 MB took most of a second per start); outside a jar the bytes
-     * are hashed.
+     * are hashed. A cached file is used only when its own CRC-32 (read from the cache, tens of milliseconds)
+     * matches: one damaged at the same size would crash the dynamic linker, so it is extracted again.
      */
     private static Path extractBundle(ClassLoader cl) throws IOException {
         MessageDigest sha;
@@ -553,6 +555,7 @@ public final class OpenBlas {
             throw new IllegalStateException(e);
         }
         long[] sizes = new long[BUNDLED_FILES.size()];
+        long[] crcs = new long[BUNDLED_FILES.size()];
         for (int i = 0; i < sizes.length; i++) {
             String f = BUNDLED_FILES.get(i);
             URL url = cl.getResource(BUNDLE + f);
@@ -564,11 +567,15 @@ public final class OpenBlas {
             JarEntry entry = conn instanceof JarURLConnection jar ? jar.getJarEntry() : null;
             if (entry != null && entry.getSize() >= 0 && entry.getCrc() != -1) {
                 sizes[i] = entry.getSize();
+                crcs[i] = entry.getCrc();
                 sha.update(ByteBuffer.allocate(17).putLong(entry.getSize()).putLong(entry.getCrc()).put((byte) 1).flip());
             } else {
                 try (InputStream in = url.openStream()) {
                     byte[] bytes = in.readAllBytes();
                     sizes[i] = bytes.length;
+                    CRC32 crc = new CRC32();
+                    crc.update(bytes);
+                    crcs[i] = crc.getValue();
                     sha.update(ByteBuffer.allocate(9).putLong(bytes.length).put((byte) 2).flip());
                     sha.update(bytes);
                 }
@@ -580,7 +587,9 @@ public final class OpenBlas {
         for (int i = 0; i < sizes.length; i++) {
             String f = BUNDLED_FILES.get(i);
             Path target = dir.resolve(f);
-            if (Files.isRegularFile(target) && Files.size(target) == sizes[i]) {
+            // the cached file is used when its size and CRC-32 are the bundle's: a file corrupted at the same size
+            // (a disk error, a stray write) crashed the dynamic linker; it is now extracted again
+            if (Files.isRegularFile(target) && Files.size(target) == sizes[i] && crc32(target) == crcs[i]) {
                 continue;
             }
             Path tmp = Files.createTempFile(dir, f + ".", ".tmp");
@@ -606,13 +615,27 @@ public final class OpenBlas {
         return dir;
     }
 
+    /** The CRC-32 of {@code file}'s bytes (tens of milliseconds for the bundle's 40 MB). */
+    private static long crc32(Path file) throws IOException {
+        CRC32 crc = new CRC32();
+        byte[] buf = new byte[1 << 16];
+        try (InputStream in = Files.newInputStream(file)) {
+            for (int n; (n = in.read(buf)) > 0; ) {
+                crc.update(buf, 0, n);
+            }
+        }
+        return crc.getValue();
+    }
+
     private static Path cacheRoot() {
         String explicit = System.getProperty(CACHE_PROPERTY);
         if (explicit != null && !explicit.isBlank()) {
-            return Path.of(explicit);
+            // absolute: System.load takes absolute paths only (a relative folder extracted, then never loaded)
+            return Path.of(explicit).toAbsolutePath();
         }
         String xdg = System.getenv("XDG_CACHE_HOME");
-        if (xdg != null && !xdg.isBlank()) {
+        if (xdg != null && !xdg.isBlank() && Path.of(xdg).isAbsolute()) {
+            // the XDG spec: a relative value is invalid and is ignored
             return Path.of(xdg, "qkv");
         }
         return Path.of(System.getProperty("user.home"), ".cache", "qkv");

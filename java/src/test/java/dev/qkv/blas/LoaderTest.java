@@ -49,6 +49,11 @@ class LoaderTest {
 
     /** Starts {@link LoaderProbe} in a child JVM with the given system properties and environment. */
     private Process start(Map<String, String> properties, Map<String, String> env) throws IOException {
+        return start(properties, env, null);
+    }
+
+    /** As {@link #start(Map, Map)}, in the working directory {@code dir} (null: this JVM's). */
+    private Process start(Map<String, String> properties, Map<String, String> env, Path dir) throws IOException {
         List<String> cmd = new ArrayList<>();
         cmd.add(ProcessHandle.current().info().command().orElseThrow());
         // the flag every qkv JVM needs for FFM downcalls
@@ -58,6 +63,9 @@ class LoaderTest {
         cmd.add(System.getProperty("java.class.path"));
         cmd.add(LoaderProbe.class.getName());
         ProcessBuilder pb = new ProcessBuilder(cmd);
+        if (dir != null) {
+            pb.directory(dir.toFile());
+        }
         pb.environment().remove(OpenBlas.LIBRARY_ENV);
         pb.environment().putAll(env);
         Path errFile = Files.createTempFile(tmp, "err-", ".txt");
@@ -184,5 +192,35 @@ class LoaderTest {
         Run notBlas = run(Map.of(OpenBlas.LIBRARY_PROPERTY, dir.resolve("libquadmath.so.0").toString()), Map.of());
         String notBlasMsg = assertFailed(notBlas);
         assertTrue(notBlasMsg.contains("cblas_sgemm") && notBlasMsg.contains("libquadmath.so.0"), notBlasMsg);
+    }
+
+    /**
+     * A cached library damaged at its own size (a disk error, a stray write) is extracted again rather than
+     * handed to the dynamic linker, which crashed on it; and a relative cache folder (resolved against the
+     * working directory) loads, where it used to extract and then fail, System.load taking absolute paths only.
+     */
+    @Test
+    void aDamagedCacheIsExtractedAgainAndARelativeCacheLoads() throws Exception {
+        Path cache = tmp.resolve("damaged-cache");
+        Map<String, String> props = Map.of(OpenBlas.CACHE_PROPERTY, cache.toString());
+        Run first = run(props, Map.of());
+        assertLoaded(first, "BUNDLED");
+        Path lib = Path.of(first.line("path"));
+        long size = Files.size(lib);
+        byte[] original = Files.readAllBytes(lib);
+        try (java.nio.channels.FileChannel ch = java.nio.channels.FileChannel.open(lib,
+                java.nio.file.StandardOpenOption.WRITE)) {
+            ch.write(java.nio.ByteBuffer.allocate((int) Math.min(size - 4096, 1 << 20)), 4096);
+        }
+        assertEquals(size, Files.size(lib));
+        assertFalse(java.util.Arrays.equals(original, Files.readAllBytes(lib)), "the damage took");
+        Run again = run(props, Map.of());
+        assertLoaded(again, "BUNDLED");
+        assertTrue(java.util.Arrays.equals(original, Files.readAllBytes(lib)), "the damaged file was not replaced");
+
+        Path work = Files.createDirectories(tmp.resolve("work"));
+        Run relative = finish(start(Map.of(OpenBlas.CACHE_PROPERTY, "rel-cache"), Map.of(), work));
+        assertLoaded(relative, "BUNDLED");
+        assertTrue(Path.of(relative.line("path")).startsWith(work.resolve("rel-cache")), relative.toString());
     }
 }
