@@ -6,6 +6,7 @@ import dev.qkv.tensor.Shapes;
 import dev.qkv.tensor.Tensor;
 
 import java.lang.foreign.Arena;
+import java.util.List;
 import java.util.Objects;
 
 /**
@@ -148,27 +149,24 @@ public final class MhaWeights {
         }
         try {
             MhaWeights w;
+            refuseUnsupported(st, p);
             if (st.contains(p + "in_proj_weight")) {
-                for (String extra : new String[] {"bias_k", "bias_v"}) {
-                    if (st.contains(p + extra)) {
-                        throw new SafetensorsException(st.file() + ": tensor '" + p + extra
-                                + "': nn.MultiheadAttention(add_bias_kv=True) is not supported");
-                    }
-                }
+                refuseUnused(st, p, PACKED_NAMES);
                 w = packed(heads, st.tensor(p + "in_proj_weight", arena), optional(st, p + "in_proj_bias", arena),
                         st.tensor(p + "out_proj.weight", arena), optional(st, p + "out_proj.bias", arena), p);
             } else if (st.contains(p + "q_proj.weight")) {
                 String o = st.contains(p + "o_proj.weight") ? p + "o_proj." : p + "out_proj.";
                 String other = o.equals(p + "o_proj.") ? p + "out_proj." : p + "o_proj.";
-                if (st.contains(other + "bias") && !st.contains(o + "bias")) {
-                    // a bias under the other family's name would otherwise be dropped without a word
-                    throw new SafetensorsException(st.file() + ": tensor '" + other + "bias' belongs to no weight: the"
-                            + " output projection is '" + o + "weight'");
-                }
                 if (!st.contains(o + "weight")) {
                     throw new SafetensorsException(st.file() + ": tensor '" + p + "o_proj.weight' (or '" + p
                             + "out_proj.weight') not found");
                 }
+                if (st.contains(other + "bias") && !st.contains(o + "bias") && !st.contains(other + "weight")) {
+                    // a bias under the other family's name would otherwise be dropped without a word
+                    throw new SafetensorsException(st.file() + ": tensor '" + other + "bias' belongs to no weight: the"
+                            + " output projection is '" + o + "weight'");
+                }
+                refuseUnused(st, p, o.equals(p + "o_proj.") ? HF_NAMES : HF_OUT_PROJ_NAMES);
                 String[] n = {p + "q_proj.weight", p + "q_proj.bias", p + "k_proj.weight", p + "k_proj.bias",
                         p + "v_proj.weight", p + "v_proj.bias", o + "weight", o + "bias"};
                 w = of(heads, st.tensor(n[0], arena), optional(st, n[1], arena), st.tensor(n[2], arena),
@@ -190,6 +188,58 @@ public final class MhaWeights {
         } catch (IllegalArgumentException e) {
             // shape errors from of()/packed() already name the tensor as the file does; add the file
             throw new SafetensorsException(st.file() + ": tensor " + e.getMessage());
+        }
+    }
+
+    /** The tensors of a packed (nn.MultiheadAttention) layer, after the prefix. */
+    private static final List<String> PACKED_NAMES = List.of("in_proj_weight", "in_proj_bias", "out_proj.weight",
+            "out_proj.bias");
+    /** The tensors of a Hugging Face layer with o_proj, after the prefix. */
+    private static final List<String> HF_NAMES = List.of("q_proj.weight", "q_proj.bias", "k_proj.weight",
+            "k_proj.bias", "v_proj.weight", "v_proj.bias", "o_proj.weight", "o_proj.bias");
+    /** The same with the output projection named out_proj (some conversions). */
+    private static final List<String> HF_OUT_PROJ_NAMES = List.of("q_proj.weight", "q_proj.bias", "k_proj.weight",
+            "k_proj.bias", "v_proj.weight", "v_proj.bias", "out_proj.weight", "out_proj.bias");
+    /** Every attention tensor name either family uses: one the chosen family does not use would be ignored. */
+    private static final List<String> ALL_NAMES = List.of("in_proj_weight", "in_proj_bias", "out_proj.weight",
+            "out_proj.bias", "q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias", "v_proj.weight",
+            "v_proj.bias", "o_proj.weight", "o_proj.bias");
+
+    /**
+     * Tensors under the prefix that ask for what this layer does not compute: nn.MultiheadAttention's
+     * add_bias_kv (bias_k, bias_v) and the normalization of queries and keys some models apply (q_norm, k_norm,
+     * q_layernorm, k_layernorm). Loading without them would compute another layer than the file's.
+     */
+    private static void refuseUnsupported(Safetensors st, String p) throws SafetensorsException {
+        for (String extra : new String[] {"bias_k", "bias_v"}) {
+            if (st.contains(p + extra)) {
+                throw new SafetensorsException(st.file() + ": tensor '" + p + extra
+                        + "': nn.MultiheadAttention(add_bias_kv=True) is not supported");
+            }
+        }
+        for (String norm : new String[] {"q_norm.", "k_norm.", "q_layernorm.", "k_layernorm."}) {
+            for (String part : new String[] {"weight", "bias"}) {
+                if (st.contains(p + norm + part)) {
+                    throw new SafetensorsException(st.file() + ": tensor '" + p + norm + part + "': normalization of"
+                            + " queries and keys is not supported (this layer would compute without it)");
+                }
+            }
+        }
+    }
+
+    /**
+     * Refuses an attention tensor under the prefix that the chosen family does not use: both families in one
+     * file, a bias under the other family's name, or two names for the output projection. It would be dropped
+     * without a word, and the layer would differ from the file's.
+     */
+    private static void refuseUnused(Safetensors st, String p, List<String> used) throws SafetensorsException {
+        for (String n : ALL_NAMES) {
+            if (!used.contains(n) && st.contains(p + n)) {
+                throw new SafetensorsException(st.file() + ": tensor '" + p + n + "' would be ignored: this layer's"
+                        + " weights are " + (used == PACKED_NAMES ? "'" + p + "in_proj_weight' and '" + p
+                        + "out_proj.weight'" : "'" + p + "q_proj.weight' ... '" + p + used.get(6) + "'")
+                        + " (one naming per layer)");
+            }
         }
     }
 

@@ -198,4 +198,61 @@ class MhaWeightsTest {
                     "the output projection is 'o_proj.weight'");
         }
     }
+
+    /** Hugging Face names, E = 16, H = 4, under {@code prefix}. */
+    private static Map<String, Tensor> hfNames(Arena a, Random r, String prefix) {
+        Map<String, Tensor> t = new LinkedHashMap<>();
+        for (String n : new String[] {"q_proj", "k_proj", "v_proj", "o_proj"}) {
+            t.put(prefix + n + ".weight", rand(a, r, 0.25f, E, E));
+        }
+        return t;
+    }
+
+    /**
+     * An attention tensor the loaded layer would not use is refused, naming it: both naming families in one file,
+     * a bias under the other family's name, two names for the output projection, and what this layer cannot
+     * compute (add_bias_kv, normalized queries and keys). Each of these loaded before, the tensor dropped without a
+     * word (a review). Tensors that are not attention weights, or lie outside the prefix, still load.
+     */
+    @Test
+    void attentionTensorsTheLayerWouldIgnoreAreRefused() throws IOException {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(9);
+            Object[][] cases = {
+                {hfNames(a, r, ""), "out_proj.weight", new long[] {E, E}, "'out_proj.weight' would be ignored"},
+                {hfNames(a, r, ""), "in_proj_bias", new long[] {3 * E}, "'in_proj_bias' would be ignored"},
+                {hfNames(a, r, ""), "in_proj_weight", new long[] {3 * E, E}, "'q_proj.weight' would be ignored"},
+                {torchNames(a, r, ""), "q_proj.bias", new long[] {E}, "'q_proj.bias' would be ignored"},
+                {torchNames(a, r, ""), "o_proj.bias", new long[] {E}, "'o_proj.bias' would be ignored"},
+                {torchNames(a, r, ""), "q_proj.weight", new long[] {E, E}, "'q_proj.weight' would be ignored"},
+                {hfNames(a, r, ""), "q_norm.weight", new long[] {E / H}, "normalization of queries and keys"},
+                {hfNames(a, r, ""), "k_layernorm.weight", new long[] {E / H}, "normalization of queries and keys"},
+                {hfNames(a, r, ""), "bias_k", new long[] {1, 1, E}, "add_bias_kv"},
+            };
+            for (Object[] c : cases) {
+                @SuppressWarnings("unchecked")
+                Map<String, Tensor> t = (Map<String, Tensor>) c[0];
+                t.put((String) c[1], rand(a, r, 1f, (long[]) c[2]));
+                assertContains(loadError(t, "", H, 0), (String) c[3]);
+            }
+            // both biases of the output projection under two names
+            Map<String, Tensor> two = hfNames(a, r, "");
+            two.put("o_proj.bias", rand(a, r, 1f, E));
+            two.put("out_proj.bias", rand(a, r, 1f, E));
+            assertContains(loadError(two, "", H, 0), "'out_proj.bias' would be ignored");
+
+            // other modules' tensors under the prefix, and attention tensors of another layer, are not this layer's
+            Map<String, Tensor> block = hfNames(a, r, "layers.0.");
+            block.put("layers.0.mlp.fc1.weight", rand(a, r, 1f, 2 * E, E));
+            block.put("layers.1.q_norm.weight", rand(a, r, 1f, E / H));
+            block.putAll(hfNames(a, r, "layers.1."));
+            Path f = dir.resolve("block.safetensors");
+            MhaTestSupport.writeF32(f, block);
+            MhaWeights w = MhaWeights.load(Safetensors.open(f, a), "layers.0", H, 0, a);
+            MhaWeights direct = MhaWeights.of(H, block.get("layers.0.q_proj.weight"), null,
+                    block.get("layers.0.k_proj.weight"), null, block.get("layers.0.v_proj.weight"), null,
+                    block.get("layers.0.o_proj.weight"), null);
+            assertClose(run(a, direct, Backend.REFERENCE), run(a, w, Backend.REFERENCE), 0, 0, "layers.0");
+        }
+    }
 }
