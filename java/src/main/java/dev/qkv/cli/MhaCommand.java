@@ -38,7 +38,9 @@ final class MhaCommand implements Command {
     public String summary() {
         return "Y [B, L, E] = multi-head attention of x [B, L, E] (keys and values from kv [B, Lkv, E], default x);"
                 + " weights as torch nn.MultiheadAttention (in_proj_weight, out_proj.*) or Hugging Face"
-                + " (q_proj/k_proj/v_proj/o_proj) names under an optional prefix; F32, F16 or BF16.";
+                + " (q_proj/k_proj/v_proj/o_proj) names under an optional prefix; F32, F16 or BF16. A bool --mask"
+                + " is true where a query MAY attend (the opposite of torch's attn_mask and key_padding_mask, which"
+                + " are true where it may not); a float mask is added to the scaled scores.";
     }
 
     @Override

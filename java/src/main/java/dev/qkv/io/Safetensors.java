@@ -435,8 +435,10 @@ public final class Safetensors {
                     : "the file was opened with") + " is closed");
         }
         if (e.dtype() != Dtype.F32 && e.dtype() != Dtype.F16 && e.dtype() != Dtype.BF16) {
+            // F64 is a float type too, just not one qkv reads
             throw fail(file, "tensor '" + name + "' " + e.shapeString() + ": dtype " + e.dtype()
-                    + " is not a float type (F32, F16 or BF16)");
+                    + (e.dtype() == Dtype.F64 ? " is not supported" : " is not a float type")
+                    + " (F32, F16 or BF16)");
         }
         long[] shape = e.shape();
         long bytes = e.end() - e.begin();

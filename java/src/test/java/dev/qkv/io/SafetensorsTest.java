@@ -218,6 +218,15 @@ class SafetensorsTest {
             assertTrue(dtype.getMessage().contains("tensor 'ids' [1]: dtype I64 is not a float type"),
                     dtype.getMessage());
         }
+        // F64 is a float type, just not one qkv reads
+        Path f64 = write("f64.safetensors", file("{\"w\":{\"dtype\":\"F64\",\"shape\":[1],\"data_offsets\":[0,8]}}",
+                new byte[8]));
+        try (Arena arena = Arena.ofConfined()) {
+            Safetensors st = Safetensors.open(f64, arena);
+            SafetensorsException e = assertThrows(SafetensorsException.class, () -> st.tensor("w", arena));
+            assertTrue(e.getMessage().contains("tensor 'w' [1]: dtype F64 is not supported (F32, F16 or BF16)"),
+                    e.getMessage());
+        }
     }
 
     @Test
