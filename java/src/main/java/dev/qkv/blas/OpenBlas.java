@@ -197,8 +197,10 @@ public final class OpenBlas {
         if (m == 0 || n == 0) {
             return;
         }
-        if (k == 0) {
-            // no element of a or b is read, and their offsets may lie past their segments: C = beta · C
+        if (k == 0 || alpha == 0f) {
+            // no element of a or b is read (with k = 0 their offsets may lie past their segments): C = beta · C.
+            // With alpha = 0 BLAS does not read A and B either, but OpenBLAS's small-matrix kernels do, so NaN in
+            // them reached C at some sizes and not others: the same answer at every size, BLAS's
             for (int i = 0; i < m; i++) {
                 for (int j = 0; j < n; j++) {
                     long at = cOffset + (long) i * ldc + j;
@@ -289,8 +291,9 @@ public final class OpenBlas {
         if (yLen == 0) {
             return;
         }
-        if (m == 0 || n == 0) {
-            // no element of a or x is read (BLAS would return without scaling y): y = beta · y
+        if (m == 0 || n == 0 || alpha == 0f) {
+            // no element of a or x is read (with an empty reduction BLAS would return without scaling y; with
+            // alpha = 0 it reads neither): y = beta · y
             for (int i = 0; i < yLen; i++) {
                 long at = yOffset + (long) i * incy;
                 y.setAtIndex(ValueLayout.JAVA_FLOAT_UNALIGNED, at,

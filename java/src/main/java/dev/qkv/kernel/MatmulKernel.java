@@ -21,13 +21,24 @@ public abstract class MatmulKernel {
     /**
      * {@code C [m, n] = alpha · op(A) [m, k] · op(B) [k, n] + beta · C}; offsets and leading dimensions in
      * elements, checked by {@link SgemmArgs#validate}. With {@code beta == 0} the old contents of C are ignored
-     * (even NaN), as in BLAS.
+     * (even NaN), as in BLAS; with {@code alpha == 0} (or {@code k == 0}) A and B are not read, as in BLAS:
+     * {@code C = beta · C} on every kernel, whatever A and B hold.
      */
     public final void matmul(Transpose ta, Transpose tb, int m, int n, int k, float alpha,
                              MemorySegment a, long aOffset, int lda, MemorySegment b, long bOffset, int ldb,
                              float beta, MemorySegment c, long cOffset, int ldc) {
         SgemmArgs.validate(requiresNative(), ta, tb, m, n, k, a, aOffset, lda, b, bOffset, ldb, c, cOffset, ldc);
         if (m == 0 || n == 0) {
+            return;
+        }
+        if (alpha == 0f || k == 0) {
+            final ValueLayout.OfFloat f = ValueLayout.JAVA_FLOAT_UNALIGNED;
+            for (int i = 0; i < m; i++) {
+                for (int j = 0; j < n; j++) {
+                    long at = cOffset + (long) i * ldc + j;
+                    c.setAtIndex(f, at, beta == 0f ? 0f : beta * c.getAtIndex(f, at));
+                }
+            }
             return;
         }
         kernel(ta, tb, m, n, k, alpha, a, aOffset, lda, b, bOffset, ldb, beta, c, cOffset, ldc);
@@ -37,13 +48,23 @@ public abstract class MatmulKernel {
      * {@code y = alpha · op(A) · x + beta · y} with {@code A} stored row-major {@code [m, n]} and
      * {@code op(A) = A} ({@code x [n]}, {@code y [m]}) or {@code Aᵀ} ({@code x [m]}, {@code y [n]}); offsets,
      * leading dimension and increments in elements, checked by {@link SgemvArgs#validate}. A product of one row
-     * without packing: {@code A} is read once, in place. With {@code beta == 0} the old {@code y} is ignored.
+     * without packing: {@code A} is read once, in place. With {@code beta == 0} the old {@code y} is ignored;
+     * with {@code alpha == 0} (or an empty reduction) A and x are not read: {@code y = beta · y}, as in BLAS.
      */
     public final void matvec(Transpose ta, int m, int n, float alpha, MemorySegment a, long aOffset, int lda,
                              MemorySegment x, long xOffset, int incx, float beta, MemorySegment y, long yOffset,
                              int incy) {
         SgemvArgs.validate(requiresNative(), ta, m, n, a, aOffset, lda, x, xOffset, incx, y, yOffset, incy);
-        if ((ta == Transpose.NO ? m : n) == 0) {
+        int yLen = ta == Transpose.NO ? m : n;
+        if (yLen == 0) {
+            return;
+        }
+        if (alpha == 0f || m == 0 || n == 0) {
+            final ValueLayout.OfFloat f = ValueLayout.JAVA_FLOAT_UNALIGNED;
+            for (int i = 0; i < yLen; i++) {
+                long at = yOffset + (long) i * incy;
+                y.setAtIndex(f, at, beta == 0f ? 0f : beta * y.getAtIndex(f, at));
+            }
             return;
         }
         matvecKernel(ta, m, n, alpha, a, aOffset, lda, x, xOffset, incx, beta, y, yOffset, incy);

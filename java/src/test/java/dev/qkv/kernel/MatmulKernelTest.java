@@ -247,6 +247,47 @@ class MatmulKernelTest {
         }
     }
 
+    /**
+     * alpha = 0: A and B (A and x) are not read, as in BLAS, so NaN and Inf there do not reach C: C = beta · C on
+     * every kernel and at every size (OpenBLAS's small-matrix kernels read them, so its sgemm gave NaN at 8 and
+     * 0 at 200; the Java kernels gave NaN). Also the Java vector kernel.
+     */
+    @Test
+    void alphaZeroReadsNeitherOperand() {
+        List<MatmulKernel> all = new ArrayList<>(kernels());
+        all.add(MatmulKernel.javaVector());
+        try (Arena arena = Arena.ofConfined()) {
+            for (MatmulKernel kernel : all) {
+                for (int s : new int[] {8, 200}) {
+                    MemorySegment a = arena.allocate((long) s * s * 4, 64);
+                    MemorySegment b = arena.allocate((long) s * s * 4, 64);
+                    for (long i = 0; i < (long) s * s; i++) {
+                        a.setAtIndex(F, i, i % 3 == 0 ? Float.NaN : Float.POSITIVE_INFINITY);
+                        b.setAtIndex(F, i, 1f);
+                    }
+                    for (float beta : new float[] {0f, 1f, 0.5f}) {
+                        MemorySegment c = arena.allocate((long) s * s * 4, 64);
+                        for (long i = 0; i < (long) s * s; i++) {
+                            c.setAtIndex(F, i, 5f);
+                        }
+                        kernel.matmul(Transpose.NO, Transpose.NO, s, s, s, 0f, a, 0, s, b, 0, s, beta, c, 0, s);
+                        for (long i = 0; i < (long) s * s; i++) {
+                            assertEquals(beta * 5f, c.getAtIndex(F, i), kernel.name() + " sgemm s=" + s + " beta=" + beta);
+                        }
+                        MemorySegment y = arena.allocate((long) s * 4, 64);
+                        for (long i = 0; i < s; i++) {
+                            y.setAtIndex(F, i, 5f);
+                        }
+                        kernel.matvec(Transpose.NO, s, s, 0f, a, 0, s, b, 0, 1, beta, y, 0, 1);
+                        for (long i = 0; i < s; i++) {
+                            assertEquals(beta * 5f, y.getAtIndex(F, i), kernel.name() + " sgemv s=" + s + " beta=" + beta);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /** Every bad argument is an exception, and C keeps its sentinel: the kernel never ran. */
     @ParameterizedTest(name = "{0}")
     @MethodSource("namedKernels")
