@@ -651,6 +651,12 @@ public final class Attention {
         int dv;
         int group;
         float scale;
+        /**
+         * The alpha of the score products: the scale, or 1 when the scale is 0, whose products are then multiplied
+         * by 0 afterwards ({@link #timesZero}). BLAS skips A and B when alpha is 0 (OpenBLAS at some sizes only),
+         * where the reference computes 0 · (q·k): NaN for a non-finite product, as the Java kernels do.
+         */
+        float alpha;
         boolean causal;
         MemorySegment mSeg;
         boolean maskBool;
@@ -783,6 +789,7 @@ public final class Attention {
             dv = (int) v.size(3);
             group = hkv == 0 ? 1 : Math.max(1, hq / hkv);
             scale = options.scaleFor(dk);
+            alpha = scale == 0f ? 1f : scale;
             causal = options.causal();
             Mask mask = options.mask();
             mSeg = mask == null ? null : mask.values().segment();
@@ -1196,14 +1203,16 @@ public final class Attention {
                 if (dk == 0) {
                     zeroRows(ws, base, rows, keys, lds);
                 } else if (transQ) {
-                    product(mm, Transpose.YES, Transpose.YES, rows, keys, dk, scale,
+                    product(mm, Transpose.YES, Transpose.YES, rows, keys, dk, alpha,
                             transposedQ(s, (long) b * hq + h, i0, rows), 0, rows, ko.seg, ko.offset, ko.ld,
                             ws, base, lds);
+                    timesZero(ws, base, rows, keys, lds);
                 } else {
                     product(mm, Transpose.NO.flipIf(qo.transposed), Transpose.YES.flipIf(ko.transposed),
-                            rows, keys, dk, scale,
+                            rows, keys, dk, alpha,
                             qo.seg, qo.offset + i0 * qo.rowStep, qo.ld, ko.seg, ko.offset, ko.ld,
                             ws, base, lds);
+                    timesZero(ws, base, rows, keys, lds);
                 }
                 // mask, row max, exp and sum; the 1/sum is applied to the output rows
                 softmaxRows(ws, base, lds, i0, rows, keys, maskHead, s.rowScale);
@@ -1221,6 +1230,22 @@ public final class Attention {
             }
             if (packOut) {
                 unpackRows(ws, base + outPackAt, out, b, h, i0, rows, dv);
+            }
+        }
+
+        /**
+         * With a scale of 0 the score products ran with alpha 1: multiplies the scores {@code [rows, cols]} by 0,
+         * which keeps NaN and turns ±Inf into NaN, as the reference's 0 · (q·k) does. Nothing otherwise.
+         */
+        private void timesZero(MemorySegment ws, long base, int rows, int cols, int ld) {
+            if (scale != 0f) {
+                return;
+            }
+            for (int r = 0; r < rows; r++) {
+                for (int j = 0; j < cols; j++) {
+                    long at = base + (long) r * ld + j;
+                    ws.setAtIndex(F, at, ws.getAtIndex(F, at) * scale);
+                }
             }
         }
 
@@ -1316,11 +1341,13 @@ public final class Attention {
                 if (dk == 0) {
                     zeroRows(ws, sAt, 1, keys, keys);
                 } else if (ko.transposed) {
-                    blas.sgemv(Transpose.YES, dk, keys, scale, ko.seg, ko.offset, ko.ld, qo.seg, qAt, incq, 0f,
+                    blas.sgemv(Transpose.YES, dk, keys, alpha, ko.seg, ko.offset, ko.ld, qo.seg, qAt, incq, 0f,
                             ws, sAt, 1);
+                    timesZero(ws, sAt, 1, keys, keys);
                 } else {
-                    blas.sgemv(Transpose.NO, keys, dk, scale, ko.seg, ko.offset, ko.ld, qo.seg, qAt, incq, 0f,
+                    blas.sgemv(Transpose.NO, keys, dk, alpha, ko.seg, ko.offset, ko.ld, qo.seg, qAt, incq, 0f,
                             ws, sAt, 1);
+                    timesZero(ws, sAt, 1, keys, keys);
                 }
             }
             // mask, row max, exp and sum
@@ -1651,13 +1678,15 @@ public final class Attention {
             if (dk == 0) {
                 zeroRows(ws, base, rows, nk, lds);
             } else if (transQ) {
-                product(mm, Transpose.YES, Transpose.YES, rows, nk, dk, scale,
+                product(mm, Transpose.YES, Transpose.YES, rows, nk, dk, alpha,
                         transposedQ(s, head, i0, rows), 0, rows, ko.seg, ko.offset + j0 * ko.rowStep, ko.ld,
                         ws, base, lds);
+                timesZero(ws, base, rows, nk, lds);
             } else {
                 product(mm, Transpose.NO.flipIf(qo.transposed), Transpose.YES.flipIf(ko.transposed),
-                        rows, nk, dk, scale, qo.seg, qo.offset + i0 * qo.rowStep, qo.ld,
+                        rows, nk, dk, alpha, qo.seg, qo.offset + i0 * qo.rowStep, qo.ld,
                         ko.seg, ko.offset + j0 * ko.rowStep, ko.ld, ws, base, lds);
+                timesZero(ws, base, rows, nk, lds);
             }
             rowMaxes(ws, base, lds, i0, rows, keys, j0, nk, maskHead, s.rowScale);
             onlineWeights(ws, base, lds, i0, 0, rows, keys, j0, nk, max, sum, so, s.rowScale, outSeg, outRows,

@@ -297,6 +297,48 @@ class ExtremeArgumentsTest {
         }
     }
 
+    /**
+     * A scale of 0 gives scores 0 · (q·k): zero where q·k is finite, so uniform weights and out = the mean of v,
+     * and NaN where it is not (the reference's rule), on every backend and path: blocks of rows, one query row
+     * (sgemv), and more keys than a key block (online). BLAS skips its operands when alpha is 0 (OpenBLAS at
+     * some sizes), which made NaN in q vanish on the native backend.
+     */
+    @ParameterizedTest
+    @EnumSource(value = Backend.class, names = {"NATIVE", "JAVA", "AUTO"})
+    void aZeroScaleMultipliesTheProductsByZero(Backend backend) {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(12);
+            for (long[] qk : new long[][] {{70, 300}, {1, 300}, {40, 1100}}) {
+                long lq = qk[0];
+                long lk = qk[1];
+                Tensor q = Fixtures.random(a, r, 1, 2, lq, 16);
+                Tensor k = Fixtures.random(a, r, 1, 2, lk, 16);
+                Tensor v = Fixtures.random(a, r, 1, 2, lk, 16);
+                q.set(Float.NaN, 0, 1, lq - 1, 3);
+                SdpaOptions zero = new SdpaOptions(false, null, 0f);
+                Tensor out = Tensor.allocate(a, 1, 2, lq, 16);
+                Attention.create(backend).sdpa(q, k, v, out, zero);
+                Tensor ref = Tensor.allocate(a, 1, 2, lq, 16);
+                Attention.create(Backend.REFERENCE).sdpa(q, k, v, ref, zero);
+                for (int h = 0; h < 2; h++) {
+                    for (long i = 0; i < lq; i++) {
+                        for (int d = 0; d < 16; d++) {
+                            float want = ref.get(0, h, i, d);
+                            float got = out.get(0, h, i, d);
+                            String at = backend + " " + lq + "x" + lk + " [" + h + ", " + i + ", " + d + "]";
+                            if (Float.isNaN(want)) {
+                                assertTrue(Float.isNaN(got), at + ": " + got + ", the reference NaN");
+                            } else {
+                                assertEquals(want, got, Fixtures.tol(16, lk, 1), at);
+                            }
+                        }
+                    }
+                }
+                assertTrue(Float.isNaN(ref.get(0, 1, lq - 1, 0)), "the NaN row is NaN in the reference");
+            }
+        }
+    }
+
     /** MemorySegment.NULL made large by reinterpret: any access would crash the JVM, so no tensor views it. */
     @Test
     void aNullSegmentIsRefused() {
