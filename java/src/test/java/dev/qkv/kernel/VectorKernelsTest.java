@@ -59,6 +59,14 @@ class VectorKernelsTest {
         assertEquals(0f, out[2]);
         assertTrue(Float.isNaN(out[3]));
         assertEquals(1f, out[4]);
+        // past the range: Math.exp's own value, finite to ~88.72 and then +Infinity, as the scalar kernels give
+        // (a clamp at 88 gave exp(88) = 1.65e38 for all of them)
+        float[] high = {88.5f, 88.7f, 89f, 100f, Float.POSITIVE_INFINITY};
+        float[] got = new float[high.length];
+        Vectorization.rows().exp(high, got, high.length);
+        for (int i = 0; i < high.length; i++) {
+            assertEquals((float) Math.exp(high[i]), got[i], "exp(" + high[i] + ")");
+        }
     }
 
     @Test
