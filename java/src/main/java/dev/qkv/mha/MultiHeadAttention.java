@@ -150,9 +150,8 @@ public final class MultiHeadAttention {
         if (backend == Backend.NATIVE) {
             Tensor[] ts = layer.weightList;
             for (int i = 0; i < ts.length; i++) {
-                if (ts[i] != null && !ts[i].segment().isNative()) {
-                    throw new IllegalArgumentException(ts[i].describe(WEIGHT_NAMES[i])
-                            + ": a heap segment; the native backend needs off-heap memory");
+                if (ts[i] != null && !blasReady(ts[i].segment())) {
+                    throw new IllegalArgumentException(ts[i].describe(WEIGHT_NAMES[i]) + notForBlas(ts[i].segment()));
                 }
             }
         }
@@ -573,7 +572,7 @@ public final class MultiHeadAttention {
                            int ldw, MemorySegment c, long cOff, int ldc) {
         OpenBlas nat = blas;
         MatmulKernel mm = matmul;
-        if (heapKernel != null && !(a.isNative() && wSeg.isNative() && c.isNative())) {
+        if (heapKernel != null && !(blasReady(a) && blasReady(wSeg) && blasReady(c))) {
             nat = null;
             mm = heapKernel;
         }
@@ -654,9 +653,23 @@ public final class MultiHeadAttention {
                         + java.util.Arrays.toString(t.strides()) + ": two rows share memory");
             }
         }
-        if (backend == Backend.NATIVE && !t.segment().isNative()) {
-            throw new IllegalArgumentException(t.describe(name) + ": a heap segment; the native backend needs off-heap memory");
+        if (backend == Backend.NATIVE && t.elementCount() > 0 && !blasReady(t.segment())) {
+            throw new IllegalArgumentException(t.describe(name) + notForBlas(t.segment()));
         }
+    }
+
+    /**
+     * True when OpenBLAS may be handed {@code s}: off-heap, at an address that is a multiple of 4 (its SSE
+     * kernels load floats aligned; a safetensors file may hold F32 weights at any offset).
+     */
+    private static boolean blasReady(MemorySegment s) {
+        return s.isNative() && s.address() % Float.BYTES == 0;
+    }
+
+    private static String notForBlas(MemorySegment s) {
+        return s.isNative() ? ": floats at an address that is not a multiple of 4; the native backend needs them"
+                + " aligned (AUTO runs them on the Java kernels)"
+                : ": a heap segment; the native backend needs off-heap memory";
     }
 
     /**

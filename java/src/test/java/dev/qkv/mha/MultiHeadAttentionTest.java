@@ -382,4 +382,46 @@ class MultiHeadAttentionTest {
             MhaTestSupport.assertClose(want.toArray(), outFar.toArray(), 1e-5, 1e-5, backend.toString());
         }
     }
+
+    /** {@code t}'s values in a new tensor one byte past a float boundary (same shape, dense). */
+    private static Tensor odd(Arena a, Tensor t) {
+        java.lang.foreign.MemorySegment raw = a.allocate(t.elementCount() * Float.BYTES + 8, 64);
+        return Tensor.wrap(raw.asSlice(1, t.elementCount() * Float.BYTES), t.shape()).copyFrom(t.toArray());
+    }
+
+    /**
+     * Floats at an address that is not a multiple of 4 (a mapped safetensors file may hold weights there; OpenBLAS
+     * loads them aligned): the native layer refuses such an input or weight by name, before any product; AUTO
+     * runs them on the Java kernels and matches the reference. They reached OpenBLAS's own check mid-call, with
+     * a message naming an sgemm operand (a review).
+     */
+    @Test
+    void floatsAtAnOddAddressAreRefusedByNameOrRunOnJava() {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(17);
+            int e = 32;
+            MhaWeights w = weights(a, r, e, 4, 2, true, false);
+            Tensor x = MhaTestSupport.rand(a, r, 1f, 1, 9, e);
+            Tensor ref = Tensor.allocate(a, 1, 9, e);
+            MultiHeadAttention.create(w, Backend.REFERENCE).forward(x, ref, SdpaOptions.CAUSAL, null);
+
+            MultiHeadAttention nat = MultiHeadAttention.create(w, Backend.NATIVE);
+            Tensor out = Tensor.allocate(a, 1, 9, e).fill(Float.NaN);
+            IllegalArgumentException ex = assertThrows(IllegalArgumentException.class,
+                    () -> nat.forward(odd(a, x), out, SdpaOptions.CAUSAL, nat.newWorkspace(a, 1, 9, 9)));
+            assertTrue(ex.getMessage().startsWith("x [1, 9, 32]") && ex.getMessage().contains("multiple of 4"),
+                    ex.getMessage());
+            assertTrue(Float.isNaN(out.toArray()[0]), "a refused call wrote out");
+            MhaWeights oddW = MhaWeights.of(4, odd(a, w.wq()), w.bq(), w.wk(), w.bk(), w.wv(), w.bv(), w.wo(),
+                    w.bo());
+            IllegalArgumentException weight = assertThrows(IllegalArgumentException.class,
+                    () -> MultiHeadAttention.create(oddW, Backend.NATIVE));
+            assertTrue(weight.getMessage().startsWith("W_Q [32, 32]") && weight.getMessage().contains("multiple of 4"),
+                    weight.getMessage());
+
+            MultiHeadAttention auto = MultiHeadAttention.create(oddW, Backend.AUTO);
+            auto.forward(odd(a, x), out, SdpaOptions.CAUSAL, auto.newWorkspace(a, 1, 9, 9));
+            assertClose(ref.toArray(), out.toArray(), atol(e, 9), 1e-4, "AUTO, odd x and wq");
+        }
+    }
 }

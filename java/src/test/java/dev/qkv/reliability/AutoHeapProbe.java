@@ -21,8 +21,8 @@ public final class AutoHeapProbe {
     }
 
     public static void main(String[] args) {
-        if (args.length > 0 && args[0].equals("mha")) {
-            mha();
+        if (args.length > 0 && args[0].startsWith("mha")) {
+            mha(args[0].equals("mha-odd"));
             return;
         }
         Random r = new Random(7);
@@ -47,8 +47,11 @@ public final class AutoHeapProbe {
         }
     }
 
-    /** The layer under AUTO with heap weights, input and output, against the reference layer off-heap. */
-    private static void mha() {
+    /**
+     * The layer under AUTO with heap weights, input and output (or, {@code odd}, off-heap ones one byte past a
+     * float boundary, which OpenBLAS cannot take either), against the reference layer on aligned copies.
+     */
+    private static void mha(boolean odd) {
         Random r = new Random(8);
         int e = 16;
         try (Arena arena = Arena.ofConfined()) {
@@ -57,15 +60,16 @@ public final class AutoHeapProbe {
             long[][] shapes = {{3 * e, e}, {3 * e}, {e, e}, {e}};
             for (int i = 0; i < 4; i++) {
                 off[i] = Fuzz.random(arena, r, shapes[i]);
-                heap[i] = Tensor.wrap(MemorySegment.ofArray(off[i].toArray()), shapes[i]);
+                heap[i] = odd ? oddCopy(arena, off[i]) : Tensor.wrap(MemorySegment.ofArray(off[i].toArray()), shapes[i]);
             }
             Tensor x = Fuzz.random(arena, r, 2, 5, e);
             Tensor want = Tensor.allocate(arena, 2, 5, e);
             MultiHeadAttention ref = MultiHeadAttention.create(MhaWeights.packed(4, off[0], off[1], off[2], off[3]),
                     Backend.REFERENCE);
             ref.forward(x, want, SdpaOptions.CAUSAL, ref.newWorkspace(arena, 2, 5, 5));
-            Tensor heapX = Tensor.wrap(MemorySegment.ofArray(x.toArray()), 2, 5, e);
-            Tensor out = Tensor.wrap(MemorySegment.ofArray(new float[2 * 5 * e]), 2, 5, e);
+            Tensor heapX = odd ? oddCopy(arena, x) : Tensor.wrap(MemorySegment.ofArray(x.toArray()), 2, 5, e);
+            Tensor out = odd ? oddCopy(arena, Tensor.allocate(arena, 2, 5, e))
+                    : Tensor.wrap(MemorySegment.ofArray(new float[2 * 5 * e]), 2, 5, e);
             MultiHeadAttention layer;
             try {
                 layer = MultiHeadAttention.create(MhaWeights.packed(4, heap[0], heap[1], heap[2], heap[3]),
@@ -87,5 +91,11 @@ public final class AutoHeapProbe {
             worst = Math.max(worst, Math.abs(x[i] - y[i]));
         }
         return worst;
+    }
+
+    /** {@code t}'s values off-heap at an address one byte past a float boundary. */
+    private static Tensor oddCopy(Arena arena, Tensor t) {
+        MemorySegment raw = arena.allocate(t.elementCount() * Float.BYTES + 8, 64);
+        return Tensor.wrap(raw.asSlice(1, t.elementCount() * Float.BYTES), t.shape()).copyFrom(t.toArray());
     }
 }
