@@ -422,8 +422,9 @@ public final class Safetensors {
 
     /**
      * Tensor {@code name} as float32 in a new tensor from {@code arena}: F32 copied ({@link Load#COPY}; with
-     * {@link Load#MAPPED} a read-only view of the mapping, no copy, and {@code arena} unused), F16 and BF16
-     * converted. Other dtypes are rejected.
+     * {@link Load#MAPPED} a read-only view of the mapping, no copy, and {@code arena} unused, unless the floats
+     * sit at an address that is not a multiple of 4, which are copied aligned), F16 and BF16 converted. Other
+     * dtypes are rejected.
      *
      * @throws SafetensorsException naming the file and tensor: no such tensor, not a float dtype, the arena of
      *                              {@link #open} closed, or the file shorter than at {@code open}
@@ -442,7 +443,7 @@ public final class Safetensors {
         }
         long[] shape = e.shape();
         long bytes = e.end() - e.begin();
-        if (load == Load.MAPPED && e.dtype() == Dtype.F32) {
+        if (load == Load.MAPPED && e.dtype() == Dtype.F32 && (data.address() + e.begin()) % Float.BYTES == 0) {
             return Tensor.wrap(data.asSlice(e.begin(), bytes), shape);
         }
         Tensor t;
@@ -451,6 +452,12 @@ public final class Safetensors {
         } catch (OutOfMemoryError oom) {
             throw fail(file, "tensor '" + name + "' " + e.shapeString() + " needs "
                     + (bytes / e.dtype().byteSize() * Float.BYTES) + " bytes of memory as float32, which cannot be allocated");
+        }
+        if (e.dtype() == Dtype.F32 && load == Load.MAPPED) {
+            // F32 at an address that is not a multiple of 4 (the format does not pad; older writers did not): a
+            // copy, aligned, since OpenBLAS loads floats aligned
+            MemorySegment.copy(data, e.begin(), t.segment(), 0, bytes);
+            return t;
         }
         if (e.dtype() == Dtype.F32) {
             // the file's little-endian floats are the tensor's native layout: read straight into it
