@@ -653,7 +653,7 @@ public final class MultiHeadAttention {
                         + java.util.Arrays.toString(t.strides()) + ": two rows share memory");
             }
         }
-        if (backend == Backend.NATIVE && t.elementCount() > 0 && !blasReady(t.segment())) {
+        if (backend == Backend.NATIVE && !blasReady(t.segment())) {
             throw new IllegalArgumentException(t.describe(name) + notForBlas(t.segment()));
         }
     }
