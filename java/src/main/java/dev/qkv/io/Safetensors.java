@@ -37,8 +37,8 @@ import java.util.Objects;
  *
  * <p>By default ({@link Load#COPY}) {@link #tensor} reads a tensor into new, 64-byte aligned memory of the
  * caller's arena: once loaded, nothing depends on the file, which may then be truncated, replaced or deleted.
- * {@link Load#MAPPED} maps the file instead and returns {@code F32} tensors as zero-copy views of the mapping;
- * see there for the risk. {@code F16} and {@code BF16} are converted to float32 into the caller's arena in
+ * {@link Load#MAPPED} maps the file instead and returns {@code F32} tensors as zero-copy views of the mapping
+ * (copies, for F32 data at an address that is not a multiple of 4); see there for the risk. {@code F16} and {@code BF16} are converted to float32 into the caller's arena in
  * both modes.
  */
 public final class Safetensors {
@@ -61,7 +61,8 @@ public final class Safetensors {
         COPY,
         /**
          * {@code F32} tensors are zero-copy views of a read-only mapping of the file, which lives until the arena
-         * given to {@link #open} is closed. <b>Risk:</b> if another process truncates the file while it is mapped,
+         * given to {@link #open} is closed; F32 data at an address that is not a multiple of 4 (the format does not
+         * pad) is copied, aligned, into the arena given to {@link #tensor}, as OpenBLAS loads floats aligned. <b>Risk:</b> if another process truncates the file while it is mapped,
          * the next read of a lost page raises {@code SIGBUS}; inside OpenBLAS (the native backend) that kills the
          * JVM, which no Java check can prevent. Use it only for files nothing writes while they are mapped (a
          * read-only model store), when the copy's memory or load time matters.
@@ -456,7 +457,12 @@ public final class Safetensors {
         if (e.dtype() == Dtype.F32 && load == Load.MAPPED) {
             // F32 at an address that is not a multiple of 4 (the format does not pad; older writers did not): a
             // copy, aligned, since OpenBLAS loads floats aligned
-            MemorySegment.copy(data, e.begin(), t.segment(), 0, bytes);
+            try {
+                MemorySegment.copy(data, e.begin(), t.segment(), 0, bytes);
+            } catch (InternalError fault) {
+                // a lost page of the mapping (the file truncated since open): the JDK's fault, as an error here
+                throw fail(file, "tensor '" + name + "': the file is shorter than at open (truncated since?)");
+            }
             return t;
         }
         if (e.dtype() == Dtype.F32) {
@@ -467,7 +473,11 @@ public final class Safetensors {
         boolean half = e.dtype() == Dtype.F16;
         long n = t.elementCount();
         if (load == Load.MAPPED) {
-            convert(data, e.begin(), t, 0, n, half);
+            try {
+                convert(data, e.begin(), t, 0, n, half);
+            } catch (InternalError fault) {
+                throw fail(file, "tensor '" + name + "': the file is shorter than at open (truncated since?)");
+            }
             return t;
         }
         try (Arena staging = Arena.ofConfined()) {

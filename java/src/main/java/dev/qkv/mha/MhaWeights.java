@@ -131,7 +131,8 @@ public final class MhaWeights {
      * {@code out_proj.bias}) and Hugging Face names ({@code q_proj}, {@code k_proj}, {@code v_proj},
      * {@code o_proj} or {@code out_proj}, each {@code .weight} with optional {@code .bias}). Every tensor is
      * copied (F16/BF16 converted) into {@code arena}, so the file may be closed and even truncated afterwards;
-     * only a file opened with {@link Safetensors.Load#MAPPED} leaves F32 tensors as views of its mapping.
+     * only a file opened with {@link Safetensors.Load#MAPPED} leaves F32 tensors as views of its mapping (those at
+     * an address that is a multiple of 4; others are copied, aligned).
      *
      * @param kvHeads the number of key/value heads, or 0 to infer it from the shapes
      * @throws SafetensorsException naming the file and tensor when a tensor is missing or its shape does not fit

@@ -119,7 +119,8 @@ public final class MultiHeadAttention {
     /**
      * A layer over {@code weights} on the given backend.
      *
-     * @throws IllegalArgumentException for {@link Backend#NATIVE} when a weight lies in heap memory
+     * @throws IllegalArgumentException for {@link Backend#NATIVE} when a weight lies in heap memory or at an
+     *                                  address that is not a multiple of 4
      * @throws dev.qkv.blas.BlasUnavailableException for {@link Backend#NATIVE} when OpenBLAS cannot be loaded
      */
     public static MultiHeadAttention create(MhaWeights weights, Backend backend) {

@@ -94,6 +94,36 @@ class TruncatedWeightsFileTest {
         }
     }
 
+    /**
+     * Opened MAPPED, then truncated before the tensors are read: tensors that read copy from the mapping (F32
+     * that is not 4-byte aligned, F16) fail with a SafetensorsException naming the file and tensor, not the
+     * JDK's InternalError of a lost page.
+     */
+    @Test
+    void mappedTensorsCopiedFromATruncatedFileAreAClearError() throws IOException {
+        int n = 8192;
+        String header = "{\"a\":{\"dtype\":\"F32\",\"shape\":[" + n + "],\"data_offsets\":[0," + 4 * n + "]},"
+                + "\"h\":{\"dtype\":\"F16\",\"shape\":[" + n + "],\"data_offsets\":[" + 4 * n + "," + 6 * n + "]}}";
+        while ((8 + header.length()) % 4 != 2) {
+            header += " ";
+        }
+        byte[] h = header.getBytes(StandardCharsets.UTF_8);
+        ByteBuffer b = ByteBuffer.allocate(8 + h.length + 6 * n).order(ByteOrder.LITTLE_ENDIAN);
+        b.putLong(h.length).put(h);
+        Path file = dir.resolve("mapped.safetensors");
+        Files.write(file, b.array());
+        try (Arena a = Arena.ofShared()) {
+            Safetensors st = Safetensors.open(file, a, Safetensors.Load.MAPPED);
+            truncate(file);
+            for (String name : new String[] {"a", "h"}) {
+                dev.qkv.io.SafetensorsException e = org.junit.jupiter.api.Assertions.assertThrows(
+                        dev.qkv.io.SafetensorsException.class, () -> st.tensor(name, a));
+                org.junit.jupiter.api.Assertions.assertTrue(e.getMessage().startsWith(file + ": tensor '" + name + "'")
+                        && e.getMessage().contains("shorter than at open"), e.getMessage());
+            }
+        }
+    }
+
     /** A safetensors file with F32 q [1, 2, 70, 16], k and v [1, 1, 70, 16]. */
     private static byte[] qkvFile(float[][] data) {
         String header = "{\"q\":{\"dtype\":\"F32\",\"shape\":[1,2,70,16],\"data_offsets\":[0,8960]},"
