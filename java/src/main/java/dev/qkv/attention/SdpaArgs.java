@@ -1,5 +1,6 @@
 package dev.qkv.attention;
 
+import dev.qkv.blas.SgemmArgs;
 import dev.qkv.tensor.Shapes;
 import dev.qkv.tensor.Tensor;
 
@@ -135,7 +136,7 @@ final class SdpaArgs {
      * rows, no keys or no columns, nothing to multiply).
      */
     static boolean offHeap(Tensor t) {
-        return t.elementCount() == 0 || t.segment().isNative() && t.segment().address() % Float.BYTES == 0;
+        return t.elementCount() == 0 || SgemmArgs.blasReady(t.segment());
     }
 
     private static void requireNative(String name, Tensor t) {

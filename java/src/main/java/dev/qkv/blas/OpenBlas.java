@@ -9,7 +9,6 @@ import java.io.UncheckedIOException;
 import java.lang.foreign.Linker;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.SymbolLookup;
-import java.lang.foreign.ValueLayout;
 import java.lang.invoke.MethodHandle;
 import java.lang.invoke.MethodHandles;
 import java.lang.invoke.MethodType;
@@ -201,13 +200,7 @@ public final class OpenBlas {
             // no element of a or b is read (with k = 0 their offsets may lie past their segments): C = beta · C.
             // With alpha = 0 BLAS does not read A and B either, but OpenBLAS's small-matrix kernels do, so NaN in
             // them reached C at some sizes and not others: the same answer at every size, BLAS's
-            for (int i = 0; i < m; i++) {
-                for (int j = 0; j < n; j++) {
-                    long at = cOffset + (long) i * ldc + j;
-                    c.setAtIndex(ValueLayout.JAVA_FLOAT_UNALIGNED, at,
-                            beta == 0f ? 0f : beta * c.getAtIndex(ValueLayout.JAVA_FLOAT_UNALIGNED, at));
-                }
-            }
+            SgemmArgs.betaTimesC(beta, c, cOffset, m, n, ldc);
             return;
         }
         int tA = ta == Transpose.NO ? NO_TRANS : TRANS;
@@ -294,11 +287,7 @@ public final class OpenBlas {
         if (m == 0 || n == 0 || alpha == 0f) {
             // no element of a or x is read (with an empty reduction BLAS would return without scaling y; with
             // alpha = 0 it reads neither): y = beta · y
-            for (int i = 0; i < yLen; i++) {
-                long at = yOffset + (long) i * incy;
-                y.setAtIndex(ValueLayout.JAVA_FLOAT_UNALIGNED, at,
-                        beta == 0f ? 0f : beta * y.getAtIndex(ValueLayout.JAVA_FLOAT_UNALIGNED, at));
-            }
+            SgemvArgs.betaTimesY(beta, y, yOffset, yLen, incy);
             return;
         }
         int tA = ta == Transpose.NO ? NO_TRANS : TRANS;

@@ -1,6 +1,7 @@
 package dev.qkv.blas;
 
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 
 /**
  * The argument checks of a row-major single-precision matrix product, shared by the native and the Java
@@ -52,13 +53,8 @@ public final class SgemmArgs {
         if (s == null) {
             throw new IllegalArgumentException(fn + ": " + name + " is null");
         }
-        if (requireNative && !s.isNative()) {
-            throw new IllegalArgumentException(fn + ": " + name + " is a heap segment; OpenBLAS needs off-heap memory");
-        }
-        if (requireNative && s.address() % Float.BYTES != 0) {
-            // OpenBLAS's SSE kernels (the Sandybridge core's sscal, say) load floats aligned: a crash, not an error
-            throw new IllegalArgumentException(fn + ": " + name + " at address " + s.address() + ": OpenBLAS needs"
-                    + " floats at addresses that are multiples of 4");
+        if (requireNative) {
+            requireBlasReady(fn, name, s);
         }
         if (!s.scope().isAlive()) {
             throw new IllegalStateException(fn + ": " + name + " [" + rows + ", " + cols + "]: its arena is closed");
@@ -84,6 +80,41 @@ public final class SgemmArgs {
         }
         return end;
     }
+
+    /**
+     * True when OpenBLAS may be handed {@code s}: off-heap, at an address that is a multiple of 4. Its SSE kernels
+     * load floats aligned (the Sandybridge core's sscal crashed the JVM on an output 1-3 bytes off); the one rule
+     * for every caller that decides between OpenBLAS and the Java kernels.
+     */
+    public static boolean blasReady(MemorySegment s) {
+        return s.isNative() && s.address() % Float.BYTES == 0;
+    }
+
+    /** Refuses an operand {@code name} of routine {@code fn} that {@link #blasReady} refuses. */
+    static void requireBlasReady(String fn, String name, MemorySegment s) {
+        if (!s.isNative()) {
+            throw new IllegalArgumentException(fn + ": " + name + " is a heap segment; OpenBLAS needs off-heap memory");
+        }
+        if (!blasReady(s)) {
+            throw new IllegalArgumentException(fn + ": " + name + " at address " + s.address() + ": OpenBLAS needs"
+                    + " floats at addresses that are multiples of 4");
+        }
+    }
+
+    /**
+     * {@code C [m, n] = beta · C}, the old contents ignored (even NaN) when {@code beta == 0}: what a product that
+     * reads neither operand computes ({@code k == 0}, or {@code alpha == 0} as in BLAS), on every kernel.
+     */
+    public static void betaTimesC(float beta, MemorySegment c, long cOffset, int m, int n, int ldc) {
+        for (int i = 0; i < m; i++) {
+            for (int j = 0; j < n; j++) {
+                long at = cOffset + (long) i * ldc + j;
+                c.setAtIndex(F, at, beta == 0f ? 0f : beta * c.getAtIndex(F, at));
+            }
+        }
+    }
+
+    private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
 
     static boolean overlaps(MemorySegment x, long xFrom, long xTo, MemorySegment y, long yFrom, long yTo) {
         if (xTo <= xFrom || yTo <= yFrom) {

@@ -1,6 +1,7 @@
 package dev.qkv.blas;
 
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 
 /**
  * The argument checks of a row-major single-precision matrix-vector product, shared by the native and the Java
@@ -52,13 +53,8 @@ public final class SgemvArgs {
         if (s == null) {
             throw new IllegalArgumentException("sgemv: " + name + " is null");
         }
-        if (requireNative && !s.isNative()) {
-            throw new IllegalArgumentException("sgemv: " + name + " is a heap segment; OpenBLAS needs off-heap memory");
-        }
-        if (requireNative && s.address() % Float.BYTES != 0) {
-            // y misaligned by 1-3 bytes crashed the Sandybridge core's sscal (SSE aligned loads) when beta != 1
-            throw new IllegalArgumentException("sgemv: " + name + " at address " + s.address() + ": OpenBLAS needs"
-                    + " floats at addresses that are multiples of 4");
+        if (requireNative) {
+            SgemmArgs.requireBlasReady("sgemv", name, s);
         }
         if (!s.scope().isAlive()) {
             throw new IllegalStateException("sgemv: " + name + " [" + len + "]: its arena is closed");
@@ -79,5 +75,18 @@ public final class SgemvArgs {
                     + " at offset " + offset + " needs " + end + " floats, segment holds " + floats);
         }
         return end;
+    }
+
+    /**
+     * {@code y = beta · y} over {@code len} elements {@code inc} apart, the old values ignored (even NaN) when
+     * {@code beta == 0}: what a product that reads neither {@code A} nor {@code x} computes (an empty reduction, or
+     * {@code alpha == 0} as in BLAS), on every kernel.
+     */
+    public static void betaTimesY(float beta, MemorySegment y, long yOffset, int len, int inc) {
+        final ValueLayout.OfFloat f = ValueLayout.JAVA_FLOAT_UNALIGNED;
+        for (int i = 0; i < len; i++) {
+            long at = yOffset + (long) i * inc;
+            y.setAtIndex(f, at, beta == 0f ? 0f : beta * y.getAtIndex(f, at));
+        }
     }
 }

@@ -32,13 +32,7 @@ public abstract class MatmulKernel {
             return;
         }
         if (alpha == 0f || k == 0) {
-            final ValueLayout.OfFloat f = ValueLayout.JAVA_FLOAT_UNALIGNED;
-            for (int i = 0; i < m; i++) {
-                for (int j = 0; j < n; j++) {
-                    long at = cOffset + (long) i * ldc + j;
-                    c.setAtIndex(f, at, beta == 0f ? 0f : beta * c.getAtIndex(f, at));
-                }
-            }
+            SgemmArgs.betaTimesC(beta, c, cOffset, m, n, ldc);
             return;
         }
         kernel(ta, tb, m, n, k, alpha, a, aOffset, lda, b, bOffset, ldb, beta, c, cOffset, ldc);
@@ -60,11 +54,7 @@ public abstract class MatmulKernel {
             return;
         }
         if (alpha == 0f || m == 0 || n == 0) {
-            final ValueLayout.OfFloat f = ValueLayout.JAVA_FLOAT_UNALIGNED;
-            for (int i = 0; i < yLen; i++) {
-                long at = yOffset + (long) i * incy;
-                y.setAtIndex(f, at, beta == 0f ? 0f : beta * y.getAtIndex(f, at));
-            }
+            SgemvArgs.betaTimesY(beta, y, yOffset, yLen, incy);
             return;
         }
         matvecKernel(ta, m, n, alpha, a, aOffset, lda, x, xOffset, incx, beta, y, yOffset, incy);

@@ -6,6 +6,7 @@ import dev.qkv.attention.SdpaOptions;
 import dev.qkv.attention.WorkerPool;
 import dev.qkv.attention.Workspace;
 import dev.qkv.blas.OpenBlas;
+import dev.qkv.blas.SgemmArgs;
 import dev.qkv.blas.Transpose;
 import dev.qkv.kernel.MatmulKernel;
 import dev.qkv.kernel.Vectorization;
@@ -151,7 +152,7 @@ public final class MultiHeadAttention {
         if (backend == Backend.NATIVE) {
             Tensor[] ts = layer.weightList;
             for (int i = 0; i < ts.length; i++) {
-                if (ts[i] != null && !blasReady(ts[i].segment())) {
+                if (ts[i] != null && !SgemmArgs.blasReady(ts[i].segment())) {
                     throw new IllegalArgumentException(ts[i].describe(WEIGHT_NAMES[i]) + notForBlas(ts[i].segment()));
                 }
             }
@@ -573,7 +574,7 @@ public final class MultiHeadAttention {
                            int ldw, MemorySegment c, long cOff, int ldc) {
         OpenBlas nat = blas;
         MatmulKernel mm = matmul;
-        if (heapKernel != null && !(blasReady(a) && blasReady(wSeg) && blasReady(c))) {
+        if (heapKernel != null && !(SgemmArgs.blasReady(a) && SgemmArgs.blasReady(wSeg) && SgemmArgs.blasReady(c))) {
             nat = null;
             mm = heapKernel;
         }
@@ -654,17 +655,9 @@ public final class MultiHeadAttention {
                         + java.util.Arrays.toString(t.strides()) + ": two rows share memory");
             }
         }
-        if (backend == Backend.NATIVE && !blasReady(t.segment())) {
+        if (backend == Backend.NATIVE && !SgemmArgs.blasReady(t.segment())) {
             throw new IllegalArgumentException(t.describe(name) + notForBlas(t.segment()));
         }
-    }
-
-    /**
-     * True when OpenBLAS may be handed {@code s}: off-heap, at an address that is a multiple of 4 (its SSE
-     * kernels load floats aligned; a safetensors file may hold F32 weights at any offset).
-     */
-    private static boolean blasReady(MemorySegment s) {
-        return s.isNative() && s.address() % Float.BYTES == 0;
     }
 
     private static String notForBlas(MemorySegment s) {
