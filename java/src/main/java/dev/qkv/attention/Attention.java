@@ -461,9 +461,7 @@ public final class Attention {
             ReferenceAttention.compute(q, k, v, out, options);
             return;
         }
-        if (!workspace.segment().scope().isAlive()) {
-            throw new IllegalStateException("workspace: its arena is closed");
-        }
+        workspace.requireAlive();
         SdpaArgs.noOverlapWithWorkspace(workspace.whole(), q, k, v, out, options);
         if (!workspace.acquire()) {
             throw new IllegalStateException("workspace of " + workspace.byteSize() + " bytes: in use by another"
@@ -490,8 +488,13 @@ public final class Attention {
         if (matmul == null) {
             return 0;
         }
+        return plannedBytes(q, k, v, out, options, null);
+    }
+
+    /** The workspace a call plans for with {@code shared} (null: a workspace of any size). */
+    private long plannedBytes(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options, MemorySegment shared) {
         Job job = jobs.get();
-        job.prepare(q, k, v, out, options, null);
+        job.prepare(q, k, v, out, options, shared);
         long need = job.workspaceBytes();
         job.release();
         return need;
@@ -509,14 +512,8 @@ public final class Attention {
         if (matmul == null) {
             return 0;
         }
-        if (!workspace.segment().scope().isAlive()) {
-            throw new IllegalStateException("workspace: its arena is closed");
-        }
-        Job job = jobs.get();
-        job.prepare(q, k, v, out, options, workspace.segment());
-        long need = job.workspaceBytes();
-        job.release();
-        return need;
+        workspace.requireAlive();
+        return plannedBytes(q, k, v, out, options, workspace.segment());
     }
 
     /**
@@ -1182,8 +1179,6 @@ public final class Attention {
             final int rows = rowsOf(blk);
             final MatmulKernel mm = owner.matmul;
             genericOperands(s, ws, base, b, h);
-            final Operand qo = s.qo;
-            final Operand ko = s.ko;
             final Operand vo = s.vo;
             final long outHead = headAt(out, b, h);
             final long maskHead = maskAt(b, h);
@@ -1199,21 +1194,7 @@ public final class Attention {
                 runOnline(s, ws, base, b, h, blk, blk + 1);
             } else {
                 final int lds = tileLd(keys);
-                // scores [rows, keys] = scale · q_block · kᵀ (all zero when Dk = 0)
-                if (dk == 0) {
-                    zeroRows(ws, base, rows, keys, lds);
-                } else if (transQ) {
-                    product(mm, Transpose.YES, Transpose.YES, rows, keys, dk, alpha,
-                            transposedQ(s, (long) b * hq + h, i0, rows), 0, rows, ko.seg, ko.offset, ko.ld,
-                            ws, base, lds);
-                    timesZero(ws, base, rows, keys, lds);
-                } else {
-                    product(mm, Transpose.NO.flipIf(qo.transposed), Transpose.YES.flipIf(ko.transposed),
-                            rows, keys, dk, alpha,
-                            qo.seg, qo.offset + i0 * qo.rowStep, qo.ld, ko.seg, ko.offset, ko.ld,
-                            ws, base, lds);
-                    timesZero(ws, base, rows, keys, lds);
-                }
+                scores(s, mm, ws, base, lds, (long) b * hq + h, i0, rows, 0, keys);
                 // mask, row max, exp and sum; the 1/sum is applied to the output rows
                 softmaxRows(ws, base, lds, i0, rows, keys, maskHead, s.rowScale);
                 // out_block [rows, Dv] = p · v, then each row times its 1/sum
@@ -1231,6 +1212,31 @@ public final class Attention {
             if (packOut) {
                 unpackRows(ws, base + outPackAt, out, b, h, i0, rows, dv);
             }
+        }
+
+        /**
+         * {@code scores [rows, cols] = scale · q[i0, i0 + rows) · kᵀ[:, j0, j0 + cols)} into the tile at {@code base}
+         * (leading dimension {@code lds}), all zero when Dk = 0: from the block's qᵀ copy ({@link #transQ}) or q in
+         * place, then {@link #timesZero}. The score product of a block of keys, for the whole-block and the online
+         * paths alike.
+         */
+        private void scores(Scratch s, MatmulKernel mm, MemorySegment ws, long base, int lds, long head, int i0,
+                            int rows, int j0, int cols) {
+            final Operand qo = s.qo;
+            final Operand ko = s.ko;
+            if (dk == 0) {
+                zeroRows(ws, base, rows, cols, lds);
+                return;
+            }
+            if (transQ) {
+                product(mm, Transpose.YES, Transpose.YES, rows, cols, dk, alpha, transposedQ(s, head, i0, rows), 0,
+                        rows, ko.seg, ko.offset + j0 * ko.rowStep, ko.ld, ws, base, lds);
+            } else {
+                product(mm, Transpose.NO.flipIf(qo.transposed), Transpose.YES.flipIf(ko.transposed), rows, cols, dk,
+                        alpha, qo.seg, qo.offset + i0 * qo.rowStep, qo.ld, ko.seg, ko.offset + j0 * ko.rowStep,
+                        ko.ld, ws, base, lds);
+            }
+            timesZero(ws, base, rows, cols, lds);
         }
 
         /**
@@ -1669,25 +1675,10 @@ public final class Attention {
         private void genericOnlineStep(Scratch s, MatmulKernel mm, MemorySegment ws, long base, long head, int i0,
                                        int rows, int keys, int j0, long maskHead, MemorySegment outSeg, long outRows,
                                        int ldo, float[] max, float[] sum, int so) {
-            final Operand qo = s.qo;
-            final Operand ko = s.ko;
             final Operand vo = s.vo;
             final int nk = Math.min(keyBlock, keys - j0);
             final int lds = tileLd(nk);
-            // scores [rows, nk] = scale · q_block · kᵀ[:, j0, j0 + nk) (all zero when Dk = 0)
-            if (dk == 0) {
-                zeroRows(ws, base, rows, nk, lds);
-            } else if (transQ) {
-                product(mm, Transpose.YES, Transpose.YES, rows, nk, dk, alpha,
-                        transposedQ(s, head, i0, rows), 0, rows, ko.seg, ko.offset + j0 * ko.rowStep, ko.ld,
-                        ws, base, lds);
-                timesZero(ws, base, rows, nk, lds);
-            } else {
-                product(mm, Transpose.NO.flipIf(qo.transposed), Transpose.YES.flipIf(ko.transposed),
-                        rows, nk, dk, alpha, qo.seg, qo.offset + i0 * qo.rowStep, qo.ld,
-                        ko.seg, ko.offset + j0 * ko.rowStep, ko.ld, ws, base, lds);
-                timesZero(ws, base, rows, nk, lds);
-            }
+            scores(s, mm, ws, base, lds, head, i0, rows, j0, nk);
             rowMaxes(ws, base, lds, i0, rows, keys, j0, nk, maskHead, s.rowScale);
             onlineWeights(ws, base, lds, i0, 0, rows, keys, j0, nk, max, sum, so, s.rowScale, outSeg, outRows,
                     ldo, null);

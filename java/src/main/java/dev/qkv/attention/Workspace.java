@@ -52,6 +52,13 @@ public final class Workspace {
         return segment;
     }
 
+    /** Refuses a workspace whose arena is closed. */
+    void requireAlive() {
+        if (!segment.scope().isAlive()) {
+            throw new IllegalStateException("workspace: its arena is closed");
+        }
+    }
+
     /** The whole workspace as a flat tensor (for overlap checks). */
     Tensor whole() {
         return whole;
