@@ -454,11 +454,17 @@ public final class Safetensors {
             throw fail(file, "tensor '" + name + "' " + e.shapeString() + " needs "
                     + (bytes / e.dtype().byteSize() * Float.BYTES) + " bytes of memory as float32, which cannot be allocated");
         }
-        if (e.dtype() == Dtype.F32 && load == Load.MAPPED) {
-            // F32 at an address that is not a multiple of 4 (the format does not pad; older writers did not): a
-            // copy, aligned, since OpenBLAS loads floats aligned
+        boolean half = e.dtype() == Dtype.F16;
+        long n = t.elementCount();
+        if (load == Load.MAPPED) {
+            // from the mapping: F32 at an address that is not a multiple of 4 (the format does not pad; older
+            // writers did not) copied aligned, since OpenBLAS loads floats aligned; F16 and BF16 converted
             try {
-                MemorySegment.copy(data, e.begin(), t.segment(), 0, bytes);
+                if (e.dtype() == Dtype.F32) {
+                    MemorySegment.copy(data, e.begin(), t.segment(), 0, bytes);
+                } else {
+                    convert(data, e.begin(), t, 0, n, half);
+                }
             } catch (InternalError fault) {
                 // a lost page of the mapping (the file truncated since open): the JDK's fault, as an error here
                 throw fail(file, "tensor '" + name + "': the file is shorter than at open (truncated since?)");
@@ -468,16 +474,6 @@ public final class Safetensors {
         if (e.dtype() == Dtype.F32) {
             // the file's little-endian floats are the tensor's native layout: read straight into it
             read(name, t.segment().asSlice(0, bytes), e.begin());
-            return t;
-        }
-        boolean half = e.dtype() == Dtype.F16;
-        long n = t.elementCount();
-        if (load == Load.MAPPED) {
-            try {
-                convert(data, e.begin(), t, 0, n, half);
-            } catch (InternalError fault) {
-                throw fail(file, "tensor '" + name + "': the file is shorter than at open (truncated since?)");
-            }
             return t;
         }
         try (Arena staging = Arena.ofConfined()) {
