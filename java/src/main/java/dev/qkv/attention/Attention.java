@@ -5,6 +5,7 @@ import dev.qkv.blas.Transpose;
 import dev.qkv.kernel.MatmulKernel;
 import dev.qkv.kernel.PackBuffer;
 import dev.qkv.kernel.PackedKernels;
+import dev.qkv.kernel.PerThread;
 import dev.qkv.kernel.RowKernels;
 import dev.qkv.kernel.Vectorization;
 import dev.qkv.tensor.Tensor;
@@ -269,7 +270,7 @@ public final class Attention {
     static final double SPIN_PARALLEL_MIN_FLOPS = 2e6;
 
     private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
-    private static final ThreadLocal<Scratch> SCRATCH = ThreadLocal.withInitial(Scratch::new);
+    private static final PerThread<Scratch> SCRATCH = PerThread.withInitial(Scratch::new);
 
     private final Backend backend;
     /** Products of the generic engine (native, or Java without the Vector API); null otherwise. */
@@ -280,6 +281,8 @@ public final class Attention {
     private final int threads;
     private final long budget;
     private final ThreadLocal<Job> jobs;
+    /** Jobs for virtual threads (see {@link #takeJob}). */
+    private final PerThread.Spares<Job> spareJobs = new PerThread.Spares<>(PerThread.LEASES);
     /** OpenBLAS when the generic engine's products are native, else null. */
     private final OpenBlas blas;
     /** AUTO runs OpenBLAS (an AVX-512 core) except for decoding-sized queries. */
@@ -445,9 +448,15 @@ public final class Attention {
             ReferenceAttention.compute(q, k, v, out, options);
             return;
         }
-        Job job = jobs.get();
-        job.prepare(q, k, v, out, options, null);
-        job.execute();
+        PerThread.Lease lease = PerThread.enter();
+        Job job = takeJob();
+        try {
+            job.prepare(q, k, v, out, options, null);
+            job.execute();
+        } finally {
+            giveBack(job);
+            PerThread.exit(lease);
+        }
     }
 
     /** Computes attention into {@code out} using the caller's workspace, which must hold {@link #workspaceBytes}. */
@@ -467,8 +476,9 @@ public final class Attention {
             throw new IllegalStateException("workspace of " + workspace.byteSize() + " bytes: in use by another"
                     + " call (a workspace serves one call at a time; give each thread its own)");
         }
+        PerThread.Lease lease = PerThread.enter();
+        Job job = takeJob();
         try {
-            Job job = jobs.get();
             job.prepare(q, k, v, out, options, workspace.segment());
             long need = job.workspaceBytes();
             if (workspace.byteSize() < need) {
@@ -478,6 +488,8 @@ public final class Attention {
             }
             job.execute();
         } finally {
+            giveBack(job);
+            PerThread.exit(lease);
             workspace.release();
         }
     }
@@ -493,11 +505,14 @@ public final class Attention {
 
     /** The workspace a call plans for with {@code shared} (null: a workspace of any size). */
     private long plannedBytes(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options, MemorySegment shared) {
-        Job job = jobs.get();
-        job.prepare(q, k, v, out, options, shared);
-        long need = job.workspaceBytes();
-        job.release();
-        return need;
+        Job job = takeJob();
+        try {
+            job.prepare(q, k, v, out, options, shared);
+            return job.workspaceBytes();
+        } finally {
+            job.release();
+            giveBack(job);
+        }
     }
 
     /**
@@ -550,9 +565,18 @@ public final class Attention {
         if (matmul == null) {
             return "kernel=reference workers=1";
         }
-        Job job = jobs.get();
-        job.prepare(q, k, v, out, options, null);
-        String s = "kernel=" + job.kernelName() + " rows=" + Vectorization.rows().name() + " workers="
+        Job job = takeJob();
+        try {
+            job.prepare(q, k, v, out, options, null);
+            return describe(job);
+        } finally {
+            job.release();
+            giveBack(job);
+        }
+    }
+
+    private String describe(Job job) {
+        return "kernel=" + job.kernelName() + " rows=" + Vectorization.rows().name() + " workers="
                 + job.workers + " blockRows=" + job.tileRows + " tasks=" + job.tasks
                 + (job.headTasks ? " (whole heads)" : "")
                 + (job.spanBlocks > 1 ? " spanBlocks=" + job.spanBlocks : "")
@@ -561,8 +585,25 @@ public final class Attention {
                 + (job.transQ ? " qTransposedBytes=" + job.qTransposedFloats(job.tileRows) * Float.BYTES * job.workers
                         : "")
                 + (budget == Long.MAX_VALUE ? "" : " budget=" + budget);
-        job.release();
-        return s;
+    }
+
+    /**
+     * This thread's job; on a virtual thread a spare one (see {@link PerThread}), which {@link #giveBack}
+     * returns: a job kept per virtual thread would be made again for nearly every call.
+     */
+    private Job takeJob() {
+        if (!Thread.currentThread().isVirtual()) {
+            return jobs.get();
+        }
+        Job job = spareJobs.take();
+        return job != null ? job : new Job(this);
+    }
+
+    /** Ends the use of a job from {@link #takeJob} (which released its tensors). */
+    private void giveBack(Job job) {
+        if (Thread.currentThread().isVirtual()) {
+            spareJobs.give(job);
+        }
     }
 
     // ------------------------------------------------------------------------------------------ engine

@@ -35,7 +35,13 @@ public abstract class MatmulKernel {
             SgemmArgs.betaTimesC(beta, c, cOffset, m, n, ldc);
             return;
         }
-        kernel(ta, tb, m, n, k, alpha, a, aOffset, lda, b, bOffset, ldb, beta, c, cOffset, ldc);
+        // the Java kernels' scratch is kept per thread; a virtual thread borrows it for the call (see PerThread)
+        PerThread.Lease lease = PerThread.enter();
+        try {
+            kernel(ta, tb, m, n, k, alpha, a, aOffset, lda, b, bOffset, ldb, beta, c, cOffset, ldc);
+        } finally {
+            PerThread.exit(lease);
+        }
     }
 
     /**

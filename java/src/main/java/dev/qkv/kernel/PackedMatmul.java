@@ -14,7 +14,8 @@ final class PackedMatmul extends MatmulKernel {
     private static final int COLS = 512;
 
     private final PackedKernels kernels;
-    private final ThreadLocal<Buffers> buffers = ThreadLocal.withInitial(Buffers::new);
+    /** Static: one slot of {@link PerThread} however many instances (there is one, {@code MatmulKernel.javaVector()}). */
+    private static final PerThread<Buffers> BUFFERS = PerThread.withInitial(Buffers::new);
 
     PackedMatmul(PackedKernels kernels) {
         this.kernels = kernels;
@@ -41,7 +42,7 @@ final class PackedMatmul extends MatmulKernel {
     protected void kernel(Transpose ta, Transpose tb, int m, int n, int k, float alpha,
                           MemorySegment a, long aOff, int lda, MemorySegment b, long bOff, int ldb,
                           float beta, MemorySegment c, long cOff, int ldc) {
-        Buffers buf = buffers.get();
+        Buffers buf = BUFFERS.get();
         int bNeed = kernels.packedSize(k, Math.min(n, COLS));
         buf.b.ensure(bNeed);
         int aNeed = Math.multiplyExact(8, Math.max(k, 1));

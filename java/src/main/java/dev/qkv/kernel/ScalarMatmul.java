@@ -60,7 +60,7 @@ final class ScalarMatmul extends MatmulKernel {
         }
     }
 
-    private static final ThreadLocal<Scratch> SCRATCH = ThreadLocal.withInitial(Scratch::new);
+    private static final PerThread<Scratch> SCRATCH = PerThread.withInitial(Scratch::new);
 
     @Override
     public String name() {

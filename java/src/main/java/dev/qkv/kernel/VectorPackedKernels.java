@@ -30,7 +30,7 @@ final class VectorPackedKernels implements PackedKernels {
      * Per-thread 8 × NR accumulator tile between the micro-kernel and the store, used from a cache-line-aligned
      * index (see {@link HeapAlignment}).
      */
-    private static final ThreadLocal<PackBuffer> TILE = ThreadLocal.withInitial(() -> {
+    private static final PerThread<PackBuffer> TILE = PerThread.withInitial(() -> {
         PackBuffer b = new PackBuffer();
         b.ensure(8 * NR + HeapAlignment.SLACK);
         return b;
@@ -97,7 +97,7 @@ final class VectorPackedKernels implements PackedKernels {
         int mapStep = -1;
     }
 
-    private static final ThreadLocal<TransposeScratch> TRANSPOSE = ThreadLocal.withInitial(TransposeScratch::new);
+    private static final PerThread<TransposeScratch> TRANSPOSE = PerThread.withInitial(TransposeScratch::new);
 
     /**
      * One panel of {@code op(B) = storageᵀ}, storage {@code [n, k]}: column {@code j} of the panel is storage row

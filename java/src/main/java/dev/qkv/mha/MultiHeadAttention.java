@@ -9,6 +9,7 @@ import dev.qkv.blas.OpenBlas;
 import dev.qkv.blas.SgemmArgs;
 import dev.qkv.blas.Transpose;
 import dev.qkv.kernel.MatmulKernel;
+import dev.qkv.kernel.PerThread;
 import dev.qkv.kernel.Vectorization;
 import dev.qkv.tensor.Shapes;
 import dev.qkv.tensor.Tensor;
@@ -241,9 +242,11 @@ public final class MultiHeadAttention {
             return;
         }
         take(ws);
+        PerThread.Lease lease = PerThread.enter();
         try {
             forwardIn(x, kv, out, options, ws);
         } finally {
+            PerThread.exit(lease);
             ws.release();
         }
     }
@@ -327,9 +330,11 @@ public final class MultiHeadAttention {
             return;
         }
         take(ws);
+        PerThread.Lease lease = PerThread.enter();
         try {
             decodeIn(x, cache, out, ws);
         } finally {
+            PerThread.exit(lease);
             ws.release();
         }
     }

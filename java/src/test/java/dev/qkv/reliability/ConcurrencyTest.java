@@ -7,6 +7,7 @@ import dev.qkv.attention.SdpaOptions;
 import dev.qkv.attention.Workspace;
 import dev.qkv.blas.OpenBlas;
 import dev.qkv.blas.Transpose;
+import dev.qkv.kernel.PerThread;
 import dev.qkv.tensor.Tensor;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
@@ -182,6 +183,52 @@ class ConcurrencyTest {
                 perThread.add(withExpected(att, calls(arena, r, 3, qkv)));
             }
             assertEquals("none", race(att, perThread, false, arena), "seed=" + seed);
+        }
+    }
+
+    /**
+     * Virtual threads, one per call as a request server runs them, more at once than {@link PerThread#LEASES}:
+     * their scratch comes from the pool of leases (see {@link PerThread}), which calls in flight never share, so
+     * every result has the bits of the same call made alone on a platform thread.
+     */
+    @ParameterizedTest
+    @EnumSource(value = Backend.class, names = {"NATIVE", "JAVA", "AUTO"})
+    void aVirtualThreadPerCallMatchesSerialCallsBitForBit(Backend backend) throws Exception {
+        long seed = Fuzz.seed("concurrency-virtual-" + backend);
+        Attention att = Attention.create(backend);
+        try (Arena arena = Arena.ofShared()) {
+            Random r = new Random(seed);
+            List<Call> calls = withExpected(att, calls(arena, r, 12, null));
+            int n = Math.max(3 * PerThread.LEASES, 4 * calls.size());
+            List<Future<String>> results = new ArrayList<>();
+            try (ExecutorService pool = Executors.newVirtualThreadPerTaskExecutor()) {
+                for (int i = 0; i < n; i++) {
+                    Call c = calls.get(i % calls.size());
+                    Tensor out = Tensor.allocate(arena, c.out.shape()).fill(Float.NaN);
+                    boolean ownWorkspace = i % 3 == 0;
+                    Workspace ws = ownWorkspace ? Workspace.allocate(arena, 8 << 20) : null;
+                    int task = i;
+                    results.add(pool.submit(() -> {
+                        if (ws != null) {
+                            att.sdpa(c.q, c.k, c.v, out, c.options, ws);
+                        } else {
+                            att.sdpa(c.q, c.k, c.v, out, c.options);
+                        }
+                        int[] got = bits(out);
+                        for (int e = 0; e < got.length; e++) {
+                            if (got[e] != c.expected[e]) {
+                                return "task " + task + " q=" + c.q + " k=" + c.k + " element " + e + ": "
+                                        + Float.intBitsToFloat(got[e]) + " instead of "
+                                        + Float.intBitsToFloat(c.expected[e]);
+                            }
+                        }
+                        return "none";
+                    }));
+                }
+                for (Future<String> f : results) {
+                    assertEquals("none", f.get(), "seed=" + seed);
+                }
+            }
         }
     }
 

@@ -48,7 +48,16 @@ class MhaConcurrencyTest {
 
     /** Runs every task once per round, all threads released together; returns each task's results per round. */
     private static List<List<int[]>> race(List<Callable<int[]>> tasks) throws Exception {
-        ExecutorService pool = Executors.newFixedThreadPool(tasks.size());
+        return race(tasks, false);
+    }
+
+    /**
+     * {@link #race(List)} on platform threads, or on a fresh virtual thread per task and round (a request server's
+     * threads, whose scratch comes from {@link dev.qkv.kernel.PerThread}'s leases).
+     */
+    private static List<List<int[]>> race(List<Callable<int[]>> tasks, boolean virtual) throws Exception {
+        ExecutorService pool = virtual ? Executors.newVirtualThreadPerTaskExecutor()
+                : Executors.newFixedThreadPool(tasks.size());
         try {
             List<List<int[]>> all = new ArrayList<>();
             for (int round = 0; round < ROUNDS; round++) {
@@ -123,6 +132,7 @@ class MhaConcurrencyTest {
                 serial.add(t.call());
             }
             assertSame(serial, race(tasks), backend + " forward");
+            assertSame(serial, race(tasks, true), backend + " forward, virtual threads");
         }
     }
 
@@ -204,6 +214,7 @@ class MhaConcurrencyTest {
                 serial.add(t.call());
             }
             assertSame(serial, race(tasks), backend + " decode");
+            assertSame(serial, race(tasks, true), backend + " decode, virtual threads");
         }
     }
 }
