@@ -1,0 +1,90 @@
+package dev.qkv.bench;
+
+import jdk.incubator.vector.FloatVector;
+import jdk.incubator.vector.VectorOperators;
+import jdk.incubator.vector.VectorSpecies;
+import org.openjdk.jmh.annotations.Benchmark;
+import org.openjdk.jmh.annotations.BenchmarkMode;
+import org.openjdk.jmh.annotations.Fork;
+import org.openjdk.jmh.annotations.Measurement;
+import org.openjdk.jmh.annotations.Mode;
+import org.openjdk.jmh.annotations.OperationsPerInvocation;
+import org.openjdk.jmh.annotations.OutputTimeUnit;
+import org.openjdk.jmh.annotations.Scope;
+import org.openjdk.jmh.annotations.Setup;
+import org.openjdk.jmh.annotations.State;
+import org.openjdk.jmh.annotations.Warmup;
+
+import java.util.concurrent.TimeUnit;
+
+/**
+ * The machine's fp32 FMA peak, measured rather than assumed: 16 independent chains of vector FMAs (enough to
+ * cover the FMA latency on two ports), nothing loaded or stored. The score is GFLOP/s (one operation = one
+ * FLOP, per nanosecond); with {@code -t 2} JMH sums both threads. RESULTS.md's "% of peak" columns divide by
+ * the issue's nominal 216 / 434 GFLOP/s; this is what the cores sustain.
+ */
+@State(Scope.Thread)
+@BenchmarkMode(Mode.Throughput)
+@OutputTimeUnit(TimeUnit.NANOSECONDS)
+@Warmup(iterations = 3, time = 1)
+@Measurement(iterations = 5, time = 1)
+@Fork(value = 1, jvmArgsPrepend = {"--add-modules", "jdk.incubator.vector"})
+public class PeakBench {
+    private static final VectorSpecies<Float> S = FloatVector.SPECIES_PREFERRED;
+    private static final int STEPS = 100_000;
+    private static final int CHAINS = 16;
+
+    private float seed;
+
+    @Setup
+    public void setup() {
+        seed = 1f;
+        System.out.println("# qkv peak: " + S.length() + " floats per vector, " + CHAINS + " FMA chains");
+    }
+
+    @Benchmark
+    @OperationsPerInvocation(STEPS * CHAINS * 2 * 16)
+    public float fma() {
+        if (S.length() != 16) {
+            throw new IllegalStateException("OperationsPerInvocation assumes 16 floats per vector, not " + S.length());
+        }
+        FloatVector m = FloatVector.broadcast(S, 0.9999999f);
+        FloatVector c = FloatVector.broadcast(S, 1e-7f);
+        FloatVector a0 = FloatVector.broadcast(S, seed);
+        FloatVector a1 = a0.add(1f);
+        FloatVector a2 = a0.add(2f);
+        FloatVector a3 = a0.add(3f);
+        FloatVector a4 = a0.add(4f);
+        FloatVector a5 = a0.add(5f);
+        FloatVector a6 = a0.add(6f);
+        FloatVector a7 = a0.add(7f);
+        FloatVector a8 = a0.add(8f);
+        FloatVector a9 = a0.add(9f);
+        FloatVector a10 = a0.add(10f);
+        FloatVector a11 = a0.add(11f);
+        FloatVector a12 = a0.add(12f);
+        FloatVector a13 = a0.add(13f);
+        FloatVector a14 = a0.add(14f);
+        FloatVector a15 = a0.add(15f);
+        for (int i = 0; i < STEPS; i++) {
+            a0 = a0.fma(m, c);
+            a1 = a1.fma(m, c);
+            a2 = a2.fma(m, c);
+            a3 = a3.fma(m, c);
+            a4 = a4.fma(m, c);
+            a5 = a5.fma(m, c);
+            a6 = a6.fma(m, c);
+            a7 = a7.fma(m, c);
+            a8 = a8.fma(m, c);
+            a9 = a9.fma(m, c);
+            a10 = a10.fma(m, c);
+            a11 = a11.fma(m, c);
+            a12 = a12.fma(m, c);
+            a13 = a13.fma(m, c);
+            a14 = a14.fma(m, c);
+            a15 = a15.fma(m, c);
+        }
+        return a0.add(a1).add(a2).add(a3).add(a4).add(a5).add(a6).add(a7).add(a8).add(a9).add(a10).add(a11)
+                .add(a12).add(a13).add(a14).add(a15).reduceLanes(VectorOperators.ADD);
+    }
+}
