@@ -26,7 +26,8 @@ import java.util.regex.Pattern;
 
 /**
  * A long run of mixed calls (every backend, matmul, valid and rejected arguments, per-call and long-lived arenas,
- * caller and per-thread workspaces, short-lived threads) that fails when memory grows.
+ * caller and per-thread workspaces, short-lived platform threads and a fresh virtual thread per call) that fails
+ * when memory grows.
  *
  * <p>It samples, after a full GC, the heap in use, the resident set ({@code VmRSS}), the JVM's native memory
  * (NMT total and its {@code Other} category, where FFM arenas allocate; needs
@@ -86,6 +87,15 @@ public final class Soak {
                     Thread t = new Thread(() -> freshCall(new Random(seed ^ 77), backends));
                     t.start();
                     t.join();
+                } else if (i % 5 == 0) {
+                    // a fresh virtual thread per call, as a request server runs them: its scratch is leased
+                    // (dev.qkv.kernel.PerThread), so neither heap nor native memory may grow with their number
+                    Attention att = backends[r.nextInt(2)];
+                    long s = r.nextLong();
+                    Thread.ofVirtual().start(() -> {
+                        att.sdpa(q, k, v, out, SdpaOptions.CAUSAL);
+                        freshCall(new Random(s), backends);
+                    }).join();
                 }
                 boolean tenth = i > warmup && (i - warmup) % Math.max(1, (calls - warmup) / 9) == 0;
                 if (i == warmup || tenth || i == calls) {
