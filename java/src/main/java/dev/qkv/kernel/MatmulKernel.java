@@ -36,7 +36,7 @@ public abstract class MatmulKernel {
             return;
         }
         // the Java kernels' scratch is kept per thread; a virtual thread borrows it for the call (see PerThread)
-        PerThread.Lease lease = PerThread.enter();
+        PerThread.Lease lease = requiresNative() ? null : PerThread.enter();
         try {
             kernel(ta, tb, m, n, k, alpha, a, aOffset, lda, b, bOffset, ldb, beta, c, cOffset, ldc);
         } finally {

@@ -1,5 +1,6 @@
 package dev.qkv.kernel;
 
+import java.util.Arrays;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.atomic.AtomicReferenceArray;
 import java.util.function.Supplier;
@@ -13,19 +14,21 @@ import java.util.function.Supplier;
  * tile per call, and 125-142 µs instead of 32 µs. So on a virtual thread the scratch belongs to a {@link Lease}
  * that a public entry point takes for the duration of its call ({@link #enter}, {@link #exit}) from a pool
  * shared by all virtual threads: at most {@link #LEASES} leases stay pooled (each with the scratch its calls
- * grew), however many virtual threads come and go.
+ * grew, as large as the largest call it served), however many virtual threads come and go. A virtual thread
+ * outside an entry point (a lower-level API such as {@code PackedKernels}) keeps scratch per thread, as before.
  *
- * <p>Only {@code static final} instances: each takes one of {@link #MAX_SLOTS} slots of every lease.
+ * <p>Meant for {@code static final} instances: each takes a slot of every lease that uses it, for good.
  */
 public final class PerThread<T> {
 
-    /** Slots of a lease: one per {@code static final} instance in this library. */
-    static final int MAX_SLOTS = 8;
     /** Leases kept for reuse; more concurrent virtual callers get fresh ones, dropped on return. */
     public static final int LEASES = Math.max(8, 4 * Runtime.getRuntime().availableProcessors());
 
     private static final AtomicInteger NEXT_SLOT = new AtomicInteger();
-    /** The lease of a virtual thread inside an entry point; null outside (the entry stays, so set costs nothing). */
+    /**
+     * The lease of a virtual thread inside an entry point; null outside. The first {@code enter} of a virtual
+     * thread makes its ThreadLocal map and entry (~140 B); later ones on the same thread allocate nothing.
+     */
     private static final ThreadLocal<Lease> CURRENT = new ThreadLocal<>();
     private static final Spares<Lease> POOL = new Spares<>(LEASES);
 
@@ -37,9 +40,6 @@ public final class PerThread<T> {
         this.factory = factory;
         this.platform = ThreadLocal.withInitial(factory);
         this.slot = NEXT_SLOT.getAndIncrement();
-        if (slot >= MAX_SLOTS) {
-            throw new IllegalStateException("more than " + MAX_SLOTS + " PerThread instances");
-        }
     }
 
     /** Scratch made by {@code factory} on first use in a thread (or lease). */
@@ -47,10 +47,7 @@ public final class PerThread<T> {
         return new PerThread<>(factory);
     }
 
-    /**
-     * This thread's scratch; on a virtual thread, its lease's. A virtual thread outside any entry point (no
-     * lease) gets a new object, valid for the caller's use only.
-     */
+    /** This thread's scratch: on a virtual thread inside an entry point, its lease's. */
     @SuppressWarnings("unchecked")
     public T get() {
         if (!Thread.currentThread().isVirtual()) {
@@ -58,7 +55,10 @@ public final class PerThread<T> {
         }
         Lease l = CURRENT.get();
         if (l == null) {
-            return factory.get();
+            return platform.get();
+        }
+        if (slot >= l.values.length) {
+            l.values = Arrays.copyOf(l.values, Math.max(slot + 1, 2 * l.values.length));
         }
         Object v = l.values[slot];
         if (v == null) {
@@ -84,9 +84,17 @@ public final class PerThread<T> {
         return l;
     }
 
-    /** Ends the call {@link #enter} started, returning its lease to the pool. */
+    /**
+     * Ends the call {@link #enter} started, returning its lease to the pool.
+     *
+     * @throws IllegalStateException when {@code lease} is not this thread's current lease (ended twice, or
+     *                               another thread's): it must never reach the pool twice
+     */
     public static void exit(Lease lease) {
         if (lease != null) {
+            if (CURRENT.get() != lease) {
+                throw new IllegalStateException("not this thread's current scratch lease");
+            }
             CURRENT.set(null);
             POOL.give(lease);
         }
@@ -99,7 +107,8 @@ public final class PerThread<T> {
 
     /** The scratch of one virtual-thread call at a time: one object per {@link PerThread} slot. */
     public static final class Lease {
-        private final Object[] values = new Object[MAX_SLOTS];
+        /** By slot; the library's own instances fit the first size, later ones grow it once per lease. */
+        private Object[] values = new Object[8];
 
         private Lease() {
         }

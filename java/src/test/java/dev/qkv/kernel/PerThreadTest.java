@@ -22,7 +22,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * {@link PerThread#LEASES} leases kept however many virtual threads come and go.
  */
 class PerThreadTest {
-    /** The one instance of this test (each takes a slot of every lease). */
+    /** This test's instance (each takes a slot of every lease that uses it). */
     private static final AtomicInteger MADE = new AtomicInteger();
     private static final PerThread<Object> SCRATCH = PerThread.withInitial(() -> {
         MADE.incrementAndGet();
@@ -134,14 +134,61 @@ class PerThreadTest {
     }
 
     @Test
-    void aVirtualThreadOutsideAnyCallGetsItsOwnObjectEachTime() throws Exception {
-        Object[] got = new Object[2];
+    void aVirtualThreadOutsideAnyCallKeepsOneObjectLikeAPlatformThread() throws Exception {
+        Object[] got = new Object[3];
         Thread t = Thread.ofVirtual().start(() -> {
             got[0] = SCRATCH.get();
             got[1] = SCRATCH.get();
+            PerThread.Lease lease = PerThread.enter();
+            try {
+                got[2] = SCRATCH.get();
+            } finally {
+                PerThread.exit(lease);
+            }
         });
         t.join();
-        assertNotSame(got[0], got[1]);
+        assertSame(got[0], got[1], "a lower-level API called on a virtual thread must not allocate per call");
+        assertNotSame(got[0], got[2], "inside a call the lease's");
+    }
+
+    @Test
+    void endingALeaseTwiceIsRefusedSoItNeverReachesThePoolTwice() throws Exception {
+        Throwable[] thrown = new Throwable[1];
+        Thread t = Thread.ofVirtual().start(() -> {
+            PerThread.Lease lease = PerThread.enter();
+            PerThread.exit(lease);
+            try {
+                PerThread.exit(lease);
+            } catch (IllegalStateException e) {
+                thrown[0] = e;
+            }
+        });
+        t.join();
+        assertNotNull(thrown[0]);
+    }
+
+    @Test
+    void moreInstancesThanALeaseFirstHoldsStillWork() throws Exception {
+        List<PerThread<int[]>> many = new ArrayList<>();
+        for (int i = 0; i < 12; i++) {
+            int id = i;
+            many.add(PerThread.withInitial(() -> new int[] {id}));
+        }
+        int[] seen = new int[12];
+        Thread t = Thread.ofVirtual().start(() -> {
+            PerThread.Lease lease = PerThread.enter();
+            try {
+                for (int i = 0; i < many.size(); i++) {
+                    seen[i] = many.get(i).get()[0];
+                }
+            } finally {
+                PerThread.exit(lease);
+            }
+        });
+        t.join();
+        for (int i = 0; i < seen.length; i++) {
+            assertEquals(i, seen[i]);
+        }
     }
 
     @Test
