@@ -27,8 +27,9 @@ import java.util.concurrent.TimeUnit;
  * (p50 to p99.99 and the worst), so a pause, a wake-up or a recompilation shows in the tail instead of being
  * averaged away. {@link #oneCaller} is one request thread; {@link #twoCallers} is two request threads sharing
  * one {@link Attention} (it is thread-safe) and the process-wide pool, each with its own output, which is where
- * a pool that oversubscribed the cores, or a lock, would show. With {@code -prof gc} the run also shows that no
- * collection happens (the calls allocate nothing).
+ * a pool that oversubscribed the cores, or a lock, would show. {@link #freshVirtualThread} is a call on a new
+ * virtual thread, as servers with a virtual thread per request make them. With {@code -prof gc} the run also shows
+ * that no collection happens (the calls allocate nothing; a virtual thread itself allocates about 0.5 KB).
  *
  * <pre>
  * $J LatencyBench -f 1 -wi 2 -w 2s -i 3 -r 3s -prof gc
@@ -118,6 +119,27 @@ public class LatencyBench {
     public Tensor twoCallers(Output o) {
         attention.sdpa(q, k, v, o.out, options);
         return o.out;
+    }
+
+    /**
+     * One call on a fresh virtual thread, started and joined, as a server with a virtual thread per request runs
+     * it: the call's scratch is leased ({@code dev.qkv.kernel.PerThread}), not made for the new thread. Compare
+     * with {@link #freshVirtualThreadAlone}, the same thread without the call.
+     */
+    @Benchmark
+    @Threads(1)
+    public Tensor freshVirtualThread(Output o) throws InterruptedException {
+        Thread.ofVirtual().start(() -> attention.sdpa(q, k, v, o.out, options)).join();
+        return o.out;
+    }
+
+    /** Starting and joining a virtual thread that does nothing: the part of {@link #freshVirtualThread} not qkv's. */
+    @Benchmark
+    @Threads(1)
+    public Thread freshVirtualThreadAlone() throws InterruptedException {
+        Thread t = Thread.ofVirtual().start(() -> { });
+        t.join();
+        return t;
     }
 
     @TearDown(Level.Trial)
