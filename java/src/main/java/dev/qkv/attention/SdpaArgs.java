@@ -160,6 +160,10 @@ final class SdpaArgs {
         if (!t.isAlive()) {
             throw new IllegalStateException(t.describe(name) + ": its arena is closed");
         }
+        if (!t.segment().isAccessibleBy(Thread.currentThread())) {
+            // before any work: the JDK's own check would come mid-call, after part of the output was written
+            throw new WrongThreadException(t.describe(name) + ": its arena is confined to another thread");
+        }
     }
 
     private static void checkMask(Tensor m, long b, long hq, long lq, long lk) {

@@ -52,10 +52,13 @@ public final class Workspace {
         return segment;
     }
 
-    /** Refuses a workspace whose arena is closed. */
+    /** Refuses a workspace whose arena is closed, or confined to another thread. */
     void requireAlive() {
         if (!segment.scope().isAlive()) {
             throw new IllegalStateException("workspace: its arena is closed");
+        }
+        if (!segment.isAccessibleBy(Thread.currentThread())) {
+            throw new WrongThreadException("workspace: its arena is confined to another thread");
         }
     }
 

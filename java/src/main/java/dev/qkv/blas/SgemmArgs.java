@@ -59,6 +59,10 @@ public final class SgemmArgs {
         if (!s.scope().isAlive()) {
             throw new IllegalStateException(fn + ": " + name + " [" + rows + ", " + cols + "]: its arena is closed");
         }
+        if (!s.isAccessibleBy(Thread.currentThread())) {
+            throw new WrongThreadException(fn + ": " + name + " [" + rows + ", " + cols
+                    + "]: its arena is confined to another thread");
+        }
         if (ld < Math.max(1, cols)) {
             throw new IllegalArgumentException(fn + ": " + name + " [" + rows + ", " + cols + "]: leading dimension "
                     + ld + " < " + Math.max(1, cols));

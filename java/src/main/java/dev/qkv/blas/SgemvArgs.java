@@ -59,6 +59,9 @@ public final class SgemvArgs {
         if (!s.scope().isAlive()) {
             throw new IllegalStateException("sgemv: " + name + " [" + len + "]: its arena is closed");
         }
+        if (!s.isAccessibleBy(Thread.currentThread())) {
+            throw new WrongThreadException("sgemv: " + name + " [" + len + "]: its arena is confined to another thread");
+        }
         if (inc < 1) {
             throw new IllegalArgumentException("sgemv: " + name + " [" + len + "]: increment " + inc + " < 1");
         }

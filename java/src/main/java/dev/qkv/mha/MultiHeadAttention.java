@@ -362,6 +362,9 @@ public final class MultiHeadAttention {
         if (!cache.k().scope().isAlive()) {
             throw new IllegalStateException(cache.describe() + ": its arena is closed");
         }
+        if (!cache.k().isAccessibleBy(Thread.currentThread())) {
+            throw new WrongThreadException(cache.describe() + ": its arena is confined to another thread");
+        }
         checkWeights(out);
         if (cache.overlaps(out)) {
             // the step writes out after reading the cache: every later step would attend to the overwrite
@@ -650,6 +653,9 @@ public final class MultiHeadAttention {
         if (!t.isAlive()) {
             throw new IllegalStateException(t.describe(name) + ": its arena is closed");
         }
+        if (!t.segment().isAccessibleBy(Thread.currentThread())) {
+            throw new WrongThreadException(t.describe(name) + ": its arena is confined to another thread");
+        }
         if (name.equals("out") && t.elementCount() > 0) {
             if (t.segment().isReadOnly()) {
                 // e.g. a weight of a read-only safetensors mapping: OpenBLAS writing into it would crash the JVM
@@ -705,6 +711,9 @@ public final class MultiHeadAttention {
             if (ts[i] != null && !ts[i].isAlive()) {
                 throw new IllegalStateException(ts[i].describe(names[i]) + ": its arena is closed");
             }
+            if (ts[i] != null && !ts[i].segment().isAccessibleBy(Thread.currentThread())) {
+                throw new WrongThreadException(ts[i].describe(names[i]) + ": its arena is confined to another thread");
+            }
         }
         for (int i = 0; i < ts.length; i++) {
             // writing there would change the layer for every later call and every other thread
@@ -742,6 +751,9 @@ public final class MultiHeadAttention {
         MemorySegment seg = ws.floats();
         if (!seg.scope().isAlive()) {
             throw new IllegalStateException("workspace: its arena is closed");
+        }
+        if (!seg.isAccessibleBy(Thread.currentThread())) {
+            throw new WrongThreadException("workspace: its arena is confined to another thread");
         }
         long need = Math.multiplyExact(needFloats, Float.BYTES);
         if (seg.byteSize() < need) {
