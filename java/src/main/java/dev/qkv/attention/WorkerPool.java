@@ -59,6 +59,8 @@ public final class WorkerPool {
     private final AtomicReference<Throwable> failure = new AtomicReference<>();
     /** Threads inside {@link #run} now, each computing on its own core (see "Concurrent callers" above). */
     private final AtomicInteger callers = new AtomicInteger();
+    /** Pool threads inside {@link #drain} now: a caller that leaves abnormally waits for them (see run). */
+    private final AtomicInteger helping = new AtomicInteger();
     private volatile long generation;
     private volatile int helpers;
     private volatile int taskCount;
@@ -134,20 +136,34 @@ public final class WorkerPool {
             caller = Thread.currentThread();
             state.set(g << 32);
             generation = g;
-            for (int i = 0; i < h; i++) {
-                LockSupport.unpark(threads[i]);
-            }
-            drain(job, g, count, 0);
-            int spins = 0;
-            while (pending.get() > 0) {
-                if (++spins < 2000) {
-                    Thread.onSpinWait();
-                } else {
-                    LockSupport.park(this);
+            boolean finished = false;
+            try {
+                for (int i = 0; i < h; i++) {
+                    LockSupport.unpark(threads[i]);
                 }
+                drain(job, g, count, 0);
+                int spins = 0;
+                while (pending.get() > 0) {
+                    if (++spins < 2000) {
+                        Thread.onSpinWait();
+                    } else {
+                        LockSupport.park(this);
+                    }
+                }
+                finished = true;
+            } finally {
+                state.set(g << 32 | CLOSED);
+                if (!finished) {
+                    // the caller's own part threw outside a task (a StackOverflowError in drain's handler, say):
+                    // no helper may still run a task of this call, or count it down in the next call, once it
+                    // leaves. The call is closed, so they claim nothing more; wait for the tasks they hold. Only
+                    // intrinsics here: the stack may be nearly full.
+                    while (helping.get() != 0) {
+                        Thread.onSpinWait();
+                    }
+                }
+                tasks = null;
             }
-            state.set(g << 32 | CLOSED);
-            tasks = null;
             Throwable f = failure.get();
             if (f != null) {
                 failure.set(null);
@@ -237,7 +253,12 @@ public final class WorkerPool {
             Tasks job = tasks;
             int count = taskCount;
             if (job != null) {
-                drain(job, g, count, index + 1);
+                helping.incrementAndGet();
+                try {
+                    drain(job, g, count, index + 1);
+                } finally {
+                    helping.decrementAndGet();
+                }
             }
             spinUntil = SPIN_NANOS == 0 ? 0 : System.nanoTime() + SPIN_NANOS;
         }

@@ -203,4 +203,36 @@ class WorkerPoolTest {
             System.clearProperty(name);
         }
     }
+
+    /**
+     * A call whose caller runs out of stack inside the pool must not leave the call open: once {@code run} has
+     * returned or thrown, no task of the call may start or still run on a pool thread (before the fix, a helper
+     * went on with the call's tasks, and could count down or fail the next call). {@link PoolOverflowProbe} sweeps
+     * the caller's depth across the overflow point, here and in a JVM that keeps the pool interpreted, as in a
+     * process's first calls: there the pool's own handler of the task's error overflows, which compiled code,
+     * with that handler inlined, does less often (the old pool failed both: 3207-3380 tasks ran late).
+     */
+    @Test
+    void noTaskRunsAfterACallerThatOverflowedItsStackLeaves() throws Exception {
+        assumeTrue(POOL.helpers() > 0, "one core: no pool threads");
+        int[] here = PoolOverflowProbe.sweep();
+        assertTrue(here[0] > 0, "the sweep never reached the pool");
+        assertEquals(0, here[1], "tasks ran on a pool thread after their caller left (" + here[0] + " calls threw)");
+        List<String> cmd = new ArrayList<>(List.of(ProcessHandle.current().info().command().orElseThrow(),
+                "-XX:CompileCommand=quiet", "-XX:CompileCommand=exclude,dev.qkv.attention.WorkerPool::*",
+                "--enable-native-access=ALL-UNNAMED", "--add-modules", "jdk.incubator.vector",
+                "-cp", System.getProperty("java.class.path"), PoolOverflowProbe.class.getName()));
+        Process p = new ProcessBuilder(cmd).redirectErrorStream(true).start();
+        String out = new String(p.getInputStream().readAllBytes(), java.nio.charset.StandardCharsets.UTF_8);
+        assertTrue(p.waitFor(WAIT_S * 6, TimeUnit.SECONDS), "child timed out");
+        assertEquals(0, p.exitValue(), out);
+        String last = out.strip().lines().reduce((a, b) -> b).orElse("");
+        assertTrue(last.matches("escaped=[1-9][0-9]* late=0"), "interpreted pool: " + last);
+        // and the pool still works
+        AtomicIntegerArray done = new AtomicIntegerArray(8);
+        POOL.run((task, worker) -> done.incrementAndGet(task), 8, 1);
+        for (int i = 0; i < 8; i++) {
+            assertEquals(1, done.get(i));
+        }
+    }
 }
