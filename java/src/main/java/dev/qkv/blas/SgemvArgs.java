@@ -60,7 +60,8 @@ public final class SgemvArgs {
             throw new IllegalStateException("sgemv: " + name + " [" + len + "]: its arena is closed");
         }
         if (!s.isAccessibleBy(Thread.currentThread())) {
-            throw new WrongThreadException("sgemv: " + name + " [" + len + "]: its arena is confined to another thread");
+            throw new WrongThreadException("sgemv: " + name + " [" + len
+                    + "]: its arena is confined to another thread");
         }
         if (inc < 1) {
             throw new IllegalArgumentException("sgemv: " + name + " [" + len + "]: increment " + inc + " < 1");

@@ -14,7 +14,7 @@ final class PackedMatmul extends MatmulKernel {
     private static final int COLS = 512;
 
     private final PackedKernels kernels;
-    /** Static: one slot of {@link PerThread} however many instances (there is one, {@code MatmulKernel.javaVector()}). */
+    /** Static: one slot of {@link PerThread} for all instances (there is one: {@code MatmulKernel.javaVector()}). */
     private static final PerThread<Buffers> BUFFERS = PerThread.withInitial(Buffers::new);
 
     PackedMatmul(PackedKernels kernels) {

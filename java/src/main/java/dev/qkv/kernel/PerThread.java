@@ -11,7 +11,8 @@ import java.util.function.Supplier;
  * <p>On a platform thread {@link #get} is a {@link ThreadLocal}: grown on first use, then reused, so steady-state
  * calls allocate nothing. A virtual thread usually serves one request and ends, so scratch kept per virtual
  * thread would be made again for every call: measured on [1, 1, 128, 64], 76 KB of heap and a fresh off-heap
- * tile per call, and 125-142 µs instead of 32 µs. So on a virtual thread the scratch belongs to a {@link Lease}
+ * tile per call, and 43-80 µs beyond starting the thread against 27-30 µs on a reused one (bench/RESULTS.md,
+ * round 14). So on a virtual thread the scratch belongs to a {@link Lease}
  * that a public entry point takes for the duration of its call ({@link #enter}, {@link #exit}) from a pool
  * shared by all virtual threads: at most {@link #LEASES} leases stay pooled (each with the scratch its calls
  * grew, as large as the largest call it served), however many virtual threads come and go. A virtual thread
