@@ -94,7 +94,7 @@ soak: $(STAMP)
 # bench/ (about 15 minutes); bench/RESULTS.md has the commands behind its table. BENCH_ARGS adds JMH options.
 BENCH_SHORT := -f 1 -wi 2 -w 1s -i 2 -r 1s -prof gc -p shape=1x1x128x64,1x8x2048x64
 bench: $(STAMP)
-	$(JAVA) $(JVM_FLAGS) -jar bench/target/benchmarks.jar $(BENCH_SHORT) $(BENCH_ARGS) 'SdpaBench|DecodeBench|DecodeFloorBench'
+	$(JAVA) $(JVM_FLAGS) -jar bench/target/benchmarks.jar $(BENCH_SHORT) $(BENCH_ARGS) 'SdpaBench|DecodeBench|DecodeFloorBench|PeakBench'
 
 bench-full: $(STAMP)
 	$(JAVA) $(JVM_FLAGS) -jar bench/target/benchmarks.jar -prof gc $(BENCH_ARGS)
