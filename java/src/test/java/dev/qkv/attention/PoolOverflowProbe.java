@@ -1,5 +1,6 @@
 package dev.qkv.attention;
 
+import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicInteger;
@@ -8,7 +9,8 @@ import java.util.concurrent.atomic.AtomicInteger;
  * Calls the shared {@link WorkerPool} at caller depths swept across the stack's overflow point, with tasks whose
  * caller part overflows at its entry (a large frame), and counts the tasks a pool thread ran after their caller
  * had left {@code run}. {@link WorkerPoolTest} runs it in-process and in a JVM that keeps the pool interpreted.
- * Prints {@code escaped=<calls that threw> late=<tasks run after their caller left>}.
+ * Prints {@code escaped=<calls that threw> late=<tasks run after their caller left> helper=<yes|no>}, the last
+ * whether a pool thread still takes part in a call afterwards.
  */
 public final class PoolOverflowProbe {
     private static final WorkerPool POOL = WorkerPool.SHARED;
@@ -18,7 +20,32 @@ public final class PoolOverflowProbe {
 
     public static void main(String[] args) throws Exception {
         int[] r = sweep();
-        System.out.println("escaped=" + r[0] + " late=" + r[1]);
+        boolean helper = helperTakesPart();
+        if (!helper) {
+            System.out.println("pool: " + POOL.describe());
+        }
+        System.out.println("escaped=" + r[0] + " late=" + r[1] + " helper=" + (helper ? "yes" : "no"));
+    }
+
+    /**
+     * True when a pool thread still takes part in a call: the caller's task waits (up to 20 s) for the other task
+     * to run on a helper; run on the caller alone, each task waits in vain. A pool left locked, or counting a caller that left, runs both on the caller.
+     */
+    static boolean helperTakesPart() throws InterruptedException {
+        CountDownLatch helped = new CountDownLatch(1);
+        // whichever task the caller claims waits for a helper to run the other (a helper may also run both)
+        POOL.run((task, worker) -> {
+            if (worker > 0) {
+                helped.countDown();
+            } else {
+                try {
+                    helped.await(20, TimeUnit.SECONDS);
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                }
+            }
+        }, 2, 1);
+        return helped.getCount() == 0;
     }
 
     /** {calls that threw, tasks run on a pool thread after their caller left}. */
