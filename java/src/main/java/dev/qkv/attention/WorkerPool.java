@@ -109,7 +109,9 @@ public final class WorkerPool {
         // the caller out, close the call and unlock, since each is a call made at nearly the depth at which one
         // just failed. One left undone disables the pool for the process (a lock never released: every later
         // call runs on its caller alone). Going STACK_PROBE_FRAMES large frames deeper first, and back, throws
-        // here, before any state changes, unless the stack holds that much more than the bookkeeping needs.
+        // here, before any state changes, unless the stack holds that much more than the bookkeeping needs. Drain's
+        // handler can still overflow the first time it runs (interpreted, linking its VarHandle call): the caller
+        // then gets that error instead of the task's, and the finally below still closes the call.
         probeStack(STACK_PROBE_FRAMES, 1.0);
         int active = callers.incrementAndGet();
         try {
