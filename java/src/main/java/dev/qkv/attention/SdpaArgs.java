@@ -80,12 +80,12 @@ final class SdpaArgs {
         if (mask != null) {
             checkMask(mask.values(), b, hq, lq, lk);
         }
-        alive("q", q);
-        alive("k", k);
-        alive("v", v);
-        alive("out", out);
+        q.requireUsable("q");
+        k.requireUsable("k");
+        v.requireUsable("v");
+        out.requireUsable("out");
         if (mask != null) {
-            alive("mask", mask.values());
+            mask.values().requireUsable("mask");
         }
         noOverlap(out, q, "q");
         noOverlap(out, k, "k");
@@ -153,16 +153,6 @@ final class SdpaArgs {
         }
         if (t.rank() != 4) {
             throw new IllegalArgumentException(t.describe(name) + ": expected rank 4 " + dims);
-        }
-    }
-
-    private static void alive(String name, Tensor t) {
-        if (!t.isAlive()) {
-            throw new IllegalStateException(t.describe(name) + ": its arena is closed");
-        }
-        if (!t.segment().isAccessibleBy(Thread.currentThread())) {
-            // before any work: the JDK's own check would come mid-call, after part of the output was written
-            throw new WrongThreadException(t.describe(name) + ": its arena is confined to another thread");
         }
     }
 

@@ -54,12 +54,7 @@ public final class Workspace {
 
     /** Refuses a workspace whose arena is closed, or confined to another thread. */
     void requireAlive() {
-        if (!segment.scope().isAlive()) {
-            throw new IllegalStateException("workspace: its arena is closed");
-        }
-        if (!segment.isAccessibleBy(Thread.currentThread())) {
-            throw new WrongThreadException("workspace: its arena is confined to another thread");
-        }
+        Tensor.requireUsable(segment, "workspace");
     }
 
     /** The whole workspace as a flat tensor (for overlap checks). */

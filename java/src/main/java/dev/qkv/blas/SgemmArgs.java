@@ -1,5 +1,7 @@
 package dev.qkv.blas;
 
+import dev.qkv.tensor.Tensor;
+
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 
@@ -56,12 +58,8 @@ public final class SgemmArgs {
         if (requireNative) {
             requireBlasReady(fn, name, s);
         }
-        if (!s.scope().isAlive()) {
-            throw new IllegalStateException(fn + ": " + name + " [" + rows + ", " + cols + "]: its arena is closed");
-        }
-        if (!s.isAccessibleBy(Thread.currentThread())) {
-            throw new WrongThreadException(fn + ": " + name + " [" + rows + ", " + cols
-                    + "]: its arena is confined to another thread");
+        if (!Tensor.usable(s)) {
+            Tensor.requireUsable(s, fn + ": " + name + " [" + rows + ", " + cols + "]");
         }
         if (ld < Math.max(1, cols)) {
             throw new IllegalArgumentException(fn + ": " + name + " [" + rows + ", " + cols + "]: leading dimension "

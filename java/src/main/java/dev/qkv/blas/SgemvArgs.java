@@ -1,5 +1,7 @@
 package dev.qkv.blas;
 
+import dev.qkv.tensor.Tensor;
+
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 
@@ -56,12 +58,8 @@ public final class SgemvArgs {
         if (requireNative) {
             SgemmArgs.requireBlasReady("sgemv", name, s);
         }
-        if (!s.scope().isAlive()) {
-            throw new IllegalStateException("sgemv: " + name + " [" + len + "]: its arena is closed");
-        }
-        if (!s.isAccessibleBy(Thread.currentThread())) {
-            throw new WrongThreadException("sgemv: " + name + " [" + len
-                    + "]: its arena is confined to another thread");
+        if (!Tensor.usable(s)) {
+            Tensor.requireUsable(s, "sgemv: " + name + " [" + len + "]");
         }
         if (inc < 1) {
             throw new IllegalArgumentException("sgemv: " + name + " [" + len + "]: increment " + inc + " < 1");

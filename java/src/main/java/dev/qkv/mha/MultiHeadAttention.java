@@ -359,11 +359,8 @@ public final class MultiHeadAttention {
             throw new IllegalArgumentException(cache.describe() + " does not fit this layer: Hkv=" + hkv
                     + ", Dh=" + dh);
         }
-        if (!cache.k().scope().isAlive()) {
-            throw new IllegalStateException(cache.describe() + ": its arena is closed");
-        }
-        if (!cache.k().isAccessibleBy(Thread.currentThread())) {
-            throw new WrongThreadException(cache.describe() + ": its arena is confined to another thread");
+        if (!Tensor.usable(cache.k())) {
+            Tensor.requireUsable(cache.k(), cache.describe());
         }
         checkWeights(out);
         if (cache.overlaps(out)) {
@@ -650,12 +647,7 @@ public final class MultiHeadAttention {
         if (t.size(0) > Integer.MAX_VALUE || t.size(1) > Integer.MAX_VALUE) {
             throw new IllegalArgumentException(t.describe(name) + ": dimensions must fit in an int");
         }
-        if (!t.isAlive()) {
-            throw new IllegalStateException(t.describe(name) + ": its arena is closed");
-        }
-        if (!t.segment().isAccessibleBy(Thread.currentThread())) {
-            throw new WrongThreadException(t.describe(name) + ": its arena is confined to another thread");
-        }
+        t.requireUsable(name);
         if (name.equals("out") && t.elementCount() > 0) {
             if (t.segment().isReadOnly()) {
                 // e.g. a weight of a read-only safetensors mapping: OpenBLAS writing into it would crash the JVM
@@ -708,11 +700,8 @@ public final class MultiHeadAttention {
         final String[] names = WEIGHT_NAMES;
         final Tensor[] ts = weightList;
         for (int i = 0; i < ts.length; i++) {
-            if (ts[i] != null && !ts[i].isAlive()) {
-                throw new IllegalStateException(ts[i].describe(names[i]) + ": its arena is closed");
-            }
-            if (ts[i] != null && !ts[i].segment().isAccessibleBy(Thread.currentThread())) {
-                throw new WrongThreadException(ts[i].describe(names[i]) + ": its arena is confined to another thread");
+            if (ts[i] != null) {
+                ts[i].requireUsable(names[i]);
             }
         }
         for (int i = 0; i < ts.length; i++) {
@@ -749,12 +738,7 @@ public final class MultiHeadAttention {
     private static MemorySegment checkWorkspace(MhaWorkspace ws, long needFloats, Tensor x) {
         Objects.requireNonNull(ws, "workspace (make one with newWorkspace)");
         MemorySegment seg = ws.floats();
-        if (!seg.scope().isAlive()) {
-            throw new IllegalStateException("workspace: its arena is closed");
-        }
-        if (!seg.isAccessibleBy(Thread.currentThread())) {
-            throw new WrongThreadException("workspace: its arena is confined to another thread");
-        }
+        Tensor.requireUsable(seg, "workspace");
         long need = Math.multiplyExact(needFloats, Float.BYTES);
         if (seg.byteSize() < need) {
             throw new IllegalArgumentException("workspace of " + seg.byteSize() + " projection bytes is too small for "

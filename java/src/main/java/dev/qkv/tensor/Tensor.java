@@ -229,6 +229,36 @@ public final class Tensor {
         return segment.scope().isAlive();
     }
 
+    /**
+     * Refuses this tensor, named {@code name} in the message with its shape, when this thread cannot use its
+     * memory (see {@link #requireUsable(MemorySegment, String)}).
+     */
+    public void requireUsable(String name) {
+        if (!usable(segment)) {
+            requireUsable(segment, describe(name));
+        }
+    }
+
+    /** True when this thread may use {@code s}: its arena is open and, if confined, confined to this thread. */
+    public static boolean usable(MemorySegment s) {
+        return s.scope().isAlive() && s.isAccessibleBy(Thread.currentThread());
+    }
+
+    /**
+     * Refuses {@code s} when this thread cannot use it, before any work: {@link IllegalStateException} when its
+     * arena is closed, {@link WrongThreadException} when it is confined to another thread (the JDK's own check
+     * would come mid-call, after part of an output was written). The message is {@code what} and the reason;
+     * callers whose {@code what} costs a string build test {@link #usable} first.
+     */
+    public static void requireUsable(MemorySegment s, String what) {
+        if (!s.scope().isAlive()) {
+            throw new IllegalStateException(what + ": its arena is closed");
+        }
+        if (!s.isAccessibleBy(Thread.currentThread())) {
+            throw new WrongThreadException(what + ": its arena is confined to another thread");
+        }
+    }
+
     /** True when the elements are laid out densely in row-major order (an empty tensor always is). */
     public boolean isContiguous() {
         if (elementCount() == 0) {
