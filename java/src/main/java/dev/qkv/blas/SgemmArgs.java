@@ -3,7 +3,6 @@ package dev.qkv.blas;
 import dev.qkv.tensor.Tensor;
 
 import java.lang.foreign.MemorySegment;
-import java.lang.foreign.ValueLayout;
 
 /**
  * The argument checks of a row-major single-precision matrix product, shared by the native and the Java
@@ -109,14 +108,9 @@ public final class SgemmArgs {
      */
     public static void betaTimesC(float beta, MemorySegment c, long cOffset, int m, int n, int ldc) {
         for (int i = 0; i < m; i++) {
-            for (int j = 0; j < n; j++) {
-                long at = cOffset + (long) i * ldc + j;
-                c.setAtIndex(F, at, beta == 0f ? 0f : beta * c.getAtIndex(F, at));
-            }
+            SgemvArgs.betaTimesY(beta, c, cOffset + (long) i * ldc, n, 1);
         }
     }
-
-    private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
 
     static boolean overlaps(MemorySegment x, long xFrom, long xTo, MemorySegment y, long yFrom, long yTo) {
         if (xTo <= xFrom || yTo <= yFrom) {
