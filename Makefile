@@ -61,7 +61,7 @@ test:
 # FUZZ_ARGS=-Dqkv.fuzz.seed=N replays or varies the random cases.
 FUZZ_ITERATIONS ?= 20000
 FUZZ_FORCED = -Dqkv.groupKeyBlockBytes=256 -Dqkv.keyBlock=64 -Dqkv.spanBlocks=3 -Dqkv.nativeSmallCalls=true \
-  -Dqkv.nativeSmallRows=16 -Dqkv.nativeSmallMnk=65536
+  -Dqkv.nativeSmallRows=16 -Dqkv.nativeSmallMnk=65536 -Dqkv.pool.spinMicros=50
 .PHONY: fuzz soak
 fuzz:
 	$(MVN) test -pl java -am -Dtest='dev/qkv/reliability/*Test' -Dsurefire.failIfNoSpecifiedTests=false \
@@ -69,8 +69,11 @@ fuzz:
 	@# again with small key blocks, so that the calls the fuzzers draw (a few hundred keys) take the grouped
 	@# few-query path in many blocks (Attention.GROUP_KEY_BLOCK_BYTES) and the online path in spans of 3 query
 	@# blocks (Attention.KEY_BLOCK, SPAN_BLOCKS); and the native engine in small calls on any OpenBLAS core, of
-	@# 16 rows and at most 16·64·64 multiply-adds, so that the fuzzers' calls cut into many (Attention.SMALL_MNK)
-	$(MVN) test -pl java -am -Dtest='dev/qkv/reliability/*FuzzTest' -Dsurefire.failIfNoSpecifiedTests=false \
+	@# 16 rows and at most 16·64·64 multiply-adds, so that the fuzzers' calls cut into many (Attention.SMALL_MNK);
+	@# with pool threads spinning between calls, so that small calls are shared (WorkerPool), the concurrency
+	@# tests too
+	$(MVN) test -pl java -am -Dtest='dev/qkv/reliability/*FuzzTest,dev/qkv/reliability/*ConcurrencyTest' \
+	  -Dsurefire.failIfNoSpecifiedTests=false \
 	  '-Dqkv.jvm.flags=$(JVM_FLAGS) $(FUZZ_FORCED)' $(FUZZ_ARGS)
 
 # Steady-state allocation, exactly: after a warm-up, rounds of 1000 calls must allocate 0 bytes on the Java heap

@@ -262,10 +262,10 @@ public final class Attention {
     private static final int CORES = Runtime.getRuntime().availableProcessors();
 
     /**
-     * {@link WorkerPool#MIN_PARALLEL_FLOPS} when the pool spins between calls ({@link WorkerPool#SPIN_NANOS}, off by
-     * default): a spinning helper starts without a wake-up, so the two 64-row tasks of [1, 1, 128, 64] (4 MFLOP)
-     * can run in parallel: native 21-25 µs when the second core is free (bench/RESULTS.md, round 3), and since
-     * round 4 the Java engine too, 23 µs, although each of its workers packs kᵀ and v of the head again.
+     * Calls from here to {@link WorkerPool#MIN_PARALLEL_FLOPS} are shared only with a pool thread spinning for the
+     * next call ({@link WorkerPool#spins}): it starts without a wake-up, so the two 64-row tasks of [1, 1, 128, 64]
+     * (4 MFLOP) can run in parallel: native 21-25 µs when the second core is free (bench/RESULTS.md, round 3), and
+     * since round 4 the Java engine too, 23 µs, although each of its workers packs kᵀ and v of the head again.
      */
     static final double SPIN_PARALLEL_MIN_FLOPS = 2e6;
 
@@ -741,7 +741,10 @@ public final class Attention {
          * query head (see {@link #runGroup}).
          */
         boolean groupTasks;
+        /** Workers planned for (each with its share of the workspace); a small call may run on fewer. */
         int workers;
+        /** Under {@link WorkerPool#MIN_PARALLEL_FLOPS}: shared only with a pool thread spinning for it. */
+        boolean smallShare;
         long perWorker;
         long qPackAt;
         long kPackAt;
@@ -876,9 +879,11 @@ public final class Attention {
                 // native backend's, before any work
                 SdpaArgs.requireNative(q, k, v, out);
             }
-            double parallelMin = WorkerPool.SHARED.spins() ? SPIN_PARALLEL_MIN_FLOPS
-                    : WorkerPool.MIN_PARALLEL_FLOPS;
+            // A small call is planned for the instance's threads when pool threads may spin, so that its workspace
+            // does not depend on the moment, and shared only if one spins when it runs (execute)
+            double parallelMin = WorkerPool.SHARED.canSpin() ? SPIN_PARALLEL_MIN_FLOPS : WorkerPool.MIN_PARALLEL_FLOPS;
             int want = flops < parallelMin || owner.threads == 1 || !shareable() ? 1 : owner.threads;
+            smallShare = flops < WorkerPool.MIN_PARALLEL_FLOPS;
             keyBlock = nativeEngine ? NATIVE_KEY_BLOCK : javaKeyBlock(dk, dv);
             int rows0 = BLOCK_ROWS;
             if (nativeEngine) {
@@ -1015,7 +1020,9 @@ public final class Attention {
                     }
                 }
                 callId = nextCallId();
-                WorkerPool.SHARED.run(this, tasks, workers - 1);
+                // a small call: helpers only if one spins for it now (else it asks one to, for the next call)
+                int helpers = workers > 1 && smallShare && !WorkerPool.SHARED.spins() ? 0 : workers - 1;
+                WorkerPool.SHARED.run(this, tasks, helpers);
             } finally {
                 release();
             }

@@ -20,14 +20,24 @@ import java.util.concurrent.locks.ReentrantLock;
  * tasks (after the one it is running) as soon as another caller comes in, leaving the rest to the call's own
  * thread. Two request threads on two cores then run one thread each, not three threads on two cores.
  *
- * <p><b>Spin policy.</b> A pool thread that has just finished a call's tasks spins ({@link Thread#onSpinWait})
- * for at most {@link #SPIN_NANOS} waiting for the next call before it parks, so back-to-back small calls (tens
- * of microseconds) find it running instead of paying a futex wake-up and a reschedule each time. The spin is
- * bounded and starts only after work: an idle pool is parked and uses no CPU, and a busy process pays at most
- * {@code SPIN_NANOS} of one core per call. The system property {@code qkv.pool.spinMicros} sets the bound;
- * the default is 0 (park at once): on the shared 2-core machine of bench/RESULTS.md (round 3) a 50 µs spin let
- * the tiny shape run in 21-23 µs on two threads when the second core was free, but under load the median stayed
- * at the one-thread time and JMH read 57-62 µs against 43-47, so spinning is for callers who own the cores.
+ * <p><b>Spin policy.</b> Waking a parked thread costs about as much as the half of a small call (tens of
+ * microseconds) it would take over, so calls under {@link #MIN_PARALLEL_FLOPS} are shared only with a pool thread
+ * that is spinning ({@link Thread#onSpinWait}) for the next call. Pool threads spin only when
+ * {@code qkv.pool.spinMicros} gives them a time ({@link #SPIN_NANOS}; 0 by default: they park at once), for at
+ * most that long, and only:
+ * <ul>
+ *   <li>after work: after a call's tasks, or when asked by a call that came less than a spin after the last one
+ *       ended (back-to-back calls; the asking call runs alone, the next finds the thread running). An idle pool
+ *       is parked and uses no CPU;</li>
+ *   <li>while the callers inside {@link #run} leave it a core;</li>
+ *   <li>while it gets its core. A pool thread reads its own CPU time when a spin starts and ends: if over
+ *       {@link #SHARE_WINDOW_NANOS} of spinning and helping it ran less than {@link #RUN_SHARE_MIN} of the time,
+ *       other threads or processes want the cores, and the pool spins no more for {@link #QUIET_MIN_NANOS},
+ *       twice as long each time in a row, up to {@link #QUIET_MAX_NANOS}.</li>
+ * </ul>
+ * Spinning stays off by default: on this project's shared 2-core machine a second core that looks free can
+ * still run slower than the first (other tenants of the host, which the CPU-time check does not always see), and
+ * a small call then waits for its half on the slower core (bench/RESULTS.md, rounds 3 and 15).
  */
 public final class WorkerPool {
 
@@ -42,13 +52,28 @@ public final class WorkerPool {
      */
     public static final double MIN_PARALLEL_FLOPS = 8e6;
 
-    /** How long a pool thread spins for the next call after finishing one (see the class comment). */
+    /** How long a pool thread spins for the next call (see the class comment); 0: it parks at once. */
     static final long SPIN_NANOS = Math.max(0, Long.getLong("qkv.pool.spinMicros", 0)) * 1000;
+
+    /** Wall time of spinning and helping over which a pool thread judges whether it had its core. */
+    static final long SHARE_WINDOW_NANOS = 10_000_000L;
+
+    /** The share of that time it must have run; less means other threads want the cores. */
+    static final double RUN_SHARE_MIN = 0.8;
+
+    /**
+     * How long the pool spins no more after a window short of its core; doubled when such a window ends less than
+     * {@link #QUIET_AGAIN_NANOS} after the last quiet period, up to the maximum.
+     */
+    static final long QUIET_MIN_NANOS = 100_000_000L;
+    static final long QUIET_MAX_NANOS = 1_600_000_000L;
+    static final long QUIET_AGAIN_NANOS = 1_000_000_000L;
 
     /** Low 32 bits of {@link #state} while a call's fields are being set or after it ended. */
     private static final long CLOSED = 0xFFFF_FFFFL;
 
-    static final WorkerPool SHARED = new WorkerPool(Math.max(0, Runtime.getRuntime().availableProcessors() - 1));
+    static final WorkerPool SHARED = new WorkerPool(Math.max(0, Runtime.getRuntime().availableProcessors() - 1),
+            SPIN_NANOS);
 
     private final ReentrantLock busy = new ReentrantLock();
     private final Thread[] threads;
@@ -62,13 +87,28 @@ public final class WorkerPool {
     /** Pool threads inside {@link #drain} now: a caller that leaves abnormally waits for them (see run). */
     private final AtomicInteger helping = new AtomicInteger();
     private volatile long generation;
+    /** Pool threads spinning for the next call now: a small call is shared only with them. */
+    private final AtomicInteger spinning = new AtomicInteger();
+    /** Set by {@link #spins} to ask pool thread 0 to spin before a call comes. */
+    private volatile boolean spinWanted;
+    /** System.nanoTime() at which the last call through {@link #run} ended. */
+    private volatile long lastEnd = System.nanoTime() - (1L << 40);
+    /** No spinning until this System.nanoTime() (see the class comment). */
+    private volatile long quietUntil = System.nanoTime() - (1L << 40);
+    /** The next quiet period; guarded by {@code this}. */
+    private long quietNanos = QUIET_MIN_NANOS;
     private volatile int helpers;
     private volatile int taskCount;
     private volatile Tasks tasks;
     private volatile Thread caller;
 
-    private WorkerPool(int size) {
+    /** How long this pool's threads spin for the next call: {@link #SPIN_NANOS} for the shared pool. */
+    private final long spinNanos;
+
+    /** A pool of {@code size} threads; tests make their own with spinning on. */
+    WorkerPool(int size, long spinNanos) {
         this.threads = new Thread[size];
+        this.spinNanos = spinNanos;
     }
 
     /**
@@ -118,6 +158,7 @@ public final class WorkerPool {
             run(job, count, wanted, active);
         } finally {
             callers.decrementAndGet();
+            lastEnd = System.nanoTime();
         }
     }
 
@@ -270,40 +311,191 @@ public final class WorkerPool {
                 .append(" state=").append(Long.toHexString(state.get())).toString();
     }
 
-    /** True when pool threads spin between calls (then a small call is worth sharing with them). */
+    /**
+     * True when a pool thread spins for the next call now (then a small call is worth sharing with it). When none
+     * does, a call that comes less than a spin after the last one ended, while the pool is not quiet and other
+     * callers leave a core, asks pool thread 0 to start spinning, for the calls that follow.
+     */
     boolean spins() {
-        return SPIN_NANOS > 0 && threads.length > 0;
+        if (spinning.get() > 0) {
+            return true;
+        }
+        if (spinNanos > 0 && threads.length > 0 && !spinWanted && CpuClock.SUPPORTED) {
+            long now = System.nanoTime();
+            if (now - lastEnd < spinNanos && now - quietUntil >= 0 && callers.get() < threads.length) {
+                if (threads[0] == null) {
+                    synchronized (this) {
+                        start(1);
+                    }
+                }
+                spinWanted = true;
+                LockSupport.unpark(threads[0]);
+            }
+        }
+        return false;
+    }
+
+    /** Pool threads spinning for the next call now. */
+    int spinningNow() {
+        return spinning.get();
+    }
+
+    /** True when every pool thread started so far is parked: the pool uses no CPU. */
+    boolean parked() {
+        for (Thread t : threads) {
+            if (t != null && t.getState() != Thread.State.WAITING) {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    /** True when pool threads spin for calls: a spin time is set and they can measure their share of a core. */
+    boolean canSpin() {
+        return spinNanos > 0 && threads.length > 0 && CpuClock.SUPPORTED;
+    }
+
+    /** True while the pool spins no more because its threads lately did not get their cores. */
+    boolean quiet() {
+        return System.nanoTime() - quietUntil < 0;
+    }
+
+    /** A window's verdict: whether the pool thread ran at least RUN_SHARE_MIN of it. */
+    private synchronized void judged(long now, boolean hadCore) {
+        if (hadCore) {
+            quietNanos = QUIET_MIN_NANOS;
+            return;
+        }
+        quietNanos = now - quietUntil < QUIET_AGAIN_NANOS ? Math.min(QUIET_MAX_NANOS, 2 * quietNanos) : QUIET_MIN_NANOS;
+        quietUntil = now + quietNanos;
+    }
+
+    /** The thread CPU clock, loaded when a pool thread first spins (java.management, optional). */
+    private static final class CpuClock {
+        static final java.lang.management.ThreadMXBean BEAN = bean();
+        static final boolean SUPPORTED = BEAN != null;
+
+        private static java.lang.management.ThreadMXBean bean() {
+            try {
+                java.lang.management.ThreadMXBean b = java.lang.management.ManagementFactory.getThreadMXBean();
+                return b.isCurrentThreadCpuTimeSupported() && b.isThreadCpuTimeEnabled() ? b : null;
+            } catch (Throwable e) {
+                // no java.management, or a security manager: no spinning, which is always correct
+                return null;
+            }
+        }
+
+        static long now() {
+            return BEAN.getCurrentThreadCpuTime();
+        }
+    }
+
+    /**
+     * One pool thread's account of its spinning and helping: wall and CPU time from the start of a spin to the
+     * start of the next (or to its end when the thread parks), judged every {@link #SHARE_WINDOW_NANOS}.
+     */
+    private final class Share {
+        private boolean marked;
+        private long markWall;
+        private long markCpu;
+        private long wall;
+        private long cpu;
+
+        /** At a spin's start: the time since the last mark (spinning, then helping) counts. */
+        void mark(long now) {
+            add(now, true);
+        }
+
+        /** At a spin's end before parking: the spin counts, then nothing until the next spin starts. */
+        void stop(long now) {
+            add(now, false);
+        }
+
+        private void add(long now, boolean keep) {
+            long c = CpuClock.now();
+            if (marked) {
+                wall += now - markWall;
+                cpu += c - markCpu;
+                if (wall >= SHARE_WINDOW_NANOS) {
+                    judged(now, cpu >= RUN_SHARE_MIN * wall);
+                    wall = 0;
+                    cpu = 0;
+                }
+            }
+            marked = keep;
+            markWall = now;
+            markCpu = c;
+        }
     }
 
     private void loop(int index) {
         long seen = 0;
         long spinUntil = 0;
+        boolean spin = false;
+        Share share = null;
         for (;;) {
             long g = generation;
             if (g == seen) {
-                if (spinUntil != 0 && System.nanoTime() - spinUntil < 0) {
-                    Thread.onSpinWait();
-                } else {
-                    spinUntil = 0;
-                    LockSupport.park(this);
+                if (!spin && index == 0 && spinWanted) {
+                    // asked by spins(): calls come back to back
+                    spinWanted = false;
+                    long now = System.nanoTime();
+                    if (now - quietUntil >= 0) {
+                        if (share == null) {
+                            share = new Share();
+                        }
+                        share.mark(now);
+                        spin = true;
+                        spinning.incrementAndGet();
+                        spinUntil = now + spinNanos;
+                    }
                 }
+                if (spin) {
+                    // while the time lasts, the callers leave this thread a core, and the pool is not quiet
+                    long now = System.nanoTime();
+                    if (now - spinUntil < 0 && callers.get() + index + 1 <= threads.length + 1
+                            && now - quietUntil >= 0) {
+                        Thread.onSpinWait();
+                        continue;
+                    }
+                    spin = false;
+                    spinning.decrementAndGet();
+                    share.stop(now);
+                }
+                LockSupport.park(this);
                 continue;
+            }
+            if (spin) {
+                spin = false;
+                spinning.decrementAndGet();
             }
             seen = g;
-            if (index >= helpers) {
-                continue;
-            }
-            Tasks job = tasks;
-            int count = taskCount;
-            if (job != null) {
-                helping.incrementAndGet();
-                try {
-                    drain(job, g, count, index + 1);
-                } finally {
-                    helping.decrementAndGet();
+            if (index < helpers) {
+                Tasks job = tasks;
+                int count = taskCount;
+                if (job != null) {
+                    helping.incrementAndGet();
+                    try {
+                        drain(job, g, count, index + 1);
+                    } finally {
+                        helping.decrementAndGet();
+                    }
                 }
             }
-            spinUntil = SPIN_NANOS == 0 ? 0 : System.nanoTime() + SPIN_NANOS;
+            // a spin asked for meanwhile is this one, or none while the pool is quiet (spins asks again later)
+            spinWanted = false;
+            long now = System.nanoTime();
+            if (spinNanos > 0 && CpuClock.SUPPORTED && now - quietUntil >= 0) {
+                if (share == null) {
+                    share = new Share();
+                }
+                share.mark(now);
+                spin = true;
+                spinning.incrementAndGet();
+                spinUntil = now + spinNanos;
+            } else if (share != null) {
+                share.stop(now);
+            }
         }
     }
 }

@@ -32,9 +32,13 @@ class WorkerPoolTest {
         private final List<Thread> threads = new ArrayList<>();
 
         Blockers(int n) throws InterruptedException {
+            this(POOL, n);
+        }
+
+        Blockers(WorkerPool pool, int n) throws InterruptedException {
             inside = new CountDownLatch(n);
             for (int i = 0; i < n; i++) {
-                Thread t = new Thread(() -> POOL.run((task, worker) -> {
+                Thread t = new Thread(() -> pool.run((task, worker) -> {
                     inside.countDown();
                     await(release);
                 }, 1, 0), "blocker-" + i);
@@ -143,6 +147,116 @@ class WorkerPoolTest {
         // helper 1 finished the task it was running, then claimed nothing more: the cores were the callers'
         assertEquals(1, byWorker.get(1), "tasks run by helper 1");
         assertEquals(n - 1, byWorker.get(0) + (cores() > 2 ? sumFrom(byWorker, 2) : 0), "tasks run by the rest");
+    }
+
+    /** Polls {@code condition} every millisecond until it holds, failing after {@link #WAIT_S}. */
+    private static void waitUntil(java.util.function.BooleanSupplier condition, java.util.function.Supplier<String> what) {
+        long end = System.nanoTime() + TimeUnit.SECONDS.toNanos(WAIT_S);
+        while (!condition.getAsBoolean()) {
+            assertTrue(System.nanoTime() - end < 0, what);
+            LockSupport.parkNanos(1_000_000);
+        }
+    }
+
+    /**
+     * A pool of its own with spinning on (the shared pool spins only with {@code -Dqkv.pool.spinMicros}; `make fuzz`
+     * runs the concurrency tests so): one thread per core but one, as the shared pool.
+     */
+    private static final WorkerPool SPINNING = new WorkerPool(Math.max(1, cores() - 1), 50_000);
+
+    /** Back-to-back calls shared with the pool: between them its threads spin, unless the pool is quiet. */
+    private static void backToBackCalls(WorkerPool pool, int n) {
+        for (int i = 0; i < n; i++) {
+            pool.spins();
+            pool.run((task, worker) -> { }, 2, 1);
+        }
+    }
+
+    /** The shared pool spins only when asked to: by default small calls are never shared. */
+    @Test
+    void theSharedPoolSpinsOnlyWhenAskedTo() {
+        assertEquals(Long.getLong("qkv.pool.spinMicros", 0) > 0 && POOL.helpers() > 0, POOL.canSpin());
+        if (!POOL.canSpin()) {
+            backToBackCalls(POOL, 1000);
+            assertEquals(0, POOL.spinningNow(), "a pool thread spins with spinMicros 0");
+            assertTrue(!POOL.spins(), "a small call would be shared with spinMicros 0");
+        }
+    }
+
+    /** An idle pool uses no CPU: after back-to-back calls set its threads spinning, they park once calls stop. */
+    @Test
+    void poolThreadsParkWhenCallsStop() {
+        assumeTrue(SPINNING.canSpin(), "no thread CPU clock here: pool threads never spin");
+        boolean sawSpin = false;
+        for (int round = 0; round < 1000 && !sawSpin; round++) {
+            backToBackCalls(SPINNING, 100);
+            sawSpin = SPINNING.spinningNow() > 0;
+        }
+        if (!sawSpin) {
+            abort("the pool never spun (quiet: " + SPINNING.quiet() + "): other threads hold the cores");
+        }
+        waitUntil(SPINNING::parked, () -> "pool threads still running after the calls stopped: "
+                + SPINNING.describe());
+        assertEquals(0, SPINNING.spinningNow());
+    }
+
+    /** A pool thread spins only while the callers inside the pool leave it a core. */
+    @Test
+    void noPoolThreadSpinsWhileCallersHoldEveryCore() throws Exception {
+        assumeTrue(SPINNING.canSpin(), "no thread CPU clock here: pool threads never spin");
+        int cores = SPINNING.helpers() + 1;
+        backToBackCalls(SPINNING, 1000);
+        try (Blockers held = new Blockers(SPINNING, cores)) {
+            // a spin under way ends; calls that come back to back now get none: for 200 ms of them (more than a
+            // woken pool thread needs to be running) no call may be shared
+            waitUntil(() -> SPINNING.spinningNow() == 0, () -> "a pool thread spins beside " + cores + " callers");
+            int shared = 0;
+            int calls = 0;
+            for (long end = System.nanoTime() + 200_000_000L; System.nanoTime() - end < 0; calls++) {
+                SPINNING.run((task, worker) -> { }, 2, 1);
+                if (SPINNING.spins()) {
+                    shared++;
+                }
+            }
+            assertEquals(0, shared, "calls of " + calls + " that found a pool thread spinning beside " + cores
+                    + " callers");
+        }
+    }
+
+    /**
+     * Threads outside the pool that take the cores (here one busy thread per core; in production another process)
+     * are no callers the pool can count: its threads see them in their own CPU time, and the pool stops spinning.
+     */
+    @Test
+    void thePoolStopsSpinningWhenOtherThreadsTakeTheCores() throws Exception {
+        assumeTrue(SPINNING.canSpin(), "no thread CPU clock here: pool threads never spin");
+        int cores = SPINNING.helpers() + 1;
+        java.util.concurrent.atomic.AtomicBoolean stop = new java.util.concurrent.atomic.AtomicBoolean();
+        List<Thread> hogs = new ArrayList<>();
+        for (int i = 0; i < cores; i++) {
+            Thread t = new Thread(() -> {
+                while (!stop.get()) {
+                    Thread.onSpinWait();
+                }
+            }, "hog-" + i);
+            t.setDaemon(true);
+            t.start();
+            hogs.add(t);
+        }
+        try {
+            waitUntil(() -> {
+                backToBackCalls(SPINNING, 100);
+                return SPINNING.quiet();
+            }, () -> "the pool still spins beside " + cores + " busy threads: " + SPINNING.describe());
+            // quiet: no spin asked for, none under way once the current one ends
+            waitUntil(() -> SPINNING.spinningNow() == 0, () -> "a pool thread spins while the pool is quiet");
+            assertTrue(!SPINNING.spins() || !SPINNING.quiet(), "a quiet pool shares a small call");
+        } finally {
+            stop.set(true);
+            for (Thread t : hogs) {
+                t.join();
+            }
+        }
     }
 
     private static int sumFrom(AtomicIntegerArray a, int from) {
