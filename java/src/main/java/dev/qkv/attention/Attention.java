@@ -1021,8 +1021,9 @@ public final class Attention {
                 }
                 callId = nextCallId();
                 // a small call: helpers only if one spins for it now (else it asks one to, for the next call)
-                int helpers = workers > 1 && smallShare && !WorkerPool.SHARED.spins() ? 0 : workers - 1;
-                WorkerPool.SHARED.run(this, tasks, helpers);
+                boolean small = workers > 1 && smallShare;
+                int helpers = small && !WorkerPool.SHARED.spins() ? 0 : workers - 1;
+                WorkerPool.SHARED.run(this, tasks, helpers, small && helpers > 0);
             } finally {
                 release();
             }

@@ -33,7 +33,9 @@ import java.util.concurrent.locks.ReentrantLock;
  *   <li>while it gets its core. A pool thread reads its own CPU time when a spin starts and ends: if over
  *       {@link #SHARE_WINDOW_NANOS} of spinning and helping it ran less than {@link #RUN_SHARE_MIN} of the time,
  *       other threads or processes want the cores, and the pool spins no more for {@link #QUIET_MIN_NANOS},
- *       twice as long each time in a row, up to {@link #QUIET_MAX_NANOS}.</li>
+ *       twice as long each time in a row, up to {@link #QUIET_MAX_NANOS}. A small call whose caller waits for
+ *       a pool thread's task longer than it took for its own (and over {@link #SMALL_WAIT_NANOS}) quiets the
+ *       pool at once: that thread lost its core during the call.</li>
  * </ul>
  * Spinning stays off by default: on this project's shared 2-core machine a second core that looks free can
  * still run slower than the first (other tenants of the host, which the CPU-time check does not always see), and
@@ -68,6 +70,9 @@ public final class WorkerPool {
     static final long QUIET_MIN_NANOS = 100_000_000L;
     static final long QUIET_MAX_NANOS = 1_600_000_000L;
     static final long QUIET_AGAIN_NANOS = 1_000_000_000L;
+
+    /** A small call's wait for a pool thread's task beyond which that thread lost its core (see run). */
+    static final long SMALL_WAIT_NANOS = 100_000L;
 
     /** Low 32 bits of {@link #state} while a call's fields are being set or after it ended. */
     private static final long CLOSED = 0xFFFF_FFFFL;
@@ -144,6 +149,15 @@ public final class WorkerPool {
      * processes) finds nothing left to claim, and the caller has run every task itself.
      */
     public void run(Tasks job, int count, int wanted) {
+        run(job, count, wanted, false);
+    }
+
+    /**
+     * {@link #run(Tasks, int, int)}; {@code small}: the call is shared only because a pool thread spun for it. If
+     * its caller then waits for the pool's tasks longer than it took for its own (and more than
+     * {@link #SMALL_WAIT_NANOS}), a pool thread lost its core during the call, and the pool goes quiet at once.
+     */
+    void run(Tasks job, int count, int wanted, boolean small) {
         // Stack first. A task that overflows the stack is caught in drain, and the error rethrown here; but a call
         // made near the end of the stack can overflow again in that handler, or in the finally blocks that count
         // the caller out, close the call and unlock, since each is a call made at nearly the depth at which one
@@ -155,7 +169,7 @@ public final class WorkerPool {
         probeStack(STACK_PROBE_FRAMES, 1.0);
         int active = callers.incrementAndGet();
         try {
-            run(job, count, wanted, active);
+            run(job, count, wanted, active, small);
         } finally {
             callers.decrementAndGet();
             lastEnd = System.nanoTime();
@@ -185,7 +199,7 @@ public final class WorkerPool {
         return probeStack(n - 1, a) + a + b + c + d + e + f + g + h;
     }
 
-    private void run(Tasks job, int count, int wanted, int active) {
+    private void run(Tasks job, int count, int wanted, int active, boolean small) {
         // the cores that the callers (this one included) leave free
         int h = Math.min(Math.min(Math.min(wanted, threads.length), count - 1), threads.length + 1 - active);
         // a task that calls run again on the caller's thread runs its tasks there: the lock is reentrant, and
@@ -214,7 +228,9 @@ public final class WorkerPool {
                 for (int i = 0; i < h; i++) {
                     LockSupport.unpark(threads[i]);
                 }
+                long start = small ? System.nanoTime() : 0;
                 drain(job, g, count, 0);
+                long own = small ? System.nanoTime() : 0;
                 int spins = 0;
                 while (pending.get() > 0) {
                     if (++spins < 2000) {
@@ -224,6 +240,12 @@ public final class WorkerPool {
                     }
                 }
                 finished = true;
+                if (small) {
+                    long now = System.nanoTime();
+                    if (now - own > Math.max(SMALL_WAIT_NANOS, own - start)) {
+                        judged(now, false);
+                    }
+                }
             } finally {
                 state.set(g << 32 | CLOSED);
                 if (!finished) {

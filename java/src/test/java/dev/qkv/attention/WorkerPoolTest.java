@@ -159,10 +159,13 @@ class WorkerPoolTest {
     }
 
     /**
-     * A pool of its own with spinning on (the shared pool spins only with {@code -Dqkv.pool.spinMicros}; `make fuzz`
-     * runs the concurrency tests so): one thread per core but one, as the shared pool.
+     * A pool of the test's own with spinning on (the shared pool spins only with {@code -Dqkv.pool.spinMicros};
+     * `make fuzz` runs the concurrency tests so): one thread per core but one, as the shared pool. Its own, so that
+     * no test finds the pool quiet after another.
      */
-    private static final WorkerPool SPINNING = new WorkerPool(Math.max(1, cores() - 1), 50_000);
+    private static WorkerPool spinningPool() {
+        return new WorkerPool(Math.max(1, cores() - 1), 50_000);
+    }
 
     /** Back-to-back calls shared with the pool: between them its threads spin, unless the pool is quiet. */
     private static void backToBackCalls(WorkerPool pool, int n) {
@@ -186,6 +189,7 @@ class WorkerPoolTest {
     /** An idle pool uses no CPU: after back-to-back calls set its threads spinning, they park once calls stop. */
     @Test
     void poolThreadsParkWhenCallsStop() {
+        WorkerPool SPINNING = spinningPool();
         assumeTrue(SPINNING.canSpin(), "no thread CPU clock here: pool threads never spin");
         boolean sawSpin = false;
         for (int round = 0; round < 1000 && !sawSpin; round++) {
@@ -203,6 +207,7 @@ class WorkerPoolTest {
     /** A pool thread spins only while the callers inside the pool leave it a core. */
     @Test
     void noPoolThreadSpinsWhileCallersHoldEveryCore() throws Exception {
+        WorkerPool SPINNING = spinningPool();
         assumeTrue(SPINNING.canSpin(), "no thread CPU clock here: pool threads never spin");
         int cores = SPINNING.helpers() + 1;
         backToBackCalls(SPINNING, 1000);
@@ -229,6 +234,7 @@ class WorkerPoolTest {
      */
     @Test
     void thePoolStopsSpinningWhenOtherThreadsTakeTheCores() throws Exception {
+        WorkerPool SPINNING = spinningPool();
         assumeTrue(SPINNING.canSpin(), "no thread CPU clock here: pool threads never spin");
         int cores = SPINNING.helpers() + 1;
         java.util.concurrent.atomic.AtomicBoolean stop = new java.util.concurrent.atomic.AtomicBoolean();
@@ -256,6 +262,52 @@ class WorkerPoolTest {
             for (Thread t : hogs) {
                 t.join();
             }
+        }
+    }
+
+    /**
+     * A pool thread that loses its core in the middle of a small call's task (here: its task parks 50 ms, while the
+     * caller's own took no time) makes the caller wait; the pool goes quiet at once, without waiting for a window of
+     * its CPU-time check.
+     */
+    @Test
+    void aSmallCallLeftWaitingForAPoolThreadQuietsThePool() {
+        WorkerPool pool = spinningPool();
+        assumeTrue(pool.canSpin(), "no thread CPU clock here: pool threads never spin");
+        CountDownLatch helperIn = new CountDownLatch(1);
+        AtomicIntegerArray byWorker = new AtomicIntegerArray(cores());
+        pool.run((task, worker) -> {
+            byWorker.incrementAndGet(worker);
+            if (worker == 0) {
+                await(helperIn);
+            } else {
+                helperIn.countDown();
+                pause(50_000_000L);
+            }
+        }, 2, 1, true);
+        if (byWorker.get(0) != 1) {
+            abort("no pool thread took a task within " + WAIT_S + " s: nothing to observe");
+        }
+        assertTrue(pool.quiet(), "a small call waited 50 ms for a pool thread, and the pool is not quiet");
+        // a call that is not small (a large call's tasks can be uneven) never quiets the pool this way
+        WorkerPool other = spinningPool();
+        CountDownLatch otherIn = new CountDownLatch(1);
+        other.run((task, worker) -> {
+            if (worker == 0) {
+                await(otherIn);
+            } else {
+                otherIn.countDown();
+                pause(50_000_000L);
+            }
+        }, 2, 1, false);
+        assertTrue(!other.quiet(), "a large call with uneven tasks quieted the pool");
+    }
+
+    /** Waits {@code nanos} (parkNanos alone returns at once when the thread holds an unpark permit). */
+    private static void pause(long nanos) {
+        long end = System.nanoTime() + nanos;
+        for (long left = nanos; left > 0; left = end - System.nanoTime()) {
+            LockSupport.parkNanos(left);
         }
     }
 
