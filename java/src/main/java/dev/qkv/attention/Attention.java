@@ -1020,9 +1020,10 @@ public final class Attention {
                     }
                 }
                 callId = nextCallId();
-                // a small call: helpers only if one spins for it now (else it asks one to, for the next call)
+                // a small call: pool thread 0 only, and only if it spins for it now (else it asks it to, for the
+                // next call)
                 boolean small = workers > 1 && smallShare;
-                int helpers = small && !WorkerPool.SHARED.spins() ? 0 : workers - 1;
+                int helpers = !small ? workers - 1 : WorkerPool.SHARED.spins() ? 1 : 0;
                 WorkerPool.SHARED.run(this, tasks, helpers, small && helpers > 0);
             } finally {
                 release();

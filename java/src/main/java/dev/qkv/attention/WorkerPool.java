@@ -92,10 +92,14 @@ public final class WorkerPool {
     /** Pool threads inside {@link #drain} now: a caller that leaves abnormally waits for them (see run). */
     private final AtomicInteger helping = new AtomicInteger();
     private volatile long generation;
-    /** Pool threads spinning for the next call now: a small call is shared only with them. */
+    /** Pool threads spinning for the next call now. */
     private final AtomicInteger spinning = new AtomicInteger();
+    /** Pool thread 0 spins for the next call now: a small call is shared only with it (see spins). */
+    private volatile boolean zeroSpins;
     /** Set by {@link #spins} to ask pool thread 0 to spin before a call comes. */
     private volatile boolean spinWanted;
+    /** Set by pool thread 0 when the JVM cannot give it its CPU time: it never spins, so is never asked to. */
+    private volatile boolean noCpuClock;
     /** System.nanoTime() at which the last call through {@link #run} ended. */
     private volatile long lastEnd = System.nanoTime() - (1L << 40);
     /** No spinning until this System.nanoTime() (see the class comment). */
@@ -172,7 +176,9 @@ public final class WorkerPool {
             run(job, count, wanted, active, small);
         } finally {
             callers.decrementAndGet();
-            lastEnd = System.nanoTime();
+            if (spinNanos > 0) {
+                lastEnd = System.nanoTime();
+            }
         }
     }
 
@@ -334,15 +340,16 @@ public final class WorkerPool {
     }
 
     /**
-     * True when a pool thread spins for the next call now (then a small call is worth sharing with it). When none
-     * does, a call that comes less than a spin after the last one ended, while the pool is not quiet and other
-     * callers leave a core, asks pool thread 0 to start spinning, for the calls that follow.
+     * True when pool thread 0 spins for the next call now: a small call is worth sharing with it (with it alone:
+     * the others spin only after large calls, and may be parked by the time the call is shared). When it does not,
+     * a call that comes less than a spin after the last one ended, while the pool is not quiet and other callers
+     * leave a core, asks it to start spinning, for the calls that follow.
      */
     boolean spins() {
-        if (spinning.get() > 0) {
+        if (zeroSpins) {
             return true;
         }
-        if (spinNanos > 0 && threads.length > 0 && !spinWanted && CpuClock.SUPPORTED) {
+        if (spinNanos > 0 && threads.length > 0 && !spinWanted && !noCpuClock) {
             long now = System.nanoTime();
             if (now - lastEnd < spinNanos && now - quietUntil >= 0 && callers.get() < threads.length) {
                 if (threads[0] == null) {
@@ -372,9 +379,20 @@ public final class WorkerPool {
         return true;
     }
 
-    /** True when pool threads spin for calls: a spin time is set and they can measure their share of a core. */
+    /**
+     * True when pool threads may spin for calls (a spin time is set, and there are pool threads): small calls are
+     * then planned for the instance's threads. From the settings alone, so that plans never depend on the moment;
+     * a JVM without a thread CPU clock plans so too, and its pool threads never spin (see loop).
+     */
     boolean canSpin() {
-        return spinNanos > 0 && threads.length > 0 && CpuClock.SUPPORTED;
+        return spinNanos > 0 && threads.length > 0;
+    }
+
+    /** Makes the pool quiet (no spinning) for {@code nanos} from now: for tests. */
+    void quietFor(long nanos) {
+        synchronized (this) {
+            quietUntil = System.nanoTime() + nanos;
+        }
     }
 
     /** True while the pool spins no more because its threads lately did not get their cores. */
@@ -392,7 +410,11 @@ public final class WorkerPool {
         quietUntil = now + quietNanos;
     }
 
-    /** The thread CPU clock, loaded when a pool thread first spins (java.management, optional). */
+    /**
+     * The thread CPU clock (java.management, optional), loaded by a pool thread when it starts (in a pool that
+     * spins), never on a caller's thread (its first use loads java.management: milliseconds, and a deep caller's
+     * stack).
+     */
     private static final class CpuClock {
         static final java.lang.management.ThreadMXBean BEAN = bean();
         static final boolean SUPPORTED = BEAN != null;
@@ -434,6 +456,10 @@ public final class WorkerPool {
         }
 
         private void add(long now, boolean keep) {
+            if (!marked && !keep) {
+                // nothing under way: no clock to read (and none there when the JVM has no thread CPU clock)
+                return;
+            }
             long c = CpuClock.now();
             if (marked) {
                 wall += now - markWall;
@@ -450,11 +476,29 @@ public final class WorkerPool {
         }
     }
 
+    /** True when this thread may spin now: spinning set, the thread CPU clock there, the pool not quiet. */
+    private boolean maySpin(int index, long now) {
+        if (spinNanos == 0 || now - quietUntil < 0) {
+            return false;
+        }
+        if (!CpuClock.SUPPORTED) {
+            if (index == 0) {
+                noCpuClock = true;
+            }
+            return false;
+        }
+        return true;
+    }
+
     private void loop(int index) {
+        if (spinNanos > 0 && !CpuClock.SUPPORTED && index == 0) {
+            // the clock loads here, when the thread starts, rather than at its first spin
+            noCpuClock = true;
+        }
         long seen = 0;
         long spinUntil = 0;
         boolean spin = false;
-        Share share = null;
+        Share share = new Share();
         for (;;) {
             long g = generation;
             if (g == seen) {
@@ -462,14 +506,12 @@ public final class WorkerPool {
                     // asked by spins(): calls come back to back
                     spinWanted = false;
                     long now = System.nanoTime();
-                    if (now - quietUntil >= 0) {
-                        if (share == null) {
-                            share = new Share();
-                        }
-                        share.mark(now);
+                    if (maySpin(index, now)) {
+                        // announced before the CPU clock is read (~0.3 µs): a caller right behind finds it
                         spin = true;
-                        spinning.incrementAndGet();
                         spinUntil = now + spinNanos;
+                        spinning(index, +1);
+                        share.mark(now);
                     }
                 }
                 if (spin) {
@@ -481,43 +523,55 @@ public final class WorkerPool {
                         continue;
                     }
                     spin = false;
-                    spinning.decrementAndGet();
+                    spinning(index, -1);
                     share.stop(now);
                 }
                 LockSupport.park(this);
                 continue;
             }
+            seen = g;
+            if (index >= helpers) {
+                // not in this call: a spin under way goes on to its old end, none starts (only work starts one)
+                continue;
+            }
             if (spin) {
                 spin = false;
-                spinning.decrementAndGet();
+                spinning(index, -1);
             }
-            seen = g;
-            if (index < helpers) {
-                Tasks job = tasks;
-                int count = taskCount;
-                if (job != null) {
-                    helping.incrementAndGet();
-                    try {
-                        drain(job, g, count, index + 1);
-                    } finally {
-                        helping.decrementAndGet();
-                    }
+            Tasks job = tasks;
+            int count = taskCount;
+            if (job != null) {
+                helping.incrementAndGet();
+                try {
+                    drain(job, g, count, index + 1);
+                } finally {
+                    helping.decrementAndGet();
                 }
             }
-            // a spin asked for meanwhile is this one, or none while the pool is quiet (spins asks again later)
-            spinWanted = false;
+            if (spinNanos == 0) {
+                continue;
+            }
+            if (index == 0) {
+                // a spin asked for meanwhile is this one, or none while the pool is quiet (spins asks again later)
+                spinWanted = false;
+            }
             long now = System.nanoTime();
-            if (spinNanos > 0 && CpuClock.SUPPORTED && now - quietUntil >= 0) {
-                if (share == null) {
-                    share = new Share();
-                }
-                share.mark(now);
+            if (maySpin(index, now)) {
                 spin = true;
-                spinning.incrementAndGet();
                 spinUntil = now + spinNanos;
-            } else if (share != null) {
+                spinning(index, +1);
+                share.mark(now);
+            } else {
                 share.stop(now);
             }
+        }
+    }
+
+    /** Counts pool thread {@code index} in (+1) or out (-1) of the spinning ones. */
+    private void spinning(int index, int delta) {
+        spinning.addAndGet(delta);
+        if (index == 0) {
+            zeroSpins = delta > 0;
         }
     }
 }

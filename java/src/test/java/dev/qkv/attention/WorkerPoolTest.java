@@ -151,7 +151,13 @@ class WorkerPoolTest {
 
     /** Polls {@code condition} every millisecond until it holds, failing after {@link #WAIT_S}. */
     private static void waitUntil(java.util.function.BooleanSupplier condition, java.util.function.Supplier<String> what) {
-        long end = System.nanoTime() + TimeUnit.SECONDS.toNanos(WAIT_S);
+        waitUntil(condition, TimeUnit.SECONDS.toNanos(WAIT_S), what);
+    }
+
+    /** Polls {@code condition} every millisecond until it holds, failing after {@code nanos}. */
+    private static void waitUntil(java.util.function.BooleanSupplier condition, long nanos,
+                                  java.util.function.Supplier<String> what) {
+        long end = System.nanoTime() + nanos;
         while (!condition.getAsBoolean()) {
             assertTrue(System.nanoTime() - end < 0, what);
             LockSupport.parkNanos(1_000_000);
@@ -192,12 +198,13 @@ class WorkerPoolTest {
         WorkerPool SPINNING = spinningPool();
         assumeTrue(SPINNING.canSpin(), "no thread CPU clock here: pool threads never spin");
         boolean sawSpin = false;
-        for (int round = 0; round < 1000 && !sawSpin; round++) {
+        long end = System.nanoTime() + TimeUnit.SECONDS.toNanos(WAIT_S);
+        while (!sawSpin && System.nanoTime() - end < 0) {
             backToBackCalls(SPINNING, 100);
             sawSpin = SPINNING.spinningNow() > 0;
         }
         if (!sawSpin) {
-            abort("the pool never spun (quiet: " + SPINNING.quiet() + "): other threads hold the cores");
+            abort("the pool never spun in " + WAIT_S + " s (quiet: " + SPINNING.quiet() + "): other threads hold the cores");
         }
         waitUntil(SPINNING::parked, () -> "pool threads still running after the calls stopped: "
                 + SPINNING.describe());
@@ -254,15 +261,54 @@ class WorkerPoolTest {
                 backToBackCalls(SPINNING, 100);
                 return SPINNING.quiet();
             }, () -> "the pool still spins beside " + cores + " busy threads: " + SPINNING.describe());
-            // quiet: no spin asked for, none under way once the current one ends
+            // quiet: none under way once the current one ends
             waitUntil(() -> SPINNING.spinningNow() == 0, () -> "a pool thread spins while the pool is quiet");
-            assertTrue(!SPINNING.spins() || !SPINNING.quiet(), "a quiet pool shares a small call");
         } finally {
             stop.set(true);
             for (Thread t : hogs) {
                 t.join();
             }
         }
+    }
+
+    /** A long spin under way ends as soon as callers take every core, long before its time is up. */
+    @Test
+    void aSpinUnderWayEndsWhenCallersTakeEveryCore() throws Exception {
+        WorkerPool pool = new WorkerPool(Math.max(1, cores() - 1), 60_000_000_000L);
+        int all = pool.helpers() + 1;
+        try {
+            pool.run((task, worker) -> { }, 2, 1);
+            long until = System.nanoTime() + 1_000_000_000L;
+            while (pool.spinningNow() == 0 && System.nanoTime() - until < 0) {
+                Thread.onSpinWait();
+            }
+            if (pool.spinningNow() == 0) {
+                abort("no pool thread spun within 1 s after a call (quiet: " + pool.quiet() + ")");
+            }
+            try (Blockers held = new Blockers(pool, all)) {
+                // the spin has 60 s left; 5 s bounds how long the pool thread may take to be scheduled and see them
+                waitUntil(() -> pool.spinningNow() == 0, 5_000_000_000L,
+                        () -> "a 60 s spin goes on beside " + all + " callers");
+            }
+        } finally {
+            // whatever happened, no 60 s spin outlives the test
+            pool.quietFor(Long.MAX_VALUE / 4);
+        }
+    }
+
+    /** A quiet pool's threads do not spin after work, however long their spin. */
+    @Test
+    void aQuietPoolDoesNotSpinAfterWork() {
+        WorkerPool pool = new WorkerPool(Math.max(1, cores() - 1), 5_000_000_000L);
+        pool.quietFor(60_000_000_000L);
+        assertTrue(pool.quiet());
+        for (int i = 0; i < 100; i++) {
+            pool.run((task, worker) -> { }, 2, pool.helpers());
+            assertTrue(!pool.spins(), "a quiet pool shares a small call");
+        }
+        pause(50_000_000L);
+        assertEquals(0, pool.spinningNow(), "a quiet pool's thread spins after work");
+        waitUntil(pool::parked, () -> "a quiet pool's threads do not park: " + pool.describe());
     }
 
     /**
