@@ -435,23 +435,48 @@ public final class WorkerPool {
     }
 
     /**
-     * One pool thread's account of its spinning and helping: wall and CPU time from the start of a spin to the
-     * start of the next (or to its end when the thread parks), judged every {@link #SHARE_WINDOW_NANOS}.
+     * One pool thread's spin: whether it spins and until when, and its account of spinning and helping (wall and
+     * CPU time from the start of a spin to the start of the next, or to its end when the thread parks), judged
+     * every {@link #SHARE_WINDOW_NANOS}.
      */
-    private final class Share {
+    private final class Spin {
+        private final int index;
+        boolean on;
+        long until;
         private boolean marked;
         private long markWall;
         private long markCpu;
         private long wall;
         private long cpu;
 
-        /** At a spin's start: the time since the last mark (spinning, then helping) counts. */
-        void mark(long now) {
-            add(now, true);
+        Spin(int index) {
+            this.index = index;
         }
 
-        /** At a spin's end before parking: the spin counts, then nothing until the next spin starts. */
-        void stop(long now) {
+        /**
+         * Starts a spin if this thread may spin now (see maySpin), announced before the CPU clock is read (~0.3
+         * µs), so that a caller right behind finds it; else its account stops until the next spin.
+         */
+        void begin(long now) {
+            if (maySpin(index, now)) {
+                on = true;
+                until = now + spinNanos;
+                spinning(index, +1);
+                add(now, true);
+            } else {
+                add(now, false);
+            }
+        }
+
+        /** Leaves the spin for a call's tasks: the time until the next spin still counts. */
+        void leave() {
+            on = false;
+            spinning(index, -1);
+        }
+
+        /** Ends the spin before parking: the spin counts, then nothing until the next spin starts. */
+        void end(long now) {
+            leave();
             add(now, false);
         }
 
@@ -496,35 +521,24 @@ public final class WorkerPool {
             noCpuClock = true;
         }
         long seen = 0;
-        long spinUntil = 0;
-        boolean spin = false;
-        Share share = new Share();
+        Spin spin = new Spin(index);
         for (;;) {
             long g = generation;
             if (g == seen) {
-                if (!spin && index == 0 && spinWanted) {
+                if (!spin.on && index == 0 && spinWanted) {
                     // asked by spins(): calls come back to back
                     spinWanted = false;
-                    long now = System.nanoTime();
-                    if (maySpin(index, now)) {
-                        // announced before the CPU clock is read (~0.3 µs): a caller right behind finds it
-                        spin = true;
-                        spinUntil = now + spinNanos;
-                        spinning(index, +1);
-                        share.mark(now);
-                    }
+                    spin.begin(System.nanoTime());
                 }
-                if (spin) {
+                if (spin.on) {
                     // while the time lasts, the callers leave this thread a core, and the pool is not quiet
                     long now = System.nanoTime();
-                    if (now - spinUntil < 0 && callers.get() + index + 1 <= threads.length + 1
+                    if (now - spin.until < 0 && callers.get() + index + 1 <= threads.length + 1
                             && now - quietUntil >= 0) {
                         Thread.onSpinWait();
                         continue;
                     }
-                    spin = false;
-                    spinning(index, -1);
-                    share.stop(now);
+                    spin.end(now);
                 }
                 LockSupport.park(this);
                 continue;
@@ -534,9 +548,8 @@ public final class WorkerPool {
                 // not in this call: a spin under way goes on to its old end, none starts (only work starts one)
                 continue;
             }
-            if (spin) {
-                spin = false;
-                spinning(index, -1);
+            if (spin.on) {
+                spin.leave();
             }
             Tasks job = tasks;
             int count = taskCount;
@@ -555,15 +568,7 @@ public final class WorkerPool {
                 // a spin asked for meanwhile is this one, or none while the pool is quiet (spins asks again later)
                 spinWanted = false;
             }
-            long now = System.nanoTime();
-            if (maySpin(index, now)) {
-                spin = true;
-                spinUntil = now + spinNanos;
-                spinning(index, +1);
-                share.mark(now);
-            } else {
-                share.stop(now);
-            }
+            spin.begin(System.nanoTime());
         }
     }
 

@@ -320,6 +320,21 @@ class WorkerPoolTest {
     void aSmallCallLeftWaitingForAPoolThreadQuietsThePool() {
         WorkerPool pool = spinningPool();
         assumeTrue(pool.canSpin(), "no thread CPU clock here: pool threads never spin");
+        if (!callLeftWaiting(pool, true)) {
+            abort("no pool thread took a task within " + WAIT_S + " s: nothing to observe");
+        }
+        assertTrue(pool.quiet(), "a small call waited 50 ms for a pool thread, and the pool is not quiet");
+        // a call that is not small (a large call's tasks can be uneven) never quiets the pool this way
+        WorkerPool other = spinningPool();
+        callLeftWaiting(other, false);
+        assertTrue(!other.quiet(), "a large call with uneven tasks quieted the pool");
+    }
+
+    /**
+     * A call of two tasks whose caller's own takes no time and whose pool thread's takes 50 ms; true when the pool
+     * thread took its task (the caller waited for it).
+     */
+    private static boolean callLeftWaiting(WorkerPool pool, boolean small) {
         CountDownLatch helperIn = new CountDownLatch(1);
         AtomicIntegerArray byWorker = new AtomicIntegerArray(cores());
         pool.run((task, worker) -> {
@@ -330,23 +345,8 @@ class WorkerPoolTest {
                 helperIn.countDown();
                 pause(50_000_000L);
             }
-        }, 2, 1, true);
-        if (byWorker.get(0) != 1) {
-            abort("no pool thread took a task within " + WAIT_S + " s: nothing to observe");
-        }
-        assertTrue(pool.quiet(), "a small call waited 50 ms for a pool thread, and the pool is not quiet");
-        // a call that is not small (a large call's tasks can be uneven) never quiets the pool this way
-        WorkerPool other = spinningPool();
-        CountDownLatch otherIn = new CountDownLatch(1);
-        other.run((task, worker) -> {
-            if (worker == 0) {
-                await(otherIn);
-            } else {
-                otherIn.countDown();
-                pause(50_000_000L);
-            }
-        }, 2, 1, false);
-        assertTrue(!other.quiet(), "a large call with uneven tasks quieted the pool");
+        }, 2, 1, small);
+        return byWorker.get(0) == 1;
     }
 
     /** Waits {@code nanos} (parkNanos alone returns at once when the thread holds an unpark permit). */
