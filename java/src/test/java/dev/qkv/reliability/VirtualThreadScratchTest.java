@@ -26,8 +26,8 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * of off-heap segments ({@code direct} pool). The JDK counts no virtual thread alone, so its bytes are those of
  * all threads less those of the platform threads alive (carriers excepted: a mounted virtual thread's bytes are
  * counted on its carrier), and the call on a platform thread is this thread's own bytes. Before either is
- * measured the calls must have stopped allocating on this thread (the JIT done): on a slow host 300 calls
- * were not enough, and the two sides, each ~12 MB per call, differed by 68 KB.
+ * measured, both kinds of call run until this thread's bytes per call hold steady (the JIT done with them): on a
+ * slow host 300 platform calls were not enough, and the two sides, each ~12 MB per call, differed by 68 KB.
  */
 class VirtualThreadScratchTest {
     private static final int CALLS = 200;
@@ -48,14 +48,18 @@ class VirtualThreadScratchTest {
             Tensor v = Fuzz.random(arena, r, 1, 4, 256, 64);
             Tensor out = Tensor.allocate(arena, 1, 4, 256, 64);
             Runnable call = () -> att.sdpa(q, k, v, out, SdpaOptions.CAUSAL);
-            // the JIT first: interpreted vector code allocates on its own, on any thread. Until 100 calls in a row
-            // allocate nothing here (at most 60 s; then the comparison below means nothing)
+            // the JIT first: interpreted vector code allocates on its own, on any thread. Both kinds of call, until
+            // the platform call's bytes are the same 100 times in a row (a steady allocation, which the comparison
+            // below cancels), or for at most 60 s
             long warm = System.nanoTime() + 60_000_000_000L;
-            for (int clean = 0; clean < 100; ) {
+            long last = -1;
+            for (int same = 0; same < 100 && System.nanoTime() - warm < 0; ) {
+                Thread.ofVirtual().start(call).join();
                 long c0 = threads.getCurrentThreadAllocatedBytes();
                 call.run();
-                clean = threads.getCurrentThreadAllocatedBytes() - c0 == 0 ? clean + 1 : 0;
-                Assumptions.assumeTrue(System.nanoTime() - warm < 0, "calls still allocate after 60 s: no JIT yet");
+                long bytes = threads.getCurrentThreadAllocatedBytes() - c0;
+                same = bytes == last ? same + 1 : 0;
+                last = bytes;
             }
             long segments = direct.getCount();
             // platform threads but carriers, whose bytes include those of the virtual threads they run
@@ -66,11 +70,12 @@ class VirtualThreadScratchTest {
             long onPlatform = 0;
             // alternating, so that whatever the JIT still changes weighs on both
             for (int i = 0; i < CALLS; i++) {
+                // p1 read before t1: its array, made on this thread, then falls in both windows and cancels
                 long[] p0 = threads.getThreadAllocatedBytes(platform);
                 long t0 = threads.getTotalThreadAllocatedBytes();
                 Thread.ofVirtual().start(call).join();
-                long t1 = threads.getTotalThreadAllocatedBytes();
                 long[] p1 = threads.getThreadAllocatedBytes(platform);
+                long t1 = threads.getTotalThreadAllocatedBytes();
                 onVirtual += t1 - t0 - platformBytes(p0, p1);
                 long c0 = threads.getCurrentThreadAllocatedBytes();
                 call.run();
@@ -86,10 +91,7 @@ class VirtualThreadScratchTest {
         }
     }
 
-    /**
-     * Bytes the platform threads allocated between two readings (each -1 for a thread that was not alive); the
-     * readings' own arrays, made on this thread between the total's readings, are among them.
-     */
+    /** Bytes the platform threads allocated between two readings (each -1 for a thread that was not alive). */
     private static long platformBytes(long[] before, long[] after) {
         long sum = 0;
         for (int i = 0; i < before.length; i++) {
