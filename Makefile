@@ -1,4 +1,5 @@
-# qkv: the front door. `make run`, `make test`, `make bench`, `make bench-ort`, `make bindings`, `make clean`.
+# qkv: the front door. `make run`, `make test`, `make bench`, `make bench-ort`, `make bench-ratio`,
+# `make bindings`, `make clean`.
 #
 # Every target runs on a JDK >= 25, found here and never taken from the default `java`: JAVA_HOME when it is
 # one, else the newest JDK under /usr/lib/jvm.
@@ -116,6 +117,18 @@ bench-ort:
 	$(JAVA) $(JVM_FLAGS) -jar $(ORT_JAR) $(BENCH_ORT_SHORT) $(BENCH_ARGS) -rf csv -rff bench/target/ort/ort.csv OrtBench
 	$(JAVA) $(JVM_FLAGS) -jar $(ORT_JAR) $(BENCH_ORT_SHORT) $(BENCH_ARGS) -rf csv -rff bench/target/ort/qkv.csv SdpaBench
 	@$(JAVA) -cp $(ORT_JAR) dev.qkv.bench.OrtTable bench/target/ort/ort.csv bench/target/ort/qkv.csv
+
+# The same comparison in one JVM (OrtRatio): qkv's backends and ORT's forms take turns in rounds, so that the
+# machine's changes of speed, which on a VM outlast a JMH fork, move both sides of each ratio alike. Prints one
+# line per shape and thread count: the median of the per-round ratios, their range, and the rounds qkv won.
+# Issue 4's five shapes on 1 and 2 threads take about 8 minutes; RATIO_ARGS replaces the defaults, e.g.
+# RATIO_ARGS="--shapes 1x8x2048x64 --threads 2 --causal".
+RATIO_ARGS ?=
+.PHONY: bench-ratio
+bench-ratio:
+	@mkdir -p bench/target
+	@$(call quiet_mvn,package -DskipTests -Port -pl bench -am,bench/target/ort-build.log)
+	$(JAVA) $(JVM_FLAGS) -cp $(ORT_JAR) dev.qkv.bench.OrtRatio $(RATIO_ARGS)
 
 # Regenerates bindings/ from native/cblas.h with jextract (not needed for a normal build).
 # JEXTRACT names a jextract binary built from openjdk/jextract; the symbol allowlist is native/openblas.symbols.

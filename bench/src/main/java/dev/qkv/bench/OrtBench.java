@@ -87,9 +87,7 @@ public class OrtBench {
     @Param({"true"})
     public boolean spin;
 
-    private OrtSession session;
-    private final Map<String, OnnxTensor> inputs = new LinkedHashMap<>();
-    private Map<String, OnnxTensor> pinned;
+    private Session session;
 
     @Setup(Level.Trial)
     public void setup() throws OrtException {
@@ -99,73 +97,119 @@ public class OrtBench {
         int lq = Math.toIntExact(s[2]);
         int lk = Math.toIntExact(s[3]);
         int d = Math.toIntExact(s[4]);
-        if (causal && lq != lk) {
-            throw new IllegalArgumentException("causal is measured only where Lq = Lk, where every definition of "
-                    + "a causal mask agrees: " + shape);
-        }
         SplittableRandom r = new SplittableRandom(42);
         float[] q = SdpaBench.uniform(r, b * h * lq * d);
         float[] k = SdpaBench.uniform(r, b * h * lk * d);
         float[] v = SdpaBench.uniform(r, b * h * lk * d);
-
-        boolean bsnh = graph.equals("mha");
-        long[] qShape = ioShape(graph, b, h, lq, d);
-        long[] kShape = ioShape(graph, b, h, lk, d);
-        OrtEnvironment env = OrtEnvironment.getEnvironment();
-        inputs.put("q", tensor(env, bsnh ? bsnh(q, b, h, lq, d, false) : q, qShape));
-        inputs.put("k", tensor(env, bsnh ? bsnh(k, b, h, lk, d, false) : k, kShape));
-        inputs.put("v", tensor(env, bsnh ? bsnh(v, b, h, lk, d, false) : v, kShape));
-        if (takesMask(graph, causal)) {
-            float[] mask = new float[lq * lk];
-            for (int i = 0; i < lq; i++) {
-                for (int j = i + 1; j < lk; j++) {
-                    mask[i * lk + j] = Float.NEGATIVE_INFINITY;
-                }
-            }
-            inputs.put("mask", tensor(env, mask, new long[] {lq, lk}));
-        }
-        OnnxTensor out = tensor(env, new float[b * h * lq * d], qShape);
-        pinned = Map.of("o", out);
-
-        OrtSession.SessionOptions options = new OrtSession.SessionOptions();
-        options.setIntraOpNumThreads(threads);
-        options.addConfigEntry("session.intra_op.allow_spinning", spin ? "1" : "0");
-        options.setInterOpNumThreads(1);
-        options.setExecutionMode(OrtSession.SessionOptions.ExecutionMode.SEQUENTIAL);
-        options.setOptimizationLevel(OrtSession.SessionOptions.OptLevel.ALL_OPT);
-        session = env.createSession(model(graph, b, h, lq, lk, d, causal), options);
-
-        session.run(inputs, pinned).close();
-        float[] ours = qkvJava(q, k, v, b, h, lq, lk, d);
-        float[] theirs = new float[ours.length];
-        out.getFloatBuffer().get(theirs);
-        if (bsnh) {
-            theirs = bsnh(theirs, b, h, lq, d, true);
-        }
-        double maxDiff = 0;
-        for (int i = 0; i < ours.length; i++) {
-            maxDiff = Math.max(maxDiff, Math.abs((double) ours[i] - theirs[i]));
-        }
-        System.out.println("# ort " + env.getVersion() + " graph=" + graph + " shape=" + shape
-                + (causal ? " causal" : "") + " intra_op_threads=" + threads + " spin=" + spin + " flops="
+        session = new Session(graph, b, h, lq, lk, d, causal, threads, spin, q, k, v);
+        double maxDiff = session.check(qkvJava(q, k, v, b, h, lq, lk, d));
+        System.out.println("# ort " + OrtEnvironment.getEnvironment().getVersion() + " graph=" + graph + " shape="
+                + shape + (causal ? " causal" : "") + " intra_op_threads=" + threads + " spin=" + spin + " flops="
                 + (long) (4.0 * b * h * lq * lk * d) + " max|ort - qkv java|=" + maxDiff);
-        if (!(maxDiff <= 1e-4)) {
-            throw new IllegalStateException("ORT's output differs from qkv's by " + maxDiff + " (graph " + graph
-                    + ", shape " + shape + ")");
-        }
     }
 
     @Benchmark
-    public Map<String, OnnxTensor> ort() throws OrtException {
-        session.run(inputs, pinned).close();
-        return pinned;
+    public Object ort() throws OrtException {
+        return session.run();
     }
 
     @TearDown(Level.Trial)
     public void tearDown() throws OrtException {
         session.close();
-        inputs.values().forEach(OnnxTensor::close);
-        pinned.values().forEach(OnnxTensor::close);
+    }
+
+    /**
+     * One ORT session running attention in one {@code graph} (see {@link OrtBench}) on fixed inputs, into a pinned
+     * output: what {@link OrtBench} and {@link OrtRatio} time.
+     */
+    static final class Session implements AutoCloseable {
+        private final String graph;
+        private final int b;
+        private final int h;
+        private final int lq;
+        private final int d;
+        private final OrtSession session;
+        private final Map<String, OnnxTensor> inputs = new LinkedHashMap<>();
+        private final Map<String, OnnxTensor> pinned;
+        private final OnnxTensor out;
+
+        /**
+         * ORT's intra-op pool of {@code threads}, spinning between calls when {@code spin}; inputs {@code q [B, H,
+         * Lq, D]}, {@code k} and {@code v [B, H, Lk, D]} in row-major order.
+         */
+        Session(String graph, int b, int h, int lq, int lk, int d, boolean causal, int threads, boolean spin,
+                float[] q, float[] k, float[] v) throws OrtException {
+            if (causal && lq != lk) {
+                throw new IllegalArgumentException("causal is measured only where Lq = Lk, where every definition "
+                        + "of a causal mask agrees: " + b + "x" + h + "x" + lq + "x" + lk + "x" + d);
+            }
+            this.graph = graph;
+            this.b = b;
+            this.h = h;
+            this.lq = lq;
+            this.d = d;
+            boolean bsnh = graph.equals("mha");
+            long[] qShape = ioShape(graph, b, h, lq, d);
+            long[] kShape = ioShape(graph, b, h, lk, d);
+            OrtEnvironment env = OrtEnvironment.getEnvironment();
+            inputs.put("q", tensor(env, bsnh ? bsnh(q, b, h, lq, d, false) : q, qShape));
+            inputs.put("k", tensor(env, bsnh ? bsnh(k, b, h, lk, d, false) : k, kShape));
+            inputs.put("v", tensor(env, bsnh ? bsnh(v, b, h, lk, d, false) : v, kShape));
+            if (takesMask(graph, causal)) {
+                float[] mask = new float[lq * lk];
+                for (int i = 0; i < lq; i++) {
+                    for (int j = i + 1; j < lk; j++) {
+                        mask[i * lk + j] = Float.NEGATIVE_INFINITY;
+                    }
+                }
+                inputs.put("mask", tensor(env, mask, new long[] {lq, lk}));
+            }
+            out = tensor(env, new float[b * h * lq * d], qShape);
+            pinned = Map.of("o", out);
+
+            OrtSession.SessionOptions options = new OrtSession.SessionOptions();
+            options.setIntraOpNumThreads(threads);
+            options.addConfigEntry("session.intra_op.allow_spinning", spin ? "1" : "0");
+            options.setInterOpNumThreads(1);
+            options.setExecutionMode(OrtSession.SessionOptions.ExecutionMode.SEQUENTIAL);
+            options.setOptimizationLevel(OrtSession.SessionOptions.OptLevel.ALL_OPT);
+            session = env.createSession(model(graph, b, h, lq, lk, d, causal), options);
+        }
+
+        /** One call. */
+        Object run() throws OrtException {
+            session.run(inputs, pinned).close();
+            return pinned;
+        }
+
+        /**
+         * Runs once and returns max |ORT − expected| over the output {@code [B, H, Lq, D]}; throws when it exceeds
+         * 1e-4 (the inputs are uniform in [-1, 1)), so that a figure always belongs to a correct run.
+         */
+        double check(float[] expected) throws OrtException {
+            run();
+            float[] theirs = new float[expected.length];
+            out.getFloatBuffer().get(theirs);
+            if (graph.equals("mha")) {
+                theirs = bsnh(theirs, b, h, lq, d, true);
+            }
+            double maxDiff = 0;
+            for (int i = 0; i < expected.length; i++) {
+                maxDiff = Math.max(maxDiff, Math.abs((double) expected[i] - theirs[i]));
+            }
+            if (!(maxDiff <= 1e-4)) {
+                throw new IllegalStateException("ORT's output differs from qkv's by " + maxDiff + " (graph " + graph
+                        + ", shape " + b + "x" + h + "x" + lq + "x" + d + ")");
+            }
+            return maxDiff;
+        }
+
+        @Override
+        public void close() throws OrtException {
+            session.close();
+            inputs.values().forEach(OnnxTensor::close);
+            out.close();
+        }
     }
 
     private float[] qkvJava(float[] q, float[] k, float[] v, int b, int h, int lq, int lk, int d) {
