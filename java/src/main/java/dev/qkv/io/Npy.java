@@ -27,6 +27,7 @@ import java.util.HexFormat;
 import java.util.List;
 import java.util.Map;
 import java.util.Set;
+import java.util.concurrent.ConcurrentHashMap;
 
 /**
  * Reads and writes NumPy {@code .npy} files as float32 {@link Tensor}s.
@@ -379,6 +380,7 @@ public final class Npy {
         // from the output's name, which may already be as long as the file system allows
         Path tmp = dir.resolve(".qkv-" + HexFormat.of().formatHex(random) + ".tmp");
         boolean done = false;
+        PendingFiles.add(tmp);
         try {
             FileChannel opened;
             try {
@@ -407,9 +409,48 @@ public final class Npy {
         } catch (IOException e) {
             throw new IOException(file + ": " + e.getMessage(), e);
         } finally {
-            if (!done) {
-                Files.deleteIfExists(tmp);
+            try {
+                if (!done) {
+                    Files.deleteIfExists(tmp);
+                }
+            } finally {
+                PendingFiles.remove(tmp);
             }
+        }
+    }
+
+    /**
+     * Temporary files of writes under way, removed by a shutdown hook if the JVM exits during a write (SIGTERM,
+     * Ctrl-C, {@code System.exit} from another thread), where {@code write}'s own clean-up never runs: a stopped
+     * run left a partial {@code .qkv-*.tmp} of tens of MB beside its output. The hook is registered with the
+     * first write. A writer still running when the hook deletes its file fails its rename; the target is left as
+     * it was.
+     */
+    private static final class PendingFiles {
+        private static final Set<Path> FILES = ConcurrentHashMap.newKeySet();
+
+        static {
+            try {
+                Runtime.getRuntime().addShutdownHook(new Thread(() -> {
+                    for (Path p : FILES) {
+                        try {
+                            Files.deleteIfExists(p);
+                        } catch (IOException | RuntimeException e) {
+                            // nothing more can be done while the JVM exits
+                        }
+                    }
+                }, "qkv-npy-cleanup"));
+            } catch (IllegalStateException e) {
+                // the JVM is already shutting down: write's own finally is all there is
+            }
+        }
+
+        static void add(Path p) {
+            FILES.add(p);
+        }
+
+        static void remove(Path p) {
+            FILES.remove(p);
         }
     }
 

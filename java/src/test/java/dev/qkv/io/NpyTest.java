@@ -29,6 +29,7 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assertions.fail;
 
 class NpyTest {
 
@@ -347,6 +348,51 @@ class NpyTest {
     private List<Path> listDir() throws IOException {
         try (Stream<Path> s = Files.list(dir)) {
             return s.sorted().toList();
+        }
+    }
+
+    /**
+     * A process stopped (SIGTERM) while it writes leaves no temporary file: write's own clean-up never runs then,
+     * and a shutdown hook removes it. Before the hook a stopped {@code qkv sdpa} left a partial
+     * {@code .qkv-*.tmp} of tens of MB beside its output for good. The child writes 64 MB again and again; it is
+     * stopped as soon as a temporary file is seen. The output itself, when there is one, is whole.
+     */
+    @Test
+    @org.junit.jupiter.api.Timeout(300)
+    void aStoppedWriteLeavesNoTemporaryFile() throws Exception {
+        String javaCmd = ProcessHandle.current().info().command().orElse("java");
+        Process p = new ProcessBuilder(javaCmd, "-cp", System.getProperty("java.class.path"),
+                NpyWriteLoop.class.getName(), dir.toString()).redirectErrorStream(true).start();
+        try {
+            long deadline = System.nanoTime() + 60_000_000_000L;
+            boolean seen = false;
+            while (!seen && System.nanoTime() < deadline && p.isAlive()) {
+                seen = temporaryFiles().findAny().isPresent();
+                if (!seen) {
+                    Thread.sleep(1);
+                }
+            }
+            if (!seen) {
+                // only now, and only from a child that ended: reading a live child's output would wait for it
+                p.destroyForcibly().waitFor(60, java.util.concurrent.TimeUnit.SECONDS);
+                fail("the child never wrote a temporary file: " + new String(p.getInputStream().readNBytes(4000),
+                        StandardCharsets.UTF_8));
+            }
+            p.destroy(); // SIGTERM: shutdown hooks run
+            assertTrue(p.waitFor(60, java.util.concurrent.TimeUnit.SECONDS), "the child did not stop");
+        } finally {
+            p.destroyForcibly();
+        }
+        assertEquals(List.of(), temporaryFiles().toList());
+        Path out = dir.resolve("out.npy");
+        if (Files.exists(out)) {
+            assertEquals(128 + 64L * 1024 * 1024, Files.size(out));
+        }
+    }
+
+    private Stream<Path> temporaryFiles() throws IOException {
+        try (Stream<Path> files = Files.list(dir)) {
+            return files.filter(f -> f.getFileName().toString().startsWith(".qkv-")).toList().stream();
         }
     }
 }
