@@ -125,15 +125,21 @@ public final class Attention {
      * error, reported when the class loads rather than as wrong results (keys skipped) or a loop that never ends.
      */
     static int blockProperty(String name, int fallback, int multiple) {
-        Integer v = Integer.getInteger(name);
-        if (v == null) {
+        String s = System.getProperty(name);
+        if (s == null) {
             return fallback;
         }
-        if (v <= 0 || v % multiple != 0 || v > MAX_BLOCK_PROPERTY) {
-            throw new IllegalStateException("-D" + name + "=" + v + ": must be a positive multiple of " + multiple
-                    + (v > MAX_BLOCK_PROPERTY ? " up to " + MAX_BLOCK_PROPERTY : ""));
+        long v;
+        try {
+            v = Settings.parse(s);
+        } catch (NumberFormatException e) {
+            v = -1; // not an integer: refused below, never taken as unset
         }
-        return v;
+        if (v <= 0 || v % multiple != 0 || v > MAX_BLOCK_PROPERTY) {
+            throw new IllegalStateException("-D" + name + "=" + s + ": must be a positive multiple of " + multiple
+                    + " up to " + MAX_BLOCK_PROPERTY);
+        }
+        return (int) v;
     }
 
     /**
@@ -143,7 +149,7 @@ public final class Attention {
     static final int MAX_BLOCK_PROPERTY = 1 << 20;
 
     /** The block is {@code qkv.keyBlock} for every head size, not {@link #javaKeyBlock}'s choice. */
-    private static final boolean KEY_BLOCK_SET = Integer.getInteger("qkv.keyBlock") != null;
+    private static final boolean KEY_BLOCK_SET = Settings.isSet("qkv.keyBlock");
 
     /**
      * Bytes of a core's L2 that one key block's working set of the Java engine may fill: the block's packed kᵀ
@@ -174,7 +180,7 @@ public final class Attention {
      * span after the first, instead of from memory for every block. Property {@code qkv.spanBlocks} (1: a
      * block at a time, as before; tests set it to vary the spans).
      */
-    static final int SPAN_BLOCKS = Math.max(1, Integer.getInteger("qkv.spanBlocks", 16));
+    static final int SPAN_BLOCKS = Settings.intSetting("qkv.spanBlocks", 16, 1, 1 << 20);
 
     /**
      * Bytes of k (and then of v) per key block of a grouped few-query call ({@link Job#runGroup}): the block is read
@@ -182,7 +188,7 @@ public final class Attention {
      * for the other operand's block and the scores. Property {@code qkv.groupKeyBlockBytes} (at least 64): tests set
      * it small, so that calls of a few hundred keys take the grouped path in many blocks.
      */
-    static final long GROUP_KEY_BLOCK_BYTES = Math.max(64, Long.getLong("qkv.groupKeyBlockBytes", 256L << 10));
+    static final long GROUP_KEY_BLOCK_BYTES = Settings.longSetting("qkv.groupKeyBlockBytes", 256L << 10, 64, 1L << 40);
 
     /** Keys per block of a grouped few-query call: {@link #GROUP_KEY_BLOCK_BYTES} of the wider of k and v rows. */
     static int groupKeyBlock(int dk, int dv) {
@@ -220,14 +226,14 @@ public final class Attention {
      * blocks. The system property {@code qkv.nativeSmallMnk} lowers the bound, so that tests cut small calls too
      * (make fuzz).
      */
-    static final long SMALL_MNK = Math.max(1, Long.getLong("qkv.nativeSmallMnk", 1_000_000));
+    static final long SMALL_MNK = Settings.longSetting("qkv.nativeSmallMnk", 1_000_000, 1, 1L << 40);
 
     /**
      * Query rows per small call (see {@link #SMALL_MNK}); the system property {@code qkv.nativeSmallRows}.
      * Measured (whole calls, SkylakeX, one thread; bench/RESULTS.md, round 12): 16 rows 60-69 ms at [1, 8, 2048,
      * 64], 32 rows 53-56, 64 rows 51-56; at [1, 12, 512, 64] 32 rows 5.2-6.0 ms, 64 rows 4.9-5.8.
      */
-    static final int SMALL_ROWS = Math.max(1, Integer.getInteger("qkv.nativeSmallRows", 64));
+    static final int SMALL_ROWS = Settings.intSetting("qkv.nativeSmallRows", 64, 1, 1 << 20);
 
     /**
      * Block rows of the OpenBLAS engine in small calls: no operand is packed per call, so large blocks amortize
@@ -241,7 +247,7 @@ public final class Attention {
      * {@code qkv.nativeSmallCalls}: {@code true} or {@code false} forces small calls on or off for every core;
      * unset, they are on for the AVX-512 cores (see {@link #SMALL_MNK}).
      */
-    private static final String SMALL_CALLS_SET = System.getProperty("qkv.nativeSmallCalls");
+    private static final Boolean SMALL_CALLS_SET = Settings.booleanSetting("qkv.nativeSmallCalls");
 
     /**
      * A small call's chunk of keys is at least this wide: heads too wide for it keep whole calls (see
@@ -320,7 +326,7 @@ public final class Attention {
         this.autoNative = backend == Backend.AUTO && fastBlas;
         this.blas = matmul != null && "native".equals(matmul.name()) ? OpenBlas.get() : null;
         this.smallCalls = blas != null && (smallCalls != null ? smallCalls : SMALL_CALLS_SET != null
-                ? Boolean.parseBoolean(SMALL_CALLS_SET) : AVX512_CORES.contains(
+                ? SMALL_CALLS_SET : AVX512_CORES.contains(
                         blas.library().coreName().toLowerCase(java.util.Locale.ROOT)));
         this.jobs = ThreadLocal.withInitial(() -> new Job(this));
     }

@@ -55,7 +55,7 @@ public final class WorkerPool {
     public static final double MIN_PARALLEL_FLOPS = 8e6;
 
     /** How long a pool thread spins for the next call (see the class comment); 0: it parks at once. */
-    static final long SPIN_NANOS = Math.max(0, Long.getLong("qkv.pool.spinMicros", 0)) * 1000;
+    static final long SPIN_NANOS = Settings.longSetting("qkv.pool.spinMicros", 0, 0, 10_000_000) * 1000;
 
     /** Wall time of spinning and helping over which a pool thread judges whether it had its core. */
     static final long SHARE_WINDOW_NANOS = 10_000_000L;

@@ -137,7 +137,7 @@ public final class OpenBlas {
         } catch (NumberFormatException e) {
             // reported below
         }
-        throw new BlasUnavailableException(THREADS_PROPERTY + "=" + v + ": expected a thread count in 1..1024");
+        throw new BlasUnavailableException("-D" + THREADS_PROPERTY + "=" + v + ": expected a thread count in 1..1024");
     }
 
     /** True when {@link #get()} succeeds; never throws. */

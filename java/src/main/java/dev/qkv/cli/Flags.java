@@ -1,5 +1,7 @@
 package dev.qkv.cli;
 
+import java.nio.file.InvalidPathException;
+import java.nio.file.Path;
 import java.util.HashMap;
 import java.util.HashSet;
 import java.util.List;
@@ -99,6 +101,31 @@ final class Flags {
         return v;
     }
 
+    /**
+     * The value of {@code name} as a path, which must have been given. A name this system cannot encode (bytes
+     * outside the locale's charset: {@code LC_ALL=C} and a non-ASCII name) is the user's to fix, not an internal
+     * failure.
+     */
+    Path requirePath(String name) throws UsageException {
+        return path(name, require(name));
+    }
+
+    /** {@link #requirePath}, or null when {@code name} was not given. */
+    Path path(String name) throws UsageException {
+        String v = values.get(name);
+        return v == null ? null : path(name, v);
+    }
+
+    private Path path(String name, String value) throws UsageException {
+        try {
+            return Path.of(value);
+        } catch (InvalidPathException e) {
+            throw new UsageException(command + ": --" + name + " '" + value + "' is not a file name this JVM can use ("
+                    + e.getReason() + "; it encodes file names as " + System.getProperty("sun.jnu.encoding")
+                    + ": set a UTF-8 locale, e.g. LC_ALL=C.UTF-8)");
+        }
+    }
+
     /** True when the switch or value flag {@code name} was given. */
     boolean has(String name) {
         return switches.contains(name) || values.containsKey(name);
@@ -117,6 +144,10 @@ final class Flags {
     static int parseInt(String what, String text, int min, int max) throws UsageException {
         int n;
         try {
+            if (!text.strip().matches("[+-]?[0-9]+")) {
+                // Integer.parseInt takes any Unicode digit (--heads ٤ as 4); flags are ASCII
+                throw new NumberFormatException();
+            }
             n = Integer.parseInt(text.strip());
         } catch (NumberFormatException e) {
             if (text.strip().matches("[+-]?[0-9]+")) {

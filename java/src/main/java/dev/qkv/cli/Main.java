@@ -92,7 +92,9 @@ public final class Main {
             // NpyFormatException and other problems with the files the user named
             return fail(err, 2, e.getMessage());
         } catch (BlasUnavailableException e) {
-            return fail(err, 1, "OpenBLAS is unavailable: " + e.getMessage());
+            // a -Dqkv.blas.* setting it refuses is the user's to fix; a library that will not load is not
+            return fail(err, String.valueOf(e.getMessage()).startsWith("-D") ? 2 : 1,
+                    "OpenBLAS is unavailable: " + e.getMessage());
         } catch (OutOfMemoryError e) {
             // memory the inputs' shapes ask for (the commands name the tensor where they can)
             return fail(err, 2, "not enough memory (" + e.getMessage() + "): the inputs ask for more than this JVM"
@@ -109,7 +111,8 @@ public final class Main {
     }
 
     private static int internal(PrintStream err, Throwable e) {
-        err.println("error: internal failure: " + e + (trace() ? "" : " (set QKV_TRACE=1 for the stack trace)"));
+        err.println("error: internal failure: " + String.valueOf(e).replace('\n', ' ')
+                + (trace() ? "" : " (set QKV_TRACE=1 for the stack trace)"));
         if (trace()) {
             e.printStackTrace(err);
         }

@@ -47,16 +47,16 @@ final class MhaCommand implements Command {
     public int run(List<String> args, PrintStream out, PrintStream err) throws UsageException, IOException {
         Flags f = Flags.parse(name(), args,
                 Set.of("x", "kv", "weights", "heads", "kv-heads", "prefix", "mask", "backend", "out"), Set.of("causal"));
-        Path xPath = Path.of(f.require("x"));
-        Path kvPath = f.has("kv") ? Path.of(f.get("kv", null)) : null;
-        Path wPath = Path.of(f.require("weights"));
+        Path xPath = f.requirePath("x");
+        Path kvPath = f.path("kv");
+        Path wPath = f.requirePath("weights");
         int heads = Flags.parseInt("--heads", f.require("heads"), 1, Integer.MAX_VALUE);
         int kvHeads = f.intValue("kv-heads", 0, 1, Integer.MAX_VALUE);
         String prefix = f.get("prefix", "");
-        Path maskPath = f.has("mask") ? Path.of(f.get("mask", null)) : null;
+        Path maskPath = f.path("mask");
         Backend backend = SdpaCommand.backend(f.get("backend", "native"));
         boolean causal = f.has("causal");
-        Path outPath = Path.of(f.require("out"));
+        Path outPath = f.requirePath("out");
         Npy.checkTarget(outPath);
         if (backend == Backend.NATIVE) {
             // a missing library becomes one error line here, before any class that needs it is initialised
@@ -95,13 +95,17 @@ final class MhaCommand implements Command {
             Tensor y;
             long nanos;
             try {
+                // physical memory first: Linux overcommits, and the JVM would be killed while the memory is zeroed
+                Inputs.requireFits("out [B, L, E] = [" + x.size(0) + ", " + x.size(1) + ", " + e + "] and the"
+                        + " layer's workspace", Math.addExact(Math.multiplyExact(Math.multiplyExact(x.size(0),
+                        x.size(1)), (long) e * Float.BYTES), layer.workspaceBytes(x.size(0), x.size(1), lkv)));
                 y = Tensor.allocate(arena, x.size(0), x.size(1), e);
                 MhaWorkspace ws = layer.newWorkspace(arena, x.size(0), x.size(1), lkv);
                 warmUp(layer, x, kv, arena, ws);
                 long t0 = System.nanoTime();
                 layer.forward(x, kv, y, options, ws);
                 nanos = System.nanoTime() - t0;
-            } catch (IllegalArgumentException ex) {
+            } catch (IllegalArgumentException | ArithmeticException ex) {
                 throw new UsageException(ex.getMessage());
             } catch (OutOfMemoryError ex) {
                 throw new UsageException(SdpaCommand.outOfMemory("out [B, L, E] = [" + x.size(0) + ", " + x.size(1)

@@ -41,11 +41,11 @@ final class SdpaCommand implements Command {
     @Override
     public int run(List<String> args, PrintStream out, PrintStream err) throws UsageException, IOException {
         Flags f = Flags.parse(name(), args, Set.of("q", "k", "v", "mask", "scale", "backend", "out"), Set.of("causal"));
-        Path qPath = Path.of(f.require("q"));
-        Path kPath = Path.of(f.require("k"));
-        Path vPath = Path.of(f.require("v"));
-        Path outPath = Path.of(f.require("out"));
-        Path maskPath = f.has("mask") ? Path.of(f.get("mask", null)) : null;
+        Path qPath = f.requirePath("q");
+        Path kPath = f.requirePath("k");
+        Path vPath = f.requirePath("v");
+        Path outPath = f.requirePath("out");
+        Path maskPath = f.path("mask");
         Backend backend = backend(f.get("backend", "native"));
         float scale = f.has("scale") ? scale(f.get("scale", null)) : Float.NaN;
         boolean causal = f.has("causal");

@@ -178,12 +178,17 @@ public final class MultiHeadAttention {
 
     /** Floats of projection scratch for cross-attention: Q, {@code [K | V]} of the kv rows, and the heads' output. */
     private long crossFloats(long batch, long lq, long lkv) {
+        if (batch == 0 || lq == 0) {
+            return 0; // forward returns before it projects anything: no query rows, nothing to attend for
+        }
         return Math.addExact(Math.multiplyExact(Math.multiplyExact(batch, lq), 2L * e),
                 Math.multiplyExact(Math.multiplyExact(batch, lkv), 2L * kvd));
     }
 
-    private long attentionBytes(long lq, long lk) {
-        if (backend == Backend.REFERENCE) {
+    private long attentionBytes(long batch, long lq, long lk) {
+        if (backend == Backend.REFERENCE || batch == 0 || lq == 0) {
+            // no attention call runs (an empty batch or no query rows), so no score tile: an empty batch of a
+            // million positions asked for 512 MB
             return 0;
         }
         // our head views are always usable in place (unit inner stride), so the score tiles are all it needs. A
@@ -204,7 +209,8 @@ public final class MultiHeadAttention {
         }
         try {
             long floats = Math.max(selfFloats(batch, lq), crossFloats(batch, lq, lkv));
-            return Math.addExact(Math.multiplyExact(floats, Float.BYTES), attentionBytes(lq, Math.max(lq, lkv)));
+            return Math.addExact(Math.multiplyExact(floats, Float.BYTES),
+                    attentionBytes(batch, lq, Math.max(lq, lkv)));
         } catch (ArithmeticException e) {
             throw new IllegalArgumentException("workspace for batch=" + batch + ", lq=" + lq + ", lkv=" + lkv
                     + ": more bytes than a long holds");
@@ -217,7 +223,7 @@ public final class MultiHeadAttention {
         workspaceBytes(batch, lq, lkv);
         long floats = Math.max(selfFloats(batch, lq), crossFloats(batch, lq, lkv));
         MemorySegment seg = arena.allocate(Math.max(floats * Float.BYTES, 64), Tensor.ALIGNMENT);
-        return new MhaWorkspace(seg, Workspace.allocate(arena, attentionBytes(lq, Math.max(lq, lkv))));
+        return new MhaWorkspace(seg, Workspace.allocate(arena, attentionBytes(batch, lq, Math.max(lq, lkv))));
     }
 
     /** An empty KV cache for one sequence of up to {@code capacity} positions, shaped for this layer. */
@@ -721,7 +727,7 @@ public final class MultiHeadAttention {
      */
     private void checkAttentionWorkspace(MhaWorkspace ws, KvCache cache, int len) {
         long have = ws.attention().byteSize();
-        if (backend == Backend.REFERENCE || have >= attentionBytes(ws.q().size(2), len)) {
+        if (backend == Backend.REFERENCE || have >= attentionBytes(1, ws.q().size(2), len)) {
             return;
         }
         // planned with this workspace, as sdpa will: grouped kv heads fall back to a head per task when it is small

@@ -13,7 +13,9 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
+import org.junit.jupiter.params.provider.CsvSource;
 import org.junit.jupiter.params.provider.MethodSource;
+import org.junit.jupiter.params.provider.ValueSource;
 
 import java.io.ByteArrayOutputStream;
 import java.io.IOException;
@@ -497,21 +499,65 @@ class MainTest {
     }
 
     /**
-     * A -Dqkv.* setting the library refuses when Attention loads is the user's mistake: one line with the
-     * setting and exit 2, not "internal failure: ExceptionInInitializerError" and exit 1. A child JVM, since the
-     * class loads once per process.
+     * A -Dqkv.* setting the library refuses when Attention (or its pool, or OpenBLAS) loads is the user's mistake:
+     * one line with the setting and exit 2, not "internal failure: ExceptionInInitializerError" and exit 1. A value
+     * that is no integer at all ({@code abc}, {@code 1e3}, beyond a long) is refused as well, never taken as unset
+     * (Integer.getInteger did, and the defaults ran). A child JVM, since the classes load once per process.
      */
-    @Test
-    void aRefusedSettingIsAUserErrorNamingIt() throws IOException, InterruptedException {
+    @ParameterizedTest
+    @CsvSource(delimiter = '|', value = {
+        "qkv.keyBlock=100      | -Dqkv.keyBlock=100: must be a positive multiple of 64",
+        "qkv.keyBlock=abc      | -Dqkv.keyBlock=abc: must be a positive multiple of 64 up to 1048576",
+        "qkv.keyBlock=1e3      | -Dqkv.keyBlock=1e3: must be",
+        "qkv.keyBlock=2147483648 | -Dqkv.keyBlock=2147483648: must be",
+        "qkv.nativeBlockRows=abc | -Dqkv.nativeBlockRows=abc: must be",
+        "qkv.nativeKeyBlock=-5x | -Dqkv.nativeKeyBlock=-5x: must be",
+        "qkv.spanBlocks=0      | -Dqkv.spanBlocks=0: must be an integer from 1 to",
+        "qkv.nativeSmallRows=x | -Dqkv.nativeSmallRows=x: must be an integer",
+        "qkv.nativeSmallMnk=0  | -Dqkv.nativeSmallMnk=0: must be an integer",
+        "qkv.groupKeyBlockBytes=1k | -Dqkv.groupKeyBlockBytes=1k: must be an integer",
+        "qkv.nativeSmallCalls=yes | -Dqkv.nativeSmallCalls=yes: must be true or false",
+        "qkv.pool.spinMicros=-1 | -Dqkv.pool.spinMicros=-1: must be an integer from 0 to",
+        "qkv.blas.threads=abc  | -Dqkv.blas.threads=abc: expected a thread count in 1..1024",
+    })
+    void aRefusedSettingIsAUserErrorNamingIt(String setting, String message) throws IOException,
+            InterruptedException {
         String javaCmd = ProcessHandle.current().info().command().orElse("java");
         Process p = new ProcessBuilder(javaCmd, "--enable-native-access=ALL-UNNAMED", "--add-modules",
-                "jdk.incubator.vector", "-Dqkv.keyBlock=100", "-cp", System.getProperty("java.class.path"),
-                Main.class.getName(), "bench", "--shape", "1,1,8,8", "--iters", "1").start();
+                "jdk.incubator.vector", "-D" + setting, "-cp", System.getProperty("java.class.path"),
+                Main.class.getName(), "bench", "--shape", "1,1,8,8", "--iters", "1", "--backend", "native").start();
         assertTrue(p.waitFor(120, java.util.concurrent.TimeUnit.SECONDS), "child JVM timed out");
         String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
         String err = new String(p.getErrorStream().readAllBytes(), StandardCharsets.UTF_8)
                 .lines().filter(l -> !l.startsWith("WARNING")).collect(java.util.stream.Collectors.joining("\n"));
-        assertUserError(new Result(p.exitValue(), out, err), "-Dqkv.keyBlock=100: must be a positive multiple of 64");
+        assertUserError(new Result(p.exitValue(), out, err), message);
+    }
+
+    /**
+     * A file name the JVM cannot encode is the user's to fix: one line, exit 2. With {@code LC_ALL=C} a non-ASCII
+     * name failed this way as "internal failure: InvalidPathException", exit 1; a NUL, which no Linux name holds,
+     * fails the same way in any locale.
+     */
+    @ParameterizedTest
+    @ValueSource(strings = {"q", "k", "v", "out"})
+    void anUnencodableFileNameIsAUserError(String flag) throws IOException {
+        SplittableRandom random = new SplittableRandom(SEED);
+        String q = randomNpy("q.npy", random, Q).toString();
+        String k = randomNpy("k.npy", random, K).toString();
+        String v = randomNpy("v.npy", random, V).toString();
+        String out = dir.resolve("out.npy").toString();
+        String bad = dir + "/a\u0000b.npy"; // built as a string: Path itself refuses it
+        Result r = run("sdpa", "--q", flag.equals("q") ? bad : q, "--k", flag.equals("k") ? bad : k,
+                "--v", flag.equals("v") ? bad : v, "--out", flag.equals("out") ? bad : out);
+        assertUserError(r, "--" + flag + " '");
+        assertTrue(r.err().contains("is not a file name this JVM can use"), r.toString());
+        assertFalse(Files.exists(dir.resolve("out.npy")));
+    }
+
+    /** Flags are ASCII: Integer.parseInt took {@code --iters ٣} (Arabic-Indic three) as 3. */
+    @Test
+    void nonAsciiDigitsAreNotANumber() {
+        assertUserError(run("bench", "--shape", "1,1,8,8", "--iters", "\u0663"), "--iters expects an integer");
     }
 
     @Test

@@ -164,6 +164,33 @@ class MultiHeadAttentionTest {
         }
     }
 
+    /**
+     * An empty batch runs no attention, so its workspace holds no score tile: the command line's {@code mha} on an
+     * {@code x [0, 10^6, E]} file (128 bytes) zero-filled 570 MB for one, and {@code kv [0, 2^31 - 2^21, E]}
+     * 17 GB. With no rows at all it needs nothing; forward on it writes nothing and throws nothing.
+     */
+    @ParameterizedTest
+    @org.junit.jupiter.params.provider.EnumSource(value = Backend.class, names = {"NATIVE", "JAVA", "AUTO"})
+    void anEmptyBatchNeedsNoWorkspace(Backend backend) {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(5);
+            int e = 16;
+            MhaWeights w = weights(a, r, e, 4, 2, true, true);
+            MultiHeadAttention layer = MultiHeadAttention.create(w, backend, 2);
+            assertEquals(0, layer.workspaceBytes(0, 1_000_000, 1_000_000));
+            assertEquals(0, layer.workspaceBytes(0, 0, 50_000_000));
+            assertEquals(0, layer.workspaceBytes(3, 0, 50_000_000));
+            // a batch of one still needs its tiles: the bound above is not a workspace that is always empty
+            assertTrue(layer.workspaceBytes(1, 1000, 1000) > 0);
+            MhaWorkspace ws = layer.newWorkspace(a, 0, 1_000_000, 1_000_000);
+            assertTrue(ws.byteSize() <= 128, "an empty batch's workspace: " + ws.byteSize() + " bytes");
+            Tensor x = Tensor.allocate(a, 0, 1_000_000, e);
+            layer.forward(x, Tensor.allocate(a, 0, 1_000_000, e), SdpaOptions.CAUSAL, ws);
+            Tensor kv = Tensor.allocate(a, 0, 7, e);
+            layer.forward(x, kv, Tensor.allocate(a, 0, 1_000_000, e), SdpaOptions.DEFAULT, ws);
+        }
+    }
+
     @Test
     void nonContiguousInputsAndOutputsUseTheirStrides() {
         try (Arena a = Arena.ofConfined()) {
