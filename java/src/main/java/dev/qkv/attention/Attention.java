@@ -281,6 +281,12 @@ public final class Attention {
     private final Backend backend;
     /** Products of the generic engine (native, or Java without the Vector API); null otherwise. */
     private final MatmulKernel matmul;
+    /**
+     * AUTO on OpenBLAS with the Vector API present: the Java products, for tensors OpenBLAS may not be handed (heap
+     * memory, floats at an address not a multiple of 4) in layouts the packed Java engine does not read in place;
+     * else null.
+     */
+    private final MatmulKernel javaMatmul;
     /** Products of the Java packed engine; null when not used. */
     private final PackedKernels packed;
     private final RowKernels rows;
@@ -324,6 +330,8 @@ public final class Attention {
             }
         }
         this.autoNative = backend == Backend.AUTO && fastBlas;
+        this.javaMatmul = backend == Backend.AUTO && packed != null && matmul != null
+                && "native".equals(matmul.name()) ? MatmulKernel.java() : null;
         this.blas = matmul != null && "native".equals(matmul.name()) ? OpenBlas.get() : null;
         this.smallCalls = blas != null && (smallCalls != null ? smallCalls : SMALL_CALLS_SET != null
                 ? SMALL_CALLS_SET : AVX512_CORES.contains(
@@ -457,7 +465,7 @@ public final class Attention {
         PerThread.Lease lease = PerThread.enter();
         Job job = takeJob();
         try {
-            job.prepare(q, k, v, out, options, null);
+            job.prepare(q, k, v, out, options, null, true);
             job.execute();
         } finally {
             giveBack(job);
@@ -485,7 +493,7 @@ public final class Attention {
         PerThread.Lease lease = PerThread.enter();
         Job job = takeJob();
         try {
-            job.prepare(q, k, v, out, options, workspace.segment());
+            job.prepare(q, k, v, out, options, workspace.segment(), true);
             long need = job.workspaceBytes();
             if (workspace.byteSize() < need) {
                 job.release();
@@ -513,7 +521,7 @@ public final class Attention {
     private long plannedBytes(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options, MemorySegment shared) {
         Job job = takeJob();
         try {
-            job.prepare(q, k, v, out, options, shared);
+            job.prepare(q, k, v, out, options, shared, false);
             return job.workspaceBytes();
         } finally {
             job.release();
@@ -573,7 +581,7 @@ public final class Attention {
         }
         Job job = takeJob();
         try {
-            job.prepare(q, k, v, out, options, null);
+            job.prepare(q, k, v, out, options, null, false);
             return describe(job);
         } finally {
             job.release();
@@ -729,6 +737,11 @@ public final class Attention {
         int keyBlock;
         /** OpenBLAS runs the products (the generic engine on native sgemm). */
         boolean nativeEngine;
+        /**
+         * AUTO's generic engine on the Java products ({@link Attention#javaMatmul}): tensors OpenBLAS may not be
+         * handed, in a layout that needs a copy.
+         */
+        boolean genericJava;
         int tileRows;
         int blocks;
         int tasks;
@@ -763,7 +776,12 @@ public final class Attention {
         }
 
         String kernelName() {
-            return usePacked ? "java-vector" : gemv ? "native-gemv" : owner.matmul.name();
+            return usePacked ? "java-vector" : gemv ? "native-gemv" : matmul().name();
+        }
+
+        /** The generic engine's products: OpenBLAS, or the Java kernels (see {@link #genericJava}). */
+        MatmulKernel matmul() {
+            return genericJava ? owner.javaMatmul : owner.matmul;
         }
 
         long workspaceBytes() {
@@ -805,9 +823,15 @@ public final class Attention {
             mSeg = null;
         }
 
-        void prepare(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options, MemorySegment shared) {
+        /**
+         * Plans a call. {@code call}: the call itself, which may pack a v that holds subnormals (see
+         * {@link #packSubnormalV}); else a plan for {@code workspaceBytes} or {@code plan()}, which must not depend on
+         * the values.
+         */
+        void prepare(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options, MemorySegment shared,
+                     boolean call) {
             try {
-                prepareFields(q, k, v, out, options, shared);
+                prepareFields(q, k, v, out, options, shared, call);
             } catch (ArithmeticException e) {
                 release();
                 throw new IllegalArgumentException(q.describe("q") + ", " + k.describe("k") + ", " + v.describe("v")
@@ -820,7 +844,7 @@ public final class Attention {
         }
 
         private void prepareFields(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options,
-                                   MemorySegment shared) {
+                                   MemorySegment shared, boolean call) {
             this.q = q;
             this.k = k;
             this.v = v;
@@ -868,14 +892,17 @@ public final class Attention {
             usePacked = owner.packed != null && !packQ && !packK && !packV && !packOut
                     && (!owner.autoNative || heap || lq < AUTO_JAVA_QUERIES || dk < AUTO_NATIVE_MIN_DK);
             small = usePacked && lq < 8 && rowMajorOk(q) && rowMajorOk(k) && rowMajorOk(v);
-            gemv = !usePacked && owner.blas != null && lq < GEMV_QUERIES;
-            if (!usePacked && !packV && owner.blas != null && lq >= AUTO_JAVA_QUERIES && hasSubnormal(v, owner.rows)) {
-                // OpenBLAS multiplies subnormal v through microcode assists (measured 35x slower); a packed
-                // copy flushes them (as packB's flushSubnormals does). The scan reads v once, against Lq/8 and
-                // more reads by the products; decoding-sized calls (fewer than 8 queries) skip it.
-                packV = true;
-            }
-            nativeEngine = !usePacked && owner.blas != null;
+            // AUTO with tensors OpenBLAS may not be handed, which the packed Java engine cannot read in place: the
+            // generic engine on the Java products, as the README's contract has it, not a refusal
+            genericJava = heap && !usePacked && owner.javaMatmul != null;
+            gemv = !usePacked && !genericJava && owner.blas != null && lq < GEMV_QUERIES;
+            // OpenBLAS multiplies subnormal v through microcode assists (measured 35x slower); a packed copy
+            // flushes them (as packB's flushSubnormals does). The scan reads v once, against Lq/8 and more reads by
+            // the products; decoding-sized calls (fewer than 8 queries) skip it. Decided after the plan, which
+            // does not depend on it (packSubnormalV).
+            boolean subnormalV = call && !usePacked && !genericJava && !packV && owner.blas != null
+                    && lq >= AUTO_JAVA_QUERIES && hasSubnormal(v, owner.rows);
+            nativeEngine = !usePacked && !genericJava && owner.blas != null;
             // only where both products can be cut into chunks of SMALL_MIN_KEYS or more: wider heads (D = 256)
             // measured 1.14-1.16x the time of whole 256-row blocks in 128-row blocks of single calls
             smallCalls = nativeEngine && owner.smallCalls
@@ -904,7 +931,31 @@ public final class Attention {
             }
             tileRows = Math.max(1, Math.min(rows0, lq));
             plan(want);
+            if (subnormalV) {
+                packSubnormalV();
+            }
             callId = 0;
+        }
+
+        /**
+         * Packs (and so flushes) a v that holds subnormals where the copy fits what was planned without it: the
+         * budget, and the caller's workspace. The plan itself (blocks, workers, the workspace a call asks for)
+         * depends on the shapes only: a workspace sized by {@code workspaceBytes} before a subnormal appeared in v
+         * was refused as too small once one did, and a budget that fit dropped to 8-row blocks. Where the copy does
+         * not fit, OpenBLAS reads v as it is, slowly, and its subnormals (each under 1.2e-38) stay in the sums.
+         */
+        private void packSubnormalV() {
+            packV = true;
+            long pw = layout(tileRows);
+            long per = Math.multiplyExact(Math.addExact(pw, qTransposedFloats(tileRows)), (long) Float.BYTES);
+            long all = Math.multiplyExact(per, (long) workers);
+            if (all <= owner.budget && (shared == null || Math.multiplyExact(pw, (long) workers * Float.BYTES)
+                    <= shared.byteSize())) {
+                perWorker = pw;
+            } else {
+                packV = false;
+                layout(tileRows);
+            }
         }
 
         /** Pool threads may touch every segment of the call (not so for a confined arena's memory). */
@@ -1018,7 +1069,7 @@ public final class Attention {
                 if (tasks == 0 || dv == 0) {
                     return;
                 }
-                if (!usePacked && "native".equals(owner.matmul.name())) {
+                if (nativeEngine || gemv) {
                     OpenBlas blas = OpenBlas.get();
                     if (blas.threads() != 1) {
                         // qkv parallelises over tasks itself; OpenBLAS threads inside would oversubscribe
@@ -1233,7 +1284,7 @@ public final class Attention {
         private void runGeneric(Scratch s, MemorySegment ws, long base, int b, int h, int blk) {
             final int i0 = blk * tileRows;
             final int rows = rowsOf(blk);
-            final MatmulKernel mm = owner.matmul;
+            final MatmulKernel mm = matmul();
             genericOperands(s, ws, base, b, h);
             final Operand vo = s.vo;
             final long outHead = headAt(out, b, h);
@@ -1326,7 +1377,7 @@ public final class Attention {
         private void product(MatmulKernel mm, Transpose ta, Transpose tb, int m, int n, int k, float alpha,
                              MemorySegment a, long aOff, int lda, MemorySegment b, long bOff, int ldb, float beta,
                              MemorySegment c, long cOff, int ldc) {
-            OpenBlas blas = owner.blas;
+            OpenBlas blas = nativeEngine ? owner.blas : null;
             if (blas != null && smallCalls && (long) m * n * k > SMALL_MNK) {
                 smallProducts(blas, ta, tb, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
             } else if (blas != null) {
@@ -1680,7 +1731,7 @@ public final class Attention {
                         packedOnlineStep(s, ws, base, b, h, i0, rows, keys, j0, maskHead, outSeg, outRows, ldo, max,
                                 sum, (blk - lo) * tileRows);
                     } else {
-                        genericOnlineStep(s, owner.matmul, ws, base, (long) b * hq + h, i0, rows, keys, j0,
+                        genericOnlineStep(s, matmul(), ws, base, (long) b * hq + h, i0, rows, keys, j0,
                                 maskHead, outSeg, outRows, ldo, max, sum, (blk - lo) * tileRows);
                     }
                 }
