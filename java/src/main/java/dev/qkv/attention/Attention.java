@@ -137,7 +137,7 @@ public final class Attention {
         }
         if (v <= 0 || v % multiple != 0 || v > MAX_BLOCK_PROPERTY) {
             throw new IllegalStateException("-D" + name + "=" + s + ": must be a positive multiple of " + multiple
-                    + " up to " + MAX_BLOCK_PROPERTY);
+                    + (v > MAX_BLOCK_PROPERTY ? " up to " + MAX_BLOCK_PROPERTY : ""));
         }
         return (int) v;
     }
@@ -1310,7 +1310,7 @@ public final class Attention {
                 for (int r = 0; r < rows; r++) {
                     if (s.rowScale[r] == 0f) {
                         // no key allowed: zeros, even where v holds NaN or Inf (0 · NaN would be NaN)
-                        zeroRows(outSeg, outRows + (long) r * ldo, 1, dv, ldo);
+                        emptyRow(outSeg, outRows + (long) r * ldo, i0 + r, keys, maskHead);
                     } else {
                         owner.rows.scaleRow(outSeg, outRows + (long) r * ldo, dv, s.rowScale[r]);
                     }
@@ -1470,7 +1470,7 @@ public final class Attention {
                 final long oAt = outRows + (long) r * ldo;
                 if (inv == 0f) {
                     // no key allowed: zeros, even where v holds NaN or Inf (0 · NaN would be NaN)
-                    zeroRows(outSeg, oAt, 1, dv, ldo);
+                    emptyRow(outSeg, oAt, i0 + r, keys, maskHead);
                 } else if (vo.transposed) {
                     // out_r [Dv] = V [Dv, keys] · p_r / sum
                     blas.sgemv(Transpose.NO, dv, keys, inv, vo.seg, vo.offset, vo.ld, ws, base + (long) r * keys, 1,
@@ -1576,7 +1576,7 @@ public final class Attention {
             for (int hh = 0; hh < group; hh++) {
                 int h = h0 + hh;
                 System.arraycopy(inv, hh * rows, s.rowScale, 0, rows);
-                zeroMaskedRows(s.rowScale, rows, outSeg, headAt(out, b, h), dv, ldo);
+                zeroMaskedRows(s.rowScale, rows, outSeg, headAt(out, b, h), dv, ldo, 0, keys, maskAt(b, h));
                 redoNaNRows(s, b, h, 0, rows);
             }
         }
@@ -1626,7 +1626,7 @@ public final class Attention {
                 softmaxRows(ws, base, keys, i0, rows, keys, maskHead, inv);
                 pk.axpyRows(ws, base, keys, rows, v.segment(), vBase, (int) ld(v.stride(2), dv), keys, dv, inv,
                         outSeg, outRows, ldo);
-                zeroMaskedRows(inv, rows, outSeg, outRows, dv, ldo);
+                zeroMaskedRows(inv, rows, outSeg, outRows, dv, ldo, i0, keys, maskHead);
                 return;
             }
             if (keys > keyBlock) {
@@ -1652,7 +1652,7 @@ public final class Attention {
                         outRows + (long) i * ldo, ldo);
                 i += mr;
             }
-            zeroMaskedRows(inv, rows, outSeg, outRows, dv, ldo);
+            zeroMaskedRows(inv, rows, outSeg, outRows, dv, ldo, i0, keys, maskHead);
         }
 
         /** kᵀ [Dk, Lk] and v [Lk, Dv] of kv head {@code g} into panels, once per head and worker, and A's buffer. */
@@ -1739,7 +1739,8 @@ public final class Attention {
             for (int blk = lo; blk < hi; blk++) {
                 if (keysOf(blk) > keyBlock) {
                     onlineFinish(rowsOf(blk), sum, (blk - lo) * tileRows, s.rowScale, outSeg,
-                            packOut ? base + outPackAt : outHead + (long) blk * tileRows * out.stride(2), ldo);
+                            packOut ? base + outPackAt : outHead + (long) blk * tileRows * out.stride(2), ldo,
+                            blk * tileRows, keysOf(blk), maskHead);
                 }
             }
         }
@@ -1844,26 +1845,58 @@ public final class Attention {
          * {@link #zeroMaskedRows}).
          */
         private void onlineFinish(int rows, float[] sum, int so, float[] inv, MemorySegment outSeg, long outRows,
-                                  int ldo) {
+                                  int ldo, int i0, int keys, long maskHead) {
             for (int r = 0; r < rows; r++) {
                 inv[r] = sum[so + r] == 0f ? 0f : 1f / sum[so + r];
                 if (inv[r] != 0f) {
                     owner.rows.scaleRow(outSeg, outRows + (long) r * ldo, dv, inv[r]);
                 }
             }
-            zeroMaskedRows(inv, rows, outSeg, outRows, dv, ldo);
+            zeroMaskedRows(inv, rows, outSeg, outRows, dv, ldo, i0, keys, maskHead);
         }
 
         /**
          * Rows whose softmax allowed no key (normalizer 0) become zeros: the product computed 0 · v, which is NaN
-         * where v holds NaN or Inf, and a fully masked row must give zeros whatever v holds.
+         * where v holds NaN or Inf, and a fully masked row must give zeros whatever v holds (see
+         * {@link #emptyRow}). Rows {@code i0 ...} of the call, which may see {@code keys} keys.
          */
-        private void zeroMaskedRows(float[] inv, int rows, MemorySegment outSeg, long outRows, int dv, int ldo) {
+        private void zeroMaskedRows(float[] inv, int rows, MemorySegment outSeg, long outRows, int dv, int ldo,
+                                    int i0, int keys, long maskHead) {
             for (int r = 0; r < rows; r++) {
                 if (inv[r] == 0f) {
-                    zeroRows(outSeg, outRows + (long) r * ldo, 1, dv, ldo);
+                    emptyRow(outSeg, outRows + (long) r * ldo, i0 + r, keys, maskHead);
                 }
             }
+        }
+
+        /**
+         * Output row {@code i} (at {@code at}, unit stride) of a softmax that found no score above -inf: zeros when
+         * the row may attend no key (its causal limit, its mask), as the contract says. Otherwise its scores
+         * overflowed to -inf (|scale · q·k| past float's range: a scale of 1e38, or |q|, |k| near 1e19), where the
+         * reference attends its largest score; the row is marked NaN, and {@link #redoNaNRows} computes it again in
+         * double. Only such rows reach this; the check reads the row's mask once.
+         */
+        private void emptyRow(MemorySegment outSeg, long at, int i, int keys, long maskHead) {
+            float fill = mayAttend(i, keys, maskHead) ? Float.NaN : 0f;
+            for (int c = 0; c < dv; c++) {
+                outSeg.set(F, (at + c) * Float.BYTES, fill);
+            }
+        }
+
+        /** Whether row {@code i} may attend one of the first {@code keys} keys: its causal limit and mask allow it. */
+        private boolean mayAttend(int i, int keys, long maskHead) {
+            final int lim = limitFor(i, keys);
+            if (lim == 0 || mSeg == null) {
+                return lim > 0;
+            }
+            final long at = maskHead + (long) i * ms2;
+            for (int j = 0; j < lim; j++) {
+                float m = mSeg.getAtIndex(F, at + j * ms3);
+                if (maskBool ? m != 0f : m != Float.NEGATIVE_INFINITY) {
+                    return true;
+                }
+            }
+            return false;
         }
     }
 
