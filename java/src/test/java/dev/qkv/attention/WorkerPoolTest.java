@@ -398,7 +398,8 @@ class WorkerPoolTest {
             assertEquals(2048, Attention.blockProperty(name, 2048, 64));
             System.setProperty(name, "128");
             assertEquals(128, Attention.blockProperty(name, 2048, 64));
-            for (String bad : new String[] {"0", "-64", "16", "100"}) {
+            // not an integer at all: refused too, never taken as unset (Integer.getInteger did)
+            for (String bad : new String[] {"0", "-64", "16", "100", "abc", "1e3", "2k", ""}) {
                 System.setProperty(name, bad);
                 IllegalStateException e = assertThrows(IllegalStateException.class,
                         () -> Attention.blockProperty(name, 2048, 64));

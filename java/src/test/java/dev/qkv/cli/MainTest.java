@@ -507,7 +507,7 @@ class MainTest {
     @ParameterizedTest
     @CsvSource(delimiter = '|', value = {
         "qkv.keyBlock=100      | -Dqkv.keyBlock=100: must be a positive multiple of 64",
-        "qkv.keyBlock=abc      | -Dqkv.keyBlock=abc: must be a positive multiple of 64 up to 1048576",
+        "qkv.keyBlock=abc      | -Dqkv.keyBlock=abc: must be a positive multiple of 64",
         "qkv.keyBlock=1e3      | -Dqkv.keyBlock=1e3: must be",
         "qkv.keyBlock=2147483648 | -Dqkv.keyBlock=2147483648: must be",
         "qkv.nativeBlockRows=abc | -Dqkv.nativeBlockRows=abc: must be",

@@ -167,7 +167,9 @@ class MhaFuzzTest {
                         ws = layer.newWorkspace(a, 1, 1, 1);
                         // a workspace holds at least 64 bytes; the projections of B·L rows must need more
                         long kvd = (long) hkv * dh;
-                        long need = cross ? b * l * 2 * e + b * lkv * 2 * kvd : b * l * (2L * e + 2 * kvd);
+                        // a call without query rows projects nothing and needs no workspace (not even kv's rows)
+                        long need = b * l == 0 ? 0 : cross ? b * l * 2 * e + b * lkv * 2 * kvd
+                                : b * l * (2L * e + 2 * kvd);
                         applies = need > Math.max(2L * e + 2 * kvd, 16);
                     }
                     case MASK_SHAPE -> options = options.withMask(Mask.allowed(Tensor.allocate(a, 1, 1, 1, lkv + 1)
