@@ -37,10 +37,10 @@ public final class SgemmArgs {
             // e.g. a view of a read-only file mapping: OpenBLAS writing into it would crash the JVM (SIGSEGV)
             throw new IllegalArgumentException("sgemm: output c [" + m + ", " + n + "] is a read-only segment");
         }
-        if (overlaps(c, cOffset, cEnd, a, aOffset, aEnd)) {
+        if (Tensor.overlaps(c, cOffset, cEnd, a, aOffset, aEnd)) {
             throw new IllegalArgumentException("sgemm: output c [" + m + ", " + n + "] overlaps input a");
         }
-        if (overlaps(c, cOffset, cEnd, b, bOffset, bEnd)) {
+        if (Tensor.overlaps(c, cOffset, cEnd, b, bOffset, bEnd)) {
             throw new IllegalArgumentException("sgemm: output c [" + m + ", " + n + "] overlaps input b");
         }
     }
@@ -110,20 +110,6 @@ public final class SgemmArgs {
         for (int i = 0; i < m; i++) {
             SgemvArgs.betaTimesY(beta, c, cOffset + (long) i * ldc, n, 1);
         }
-    }
-
-    static boolean overlaps(MemorySegment x, long xFrom, long xTo, MemorySegment y, long yFrom, long yTo) {
-        if (xTo <= xFrom || yTo <= yFrom) {
-            return false;
-        }
-        if (x.isNative() != y.isNative() || (!x.isNative() && x.heapBase().orElse(null) != y.heapBase().orElse(null))) {
-            return false;
-        }
-        long x0 = x.address() + xFrom * Float.BYTES;
-        long x1 = x.address() + xTo * Float.BYTES;
-        long y0 = y.address() + yFrom * Float.BYTES;
-        long y1 = y.address() + yTo * Float.BYTES;
-        return x0 < y1 && y0 < x1;
     }
 
 }

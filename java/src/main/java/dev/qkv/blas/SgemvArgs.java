@@ -42,10 +42,10 @@ public final class SgemvArgs {
             // e.g. a view of a read-only file mapping: OpenBLAS writing into it would crash the JVM (SIGSEGV)
             throw new IllegalArgumentException("sgemv: output y [" + yLen + "] is a read-only segment");
         }
-        if (SgemmArgs.overlaps(y, yOffset, yEnd, a, aOffset, aEnd)) {
+        if (Tensor.overlaps(y, yOffset, yEnd, a, aOffset, aEnd)) {
             throw new IllegalArgumentException("sgemv: output y [" + yLen + "] overlaps input a [" + m + ", " + n + "]");
         }
-        if (SgemmArgs.overlaps(y, yOffset, yEnd, x, xOffset, xEnd)) {
+        if (Tensor.overlaps(y, yOffset, yEnd, x, xOffset, xEnd)) {
             throw new IllegalArgumentException("sgemv: output y [" + yLen + "] overlaps input x [" + xLen + "]");
         }
     }

@@ -161,27 +161,42 @@ public final class Tensor {
 
     /**
      * True when the byte ranges this view and {@code other} can reach share a byte: coarse but safe, since gaps
-     * of strided views count. Views of different heap arrays, or of heap and off-heap memory, never overlap.
-     * Allocates nothing for off-heap views, so per-call argument checks may use it.
+     * of strided views count. Views of different heap arrays, or of heap and off-heap memory, never overlap;
+     * read-only views count as the memory they view (see {@link #overlaps(MemorySegment, long, long,
+     * MemorySegment, long, long)}). Allocates nothing for off-heap views, nor for heap views it finds disjoint,
+     * so per-call argument checks may use it.
      */
     public boolean overlaps(Tensor other) {
-        long xe = endElement();
-        long ye = other.endElement();
-        if (xe == 0 || ye == 0) {
+        return overlaps(segment, offset, endElement(), other.segment, other.offset, other.endElement());
+    }
+
+    /**
+     * True when floats {@code [xFrom, xTo)} of {@code x} and {@code [yFrom, yTo)} of {@code y} share a byte; each
+     * range must lie inside its segment. The one overlap rule of every argument check (tensors, sgemm, sgemv).
+     *
+     * <p>Heap segments of one array are told from those of different arrays by
+     * {@link MemorySegment#asOverlappingSlice}, which compares the arrays themselves. Comparing
+     * {@link MemorySegment#heapBase} does not work: it is empty for a read-only segment, so a read-only view of an
+     * array passed for a different array than a writable view of it (an output aliasing its inputs went through),
+     * and two read-only views of different arrays for one array. The offsets are compared first: ranges at
+     * disjoint offsets never overlap, whatever the arrays; at overlapping offsets they overlap exactly when the
+     * whole segments view one array, and then the whole segments overlap too. So the only allocation (the slice
+     * {@code asOverlappingSlice} returns) comes with a {@code true}, which every caller answers with an exception
+     * or a copy; off-heap segments and non-overlapping heap ones allocate nothing.
+     */
+    public static boolean overlaps(MemorySegment x, long xFrom, long xTo, MemorySegment y, long yFrom, long yTo) {
+        if (xTo <= xFrom || yTo <= yFrom || x.isNative() != y.isNative()) {
             return false;
         }
-        MemorySegment ys = other.segment;
-        if (segment.isNative() != ys.isNative()) {
+        // for heap segments address() is the offset into the array
+        long x0 = x.address() + xFrom * Float.BYTES;
+        long x1 = x.address() + xTo * Float.BYTES;
+        long y0 = y.address() + yFrom * Float.BYTES;
+        long y1 = y.address() + yTo * Float.BYTES;
+        if (x0 >= y1 || y0 >= x1) {
             return false;
         }
-        if (!segment.isNative() && segment.heapBase().orElse(null) != ys.heapBase().orElse(null)) {
-            return false;
-        }
-        long x0 = segment.address() + offset * Float.BYTES;
-        long x1 = segment.address() + xe * Float.BYTES;
-        long y0 = ys.address() + other.offset * Float.BYTES;
-        long y1 = ys.address() + ye * Float.BYTES;
-        return x0 < y1 && y0 < x1;
+        return x.isNative() || x.asOverlappingSlice(y).isPresent();
     }
 
     /** The segment this tensor views. */

@@ -8,9 +8,11 @@ import org.junit.jupiter.params.provider.MethodSource;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.util.Random;
 import java.util.function.Function;
 import java.util.stream.Stream;
 
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertDoesNotThrow;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -208,6 +210,98 @@ class AttentionArgumentsTest {
             // the adjacent half of the same allocation is not an overlap
             assertDoesNotThrow(() -> a.sdpa(q, k, v, big.select(0, 1), o));
         }
+    }
+
+    /**
+     * Inputs given as read-only views of the output's heap array are refused as writable ones are.
+     * {@link MemorySegment#heapBase} is empty for a read-only segment, and the overlap check compared heap bases:
+     * such inputs passed for another array, and the Java backend computed into its own inputs (max error 4.37 at
+     * {@code [1, 2, 64, 8]}). The native backend, which refuses heap memory, checks overlaps first and says so.
+     */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("backends")
+    void readOnlyHeapInputsAliasingTheOutput(Backend backend) {
+        Attention a = Attention.create(backend);
+        final int head = 8 * 8;
+        float[] arr = randomArray(3 * head, 11);
+        float[] before = arr.clone();
+        MemorySegment rw = MemorySegment.ofArray(arr);
+        MemorySegment ro = rw.asReadOnly();
+        Tensor in = Tensor.wrap(ro, 1, 2, 8, 8);
+        // heads 1-2 of the array: out's head 0 is in's head 1
+        Tensor out = Tensor.wrap(rw.asSlice((long) head * Float.BYTES), 1, 2, 8, 8);
+        Tensor other = Tensor.wrap(MemorySegment.ofArray(randomArray(2 * head, 12)), 1, 2, 8, 8);
+        Tensor mask = Tensor.wrap(ro.asSlice((long) head * Float.BYTES), 8, 8);
+        SdpaOptions o = SdpaOptions.DEFAULT;
+        rejects(IllegalArgumentException.class, null, () -> a.sdpa(in, in, in, out, o), "out [1, 2, 8, 8]",
+                "overlaps q [1, 2, 8, 8]");
+        rejects(IllegalArgumentException.class, null, () -> a.sdpa(other, in, other, out, o), "overlaps k");
+        rejects(IllegalArgumentException.class, null, () -> a.sdpa(other, other, in, out, o), "overlaps v");
+        rejects(IllegalArgumentException.class, null,
+                () -> a.sdpa(other, other, other, out, o.withMask(Mask.additive(mask))), "overlaps mask");
+        assertArrayEquals(before, arr, "a refused call wrote into the array");
+    }
+
+    /**
+     * Read-only heap views that share no float with the output are not overlaps: views of other arrays (each at
+     * offset 0 of its own, as the output is), and views of the output's own array beside it. Each call gives
+     * what the same backend gives on writable copies.
+     */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("backends")
+    void readOnlyHeapInputsBesideTheOutput(Backend backend) {
+        if (backend == Backend.NATIVE) {
+            return;  // heap memory: refused whatever it overlaps (readOnlyHeapInputsAliasingTheOutput)
+        }
+        Attention a = Attention.create(backend);
+        final int n = 2 * 8 * 8;
+        float[] q = randomArray(n, 21);
+        float[] k = randomArray(n, 22);
+        float[] v = randomArray(n, 23);
+        float[] m = randomArray(8 * 8, 24);
+        SdpaOptions o = SdpaOptions.CAUSAL.withMask(Mask.additive(heap(m.clone(), 8, 8)));
+        Tensor want = heap(new float[n], 1, 2, 8, 8);
+        a.sdpa(heap(q.clone(), 1, 2, 8, 8), heap(k.clone(), 1, 2, 8, 8), heap(v.clone(), 1, 2, 8, 8), want, o);
+
+        // other arrays, read-only
+        Tensor out = heap(new float[n], 1, 2, 8, 8);
+        a.sdpa(readOnly(q, 1, 2, 8, 8), readOnly(k, 1, 2, 8, 8), readOnly(v, 1, 2, 8, 8), out,
+                SdpaOptions.CAUSAL.withMask(Mask.additive(readOnly(m, 8, 8))));
+        assertArrayEquals(want.toArray(), out.toArray(), 1e-6f);
+
+        // one array [q | k | v | mask | out], the inputs through a read-only view of it
+        float[] all = new float[4 * n + 8 * 8];
+        System.arraycopy(q, 0, all, 0, n);
+        System.arraycopy(k, 0, all, n, n);
+        System.arraycopy(v, 0, all, 2 * n, n);
+        System.arraycopy(m, 0, all, 3 * n, 8 * 8);
+        MemorySegment rw = MemorySegment.ofArray(all);
+        MemorySegment ro = rw.asReadOnly();
+        long[] shape = {1, 2, 8, 8};
+        long[] strides = {n, 8 * 8, 8, 1};
+        Tensor shared = Tensor.view(rw, 3 * n + 8 * 8, shape, strides);
+        a.sdpa(Tensor.view(ro, 0, shape, strides), Tensor.view(ro, n, shape, strides),
+                Tensor.view(ro, 2 * n, shape, strides), shared,
+                SdpaOptions.CAUSAL.withMask(Mask.additive(Tensor.view(ro, 3 * n, new long[] {8, 8},
+                        new long[] {8, 1}))));
+        assertArrayEquals(want.toArray(), shared.toArray(), 1e-6f);
+    }
+
+    private static float[] randomArray(int n, long seed) {
+        Random r = new Random(seed);
+        float[] x = new float[n];
+        for (int i = 0; i < n; i++) {
+            x[i] = (float) r.nextGaussian();
+        }
+        return x;
+    }
+
+    private static Tensor heap(float[] x, long... shape) {
+        return Tensor.wrap(MemorySegment.ofArray(x), shape);
+    }
+
+    private static Tensor readOnly(float[] x, long... shape) {
+        return Tensor.wrap(MemorySegment.ofArray(x).asReadOnly(), shape);
     }
 
     @ParameterizedTest(name = "{0}")

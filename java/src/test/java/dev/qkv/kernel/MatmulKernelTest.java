@@ -12,10 +12,12 @@ import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.List;
 import java.util.Random;
 import java.util.stream.Stream;
 
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -366,6 +368,58 @@ class MatmulKernelTest {
             // the same heap array as both input and output is an overlap
             expect(IllegalArgumentException.class, null, "overlaps",
                     () -> kernel.matmul(Transpose.NO, Transpose.NO, 2, 2, 2, 1f, c, 0, 2, b, 0, 2, 0f, c, 0, 2));
+        }
+    }
+
+    /**
+     * A and B (or A and x) given as read-only views of C's heap array are refused as writable ones are: the
+     * overlap check compared {@link MemorySegment#heapBase}, empty for a read-only segment, and took them for
+     * another array. Read-only views of other arrays, and of C's array beside C, are no overlap and give what
+     * writable copies give. (The native kernel refuses heap segments: {@link #heapSegments}.)
+     */
+    @Test
+    void readOnlyHeapViewsOfTheOutputsArray() {
+        Transpose no = Transpose.NO;
+        for (MatmulKernel kernel : List.of(MatmulKernel.javaScalar(), MatmulKernel.java())) {
+            String what = kernel.name();
+            // [A 4x4 | B 4x4 | C 4x4]
+            float[] arr = new float[48];
+            for (int i = 0; i < arr.length; i++) {
+                arr[i] = i % 7 - 3;
+            }
+            float[] copy = arr.clone();
+            MemorySegment rw = MemorySegment.ofArray(arr);
+            MemorySegment ro = rw.asReadOnly();
+            // C at [12, 28): A's last row, B's first three rows; C at [28, 44): B's last row
+            expect(IllegalArgumentException.class, rw, "overlaps input a",
+                    () -> kernel.matmul(no, no, 4, 4, 4, 1f, ro, 0, 4, ro, 16, 4, 0f, rw, 12, 4));
+            expect(IllegalArgumentException.class, rw, "overlaps input b",
+                    () -> kernel.matmul(no, no, 4, 4, 4, 1f, ro, 0, 4, ro, 16, 4, 0f, rw, 28, 4));
+            // y [4] over x's last element, and over A's last row
+            expect(IllegalArgumentException.class, rw, "overlaps input x",
+                    () -> kernel.matvec(no, 4, 4, 1f, ro, 0, 4, ro, 16, 1, 0f, rw, 19, 1));
+            expect(IllegalArgumentException.class, rw, "overlaps input a",
+                    () -> kernel.matvec(no, 4, 4, 1f, ro, 0, 4, ro, 16, 1, 0f, rw, 12, 1));
+
+            // beside C in its own array, and in other arrays (all at offset 0, as C is)
+            float[] want = new float[16];
+            kernel.matmul(no, no, 4, 4, 4, 1f, MemorySegment.ofArray(copy), 0, 4, MemorySegment.ofArray(copy), 16,
+                    4, 0f, MemorySegment.ofArray(want), 0, 4);
+            kernel.matmul(no, no, 4, 4, 4, 1f, ro, 0, 4, ro, 16, 4, 0f, rw, 32, 4);
+            assertArrayEquals(want, Arrays.copyOfRange(arr, 32, 48), what);
+            float[] c = new float[16];
+            kernel.matmul(no, no, 4, 4, 4, 1f, MemorySegment.ofArray(copy.clone()).asReadOnly(), 0, 4,
+                    MemorySegment.ofArray(copy.clone()).asReadOnly(), 16, 4, 0f, MemorySegment.ofArray(c), 0, 4);
+            assertArrayEquals(want, c, what);
+            float[] yWant = new float[4];
+            kernel.matvec(no, 4, 4, 1f, MemorySegment.ofArray(copy), 0, 4, MemorySegment.ofArray(copy), 16, 1, 0f,
+                    MemorySegment.ofArray(yWant), 0, 1);
+            kernel.matvec(no, 4, 4, 1f, ro, 0, 4, ro, 16, 1, 0f, rw, 32, 1);
+            assertArrayEquals(yWant, Arrays.copyOfRange(arr, 32, 36), what);
+            float[] y = new float[4];
+            kernel.matvec(no, 4, 4, 1f, MemorySegment.ofArray(copy.clone()).asReadOnly(), 0, 4,
+                    MemorySegment.ofArray(copy.clone()).asReadOnly(), 16, 1, 0f, MemorySegment.ofArray(y), 0, 1);
+            assertArrayEquals(yWant, y, what);
         }
     }
 

@@ -298,6 +298,58 @@ class TensorTest {
     }
 
     /**
+     * Read-only heap views are the memory they view. {@link MemorySegment#heapBase} is empty for them, and the
+     * overlap check compared heap bases: it took a read-only view of an array for another array than a writable
+     * view of it (here), and read-only views of two different arrays for one array (the next test).
+     */
+    @Test
+    void readOnlyHeapViewsOverlapTheArrayTheyView() {
+        MemorySegment xs = MemorySegment.ofArray(new float[16]);
+        Tensor xw = Tensor.wrap(xs, 16);
+        Tensor xr = Tensor.wrap(xs.asReadOnly(), 16);
+        assertTrue(xw.overlaps(xr));
+        assertTrue(xr.overlaps(xw));
+        assertTrue(Tensor.wrap(xs.asSlice(4 * Float.BYTES), 4).overlaps(xr));
+        assertTrue(xr.overlaps(Tensor.wrap(xs.asSlice(12 * Float.BYTES).asReadOnly(), 4)));
+        // halves of one array, one read-only: disjoint, until they share an element
+        Tensor low = Tensor.view(xs, 0, new long[] {8}, new long[] {1});
+        Tensor high = Tensor.view(xs.asReadOnly(), 8, new long[] {8}, new long[] {1});
+        assertFalse(low.overlaps(high));
+        assertFalse(high.overlaps(low));
+        assertTrue(Tensor.view(xs, 7, new long[] {2}, new long[] {1}).overlaps(high));
+    }
+
+    @Test
+    void readOnlyHeapViewsOfDifferentArraysDoNotOverlap() {
+        MemorySegment xs = MemorySegment.ofArray(new float[16]);
+        MemorySegment ys = MemorySegment.ofArray(new float[16]);
+        // both at offset 0 of their arrays
+        Tensor xr = Tensor.wrap(xs.asReadOnly(), 16);
+        Tensor yr = Tensor.wrap(ys.asReadOnly(), 16);
+        assertFalse(xr.overlaps(yr));
+        assertFalse(yr.overlaps(xr));
+        assertFalse(Tensor.wrap(xs, 16).overlaps(yr));
+        assertFalse(yr.overlaps(Tensor.wrap(xs, 16)));
+        // heap and off-heap never overlap; a read-only off-heap view overlaps what it views, as before
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor n = Tensor.allocate(arena, 16);
+            assertFalse(n.overlaps(xr));
+            assertFalse(xr.overlaps(Tensor.wrap(n.segment().asReadOnly(), 16)));
+            assertTrue(n.overlaps(Tensor.wrap(n.segment().asReadOnly(), 16)));
+        }
+    }
+
+    /** copyFrom a read-only view of its own array: the overlap is seen, so the values before the call are copied. */
+    @Test
+    void copyFromAReadOnlyViewOfTheSameArrayCopiesTheValuesBeforeTheCall() {
+        float[] m = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+        MemorySegment s = MemorySegment.ofArray(m);
+        Tensor t = Tensor.wrap(s, 3, 3);
+        t.copyFrom(Tensor.wrap(s.asReadOnly(), 3, 3).transpose());
+        assertArrayEquals(new float[] {1, 4, 7, 2, 5, 8, 3, 6, 9}, m);
+    }
+
+    /**
      * A destination that maps two elements to one address (a broadcast view) is refused by both copyFrom forms,
      * and left as it was: before, each address silently kept the last value written to it.
      */
