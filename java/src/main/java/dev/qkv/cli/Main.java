@@ -62,7 +62,18 @@ public final class Main {
             }
             String word = args[0];
             if (word.equals("help") || word.equals("--help") || word.equals("-h")) {
-                printUsage(out);
+                if (args.length == 1) {
+                    printUsage(out);
+                    return 0;
+                }
+                // `qkv help sdpa`: that command's usage, as `qkv sdpa --help` prints it; anything else is a mistake
+                Command named = args.length == 2 ? BY_NAME.get(args[1]) : null;
+                if (named == null) {
+                    throw new UsageException(word + " takes at most one command name (" + String.join(", ",
+                            BY_NAME.keySet()) + "), got '" + String.join(" ", Arrays.asList(args).subList(1,
+                            args.length)) + "'");
+                }
+                printCommandUsage(out, named);
                 return 0;
             }
             Command c = BY_NAME.get(word);
@@ -76,8 +87,7 @@ public final class Main {
                 // every command parses its flags before it does anything (Flags.parse finds --help and -h)
                 return c.run(rest, out, err);
             } catch (HelpRequest h) {
-                out.println("usage: qkv " + c.usage().replace("\n", "\n       qkv "));
-                out.println("  " + c.summary());
+                printCommandUsage(out, c);
                 return 0;
             }
         } catch (UsageException e) {
@@ -110,6 +120,11 @@ public final class Main {
         }
     }
 
+    private static void printCommandUsage(PrintStream out, Command c) {
+        out.println("usage: qkv " + c.usage().replace("\n", "\n       qkv "));
+        out.println("  " + c.summary());
+    }
+
     private static int internal(PrintStream err, Throwable e) {
         err.println("error: internal failure: " + String.valueOf(e).replace('\n', ' ')
                 + (trace() ? "" : " (set QKV_TRACE=1 for the stack trace)"));
@@ -135,8 +150,8 @@ public final class Main {
             out.println("  qkv " + c.usage().replace("\n", "\n  qkv "));
             out.println("      " + c.summary());
         }
-        out.println("  qkv help");
-        out.println("      This text. 'qkv <command> --help' shows one command.");
+        out.println("  qkv help [command]");
+        out.println("      This text, or one command's ('qkv <command> --help' shows it too).");
         out.println();
         out.println("Exit codes: 0 ok, 2 usage or input error (one 'error:' line on stderr), 1 other failures.");
     }

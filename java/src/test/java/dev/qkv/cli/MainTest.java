@@ -435,6 +435,23 @@ class MainTest {
     }
 
     /**
+     * {@code qkv help sdpa} prints what {@code qkv sdpa --help} does; an unknown name or more words after help is
+     * a mistake (it used to be ignored, printing the general usage with exit 0).
+     */
+    @Test
+    void helpWithACommandNamePrintsThatCommandsUsage() {
+        for (String cmd : List.of("sdpa", "mha", "bench", "info")) {
+            Result named = run("help", cmd);
+            assertEquals(0, named.code(), named.toString());
+            assertEquals("", named.err());
+            assertEquals(run(cmd, "--help").out(), named.out());
+            assertTrue(named.out().startsWith("usage: qkv " + cmd), named.out());
+        }
+        assertUserError(run("help", "extra"), "help takes at most one command name");
+        assertUserError(run("--help", "sdpa", "mha"), "got 'sdpa mha'");
+    }
+
+    /**
      * {@code -h} that a value flag takes as its value is that value, not a help request: the command runs and
      * fails on it (exit 2, one line, no output file) instead of printing usage and exiting 0 with nothing done.
      * Where a flag stands, help wins over the rest of the line.
