@@ -1309,7 +1309,8 @@ public final class Attention {
                         ws, base, lds, vo.seg, vo.offset, vo.ld, outSeg, outRows, ldo);
                 for (int r = 0; r < rows; r++) {
                     if (s.rowScale[r] == 0f) {
-                        // no key allowed: zeros, even where v holds NaN or Inf (0 · NaN would be NaN)
+                        // no score above -inf: zeros, even where v holds NaN or Inf (0 · NaN would be NaN), or
+                        // the exact recomputation where the scores overflowed (emptyRow)
                         emptyRow(outSeg, outRows + (long) r * ldo, i0 + r, keys, maskHead);
                     } else {
                         owner.rows.scaleRow(outSeg, outRows + (long) r * ldo, dv, s.rowScale[r]);
@@ -1469,7 +1470,8 @@ public final class Attention {
                 final float inv = s.rowScale[r];
                 final long oAt = outRows + (long) r * ldo;
                 if (inv == 0f) {
-                    // no key allowed: zeros, even where v holds NaN or Inf (0 · NaN would be NaN)
+                    // no score above -inf: zeros, even where v holds NaN or Inf (0 · NaN would be NaN), or the
+                    // exact recomputation where the scores overflowed (emptyRow)
                     emptyRow(outSeg, oAt, i0 + r, keys, maskHead);
                 } else if (vo.transposed) {
                     // out_r [Dv] = V [Dv, keys] · p_r / sum
