@@ -319,7 +319,7 @@ final class VectorPackedKernels implements PackedKernels {
         // When every block stores straight to C (see block), the tile is not touched: then no tile, and so no
         // downcall for its cache-line start (HeapAlignment, ~4 ns per register block of rows: ~0.7 µs of a
         // [1, 1, 128, 64] call, 2% in JFR).
-        final boolean direct = !narrow && beta == 0f && n % NR == 0 && (m == 6 || m == 4);
+        final boolean direct = !narrow && beta == 0f && n % NR == 0 && (m == 6 || m == 4) && c.isNative();
         final PackBuffer tb = direct ? null : TILE.get();
         final float[] tile = direct ? null : tb.array();
         final int t = direct ? 0 : tb.alignedStart();
@@ -360,7 +360,7 @@ final class VectorPackedKernels implements PackedKernels {
     private static void block(float[] a, int a0, int k, int mr, boolean stepMajor, float[] bp, int bBase,
                               float[] tile, int t, float[] rowScale, int i, float beta, MemorySegment c, long cOff,
                               int ldc, int nb) {
-        final boolean direct = beta == 0f && nb == NR;
+        final boolean direct = beta == 0f && nb == NR && c.isNative();
         final MemorySegment to = direct ? c : null;
         final long cAt = cOff * Float.BYTES;
         final long ldcBytes = (long) ldc * Float.BYTES;
@@ -1074,9 +1074,19 @@ final class VectorPackedKernels implements PackedKernels {
         c1.intoArray(tile, at + L);
     }
 
-    /** {@code C row r [0, nb) = rowScale[i + r] · tile row r (of nr floats) + beta · C} for {@code r < mr}. */
+    /**
+     * {@code C row r [0, nb) = rowScale[i + r] · tile row r (of nr floats) + beta · C} for {@code r < mr}. A heap C
+     * (an array wrapped as a segment) gets its rows back through the tile and a bulk copy, never a vector store: a
+     * vector store into a heap segment is intrinsified only while the JDK's shared type profile of such stores
+     * (in {@code ScopedMemoryAccess}) has not seen heap segments over two array types. The Vector API's own
+     * fallback for {@code reinterpretAsInts} (as {@link VectorRowKernels} runs it before C2) stores into a
+     * {@code byte[]} segment; once that and a {@code float[]} C share the profile, C2 leaves every such store a
+     * call and boxes its vector (measured: 12288 bytes per [1, 2, 16, 64] call). The register kernels store
+     * straight to C only when C is off-heap, for the same reason.
+     */
     private static void flush(float[] tile, int t, int nr, int mr, float[] rowScale, int i, float beta, MemorySegment c,
                               long cOff, int ldc, int nb) {
+        final boolean heap = !c.isNative();
         for (int r = 0; r < mr; r++) {
             float scale = rowScale == null ? 1f : rowScale[i + r];
             long off = (cOff + (long) r * ldc) * Float.BYTES;
@@ -1087,7 +1097,14 @@ final class VectorPackedKernels implements PackedKernels {
                     if (beta != 0f) {
                         x = FloatVector.fromMemorySegment(SP, c, o, O).mul(beta).add(x);
                     }
-                    x.intoMemorySegment(c, o, O);
+                    if (heap) {
+                        x.intoArray(tile, t + r * nr + q);
+                    } else {
+                        x.intoMemorySegment(c, o, O);
+                    }
+                }
+                if (heap) {
+                    MemorySegment.copy(tile, t + r * nr, c, F, off, nr);
                 }
             } else {
                 // a partial panel, element by element (masked vector stores may not be intrinsified)
