@@ -458,7 +458,7 @@ public final class WorkerPool {
          * µs), so that a caller right behind finds it; else its account stops until the next spin.
          */
         void begin(long now) {
-            if (maySpin(index, now)) {
+            if (maySpin(now)) {
                 on = true;
                 until = now + spinNanos;
                 spinning(index, +1);
@@ -501,18 +501,12 @@ public final class WorkerPool {
         }
     }
 
-    /** True when this thread may spin now: spinning set, the thread CPU clock there, the pool not quiet. */
-    private boolean maySpin(int index, long now) {
-        if (spinNanos == 0 || now - quietUntil < 0) {
-            return false;
-        }
-        if (!CpuClock.SUPPORTED) {
-            if (index == 0) {
-                noCpuClock = true;
-            }
-            return false;
-        }
-        return true;
+    /**
+     * True when this thread may spin now: spinning set, the thread CPU clock there (without it, loop has set
+     * {@link #noCpuClock} when the thread started), the pool not quiet.
+     */
+    private boolean maySpin(long now) {
+        return spinNanos > 0 && CpuClock.SUPPORTED && now - quietUntil >= 0;
     }
 
     private void loop(int index) {
