@@ -330,9 +330,8 @@ public final class Attention {
             }
         }
         this.autoNative = backend == Backend.AUTO && fastBlas;
-        this.javaMatmul = backend == Backend.AUTO && packed != null && matmul != null
-                && "native".equals(matmul.name()) ? MatmulKernel.java() : null;
         this.blas = matmul != null && "native".equals(matmul.name()) ? OpenBlas.get() : null;
+        this.javaMatmul = backend == Backend.AUTO && packed != null && blas != null ? MatmulKernel.java() : null;
         this.smallCalls = blas != null && (smallCalls != null ? smallCalls : SMALL_CALLS_SET != null
                 ? SMALL_CALLS_SET : AVX512_CORES.contains(
                         blas.library().coreName().toLowerCase(java.util.Locale.ROOT)));

@@ -142,19 +142,17 @@ final class Flags {
 
     /** Parses {@code text} as an integer in {@code [min, max]}; {@code what} names it in the message. */
     static int parseInt(String what, String text, int min, int max) throws UsageException {
+        String t = text.strip();
+        if (!t.matches("[+-]?[0-9]+")) {
+            // ASCII digits only: Integer.parseInt takes any Unicode digit (--heads ٤ as 4)
+            throw new UsageException(what + " expects an integer, got '" + text + "'");
+        }
         int n;
         try {
-            if (!text.strip().matches("[+-]?[0-9]+")) {
-                // Integer.parseInt takes any Unicode digit (--heads ٤ as 4); flags are ASCII
-                throw new NumberFormatException();
-            }
-            n = Integer.parseInt(text.strip());
+            n = Integer.parseInt(t);
         } catch (NumberFormatException e) {
-            if (text.strip().matches("[+-]?[0-9]+")) {
-                // an integer, just not an int
-                throw new UsageException(what + " must be in " + min + ".." + max + ", got " + text.strip());
-            }
-            throw new UsageException(what + " expects an integer, got '" + text + "'");
+            // an integer, just not an int
+            throw new UsageException(what + " must be in " + min + ".." + max + ", got " + t);
         }
         if (n < min || n > max) {
             throw new UsageException(what + " must be in " + min + ".." + max + ", got " + n);
