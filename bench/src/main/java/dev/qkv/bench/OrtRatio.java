@@ -160,7 +160,7 @@ public final class OrtRatio {
             int cycles = 0;
             while (true) {
                 for (int c = 0; c < n; c++) {
-                    double median = block(contenders.get(c).call(), calls[c], new long[calls[c]]);
+                    double median = block(contenders.get(c).call(), calls[c]);
                     calls[c] = (int) Math.max(3, Math.min(100_000, Math.ceil(WARM_BLOCK_NANOS / median)));
                 }
                 cycles++;
@@ -178,15 +178,11 @@ public final class OrtRatio {
             }
 
             Rounds times = new Rounds(n, rounds);
-            long[][] scratch = new long[n][];
-            for (int c = 0; c < n; c++) {
-                scratch[c] = new long[calls[c]];
-            }
             for (int round = 0; round < rounds; round++) {
                 double[] t = new double[n];
                 for (int j = 0; j < n; j++) {
                     int c = (j + round) % n;
-                    t[c] = block(contenders.get(c).call(), calls[c], scratch[c]);
+                    t[c] = block(contenders.get(c).call(), calls[c]);
                 }
                 times.add(t);
             }
@@ -223,19 +219,16 @@ public final class OrtRatio {
     }
 
     /** Sleeps 10 ms, makes one untimed call, then times {@code calls} calls; returns the median call in ns. */
-    private static double block(Call call, int calls, long[] ns) throws Exception {
+    private static double block(Call call, int calls) throws Exception {
         Thread.sleep(10);
         call.run();
+        double[] ns = new double[calls];
         for (int i = 0; i < calls; i++) {
             long start = System.nanoTime();
             call.run();
             ns[i] = System.nanoTime() - start;
         }
-        double[] x = new double[calls];
-        for (int i = 0; i < calls; i++) {
-            x[i] = ns[i];
-        }
-        return Rounds.median(x);
+        return Rounds.median(ns);
     }
 
     /** The JVM's total JIT compilation time in ms, or -1 (never changing) where it is not monitored. */
@@ -245,10 +238,7 @@ public final class OrtRatio {
     }
 
     private static void check(String what, float[] want, float[] got) {
-        double maxDiff = 0;
-        for (int i = 0; i < want.length; i++) {
-            maxDiff = Math.max(maxDiff, Math.abs((double) want[i] - got[i]));
-        }
+        double maxDiff = OrtBench.maxDiff(want, got);
         if (!(maxDiff <= 1e-4)) {
             throw new IllegalStateException(what + " differs from qkv's Java backend by " + maxDiff);
         }
