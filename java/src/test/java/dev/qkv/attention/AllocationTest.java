@@ -98,6 +98,22 @@ class AllocationTest {
                 Arguments.of(Backend.JAVA, Opts.PLAIN, 1, 64));
     }
 
+    /** Where AUTO's tensors live, for the layouts it must copy (see {@link #copiedLayoutCases}). */
+    enum Memory { HEAP, MISALIGNED }
+
+    /**
+     * AUTO with tensors OpenBLAS may not be handed (heap arrays, or off-heap floats at an address that is not a
+     * multiple of 4) in a layout the packed Java engine cannot take in place (a transposed out): the generic
+     * engine on the Java products (Attention.Job.genericJava on AVX-512 cores; the Java products anyway on
+     * others). Measured once by hand at 0 B per call; these keep it so.
+     */
+    static Stream<Arguments> copiedLayoutCases() {
+        return Stream.of(
+                Arguments.of(Memory.HEAP, Opts.PLAIN, 16, 64),
+                Arguments.of(Memory.MISALIGNED, Opts.CAUSAL, 16, 64),
+                Arguments.of(Memory.MISALIGNED, Opts.PLAIN, LONG_LK, 64));
+    }
+
     @BeforeAll
     static void buildAndWarmUpTogether() {
         arena = Arena.ofShared();
@@ -109,6 +125,11 @@ class AllocationTest {
         heapCases().forEach(a -> {
             Object[] p = a.get();
             Case c = buildHeap((Backend) p[0], (Opts) p[1], (int) p[2], (int) p[3]);
+            CASES.put(c.what(), c);
+        });
+        copiedLayoutCases().forEach(a -> {
+            Object[] p = a.get();
+            Case c = buildCopiedLayout((Memory) p[0], (Opts) p[1], (int) p[2], (int) p[3]);
             CASES.put(c.what(), c);
         });
         Allocations.warmUpTogether(CASES.values().stream().map(Case::call).toList(), Allocations.WARMUP);
@@ -169,6 +190,50 @@ class AllocationTest {
         Attention attention = Attention.builder().backend(backend).threads(1).build();
         return new Case(heapName(backend, opts, l, d), q, k, v, out, options,
                 () -> attention.sdpa(q, k, v, out, options));
+    }
+
+    private static String copiedLayoutName(Memory memory, Opts opts, int l, int d) {
+        return "AUTO " + opts + " " + memory + " q, k, v [" + B + ", " + HKV + ", " + l + ", " + d
+                + "], out transposed";
+    }
+
+    /** {@code shape} over floats from byte 1 of an off-heap segment: valid for Java, not for OpenBLAS. */
+    private static Tensor misaligned(long... shape) {
+        long bytes = (long) Fixtures.count(shape) * Float.BYTES;
+        return Tensor.wrap(arena.allocate(bytes + 1, 64).asSlice(1, bytes), shape);
+    }
+
+    private static Case buildCopiedLayout(Memory memory, Opts opts, int l, int d) {
+        Random r = new Random(seed(opts, l) + 7 * d + memory.ordinal());
+        Tensor[] qkv = new Tensor[3];
+        for (int i = 0; i < 3; i++) {
+            qkv[i] = memory == Memory.HEAP ? heapRandom(r, B, HKV, l, d)
+                    : misaligned(B, HKV, l, d).copyFrom(Fixtures.uniform(r, B * HKV * l * d, -1, 1));
+        }
+        // out [B, HKV, L, D] stored as [B, HKV, D, L]: a layout the engines write through a copy
+        Tensor stored = memory == Memory.HEAP
+                ? Tensor.wrap(MemorySegment.ofArray(new float[B * HKV * l * d]), B, HKV, d, l)
+                : misaligned(B, HKV, d, l);
+        Tensor out = stored.transpose(2, 3);
+        SdpaOptions options = opts == Opts.CAUSAL ? SdpaOptions.CAUSAL : SdpaOptions.DEFAULT;
+        Attention attention = Attention.builder().backend(Backend.AUTO).threads(1).build();
+        return new Case(copiedLayoutName(memory, opts, l, d), qkv[0], qkv[1], qkv[2], out, options,
+                () -> attention.sdpa(qkv[0], qkv[1], qkv[2], out, options));
+    }
+
+    @ParameterizedTest(name = "AUTO {1} {0} tensors L={2} D={3}, out transposed")
+    @MethodSource("copiedLayoutCases")
+    void steadyStateAutoInCopiedLayoutsAllocatesNothing(Memory memory, Opts opts, int l, int d) {
+        Allocations.requireCounter();
+        Case c = CASES.get(copiedLayoutName(memory, opts, l, d));
+        c.out().fill(Float.NaN);
+        c.call().run();
+        Tensor ref = Tensor.allocate(arena, B, HKV, l, d);
+        ReferenceAttention.compute(c.q(), c.k(), c.v(), ref, c.options());
+        double tol = Fixtures.tol(d, l, 2);
+        Fixtures.assertClose(c.what(), ref.shape(), c.out().toArray(), ref.toArray(), tol, tol);
+
+        Allocations.assertSteadyStateAllocatesNothing(c.what(), c.call());
     }
 
     @ParameterizedTest(name = "{0} {1} heap tensors L={2} D={3}")
