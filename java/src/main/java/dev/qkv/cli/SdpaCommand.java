@@ -126,15 +126,23 @@ final class SdpaCommand implements Command {
         }
     }
 
+    /**
+     * A decimal number such as {@code 0.125}, {@code -2} or {@code 1e-3}: not Java's float syntax ({@code 1f},
+     * {@code 0x1p3}, {@code NaN}), and not a non-zero value that float32 rounds to 0 (which would silently make
+     * the attention uniform) or to infinity.
+     */
     private static float scale(String text) throws UsageException {
-        float s;
-        try {
-            s = Float.parseFloat(text.strip());
-        } catch (NumberFormatException e) {
+        String t = text.strip();
+        if (!t.matches("[+-]?([0-9]+\\.?[0-9]*|\\.[0-9]+)([eE][+-]?[0-9]+)?")) {
             throw new UsageException("--scale expects a number, got '" + text + "'");
         }
+        float s = Float.parseFloat(t);
         if (!Float.isFinite(s)) {
-            throw new UsageException("--scale must be finite, got '" + text + "'");
+            throw new UsageException("--scale must be finite, got '" + text + "' (beyond float32's range)");
+        }
+        if (s == 0 && t.split("[eE]")[0].matches(".*[1-9].*")) {
+            throw new UsageException("--scale " + t + " is too small for float32: it rounds to 0, which makes every"
+                    + " weight equal (give 0 if that is meant)");
         }
         return s;
     }

@@ -397,6 +397,14 @@ class MainTest {
                         "--scale expects a number"),
                 Arguments.of(List.of("sdpa", "--q", "a", "--k", "b", "--v", "c", "--out", "o", "--scale", "1e39"),
                         "--scale must be finite"),
+                // a decimal that float32 rounds to 0 used to run with scale 0 (uniform weights), silently
+                Arguments.of(List.of("sdpa", "--q", "a", "--k", "b", "--v", "c", "--out", "o", "--scale", "1e-50"),
+                        "--scale 1e-50 is too small for float32"),
+                // Java's float syntax is no decimal number: 1f, 2d and 0x1p3 used to be taken as 1, 2 and 8
+                Arguments.of(List.of("sdpa", "--q", "a", "--k", "b", "--v", "c", "--out", "o", "--scale", "1f"),
+                        "--scale expects a number, got '1f'"),
+                Arguments.of(List.of("sdpa", "--q", "a", "--k", "b", "--v", "c", "--out", "o", "--scale", "0x1p3"),
+                        "--scale expects a number, got '0x1p3'"),
                 Arguments.of(List.of("frobnicate"), "unknown command 'frobnicate'"),
                 Arguments.of(List.of("--verbose"), "unknown flag --verbose"),
                 Arguments.of(List.of("info", "--x"), "unknown flag --x"),
