@@ -70,20 +70,30 @@ public final class Safetensors {
         MAPPED
     }
 
-    /** Element types of the safetensors format, with their sizes in bytes. */
+    /**
+     * Element types of the safetensors format (all that the reference implementation knows, so that a file with
+     * tensors qkv never reads, such as microscaling scales or complex tables, still opens), with their sizes in
+     * bits: {@code F4}, {@code F6_E2M3} and {@code F6_E3M2} elements are smaller than a byte.
+     */
     public enum Dtype {
-        BOOL(1), U8(1), I8(1), F8_E5M2(1), F8_E4M3(1), I16(2), U16(2), F16(2), BF16(2),
-        I32(4), U32(4), F32(4), F64(8), I64(8), U64(8);
+        F4(4), F6_E2M3(6), F6_E3M2(6),
+        BOOL(8), U8(8), I8(8), F8_E5M2(8), F8_E4M3(8), F8_E8M0(8), I16(16), U16(16), F16(16), BF16(16),
+        I32(32), U32(32), F32(32), C64(64), F64(64), I64(64), U64(64);
 
-        private final int bytes;
+        private final int bits;
 
-        Dtype(int bytes) {
-            this.bytes = bytes;
+        Dtype(int bits) {
+            this.bits = bits;
         }
 
-        /** Size of one element in bytes. */
+        /** Size of one element in bytes, rounded down: 0 for the types of fewer than 8 bits (see {@link #bitSize}). */
         public int byteSize() {
-            return bytes;
+            return bits / 8;
+        }
+
+        /** Size of one element in bits. */
+        public int bitSize() {
+            return bits;
         }
     }
 
@@ -324,7 +334,14 @@ public final class Safetensors {
         }
         long bytes;
         try {
-            bytes = Math.multiplyExact(numel, dtype.byteSize());
+            // numel · bits / 8 without overflowing the bits: whole groups of 8 elements, then the rest
+            long restBits = numel % 8 * dtype.bitSize();
+            if (restBits % 8 != 0) {
+                // the reference implementation's MisalignedSlice: a tensor ends inside a byte
+                throw fail(file, where + ": " + dtype + " " + Shapes.format(shape) + " is " + numel + " elements of "
+                        + dtype.bitSize() + " bits, which do not fill whole bytes");
+            }
+            bytes = Math.addExact(Math.multiplyExact(numel / 8, (long) dtype.bitSize()), restBits / 8);
         } catch (ArithmeticException ex) {
             throw fail(file, where + ": shape " + Shapes.format(shape) + " of " + dtype + " exceeds 2^63 bytes");
         }
@@ -437,9 +454,10 @@ public final class Safetensors {
                     : "the file was opened with") + " is closed");
         }
         if (e.dtype() != Dtype.F32 && e.dtype() != Dtype.F16 && e.dtype() != Dtype.BF16) {
-            // F64 is a float type too, just not one qkv reads
+            // F64, F8_*, F6_*, F4 and C64 are float types too, just not ones qkv reads
             throw fail(file, "tensor '" + name + "' " + e.shapeString() + ": dtype " + e.dtype()
-                    + (e.dtype() == Dtype.F64 ? " is not supported" : " is not a float type")
+                    + (e.dtype().name().startsWith("F") || e.dtype() == Dtype.C64 ? " is not supported"
+                    : " is not a float type")
                     + " (F32, F16 or BF16)");
         }
         long[] shape = e.shape();

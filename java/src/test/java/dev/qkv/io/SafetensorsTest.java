@@ -229,6 +229,39 @@ class SafetensorsTest {
         }
     }
 
+    /**
+     * The format's newer dtypes (microscaling F8_E8M0 scales, packed F4 and F6 values, C64) in tensors a caller never
+     * reads: the file opens and the F32 tensor reads back. They used to be "unknown dtype", refusing the whole file.
+     * Sizes follow the format's bit widths: 6 F4 values fill 3 bytes, 4 F6 values 3 bytes, a C64 8 bytes; 3 F4
+     * values end inside a byte, which the reference implementation refuses (MisalignedSlice).
+     */
+    @Test
+    void newerDtypesInTensorsNeverReadDoNotRefuseTheFile() throws IOException {
+        String header = "{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                + "\"scale\":{\"dtype\":\"F8_E8M0\",\"shape\":[2],\"data_offsets\":[8,10]},"
+                + "\"fp4\":{\"dtype\":\"F4\",\"shape\":[2,3],\"data_offsets\":[10,13]},"
+                + "\"a\":{\"dtype\":\"F6_E2M3\",\"shape\":[4],\"data_offsets\":[13,16]},"
+                + "\"b\":{\"dtype\":\"F6_E3M2\",\"shape\":[4],\"data_offsets\":[16,19]},"
+                + "\"c\":{\"dtype\":\"C64\",\"shape\":[1],\"data_offsets\":[19,27]}}";
+        byte[] data = new byte[27];
+        System.arraycopy(floats(1.5f, -2f), 0, data, 0, 8);
+        Path p = write("mx.safetensors", file(header, data));
+        try (Arena arena = Arena.ofConfined()) {
+            Safetensors st = Safetensors.open(p, arena);
+            assertEquals(6, st.entries().size());
+            assertArrayEquals(new float[] {1.5f, -2f}, st.tensor("w", arena).toArray());
+            SafetensorsException e = assertThrows(SafetensorsException.class, () -> st.tensor("fp4", arena));
+            assertTrue(e.getMessage().contains("tensor 'fp4' [2, 3]: dtype F4 is not supported"), e.getMessage());
+        }
+        Path odd = write("odd.safetensors", file("{\"t\":{\"dtype\":\"F4\",\"shape\":[3],\"data_offsets\":[0,2]}}",
+                new byte[2]));
+        try (Arena arena = Arena.ofConfined()) {
+            SafetensorsException e = assertThrows(SafetensorsException.class, () -> Safetensors.open(odd, arena));
+            assertTrue(e.getMessage().contains("tensor 't': F4 [3] is 3 elements of 4 bits, which do not fill whole"
+                    + " bytes"), e.getMessage());
+        }
+    }
+
     @Test
     void emptyTensorsMayShareAnOffsetAtATensorBoundary() throws IOException {
         String header = "{\"e\":{\"dtype\":\"F32\",\"shape\":[0,4],\"data_offsets\":[8,8]},"
