@@ -117,6 +117,11 @@ final class Flags {
     }
 
     private Path path(String name, String value) throws UsageException {
+        if (value.endsWith("/")) {
+            // Path.of drops the slash: `--out results/` would write a file named results
+            throw new UsageException(command + ": --" + name + " '" + value + "' ends with '/', so it names a folder;"
+                    + " give a file name");
+        }
         try {
             return Path.of(value);
         } catch (InvalidPathException e) {

@@ -348,6 +348,21 @@ class MainTest {
         assertArrayEquals(before, Files.readAllBytes(q));
     }
 
+    /**
+     * {@code --out results/} names a folder, as it does for every POSIX tool (open(2) fails with EISDIR or ENOENT):
+     * Path.of drops the slash, and a missing folder {@code results} used to become a regular file of that name,
+     * exit 0. The slash is now a user error, and nothing is written.
+     */
+    @Test
+    void anOutputEndingInASlashIsAFolderNotAFile() throws IOException {
+        List<String> args = new ArrayList<>(List.of("sdpa"));
+        args.addAll(inputs(new SplittableRandom(SEED)));
+        Path folder = dir.resolve("results");
+        args.addAll(List.of("--out", folder + "/"));
+        assertUserError(run(args.toArray(String[]::new)), "--out '" + folder + "/' ends with '/'");
+        assertFalse(Files.exists(folder), "a file named after the folder");
+    }
+
     @Test
     void anOutputTooLargeForMemoryIsAUserErrorNamingIt() throws IOException {
         // small inputs, an output of 10^12 floats: 1000 query heads sharing one kv head of 10^6 values (refused
