@@ -21,6 +21,7 @@ import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
 import java.nio.file.StandardOpenOption;
+import java.nio.file.attribute.PosixFilePermission;
 import java.security.SecureRandom;
 import java.util.Arrays;
 import java.util.HexFormat;
@@ -356,7 +357,8 @@ public final class Npy {
     /**
      * Writes {@code tensor} to {@code file} as a version 1.0 {@code '<f4'} C-order {@code .npy} file, atomically:
      * either the complete file appears under {@code file}, or nothing changes. The folder must exist. A symbolic
-     * link to an existing file is followed (the file it names is replaced, the link stays); a path that exists as
+     * link to an existing file is followed (the file it names is replaced, the link stays), and a file replaced keeps its POSIX
+     * permission bits; a path that exists as
      * anything but a regular file (a folder, a device, a pipe) is refused, since the new file would replace it.
      *
      * @throws NoSuchFileException when the folder of {@code file} does not exist
@@ -379,6 +381,14 @@ public final class Npy {
         // own name instead of createTempFile, whose 0600 permissions the renamed output would keep; not built
         // from the output's name, which may already be as long as the file system allows
         Path tmp = dir.resolve(".qkv-" + HexFormat.of().formatHex(random) + ".tmp");
+        // a file replaced keeps its permission bits, as one written in place would (a private 0600 output must not
+        // come back as the umask's 0644)
+        Set<PosixFilePermission> keep = null;
+        try {
+            keep = Files.isRegularFile(target) ? Files.getPosixFilePermissions(target) : null;
+        } catch (UnsupportedOperationException | NoSuchFileException e) {
+            // not a POSIX file system, or the file went away meanwhile: the new file's default permissions
+        }
         boolean done = false;
         PendingFiles.add(tmp);
         try {
@@ -395,6 +405,9 @@ public final class Npy {
                 // on disk before the rename: after a power loss the target is the old file or the whole new one,
                 // never an empty file that the rename's metadata reached first
                 ch.force(true);
+            }
+            if (keep != null) {
+                Files.setPosixFilePermissions(tmp, keep);
             }
             Files.move(tmp, target, StandardCopyOption.ATOMIC_MOVE);
             done = true;

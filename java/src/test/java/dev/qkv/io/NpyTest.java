@@ -15,6 +15,7 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermissions;
 import java.util.Arrays;
 import java.util.List;
 import java.util.SplittableRandom;
@@ -30,6 +31,7 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assertions.fail;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 class NpyTest {
 
@@ -105,6 +107,28 @@ class NpyTest {
             Npy.write(p, Tensor.of(arena, new float[] {4, 5}, 2));
             assertArrayEquals(new float[] {4, 5}, Npy.read(p, arena).tensor().toArray());
             assertEquals(List.of(p), listDir());
+        }
+    }
+
+    /**
+     * Replacing a file keeps its permission bits, as writing it in place (numpy's {@code np.save}, a shell's
+     * {@code >}) would: the renamed temporary file used to get the umask's {@code rw-r--r--}, so a private
+     * {@code rw-------} output became readable by everyone and a group-writable one lost its group's write.
+     */
+    @Test
+    void replacingAFileKeepsItsPermissions() throws IOException {
+        assumeTrue(dir.getFileSystem().supportedFileAttributeViews().contains("posix"), "POSIX permissions");
+        try (Arena arena = Arena.ofConfined()) {
+            for (String mode : List.of("rw-------", "rw-rw----", "r--r--r--")) {
+                Path p = dir.resolve("t.npy");
+                Files.writeString(p, "old");
+                Files.setPosixFilePermissions(p, PosixFilePermissions.fromString(mode));
+                Npy.write(p, Tensor.of(arena, new float[] {4, 5}, 2));
+                assertEquals(mode, PosixFilePermissions.toString(Files.getPosixFilePermissions(p)));
+                assertArrayEquals(new float[] {4, 5}, Npy.read(p, arena).tensor().toArray());
+                assertEquals(List.of(p), listDir());
+                Files.delete(p);
+            }
         }
     }
 
