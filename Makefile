@@ -116,7 +116,7 @@ bench-ort:
 	@$(call quiet_mvn,package -DskipTests -Port -pl bench -am,bench/target/ort-build.log)
 	$(JAVA) $(JVM_FLAGS) -jar $(ORT_JAR) $(BENCH_ORT_SHORT) $(BENCH_ARGS) -rf csv -rff bench/target/ort/ort.csv OrtBench
 	$(JAVA) $(JVM_FLAGS) -jar $(ORT_JAR) $(BENCH_ORT_SHORT) $(BENCH_ARGS) -rf csv -rff bench/target/ort/qkv.csv SdpaBench
-	@$(JAVA) -cp $(ORT_JAR) dev.qkv.bench.OrtTable bench/target/ort/ort.csv bench/target/ort/qkv.csv
+	@$(JAVA) $(JVM_FLAGS) -cp $(ORT_JAR) dev.qkv.bench.OrtTable bench/target/ort/ort.csv bench/target/ort/qkv.csv
 
 # The same comparison in one JVM (OrtRatio): qkv's backends and ORT's forms take turns in rounds, so that the
 # machine's changes of speed, which on a VM outlast a JMH fork, move both sides of each ratio alike. Prints one
