@@ -5,11 +5,10 @@ import ai.onnxruntime.OrtException;
 import dev.qkv.attention.Attention;
 import dev.qkv.attention.Backend;
 import dev.qkv.attention.SdpaOptions;
+import dev.qkv.cli.Jit;
 import dev.qkv.tensor.Tensor;
 
 import java.lang.foreign.Arena;
-import java.lang.management.CompilationMXBean;
-import java.lang.management.ManagementFactory;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
@@ -151,12 +150,13 @@ public final class OrtRatio {
             int n = contenders.size();
 
             // warm-up: blocks of ~0.5 s per contender, alternating, for at least 4 cycles (2 s each) and then until a
-            // cycle passes in which the JIT compiled nothing (as the command line's bench does, Timing.warmUp): in
+            // cycle passes in which the JIT compiled nothing and ends with nothing running or queued (as the command
+            // line's bench does, Timing.warmUp, with Jit): in
             // one JVM with ORT, the Java kernels still ran in the lower tiers after 2 s (7.9 ms a tiny call)
             int[] calls = new int[n];
             Arrays.fill(calls, 1);
             long warmStart = System.nanoTime();
-            long compiled = compilationMillis();
+            long compiled = Jit.compiledMillis();
             int cycles = 0;
             while (true) {
                 for (int c = 0; c < n; c++) {
@@ -164,8 +164,8 @@ public final class OrtRatio {
                     calls[c] = (int) Math.max(3, Math.min(100_000, Math.ceil(WARM_BLOCK_NANOS / median)));
                 }
                 cycles++;
-                long now = compilationMillis();
-                if (cycles >= 4 && now == compiled || System.nanoTime() - warmStart > MAX_WARM_NANOS) {
+                long now = Jit.compiledMillis();
+                if (cycles >= 4 && now == compiled && Jit.idle() || System.nanoTime() - warmStart > MAX_WARM_NANOS) {
                     break;
                 }
                 compiled = now;
@@ -229,12 +229,6 @@ public final class OrtRatio {
             ns[i] = System.nanoTime() - start;
         }
         return Rounds.median(ns);
-    }
-
-    /** The JVM's total JIT compilation time in ms, or -1 (never changing) where it is not monitored. */
-    private static long compilationMillis() {
-        CompilationMXBean c = ManagementFactory.getCompilationMXBean();
-        return c != null && c.isCompilationTimeMonitoringSupported() ? c.getTotalCompilationTime() : -1;
     }
 
     private static void check(String what, float[] want, float[] got) {

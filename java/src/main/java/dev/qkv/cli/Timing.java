@@ -1,8 +1,7 @@
 package dev.qkv.cli;
 
-import java.lang.management.CompilationMXBean;
-import java.lang.management.ManagementFactory;
 import java.util.Arrays;
+import java.util.function.BooleanSupplier;
 import java.util.function.LongSupplier;
 
 /** Timing helpers shared by {@code bench} and the demo: warm-up, then the median of timed runs. */
@@ -22,7 +21,8 @@ final class Timing {
      * After {@link #WARMUP_NANOS}, warm-up goes on in windows of about this long until one passes in which the
      * JIT compiled nothing: on a loaded machine C2 finished the vector kernels at ~2.6 s, after timing had
      * begun, and the Java backend read 10x slow. Call times cannot tell: the calls before C2 are as steady as
-     * after it, only slower.
+     * after it, only slower. A window must also end with no compilation running or queued ({@link Jit#idle}):
+     * one that C2 was still working on, starved beside other work, once passed for quiet.
      */
     static final long WINDOW_NANOS = 200_000_000L;
     /** Warm-up ends by this time whatever the compiler does. */
@@ -36,11 +36,14 @@ final class Timing {
      * windows until one passes without compilation (see {@link #WINDOW_NANOS}); returns the calls.
      */
     static int warmUp(Runnable task) {
-        return warmUp(task, System::nanoTime, Timing::compilationMillis);
+        return warmUp(task, System::nanoTime, Jit::compiledMillis, Jit::idle);
     }
 
-    /** {@link #warmUp(Runnable)} on the given clock (ns) and total JIT compilation time (ms, or a constant). */
-    static int warmUp(Runnable task, LongSupplier clock, LongSupplier compiledMillis) {
+    /**
+     * {@link #warmUp(Runnable)} on the given clock (ns), total JIT compilation time (ms, or a constant) and test of
+     * an idle compiler (nothing running or queued, see {@link Jit#idle}).
+     */
+    static int warmUp(Runnable task, LongSupplier clock, LongSupplier compiledMillis, BooleanSupplier jitIdle) {
         long start = clock.getAsLong();
         int calls = 0;
         while (calls < MIN_WARMUP || calls < MAX_WARMUP && clock.getAsLong() - start < WARMUP_NANOS) {
@@ -55,18 +58,12 @@ final class Timing {
                 calls++;
             } while (calls < MAX_WARMUP && clock.getAsLong() - windowStart < WINDOW_NANOS);
             long now = compiledMillis.getAsLong();
-            if (now == compiled) {
-                break; // a window without compilation: the JIT is done with these calls
+            if (now == compiled && jitIdle.getAsBoolean()) {
+                break; // a window without compilation, and none running or queued: the JIT is done with these calls
             }
             compiled = now;
         }
         return calls;
-    }
-
-    /** The JVM's total JIT compilation time in ms, or -1 (never changing) where it is not monitored. */
-    static long compilationMillis() {
-        CompilationMXBean c = ManagementFactory.getCompilationMXBean();
-        return c != null && c.isCompilationTimeMonitoringSupported() ? c.getTotalCompilationTime() : -1;
     }
 
     /** Runs {@code task} {@code iters} times and returns the median wall time of one call in milliseconds. */

@@ -21,11 +21,19 @@ class TimingTest {
         int calls;
 
         int warmUp(IntToLongFunction costNanos, IntPredicate compiling) {
+            return warmUp(costNanos, compiling, i -> false);
+        }
+
+        /**
+         * {@code compiling}: a compilation ends during call i (the total time moves); {@code running}: one is
+         * still running or queued when call i is next.
+         */
+        int warmUp(IntToLongFunction costNanos, IntPredicate compiling, IntPredicate running) {
             int n = Timing.warmUp(() -> {
                 now += costNanos.applyAsLong(calls);
                 compiled += compiling.test(calls) ? 1 : 0;
                 calls++;
-            }, () -> now, () -> compiled);
+            }, () -> now, () -> compiled, () -> !running.test(calls));
             assertEquals(calls, n, "the count returned is the calls made");
             return n;
         }
@@ -46,6 +54,18 @@ class TimingTest {
         int n = new Simulated().warmUp(i -> i < 300 ? 10_000_000L : 1_000_000L, i -> i < 300);
         // 200 slow calls in the first 2 s, 100 more in windows of 20, then one window of 200 fast calls
         assertEquals(300 + 200, n);
+    }
+
+    /**
+     * One long compilation running until call 300, during which none ends (C2 starved beside other work): the
+     * total compilation time stands still, but the queue is not empty, so warm-up waits. With the total time alone
+     * it stopped after the minimum and one window (220 calls), the kernels not yet compiled.
+     */
+    @Test
+    void aCompilationStillRunningIsWaitedFor() {
+        int n = new Simulated().warmUp(i -> i < 300 ? 10_000_000L : 1_000_000L, i -> false, i -> i < 300);
+        // 200 slow calls in the first 2 s, then windows of 20 slow calls until the compilation is done at 300
+        assertEquals(300, n);
     }
 
     /** A compiler that never settles: warm-up stops by its bound. */
