@@ -3,6 +3,7 @@ package dev.qkv.bench;
 import dev.qkv.attention.Attention;
 import dev.qkv.attention.Backend;
 import dev.qkv.blas.OpenBlas;
+import dev.qkv.cli.Jit;
 import dev.qkv.kernel.Vectorization;
 
 /** What every benchmark does in its setup: builds the attention and prints which kernels and library ran. */
@@ -25,6 +26,44 @@ final class BenchSupport {
         }
         return new long[] {Long.parseLong(p[0]), Long.parseLong(p[1]), Long.parseLong(p[2]),
                 Long.parseLong(p[p.length - 2]), Long.parseLong(p[p.length - 1])};
+    }
+
+    /** Least time of {@link #warmUp}, then windows of {@link #QUIET_WINDOW_NANOS} until one compiles nothing. */
+    static final long MIN_WARM_NANOS = 1_000_000_000L;
+    static final long QUIET_WINDOW_NANOS = 250_000_000L;
+    /** {@link #warmUp} ends by this time whatever the compiler does (and says so). */
+    static final long MAX_WARM_NANOS = 60_000_000_000L;
+
+    /**
+     * Calls {@code call} before JMH's own warm-up until the JIT has compiled what it runs: at least
+     * {@link #MIN_WARM_NANOS}, then windows of {@link #QUIET_WINDOW_NANOS} until one passes without compilation
+     * and ends with none running or queued ({@link Jit}), at most {@link #MAX_WARM_NANOS}; prints one line saying
+     * how long it took. JMH's fixed warm-up alone was not enough beside other work on two cores: C2's threads fell
+     * behind, and {@code make bench} (2 warm-up seconds) timed the tiny shape's Java kernels still in the lower
+     * tiers, 9 ms a call and 13 MB allocated each, against ~50 µs and 0 B compiled.
+     */
+    static void warmUp(String what, Runnable call) {
+        long start = System.nanoTime();
+        long calls = 0;
+        while (System.nanoTime() - start < MIN_WARM_NANOS) {
+            call.run();
+            calls++;
+        }
+        boolean quiet = false;
+        long compiled = Jit.compiledMillis();
+        while (!quiet && System.nanoTime() - start < MAX_WARM_NANOS) {
+            long window = System.nanoTime();
+            do {
+                call.run();
+                calls++;
+            } while (System.nanoTime() - window < QUIET_WINDOW_NANOS);
+            long now = Jit.compiledMillis();
+            quiet = now == compiled && Jit.idle();
+            compiled = now;
+        }
+        System.out.printf(java.util.Locale.ROOT, "# qkv %s: warmed up until the JIT was %s: %d calls, %.1f s%n",
+                what, quiet ? "quiet" : "still compiling (stopped at the limit)", calls,
+                (System.nanoTime() - start) / 1e9);
     }
 
     /** One line per trial: the plan (kernel, workers, scratch), the OpenBLAS core, the vector kernels. */

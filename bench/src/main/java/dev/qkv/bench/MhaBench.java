@@ -72,6 +72,7 @@ public class MhaBench {
             ws = layer.newWorkspace(arena, 1, seqLen, seqLen);
             BenchSupport.report("mha forward causal L=" + seqLen + " threads=" + threads + " flops="
                     + (long) flops(seqLen, seqLen, kvHeads), layer.toString());
+            BenchSupport.warmUp("mha forward", () -> layer.forward(x, out, SdpaOptions.CAUSAL, ws));
         }
 
         @TearDown(Level.Trial)
@@ -115,6 +116,10 @@ public class MhaBench {
             layer.decode(prompt, cache, Tensor.allocate(arena, 1, CACHED, E), ws);
             BenchSupport.report("mha decode cached=" + CACHED + " threads=" + threads + " flops="
                     + (long) flops(1, CACHED + 1, kvHeads), layer.toString());
+            BenchSupport.warmUp("mha decode step", () -> {
+                cache.truncate(CACHED);
+                layer.decode(token, cache, out, ws);
+            });
         }
 
         @TearDown(Level.Trial)

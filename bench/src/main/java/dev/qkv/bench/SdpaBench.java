@@ -70,6 +70,7 @@ public class SdpaBench {
         attention = BenchSupport.attention(backend, threads);
         BenchSupport.report(shape + (causal ? " causal" : "") + " threads=" + threads + " flops="
                 + (long) (4.0 * b * h * l * l * d), attention.plan(q, k, v, out, options));
+        BenchSupport.warmUp("sdpa " + shape, this::sdpa);
     }
 
     @Benchmark
