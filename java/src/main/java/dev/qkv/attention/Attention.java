@@ -801,7 +801,22 @@ public final class Attention {
             PackedKernels p = owner.packed;
             // with the online path's running max and sum of a span's rows
             long span = lk > keyBlock ? 2L * SPAN_BLOCKS * rows : 0;
-            return (long) p.packedSize(dk, lk) + p.packedSize(lk, dv) + 8L * Math.max(dk, lk) + span;
+            return (long) packedFloats(p, dk, lk, "kᵀ") + packedFloats(p, lk, dv, "v") + 8L * Math.max(dk, lk) + span;
+        }
+
+        /**
+         * {@link PackedKernels#packedSize}: the panels of a head's {@code kᵀ} or {@code v} are one Java array, so
+         * they hold at most 2^31 - 1 floats, padding to the panel width included (v [Lk, 4] is padded to 32 or
+         * more columns). Past that the call is refused as such, not as scratch past a long.
+         */
+        private int packedFloats(PackedKernels p, int rows, int cols, String what) {
+            try {
+                return p.packedSize(rows, cols);
+            } catch (ArithmeticException e) {
+                throw new IllegalArgumentException(q.describe("q") + ", " + k.describe("k") + ", " + v.describe("v")
+                        + ": the Java kernels pack " + what + " [" + rows + ", " + cols + "] of a head, its columns"
+                        + " padded to whole panels, into one Java array, which holds at most 2^31 - 1 floats");
+            }
         }
 
         /**

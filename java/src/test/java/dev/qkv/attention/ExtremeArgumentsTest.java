@@ -1,14 +1,20 @@
 package dev.qkv.attention;
 
+import dev.qkv.kernel.Vectorization;
 import dev.qkv.tensor.Tensor;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.EnumSource;
 
 import java.io.IOException;
+import java.io.RandomAccessFile;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.nio.channels.FileChannel;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.Path;
+import java.nio.file.StandardOpenOption;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
@@ -22,6 +28,7 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTimeoutPreemptively;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 /**
  * Arguments at the edges a review reached: sizes whose int or long arithmetic would wrap, workspaces that share
@@ -84,6 +91,38 @@ class ExtremeArgumentsTest {
                     () -> att.sdpa(q, k, v, out, SdpaOptions.DEFAULT))) {
                 IllegalArgumentException e = assertThrows(IllegalArgumentException.class, call::run);
                 assertTrue(e.getMessage().contains("k [1, 1, " + m + ", " + m + "]"), e.getMessage());
+            }
+            assertTrue(Float.isNaN(out.get(0, 0, 0, 0)), "a refused call wrote out");
+        }
+    }
+
+    /**
+     * The Java kernels pack a head's v into one Java array, its columns padded to a whole panel (8 or more floats):
+     * v [Lk, 1] with Lk just over 2^28 needs more than 2^31 - 1 floats of it, while v itself is 1 GiB (here a
+     * sparse file, never read). The call is refused as that, naming the tensors; it was refused as "scratch of
+     * more bytes than a long holds", which no size of this call comes near.
+     */
+    @ParameterizedTest
+    @EnumSource(value = Backend.class, names = {"JAVA", "AUTO"})
+    void aPackedHeadPastAJavaArrayIsRefusedAsSuch(Backend backend, @TempDir Path dir) throws IOException {
+        assumeTrue(Vectorization.packed() != null, "the packed Java kernels need the Vector API");
+        long lk = (1L << 28) + 64;
+        Path file = dir.resolve("v.bin");
+        try (RandomAccessFile f = new RandomAccessFile(file.toFile(), "rw")) {
+            f.setLength(lk * Float.BYTES);
+        }
+        try (Arena a = Arena.ofConfined(); FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
+            MemorySegment seg = ch.map(FileChannel.MapMode.READ_ONLY, 0, lk * Float.BYTES, a);
+            Tensor kv = Tensor.view(seg, 0, new long[] {1, 1, lk, 1}, new long[] {lk, lk, 1, 1});
+            Tensor q = Tensor.allocate(a, 1, 1, 8, 1);
+            Tensor out = Tensor.allocate(a, 1, 1, 8, 1).fill(Float.NaN);
+            Attention att = Attention.create(backend);
+            for (Runnable call : List.<Runnable>of(() -> att.plan(q, kv, kv, out, SdpaOptions.DEFAULT),
+                    () -> att.workspaceBytes(q, kv, kv, out, SdpaOptions.DEFAULT),
+                    () -> att.sdpa(q, kv, kv, out, SdpaOptions.DEFAULT))) {
+                IllegalArgumentException e = assertThrows(IllegalArgumentException.class, call::run);
+                assertTrue(e.getMessage().contains("v [1, 1, " + lk + ", 1]")
+                        && e.getMessage().contains("2^31 - 1") && !e.getMessage().contains("long"), e.getMessage());
             }
             assertTrue(Float.isNaN(out.get(0, 0, 0, 0)), "a refused call wrote out");
         }
