@@ -12,6 +12,13 @@ import java.util.Arrays;
  */
 final class PackedMatmul extends MatmulKernel {
     private static final int COLS = 512;
+    /**
+     * Most reduction steps per packed panel: B's panels are one Java array of {@code packedSize(k, COLS)}
+     * floats, which for a longer reduction would pass 2^31 - 1 (a valid product then threw an
+     * ArithmeticException). Longer reductions run in chunks of this many steps, each added to C; a product of
+     * at most this many steps runs as one chunk, as before.
+     */
+    static final int KC = 1 << 16;
 
     private final PackedKernels kernels;
     /** Static: one slot of {@link PerThread} for all instances (there is one: {@code MatmulKernel.javaVector()}). */
@@ -43,9 +50,10 @@ final class PackedMatmul extends MatmulKernel {
                           MemorySegment a, long aOff, int lda, MemorySegment b, long bOff, int ldb,
                           float beta, MemorySegment c, long cOff, int ldc) {
         Buffers buf = BUFFERS.get();
-        int bNeed = kernels.packedSize(k, Math.min(n, COLS));
+        int kMax = Math.min(k, KC);
+        int bNeed = kernels.packedSize(kMax, Math.min(n, COLS));
         buf.b.ensure(bNeed);
-        int aNeed = Math.multiplyExact(8, Math.max(k, 1));
+        int aNeed = 8 * Math.max(kMax, 1);
         if (buf.a.length < aNeed) {
             buf.a = new float[aNeed];
         }
@@ -55,10 +63,15 @@ final class PackedMatmul extends MatmulKernel {
         Arrays.fill(buf.alpha, 0, m, alpha);
         for (int j0 = 0; j0 < n; j0 += COLS) {
             int nb = Math.min(COLS, n - j0);
-            long bAt = tb == Transpose.NO ? bOff + j0 : bOff + (long) j0 * ldb;
-            int at = kernels.packB(tb == Transpose.YES, b, bAt, ldb, k, nb, false, buf.b);
-            kernels.gemm(ta == Transpose.YES, a, aOff, lda, m, nb, k, buf.a, buf.b.array(), at, k, nb, 0, 0, buf.alpha,
-                    beta, c, cOff + j0, ldc);
+            for (int p0 = 0; p0 < k; p0 += KC) {
+                int kc = Math.min(KC, k - p0);
+                // op(A) [m, kc] from column p0, op(B) [kc, nb] from row p0; later chunks add to C
+                long aAt = ta == Transpose.NO ? aOff + p0 : aOff + (long) p0 * lda;
+                long bAt = tb == Transpose.NO ? bOff + (long) p0 * ldb + j0 : bOff + (long) j0 * ldb + p0;
+                int at = kernels.packB(tb == Transpose.YES, b, bAt, ldb, kc, nb, false, buf.b);
+                kernels.gemm(ta == Transpose.YES, a, aAt, lda, m, nb, kc, buf.a, buf.b.array(), at, kc, nb, 0, 0,
+                        buf.alpha, p0 == 0 ? beta : 1f, c, cOff + j0, ldc);
+            }
         }
     }
 

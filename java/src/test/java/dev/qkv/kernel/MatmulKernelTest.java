@@ -4,13 +4,20 @@ import dev.qkv.attention.Allocations;
 import dev.qkv.blas.Transpose;
 import org.junit.jupiter.api.Named;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
 
+import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.channels.FileChannel;
+import java.nio.file.Path;
+import java.nio.file.StandardOpenOption;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
@@ -22,6 +29,7 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assertions.fail;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 /**
  * Every {@link MatmulKernel} against a naive double-precision loop, over all transpose combinations, tail
@@ -285,6 +293,45 @@ class MatmulKernelTest {
                             assertEquals(beta * 5f, y.getAtIndex(F, i), kernel.name() + " sgemv s=" + s + " beta=" + beta);
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /**
+     * A reduction just longer than a float[] of packed one-column panels holds (2^31 / panel width steps: 2^26 on
+     * AVX-512): the Java vector product packed all of op(B) into one array and threw an ArithmeticException from
+     * {@code packedSize}, where OpenBLAS and the scalar kernel compute the product. a and b are one sparse file,
+     * zero but for four steps on both sides of a chunk bound and at the ends, so C = alpha · Σ a_p² + beta · C
+     * in closed form, for every storage order of A and B.
+     */
+    @Test
+    void javaVectorTakesReductionsLongerThanAPackedArray(@TempDir Path dir) throws IOException {
+        PackedKernels pk = Vectorization.packed();
+        assumeTrue(pk != null, "the Java vector kernels need the Vector API");
+        // floats per reduction step of a one-column panel (its width)
+        int width = pk.packedSize(2, 1) - pk.packedSize(1, 1);
+        int k = Integer.MAX_VALUE / width + 64;
+        long[] at = {0, PackedMatmul.KC - 1, PackedMatmul.KC, k - 1L};
+        Path file = dir.resolve("ab.bin");
+        // the last write, at step k - 1, makes the file k floats long; the rest is a hole
+        try (FileChannel ch = FileChannel.open(file, StandardOpenOption.CREATE, StandardOpenOption.WRITE)) {
+            for (int i = 0; i < at.length; i++) {
+                ch.write(ByteBuffer.allocate(4).order(ByteOrder.nativeOrder()).putFloat(0, i + 1f), at[i] * 4);
+            }
+        }
+        try (Arena arena = Arena.ofConfined(); FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
+            MemorySegment ab = ch.map(FileChannel.MapMode.READ_ONLY, 0, (long) k * 4, arena);
+            MemorySegment c = arena.allocate(4, 64);
+            for (Transpose ta : Transpose.values()) {
+                for (Transpose tb : Transpose.values()) {
+                    // a [1, k] stored [1, k] (lda k) or [k, 1] (lda 1); b [k, 1] likewise
+                    int lda = ta == Transpose.NO ? k : 1;
+                    int ldb = tb == Transpose.NO ? 1 : k;
+                    c.setAtIndex(F, 0, 8f);
+                    MatmulKernel.javaVector().matmul(ta, tb, 1, 1, k, 0.5f, ab, 0, lda, ab, 0, ldb, 0.25f, c, 0, 1);
+                    // 0.5 · (1 + 4 + 9 + 16) + 0.25 · 8, exact in float
+                    assertEquals(17f, c.getAtIndex(F, 0), "k=" + k + " " + ta + " " + tb);
                 }
             }
         }
