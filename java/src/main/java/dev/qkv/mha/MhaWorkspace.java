@@ -37,9 +37,18 @@ public final class MhaWorkspace {
     /** Set while a call uses the workspace (see {@link MultiHeadAttention}'s take). */
     private final AtomicBoolean inUse = new AtomicBoolean();
 
+    /** All of {@link #floats} as one flat view, for overlap checks that must not allocate. */
+    private final Tensor wholeFloats;
+
     MhaWorkspace(MemorySegment floats, Workspace attention) {
         this.floats = floats;
         this.attention = attention;
+        this.wholeFloats = Tensor.wrap(floats, floats.byteSize() / Float.BYTES);
+    }
+
+    /** The projection scratch as one flat tensor (for overlap checks). */
+    Tensor wholeFloats() {
+        return wholeFloats;
     }
 
     boolean acquire() {

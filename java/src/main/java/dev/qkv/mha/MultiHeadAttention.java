@@ -274,6 +274,11 @@ public final class MultiHeadAttention {
         }
         long need = kv == null ? selfFloats(b, l) : crossFloats(b, l, lkv);
         MemorySegment seg = checkWorkspace(ws, need, x);
+        workspaceOverlap(ws, x, "x");
+        if (kv != null) {
+            workspaceOverlap(ws, kv, "kv");
+        }
+        workspaceOverlap(ws, out, "out");
         if (b == 0 || l == 0) {
             checkEmptyCall(seg, b, l, lkv, options);
             return;
@@ -379,6 +384,12 @@ public final class MultiHeadAttention {
                     + (before + n) + " positions, capacity is " + cache.capacity());
         }
         MemorySegment seg = checkWorkspace(ws, selfFloats(1, n), x);
+        workspaceOverlap(ws, x, "x");
+        workspaceOverlap(ws, out, "out");
+        if (cache.overlaps(ws.wholeFloats())) {
+            // the step stores projected rows from the workspace into the cache
+            throw new IllegalArgumentException(cache.describe() + " shares memory with the workspace");
+        }
         if (n == 0) {
             return;
         }
@@ -751,6 +762,19 @@ public final class MultiHeadAttention {
                     + x.describe("x") + ": needs " + need + " (make it with newWorkspace for these sizes)");
         }
         return seg;
+    }
+
+    /**
+     * A tensor of the call must not share memory with the workspace's projection scratch (an arena of the caller's
+     * own can hand out memory it also gave to tensors): the projections write there while x and kv are read, and
+     * the output projection reads the heads' output there while it writes out. Refused before anything is
+     * written, naming the tensor, as {@link Attention#sdpa} refuses its own workspace's overlaps; without it the
+     * call wrote out and was then refused by sgemm's check, as 'output c overlaps input a'.
+     */
+    private static void workspaceOverlap(MhaWorkspace ws, Tensor t, String name) {
+        if (t.overlaps(ws.wholeFloats())) {
+            throw new IllegalArgumentException(t.describe(name) + " shares memory with the workspace");
+        }
     }
 
     private static int toInt(String what, long v) {

@@ -11,6 +11,7 @@ import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
 
 import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Random;
@@ -368,6 +369,87 @@ class MultiHeadAttentionTest {
             assertTrue(e.getMessage().startsWith("out [1, 1, 8] shares memory with"), e.getMessage());
             assertEquals(1, cache.length(), "nothing appended");
             assertArrayEquals(keys, cache.keys().toArray(), "the cache is unchanged");
+        }
+    }
+
+    /**
+     * An arena of the caller's own (a bump allocator reset between requests, say) can hand out the workspace's
+     * memory again: x, kv, out or a KV cache inside the projection scratch is refused before anything is written,
+     * naming it. out over the heads' output was written by the attention and then refused by sgemm's own check as
+     * "sgemm: output c [8, 32] overlaps input a"; x over the projection output likewise, by name of an sgemm
+     * operand. The same calls with the tensors elsewhere in the segment match the reference.
+     */
+    @ParameterizedTest
+    @org.junit.jupiter.params.provider.EnumSource(value = Backend.class, names = {"NATIVE", "JAVA"})
+    void tensorsInsideTheWorkspaceAreRefusedByName(Backend backend) {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(8);
+            int e = 32;
+            MhaWeights w = weights(a, r, e, 4, 2, true, true);
+            MultiHeadAttention layer = MultiHeadAttention.create(w, backend);
+            MemorySegment all = a.allocate(1 << 20, 64);
+            long[] next = {0};
+            Arena bump = new Arena() {
+                @Override
+                public MemorySegment allocate(long byteSize, long byteAlignment) {
+                    long at = (next[0] + byteAlignment - 1) / byteAlignment * byteAlignment;
+                    next[0] = at + byteSize;
+                    return all.asSlice(at, byteSize);
+                }
+
+                @Override
+                public MemorySegment.Scope scope() {
+                    return all.scope();
+                }
+
+                @Override
+                public void close() {
+                }
+            };
+            MhaWorkspace ws = layer.newWorkspace(bump, 1, 8, 8);
+            long end = next[0];
+            Tensor x = rand(a, r, 1f, 1, 8, e);
+            Tensor ref = Tensor.allocate(a, 1, 8, e);
+            MultiHeadAttention.create(w, Backend.REFERENCE).forward(x, ref, SdpaOptions.CAUSAL, null);
+            // byte offsets into the workspace: its start (the projections [Q | K | V], 8 rows of E + 2·Hkv·Dh =
+            // 64 floats) and the heads' output after them, which the output projection reads
+            long headsOut = 8L * (e + 2 * 16) * Float.BYTES;
+            for (long at : new long[] {0, headsOut}) {
+                next[0] = at;
+                Tensor out = Tensor.allocate(bump, 1, 8, e).fill(-7f);
+                IllegalArgumentException eo = assertThrows(IllegalArgumentException.class,
+                        () -> layer.forward(x, out, SdpaOptions.CAUSAL, ws));
+                assertEquals("out [1, 8, 32] shares memory with the workspace", eo.getMessage());
+                for (float v : out.toArray()) {
+                    assertEquals(-7f, v, "a refused call wrote out");
+                }
+                next[0] = at;
+                Tensor xin = Tensor.allocate(bump, 1, 8, e).copyFrom(x);
+                Tensor out2 = Tensor.allocate(a, 1, 8, e);
+                IllegalArgumentException ex = assertThrows(IllegalArgumentException.class,
+                        () -> layer.forward(xin, out2, SdpaOptions.CAUSAL, ws));
+                assertEquals("x [1, 8, 32] shares memory with the workspace", ex.getMessage());
+                next[0] = at;
+                Tensor kv = Tensor.allocate(bump, 1, 8, e).copyFrom(x);
+                IllegalArgumentException ek = assertThrows(IllegalArgumentException.class,
+                        () -> layer.forward(x, kv, out2, SdpaOptions.CAUSAL, ws));
+                assertEquals("kv [1, 8, 32] shares memory with the workspace", ek.getMessage());
+                next[0] = at;
+                KvCache cache = layer.newCache(bump, 8);
+                IllegalArgumentException ec = assertThrows(IllegalArgumentException.class,
+                        () -> layer.decode(x.slice(1, 0, 1), cache, out2.slice(1, 0, 1), ws));
+                assertTrue(ec.getMessage().endsWith("shares memory with the workspace"), ec.getMessage());
+                assertEquals(0, cache.length(), "nothing appended");
+            }
+            // past the workspace: the same calls run and match the reference
+            next[0] = end;
+            Tensor out = Tensor.allocate(bump, 1, 8, e);
+            layer.forward(x, out, SdpaOptions.CAUSAL, ws);
+            assertClose(ref.toArray(), out.toArray(), atol(e, 8), 1e-4, backend + " out after the workspace");
+            KvCache cache = layer.newCache(bump, 8);
+            Tensor step = Tensor.allocate(bump, 1, 8, e);
+            layer.decode(x, cache, step, ws);
+            assertClose(ref.toArray(), step.toArray(), atol(e, 8), 1e-4, backend + " decode after the workspace");
         }
     }
 
