@@ -93,9 +93,9 @@ soak: $(STAMP)
 	  -Dqkv.soak.calls=$(SOAK_CALLS) \
 	  -cp "java/target/test-classes:java/target/classes:$$(cat $(CLASSPATH_FILE))" dev.qkv.reliability.Soak
 
-# A short JMH run (about 2 minutes): two shapes, both backends, causal or not, 1 and 2 threads, and the decode
+# A short JMH run (about 3 minutes): two shapes, both backends, causal or not, 1 and 2 threads, and the decode
 # step with its floor, with the allocation profiler. `make bench-full` runs every benchmark and parameter of
-# bench/ (about 15 minutes); bench/RESULTS.md has the commands behind its table. BENCH_ARGS adds JMH options.
+# bench/ (about 20 minutes); bench/RESULTS.md has the commands behind its table. BENCH_ARGS adds JMH options.
 BENCH_SHORT := -f 1 -wi 1 -w 1s -i 2 -r 1s -prof gc -p shape=1x1x128x64,1x8x2048x64
 bench: $(STAMP)
 	$(JAVA) $(JVM_FLAGS) -jar bench/target/benchmarks.jar $(BENCH_SHORT) $(BENCH_ARGS) 'SdpaBench|DecodeBench|DecodeFloorBench|PeakBench'
