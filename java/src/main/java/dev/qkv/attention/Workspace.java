@@ -62,6 +62,14 @@ public final class Workspace {
         return whole;
     }
 
+    /**
+     * Whether {@code t} shares memory with this workspace (without allocating): for layers that hand the workspace
+     * to {@link Attention} and must refuse their own tensors inside it first, since the call writes all of it.
+     */
+    public boolean overlaps(Tensor t) {
+        return t.overlaps(whole);
+    }
+
     /** Takes the workspace for a call; false when another call holds it. */
     boolean acquire() {
         return inUse.compareAndSet(false, true);

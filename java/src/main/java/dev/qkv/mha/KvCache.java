@@ -56,6 +56,16 @@ public final class KvCache {
         return t.overlaps(allKeys) || t.overlaps(allValues);
     }
 
+    /** All of the keys' memory as one flat tensor (for overlap checks that must not allocate). */
+    Tensor allKeys() {
+        return allKeys;
+    }
+
+    /** All of the values' memory as one flat tensor. */
+    Tensor allValues() {
+        return allValues;
+    }
+
     /** An empty cache for {@code capacity} positions of {@code kvHeads} heads of {@code headDim}, from {@code arena}. */
     public static KvCache allocate(Arena arena, int kvHeads, int capacity, int headDim) {
         Objects.requireNonNull(arena, "arena");

@@ -386,7 +386,8 @@ public final class MultiHeadAttention {
         MemorySegment seg = checkWorkspace(ws, selfFloats(1, n), x);
         workspaceOverlap(ws, x, "x");
         workspaceOverlap(ws, out, "out");
-        if (cache.overlaps(ws.wholeFloats())) {
+        if (cache.overlaps(ws.wholeFloats()) || ws.attention().overlaps(cache.allKeys())
+                || ws.attention().overlaps(cache.allValues())) {
             // the step stores projected rows from the workspace into the cache
             throw new IllegalArgumentException(cache.describe() + " shares memory with the workspace");
         }
@@ -772,7 +773,9 @@ public final class MultiHeadAttention {
      * call wrote out and was then refused by sgemm's check, as 'output c overlaps input a'.
      */
     private static void workspaceOverlap(MhaWorkspace ws, Tensor t, String name) {
-        if (t.overlaps(ws.wholeFloats())) {
+        // the projections' scratch, and the attention's (its score tiles would overwrite x, or an out written
+        // before them)
+        if (t.overlaps(ws.wholeFloats()) || ws.attention().overlaps(t)) {
             throw new IllegalArgumentException(t.describe(name) + " shares memory with the workspace");
         }
     }

@@ -374,8 +374,8 @@ class MultiHeadAttentionTest {
 
     /**
      * An arena of the caller's own (a bump allocator reset between requests, say) can hand out the workspace's
-     * memory again: x, kv, out or a KV cache inside the projection scratch is refused before anything is written,
-     * naming it. out over the heads' output was written by the attention and then refused by sgemm's own check as
+     * memory again: x, kv, out or a KV cache inside the projection scratch or the attention's workspace is refused
+     * before anything is written, naming it. out over the heads' output was written by the attention and then refused by sgemm's own check as
      * "sgemm: output c [8, 32] overlaps input a"; x over the projection output likewise, by name of an sgemm
      * operand. The same calls with the tensors elsewhere in the segment match the reference.
      */
@@ -414,7 +414,10 @@ class MultiHeadAttentionTest {
             // byte offsets into the workspace: its start (the projections [Q | K | V], 8 rows of E + 2·Hkv·Dh =
             // 64 floats) and the heads' output after them, which the output projection reads
             long headsOut = 8L * (e + 2 * 16) * Float.BYTES;
-            for (long at : new long[] {0, headsOut}) {
+            // and the attention's own workspace, allocated last: its score tiles overwrote an x placed there
+            // (the result still right, the caller's input not) and an out written before them
+            long attention = end - ws.attention().byteSize();
+            for (long at : new long[] {0, headsOut, attention}) {
                 next[0] = at;
                 Tensor out = Tensor.allocate(bump, 1, 8, e).fill(-7f);
                 IllegalArgumentException eo = assertThrows(IllegalArgumentException.class,
