@@ -224,23 +224,18 @@ class AllocationTest {
     @ParameterizedTest(name = "AUTO {1} {0} tensors L={2} D={3}, out transposed")
     @MethodSource("copiedLayoutCases")
     void steadyStateAutoInCopiedLayoutsAllocatesNothing(Memory memory, Opts opts, int l, int d) {
-        Allocations.requireCounter();
-        Case c = CASES.get(copiedLayoutName(memory, opts, l, d));
-        c.out().fill(Float.NaN);
-        c.call().run();
-        Tensor ref = Tensor.allocate(arena, B, HKV, l, d);
-        ReferenceAttention.compute(c.q(), c.k(), c.v(), ref, c.options());
-        double tol = Fixtures.tol(d, l, 2);
-        Fixtures.assertClose(c.what(), ref.shape(), c.out().toArray(), ref.toArray(), tol, tol);
-
-        Allocations.assertSteadyStateAllocatesNothing(c.what(), c.call());
+        checkedThenMeasured(CASES.get(copiedLayoutName(memory, opts, l, d)), l, d);
     }
 
     @ParameterizedTest(name = "{0} {1} heap tensors L={2} D={3}")
     @MethodSource("heapCases")
     void steadyStateSdpaOnHeapTensorsAllocatesNothing(Backend backend, Opts opts, int l, int d) {
+        checkedThenMeasured(CASES.get(heapName(backend, opts, l, d)), l, d);
+    }
+
+    /** A self-attention case [B, HKV, l, d]: once against the reference, then its steady state measured. */
+    private static void checkedThenMeasured(Case c, int l, int d) {
         Allocations.requireCounter();
-        Case c = CASES.get(heapName(backend, opts, l, d));
         c.out().fill(Float.NaN);
         c.call().run();
         Tensor ref = Tensor.allocate(arena, B, HKV, l, d);
