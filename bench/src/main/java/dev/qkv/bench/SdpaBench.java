@@ -31,7 +31,10 @@ import java.util.concurrent.TimeUnit;
 @Fork(value = 1, jvmArgsPrepend = {"--enable-native-access=ALL-UNNAMED", "--add-modules", "jdk.incubator.vector"})
 public class SdpaBench {
 
-    /** {@code BxHxLxD}: q, k, v all {@code [B, H, L, D]}. */
+    /**
+     * {@code BxHxLxD} (q, k, v all {@code [B, H, L, D]}) or {@code BxHxLqxLkxD} (q {@code [B, H, Lq, D]}, k and v
+     * {@code [B, H, Lk, D]}), as {@link OrtBench} takes it, so that the two measure the same call at any shape.
+     */
     @Param({"1x1x128x64", "1x12x512x64", "1x8x2048x64", "1x1x4096x128"})
     public String shape;
 
@@ -55,21 +58,25 @@ public class SdpaBench {
 
     @Setup(Level.Trial)
     public void setup() {
-        String[] p = shape.split("x");
-        long b = Long.parseLong(p[0].trim());
-        long h = Long.parseLong(p[1].trim());
-        long l = Long.parseLong(p[2].trim());
-        long d = Long.parseLong(p[3].trim());
+        long[] s = BenchSupport.shape(shape);
+        long b = s[0];
+        long h = s[1];
+        long lq = s[2];
+        long lk = s[3];
+        long d = s[4];
+        if (causal && lq != lk) {
+            throw new IllegalArgumentException("causal is measured only where Lq = Lk (as OrtBench): " + shape);
+        }
         arena = Arena.ofShared();
         SplittableRandom r = new SplittableRandom(42);
-        q = random(arena, r, b, h, l, d);
-        k = random(arena, r, b, h, l, d);
-        v = random(arena, r, b, h, l, d);
-        out = Tensor.allocate(arena, b, h, l, d);
+        q = random(arena, r, b, h, lq, d);
+        k = random(arena, r, b, h, lk, d);
+        v = random(arena, r, b, h, lk, d);
+        out = Tensor.allocate(arena, b, h, lq, d);
         options = causal ? SdpaOptions.CAUSAL : SdpaOptions.DEFAULT;
         attention = BenchSupport.attention(backend, threads);
         BenchSupport.report(shape + (causal ? " causal" : "") + " threads=" + threads + " flops="
-                + (long) (4.0 * b * h * l * l * d), attention.plan(q, k, v, out, options));
+                + (long) (4.0 * b * h * lq * lk * d), attention.plan(q, k, v, out, options));
         BenchSupport.warmUp("sdpa " + shape, this::sdpa);
     }
 
