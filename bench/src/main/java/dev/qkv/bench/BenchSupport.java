@@ -66,10 +66,19 @@ final class BenchSupport {
                 (System.nanoTime() - start) / 1e9);
     }
 
-    /** One line per trial: the plan (kernel, workers, scratch), the OpenBLAS core, the vector kernels. */
+    /**
+     * One line per trial: the plan (kernel, workers, scratch), the OpenBLAS core, the JDK, the vector kernels. JMH
+     * prints the JDK in its own header, but {@link OrtRatio} and {@link DecodeRatio} have no other line that does.
+     */
     static void report(String what, String plan) {
         String core = OpenBlas.isAvailable() ? OpenBlas.get().library().coreName() : "unavailable";
         System.out.println("# qkv " + what + ": " + plan + " openblas.core=" + core + " OPENBLAS_CORETYPE="
-                + System.getenv("OPENBLAS_CORETYPE") + " vector=\"" + Vectorization.reason() + "\"");
+                + System.getenv("OPENBLAS_CORETYPE") + " jdk=" + jdk() + " vector=\"" + Vectorization.reason()
+                + "\"");
+    }
+
+    /** The running JDK: its full version and vendor, e.g. {@code 25.0.3+9-LTS (Eclipse Adoptium)}. */
+    static String jdk() {
+        return Runtime.version() + " (" + System.getProperty("java.vm.vendor") + ")";
     }
 }

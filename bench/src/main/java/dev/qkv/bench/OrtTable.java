@@ -37,7 +37,7 @@ public final class OrtTable {
         String core = dev.qkv.blas.OpenBlas.isAvailable()
                 ? dev.qkv.blas.OpenBlas.get().library().coreName() : "unavailable";
         System.out.println("openblas.core=" + core + " OPENBLAS_CORETYPE=" + System.getenv("OPENBLAS_CORETYPE")
-                + " (qkv's native rows; ORT runs its own MLAS kernels)");
+                + " (qkv's native rows; ORT runs its own MLAS kernels) jdk=" + BenchSupport.jdk());
     }
 
     /** The joined table as text, one line per (shape, causal, threads) that both files measured. */
