@@ -5,6 +5,7 @@ import dev.qkv.attention.Backend;
 import dev.qkv.blas.OpenBlas;
 import dev.qkv.cli.Jit;
 import dev.qkv.kernel.Vectorization;
+import dev.qkv.tensor.Tensor;
 
 /** What every benchmark does in its setup: builds the attention and prints which kernels and library ran. */
 final class BenchSupport {
@@ -26,6 +27,71 @@ final class BenchSupport {
         }
         return new long[] {Long.parseLong(p[0]), Long.parseLong(p[1]), Long.parseLong(p[2]),
                 Long.parseLong(p[p.length - 2]), Long.parseLong(p[p.length - 1])};
+    }
+
+    /** Output rows {@link #check} recomputes: spread over every batch, head and query position. */
+    static final int CHECKED_ROWS = 16;
+    /** Largest |difference| {@link #check} accepts (the inputs are uniform in [-1, 1)), as OrtBench's check. */
+    static final double TOLERANCE = 1e-4;
+
+    /**
+     * Recomputes {@link #CHECKED_ROWS} rows of {@code out = softmax(q·kᵀ/√D [causal]) · v} in double, from q
+     * {@code [B, H, Lq, D]} and k, v {@code [B, Hkv, Lk, D]} (query head {@code h} reads kv head
+     * {@code h / (H / Hkv)}; causal: query {@code i} sees keys {@code 0..i}, Lq = Lk), and throws when a value of
+     * {@code out} differs by more than {@link #TOLERANCE} (or is NaN), so that no figure belongs to a wrong answer.
+     * The last row is always among them. Returns the largest difference.
+     */
+    static double check(Tensor q, Tensor k, Tensor v, Tensor out, boolean causal) {
+        long[] qs = q.shape();
+        long[] ks = k.shape();
+        long h = qs[1];
+        long lq = qs[2];
+        long d = qs[3];
+        long hkv = ks[1];
+        long lk = ks[2];
+        long rows = qs[0] * h * lq;
+        long step = Math.max(1, rows / CHECKED_ROWS);
+        double scale = 1 / Math.sqrt(d);
+        double[] p = new double[Math.toIntExact(lk)];
+        double max = 0;
+        for (long row = rows - 1; row >= 0; row -= step) {
+            long bi = row / (h * lq);
+            long hi = row / lq % h;
+            long i = row % lq;
+            long hk = hi / (h / hkv);
+            int keys = Math.toIntExact(causal ? i + 1 : lk);
+            double m = Double.NEGATIVE_INFINITY;
+            for (int j = 0; j < keys; j++) {
+                double dot = 0;
+                for (long c = 0; c < d; c++) {
+                    dot += (double) at(q, bi, hi, i, c) * at(k, bi, hk, j, c);
+                }
+                p[j] = dot * scale;
+                m = Math.max(m, p[j]);
+            }
+            double sum = 0;
+            for (int j = 0; j < keys; j++) {
+                p[j] = Math.exp(p[j] - m);
+                sum += p[j];
+            }
+            for (long c = 0; c < d; c++) {
+                double o = 0;
+                for (int j = 0; j < keys; j++) {
+                    o += p[j] * at(v, bi, hk, j, c);
+                }
+                max = Math.max(max, Math.abs(o / sum - at(out, bi, hi, i, c)));
+            }
+        }
+        if (!(max <= TOLERANCE)) {
+            throw new IllegalStateException("the output differs from softmax(q·kᵀ/√D)·v by " + max + " (q "
+                    + q.shapeString() + ", k " + k.shapeString() + (causal ? ", causal" : "") + ")");
+        }
+        return max;
+    }
+
+    private static float at(Tensor t, long b, long h, long l, long c) {
+        long[] st = t.strides();
+        return t.getAt(t.offset() + b * st[0] + h * st[1] + l * st[2] + c * st[3]);
     }
 
     /** Least time of {@link #warmUp}, then windows of {@link #QUIET_WINDOW_NANOS} until one compiles nothing. */

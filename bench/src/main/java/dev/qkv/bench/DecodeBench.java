@@ -90,6 +90,8 @@ public class DecodeBench {
         BenchSupport.report("decode 32x1x4096x128 kvHeads=" + kvHeads + " threads=" + threads + " kvBytes="
                 + 2 * k.elementCount() * Float.BYTES, attention.plan(q, k, v, out, SdpaOptions.DEFAULT));
         BenchSupport.warmUp("decode step", this::decodeStep);
+        System.out.println("# qkv decode step: output checked, max |difference| "
+                + BenchSupport.check(q, k, v, out, false));
     }
 
     /** The step's tensors: q [1, 32, 1, 128], k and v [1, kvHeads, 4096, 128] (uniform, seed 7), out like q. */

@@ -78,6 +78,8 @@ public class SdpaBench {
         BenchSupport.report(shape + (causal ? " causal" : "") + " threads=" + threads + " flops="
                 + (long) (4.0 * b * h * lq * lk * d), attention.plan(q, k, v, out, options));
         BenchSupport.warmUp("sdpa " + shape, this::sdpa);
+        System.out.println("# qkv sdpa " + shape + ": output checked, max |difference| "
+                + BenchSupport.check(q, k, v, out, causal));
     }
 
     @Benchmark

@@ -1,0 +1,89 @@
+package dev.qkv.bench;
+
+import dev.qkv.tensor.Tensor;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.Test;
+
+import java.lang.foreign.Arena;
+
+import static org.junit.jupiter.api.Assertions.assertDoesNotThrow;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+
+/**
+ * {@link BenchSupport#check}, the benchmarks' check of their own output, on inputs whose attention is worked out by
+ * hand: with scores 0 and ln 3 the softmax weights are 1/4 and 3/4, so values 2 and 4 give 0.5 + 3 = 3.5; equal
+ * scores give their mean, 3; a causal first row sees its first key only, 2.
+ */
+class CheckTest {
+    private static final float LN3 = (float) Math.log(3);
+    private final Arena arena = Arena.ofConfined();
+
+    @AfterEach
+    void close() {
+        arena.close();
+    }
+
+    private Tensor t(float[] values, long... shape) {
+        return Tensor.of(arena, values, shape);
+    }
+
+    @Test
+    void acceptsTheRightAnswerAndRefusesAWrongOne() {
+        Tensor q = t(new float[] {0, LN3}, 1, 1, 2, 1);
+        Tensor k = t(new float[] {0, 1}, 1, 1, 2, 1);
+        Tensor v = t(new float[] {2, 4}, 1, 1, 2, 1);
+        assertDoesNotThrow(() -> BenchSupport.check(q, k, v, t(new float[] {3, 3.5f}, 1, 1, 2, 1), false));
+        assertThrows(IllegalStateException.class,
+                () -> BenchSupport.check(q, k, v, t(new float[] {3, 3.6f}, 1, 1, 2, 1), false));
+        assertThrows(IllegalStateException.class,
+                () -> BenchSupport.check(q, k, v, t(new float[] {3, Float.NaN}, 1, 1, 2, 1), false));
+    }
+
+    @Test
+    void causalRowsSeeOnlyTheKeysUpToTheirOwn() {
+        Tensor q = t(new float[] {0, LN3}, 1, 1, 2, 1);
+        Tensor k = t(new float[] {0, 1}, 1, 1, 2, 1);
+        Tensor v = t(new float[] {2, 4}, 1, 1, 2, 1);
+        assertDoesNotThrow(() -> BenchSupport.check(q, k, v, t(new float[] {2, 3.5f}, 1, 1, 2, 1), true));
+        assertThrows(IllegalStateException.class,
+                () -> BenchSupport.check(q, k, v, t(new float[] {3, 3.5f}, 1, 1, 2, 1), true));
+    }
+
+    @Test
+    void scoresAreScaledByOneOverRootD() {
+        // D = 4: q·k1 = 4 · ln3/2 = 2 ln3, scaled by 1/2 = ln3, so 3.5 in every column (unscaled: weights 1/10
+        // and 9/10, 3.8)
+        float x = LN3 / 2;
+        Tensor q = t(new float[] {1, 1, 1, 1}, 1, 1, 1, 4);
+        Tensor k = t(new float[] {0, 0, 0, 0, x, x, x, x}, 1, 1, 2, 4);
+        Tensor v = t(new float[] {2, 2, 2, 2, 4, 4, 4, 4}, 1, 1, 2, 4);
+        assertDoesNotThrow(() -> BenchSupport.check(q, k, v, t(new float[] {3.5f, 3.5f, 3.5f, 3.5f}, 1, 1, 1, 4),
+                false));
+        assertThrows(IllegalStateException.class, () -> BenchSupport.check(q, k, v,
+                t(new float[] {3.8f, 3.8f, 3.8f, 3.8f}, 1, 1, 1, 4), false));
+    }
+
+    @Test
+    void groupedQueryHeadsShareTheirKvHead() {
+        // two query heads, one kv head: head 0 (q = 0) gives 3, head 1 (q = ln3) 3.5
+        Tensor q = t(new float[] {0, LN3}, 1, 2, 1, 1);
+        Tensor k = t(new float[] {0, 1}, 1, 1, 2, 1);
+        Tensor v = t(new float[] {2, 4}, 1, 1, 2, 1);
+        assertDoesNotThrow(() -> BenchSupport.check(q, k, v, t(new float[] {3, 3.5f}, 1, 2, 1, 1), false));
+        assertThrows(IllegalStateException.class,
+                () -> BenchSupport.check(q, k, v, t(new float[] {3.5f, 3}, 1, 2, 1, 1), false));
+    }
+
+    @Test
+    void aWrongValueInTheLastRowIsFoundAmongManyRows() {
+        // 40 rows of one key: each output row is that key's value, 7; only the last is wrong
+        int rows = 40;
+        float[] out = new float[rows];
+        java.util.Arrays.fill(out, 7);
+        out[rows - 1] = 8;
+        Tensor q = t(new float[rows], 1, 1, rows, 1);
+        Tensor k = t(new float[] {1}, 1, 1, 1, 1);
+        Tensor v = t(new float[] {7}, 1, 1, 1, 1);
+        assertThrows(IllegalStateException.class, () -> BenchSupport.check(q, k, v, t(out, 1, 1, rows, 1), false));
+    }
+}
