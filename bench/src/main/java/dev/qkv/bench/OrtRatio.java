@@ -92,6 +92,15 @@ public final class OrtRatio {
         if (rounds < 1 || blockMs < 1 || threadCounts.stream().anyMatch(t -> t < 1)) {
             throw new IllegalArgumentException("rounds, block-ms and threads must be positive");
         }
+        for (String shape : shapes) {
+            long[] s = BenchSupport.shape(shape);
+            // before any measuring: OrtBench.Session refuses causal where Lq != Lk, which with the default shapes
+            // (the decode step last) ended the run after minutes, before its summary
+            if (causal && s[2] != s[3]) {
+                throw new IllegalArgumentException("--causal needs Lq = Lk in every shape: " + shape
+                        + " (name the shapes with --shapes)");
+            }
+        }
         List<String> summary = new ArrayList<>();
         for (String shape : shapes) {
             for (int threads : threadCounts) {
