@@ -109,6 +109,8 @@ public class LatencyBench {
         // JMH's 2 x 2 s warm-up is not enough for C2 beside other work (bench/RESULTS.md, round 17): without this
         // the percentiles could time the kernels in the lower tiers
         BenchSupport.warmUp("latency " + shape, () -> attention.sdpa(q, k, v, warmOut, options));
+        System.out.println("# qkv latency " + shape + ": output checked, max |difference| "
+                + BenchSupport.check(q, k, v, warmOut, lq == lk));
     }
 
     @Benchmark
