@@ -55,6 +55,13 @@ public class DecodeFloorBench {
         readers = Executors.newFixedThreadPool(Math.max(1, threads - 1));
         BenchSupport.report("decode floor kvHeads=" + kvHeads + " threads=" + threads + " kvBytes="
                 + 2 * k.elementCount() * Float.BYTES, "reads k and v once");
+        BenchSupport.warmUp("decode floor", () -> {
+            try {
+                readKvCacheOnce();
+            } catch (Exception e) {
+                throw new IllegalStateException(e);
+            }
+        });
     }
 
     @Benchmark
