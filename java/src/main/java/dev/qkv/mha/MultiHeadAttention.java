@@ -279,6 +279,10 @@ public final class MultiHeadAttention {
             workspaceOverlap(ws, kv, "kv");
         }
         workspaceOverlap(ws, out, "out");
+        if (options.mask() != null) {
+            // read by the attention after the projections have written the scratch
+            workspaceOverlap(ws, options.mask().values(), "mask");
+        }
         if (b == 0 || l == 0) {
             checkEmptyCall(seg, b, l, lkv, options);
             return;
@@ -768,7 +772,8 @@ public final class MultiHeadAttention {
     /**
      * A tensor of the call must not share memory with the workspace's projection scratch (an arena of the caller's
      * own can hand out memory it also gave to tensors): the projections write there while x and kv are read, and
-     * the output projection reads the heads' output there while it writes out. Refused before anything is
+     * before the attention reads the mask, and the output projection reads the heads' output there while it
+     * writes out. Refused before anything is
      * written, naming the tensor, as {@link Attention#sdpa} refuses its own workspace's overlaps; without it the
      * call wrote out and was then refused by sgemm's check, as 'output c overlaps input a'.
      */

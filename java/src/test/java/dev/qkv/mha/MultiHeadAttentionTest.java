@@ -456,6 +456,74 @@ class MultiHeadAttentionTest {
         }
     }
 
+    /**
+     * The mask is a tensor of the call too: one inside the projection scratch was overwritten by the projections
+     * before the attention read it, and the call returned a wrong result without a word (inside the heads' output
+     * it was refused only by the attention's own check, as "out ... overlaps mask", after the projections ran).
+     * Refused by name before anything is written, like x, kv and out; the same mask past the workspace gives the
+     * reference's result.
+     */
+    @ParameterizedTest
+    @org.junit.jupiter.params.provider.EnumSource(value = Backend.class, names = {"NATIVE", "JAVA"})
+    void aMaskInsideTheWorkspaceIsRefusedByName(Backend backend) {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(9);
+            int e = 32;
+            int l = 8;
+            MhaWeights w = weights(a, r, e, 4, 2, true, true);
+            MultiHeadAttention layer = MultiHeadAttention.create(w, backend);
+            MemorySegment all = a.allocate(1 << 20, 64);
+            long[] next = {0};
+            Arena bump = new Arena() {
+                @Override
+                public MemorySegment allocate(long byteSize, long byteAlignment) {
+                    long at = (next[0] + byteAlignment - 1) / byteAlignment * byteAlignment;
+                    next[0] = at + byteSize;
+                    return all.asSlice(at, byteSize);
+                }
+
+                @Override
+                public MemorySegment.Scope scope() {
+                    return all.scope();
+                }
+
+                @Override
+                public void close() {
+                }
+            };
+            MhaWorkspace ws = layer.newWorkspace(bump, 1, l, l);
+            long end = next[0];
+            Tensor x = rand(a, r, 1f, 1, l, e);
+            // an additive [L, L] mask that hides every other key: a mask overwritten by projections changes the result
+            float[] bias = new float[l * l];
+            for (int i = 0; i < bias.length; i++) {
+                bias[i] = i % 2 == 0 ? 0f : -1e4f;
+            }
+            Tensor ref = Tensor.allocate(a, 1, l, e);
+            MultiHeadAttention.create(w, Backend.REFERENCE).forward(x, ref,
+                    SdpaOptions.DEFAULT.withMask(Mask.additive(Tensor.allocate(a, l, l).copyFrom(bias))), null);
+            long headsOut = (long) l * (e + 2 * 16) * Float.BYTES;
+            long attention = end - ws.attention().byteSize();
+            for (long at : new long[] {0, headsOut, attention}) {
+                next[0] = at;
+                Tensor m = Tensor.allocate(bump, l, l).copyFrom(bias);
+                Tensor out = Tensor.allocate(a, 1, l, e).fill(-7f);
+                IllegalArgumentException ex = assertThrows(IllegalArgumentException.class,
+                        () -> layer.forward(x, out, SdpaOptions.DEFAULT.withMask(Mask.additive(m)), ws),
+                        "mask at byte " + at + " of the workspace");
+                assertEquals("mask [8, 8] shares memory with the workspace", ex.getMessage());
+                for (float v : out.toArray()) {
+                    assertEquals(-7f, v, "a refused call wrote out");
+                }
+            }
+            next[0] = end;
+            Tensor m = Tensor.allocate(bump, l, l).copyFrom(bias);
+            Tensor out = Tensor.allocate(a, 1, l, e);
+            layer.forward(x, out, SdpaOptions.DEFAULT.withMask(Mask.additive(m)), ws);
+            assertClose(ref.toArray(), out.toArray(), atol(e, l), 1e-4, backend + " mask after the workspace");
+        }
+    }
+
     @Test
     void sizesBeyondALongAreArgumentErrors() {
         try (Arena a = Arena.ofConfined()) {
