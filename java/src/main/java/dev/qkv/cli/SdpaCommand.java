@@ -133,7 +133,9 @@ final class SdpaCommand implements Command {
      */
     private static float scale(String text) throws UsageException {
         String t = text.strip();
-        if (!t.matches("[+-]?([0-9]+\\.?[0-9]*|\\.[0-9]+)([eE][+-]?[0-9]+)?")) {
+        // possessive quantifiers: nothing to backtrack into, so a long argument is judged in linear time (with
+        // greedy ones the digits before and after the point could split a run of digits every way: quadratic)
+        if (!t.matches("[+-]?+([0-9]++\\.?+[0-9]*+|\\.[0-9]++)([eE][+-]?+[0-9]++)?+")) {
             throw new UsageException("--scale expects a number, got '" + text + "'");
         }
         float s = Float.parseFloat(t);

@@ -33,6 +33,7 @@ import java.util.stream.Stream;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTimeoutPreemptively;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assertions.fail;
 import static org.junit.jupiter.api.Assumptions.abort;
@@ -361,6 +362,25 @@ class MainTest {
         args.addAll(List.of("--out", folder + "/"));
         assertUserError(run(args.toArray(String[]::new)), "--out '" + folder + "/' ends with '/'");
         assertFalse(Files.exists(folder), "a file named after the folder");
+    }
+
+    /**
+     * {@code --scale} is matched against a pattern whose digits before and after an optional point could split a
+     * run of digits in every way: a long non-number took time quadratic in its length (100 000 digits and an
+     * {@code x}, well under Linux's 128 KiB per argument, ran about 80 s before being refused). It is refused at
+     * once, and a long valid number is still taken.
+     */
+    @Test
+    void aLongScaleIsJudgedInLinearTime() {
+        String digits = "1".repeat(100_000);
+        assertTimeoutPreemptively(java.time.Duration.ofSeconds(10), () -> {
+            assertUserError(run("sdpa", "--q", "a", "--k", "b", "--v", "c", "--out", "o", "--scale", digits + "x"),
+                    "--scale expects a number");
+            // a valid number of as many digits passes the parse (and then fails on the missing input file)
+            Result r = run("sdpa", "--q", dir.resolve("missing.npy").toString(), "--k", "b", "--v", "c", "--out",
+                    "o", "--scale", "0." + digits);
+            assertFalse(r.err().contains("--scale"), r.toString());
+        });
     }
 
     @Test
