@@ -52,6 +52,11 @@ public class DowncallBench {
         c = arena.allocate((long) n * n * 4, 64);
         System.out.println("# qkv downcall: " + blas.describe() + " critical="
                 + System.getProperty(OpenBlas.CRITICAL_PROPERTY, "true"));
+        // both calls, whichever this trial times, compiled before JMH's warm-up (BenchSupport.warmUp)
+        BenchSupport.warmUp("downcall n=" + n, () -> {
+            emptyDowncall();
+            sgemm();
+        });
     }
 
     @Benchmark

@@ -40,6 +40,8 @@ public class PeakBench {
     public void setup() {
         seed = 1f;
         System.out.println("# qkv peak: " + S.length() + " floats per vector, " + CHAINS + " FMA chains");
+        // the FMA chains in C2's code before JMH's warm-up, as every qkv benchmark (BenchSupport.warmUp)
+        BenchSupport.warmUp("peak", this::fma);
     }
 
     @Benchmark
