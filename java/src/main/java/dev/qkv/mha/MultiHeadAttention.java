@@ -223,12 +223,36 @@ public final class MultiHeadAttention {
         workspaceBytes(batch, lq, lkv);
         long floats = Math.max(selfFloats(batch, lq), crossFloats(batch, lq, lkv));
         MemorySegment seg = arena.allocate(Math.max(floats * Float.BYTES, 64), Tensor.ALIGNMENT);
-        return new MhaWorkspace(seg, Workspace.allocate(arena, attentionBytes(batch, lq, Math.max(lq, lkv))));
+        MhaWorkspace ws = new MhaWorkspace(seg, Workspace.allocate(arena, attentionBytes(batch, lq,
+                Math.max(lq, lkv))));
+        for (int i = 0; i < weightList.length; i++) {
+            Tensor t = weightList[i];
+            if (t != null && (t.overlaps(ws.wholeFloats()) || ws.attention().overlaps(t))) {
+                throw overWeights("the workspace", t, WEIGHT_NAMES[i]);
+            }
+        }
+        return ws;
     }
 
     /** An empty KV cache for one sequence of up to {@code capacity} positions, shaped for this layer. */
     public KvCache newCache(Arena arena, int capacity) {
-        return KvCache.allocate(arena, hkv, capacity, dh);
+        KvCache cache = KvCache.allocate(arena, hkv, capacity, dh);
+        for (int i = 0; i < weightList.length; i++) {
+            if (weightList[i] != null && cache.overlaps(weightList[i])) {
+                throw overWeights("the KV cache", weightList[i], WEIGHT_NAMES[i]);
+            }
+        }
+        return cache;
+    }
+
+    /**
+     * The layer reads its weights in place, and calls write their workspace and cache: memory handed out twice by
+     * an arena of the caller's own would change the layer for every later call, on every thread. Checked once,
+     * when the workspace or cache is made (the weights cannot move).
+     */
+    private static IllegalArgumentException overWeights(String what, Tensor weight, String name) {
+        return new IllegalArgumentException(what + " from this arena shares memory with the layer's weight "
+                + weight.describe(name) + ": the calls would overwrite it");
     }
 
     /** Self-attention: {@link #forward(Tensor, Tensor, Tensor, SdpaOptions, MhaWorkspace)} with {@code kv = x}. */

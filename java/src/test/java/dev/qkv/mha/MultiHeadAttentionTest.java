@@ -373,6 +373,73 @@ class MultiHeadAttentionTest {
     }
 
     /**
+     * An arena of one's own that hands out slices of {@code all} from {@code next[0]} on (aligned), as a bump
+     * allocator reset between requests does: setting {@code next[0]} back hands the same memory out again.
+     */
+    static Arena bump(MemorySegment all, long[] next) {
+        return new Arena() {
+            @Override
+            public MemorySegment allocate(long byteSize, long byteAlignment) {
+                long at = (next[0] + byteAlignment - 1) / byteAlignment * byteAlignment;
+                next[0] = at + byteSize;
+                return all.asSlice(at, byteSize);
+            }
+
+            @Override
+            public MemorySegment.Scope scope() {
+                return all.scope();
+            }
+
+            @Override
+            public void close() {
+            }
+        };
+    }
+
+    /**
+     * A workspace or KV cache handed out over the layer's own weights (which the layer reads in place) is refused
+     * when it is made: the projections and the attention write the workspace, and decode writes the cache, so
+     * every later call, on every thread, would run on overwritten weights. Made past the weights, both run and
+     * match the reference.
+     */
+    @ParameterizedTest
+    @org.junit.jupiter.params.provider.EnumSource(value = Backend.class, names = {"NATIVE", "JAVA"})
+    void aWorkspaceOrCacheOverTheWeightsIsRefused(Backend backend) {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(10);
+            int e = 32;
+            MemorySegment all = a.allocate(1 << 20, 64);
+            long[] next = {0};
+            Arena bump = bump(all, next);
+            MhaWeights w = weights(bump, r, e, 4, 2, true, false);
+            long end = next[0];
+            MultiHeadAttention layer = MultiHeadAttention.create(w, backend);
+            float[] wq = w.wq().toArray();
+            // the first weight made, and one in the middle of them
+            for (long at : new long[] {0, end / 2 / 64 * 64}) {
+                next[0] = at;
+                IllegalArgumentException ew = assertThrows(IllegalArgumentException.class,
+                        () -> layer.newWorkspace(bump, 1, 8, 8));
+                assertTrue(ew.getMessage().contains("shares memory with the layer's weight"), ew.getMessage());
+                next[0] = at;
+                IllegalArgumentException ec = assertThrows(IllegalArgumentException.class,
+                        () -> layer.newCache(bump, 8));
+                assertTrue(ec.getMessage().contains("shares memory with the layer's weight"), ec.getMessage());
+            }
+            assertArrayEquals(wq, w.wq().toArray(), "the weights are unchanged");
+            next[0] = end;
+            MhaWorkspace ws = layer.newWorkspace(bump, 1, 8, 8);
+            KvCache cache = layer.newCache(bump, 8);
+            Tensor x = rand(a, r, 1f, 1, 8, e);
+            Tensor ref = Tensor.allocate(a, 1, 8, e);
+            MultiHeadAttention.create(w, Backend.REFERENCE).forward(x, ref, SdpaOptions.CAUSAL, null);
+            Tensor out = Tensor.allocate(a, 1, 8, e);
+            layer.decode(x, cache, out, ws);
+            assertClose(ref.toArray(), out.toArray(), atol(e, 8), 1e-4, backend + " decode past the weights");
+        }
+    }
+
+    /**
      * An arena of the caller's own (a bump allocator reset between requests, say) can hand out the workspace's
      * memory again: x, kv, out or a KV cache inside the projection scratch or the attention's workspace is refused
      * before anything is written, naming it. out over the heads' output was written by the attention and then refused by sgemm's own check as
@@ -389,23 +456,7 @@ class MultiHeadAttentionTest {
             MultiHeadAttention layer = MultiHeadAttention.create(w, backend);
             MemorySegment all = a.allocate(1 << 20, 64);
             long[] next = {0};
-            Arena bump = new Arena() {
-                @Override
-                public MemorySegment allocate(long byteSize, long byteAlignment) {
-                    long at = (next[0] + byteAlignment - 1) / byteAlignment * byteAlignment;
-                    next[0] = at + byteSize;
-                    return all.asSlice(at, byteSize);
-                }
-
-                @Override
-                public MemorySegment.Scope scope() {
-                    return all.scope();
-                }
-
-                @Override
-                public void close() {
-                }
-            };
+            Arena bump = bump(all, next);
             MhaWorkspace ws = layer.newWorkspace(bump, 1, 8, 8);
             long end = next[0];
             Tensor x = rand(a, r, 1f, 1, 8, e);
@@ -474,23 +525,7 @@ class MultiHeadAttentionTest {
             MultiHeadAttention layer = MultiHeadAttention.create(w, backend);
             MemorySegment all = a.allocate(1 << 20, 64);
             long[] next = {0};
-            Arena bump = new Arena() {
-                @Override
-                public MemorySegment allocate(long byteSize, long byteAlignment) {
-                    long at = (next[0] + byteAlignment - 1) / byteAlignment * byteAlignment;
-                    next[0] = at + byteSize;
-                    return all.asSlice(at, byteSize);
-                }
-
-                @Override
-                public MemorySegment.Scope scope() {
-                    return all.scope();
-                }
-
-                @Override
-                public void close() {
-                }
-            };
+            Arena bump = bump(all, next);
             MhaWorkspace ws = layer.newWorkspace(bump, 1, l, l);
             long end = next[0];
             Tensor x = rand(a, r, 1f, 1, l, e);
