@@ -602,18 +602,30 @@ public final class Attention {
 
     /**
      * This thread's job; on a virtual thread a spare one (see {@link PerThread}), which {@link #giveBack}
-     * returns: a job kept per virtual thread would be made again for nearly every call.
+     * returns: a job kept per virtual thread would be made again for nearly every call. The job refers to this
+     * instance only until {@link #giveBack}.
      */
     private Job takeJob() {
+        Job job;
         if (!Thread.currentThread().isVirtual()) {
-            return jobs.get();
+            job = jobs.get();
+        } else {
+            job = spareJobs.take();
+            if (job == null) {
+                job = new Job(this);
+            }
         }
-        Job job = spareJobs.take();
-        return job != null ? job : new Job(this);
+        job.owner = this;
+        return job;
     }
 
-    /** Ends the use of a job from {@link #takeJob} (which released its tensors). */
+    /**
+     * Ends the use of a job from {@link #takeJob} (which released its tensors). A thread keeps its job between
+     * calls in {@link #jobs}, whose key is weak: a job that still referred to this instance would keep the key
+     * reachable, so an instance dropped by its user stayed on the heap, with its job, for the thread's life.
+     */
     private void giveBack(Job job) {
+        job.owner = null;
         if (Thread.currentThread().isVirtual()) {
             spareJobs.give(job);
         }
@@ -685,7 +697,8 @@ public final class Attention {
 
     /** One call's plan and arguments; reused by its thread, so a call allocates nothing. */
     static final class Job implements WorkerPool.Tasks {
-        private final Attention owner;
+        /** The instance whose call this is; null between calls (see {@link Attention#giveBack}). */
+        private Attention owner;
         Tensor q;
         Tensor k;
         Tensor v;

@@ -15,6 +15,7 @@ import org.junit.jupiter.params.provider.EnumSource;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.lang.ref.WeakReference;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Random;
@@ -263,6 +264,42 @@ class LifetimeTest {
                 assertTrue(refused > 0, "a long product must hold its arena");
             }
         }
+    }
+
+    /**
+     * An {@code Attention} that is no longer referenced is collected, although threads ran calls with it: a
+     * thread's reused job must not keep its instance alive. Before the fix each thread's job referred to its
+     * instance, whose {@code ThreadLocal} was the job's own key, so the weak key was never cleared: every
+     * instance created and dropped by a long-lived thread (one per request, or one per layer built) stayed on
+     * the heap with its job for the thread's life (about 460 B each, without bound).
+     */
+    @ParameterizedTest
+    @EnumSource(Backend.class)
+    void aDroppedAttentionIsCollectedAfterItsCalls(Backend backend) throws Exception {
+        List<WeakReference<Attention>> dropped = new ArrayList<>();
+        try (Arena arena = Arena.ofShared()) {
+            Tensor[] t = qkvo(arena, new Random(11));
+            for (int i = 0; i < 4; i++) {
+                dropped.add(callAndDrop(backend, t, arena));
+            }
+        }
+        long end = System.nanoTime() + 20_000_000_000L;
+        while (dropped.stream().anyMatch(r -> r.get() != null)) {
+            assertTrue(System.nanoTime() - end < 0, backend + ": dropped instances still reachable after 20 s of"
+                    + " collections: " + dropped.stream().filter(r -> r.get() != null).count() + " of 4");
+            System.gc();
+            Thread.sleep(10);
+        }
+    }
+
+    /** A fresh instance, every kind of call made with it on this thread, and only a weak reference kept. */
+    private static WeakReference<Attention> callAndDrop(Backend backend, Tensor[] t, Arena arena) {
+        Attention att = Attention.create(backend);
+        att.sdpa(t[0], t[1], t[2], t[3], SdpaOptions.CAUSAL);
+        Workspace ws = Workspace.allocate(arena, att.workspaceBytes(t[0], t[1], t[2], t[3], SdpaOptions.CAUSAL));
+        att.sdpa(t[0], t[1], t[2], t[3], SdpaOptions.CAUSAL, ws);
+        att.plan(t[0], t[1], t[2], t[3], SdpaOptions.CAUSAL);
+        return new WeakReference<>(att);
     }
 
     private static boolean allZero(Tensor t) {
