@@ -6,11 +6,14 @@ import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.Objects;
+import java.util.concurrent.atomic.AtomicBoolean;
 
 /**
  * The keys and values of one sequence seen so far, for incremental decoding: {@code K} and {@code V}
  * {@code [Hkv, capacity, Dh]} off-heap, appended in place by {@link MultiHeadAttention#decode}. A cache belongs
- * to one sequence and one thread at a time; {@link #reset} empties it for the next sequence.
+ * to one sequence and one thread at a time; {@link #reset} empties it for the next sequence. A decode step that
+ * finds the cache in use by another step throws {@link IllegalStateException}: both would append at the same
+ * positions.
  *
  * <p>Subnormal keys and values (non-zero, below {@link Float#MIN_NORMAL} in magnitude) are stored as zeros of
  * their sign, as the processor's flush-to-zero mode would store them; -0.0 stays -0.0. A
@@ -36,6 +39,11 @@ public final class KvCache {
     private Tensor[] keyViews = new Tensor[0];
     private Tensor[] valueViews = new Tensor[0];
     private int length;
+    /**
+     * Set while a decode step uses the cache: a second step that finds it taken is refused (see
+     * {@link MultiHeadAttention#decode}), rather than read the same length and append at the same positions.
+     */
+    private final AtomicBoolean inUse = new AtomicBoolean();
 
     /** All of k's and v's memory as flat views, for overlap checks that must not allocate. */
     private final Tensor allKeys;
@@ -176,6 +184,16 @@ public final class KvCache {
 
     MemorySegment v() {
         return v;
+    }
+
+    /** Takes the cache for a decode step; false when another step holds it. */
+    boolean acquire() {
+        return inUse.compareAndSet(false, true);
+    }
+
+    /** Gives the cache back after a decode step. */
+    void release() {
+        inUse.set(false);
     }
 
     void advance(int n) {

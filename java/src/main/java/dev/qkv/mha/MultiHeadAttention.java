@@ -361,20 +361,32 @@ public final class MultiHeadAttention {
      * {@link #forward} over the whole sequence so far. {@code ws} must come from {@link #newWorkspace}
      * {@code (arena, 1, n, cache.capacity())} or larger.
      *
-     * @throws IllegalStateException when the cache has no room for {@code n} more positions (nothing is appended)
+     * @throws IllegalStateException when the cache has no room for {@code n} more positions (nothing is appended), or
+     *                               when another decode step is using the cache
      */
     public void decode(Tensor x, KvCache cache, Tensor out, MhaWorkspace ws) {
-        if (ws == null) {
-            decodeIn(x, cache, out, ws);
-            return;
+        Objects.requireNonNull(cache, "cache");
+        // a step reads the cache's length, appends after it and advances it: two steps at once on one cache
+        // would append at the same positions, and count both
+        if (!cache.acquire()) {
+            throw new IllegalStateException(cache.describe() + ": in use by another call (a KV cache serves one"
+                    + " decode step at a time)");
         }
-        take(ws);
-        PerThread.Lease lease = PerThread.enter();
         try {
-            decodeIn(x, cache, out, ws);
+            if (ws == null) {
+                decodeIn(x, cache, out, ws);
+                return;
+            }
+            take(ws);
+            PerThread.Lease lease = PerThread.enter();
+            try {
+                decodeIn(x, cache, out, ws);
+            } finally {
+                PerThread.exit(lease);
+                ws.release();
+            }
         } finally {
-            PerThread.exit(lease);
-            ws.release();
+            cache.release();
         }
     }
 

@@ -23,6 +23,7 @@ import java.util.concurrent.CyclicBarrier;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
+import java.util.concurrent.atomic.AtomicBoolean;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 
@@ -176,6 +177,109 @@ class MhaConcurrencyTest {
                 assertSame(serial, race(tasks), backend + " one workspace, " + refused[0] + " calls refused");
             }
         }
+    }
+
+    /**
+     * Misuse: two threads decoding into one KV cache, each with its own workspace. A decode either appends its
+     * rows after every row appended before it or is refused as the cache is in use; never two steps appending at
+     * the same position. One thread decodes a chunk of 256 tokens once while the other decodes one token again and
+     * again until the chunk is in; afterwards the cache must hold the chunk's rows together and the single token's
+     * rows everywhere else, each as decoding it alone into a fresh cache stores it, and its length must count
+     * every decode that returned. Before the fix both steps read the same length, wrote the same positions and
+     * both advanced it: the chunk's first rows were overwritten and the cache counted positions nobody wrote.
+     */
+    @ParameterizedTest
+    @EnumSource(value = Backend.class, names = {"NATIVE", "JAVA"})
+    void twoDecodesIntoOneCacheAreRefusedNotMixed(Backend backend) throws Exception {
+        try (Arena shared = Arena.ofShared()) {
+            Random r = new Random(Fuzz.seed("mha-shared-cache"));
+            MultiHeadAttention layer = MultiHeadAttention.create(MhaLayers.weights(shared, r, 8, 2, 16, true, false),
+                    backend, 1);
+            int chunk = 256;
+            int capacity = chunk + 512;
+            Tensor xa = MhaLayers.rand(shared, r, 1f, 1, chunk, 128);
+            Tensor xb = MhaLayers.rand(shared, r, 1f, 1, 1, 128);
+            MhaWorkspace wa = layer.newWorkspace(shared, 1, chunk, capacity);
+            MhaWorkspace wb = layer.newWorkspace(shared, 1, 1, capacity);
+            Tensor oa = Tensor.allocate(shared, 1, chunk, 128);
+            Tensor ob = Tensor.allocate(shared, 1, 1, 128);
+            // what each step stores, decoded alone
+            KvCache alone = layer.newCache(shared, capacity);
+            layer.decode(xa, alone, oa, wa);
+            float[][] rowsA = {alone.keys().toArray(), alone.values().toArray()};
+            alone.reset();
+            layer.decode(xb, alone, ob, wb);
+            float[][] rowsB = {alone.keys().toArray(), alone.values().toArray()};
+            int heads = 2;
+            int dh = 16;
+            ExecutorService pool = Executors.newFixedThreadPool(2);
+            try {
+                for (int round = 0; round < 5; round++) {
+                    KvCache cache = layer.newCache(shared, capacity);
+                    AtomicBoolean chunkIn = new AtomicBoolean();
+                    CyclicBarrier start = new CyclicBarrier(2);
+                    Future<Integer> a = pool.submit(() -> {
+                        start.await();
+                        for (;;) {
+                            try {
+                                layer.decode(xa, cache, oa, wa);
+                                chunkIn.set(true);
+                                return 1;
+                            } catch (IllegalStateException e) {
+                                org.junit.jupiter.api.Assertions.assertTrue(e.getMessage().contains("in use by"
+                                        + " another call"), e.getMessage());
+                            }
+                        }
+                    });
+                    Future<Integer> b = pool.submit(() -> {
+                        start.await();
+                        int appended = 0;
+                        while (!chunkIn.get() && appended < capacity - chunk) {
+                            try {
+                                layer.decode(xb, cache, ob, wb);
+                                appended++;
+                            } catch (IllegalStateException e) {
+                                org.junit.jupiter.api.Assertions.assertTrue(e.getMessage().contains("in use by"
+                                        + " another call"), e.getMessage());
+                            }
+                        }
+                        return appended;
+                    });
+                    a.get();
+                    int singles = b.get();
+                    int length = cache.length();
+                    assertEquals(chunk + singles, length, backend + " round " + round + ": positions cached, after"
+                            + " one chunk of " + chunk + " and " + singles + " single tokens");
+                    float[][] got = {cache.keys().toArray(), cache.values().toArray()};
+                    // the chunk's rows lie together, at the position of the first row that is not the token's
+                    int at = 0;
+                    while (at < singles && sameRow(got[0], length, 0, at, rowsB[0], 1, 0, 0, dh)) {
+                        at++;
+                    }
+                    for (int kv = 0; kv < 2; kv++) {
+                        for (int g = 0; g < heads; g++) {
+                            for (int p = 0; p < length; p++) {
+                                boolean ok = p >= at && p < at + chunk
+                                        ? sameRow(got[kv], length, g, p, rowsA[kv], chunk, g, p - at, dh)
+                                        : sameRow(got[kv], length, g, p, rowsB[kv], 1, g, 0, dh);
+                                org.junit.jupiter.api.Assertions.assertTrue(ok, backend + " round " + round + ": "
+                                        + (kv == 0 ? "key" : "value") + " row " + p + " of kv head " + g
+                                        + " is neither the chunk's nor the token's (chunk at " + at + ", "
+                                        + singles + " tokens)");
+                            }
+                        }
+                    }
+                }
+            } finally {
+                pool.shutdownNow();
+            }
+        }
+    }
+
+    /** Row {@code p} of head {@code g} of a flat {@code [Hkv, len, dh]} equals row {@code q} of head {@code h}. */
+    private static boolean sameRow(float[] x, int len, int g, int p, float[] y, int yLen, int h, int q, int dh) {
+        return Arrays.equals(x, (g * len + p) * dh, (g * len + p + 1) * dh, y, (h * yLen + q) * dh,
+                (h * yLen + q + 1) * dh);
     }
 
     @ParameterizedTest
