@@ -534,6 +534,10 @@ public final class WorkerPool {
                     }
                     spin.end(now);
                 }
+                // an interrupt left set (by a task that restores one it caught, or by anyone holding this thread)
+                // would make every park return at once: the idle thread would spin a core for good. Nothing here
+                // waits for an interrupt; a pool thread ends only with the process
+                Thread.interrupted();
                 LockSupport.park(this);
                 continue;
             }

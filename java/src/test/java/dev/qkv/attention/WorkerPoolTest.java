@@ -390,6 +390,40 @@ class WorkerPoolTest {
         }
     }
 
+    /**
+     * A pool thread whose interrupt status is set (by a task that restores an interrupt it caught, as library code
+     * does, or by anyone holding the thread) goes back to parking once the call is done: before the fix,
+     * {@code LockSupport.park} returned at once for the rest of the process, and the idle thread spun a core.
+     */
+    @Test
+    void aPoolThreadLeftInterruptedByATaskParksAgain() {
+        WorkerPool pool = new WorkerPool(1, 0);
+        AtomicReference<Thread> helper = new AtomicReference<>();
+        CountDownLatch both = new CountDownLatch(2);
+        pool.run((task, worker) -> {
+            // each task waits for the other, so that the pool thread runs one
+            both.countDown();
+            await(both);
+            if (worker > 0) {
+                helper.set(Thread.currentThread());
+                Thread.currentThread().interrupt();
+            }
+        }, 2, 1);
+        Thread t = helper.get();
+        assertTrue(t != null, "no pool thread ran a task");
+        waitUntil(() -> t.getState() == Thread.State.WAITING && !t.isInterrupted(),
+                () -> "the pool thread never parked again: " + t.getState() + ", interrupted " + t.isInterrupted());
+        // and it still takes part in calls
+        AtomicIntegerArray byWorker = new AtomicIntegerArray(2);
+        CountDownLatch again = new CountDownLatch(2);
+        pool.run((task, worker) -> {
+            byWorker.incrementAndGet(worker);
+            again.countDown();
+            await(again);
+        }, 2, 1);
+        assertEquals(1, byWorker.get(1), "tasks run by the pool thread");
+    }
+
     @Test
     void aBlockPropertyMustBeAPositiveMultiple() {
         String name = "qkv.test.blockProperty";
