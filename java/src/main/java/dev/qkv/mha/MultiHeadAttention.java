@@ -227,7 +227,7 @@ public final class MultiHeadAttention {
                 Math.max(lq, lkv))));
         for (int i = 0; i < weightList.length; i++) {
             Tensor t = weightList[i];
-            if (t != null && (t.overlaps(ws.wholeFloats()) || ws.attention().overlaps(t))) {
+            if (weightAlive(t) && (t.overlaps(ws.wholeFloats()) || ws.attention().overlaps(t))) {
                 throw overWeights("the workspace", t, WEIGHT_NAMES[i]);
             }
         }
@@ -238,7 +238,7 @@ public final class MultiHeadAttention {
     public KvCache newCache(Arena arena, int capacity) {
         KvCache cache = KvCache.allocate(arena, hkv, capacity, dh);
         for (int i = 0; i < weightList.length; i++) {
-            if (weightList[i] != null && cache.overlaps(weightList[i])) {
+            if (weightAlive(weightList[i]) && cache.overlaps(weightList[i])) {
                 throw overWeights("the KV cache", weightList[i], WEIGHT_NAMES[i]);
             }
         }
@@ -250,6 +250,12 @@ public final class MultiHeadAttention {
      * an arena of the caller's own would change the layer for every later call, on every thread. Checked once,
      * when the workspace or cache is made (the weights cannot move).
      */
+    private static boolean weightAlive(Tensor t) {
+        // closed weights: their memory is free and may be handed out again at the same addresses, which is no
+        // overlap (every call on the layer is refused anyway, as its arena is closed)
+        return t != null && t.segment().scope().isAlive();
+    }
+
     private static IllegalArgumentException overWeights(String what, Tensor weight, String name) {
         return new IllegalArgumentException(what + " from this arena shares memory with the layer's weight "
                 + weight.describe(name) + ": the calls would overwrite it");
