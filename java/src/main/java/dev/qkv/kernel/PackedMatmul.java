@@ -63,7 +63,9 @@ final class PackedMatmul extends MatmulKernel {
         Arrays.fill(buf.alpha, 0, m, alpha);
         for (int j0 = 0; j0 < n; j0 += COLS) {
             int nb = Math.min(COLS, n - j0);
-            for (int p0 = 0; p0 < k; p0 += KC) {
+            // a long counter: an int one would wrap past 2^31 - 1 - KC (k near Integer.MAX_VALUE) and never end
+            for (long p = 0; p < k; p += KC) {
+                int p0 = (int) p;
                 int kc = Math.min(KC, k - p0);
                 // op(A) [m, kc] from column p0, op(B) [kc, nb] from row p0; later chunks add to C
                 long aAt = ta == Transpose.NO ? aOff + p0 : aOff + (long) p0 * lda;
