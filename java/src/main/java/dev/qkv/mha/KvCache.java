@@ -13,7 +13,7 @@ import java.util.concurrent.atomic.AtomicBoolean;
  * {@code [Hkv, capacity, Dh]} off-heap, appended in place by {@link MultiHeadAttention#decode}. A cache belongs
  * to one sequence and one thread at a time; {@link #reset} empties it for the next sequence. A decode step that
  * finds the cache in use by another step throws {@link IllegalStateException}: both would append at the same
- * positions.
+ * positions; so do {@link #reset} and {@link #truncate} during a step.
  *
  * <p>Subnormal keys and values (non-zero, below {@link Float#MIN_NORMAL} in magnitude) are stored as zeros of
  * their sign, as the processor's flush-to-zero mode would store them; -0.0 stays -0.0. A
@@ -112,9 +112,16 @@ public final class KvCache {
         return length;
     }
 
-    /** Forgets every cached position (the memory is reused, not cleared). */
+    /**
+     * Forgets every cached position (the memory is reused, not cleared).
+     *
+     * @throws IllegalStateException when a decode step is using the cache (it would store its rows after the old
+     *                               length and then count them from the new one)
+     */
     public void reset() {
+        hold("reset");
         length = 0;
+        release();
     }
 
     /**
@@ -122,13 +129,30 @@ public final class KvCache {
      * to drop rejected speculative tokens, or to rerun a step from the same prefix.
      *
      * @throws IllegalArgumentException when {@code length} is negative or more than the positions cached
+     * @throws IllegalStateException    when a decode step is using the cache (as {@link #reset})
      */
     public void truncate(int length) {
-        if (length < 0 || length > this.length) {
-            throw new IllegalArgumentException(describe() + ": cannot truncate to " + length
-                    + " positions (must be 0.." + this.length + ")");
+        hold("truncate");
+        try {
+            if (length < 0 || length > this.length) {
+                throw new IllegalArgumentException(describe() + ": cannot truncate to " + length
+                        + " positions (must be 0.." + this.length + ")");
+            }
+            this.length = length;
+        } finally {
+            release();
         }
-        this.length = length;
+    }
+
+    /**
+     * Takes the cache for {@code what}, which changes its length: a decode step reads the length, stores after it
+     * and advances it, so a change in between would count rows it never stored where it stored none.
+     */
+    private void hold(String what) {
+        if (!acquire()) {
+            throw new IllegalStateException(describe() + ": cannot " + what + " while in use by another call (a"
+                    + " decode step)");
+        }
     }
 
     /** The cached keys as a view {@code [1, Hkv, length, Dh]}. */

@@ -272,4 +272,38 @@ class KvCacheTest {
             assertEquals(0, cache.length());
         }
     }
+
+    /**
+     * A decode step holds the cache from before it reads the length until after it advances it; a reset or
+     * truncate from another thread in between made the step store its rows after the old length and then count
+     * them from the new one (a chunk decoded after one token, reset meanwhile: length 256, position 0 the token's
+     * row). Held here as decode holds it; reset and truncate must be refused and change nothing.
+     */
+    @Test
+    void resetAndTruncateAreRefusedWhileADecodeStepHoldsTheCache() {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(5);
+            MultiHeadAttention layer = MultiHeadAttention.create(
+                    MultiHeadAttentionTest.weights(a, r, 16, 4, 2, false, false), Backend.JAVA);
+            KvCache cache = layer.newCache(a, 8);
+            layer.decode(rand(a, r, 1f, 1, 3, 16), cache, Tensor.allocate(a, 1, 3, 16),
+                    layer.newWorkspace(a, 1, 3, 8));
+            assertTrue(cache.acquire(), "no step holds the cache");
+            try {
+                IllegalStateException reset = assertThrows(IllegalStateException.class, cache::reset);
+                assertTrue(reset.getMessage().contains("in use by another call"), reset.getMessage());
+                IllegalStateException truncate = assertThrows(IllegalStateException.class, () -> cache.truncate(1));
+                assertTrue(truncate.getMessage().contains("in use by another call"), truncate.getMessage());
+                assertEquals(3, cache.length(), "a refused reset or truncate changes nothing");
+            } finally {
+                cache.release();
+            }
+            cache.truncate(1);
+            assertEquals(1, cache.length());
+            cache.reset();
+            assertEquals(0, cache.length());
+            assertTrue(cache.acquire(), "reset and truncate give the cache back");
+            cache.release();
+        }
+    }
 }
