@@ -61,9 +61,10 @@ final class PackedMatmul extends MatmulKernel {
             buf.alpha = new float[m];
         }
         Arrays.fill(buf.alpha, 0, m, alpha);
-        for (int j0 = 0; j0 < n; j0 += COLS) {
+        // long counters: int ones wrap past Integer.MAX_VALUE - COLS (n, or k below, near it) and never end
+        for (long jl = 0; jl < n; jl += COLS) {
+            int j0 = (int) jl;
             int nb = Math.min(COLS, n - j0);
-            // a long counter: an int one would wrap past 2^31 - 1 - KC (k near Integer.MAX_VALUE) and never end
             for (long p = 0; p < k; p += KC) {
                 int p0 = (int) p;
                 int kc = Math.min(KC, k - p0);

@@ -84,7 +84,9 @@ final class ScalarMatmul extends MatmulKernel {
         final int nc = (int) Math.min(n, MAX_COPY / Math.max(k, 1));
         final Scratch s = SCRATCH.get();
         s.ensure(k, nc);
-        for (int j0 = 0; j0 < n; j0 += nc) {
+        // a long counter: an int one would wrap past Integer.MAX_VALUE - nc (n near it) and never end
+        for (long jl = 0; jl < n; jl += nc) {
+            int j0 = (int) jl;
             columns(s, ta, tb, m, j0, Math.min(nc, n - j0), k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
         }
     }
