@@ -2,6 +2,7 @@ package dev.qkv.bench;
 
 import dev.qkv.attention.Attention;
 import dev.qkv.attention.Backend;
+import dev.qkv.attention.SdpaOptions;
 import dev.qkv.blas.OpenBlas;
 import dev.qkv.cli.Jit;
 import dev.qkv.kernel.Vectorization;
@@ -35,51 +36,37 @@ final class BenchSupport {
     static final double TOLERANCE = 1e-4;
 
     /**
-     * Recomputes {@link #CHECKED_ROWS} rows of {@code out = softmax(q·kᵀ/√D [causal]) · v} in double, from q
-     * {@code [B, H, Lq, D]} and k, v {@code [B, Hkv, Lk, D]} (query head {@code h} reads kv head
-     * {@code h / (H / Hkv)}; causal: query {@code i} sees keys {@code 0..i}, Lq = Lk), and throws when a value of
-     * {@code out} differs by more than {@link #TOLERANCE} (or is NaN), so that no figure belongs to a wrong answer.
-     * The last row is always among them. Returns the largest difference.
+     * Recomputes {@link #CHECKED_ROWS} rows of {@code out = softmax(q·kᵀ/√D [causal]) · v} with qkv's scalar
+     * reference ({@link Backend#REFERENCE}, double sums), from q {@code [B, H, Lq, D]} and k, v {@code [B, Hkv, Lk,
+     * D]} (query head {@code h} reads kv head {@code h / (H / Hkv)}; causal: query {@code i} sees keys
+     * {@code 0..i}, Lq = Lk), and throws when a value of {@code out} differs by more than {@link #TOLERANCE} (or is
+     * NaN), so that no figure belongs to a wrong answer. The last row is always among them. Each row is its own
+     * reference call on views: that query row against the keys it may see, so a causal row needs no mask.
+     * Returns the largest difference.
      */
     static double check(Tensor q, Tensor k, Tensor v, Tensor out, boolean causal) {
         long[] qs = q.shape();
-        long[] ks = k.shape();
         long h = qs[1];
         long lq = qs[2];
-        long d = qs[3];
-        long hkv = ks[1];
-        long lk = ks[2];
+        long hkv = k.size(1);
+        long lk = k.size(2);
         long rows = qs[0] * h * lq;
         long step = Math.max(1, rows / CHECKED_ROWS);
-        double scale = 1 / Math.sqrt(d);
-        double[] p = new double[Math.toIntExact(lk)];
+        Attention reference = Attention.create(Backend.REFERENCE, 1);
         double max = 0;
-        for (long row = rows - 1; row >= 0; row -= step) {
-            long bi = row / (h * lq);
-            long hi = row / lq % h;
-            long i = row % lq;
-            long hk = hi / (h / hkv);
-            int keys = Math.toIntExact(causal ? i + 1 : lk);
-            double m = Double.NEGATIVE_INFINITY;
-            for (int j = 0; j < keys; j++) {
-                double dot = 0;
-                for (long c = 0; c < d; c++) {
-                    dot += (double) at(q, bi, hi, i, c) * at(k, bi, hk, j, c);
-                }
-                p[j] = dot * scale;
-                m = Math.max(m, p[j]);
-            }
-            double sum = 0;
-            for (int j = 0; j < keys; j++) {
-                p[j] = Math.exp(p[j] - m);
-                sum += p[j];
-            }
-            for (long c = 0; c < d; c++) {
-                double o = 0;
-                for (int j = 0; j < keys; j++) {
-                    o += p[j] * at(v, bi, hk, j, c);
-                }
-                max = Math.max(max, Math.abs(o / sum - at(out, bi, hi, i, c)));
+        try (java.lang.foreign.Arena arena = java.lang.foreign.Arena.ofConfined()) {
+            Tensor want = Tensor.allocate(arena, 1, 1, 1, v.size(3));
+            for (long row = rows - 1; row >= 0; row -= step) {
+                long bi = row / (h * lq);
+                long hi = row / lq % h;
+                long i = row % lq;
+                long hk = hi / (h / hkv);
+                long keys = causal ? i + 1 : lk;
+                Tensor got = out.slice(0, bi, bi + 1).slice(1, hi, hi + 1).slice(2, i, i + 1);
+                reference.sdpa(q.slice(0, bi, bi + 1).slice(1, hi, hi + 1).slice(2, i, i + 1),
+                        k.slice(0, bi, bi + 1).slice(1, hk, hk + 1).slice(2, 0, keys),
+                        v.slice(0, bi, bi + 1).slice(1, hk, hk + 1).slice(2, 0, keys), want, SdpaOptions.DEFAULT);
+                max = Math.max(max, maxDiff(want.toArray(), got.toArray()));
             }
         }
         if (!(max <= TOLERANCE)) {
@@ -89,9 +76,13 @@ final class BenchSupport {
         return max;
     }
 
-    private static float at(Tensor t, long b, long h, long l, long c) {
-        long[] st = t.strides();
-        return t.getAt(t.offset() + b * st[0] + h * st[1] + l * st[2] + c * st[3]);
+    /** max |a[i] - b[i]| over equally long arrays (NaN when any difference is NaN). */
+    static double maxDiff(float[] a, float[] b) {
+        double max = 0;
+        for (int i = 0; i < a.length; i++) {
+            max = Math.max(max, Math.abs((double) a[i] - b[i]));
+        }
+        return max;
     }
 
     /** Least time of {@link #warmUp}, then windows of {@link #QUIET_WINDOW_NANOS} until one compiles nothing. */

@@ -193,7 +193,7 @@ public class OrtBench {
             if (graph.equals("mha")) {
                 theirs = bsnh(theirs, b, h, lq, d, true);
             }
-            double maxDiff = maxDiff(expected, theirs);
+            double maxDiff = BenchSupport.maxDiff(expected, theirs);
             if (!(maxDiff <= 1e-4)) {
                 throw new IllegalStateException("ORT's output differs from qkv's by " + maxDiff + " (graph " + graph
                         + ", shape " + b + "x" + h + "x" + lq + "x" + d + ")");
@@ -207,15 +207,6 @@ public class OrtBench {
             inputs.values().forEach(OnnxTensor::close);
             out.close();
         }
-    }
-
-    /** max |a[i] - b[i]| over equally long arrays (NaN when any difference is NaN). */
-    static double maxDiff(float[] a, float[] b) {
-        double max = 0;
-        for (int i = 0; i < a.length; i++) {
-            max = Math.max(max, Math.abs((double) a[i] - b[i]));
-        }
-        return max;
     }
 
     private float[] qkvJava(float[] q, float[] k, float[] v, int b, int h, int lq, int lk, int d) {

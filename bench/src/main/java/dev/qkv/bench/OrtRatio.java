@@ -241,7 +241,7 @@ public final class OrtRatio {
     }
 
     private static void check(String what, float[] want, float[] got) {
-        double maxDiff = OrtBench.maxDiff(want, got);
+        double maxDiff = BenchSupport.maxDiff(want, got);
         if (!(maxDiff <= 1e-4)) {
             throw new IllegalStateException(what + " differs from qkv's Java backend by " + maxDiff);
         }
