@@ -128,10 +128,14 @@ final class BenchSupport {
      * prints the JDK in its own header, but {@link OrtRatio} and {@link DecodeRatio} have no other line that does.
      */
     static void report(String what, String plan) {
+        System.out.println("# qkv " + what + ": " + plan + " " + core() + " jdk=" + jdk() + " vector=\""
+                + Vectorization.reason() + "\"");
+    }
+
+    /** {@code openblas.core=<the core OpenBLAS picked, or unavailable> OPENBLAS_CORETYPE=<the environment's>}. */
+    static String core() {
         String core = OpenBlas.isAvailable() ? OpenBlas.get().library().coreName() : "unavailable";
-        System.out.println("# qkv " + what + ": " + plan + " openblas.core=" + core + " OPENBLAS_CORETYPE="
-                + System.getenv("OPENBLAS_CORETYPE") + " jdk=" + jdk() + " vector=\"" + Vectorization.reason()
-                + "\"");
+        return "openblas.core=" + core + " OPENBLAS_CORETYPE=" + System.getenv("OPENBLAS_CORETYPE");
     }
 
     /** The running JDK: its full version and vendor, e.g. {@code 25.0.3+9-LTS (Eclipse Adoptium)}. */

@@ -34,10 +34,8 @@ public final class OrtTable {
         System.out.print(table(read(Path.of(args[0])), read(Path.of(args[1]))));
         // the CSV files do not say which OpenBLAS kernels ran; this JVM runs in the same environment as the
         // benchmarks' forks (whose @Setup lines above print it too), so it loads the same library and core
-        String core = dev.qkv.blas.OpenBlas.isAvailable()
-                ? dev.qkv.blas.OpenBlas.get().library().coreName() : "unavailable";
-        System.out.println("openblas.core=" + core + " OPENBLAS_CORETYPE=" + System.getenv("OPENBLAS_CORETYPE")
-                + " (qkv's native rows; ORT runs its own MLAS kernels) jdk=" + BenchSupport.jdk());
+        System.out.println(BenchSupport.core() + " (qkv's native rows; ORT runs its own MLAS kernels) jdk="
+                + BenchSupport.jdk());
     }
 
     /** The joined table as text, one line per (shape, causal, threads) that both files measured. */
