@@ -46,9 +46,9 @@ public final class MhaWorkspace {
         this.wholeFloats = Tensor.wrap(floats, floats.byteSize() / Float.BYTES);
     }
 
-    /** The projection scratch as one flat tensor (for overlap checks). */
-    Tensor wholeFloats() {
-        return wholeFloats;
+    /** Whether {@code t} shares memory with the projection scratch or the attention's workspace (no allocation). */
+    boolean overlaps(Tensor t) {
+        return t.overlaps(wholeFloats) || attention.overlaps(t);
     }
 
     boolean acquire() {

@@ -225,40 +225,32 @@ public final class MultiHeadAttention {
         MemorySegment seg = arena.allocate(Math.max(floats * Float.BYTES, 64), Tensor.ALIGNMENT);
         MhaWorkspace ws = new MhaWorkspace(seg, Workspace.allocate(arena, attentionBytes(batch, lq,
                 Math.max(lq, lkv))));
-        for (int i = 0; i < weightList.length; i++) {
-            Tensor t = weightList[i];
-            if (weightAlive(t) && (t.overlaps(ws.wholeFloats()) || ws.attention().overlaps(t))) {
-                throw overWeights("the workspace", t, WEIGHT_NAMES[i]);
-            }
-        }
+        requireClearOfWeights("the workspace", ws::overlaps);
         return ws;
     }
 
     /** An empty KV cache for one sequence of up to {@code capacity} positions, shaped for this layer. */
     public KvCache newCache(Arena arena, int capacity) {
         KvCache cache = KvCache.allocate(arena, hkv, capacity, dh);
-        for (int i = 0; i < weightList.length; i++) {
-            if (weightAlive(weightList[i]) && cache.overlaps(weightList[i])) {
-                throw overWeights("the KV cache", weightList[i], WEIGHT_NAMES[i]);
-            }
-        }
+        requireClearOfWeights("the KV cache", cache::overlaps);
         return cache;
     }
 
     /**
      * The layer reads its weights in place, and calls write their workspace and cache: memory handed out twice by
      * an arena of the caller's own would change the layer for every later call, on every thread. Checked once,
-     * when the workspace or cache is made (the weights cannot move).
+     * when the workspace or cache is made (the weights cannot move). Weights whose arena is closed are skipped:
+     * their memory is free and may be handed out again at the same addresses, which is no overlap (every call on
+     * the layer is refused anyway).
      */
-    private static boolean weightAlive(Tensor t) {
-        // closed weights: their memory is free and may be handed out again at the same addresses, which is no
-        // overlap (every call on the layer is refused anyway, as its arena is closed)
-        return t != null && t.segment().scope().isAlive();
-    }
-
-    private static IllegalArgumentException overWeights(String what, Tensor weight, String name) {
-        return new IllegalArgumentException(what + " from this arena shares memory with the layer's weight "
-                + weight.describe(name) + ": the calls would overwrite it");
+    private void requireClearOfWeights(String what, java.util.function.Predicate<Tensor> overlaps) {
+        for (int i = 0; i < weightList.length; i++) {
+            Tensor t = weightList[i];
+            if (t != null && t.segment().scope().isAlive() && overlaps.test(t)) {
+                throw new IllegalArgumentException(what + " from this arena shares memory with the layer's weight "
+                        + t.describe(WEIGHT_NAMES[i]) + ": the calls would overwrite it");
+            }
+        }
     }
 
     /** Self-attention: {@link #forward(Tensor, Tensor, Tensor, SdpaOptions, MhaWorkspace)} with {@code kv = x}. */
@@ -432,8 +424,7 @@ public final class MultiHeadAttention {
         MemorySegment seg = checkWorkspace(ws, selfFloats(1, n), x);
         workspaceOverlap(ws, x, "x");
         workspaceOverlap(ws, out, "out");
-        if (cache.overlaps(ws.wholeFloats()) || ws.attention().overlaps(cache.allKeys())
-                || ws.attention().overlaps(cache.allValues())) {
+        if (ws.overlaps(cache.allKeys()) || ws.overlaps(cache.allValues())) {
             // the step stores projected rows from the workspace into the cache
             throw new IllegalArgumentException(cache.describe() + " shares memory with the workspace");
         }
@@ -812,17 +803,15 @@ public final class MultiHeadAttention {
     }
 
     /**
-     * A tensor of the call must not share memory with the workspace's projection scratch (an arena of the caller's
-     * own can hand out memory it also gave to tensors): the projections write there while x and kv are read, and
-     * before the attention reads the mask, and the output projection reads the heads' output there while it
-     * writes out. Refused before anything is
-     * written, naming the tensor, as {@link Attention#sdpa} refuses its own workspace's overlaps; without it the
-     * call wrote out and was then refused by sgemm's check, as 'output c overlaps input a'.
+     * A tensor of the call must not share memory with the workspace (an arena of the caller's own can hand out
+     * memory it also gave to tensors): the projections write their scratch while x and kv are read and before the
+     * attention reads the mask, the attention's score tiles would overwrite x or an out written before them, and
+     * the output projection reads the heads' output there while it writes out. Refused before anything is written,
+     * naming the tensor, as {@link Attention#sdpa} refuses its own workspace's overlaps; without it the call wrote
+     * out and was then refused by sgemm's check, as 'output c overlaps input a'.
      */
     private static void workspaceOverlap(MhaWorkspace ws, Tensor t, String name) {
-        // the projections' scratch, and the attention's (its score tiles would overwrite x, or an out written
-        // before them)
-        if (t.overlaps(ws.wholeFloats()) || ws.attention().overlaps(t)) {
+        if (ws.overlaps(t)) {
             throw new IllegalArgumentException(t.describe(name) + " shares memory with the workspace");
         }
     }
