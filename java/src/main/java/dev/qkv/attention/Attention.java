@@ -461,13 +461,18 @@ public final class Attention {
             ReferenceAttention.compute(q, k, v, out, options);
             return;
         }
+        // each thing taken is given back by its own finally, so that an error while taking the next (a stack
+        // overflow or an OutOfMemoryError in enter or takeJob) leaves nothing taken
         PerThread.Lease lease = PerThread.enter();
-        Job job = takeJob();
         try {
-            job.prepare(q, k, v, out, options, null, true);
-            job.execute();
+            Job job = takeJob();
+            try {
+                job.prepare(q, k, v, out, options, null, true);
+                job.execute();
+            } finally {
+                giveBack(job);
+            }
         } finally {
-            giveBack(job);
             PerThread.exit(lease);
         }
     }
@@ -489,20 +494,27 @@ public final class Attention {
             throw new IllegalStateException("workspace of " + workspace.byteSize() + " bytes: in use by another"
                     + " call (a workspace serves one call at a time; give each thread its own)");
         }
-        PerThread.Lease lease = PerThread.enter();
-        Job job = takeJob();
+        // as above, and the workspace too: one left taken would refuse every later call as "in use"
         try {
-            job.prepare(q, k, v, out, options, workspace.segment(), true);
-            long need = job.workspaceBytes();
-            if (workspace.byteSize() < need) {
-                job.release();
-                throw new IllegalArgumentException("workspace of " + workspace.byteSize() + " bytes is too small for "
-                        + q.describe("q") + ", " + k.describe("k") + ": needs " + need);
+            PerThread.Lease lease = PerThread.enter();
+            try {
+                Job job = takeJob();
+                try {
+                    job.prepare(q, k, v, out, options, workspace.segment(), true);
+                    long need = job.workspaceBytes();
+                    if (workspace.byteSize() < need) {
+                        job.release();
+                        throw new IllegalArgumentException("workspace of " + workspace.byteSize() + " bytes is too"
+                                + " small for " + q.describe("q") + ", " + k.describe("k") + ": needs " + need);
+                    }
+                    job.execute();
+                } finally {
+                    giveBack(job);
+                }
+            } finally {
+                PerThread.exit(lease);
             }
-            job.execute();
         } finally {
-            giveBack(job);
-            PerThread.exit(lease);
             workspace.release();
         }
     }

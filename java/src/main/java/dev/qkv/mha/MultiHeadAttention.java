@@ -270,11 +270,16 @@ public final class MultiHeadAttention {
             return;
         }
         take(ws);
-        PerThread.Lease lease = PerThread.enter();
         try {
-            forwardIn(x, kv, out, options, ws);
+            // entered inside the try: an error in enter (a stack overflow) must not leave the workspace taken, which
+            // would refuse every later call as "in use"
+            PerThread.Lease lease = PerThread.enter();
+            try {
+                forwardIn(x, kv, out, options, ws);
+            } finally {
+                PerThread.exit(lease);
+            }
         } finally {
-            PerThread.exit(lease);
             ws.release();
         }
     }
@@ -376,11 +381,14 @@ public final class MultiHeadAttention {
                 return;
             }
             take(ws);
-            PerThread.Lease lease = PerThread.enter();
             try {
-                decodeIn(x, cache, out, ws);
+                PerThread.Lease lease = PerThread.enter();
+                try {
+                    decodeIn(x, cache, out, ws);
+                } finally {
+                    PerThread.exit(lease);
+                }
             } finally {
-                PerThread.exit(lease);
                 ws.release();
             }
         } finally {
