@@ -76,6 +76,24 @@ final class BenchSupport {
         return max;
     }
 
+    /**
+     * Compares a whole layer output with the same layer on {@link Backend#REFERENCE} (double sums) and throws when
+     * a value differs by more than {@code 2e-6·reduction + 1e-6 + 1e-4·|want|} (or is NaN): the tolerance of the
+     * layer's own tests, growing with the longest sum behind an output value ({@code reduction}: the model width
+     * plus the keys attended). Returns the largest difference.
+     */
+    static double checkLayer(String what, float[] want, float[] got, long reduction) {
+        double atol = 2e-6 * reduction + 1e-6;
+        double max = maxDiff(want, got);
+        for (int i = 0; i < want.length; i++) {
+            if (!(Math.abs((double) want[i] - got[i]) <= atol + 1e-4 * Math.abs(want[i]))) {
+                throw new IllegalStateException(what + ": output " + i + " is " + got[i] + ", the reference "
+                        + want[i] + " (tolerance " + atol + " + 1e-4·|reference|)");
+            }
+        }
+        return max;
+    }
+
     /** max |a[i] - b[i]| over equally long arrays (NaN when any difference is NaN). */
     static double maxDiff(float[] a, float[] b) {
         double max = 0;

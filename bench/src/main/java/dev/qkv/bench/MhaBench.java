@@ -66,13 +66,19 @@ public class MhaBench {
         public void setup() {
             arena = Arena.ofShared();
             SplittableRandom r = new SplittableRandom(11);
-            layer = MultiHeadAttention.create(weights(arena, r, kvHeads), Backend.parse(backend), threads);
+            MhaWeights w = weights(arena, r, kvHeads);
+            layer = MultiHeadAttention.create(w, Backend.parse(backend), threads);
             x = SdpaBench.random(arena, r, 1, seqLen, E);
             out = Tensor.allocate(arena, 1, seqLen, E);
             ws = layer.newWorkspace(arena, 1, seqLen, seqLen);
             BenchSupport.report("mha forward causal L=" + seqLen + " threads=" + threads + " flops="
                     + (long) flops(seqLen, seqLen, kvHeads), layer.toString());
             BenchSupport.warmUp("mha forward", () -> layer.forward(x, out, SdpaOptions.CAUSAL, ws));
+            // the output the trial times, against the same layer in double: no figure for a wrong answer
+            Tensor want = Tensor.allocate(arena, 1, seqLen, E);
+            MultiHeadAttention.create(w, Backend.REFERENCE).forward(x, want, SdpaOptions.CAUSAL, null);
+            System.out.println("# qkv mha forward: output checked against the REFERENCE layer, max |difference| "
+                    + BenchSupport.checkLayer("mha forward", want.toArray(), out.toArray(), E + seqLen));
         }
 
         @TearDown(Level.Trial)
@@ -107,7 +113,8 @@ public class MhaBench {
         public void setup() {
             arena = Arena.ofShared();
             SplittableRandom r = new SplittableRandom(12);
-            layer = MultiHeadAttention.create(weights(arena, r, kvHeads), Backend.parse(backend), threads);
+            MhaWeights w = weights(arena, r, kvHeads);
+            layer = MultiHeadAttention.create(w, Backend.parse(backend), threads);
             Tensor prompt = SdpaBench.random(arena, r, 1, CACHED, E);
             token = SdpaBench.random(arena, r, 1, 1, E);
             out = Tensor.allocate(arena, 1, 1, E);
@@ -120,6 +127,15 @@ public class MhaBench {
                 cache.truncate(CACHED);
                 layer.decode(token, cache, out, ws);
             });
+            // the step the trial times (the last warm-up call), against the same prompt and step in double
+            MultiHeadAttention ref = MultiHeadAttention.create(w, Backend.REFERENCE);
+            KvCache refCache = ref.newCache(arena, CACHED + 1);
+            MhaWorkspace refWs = ref.newWorkspace(arena, 1, CACHED, refCache.capacity());
+            ref.decode(prompt, refCache, Tensor.allocate(arena, 1, CACHED, E), refWs);
+            Tensor want = Tensor.allocate(arena, 1, 1, E);
+            ref.decode(token, refCache, want, refWs);
+            System.out.println("# qkv mha decode step: output checked against the REFERENCE layer, max |difference| "
+                    + BenchSupport.checkLayer("mha decode step", want.toArray(), out.toArray(), E + CACHED + 1));
         }
 
         @TearDown(Level.Trial)

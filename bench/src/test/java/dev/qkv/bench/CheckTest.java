@@ -86,4 +86,19 @@ class CheckTest {
         Tensor v = t(new float[] {7}, 1, 1, 1, 1);
         assertThrows(IllegalStateException.class, () -> BenchSupport.check(q, k, v, t(out, 1, 1, rows, 1), false));
     }
+    @Test
+    void aLayerOutputIsHeldToTheToleranceOfItsLongestSum() {
+        // reduction 1000: atol = 2e-6 · 1000 + 1e-6 = 2.001e-3, plus 1e-4 · |reference| (1e-3 at 10)
+        float[] want = {0, 10};
+        assertDoesNotThrow(() -> BenchSupport.checkLayer("layer", want, new float[] {0.0019f, 10.0029f}, 1000));
+        assertThrows(IllegalStateException.class,
+                () -> BenchSupport.checkLayer("layer", want, new float[] {0.0021f, 10}, 1000));
+        assertThrows(IllegalStateException.class,
+                () -> BenchSupport.checkLayer("layer", want, new float[] {0, 10.0031f}, 1000));
+        assertThrows(IllegalStateException.class,
+                () -> BenchSupport.checkLayer("layer", want, new float[] {Float.NaN, 10}, 1000));
+        // a shorter sum is held closer: 0.0019 is out of bounds at reduction 100 (atol 2.01e-4)
+        assertThrows(IllegalStateException.class,
+                () -> BenchSupport.checkLayer("layer", want, new float[] {0.0019f, 10}, 100));
+    }
 }
