@@ -24,7 +24,9 @@ import java.util.concurrent.Executors;
  * {@code DecodeRatio 2 80 native,java}.
  *
  * With {@code kvHeads} under 32 the 32 query heads share kv heads (grouped-query attention), and the floor reads
- * the smaller cache. Prints per backend the mean and best time over the last three quarters of the rounds, the ratio of the means
+ * the smaller cache. Before the rounds the floor and every backend run in turn until the JIT is quiet
+ * ({@link BenchSupport#warmUp}), and each backend's output is checked ({@link BenchSupport#check}). Prints per
+ * backend the mean and best time over the last three quarters of the rounds, the ratio of the means
  * to the floor's and that of the bests. On two threads the floor's mean carries the hand-off to the reader
  * threads (its best is the steadier figure there).
  */
@@ -53,6 +55,22 @@ public final class DecodeRatio {
                 BenchSupport.report("decode-ratio 32x1x4096x128 kvHeads=" + kvHeads + " threads=" + threads
                         + " backend=" + backends[b],
                         attention[b].plan(q, k, v, out, SdpaOptions.DEFAULT));
+            }
+            float[] warmSink = new float[1];
+            BenchSupport.warmUp("decode-ratio floor and " + String.join(",", backends), () -> {
+                try {
+                    warmSink[0] += DecodeBench.readOnce(k, v, threads, readers);
+                } catch (Exception e) {
+                    throw new IllegalStateException(e);
+                }
+                for (Attention a : attention) {
+                    a.sdpa(q, k, v, out, SdpaOptions.DEFAULT);
+                }
+            });
+            for (int b = 0; b < backends.length; b++) {
+                attention[b].sdpa(q, k, v, out, SdpaOptions.DEFAULT);
+                System.out.println("# qkv decode-ratio " + backends[b] + ": output checked, max |difference| "
+                        + BenchSupport.check(q, k, v, out, false));
             }
             int n = backends.length + 1;
             double[] total = new double[n];
@@ -89,7 +107,7 @@ public final class DecodeRatio {
                         backends[b], total[b + 1] / counted / 1e6, best[b + 1] / 1e6, total[b + 1] / total[0],
                         best[b + 1] / best[0]));
             }
-            System.out.println(line + (sink == 42f ? " " : ""));
+            System.out.println(line + (sink + warmSink[0] == 42f ? " " : ""));
         } finally {
             readers.shutdownNow();
         }
