@@ -523,8 +523,20 @@ public final class Npy {
         }
         if (tensor.isContiguous()) {
             MemorySegment src = tensor.segment().asSlice(tensor.offset() * Float.BYTES, bytes);
-            for (long at = 0; at < bytes; at += CHUNK) {
-                writeFully(ch, src.asSlice(at, Math.min(CHUNK, bytes - at)).asByteBuffer());
+            if (src.isNative()) {
+                for (long at = 0; at < bytes; at += CHUNK) {
+                    writeFully(ch, src.asSlice(at, Math.min(CHUNK, bytes - at)).asByteBuffer());
+                }
+                return;
+            }
+            // a heap segment over a float[] (not a byte[]) has no ByteBuffer view: stage it off-heap by chunks
+            try (Arena staging = Arena.ofConfined()) {
+                MemorySegment buf = staging.allocate(Math.min(CHUNK, bytes));
+                for (long at = 0; at < bytes; at += CHUNK) {
+                    long n = Math.min(CHUNK, bytes - at);
+                    MemorySegment.copy(src, at, buf, 0, n);
+                    writeFully(ch, buf.asSlice(0, n).asByteBuffer());
+                }
             }
             return;
         }

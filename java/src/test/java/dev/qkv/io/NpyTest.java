@@ -9,6 +9,7 @@ import org.junit.jupiter.params.provider.MethodSource;
 
 import java.io.IOException;
 import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
@@ -97,6 +98,36 @@ class NpyTest {
             assertArrayEquals(new long[] {3, 2}, back.tensor().shape());
             assertArrayEquals(new float[] {1, 4, 2, 5, 3, 6}, back.tensor().toArray());
         }
+    }
+
+    /**
+     * A tensor over a Java {@code float[]} (README: heap memory is valid) is written like an off-heap one. The
+     * contiguous path wrapped the segment as a {@code ByteBuffer}, which a heap segment of a {@code float[]}
+     * cannot give: the write failed with {@code UnsupportedOperationException} and left no file. The view starts
+     * 3 floats in, and holds more floats than one 1 MiB write chunk.
+     */
+    @Test
+    void writerTakesTensorsOverJavaArrays() throws IOException {
+        int n = 300_001;
+        float[] backing = new float[n + 3];
+        for (int i = 0; i < backing.length; i++) {
+            backing[i] = i * 0.5f - 7f;
+        }
+        Tensor t = Tensor.view(MemorySegment.ofArray(backing), 3, new long[] {n}, new long[] {1});
+        Path p = dir.resolve("t.npy");
+        Npy.write(p, t);
+        byte[] bytes = Files.readAllBytes(p);
+        int headerLen = ByteBuffer.wrap(bytes).order(ByteOrder.LITTLE_ENDIAN).getShort(8) & 0xffff;
+        assertArrayEquals(f4(Arrays.copyOfRange(backing, 3, n + 3)),
+                Arrays.copyOfRange(bytes, 10 + headerLen, bytes.length));
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor small = Tensor.wrap(MemorySegment.ofArray(new float[] {1, 2, 3, 4, 5, 6}), 2, 3);
+            Npy.write(p, small);
+            NpyArray back = Npy.read(p, arena);
+            assertArrayEquals(new long[] {2, 3}, back.tensor().shape());
+            assertArrayEquals(new float[] {1, 2, 3, 4, 5, 6}, back.tensor().toArray());
+        }
+        assertEquals(List.of(p), listDir());
     }
 
     @Test
