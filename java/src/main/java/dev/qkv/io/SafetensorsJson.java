@@ -222,7 +222,9 @@ final class SafetensorsJson {
         }
         int v = 0;
         for (int i = 0; i < 4; i++) {
-            int d = Character.digit(s.charAt(pos + i), 16);
+            char c = s.charAt(pos + i);
+            // ASCII only (RFC 8259's HEXDIG): Character.digit also takes fullwidth and other Unicode digits
+            int d = c < 0x80 ? Character.digit(c, 16) : -1;
             if (d < 0) {
                 throw error("invalid hex digit in \\u escape");
             }

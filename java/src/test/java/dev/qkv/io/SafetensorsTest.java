@@ -365,4 +365,28 @@ class SafetensorsTest {
         assertThrows(SafetensorsJson.JsonException.class, () -> SafetensorsJson.parse("{\"a\":tru}"));
         assertThrows(SafetensorsJson.JsonException.class, () -> SafetensorsJson.parse(""));
     }
+
+    /**
+     * RFC 8259's {@code \\u} escape takes four ASCII hex digits (HEXDIG). {@code Character.digit} also takes
+     * fullwidth digits and letters (U+FF10.., U+FF21.., U+FF41..) and other Unicode decimal digits, so
+     * {@code "\\u\uFF10\uFF10\uFF14\uFF11"} decoded to the name {@code "A"}: a header the reference implementation
+     * refuses opened here with a tensor name it never spelled.
+     */
+    @Test
+    void unicodeEscapesTakeAsciiHexDigitsOnly() throws IOException {
+        assertEquals("{A=1}", SafetensorsJson.parse("{\"\\u0041\":1}").toString());
+        assertEquals("{\u00ff=1}", SafetensorsJson.parse("{\"\\u00fF\":1}").toString());
+        for (String digits : new String[] {"\uFF10\uFF10\uFF14\uFF11", "00\uFF14\uFF21", "00\uFF14\uFF41",
+                "00\u0664\u0661"}) {
+            String header = "{\"\\u" + digits + "\":1}";
+            assertThrows(SafetensorsJson.JsonException.class, () -> SafetensorsJson.parse(header), header);
+        }
+        Path p = dir.resolve("fullwidth.safetensors");
+        Files.write(p, file("{\"\\u\uFF10\uFF10\uFF14\uFF11\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+                floats(1f)));
+        try (Arena arena = Arena.ofConfined()) {
+            SafetensorsException e = assertThrows(SafetensorsException.class, () -> Safetensors.open(p, arena));
+            assertTrue(e.getMessage().startsWith(p + ": header: invalid JSON"), e.getMessage());
+        }
+    }
 }
