@@ -594,6 +594,29 @@ class MainTest {
     }
 
     /**
+     * The demo (what {@code make run} runs) treats a refused {@code -Dqkv.blas.threads} as the user's mistake too,
+     * as README says of the CLI: it took it for a missing OpenBLAS, printed "native backend skipped" and went on
+     * to exit 0 with the Java backend alone, so a typo in the setting silently dropped half the demo.
+     */
+    @Test
+    void theDemoRefusesABadBlasThreadsSetting() throws IOException, InterruptedException {
+        String javaCmd = ProcessHandle.current().info().command().orElse("java");
+        Process p = new ProcessBuilder(javaCmd, "--enable-native-access=ALL-UNNAMED", "--add-modules",
+                "jdk.incubator.vector", "-Dqkv.blas.threads=abc", "-cp", System.getProperty("java.class.path"),
+                Main.class.getName(), "demo").start();
+        assertTrue(p.waitFor(120, java.util.concurrent.TimeUnit.SECONDS), "child JVM timed out");
+        String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        String err = new String(p.getErrorStream().readAllBytes(), StandardCharsets.UTF_8)
+                .lines().filter(l -> !l.startsWith("WARNING")).collect(java.util.stream.Collectors.joining("\n"));
+        Result r = new Result(p.exitValue(), out, err);
+        assertEquals(2, r.code(), r.toString());
+        assertEquals(1, r.errLines().size(), r.toString());
+        assertTrue(r.err().startsWith("error: ") && r.err().contains("-Dqkv.blas.threads=abc: expected a thread count"
+                + " in 1..1024"), r.toString());
+        assertFalse(r.out().contains("GFLOP/s"), "nothing timed: " + r);
+    }
+
+    /**
      * A file name the JVM cannot encode is the user's to fix: one line, exit 2. With {@code LC_ALL=C} a non-ASCII
      * name failed this way as "internal failure: InvalidPathException", exit 1; a NUL, which no Linux name holds,
      * fails the same way in any locale.
