@@ -238,8 +238,9 @@ public final class MultiHeadAttention {
 
     /**
      * The layer reads its weights in place, and calls write their workspace and cache: memory handed out twice by
-     * an arena of the caller's own would change the layer for every later call, on every thread. Checked once,
-     * when the workspace or cache is made (the weights cannot move). Weights whose arena is closed are skipped:
+     * an arena of the caller's own would change the layer for every later call, on every thread. Checked when
+     * the workspace or cache is made (the weights cannot move), and again by each call ({@link #clearOfWeights})
+     * for a cache or workspace made elsewhere. Weights whose arena is closed are skipped:
      * their memory is free and may be handed out again at the same addresses, which is no overlap (every call on
      * the layer is refused anyway).
      */
@@ -301,6 +302,7 @@ public final class MultiHeadAttention {
         }
         long need = kv == null ? selfFloats(b, l) : crossFloats(b, l, lkv);
         MemorySegment seg = checkWorkspace(ws, need, x);
+        clearOfWeights(ws, null);
         workspaceOverlap(ws, x, "x");
         if (kv != null) {
             workspaceOverlap(ws, kv, "kv");
@@ -430,6 +432,7 @@ public final class MultiHeadAttention {
                     + (before + n) + " positions, capacity is " + cache.capacity());
         }
         MemorySegment seg = checkWorkspace(ws, selfFloats(1, n), x);
+        clearOfWeights(ws, cache);
         workspaceOverlap(ws, x, "x");
         workspaceOverlap(ws, out, "out");
         if (ws.overlaps(cache.allKeys()) || ws.overlaps(cache.allValues())) {
@@ -795,6 +798,30 @@ public final class MultiHeadAttention {
             throw new IllegalArgumentException("workspace of " + have + " attention bytes is too small for a decode"
                     + " step of " + n + (n == 1 ? " row" : " rows") + " after " + cache.describe() + ": needs " + need
                     + " (make it with newWorkspace(arena, 1, n, cache.capacity()))");
+        }
+    }
+
+    /**
+     * The call writes the workspace and (decode) the cache: neither may share memory with this layer's weights.
+     * {@link #newWorkspace} and {@link #newCache} check their own, but a cache from {@link KvCache#allocate} or a
+     * workspace of another layer (workspaces serve several) is first seen here, and writing it changed the layer
+     * for every later call. Once per call, no allocation; the weights are usable ({@link #checkWeights}).
+     */
+    private void clearOfWeights(MhaWorkspace ws, KvCache cache) {
+        final Tensor[] ts = weightList;
+        for (int i = 0; i < ts.length; i++) {
+            Tensor t = ts[i];
+            if (t == null) {
+                continue;
+            }
+            if (ws.overlaps(t)) {
+                throw new IllegalArgumentException("the workspace shares memory with the layer's weight "
+                        + t.describe(WEIGHT_NAMES[i]) + ": the call would overwrite it");
+            }
+            if (cache != null && cache.overlaps(t)) {
+                throw new IllegalArgumentException(cache.describe() + " shares memory with the layer's weight "
+                        + t.describe(WEIGHT_NAMES[i]) + ": the call would overwrite it");
+            }
         }
     }
 

@@ -440,6 +440,67 @@ class MultiHeadAttentionTest {
     }
 
     /**
+     * The weights must also be safe from a KV cache or workspace the layer did not make: a cache from
+     * {@link KvCache#allocate} over the weights (decode stores its rows there), and another layer's workspace
+     * (workspaces serve several layers) over this layer's weights. Both ran and silently overwrote W_O, the first
+     * weight allocated, for every later call; now each call is refused, naming the weight, with the weights, the
+     * cache and out unchanged.
+     */
+    @ParameterizedTest
+    @org.junit.jupiter.params.provider.EnumSource(value = Backend.class, names = {"NATIVE", "JAVA", "REFERENCE"})
+    void aCacheOrWorkspaceMadeElsewhereOverTheWeightsIsRefusedByTheCall(Backend backend) {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(11);
+            int e = 32;
+            MemorySegment all = a.allocate(1 << 20, 64);
+            long[] next = {0};
+            Arena bump = bump(all, next);
+            MhaWeights w = weights(bump, r, e, 4, 2, true, false);
+            long end = next[0];
+            MultiHeadAttention layer = MultiHeadAttention.create(w, backend);
+            float[] wo = w.wo().toArray();
+            Tensor x = rand(a, r, 1f, 1, 8, e);
+            Tensor out = Tensor.allocate(a, 1, 8, e).fill(7f);
+
+            // a cache of the right shape from KvCache.allocate, handed out over the weights
+            next[0] = end;
+            MhaWorkspace ws = layer.newWorkspace(bump, 1, 8, 8);
+            next[0] = 0;
+            KvCache cache = KvCache.allocate(bump, 2, 8, 8);
+            IllegalArgumentException ec = assertThrows(IllegalArgumentException.class,
+                    () -> layer.decode(x, cache, out, ws));
+            assertTrue(ec.getMessage().contains("shares memory with the layer's weight W_O [32, 32]"), ec.getMessage());
+            assertArrayEquals(wo, w.wo().toArray(), backend + ": decode wrote the cache over W_O");
+            assertEquals(0, cache.length(), "nothing appended");
+            assertTrue(java.util.Arrays.equals(out.toArray(), Tensor.allocate(a, 1, 8, e).fill(7f).toArray()),
+                    "out untouched");
+
+            if (backend == Backend.REFERENCE) {
+                return; // forward on the reference ignores the workspace
+            }
+            // another layer's workspace (made past that layer's own weights) over this layer's weights
+            MultiHeadAttention other = MultiHeadAttention.create(weights(a, r, e, 4, 2, true, false), backend);
+            next[0] = 0;
+            MhaWorkspace foreign = other.newWorkspace(bump, 1, 8, 8);
+            IllegalArgumentException ew = assertThrows(IllegalArgumentException.class,
+                    () -> layer.forward(x, out, SdpaOptions.CAUSAL, foreign));
+            assertTrue(ew.getMessage().startsWith("the workspace shares memory with the layer's weight W_"), ew.getMessage());
+            assertArrayEquals(wo, w.wo().toArray(), backend + ": forward wrote the workspace over W_O");
+
+            // the same calls with cache and workspace past the weights run and match the reference
+            next[0] = end;
+            MhaWorkspace ok = other.newWorkspace(bump, 1, 8, 8);
+            KvCache good = KvCache.allocate(bump, 2, 8, 8);
+            Tensor ref = Tensor.allocate(a, 1, 8, e);
+            MultiHeadAttention.create(w, Backend.REFERENCE).forward(x, ref, SdpaOptions.CAUSAL, null);
+            layer.forward(x, out, SdpaOptions.CAUSAL, ok);
+            assertClose(ref.toArray(), out.toArray(), atol(e, 8), 1e-4, backend + " forward");
+            layer.decode(x, good, out, ok);
+            assertClose(ref.toArray(), out.toArray(), atol(e, 8), 1e-4, backend + " decode");
+        }
+    }
+
+    /**
      * An arena of the caller's own (a bump allocator reset between requests, say) can hand out the workspace's
      * memory again: x, kv, out or a KV cache inside the projection scratch or the attention's workspace is refused
      * before anything is written, naming it. out over the heads' output was written by the attention and then refused by sgemm's own check as
