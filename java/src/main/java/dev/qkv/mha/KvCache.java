@@ -88,8 +88,23 @@ public final class KvCache {
             throw new IllegalArgumentException("KV cache [" + kvHeads + ", " + capacity + ", " + headDim
                     + "]: more bytes than a long holds");
         }
-        return new KvCache(kvHeads, capacity, headDim, arena.allocate(bytes, Tensor.ALIGNMENT),
-                arena.allocate(bytes, Tensor.ALIGNMENT));
+        return new KvCache(kvHeads, capacity, headDim, checked(arena.allocate(bytes, Tensor.ALIGNMENT), kvHeads,
+                capacity, headDim, bytes), checked(arena.allocate(bytes, Tensor.ALIGNMENT), kvHeads, capacity,
+                headDim, bytes));
+    }
+
+    /**
+     * An arena of one's own may give less than asked: decode steps store rows into the cache in Java and hand it to
+     * OpenBLAS, so it must be writable off-heap memory of the whole size, aligned (as {@code Workspace.allocate}
+     * requires of its memory); else a step stopped half way with the JDK's own exceptions.
+     */
+    private static MemorySegment checked(MemorySegment s, int kvHeads, int capacity, int headDim, long bytes) {
+        if (!s.isNative() || s.isReadOnly() || s.byteSize() < bytes || s.address() % Tensor.ALIGNMENT != 0) {
+            throw new IllegalArgumentException("KV cache [" + kvHeads + ", " + capacity + ", " + headDim + "] of "
+                    + bytes + " bytes per K and V: the arena gave " + s + "; a cache needs writable off-heap memory"
+                    + " of that size, " + Tensor.ALIGNMENT + "-byte aligned");
+        }
+        return s;
     }
 
     /** Number of key/value heads {@code Hkv}. */

@@ -151,6 +151,44 @@ class KvCacheTest {
     }
 
     /**
+     * An arena of one's own may hand out memory a cache cannot be: shorter than asked, read-only, or on the heap.
+     * Such a cache was accepted, and a decode step then stopped half way with the JDK's own exceptions (an
+     * {@code IndexOutOfBoundsException} while storing a row past the end of a short segment, after projecting and
+     * storing the rows before it). It is refused when made, with {@link IllegalArgumentException}, as
+     * {@code Workspace.allocate} refuses such memory.
+     */
+    @Test
+    void aCacheNeedsWritableOffHeapMemoryOfItsSize() {
+        try (Arena a = Arena.ofConfined()) {
+            for (String kind : new String[] {"short", "read-only", "heap"}) {
+                Arena own = new Arena() {
+                    @Override
+                    public java.lang.foreign.MemorySegment allocate(long byteSize, long byteAlignment) {
+                        java.lang.foreign.MemorySegment s = a.allocate(byteSize, byteAlignment);
+                        return switch (kind) {
+                            case "short" -> s.asSlice(0, byteSize / 2);
+                            case "read-only" -> s.asReadOnly();
+                            default -> java.lang.foreign.MemorySegment.ofArray(new float[(int) (byteSize / 4)]);
+                        };
+                    }
+
+                    @Override
+                    public java.lang.foreign.MemorySegment.Scope scope() {
+                        return a.scope();
+                    }
+
+                    @Override
+                    public void close() {
+                    }
+                };
+                IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                        () -> KvCache.allocate(own, 2, 8, 4), kind);
+                assertTrue(e.getMessage().startsWith("KV cache [2, 8, 4]"), kind + ": " + e.getMessage());
+            }
+        }
+    }
+
+    /**
      * A workspace made for a short cache, met by a long one, is refused before the step projects anything or
      * writes to the cache: the position it would have appended stays as it was (zeros), the length too, and the
      * same step with a workspace for the cache's capacity then matches the reference's causal pass.
