@@ -383,7 +383,8 @@ public final class OpenBlas {
         if (c.size(0) > 1 && c.stride(0) < n) {
             throw new IllegalArgumentException("matmul: " + c.describe("c") + " rows overlap (stride " + c.stride(0) + ")");
         }
-        long ldcLong = Math.max(c.stride(0), Math.max(1, n));
+        // one row: its stride is never used, and may be anything (a view of a dimension of size 1)
+        long ldcLong = m > 1 ? Math.max(c.stride(0), Math.max(1, n)) : Math.max(1, n);
         if (ldcLong > Integer.MAX_VALUE) {
             throw new IllegalArgumentException("matmul: " + c.describe("c") + ": row stride " + c.stride(0)
                     + " exceeds the 32-bit BLAS interface");
@@ -400,7 +401,8 @@ public final class OpenBlas {
         long rows = x.size(0);
         long cols = x.size(1);
         if (x.stride(1) == 1 || cols <= 1) {
-            long ld = Math.max(x.stride(0), Math.max(1, cols));
+            // a single row's stride is never used (see ldc)
+            long ld = rows > 1 ? Math.max(x.stride(0), Math.max(1, cols)) : Math.max(1, cols);
             if (rows > 1 && x.stride(0) < cols) {
                 throw new IllegalArgumentException("matmul: " + x.describe(name) + " rows overlap (stride "
                         + x.stride(0) + ")");

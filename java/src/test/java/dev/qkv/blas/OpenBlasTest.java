@@ -122,6 +122,37 @@ class OpenBlasTest {
         }
     }
 
+    /**
+     * A dimension of size 1 may have any stride (a view reaches only its index 0, as {@code Tensor.view} allows):
+     * the row of a {@code [1, k]} a or of a {@code [1, n]} c, the column stride of a {@code [k, 1]} b. The stride
+     * of such a dimension was taken as the leading dimension all the same, and a legal one-row product refused as
+     * {@code lda=1099511627776 exceeds the 32-bit BLAS interface}. It must compute what the loop computes.
+     */
+    @Test
+    void matmulIgnoresTheStrideOfADimensionOfSizeOne() {
+        try (Arena arena = Arena.ofConfined()) {
+            Random r = new Random(9);
+            int k = 5, n = 3;
+            long huge = 1L << 40;
+            Tensor aDense = random(arena, r, 1, k);
+            Tensor a = Tensor.view(aDense.segment(), aDense.offset(), new long[] {1, k}, new long[] {huge, 1});
+            Tensor b = random(arena, r, k, n);
+            Tensor cDense = random(arena, r, 1, n);
+            Tensor c = Tensor.view(cDense.segment(), cDense.offset(), new long[] {1, n}, new long[] {huge, 1});
+            float[] c0 = c.toArray();
+            BLAS.matmul(Transpose.NO, a, Transpose.NO, b, 0.75f, -0.5f, c);
+            check("a [1, k] and c [1, n] with row stride 2^40", Transpose.NO, a, Transpose.NO, b, 0.75f, -0.5f, c0, c);
+            // a stored [k, 1] (ta = YES) and b [1, n] (k = 1) with a row stride of 2^40
+            Tensor bDense = random(arena, r, 1, n);
+            Tensor b1 = Tensor.view(bDense.segment(), bDense.offset(), new long[] {1, n}, new long[] {huge, 1});
+            Tensor a1 = random(arena, r, 1, 1);
+            Tensor c1 = random(arena, r, 1, n);
+            float[] c10 = c1.toArray();
+            BLAS.matmul(Transpose.YES, a1, Transpose.NO, b1, 1f, 0f, c1);
+            check("b [1, n] with row stride 2^40", Transpose.YES, a1, Transpose.NO, b1, 1f, 0f, c10, c1);
+        }
+    }
+
     @Test
     void matmulRefusesARowStridePastTheBlasInterface() throws IOException {
         // c [2, 8] with rows 2^32 + 8 floats apart, over a sparse 16 GiB file mapping: cast to an int, the stride
