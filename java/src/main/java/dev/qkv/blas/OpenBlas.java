@@ -364,6 +364,10 @@ public final class OpenBlas {
      * costs nothing. {@code a [m, k]}, {@code b [k, n]}, {@code c [m, n]} are the shapes after {@code ta}/{@code tb}.
      */
     public void matmul(Transpose ta, Tensor a, Transpose tb, Tensor b, float alpha, float beta, Tensor c) {
+        if (ta == null || tb == null) {
+            // as sgemm refuses it; read as YES below, or flipped, it gave a shape error or a NullPointerException
+            throw new IllegalArgumentException("matmul: transpose flag is null");
+        }
         rank2("a", a);
         rank2("b", b);
         rank2("c", c);

@@ -119,6 +119,13 @@ class OpenBlasTest {
             // output overlapping an input
             Tensor sq = Tensor.allocate(arena, 5, 5);
             assertMessage(() -> BLAS.matmul(no, sq, no, sq, 1f, 0f, sq), "overlaps");
+            // a null transpose flag is an argument error, as sgemm has it, whatever the layout: with a transposed
+            // view (flipped to the other flag) it was a NullPointerException
+            Tensor aT = Tensor.allocate(arena, 5, 4).transpose();
+            assertMessage(() -> BLAS.matmul(null, a, no, b, 1f, 0f, c), "transpose flag is null");
+            assertMessage(() -> BLAS.matmul(null, aT, no, b, 1f, 0f, c), "transpose flag is null");
+            assertMessage(() -> BLAS.matmul(no, a, null, Tensor.allocate(arena, 6, 5).transpose(), 1f, 0f, c),
+                    "transpose flag is null");
         }
     }
 
