@@ -62,7 +62,7 @@ final class DemoCommand implements Command {
                     + lib.coreName() + " (OpenBLAS runs 1 thread per task; attention runs "
                     + nativeAttention.threads() + " tasks at once)");
         } catch (BlasUnavailableException e) {
-            if (String.valueOf(e.getMessage()).startsWith("-D")) {
+            if (Main.refusedSetting(e)) {
                 // a -Dqkv.blas.* setting it refuses is the user's to fix (Main: exit 2), not a missing library
                 throw e;
             }

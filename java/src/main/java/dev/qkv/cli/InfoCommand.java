@@ -39,30 +39,38 @@ final class InfoCommand implements Command {
     @Override
     public int run(List<String> args, PrintStream out, PrintStream err) throws UsageException {
         Flags.parse(name(), args, Set.of(), Set.of());
-        out.println("jdk: " + System.getProperty("java.version") + ", " + System.getProperty("java.vm.name") + " "
+        // printed whole at the end: a setting refused on the way (the engine's when Attention loads) is one error
+        // line with nothing before it, as for every command
+        List<String> report = new ArrayList<>();
+        report.add("jdk: " + System.getProperty("java.version") + ", " + System.getProperty("java.vm.name") + " "
                 + System.getProperty("java.vm.version") + " (" + System.getProperty("java.vm.vendor") + "), "
                 + System.getProperty("java.home"));
-        out.println("os: " + System.getProperty("os.name") + " " + System.getProperty("os.version") + " "
+        report.add("os: " + System.getProperty("os.name") + " " + System.getProperty("os.version") + " "
                 + System.getProperty("os.arch") + ", " + Runtime.getRuntime().availableProcessors() + " processors");
-        out.println("cpu: " + cpu());
-        out.println("vector: " + vector());
+        report.add("cpu: " + cpu());
+        report.add("vector: " + vector());
 
         String nativeStatus;
         try {
             OpenBlas blas = OpenBlas.get();
-            out.println("openblas: " + blas.describe());
+            report.add("openblas: " + blas.describe());
             nativeStatus = "yes (" + blas.library().source().name().toLowerCase(java.util.Locale.ROOT)
                     + " OpenBLAS, core " + blas.library().coreName() + ")";
         } catch (BlasUnavailableException e) {
-            out.println("openblas: unavailable: " + e.getMessage());
+            if (Main.refusedSetting(e)) {
+                // a -Dqkv.blas.* setting it refuses is the user's to fix (Main: exit 2), not a missing library
+                throw e;
+            }
+            report.add("openblas: unavailable: " + e.getMessage());
             nativeStatus = "no (" + e.getMessage() + ")";
         }
         String env = openBlasEnvironment();
         if (!env.isEmpty()) {
-            out.println("openblas environment: " + env);
+            report.add("openblas environment: " + env);
         }
-        out.println("backends: native " + nativeStatus + "; java yes (" + Attention.create(Backend.JAVA).kernelName()
+        report.add("backends: native " + nativeStatus + "; java yes (" + Attention.create(Backend.JAVA).kernelName()
                 + " products); reference yes (scalar, double accumulation)");
+        report.forEach(out::println);
         return 0;
     }
 

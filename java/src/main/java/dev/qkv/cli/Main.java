@@ -103,14 +103,13 @@ public final class Main {
             return fail(err, 2, e.getMessage());
         } catch (BlasUnavailableException e) {
             // a -Dqkv.blas.* setting it refuses is the user's to fix; a library that will not load is not
-            return fail(err, String.valueOf(e.getMessage()).startsWith("-D") ? 2 : 1,
-                    "OpenBLAS is unavailable: " + e.getMessage());
+            return fail(err, refusedSetting(e) ? 2 : 1, "OpenBLAS is unavailable: " + e.getMessage());
         } catch (OutOfMemoryError e) {
             // memory the inputs' shapes ask for (the commands name the tensor where they can)
             return fail(err, 2, "not enough memory (" + e.getMessage() + "): the inputs ask for more than this JVM"
                     + " can allocate");
         } catch (ExceptionInInitializerError e) {
-            if (e.getCause() instanceof IllegalStateException bad && String.valueOf(bad.getMessage()).startsWith("-D")) {
+            if (e.getCause() instanceof IllegalStateException bad && refusedSetting(bad)) {
                 // a -Dqkv.* setting the library refuses when its class loads: the user's to fix
                 return fail(err, 2, bad.getMessage());
             }
@@ -154,5 +153,14 @@ public final class Main {
         out.println("      This text, or one command's ('qkv <command> --help' shows it too).");
         out.println();
         out.println("Exit codes: 0 ok, 2 usage or input error (one 'error:' line on stderr), 1 other failures.");
+    }
+
+    /**
+     * Whether {@code e} refuses a {@code -Dqkv.*} setting (its message starts with the setting, as the library's
+     * settings and {@code OpenBlas} write it): the user's to fix, exit 2; commands that go on without OpenBLAS
+     * pass such a refusal on rather than report a missing library.
+     */
+    static boolean refusedSetting(RuntimeException e) {
+        return String.valueOf(e.getMessage()).startsWith("-D");
     }
 }

@@ -582,15 +582,40 @@ class MainTest {
     })
     void aRefusedSettingIsAUserErrorNamingIt(String setting, String message) throws IOException,
             InterruptedException {
+        assertUserError(child(setting, "bench", "--shape", "1,1,8,8", "--iters", "1", "--backend", "native"), message);
+    }
+
+    /**
+     * {@code qkv} in a child JVM with {@code -D<setting>} (the library's classes read their settings once per
+     * process), its JDK's WARNING lines left out of stderr.
+     */
+    private static Result child(String setting, String... args) throws IOException, InterruptedException {
         String javaCmd = ProcessHandle.current().info().command().orElse("java");
-        Process p = new ProcessBuilder(javaCmd, "--enable-native-access=ALL-UNNAMED", "--add-modules",
+        List<String> cmd = new ArrayList<>(List.of(javaCmd, "--enable-native-access=ALL-UNNAMED", "--add-modules",
                 "jdk.incubator.vector", "-D" + setting, "-cp", System.getProperty("java.class.path"),
-                Main.class.getName(), "bench", "--shape", "1,1,8,8", "--iters", "1", "--backend", "native").start();
+                Main.class.getName()));
+        cmd.addAll(List.of(args));
+        Process p = new ProcessBuilder(cmd).start();
         assertTrue(p.waitFor(120, java.util.concurrent.TimeUnit.SECONDS), "child JVM timed out");
         String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
         String err = new String(p.getErrorStream().readAllBytes(), StandardCharsets.UTF_8)
                 .lines().filter(l -> !l.startsWith("WARNING")).collect(java.util.stream.Collectors.joining("\n"));
-        assertUserError(new Result(p.exitValue(), out, err), message);
+        return new Result(p.exitValue(), out, err);
+    }
+
+    /**
+     * {@code info} with a refused setting: one error line and exit 2, and no report on stdout. It printed the JDK,
+     * CPU and OpenBLAS lines before the engine refused {@code -Dqkv.keyBlock}, and took a refused
+     * {@code -Dqkv.blas.threads} for a missing OpenBLAS ("native no", exit 0).
+     */
+    @ParameterizedTest
+    @CsvSource(delimiter = '|', value = {
+        "qkv.keyBlock=100      | -Dqkv.keyBlock=100: must be a positive multiple of 64",
+        "qkv.blas.threads=abc  | -Dqkv.blas.threads=abc: expected a thread count in 1..1024",
+    })
+    void infoWithARefusedSettingPrintsNoReport(String setting, String message) throws IOException,
+            InterruptedException {
+        assertUserError(child(setting, "info"), message);
     }
 
     /**
@@ -600,15 +625,7 @@ class MainTest {
      */
     @Test
     void theDemoRefusesABadBlasThreadsSetting() throws IOException, InterruptedException {
-        String javaCmd = ProcessHandle.current().info().command().orElse("java");
-        Process p = new ProcessBuilder(javaCmd, "--enable-native-access=ALL-UNNAMED", "--add-modules",
-                "jdk.incubator.vector", "-Dqkv.blas.threads=abc", "-cp", System.getProperty("java.class.path"),
-                Main.class.getName(), "demo").start();
-        assertTrue(p.waitFor(120, java.util.concurrent.TimeUnit.SECONDS), "child JVM timed out");
-        String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
-        String err = new String(p.getErrorStream().readAllBytes(), StandardCharsets.UTF_8)
-                .lines().filter(l -> !l.startsWith("WARNING")).collect(java.util.stream.Collectors.joining("\n"));
-        Result r = new Result(p.exitValue(), out, err);
+        Result r = child("qkv.blas.threads=abc", "demo");
         assertEquals(2, r.code(), r.toString());
         assertEquals(1, r.errLines().size(), r.toString());
         assertTrue(r.err().startsWith("error: ") && r.err().contains("-Dqkv.blas.threads=abc: expected a thread count"
