@@ -1,11 +1,13 @@
 package dev.qkv.cli;
 
+import dev.qkv.io.NpyArray;
 import dev.qkv.tensor.Tensor;
 
 import java.lang.foreign.Arena;
+import java.nio.file.Path;
 import java.util.SplittableRandom;
 
-/** Seeded random tensors for the demo and {@code bench}. */
+/** Seeded random tensors for the demo and {@code bench}; the checks of the tensors the commands read. */
 final class Inputs {
     private Inputs() {
     }
@@ -35,6 +37,18 @@ final class Inputs {
             // a runtime image without jdk.management: no check
         }
         return Long.MAX_VALUE;
+    }
+
+    /**
+     * The float tensor of an input file, refusing a bool one (a mask's dtype, where values are expected) with the
+     * file, the tensor's name and its shape: {@code q.npy: q [1, 1, 1, 8] has dtype '|b1' (bool); ...}.
+     */
+    static Tensor floats(String name, NpyArray a, Path file) throws UsageException {
+        if (a.isBool()) {
+            throw new UsageException(file + ": " + a.tensor().describe(name) + " has dtype '|b1' (bool); expected"
+                    + " '<f4' or '<f8'");
+        }
+        return a.tensor();
     }
 
     /** A contiguous tensor of {@code shape} filled with uniform values in [-1, 1) drawn from {@code random}. */

@@ -78,11 +78,11 @@ final class MhaCommand implements Command {
                 throw new UsageException(wPath + ": " + e.getMessage());
             }
             int e = weights.embedDim();
-            Tensor x = floats("x", Npy.read(xPath, arena), xPath);
+            Tensor x = Inputs.floats("x", Npy.read(xPath, arena), xPath);
             rank3(x, "x", "[B, L, " + e + "]", xPath, e, -1);
             Tensor kv = null;
             if (kvPath != null) {
-                kv = floats("kv", Npy.read(kvPath, arena), kvPath);
+                kv = Inputs.floats("kv", Npy.read(kvPath, arena), kvPath);
                 rank3(kv, "kv", "[" + x.size(0) + ", Lkv, " + e + "]", kvPath, e, x.size(0));
             }
             Mask mask = null;
@@ -132,13 +132,6 @@ final class MhaCommand implements Command {
         Tensor x1 = x.slice(0, 0, 1).slice(1, 0, 1);
         Tensor kv1 = kv == null ? null : kv.slice(0, 0, 1).slice(1, 0, 1);
         layer.forward(x1, kv1, Tensor.allocate(arena, 1, 1, x.size(2)), SdpaOptions.DEFAULT, ws);
-    }
-
-    private static Tensor floats(String name, NpyArray a, Path file) throws UsageException {
-        if (a.isBool()) {
-            throw new UsageException(file + ": " + name + " has dtype '|b1' (bool); expected '<f4' or '<f8'");
-        }
-        return a.tensor();
     }
 
     private static void rank3(Tensor t, String name, String dims, Path file, long e, long batch)

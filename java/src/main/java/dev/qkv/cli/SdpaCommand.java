@@ -55,9 +55,9 @@ final class SdpaCommand implements Command {
         Attention attention = Backends.create(backend);
         // shared: the engine's pool threads may only touch memory of a shared (or global/auto) arena
         try (Arena arena = Arena.ofShared()) {
-            Tensor q = floats("q", Npy.read(qPath, arena), qPath);
-            Tensor k = floats("k", Npy.read(kPath, arena), kPath);
-            Tensor v = floats("v", Npy.read(vPath, arena), vPath);
+            Tensor q = Inputs.floats("q", Npy.read(qPath, arena), qPath);
+            Tensor k = Inputs.floats("k", Npy.read(kPath, arena), kPath);
+            Tensor v = Inputs.floats("v", Npy.read(vPath, arena), vPath);
             Mask mask = null;
             if (maskPath != null) {
                 NpyArray m = Npy.read(maskPath, arena);
@@ -156,13 +156,6 @@ final class SdpaCommand implements Command {
     static String outOfMemory(String what, OutOfMemoryError e) {
         return what + ": not enough memory (" + e.getMessage() + "); the inputs' shapes ask for more than this JVM"
                 + " can allocate";
-    }
-
-    private static Tensor floats(String name, NpyArray a, Path file) throws UsageException {
-        if (a.isBool()) {
-            throw new UsageException(file + ": " + name + " has dtype '|b1' (bool); expected '<f4' or '<f8'");
-        }
-        return a.tensor();
     }
 
     private static void rank4(Tensor t, String name, String dims, Path file) throws UsageException {

@@ -206,7 +206,7 @@ class MainTest {
         args.set(2, q.toString());
         Path out = dir.resolve("o.npy");
         args.addAll(List.of("--out", out.toString()));
-        assertUserError(run(args.toArray(String[]::new)), q + ": q has dtype '|b1'");
+        assertUserError(run(args.toArray(String[]::new)), q + ": q [1, 1, 1, 8] has dtype '|b1'");
         assertFalse(Files.exists(out));
     }
 

@@ -105,7 +105,7 @@ class MhaCommandTest {
         assertUserError(mha("--x", x, "--weights", w, "--heads", "4", "--mask", fixture("cross_mask.npy"),
                 "--out", y.toString()), "mask [2, 1, 1, 6]");
         assertUserError(mha("--x", fixture("cross_mask.npy"), "--weights", w, "--heads", "4", "--out", y.toString()),
-                "x has dtype '|b1'");
+                "x [2, 1, 1, 6] has dtype '|b1'");
         assertUserError(mha("--x", x, "--weights", dir.resolve("missing.safetensors").toString(), "--heads", "4",
                 "--out", y.toString()), "missing.safetensors");
         Path bad = dir.resolve("bad.safetensors");
