@@ -320,8 +320,11 @@ public final class WorkerPool {
         for (int i = 0; i < h; i++) {
             if (threads[i] == null) {
                 final int index = i;
-                Thread t = new Thread(() -> loop(index), "qkv-attention-" + (i + 1));
-                t.setDaemon(true);
+                // started by whichever caller first needs it, and kept for the process: it must keep nothing of that
+                // caller's (its inheritable thread-local values, its context class loader), or they never die
+                Thread t = Thread.ofPlatform().name("qkv-attention-" + (i + 1)).daemon(true)
+                        .inheritInheritableThreadLocals(false).unstarted(() -> loop(index));
+                t.setContextClassLoader(WorkerPool.class.getClassLoader());
                 threads[i] = t;
                 t.start();
             }

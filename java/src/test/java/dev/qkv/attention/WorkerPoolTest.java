@@ -480,4 +480,54 @@ class WorkerPoolTest {
         // and the pool still works: unlocked, counting no caller that left
         assertTrue(PoolOverflowProbe.helperTakesPart(), "no pool thread takes part in calls any more");
     }
+
+    /** An inheritable value of the caller's (a request's context, say), the kind a thread it starts copies. */
+    private static final InheritableThreadLocal<Object> CONTEXT = new InheritableThreadLocal<>();
+
+    /**
+     * Pool threads live as long as the process, and are started by whichever caller first needs them: they must not
+     * take that caller's context with them. Before the fix each pool thread copied the starting thread's inheritable
+     * thread-local values and kept its context class loader, for good: a request's context (an MDC map, a user
+     * object) and an application's class loader stayed reachable after their owner dropped them (a redeployed web
+     * application's classes, say, never unloaded).
+     */
+    @Test
+    void poolThreadsKeepNothingOfTheCallerThatStartedThem() throws Exception {
+        List<java.lang.ref.WeakReference<Object>> dropped = new ArrayList<>();
+        Thread starter = new Thread(() -> {
+            Object value = new Object();
+            ClassLoader loader = new java.net.URLClassLoader(new java.net.URL[0], null);
+            dropped.add(new java.lang.ref.WeakReference<>(value));
+            dropped.add(new java.lang.ref.WeakReference<>(loader));
+            CONTEXT.set(value);
+            Thread.currentThread().setContextClassLoader(loader);
+            // a fresh pool: its thread starts here, in this thread's context
+            WorkerPool pool = new WorkerPool(1, 0);
+            CountDownLatch both = new CountDownLatch(2);
+            AtomicIntegerArray byWorker = new AtomicIntegerArray(2);
+            pool.run((task, worker) -> {
+                byWorker.incrementAndGet(worker);
+                both.countDown();
+                await(both);
+            }, 2, 1);
+            assertEquals(1, byWorker.get(1), "the pool thread ran no task");
+            POOLS.add(pool);
+            CONTEXT.remove();
+            Thread.currentThread().setContextClassLoader(null);
+        }, "starter");
+        starter.start();
+        starter.join(TimeUnit.SECONDS.toMillis(WAIT_S));
+        assertEquals(2, dropped.size());
+        long end = System.nanoTime() + TimeUnit.SECONDS.toNanos(WAIT_S);
+        while (dropped.stream().anyMatch(r -> r.get() != null)) {
+            assertTrue(System.nanoTime() - end < 0, "still reachable after " + WAIT_S + " s of collections: "
+                    + (dropped.get(0).get() != null ? "the starter's inheritable value " : "")
+                    + (dropped.get(1).get() != null ? "the starter's context class loader" : ""));
+            System.gc();
+            Thread.sleep(10);
+        }
+    }
+
+    /** Pools kept alive (with their threads) while the test looks at what they hold. */
+    private static final List<WorkerPool> POOLS = java.util.Collections.synchronizedList(new ArrayList<>());
 }
