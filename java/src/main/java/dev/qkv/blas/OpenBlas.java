@@ -124,18 +124,24 @@ public final class OpenBlas {
         }
     }
 
-    private static int initialThreads() {
+    /**
+     * {@link #THREADS_PROPERTY}, read as strictly as the engine's {@code -Dqkv.*} settings: a decimal integer in ASCII
+     * (spaces around it allowed) from 1 to 1024; anything else, an empty value included, is refused, never taken as
+     * unset ({@code Integer.parseInt} alone would take any Unicode digits).
+     */
+    static int initialThreads() {
         String v = System.getProperty(THREADS_PROPERTY);
-        if (v == null || v.isBlank()) {
+        if (v == null) {
             return 1;
         }
+        String t = v.strip();
         try {
-            int n = Integer.parseInt(v.trim());
+            int n = t.matches("[+-]?[0-9]+") ? Integer.parseInt(t) : 0;
             if (n >= 1 && n <= 1024) {
                 return n;
             }
         } catch (NumberFormatException e) {
-            // reported below
+            // past an int: reported below
         }
         throw new BlasUnavailableException("-D" + THREADS_PROPERTY + "=" + v + ": expected a thread count in 1..1024");
     }

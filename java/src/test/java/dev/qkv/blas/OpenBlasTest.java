@@ -268,4 +268,37 @@ class OpenBlasTest {
         assertTrue(d.contains(lib.path().toString()) && d.contains(lib.coreName()) && d.contains("threads"), d);
         assertTrue(OpenBlas.isAvailable());
     }
+
+    /**
+     * {@code -Dqkv.blas.threads} is read as strictly as the engine's settings ({@code Settings}): a decimal integer
+     * in ASCII from 1 to 1024, spaces around it allowed. Before the fix an empty or blank value was taken as unset
+     * (one thread, without a word) and {@code Integer.parseInt} took any Unicode digits ({@code ٣} as 3), where
+     * {@code -Dqkv.pool.spinMicros} and the others refuse both.
+     */
+    @Test
+    void theBlasThreadsSettingIsReadAsStrictlyAsTheOthers() {
+        String before = System.getProperty(OpenBlas.THREADS_PROPERTY);
+        try {
+            System.clearProperty(OpenBlas.THREADS_PROPERTY);
+            assertEquals(1, OpenBlas.initialThreads());
+            for (String good : new String[] {"1", " 4 ", "+2", "1024"}) {
+                System.setProperty(OpenBlas.THREADS_PROPERTY, good);
+                assertEquals(Integer.parseInt(good.strip()), OpenBlas.initialThreads(), good);
+            }
+            for (String bad : new String[] {"", " ", "0", "1025", "-1", "abc", "1e3", "2k", "\u0663", "\u0661\u0660",
+                    "99999999999"}) {
+                System.setProperty(OpenBlas.THREADS_PROPERTY, bad);
+                BlasUnavailableException e = assertThrows(BlasUnavailableException.class, OpenBlas::initialThreads,
+                        bad);
+                assertEquals("-D" + OpenBlas.THREADS_PROPERTY + "=" + bad + ": expected a thread count in 1..1024",
+                        e.getMessage());
+            }
+        } finally {
+            if (before == null) {
+                System.clearProperty(OpenBlas.THREADS_PROPERTY);
+            } else {
+                System.setProperty(OpenBlas.THREADS_PROPERTY, before);
+            }
+        }
+    }
 }
