@@ -24,7 +24,7 @@ public final class Vectorization {
         PackedKernels packed = null;
         String reason;
         Level level = Level.DEBUG;
-        if ("false".equalsIgnoreCase(System.getProperty(PROPERTY, "true"))) {
+        if (!vectorSetting()) {
             reason = "scalar kernels: Vector API turned off by -D" + PROPERTY + "=false";
         } else if (ModuleLayer.boot().findModule("jdk.incubator.vector").isEmpty()) {
             reason = "scalar kernels: module jdk.incubator.vector is absent (start the JVM with"
@@ -56,6 +56,23 @@ public final class Vectorization {
     }
 
     private Vectorization() {
+    }
+
+    /**
+     * {@code -Dqkv.vector}: {@code true} or {@code false} (any case, spaces around allowed), true when unset. Read as
+     * strictly as the engine's other settings ({@code -Dqkv.nativeSmallCalls}): anything else ({@code off},
+     * {@code 0}, {@code no}) is refused when this class loads, never taken as {@code true}, which ran the Vector API
+     * kernels without a word.
+     */
+    private static boolean vectorSetting() {
+        String s = System.getProperty(PROPERTY);
+        if (s == null || s.strip().equalsIgnoreCase("true")) {
+            return true;
+        }
+        if (s.strip().equalsIgnoreCase("false")) {
+            return false;
+        }
+        throw new IllegalStateException("-D" + PROPERTY + "=" + s + ": must be true or false");
     }
 
     /** True when the Vector API kernels run. */
