@@ -497,8 +497,17 @@ public final class OpenBlas {
     }
 
     private static BlasLibrary loadExplicit(BlasLibrary.Source source, String origin, String value) {
-        Path path = Path.of(value).toAbsolutePath();
         String what = origin + " = " + value;
+        Path path;
+        try {
+            path = Path.of(value).toAbsolutePath();
+        } catch (java.nio.file.InvalidPathException e) {
+            // a name this JVM cannot form (a NUL, or a character its file-name encoding lacks): the setting's fault,
+            // said as such, not an initialisation failure naming neither the property nor the variable
+            throw new BlasUnavailableException(what + ": not a valid path (" + e.getReason() + "; this JVM encodes"
+                    + " file names as " + System.getProperty("sun.jnu.encoding") + ") (an explicit library path never"
+                    + " falls back)", e);
+        }
         if (!Files.exists(path)) {
             throw new BlasUnavailableException(what + ": no such file (an explicit library path never falls back)");
         }

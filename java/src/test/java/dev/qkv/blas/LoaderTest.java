@@ -223,4 +223,27 @@ class LoaderTest {
         assertLoaded(relative, "BUNDLED");
         assertTrue(Path.of(relative.line("path")).startsWith(work.resolve("rel-cache")), relative.toString());
     }
+
+    /**
+     * An explicit path the JVM cannot even form (here a non-ASCII name in the C locale, whose file names are ASCII)
+     * fails as every other unusable explicit path does: naming the setting, with no fallback. Before the fix the
+     * InvalidPathException escaped the loader as "OpenBLAS could not be initialised: java.nio.file.Invalid
+     * PathException: ...", naming neither the property nor the variable.
+     */
+    @Test
+    void anExplicitPathTheJvmCannotFormFailsNamingTheSetting() throws Exception {
+        Path cache = tmp.resolve("cache-c");
+        String name = "/nonexistent/biblioth\u00e8que/libopenblas.so.0";
+        Map<String, String> c = Map.of("LC_ALL", "C", "LANG", "C");
+        Run env = run(Map.of(OpenBlas.CACHE_PROPERTY, cache.toString()),
+                Map.of("LC_ALL", "C", "LANG", "C", OpenBlas.LIBRARY_ENV, name));
+        String msg = assertFailed(env);
+        assertTrue(msg.startsWith("environment variable " + OpenBlas.LIBRARY_ENV + " = ")
+                && msg.contains("not a valid path"), msg);
+        Run prop = run(Map.of(OpenBlas.CACHE_PROPERTY, cache.toString(), OpenBlas.LIBRARY_PROPERTY, name), c);
+        String propMsg = assertFailed(prop);
+        assertTrue(propMsg.startsWith("system property " + OpenBlas.LIBRARY_PROPERTY + " = ")
+                && propMsg.contains("not a valid path"), propMsg);
+        assertTrue(isEmptyDir(cache), "the bundled library was extracted after an explicit path failed");
+    }
 }
