@@ -238,12 +238,19 @@ public final class WorkerPool {
                 drain(job, g, count, 0);
                 long own = small ? System.nanoTime() : 0;
                 int spins = 0;
+                boolean interrupted = false;
                 while (pending.get() > 0) {
                     if (++spins < 2000) {
                         Thread.onSpinWait();
                     } else {
                         LockSupport.park(this);
+                        // park returns at once while the flag is set: an interrupted caller spun a core until the
+                        // helpers finished. The call does not answer interrupts; the flag is set again below
+                        interrupted |= Thread.interrupted();
                     }
+                }
+                if (interrupted) {
+                    Thread.currentThread().interrupt();
                 }
                 finished = true;
                 if (small) {

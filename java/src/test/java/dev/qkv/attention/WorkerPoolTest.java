@@ -6,6 +6,8 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.atomic.AtomicIntegerArray;
 import java.util.concurrent.atomic.AtomicReference;
 import java.util.concurrent.locks.LockSupport;
@@ -422,6 +424,42 @@ class WorkerPoolTest {
             await(again);
         }, 2, 1);
         assertEquals(1, byWorker.get(1), "tasks run by the pool thread");
+    }
+
+    /**
+     * A caller whose interrupt flag is set when it calls parks while it waits for the pool thread, and still has
+     * its interrupt afterwards: {@code LockSupport.park} returns at once while the flag is set, so the wait spun a
+     * core for as long as the pool thread's task ran. The pool thread's task reads the caller's CPU time across
+     * 400 ms of its own sleep: a parked caller uses next to none, a spinning one up to all of it (the bound, half
+     * of it, can only be passed by a spin, which a loaded machine might starve below it).
+     */
+    @Test
+    void anInterruptedCallerParksWhileItWaitsAndKeepsItsInterrupt() {
+        java.lang.management.ThreadMXBean mx = java.lang.management.ManagementFactory.getThreadMXBean();
+        org.junit.jupiter.api.Assumptions.assumeTrue(mx.isCurrentThreadCpuTimeSupported() && mx.isThreadCpuTimeEnabled());
+        WorkerPool pool = new WorkerPool(1, 0);
+        Thread caller = Thread.currentThread();
+        AtomicInteger arrived = new AtomicInteger();
+        AtomicLong callerCpu = new AtomicLong(-1);
+        caller.interrupt();
+        pool.run((task, worker) -> {
+            // each thread takes one task (no latch: an interrupted caller's await would throw)
+            arrived.incrementAndGet();
+            while (arrived.get() < 2) {
+                Thread.onSpinWait();
+            }
+            if (worker > 0) {
+                pause(50_000_000L);
+                long before = mx.getThreadCpuTime(caller.threadId());
+                pause(400_000_000L);
+                callerCpu.set(mx.getThreadCpuTime(caller.threadId()) - before);
+            }
+        }, 2, 1);
+        boolean stillInterrupted = Thread.interrupted();
+        assertTrue(callerCpu.get() >= 0, "the pool thread did not run the watching task");
+        assertTrue(callerCpu.get() < 200_000_000L, "the interrupted caller used " + callerCpu.get() / 1e6
+                + " ms of CPU in 400 ms of waiting: it spun");
+        assertTrue(stillInterrupted, "the caller's interrupt was lost");
     }
 
     @Test
