@@ -1274,9 +1274,10 @@ public final class Attention {
             long head = ((long) b * hq + h);
             long kvHead = ((long) b * hkv + g);
             boolean fresh = s.packedCall != callId;
-            operand(s.qo, q, b, h, packQ && (fresh || s.packedQHead != head), ws, base + qPackAt, packQ);
-            operand(s.ko, k, b, g, packK && (fresh || s.packedHead != kvHead), ws, base + kPackAt, packK);
-            operand(s.vo, v, b, g, packV && (fresh || s.packedHead != kvHead), ws, base + vPackAt, packV);
+            // only v's copy flushes subnormals (see operand): q and k are computed as they are
+            operand(s.qo, q, b, h, packQ && (fresh || s.packedQHead != head), ws, base + qPackAt, packQ, false);
+            operand(s.ko, k, b, g, packK && (fresh || s.packedHead != kvHead), ws, base + kPackAt, packK, false);
+            operand(s.vo, v, b, g, packV && (fresh || s.packedHead != kvHead), ws, base + vPackAt, packV, true);
             s.packedCall = callId;
             s.packedHead = kvHead;
             s.packedQHead = head;
@@ -2021,10 +2022,11 @@ public final class Attention {
 
     /**
      * Points {@code o} at one head matrix of {@code t}: in place when it has a unit stride, else packed
-     * row-major into {@code ws} at {@code packAt} (copied only when {@code copy}).
+     * row-major into {@code ws} at {@code packAt} (copied only when {@code copy}; subnormals flushed to zero only
+     * when {@code flush}, for v: a subnormal q or k times a large scale can make a score of order 1).
      */
     private static void operand(Operand o, Tensor t, int b, int h, boolean copy, MemorySegment ws, long packAt,
-                                boolean pack) {
+                                boolean pack, boolean flush) {
         long base = headAt(t, b, h);
         long rows = t.size(2);
         long cols = t.size(3);
@@ -2038,7 +2040,7 @@ public final class Attention {
                         // with a subnormal operand takes a microcode assist on x86 (measured: subnormal v made
                         // attention 31x slower), and the JVM cannot set flush-to-zero; a subnormal changes an
                         // output by less than 2^-126 times its weight
-                        ws.setAtIndex(F, packAt + r * cols + c, Math.abs(x) < Float.MIN_NORMAL ? 0f : x);
+                        ws.setAtIndex(F, packAt + r * cols + c, flush && Math.abs(x) < Float.MIN_NORMAL ? 0f : x);
                     }
                 }
             }

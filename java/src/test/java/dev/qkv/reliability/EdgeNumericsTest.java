@@ -350,4 +350,43 @@ class EdgeNumericsTest {
             }
         }
     }
+
+    /**
+     * Subnormal q or k in a layout without a unit stride, which the blocked engines copy before the products: the
+     * copy must keep them, as the in-place products do. With a scale near float's largest, scale · q·k of
+     * subnormal q (or k) is of order 1, so a flushed operand turns every score into 0 and the softmax into a plain
+     * mean of v (from a review: the copy flushed every packed operand to zero, meant for v only).
+     */
+    @ParameterizedTest
+    @EnumSource(value = Backend.class, names = {"NATIVE", "JAVA", "AUTO"})
+    void subnormalQAndKInPackedLayoutsAreComputedAsTheyAre(Backend backend) {
+        try (Arena arena = Arena.ofConfined()) {
+            float[][] in = inputs(7);
+            SdpaOptions big = SdpaOptions.DEFAULT.withScale(3e38f);
+            for (int which = 0; which < 2; which++) {
+                float[][] x = copy(in);
+                for (int i = 0; i < x[which].length; i++) {
+                    x[which][i] *= 1e-39f;
+                }
+                long[] qs = {B, HQ, L, DK};
+                long[] ks = {B, HKV, L, DK};
+                long[] vs = {B, HKV, L, DV};
+                Random r = new Random(8);
+                Tensor q = (which == 0 ? Layouts.STRIDED : Layouts.CONTIGUOUS).make(arena, r, qs, x[0]);
+                Tensor k = (which == 1 ? Layouts.STRIDED : Layouts.CONTIGUOUS).make(arena, r, ks, x[1]);
+                Tensor v = Layouts.CONTIGUOUS.make(arena, r, vs, x[2]);
+                Tensor ref = Tensor.allocate(arena, B, HQ, L, DV);
+                Attention.create(Backend.REFERENCE).sdpa(q, k, v, ref, big);
+                Tensor out = Tensor.allocate(arena, B, HQ, L, DV);
+                Attention.create(backend).sdpa(q, k, v, out, big);
+                float[] want = ref.toArray();
+                float[] got = out.toArray();
+                // the scores are of order 1 (|scale · q·k| <= 3e38 · 1e-39 · DK): the usual tolerance
+                for (int e = 0; e < got.length; e++) {
+                    assertEquals(want[e], got[e], TOL * (1 + Math.abs(want[e])),
+                            backend + " subnormal " + (which == 0 ? "q" : "k") + ", strided: element " + e);
+                }
+            }
+        }
+    }
 }
