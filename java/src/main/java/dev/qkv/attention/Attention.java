@@ -29,7 +29,8 @@ import java.util.Objects;
  * or {@code exp} underflowed to 0 in float) never contributes to that row, not even as {@code 0 · NaN}; a NaN or
  * Inf of v at a key with a non-zero weight propagates as IEEE arithmetic says. The blocked products would
  * multiply such zeros by v for every row of a block, so a row that comes out NaN is computed again, exactly,
- * one key at a time (slow, and only for such rows).
+ * one key at a time (slow, and only for such rows); so is a row that comes out infinite, which a finite v near
+ * float's largest values can give in the unnormalized sums of the products.
  *
  * <p><b>Algorithm.</b> The {@link Backend#NATIVE} and {@link Backend#JAVA} backends share one blocked
  * algorithm. The work is cut into tasks, one per (batch, head, block of query rows: {@link #BLOCK_ROWS} for the
@@ -1197,8 +1198,11 @@ public final class Attention {
          * the blocked products a key a row may not attend (masked, past its causal limit, or with a weight that
          * underflowed to 0) still enters as {@code 0 · v}, which is NaN where v holds NaN or ±Inf: without this a
          * non-finite value of v would reach rows that cannot see it, depending on which rows share a block. Every
-         * such row holds a NaN, and a row without one was not reached, so finite rows keep the fast path's bits;
-         * the check is one vectorized pass over rows the task has just written (measured about 10 ns per row of
+         * such row holds a NaN, and a row without one was not reached, so finite rows keep the fast path's bits.
+         * Rows holding ±Inf are computed again too: the products sum unnormalized weights (up to Lk in all) times v
+         * and normalize afterwards, so a finite v above about 3.4e38 / Lk overflows there, where the weighted mean
+         * itself is finite (an Inf that v itself puts in a row comes out of the exact path as it would here). The
+         * check is one vectorized pass over rows the task has just written (measured about 10 ns per row of
          * 64 floats even from memory: 0.3% of a causal [1, 8, 2048, 64] call; a scan of v instead would cost a
          * decoding step as much as its product with v).
          */
@@ -1207,7 +1211,7 @@ public final class Attention {
             final MemorySegment os = o.segment();
             final long row0 = headAt(o, b, h);
             final long cs = o.stride(3);
-            if (cs == 1 && !owner.rows.anyNaN(os, row0 + (long) i0 * o.stride(2), o.stride(2), rows, dv)) {
+            if (cs == 1 && !owner.rows.anyNonFinite(os, row0 + (long) i0 * o.stride(2), o.stride(2), rows, dv)) {
                 // the usual case, in one pass over the block
                 return;
             }
@@ -1215,11 +1219,10 @@ public final class Attention {
                 long at = row0 + (long) (i0 + r) * o.stride(2);
                 boolean nan = false;
                 if (cs == 1) {
-                    nan = owner.rows.anyNaN(os, at, dv);
+                    nan = owner.rows.anyNonFinite(os, at, dv);
                 } else {
                     for (int d = 0; d < dv && !nan; d++) {
-                        float x = os.getAtIndex(F, at + d * cs);
-                        nan = x != x;
+                        nan = !Float.isFinite(os.getAtIndex(F, at + d * cs));
                     }
                 }
                 if (nan) {

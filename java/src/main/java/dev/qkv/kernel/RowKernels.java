@@ -76,6 +76,29 @@ public abstract class RowKernels {
         return false;
     }
 
+    /** True when some {@code s[at .. at+n)} (float indices) is NaN or infinite. */
+    public boolean anyNonFinite(MemorySegment s, long at, int n) {
+        for (int j = 0; j < n; j++) {
+            if (!Float.isFinite(s.getAtIndex(java.lang.foreign.ValueLayout.JAVA_FLOAT_UNALIGNED, at + j))) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    /**
+     * True when some row {@code s[at + r·ld .. at + r·ld + n)}, {@code r < rows} (float indices), holds a NaN or an
+     * infinity: what {@link #anyNonFinite(MemorySegment, long, int)} says of any of the rows.
+     */
+    public boolean anyNonFinite(MemorySegment s, long at, long ld, int rows, int n) {
+        for (int r = 0; r < rows; r++) {
+            if (anyNonFinite(s, at + r * ld, n)) {
+                return true;
+            }
+        }
+        return false;
+    }
+
     /** {@code s[at .. at+n) *= f} (float indices). */
     public abstract void scaleRow(MemorySegment s, long at, int n, float f);
 

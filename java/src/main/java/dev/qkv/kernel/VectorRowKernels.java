@@ -367,6 +367,20 @@ final class VectorRowKernels extends RowKernels {
         if (n < L) {
             return super.anyNaN(s, at, ld, rows, n);
         }
+        return anyNonFiniteProbe(s, at, ld, rows, n) && super.anyNaN(s, at, ld, rows, n);
+    }
+
+    /** The one pass of {@link #anyNaN(MemorySegment, long, long, int, int)}, whose NaN probe is exactly this. */
+    @Override
+    public boolean anyNonFinite(MemorySegment s, long at, long ld, int rows, int n) {
+        if (n < L) {
+            return super.anyNonFinite(s, at, ld, rows, n);
+        }
+        return anyNonFiniteProbe(s, at, ld, rows, n);
+    }
+
+    /** Whether some element of the rows is NaN or ±Inf: the sum of every {@code x - x} is then NaN. */
+    private static boolean anyNonFiniteProbe(MemorySegment s, long at, long ld, int rows, int n) {
         FloatVector acc = FloatVector.zero(SP);
         FloatVector acc1 = acc;
         FloatVector acc2 = acc;
@@ -397,7 +411,7 @@ final class VectorRowKernels extends RowKernels {
             }
         }
         float probe = Lanes.sum(acc.add(acc1).add(acc2.add(acc3))) + tail;
-        return probe != probe && super.anyNaN(s, at, ld, rows, n);
+        return probe != probe;
     }
 
     @Override

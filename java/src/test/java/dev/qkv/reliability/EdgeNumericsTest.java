@@ -389,4 +389,48 @@ class EdgeNumericsTest {
             }
         }
     }
+
+    /**
+     * Large finite v: each output is a convex combination of v's values, so it is at most max |v| and finite. The
+     * blocked kernels multiply the unnormalized weights (each up to 1, their sum up to Lk) by v and normalize
+     * afterwards, so Σ p·v passes float's range when |v| is above about 3.4e38 / Lk; such a row must still come
+     * out as the reference has it, not as +Inf (from a review: 100 equal keys with v near 1e37 gave +Inf).
+     */
+    @ParameterizedTest
+    @EnumSource(value = Backend.class, names = {"NATIVE", "JAVA", "AUTO"})
+    void largeFiniteVNeverOverflowsTheOutput(Backend backend) {
+        try (Arena arena = Arena.ofConfined()) {
+            float[][] in = inputs(9);
+            for (int i = 0; i < in[2].length; i++) {
+                // positive, so that the partial sums only grow: 1e37 · (0.5 .. 1)
+                in[2][i] = 1e37f * (0.75f + 0.25f * in[2][i]);
+            }
+            // small scores: weights near 1 each, so every sum over the keys passes 3.4e38
+            for (int i = 0; i < in[0].length; i++) {
+                in[0][i] *= 1e-3f;
+            }
+            for (SdpaOptions o : new SdpaOptions[] {SdpaOptions.DEFAULT, SdpaOptions.CAUSAL}) {
+                float[] want = run(Backend.REFERENCE, in, o, arena);
+                float[] got = run(backend, in, o, arena);
+                for (int e = 0; e < got.length; e++) {
+                    assertTrue(Float.isFinite(want[e]), "reference element " + e);
+                    assertEquals(want[e], got[e], TOL * Math.abs(want[e]),
+                            backend + (o.causal() ? " causal" : "") + " v near 1e37: element " + e);
+                }
+            }
+            // one query row (the few-query paths)
+            float[][] one = {java.util.Arrays.copyOf(in[0], (int) DK), in[1], in[2]};
+            Tensor q = Tensor.of(arena, one[0], 1, 1, 1, DK);
+            Tensor k = Tensor.of(arena, one[1], B, HKV, L, DK);
+            Tensor v = Tensor.of(arena, one[2], B, HKV, L, DV);
+            Tensor ref = Tensor.allocate(arena, 1, 1, 1, DV);
+            Tensor out = Tensor.allocate(arena, 1, 1, 1, DV);
+            Attention.create(Backend.REFERENCE).sdpa(q, k, v, ref, SdpaOptions.DEFAULT);
+            Attention.create(backend).sdpa(q, k, v, out, SdpaOptions.DEFAULT);
+            for (int d = 0; d < DV; d++) {
+                assertEquals(ref.get(0, 0, 0, d), out.get(0, 0, 0, d), TOL * Math.abs(ref.get(0, 0, 0, d)),
+                        backend + " one query row, v near 1e37: column " + d);
+            }
+        }
+    }
 }
