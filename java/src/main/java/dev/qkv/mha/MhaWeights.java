@@ -208,7 +208,7 @@ public final class MhaWeights {
 
     /**
      * Tensors under the prefix that ask for what this layer does not compute: nn.MultiheadAttention's
-     * add_bias_kv (bias_k, bias_v) and the normalization of queries and keys some models apply (q_norm, k_norm,
+     * add_bias_kv (bias_k, bias_v), its kdim/vdim (q_proj_weight, k_proj_weight, v_proj_weight) and the normalization of queries and keys some models apply (q_norm, k_norm,
      * q_layernorm, k_layernorm). Loading without them would compute another layer than the file's.
      */
     private static void refuseUnsupported(Safetensors st, String p) throws SafetensorsException {
@@ -217,6 +217,20 @@ public final class MhaWeights {
                 throw new SafetensorsException(st.file() + ": tensor '" + p + extra
                         + "': nn.MultiheadAttention(add_bias_kv=True) is not supported");
             }
+        }
+        // nn.MultiheadAttention(kdim=.., vdim=..) other than embed_dim writes these instead of in_proj_weight: keys
+        // and values of kdim and vdim features, which this layer (kv [B, Lkv, E]) does not take
+        StringBuilder separate = new StringBuilder();
+        for (String n : new String[] {"q_proj_weight", "k_proj_weight", "v_proj_weight"}) {
+            if (st.contains(p + n)) {
+                separate.append(separate.isEmpty() ? "" : ", ").append('\'').append(p).append(n).append("' ")
+                        .append(st.entry(p + n).shapeString());
+            }
+        }
+        if (!separate.isEmpty()) {
+            throw new SafetensorsException(st.file() + ": tensor " + separate + ": nn.MultiheadAttention with kdim"
+                    + " or vdim other than embed_dim (separate q/k/v_proj_weight) is not supported: keys and values"
+                    + " must have E features, as in_proj_weight [3E, E] gives them");
         }
         for (String norm : new String[] {"q_norm.", "k_norm.", "q_layernorm.", "k_layernorm."}) {
             for (String part : new String[] {"weight", "bias"}) {

@@ -199,6 +199,30 @@ class MhaWeightsTest {
         }
     }
 
+    /**
+     * {@code nn.MultiheadAttention(E, H, kdim=.., vdim=..)} with kdim or vdim other than E keeps its input
+     * projections apart, as {@code q_proj_weight [E, E]}, {@code k_proj_weight [E, kdim]},
+     * {@code v_proj_weight [E, vdim]} (and {@code in_proj_bias}, {@code out_proj.*}). The layer cannot compute it
+     * (its keys and values have E features); such a file was refused as having "no attention weights", which
+     * named neither the tensors PyTorch wrote nor why. It must name them with their shapes.
+     */
+    @ParameterizedTest
+    @ValueSource(strings = {"", "decoder.cross_attn."})
+    void torchSeparateProjectionsOfOtherKdimOrVdimAreRefusedByName(String p) throws IOException {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(10);
+            Map<String, Tensor> t = new LinkedHashMap<>();
+            t.put(p + "q_proj_weight", rand(a, r, 0.25f, E, E));
+            t.put(p + "k_proj_weight", rand(a, r, 0.25f, E, 8));
+            t.put(p + "v_proj_weight", rand(a, r, 0.25f, E, 12));
+            t.put(p + "in_proj_bias", rand(a, r, 0.5f, 3 * E));
+            t.put(p + "out_proj.weight", rand(a, r, 0.25f, E, E));
+            t.put(p + "out_proj.bias", rand(a, r, 0.5f, E));
+            assertContains(loadError(t, p, H, 0), "'" + p + "k_proj_weight' [16, 8]",
+                    "'" + p + "v_proj_weight' [16, 12]", "kdim", "vdim", "not supported");
+        }
+    }
+
     /** Hugging Face names, E = 16, H = 4, under {@code prefix}. */
     private static Map<String, Tensor> hfNames(Arena a, Random r, String prefix) {
         Map<String, Tensor> t = new LinkedHashMap<>();
