@@ -208,8 +208,9 @@ public final class MhaWeights {
 
     /**
      * Tensors under the prefix that ask for what this layer does not compute: nn.MultiheadAttention's
-     * add_bias_kv (bias_k, bias_v), its kdim/vdim (q_proj_weight, k_proj_weight, v_proj_weight) and the normalization of queries and keys some models apply (q_norm, k_norm,
-     * q_layernorm, k_layernorm). Loading without them would compute another layer than the file's.
+     * add_bias_kv (bias_k, bias_v), its kdim/vdim (q_proj_weight, k_proj_weight, v_proj_weight) and the
+     * normalization of queries and keys some models apply (q_norm, k_norm, q_layernorm, k_layernorm). Loading
+     * without them would compute another layer than the file's.
      */
     private static void refuseUnsupported(Safetensors st, String p) throws SafetensorsException {
         for (String extra : new String[] {"bias_k", "bias_v"}) {
