@@ -40,7 +40,8 @@ final class MhaCommand implements Command {
                 + " weights as torch nn.MultiheadAttention (in_proj_weight, out_proj.*) or Hugging Face"
                 + " (q_proj/k_proj/v_proj/o_proj) names under an optional prefix; F32, F16 or BF16. A bool --mask"
                 + " is true where a query MAY attend (the opposite of torch's attn_mask and key_padding_mask, which"
-                + " are true where it may not); a float mask is added to the scaled scores.";
+                + " are true where it may not); a float mask is added to the scaled scores. Default backend native"
+                + " (auto and reference also accepted).";
     }
 
     @Override

@@ -35,7 +35,7 @@ final class SdpaCommand implements Command {
     public String summary() {
         return "out = softmax(scale * q k^T + mask) v for q [B, Hq, Lq, Dk], k [B, Hkv, Lk, Dk], v [B, Hkv, Lk, Dv];"
                 + " bool masks allow, float masks add; causal is aligned bottom-right. Default backend native"
-                + " (reference also accepted).";
+                + " (auto and reference also accepted).";
     }
 
     @Override
