@@ -191,8 +191,8 @@ public final class OpenBlas {
      * <p>Offsets and leading dimensions are in elements. Row-major {@code A} is stored {@code [m, k]} when
      * {@code ta == NO} and {@code [k, m]} when {@code ta == YES}, rows {@code lda} elements apart; likewise
      * {@code B} and {@code C}. Every argument is checked before the native call: sizes non-negative, leading
-     * dimensions at least the stored row length, every element reachable inside its segment, segments native
-     * and alive, and {@code C} overlapping neither {@code A} nor {@code B}.
+     * dimensions at least the stored row length, every element reachable inside its segment, segments alive and
+     * (unless their operand is empty) native, and {@code C} overlapping neither {@code A} nor {@code B}.
      */
     public void sgemm(Transpose ta, Transpose tb, int m, int n, int k, float alpha,
                       MemorySegment a, long aOffset, int lda,
@@ -385,16 +385,18 @@ public final class OpenBlas {
             throw new IllegalArgumentException("matmul: op(a) [" + m + ", " + ka + "] · op(b) [" + kb + ", " + n
                     + "] does not give " + c.describe("c"));
         }
-        if (c.stride(1) != 1 && !(c.size(1) <= 1)) {
+        // an empty c reaches no element: its strides may be anything (README, Failure contract)
+        boolean cEmpty = m == 0 || n == 0;
+        if (!cEmpty && c.stride(1) != 1 && !(c.size(1) <= 1)) {
             throw new IllegalArgumentException("matmul: " + c.describe("c") + " needs unit stride in its last dimension");
         }
         Operand oa = operand("a", a, ta);
         Operand ob = operand("b", b, tb);
-        if (c.size(0) > 1 && c.stride(0) < n) {
+        if (!cEmpty && c.size(0) > 1 && c.stride(0) < n) {
             throw new IllegalArgumentException("matmul: " + c.describe("c") + " rows overlap (stride " + c.stride(0) + ")");
         }
         // one row: its stride is never used, and may be anything (a view of a dimension of size 1)
-        long ldcLong = m > 1 ? Math.max(c.stride(0), Math.max(1, n)) : Math.max(1, n);
+        long ldcLong = m > 1 && !cEmpty ? Math.max(c.stride(0), Math.max(1, n)) : Math.max(1, n);
         if (ldcLong > Integer.MAX_VALUE) {
             throw new IllegalArgumentException("matmul: " + c.describe("c") + ": row stride " + c.stride(0)
                     + " exceeds the 32-bit BLAS interface");
@@ -410,6 +412,10 @@ public final class OpenBlas {
     private static Operand operand(String name, Tensor x, Transpose t) {
         long rows = x.size(0);
         long cols = x.size(1);
+        if (rows == 0 || cols == 0) {
+            // an empty operand reaches no element, whatever its strides: row-major with the least leading dimension
+            return new Operand(t, toInt("ld" + name, Math.max(1, cols)));
+        }
         if (x.stride(1) == 1 || cols <= 1) {
             // a single row's stride is never used (see ldc)
             long ld = rows > 1 ? Math.max(x.stride(0), Math.max(1, cols)) : Math.max(1, cols);

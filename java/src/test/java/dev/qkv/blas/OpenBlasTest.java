@@ -184,6 +184,43 @@ class OpenBlasTest {
         assertTrue(e.getMessage().contains(fragment), "message \"" + e.getMessage() + "\" should contain \"" + fragment + "\"");
     }
 
+    /**
+     * An empty tensor is valid whatever its strides (README, Failure contract): it reaches no element, so neither
+     * its strides nor its memory matter, and nothing is handed to OpenBLAS. {@code matmul} read an empty c's
+     * strides all the same and refused {@code c [0, 5]} with strides {@code [0, 0]} ("needs unit stride"), and
+     * took an empty a's row stride past 2^31 as a leading dimension ("exceeds the 32-bit BLAS interface"). With
+     * k = 0 the definition gives {@code C = beta · C}: 2 · 5 = 10 here. (Empty operands must still be alive and, for
+     * OpenBLAS, off-heap, as {@code sgemm} has it.)
+     */
+    @Test
+    void matmulTakesEmptyTensorsWhateverTheirStrides() {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment seg = arena.allocate(4096, 64);
+            Transpose no = Transpose.NO;
+            Tensor b = Tensor.allocate(arena, 3, 5).fill(1f);
+            // m = 0: c [0, 5] with zero strides, or with a column stride of 3
+            for (long[] cs : new long[][] {{0, 0}, {1, 3}, {1L << 40, 1L << 40}}) {
+                for (long[] as : new long[][] {{0, 0}, {7, 2}, {1L << 40, 1}}) {
+                    BLAS.matmul(no, Tensor.view(seg, 0, new long[] {0, 3}, as), no, b, 1f, 0f,
+                            Tensor.view(seg, 100, new long[] {0, 5}, cs));
+                }
+            }
+            // n = 0: b [3, 0] and c [4, 0] with row strides past the 32-bit interface
+            Tensor a = Tensor.allocate(arena, 4, 3).fill(1f);
+            BLAS.matmul(no, a, no, Tensor.view(seg, 0, new long[] {3, 0}, new long[] {1L << 40, 1}), 1f, 0f,
+                    Tensor.view(seg, 100, new long[] {4, 0}, new long[] {1L << 40, 1}));
+            // k = 0: a [4, 0] and b [0, 5] with any strides, c = beta · c
+            for (long[] st : new long[][] {{0, 0}, {1L << 40, 1}, {1, 1L << 40}}) {
+                Tensor c = Tensor.allocate(arena, 4, 5).fill(5f);
+                BLAS.matmul(no, Tensor.view(seg, 0, new long[] {4, 0}, st), no,
+                        Tensor.view(seg, 0, new long[] {0, 5}, st), 1f, 2f, c);
+                for (float x : c.toArray()) {
+                    assertEquals(10f, x);
+                }
+            }
+        }
+    }
+
     @Test
     void sgemmRefusesHeapSegments() {
         float[] out = {9, 9, 9, 9};
