@@ -438,6 +438,10 @@ public final class OpenBlas {
     }
 
     private static void rank2(String name, Tensor t) {
+        if (t == null) {
+            // as sgemm refuses a null segment, naming the operand
+            throw new IllegalArgumentException("matmul: " + name + " is null");
+        }
         if (t.rank() != 2) {
             throw new IllegalArgumentException("matmul: " + t.describe(name) + " must have rank 2");
         }

@@ -126,6 +126,11 @@ class OpenBlasTest {
             assertMessage(() -> BLAS.matmul(null, aT, no, b, 1f, 0f, c), "transpose flag is null");
             assertMessage(() -> BLAS.matmul(no, a, null, Tensor.allocate(arena, 6, 5).transpose(), 1f, 0f, c),
                     "transpose flag is null");
+            // a null tensor is an argument error naming the operand, as sgemm's "a is null": it was a
+            // NullPointerException saying '"t" is null', which names none of a, b, c
+            assertMessage(() -> BLAS.matmul(no, null, no, b, 1f, 0f, c), "a is null");
+            assertMessage(() -> BLAS.matmul(no, a, no, null, 1f, 0f, c), "b is null");
+            assertMessage(() -> BLAS.matmul(no, a, no, b, 1f, 0f, null), "c is null");
         }
     }
 
