@@ -191,8 +191,8 @@ public final class OpenBlas {
      * <p>Offsets and leading dimensions are in elements. Row-major {@code A} is stored {@code [m, k]} when
      * {@code ta == NO} and {@code [k, m]} when {@code ta == YES}, rows {@code lda} elements apart; likewise
      * {@code B} and {@code C}. Every argument is checked before the native call: sizes non-negative, leading
-     * dimensions at least the stored row length, every element reachable inside its segment, segments alive and
-     * (unless their operand is empty) native, and {@code C} overlapping neither {@code A} nor {@code B}.
+     * dimensions at least the stored row length, every element reachable inside its segment, segments native
+     * and alive, and {@code C} overlapping neither {@code A} nor {@code B}.
      */
     public void sgemm(Transpose ta, Transpose tb, int m, int n, int k, float alpha,
                       MemorySegment a, long aOffset, int lda,
