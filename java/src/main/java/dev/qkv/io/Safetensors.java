@@ -132,17 +132,17 @@ public final class Safetensors {
     /** The data section: a slice of the mapping ({@link Load#MAPPED}), or an empty segment of the open arena. */
     private final MemorySegment data;
     /** The open file ({@link Load#COPY}), closed with the arena; null when mapped. */
-    private final FileChannel channel;
+    private final Source source;
     private final long dataStart;
     private final Map<String, Entry> entries;
     private final Map<String, String> metadata;
 
-    private Safetensors(Path file, Load load, MemorySegment data, FileChannel channel, long dataStart,
+    private Safetensors(Path file, Load load, MemorySegment data, Source source, long dataStart,
                         Map<String, Entry> entries, Map<String, String> metadata) {
         this.file = file;
         this.load = load;
         this.data = data;
-        this.channel = channel;
+        this.source = source;
         this.dataStart = dataStart;
         this.entries = entries;
         this.metadata = metadata;
@@ -216,13 +216,56 @@ public final class Safetensors {
                         Collections.unmodifiableMap(meta));
             }
             // the channel closes with the arena, as a mapping would be unmapped with it
-            MemorySegment token = MemorySegment.NULL.reinterpret(arena, s -> closeQuietly(ch));
+            Source source = new Source(file, ch);
+            MemorySegment token = MemorySegment.NULL.reinterpret(arena, s -> source.close());
             keep = true;
-            return new Safetensors(file, load, token, ch, dataStart, entries, Collections.unmodifiableMap(meta));
+            return new Safetensors(file, load, token, source, dataStart, entries, Collections.unmodifiableMap(meta));
         } finally {
             if (!keep) {
                 ch.close();
             }
+        }
+    }
+
+    /**
+     * The open file of a {@link Load#COPY} instance. A FileChannel is interruptible: a thread interrupted during a
+     * read (a cancelled request loading weights) closes it for every thread, and every later {@link #tensor} failed
+     * while the arena was open. Such a channel is opened again, only onto the same file (its file key, where the
+     * file system has one, must be the one seen at {@link #open}: a file replaced since is not read as this one),
+     * and never once the arena is closed.
+     */
+    private static final class Source {
+        private final Path file;
+        private final Object key;
+        private FileChannel ch;
+        private boolean closed;
+
+        Source(Path file, FileChannel ch) throws IOException {
+            this.file = file;
+            this.ch = ch;
+            this.key = Files.readAttributes(file, java.nio.file.attribute.BasicFileAttributes.class).fileKey();
+        }
+
+        synchronized FileChannel channel() throws IOException {
+            if (closed) {
+                throw new java.nio.channels.ClosedChannelException();
+            }
+            if (!ch.isOpen()) {
+                FileChannel again = FileChannel.open(file, StandardOpenOption.READ);
+                Object now = Files.readAttributes(file, java.nio.file.attribute.BasicFileAttributes.class).fileKey();
+                if (key == null || !key.equals(now)) {
+                    closeQuietly(again);
+                    throw new IOException("the file was closed by an interrupted read and cannot be opened again as"
+                            + " the same file (replaced since it was opened, or no file key to tell)");
+                }
+                ch = again;
+            }
+            return ch;
+        }
+
+        synchronized void close() {
+            closed = true;
+            closeQuietly(ch);
         }
     }
 
@@ -517,10 +560,23 @@ public final class Safetensors {
     /** Fills {@code dst} from data byte {@code at}; a file that shrank since {@link #open} is an error. */
     private void read(String name, MemorySegment dst, long at) throws SafetensorsException {
         long end;
-        try {
-            end = FileRanges.read(channel, dst, dataStart + at);
-        } catch (IOException ex) {
-            throw new SafetensorsException(file + ": tensor '" + name + "': reading failed: " + ex, ex);
+        for (int attempt = 1; ; attempt++) {
+            try {
+                end = FileRanges.read(source.channel(), dst, dataStart + at);
+                break;
+            } catch (java.nio.channels.ClosedByInterruptException ex) {
+                // this thread's interrupt closed the channel: this read fails, later ones open the file again
+                throw new SafetensorsException(file + ": tensor '" + name + "': reading was interrupted (the"
+                        + " thread's interrupt is kept; a later call reads the file again)", ex);
+            } catch (java.nio.channels.ClosedChannelException ex) {
+                // another thread's interrupt closed it under this read (AsynchronousCloseException) or before it:
+                // read again on the reopened channel, a few times at most
+                if (attempt == 3) {
+                    throw new SafetensorsException(file + ": tensor '" + name + "': reading failed: " + ex, ex);
+                }
+            } catch (IOException ex) {
+                throw new SafetensorsException(file + ": tensor '" + name + "': reading failed: " + ex, ex);
+            }
         }
         if (end >= 0) {
             throw fail(file, "tensor '" + name + "': the file ends at byte " + end + ", before the tensor's"

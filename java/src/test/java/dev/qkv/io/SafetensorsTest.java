@@ -110,6 +110,36 @@ class SafetensorsTest {
         }
     }
 
+    /**
+     * A read interrupted by its thread's interrupt (a cancelled request loading weights) fails for that call
+     * only: the JDK closes an interruptible FileChannel on interrupt, and every later {@code tensor()}, on any
+     * thread, failed with "ClosedChannelException" while the arena was open. F16 1.5 = 0x3E00 and -2.25 = 0xC080.
+     */
+    @Test
+    void anInterruptedReadDoesNotBreakTheFileForLaterReads() throws Exception {
+        String header = "{\"h\":{\"dtype\":\"F16\",\"shape\":[2],\"data_offsets\":[0,4]}}";
+        Path p = write("interrupted.safetensors", file(header, shorts(0x3E00, 0xC080)));
+        try (Arena arena = Arena.ofShared()) {
+            Safetensors st = Safetensors.open(p, arena);
+            Thread.currentThread().interrupt();
+            SafetensorsException e = assertThrows(SafetensorsException.class, () -> st.tensor("h", arena));
+            assertTrue(Thread.interrupted(), "the caller's interrupt is kept");
+            assertTrue(e.getMessage().contains("interrupted"), e.getMessage());
+            assertArrayEquals(new float[] {1.5f, -2.25f}, st.tensor("h", arena).toArray());
+            float[][] other = new float[1][];
+            Thread t = new Thread(() -> {
+                try {
+                    other[0] = st.tensor("h", arena).toArray();
+                } catch (SafetensorsException ex) {
+                    throw new AssertionError(ex);
+                }
+            });
+            t.start();
+            t.join();
+            assertArrayEquals(new float[] {1.5f, -2.25f}, other[0], "read from another thread");
+        }
+    }
+
     @Test
     void halfAndBfloat16AreConvertedExactly() throws IOException {
         // F16 bit patterns by hand: 1.5 = 0x3E00, -2.25 = 0xC080, 65504 = 0x7BFF, 2^-24 = 0x0001 (subnormal)
