@@ -488,7 +488,8 @@ public final class Safetensors {
      * dtypes are rejected.
      *
      * @throws SafetensorsException naming the file and tensor: no such tensor, not a float dtype, the arena of
-     *                              {@link #open} closed, or the file shorter than at {@code open}
+     *                              {@link #open} or {@code arena} closed, the file shorter than at {@code open},
+     *                              or a read interrupted by this thread's interrupt
      */
     public Tensor tensor(String name, Arena arena) throws SafetensorsException {
         Entry e = entry(name);
@@ -508,9 +509,14 @@ public final class Safetensors {
         if (load == Load.MAPPED && e.dtype() == Dtype.F32 && (data.address() + e.begin()) % Float.BYTES == 0) {
             return Tensor.wrap(data.asSlice(e.begin(), bytes), shape);
         }
+        Objects.requireNonNull(arena, "arena");
+        if (!arena.scope().isAlive()) {
+            // the JDK's own refusal ("Already closed") would name neither the file nor the tensor
+            throw fail(file, "tensor '" + name + "' " + e.shapeString() + ": the arena given for its copy is closed");
+        }
         Tensor t;
         try {
-            t = Tensor.allocate(Objects.requireNonNull(arena, "arena"), shape);
+            t = Tensor.allocate(arena, shape);
         } catch (OutOfMemoryError oom) {
             throw fail(file, "tensor '" + name + "' " + e.shapeString() + " needs "
                     + (bytes / e.dtype().byteSize() * Float.BYTES) + " bytes of memory as float32, which cannot be allocated");

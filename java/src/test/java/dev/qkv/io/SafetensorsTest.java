@@ -140,6 +140,21 @@ class SafetensorsTest {
         }
     }
 
+    /** A closed arena given for the copy is refused naming the file and the tensor, not as the JDK's bare "Already closed". */
+    @Test
+    void aClosedArenaForTheCopyIsRefusedNamingTheTensor() throws Exception {
+        String header = "{\"h\":{\"dtype\":\"F16\",\"shape\":[2],\"data_offsets\":[0,4]}}";
+        Path p = write("closed-copy.safetensors", file(header, shorts(0x3E00, 0xC080)));
+        try (Arena arena = Arena.ofConfined()) {
+            Safetensors st = Safetensors.open(p, arena);
+            Arena gone = Arena.ofConfined();
+            gone.close();
+            SafetensorsException e = assertThrows(SafetensorsException.class, () -> st.tensor("h", gone));
+            assertTrue(e.getMessage().contains(p.toString()) && e.getMessage().contains("tensor 'h' [2]")
+                    && e.getMessage().contains("closed"), e.getMessage());
+        }
+    }
+
     @Test
     void halfAndBfloat16AreConvertedExactly() throws IOException {
         // F16 bit patterns by hand: 1.5 = 0x3E00, -2.25 = 0xC080, 65504 = 0x7BFF, 2^-24 = 0x0001 (subnormal)
