@@ -2,6 +2,7 @@ package dev.qkv.attention;
 
 import dev.qkv.blas.OpenBlas;
 import dev.qkv.blas.Transpose;
+import dev.qkv.config.Settings;
 import dev.qkv.kernel.MatmulKernel;
 import dev.qkv.kernel.PackBuffer;
 import dev.qkv.kernel.PackedKernels;

@@ -1,5 +1,7 @@
 package dev.qkv.attention;
 
+import dev.qkv.config.Settings;
+
 import java.lang.foreign.MemorySegment;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.atomic.AtomicLong;

@@ -1,6 +1,7 @@
 package dev.qkv.blas;
 
 import dev.qkv.bindings.openblas.cblas_h;
+import dev.qkv.config.Settings;
 import dev.qkv.tensor.Tensor;
 
 import java.io.IOException;
@@ -126,22 +127,21 @@ public final class OpenBlas {
 
     /**
      * {@link #THREADS_PROPERTY}, read as strictly as the engine's {@code -Dqkv.*} settings: a decimal integer in ASCII
-     * (spaces around it allowed) from 1 to 1024; anything else, an empty value included, is refused, never taken as
-     * unset ({@code Integer.parseInt} alone would take any Unicode digits).
+     * (spaces around it allowed) from 1 to 1024, by {@link Settings#parse}; anything else, an empty value included, is
+     * refused (as a {@link BlasUnavailableException}, which the CLI reports), never taken as unset.
      */
     static int initialThreads() {
         String v = System.getProperty(THREADS_PROPERTY);
         if (v == null) {
             return 1;
         }
-        String t = v.strip();
         try {
-            int n = t.matches("[+-]?[0-9]+") ? Integer.parseInt(t) : 0;
+            long n = Settings.parse(v);
             if (n >= 1 && n <= 1024) {
-                return n;
+                return (int) n;
             }
         } catch (NumberFormatException e) {
-            // past an int: reported below
+            // not an ASCII decimal integer, or past a long: reported below
         }
         throw new BlasUnavailableException("-D" + THREADS_PROPERTY + "=" + v + ": expected a thread count in 1..1024");
     }

@@ -1,5 +1,7 @@
 package dev.qkv.kernel;
 
+import dev.qkv.config.Settings;
+
 import java.lang.System.Logger.Level;
 
 /**
@@ -24,7 +26,8 @@ public final class Vectorization {
         PackedKernels packed = null;
         String reason;
         Level level = Level.DEBUG;
-        if (!vectorSetting()) {
+        // true or false, or refused when this class loads (Settings): off, 0 or no once ran the Vector API kernels
+        if (Settings.booleanSetting(PROPERTY) == Boolean.FALSE) {
             reason = "scalar kernels: Vector API turned off by -D" + PROPERTY + "=false";
         } else if (ModuleLayer.boot().findModule("jdk.incubator.vector").isEmpty()) {
             reason = "scalar kernels: module jdk.incubator.vector is absent (start the JVM with"
@@ -56,23 +59,6 @@ public final class Vectorization {
     }
 
     private Vectorization() {
-    }
-
-    /**
-     * {@code -Dqkv.vector}: {@code true} or {@code false} (any case, spaces around allowed), true when unset. Read as
-     * strictly as the engine's other settings ({@code -Dqkv.nativeSmallCalls}): anything else ({@code off},
-     * {@code 0}, {@code no}) is refused when this class loads, never taken as {@code true}, which ran the Vector API
-     * kernels without a word.
-     */
-    private static boolean vectorSetting() {
-        String s = System.getProperty(PROPERTY);
-        if (s == null || s.strip().equalsIgnoreCase("true")) {
-            return true;
-        }
-        if (s.strip().equalsIgnoreCase("false")) {
-            return false;
-        }
-        throw new IllegalStateException("-D" + PROPERTY + "=" + s + ": must be true or false");
     }
 
     /** True when the Vector API kernels run. */

@@ -1,18 +1,19 @@
-package dev.qkv.attention;
+package dev.qkv.config;
 
 /**
- * The {@code -Dqkv.*} tuning settings of the engine and its pool, read strictly: a setting that is present but is
+ * The {@code -Dqkv.*} settings of the engine, its pool, OpenBLAS's thread count and the vector kernels, read
+ * strictly (one rule for every package that reads one): a setting that is present but is
  * not a decimal integer in its range (or {@code true}/{@code false}) is a configuration error, thrown as an
  * {@link IllegalStateException} whose message starts with {@code -D} and names the setting, when the class that
  * reads it loads. {@code Integer.getInteger} would take {@code -Dqkv.keyBlock=2k} or {@code =1e3} as unset and run
  * the default without a word.
  */
-final class Settings {
+public final class Settings {
     private Settings() {
     }
 
     /** The setting {@code name} in {@code [min, max]}, or {@code fallback} when it is not set. */
-    static long longSetting(String name, long fallback, long min, long max) {
+    public static long longSetting(String name, long fallback, long min, long max) {
         String s = System.getProperty(name);
         if (s == null) {
             return fallback;
@@ -33,7 +34,7 @@ final class Settings {
      * A decimal integer in ASCII, spaces around it allowed: {@code Long.parseLong} alone would take any Unicode
      * digits ({@code ٣} as 3).
      */
-    static long parse(String s) {
+    public static long parse(String s) {
         String t = s.strip();
         if (!t.matches("[+-]?[0-9]+")) {
             throw new NumberFormatException(s);
@@ -42,12 +43,12 @@ final class Settings {
     }
 
     /** {@link #longSetting} for an int range. */
-    static int intSetting(String name, int fallback, int min, int max) {
+    public static int intSetting(String name, int fallback, int min, int max) {
         return (int) longSetting(name, fallback, min, max);
     }
 
     /** {@code true} or {@code false} (any case), or null when the setting is not set. */
-    static Boolean booleanSetting(String name) {
+    public static Boolean booleanSetting(String name) {
         String s = System.getProperty(name);
         if (s == null) {
             return null;
@@ -62,7 +63,7 @@ final class Settings {
     }
 
     /** Whether the setting is present at all. */
-    static boolean isSet(String name) {
+    public static boolean isSet(String name) {
         return System.getProperty(name) != null;
     }
 

@@ -1,4 +1,4 @@
-package dev.qkv.attention;
+package dev.qkv.config;
 
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.Test;
