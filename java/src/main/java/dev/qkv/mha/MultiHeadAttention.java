@@ -225,31 +225,40 @@ public final class MultiHeadAttention {
         MemorySegment seg = arena.allocate(Math.max(floats * Float.BYTES, 64), Tensor.ALIGNMENT);
         MhaWorkspace ws = new MhaWorkspace(seg, Workspace.allocate(arena, attentionBytes(batch, lq,
                 Math.max(lq, lkv))));
-        requireClearOfWeights("the workspace", ws::overlaps);
+        requireClearOfWeights(ws, null);
         return ws;
     }
 
     /** An empty KV cache for one sequence of up to {@code capacity} positions, shaped for this layer. */
     public KvCache newCache(Arena arena, int capacity) {
         KvCache cache = KvCache.allocate(arena, hkv, capacity, dh);
-        requireClearOfWeights("the KV cache", cache::overlaps);
+        requireClearOfWeights(null, cache);
         return cache;
     }
 
     /**
      * The layer reads its weights in place, and calls write their workspace and cache: memory handed out twice by
      * an arena of the caller's own would change the layer for every later call, on every thread. Checked when
-     * the workspace or cache is made (the weights cannot move), and again by each call ({@link #clearOfWeights})
-     * for a cache or workspace made elsewhere. Weights whose arena is closed are skipped:
+     * the workspace or cache is made (the weights cannot move), and again by each call, for a cache from
+     * {@link KvCache#allocate} or a workspace of another layer (workspaces serve several), which the layer first
+     * sees there. {@code ws} or {@code cache} may be null (not checked). Weights whose arena is closed are skipped:
      * their memory is free and may be handed out again at the same addresses, which is no overlap (every call on
-     * the layer is refused anyway).
+     * the layer is refused anyway). No allocation.
      */
-    private void requireClearOfWeights(String what, java.util.function.Predicate<Tensor> overlaps) {
-        for (int i = 0; i < weightList.length; i++) {
-            Tensor t = weightList[i];
-            if (t != null && t.segment().scope().isAlive() && overlaps.test(t)) {
-                throw new IllegalArgumentException(what + " from this arena shares memory with the layer's weight "
-                        + t.describe(WEIGHT_NAMES[i]) + ": the calls would overwrite it");
+    private void requireClearOfWeights(MhaWorkspace ws, KvCache cache) {
+        final Tensor[] ts = weightList;
+        for (int i = 0; i < ts.length; i++) {
+            Tensor t = ts[i];
+            if (t == null || !t.segment().scope().isAlive()) {
+                continue;
+            }
+            if (ws != null && ws.overlaps(t)) {
+                throw new IllegalArgumentException("the workspace shares memory with the layer's weight "
+                        + t.describe(WEIGHT_NAMES[i]) + ": calls would overwrite it");
+            }
+            if (cache != null && cache.overlaps(t)) {
+                throw new IllegalArgumentException(cache.describe() + " shares memory with the layer's weight "
+                        + t.describe(WEIGHT_NAMES[i]) + ": calls would overwrite it");
             }
         }
     }
@@ -302,7 +311,7 @@ public final class MultiHeadAttention {
         }
         long need = kv == null ? selfFloats(b, l) : crossFloats(b, l, lkv);
         MemorySegment seg = checkWorkspace(ws, need, x);
-        clearOfWeights(ws, null);
+        requireClearOfWeights(ws, null);
         workspaceOverlap(ws, x, "x");
         if (kv != null) {
             workspaceOverlap(ws, kv, "kv");
@@ -432,7 +441,7 @@ public final class MultiHeadAttention {
                     + (before + n) + " positions, capacity is " + cache.capacity());
         }
         MemorySegment seg = checkWorkspace(ws, selfFloats(1, n), x);
-        clearOfWeights(ws, cache);
+        requireClearOfWeights(ws, cache);
         workspaceOverlap(ws, x, "x");
         workspaceOverlap(ws, out, "out");
         if (ws.overlaps(cache.allKeys()) || ws.overlaps(cache.allValues())) {
@@ -798,30 +807,6 @@ public final class MultiHeadAttention {
             throw new IllegalArgumentException("workspace of " + have + " attention bytes is too small for a decode"
                     + " step of " + n + (n == 1 ? " row" : " rows") + " after " + cache.describe() + ": needs " + need
                     + " (make it with newWorkspace(arena, 1, n, cache.capacity()))");
-        }
-    }
-
-    /**
-     * The call writes the workspace and (decode) the cache: neither may share memory with this layer's weights.
-     * {@link #newWorkspace} and {@link #newCache} check their own, but a cache from {@link KvCache#allocate} or a
-     * workspace of another layer (workspaces serve several) is first seen here, and writing it changed the layer
-     * for every later call. Once per call, no allocation; the weights are usable ({@link #checkWeights}).
-     */
-    private void clearOfWeights(MhaWorkspace ws, KvCache cache) {
-        final Tensor[] ts = weightList;
-        for (int i = 0; i < ts.length; i++) {
-            Tensor t = ts[i];
-            if (t == null) {
-                continue;
-            }
-            if (ws.overlaps(t)) {
-                throw new IllegalArgumentException("the workspace shares memory with the layer's weight "
-                        + t.describe(WEIGHT_NAMES[i]) + ": the call would overwrite it");
-            }
-            if (cache != null && cache.overlaps(t)) {
-                throw new IllegalArgumentException(cache.describe() + " shares memory with the layer's weight "
-                        + t.describe(WEIGHT_NAMES[i]) + ": the call would overwrite it");
-            }
         }
     }
 
