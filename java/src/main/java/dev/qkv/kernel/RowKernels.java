@@ -60,31 +60,11 @@ public abstract class RowKernels {
     /** True when some {@code s[at .. at+n)} (float indices) is subnormal: non-zero and below {@code 2^-126}. */
     public abstract boolean anySubnormal(MemorySegment s, long at, int n);
 
-    /** True when some {@code s[at .. at+n)} (float indices) is NaN. */
-    public abstract boolean anyNaN(MemorySegment s, long at, int n);
-
     /**
-     * True when some row {@code s[at + r·ld .. at + r·ld + n)}, {@code r < rows} (float indices), holds a NaN:
-     * what {@link #anyNaN(MemorySegment, long, int)} says of any of the rows.
+     * True when some {@code s[at .. at+n)} (float indices) is NaN or infinite: an output row the blocked products
+     * must compute again exactly (see {@code Attention}).
      */
-    public boolean anyNaN(MemorySegment s, long at, long ld, int rows, int n) {
-        for (int r = 0; r < rows; r++) {
-            if (anyNaN(s, at + r * ld, n)) {
-                return true;
-            }
-        }
-        return false;
-    }
-
-    /** True when some {@code s[at .. at+n)} (float indices) is NaN or infinite. */
-    public boolean anyNonFinite(MemorySegment s, long at, int n) {
-        for (int j = 0; j < n; j++) {
-            if (!Float.isFinite(s.getAtIndex(java.lang.foreign.ValueLayout.JAVA_FLOAT_UNALIGNED, at + j))) {
-                return true;
-            }
-        }
-        return false;
-    }
+    public abstract boolean anyNonFinite(MemorySegment s, long at, int n);
 
     /**
      * True when some row {@code s[at + r·ld .. at + r·ld + n)}, {@code r < rows} (float indices), holds a NaN or an

@@ -59,10 +59,9 @@ final class ScalarRowKernels extends RowKernels {
     }
 
     @Override
-    public boolean anyNaN(MemorySegment s, long at, int n) {
+    public boolean anyNonFinite(MemorySegment s, long at, int n) {
         for (int j = 0; j < n; j++) {
-            float x = s.getAtIndex(F, at + j);
-            if (x != x) {
+            if (!Float.isFinite(s.getAtIndex(F, at + j))) {
                 return true;
             }
         }

@@ -183,14 +183,18 @@ class VectorKernelsTest {
         }
     }
 
+    /** Values that are not finite: NaNs of several payloads and signs, and both infinities. */
+    private static final float[] NON_FINITE = {Float.NaN, Float.intBitsToFloat(0x7f800001),
+        Float.intBitsToFloat(0xffc00000), Float.POSITIVE_INFINITY, Float.NEGATIVE_INFINITY};
+
     /**
-     * The scan of several rows (ld apart, gaps between them) finds a NaN at every position of every row, and
-     * nothing else: not infinities of either sign (which its one-pass probe sees), not a NaN in a gap or past the
-     * last row.
+     * The scan of several rows (ld apart, gaps between them) finds a NaN or an infinity at every position of every
+     * row, and nothing else: not the largest finite values, subnormals or -0, not a hit in a gap or past the last
+     * row.
      */
     @Test
-    void anyNaNOverRowsFindsEveryNaNAndNothingElse() {
-        float[] others = {1f, -0f, Float.POSITIVE_INFINITY, Float.NEGATIVE_INFINITY, Float.MIN_VALUE, -Float.MAX_VALUE};
+    void anyNonFiniteOverRowsFindsEveryNaNOrInfinityAndNothingElse() {
+        float[] others = {1f, -0f, Float.MAX_VALUE, -Float.MAX_VALUE, Float.MIN_VALUE, -Float.MIN_NORMAL};
         try (Arena arena = Arena.ofConfined()) {
             for (int n : new int[] {0, 1, 15, 16, 17, 64, 65, 128}) {
                 for (int rows : new int[] {1, 3, 6}) {
@@ -201,12 +205,13 @@ class VectorKernelsTest {
                     }
                     for (RowKernels k : new RowKernels[] {Vectorization.scalarRows(), Vectorization.rows()}) {
                         String at = k.name() + " n=" + n + " rows=" + rows;
-                        assertTrue(!k.anyNaN(s, 0, ld, rows, n), at + ": no NaN");
+                        assertTrue(!k.anyNonFinite(s, 0, ld, rows, n), at + ": all finite");
                         for (long j = 0; j < rows * ld + 1; j++) {
                             float keep = s.getAtIndex(F, j);
-                            s.setAtIndex(F, j, Float.NaN);
+                            float bad = NON_FINITE[(int) (j % NON_FINITE.length)];
+                            s.setAtIndex(F, j, bad);
                             boolean inRow = j < rows * ld && j % ld < n;
-                            assertEquals(inRow, k.anyNaN(s, 0, ld, rows, n), at + ": NaN at " + j);
+                            assertEquals(inRow, k.anyNonFinite(s, 0, ld, rows, n), at + ": " + bad + " at " + j);
                             s.setAtIndex(F, j, keep);
                         }
                     }
@@ -215,11 +220,10 @@ class VectorKernelsTest {
         }
     }
 
-    /** The NaN scan finds a NaN at every position of tail-sized rows, whatever its payload, and nothing else. */
+    /** The scan of one row finds a NaN or an infinity at every position of tail-sized rows, and nothing else. */
     @Test
-    void anyNaNFindsEveryNaNAndNothingElse() {
-        float[] others = {0f, -0f, Float.POSITIVE_INFINITY, Float.NEGATIVE_INFINITY, Float.MIN_VALUE, Float.MAX_VALUE};
-        float[] nans = {Float.NaN, Float.intBitsToFloat(0x7f800001), Float.intBitsToFloat(0xffc00000)};
+    void anyNonFiniteFindsEveryNaNOrInfinityAndNothingElse() {
+        float[] others = {0f, -0f, Float.MAX_VALUE, -Float.MAX_VALUE, Float.MIN_VALUE, Float.MIN_NORMAL};
         try (Arena arena = Arena.ofConfined()) {
             for (int n : new int[] {0, 1, 3, 7, 15, 16, 17, 31, 32, 33, 63, 65, 129}) {
                 MemorySegment s = arena.allocate((long) (n + 2) * 4);
@@ -227,17 +231,17 @@ class VectorKernelsTest {
                     s.setAtIndex(F, j, others[j % others.length]);
                 }
                 for (RowKernels k : new RowKernels[] {Vectorization.scalarRows(), Vectorization.rows()}) {
-                    assertTrue(!k.anyNaN(s, 1, n), k.name() + " n=" + n + ": no NaN");
+                    assertTrue(!k.anyNonFinite(s, 1, n), k.name() + " n=" + n + ": all finite");
                     for (int j = 0; j < n; j++) {
                         float keep = s.getAtIndex(F, 1 + j);
-                        s.setAtIndex(F, 1 + j, nans[j % nans.length]);
-                        assertTrue(k.anyNaN(s, 1, n), k.name() + " n=" + n + ": NaN at " + j);
+                        s.setAtIndex(F, 1 + j, NON_FINITE[j % NON_FINITE.length]);
+                        assertTrue(k.anyNonFinite(s, 1, n), k.name() + " n=" + n + ": not finite at " + j);
                         s.setAtIndex(F, 1 + j, keep);
                     }
-                    // a NaN just outside the row is not in it
+                    // a NaN or an infinity just outside the row is not in it
                     s.setAtIndex(F, 0, Float.NaN);
-                    s.setAtIndex(F, n + 1, Float.NaN);
-                    assertTrue(!k.anyNaN(s, 1, n), k.name() + " n=" + n + ": NaN outside the row");
+                    s.setAtIndex(F, n + 1, Float.POSITIVE_INFINITY);
+                    assertTrue(!k.anyNonFinite(s, 1, n), k.name() + " n=" + n + ": not finite outside the row");
                     s.setAtIndex(F, 0, 0f);
                     s.setAtIndex(F, n + 1, 0f);
                 }
