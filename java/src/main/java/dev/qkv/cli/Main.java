@@ -99,8 +99,9 @@ public final class Main {
         } catch (FileSystemException e) {
             return fail(err, 2, e.getMessage());
         } catch (IOException e) {
-            // NpyFormatException and other problems with the files the user named
-            return fail(err, 2, e.getMessage());
+            // NpyFormatException and other problems with the files the user named (some of the JDK's carry no
+            // message, e.g. ClosedByInterruptException: their name then)
+            return fail(err, 2, e.getMessage() != null ? e.getMessage() : e.toString());
         } catch (BlasUnavailableException e) {
             // a -Dqkv.blas.* setting it refuses is the user's to fix; a library that will not load is not
             return fail(err, refusedSetting(e) ? 2 : 1, "OpenBLAS is unavailable: " + e.getMessage());
@@ -125,7 +126,7 @@ public final class Main {
     }
 
     private static int internal(PrintStream err, Throwable e) {
-        err.println("error: internal failure: " + String.valueOf(e).replace('\n', ' ')
+        err.println("error: internal failure: " + oneLine(String.valueOf(e))
                 + (trace() ? "" : " (set QKV_TRACE=1 for the stack trace)"));
         if (trace()) {
             e.printStackTrace(err);
@@ -134,8 +135,32 @@ public final class Main {
     }
 
     private static int fail(PrintStream err, int code, String message) {
-        err.println("error: " + message.replace('\n', ' '));
+        err.println("error: " + oneLine(message));
         return code;
+    }
+
+    /**
+     * {@code message} as one line for any reader: a newline becomes a space (messages that list things), and every
+     * other character a reader may take for a line break or that a terminal acts on ({@code \r}, form feed, NEL,
+     * U+2028, other controls; a path or a tensor name in a file may hold them) is written as {@code \}{@code uXXXX}.
+     * A tab stays. {@code null} (an exception without a message) reads "(no message)".
+     */
+    static String oneLine(String message) {
+        if (message == null) {
+            return "(no message)";
+        }
+        StringBuilder b = new StringBuilder(message.length());
+        for (int i = 0; i < message.length(); i++) {
+            char c = message.charAt(i);
+            if (c == '\n') {
+                b.append(' ');
+            } else if (c != '\t' && (Character.isISOControl(c) || c == '\u2028' || c == '\u2029')) {
+                b.append(String.format("\\u%04X", (int) c));
+            } else {
+                b.append(c);
+            }
+        }
+        return b.toString();
     }
 
     private static boolean trace() {

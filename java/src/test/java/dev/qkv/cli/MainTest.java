@@ -56,7 +56,8 @@ class MainTest {
 
     record Result(int code, String out, String err) {
         List<String> errLines() {
-            return err.isEmpty() ? List.of() : List.of(err.split("\n"));
+            // \R: every line break a reader may see (\r, form feed, NEL, U+2028, ...), not only \n
+            return err.isEmpty() ? List.of() : List.of(err.split("\\R"));
         }
     }
 
@@ -234,6 +235,35 @@ class MainTest {
         Result r = run(args.toArray(String[]::new));
         assertUserError(r, "error: " + k + ": ");
         assertFalse(Files.exists(out), label);
+    }
+
+    /** A path may hold characters that break or rewrite a line; the error stays one line and shows them escaped. */
+    @ParameterizedTest(name = "{0}")
+    @ValueSource(strings = {"missing", "malformed"})
+    void controlCharactersInAPathStayOnTheErrorLine(String kind) throws IOException {
+        SplittableRandom random = new SplittableRandom(SEED);
+        List<String> args = new ArrayList<>(List.of("sdpa"));
+        args.addAll(inputs(random));
+        // ASCII only: a JVM under the C locale cannot form a path of other characters
+        String name = "k\r\u000b\f\u001b[2Kx.npy";
+        Path k = dir.resolve(name);
+        if (kind.equals("malformed")) {
+            Files.write(k, NpyBytes.file("<i4", "(2, 4, 5, 8)", new byte[320 * 4]));
+        }
+        args.set(args.indexOf("--k") + 1, k.toString());
+        Path out = dir.resolve("o.npy");
+        args.addAll(List.of("--out", out.toString()));
+        Result r = run(args.toArray(String[]::new));
+        assertUserError(r, "k\\u000D\\u000B\\u000C\\u001B[2Kx.npy");
+        assertFalse(Files.exists(out));
+    }
+
+    @Test
+    void anErrorLineBreaksNowhereAndNeverSaysNull() {
+        assertEquals("(no message)", Main.oneLine(null));
+        assertEquals("a b\tc", Main.oneLine("a\nb\tc"));
+        // the line breaks of Unicode beyond ASCII: NEL, line and paragraph separators
+        assertEquals("x\\u0085y\\u2028z\\u2029", Main.oneLine("x\u0085y\u2028z\u2029"));
     }
 
     @Test
