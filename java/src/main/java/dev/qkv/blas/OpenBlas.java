@@ -85,9 +85,12 @@ public final class OpenBlas {
     private static BlasUnavailableException failure;
 
     private final BlasLibrary library;
+    /** Whether small products run as critical downcalls ({@link #CRITICAL_PROPERTY}). */
+    private final boolean critical;
 
     private OpenBlas(BlasLibrary library) {
         this.library = library;
+        this.critical = criticalDowncalls();
         if (cblas_h.CblasRowMajor() != ROW_MAJOR || cblas_h.CblasNoTrans() != NO_TRANS || cblas_h.CblasTrans() != TRANS) {
             throw new BlasUnavailableException("cblas.h enum values differ from the CBLAS standard");
         }
@@ -144,6 +147,20 @@ public final class OpenBlas {
             // not an ASCII decimal integer, or past a long: reported below
         }
         throw new BlasUnavailableException("-D" + THREADS_PROPERTY + "=" + v + ": expected a thread count in 1..1024");
+    }
+
+    /**
+     * {@link #CRITICAL_PROPERTY}: {@code true} (the default) or {@code false}, in any case, spaces around it allowed
+     * ({@link Settings#booleanSetting}); anything else is refused as a {@link BlasUnavailableException}, as
+     * {@link #THREADS_PROPERTY} is. It read every value but {@code false} as true ({@code off}, {@code 0}, {@code no}
+     * measured critical downcalls while the user meant to turn them off).
+     */
+    static boolean criticalDowncalls() {
+        try {
+            return Settings.booleanSetting(CRITICAL_PROPERTY) != Boolean.FALSE;
+        } catch (IllegalStateException e) {
+            throw new BlasUnavailableException(e.getMessage());
+        }
     }
 
     /** True when {@link #get()} succeeds; never throws. */
@@ -214,7 +231,7 @@ public final class OpenBlas {
         // one wrapper per kind of downcall, each compiled on its own (see Entry); a wrapper's checked
         // Throwable cannot happen (the downcall declares none), and becomes an AssertionError here
         try {
-            if (CRITICAL && (long) m * n * k <= CRITICAL_FLOPS) {
+            if (critical && (long) m * n * k <= CRITICAL_FLOPS) {
                 Entry.criticalSgemm.invokeExact(tA, tB, m, n, k, alpha, a, aOffset, lda, b, bOffset, ldb, beta, c,
                         cOffset, ldc);
             } else {
@@ -298,7 +315,7 @@ public final class OpenBlas {
         }
         int tA = ta == Transpose.NO ? NO_TRANS : TRANS;
         try {
-            if (CRITICAL && (long) m * n <= CRITICAL_FLOPS) {
+            if (critical && (long) m * n <= CRITICAL_FLOPS) {
                 Entry.criticalSgemv.invokeExact(tA, m, n, alpha, a, aOffset, lda, x, xOffset, incx, beta, y, yOffset,
                         incy);
             } else {
@@ -358,10 +375,9 @@ public final class OpenBlas {
     private static final long CRITICAL_FLOPS = 1L << 18;
     /**
      * System property {@code qkv.blas.critical=false} turns critical downcalls off (to measure what they save,
-     * see bench/RESULTS.md).
+     * see bench/RESULTS.md); read once, when OpenBLAS loads ({@link #criticalDowncalls}).
      */
     public static final String CRITICAL_PROPERTY = "qkv.blas.critical";
-    private static final boolean CRITICAL = !"false".equalsIgnoreCase(System.getProperty(CRITICAL_PROPERTY));
 
     /**
      * {@code C = alpha · op(A) · op(B) + beta · C} over rank-2 tensor views. Each tensor must have unit stride

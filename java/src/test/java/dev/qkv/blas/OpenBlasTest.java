@@ -312,6 +312,36 @@ class OpenBlasTest {
     }
 
     /**
+     * {@code -Dqkv.blas.critical} is {@code true} or {@code false} or refused, as {@code -Dqkv.vector} is: before, any
+     * value but {@code false} (say {@code off} or {@code 0}, meant to turn critical downcalls off) left them on.
+     */
+    @Test
+    void theCriticalSettingIsTrueOrFalseOrRefused() {
+        String before = System.getProperty(OpenBlas.CRITICAL_PROPERTY);
+        try {
+            System.clearProperty(OpenBlas.CRITICAL_PROPERTY);
+            assertTrue(OpenBlas.criticalDowncalls());
+            for (String good : new String[] {"true", " TRUE ", "false", "False"}) {
+                System.setProperty(OpenBlas.CRITICAL_PROPERTY, good);
+                assertEquals(Boolean.parseBoolean(good.strip()), OpenBlas.criticalDowncalls(), good);
+            }
+            for (String bad : new String[] {"", "off", "0", "no", "yes", "1"}) {
+                System.setProperty(OpenBlas.CRITICAL_PROPERTY, bad);
+                BlasUnavailableException e = assertThrows(BlasUnavailableException.class,
+                        OpenBlas::criticalDowncalls, bad);
+                assertEquals("-D" + OpenBlas.CRITICAL_PROPERTY + "=" + bad + ": must be true or false",
+                        e.getMessage());
+            }
+        } finally {
+            if (before == null) {
+                System.clearProperty(OpenBlas.CRITICAL_PROPERTY);
+            } else {
+                System.setProperty(OpenBlas.CRITICAL_PROPERTY, before);
+            }
+        }
+    }
+
+    /**
      * {@code -Dqkv.blas.threads} is read as strictly as the engine's settings ({@code Settings}): a decimal integer
      * in ASCII from 1 to 1024, spaces around it allowed. Before the fix an empty or blank value was taken as unset
      * (one thread, without a word) and {@code Integer.parseInt} took any Unicode digits ({@code ٣} as 3), where

@@ -609,6 +609,7 @@ class MainTest {
         "qkv.nativeSmallCalls=yes | -Dqkv.nativeSmallCalls=yes: must be true or false",
         "qkv.pool.spinMicros=-1 | -Dqkv.pool.spinMicros=-1: must be an integer from 0 to",
         "qkv.blas.threads=abc  | -Dqkv.blas.threads=abc: expected a thread count in 1..1024",
+        "qkv.blas.critical=off | -Dqkv.blas.critical=off: must be true or false",
         "qkv.vector=off        | -Dqkv.vector=off: must be true or false",
         "qkv.vector=0          | -Dqkv.vector=0: must be true or false",
     })
