@@ -1,5 +1,5 @@
 # qkv: the front door. `make run`, `make test`, `make bench`, `make bench-ort`, `make bench-ratio`,
-# `make bindings`, `make clean`.
+# `make install`, `make bindings`, `make clean`.
 #
 # Every target runs on a JDK >= 25, found here and never taken from the default `java`: JAVA_HOME when it is
 # one, else the newest JDK under /usr/lib/jvm.
@@ -137,6 +137,12 @@ bindings:
 	@command -v $(JEXTRACT) >/dev/null || { echo "error: jextract not found; set JEXTRACT=/path/to/jextract" >&2; exit 2; }
 	rm -rf bindings/src/main/java/dev/qkv/bindings/openblas
 	$(JEXTRACT) --output bindings/src/main/java --target-package dev.qkv.bindings.openblas --header-class-name cblas_h @native/openblas.symbols native/cblas.h
+
+# qkv and its bindings into the local Maven repository (~/.m2), for projects that depend on dev.qkv:qkv (README,
+# "Using qkv in your project"); the tests are `make test`'s.
+.PHONY: install
+install:
+	$(MVN) -q install -DskipTests -pl java -am
 
 jdk:
 	@echo $(JDK)
