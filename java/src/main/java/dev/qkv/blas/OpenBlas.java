@@ -186,7 +186,9 @@ public final class OpenBlas {
     /**
      * Sets the number of threads OpenBLAS uses for one product. This setting is process-wide; callers that run
      * products from several Java threads at once should set it to 1 so that threads × OpenBLAS threads does not
-     * exceed the cores.
+     * exceed the cores. OpenBLAS takes at most the {@code MAX_THREADS} it was built with (64 for the bundled
+     * library; {@code openblas_get_config} names it) and silently caps a larger count there: {@link #threads()}
+     * reads what it took.
      */
     public void setThreads(int threads) {
         if (threads < 1 || threads > 1024) {

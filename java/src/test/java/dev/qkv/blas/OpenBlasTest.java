@@ -296,6 +296,19 @@ class OpenBlasTest {
             assertThrows(IllegalArgumentException.class, () -> BLAS.setThreads(0));
             assertThrows(IllegalArgumentException.class, () -> BLAS.setThreads(-3));
             assertEquals(1, BLAS.threads());
+            // above the MAX_THREADS the library was built with (its config names it), OpenBLAS caps the count,
+            // as setThreads says
+            java.util.regex.Matcher m = java.util.regex.Pattern.compile("MAX_THREADS=(\\d+)")
+                    .matcher(BLAS.library().config());
+            if (m.find()) {
+                int max = Integer.parseInt(m.group(1));
+                for (int n : new int[] {2, max, max + 1, 1024}) {
+                    if (n <= 1024) {
+                        BLAS.setThreads(n);
+                        assertEquals(Math.min(n, max), BLAS.threads(), "setThreads(" + n + ")");
+                    }
+                }
+            }
         } finally {
             BLAS.setThreads(before);
         }
