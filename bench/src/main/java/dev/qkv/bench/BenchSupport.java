@@ -30,8 +30,12 @@ final class BenchSupport {
                 Long.parseLong(p[p.length - 2]), Long.parseLong(p[p.length - 1])};
     }
 
-    /** Output rows {@link #check} recomputes: spread over every batch, head and query position. */
-    static final int CHECKED_ROWS = 16;
+    /**
+     * Output rows {@link #check} recomputes (at most; every row of a smaller call): evenly spaced from the first
+     * row to the last, so spread over the batches, heads and query positions, the first (a causal row of one key)
+     * and the last included; every head of the decode step (32 rows). A row costs one scalar pass over its keys.
+     */
+    static final int CHECKED_ROWS = 64;
     /** Largest |difference| {@link #check} accepts (the inputs are uniform in [-1, 1)), as OrtBench's check. */
     static final double TOLERANCE = 1e-4;
 
@@ -40,7 +44,9 @@ final class BenchSupport {
      * reference ({@link Backend#REFERENCE}, double sums), from q {@code [B, H, Lq, D]} and k, v {@code [B, Hkv, Lk,
      * D]} (query head {@code h} reads kv head {@code h / (H / Hkv)}; causal: query {@code i} sees keys
      * {@code 0..i}, Lq = Lk), and throws when a value of {@code out} differs by more than {@link #TOLERANCE} (or is
-     * NaN), so that no figure belongs to a wrong answer. The last row is always among them. Each row is its own
+     * NaN), so that no figure belongs to a wrong answer. The first and the last row are always among them (a
+     * stride of rows / 16 from the last row alone never reached row 0, checked only the odd heads of the decode
+     * step, and at 1x8x2048x64 only query positions 1023 and 2047). Each row is its own
      * reference call on views: that query row against the keys it may see, so a causal row needs no mask.
      * Returns the largest difference.
      */
@@ -51,12 +57,14 @@ final class BenchSupport {
         long hkv = k.size(1);
         long lk = k.size(2);
         long rows = qs[0] * h * lq;
-        long step = Math.max(1, rows / CHECKED_ROWS);
+        long checked = Math.min(rows, CHECKED_ROWS);
         Attention reference = Attention.create(Backend.REFERENCE, 1);
         double max = 0;
         try (java.lang.foreign.Arena arena = java.lang.foreign.Arena.ofConfined()) {
             Tensor want = Tensor.allocate(arena, 1, 1, 1, v.size(3));
-            for (long row = rows - 1; row >= 0; row -= step) {
+            for (long j = 0; j < checked; j++) {
+                // evenly spaced, rows 0 and rows - 1 included (distinct: rows >= checked)
+                long row = checked == 1 ? 0 : j * (rows - 1) / (checked - 1);
                 long bi = row / (h * lq);
                 long hi = row / lq % h;
                 long i = row % lq;

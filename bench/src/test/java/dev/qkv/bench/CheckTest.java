@@ -87,6 +87,39 @@ class CheckTest {
         assertThrows(IllegalStateException.class, () -> BenchSupport.check(q, k, v, t(out, 1, 1, rows, 1), false));
     }
     @Test
+    void aWrongFirstRowOfACausalCallIsFound() {
+        // 32 causal rows, q = 0: row i is the mean of v[0..i], 2 everywhere; only row 0 (one key, the causal
+        // edge) is wrong. Rows picked as rows-1, rows-1-step, ... never reached row 0 when step > 1.
+        int rows = 32;
+        float[] out = new float[rows];
+        java.util.Arrays.fill(out, 2);
+        out[0] = 3;
+        float[] v = new float[rows];
+        java.util.Arrays.fill(v, 2);
+        Tensor q = t(new float[rows], 1, 1, rows, 1);
+        Tensor k = t(new float[rows], 1, 1, rows, 1);
+        assertThrows(IllegalStateException.class,
+                () -> BenchSupport.check(q, k, t(v, 1, 1, rows, 1), t(out, 1, 1, rows, 1), true));
+    }
+
+    @Test
+    void aWrongHeadOfADecodeStepIsFoundWhicheverHeadItIs() {
+        // the decode step's layout, 32 heads of one query row, one key of value 7: one head alone is wrong. A
+        // stride of 2 from the last row checked the odd heads only.
+        int heads = 32;
+        Tensor q = t(new float[heads], 1, heads, 1, 1);
+        Tensor k = t(new float[] {1}, 1, 1, 1, 1);
+        Tensor v = t(new float[] {7}, 1, 1, 1, 1);
+        for (int wrong = 0; wrong < heads; wrong++) {
+            float[] out = new float[heads];
+            java.util.Arrays.fill(out, 7);
+            out[wrong] = 8;
+            Tensor o = t(out, 1, heads, 1, 1);
+            assertThrows(IllegalStateException.class, () -> BenchSupport.check(q, k, v, o, false), "head " + wrong);
+        }
+    }
+
+    @Test
     void aLayerOutputIsHeldToTheToleranceOfItsLongestSum() {
         // reduction 1000: atol = 2e-6 · 1000 + 1e-6 = 2.001e-3, plus 1e-4 · |reference| (1e-3 at 10)
         float[] want = {0, 10};
