@@ -21,14 +21,15 @@ import java.util.concurrent.TimeUnit;
  * The machine's fp32 FMA peak, measured rather than assumed: 16 independent chains of vector FMAs (enough to
  * cover the FMA latency on two ports), nothing loaded or stored. The score is GFLOP/s (one operation = one
  * FLOP, per nanosecond); with {@code -t 2} JMH sums both threads. RESULTS.md's "% of peak" columns divide by
- * the issue's nominal 216 / 434 GFLOP/s; this is what the cores sustain.
+ * the issue's nominal 216 GFLOP/s per thread (432 for two); this is what the cores sustain.
  */
 @State(Scope.Thread)
 @BenchmarkMode(Mode.Throughput)
 @OutputTimeUnit(TimeUnit.NANOSECONDS)
 @Warmup(iterations = 3, time = 1)
 @Measurement(iterations = 5, time = 1)
-@Fork(value = 1, jvmArgsPrepend = {"--add-modules", "jdk.incubator.vector"})
+// --enable-native-access: the setup asks OpenBLAS for its core (BenchSupport.report)
+@Fork(value = 1, jvmArgsPrepend = {"--enable-native-access=ALL-UNNAMED", "--add-modules", "jdk.incubator.vector"})
 public class PeakBench {
     private static final VectorSpecies<Float> S = FloatVector.SPECIES_PREFERRED;
     private static final int STEPS = 100_000;
@@ -39,7 +40,10 @@ public class PeakBench {
     @Setup
     public void setup() {
         seed = 1f;
-        System.out.println("# qkv peak: " + S.length() + " floats per vector, " + CHAINS + " FMA chains");
+        // the OpenBLAS core and the JDK beside the figure, as every benchmark records them (RESULTS.md reads the
+        // peak against the core OpenBLAS picks on the host); JMH's -t is the thread count
+        BenchSupport.report("peak", S.length() + " floats per vector, " + CHAINS + " FMA chains, thread "
+                + Thread.currentThread().getName());
         // the FMA chains in C2's code before JMH's warm-up, as every qkv benchmark (BenchSupport.warmUp)
         BenchSupport.warmUp("peak", this::fma);
     }
