@@ -121,7 +121,10 @@ public class DecodeBench {
     static float readOnce(Tensor k, Tensor v, int threads, ExecutorService readers) throws Exception {
         long n = k.elementCount();
         int chunks = 64;
-        long share = (n / chunks + 4L * SP.length() - 1) / (4L * SP.length()) * (4L * SP.length());
+        // ceil(n / chunks) rounded up to whole blocks of four vectors, so that the chunks cover all n floats (the
+        // floor of n / chunks left up to chunks - 1 floats unread where it was a multiple of four vectors)
+        long block = 4L * SP.length();
+        long share = ((n + chunks - 1) / chunks + block - 1) / block * block;
         // the calling thread reads share 0 and hands the others to threads - 1 readers, as a step runs on its
         // caller plus threads - 1 helpers (a floor that woke a reader for every share paid a hand-off the step
         // does not)
