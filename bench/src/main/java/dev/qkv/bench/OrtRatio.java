@@ -29,9 +29,9 @@ import java.util.SplittableRandom;
  *
  * Shapes are {@code BxHxLxD} or {@code BxHxLqxLkxD} as in {@link OrtBench} (default: issue 4's five, the decode
  * step included). Per shape and thread count: the plan of each qkv backend (kernel, OpenBLAS core), every output
- * checked against qkv's Java backend (max |difference| ≤ 1e-4, inputs uniform in [-1, 1)), warm-up (blocks of
- * 0.5 s per contender, alternating, at least 2 s each and then until a cycle passes without JIT compilation, at
- * most 60 s), then {@code --rounds} rounds. A block is
+ * checked against qkv's Java backend (max |difference| ≤ 1e-4, inputs uniform in [-1, 1)), warm-up (one call
+ * each to size the blocks, then blocks of 0.5 s per contender, alternating, at least 2 s each and then until a
+ * cycle passes without JIT compilation, at most 60 s), then {@code --rounds} rounds. A block is
  * one untimed call and then enough calls for {@code --block-ms} (at least 3); its time is the median call, and a
  * contender's time is the median of its blocks. Before each block the caller sleeps 10 ms, so that ORT's workers
  * (which spin after a call, as ORT's default has them, unless {@code --spin false}) have stopped spinning when
@@ -158,7 +158,8 @@ public final class OrtRatio {
             }
             int n = contenders.size();
 
-            // warm-up: blocks of ~0.5 s per contender, alternating, for at least 4 cycles (2 s each) and then until a
+            // warm-up: a first cycle of one call each that sizes the blocks, then blocks of ~0.5 s per contender,
+            // alternating, for at least 4 cycles (2 s each) and then until a
             // cycle passes in which the JIT compiled nothing and ends with nothing running or queued (as the command
             // line's bench does, Timing.warmUp, with Jit): in
             // one JVM with ORT, the Java kernels still ran in the lower tiers after 2 s (7.9 ms a tiny call)
@@ -174,7 +175,8 @@ public final class OrtRatio {
                 }
                 cycles++;
                 long now = Jit.compiledMillis();
-                if (cycles >= 4 && now == compiled && Jit.idle() || System.nanoTime() - warmStart > MAX_WARM_NANOS) {
+                // cycle 1 timed one call per contender: 4 cycles of 0.5 s blocks are cycles 2-5
+                if (cycles >= 5 && now == compiled && Jit.idle() || System.nanoTime() - warmStart > MAX_WARM_NANOS) {
                     break;
                 }
                 compiled = now;
