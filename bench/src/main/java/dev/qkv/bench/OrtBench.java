@@ -49,7 +49,8 @@ import java.util.concurrent.TimeUnit;
  *       graph (ORT folds the transpose and the scale into one {@code FusedMatMul}).
  * </ul>
  * The setup checks ORT's output against qkv's Java backend on the same inputs (max |difference| ≤ 1e-4, the
- * inputs are uniform in [-1, 1)) and prints the difference, so a figure always belongs to a correct run.
+ * inputs are uniform in [-1, 1)), whose output is held to the scalar reference ({@link BenchSupport#check}), and
+ * prints the difference, so a figure always belongs to a correct run.
  * ORT's intra-op pool has {@code threads} threads, its workers spinning between calls as ORT's default has them
  * unless {@code spin} is false, and ORT's defaults otherwise. The output is pinned, so a call allocates no output
  * tensor.
@@ -218,6 +219,8 @@ public class OrtBench {
             Tensor tv = Tensor.allocate(arena, b, h, lk, d).copyFrom(v);
             Tensor to = Tensor.allocate(arena, b, h, lq, d);
             attention.sdpa(tq, tk, tv, to, causal ? SdpaOptions.CAUSAL : SdpaOptions.DEFAULT);
+            // ORT's yardstick, itself held to the scalar reference (throws when it is wrong)
+            BenchSupport.check(tq, tk, tv, to, causal);
             return to.toArray();
         }
     }

@@ -29,7 +29,8 @@ import java.util.SplittableRandom;
  *
  * Shapes are {@code BxHxLxD} or {@code BxHxLqxLkxD} as in {@link OrtBench} (default: issue 4's five, the decode
  * step included). Per shape and thread count: the plan of each qkv backend (kernel, OpenBLAS core), every output
- * checked against qkv's Java backend (max |difference| ≤ 1e-4, inputs uniform in [-1, 1)), warm-up (one call
+ * checked against qkv's Java backend (max |difference| ≤ 1e-4, inputs uniform in [-1, 1)), whose output is
+ * checked against the scalar reference ({@link BenchSupport#check}), warm-up (one call
  * each to size the blocks, then blocks of 0.5 s per contender, alternating, at least 2 s each and then until a
  * cycle passes without JIT compilation, at most 60 s), then {@code --rounds} rounds. A block is
  * one untimed call and then enough calls for {@code --block-ms} (at least 3); its time is the median call, and a
@@ -134,6 +135,10 @@ public final class OrtRatio {
             Tensor v = Tensor.allocate(arena, b, h, lk, d).copyFrom(vf);
             Tensor expected = Tensor.allocate(arena, b, h, lq, d);
             Attention.create(Backend.JAVA, threads).sdpa(q, k, v, expected, options);
+            // the yardstick of every check below, itself checked against the scalar reference: without this the
+            // Java contender was compared with the same Java kernels only
+            System.out.println("# " + what + ": qkv java (the yardstick) checked against the reference, max "
+                    + "|difference| " + BenchSupport.check(q, k, v, expected, causal));
             float[] want = expected.toArray();
 
             List<Contender> contenders = new ArrayList<>();
