@@ -320,6 +320,8 @@ public final class Attention {
                 this.matmul = packed == null ? MatmulKernel.javaScalar() : MatmulKernel.javaVector();
             }
             case AUTO -> {
+                // a refused -Dqkv.blas.* setting is the user's mistake, not a missing library to run without
+                OpenBlas.checkSettings();
                 boolean blas = OpenBlas.isAvailable();
                 fastBlas = blas && AVX512_CORES.contains(
                         OpenBlas.get().library().coreName().toLowerCase(java.util.Locale.ROOT));
@@ -343,7 +345,8 @@ public final class Attention {
     /**
      * Attention on the given backend, using every core.
      *
-     * @throws dev.qkv.blas.BlasUnavailableException for {@link Backend#NATIVE} when OpenBLAS cannot be loaded
+     * @throws dev.qkv.blas.BlasUnavailableException for {@link Backend#NATIVE} when OpenBLAS cannot be loaded, and
+     *         for {@link Backend#AUTO} too when a {@code -Dqkv.blas.*} setting is refused
      */
     public static Attention create(Backend backend) {
         return builder().backend(backend).build();
@@ -400,7 +403,8 @@ public final class Attention {
         /**
          * The configured attention.
          *
-         * @throws dev.qkv.blas.BlasUnavailableException for {@link Backend#NATIVE} when OpenBLAS cannot be loaded
+         * @throws dev.qkv.blas.BlasUnavailableException for {@link Backend#NATIVE} when OpenBLAS cannot be loaded,
+         *         and for {@link Backend#AUTO} too when a {@code -Dqkv.blas.*} setting is refused
          */
         public Attention build() {
             return new Attention(backend, threads, budget, smallCalls);

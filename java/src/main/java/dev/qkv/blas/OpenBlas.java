@@ -163,6 +163,17 @@ public final class OpenBlas {
         }
     }
 
+    /**
+     * Refuses a {@code -Dqkv.blas.*} setting outside its values ({@link #THREADS_PROPERTY}, {@link #CRITICAL_PROPERTY})
+     * with the {@link BlasUnavailableException} {@link #get} would throw, whose message starts with {@code -D} and
+     * names it; loads nothing. For callers that go on without OpenBLAS when it is missing ({@code Backend.AUTO},
+     * the CLI's report of the core): {@link #isAvailable} alone would take a refused setting for a missing library.
+     */
+    public static void checkSettings() {
+        initialThreads();
+        criticalDowncalls();
+    }
+
     /** True when {@link #get()} succeeds; never throws. */
     public static boolean isAvailable() {
         try {

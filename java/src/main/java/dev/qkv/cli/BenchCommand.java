@@ -60,6 +60,9 @@ final class BenchCommand implements Command {
         } catch (ArithmeticException e) {
             throw new UsageException("--shape " + f.require("shape") + ": more bytes than a long holds");
         }
+        // the header reports the OpenBLAS core whatever the backend: a refused -Dqkv.blas.* setting is the user's
+        // mistake (exit 2), not "openblas.core=unavailable"
+        OpenBlas.checkSettings();
         Attention attention = Backends.create(backend, threads);
         // shared: the engine's pool threads may only touch memory of a shared (or global/auto) arena
         try (Arena arena = Arena.ofShared()) {

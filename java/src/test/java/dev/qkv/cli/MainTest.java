@@ -637,6 +637,23 @@ class MainTest {
     }
 
     /**
+     * {@code auto} (bench's default backend) with a refused {@code -Dqkv.blas.*} setting: one error line and exit 2,
+     * as for {@code native}. Attention.create(AUTO) took the refusal for a missing OpenBLAS and ran the Java kernels
+     * without a word (exit 0), so the setting was neither applied nor refused; {@code bench --backend java} printed
+     * {@code openblas.core=unavailable} the same way.
+     */
+    @ParameterizedTest
+    @CsvSource(delimiter = '|', value = {
+        "qkv.blas.threads=abc  | auto | -Dqkv.blas.threads=abc: expected a thread count in 1..1024",
+        "qkv.blas.critical=off | auto | -Dqkv.blas.critical=off: must be true or false",
+        "qkv.blas.threads=0    | java | -Dqkv.blas.threads=0: expected a thread count in 1..1024",
+    })
+    void aRefusedBlasSettingIsRefusedUnderAutoToo(String setting, String backend, String message)
+            throws IOException, InterruptedException {
+        assertUserError(child(setting, "bench", "--shape", "1,1,8,8", "--iters", "1", "--backend", backend), message);
+    }
+
+    /**
      * {@code info} with a refused setting: one error line and exit 2, and no report on stdout. It printed the JDK,
      * CPU and OpenBLAS lines before the engine refused {@code -Dqkv.keyBlock}, and took a refused
      * {@code -Dqkv.blas.threads} for a missing OpenBLAS ("native no", exit 0).
