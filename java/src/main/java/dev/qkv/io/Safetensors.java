@@ -339,10 +339,12 @@ public final class Safetensors {
             at = e.end();
             prev = e;
         }
+        if (at != dataSize && prev == null) {
+            throw fail(file, "the header lists no tensor, but " + dataSize + " data bytes follow it");
+        }
         if (at != dataSize) {
-            throw fail(file, (prev == null ? "no tensor holds" : "after tensor '" + prev.name() + "' (bytes ["
-                    + prev.begin() + ", " + prev.end() + ")),") + " the last " + (dataSize - at) + " of the "
-                    + dataSize + " data bytes belong to no tensor");
+            throw fail(file, "after tensor '" + prev.name() + "' (bytes [" + prev.begin() + ", " + prev.end()
+                    + ")), the last " + (dataSize - at) + " of the " + dataSize + " data bytes belong to no tensor");
         }
     }
 

@@ -204,6 +204,8 @@ class SafetensorsTest {
                         "tensor 'u' bytes [6, 8): bytes [4, 6) before it belong to no tensor"),
                 bad("trailing bytes", file("{\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", d8),
                         "after tensor 't' (bytes [0, 4)), the last 4 of the 8 data bytes belong to no tensor"),
+                // no tensor at all: it read "no tensor holds the last 8 of the 8 data bytes belong to no tensor"
+                bad("data but no tensor", file("{}", d8), "the header lists no tensor, but 8 data bytes follow it"),
                 bad("negative dim", file("{\"t\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", d8),
                         "tensor 't': \"shape\" element -2"),
                 bad("fractional dim", file("{\"t\":{\"dtype\":\"F32\",\"shape\":[2.0],\"data_offsets\":[0,8]}}", d8),

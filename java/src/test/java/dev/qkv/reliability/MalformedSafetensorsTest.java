@@ -338,7 +338,7 @@ class MalformedSafetensorsTest {
             {"{" + entry("b", "F32", "[1]", "[4,8]") + "}", "8", "tensor 'b' bytes [4, 8): bytes [0, 4) before it"},
             {"{" + entry("a", "F32", "[1]", "[0,4]") + "}", "5",
                 "after tensor 'a' (bytes [0, 4)), the last 1 of the 5 data bytes belong to no tensor"},
-            {"{\"__metadata__\":{\"k\":\"v\"}}", "3", "no tensor holds the last 3 of the 3 data bytes"},
+            {"{\"__metadata__\":{\"k\":\"v\"}}", "3", "the header lists no tensor, but 3 data bytes follow it"},
             {"{" + entry("a", "F32", "[2]", "[0,8]") + "," + entry("e", "F32", "[0]", "[4,4]") + "}", "8",
                 "tensor 'e' bytes [4, 4) overlap tensor 'a' bytes [0, 8)"},
         };
