@@ -1136,34 +1136,42 @@ final class VectorPackedKernels implements PackedKernels {
                 dots64(a, ar, b, bOff, ldb, n, s, so);
                 continue;
             }
+            if (n < 4) {
+                // one to three keys (a KV cache's first steps): dot4 on those rows alone. A method of their own
+                // (dot1, until 2026-11-27) ran too rarely to leave C1 soon where caches grow long: every vector op
+                // boxed, 18 KB per new sequence of a layer with 8-float heads (3 steps x 32 heads), for its first
+                // ~26 sequences, until C2's invocation threshold (FreshSequenceProbe)
+                if (n > 0) {
+                    dot4(a, ar, b, bOff, ldb, k, s, so, n);
+                }
+                continue;
+            }
             int j = 0;
             for (; j + 4 <= n; j += 4) {
-                dot4(a, ar, b, bOff + (long) j * ldb, ldb, k, s, so + j);
+                dot4(a, ar, b, bOff + (long) j * ldb, ldb, k, s, so + j, 4);
             }
-            if (j < n && n >= 4) {
-                // the last 1-3 keys by one more dot4 over the last four (its keys' sums are the same bits as
-                // dot1's): dot1, called only for such tails, was seen left in C1 for a whole JVM (make alloc:
-                // 384 B per layer decode step, every vector op boxed, JFR pointing at dot1 alone)
+            if (j < n) {
+                // the last 1-3 keys by one more dot4 over the last four (each key's sum is the same bits
+                // whichever call computes it), not by a rarely run method: see above
                 j = n - 4;
-                dot4(a, ar, b, bOff + (long) j * ldb, ldb, k, s, so + j);
-                j = n;
-            }
-            for (; j < n; j++) {
-                s.setAtIndex(F, so + j, dot1(a, ar, b, bOff + (long) j * ldb, k));
+                dot4(a, ar, b, bOff + (long) j * ldb, ldb, k, s, so + j, 4);
             }
         }
     }
 
     /**
-     * {@code s[so + i] = a[ar ..] · b_i} for the four rows {@code b_i} of {@code b} at {@code b0 + i·ldb}: whole
-     * vectors here, the last {@code k mod L} products in {@link #tail}. (With a masked vector step as well the
-     * method is too big for C1: "out of virtual registers in linear scan".)
+     * {@code s[so + i] = a[ar ..] · b_i} for the first {@code rows} (1 to 4) of the four rows {@code b_i} of
+     * {@code b} at {@code b0 + i·ldb}: whole vectors here, the last {@code k mod L} products in {@link #tail}.
+     * With fewer than four rows the missing ones read the last row again and store nothing, so that no row past
+     * {@code b}'s is read. Each row's sum is computed alike whatever {@code rows} is: the same bits. (With a masked
+     * vector step as well the method is too big for C1: "out of virtual registers in linear scan".)
      */
-    private static void dot4(float[] a, int ar, MemorySegment b, long b0, int ldb, int k, MemorySegment s, long so) {
+    private static void dot4(float[] a, int ar, MemorySegment b, long b0, int ldb, int k, MemorySegment s, long so,
+                             int rows) {
         final long r0 = b0 * Float.BYTES;
-        final long r1 = r0 + (long) ldb * Float.BYTES;
-        final long r2 = r1 + (long) ldb * Float.BYTES;
-        final long r3 = r2 + (long) ldb * Float.BYTES;
+        final long r1 = rows > 1 ? r0 + (long) ldb * Float.BYTES : r0;
+        final long r2 = rows > 2 ? r1 + (long) ldb * Float.BYTES : r1;
+        final long r3 = rows > 3 ? r2 + (long) ldb * Float.BYTES : r2;
         FloatVector s0 = FloatVector.zero(SP);
         FloatVector s1 = s0;
         FloatVector s2 = s0;
@@ -1184,9 +1192,15 @@ final class VectorPackedKernels implements PackedKernels {
         final float t3 = Lanes.sum(s3);
         final long bl = ldb;
         s.setAtIndex(F, so, t0 + tail(a, ar, b, b0, p, k));
-        s.setAtIndex(F, so + 1, t1 + tail(a, ar, b, b0 + bl, p, k));
-        s.setAtIndex(F, so + 2, t2 + tail(a, ar, b, b0 + 2 * bl, p, k));
-        s.setAtIndex(F, so + 3, t3 + tail(a, ar, b, b0 + 3 * bl, p, k));
+        if (rows > 1) {
+            s.setAtIndex(F, so + 1, t1 + tail(a, ar, b, b0 + bl, p, k));
+        }
+        if (rows > 2) {
+            s.setAtIndex(F, so + 2, t2 + tail(a, ar, b, b0 + 2 * bl, p, k));
+        }
+        if (rows > 3) {
+            s.setAtIndex(F, so + 3, t3 + tail(a, ar, b, b0 + 3 * bl, p, k));
+        }
     }
 
     // dots128 and dots64: the common head sizes, key by key in straight-line code with the query row held in
@@ -1247,17 +1261,6 @@ final class VectorPackedKernels implements PackedKernels {
             t = Math.fma(a[ar + p], b.getAtIndex(F, b0 + p), t);
         }
         return t;
-    }
-
-    /** {@code a[ar ..] · b_0} for the row {@code b_0} of {@code b} at {@code b0}. */
-    private static float dot1(float[] a, int ar, MemorySegment b, long b0, int k) {
-        final long r0 = b0 * Float.BYTES;
-        FloatVector s0 = FloatVector.zero(SP);
-        int p = 0;
-        for (; p <= k - L; p += L) {
-            s0 = FloatVector.fromArray(SP, a, ar + p).fma(FloatVector.fromMemorySegment(SP, b, r0 + (long) p * Float.BYTES, O), s0);
-        }
-        return Lanes.sum(s0) + tail(a, ar, b, b0, p, k);
     }
 
     @Override
