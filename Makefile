@@ -94,10 +94,11 @@ soak: $(STAMP)
 	  -cp "java/target/test-classes:java/target/classes:$$(cat $(CLASSPATH_FILE))" dev.qkv.reliability.Soak
 
 # A short JMH run (about 3 minutes): two shapes, both backends, causal or not, 1 and 2 threads, the decode
-# step with its floor, and the FMA peak (PeakBench, 1 thread), with the allocation profiler. `make bench-full` runs every benchmark of the plain jar (all
-# but OrtBench, which needs `make bench-ort`) at its default parameters (the non-default ones, e.g. SdpaBench's
-# backend=auto or DecodeBench's kvHeads=8, are named in bench/RESULTS.md's commands; about 20-30 minutes, 119 JMH
-# runs); bench/RESULTS.md has the commands behind its table. BENCH_ARGS adds JMH options.
+# step with its floor, and the FMA peak (PeakBench, 1 thread), with the allocation profiler. `make bench-full`
+# runs every benchmark of the plain jar (all but OrtBench, which needs `make bench-ort`) at its default
+# parameters (the non-default ones, e.g. SdpaBench's backend=auto or DecodeBench's kvHeads=8, are named in
+# bench/RESULTS.md's commands; about 20-30 minutes, 119 JMH runs); bench/RESULTS.md has the commands behind its
+# table. BENCH_ARGS adds JMH options.
 BENCH_SHORT := -f 1 -wi 1 -w 1s -i 2 -r 1s -prof gc -p shape=1x1x128x64,1x8x2048x64
 bench: $(STAMP)
 	$(JAVA) $(JVM_FLAGS) -jar bench/target/benchmarks.jar $(BENCH_SHORT) $(BENCH_ARGS) 'SdpaBench|DecodeBench|DecodeFloorBench|PeakBench'
