@@ -134,6 +134,11 @@ public final class MhaWeights {
      * only a file opened with {@link Safetensors.Load#MAPPED} leaves F32 tensors as views of its mapping (those at
      * an address that is a multiple of 4; others are copied, aligned).
      *
+     * <p>The layer applies no positional encoding. Decoder layers that rotate q and k by position (rotary
+     * embeddings, RoPE: Llama, Mistral, Qwen2 and most Hugging Face decoders) load, since the rotation has no
+     * weights, but compute another function than the model's; a file that saved the rotation's frequencies
+     * ({@code rotary_emb.inv_freq}) under the prefix is refused.
+     *
      * @param kvHeads the number of key/value heads, or 0 to infer it from the shapes
      * @throws SafetensorsException naming the file and tensor when a tensor is missing or its shape does not fit
      */
@@ -208,7 +213,8 @@ public final class MhaWeights {
 
     /**
      * Tensors under the prefix that ask for what this layer does not compute: nn.MultiheadAttention's
-     * add_bias_kv (bias_k, bias_v), its kdim/vdim (q_proj_weight, k_proj_weight, v_proj_weight) and the
+     * add_bias_kv (bias_k, bias_v), its kdim/vdim (q_proj_weight, k_proj_weight, v_proj_weight), the saved
+     * frequencies of rotary position embeddings (rotary_emb.inv_freq and its cos/sin caches) and the
      * normalization of queries and keys some models apply (q_norm, k_norm, q_layernorm, k_layernorm). Loading
      * without them would compute another layer than the file's.
      */
@@ -232,6 +238,16 @@ public final class MhaWeights {
             throw new SafetensorsException(st.file() + ": tensor " + separate + ": nn.MultiheadAttention with kdim"
                     + " or vdim other than embed_dim (separate q/k/v_proj_weight) is not supported: keys and values"
                     + " must have E features, as in_proj_weight [3E, E] gives them");
+        }
+        // rotary position embeddings rotate q and k after the projections: a computation with no weights, so a file
+        // shows it only where a checkpoint saved the buffer of frequencies (older Hugging Face Llama-family files,
+        // GPT-NeoX). Loading it would compute attention without the rotation, silently another function.
+        for (String rope : new String[] {"rotary_emb.inv_freq", "rotary_emb.cos_cached", "rotary_emb.sin_cached"}) {
+            if (st.contains(p + rope)) {
+                throw new SafetensorsException(st.file() + ": tensor '" + p + rope + "' " + st.entry(p + rope)
+                        .shapeString() + ": rotary position embeddings (RoPE) are not supported (this layer"
+                        + " applies no positional encoding and would compute without them)");
+            }
         }
         for (String norm : new String[] {"q_norm.", "k_norm.", "q_layernorm.", "k_layernorm."}) {
             for (String part : new String[] {"weight", "bias"}) {

@@ -279,4 +279,28 @@ class MhaWeightsTest {
             assertClose(run(a, direct, Backend.REFERENCE), run(a, w, Backend.REFERENCE), 0, 0, "layers.0");
         }
     }
+
+    /**
+     * A checkpoint that saved the frequencies of rotary position embeddings under the prefix (older Hugging Face
+     * Llama-family files: {@code self_attn.rotary_emb.inv_freq}) belongs to a layer that rotates q and k, which this
+     * one does not: it loaded without a word and computed another function than the model's (a review).
+     */
+    @Test
+    void rotaryPositionEmbeddingsAreRefusedByName() throws IOException {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(11);
+            for (String rope : new String[] {"rotary_emb.inv_freq", "rotary_emb.cos_cached"}) {
+                Map<String, Tensor> t = hfNames(a, r, "model.layers.0.self_attn.");
+                t.put("model.layers.0.self_attn." + rope, rand(a, r, 1f, E / H / 2));
+                assertContains(loadError(t, "model.layers.0.self_attn", H, 0),
+                        "'model.layers.0.self_attn." + rope + "' [" + E / H / 2 + "]", "rotary position embeddings");
+            }
+            // another layer's rotation is not this layer's
+            Map<String, Tensor> t = hfNames(a, r, "layers.0.");
+            t.put("layers.1.rotary_emb.inv_freq", rand(a, r, 1f, E / H / 2));
+            Path f = dir.resolve("other.safetensors");
+            MhaTestSupport.writeF32(f, t);
+            assertEquals(H, MhaWeights.load(Safetensors.open(f, a), "layers.0", H, 0, a).heads());
+        }
+    }
 }
