@@ -330,7 +330,6 @@ public final class MultiHeadAttention {
         long aOff;
         if (kv == null) {
             // P [B·L, E + 2·Hkv·Dh] = x · [W_Q; W_K; W_V]ᵀ, then heads as views with row stride W
-            projectQkv(ws, x, seg, 0, qkvWidth);
             aOff = b * l * qkvWidth;
             if (!ws.viewsFor(this, SELF, b, l, l)) {
                 long wd = qkvWidth;
@@ -341,19 +340,12 @@ public final class MultiHeadAttention {
                         Tensor.view(seg, e + kvd, new long[] {b, hkv, l, dh}, st),
                         headsOutput(seg, aOff, b, l));
             }
+            checkAttentionWorkspace(ws, x, null, b, l, l, options);
+            projectQkv(ws, x, seg, 0, qkvWidth);
         } else {
             int lk = toInt("Lkv", lkv);
             // Q [B·L, E] = x·W_Qᵀ; P_kv [B·Lkv, 2·Hkv·Dh] = kv · [W_K; W_V]ᵀ
             long kvOff = b * l * e;
-            project(ws, x, w.wq(), w.bq(), seg, 0, e, 0);
-            if (w.packedKv() != null) {
-                project(ws, kv, w.packedKv(), null, seg, kvOff, 2 * kvd, 0);
-                addBias(w.bk(), seg, kvOff, bi, (long) lk * 2 * kvd, lk, 2L * kvd);
-                addBias(w.bv(), seg, kvOff + kvd, bi, (long) lk * 2 * kvd, lk, 2L * kvd);
-            } else {
-                project(ws, kv, w.wk(), w.bk(), seg, kvOff, 2 * kvd, 0);
-                project(ws, kv, w.wv(), w.bv(), seg, kvOff, 2 * kvd, kvd);
-            }
             aOff = kvOff + b * lkv * 2 * kvd;
             if (!ws.viewsFor(this, CROSS, b, l, lkv)) {
                 long[] st = {lkv * 2 * kvd, dh, 2L * kvd, 1};
@@ -362,6 +354,16 @@ public final class MultiHeadAttention {
                         Tensor.view(seg, kvOff, new long[] {b, hkv, lkv, dh}, st),
                         Tensor.view(seg, kvOff + kvd, new long[] {b, hkv, lkv, dh}, st),
                         headsOutput(seg, aOff, b, l));
+            }
+            checkAttentionWorkspace(ws, x, kv, b, l, lkv, options);
+            project(ws, x, w.wq(), w.bq(), seg, 0, e, 0);
+            if (w.packedKv() != null) {
+                project(ws, kv, w.packedKv(), null, seg, kvOff, 2 * kvd, 0);
+                addBias(w.bk(), seg, kvOff, bi, (long) lk * 2 * kvd, lk, 2L * kvd);
+                addBias(w.bv(), seg, kvOff + kvd, bi, (long) lk * 2 * kvd, lk, 2L * kvd);
+            } else {
+                project(ws, kv, w.wk(), w.bk(), seg, kvOff, 2 * kvd, 0);
+                project(ws, kv, w.wv(), w.bv(), seg, kvOff, 2 * kvd, kvd);
             }
         }
         attention.sdpa(ws.q(), ws.k(), ws.v(), ws.a(), options, ws.attention());
@@ -807,6 +809,28 @@ public final class MultiHeadAttention {
             throw new IllegalArgumentException("workspace of " + have + " attention bytes is too small for a decode"
                     + " step of " + n + (n == 1 ? " row" : " rows") + " after " + cache.describe() + ": needs " + need
                     + " (make it with newWorkspace(arena, 1, n, cache.capacity()))");
+        }
+    }
+
+    /**
+     * Refuses a forward whose workspace cannot hold the attention's score tiles for these sizes (one made for
+     * shorter sequences: the projection scratch depends on B·L only) before anything is projected, naming the
+     * caller's tensors, as {@link #checkAttentionWorkspace(MhaWorkspace, KvCache, int)} does for a decode step;
+     * the attention would refuse it after the projections, naming the layer's own head views. At or above what
+     * {@link #newWorkspace} sizes for the call nothing is asked (no allocation in the steady state); below it the
+     * attention says exactly what the call needs, so a smaller workspace that suffices still runs.
+     */
+    private void checkAttentionWorkspace(MhaWorkspace ws, Tensor x, Tensor kv, long b, long l, long lkv,
+                                         SdpaOptions options) {
+        long have = ws.attention().byteSize();
+        if (have >= attentionBytes(b, l, Math.max(l, lkv))) {
+            return;
+        }
+        long need = attention.workspaceBytes(ws.q(), ws.k(), ws.v(), ws.a(), options, ws.attention());
+        if (have < need) {
+            throw new IllegalArgumentException("workspace of " + have + " attention bytes is too small for "
+                    + x.describe("x") + (kv == null ? "" : ", " + kv.describe("kv")) + ": needs " + need
+                    + " (make it with newWorkspace(arena, " + b + ", " + l + ", " + lkv + "))");
         }
     }
 

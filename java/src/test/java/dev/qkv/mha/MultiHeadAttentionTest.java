@@ -352,6 +352,36 @@ class MultiHeadAttentionTest {
         }
     }
 
+    /**
+     * A workspace whose projection scratch fits the call (the same B·L) but whose score tiles do not (made for
+     * shorter sequences) is refused naming the caller's x and the sizes to make it with, before anything is
+     * projected. It was refused by the attention, after the projections, naming the layer's own internal q and k
+     * ('q [1, 2, 600, 4], k [1, 1, 600, 4]'), tensors the caller never passed (a review).
+     */
+    @ParameterizedTest
+    @org.junit.jupiter.params.provider.EnumSource(value = Backend.class, names = {"NATIVE", "JAVA", "AUTO"})
+    void aWorkspaceWithTooFewScoreTilesNamesTheCallersTensors(Backend backend) {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(4);
+            MultiHeadAttention layer = MultiHeadAttention.create(weights(a, r, 8, 2, 1, true, false), backend);
+            MhaWorkspace ws = layer.newWorkspace(a, 300, 2, 2);
+            Tensor x = rand(a, r, 1f, 1, 600, 8);
+            Tensor out = Tensor.allocate(a, 1, 600, 8).fill(7f);
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                    () -> layer.forward(x, out, SdpaOptions.CAUSAL, ws));
+            assertTrue(e.getMessage().contains("x [1, 600, 8]") && e.getMessage().contains("newWorkspace(arena, 1,"
+                    + " 600, 600)"), e.getMessage());
+            Tensor kv = rand(a, r, 1f, 1, 600, 8);
+            IllegalArgumentException c = assertThrows(IllegalArgumentException.class,
+                    () -> layer.forward(x.slice(1, 0, 2), kv, out.slice(1, 0, 2), SdpaOptions.DEFAULT, ws));
+            assertTrue(c.getMessage().contains("x [1, 2, 8], kv [1, 600, 8]") && c.getMessage().contains(
+                    "newWorkspace(arena, 1, 2, 600)"), c.getMessage());
+            for (float f : out.toArray()) {
+                assertEquals(7f, f);
+            }
+        }
+    }
+
     @Test
     void decodeRefusesAnOutputInsideTheCacheAndKeepsTheCache() {
         try (Arena a = Arena.ofConfined()) {
