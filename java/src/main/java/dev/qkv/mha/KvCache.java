@@ -170,12 +170,18 @@ public final class KvCache {
         }
     }
 
-    /** The cached keys as a view {@code [1, Hkv, length, Dh]}. */
+    /**
+     * The cached keys as a view {@code [1, Hkv, length, Dh]}: key {@code (g, t)} is row {@code t} of
+     * {@code x·W_Kᵀ + b_K}, columns {@code g·Dh ..}, subnormals as zeros (see the class comment). A view of the
+     * cache's memory, not a copy: it keeps the length it was taken at, and later steps write through it, so after
+     * {@link #truncate} or {@link #reset} its positions past the new length show forgotten rows, then the rows
+     * later steps store there. Valid while the cache's arena is open.
+     */
     public Tensor keys() {
         return keysAt(length);
     }
 
-    /** The cached values as a view {@code [1, Hkv, length, Dh]}. */
+    /** The cached values as a view {@code [1, Hkv, length, Dh]} ({@code x·W_Vᵀ + b_V}), as {@link #keys}. */
     public Tensor values() {
         return valuesAt(length);
     }

@@ -344,4 +344,57 @@ class KvCacheTest {
             cache.release();
         }
     }
+
+    /**
+     * keys() and values() as their javadoc defines them: row t of x·W_Kᵀ + b_K (x·W_Vᵀ + b_V) for kv head g at
+     * columns g·Dh, computed here in double; views of the cache's memory that keep their length and show what
+     * later steps store, also past a truncate.
+     */
+    @Test
+    void keysAndValuesAreLiveViewsOfTheProjectedRows() {
+        int e = 16;
+        int h = 4;
+        int hkv = 2;
+        int dh = e / h;
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(21);
+            MhaWeights w = MultiHeadAttentionTest.weights(a, r, e, h, hkv, true, false);
+            MultiHeadAttention layer = MultiHeadAttention.create(w, Backend.JAVA);
+            KvCache cache = layer.newCache(a, 8);
+            MhaWorkspace ws = layer.newWorkspace(a, 1, 3, 8);
+            Tensor x = rand(a, r, 1f, 1, 3, e);
+            layer.decode(x, cache, Tensor.allocate(a, 1, 3, e), ws);
+            Tensor k = cache.keys();
+            Tensor v = cache.values();
+            assertArrayEquals(new long[] {1, hkv, 3, dh}, k.shape());
+            assertArrayEquals(new long[] {1, hkv, 3, dh}, v.shape());
+            for (int g = 0; g < hkv; g++) {
+                for (int t = 0; t < 3; t++) {
+                    for (int d = 0; d < dh; d++) {
+                        int row = g * dh + d;
+                        double sk = w.bk().get(row);
+                        double sv = w.bv().get(row);
+                        for (int i = 0; i < e; i++) {
+                            sk += (double) x.get(0, t, i) * w.wk().get(row, i);
+                            sv += (double) x.get(0, t, i) * w.wv().get(row, i);
+                        }
+                        assertEquals(sk, k.get(0, g, t, d), 1e-5, "k g=" + g + " t=" + t + " d=" + d);
+                        assertEquals(sv, v.get(0, g, t, d), 1e-5, "v g=" + g + " t=" + t + " d=" + d);
+                    }
+                }
+            }
+            // truncate to 1 and store another token at position 1: the old view keeps length 3 and shows it
+            cache.truncate(1);
+            assertArrayEquals(new long[] {1, hkv, 1, dh}, cache.keys().shape());
+            Tensor y = rand(a, r, 1f, 1, 1, e);
+            layer.decode(y, cache, Tensor.allocate(a, 1, 1, e), ws);
+            assertArrayEquals(new long[] {1, hkv, 3, dh}, k.shape());
+            for (int g = 0; g < hkv; g++) {
+                for (int d = 0; d < dh; d++) {
+                    assertEquals(cache.keys().get(0, g, 1, d), k.get(0, g, 1, d));
+                    assertEquals(cache.values().get(0, g, 1, d), v.get(0, g, 1, d));
+                }
+            }
+        }
+    }
 }
