@@ -376,6 +376,11 @@ public final class WorkerPool {
         return false;
     }
 
+    /** Threads inside {@link #run} now: the callers that count as cores taken. */
+    int callersNow() {
+        return callers.get();
+    }
+
     /** Pool threads spinning for the next call now. */
     int spinningNow() {
         return spinning.get();

@@ -559,10 +559,18 @@ public final class MultiHeadAttention {
             lda = ld(m, aRs, k);
             ldc = ld(m, cRs, n);
         }
+        WorkerPool pool = WorkerPool.shared();
+        Slabs job = ws.slabs();
         // the cut comes from the shape alone (see SLAB_COLS): the same slabs on one thread or many
         if (2.0 * mats * m * n * k < WorkerPool.MIN_PARALLEL_FLOPS) {
-            for (int bi = 0; bi < mats; bi++) {
-                productNt(m, n, k, a, aOff + bi * aBs, lda, wt.segment(), wt.offset(), ldw, c, cOff + bi * cBs, ldc);
+            // whole matrices on the caller, but through the pool (wanted 0): a thread inside a product counts as a
+            // core taken, so that a concurrent call gets no pool thread beside request threads that fill the cores
+            // (a decode step's projections are all of this size)
+            job.set(this, a, aOff, aBs, lda, c, cOff, cBs, ldc, m, n, k, wt, ldw, 1, Math.max(n, 1));
+            try {
+                pool.run(job, mats, 0);
+            } finally {
+                job.release();
             }
             return;
         }
@@ -574,11 +582,9 @@ public final class MultiHeadAttention {
         int slabs = (n + SLAB_COLS - 1) / SLAB_COLS;
         int tasks = Math.multiplyExact(mats, slabs);
         int threads = attention.threads();
-        WorkerPool pool = WorkerPool.shared();
         boolean parallel = threads > 1 && pool.accessible(a) && pool.accessible(c)
                 && pool.accessible(wt.segment());
-        Slabs job = ws.slabs();
-        job.set(this, a, aOff, aBs, lda, c, cOff, cBs, ldc, m, n, k, wt, ldw, slabs);
+        job.set(this, a, aOff, aBs, lda, c, cOff, cBs, ldc, m, n, k, wt, ldw, slabs, SLAB_COLS);
         try {
             // wanted 0: the pool runs every task on the caller, in the same slabs
             pool.run(job, tasks, parallel ? threads - 1 : 0);
@@ -608,9 +614,12 @@ public final class MultiHeadAttention {
         private int n;
         private int k;
         private int slabs;
+        /** Columns per slab: {@link #SLAB_COLS}, or all of them for a product run whole on its caller. */
+        private int slabCols;
 
         void set(MultiHeadAttention layer, MemorySegment a, long aOff, long aStep, int lda, MemorySegment c,
-                 long cOff, long cStep, int ldc, int m, int n, int k, Tensor wt, int ldw, int slabs) {
+                 long cOff, long cStep, int ldc, int m, int n, int k, Tensor wt, int ldw, int slabs, int slabCols) {
+            this.slabCols = slabCols;
             this.layer = layer;
             this.a = a;
             this.aOff = aOff;
@@ -639,8 +648,8 @@ public final class MultiHeadAttention {
         @Override
         public void run(int task, int worker) {
             int mat = task / slabs;
-            int j0 = task % slabs * SLAB_COLS;
-            int cols = Math.min(SLAB_COLS, n - j0);
+            int j0 = task % slabs * slabCols;
+            int cols = Math.min(slabCols, n - j0);
             // C[:, j0 .. j0 + cols) = A · w[j0 .. j0 + cols, :]ᵀ
             layer.productNt(m, cols, k, a, aOff + mat * aStep, lda, wt.segment(), wt.offset() + (long) j0 * ldw,
                     ldw, c, cOff + mat * cStep + j0, ldc);

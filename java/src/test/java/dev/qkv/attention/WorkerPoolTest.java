@@ -238,6 +238,67 @@ class WorkerPoolTest {
     }
 
     /**
+     * A thread decoding with the multi-head layer computes on its core all through the step, projections included:
+     * those of a decode step are under {@code MIN_PARALLEL_FLOPS} and run on the caller, and they too must count it
+     * as a core taken, or a concurrent call gets a pool thread beside request threads that already fill the cores
+     * (measured before: a decode loop beside a large call left the pool thread 10% of the machine). Sampled while
+     * one thread decodes and nothing else runs: the step, its projections included, counts its thread nearly all
+     * the time (the gaps are the few scalar steps between products; before, it was counted in the attention only).
+     */
+    @Test
+    void aDecodeStepCountsItsThreadAsACallerThroughItsProjections() throws Exception {
+        java.util.Random r = new java.util.Random(3);
+        int e = 1024;
+        try (java.lang.foreign.Arena arena = java.lang.foreign.Arena.ofShared()) {
+            dev.qkv.tensor.Tensor[] ws4 = new dev.qkv.tensor.Tensor[4];
+            for (int i = 0; i < 4; i++) {
+                float[] f = new float[e * e];
+                for (int j = 0; j < f.length; j++) {
+                    f[j] = (float) r.nextGaussian() * 0.03f;
+                }
+                ws4[i] = dev.qkv.tensor.Tensor.of(arena, f, e, e);
+            }
+            dev.qkv.mha.MultiHeadAttention mha = dev.qkv.mha.MultiHeadAttention.create(dev.qkv.mha.MhaWeights.of(8,
+                    ws4[0], null, ws4[1], null, ws4[2], null, ws4[3], null), Backend.JAVA);
+            dev.qkv.mha.MhaWorkspace ws = mha.newWorkspace(arena, 1, 1, 16);
+            dev.qkv.mha.KvCache cache = mha.newCache(arena, 16);
+            dev.qkv.tensor.Tensor x = dev.qkv.tensor.Tensor.allocate(arena, 1, 1, e).fill(0.5f);
+            dev.qkv.tensor.Tensor y = dev.qkv.tensor.Tensor.allocate(arena, 1, 1, e);
+            java.util.concurrent.atomic.AtomicBoolean stop = new java.util.concurrent.atomic.AtomicBoolean();
+            AtomicLong steps = new AtomicLong();
+            Thread decoder = new Thread(() -> {
+                while (!stop.get()) {
+                    if (cache.length() == cache.capacity()) {
+                        cache.reset();
+                    }
+                    mha.decode(x, cache, y, ws);
+                    steps.incrementAndGet();
+                }
+            }, "decoder");
+            decoder.start();
+            try {
+                // warm up until steps come quickly, then sample
+                while (steps.get() < 2000) {
+                    Thread.sleep(10);
+                }
+                long counted = 0;
+                long samples = 0;
+                for (long end = System.nanoTime() + 500_000_000L; System.nanoTime() - end < 0; samples++) {
+                    if (POOL.callersNow() > 0) {
+                        counted++;
+                    }
+                    Thread.onSpinWait();
+                }
+                assertTrue(counted > 0.6 * samples, "the decoding thread counted as a caller in " + counted + " of "
+                        + samples + " samples (" + steps.get() + " steps)");
+            } finally {
+                stop.set(true);
+                decoder.join();
+            }
+        }
+    }
+
+    /**
      * Threads outside the pool that take the cores (here one busy thread per core; in production another process)
      * are no callers the pool can count: its threads see them in their own CPU time, and the pool stops spinning.
      */
