@@ -679,17 +679,49 @@ public final class OpenBlas {
         return crc.getValue();
     }
 
+    /**
+     * The folder the bundled library is extracted under: {@link #CACHE_PROPERTY}, else an absolute
+     * {@code XDG_CACHE_HOME} + {@code /qkv}, else {@code user.home} + {@code /.cache/qkv}.
+     *
+     * @throws BlasUnavailableException naming the setting, when it is not a path this JVM can form (a non-ASCII name
+     *         in the C locale), or when there is no absolute home folder to fall back on: a JVM whose user has no
+     *         passwd entry and no {@code HOME} has {@code user.home = ?}, and the cache went to {@code ./?/.cache/qkv}
+     *         in the working directory, 40 MB extracted there and then refused by {@code System.load}, which takes
+     *         absolute paths only
+     */
     private static Path cacheRoot() {
         String explicit = System.getProperty(CACHE_PROPERTY);
         if (explicit != null && !explicit.isBlank()) {
             // absolute: System.load takes absolute paths only (a relative folder extracted, then never loaded)
-            return Path.of(explicit).toAbsolutePath();
+            return path("system property " + CACHE_PROPERTY, explicit).toAbsolutePath();
         }
         String xdg = System.getenv("XDG_CACHE_HOME");
-        if (xdg != null && !xdg.isBlank() && Path.of(xdg).isAbsolute()) {
-            // the XDG spec: a relative value is invalid and is ignored
-            return Path.of(xdg, "qkv");
+        if (xdg != null && !xdg.isBlank()) {
+            Path p = path("environment variable XDG_CACHE_HOME", xdg);
+            if (p.isAbsolute()) {
+                // the XDG spec: a relative value is invalid and is ignored
+                return p.resolve("qkv");
+            }
         }
-        return Path.of(System.getProperty("user.home"), ".cache", "qkv");
+        String home = System.getProperty("user.home");
+        Path h = home == null || home.isBlank() ? null : path("system property user.home", home);
+        if (h == null || !h.isAbsolute()) {
+            throw new BlasUnavailableException("bundled OpenBLAS (org.bytedeco:openblas) has no cache folder to be"
+                    + " extracted to: " + CACHE_PROPERTY + " and XDG_CACHE_HOME are unset (or relative) and the home"
+                    + " folder (user.home = " + home + ") is not an absolute path; set -D" + CACHE_PROPERTY
+                    + "=/a/writable/folder or XDG_CACHE_HOME, or -D" + LIBRARY_PROPERTY + " / " + LIBRARY_ENV);
+        }
+        return h.resolve(".cache").resolve("qkv");
+    }
+
+    /** {@code value} as a path, or a refusal naming the setting it came from ({@code origin}). */
+    private static Path path(String origin, String value) {
+        try {
+            return Path.of(value);
+        } catch (java.nio.file.InvalidPathException e) {
+            throw new BlasUnavailableException(origin + " = " + value + ": not a valid path for the bundled OpenBLAS's"
+                    + " cache folder (" + e.getReason() + "; this JVM encodes file names as "
+                    + System.getProperty("sun.jnu.encoding") + ")", e);
+        }
     }
 }

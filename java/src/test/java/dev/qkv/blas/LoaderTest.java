@@ -246,4 +246,38 @@ class LoaderTest {
                 && propMsg.contains("not a valid path"), propMsg);
         assertTrue(isEmptyDir(cache), "the bundled library was extracted after an explicit path failed");
     }
+
+    /**
+     * A JVM with no home folder ({@code user.home = ?}: a user without a passwd entry and no {@code HOME}, as in a
+     * container run with {@code --user 12345}) and no cache setting fails naming the settings that would fix it, and
+     * writes nothing. It used to extract 40 MB to {@code ./?/.cache/qkv} in the working directory and then fail with
+     * "Expecting an absolute path of the library".
+     */
+    @Test
+    void noHomeFolderFailsNamingTheCacheSettingsAndWritesNothing() throws Exception {
+        Path work = Files.createDirectories(tmp.resolve("homeless"));
+        Run r = finish(start(Map.of("user.home", "?"), Map.of("XDG_CACHE_HOME", ""), work));
+        String msg = assertFailed(r);
+        assertTrue(msg.contains("user.home = ?") && msg.contains(OpenBlas.CACHE_PROPERTY)
+                && msg.contains("XDG_CACHE_HOME"), msg);
+        assertTrue(isEmptyDir(work), "files were written to the working directory");
+    }
+
+    /**
+     * A cache folder the JVM cannot form (a non-ASCII name in the C locale) fails naming the setting it came from,
+     * as an explicit library path does; it escaped as "OpenBLAS could not be initialised: java.nio.file.Invalid
+     * PathException", naming neither {@code qkv.cache.dir} nor {@code XDG_CACHE_HOME}.
+     */
+    @Test
+    void aCacheFolderTheJvmCannotFormFailsNamingTheSetting() throws Exception {
+        String name = tmp.resolve("biblioth\u00e8que").toString();
+        Run prop = run(Map.of(OpenBlas.CACHE_PROPERTY, name), Map.of("LC_ALL", "C", "LANG", "C"));
+        String propMsg = assertFailed(prop);
+        assertTrue(propMsg.startsWith("system property " + OpenBlas.CACHE_PROPERTY + " = ")
+                && propMsg.contains("not a valid path"), propMsg);
+        Run env = run(Map.of(), Map.of("LC_ALL", "C", "LANG", "C", "XDG_CACHE_HOME", name));
+        String envMsg = assertFailed(env);
+        assertTrue(envMsg.startsWith("environment variable XDG_CACHE_HOME = ") && envMsg.contains("not a valid path"),
+                envMsg);
+    }
 }
