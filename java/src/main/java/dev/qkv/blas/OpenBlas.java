@@ -502,7 +502,8 @@ public final class OpenBlas {
                 dir = extractBundle(cl);
             } catch (IOException | UncheckedIOException e) {
                 throw new BlasUnavailableException("bundled OpenBLAS (org.bytedeco:openblas) could not be extracted: "
-                        + e.getMessage(), e);
+                        + reason(e) + " (set -D" + CACHE_PROPERTY + " or XDG_CACHE_HOME to a writable folder, or -D"
+                        + LIBRARY_PROPERTY + " / " + LIBRARY_ENV + " to an OpenBLAS)", e);
             }
             Path so = dir.resolve("libopenblas.so.0");
             try {
@@ -533,6 +534,27 @@ public final class OpenBlas {
         }
         throw new BlasUnavailableException("no OpenBLAS found; tried: " + String.join("; ", tried)
                 + ". Set -D" + LIBRARY_PROPERTY + "=/path/to/libopenblas.so.0 or " + LIBRARY_ENV + ".");
+    }
+
+    /**
+     * {@code e}'s message with the reason it failed: the JDK's {@link java.nio.file.AccessDeniedException} and
+     * {@link java.nio.file.FileAlreadyExistsException} carry the path alone, and a read-only cache folder read
+     * "could not be extracted: /path/to/cache", without saying why.
+     */
+    static String reason(Exception e) {
+        Throwable t = e instanceof UncheckedIOException u && u.getCause() != null ? u.getCause() : e;
+        if (t instanceof java.nio.file.FileSystemException f && f.getReason() == null) {
+            String why = switch (f) {
+                case java.nio.file.AccessDeniedException x -> "permission denied";
+                case java.nio.file.NoSuchFileException x -> "no such file";
+                case java.nio.file.FileAlreadyExistsException x -> "exists, and is not what is expected there";
+                case java.nio.file.NotDirectoryException x -> "not a folder";
+                case java.nio.file.DirectoryNotEmptyException x -> "a folder that is not empty";
+                default -> f.getClass().getSimpleName();
+            };
+            return f.getMessage() + ": " + why;
+        }
+        return t.getMessage() != null ? t.getMessage() : t.toString();
     }
 
     private static BlasLibrary loadExplicit(BlasLibrary.Source source, String origin, String value) {

@@ -280,4 +280,21 @@ class LoaderTest {
         assertTrue(envMsg.startsWith("environment variable XDG_CACHE_HOME = ") && envMsg.contains("not a valid path"),
                 envMsg);
     }
+
+    /**
+     * A cache folder the bundle cannot be extracted into says why, not only where: the JDK's exceptions for a path
+     * that exists as something else (here the library's folder is a file) or that may not be written (a read-only
+     * cache) carry the path alone, and the message read "could not be extracted: /path/openblas-...".
+     */
+    @Test
+    void anUnusableCacheFolderSaysWhy() throws Exception {
+        Run first = run(Map.of(OpenBlas.CACHE_PROPERTY, tmp.resolve("cache-d").toString()), Map.of());
+        assertLoaded(first, "BUNDLED");
+        String folder = Path.of(first.line("path")).getParent().getFileName().toString();
+        Path cache = Files.createDirectories(tmp.resolve("cache-e"));
+        Path blocker = Files.writeString(cache.resolve(folder), "a file where the library's folder goes\n");
+        Run r = run(Map.of(OpenBlas.CACHE_PROPERTY, cache.toString()), Map.of());
+        String msg = assertFailed(r);
+        assertTrue(msg.contains(blocker + ": exists") && msg.contains(OpenBlas.CACHE_PROPERTY), msg);
+    }
 }
