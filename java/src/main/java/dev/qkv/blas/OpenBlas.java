@@ -595,7 +595,15 @@ public final class OpenBlas {
             throw new BlasUnavailableException(what + ": loaded, but it lacks " + String.join(", ", missing)
                     + " (is it OpenBLAS?)");
         }
+        // openblas_get_config takes no arguments, so it is safe to call on any build; every other call passes ints
         String config = cString(cblas_h.openblas_get_config());
+        if (config.contains("USE64BITINT")) {
+            // an ILP64 build (Debian's libopenblas64-0, say) exports the same names with 64-bit integer arguments:
+            // it read qkv's 32-bit sizes with garbage upper halves, and its first product aborted the JVM
+            throw new BlasUnavailableException(what + ": an OpenBLAS with 64-bit integers (config \"" + config
+                    + "\"); qkv calls the 32-bit integer (LP64) interface, which this library would misread: use an"
+                    + " LP64 build (libopenblas.so.0, not libopenblas64)");
+        }
         String core = cString(cblas_h.openblas_get_corename());
         return new BlasLibrary(source, path, config, core);
     }

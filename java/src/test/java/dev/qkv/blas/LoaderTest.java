@@ -297,4 +297,38 @@ class LoaderTest {
         String msg = assertFailed(r);
         assertTrue(msg.contains(blocker + ": exists") && msg.contains(OpenBlas.CACHE_PROPERTY), msg);
     }
+
+    /**
+     * An OpenBLAS built with 64-bit integers (ILP64: Debian's {@code libopenblas64-0} exports {@code cblas_sgemm}
+     * under its plain name) is refused when it loads, before any call that passes integers: it passed the symbol
+     * check, then read qkv's 32-bit sizes with garbage upper halves, and its first product aborted the JVM. Here a
+     * stand-in built with the C compiler, whose {@code openblas_get_config} says {@code USE64BITINT} as such builds'
+     * does, and whose every other entry point aborts: skipped where there is no {@code cc}.
+     */
+    @Test
+    void anOpenBlasWith64BitIntegersIsRefusedBeforeAnyCall() throws Exception {
+        Path c = Files.writeString(tmp.resolve("ilp64.c"), """
+                #include <stdlib.h>
+                const char *openblas_get_config(void) { return "OpenBLAS 0.3.21  USE64BITINT DYNAMIC_ARCH Haswell"; }
+                char *openblas_get_corename(void) { abort(); }
+                int openblas_get_num_threads(void) { abort(); }
+                void openblas_set_num_threads(long n) { abort(); }
+                void cblas_sgemm(void) { abort(); }
+                void cblas_sgemv(void) { abort(); }
+                """);
+        Path so = tmp.resolve("libopenblas64.so.0");
+        Process cc;
+        try {
+            cc = new ProcessBuilder("cc", "-shared", "-fPIC", "-o", so.toString(), c.toString())
+                    .redirectErrorStream(true).start();
+        } catch (IOException e) {
+            org.junit.jupiter.api.Assumptions.abort("no C compiler: " + e.getMessage());
+            return;
+        }
+        String ccOut = new String(cc.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        org.junit.jupiter.api.Assumptions.assumeTrue(cc.waitFor() == 0, "cc failed: " + ccOut);
+        Run r = run(Map.of(OpenBlas.LIBRARY_PROPERTY, so.toString()), Map.of());
+        String msg = assertFailed(r);
+        assertTrue(msg.contains(so.toString()) && msg.contains("64-bit integers"), msg);
+    }
 }
