@@ -125,12 +125,19 @@ public final class Tensor {
         return n;
     }
 
+    /**
+     * Row-major strides of {@code shape}, a dimension of 0 counting as 1 so that every stride is the extent of the
+     * dimensions after it. Only an empty shape can have such products past 2^63 (e.g. {@code [0, 2^62, 2]}, whose
+     * element count is 0); its strides stop at {@link Long#MAX_VALUE}, never wrapping negative, as it reaches no
+     * element through them.
+     */
     static long[] contiguousStrides(long[] shape) {
         long[] st = new long[shape.length];
         long s = 1;
         for (int i = shape.length - 1; i >= 0; i--) {
             st[i] = s;
-            s *= Math.max(shape[i], 1);
+            long d = Math.max(shape[i], 1);
+            s = s > Long.MAX_VALUE / d ? Long.MAX_VALUE : s * d;
         }
         return st;
     }
@@ -320,7 +327,9 @@ public final class Tensor {
                 st[j++] = strides[i];
             }
         }
-        return new Tensor(segment, offset + index * strides[r], s, st);
+        // an empty result reaches nothing: its offset stays, where index * stride of an empty view's huge
+        // dimension could pass 2^63 and wrap negative
+        return new Tensor(segment, elementCount(s) == 0 ? offset : offset + index * strides[r], s, st);
     }
 
     /** The view of elements {@code from} (inclusive) to {@code to} (exclusive) along dimension {@code d}. */
@@ -329,7 +338,8 @@ public final class Tensor {
         Objects.checkFromToIndex(from, to, shape[r]);
         long[] s = shape.clone();
         s[r] = to - from;
-        return new Tensor(segment, offset + (to > from ? from * strides[r] : 0), s, strides.clone());
+        // an empty result (this slice or another dimension of 0) reaches nothing: its offset stays (see select)
+        return new Tensor(segment, elementCount(s) == 0 ? offset : offset + from * strides[r], s, strides.clone());
     }
 
     /** The view with the last two dimensions swapped: {@code [..., m, n]} becomes {@code [..., n, m]}. */

@@ -346,6 +346,16 @@ class MalformedNpyTest {
                 "zero first"));
         assertEquals(Outcome.READ, check(v1(dict("(4611686018427387904, 4611686018427387904, 0)"), new byte[0]),
                 "zero last"));
+        // and the tensor read is one the checked view accepts: its strides had wrapped negative
+        try (Arena arena = Arena.ofConfined()) {
+            Path f = dir.resolve("huge-empty.npy");
+            Files.write(f, v1(dict("(0, 4611686018427387904, 2)"), new byte[0]));
+            Tensor t = Npy.read(f, arena).tensor();
+            for (long s : t.strides()) {
+                assertTrue(s >= 0, t.toString());
+            }
+            Tensor.view(t.segment(), t.offset(), t.shape(), t.strides());
+        }
     }
 
     /**

@@ -8,6 +8,7 @@ import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.Arrays;
+import java.util.List;
 import java.util.Random;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
@@ -447,6 +448,43 @@ class TensorTest {
                 }
                 assertEquals(distinct, t.hasDistinctAddresses(), t.toString());
             }
+        }
+    }
+
+    /**
+     * An empty shape whose other sizes multiply past 2^63 (element count 0) is legal, but its row-major strides
+     * wrapped negative: allocate gave strides {@link Tensor#view} itself refuses, wrap refused the shape as having
+     * a "negative stride", and selecting from such a view gave a negative offset. Property: every view these
+     * methods make can be rebuilt through the checked {@code view} from its own offset, shape and strides.
+     */
+    @Test
+    void emptyShapesWithHugeSizesGetViewsThatViewAccepts() {
+        long big = 1L << 62;
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment seg = a.allocate(64);
+            for (long[] shape : new long[][] {{0, big, 2}, {0, 3, big}, {2, 0, Long.MAX_VALUE, 3}, {0, big / 2, 2}}) {
+                List<Tensor> views = new java.util.ArrayList<>();
+                Tensor t = Tensor.allocate(a, shape);
+                views.add(t);
+                views.add(Tensor.wrap(seg, shape));
+                views.add(Tensor.allocate(a, 0).reshape(shape));
+                for (int d = 0; d < shape.length; d++) {
+                    if (shape[d] > 0) {
+                        views.add(t.select(d, shape[d] - 1));
+                        views.add(t.slice(d, shape[d] - 1, shape[d]));
+                    }
+                    views.add(t.transpose(0, d));
+                }
+                for (Tensor v : views) {
+                    assertEquals(0, v.elementCount(), v.toString());
+                    Tensor again = Tensor.view(v.segment(), v.offset(), v.shape(), v.strides());
+                    assertArrayEquals(v.strides(), again.strides(), v.toString());
+                    assertEquals(0, v.toArray().length);
+                }
+            }
+            // shapes whose products fit keep the closed form: each stride the product of the later sizes, 0 as 1
+            assertArrayEquals(new long[] {big, 2, 1}, Tensor.allocate(a, 0, big / 2, 2).strides());
+            assertArrayEquals(new long[] {2, 1, 1}, Tensor.wrap(seg, 0, 2, 0).strides());
         }
     }
 
