@@ -361,13 +361,15 @@ public final class Npy {
      * permission bits; a path that exists as
      * anything but a regular file (a folder, a device, a pipe) is refused, since the new file would replace it.
      *
+     * @throws IllegalStateException when the tensor's arena is closed
+     * @throws WrongThreadException  when the tensor's arena is confined to another thread
      * @throws NoSuchFileException when the folder of {@code file} does not exist
      * @throws IOException         when writing or renaming fails (the temporary file is removed)
      */
     public static void write(Path file, Tensor tensor) throws IOException {
-        if (!tensor.isAlive()) {
-            throw new IllegalStateException("tensor " + tensor.shapeString() + ": its arena is closed");
-        }
+        // closed (IllegalStateException) or confined to another thread (WrongThreadException), named with the
+        // shape and before any file exists: the JDK's own refusal would come mid-write, naming neither
+        tensor.requireUsable("tensor");
         if (tensor.shape().length > MAX_RANK) {
             // a file that read (and numpy) would refuse
             throw new IllegalArgumentException("tensor of " + tensor.shape().length + " dimensions: a .npy file"

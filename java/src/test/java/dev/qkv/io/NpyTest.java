@@ -400,6 +400,30 @@ class NpyTest {
         assertEquals(List.of(), listDir());
     }
 
+    /**
+     * A tensor of a confined arena written from another thread is refused by name and shape before any file is
+     * made; before, the JDK's "Attempted access outside owning thread" came from the middle of the write.
+     */
+    @Test
+    void writeOfTensorConfinedToAnotherThreadIsRefusedByName() throws Exception {
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor t = Tensor.allocate(arena, 3, 5);
+            Throwable[] thrown = new Throwable[1];
+            Thread other = new Thread(() -> {
+                try {
+                    Npy.write(dir.resolve("o.npy"), t);
+                } catch (Throwable e) {
+                    thrown[0] = e;
+                }
+            });
+            other.start();
+            other.join();
+            assertTrue(thrown[0] instanceof WrongThreadException, String.valueOf(thrown[0]));
+            assertTrue(thrown[0].getMessage().contains("tensor [3, 5]"), thrown[0].getMessage());
+        }
+        assertEquals(List.of(), listDir());
+    }
+
     private List<Path> listDir() throws IOException {
         try (Stream<Path> s = Files.list(dir)) {
             return s.sorted().toList();
