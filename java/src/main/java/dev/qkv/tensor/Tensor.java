@@ -48,9 +48,17 @@ public final class Tensor {
         return new Tensor(seg, 0, s, contiguousStrides(s));
     }
 
-    /** A contiguous tensor holding a copy of {@code values}, taken from {@code arena}. */
+    /**
+     * A contiguous tensor holding a copy of {@code values}, taken from {@code arena}. A length that does not match
+     * the shape is refused before anything is taken from the arena (memory an arena gave stays until it closes).
+     */
     public static Tensor of(Arena arena, float[] values, long... shape) {
-        Tensor t = allocate(arena, shape);
+        Objects.requireNonNull(values, "values");
+        long[] s = checkShape(shape);
+        if (values.length != elementCount(s)) {
+            throw new IllegalArgumentException(values.length + " values for tensor " + Shapes.format(s));
+        }
+        Tensor t = allocate(arena, s);
         t.copyFrom(values);
         return t;
     }

@@ -488,6 +488,42 @@ class TensorTest {
         }
     }
 
+    /**
+     * Tensor.of with a wrong number of values is refused before it takes memory from the arena: an arena frees
+     * nothing until it closes, so a long-lived one grew by the whole shape on every refused call.
+     */
+    @Test
+    void ofWithTheWrongLengthTakesNothingFromTheArena() {
+        try (Arena real = Arena.ofConfined()) {
+            long[] taken = {0};
+            Arena counting = new Arena() {
+                @Override
+                public MemorySegment allocate(long byteSize, long byteAlignment) {
+                    taken[0] += byteSize;
+                    return real.allocate(byteSize, byteAlignment);
+                }
+
+                @Override
+                public MemorySegment.Scope scope() {
+                    return real.scope();
+                }
+
+                @Override
+                public void close() {
+                    throw new UnsupportedOperationException();
+                }
+            };
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                    () -> Tensor.of(counting, new float[5], 1000, 1000));
+            assertTrue(e.getMessage().contains("[1000, 1000]"), e.getMessage());
+            assertEquals(0, taken[0]);
+            assertThrows(NullPointerException.class, () -> Tensor.of(counting, null, 2));
+            assertEquals(0, taken[0]);
+            assertArrayEquals(new float[] {1, 2, 3, 4}, Tensor.of(counting, new float[] {1, 2, 3, 4}, 2, 2).toArray());
+            assertEquals(16, taken[0]);
+        }
+    }
+
     /** A tensor with no elements is contiguous wherever its zero is, so it reshapes like any other. */
     @Test
     void emptyTensorsAreContiguousAndReshape() {
