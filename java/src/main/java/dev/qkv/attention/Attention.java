@@ -459,10 +459,7 @@ public final class Attention {
      * then reused, so steady-state calls allocate nothing).
      */
     public void sdpa(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options) {
-        SdpaArgs.validate(q, k, v, out, options);
-        if (backend == Backend.NATIVE) {
-            SdpaArgs.requireNative(q, k, v, out);
-        }
+        validate(q, k, v, out, options);
         if (matmul == null) {
             ReferenceAttention.compute(q, k, v, out, options);
             return;
@@ -485,10 +482,7 @@ public final class Attention {
 
     /** Computes attention into {@code out} using the caller's workspace, which must hold {@link #workspaceBytes}. */
     public void sdpa(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options, Workspace workspace) {
-        SdpaArgs.validate(q, k, v, out, options);
-        if (backend == Backend.NATIVE) {
-            SdpaArgs.requireNative(q, k, v, out);
-        }
+        validate(q, k, v, out, options);
         Objects.requireNonNull(workspace, "workspace");
         if (matmul == null) {
             ReferenceAttention.compute(q, k, v, out, options);
@@ -525,13 +519,28 @@ public final class Attention {
         }
     }
 
-    /** Bytes of off-heap workspace a call with these tensors needs (all workers together). */
+    /**
+     * Bytes of off-heap workspace a call with these tensors needs (all workers together). Refuses what
+     * {@link #sdpa} refuses, so that no size is reported for a call that cannot run.
+     */
     public long workspaceBytes(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options) {
-        SdpaArgs.validate(q, k, v, out, options);
+        validate(q, k, v, out, options);
         if (matmul == null) {
             return 0;
         }
         return plannedBytes(q, k, v, out, options, null);
+    }
+
+    /**
+     * The checks of {@link #sdpa} before any work: the arguments, and on {@link Backend#NATIVE} off-heap tensors.
+     * {@link #plan} and {@link #workspaceBytes} run them too: they reported a plan (kernel=native) and a size for
+     * heap tensors that the call then refused.
+     */
+    private void validate(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options) {
+        SdpaArgs.validate(q, k, v, out, options);
+        if (backend == Backend.NATIVE) {
+            SdpaArgs.requireNative(q, k, v, out);
+        }
     }
 
     /** The workspace a call plans for with {@code shared} (null: a workspace of any size). */
@@ -553,7 +562,7 @@ public final class Attention {
      * grouped layout of grouped kv heads runs one head per task instead.
      */
     public long workspaceBytes(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options, Workspace workspace) {
-        SdpaArgs.validate(q, k, v, out, options);
+        validate(q, k, v, out, options);
         Objects.requireNonNull(workspace, "workspace");
         if (matmul == null) {
             return 0;
@@ -589,10 +598,11 @@ public final class Attention {
     /**
      * How a call with these tensors would run, one line: kernel, workers, block rows, tasks, off-heap workspace
      * and heap scratch in bytes, for the OpenBLAS engine in small calls the per-thread copies of qᵀ
-     * ({@code qTransposedBytes}, off-heap and heap together, all workers), and the budget.
+     * ({@code qTransposedBytes}, off-heap and heap together, all workers), and the budget. Refuses what
+     * {@link #sdpa} refuses.
      */
     public String plan(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options) {
-        SdpaArgs.validate(q, k, v, out, options);
+        validate(q, k, v, out, options);
         if (matmul == null) {
             return "kernel=reference workers=1";
         }

@@ -385,4 +385,31 @@ class AttentionArgumentsTest {
                     e.getMessage());
         }
     }
+
+    /**
+     * {@code plan} ("how a call with these tensors would run") and {@code workspaceBytes} refuse what the call
+     * refuses: on the native backend, heap tensors. They reported {@code kernel=native}, workers and a workspace
+     * size for a call that {@code sdpa} then refused, naming q.
+     */
+    @Test
+    void planAndWorkspaceBytesRefuseWhatTheNativeCallRefuses() {
+        Attention at = Attention.create(Backend.NATIVE);
+        Tensor q = heap(new float[2 * 8 * 16], 1, 2, 8, 16);
+        Tensor k = heap(new float[2 * 8 * 16], 1, 2, 8, 16);
+        Tensor v = heap(new float[2 * 8 * 16], 1, 2, 8, 16);
+        Tensor out = heap(new float[2 * 8 * 16], 1, 2, 8, 16).fill(Float.NaN);
+        String why = "q [1, 2, 8, 16]: a heap segment";
+        rejects(IllegalArgumentException.class, out, () -> at.sdpa(q, k, v, out, SdpaOptions.DEFAULT), why);
+        rejects(IllegalArgumentException.class, out, () -> at.plan(q, k, v, out, SdpaOptions.DEFAULT), why);
+        rejects(IllegalArgumentException.class, out, () -> at.workspaceBytes(q, k, v, out, SdpaOptions.DEFAULT), why);
+        try (Arena arena = Arena.ofConfined()) {
+            Workspace ws = Workspace.allocate(arena, 1 << 16);
+            rejects(IllegalArgumentException.class, out,
+                    () -> at.workspaceBytes(q, k, v, out, SdpaOptions.DEFAULT, ws), why);
+        }
+        // the other backends run such tensors, and plan them
+        for (Backend b : new Backend[] {Backend.JAVA, Backend.REFERENCE}) {
+            assertDoesNotThrow(() -> Attention.create(b).plan(q, k, v, out, SdpaOptions.DEFAULT));
+        }
+    }
 }
