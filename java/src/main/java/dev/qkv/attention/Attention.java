@@ -432,7 +432,10 @@ public final class Attention {
 
     /**
      * The matrix-product kernel behind this instance: {@code native}, {@code java-vector}, {@code java-scalar},
-     * or {@code reference} for the scalar oracle.
+     * or {@code reference} for the scalar oracle. For {@link Backend#AUTO} with an AVX-512 OpenBLAS core and the
+     * Vector API, which chooses per call, the rule instead: {@code auto(native from Dk = 256 and 8 query rows;
+     * java-vector otherwise)} (heap tensors, and off-heap ones in layouts the Java engine cannot read in place,
+     * are exceptions); {@link #plan} names the kernel of a given call.
      */
     public String kernelName() {
         if (backend == Backend.AUTO) {
@@ -574,7 +577,10 @@ public final class Attention {
     /**
      * Bytes of workspace that the score tiles of a call with {@code lq} query rows and {@code lk} keys can need,
      * all workers together, when no operand has to be packed (unit inner strides): an upper bound over the
-     * engines this instance may run, for callers that size one workspace for many calls.
+     * engines this instance may run, for callers that size one workspace for many calls. It covers one query
+     * head's rows per worker: a few-query call with grouped kv heads plans every head of a group together
+     * ({@link #workspaceBytes(Tensor, Tensor, Tensor, Tensor, SdpaOptions)} can then exceed this bound), and given
+     * a workspace of this size runs one head per task instead.
      */
     public long scoreTileBytes(long lq, long lk) {
         if (matmul == null) {

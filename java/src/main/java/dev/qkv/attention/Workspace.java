@@ -26,8 +26,8 @@ public final class Workspace {
     }
 
     /**
-     * A workspace of {@code bytes} bytes, 64-byte aligned, from the caller's arena, which must give writable
-     * off-heap memory of that size (an {@link Arena} of one's own may not).
+     * A workspace of {@code bytes} bytes (at least 64: {@link #byteSize} says how many), 64-byte aligned, from the
+     * caller's arena, which must give writable off-heap memory of that size (an {@link Arena} of one's own may not).
      */
     public static Workspace allocate(Arena arena, long bytes) {
         Objects.requireNonNull(arena, "arena");
