@@ -560,34 +560,31 @@ public final class MultiHeadAttention {
             ldc = ld(m, cRs, n);
         }
         WorkerPool pool = WorkerPool.shared();
-        Slabs job = ws.slabs();
-        // the cut comes from the shape alone (see SLAB_COLS): the same slabs on one thread or many
-        if (2.0 * mats * m * n * k < WorkerPool.MIN_PARALLEL_FLOPS) {
-            // whole matrices on the caller, but through the pool (wanted 0): a thread inside a product counts as a
-            // core taken, so that a concurrent call gets no pool thread beside request threads that fill the cores
-            // (a decode step's projections are all of this size)
-            job.set(this, a, aOff, aBs, lda, c, cOff, cBs, ldc, m, n, k, wt, ldw, 1, Math.max(n, 1));
-            try {
-                pool.run(job, mats, 0);
-            } finally {
-                job.release();
+        // the cut comes from the shape alone (see SLAB_COLS): the same slabs on one thread or many. Below
+        // MIN_PARALLEL_FLOPS each matrix is one task on the caller, still through the pool: a thread inside a
+        // product counts as a core taken, so that a concurrent call gets no pool thread beside request threads
+        // that fill the cores (a decode step's projections are all of this size)
+        int slabs = 1;
+        int slabCols = Math.max(n, 1);
+        int wanted = 0;
+        if (2.0 * mats * m * n * k >= WorkerPool.MIN_PARALLEL_FLOPS) {
+            OpenBlas nat = blas;
+            if (nat != null && nat.threads() != 1) {
+                // slabs run side by side on qkv's threads; OpenBLAS threads inside them would oversubscribe
+                nat.setThreads(1);
             }
-            return;
+            slabs = (n + SLAB_COLS - 1) / SLAB_COLS;
+            slabCols = SLAB_COLS;
+            int threads = attention.threads();
+            if (threads > 1 && pool.accessible(a) && pool.accessible(c) && pool.accessible(wt.segment())) {
+                wanted = threads - 1;
+            }
         }
-        OpenBlas nat = blas;
-        if (nat != null && nat.threads() != 1) {
-            // slabs run side by side on qkv's threads; OpenBLAS threads inside them would oversubscribe
-            nat.setThreads(1);
-        }
-        int slabs = (n + SLAB_COLS - 1) / SLAB_COLS;
-        int tasks = Math.multiplyExact(mats, slabs);
-        int threads = attention.threads();
-        boolean parallel = threads > 1 && pool.accessible(a) && pool.accessible(c)
-                && pool.accessible(wt.segment());
-        job.set(this, a, aOff, aBs, lda, c, cOff, cBs, ldc, m, n, k, wt, ldw, slabs, SLAB_COLS);
+        Slabs job = ws.slabs();
+        job.set(this, a, aOff, aBs, lda, c, cOff, cBs, ldc, m, n, k, wt, ldw, slabs, slabCols);
         try {
             // wanted 0: the pool runs every task on the caller, in the same slabs
-            pool.run(job, tasks, parallel ? threads - 1 : 0);
+            pool.run(job, Math.multiplyExact(mats, slabs), wanted);
         } finally {
             job.release();
         }
