@@ -559,16 +559,7 @@ public final class OpenBlas {
 
     private static BlasLibrary loadExplicit(BlasLibrary.Source source, String origin, String value) {
         String what = origin + " = " + value;
-        Path path;
-        try {
-            path = Path.of(value).toAbsolutePath();
-        } catch (java.nio.file.InvalidPathException e) {
-            // a name this JVM cannot form (a NUL, or a character its file-name encoding lacks): the setting's fault,
-            // said as such, not an initialisation failure naming neither the property nor the variable
-            throw new BlasUnavailableException(what + ": not a valid path (" + e.getReason() + "; this JVM encodes"
-                    + " file names as " + System.getProperty("sun.jnu.encoding") + ") (an explicit library path never"
-                    + " falls back)", e);
-        }
+        Path path = path(origin, value, "", " (an explicit library path never falls back)").toAbsolutePath();
         if (!Files.exists(path)) {
             throw new BlasUnavailableException(what + ": no such file (an explicit library path never falls back)");
         }
@@ -723,18 +714,18 @@ public final class OpenBlas {
         String explicit = System.getProperty(CACHE_PROPERTY);
         if (explicit != null && !explicit.isBlank()) {
             // absolute: System.load takes absolute paths only (a relative folder extracted, then never loaded)
-            return path("system property " + CACHE_PROPERTY, explicit).toAbsolutePath();
+            return path("system property " + CACHE_PROPERTY, explicit, CACHE_ROLE, "").toAbsolutePath();
         }
         String xdg = System.getenv("XDG_CACHE_HOME");
         if (xdg != null && !xdg.isBlank()) {
-            Path p = path("environment variable XDG_CACHE_HOME", xdg);
+            Path p = path("environment variable XDG_CACHE_HOME", xdg, CACHE_ROLE, "");
             if (p.isAbsolute()) {
                 // the XDG spec: a relative value is invalid and is ignored
                 return p.resolve("qkv");
             }
         }
         String home = System.getProperty("user.home");
-        Path h = home == null || home.isBlank() ? null : path("system property user.home", home);
+        Path h = home == null || home.isBlank() ? null : path("system property user.home", home, CACHE_ROLE, "");
         if (h == null || !h.isAbsolute()) {
             throw new BlasUnavailableException("bundled OpenBLAS (org.bytedeco:openblas) has no cache folder to be"
                     + " extracted to: " + CACHE_PROPERTY + " and XDG_CACHE_HOME are unset (or relative) and the home"
@@ -744,14 +735,21 @@ public final class OpenBlas {
         return h.resolve(".cache").resolve("qkv");
     }
 
-    /** {@code value} as a path, or a refusal naming the setting it came from ({@code origin}). */
-    private static Path path(String origin, String value) {
+    private static final String CACHE_ROLE = " for the bundled OpenBLAS's cache folder";
+
+    /**
+     * {@code value} as a path, or a refusal naming the setting it came from ({@code origin}): a name this JVM
+     * cannot form (a NUL, or a character its file-name encoding lacks) is the setting's fault, said as such, not an
+     * initialisation failure naming neither the property nor the variable. {@code role} follows "not a valid path"
+     * in the message, {@code note} ends it.
+     */
+    private static Path path(String origin, String value, String role, String note) {
         try {
             return Path.of(value);
         } catch (java.nio.file.InvalidPathException e) {
-            throw new BlasUnavailableException(origin + " = " + value + ": not a valid path for the bundled OpenBLAS's"
-                    + " cache folder (" + e.getReason() + "; this JVM encodes file names as "
-                    + System.getProperty("sun.jnu.encoding") + ")", e);
+            throw new BlasUnavailableException(origin + " = " + value + ": not a valid path" + role + " ("
+                    + e.getReason() + "; this JVM encodes file names as " + System.getProperty("sun.jnu.encoding")
+                    + ")" + note, e);
         }
     }
 }
