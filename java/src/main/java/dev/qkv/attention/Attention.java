@@ -1238,15 +1238,15 @@ public final class Attention {
             }
             for (int r = 0; r < rows; r++) {
                 long at = row0 + (long) (i0 + r) * o.stride(2);
-                boolean nan = false;
+                boolean nonFinite = false;
                 if (cs == 1) {
-                    nan = owner.rows.anyNonFinite(os, at, dv);
+                    nonFinite = owner.rows.anyNonFinite(os, at, dv);
                 } else {
-                    for (int d = 0; d < dv && !nan; d++) {
-                        nan = !Float.isFinite(os.getAtIndex(F, at + d * cs));
+                    for (int d = 0; d < dv && !nonFinite; d++) {
+                        nonFinite = !Float.isFinite(os.getAtIndex(F, at + d * cs));
                     }
                 }
-                if (nan) {
+                if (nonFinite) {
                     exactRow(s, b, h, i0 + r);
                 }
             }
