@@ -931,15 +931,11 @@ public final class Attention {
                 // mask strides broadcast to [B, Hq, Lq, Lk]
                 Tensor m = mask.values();
                 mOff = m.offset();
-                if (m.rank() == 2) {
-                    ms2 = m.size(0) == 1 ? 0 : m.stride(0);
-                    ms3 = m.stride(1);
-                } else {
-                    ms0 = m.size(0) == 1 ? 0 : m.stride(0);
-                    ms1 = m.size(1) == 1 ? 0 : m.stride(1);
-                    ms2 = m.size(2) == 1 ? 0 : m.stride(2);
-                    ms3 = m.stride(3);
-                }
+                long[] st = ReferenceAttention.maskStrides(m);
+                ms0 = st[0];
+                ms1 = st[1];
+                ms2 = st[2];
+                ms3 = st[3];
             }
             packQ = !matrixOk(q);
             packK = !matrixOk(k);

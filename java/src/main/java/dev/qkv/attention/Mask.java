@@ -5,9 +5,11 @@ import dev.qkv.tensor.Tensor;
 import java.util.Objects;
 
 /**
- * An attention mask over scores {@code [B, Hq, Lq, Lk]}, given as a tensor that broadcasts to that shape from
- * {@code [Lq, Lk]}, {@code [B, 1, Lq, Lk]}, {@code [B, Hq, Lq, Lk]} or {@code [B, 1, 1, Lk]} (a dimension of
- * size 1 broadcasts, except the last: a mask always has one value per key, {@code Lk} of them).
+ * An attention mask over scores {@code [B, Hq, Lq, Lk]}, given as a tensor of rank 1 to 4 that broadcasts to that
+ * shape as in NumPy and PyTorch: its dimensions align with the scores' from the right, and each is the scores'
+ * size or 1 (repeated), e.g. {@code [Lk]}, {@code [Lq, Lk]}, {@code [Hq, Lq, Lk]}, {@code [B, 1, Lq, Lk]},
+ * {@code [B, 1, 1, Lk]} (a key-padding mask) or {@code [B, Hq, Lq, Lk]}. The last dimension is always {@code Lk}:
+ * a mask has one value per key.
  *
  * <p>A boolean mask ({@link #allowed}) follows PyTorch: a non-zero element means the query may attend the key,
  * zero means it may not. An additive mask ({@link #additive}) is added to the scaled scores; {@code -inf}

@@ -49,6 +49,7 @@ final class ReferenceAttention {
         double scale = options.scaleFor(dk);
         Mask mask = options.mask();
         Tensor m = mask == null ? null : mask.values();
+        long[] ms = m == null ? null : maskStrides(m);
         MemorySegment qs = q.segment();
         MemorySegment ks = k.segment();
         MemorySegment vs = v.segment();
@@ -63,7 +64,7 @@ final class ReferenceAttention {
             }
             x *= scale;
             if (m != null) {
-                float mv = m.segment().getAtIndex(F, maskAt(m, b, h, i, j));
+                float mv = m.segment().getAtIndex(F, m.offset() + b * ms[0] + h * ms[1] + i * ms[2] + j * ms[3]);
                 if (mask.kind() == Mask.Kind.BOOLEAN) {
                     allowed &= mv != 0f;
                 } else {
@@ -100,12 +101,17 @@ final class ReferenceAttention {
         }
     }
 
-    /** Element index of mask entry (b, h, i, j): a rank-2 mask is {@code [Lq, Lk]}; dimensions of size 1 broadcast. */
-    private static long maskAt(Tensor m, int b, int h, int i, int j) {
-        if (m.rank() == 2) {
-            return m.offset() + (m.size(0) == 1 ? 0 : i * m.stride(0)) + (m.size(1) == 1 ? 0 : j * m.stride(1));
+    /**
+     * A mask's strides over {@code [B, Hq, Lq, Lk]}: its dimensions align from the right, and one it lacks or of
+     * size 1 broadcasts (stride 0). The last (keys) keeps its stride.
+     */
+    static long[] maskStrides(Tensor m) {
+        int r = m.rank();
+        long[] st = new long[4];
+        for (int d = 0; d < r; d++) {
+            st[4 - r + d] = m.size(d) == 1 && d < r - 1 ? 0 : m.stride(d);
         }
-        return at(m, b, h, i, j);
+        return st;
     }
 
     /** Element index of [b, h, i, j] in a rank-4 tensor; dimensions of size 1 broadcast. */

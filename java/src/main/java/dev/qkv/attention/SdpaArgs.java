@@ -156,24 +156,29 @@ final class SdpaArgs {
         }
     }
 
+    /**
+     * A mask broadcasts to {@code [B, Hq, Lq, Lk]} as NumPy and PyTorch broadcast: its dimensions align with the
+     * scores' from the right, each is the scores' size or 1, and the last is {@code Lk} (one value per key).
+     */
     private static void checkMask(Tensor m, long b, long hq, long lq, long lk) {
-        if (m.rank() == 2) {
-            if (!fits(m.size(0), lq) || m.size(1) != lk) {
-                throw new IllegalArgumentException(m.describe("mask") + ": not " + maskWant(b, hq, lq, lk));
-            }
-        } else if (m.rank() == 4) {
-            if (!fits(m.size(0), b) || !fits(m.size(1), hq) || !fits(m.size(2), lq) || m.size(3) != lk) {
-                throw new IllegalArgumentException(m.describe("mask") + ": not " + maskWant(b, hq, lq, lk));
-            }
-        } else {
-            throw new IllegalArgumentException(m.describe("mask") + ": rank " + m.rank() + " is not "
+        int r = m.rank();
+        if (r < 1 || r > 4) {
+            throw new IllegalArgumentException(m.describe("mask") + ": rank " + r + " is not "
                     + maskWant(b, hq, lq, lk));
+        }
+        long[] want = {b, hq, lq, lk};
+        boolean ok = m.size(r - 1) == lk;
+        for (int d = 0; d < r - 1; d++) {
+            ok &= fits(m.size(d), want[4 - r + d]);
+        }
+        if (!ok) {
+            throw new IllegalArgumentException(m.describe("mask") + ": not " + maskWant(b, hq, lq, lk));
         }
     }
 
     private static String maskWant(long b, long hq, long lq, long lk) {
-        return "broadcastable to [" + b + ", " + hq + ", " + lq + ", " + lk + "] from [Lq, Lk], [B, 1, Lq, Lk],"
-                + " [B, Hq, Lq, Lk] or [B, 1, 1, Lk]";
+        return "broadcastable to [" + b + ", " + hq + ", " + lq + ", " + lk + "] (aligned from the right, as in"
+                + " [Lk], [Lq, Lk], [Hq, Lq, Lk] or [B, Hq, Lq, Lk]; any size may be 1 but the last, " + lk + ")";
     }
 
     private static boolean fits(long have, long want) {

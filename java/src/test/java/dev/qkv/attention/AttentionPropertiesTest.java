@@ -389,4 +389,63 @@ class AttentionPropertiesTest {
             assertEquals(java.util.Arrays.toString(a.toArray()), java.util.Arrays.toString(c.toArray()));
         }
     }
+
+    /**
+     * A mask of any rank broadcasts as NumPy and PyTorch broadcast (its dimensions aligned with the scores' from the
+     * right, a missing or size-1 one repeated): each form gives the same bits as its values written out in full,
+     * {@code [B, Hq, Lq, Lk]}, by indexing here. The causal rule is on too, so that the mask meets the blocks.
+     */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("backends")
+    void masksOfEveryRankBroadcastFromTheRight(Backend backend) {
+        int b = 2, hq = 4, hkv = 2, lq = 70, lk = 67, dk = 16, dv = 8;
+        long[][] forms = {{lk}, {1, lk}, {lq, lk}, {hq, lq, lk}, {1, lq, lk}, {hq, 1, lk}, {b, 1, 1, lk},
+                {1, hq, 1, lk}, {b, hq, lq, lk}};
+        try (Arena arena = Arena.ofConfined()) {
+            Random r = new Random(SEED);
+            Tensor q = Fixtures.random(arena, r, b, hq, lq, dk);
+            Tensor k = Fixtures.random(arena, r, b, hkv, lk, dk);
+            Tensor v = Fixtures.random(arena, r, b, hkv, lk, dv);
+            long[] scores = {b, hq, lq, lk};
+            for (long[] form : forms) {
+                int n = 1;
+                for (long d : form) {
+                    n *= (int) d;
+                }
+                for (boolean bool : new boolean[] {true, false}) {
+                    float[] x = new float[n];
+                    for (int i = 0; i < n; i++) {
+                        x[i] = bool ? (r.nextInt(3) == 0 ? 0f : 1f) : 2 * r.nextFloat() - 1;
+                    }
+                    // the full mask: element (x0, x1, x2, x3) reads the form's element at the aligned indices
+                    float[] full = new float[b * hq * lq * lk];
+                    int[] at = new int[4];
+                    for (int e = 0; e < full.length; e++) {
+                        int rest = e;
+                        for (int d = 3; d >= 0; d--) {
+                            at[d] = rest % (int) scores[d];
+                            rest /= (int) scores[d];
+                        }
+                        int src = 0;
+                        for (int d = 0; d < form.length; d++) {
+                            int sd = 4 - form.length + d;
+                            src = src * (int) form[d] + (form[d] == 1 ? 0 : at[sd]);
+                        }
+                        full[e] = x[src];
+                    }
+                    Tensor m = Tensor.of(arena, x, form);
+                    Tensor mFull = Tensor.of(arena, full, scores);
+                    SdpaOptions o = SdpaOptions.CAUSAL.withMask(bool ? Mask.allowed(m) : Mask.additive(m));
+                    SdpaOptions oFull = SdpaOptions.CAUSAL.withMask(bool ? Mask.allowed(mFull) : Mask.additive(mFull));
+                    Tensor out = Tensor.allocate(arena, b, hq, lq, dv);
+                    Tensor want = Tensor.allocate(arena, b, hq, lq, dv);
+                    Fixtures.run(backend, q, k, v, out, o);
+                    Fixtures.run(backend, q, k, v, want, oFull);
+                    assertEquals(java.util.Arrays.toString(want.toArray()), java.util.Arrays.toString(out.toArray()),
+                            backend + " mask " + java.util.Arrays.toString(form) + (bool ? " bool" : " float"));
+                    compareWithReference(arena, backend, q, k, v, out, oFull);
+                }
+            }
+        }
+    }
 }

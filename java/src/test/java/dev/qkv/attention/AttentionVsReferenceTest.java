@@ -46,7 +46,13 @@ class AttentionVsReferenceTest {
         /** {@code [B, 1, Lq, Lk]} sliced out of a wider {@code [B, 2, Lq, Lk + 3]}: offset and padded rows. */
         SLICED_VIEW,
         /** {@code [Lq, Lk]} as the transpose of a dense {@code [Lk, Lq]}: the key stride is Lq, not 1. */
-        TRANSPOSED_VIEW;
+        TRANSPOSED_VIEW,
+        /** {@code [Lk]}: one row for every batch, head and query (rank 1, aligned from the right). */
+        LK,
+        /** {@code [Hq, Lq, Lk]}: one mask per head, shared by the batches (rank 3). */
+        HQ_LQ_LK,
+        /** {@code [Hq, 1, Lk]}: a per-head key mask (rank 3, the queries broadcast). */
+        HQ_1_LK;
 
         long[] shape(int b, int hq, int lq, int lk) {
             return switch (this) {
@@ -55,6 +61,9 @@ class AttentionVsReferenceTest {
                 case B_1_LQ_LK, SLICED_VIEW -> new long[] {b, 1, lq, lk};
                 case B_HQ_LQ_LK, ZERO_STRIDE_VIEW -> new long[] {b, hq, lq, lk};
                 case B_1_1_LK -> new long[] {b, 1, 1, lk};
+                case LK -> new long[] {lk};
+                case HQ_LQ_LK -> new long[] {hq, lq, lk};
+                case HQ_1_LK -> new long[] {hq, 1, lk};
             };
         }
     }
