@@ -1,6 +1,7 @@
 package dev.qkv.tensor;
 
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.function.Executable;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.ValueSource;
 
@@ -14,6 +15,7 @@ import java.util.Random;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertInstanceOf;
 import static org.junit.jupiter.api.Assertions.assertSame;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -273,7 +275,45 @@ class TensorTest {
         assertTrue(t.isAlive());
         arena.close();
         assertFalse(t.isAlive());
-        assertThrows(IllegalStateException.class, t::toArray);
+        // every element method names the tensor and its shape, not the JDK's "Already closed"
+        List<Executable> calls = List.of(t::toArray, () -> t.fill(1f), () -> t.copyFrom(new float[4]),
+                () -> t.transpose().toArray(), () -> t.transpose().fill(1f));
+        for (Executable call : calls) {
+            IllegalStateException e = assertThrows(IllegalStateException.class, call);
+            assertEquals("tensor [2, 2]: its arena is closed", e.getMessage());
+        }
+        try (Arena live = Arena.ofConfined()) {
+            Tensor dst = Tensor.allocate(live, 2, 2);
+            IllegalStateException e = assertThrows(IllegalStateException.class, () -> dst.copyFrom(t));
+            assertEquals("source [2, 2]: its arena is closed", e.getMessage());
+            IllegalStateException e2 = assertThrows(IllegalStateException.class, () -> t.copyFrom(dst));
+            assertEquals("tensor [2, 2]: its arena is closed", e2.getMessage());
+        }
+    }
+
+    @Test
+    void aTensorConfinedToAnotherThreadIsRefusedByName() throws Exception {
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor t = Tensor.allocate(arena, 3, 1);
+            List<Throwable> seen = new java.util.ArrayList<>();
+            Thread other = new Thread(() -> {
+                for (Runnable call : List.<Runnable>of(t::toArray, () -> t.fill(2f), () -> t.copyFrom(new float[3]))) {
+                    try {
+                        call.run();
+                    } catch (Throwable e) {
+                        seen.add(e);
+                    }
+                }
+            });
+            other.start();
+            other.join();
+            assertEquals(3, seen.size(), seen.toString());
+            for (Throwable e : seen) {
+                assertInstanceOf(WrongThreadException.class, e);
+                assertEquals("tensor [3, 1]: its arena is confined to another thread", e.getMessage());
+            }
+            assertEquals(0f, t.get(2, 0), "the other thread wrote nothing");
+        }
     }
 
     @Test
