@@ -36,18 +36,26 @@ final class BenchSupport {
      * and the last included; every head of the decode step (32 rows). A row costs one scalar pass over its keys.
      */
     static final int CHECKED_ROWS = 64;
-    /** Largest |difference| {@link #check} accepts (the inputs are uniform in [-1, 1)), as OrtBench's check. */
+    /**
+     * Largest |difference| {@link #check} accepts, in units of the largest |v| the row attends to: 1e-4 for inputs
+     * uniform in [-1, 1), as OrtBench's check.
+     */
     static final double TOLERANCE = 1e-4;
 
     /**
      * Recomputes {@link #CHECKED_ROWS} rows of {@code out = softmax(q·kᵀ/√D [causal]) · v} with qkv's scalar
      * reference ({@link Backend#REFERENCE}, double sums), from q {@code [B, H, Lq, D]} and k, v {@code [B, Hkv, Lk,
      * D]} (query head {@code h} reads kv head {@code h / (H / Hkv)}; causal: query {@code i} sees keys
-     * {@code 0..i}, Lq = Lk), and throws when a value of {@code out} differs by more than {@link #TOLERANCE} (or is
-     * NaN), so that no figure belongs to a wrong answer. The first and the last row are always among them (a
-     * stride of rows / 16 from the last row alone never reached row 0, checked only the odd heads of the decode
-     * step, and at 1x8x2048x64 only query positions 1023 and 2047). Each row is its own
-     * reference call on views: that query row against the keys it may see, so a causal row needs no mask.
+     * {@code 0..i}, Lq = Lk), and throws when a value of {@code out} differs by more than
+     * {@code TOLERANCE·max|v| + keys·MIN_VALUE/2} (or is NaN), so that no figure belongs to a wrong answer.
+     * {@code max|v|} is over the keys the row sees: an output row is a convex combination of them, so its error
+     * scales with them, and {@code DecodeBench -p values=subnormal} (v of ~1e-39, outputs of ~1e-41) is held to its
+     * own scale; an absolute 1e-4 passed an output flushed to zero. {@code keys·MIN_VALUE/2} allows each of the
+     * row's products {@code p·v} to round once to the subnormal grid ({@link Float#MIN_VALUE}; 2.9e-42 at 4096
+     * keys, a tenth of the subnormal decode step's largest output, nothing at normal scales). The first and the
+     * last row are always among them (a stride of rows / 16 from the last row alone never reached row 0, checked
+     * only the odd heads of the decode step, and at 1x8x2048x64 only query positions 1023 and 2047). Each row is
+     * its own reference call on views: that query row against the keys it may see, so a causal row needs no mask.
      * Returns the largest difference.
      */
     static double check(Tensor q, Tensor k, Tensor v, Tensor out, boolean causal) {
@@ -71,15 +79,30 @@ final class BenchSupport {
                 long hk = hi / (h / hkv);
                 long keys = causal ? i + 1 : lk;
                 Tensor got = out.slice(0, bi, bi + 1).slice(1, hi, hi + 1).slice(2, i, i + 1);
+                Tensor seen = v.slice(0, bi, bi + 1).slice(1, hk, hk + 1).slice(2, 0, keys);
                 reference.sdpa(q.slice(0, bi, bi + 1).slice(1, hi, hi + 1).slice(2, i, i + 1),
-                        k.slice(0, bi, bi + 1).slice(1, hk, hk + 1).slice(2, 0, keys),
-                        v.slice(0, bi, bi + 1).slice(1, hk, hk + 1).slice(2, 0, keys), want, SdpaOptions.DEFAULT);
-                max = Math.max(max, maxDiff(want.toArray(), got.toArray()));
+                        k.slice(0, bi, bi + 1).slice(1, hk, hk + 1).slice(2, 0, keys), seen, want,
+                        SdpaOptions.DEFAULT);
+                double scale = maxAbs(seen.toArray());
+                double tolerance = TOLERANCE * scale + keys * (double) Float.MIN_VALUE / 2;
+                double diff = maxDiff(want.toArray(), got.toArray());
+                if (!(diff <= tolerance)) {
+                    throw new IllegalStateException("the output differs from softmax(q·kᵀ/√D)·v by " + diff
+                            + " at row " + row + ", more than " + tolerance + " (" + TOLERANCE + " · max|v| "
+                            + scale + " + " + keys + " keys · MIN_VALUE/2; q " + q.shapeString() + ", k "
+                            + k.shapeString() + (causal ? ", causal" : "") + ")");
+                }
+                max = Math.max(max, diff);
             }
         }
-        if (!(max <= TOLERANCE)) {
-            throw new IllegalStateException("the output differs from softmax(q·kᵀ/√D)·v by " + max + " (q "
-                    + q.shapeString() + ", k " + k.shapeString() + (causal ? ", causal" : "") + ")");
+        return max;
+    }
+
+    /** max |a[i]| (NaN when any value is NaN). */
+    static double maxAbs(float[] a) {
+        double max = 0;
+        for (float x : a) {
+            max = Math.max(max, Math.abs(x));
         }
         return max;
     }

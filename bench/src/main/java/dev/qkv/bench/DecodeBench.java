@@ -79,10 +79,7 @@ public class DecodeBench {
         v = step.v();
         out = step.out();
         if (values.equals("subnormal")) {
-            for (long i = 0; i < v.elementCount(); i++) {
-                v.segment().setAtIndex(java.lang.foreign.ValueLayout.JAVA_FLOAT, v.offset() + i,
-                        v.getAt(i) * 1e-39f);
-            }
+            scaleToSubnormal(v);
         } else if (!values.equals("normal")) {
             throw new IllegalArgumentException("values=" + values + ": expected normal or subnormal");
         }
@@ -105,6 +102,13 @@ public class DecodeBench {
             Tensor k = SdpaBench.random(arena, r, 1, kvHeads, 4096, 128);
             Tensor v = SdpaBench.random(arena, r, 1, kvHeads, 4096, 128);
             return new Step(q, k, v, Tensor.allocate(arena, 1, 32, 1, 128));
+        }
+    }
+
+    /** Multiplies every value of the contiguous {@code v} by 1e-39: from [-1, 1] to subnormal (or zero). */
+    static void scaleToSubnormal(Tensor v) {
+        for (long i = 0; i < v.elementCount(); i++) {
+            v.setAt(v.offset() + i, v.getAt(v.offset() + i) * 1e-39f);
         }
     }
 

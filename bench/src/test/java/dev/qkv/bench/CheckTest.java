@@ -1,8 +1,11 @@
 package dev.qkv.bench;
 
+import dev.qkv.attention.SdpaOptions;
 import dev.qkv.tensor.Tensor;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
 
 import java.lang.foreign.Arena;
 
@@ -117,6 +120,36 @@ class CheckTest {
             Tensor o = t(out, 1, heads, 1, 1);
             assertThrows(IllegalStateException.class, () -> BenchSupport.check(q, k, v, o, false), "head " + wrong);
         }
+    }
+
+    @Test
+    void subnormalValuesAreHeldToTheirOwnScale() {
+        // v = {2, 4} · 1e-40 (subnormal, as DecodeBench -p values=subnormal makes v): the outputs are 3e-40 and
+        // 3.5e-40, far below any absolute tolerance of ~1e-4. All zeros, what a path that flushed v to zero would
+        // give, must be refused, and so must a value 3% off; the right answer passes
+        float s = 1e-40f;
+        Tensor q = t(new float[] {0, LN3}, 1, 1, 2, 1);
+        Tensor k = t(new float[] {0, 1}, 1, 1, 2, 1);
+        Tensor v = t(new float[] {2 * s, 4 * s}, 1, 1, 2, 1);
+        assertDoesNotThrow(() -> BenchSupport.check(q, k, v, t(new float[] {3 * s, 3.5f * s}, 1, 1, 2, 1), false));
+        assertThrows(IllegalStateException.class,
+                () -> BenchSupport.check(q, k, v, t(new float[] {0, 0}, 1, 1, 2, 1), false));
+        assertThrows(IllegalStateException.class,
+                () -> BenchSupport.check(q, k, v, t(new float[] {3 * s, 3.6f * s}, 1, 1, 2, 1), false));
+    }
+
+    @ParameterizedTest(name = "{0}, {1} threads")
+    @CsvSource({"java, 1", "java, 2", "native, 1", "native, 2"})
+    void theSubnormalDecodeStepPassesAsComputedAndFailsFlushed(String backend, int threads) {
+        // DecodeBench's own step with -p values=subnormal (kvHeads 8 to keep it to 32 MiB): each backend's output,
+        // rounded to the subnormal grid key by key, passes; the same output flushed to zero does not
+        DecodeBench.Step step = DecodeBench.Step.allocate(arena, 8);
+        DecodeBench.scaleToSubnormal(step.v());
+        BenchSupport.attention(backend, threads).sdpa(step.q(), step.k(), step.v(), step.out(), SdpaOptions.DEFAULT);
+        assertDoesNotThrow(() -> BenchSupport.check(step.q(), step.k(), step.v(), step.out(), false));
+        step.out().fill(0);
+        assertThrows(IllegalStateException.class,
+                () -> BenchSupport.check(step.q(), step.k(), step.v(), step.out(), false));
     }
 
     @Test
