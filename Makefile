@@ -97,7 +97,7 @@ soak: $(STAMP)
 # step with its floor, and the FMA peak (PeakBench, 1 thread), with the allocation profiler. `make bench-full`
 # runs every benchmark of the plain jar (all but OrtBench, which needs `make bench-ort`) at its default
 # parameters (the non-default ones, e.g. SdpaBench's backend=auto or DecodeBench's kvHeads=8, are named in
-# bench/RESULTS.md's commands; about 20-30 minutes, 119 JMH runs); bench/RESULTS.md has the commands behind its
+# bench/RESULTS.md's commands; about 20-30 minutes, 105 JMH runs); bench/RESULTS.md has the commands behind its
 # table. BENCH_ARGS adds JMH options.
 BENCH_SHORT := -f 1 -wi 1 -w 1s -i 2 -r 1s -prof gc -p shape=1x1x128x64,1x8x2048x64
 bench: $(STAMP)

@@ -21,9 +21,9 @@ import java.lang.foreign.MemorySegment;
 import java.util.concurrent.TimeUnit;
 
 /**
- * FFM costs: a downcall that does nothing ({@code openblas_get_num_threads}) and small {@code sgemm}s
- * (n × n × n), which run as critical downcalls unless the JVM has {@code -Dqkv.blas.critical=false}; run this
- * class twice, with and without that flag, to see what {@code Linker.Option.critical} saves.
+ * FFM costs: small {@code sgemm}s (n × n × n), which run as critical downcalls unless the JVM has
+ * {@code -Dqkv.blas.critical=false}; run {@code DowncallBench} (this class and {@link EmptyDowncallBench}, a
+ * downcall that does nothing) twice, with and without that flag, to see what {@code Linker.Option.critical} saves.
  */
 @State(Scope.Benchmark)
 @BenchmarkMode(Mode.AverageTime)
@@ -52,16 +52,8 @@ public class DowncallBench {
         c = arena.allocate((long) n * n * 4, 64);
         System.out.println("# qkv downcall: " + blas.describe() + " critical="
                 + System.getProperty(OpenBlas.CRITICAL_PROPERTY, "true"));
-        // both calls, whichever this trial times, compiled before JMH's warm-up (BenchSupport.warmUp)
-        BenchSupport.warmUp("downcall n=" + n, () -> {
-            emptyDowncall();
-            sgemm();
-        });
-    }
-
-    @Benchmark
-    public int emptyDowncall() {
-        return blas.threads();
+        // compiled before JMH's warm-up (BenchSupport.warmUp)
+        BenchSupport.warmUp("downcall n=" + n, this::sgemm);
     }
 
     @Benchmark

@@ -28,7 +28,8 @@ import java.util.concurrent.TimeUnit;
  * averaged away. {@link #oneCaller} is one request thread; {@link #twoCallers} is two request threads sharing
  * one {@link Attention} (it is thread-safe) and the process-wide pool, each with its own output, which is where
  * a pool that oversubscribed the cores, or a lock, would show. {@link #freshVirtualThread} is a call on a new
- * virtual thread, as servers with a virtual thread per request make them. With {@code -prof gc} the run also shows
+ * virtual thread, as servers with a virtual thread per request make them (the bare thread, which reads none of this
+ * class's parameters, is {@link VirtualThreadLatencyBench}). With {@code -prof gc} the run also shows
  * that no collection happens (the calls allocate nothing; a virtual thread itself allocates about 0.5 KB).
  *
  * <pre>
@@ -130,22 +131,13 @@ public class LatencyBench {
     /**
      * One call on a fresh virtual thread, started and joined, as a server with a virtual thread per request runs
      * it: the call's scratch is leased ({@code dev.qkv.kernel.PerThread}), not made for the new thread. Compare
-     * with {@link #freshVirtualThreadAlone}, the same thread without the call.
+     * with {@link VirtualThreadLatencyBench#freshVirtualThreadAlone}, the same thread without the call.
      */
     @Benchmark
     @Threads(1)
     public Tensor freshVirtualThread(Output o) throws InterruptedException {
         Thread.ofVirtual().start(() -> attention.sdpa(q, k, v, o.out, options)).join();
         return o.out;
-    }
-
-    /** Starting and joining a virtual thread that does nothing: the part of {@link #freshVirtualThread} not qkv's. */
-    @Benchmark
-    @Threads(1)
-    public Thread freshVirtualThreadAlone() throws InterruptedException {
-        Thread t = Thread.ofVirtual().start(() -> { });
-        t.join();
-        return t;
     }
 
     @TearDown(Level.Trial)

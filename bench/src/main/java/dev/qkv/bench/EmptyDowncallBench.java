@@ -1,0 +1,48 @@
+package dev.qkv.bench;
+
+import dev.qkv.blas.OpenBlas;
+import org.openjdk.jmh.annotations.Benchmark;
+import org.openjdk.jmh.annotations.BenchmarkMode;
+import org.openjdk.jmh.annotations.Fork;
+import org.openjdk.jmh.annotations.Level;
+import org.openjdk.jmh.annotations.Measurement;
+import org.openjdk.jmh.annotations.Mode;
+import org.openjdk.jmh.annotations.OutputTimeUnit;
+import org.openjdk.jmh.annotations.Scope;
+import org.openjdk.jmh.annotations.Setup;
+import org.openjdk.jmh.annotations.State;
+import org.openjdk.jmh.annotations.Warmup;
+
+import java.util.concurrent.TimeUnit;
+
+/**
+ * The cost of an FFM downcall that does nothing ({@code openblas_get_num_threads}), with {@link DowncallBench}'s
+ * settings. A class of its own because it reads none of DowncallBench's sizes, under which JMH ran it 4 times; its
+ * name still ends in {@code DowncallBench}, so {@code DowncallBench} (and {@code DowncallBench.emptyDowncall})
+ * select it.
+ */
+@State(Scope.Benchmark)
+@BenchmarkMode(Mode.AverageTime)
+@OutputTimeUnit(TimeUnit.NANOSECONDS)
+@Warmup(iterations = 3, time = 1)
+@Measurement(iterations = 5, time = 1)
+// --enable-native-access: FFM downcalls without warnings.
+@Fork(value = 1, jvmArgsPrepend = {"--enable-native-access=ALL-UNNAMED", "--add-modules", "jdk.incubator.vector"})
+public class EmptyDowncallBench {
+    private OpenBlas blas;
+
+    @Setup(Level.Trial)
+    public void setup() {
+        blas = OpenBlas.get();
+        blas.setThreads(1);
+        System.out.println("# qkv downcall: " + blas.describe() + " critical="
+                + System.getProperty(OpenBlas.CRITICAL_PROPERTY, "true"));
+        // compiled before JMH's warm-up (BenchSupport.warmUp)
+        BenchSupport.warmUp("empty downcall", this::emptyDowncall);
+    }
+
+    @Benchmark
+    public int emptyDowncall() {
+        return blas.threads();
+    }
+}
