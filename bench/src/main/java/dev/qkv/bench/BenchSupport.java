@@ -177,8 +177,15 @@ final class BenchSupport {
      * prints the JDK in its own header, but {@link OrtRatio} and {@link DecodeRatio} have no other line that does.
      */
     static void report(String what, String plan) {
-        System.out.println("# qkv " + what + ": " + plan + " " + core() + " jdk=" + jdk() + " vector=\""
-                + Vectorization.reason() + "\"");
+        System.out.println("# qkv " + what + ": " + plan + " " + environment());
+    }
+
+    /**
+     * {@code openblas.core=... OPENBLAS_CORETYPE=... jdk=... vector="..."}: what {@link #report} prints after the
+     * plan, for the lines that print their own start (OrtBench).
+     */
+    static String environment() {
+        return core() + " jdk=" + jdk() + " vector=\"" + Vectorization.reason() + "\"";
     }
 
     /** {@code openblas.core=<the core OpenBLAS picked, or unavailable> OPENBLAS_CORETYPE=<the environment's>}. */

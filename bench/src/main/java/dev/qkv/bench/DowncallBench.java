@@ -30,7 +30,7 @@ import java.util.concurrent.TimeUnit;
 @OutputTimeUnit(TimeUnit.NANOSECONDS)
 @Warmup(iterations = 3, time = 1)
 @Measurement(iterations = 5, time = 1)
-// --enable-native-access: FFM downcalls without warnings.
+// --enable-native-access: FFM downcalls without warnings; --add-modules: the setup line's vector= as elsewhere.
 @Fork(value = 1, jvmArgsPrepend = {"--enable-native-access=ALL-UNNAMED", "--add-modules", "jdk.incubator.vector"})
 public class DowncallBench {
     @Param({"1", "8", "32", "64"})
@@ -50,7 +50,7 @@ public class DowncallBench {
         a = arena.allocate((long) n * n * 4, 64);
         b = arena.allocate((long) n * n * 4, 64);
         c = arena.allocate((long) n * n * 4, 64);
-        System.out.println("# qkv downcall: " + blas.describe() + " critical="
+        BenchSupport.report("downcall n=" + n, blas.describe() + " critical="
                 + System.getProperty(OpenBlas.CRITICAL_PROPERTY, "true"));
         // compiled before JMH's warm-up (BenchSupport.warmUp)
         BenchSupport.warmUp("downcall n=" + n, this::sgemm);

@@ -26,7 +26,7 @@ import java.util.concurrent.TimeUnit;
 @OutputTimeUnit(TimeUnit.NANOSECONDS)
 @Warmup(iterations = 3, time = 1)
 @Measurement(iterations = 5, time = 1)
-// --enable-native-access: FFM downcalls without warnings.
+// --enable-native-access: FFM downcalls without warnings; --add-modules: the setup line's vector= as elsewhere.
 @Fork(value = 1, jvmArgsPrepend = {"--enable-native-access=ALL-UNNAMED", "--add-modules", "jdk.incubator.vector"})
 public class EmptyDowncallBench {
     private OpenBlas blas;
@@ -35,7 +35,7 @@ public class EmptyDowncallBench {
     public void setup() {
         blas = OpenBlas.get();
         blas.setThreads(1);
-        System.out.println("# qkv downcall: " + blas.describe() + " critical="
+        BenchSupport.report("empty downcall", blas.describe() + " critical="
                 + System.getProperty(OpenBlas.CRITICAL_PROPERTY, "true"));
         // compiled before JMH's warm-up (BenchSupport.warmUp)
         BenchSupport.warmUp("empty downcall", this::emptyDowncall);

@@ -106,8 +106,8 @@ public class OrtBench {
         double maxDiff = session.check(qkvJava(q, k, v, b, h, lq, lk, d));
         System.out.println("# ort " + OrtEnvironment.getEnvironment().getVersion() + " graph=" + graph + " shape="
                 + shape + (causal ? " causal" : "") + " intra_op_threads=" + threads + " spin=" + spin + " flops="
-                + (long) (4.0 * b * h * lq * lk * d) + " max|ort - qkv java|=" + maxDiff + " " + BenchSupport.core()
-                + " jdk=" + BenchSupport.jdk());
+                + (long) (4.0 * b * h * lq * lk * d) + " max|ort - qkv java|=" + maxDiff + " "
+                + BenchSupport.environment());
     }
 
     @Benchmark

@@ -1,5 +1,6 @@
 package dev.qkv.bench;
 
+import dev.qkv.kernel.Vectorization;
 import org.junit.jupiter.api.Test;
 
 import java.io.ByteArrayOutputStream;
@@ -13,20 +14,41 @@ class BenchSupportTest {
 
     @Test
     void theReportLineNamesTheOpenBlasCoreAndTheJdk() {
-        PrintStream saved = System.out;
-        ByteArrayOutputStream buffer = new ByteArrayOutputStream();
-        String line;
-        try {
-            System.setOut(new PrintStream(buffer, true, StandardCharsets.UTF_8));
-            BenchSupport.report("what", "plan");
-        } finally {
-            System.setOut(saved);
-        }
-        line = buffer.toString(StandardCharsets.UTF_8);
+        String line = printed(() -> BenchSupport.report("what", "plan"));
         assertTrue(line.startsWith("# qkv what: plan openblas.core="), line);
         // OrtRatio and DecodeRatio print no JMH header: this line is the only record of the JDK beside their
         // figures, and the Vector API kernels' speed depends on it
         assertTrue(line.contains(" jdk=" + System.getProperty("java.runtime.version")), line);
         assertTrue(line.contains(System.getProperty("java.vm.vendor")), line);
+        assertTrue(line.contains(" vector=\"" + Vectorization.reason() + "\""), line);
+    }
+
+    @Test
+    void theDowncallBenchmarksRecordTheCoreTheJdkAndTheVectorKernels() {
+        // their setup lines printed the library and core only, no jdk= and no vector=, unlike every other benchmark
+        DowncallBench sgemm = new DowncallBench();
+        sgemm.n = 1;
+        String line = printed(() -> {
+            sgemm.setup();
+            sgemm.tearDown();
+        });
+        assertTrue(line.contains("# qkv downcall n=1: "), line);
+        assertTrue(line.contains(" jdk=" + BenchSupport.jdk() + " vector=\"" + Vectorization.reason() + "\""), line);
+        line = printed(new EmptyDowncallBench()::setup);
+        assertTrue(line.contains("# qkv empty downcall: "), line);
+        assertTrue(line.contains(" jdk=" + BenchSupport.jdk() + " vector=\"" + Vectorization.reason() + "\""), line);
+    }
+
+    /** What {@code run} prints on System.out. */
+    private static String printed(Runnable run) {
+        PrintStream saved = System.out;
+        ByteArrayOutputStream buffer = new ByteArrayOutputStream();
+        try {
+            System.setOut(new PrintStream(buffer, true, StandardCharsets.UTF_8));
+            run.run();
+        } finally {
+            System.setOut(saved);
+        }
+        return buffer.toString(StandardCharsets.UTF_8);
     }
 }
