@@ -138,7 +138,9 @@ public final class Attention {
             v = -1; // not an integer: refused below, never taken as unset
         }
         if (v <= 0 || v % multiple != 0 || v > MAX_BLOCK_PROPERTY) {
-            throw new IllegalStateException("-D" + name + "=" + s + ": must be a positive multiple of " + multiple
+            // any positive size (multiple 1) is "a positive integer": "a multiple of 1" read as a riddle
+            throw new IllegalStateException("-D" + name + "=" + s + ": must be a positive "
+                    + (multiple == 1 ? "integer" : "multiple of " + multiple)
                     + (v > MAX_BLOCK_PROPERTY ? " up to " + MAX_BLOCK_PROPERTY : ""));
         }
         return (int) v;

@@ -551,6 +551,32 @@ class WorkerPoolTest {
     }
 
     /**
+     * A block of any positive size (the native engine's rows and keys, multiple 1) is refused as "a positive
+     * integer": "a positive multiple of 1" read as if some multiples were wrong.
+     */
+    @Test
+    void aBlockPropertyOfAnySizeMustBeAPositiveInteger() {
+        String name = "qkv.test.blockProperty";
+        try {
+            System.setProperty(name, "7");
+            assertEquals(7, Attention.blockProperty(name, 256, 1));
+            for (String bad : new String[] {"0", "-1", "abc", "1e3", ""}) {
+                System.setProperty(name, bad);
+                IllegalStateException e = assertThrows(IllegalStateException.class,
+                        () -> Attention.blockProperty(name, 256, 1));
+                assertEquals("-D" + name + "=" + bad + ": must be a positive integer", e.getMessage());
+            }
+            System.setProperty(name, String.valueOf(Attention.MAX_BLOCK_PROPERTY + 1));
+            IllegalStateException e = assertThrows(IllegalStateException.class,
+                    () -> Attention.blockProperty(name, 256, 1));
+            assertEquals("-D" + name + "=" + (Attention.MAX_BLOCK_PROPERTY + 1) + ": must be a positive integer up to "
+                    + Attention.MAX_BLOCK_PROPERTY, e.getMessage());
+        } finally {
+            System.clearProperty(name);
+        }
+    }
+
+    /**
      * A call whose caller runs out of stack inside the pool must not leave the call open: once {@code run} has
      * returned or thrown, no task of the call may start or still run on a pool thread (before the fix, a helper
      * went on with the call's tasks, and could count down or fail the next call). {@link PoolOverflowProbe} sweeps
