@@ -322,11 +322,12 @@ public final class Attention {
                 this.matmul = packed == null ? MatmulKernel.javaScalar() : MatmulKernel.javaVector();
             }
             case AUTO -> {
-                // a refused -Dqkv.blas.* setting is the user's mistake, not a missing library to run without
-                OpenBlas.checkSettings();
-                boolean blas = OpenBlas.isAvailable();
+                // a refused -Dqkv.blas.* setting, or a library the user chose that does not load, is the user's
+                // mistake, not a missing library to run without: optional() throws them
+                OpenBlas lib = OpenBlas.optional();
+                boolean blas = lib != null;
                 fastBlas = blas && AVX512_CORES.contains(
-                        OpenBlas.get().library().coreName().toLowerCase(java.util.Locale.ROOT));
+                        lib.library().coreName().toLowerCase(java.util.Locale.ROOT));
                 this.packed = Vectorization.packed();
                 this.matmul = blas && (fastBlas || packed == null) ? MatmulKernel.openBlas() : MatmulKernel.java();
             }
@@ -348,7 +349,8 @@ public final class Attention {
      * Attention on the given backend, using every core.
      *
      * @throws dev.qkv.blas.BlasUnavailableException for {@link Backend#NATIVE} when OpenBLAS cannot be loaded, and
-     *         for {@link Backend#AUTO} too when a {@code -Dqkv.blas.*} setting is refused
+     *         for {@link Backend#AUTO} too when a {@code -Dqkv.blas.*} setting is refused or the library the user
+     *         chose does not load
      */
     public static Attention create(Backend backend) {
         return builder().backend(backend).build();
@@ -406,7 +408,8 @@ public final class Attention {
          * The configured attention.
          *
          * @throws dev.qkv.blas.BlasUnavailableException for {@link Backend#NATIVE} when OpenBLAS cannot be loaded,
-         *         and for {@link Backend#AUTO} too when a {@code -Dqkv.blas.*} setting is refused
+         *         and for {@link Backend#AUTO} too when a {@code -Dqkv.blas.*} setting is refused or the library the
+         *         user chose does not load
          */
         public Attention build() {
             return new Attention(backend, threads, budget, smallCalls);

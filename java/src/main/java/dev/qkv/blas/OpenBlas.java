@@ -39,7 +39,8 @@ import java.util.zip.CRC32;
  * and the first step that applies decides:
  * <ol>
  *   <li>a path in the system property {@code qkv.blas.library}, else in the environment variable
- *       {@code QKV_BLAS_LIBRARY}: if it is given and cannot be loaded, loading fails; there is no fallback;</li>
+ *       {@code QKV_BLAS_LIBRARY}: if it is given and cannot be loaded, loading fails; there is no fallback, neither
+ *       to another library nor, through {@link #optional}, to running without one ({@code Backend.AUTO});</li>
  *   <li>the OpenBLAS inside {@code org.bytedeco:openblas:0.3.31-1.5.13:linux-x86_64} on the class path,
  *       extracted to {@code $XDG_CACHE_HOME/qkv} (or {@code ~/.cache/qkv}, or the system property
  *       {@code qkv.cache.dir}) in a folder named after the SHA-256 of its files;</li>
@@ -109,7 +110,7 @@ public final class OpenBlas {
         synchronized (OpenBlas.class) {
             if (instance == null) {
                 if (failure != null) {
-                    throw new BlasUnavailableException(failure.getMessage(), failure);
+                    throw new BlasUnavailableException(failure.getMessage(), failure, failure.refusedSetting());
                 }
                 try {
                     BlasLibrary lib = load();
@@ -146,7 +147,8 @@ public final class OpenBlas {
         } catch (NumberFormatException e) {
             // not an ASCII decimal integer, or past a long: reported below
         }
-        throw new BlasUnavailableException("-D" + THREADS_PROPERTY + "=" + v + ": expected a thread count in 1..1024");
+        throw new BlasUnavailableException("-D" + THREADS_PROPERTY + "=" + v + ": expected a thread count in 1..1024",
+                null, true);
     }
 
     /**
@@ -159,22 +161,45 @@ public final class OpenBlas {
         try {
             return Settings.booleanSetting(CRITICAL_PROPERTY) != Boolean.FALSE;
         } catch (IllegalStateException e) {
-            throw new BlasUnavailableException(e.getMessage());
+            throw new BlasUnavailableException(e.getMessage(), null, true);
         }
     }
 
     /**
      * Refuses a {@code -Dqkv.blas.*} setting outside its values ({@link #THREADS_PROPERTY}, {@link #CRITICAL_PROPERTY})
      * with the {@link BlasUnavailableException} {@link #get} would throw, whose message starts with {@code -D} and
-     * names it; loads nothing. For callers that go on without OpenBLAS when it is missing ({@code Backend.AUTO},
-     * the CLI's report of the core): {@link #isAvailable} alone would take a refused setting for a missing library.
+     * names it; loads nothing. For callers that go on without OpenBLAS when it is missing (the CLI's report of the
+     * core; {@link #optional} checks them too): {@link #isAvailable} alone would take a refused setting for a
+     * missing library.
      */
     public static void checkSettings() {
         initialThreads();
         criticalDowncalls();
     }
 
-    /** True when {@link #get()} succeeds; never throws. */
+    /**
+     * OpenBLAS, or null when none could be loaded for a reason that is not the user's (no library found, the bundled
+     * one not loading): for callers that go on without it ({@code Backend.AUTO}, the CLI's report). A setting the
+     * user made is never dropped that way: a {@code -Dqkv.blas.*} value outside its values ({@link #checkSettings},
+     * checked even when no library loads) and a library the user chose that does not load are thrown, as
+     * {@link #get} throws them ({@link BlasUnavailableException#refusedSetting} true).
+     */
+    public static OpenBlas optional() {
+        checkSettings();
+        try {
+            return get();
+        } catch (BlasUnavailableException e) {
+            if (e.refusedSetting()) {
+                throw e;
+            }
+            return null;
+        }
+    }
+
+    /**
+     * True when {@link #get()} succeeds; never throws. It is false, too, for a library the user chose that does not
+     * load: callers that go on without OpenBLAS use {@link #optional}, which refuses that.
+     */
     public static boolean isAvailable() {
         try {
             get();
@@ -557,7 +582,20 @@ public final class OpenBlas {
         return t.getMessage() != null ? t.getMessage() : t.toString();
     }
 
+    /**
+     * The library the user chose ({@code origin} names the setting, {@code value} is its path); any failure is a
+     * {@link BlasUnavailableException#refusedSetting refused setting}: the user named a library that is not one qkv
+     * can use, which no caller may take for a missing OpenBLAS to go on without.
+     */
     private static BlasLibrary loadExplicit(BlasLibrary.Source source, String origin, String value) {
+        try {
+            return loadExplicitPath(source, origin, value);
+        } catch (BlasUnavailableException e) {
+            throw new BlasUnavailableException(e.getMessage(), e.getCause(), true);
+        }
+    }
+
+    private static BlasLibrary loadExplicitPath(BlasLibrary.Source source, String origin, String value) {
         String what = origin + " = " + value;
         Path path = path(origin, value, "", " (an explicit library path never falls back)").toAbsolutePath();
         if (!Files.exists(path)) {

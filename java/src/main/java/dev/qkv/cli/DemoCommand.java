@@ -51,23 +51,27 @@ final class DemoCommand implements Command {
     public int run(List<String> args, PrintStream out, PrintStream err) throws UsageException {
         Flags.parse(NAME, args, Set.of(), Set.of());
         double flops = Timing.denseFlops(B, H, L, L, D);
-        out.println(String.format(Locale.ROOT, "qkv demo: causal attention, q, k, v [%d, %d, %d, %d] float32,"
-                + " uniform in [-1, 1), seed %d", B, H, L, D, SEED));
-
+        // OpenBLAS first, the header after it: a setting refused on the way is one error line with nothing before
+        // it, as for every command
         Attention nativeAttention = null;
+        String openblas;
         try {
             nativeAttention = Backends.create(Backend.NATIVE);
             BlasLibrary lib = OpenBlas.get().library();
-            out.println("openblas: " + lib.path() + " (" + lib.source().name().toLowerCase(Locale.ROOT) + "), core "
+            openblas = "openblas: " + lib.path() + " (" + lib.source().name().toLowerCase(Locale.ROOT) + "), core "
                     + lib.coreName() + " (OpenBLAS runs 1 thread per task; attention runs "
-                    + nativeAttention.threads() + " tasks at once)");
+                    + nativeAttention.threads() + " tasks at once)";
         } catch (BlasUnavailableException e) {
             if (Main.refusedSetting(e)) {
-                // a -Dqkv.blas.* setting it refuses is the user's to fix (Main: exit 2), not a missing library
+                // a -Dqkv.blas.* setting it refuses, or a library the user chose that does not load, is the
+                // user's to fix (Main: exit 2), not a missing library
                 throw e;
             }
-            out.println("openblas: unavailable, native backend skipped: " + e.getMessage());
+            openblas = "openblas: unavailable, native backend skipped: " + e.getMessage();
         }
+        out.println(String.format(Locale.ROOT, "qkv demo: causal attention, q, k, v [%d, %d, %d, %d] float32,"
+                + " uniform in [-1, 1), seed %d", B, H, L, D, SEED));
+        out.println(openblas);
         Attention javaAttention = Attention.create(Backend.JAVA);
 
         // shared: the engine's pool threads may only touch memory of a shared (or global/auto) arena

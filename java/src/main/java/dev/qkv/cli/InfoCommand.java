@@ -58,7 +58,8 @@ final class InfoCommand implements Command {
                     + " OpenBLAS, core " + blas.library().coreName() + ")";
         } catch (BlasUnavailableException e) {
             if (Main.refusedSetting(e)) {
-                // a -Dqkv.blas.* setting it refuses is the user's to fix (Main: exit 2), not a missing library
+                // a -Dqkv.blas.* setting it refuses, or a library the user chose that does not load, is the
+                // user's to fix (Main: exit 2), not a missing library
                 throw e;
             }
             report.add("openblas: unavailable: " + e.getMessage());

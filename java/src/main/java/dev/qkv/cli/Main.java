@@ -16,8 +16,9 @@ import java.util.Map;
  * The {@code qkv} command line: {@code qkv [command] [flags]}, one {@link Command} per word.
  *
  * <p>Exit codes: 0 on success, 2 for a mistake of the user (bad flags, input files that are missing, unreadable or
- * malformed, an output that cannot be written, shapes that do not fit together) with exactly one line {@code error: ...} on stderr, 1 for everything else
- * (OpenBLAS missing, internal failures). Set the environment variable {@code QKV_TRACE=1} to see the stack trace
+ * malformed, an output that cannot be written, shapes that do not fit together, a {@code -Dqkv.*} setting refused,
+ * an OpenBLAS the user chose that does not load) with exactly one line {@code error: ...} on stderr, 1 for everything
+ * else (no OpenBLAS found or the bundled one not loading, internal failures). Set the environment variable {@code QKV_TRACE=1} to see the stack trace
  * of an internal failure.
  */
 public final class Main {
@@ -103,7 +104,8 @@ public final class Main {
             // message, e.g. ClosedByInterruptException: their name then)
             return fail(err, 2, e.getMessage() != null ? e.getMessage() : e.toString());
         } catch (BlasUnavailableException e) {
-            // a -Dqkv.blas.* setting it refuses is the user's to fix; a library that will not load is not
+            // a -Dqkv.blas.* setting it refuses, or a library the user chose that does not load, is the user's to
+            // fix; the bundled or system library not loading is not
             return fail(err, refusedSetting(e) ? 2 : 1, "OpenBLAS is unavailable: " + e.getMessage());
         } catch (OutOfMemoryError e) {
             // memory the inputs' shapes ask for (the commands name the tensor where they can)
@@ -181,11 +183,14 @@ public final class Main {
     }
 
     /**
-     * Whether {@code e} refuses a {@code -Dqkv.*} setting (its message starts with the setting, as the library's
-     * settings and {@code OpenBlas} write it): the user's to fix, exit 2; commands that go on without OpenBLAS
+     * Whether {@code e} refuses a setting of the user's: a {@code -Dqkv.*} value (its message starts with the setting,
+     * as the library's settings write it), or what {@code OpenBlas} flags as
+     * {@link BlasUnavailableException#refusedSetting} (a library chosen by {@code -Dqkv.blas.library} or
+     * {@code QKV_BLAS_LIBRARY} that does not load). The user's to fix, exit 2; commands that go on without OpenBLAS
      * pass such a refusal on rather than report a missing library.
      */
     static boolean refusedSetting(RuntimeException e) {
-        return String.valueOf(e.getMessage()).startsWith("-D");
+        return e instanceof BlasUnavailableException b && b.refusedSetting()
+                || String.valueOf(e.getMessage()).startsWith("-D");
     }
 }

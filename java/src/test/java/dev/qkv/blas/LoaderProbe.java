@@ -7,7 +7,7 @@ import java.lang.foreign.ValueLayout;
 /**
  * The main class {@link LoaderTest} starts in a child JVM (a library loads once per JVM): loads OpenBLAS,
  * prints {@code source=}, {@code path=} and {@code describe=} lines and runs one small product, or prints
- * {@code error=<message>} and exits with status 3.
+ * {@code error=<message>} and {@code refused=<whether the user's setting is at fault>} and exits with status 3.
  */
 public final class LoaderProbe {
     private LoaderProbe() {
@@ -20,6 +20,7 @@ public final class LoaderProbe {
             blas = OpenBlas.get();
         } catch (BlasUnavailableException e) {
             System.out.println("error=" + e.getMessage());
+            System.out.println("refused=" + e.refusedSetting());
             System.exit(3);
             return;
         }

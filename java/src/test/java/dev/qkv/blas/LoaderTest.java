@@ -100,6 +100,17 @@ class LoaderTest {
         return r.line("error");
     }
 
+    /**
+     * A failed load, as {@link #assertFailed}, that is ({@code user}) or is not the user's own setting's fault: a
+     * library the user chose that does not load is a refused setting (the CLI: exit 2, and {@code Backend.AUTO} does
+     * not run without it); the bundled library not loading is not.
+     */
+    private static String assertFailed(Run r, boolean user) {
+        String msg = assertFailed(r);
+        assertEquals(String.valueOf(user), r.line("refused"), r.toString());
+        return msg;
+    }
+
     private static void assertLoaded(Run r, String source) {
         assertEquals(0, r.exit(), r.toString());
         assertEquals(source, r.line("source"), r.toString());
@@ -122,7 +133,7 @@ class LoaderTest {
     void missingPropertyPathFailsWithoutFallback() throws Exception {
         Path cache = tmp.resolve("cache-a");
         Run r = run(Map.of(OpenBlas.LIBRARY_PROPERTY, MISSING, OpenBlas.CACHE_PROPERTY, cache.toString()), Map.of());
-        String msg = assertFailed(r);
+        String msg = assertFailed(r, true);
         assertTrue(msg.contains(OpenBlas.LIBRARY_PROPERTY) && msg.contains(MISSING) && msg.contains("no such file"),
                 msg);
         // no fallback: the bundled library was never extracted
@@ -134,14 +145,14 @@ class LoaderTest {
         Path text = Files.writeString(tmp.resolve("libopenblas.so.0"), "not a shared object\n");
         Path cache = tmp.resolve("cache-b");
         Run r = run(Map.of(OpenBlas.CACHE_PROPERTY, cache.toString()), Map.of(OpenBlas.LIBRARY_ENV, text.toString()));
-        String msg = assertFailed(r);
+        String msg = assertFailed(r, true);
         assertTrue(msg.contains(OpenBlas.LIBRARY_ENV) && msg.contains(text.toString()) && msg.contains("cannot be loaded"),
                 msg);
         assertTrue(isEmptyDir(cache), "the bundled library was extracted after an explicit path failed");
 
         // a folder is not a library either
         Run dir = run(Map.of(OpenBlas.CACHE_PROPERTY, cache.toString()), Map.of(OpenBlas.LIBRARY_ENV, tmp.toString()));
-        String dirMsg = assertFailed(dir);
+        String dirMsg = assertFailed(dir, true);
         assertTrue(dirMsg.contains(tmp.toString()) && dirMsg.contains("not a readable file"), dirMsg);
     }
 
@@ -182,7 +193,7 @@ class LoaderTest {
         assertLoaded(propGood, "PROPERTY");
         assertEquals(lib, propGood.line("path"));
         Run propBad = run(Map.of(OpenBlas.LIBRARY_PROPERTY, MISSING), Map.of(OpenBlas.LIBRARY_ENV, lib));
-        String msg = assertFailed(propBad);
+        String msg = assertFailed(propBad, true);
         assertTrue(msg.contains(OpenBlas.LIBRARY_PROPERTY) && msg.contains(MISSING) && !msg.contains(OpenBlas.LIBRARY_ENV),
                 msg);
         Run envGood = run(Map.of(), Map.of(OpenBlas.LIBRARY_ENV, lib));
@@ -190,7 +201,7 @@ class LoaderTest {
 
         // a real shared object that is not OpenBLAS is refused by name
         Run notBlas = run(Map.of(OpenBlas.LIBRARY_PROPERTY, dir.resolve("libquadmath.so.0").toString()), Map.of());
-        String notBlasMsg = assertFailed(notBlas);
+        String notBlasMsg = assertFailed(notBlas, true);
         assertTrue(notBlasMsg.contains("cblas_sgemm") && notBlasMsg.contains("libquadmath.so.0"), notBlasMsg);
     }
 
@@ -237,11 +248,11 @@ class LoaderTest {
         Map<String, String> c = Map.of("LC_ALL", "C", "LANG", "C");
         Run env = run(Map.of(OpenBlas.CACHE_PROPERTY, cache.toString()),
                 Map.of("LC_ALL", "C", "LANG", "C", OpenBlas.LIBRARY_ENV, name));
-        String msg = assertFailed(env);
+        String msg = assertFailed(env, true);
         assertTrue(msg.startsWith("environment variable " + OpenBlas.LIBRARY_ENV + " = ")
                 && msg.contains("not a valid path"), msg);
         Run prop = run(Map.of(OpenBlas.CACHE_PROPERTY, cache.toString(), OpenBlas.LIBRARY_PROPERTY, name), c);
-        String propMsg = assertFailed(prop);
+        String propMsg = assertFailed(prop, true);
         assertTrue(propMsg.startsWith("system property " + OpenBlas.LIBRARY_PROPERTY + " = ")
                 && propMsg.contains("not a valid path"), propMsg);
         assertTrue(isEmptyDir(cache), "the bundled library was extracted after an explicit path failed");
@@ -257,7 +268,7 @@ class LoaderTest {
     void noHomeFolderFailsNamingTheCacheSettingsAndWritesNothing() throws Exception {
         Path work = Files.createDirectories(tmp.resolve("homeless"));
         Run r = finish(start(Map.of("user.home", "?"), Map.of("XDG_CACHE_HOME", ""), work));
-        String msg = assertFailed(r);
+        String msg = assertFailed(r, false);
         assertTrue(msg.contains("user.home = ?") && msg.contains(OpenBlas.CACHE_PROPERTY)
                 && msg.contains("XDG_CACHE_HOME"), msg);
         assertTrue(isEmptyDir(work), "files were written to the working directory");
@@ -328,7 +339,7 @@ class LoaderTest {
         String ccOut = new String(cc.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
         org.junit.jupiter.api.Assumptions.assumeTrue(cc.waitFor() == 0, "cc failed: " + ccOut);
         Run r = run(Map.of(OpenBlas.LIBRARY_PROPERTY, so.toString()), Map.of());
-        String msg = assertFailed(r);
+        String msg = assertFailed(r, true);
         assertTrue(msg.contains(so.toString()) && msg.contains("64-bit integers"), msg);
     }
 }

@@ -27,6 +27,7 @@ import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
+import java.util.Map;
 import java.util.SplittableRandom;
 import java.util.stream.Stream;
 
@@ -623,12 +624,26 @@ class MainTest {
      * process), its JDK's WARNING lines left out of stderr.
      */
     private static Result child(String setting, String... args) throws IOException, InterruptedException {
+        return child(List.of(setting), Map.of(), args);
+    }
+
+    /**
+     * {@code qkv} in a child JVM with {@code -D<setting>} for each of {@code settings} and the environment variables
+     * {@code env} ({@code QKV_BLAS_LIBRARY} is left out unless {@code env} sets it: the test's own must not choose
+     * the child's library), its JDK's WARNING lines left out of stderr.
+     */
+    private static Result child(List<String> settings, Map<String, String> env, String... args)
+            throws IOException, InterruptedException {
         String javaCmd = ProcessHandle.current().info().command().orElse("java");
         List<String> cmd = new ArrayList<>(List.of(javaCmd, "--enable-native-access=ALL-UNNAMED", "--add-modules",
-                "jdk.incubator.vector", "-D" + setting, "-cp", System.getProperty("java.class.path"),
-                Main.class.getName()));
+                "jdk.incubator.vector"));
+        settings.forEach(s -> cmd.add("-D" + s));
+        cmd.addAll(List.of("-cp", System.getProperty("java.class.path"), Main.class.getName()));
         cmd.addAll(List.of(args));
-        Process p = new ProcessBuilder(cmd).start();
+        ProcessBuilder pb = new ProcessBuilder(cmd);
+        pb.environment().remove(OpenBlas.LIBRARY_ENV);
+        pb.environment().putAll(env);
+        Process p = pb.start();
         assertTrue(p.waitFor(120, java.util.concurrent.TimeUnit.SECONDS), "child JVM timed out");
         String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
         String err = new String(p.getErrorStream().readAllBytes(), StandardCharsets.UTF_8)
@@ -681,6 +696,61 @@ class MainTest {
         assertTrue(r.err().startsWith("error: ") && r.err().contains("-Dqkv.blas.threads=abc: expected a thread count"
                 + " in 1..1024"), r.toString());
         assertFalse(r.out().contains("GFLOP/s"), "nothing timed: " + r);
+    }
+
+    /** A shared object that is not OpenBLAS, which no JVM loads on its own: the JDK's java.util.prefs library. */
+    private static final Path NOT_BLAS = Path.of(System.getProperty("java.home"), "lib", "libprefs.so");
+
+    /**
+     * An OpenBLAS the user chose ({@code -Dqkv.blas.library}) that does not load is the user's to fix: one error
+     * line naming the setting and the path, exit 2, on every command that would use OpenBLAS. It exited 1 as a
+     * missing bundled library does; and under {@code auto} (bench's default) it was dropped without a word but
+     * {@code openblas.core=unavailable}: the Java kernels ran, exit 0, and the user who named a library never
+     * learnt it was not used. {@code info} and the demo went on without it (exit 0) the same way.
+     */
+    @ParameterizedTest
+    @CsvSource(delimiter = '|', value = {
+        "missing | no such file    | bench --shape 1,1,8,8 --iters 1 --backend native",
+        "notBlas | lacks cblas_sgemm | bench --shape 1,1,8,8 --iters 1 --backend native",
+        "missing | no such file    | bench --shape 1,1,8,8 --iters 1 --backend auto",
+        "notBlas | lacks cblas_sgemm | bench --shape 1,1,8,8 --iters 1",
+        "missing | no such file    | info",
+        "missing | no such file    | demo",
+    })
+    void anExplicitLibraryThatDoesNotLoadIsAUserError(String kind, String why, String command)
+            throws IOException, InterruptedException {
+        assumeTrue(kind.equals("missing") || Files.isRegularFile(NOT_BLAS), NOT_BLAS + " is not in this JDK");
+        String path = kind.equals("missing") ? dir.resolve("no-such-libopenblas.so.0").toString() : NOT_BLAS.toString();
+        Result r = child(List.of(OpenBlas.LIBRARY_PROPERTY + "=" + path), Map.of(), command.split(" "));
+        assertUserError(r, OpenBlas.LIBRARY_PROPERTY + " = " + path + ": ");
+        assertTrue(r.err().contains(why), r.toString());
+    }
+
+    /**
+     * {@code QKV_BLAS_LIBRARY} chooses the library as {@code -Dqkv.blas.library} does, so a value that does not
+     * load is the user's mistake too (exit 2, naming the variable), under {@code auto} as well; while the bundled
+     * library failing to load, which the user did not choose, stays a failure (exit 1) that {@code auto} runs
+     * without. An absolute XDG_CACHE_HOME that is a file leaves the bundled library no folder to be extracted to.
+     */
+    @Test
+    void anExplicitLibraryFromTheEnvironmentIsAUserErrorButTheBundledOneFailingIsNot() throws IOException,
+            InterruptedException {
+        String missing = dir.resolve("no-such-libopenblas.so.0").toString();
+        for (String backend : List.of("native", "auto")) {
+            Result r = child(List.of(), Map.of(OpenBlas.LIBRARY_ENV, missing), "bench", "--shape", "1,1,8,8",
+                    "--iters", "1", "--backend", backend);
+            assertUserError(r, OpenBlas.LIBRARY_ENV + " = " + missing + ": no such file");
+        }
+        Path notAFolder = Files.writeString(dir.resolve("cache-is-a-file"), "x");
+        Map<String, String> noCache = Map.of("XDG_CACHE_HOME", notAFolder.toString());
+        Result bundled = child(List.of(), noCache, "bench", "--shape", "1,1,8,8", "--iters", "1", "--backend",
+                "native");
+        assertEquals(1, bundled.code(), bundled.toString());
+        assertEquals(1, bundled.errLines().size(), bundled.toString());
+        assertTrue(bundled.err().startsWith("error: OpenBLAS is unavailable: bundled OpenBLAS"), bundled.toString());
+        Result auto = child(List.of(), noCache, "bench", "--shape", "1,1,8,8", "--iters", "1", "--backend", "auto");
+        assertEquals(0, auto.code(), auto.toString());
+        assertTrue(auto.out().contains("openblas.core=unavailable"), auto.toString());
     }
 
     /**

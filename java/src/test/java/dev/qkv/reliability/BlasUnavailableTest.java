@@ -20,8 +20,8 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
  * With an explicit OpenBLAS path that does not exist, every native entry point throws
- * {@link dev.qkv.blas.BlasUnavailableException} on the first and on every later call, and the Java backends
- * keep working. Runs in a child JVM, because the library is loaded once per process.
+ * {@link dev.qkv.blas.BlasUnavailableException} on the first and on every later call, {@code AUTO} too (the user
+ * chose that library: it ran the Java kernels without a word), and the Java backends keep working. Runs in a child JVM, because the library is loaded once per process.
  */
 class BlasUnavailableTest {
 
@@ -36,15 +36,15 @@ class BlasUnavailableTest {
         String output = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
         assertEquals(0, p.exitValue(), output);
         List<String> lines = output.lines().filter(l -> l.startsWith("probe ")).toList();
-        assertEquals(7, lines.size(), output);
-        for (String line : lines.subList(0, 6)) {
+        assertEquals(9, lines.size(), output);
+        for (String line : lines.subList(0, 8)) {
             assertTrue(line.contains(": dev.qkv.blas.BlasUnavailableException: ") && line.contains("/nonexistent"),
                     line);
         }
-        assertEquals("probe java backend: ok", lines.get(6));
+        assertEquals("probe java backend: ok", lines.get(8));
     }
 
-    /** The child JVM: each native entry point twice, then one call on the Java backend. */
+    /** The child JVM: each native entry point and AUTO twice, then one call on the Java backend. */
     static final class Probe {
         private Probe() {
         }
@@ -54,6 +54,7 @@ class BlasUnavailableTest {
                 report("OpenBlas.get", OpenBlas::get);
                 report("MatmulKernel.openBlas", MatmulKernel::openBlas);
                 report("Attention.create(NATIVE)", () -> Attention.create(Backend.NATIVE));
+                report("Attention.create(AUTO)", () -> Attention.create(Backend.AUTO));
             }
             try (Arena arena = Arena.ofConfined()) {
                 Tensor x = Tensor.allocate(arena, 1, 1, 4, 4).fill(1f);
