@@ -604,12 +604,61 @@ public final class OpenBlas {
         if (!Files.isRegularFile(path) || !Files.isReadable(path)) {
             throw new BlasUnavailableException(what + ": not a readable file (an explicit library path never falls back)");
         }
+        String notShared = notASharedObject(path);
+        if (notShared != null) {
+            throw new BlasUnavailableException(what + ": not a shared library (" + notShared
+                    + "; an explicit library path never falls back)");
+        }
         try {
             System.load(path.toString());
         } catch (UnsatisfiedLinkError e) {
             throw new BlasUnavailableException(what + ": cannot be loaded: " + e.getMessage(), e);
         }
         return describeLoaded(source, path, what);
+    }
+
+    /**
+     * On Linux, why {@code file} is not an ELF shared object whose program headers lie inside it, or null when it is
+     * one (or this is not Linux). HotSpot looks for the stack's no-exec marker in a file before it asks the dynamic
+     * loader to open it; in a file that is not a whole ELF object it finds none, prints two lines of its own on
+     * stderr ("You have loaded library ... which might have disabled stack guard. The VM will try to fix the stack
+     * guard now.") and changes the protection of the threads' stacks, for a file the loader then refuses anyway.
+     */
+    static String notASharedObject(Path file) {
+        if (!System.getProperty("os.name", "").toLowerCase(Locale.ROOT).contains("linux")) {
+            return null;
+        }
+        byte[] h = new byte[64];
+        long size;
+        int n = 0;
+        try (InputStream in = Files.newInputStream(file)) {
+            size = Files.size(file);
+            for (int r; n < h.length && (r = in.read(h, n, h.length - n)) > 0; ) {
+                n += r;
+            }
+        } catch (IOException e) {
+            return "unreadable: " + reason(e);
+        }
+        if (n < 4 || h[0] != 0x7f || h[1] != 'E' || h[2] != 'L' || h[3] != 'F') {
+            return "no ELF header";
+        }
+        boolean is64 = h[4] == 2;
+        if ((h[4] != 1 && !is64) || (h[5] != 1 && h[5] != 2) || n < (is64 ? 64 : 52)) {
+            return "a truncated or malformed ELF header";
+        }
+        ByteBuffer b = ByteBuffer.wrap(h, 0, n).order(h[5] == 1 ? java.nio.ByteOrder.LITTLE_ENDIAN
+                : java.nio.ByteOrder.BIG_ENDIAN);
+        int type = Short.toUnsignedInt(b.getShort(16));
+        if (type != 3) {
+            return "an ELF file of type " + type + ", not a shared object (type 3)";
+        }
+        long phoff = is64 ? b.getLong(32) : Integer.toUnsignedLong(b.getInt(28));
+        long phentsize = Short.toUnsignedInt(b.getShort(is64 ? 54 : 42));
+        long phnum = Short.toUnsignedInt(b.getShort(is64 ? 56 : 44));
+        if (phoff < 0 || phnum == 0 || phoff > size || phentsize * phnum > size - phoff) {
+            return "a truncated ELF file: its program headers are not inside it";
+        }
+        return null;
     }
 
     private static BlasLibrary describeLoaded(BlasLibrary.Source source, Path path, String what) {

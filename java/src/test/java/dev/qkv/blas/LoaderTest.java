@@ -146,8 +146,17 @@ class LoaderTest {
         Path cache = tmp.resolve("cache-b");
         Run r = run(Map.of(OpenBlas.CACHE_PROPERTY, cache.toString()), Map.of(OpenBlas.LIBRARY_ENV, text.toString()));
         String msg = assertFailed(r, true);
-        assertTrue(msg.contains(OpenBlas.LIBRARY_ENV) && msg.contains(text.toString()) && msg.contains("cannot be loaded"),
-                msg);
+        assertTrue(msg.contains(OpenBlas.LIBRARY_ENV) && msg.contains(text.toString())
+                && msg.contains("not a shared library"), msg);
+        // refused before the JVM's dynamic loader sees it: it warned on stderr of a "disabled stack guard" it would
+        // fix, for any file that is not a shared object (header checked in this JVM's byte order as well)
+        assertFalse(r.err().contains("stack guard"), r.toString());
+        Path elfish = Files.write(tmp.resolve("elfish.so"), new byte[] {0x7f, 'E', 'L', 'F', 2, 1, 1, 0});
+        Run truncated = run(Map.of(OpenBlas.CACHE_PROPERTY, cache.toString()), Map.of(OpenBlas.LIBRARY_ENV,
+                elfish.toString()));
+        String truncatedMsg = assertFailed(truncated, true);
+        assertTrue(truncatedMsg.contains("not a shared library"), truncatedMsg);
+        assertFalse(truncated.err().contains("stack guard"), truncated.toString());
         assertTrue(isEmptyDir(cache), "the bundled library was extracted after an explicit path failed");
 
         // a folder is not a library either

@@ -712,6 +712,8 @@ class MainTest {
     @CsvSource(delimiter = '|', value = {
         "missing | no such file    | bench --shape 1,1,8,8 --iters 1 --backend native",
         "notBlas | lacks cblas_sgemm | bench --shape 1,1,8,8 --iters 1 --backend native",
+        "text    | not a shared library | bench --shape 1,1,8,8 --iters 1 --backend native",
+        "text    | not a shared library | bench --shape 1,1,8,8 --iters 1 --backend auto",
         "missing | no such file    | bench --shape 1,1,8,8 --iters 1 --backend auto",
         "notBlas | lacks cblas_sgemm | bench --shape 1,1,8,8 --iters 1",
         "missing | no such file    | info",
@@ -720,7 +722,13 @@ class MainTest {
     void anExplicitLibraryThatDoesNotLoadIsAUserError(String kind, String why, String command)
             throws IOException, InterruptedException {
         assumeTrue(kind.equals("missing") || Files.isRegularFile(NOT_BLAS), NOT_BLAS + " is not in this JDK");
-        String path = kind.equals("missing") ? dir.resolve("no-such-libopenblas.so.0").toString() : NOT_BLAS.toString();
+        String path = switch (kind) {
+            case "missing" -> dir.resolve("no-such-libopenblas.so.0").toString();
+            // a text file: the JVM's dynamic loader printed two warning lines of its own (that it had "disabled
+            // stack guard" and would fix it) before the one error line; the header is now checked first
+            case "text" -> Files.writeString(dir.resolve("libopenblas.so.0"), "not a library\n").toString();
+            default -> NOT_BLAS.toString();
+        };
         Result r = child(List.of(OpenBlas.LIBRARY_PROPERTY + "=" + path), Map.of(), command.split(" "));
         assertUserError(r, OpenBlas.LIBRARY_PROPERTY + " = " + path + ": ");
         assertTrue(r.err().contains(why), r.toString());
