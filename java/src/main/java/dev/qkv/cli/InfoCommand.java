@@ -51,6 +51,9 @@ final class InfoCommand implements Command {
         report.add("vector: " + vector());
 
         String nativeStatus;
+        // judged whether or not a library loads (as bench and the auto backend judge them): without one, get() fails
+        // on the library before it reads them, and a refused value went unreported
+        OpenBlas.checkSettings();
         try {
             OpenBlas blas = OpenBlas.get();
             report.add("openblas: " + blas.describe());
@@ -62,7 +65,7 @@ final class InfoCommand implements Command {
                 // user's to fix (Main: exit 2), not a missing library
                 throw e;
             }
-            report.add("openblas: unavailable: " + e.getMessage());
+            report.add("openblas: unavailable: " + e.getMessage() + unapplied());
             nativeStatus = "no (" + e.getMessage() + ")";
         }
         String env = openBlasEnvironment();
@@ -73,6 +76,22 @@ final class InfoCommand implements Command {
                 + " products); reference yes (scalar, double accumulation)");
         report.forEach(out::println);
         return 0;
+    }
+
+    /**
+     * The {@code -Dqkv.blas.*} settings made that OpenBLAS would have taken when it loaded (threads, critical
+     * downcalls), as {@code "; not applied, without a library: -D..."}, or "" when none is set: without a library they
+     * have no effect, which the report says rather than leave the user to think them applied.
+     */
+    private static String unapplied() {
+        List<String> set = new ArrayList<>();
+        for (String p : List.of(OpenBlas.THREADS_PROPERTY, OpenBlas.CRITICAL_PROPERTY)) {
+            String v = System.getProperty(p);
+            if (v != null) {
+                set.add("-D" + p + "=" + v);
+            }
+        }
+        return set.isEmpty() ? "" : "; not applied, without a library: " + String.join(" ", set);
     }
 
     /** Model name and the x86 features that matter to the kernels, as the kernel reports them. */

@@ -762,6 +762,29 @@ class MainTest {
     }
 
     /**
+     * {@code info} without OpenBLAS (not the user's doing: here the bundled library has no folder to be extracted
+     * to) still judges the {@code -Dqkv.blas.*} settings: one it refuses is a user error (exit 2), as {@code bench}
+     * refuses it on any backend; one it takes is named as having had no effect. It reported "native no" and exited 0
+     * either way, saying nothing of {@code -Dqkv.blas.threads=0} or of a thread count it never applied.
+     */
+    @Test
+    void infoWithoutOpenBlasStillJudgesTheBlasSettings() throws IOException, InterruptedException {
+        Path notAFolder = Files.writeString(dir.resolve("cache-is-a-file"), "x");
+        Map<String, String> noCache = Map.of("XDG_CACHE_HOME", notAFolder.toString());
+        assertUserError(child(List.of(OpenBlas.THREADS_PROPERTY + "=0"), noCache, "info"),
+                "-D" + OpenBlas.THREADS_PROPERTY + "=0: expected a thread count in 1..1024");
+
+        Result r = child(List.of(OpenBlas.THREADS_PROPERTY + "=4", "qkv.blas.critical=false"), noCache, "info");
+        assertEquals(0, r.code(), r.toString());
+        assertEquals("", r.err(), r.toString());
+        String line = r.out().lines().filter(l -> l.startsWith("openblas: ")).findFirst().orElseThrow();
+        assertTrue(line.startsWith("openblas: unavailable: bundled OpenBLAS"), line);
+        assertTrue(line.endsWith("; not applied, without a library: -D" + OpenBlas.THREADS_PROPERTY
+                + "=4 -Dqkv.blas.critical=false"), line);
+        assertTrue(r.out().contains("backends: native no ("), r.out());
+    }
+
+    /**
      * A file name the JVM cannot encode is the user's to fix: one line, exit 2. With {@code LC_ALL=C} a non-ASCII
      * name failed this way as "internal failure: InvalidPathException", exit 1; a NUL, which no Linux name holds,
      * fails the same way in any locale.
