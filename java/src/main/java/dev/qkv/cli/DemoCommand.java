@@ -55,6 +55,8 @@ final class DemoCommand implements Command {
         // it, as for every command
         Attention nativeAttention = null;
         String openblas;
+        // judged whether or not a library loads: without one, get() fails on the library before it reads them
+        OpenBlas.checkSettings();
         try {
             nativeAttention = Backends.create(Backend.NATIVE);
             BlasLibrary lib = OpenBlas.get().library();

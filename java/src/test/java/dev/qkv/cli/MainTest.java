@@ -762,13 +762,13 @@ class MainTest {
     }
 
     /**
-     * {@code info} without OpenBLAS (not the user's doing: here the bundled library has no folder to be extracted
-     * to) still judges the {@code -Dqkv.blas.*} settings: one it refuses is a user error (exit 2), as {@code bench}
+     * {@code info} (and the demo) without OpenBLAS (not the user's doing: here the bundled library has no folder to be
+     * extracted to) still judges the {@code -Dqkv.blas.*} settings: one it refuses is a user error (exit 2), as {@code bench}
      * refuses it on any backend; one it takes is named as having had no effect. It reported "native no" and exited 0
      * either way, saying nothing of {@code -Dqkv.blas.threads=0} or of a thread count it never applied.
      */
     @Test
-    void infoWithoutOpenBlasStillJudgesTheBlasSettings() throws IOException, InterruptedException {
+    void infoAndTheDemoWithoutOpenBlasStillJudgeTheBlasSettings() throws IOException, InterruptedException {
         Path notAFolder = Files.writeString(dir.resolve("cache-is-a-file"), "x");
         Map<String, String> noCache = Map.of("XDG_CACHE_HOME", notAFolder.toString());
         assertUserError(child(List.of(OpenBlas.THREADS_PROPERTY + "=0"), noCache, "info"),
@@ -782,6 +782,10 @@ class MainTest {
         assertTrue(line.endsWith("; not applied, without a library: -D" + OpenBlas.THREADS_PROPERTY
                 + "=4 -Dqkv.blas.critical=false"), line);
         assertTrue(r.out().contains("backends: native no ("), r.out());
+
+        // the demo, which also goes on without OpenBLAS, ran the Java half and exited 0 with threads=0
+        assertUserError(child(List.of(OpenBlas.THREADS_PROPERTY + "=0"), noCache, "demo"),
+                "-D" + OpenBlas.THREADS_PROPERTY + "=0: expected a thread count in 1..1024");
     }
 
     /**
