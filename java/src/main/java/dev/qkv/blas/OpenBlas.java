@@ -526,9 +526,13 @@ public final class OpenBlas {
             try {
                 dir = extractBundle(cl);
             } catch (IOException | UncheckedIOException e) {
-                throw new BlasUnavailableException("bundled OpenBLAS (org.bytedeco:openblas) could not be extracted: "
-                        + reason(e) + " (set -D" + CACHE_PROPERTY + " or XDG_CACHE_HOME to a writable folder, or -D"
-                        + LIBRARY_PROPERTY + " / " + LIBRARY_ENV + " to an OpenBLAS)", e);
+                // into a folder the user chose (-Dqkv.cache.dir): that setting's fault, never one to run without
+                String chosen = System.getProperty(CACHE_PROPERTY);
+                boolean user = chosen != null && !chosen.isBlank();
+                throw new BlasUnavailableException("bundled OpenBLAS (org.bytedeco:openblas) could not be extracted"
+                        + (user ? " to -D" + CACHE_PROPERTY + "=" + chosen : "") + ": " + reason(e) + " (set -D"
+                        + CACHE_PROPERTY + " or XDG_CACHE_HOME to a writable folder, or -D" + LIBRARY_PROPERTY + " / "
+                        + LIBRARY_ENV + " to an OpenBLAS)", e, user);
             }
             Path so = dir.resolve("libopenblas.so.0");
             try {
@@ -801,7 +805,12 @@ public final class OpenBlas {
         String explicit = System.getProperty(CACHE_PROPERTY);
         if (explicit != null && !explicit.isBlank()) {
             // absolute: System.load takes absolute paths only (a relative folder extracted, then never loaded)
-            return path("system property " + CACHE_PROPERTY, explicit, CACHE_ROLE, "").toAbsolutePath();
+            try {
+                return path("system property " + CACHE_PROPERTY, explicit, CACHE_ROLE, "").toAbsolutePath();
+            } catch (BlasUnavailableException e) {
+                // the user's setting: refused, never a missing library to run without
+                throw new BlasUnavailableException(e.getMessage(), e.getCause(), true);
+            }
         }
         String xdg = System.getenv("XDG_CACHE_HOME");
         if (xdg != null && !xdg.isBlank()) {

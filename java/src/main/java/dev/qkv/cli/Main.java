@@ -106,7 +106,9 @@ public final class Main {
         } catch (BlasUnavailableException e) {
             // a -Dqkv.blas.* setting it refuses, or a library the user chose that does not load, is the user's to
             // fix; the bundled or system library not loading is not
-            return fail(err, refusedSetting(e) ? 2 : 1, "OpenBLAS is unavailable: " + e.getMessage());
+            // a refused -Dqkv.blas.threads or .critical value names itself: OpenBLAS may load fine
+            String m = String.valueOf(e.getMessage());
+            return fail(err, refusedSetting(e) ? 2 : 1, m.startsWith("-D") ? m : "OpenBLAS is unavailable: " + m);
         } catch (OutOfMemoryError e) {
             // memory the inputs' shapes ask for (the commands name the tensor where they can)
             return fail(err, 2, "not enough memory (" + e.getMessage() + "): the inputs ask for more than this JVM"

@@ -665,7 +665,24 @@ class MainTest {
     })
     void aRefusedBlasSettingIsRefusedUnderAutoToo(String setting, String backend, String message)
             throws IOException, InterruptedException {
-        assertUserError(child(setting, "bench", "--shape", "1,1,8,8", "--iters", "1", "--backend", backend), message);
+        Result r = child(setting, "bench", "--shape", "1,1,8,8", "--iters", "1", "--backend", backend);
+        assertUserError(r, message);
+        // the setting names itself: "OpenBLAS is unavailable" before it misled, the library may load fine
+        assertTrue(r.err().startsWith("error: -D"), r.toString());
+    }
+
+    /**
+     * A {@code -Dqkv.cache.dir} the bundled library cannot be extracted to (here a file) is the user's setting at
+     * fault: one error line naming it, exit 2, under {@code auto} too. It exited 1 as a missing library, and
+     * {@code auto} silently ran the Java kernels, so the setting was neither used nor refused.
+     */
+    @ParameterizedTest
+    @ValueSource(strings = {"native", "auto"})
+    void aCacheFolderThatCannotHoldTheLibraryIsAUserError(String backend) throws IOException, InterruptedException {
+        Path file = Files.writeString(dir.resolve("cache-is-a-file"), "x");
+        Result r = child(List.of(OpenBlas.CACHE_PROPERTY + "=" + file), Map.of(), "bench", "--shape", "1,1,8,8",
+                "--iters", "1", "--backend", backend);
+        assertUserError(r, "could not be extracted to -D" + OpenBlas.CACHE_PROPERTY + "=" + file);
     }
 
     /**
