@@ -542,8 +542,36 @@ public final class Npy {
             }
             return;
         }
+        // a view (transposed, sliced, broadcast): gathered in row-major order into one chunk at a time, never a
+        // copy of the whole tensor (a broadcast view of 4 bytes may stand for gigabytes of output)
+        long[] shape = tensor.shape();
+        long[] strides = tensor.strides();
+        int rank = shape.length;
+        long[] c = new long[rank];
+        MemorySegment seg = tensor.segment();
+        long at = tensor.offset();
         try (Arena staging = Arena.ofConfined()) {
-            writeData(ch, Tensor.allocate(staging, tensor.shape()).copyFrom(tensor));
+            MemorySegment buf = staging.allocate(Math.min(CHUNK, bytes), Float.BYTES);
+            long cap = buf.byteSize() / Float.BYTES;
+            long filled = 0;
+            for (long i = 0, n = tensor.elementCount(); i < n; i++) {
+                buf.setAtIndex(ValueLayout.JAVA_FLOAT, filled++, seg.getAtIndex(ValueLayout.JAVA_FLOAT_UNALIGNED, at));
+                if (filled == cap) {
+                    writeFully(ch, buf.asByteBuffer());
+                    filled = 0;
+                }
+                for (int d = rank - 1; d >= 0; d--) {
+                    at += strides[d];
+                    if (++c[d] < shape[d]) {
+                        break;
+                    }
+                    at -= strides[d] * shape[d];
+                    c[d] = 0;
+                }
+            }
+            if (filled > 0) {
+                writeFully(ch, buf.asSlice(0, filled * Float.BYTES).asByteBuffer());
+            }
         }
     }
 

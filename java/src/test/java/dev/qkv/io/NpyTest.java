@@ -101,6 +101,32 @@ class NpyTest {
     }
 
     /**
+     * Views larger than one 1 MiB write chunk (a transpose, a broadcast, a strided slice at an offset) are written in
+     * row-major order across the chunk boundaries: each file reads back as the view's own {@code toArray}. They
+     * are gathered a chunk at a time; before, each was first copied whole (a broadcast view of 4 bytes standing
+     * for gigabytes of output took that much memory).
+     */
+    @Test
+    void writerTakesViewsLargerThanAChunk() throws IOException {
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor base = Tensor.allocate(arena, 700, 503);
+            for (long i = 0; i < base.elementCount(); i++) {
+                base.setAt(i, i * 0.25f - 3f);
+            }
+            Tensor one = Tensor.of(arena, new float[] {2.5f}, 1, 1);
+            List<Tensor> views = List.of(base.transpose(), one.broadcastTo(640, 500),
+                    base.slice(0, 3, 690).slice(1, 2, 501), base.slice(1, 7, 8).broadcastTo(700, 400));
+            for (Tensor view : views) {
+                Path p = dir.resolve("v.npy");
+                Npy.write(p, view);
+                NpyArray back = Npy.read(p, arena);
+                assertArrayEquals(view.shape(), back.tensor().shape());
+                assertArrayEquals(view.toArray(), back.tensor().toArray(), view.toString());
+            }
+        }
+    }
+
+    /**
      * A tensor over a Java {@code float[]} (README: heap memory is valid) is written like an off-heap one. The
      * contiguous path wrapped the segment as a {@code ByteBuffer}, which a heap segment of a {@code float[]}
      * cannot give: the write failed with {@code UnsupportedOperationException} and left no file. The view starts
