@@ -258,11 +258,11 @@ class SdpaFuzzTest {
         return layout.make(arena, r, shape, Fuzz.uniform(r, (int) n));
     }
 
-    /** A boolean or additive mask in one of the documented broadcast shapes, sometimes stored transposed. */
+    /** A boolean or additive mask in one of the documented broadcast shapes (rank 1 to 4), sometimes stored transposed. */
     private static Mask mask(Arena arena, Random r, Case c) {
         long[][] shapes = {
             {c.lq, c.lk}, {1, c.lk}, {c.b, 1, c.lq, c.lk}, {c.b, c.hq, c.lq, c.lk}, {c.b, 1, 1, c.lk},
-            {1, 1, 1, c.lk}, {1, c.hq, 1, c.lk}};
+            {1, 1, 1, c.lk}, {1, c.hq, 1, c.lk}, {c.lk}, {c.hq, c.lq, c.lk}, {c.hq, 1, c.lk}, {1, c.lq, c.lk}};
         long[] s = shapes[r.nextInt(shapes.length)];
         boolean bool = r.nextBoolean();
         int n = (int) Arrays.stream(s).reduce(1, (x, y) -> x * y);
@@ -326,8 +326,9 @@ class SdpaFuzzTest {
                 c.mutation = "out Dv differs";
             }
             case 7 -> {
-                long[][] bad = {{c.lq, c.lk + 1}, {c.lq + 1, c.lk}, {c.hq, c.lq, c.lk}, {c.b, c.hq + 1, c.lq, c.lk},
-                    {c.b + 1, 1, c.lq, c.lk}};
+                // aligned from the right, each size the scores' or 1 (the last Lk), rank 1 to 4: each breaks that
+                long[][] bad = {{c.lq, c.lk + 1}, {c.lq + 1, c.lk}, {c.hq + 1, c.lq, c.lk}, {c.b, c.hq + 1, c.lq, c.lk},
+                    {c.b + 1, 1, c.lq, c.lk}, {c.lk + 1}, {1, c.b, c.hq, c.lq, c.lk}};
                 long[] s = bad[r.nextInt(bad.length)];
                 if (s.length == 2 && s[0] == c.lq + 1 && c.lq + 1 == 1) {
                     s = new long[] {c.lq, c.lk + 1};
