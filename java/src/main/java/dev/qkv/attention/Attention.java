@@ -1691,8 +1691,9 @@ public final class Attention {
                 pk.dotRows(s.qBuf, 0, dk, rows, k.segment(), kBase, (int) ld(k.stride(2), dk), keys, dk,
                         ws, base, keys);
                 softmaxRows(ws, base, keys, i0, rows, keys, maskHead, inv);
-                pk.axpyRows(ws, base, keys, rows, v.segment(), vBase, (int) ld(v.stride(2), dv), keys, dv, inv,
-                        outSeg, outRows, ldo);
+                // p·v in key blocks of runGroup's size, so that a task per head gives runGroup's bits
+                pk.axpyRows(ws, base, keys, rows, v.segment(), vBase, (int) ld(v.stride(2), dv), keys, dv,
+                        groupKeyBlock(dk, dv), inv, outSeg, outRows, ldo);
                 zeroMaskedRows(inv, rows, outSeg, outRows, dv, ldo, i0, keys, maskHead);
                 return;
             }

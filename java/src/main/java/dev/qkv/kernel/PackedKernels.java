@@ -75,16 +75,18 @@ public interface PackedKernels {
     /**
      * {@code c_r = rowScale[r] · Σ_j p[pOff + r·ldp + j] · v_j} for {@code r < m}, where {@code v_j} is row {@code j}
      * of the row-major {@code v [n, d]} (unit stride) and {@code c_r} row {@code r} of {@code c} (leading
-     * dimension {@code ldc}); {@code rowScale} null means 1.
+     * dimension {@code ldc}); {@code rowScale} null means 1. The keys are summed {@code block} at a time (see
+     * {@link #axpyRowsBlock}), with the bits of {@link #axpyRowsBlock} called on those blocks in order.
      */
     void axpyRows(MemorySegment p, long pOff, int ldp, int m, MemorySegment v, long vOff, int ldv, int n, int d,
-                  float[] rowScale, MemorySegment c, long cOff, int ldc);
+                  int block, float[] rowScale, MemorySegment c, long cOff, int ldc);
 
     /**
      * One key block of {@link #axpyRows}: keys {@code [0, n)} of {@code p} and {@code v} as given (offsets at the
-     * block's first key), added to the partial sums that C holds unless {@code first}, and multiplied by
-     * {@code rowScale[rsOff + r]} only when {@code last}. Blocks taken in order give the bits of one
-     * {@code axpyRows} over all keys; between them C holds raw partial sums.
+     * block's first key), summed from zero and that block sum added to the partial sums that C holds unless
+     * {@code first}, then multiplied by {@code rowScale[rsOff + r]} only when {@code last}. Blocks taken in order
+     * give the bits of {@code axpyRows} with that block size; between them C holds raw partial sums. (A running
+     * sum carried through every key instead drifted linearly with the key count.)
      */
     void axpyRowsBlock(MemorySegment p, long pOff, int ldp, int m, MemorySegment v, long vOff, int ldv, int n, int d,
                        boolean first, boolean last, float[] rowScale, int rsOff, MemorySegment c, long cOff, int ldc);

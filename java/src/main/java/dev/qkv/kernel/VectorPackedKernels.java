@@ -1345,8 +1345,13 @@ final class VectorPackedKernels implements PackedKernels {
 
     @Override
     public void axpyRows(MemorySegment p, long pOff, int ldp, int m, MemorySegment v, long vOff, int ldv, int n, int d,
-                         float[] rowScale, MemorySegment c, long cOff, int ldc) {
-        axpyRowsBlock(p, pOff, ldp, m, v, vOff, ldv, n, d, true, true, rowScale, 0, c, cOff, ldc);
+                         int block, float[] rowScale, MemorySegment c, long cOff, int ldc) {
+        final int kb = Math.max(1, block);
+        for (int j0 = 0; j0 < n || j0 == 0; j0 += kb) {
+            final int nk = Math.min(kb, n - j0);
+            axpyRowsBlock(p, pOff + j0, ldp, m, v, vOff + (long) j0 * ldv, ldv, nk, d, j0 == 0, j0 + nk >= n,
+                    rowScale, 0, c, cOff, ldc);
+        }
     }
 
     @Override
@@ -1361,21 +1366,43 @@ final class VectorPackedKernels implements PackedKernels {
             // row of v: a 128-float head reads v once, not in two passes of four vectors (a decode step, 32 heads
             // x 4096 keys x D = 128, went from 1.25-1.32x to 1.20-1.25x the time of reading the cache once,
             // measured in the same JVM)
+            // each in runs of SUM_KEYS keys, every run summed from zero and added to C (see axpy8)
             int d0 = 0;
             for (; d0 + 8 * L <= d; d0 += 8 * L) {
-                axpy8(p, pr, v, vOff + d0, ldv, n, first, last, scale, c, cr + d0);
+                for (int j0 = 0; j0 < n || j0 == 0; j0 += SUM_KEYS) {
+                    final int nk = Math.min(SUM_KEYS, n - j0);
+                    axpy8(p, pr + j0, v, vOff + (long) j0 * ldv + d0, ldv, nk, first && j0 == 0,
+                            last && j0 + nk >= n, scale, c, cr + d0);
+                }
             }
             for (; d0 + 4 * L <= d; d0 += 4 * L) {
-                axpy4(p, pr, v, vOff + d0, ldv, n, first, last, scale, c, cr + d0);
+                for (int j0 = 0; j0 < n || j0 == 0; j0 += SUM_KEYS) {
+                    final int nk = Math.min(SUM_KEYS, n - j0);
+                    axpy4(p, pr + j0, v, vOff + (long) j0 * ldv + d0, ldv, nk, first && j0 == 0,
+                            last && j0 + nk >= n, scale, c, cr + d0);
+                }
             }
             for (; d0 < d; d0 += L) {
-                axpy1(p, pr, v, vOff + d0, ldv, n, Math.min(L, d - d0), first, last, scale, c, cr + d0);
+                for (int j0 = 0; j0 < n || j0 == 0; j0 += SUM_KEYS) {
+                    final int nk = Math.min(SUM_KEYS, n - j0);
+                    axpy1(p, pr + j0, v, vOff + (long) j0 * ldv + d0, ldv, nk, Math.min(L, d - d0),
+                            first && j0 == 0, last && j0 + nk >= n, scale, c, cr + d0);
+                }
             }
         }
     }
 
-    // axpy8, axpy4 and axpy1 continue a sum held in C when not first (its raw partial sums, read back as they were
-    // stored) and scale it only when last: key blocks taken in order give the bits of one pass over every key.
+    /**
+     * Keys per run of {@link #axpyRowsBlock}'s sums: each run is summed from zero and then added to C, so no fma
+     * rounds its term to the ulp of a sum over more than this many keys (the cost: one load and add of C per run).
+     */
+    static final int SUM_KEYS = 256;
+
+    // axpy8, axpy4 and axpy1 sum their run of keys from zero and, when not first, add that sum to the raw partial
+    // sums C holds (read back as they were stored); they scale only when last. One running sum over every key
+    // drifted linearly with the key count (each fma rounds its term to the ulp of a sum far larger than it:
+    // 1 ± 5e-3 for a constant v at 2^20 keys); runs of SUM_KEYS bound that drift by the run, and the runs added
+    // by their count.
 
     /** {@code c[co .. co + 8L) = scale · Σ_j p[pr + j] · v[v0 + j·ldv ..]}: eight full vectors of an output row. */
     private static void axpy8(MemorySegment p, long pr, MemorySegment v, long v0, int ldv, int n, boolean first,
@@ -1389,25 +1416,14 @@ final class VectorPackedKernels implements PackedKernels {
         FloatVector x5;
         FloatVector x6;
         FloatVector x7;
-        if (first) {
-            x0 = FloatVector.zero(SP);
-            x1 = x0;
-            x2 = x0;
-            x3 = x0;
-            x4 = x0;
-            x5 = x0;
-            x6 = x0;
-            x7 = x0;
-        } else {
-            x0 = FloatVector.fromMemorySegment(SP, c, cb, O);
-            x1 = FloatVector.fromMemorySegment(SP, c, cb + VB, O);
-            x2 = FloatVector.fromMemorySegment(SP, c, cb + 2 * VB, O);
-            x3 = FloatVector.fromMemorySegment(SP, c, cb + 3 * VB, O);
-            x4 = FloatVector.fromMemorySegment(SP, c, cb + 4 * VB, O);
-            x5 = FloatVector.fromMemorySegment(SP, c, cb + 5 * VB, O);
-            x6 = FloatVector.fromMemorySegment(SP, c, cb + 6 * VB, O);
-            x7 = FloatVector.fromMemorySegment(SP, c, cb + 7 * VB, O);
-        }
+        x0 = FloatVector.zero(SP);
+        x1 = x0;
+        x2 = x0;
+        x3 = x0;
+        x4 = x0;
+        x5 = x0;
+        x6 = x0;
+        x7 = x0;
         for (int j = 0; j < n; j++) {
             FloatVector wv = FloatVector.broadcast(SP, p.getAtIndex(F, pr + j));
             long o = (v0 + (long) j * ldv) * Float.BYTES;
@@ -1419,6 +1435,16 @@ final class VectorPackedKernels implements PackedKernels {
             x5 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + 5 * VB, O), x5);
             x6 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + 6 * VB, O), x6);
             x7 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + 7 * VB, O), x7);
+        }
+        if (!first) {
+            x0 = x0.add(FloatVector.fromMemorySegment(SP, c, cb, O));
+            x1 = x1.add(FloatVector.fromMemorySegment(SP, c, cb + VB, O));
+            x2 = x2.add(FloatVector.fromMemorySegment(SP, c, cb + 2 * VB, O));
+            x3 = x3.add(FloatVector.fromMemorySegment(SP, c, cb + 3 * VB, O));
+            x4 = x4.add(FloatVector.fromMemorySegment(SP, c, cb + 4 * VB, O));
+            x5 = x5.add(FloatVector.fromMemorySegment(SP, c, cb + 5 * VB, O));
+            x6 = x6.add(FloatVector.fromMemorySegment(SP, c, cb + 6 * VB, O));
+            x7 = x7.add(FloatVector.fromMemorySegment(SP, c, cb + 7 * VB, O));
         }
         if (last) {
             x0 = x0.mul(scale);
@@ -1448,17 +1474,10 @@ final class VectorPackedKernels implements PackedKernels {
         FloatVector x1;
         FloatVector x2;
         FloatVector x3;
-        if (first) {
-            x0 = FloatVector.zero(SP);
-            x1 = x0;
-            x2 = x0;
-            x3 = x0;
-        } else {
-            x0 = FloatVector.fromMemorySegment(SP, c, cb, O);
-            x1 = FloatVector.fromMemorySegment(SP, c, cb + VB, O);
-            x2 = FloatVector.fromMemorySegment(SP, c, cb + 2 * VB, O);
-            x3 = FloatVector.fromMemorySegment(SP, c, cb + 3 * VB, O);
-        }
+        x0 = FloatVector.zero(SP);
+        x1 = x0;
+        x2 = x0;
+        x3 = x0;
         for (int j = 0; j < n; j++) {
             FloatVector wv = FloatVector.broadcast(SP, p.getAtIndex(F, pr + j));
             long o = (v0 + (long) j * ldv) * Float.BYTES;
@@ -1466,6 +1485,12 @@ final class VectorPackedKernels implements PackedKernels {
             x1 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + VB, O), x1);
             x2 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + 2 * VB, O), x2);
             x3 = wv.fma(FloatVector.fromMemorySegment(SP, v, o + 3 * VB, O), x3);
+        }
+        if (!first) {
+            x0 = x0.add(FloatVector.fromMemorySegment(SP, c, cb, O));
+            x1 = x1.add(FloatVector.fromMemorySegment(SP, c, cb + VB, O));
+            x2 = x2.add(FloatVector.fromMemorySegment(SP, c, cb + 2 * VB, O));
+            x3 = x3.add(FloatVector.fromMemorySegment(SP, c, cb + 3 * VB, O));
         }
         if (last) {
             x0 = x0.mul(scale);
@@ -1484,10 +1509,13 @@ final class VectorPackedKernels implements PackedKernels {
                               boolean first, boolean last, float scale, MemorySegment c, long co) {
         VectorMask<Float> mk = SP.indexInRange(0, w);
         final long cb = co * Float.BYTES;
-        FloatVector x0 = first ? FloatVector.zero(SP) : FloatVector.fromMemorySegment(SP, c, cb, O, mk);
+        FloatVector x0 = FloatVector.zero(SP);
         for (int j = 0; j < n; j++) {
             FloatVector wv = FloatVector.broadcast(SP, p.getAtIndex(F, pr + j));
             x0 = wv.fma(FloatVector.fromMemorySegment(SP, v, (v0 + (long) j * ldv) * Float.BYTES, O, mk), x0);
+        }
+        if (!first) {
+            x0 = x0.add(FloatVector.fromMemorySegment(SP, c, cb, O, mk));
         }
         if (last) {
             x0 = x0.mul(scale);
