@@ -41,7 +41,12 @@ final class VectorRowKernels extends RowKernels {
     private static final float Q3 = 0x1.555A80p-3f;
     private static final float Q4 = 0x1.573A1Ap-5f;
     private static final float Q5 = 0x1.0F9F9Cp-7f;
-    /** Below this exp(x) is subnormal; it returns 0 there (and for -inf). */
+    /**
+     * Below this the exponential returns 0 (and for -inf): 2^n of the reduction would leave the normal range
+     * (exp(x) itself is subnormal only below -87.34). A weight below e^-87 ≈ 1.6e-38 of the row's largest is
+     * therefore 0, where the scalar reference keeps it down to float's smallest subnormal: an output differs by at
+     * most ~1.6e-38 · max|v| per such key.
+     */
     static final float EXP_LO = -87.0f;
     /** Above this 2^n would overflow the exponent field; inputs are clamped to it. */
     static final float EXP_HI = 88.0f;
