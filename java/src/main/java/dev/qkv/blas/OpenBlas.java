@@ -610,7 +610,7 @@ public final class OpenBlas {
         }
         String notShared = notASharedObject(path);
         if (notShared != null) {
-            throw new BlasUnavailableException(what + ": not a shared library (" + notShared
+            throw new BlasUnavailableException(what + ": not a shared library this JVM can load (" + notShared
                     + "; an explicit library path never falls back)");
         }
         try {
@@ -622,8 +622,9 @@ public final class OpenBlas {
     }
 
     /**
-     * On Linux, why {@code file} is not an ELF shared object whose program headers lie inside it, or null when it is
-     * one (or this is not Linux). HotSpot looks for the stack's no-exec marker in a file before it asks the dynamic
+     * On Linux, why {@code file} is not an ELF shared object for this JVM (its word size, byte order and machine)
+     * whose program headers lie inside it and name a dynamic section, or null when it is one (or this is not
+     * Linux). HotSpot looks for the stack's no-exec marker in a file before it asks the dynamic
      * loader to open it; in a file that is not a whole ELF object it finds none, prints two lines of its own on
      * stderr ("You have loaded library ... which might have disabled stack guard. The VM will try to fix the stack
      * guard now.") and changes the protection of the threads' stacks, for a file the loader then refuses anyway.
@@ -656,13 +657,64 @@ public final class OpenBlas {
         if (type != 3) {
             return "an ELF file of type " + type + ", not a shared object (type 3)";
         }
+        // a shared object of another word size, byte order or machine passed the checks above, and HotSpot, whose
+        // own reading of the program headers assumes this JVM's, warned of the stack guard before the loader
+        // refused it ("wrong ELF class: ELFCLASS32")
+        boolean jvm64 = !"32".equals(System.getProperty("sun.arch.data.model"));
+        if (is64 != jvm64) {
+            return "a " + (is64 ? 64 : 32) + "-bit ELF file, this JVM is " + (jvm64 ? 64 : 32) + "-bit";
+        }
+        boolean little = h[5] == 1;
+        if (little != (java.nio.ByteOrder.nativeOrder() == java.nio.ByteOrder.LITTLE_ENDIAN)) {
+            return "a " + (little ? "little" : "big") + "-endian ELF file, this machine is not";
+        }
+        int machine = Short.toUnsignedInt(b.getShort(18));
+        int want = elfMachine(System.getProperty("os.arch", ""));
+        if (want >= 0 && machine != want) {
+            return "an ELF file for machine " + machine + ", not this JVM's " + System.getProperty("os.arch")
+                    + " (" + want + ")";
+        }
         long phoff = is64 ? b.getLong(32) : Integer.toUnsignedLong(b.getInt(28));
         long phentsize = Short.toUnsignedInt(b.getShort(is64 ? 54 : 42));
         long phnum = Short.toUnsignedInt(b.getShort(is64 ? 56 : 44));
         if (phoff < 0 || phnum == 0 || phoff > size || phentsize * phnum > size - phoff) {
             return "a truncated ELF file: its program headers are not inside it";
         }
-        return null;
+        int entry = is64 ? 56 : 32;
+        if (phentsize != entry) {
+            return "a malformed ELF file: program header entries of " + phentsize + " bytes, not " + entry;
+        }
+        // the dynamic loader opens no shared object without a dynamic section; HotSpot, which looks for its stack
+        // marker first, warned of the stack guard for such a file too ("object file has no dynamic section")
+        ByteBuffer ph = ByteBuffer.allocate((int) (phentsize * phnum)).order(b.order());
+        try (java.nio.channels.FileChannel ch = java.nio.channels.FileChannel.open(file)) {
+            while (ph.hasRemaining()) {
+                if (ch.read(ph, phoff + ph.position()) < 0) {
+                    return "a truncated ELF file: its program headers are not inside it";
+                }
+            }
+        } catch (IOException e) {
+            return "unreadable: " + reason(e);
+        }
+        for (int i = 0; i < phnum; i++) {
+            if (ph.getInt(i * entry) == 2) { // PT_DYNAMIC
+                return null;
+            }
+        }
+        return "an ELF file without a dynamic section (PT_DYNAMIC), which no dynamic loader opens";
+    }
+
+    /** The ELF {@code e_machine} of the JVM's {@code os.arch}, or -1 when not known here (then not checked). */
+    private static int elfMachine(String arch) {
+        return switch (arch) {
+            case "amd64", "x86_64" -> 62;
+            case "aarch64" -> 183;
+            case "x86", "i386", "i486", "i586", "i686" -> 3;
+            case "riscv64" -> 243;
+            case "ppc64le", "ppc64" -> 21;
+            case "s390x" -> 22;
+            default -> -1;
+        };
     }
 
     private static BlasLibrary describeLoaded(BlasLibrary.Source source, Path path, String what) {

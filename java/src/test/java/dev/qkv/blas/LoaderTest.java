@@ -165,6 +165,71 @@ class LoaderTest {
         assertTrue(dirMsg.contains(tmp.toString()) && dirMsg.contains("not a readable file"), dirMsg);
     }
 
+    /**
+     * A whole ELF shared object that this JVM cannot load (32-bit, another machine's, or without a dynamic section)
+     * is refused by the header check as well, with one line: each passed it, and HotSpot, which reads the program
+     * headers for the stack's no-exec marker as this JVM's own kind of ELF, printed its two "disabled stack guard"
+     * lines on stderr and changed the threads' stacks before the loader refused the file ("wrong ELF class:
+     * ELFCLASS32", "object file has no dynamic section").
+     */
+    @Test
+    void anElfSharedObjectThisJvmCannotLoadIsRefusedBeforeTheJvmWarns() throws Exception {
+        Path cache = tmp.resolve("cache-elf");
+        Map<String, Path> files = new java.util.LinkedHashMap<>();
+        // ELF32 i386 shared object: one PT_LOAD, inside the file
+        files.put("32-bit ELF file", Files.write(tmp.resolve("elf32.so"), elf(false, 3, 1)));
+        // ELF64 aarch64 shared object (this JVM: x86-64): one PT_LOAD
+        files.put("for machine 183", Files.write(tmp.resolve("aarch64.so"), elf(true, 183, 1)));
+        // ELF64 x86-64 shared object with one PT_LOAD and no PT_DYNAMIC
+        files.put("without a dynamic section", Files.write(tmp.resolve("nodynamic.so"), elf(true, 62, 1)));
+        org.junit.jupiter.api.Assumptions.assumeTrue("amd64".equals(System.getProperty("os.arch")),
+                "the files are foreign to an x86-64 JVM");
+        Map<String, Process> started = new java.util.LinkedHashMap<>();
+        files.forEach((why, f) -> {
+            try {
+                started.put(why, start(Map.of(OpenBlas.CACHE_PROPERTY, cache.toString(),
+                        OpenBlas.LIBRARY_PROPERTY, f.toString()), Map.of()));
+            } catch (IOException e) {
+                throw new UncheckedIOException(e);
+            }
+        });
+        for (Map.Entry<String, Process> e : started.entrySet()) {
+            Run r = finish(e.getValue());
+            String msg = assertFailed(r, true);
+            assertTrue(msg.contains("not a shared library") && msg.contains(e.getKey()), msg);
+            assertFalse(r.err().contains("stack guard"), r.toString());
+        }
+        assertTrue(isEmptyDir(cache), "the bundled library was extracted after an explicit path failed");
+    }
+
+    /**
+     * A minimal little-endian ELF shared object header ({@code e_type} 3) for {@code machine}, 64- or 32-bit, with
+     * one program header of type {@code phType} (1 PT_LOAD, 2 PT_DYNAMIC) right after it, spanning the file.
+     */
+    private static byte[] elf(boolean is64, int machine, int phType) {
+        int ehsize = is64 ? 64 : 52;
+        int phentsize = is64 ? 56 : 32;
+        java.nio.ByteBuffer b = java.nio.ByteBuffer.allocate(ehsize + phentsize)
+                .order(java.nio.ByteOrder.LITTLE_ENDIAN);
+        b.put(new byte[] {0x7f, 'E', 'L', 'F', (byte) (is64 ? 2 : 1), 1, 1, 0});
+        b.position(16);
+        b.putShort((short) 3).putShort((short) machine).putInt(1);
+        if (is64) {
+            b.putLong(0).putLong(ehsize).putLong(0);
+        } else {
+            b.putInt(0).putInt(ehsize).putInt(0);
+        }
+        b.putInt(0).putShort((short) ehsize).putShort((short) phentsize).putShort((short) 1)
+                .putShort((short) 0).putShort((short) 0).putShort((short) 0);
+        int total = ehsize + phentsize;
+        if (is64) {
+            b.putInt(phType).putInt(5).putLong(0).putLong(0).putLong(0).putLong(total).putLong(total).putLong(4096);
+        } else {
+            b.putInt(phType).putInt(0).putInt(0).putInt(0).putInt(total).putInt(total).putInt(5).putInt(4096);
+        }
+        return b.array();
+    }
+
     @Test
     void defaultLoadsTheBundledLibraryIntoAFreshCacheEvenWhenTwoJvmsRace() throws Exception {
         Path cache = tmp.resolve("fresh-cache");
