@@ -60,9 +60,10 @@ final class BenchCommand implements Command {
         } catch (ArithmeticException e) {
             throw new UsageException("--shape " + f.require("shape") + ": more bytes than a long holds");
         }
-        // the header reports the OpenBLAS core whatever the backend: a refused -Dqkv.blas.* setting is the user's
-        // mistake (exit 2), not "openblas.core=unavailable"
-        OpenBlas.checkSettings();
+        // the header reports the OpenBLAS core whatever the backend: a refused -Dqkv.blas.* setting, or a library
+        // the user chose that does not load, is the user's mistake (exit 2), not "openblas.core=unavailable"
+        // (isAvailable() alone took a -Dqkv.blas.library that does not load for no library, on java and reference)
+        OpenBlas blas = OpenBlas.optional();
         Attention attention = Backends.create(backend, threads);
         // shared: the engine's pool threads may only touch memory of a shared (or global/auto) arena
         try (Arena arena = Arena.ofShared()) {
@@ -89,7 +90,7 @@ final class BenchCommand implements Command {
             }
             int warm = 1 + Timing.warmUp(call);
             // the OpenBLAS core beside every figure (what ran native products, or would have)
-            String core = OpenBlas.isAvailable() ? OpenBlas.get().library().coreName() : "unavailable";
+            String core = blas != null ? blas.library().coreName() : "unavailable";
             out.println(String.format(Locale.ROOT,
                     "bench backend=%s q=%s k=%s causal=%s threads=%d warmup=%d iters=%d plan: %s openblas.core=%s",
                     backend.cliName(), q.shapeString(), k.shapeString(), causal,

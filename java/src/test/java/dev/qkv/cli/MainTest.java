@@ -752,6 +752,22 @@ class MainTest {
     }
 
     /**
+     * {@code bench} reports the OpenBLAS core in its header on every backend, and refuses a {@code -Dqkv.blas.threads}
+     * outside its values on {@code java} and {@code reference} too: a library the user chose that does not load is
+     * refused there the same way (exit 2, one line naming the setting). It printed {@code openblas.core=unavailable}
+     * and exited 0, as if no library had been named, where {@code info} and the demo refuse it.
+     */
+    @ParameterizedTest
+    @ValueSource(strings = {"java", "reference"})
+    void benchOnTheJavaBackendsRefusesAnExplicitLibraryThatDoesNotLoad(String backend) throws IOException,
+            InterruptedException {
+        String missing = dir.resolve("no-such-libopenblas.so.0").toString();
+        Result r = child(List.of(OpenBlas.LIBRARY_PROPERTY + "=" + missing), Map.of(), "bench", "--shape", "1,1,8,8",
+                "--iters", "1", "--backend", backend);
+        assertUserError(r, OpenBlas.LIBRARY_PROPERTY + " = " + missing + ": no such file");
+    }
+
+    /**
      * {@code QKV_BLAS_LIBRARY} chooses the library as {@code -Dqkv.blas.library} does, so a value that does not
      * load is the user's mistake too (exit 2, naming the variable), under {@code auto} as well; while the bundled
      * library failing to load, which the user did not choose, stays a failure (exit 1) that {@code auto} runs
