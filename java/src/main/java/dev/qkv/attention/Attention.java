@@ -936,11 +936,11 @@ public final class Attention {
                 // mask strides broadcast to [B, Hq, Lq, Lk]
                 Tensor m = mask.values();
                 mOff = m.offset();
-                long[] st = ReferenceAttention.maskStrides(m);
-                ms0 = st[0];
-                ms1 = st[1];
-                ms2 = st[2];
-                ms3 = st[3];
+                // one stride at a time, no array: a call allocates nothing (a long[4] here was 48 B per masked call)
+                ms0 = ReferenceAttention.maskStride(m, 0);
+                ms1 = ReferenceAttention.maskStride(m, 1);
+                ms2 = ReferenceAttention.maskStride(m, 2);
+                ms3 = ReferenceAttention.maskStride(m, 3);
             }
             packQ = !matrixOk(q);
             packK = !matrixOk(k);

@@ -106,12 +106,21 @@ final class ReferenceAttention {
      * size 1 broadcasts (stride 0). The last (keys) keeps its stride.
      */
     static long[] maskStrides(Tensor m) {
+        return new long[] {maskStride(m, 0), maskStride(m, 1), maskStride(m, 2), maskStride(m, 3)};
+    }
+
+    /**
+     * The stride of mask {@code m} along dimension {@code s} of the scores {@code [B, Hq, Lq, Lk]}, as
+     * {@link #maskStrides}: 0 where it lacks that dimension or has size 1 there (not the last). No allocation, for
+     * the engines' per-call setup.
+     */
+    static long maskStride(Tensor m, int s) {
         int r = m.rank();
-        long[] st = new long[4];
-        for (int d = 0; d < r; d++) {
-            st[4 - r + d] = m.size(d) == 1 && d < r - 1 ? 0 : m.stride(d);
+        int d = s - (4 - r);
+        if (d < 0) {
+            return 0;
         }
-        return st;
+        return m.size(d) == 1 && d < r - 1 ? 0 : m.stride(d);
     }
 
     /** Element index of [b, h, i, j] in a rank-4 tensor; dimensions of size 1 broadcast. */

@@ -166,10 +166,12 @@ final class SdpaArgs {
             throw new IllegalArgumentException(m.describe("mask") + ": rank " + r + " is not "
                     + maskWant(b, hq, lq, lk));
         }
-        long[] want = {b, hq, lq, lk};
+        // no array of the scores' sizes: this runs on every call and must not allocate (a long[4] here was 48 B
+        // per masked call, AllocationTest)
         boolean ok = m.size(r - 1) == lk;
         for (int d = 0; d < r - 1; d++) {
-            ok &= fits(m.size(d), want[4 - r + d]);
+            int s = 4 - r + d; // the scores' dimension this one aligns with: 0 (B), 1 (Hq) or 2 (Lq)
+            ok &= fits(m.size(d), s == 0 ? b : s == 1 ? hq : lq);
         }
         if (!ok) {
             throw new IllegalArgumentException(m.describe("mask") + ": not " + maskWant(b, hq, lq, lk));
