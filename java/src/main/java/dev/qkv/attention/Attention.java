@@ -349,14 +349,18 @@ public final class Attention {
      * Attention on the given backend, using every core.
      *
      * @throws dev.qkv.blas.BlasUnavailableException for {@link Backend#NATIVE} when OpenBLAS cannot be loaded, and
-     *         for {@link Backend#AUTO} too when a {@code -Dqkv.blas.*} setting is refused or the library the user
-     *         chose does not load
+     *         for {@link Backend#AUTO} too when a {@code -Dqkv.blas.*} setting is refused, the library the user
+     *         chose does not load, or the bundled one cannot be extracted to the {@code -Dqkv.cache.dir} given
      */
     public static Attention create(Backend backend) {
         return builder().backend(backend).build();
     }
 
-    /** Attention on the given backend with at most {@code threads} threads per call. */
+    /**
+     * Attention on the given backend with at most {@code threads} threads per call.
+     *
+     * @throws dev.qkv.blas.BlasUnavailableException as {@link #create(Backend)}
+     */
     public static Attention create(Backend backend, int threads) {
         return builder().backend(backend).threads(threads).build();
     }
@@ -408,8 +412,9 @@ public final class Attention {
          * The configured attention.
          *
          * @throws dev.qkv.blas.BlasUnavailableException for {@link Backend#NATIVE} when OpenBLAS cannot be loaded,
-         *         and for {@link Backend#AUTO} too when a {@code -Dqkv.blas.*} setting is refused or the library the
-         *         user chose does not load
+         *         and for {@link Backend#AUTO} too when a {@code -Dqkv.blas.*} setting is refused, the library the
+         *         user chose does not load, or the bundled one cannot be extracted to the {@code -Dqkv.cache.dir}
+         *         given
          */
         public Attention build() {
             return new Attention(backend, threads, budget, smallCalls);

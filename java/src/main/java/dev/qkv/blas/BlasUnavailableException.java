@@ -31,8 +31,8 @@ public final class BlasUnavailableException extends RuntimeException {
 
     /**
      * Whether the user's own setting is at fault, and the message names it: a {@code -Dqkv.blas.*} value outside its
-     * values, or a library the user chose ({@code -Dqkv.blas.library} or {@code QKV_BLAS_LIBRARY}) that does not
-     * load or is not a usable OpenBLAS. False when no library was chosen and none was found or the bundled one did
+     * values, a library the user chose ({@code -Dqkv.blas.library} or {@code QKV_BLAS_LIBRARY}) that does not
+     * load or is not a usable OpenBLAS, or a {@code -Dqkv.cache.dir} the bundled library cannot be extracted to. False when no library was chosen and none was found or the bundled one did
      * not load: that is not the user's doing, and callers that can go on without OpenBLAS ({@code Backend.AUTO})
      * do; a setting the user made is never dropped that way.
      */

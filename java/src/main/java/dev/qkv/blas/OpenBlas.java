@@ -181,8 +181,9 @@ public final class OpenBlas {
      * OpenBLAS, or null when none could be loaded for a reason that is not the user's (no library found, the bundled
      * one not loading): for callers that go on without it ({@code Backend.AUTO}, the CLI's report). A setting the
      * user made is never dropped that way: a {@code -Dqkv.blas.*} value outside its values ({@link #checkSettings},
-     * checked even when no library loads) and a library the user chose that does not load are thrown, as
-     * {@link #get} throws them ({@link BlasUnavailableException#refusedSetting} true).
+     * checked even when no library loads), a library the user chose that does not load and a {@code -Dqkv.cache.dir}
+     * the bundled library cannot be extracted to are thrown, as {@link #get} throws them
+     * ({@link BlasUnavailableException#refusedSetting} true).
      */
     public static OpenBlas optional() {
         checkSettings();

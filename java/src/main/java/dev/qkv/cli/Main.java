@@ -17,7 +17,8 @@ import java.util.Map;
  *
  * <p>Exit codes: 0 on success, 2 for a mistake of the user (bad flags, input files that are missing, unreadable or
  * malformed, an output that cannot be written, shapes that do not fit together, a {@code -Dqkv.*} setting refused,
- * an OpenBLAS the user chose that does not load) with exactly one line {@code error: ...} on stderr, 1 for everything
+ * an OpenBLAS the user chose that does not load, a {@code -Dqkv.cache.dir} the bundled one cannot be extracted to)
+ * with exactly one line {@code error: ...} on stderr, 1 for everything
  * else (no OpenBLAS found or the bundled one not loading, internal failures). Set the environment variable {@code QKV_TRACE=1} to see the stack trace
  * of an internal failure.
  */

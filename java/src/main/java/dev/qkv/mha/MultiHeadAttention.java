@@ -123,7 +123,8 @@ public final class MultiHeadAttention {
      *
      * @throws IllegalArgumentException for {@link Backend#NATIVE} when a weight lies in heap memory or at an
      *                                  address that is not a multiple of 4
-     * @throws dev.qkv.blas.BlasUnavailableException for {@link Backend#NATIVE} when OpenBLAS cannot be loaded
+     * @throws dev.qkv.blas.BlasUnavailableException for {@link Backend#NATIVE} when OpenBLAS cannot be loaded, and
+     *         for {@link Backend#AUTO} too when a setting of the user's is refused (as {@link Attention#create})
      */
     public static MultiHeadAttention create(MhaWeights weights, Backend backend) {
         return create(weights, backend, Runtime.getRuntime().availableProcessors());
@@ -134,7 +135,8 @@ public final class MultiHeadAttention {
      * {@code threads} threads per call (the caller included; see {@link Attention.Builder#threads}).
      *
      * @throws IllegalArgumentException when {@code threads < 1}, or as {@link #create(MhaWeights, Backend)}
-     * @throws dev.qkv.blas.BlasUnavailableException for {@link Backend#NATIVE} when OpenBLAS cannot be loaded
+     * @throws dev.qkv.blas.BlasUnavailableException for {@link Backend#NATIVE} when OpenBLAS cannot be loaded, and
+     *         for {@link Backend#AUTO} too when a setting of the user's is refused (as {@link Attention#create})
      */
     public static MultiHeadAttention create(MhaWeights weights, Backend backend, int threads) {
         Objects.requireNonNull(weights, "weights");
