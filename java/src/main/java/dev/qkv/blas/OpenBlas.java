@@ -121,7 +121,10 @@ public final class OpenBlas {
                     failure = e;
                     throw e;
                 } catch (RuntimeException | LinkageError e) {
-                    failure = new BlasUnavailableException("OpenBLAS could not be initialised: " + e, e);
+                    // a library the user chose that loads but cannot be set up is still the user's choice: refused,
+                    // never one that Backend.AUTO runs without
+                    failure = new BlasUnavailableException("OpenBLAS could not be initialised: " + e, e,
+                            set(System.getProperty(LIBRARY_PROPERTY)) || set(System.getenv(LIBRARY_ENV)));
                     throw failure;
                 }
             }
@@ -511,6 +514,11 @@ public final class OpenBlas {
 
     // ---------------------------------------------------------------- loading
 
+    /** Whether a setting's value is given (not absent or blank, which leave it unset). */
+    private static boolean set(String value) {
+        return value != null && !value.isBlank();
+    }
+
     private static BlasLibrary load() {
         String prop = System.getProperty(LIBRARY_PROPERTY);
         if (prop != null && !prop.isBlank()) {
@@ -529,7 +537,7 @@ public final class OpenBlas {
             } catch (IOException | UncheckedIOException e) {
                 // into a folder the user chose (-Dqkv.cache.dir): that setting's fault, never one to run without
                 String chosen = System.getProperty(CACHE_PROPERTY);
-                boolean user = chosen != null && !chosen.isBlank();
+                boolean user = set(chosen);
                 throw new BlasUnavailableException("bundled OpenBLAS (org.bytedeco:openblas) could not be extracted"
                         + (user ? " to -D" + CACHE_PROPERTY + "=" + chosen : "") + ": " + reason(e) + " (set -D"
                         + CACHE_PROPERTY + " or XDG_CACHE_HOME to a writable folder, or -D" + LIBRARY_PROPERTY + " / "
@@ -541,8 +549,11 @@ public final class OpenBlas {
                     System.load(dir.resolve(f).toString());
                 }
             } catch (UnsatisfiedLinkError e) {
+                // from a folder the user chose, e.g. on a file system mounted noexec: that setting's fault too
+                String chosen = System.getProperty(CACHE_PROPERTY);
                 throw new BlasUnavailableException("bundled OpenBLAS at " + dir + " could not be loaded: "
-                        + e.getMessage(), e);
+                        + e.getMessage() + (set(chosen) ? " (extracted to -D" + CACHE_PROPERTY + "=" + chosen
+                        + "; choose a folder libraries may be loaded from)" : ""), e, set(chosen));
             }
             return describeLoaded(BlasLibrary.Source.BUNDLED, so, "bundled OpenBLAS " + so);
         }

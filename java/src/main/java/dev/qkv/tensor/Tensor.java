@@ -269,16 +269,6 @@ public final class Tensor {
         }
     }
 
-    /**
-     * The element methods' check: a tensor whose arena is closed, or confined to another thread, is refused by
-     * name and shape ({@code tensor [2, 3]: its arena is closed}) rather than by the JDK's "Already closed".
-     */
-    private void requireAccessible(String name) {
-        if (!usable(segment)) {
-            requireUsable(segment, describe(name));
-        }
-    }
-
     /** True when this thread may use {@code s}: its arena is open and, if confined, confined to this thread. */
     public static boolean usable(MemorySegment s) {
         return s.scope().isAlive() && s.isAccessibleBy(Thread.currentThread());
@@ -532,7 +522,7 @@ public final class Tensor {
      * element to its own address (see {@link #hasDistinctAddresses}).
      */
     public Tensor copyFrom(float[] values) {
-        requireAccessible("tensor");
+        requireUsable("tensor");
         if (values.length != elementCount()) {
             throw new IllegalArgumentException(values.length + " values for tensor " + shapeString());
         }
@@ -564,8 +554,8 @@ public final class Tensor {
         if (!Arrays.equals(src.shape, shape)) {
             throw new IllegalArgumentException("cannot copy " + src.shapeString() + " into " + shapeString());
         }
-        requireAccessible("tensor");
-        src.requireAccessible("source");
+        requireUsable("tensor");
+        src.requireUsable("source");
         if (!isContiguous()) {
             requireDistinctAddresses();
         }
@@ -583,7 +573,7 @@ public final class Tensor {
 
     /** The elements in row-major order of this tensor's shape, as a new array. */
     public float[] toArray() {
-        requireAccessible("tensor");
+        requireUsable("tensor");
         long n = elementCount();
         if (n > Integer.MAX_VALUE - 8) {
             throw new IllegalStateException("tensor " + shapeString() + " has too many elements for a float[]");
@@ -606,7 +596,7 @@ public final class Tensor {
 
     /** Sets every element to {@code value}. */
     public Tensor fill(float value) {
-        requireAccessible("tensor");
+        requireUsable("tensor");
         long n = elementCount();
         if (n == 0) {
             return this; // an empty view may sit at any offset (a select next to an empty dimension)
