@@ -29,6 +29,9 @@ MVN := mvn -B -ntp
 # Flags every qkv JVM needs: FFM downcalls without warnings, and the Vector API incubator module.
 JVM_FLAGS := --enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector
 ARGS ?=
+# Options for the JVM of `make run`, after JVM_FLAGS: the -Dqkv.* settings (README, Settings), e.g.
+# JVM_ARGS="-Dqkv.blas.threads=2"; without it a setting could not reach the command line's JVM at all.
+JVM_ARGS ?=
 
 SOURCES := $(shell find pom.xml bindings/pom.xml java/pom.xml bench/pom.xml bindings/src java/src/main bench/src -type f 2>/dev/null)
 STAMP := java/target/.built
@@ -41,9 +44,9 @@ quiet_mvn = $(MVN) -q $(1) > $(2) 2>&1 || { cat $(2) >&2; echo "error: build fai
 
 .PHONY: run test bench bench-full bindings clean jdk build
 
-# Build quietly (the log is shown only when the build fails), then run the CLI with ARGS.
+# Build quietly (the log is shown only when the build fails), then run the CLI with ARGS (and JVM_ARGS for its JVM).
 run: $(STAMP)
-	@$(JAVA) $(JVM_FLAGS) -cp "java/target/classes:$$(cat $(CLASSPATH_FILE))" dev.qkv.cli.Main $(ARGS) \
+	@$(JAVA) $(JVM_FLAGS) $(JVM_ARGS) -cp "java/target/classes:$$(cat $(CLASSPATH_FILE))" dev.qkv.cli.Main $(ARGS) \
 	  2> >(grep -v '^WARNING: Using incubator modules: jdk.incubator.vector$$' >&2)
 
 build: $(STAMP)
