@@ -13,7 +13,8 @@ import java.util.concurrent.atomic.AtomicBoolean;
  * {@code [Hkv, capacity, Dh]} off-heap, appended in place by {@link MultiHeadAttention#decode}. A cache belongs
  * to one sequence and one thread at a time; {@link #reset} empties it for the next sequence. A decode step that
  * finds the cache in use by another step throws {@link IllegalStateException}: both would append at the same
- * positions; so do {@link #reset} and {@link #truncate} during a step.
+ * positions; so do {@link #reset} and {@link #truncate} during a step, and {@link #keys} and {@link #values}
+ * (they fill the table of views the step reads).
  *
  * <p>Subnormal keys and values (non-zero, below {@link Float#MIN_NORMAL} in magnitude) are stored as zeros of
  * their sign, as the processor's flush-to-zero mode would store them; -0.0 stays -0.0. A
@@ -176,14 +177,31 @@ public final class KvCache {
      * cache's memory, not a copy: it keeps the length it was taken at, and later steps write through it, so after
      * {@link #truncate} or {@link #reset} its positions past the new length show forgotten rows, then the rows
      * later steps store there. Valid while the cache's arena is open.
+     *
+     * @throws IllegalStateException when a decode step is using the cache (the step looks up its views in the
+     *                               same tables, which this call may grow)
      */
     public Tensor keys() {
-        return keysAt(length);
+        hold("read its keys");
+        try {
+            return keysAt(length);
+        } finally {
+            release();
+        }
     }
 
-    /** The cached values as a view {@code [1, Hkv, length, Dh]} ({@code x·W_Vᵀ + b_V}), as {@link #keys}. */
+    /**
+     * The cached values as a view {@code [1, Hkv, length, Dh]} ({@code x·W_Vᵀ + b_V}), as {@link #keys}.
+     *
+     * @throws IllegalStateException when a decode step is using the cache (as {@link #keys})
+     */
     public Tensor values() {
-        return valuesAt(length);
+        hold("read its values");
+        try {
+            return valuesAt(length);
+        } finally {
+            release();
+        }
     }
 
     /** Keys of the first {@code n} positions, {@code n <= capacity}. */

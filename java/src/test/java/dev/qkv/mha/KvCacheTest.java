@@ -346,6 +346,40 @@ class KvCacheTest {
     }
 
     /**
+     * keys() and values() fill the cache's table of views (grown by copying two arrays) that a decode step reads
+     * too: called from another thread during a step, they raced the step's own lookups, and the step failed with
+     * the JDK's {@code ArrayIndexOutOfBoundsException} ("Index 1 out of bounds for length 0": the step saw the
+     * other thread's grown key table and the old value table) after storing its rows (a reviewer's harness: 4 of
+     * 1646 caches of 256 one-token steps, a second thread calling keys() and values() in a loop). Held as decode
+     * holds it, they must be refused, as reset and truncate are, and give the views once it is released.
+     */
+    @Test
+    void keysAndValuesAreRefusedWhileADecodeStepHoldsTheCache() {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(6);
+            MultiHeadAttention layer = MultiHeadAttention.create(
+                    MultiHeadAttentionTest.weights(a, r, 16, 4, 2, false, false), Backend.JAVA);
+            KvCache cache = layer.newCache(a, 8);
+            layer.decode(rand(a, r, 1f, 1, 3, 16), cache, Tensor.allocate(a, 1, 3, 16),
+                    layer.newWorkspace(a, 1, 3, 8));
+            assertTrue(cache.acquire(), "no step holds the cache");
+            try {
+                IllegalStateException keys = assertThrows(IllegalStateException.class, cache::keys);
+                assertTrue(keys.getMessage().contains("KV cache [2, 8, 4] holding 3")
+                        && keys.getMessage().contains("in use by another call"), keys.getMessage());
+                IllegalStateException values = assertThrows(IllegalStateException.class, cache::values);
+                assertTrue(values.getMessage().contains("in use by another call"), values.getMessage());
+            } finally {
+                cache.release();
+            }
+            assertArrayEquals(new long[] {1, 2, 3, 4}, cache.keys().shape());
+            assertArrayEquals(new long[] {1, 2, 3, 4}, cache.values().shape());
+            assertTrue(cache.acquire(), "keys and values give the cache back");
+            cache.release();
+        }
+    }
+
+    /**
      * keys() and values() as their javadoc defines them: row t of x·W_Kᵀ + b_K (x·W_Vᵀ + b_V) for kv head g at
      * columns g·Dh, computed here in double; views of the cache's memory that keep their length and show what
      * later steps store, also past a truncate.
