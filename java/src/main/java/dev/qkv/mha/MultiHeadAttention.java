@@ -569,12 +569,14 @@ public final class MultiHeadAttention {
         int slabs = 1;
         int slabCols = Math.max(n, 1);
         int wanted = 0;
+        OpenBlas nat = blas;
+        if (nat != null && nat.threads() != 1) {
+            // every product runs on qkv's threads, small ones too (a decode step's are all small, and run on request
+            // threads that may fill the cores): OpenBLAS threads inside them would oversubscribe. The count is
+            // process-wide and the user may have raised it for their own products since the last call
+            nat.setThreads(1);
+        }
         if (2.0 * mats * m * n * k >= WorkerPool.MIN_PARALLEL_FLOPS) {
-            OpenBlas nat = blas;
-            if (nat != null && nat.threads() != 1) {
-                // slabs run side by side on qkv's threads; OpenBLAS threads inside them would oversubscribe
-                nat.setThreads(1);
-            }
             slabs = (n + SLAB_COLS - 1) / SLAB_COLS;
             slabCols = SLAB_COLS;
             int threads = attention.threads();
