@@ -53,7 +53,8 @@ import java.util.Objects;
  * the Java kernels with at least 4 heads per worker and an even share, a task is a whole head, so that each
  * head's {@code kᵀ} and {@code v} are packed once. Problems under about 8 MFLOP run on the caller alone (waking a
  * thread costs more). OpenBLAS is kept at one
- * thread while qkv runs attention, so threads × OpenBLAS threads never exceeds {@code threads()} ≤ cores. When
+ * thread while qkv runs attention (each native call sets it; a count a user raises during a call, process-wide,
+ * is not undone until the next), so threads × OpenBLAS threads never exceeds {@code threads()} ≤ cores. When
  * the pool is busy with another call, a call runs on its own thread. Each worker has its own score tile and
  * packing buffers, so no scratch is shared.
  *

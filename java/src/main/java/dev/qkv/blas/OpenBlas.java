@@ -226,7 +226,8 @@ public final class OpenBlas {
     /**
      * Sets the number of threads OpenBLAS uses for one product. This setting is process-wide; callers that run
      * products from several Java threads at once should set it to 1 so that threads × OpenBLAS threads does not
-     * exceed the cores. OpenBLAS takes at most the {@code MAX_THREADS} it was built with (64 for the bundled
+     * exceed the cores. qkv's native attention and layers set it back to 1 on every call, and a count raised while
+     * one runs reaches its products too, beside its own workers: raise it only while no qkv call runs. OpenBLAS takes at most the {@code MAX_THREADS} it was built with (64 for the bundled
      * library; {@code openblas_get_config} names it) and silently caps a larger count there: {@link #threads()}
      * reads what it took.
      */
