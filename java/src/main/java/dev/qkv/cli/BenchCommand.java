@@ -97,9 +97,14 @@ final class BenchCommand implements Command {
                     attention.threads(), warm, iters, attention.plan(q, k, v, o, options), core));
             double ms = Timing.medianMillis(call, iters);
             double gflops = Timing.gflops(Timing.denseFlops(b, h, l, l, d), ms);
-            out.println(String.format(Locale.ROOT, "median_ms=%.3f gflops=%.2f", ms, gflops));
+            out.println(resultLine(ms, gflops));
         }
         return 0;
+    }
+
+    /** The last line, {@code median_ms=<x> gflops=<y>}. */
+    static String resultLine(double ms, double gflops) {
+        return String.format(Locale.ROOT, "median_ms=%.3f gflops=%.2f", ms, gflops);
     }
 
     private static long[] shape(String text) throws UsageException {
