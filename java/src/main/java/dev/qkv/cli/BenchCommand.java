@@ -102,9 +102,22 @@ final class BenchCommand implements Command {
         return 0;
     }
 
-    /** The last line, {@code median_ms=<x> gflops=<y>}. */
+    /**
+     * The last line, {@code median_ms=<x> gflops=<y>}: plain decimals (no exponent, a point in every locale) with
+     * at least 3 and 2 decimals, more below 1 so that two significant digits show. With 3 and 2 only, a reference
+     * call on [1, 1, 1, 1] (~0.4 µs) printed {@code median_ms=0.000 gflops=0.01}: a time of 0 beside a finite speed.
+     * A figure that is not finite (a median of 0 on a clock coarser than the call) is refused, never printed.
+     */
     static String resultLine(double ms, double gflops) {
-        return String.format(Locale.ROOT, "median_ms=%.3f gflops=%.2f", ms, gflops);
+        return "median_ms=" + decimal("median_ms", ms, 3) + " gflops=" + decimal("gflops", gflops, 2);
+    }
+
+    private static String decimal(String what, double x, int minDecimals) {
+        if (!Double.isFinite(x) || x < 0) {
+            throw new IllegalStateException(what + " is " + x + " (median_ms could not be measured on this clock)");
+        }
+        int decimals = x > 0 && x < 1 ? Math.max(minDecimals, 1 - (int) Math.floor(Math.log10(x))) : minDecimals;
+        return String.format(Locale.ROOT, "%." + decimals + "f", x);
     }
 
     private static long[] shape(String text) throws UsageException {

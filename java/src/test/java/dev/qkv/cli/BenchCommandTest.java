@@ -1,0 +1,57 @@
+package dev.qkv.cli;
+
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
+
+import java.util.Locale;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/** bench's last line, {@code median_ms=<x> gflops=<y>}, for values a clock on this machine may not give. */
+class BenchCommandTest {
+
+    private static final Pattern LINE = Pattern.compile("median_ms=(\\d+\\.\\d+) gflops=(\\d+\\.\\d+)");
+
+    /**
+     * Whatever the size of the median, the line holds it to 2 significant digits (within 5%), and the gflops it
+     * prints is 4·B·H·L·L·D / (median_ms·1e6) within that rounding. A reference call on [1, 1, 1, 1] takes ~0.4 µs:
+     * it printed {@code median_ms=0.000 gflops=0.01}, a time of 0 beside a finite speed.
+     */
+    @ParameterizedTest
+    @ValueSource(doubles = {0.000412, 0.00095, 0.0031, 0.056, 0.5, 4.1234, 12_345.678, 9.87e7})
+    void theLineHoldsTheMedianAndAConsistentSpeed(double ms) {
+        double flops = Timing.denseFlops(1, 1, 1, 1, 1);
+        double gflops = Timing.gflops(flops, ms);
+        Matcher m = LINE.matcher(BenchCommand.resultLine(ms, gflops));
+        assertTrue(m.matches(), BenchCommand.resultLine(ms, gflops));
+        double printedMs = Double.parseDouble(m.group(1));
+        double printedGflops = Double.parseDouble(m.group(2));
+        assertEquals(ms, printedMs, ms * 0.05, m.group());
+        assertEquals(4 / (printedMs * 1e6), printedGflops, printedGflops * 0.1, m.group());
+    }
+
+    /** Values of 1 or more keep the decimals the line always had; a locale with a decimal comma changes nothing. */
+    @Test
+    void usualValuesReadAsBeforeInAnyLocale() {
+        Locale saved = Locale.getDefault();
+        try {
+            Locale.setDefault(Locale.GERMANY);
+            assertEquals("median_ms=4.123 gflops=12.35", BenchCommand.resultLine(4.1234, 12.3456));
+            assertEquals("median_ms=1234567.000 gflops=123456789.00", BenchCommand.resultLine(1234567, 123456789));
+        } finally {
+            Locale.setDefault(saved);
+        }
+    }
+
+    /** A median of 0 (a clock coarser than the call) makes the speed infinite: never printed as a figure. */
+    @Test
+    void anInfiniteOrUndefinedFigureIsNeverPrinted() {
+        assertThrows(IllegalStateException.class, () -> BenchCommand.resultLine(0, Double.POSITIVE_INFINITY));
+        assertThrows(IllegalStateException.class, () -> BenchCommand.resultLine(Double.NaN, Double.NaN));
+    }
+}
