@@ -522,11 +522,11 @@ public final class OpenBlas {
 
     private static BlasLibrary load() {
         String prop = System.getProperty(LIBRARY_PROPERTY);
-        if (prop != null && !prop.isBlank()) {
+        if (set(prop)) {
             return loadExplicit(BlasLibrary.Source.PROPERTY, "system property " + LIBRARY_PROPERTY, prop);
         }
         String env = System.getenv(LIBRARY_ENV);
-        if (env != null && !env.isBlank()) {
+        if (set(env)) {
             return loadExplicit(BlasLibrary.Source.ENVIRONMENT, "environment variable " + LIBRARY_ENV, env);
         }
         List<String> tried = new ArrayList<>();
@@ -552,9 +552,10 @@ public final class OpenBlas {
             } catch (UnsatisfiedLinkError e) {
                 // from a folder the user chose, e.g. on a file system mounted noexec: that setting's fault too
                 String chosen = System.getProperty(CACHE_PROPERTY);
+                boolean user = set(chosen);
                 throw new BlasUnavailableException("bundled OpenBLAS at " + dir + " could not be loaded: "
-                        + e.getMessage() + (set(chosen) ? " (extracted to -D" + CACHE_PROPERTY + "=" + chosen
-                        + "; choose a folder libraries may be loaded from)" : ""), e, set(chosen));
+                        + e.getMessage() + (user ? " (extracted to -D" + CACHE_PROPERTY + "=" + chosen
+                        + "; choose a folder libraries may be loaded from)" : ""), e, user);
             }
             return describeLoaded(BlasLibrary.Source.BUNDLED, so, "bundled OpenBLAS " + so);
         }
@@ -646,17 +647,22 @@ public final class OpenBlas {
         if (!System.getProperty("os.name", "").toLowerCase(Locale.ROOT).contains("linux")) {
             return null;
         }
-        byte[] h = new byte[64];
-        long size;
-        int n = 0;
-        try (InputStream in = Files.newInputStream(file)) {
-            size = Files.size(file);
-            for (int r; n < h.length && (r = in.read(h, n, h.length - n)) > 0; ) {
-                n += r;
-            }
+        // one channel for the header and, further down, the program headers it points to
+        try (java.nio.channels.FileChannel ch = java.nio.channels.FileChannel.open(file)) {
+            return notASharedObject(ch);
         } catch (IOException e) {
             return "unreadable: " + reason(e);
         }
+    }
+
+    private static String notASharedObject(java.nio.channels.FileChannel ch) throws IOException {
+        long size = ch.size();
+        ByteBuffer head = ByteBuffer.allocate(64);
+        while (head.hasRemaining() && ch.read(head, head.position()) > 0) {
+            // a short read: the rest of the header, or the end of a shorter file
+        }
+        byte[] h = head.array();
+        int n = head.position();
         if (n < 4 || h[0] != 0x7f || h[1] != 'E' || h[2] != 'L' || h[3] != 'F') {
             return "no ELF header";
         }
@@ -700,14 +706,10 @@ public final class OpenBlas {
         // the dynamic loader opens no shared object without a dynamic section; HotSpot, which looks for its stack
         // marker first, warned of the stack guard for such a file too ("object file has no dynamic section")
         ByteBuffer ph = ByteBuffer.allocate((int) (phentsize * phnum)).order(b.order());
-        try (java.nio.channels.FileChannel ch = java.nio.channels.FileChannel.open(file)) {
-            while (ph.hasRemaining()) {
-                if (ch.read(ph, phoff + ph.position()) < 0) {
-                    return "a truncated ELF file: its program headers are not inside it";
-                }
+        while (ph.hasRemaining()) {
+            if (ch.read(ph, phoff + ph.position()) < 0) {
+                return "a truncated ELF file: its program headers are not inside it";
             }
-        } catch (IOException e) {
-            return "unreadable: " + reason(e);
         }
         for (int i = 0; i < phnum; i++) {
             if (ph.getInt(i * entry) == 2) { // PT_DYNAMIC
@@ -868,7 +870,7 @@ public final class OpenBlas {
      */
     private static Path cacheRoot() {
         String explicit = System.getProperty(CACHE_PROPERTY);
-        if (explicit != null && !explicit.isBlank()) {
+        if (set(explicit)) {
             // absolute: System.load takes absolute paths only (a relative folder extracted, then never loaded)
             try {
                 return path("system property " + CACHE_PROPERTY, explicit, CACHE_ROLE, "").toAbsolutePath();
@@ -878,7 +880,7 @@ public final class OpenBlas {
             }
         }
         String xdg = System.getenv("XDG_CACHE_HOME");
-        if (xdg != null && !xdg.isBlank()) {
+        if (set(xdg)) {
             Path p = path("environment variable XDG_CACHE_HOME", xdg, CACHE_ROLE, "");
             if (p.isAbsolute()) {
                 // the XDG spec: a relative value is invalid and is ignored
@@ -886,7 +888,7 @@ public final class OpenBlas {
             }
         }
         String home = System.getProperty("user.home");
-        Path h = home == null || home.isBlank() ? null : path("system property user.home", home, CACHE_ROLE, "");
+        Path h = !set(home) ? null : path("system property user.home", home, CACHE_ROLE, "");
         if (h == null || !h.isAbsolute()) {
             throw new BlasUnavailableException("bundled OpenBLAS (org.bytedeco:openblas) has no cache folder to be"
                     + " extracted to: " + CACHE_PROPERTY + " and XDG_CACHE_HOME are unset (or relative) and the home"
