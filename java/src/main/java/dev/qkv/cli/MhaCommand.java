@@ -123,8 +123,9 @@ final class MhaCommand implements Command {
     }
 
     /**
-     * One query row against one key row: links the downcalls and loads the classes the call needs, so the time
-     * printed is the layer itself rather than JVM start-up work.
+     * One query row against one key row: links the downcalls and loads the classes of the layer's entry, so the
+     * time printed leaves out that start-up work. It is still a cold call: the kernels of a longer call are compiled
+     * (and its memory first touched) inside the time, as README says.
      */
     private static void warmUp(MultiHeadAttention layer, Tensor x, Tensor kv, Arena arena, MhaWorkspace ws) {
         if (x.size(0) == 0 || x.size(1) == 0 || kv != null && kv.size(1) == 0) {

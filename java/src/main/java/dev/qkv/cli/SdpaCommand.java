@@ -103,8 +103,10 @@ final class SdpaCommand implements Command {
     }
 
     /**
-     * One query row against the first head's keys: it links the downcalls and loads the classes the call needs,
-     * so the time printed is the attention itself rather than JVM start-up work, at a cost of Lk·Dk.
+     * One query row against the first head's keys, at a cost of Lk·Dk: it links the downcalls and loads the
+     * classes of the call's entry, so the time printed leaves out that start-up work. It is still a cold call: one
+     * query row takes the few-query path, so the block kernels of a longer call are compiled (and its memory first
+     * touched) inside the time; README says so, and {@code bench} times steady calls.
      */
     private static void warmUp(Attention attention, Tensor q, Tensor k, Tensor v, SdpaOptions options, Arena arena) {
         if (q.elementCount() == 0 || k.elementCount() == 0 || v.elementCount() == 0) {
