@@ -220,7 +220,13 @@ public final class OpenBlas {
 
     /** The number of threads OpenBLAS uses for one product ({@code openblas_get_num_threads}). */
     public int threads() {
-        return cblas_h.openblas_get_num_threads();
+        try {
+            return (int) Calls.GET_NUM_THREADS.invokeExact();
+        } catch (RuntimeException | Error e) {
+            throw e;
+        } catch (Throwable t) {
+            throw new AssertionError("openblas_get_num_threads", t);
+        }
     }
 
     /**
@@ -235,7 +241,35 @@ public final class OpenBlas {
         if (threads < 1 || threads > 1024) {
             throw new IllegalArgumentException("OpenBLAS threads must be in 1..1024, got " + threads);
         }
-        cblas_h.openblas_set_num_threads(threads);
+        try {
+            Calls.SET_NUM_THREADS.invokeExact(threads);
+        } catch (RuntimeException | Error e) {
+            throw e;
+        } catch (Throwable t) {
+            throw new AssertionError("openblas_set_num_threads", t);
+        }
+    }
+
+    /**
+     * The addresses of {@link #REQUIRED_SYMBOLS} in the library that loaded, found in it (and the libraries it
+     * needs) alone, by {@link SymbolLookup#libraryLookup}; set once, under the lock of {@link #get}, before
+     * {@link #instance}, whose volatile write publishes it to {@link Calls} and {@link Critical}. Every downcall
+     * goes to these: jextract's bindings look a name up in every library loaded through this class loader, in no
+     * defined order (a hash map's), and bound another library's function when the application had loaded one
+     * exporting the same names (an OpenBLAS of its own): the chosen library was reported, another one ran.
+     */
+    private static Symbols symbols;
+
+    private record Symbols(MemorySegment sgemm, MemorySegment sgemv, MemorySegment setNumThreads,
+                           MemorySegment getNumThreads) {
+    }
+
+    /** The thread-count downcalls, bound to {@link #symbols} when first used (after loading). */
+    private static final class Calls {
+        static final MethodHandle SET_NUM_THREADS = Linker.nativeLinker().downcallHandle(symbols.setNumThreads(),
+                cblas_h.openblas_set_num_threads$descriptor());
+        static final MethodHandle GET_NUM_THREADS = Linker.nativeLinker().downcallHandle(symbols.getNumThreads(),
+                cblas_h.openblas_get_num_threads$descriptor());
     }
 
     /** One line for logs and {@code info}: path, config, core and threads. */
@@ -398,19 +432,19 @@ public final class OpenBlas {
         // of the small products attention makes (decode steps, tiny heads). Safe here: sgemm does not call back
         // into Java. OpenBLAS threads can run long for large products, so it is only used where GC latency
         // from a long critical call does not matter: below a size threshold (see sgemm).
-        static final MethodHandle SGEMM = Linker.nativeLinker().downcallHandle(cblas_h.cblas_sgemm$address(),
+        static final MethodHandle SGEMM = Linker.nativeLinker().downcallHandle(symbols.sgemm(),
                 cblas_h.cblas_sgemm$descriptor(), Linker.Option.critical(false));
         /**
          * The ordinary downcall, also held here rather than called through the jextract wrapper: once the
          * wrapper is compiled on its own it is too big to inline, and the slices passed to it escape (120 B
          * per product, measured at [1, 1, 4096, 128]).
          */
-        static final MethodHandle PLAIN = Linker.nativeLinker().downcallHandle(cblas_h.cblas_sgemm$address(),
+        static final MethodHandle PLAIN = Linker.nativeLinker().downcallHandle(symbols.sgemm(),
                 cblas_h.cblas_sgemm$descriptor());
         /** cblas_sgemv, critical (small products) and ordinary, for the same reasons as sgemm's. */
-        static final MethodHandle SGEMV = Linker.nativeLinker().downcallHandle(cblas_h.cblas_sgemv$address(),
+        static final MethodHandle SGEMV = Linker.nativeLinker().downcallHandle(symbols.sgemv(),
                 cblas_h.cblas_sgemv$descriptor(), Linker.Option.critical(false));
-        static final MethodHandle PLAIN_SGEMV = Linker.nativeLinker().downcallHandle(cblas_h.cblas_sgemv$address(),
+        static final MethodHandle PLAIN_SGEMV = Linker.nativeLinker().downcallHandle(symbols.sgemv(),
                 cblas_h.cblas_sgemv$descriptor());
     }
 
@@ -732,11 +766,28 @@ public final class OpenBlas {
         };
     }
 
+    /**
+     * Checks that {@code path}, just loaded, exports every one of {@link #REQUIRED_SYMBOLS} itself and is an LP64
+     * OpenBLAS, reads what it is, and sets {@link #symbols} to its functions. The symbols are looked up in that file
+     * (and the libraries it needs) alone: the class loader's lookup, which this used, found them in any library
+     * loaded through it before, and a chosen shared object without {@code cblas_sgemm} was accepted when the
+     * application had loaded an OpenBLAS of its own.
+     */
     private static BlasLibrary describeLoaded(BlasLibrary.Source source, Path path, String what) {
-        SymbolLookup lookup = SymbolLookup.loaderLookup();
+        SymbolLookup lookup;
+        try {
+            // the file System.load just loaded: the dynamic loader hands back the same handle, never unloaded
+            lookup = SymbolLookup.libraryLookup(path, java.lang.foreign.Arena.global());
+        } catch (IllegalArgumentException e) {
+            throw new BlasUnavailableException(what + ": loaded, but its symbols cannot be looked up: "
+                    + e.getMessage(), e);
+        }
         List<String> missing = new ArrayList<>();
-        for (String sym : REQUIRED_SYMBOLS) {
-            if (lookup.find(sym).isEmpty()) {
+        MemorySegment[] found = new MemorySegment[REQUIRED_SYMBOLS.size()];
+        for (int i = 0; i < found.length; i++) {
+            String sym = REQUIRED_SYMBOLS.get(i);
+            found[i] = lookup.find(sym).orElse(null);
+            if (found[i] == null) {
                 missing.add(sym);
             }
         }
@@ -744,8 +795,10 @@ public final class OpenBlas {
             throw new BlasUnavailableException(what + ": loaded, but it lacks " + String.join(", ", missing)
                     + " (is it OpenBLAS?)");
         }
+        Linker linker = Linker.nativeLinker();
         // openblas_get_config takes no arguments, so it is safe to call on any build; every other call passes ints
-        String config = cString(cblas_h.openblas_get_config());
+        String config = cString(call(linker.downcallHandle(found[REQUIRED_SYMBOLS.indexOf("openblas_get_config")],
+                cblas_h.openblas_get_config$descriptor()), "openblas_get_config"));
         if (config.contains("USE64BITINT")) {
             // an ILP64 build (Debian's libopenblas64-0, say) exports the same names with 64-bit integer arguments:
             // it read qkv's 32-bit sizes with garbage upper halves, and its first product aborted the JVM
@@ -753,8 +806,24 @@ public final class OpenBlas {
                     + "\"); qkv calls the 32-bit integer (LP64) interface, which this library would misread: use an"
                     + " LP64 build (libopenblas.so.0, not libopenblas64)");
         }
-        String core = cString(cblas_h.openblas_get_corename());
+        String core = cString(call(linker.downcallHandle(found[REQUIRED_SYMBOLS.indexOf("openblas_get_corename")],
+                cblas_h.openblas_get_corename$descriptor()), "openblas_get_corename"));
+        symbols = new Symbols(found[REQUIRED_SYMBOLS.indexOf("cblas_sgemm")],
+                found[REQUIRED_SYMBOLS.indexOf("cblas_sgemv")],
+                found[REQUIRED_SYMBOLS.indexOf("openblas_set_num_threads")],
+                found[REQUIRED_SYMBOLS.indexOf("openblas_get_num_threads")]);
         return new BlasLibrary(source, path, config, core);
+    }
+
+    /** Calls a downcall {@code () -> char *} (openblas_get_config, openblas_get_corename). */
+    private static MemorySegment call(MethodHandle handle, String name) {
+        try {
+            return (MemorySegment) handle.invokeExact();
+        } catch (RuntimeException | Error e) {
+            throw e;
+        } catch (Throwable t) {
+            throw new AssertionError(name, t);
+        }
     }
 
     private static String cString(MemorySegment p) {

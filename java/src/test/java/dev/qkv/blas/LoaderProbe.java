@@ -8,6 +8,9 @@ import java.lang.foreign.ValueLayout;
  * The main class {@link LoaderTest} starts in a child JVM (a library loads once per JVM): loads OpenBLAS,
  * prints {@code source=}, {@code path=} and {@code describe=} lines and runs one small product, or prints
  * {@code error=<message>} and {@code refused=<whether the user's setting is at fault>} and exits with status 3.
+ * The system property {@code probe.preload} (paths separated by {@link java.io.File#pathSeparator}) names shared
+ * objects it {@link System#load}s first, through the same class loader as qkv's: another library the application
+ * loaded before OpenBLAS.
  */
 public final class LoaderProbe {
     private LoaderProbe() {
@@ -15,6 +18,12 @@ public final class LoaderProbe {
 
     /** Loads OpenBLAS as configured by the JVM's properties and environment, and reports. */
     public static void main(String[] args) {
+        String preload = System.getProperty("probe.preload");
+        if (preload != null) {
+            for (String lib : preload.split(java.io.File.pathSeparator)) {
+                System.load(lib);
+            }
+        }
         OpenBlas blas;
         try {
             blas = OpenBlas.get();

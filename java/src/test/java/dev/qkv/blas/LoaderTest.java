@@ -416,4 +416,81 @@ class LoaderTest {
         String msg = assertFailed(r, true);
         assertTrue(msg.contains(so.toString()) && msg.contains("64-bit integers"), msg);
     }
+
+    /**
+     * A shared object built by {@code cc -shared} from {@code source}, named {@code name} in the test's folder; the
+     * test is skipped where there is no C compiler.
+     */
+    private Path compile(String name, String source) throws IOException, InterruptedException {
+        Path c = Files.writeString(tmp.resolve(name + ".c"), source);
+        Path so = tmp.resolve(name);
+        Process cc;
+        try {
+            cc = new ProcessBuilder("cc", "-shared", "-fPIC", "-o", so.toString(), c.toString())
+                    .redirectErrorStream(true).start();
+        } catch (IOException e) {
+            org.junit.jupiter.api.Assumptions.abort("no C compiler: " + e.getMessage());
+            return null;
+        }
+        String ccOut = new String(cc.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        org.junit.jupiter.api.Assumptions.assumeTrue(cc.waitFor() == 0, "cc failed: " + ccOut);
+        return so;
+    }
+
+    /** The bundled library's folder, extracted by a first child JVM into {@code cache}. */
+    private Path bundledFolder(Path cache) throws IOException, InterruptedException {
+        Run first = run(Map.of(OpenBlas.CACHE_PROPERTY, cache.toString()), Map.of());
+        assertLoaded(first, "BUNDLED");
+        return Path.of(first.line("path")).getParent();
+    }
+
+    /**
+     * A library the user chose must export every symbol qkv calls itself: the symbol check looked in every library
+     * loaded through qkv's class loader, so after the application had loaded an OpenBLAS of its own (here the bundled
+     * one, loaded by the probe before qkv), a chosen shared object without {@code cblas_sgemm} (libquadmath) was
+     * accepted, reported as the library in use, and its products ran in the other one.
+     */
+    @Test
+    void aChosenLibraryWithoutTheSymbolsIsRefusedEvenWhenAnotherLoadedOneHasThem() throws Exception {
+        Path dir = bundledFolder(tmp.resolve("cache-f"));
+        String preload = String.join(java.io.File.pathSeparator, Stream.of("libgcc_s.so.1", "libquadmath.so.0",
+                "libgfortran.so.5", "libopenblas.so.0").map(f -> dir.resolve(f).toString()).toList());
+        Path notBlas = dir.resolve("libquadmath.so.0");
+        Run r = run(Map.of("probe.preload", preload, OpenBlas.LIBRARY_PROPERTY, notBlas.toString()), Map.of());
+        String msg = assertFailed(r, true);
+        assertTrue(msg.contains(notBlas.toString()) && msg.contains("lacks cblas_sgemm"), msg);
+    }
+
+    /**
+     * The products, the thread count and the description come from the library that was chosen, not from another
+     * exporting the same names that the application loaded before it: jextract's bindings look a name up in every
+     * library of the class loader, in no defined order (a hash map's of their paths), and bound a stand-in's: the
+     * description read {@code config "decoy", core decoy, threads 7} and the product came out 0, 0, 0, 0, silently.
+     * Here 64 copies of a stand-in whose functions do nothing (built with {@code cc}: skipped without one) are loaded
+     * first, so that the old lookup picks the chosen library only when its path happens to come first (about one
+     * run in 65).
+     */
+    @Test
+    void theChosenLibraryIsTheOneCalledWhenOthersLoadedBeforeExportTheSameNames() throws Exception {
+        Path dir = bundledFolder(tmp.resolve("cache-g"));
+        Path decoy = compile("libdecoy.so", """
+                const char *openblas_get_config(void) { return "decoy"; }
+                char *openblas_get_corename(void) { return "decoy"; }
+                int openblas_get_num_threads(void) { return 7; }
+                void openblas_set_num_threads(int n) { (void) n; }
+                void cblas_sgemm(void) { }
+                void cblas_sgemv(void) { }
+                """);
+        List<String> copies = new ArrayList<>();
+        for (int i = 0; i < 64; i++) {
+            copies.add(Files.copy(decoy, tmp.resolve("libdecoy" + i + ".so")).toString());
+        }
+        String lib = dir.resolve("libopenblas.so.0").toString();
+        Run r = run(Map.of("probe.preload", String.join(java.io.File.pathSeparator, copies),
+                OpenBlas.LIBRARY_PROPERTY, lib), Map.of());
+        assertLoaded(r, "PROPERTY");
+        assertEquals(lib, r.line("path"), r.toString());
+        assertFalse(r.line("describe").contains("decoy"), r.toString());
+        assertTrue(r.line("describe").endsWith("threads 1"), r.toString());
+    }
 }
