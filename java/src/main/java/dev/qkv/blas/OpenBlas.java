@@ -884,6 +884,7 @@ public final class OpenBlas {
         String hash = HexFormat.of().formatHex(sha.digest()).substring(0, 24);
         Path dir = cacheRoot().resolve("openblas-" + hash);
         Files.createDirectories(dir);
+        removeStaleTemporaryFiles(dir);
         for (int i = 0; i < sizes.length; i++) {
             String f = BUNDLED_FILES.get(i);
             Path target = dir.resolve(f);
@@ -892,7 +893,8 @@ public final class OpenBlas {
             if (Files.isRegularFile(target) && Files.size(target) == sizes[i] && crc32(target) == crcs[i]) {
                 continue;
             }
-            Path tmp = Files.createTempFile(dir, f + ".", ".tmp");
+            // named after this process, so that a later JVM can tell a killed extraction's file from a live one's
+            Path tmp = Files.createTempFile(dir, f + "." + ProcessHandle.current().pid() + "-", ".tmp");
             try {
                 try (InputStream in = cl.getResourceAsStream(BUNDLE + f)) {
                     if (in == null) {
@@ -913,6 +915,84 @@ public final class OpenBlas {
             }
         }
         return dir;
+    }
+
+    /** How old a temporary file of the cache must be (last written) before a later JVM may remove it. */
+    static final long STALE_TEMPORARY_MILLIS = 10 * 60_000L;
+
+    /**
+     * Removes from {@code dir} the temporary files of extractions that will never finish: a JVM killed while it
+     * extracted left its {@code <file>.<pid>-<n>.tmp} (or, from earlier versions, {@code <file>.<n>.tmp}) there for
+     * good, up to 40 MB each. A file is removed only when it is one of those names, was last written more than
+     * {@link #STALE_TEMPORARY_MILLIS} ago (a live extraction writes its file within seconds and renames it at
+     * once), and the process its name gives is not running on this machine (a stopped JVM that is still alive
+     * keeps its file; a pid reused by another process only keeps a file longer). Either test alone is not safe: the
+     * age alone would take a live but stopped JVM's file, and the pid alone a file of another machine or PID
+     * namespace sharing the folder. Best effort: a file that cannot be read or removed is left.
+     */
+    static void removeStaleTemporaryFiles(Path dir) {
+        long now = System.currentTimeMillis();
+        try (java.util.stream.Stream<Path> files = Files.list(dir)) {
+            for (Path p : (Iterable<Path>) files::iterator) {
+                String name = p.getFileName().toString();
+                long pid = temporaryFilePid(name);
+                if (pid == NOT_TEMPORARY || (pid >= 0 && ProcessHandle.of(pid).isPresent())) {
+                    continue;
+                }
+                try {
+                    if (now - Files.getLastModifiedTime(p).toMillis() > STALE_TEMPORARY_MILLIS
+                            && Files.isRegularFile(p, java.nio.file.LinkOption.NOFOLLOW_LINKS)) {
+                        Files.deleteIfExists(p);
+                    }
+                } catch (IOException e) {
+                    // gone already (another JVM removed it), or not ours to remove: left
+                }
+            }
+        } catch (IOException | UncheckedIOException e) {
+            // the folder cannot be listed: extraction reports what is wrong with it
+        }
+    }
+
+    private static final long NOT_TEMPORARY = -2;
+
+    /**
+     * For a name {@code <bundled file>.<pid>-<digits>.tmp}, the pid; for {@code <bundled file>.<digits>.tmp} (the
+     * names of earlier versions, which name no process) -1; for any other name {@link #NOT_TEMPORARY}.
+     */
+    static long temporaryFilePid(String name) {
+        for (String f : BUNDLED_FILES) {
+            if (!name.startsWith(f + ".") || !name.endsWith(".tmp")) {
+                continue;
+            }
+            String mid = name.substring(f.length() + 1, name.length() - ".tmp".length());
+            int dash = mid.indexOf('-');
+            String pid = dash < 0 ? "" : mid.substring(0, dash);
+            String rest = dash < 0 ? mid : mid.substring(dash + 1);
+            if (!digits(rest) || (dash >= 0 && !digits(pid))) {
+                continue;
+            }
+            if (dash < 0) {
+                return -1;
+            }
+            try {
+                return Long.parseLong(pid);
+            } catch (NumberFormatException e) {
+                return NOT_TEMPORARY;
+            }
+        }
+        return NOT_TEMPORARY;
+    }
+
+    private static boolean digits(String s) {
+        if (s.isEmpty() || s.length() > 20) {
+            return false;
+        }
+        for (int i = 0; i < s.length(); i++) {
+            if (s.charAt(i) < '0' || s.charAt(i) > '9') {
+                return false;
+            }
+        }
+        return true;
     }
 
     /** The CRC-32 of {@code file}'s bytes (tens of milliseconds for the bundle's 40 MB). */

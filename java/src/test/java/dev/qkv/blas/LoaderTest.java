@@ -493,4 +493,41 @@ class LoaderTest {
         assertFalse(r.line("describe").contains("decoy"), r.toString());
         assertTrue(r.line("describe").endsWith("threads 1"), r.toString());
     }
+
+    /**
+     * Temporary files that a JVM killed while extracting left in the cache folder are removed by a later JVM that
+     * loads the bundle, and only those: a file is stale when it is older than a few minutes and the process named in
+     * it (or, in the names of earlier versions, any process) is gone; a live JVM's file, a young file and files that
+     * are not the loader's are kept. They stayed there for good, 40 MB a killed extraction.
+     */
+    @Test
+    void staleTemporaryFilesOfKilledExtractionsAreRemovedAndLiveOnesKept() throws Exception {
+        Path cache = tmp.resolve("cache-h");
+        Path dir = bundledFolder(cache);
+        Process gone = new ProcessBuilder("true").start();
+        gone.waitFor();
+        long dead = gone.pid();
+        org.junit.jupiter.api.Assumptions.assumeTrue(ProcessHandle.of(dead).isEmpty(), "pid " + dead + " reused");
+        long live = ProcessHandle.current().pid();
+        java.nio.file.attribute.FileTime hourAgo = java.nio.file.attribute.FileTime.fromMillis(
+                System.currentTimeMillis() - 3_600_000L);
+        Path staleDead = dir.resolve("libopenblas.so.0." + dead + "-1.tmp");
+        Path staleOldName = dir.resolve("libgfortran.so.5.1234567890123.tmp");
+        Path oldButLive = dir.resolve("libopenblas.so.0." + live + "-2.tmp");
+        Path youngDead = dir.resolve("libquadmath.so.0." + dead + "-3.tmp");
+        Path notOurs = dir.resolve("notes.tmp");
+        for (Path p : List.of(staleDead, staleOldName, oldButLive, youngDead, notOurs)) {
+            Files.writeString(p, "partial\n");
+            if (p != youngDead) {
+                Files.setLastModifiedTime(p, hourAgo);
+            }
+        }
+        Run again = run(Map.of(OpenBlas.CACHE_PROPERTY, cache.toString()), Map.of());
+        assertLoaded(again, "BUNDLED");
+        assertFalse(Files.exists(staleDead), "a dead extraction's file was left");
+        assertFalse(Files.exists(staleOldName), "an old-named stale file was left");
+        assertTrue(Files.exists(oldButLive), "a live process's file was removed");
+        assertTrue(Files.exists(youngDead), "a young file was removed");
+        assertTrue(Files.exists(notOurs), "a file that is not the loader's was removed");
+    }
 }
