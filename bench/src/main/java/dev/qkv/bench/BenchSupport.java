@@ -188,9 +188,18 @@ final class BenchSupport {
         return core() + " jdk=" + jdk() + " vector=\"" + Vectorization.reason() + "\"";
     }
 
-    /** {@code openblas.core=<the core OpenBLAS picked, or unavailable> OPENBLAS_CORETYPE=<the environment's>}. */
+    /**
+     * {@code openblas.core=<the core OpenBLAS picked, or unavailable> OPENBLAS_CORETYPE=<the environment's>}.
+     * {@code unavailable} only when no OpenBLAS was found ({@link OpenBlas#optional}): a {@code -Dqkv.blas.*} setting
+     * outside its values, a library the user chose ({@code -Dqkv.blas.library}, {@code QKV_BLAS_LIBRARY}) that does
+     * not load and a {@code -Dqkv.cache.dir} the bundle cannot be extracted to throw its
+     * {@link dev.qkv.blas.BlasUnavailableException}, which stops the benchmark, as the CLI refuses them (exit 2).
+     * {@link OpenBlas#isAvailable} took them for a missing library, and the figures were measured without the
+     * library the user asked for.
+     */
     static String core() {
-        String core = OpenBlas.isAvailable() ? OpenBlas.get().library().coreName() : "unavailable";
+        OpenBlas blas = OpenBlas.optional();
+        String core = blas != null ? blas.library().coreName() : "unavailable";
         return "openblas.core=" + core + " OPENBLAS_CORETYPE=" + System.getenv("OPENBLAS_CORETYPE");
     }
 

@@ -39,6 +39,28 @@ class BenchSupportTest {
         assertTrue(line.contains(" jdk=" + BenchSupport.jdk() + " vector=\"" + Vectorization.reason() + "\""), line);
     }
 
+    /**
+     * A library the user chose ({@code -Dqkv.blas.library}) that does not load stops the benchmark, as the CLI
+     * refuses it (exit 2): the setup line read {@code openblas.core=unavailable} and the figures were measured on
+     * without the library the user asked for. Run in a child JVM, since OpenBLAS loads once per JVM.
+     */
+    @Test
+    void aChosenLibraryThatDoesNotLoadStopsTheBenchmark() throws Exception {
+        String missing = "/nonexistent/libopenblas.so.0";
+        java.util.List<String> cmd = new java.util.ArrayList<>(java.util.List.of(
+                ProcessHandle.current().info().command().orElseThrow(), "--enable-native-access=ALL-UNNAMED",
+                "--add-modules", "jdk.incubator.vector", "-Dqkv.blas.library=" + missing,
+                "-cp", System.getProperty("java.class.path"), CoreProbe.class.getName()));
+        ProcessBuilder pb = new ProcessBuilder(cmd).redirectErrorStream(true);
+        pb.environment().remove("QKV_BLAS_LIBRARY");
+        Process p = pb.start();
+        String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        assertTrue(p.waitFor(120, java.util.concurrent.TimeUnit.SECONDS), out);
+        assertTrue(p.exitValue() == 3, "exit " + p.exitValue() + ": " + out);
+        assertTrue(out.contains("error=system property qkv.blas.library = " + missing), out);
+        assertTrue(!out.contains("core="), out);
+    }
+
     /** What {@code run} prints on System.out. */
     private static String printed(Runnable run) {
         PrintStream saved = System.out;
