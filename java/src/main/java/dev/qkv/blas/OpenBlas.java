@@ -308,7 +308,7 @@ public final class OpenBlas {
         // one wrapper per kind of downcall, each compiled on its own (see Entry); a wrapper's checked
         // Throwable cannot happen (the downcall declares none), and becomes an AssertionError here
         try {
-            if (critical && (long) m * n * k <= CRITICAL_FLOPS) {
+            if (critical && smallProduct(m, n, k)) {
                 Entry.criticalSgemm.invokeExact(tA, tB, m, n, k, alpha, a, aOffset, lda, b, bOffset, ldb, beta, c,
                         cOffset, ldc);
             } else {
@@ -446,6 +446,17 @@ public final class OpenBlas {
                 cblas_h.cblas_sgemv$descriptor(), Linker.Option.critical(false));
         static final MethodHandle PLAIN_SGEMV = Linker.nativeLinker().downcallHandle(symbols.sgemv(),
                 cblas_h.cblas_sgemv$descriptor());
+    }
+
+    /**
+     * Whether sgemm's {@code m·n·k} multiply-adds (sizes non-negative) are at most {@link #CRITICAL_FLOPS}, without
+     * overflow: {@code (long) m * n * k} wrapped past 2^63 to a negative count, which took a product of 2^63
+     * multiply-adds for a small one (reachable only with segments of tens of terabytes: reinterpreted or sparse).
+     */
+    static boolean smallProduct(int m, int n, int k) {
+        long mn = (long) m * n;
+        // mn ≤ 2^18 and k < 2^31: the product stays below 2^49
+        return k == 0 || (mn <= CRITICAL_FLOPS && mn * k <= CRITICAL_FLOPS);
     }
 
     /** Products (sgemm and sgemv) up to this many multiply-adds (a few microseconds) run as critical downcalls. */

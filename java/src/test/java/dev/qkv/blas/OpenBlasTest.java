@@ -386,4 +386,26 @@ class OpenBlasTest {
             }
         }
     }
+
+    /**
+     * Which products run as critical downcalls (no thread transition, so no safepoint while they run): exactly those
+     * of at most 2^18 multiply-adds, as {@code m·n·k} in exact arithmetic says. {@code (long) m * n * k} wrapped
+     * past 2^63 (m = n = k = 2^21, say) to a negative count, and a product of 2^63 multiply-adds would have held off
+     * every garbage collection for its whole run.
+     */
+    @Test
+    void onlySmallProductsRunAsCriticalDowncalls() {
+        int[] sizes = {0, 1, 2, 63, 64, 65, 512, 4096, 1 << 18, (1 << 18) + 1, 1 << 21, 1 << 22, 1 << 30,
+                Integer.MAX_VALUE - 1, Integer.MAX_VALUE};
+        java.math.BigInteger limit = java.math.BigInteger.ONE.shiftLeft(18);
+        for (int m : sizes) {
+            for (int n : sizes) {
+                for (int k : sizes) {
+                    boolean want = java.math.BigInteger.valueOf(m).multiply(java.math.BigInteger.valueOf(n))
+                            .multiply(java.math.BigInteger.valueOf(k)).compareTo(limit) <= 0;
+                    assertEquals(want, OpenBlas.smallProduct(m, n, k), "m=" + m + " n=" + n + " k=" + k);
+                }
+            }
+        }
+    }
 }
