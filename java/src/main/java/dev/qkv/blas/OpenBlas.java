@@ -590,17 +590,18 @@ public final class OpenBlas {
                         + LIBRARY_ENV + " to an OpenBLAS)", e, user);
             }
             Path so = dir.resolve("libopenblas.so.0");
-            try {
-                for (String f : BUNDLED_FILES) {
-                    System.load(dir.resolve(f).toString());
+            for (String f : BUNDLED_FILES) {
+                Path file = dir.resolve(f);
+                try {
+                    System.load(file.toString());
+                } catch (UnsatisfiedLinkError e) {
+                    // from a folder the user chose, e.g. on a file system mounted noexec: that setting's fault too
+                    String chosen = System.getProperty(CACHE_PROPERTY);
+                    boolean user = set(chosen);
+                    throw new BlasUnavailableException("bundled OpenBLAS " + file + ": cannot be loaded: "
+                            + loaderReason(file, e) + (user ? " (extracted to -D" + CACHE_PROPERTY + "=" + chosen
+                            + "; choose a folder libraries may be loaded from)" : ""), e, user);
                 }
-            } catch (UnsatisfiedLinkError e) {
-                // from a folder the user chose, e.g. on a file system mounted noexec: that setting's fault too
-                String chosen = System.getProperty(CACHE_PROPERTY);
-                boolean user = set(chosen);
-                throw new BlasUnavailableException("bundled OpenBLAS at " + dir + " could not be loaded: "
-                        + e.getMessage() + (user ? " (extracted to -D" + CACHE_PROPERTY + "=" + chosen
-                        + "; choose a folder libraries may be loaded from)" : ""), e, user);
             }
             return describeLoaded(BlasLibrary.Source.BUNDLED, so, "bundled OpenBLAS " + so);
         }
@@ -617,11 +618,26 @@ public final class OpenBlas {
                 System.load(p);
                 return describeLoaded(BlasLibrary.Source.SYSTEM, path, "system OpenBLAS " + p);
             } catch (UnsatisfiedLinkError e) {
-                tried.add(p + " (" + e.getMessage() + ")");
+                tried.add(p + " (cannot be loaded: " + loaderReason(path, e) + ")");
             }
         }
         throw new BlasUnavailableException("no OpenBLAS found; tried: " + String.join("; ", tried)
                 + ". Set -D" + LIBRARY_PROPERTY + "=/path/to/libopenblas.so.0 or " + LIBRARY_ENV + ".");
+    }
+
+    /**
+     * Why the dynamic loader refused {@code file}, without the path: each load error names the library once, before
+     * it, and the JDK's message starts with {@code "<path>: "}, which the loader's own reason often repeats
+     * ({@code "/x/lib.so: /x/lib.so: failed to map segment from shared object"}): the path stood two or three times
+     * in one line.
+     */
+    static String loaderReason(Path file, UnsatisfiedLinkError e) {
+        String m = String.valueOf(e.getMessage());
+        String prefix = file + ": ";
+        while (m.startsWith(prefix) && m.length() > prefix.length()) {
+            m = m.substring(prefix.length());
+        }
+        return m;
     }
 
     /**
@@ -675,7 +691,7 @@ public final class OpenBlas {
         try {
             System.load(path.toString());
         } catch (UnsatisfiedLinkError e) {
-            throw new BlasUnavailableException(what + ": cannot be loaded: " + e.getMessage(), e);
+            throw new BlasUnavailableException(what + ": cannot be loaded: " + loaderReason(path, e), e);
         }
         return describeLoaded(source, path, what);
     }

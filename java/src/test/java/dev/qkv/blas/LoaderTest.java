@@ -530,4 +530,28 @@ class LoaderTest {
         assertTrue(Files.exists(youngDead), "a young file was removed");
         assertTrue(Files.exists(notOurs), "a file that is not the loader's was removed");
     }
+
+    /**
+     * A chosen library the dynamic loader refuses (here one whose dependency is missing) is named once, as every
+     * other load error names it: the message carried the JDK's own "path: " before the loader's reason, and read
+     * "... = /x/libneeds.so: cannot be loaded: /x/libneeds.so: libfoo.so: cannot open shared object file" (for a
+     * file in a noexec folder the loader's reason repeats it once more: three times in one line).
+     */
+    @Test
+    void aLibraryTheLoaderRefusesIsNamedOnce() throws Exception {
+        Path dep = compile("libfoo.so", "int foo(void) { return 1; }\n");
+        Path c = Files.writeString(tmp.resolve("needs.c"), "int foo(void);\nint bar(void) { return foo(); }\n");
+        Path so = tmp.resolve("libneeds.so");
+        Process cc = new ProcessBuilder("cc", "-shared", "-fPIC", "-o", so.toString(), c.toString(),
+                "-L" + tmp, "-lfoo").redirectErrorStream(true).start();
+        String ccOut = new String(cc.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        org.junit.jupiter.api.Assumptions.assumeTrue(cc.waitFor() == 0, "cc failed: " + ccOut);
+        Files.delete(dep);
+        Run r = run(Map.of(OpenBlas.LIBRARY_PROPERTY, so.toString()), Map.of());
+        String msg = assertFailed(r, true);
+        assertTrue(msg.startsWith("system property " + OpenBlas.LIBRARY_PROPERTY + " = " + so + ": cannot be loaded: ")
+                && msg.contains("libfoo.so"), msg);
+        assertEquals(1, msg.split(java.util.regex.Pattern.quote(so.toString()), -1).length - 1,
+                "the path appears more than once: " + msg);
+    }
 }
