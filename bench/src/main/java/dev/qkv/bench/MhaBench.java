@@ -76,7 +76,8 @@ public class MhaBench {
             BenchSupport.warmUp("mha forward", () -> layer.forward(x, out, SdpaOptions.CAUSAL, ws));
             // the output the trial times, against the same layer in double: no figure for a wrong answer
             Tensor want = Tensor.allocate(arena, 1, seqLen, E);
-            MultiHeadAttention.create(w, Backend.REFERENCE).forward(x, want, SdpaOptions.CAUSAL, null);
+            MultiHeadAttention reference = MultiHeadAttention.create(w, Backend.REFERENCE);
+            reference.forward(x, want, SdpaOptions.CAUSAL, reference.newWorkspace(arena, 1, seqLen, seqLen));
             System.out.println("# qkv mha forward: output checked against the REFERENCE layer, max |difference| "
                     + BenchSupport.checkLayer("mha forward", want.toArray(), out.toArray(), E + seqLen));
         }

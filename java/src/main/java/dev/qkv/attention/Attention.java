@@ -68,6 +68,12 @@ import java.util.Objects;
  *
  * <p>An {@code Attention} is immutable and thread-safe. Calls without a {@link Workspace} use scratch kept per
  * thread (grown on demand, then reused), so steady-state calls allocate nothing on the Java heap.
+ *
+ * <p><b>Null arguments.</b> One rule for this package and {@code dev.qkv.mha}: an argument is required unless its
+ * javadoc says what null means (here only the mask of {@link SdpaOptions}); a null required argument throws
+ * {@link NullPointerException} whose message starts with the parameter's name ({@code "q is null"},
+ * {@code "workspace is null"}), on every backend, before anything is read or written. Every other bad argument
+ * is an {@link IllegalArgumentException} naming the tensor and its shape.
  */
 public final class Attention {
 
@@ -383,7 +389,7 @@ public final class Attention {
 
         /** The kernels to use. */
         public Builder backend(Backend b) {
-            this.backend = Objects.requireNonNull(b, "backend");
+            this.backend = Objects.requireNonNull(b, "backend is null");
             return this;
         }
 
@@ -497,7 +503,7 @@ public final class Attention {
     /** Computes attention into {@code out} using the caller's workspace, which must hold {@link #workspaceBytes}. */
     public void sdpa(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options, Workspace workspace) {
         validate(q, k, v, out, options);
-        Objects.requireNonNull(workspace, "workspace");
+        Objects.requireNonNull(workspace, "workspace is null");
         if (matmul == null) {
             ReferenceAttention.compute(q, k, v, out, options);
             return;
@@ -577,7 +583,7 @@ public final class Attention {
      */
     public long workspaceBytes(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options, Workspace workspace) {
         validate(q, k, v, out, options);
-        Objects.requireNonNull(workspace, "workspace");
+        Objects.requireNonNull(workspace, "workspace is null");
         if (matmul == null) {
             return 0;
         }

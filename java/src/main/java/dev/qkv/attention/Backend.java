@@ -1,6 +1,7 @@
 package dev.qkv.attention;
 
 import java.util.Locale;
+import java.util.Objects;
 
 /** Which kernels compute attention. */
 public enum Backend {
@@ -25,12 +26,13 @@ public enum Backend {
     }
 
     /** Parses {@code native}, {@code java}, {@code reference} or {@code auto}. */
-    public static Backend parse(String s) {
+    public static Backend parse(String name) {
+        Objects.requireNonNull(name, "name is null");
         for (Backend b : values()) {
-            if (b.cliName().equals(s)) {
+            if (b.cliName().equals(name)) {
                 return b;
             }
         }
-        throw new IllegalArgumentException("unknown backend '" + s + "' (expected native, java, reference or auto)");
+        throw new IllegalArgumentException("unknown backend '" + name + "' (expected native, java, reference or auto)");
     }
 }

@@ -30,17 +30,19 @@ public record Mask(Kind kind, Tensor values) {
 
     /** Validates that both parts are present. */
     public Mask {
-        Objects.requireNonNull(kind, "kind");
-        Objects.requireNonNull(values, "values");
+        Objects.requireNonNull(kind, "kind is null");
+        Objects.requireNonNull(values, "values is null");
     }
 
     /** A boolean mask: non-zero elements of {@code allowed} may be attended. */
     public static Mask allowed(Tensor allowed) {
+        Objects.requireNonNull(allowed, "allowed is null");
         return new Mask(Kind.BOOLEAN, allowed);
     }
 
     /** An additive mask: {@code bias} is added to the scaled scores before the softmax. */
     public static Mask additive(Tensor bias) {
+        Objects.requireNonNull(bias, "bias is null");
         return new Mask(Kind.ADDITIVE, bias);
     }
 }

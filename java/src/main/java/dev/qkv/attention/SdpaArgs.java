@@ -4,6 +4,7 @@ import dev.qkv.blas.SgemmArgs;
 import dev.qkv.tensor.Shapes;
 import dev.qkv.tensor.Tensor;
 
+import java.util.Objects;
 
 /**
  * The checks of one attention call, shared by every backend and run before any kernel touches memory.
@@ -25,9 +26,12 @@ final class SdpaArgs {
      * {@code out [B, Hq, Lq, Dv]} and the options' mask.
      */
     static void validate(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options) {
-        if (options == null) {
-            throw new IllegalArgumentException("options is null (use SdpaOptions.DEFAULT)");
-        }
+        // the API's rule for null (see Attention): NullPointerException naming the parameter, in parameter order
+        Objects.requireNonNull(q, "q is null");
+        Objects.requireNonNull(k, "k is null");
+        Objects.requireNonNull(v, "v is null");
+        Objects.requireNonNull(out, "out is null");
+        Objects.requireNonNull(options, "options is null (use SdpaOptions.DEFAULT)");
         rank4("q", q, "[B, Hq, Lq, Dk]");
         rank4("k", k, "[B, Hkv, Lk, Dk]");
         rank4("v", v, "[B, Hkv, Lk, Dv]");
@@ -148,9 +152,6 @@ final class SdpaArgs {
     }
 
     private static void rank4(String name, Tensor t, String dims) {
-        if (t == null) {
-            throw new IllegalArgumentException(name + " is null");
-        }
         if (t.rank() != 4) {
             throw new IllegalArgumentException(t.describe(name) + ": expected rank 4 " + dims);
         }

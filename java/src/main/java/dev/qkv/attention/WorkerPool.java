@@ -3,6 +3,7 @@ package dev.qkv.attention;
 import dev.qkv.config.Settings;
 
 import java.lang.foreign.MemorySegment;
+import java.util.Objects;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.atomic.AtomicReference;
@@ -136,7 +137,8 @@ public final class WorkerPool {
     }
 
     /** True when the pool's threads may access {@code s} (false for memory of a confined arena). */
-    public boolean accessible(MemorySegment s) {
+    public boolean accessible(MemorySegment segment) {
+        Objects.requireNonNull(segment, "segment is null");
         if (threads.length == 0) {
             return false;
         }
@@ -145,7 +147,7 @@ public final class WorkerPool {
                 start(1);
             }
         }
-        return s.isAccessibleBy(threads[0]);
+        return segment.isAccessibleBy(threads[0]);
     }
 
     /**
@@ -155,6 +157,7 @@ public final class WorkerPool {
      * processes) finds nothing left to claim, and the caller has run every task itself.
      */
     public void run(Tasks job, int count, int wanted) {
+        Objects.requireNonNull(job, "job is null");
         run(job, count, wanted, false);
     }
 

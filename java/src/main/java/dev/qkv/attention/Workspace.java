@@ -30,7 +30,7 @@ public final class Workspace {
      * caller's arena, which must give writable off-heap memory of that size (an {@link Arena} of one's own may not).
      */
     public static Workspace allocate(Arena arena, long bytes) {
-        Objects.requireNonNull(arena, "arena");
+        Objects.requireNonNull(arena, "arena is null");
         if (bytes < 0) {
             throw new IllegalArgumentException("workspace size must be >= 0, got " + bytes);
         }
@@ -67,6 +67,7 @@ public final class Workspace {
      * to {@link Attention} and must refuse their own tensors inside it first, since the call writes all of it.
      */
     public boolean overlaps(Tensor t) {
+        Objects.requireNonNull(t, "t is null");
         return t.overlaps(whole);
     }
 

@@ -77,7 +77,7 @@ public final class KvCache {
 
     /** An empty cache for {@code capacity} positions of {@code kvHeads} heads of {@code headDim}, from {@code arena}. */
     public static KvCache allocate(Arena arena, int kvHeads, int capacity, int headDim) {
-        Objects.requireNonNull(arena, "arena");
+        Objects.requireNonNull(arena, "arena is null");
         if (kvHeads <= 0 || capacity <= 0 || headDim <= 0) {
             throw new IllegalArgumentException("KV cache [" + kvHeads + ", " + capacity + ", " + headDim
                     + "]: every dimension must be positive");

@@ -70,10 +70,10 @@ public final class MhaWeights {
     /** {@link #of} with the names errors use for the eight tensors (file names when loading). */
     private static MhaWeights of(int heads, Tensor wq, Tensor bq, Tensor wk, Tensor bk, Tensor wv, Tensor bv,
                                  Tensor wo, Tensor bo, String[] n) {
-        Objects.requireNonNull(wq, "wq");
-        Objects.requireNonNull(wk, "wk");
-        Objects.requireNonNull(wv, "wv");
-        Objects.requireNonNull(wo, "wo");
+        Objects.requireNonNull(wq, "wq is null");
+        Objects.requireNonNull(wk, "wk is null");
+        Objects.requireNonNull(wv, "wv is null");
+        Objects.requireNonNull(wo, "wo is null");
         int e = embed(heads, wq, n[0], true);
         int dh = e / heads;
         int kvd = rows(wk, n[2], e);
@@ -101,8 +101,8 @@ public final class MhaWeights {
 
     /** {@link #packed} with the prefix of the file names errors use. */
     private static MhaWeights packed(int heads, Tensor inProj, Tensor inBias, Tensor wo, Tensor bo, String p) {
-        Objects.requireNonNull(inProj, "inProj");
-        Objects.requireNonNull(wo, "wo");
+        Objects.requireNonNull(inProj, "inProj is null");
+        Objects.requireNonNull(wo, "wo is null");
         int e = embed(heads, inProj, p + "in_proj_weight", false);
         int dh = e / heads;
         long r = inProj.size(0);
@@ -139,12 +139,15 @@ public final class MhaWeights {
      * weights, but compute another function than the model's; a file that saved the rotation's frequencies
      * ({@code rotary_emb.inv_freq}) under the prefix is refused.
      *
+     * @param prefix  the names' prefix; {@code null} is the empty one
      * @param kvHeads the number of key/value heads, or 0 to infer it from the shapes
+     * @param arena   where the tensors are copied; required even when a mapping leaves every tensor in place
      * @throws SafetensorsException naming the file and tensor when a tensor is missing or its shape does not fit
      */
     public static MhaWeights load(Safetensors st, String prefix, int heads, int kvHeads, Arena arena)
             throws SafetensorsException {
-        Objects.requireNonNull(st, "st");
+        Objects.requireNonNull(st, "st is null");
+        Objects.requireNonNull(arena, "arena is null");
         String p = prefix == null || prefix.isEmpty() || prefix.endsWith(".") ? (prefix == null ? "" : prefix)
                 : prefix + ".";
         if (heads <= 0) {

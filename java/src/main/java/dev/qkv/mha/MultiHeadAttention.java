@@ -47,6 +47,12 @@ import java.util.Objects;
  * repeated calls of one shape create no objects here; the cache keeps its views of each length it reached, so a
  * cache reused after {@link KvCache#reset} or {@link KvCache#truncate} decodes without creating objects.
  * {@link #decode} runs incremental decoding against a {@link KvCache}.
+ *
+ * <p><b>Null arguments</b> follow one rule here and in {@link Attention}: an argument is required unless its
+ * javadoc says what null means (only {@code kv} of {@link #forward(Tensor, Tensor, Tensor, SdpaOptions,
+ * MhaWorkspace)}, the biases of {@link MhaWeights}, the prefix of {@link MhaWeights#load} and the mask of
+ * {@link SdpaOptions}); a null required argument throws {@link NullPointerException} whose message starts with the
+ * parameter's name ({@code "ws is null ..."}), on every backend, before anything is read, written or taken.
  */
 public final class MultiHeadAttention {
     private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
@@ -139,8 +145,8 @@ public final class MultiHeadAttention {
      *         for {@link Backend#AUTO} too when a setting of the user's is refused (as {@link Attention#create})
      */
     public static MultiHeadAttention create(MhaWeights weights, Backend backend, int threads) {
-        Objects.requireNonNull(weights, "weights");
-        Objects.requireNonNull(backend, "backend");
+        Objects.requireNonNull(weights, "weights is null");
+        Objects.requireNonNull(backend, "backend is null");
         Attention attention = Attention.create(backend, threads);
         MatmulKernel mm = switch (backend) {
             case NATIVE -> MatmulKernel.openBlas();
@@ -221,7 +227,7 @@ public final class MultiHeadAttention {
 
     /** A workspace of {@link #workspaceBytes} from the caller's arena. */
     public MhaWorkspace newWorkspace(Arena arena, long batch, long lq, long lkv) {
-        Objects.requireNonNull(arena, "arena");
+        Objects.requireNonNull(arena, "arena is null");
         workspaceBytes(batch, lq, lkv);
         long floats = Math.max(selfFloats(batch, lq), crossFloats(batch, lq, lkv));
         MemorySegment seg = arena.allocate(Math.max(floats * Float.BYTES, 64), Tensor.ALIGNMENT);
@@ -274,13 +280,19 @@ public final class MultiHeadAttention {
      * {@code out [B, L, E]} from queries {@code x [B, L, E]} and keys/values {@code kv [B, Lkv, E]}
      * ({@code null} for self-attention). Inputs and output need unit stride along {@code E}. The options' mask
      * broadcasts to {@code [B, H, L, Lkv]}; causal is aligned bottom-right. {@code ws} must come from
-     * {@link #newWorkspace} with sizes at least these ({@link Backend#REFERENCE} ignores it).
+     * {@link #newWorkspace} with sizes at least these, on every backend ({@link Backend#REFERENCE} computes in
+     * scratch of its own, but takes and checks the workspace as the others do, so that a call one backend
+     * accepts the others accept too).
+     *
+     * @throws NullPointerException when {@code x}, {@code out}, {@code options} or {@code ws} is null (the
+     *                              message names it), before anything is written
      */
     public void forward(Tensor x, Tensor kv, Tensor out, SdpaOptions options, MhaWorkspace ws) {
-        if (backend == Backend.REFERENCE || ws == null) {
-            forwardIn(x, kv, out, options, ws);
-            return;
-        }
+        // the API's rule for null (see the class comment); kv alone may be null
+        Objects.requireNonNull(x, "x is null");
+        Objects.requireNonNull(out, "out is null");
+        Objects.requireNonNull(options, "options is null (use SdpaOptions.DEFAULT)");
+        Objects.requireNonNull(ws, "ws is null (make one with newWorkspace)");
         take(ws);
         try {
             // entered inside the try: an error in enter (a stack overflow) must not leave the workspace taken, which
@@ -297,7 +309,6 @@ public final class MultiHeadAttention {
     }
 
     private void forwardIn(Tensor x, Tensor kv, Tensor out, SdpaOptions options, MhaWorkspace ws) {
-        Objects.requireNonNull(options, "options (use SdpaOptions.DEFAULT)");
         check3("x", x, -1, -1);
         long b = x.size(0);
         long l = x.size(1);
@@ -307,10 +318,6 @@ public final class MultiHeadAttention {
         check3("out", out, b, l);
         long lkv = kv == null ? l : kv.size(1);
         checkWeights(out);
-        if (backend == Backend.REFERENCE) {
-            MhaReference.forward(w, x, kv == null ? x : kv, out, options);
-            return;
-        }
         long need = kv == null ? selfFloats(b, l) : crossFloats(b, l, lkv);
         MemorySegment seg = checkWorkspace(ws, need, x);
         requireClearOfWeights(ws, null);
@@ -322,6 +329,10 @@ public final class MultiHeadAttention {
         if (options.mask() != null) {
             // read by the attention after the projections have written the scratch
             workspaceOverlap(ws, options.mask().values(), "mask");
+        }
+        if (backend == Backend.REFERENCE) {
+            MhaReference.forward(w, x, kv == null ? x : kv, out, options);
+            return;
         }
         if (b == 0 || l == 0) {
             checkEmptyCall(seg, b, l, lkv, options);
@@ -381,9 +392,14 @@ public final class MultiHeadAttention {
      *
      * @throws IllegalStateException when the cache has no room for {@code n} more positions (nothing is appended), or
      *                               when another decode step is using the cache
+     * @throws NullPointerException  when an argument is null (the message names it), before the cache is taken
      */
     public void decode(Tensor x, KvCache cache, Tensor out, MhaWorkspace ws) {
-        Objects.requireNonNull(cache, "cache");
+        // the API's rule for null (see the class comment), on every backend
+        Objects.requireNonNull(x, "x is null");
+        Objects.requireNonNull(cache, "cache is null");
+        Objects.requireNonNull(out, "out is null");
+        Objects.requireNonNull(ws, "ws is null (make one with newWorkspace)");
         // a step reads the cache's length, appends after it and advances it: two steps at once on one cache
         // would append at the same positions, and count both
         if (!cache.acquire()) {
@@ -391,10 +407,6 @@ public final class MultiHeadAttention {
                     + " decode step at a time)");
         }
         try {
-            if (ws == null) {
-                decodeIn(x, cache, out, ws);
-                return;
-            }
             take(ws);
             try {
                 PerThread.Lease lease = PerThread.enter();
@@ -423,7 +435,6 @@ public final class MultiHeadAttention {
     }
 
     private void decodeIn(Tensor x, KvCache cache, Tensor out, MhaWorkspace ws) {
-        Objects.requireNonNull(cache, "cache");
         check3("x", x, 1, -1);
         long n = x.size(1);
         check3("out", out, 1, n);
@@ -718,9 +729,6 @@ public final class MultiHeadAttention {
 
     /** Checks a {@code [B, L, E]} tensor: rank, E, expected B and L (-1: any), unit stride along E, liveness. */
     private void check3(String name, Tensor t, long b, long l) {
-        if (t == null) {
-            throw new IllegalArgumentException(name + " is null");
-        }
         if (t.rank() != 3 || t.size(2) != e || b >= 0 && t.size(0) != b || l >= 0 && t.size(1) != l) {
             // built only here: this check runs on every call, which must not allocate
             String want = "[" + (b < 0 ? "B" : b) + ", " + (l < 0 ? (name.equals("kv") ? "Lkv" : "L") : l) + ", "
@@ -845,7 +853,6 @@ public final class MultiHeadAttention {
     }
 
     private static MemorySegment checkWorkspace(MhaWorkspace ws, long needFloats, Tensor x) {
-        Objects.requireNonNull(ws, "workspace (make one with newWorkspace)");
         MemorySegment seg = ws.floats();
         Tensor.requireUsable(seg, "workspace");
         long need = Math.multiplyExact(needFloats, Float.BYTES);

@@ -106,8 +106,9 @@ class AttentionArgumentsTest {
             rejects(IllegalArgumentException.class, out, () -> a.sdpa(q, k, r3, out, o), "v [2, 8, 16]", "rank 4");
             Tensor out3 = nan(arena, 2, 8, 16);
             rejects(IllegalArgumentException.class, out3, () -> a.sdpa(q, k, v, out3, o), "out [2, 8, 16]", "rank 4");
-            rejects(IllegalArgumentException.class, out, () -> a.sdpa(null, k, v, out, o), "q");
-            rejects(IllegalArgumentException.class, out, () -> a.sdpa(q, k, v, out, null), "options");
+            // null arguments: NullPointerException naming the parameter (the rule of Attention's class comment)
+            rejects(NullPointerException.class, out, () -> a.sdpa(null, k, v, out, o), "q is null");
+            rejects(NullPointerException.class, out, () -> a.sdpa(q, k, v, out, null), "options is null");
         }
     }
 

@@ -165,7 +165,7 @@ class AllocationTest {
                     out.fill(Float.NaN);
                     op.run();
                     Tensor ref = Tensor.allocate(a, B, l, E);
-                    reference.forward(x, kv, ref, options, null);
+                    reference.forward(x, kv, ref, options, reference.newWorkspace(a, B, l, keys));
                     assertClose(ref.toArray(), out.toArray(), atol, 1e-4, what);
                 });
             }
@@ -185,7 +185,7 @@ class AllocationTest {
                     out.fill(Float.NaN);
                     op.run();
                     Tensor full = Tensor.allocate(a, 1, PREFIX + 1, E);
-                    reference.forward(seq, full, SdpaOptions.CAUSAL, null);
+                    reference.forward(seq, full, SdpaOptions.CAUSAL, reference.newWorkspace(a, 1, PREFIX + 1, PREFIX + 1));
                     assertClose(full.slice(1, PREFIX, PREFIX + 1).toArray(), out.toArray(), atol, 1e-4, what);
                 });
             }
@@ -215,7 +215,7 @@ class AllocationTest {
                         op.run();
                     }
                     Tensor full = Tensor.allocate(a, 1, CAPACITY, E);
-                    reference.forward(seq, full, SdpaOptions.CAUSAL, null);
+                    reference.forward(seq, full, SdpaOptions.CAUSAL, reference.newWorkspace(a, 1, CAPACITY, CAPACITY));
                     assertClose(full.toArray(), outAll.toArray(), atol, 1e-4, what);
                 });
             }

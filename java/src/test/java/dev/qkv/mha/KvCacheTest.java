@@ -40,7 +40,7 @@ class KvCacheTest {
             MhaWeights w = MultiHeadAttentionTest.weights(a, r, e, h, hkv, true, backend != Backend.JAVA);
             Tensor x = rand(a, r, 1f, 1, total, e);
             Tensor full = Tensor.allocate(a, 1, total, e);
-            MultiHeadAttention.create(w, Backend.REFERENCE).forward(x, full, SdpaOptions.CAUSAL, null);
+            MhaTestSupport.referenceForward(w, x, null, full, SdpaOptions.CAUSAL);
 
             MultiHeadAttention layer = MultiHeadAttention.create(w, backend);
             KvCache cache = layer.newCache(a, 32);
@@ -105,7 +105,7 @@ class KvCacheTest {
                 assertEquals(0f, Math.abs(v), backend + " seed=" + seed + ": a subnormal value was cached");
             }
             Tensor ref = Tensor.allocate(a, 1, 5, e);
-            MultiHeadAttention.create(w, Backend.REFERENCE).forward(x, ref, SdpaOptions.CAUSAL, null);
+            MhaTestSupport.referenceForward(w, x, null, ref, SdpaOptions.CAUSAL);
             // the exact outputs are below 1e-37: flushed or not, they agree far below any normal magnitude
             assertClose(ref.toArray(), out.toArray(), 1e-36, 0, backend + " seed=" + seed);
         }
@@ -223,7 +223,7 @@ class KvCacheTest {
 
             layer.decode(seq.slice(1, prefix, prefix + 1), cache, out, layer.newWorkspace(a, 1, 1, cache.capacity()));
             Tensor full = Tensor.allocate(a, 1, prefix + 1, e);
-            MultiHeadAttention.create(w, Backend.REFERENCE).forward(seq, full, SdpaOptions.CAUSAL, null);
+            MhaTestSupport.referenceForward(w, seq, null, full, SdpaOptions.CAUSAL);
             assertClose(full.slice(1, prefix, prefix + 1).toArray(), out.toArray(),
                     MultiHeadAttentionTest.atol(e, prefix + 1), 1e-4, backend + " seed=" + seed);
         }
@@ -296,8 +296,7 @@ class KvCacheTest {
             assertArrayEquals(first.toArray(), again.toArray(), backend + " seed=" + seed + ": same prefix, same step");
 
             Tensor full = Tensor.allocate(a, 1, prefix + 1, e);
-            MultiHeadAttention.create(w, Backend.REFERENCE).forward(seq.slice(1, 0, prefix + 1), full,
-                    SdpaOptions.CAUSAL, null);
+            MhaTestSupport.referenceForward(w, seq.slice(1, 0, prefix + 1), null, full, SdpaOptions.CAUSAL);
             assertClose(full.slice(1, prefix, prefix + 1).toArray(), again.toArray(),
                     MultiHeadAttentionTest.atol(e, prefix + 1), 1e-4, backend + " seed=" + seed);
 

@@ -1,5 +1,7 @@
 package dev.qkv.mha;
 
+import dev.qkv.attention.Backend;
+import dev.qkv.attention.SdpaOptions;
 import dev.qkv.tensor.Shapes;
 import dev.qkv.tensor.Tensor;
 
@@ -19,6 +21,18 @@ import static org.junit.jupiter.api.Assertions.fail;
 /** Random tensors, tolerance checks and a tiny safetensors writer for the layer tests. */
 final class MhaTestSupport {
     private MhaTestSupport() {
+    }
+
+    /**
+     * {@code out} of {@link Backend#REFERENCE} over these weights (kv null: self-attention), with a workspace of
+     * the call's sizes: every backend requires one.
+     */
+    static void referenceForward(MhaWeights w, Tensor x, Tensor kv, Tensor out, SdpaOptions options) {
+        MultiHeadAttention ref = MultiHeadAttention.create(w, Backend.REFERENCE);
+        try (Arena a = Arena.ofConfined()) {
+            ref.forward(x, kv, out, options, ref.newWorkspace(a, x.size(0), x.size(1),
+                    kv == null ? x.size(1) : kv.size(1)));
+        }
     }
 
     /** Uniform in [-scale, scale). */

@@ -126,7 +126,7 @@ class MultiHeadAttentionTest {
             Tensor kv = c.cross() ? rand(a, r, 1f, c.b(), c.lkv(), c.e()) : null;
             SdpaOptions o = options(a, r, c);
             Tensor ref = Tensor.allocate(a, c.b(), c.l(), c.e());
-            MultiHeadAttention.create(w, Backend.REFERENCE).forward(x, kv, ref, o, null);
+            MhaTestSupport.referenceForward(w, x, kv, ref, o);
             MultiHeadAttention layer = MultiHeadAttention.create(w, backend);
             Tensor out = Tensor.allocate(a, c.b(), c.l(), c.e()).fill(Float.NaN);
             MhaWorkspace ws = layer.newWorkspace(a, c.b(), c.l(), c.lkv());
@@ -154,7 +154,7 @@ class MultiHeadAttentionTest {
             Tensor out = Tensor.allocate(a, 1, l, e);
             layer.forward(x, out, SdpaOptions.CAUSAL, layer.newWorkspace(a, 1, l, l));
             Tensor ref = Tensor.allocate(a, 1, l, e);
-            MultiHeadAttention.create(w, Backend.REFERENCE).forward(x, ref, SdpaOptions.CAUSAL, null);
+            MhaTestSupport.referenceForward(w, x, null, ref, SdpaOptions.CAUSAL);
             String what = backend + " seed=" + seed + " E=" + e + " H=4 Hkv=2 L=" + l + " threads=2";
             assertClose(ref.toArray(), out.toArray(), atol(e, l), 1e-4, what);
 
@@ -206,7 +206,7 @@ class MultiHeadAttentionTest {
             SdpaOptions o = SdpaOptions.CAUSAL;
             for (Tensor keys : new Tensor[] {null, kv}) {
                 Tensor ref = Tensor.allocate(a, b, l, e);
-                MultiHeadAttention.create(w, Backend.REFERENCE).forward(x, keys, ref, o, null);
+                MhaTestSupport.referenceForward(w, x, keys, ref, o);
                 for (Backend be : new Backend[] {Backend.NATIVE, Backend.JAVA}) {
                     MultiHeadAttention layer = MultiHeadAttention.create(w, be);
                     Tensor out = Tensor.allocate(a, b, l + 1, e).fill(Float.NaN).slice(1, 0, l);
@@ -462,7 +462,7 @@ class MultiHeadAttentionTest {
             KvCache cache = layer.newCache(bump, 8);
             Tensor x = rand(a, r, 1f, 1, 8, e);
             Tensor ref = Tensor.allocate(a, 1, 8, e);
-            MultiHeadAttention.create(w, Backend.REFERENCE).forward(x, ref, SdpaOptions.CAUSAL, null);
+            MhaTestSupport.referenceForward(w, x, null, ref, SdpaOptions.CAUSAL);
             Tensor out = Tensor.allocate(a, 1, 8, e);
             layer.decode(x, cache, out, ws);
             assertClose(ref.toArray(), out.toArray(), atol(e, 8), 1e-4, backend + " decode past the weights");
@@ -522,7 +522,7 @@ class MultiHeadAttentionTest {
             MhaWorkspace ok = other.newWorkspace(bump, 1, 8, 8);
             KvCache good = KvCache.allocate(bump, 2, 8, 8);
             Tensor ref = Tensor.allocate(a, 1, 8, e);
-            MultiHeadAttention.create(w, Backend.REFERENCE).forward(x, ref, SdpaOptions.CAUSAL, null);
+            MhaTestSupport.referenceForward(w, x, null, ref, SdpaOptions.CAUSAL);
             layer.forward(x, out, SdpaOptions.CAUSAL, ok);
             assertClose(ref.toArray(), out.toArray(), atol(e, 8), 1e-4, backend + " forward");
             layer.decode(x, good, out, ok);
@@ -552,7 +552,7 @@ class MultiHeadAttentionTest {
             long end = next[0];
             Tensor x = rand(a, r, 1f, 1, 8, e);
             Tensor ref = Tensor.allocate(a, 1, 8, e);
-            MultiHeadAttention.create(w, Backend.REFERENCE).forward(x, ref, SdpaOptions.CAUSAL, null);
+            MhaTestSupport.referenceForward(w, x, null, ref, SdpaOptions.CAUSAL);
             // byte offsets into the workspace: its start (the projections [Q | K | V], 8 rows of E + 2·Hkv·Dh =
             // 64 floats) and the heads' output after them, which the output projection reads
             long headsOut = 8L * (e + 2 * 16) * Float.BYTES;
@@ -626,8 +626,8 @@ class MultiHeadAttentionTest {
                 bias[i] = i % 2 == 0 ? 0f : -1e4f;
             }
             Tensor ref = Tensor.allocate(a, 1, l, e);
-            MultiHeadAttention.create(w, Backend.REFERENCE).forward(x, ref,
-                    SdpaOptions.DEFAULT.withMask(Mask.additive(Tensor.allocate(a, l, l).copyFrom(bias))), null);
+            MhaTestSupport.referenceForward(w, x, null, ref,
+                    SdpaOptions.DEFAULT.withMask(Mask.additive(Tensor.allocate(a, l, l).copyFrom(bias))));
             long headsOut = (long) l * (e + 2 * 16) * Float.BYTES;
             long attention = end - ws.attention().byteSize();
             for (long at : new long[] {0, headsOut, attention}) {
@@ -709,7 +709,7 @@ class MultiHeadAttentionTest {
             MhaWeights w = weights(a, r, e, 4, 2, true, false);
             Tensor x = MhaTestSupport.rand(a, r, 1f, 1, 9, e);
             Tensor ref = Tensor.allocate(a, 1, 9, e);
-            MultiHeadAttention.create(w, Backend.REFERENCE).forward(x, ref, SdpaOptions.CAUSAL, null);
+            MhaTestSupport.referenceForward(w, x, null, ref, SdpaOptions.CAUSAL);
 
             MultiHeadAttention nat = MultiHeadAttention.create(w, Backend.NATIVE);
             Tensor out = Tensor.allocate(a, 1, 9, e).fill(Float.NaN);

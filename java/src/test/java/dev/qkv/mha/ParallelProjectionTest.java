@@ -74,7 +74,7 @@ class ParallelProjectionTest {
             Tensor kv = c.cross() ? input(a, r, c, c.lkv()) : null;
             SdpaOptions o = c.cross() ? SdpaOptions.DEFAULT : SdpaOptions.CAUSAL;
             Tensor ref = Tensor.allocate(a, c.b(), c.l(), c.e());
-            MultiHeadAttention.create(w, Backend.REFERENCE).forward(x, kv, ref, o, null);
+            MhaTestSupport.referenceForward(w, x, kv, ref, o);
             float[][] got = new float[2][];
             for (int threads = 1; threads <= 2; threads++) {
                 MultiHeadAttention layer = MultiHeadAttention.create(w, backend, threads);
@@ -100,7 +100,7 @@ class ParallelProjectionTest {
             MhaWeights w = MultiHeadAttentionTest.weights(a, r, e, 4, 2, true, true);
             Tensor x = rand(a, r, 1f, 1, n, e);
             Tensor ref = Tensor.allocate(a, 1, n, e);
-            MultiHeadAttention.create(w, Backend.REFERENCE).forward(x, ref, SdpaOptions.CAUSAL, null);
+            MhaTestSupport.referenceForward(w, x, null, ref, SdpaOptions.CAUSAL);
             float[][] got = new float[2][];
             for (int threads = 1; threads <= 2; threads++) {
                 MultiHeadAttention layer = MultiHeadAttention.create(w, backend, threads);
@@ -131,7 +131,7 @@ class ParallelProjectionTest {
             MhaWeights w = MultiHeadAttentionTest.weights(a, r, e, 8, 8, true, true);
             Tensor x = rand(a, r, 1f, 1, n, e);
             Tensor ref = Tensor.allocate(a, 1, n, e);
-            MultiHeadAttention.create(w, Backend.REFERENCE).forward(x, ref, SdpaOptions.CAUSAL, null);
+            MhaTestSupport.referenceForward(w, x, null, ref, SdpaOptions.CAUSAL);
             float[][] got = new float[2][];
             for (int threads = 1; threads <= 2; threads++) {
                 MultiHeadAttention layer = MultiHeadAttention.create(w, backend, threads);

@@ -239,7 +239,7 @@ class MhaFuzzTest {
                         throw new AssertionError(what + ": a valid call threw " + ex, ex);
                     }
                     Tensor ref = Tensor.allocate(a, b, l, e);
-                    reference.forward(fx, fkv, ref, fo, null);
+                    reference.forward(fx, fkv, ref, fo, reference.newWorkspace(a, b, l, lkv));
                     assertClose(values(ref), values(fout), MhaLayers.atol(e, lkv), what);
                     assertTrue(paddingUntouched(fout), what + ": wrote outside out");
                     continue;
@@ -405,7 +405,7 @@ class MhaFuzzTest {
                         }
                     }
                     Tensor ref = Tensor.allocate(a, 1, len, e);
-                    reference.forward(all, null, ref, SdpaOptions.CAUSAL, null);
+                    reference.forward(all, null, ref, SdpaOptions.CAUSAL, reference.newWorkspace(a, 1, len, len));
                     Tensor last = ref.slice(1, len - n, len);
                     assertClose(values(last), values(out), MhaLayers.atol(e, len), what);
                     assertTrue(paddingUntouched(out), what + ": wrote outside out");
