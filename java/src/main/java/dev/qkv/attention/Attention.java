@@ -316,7 +316,9 @@ public final class Attention {
     private Attention(Backend backend, int threads, long budget, Boolean smallCalls) {
         boolean fastBlas = false;
         this.backend = backend;
-        this.threads = threads;
+        // the reference is one scalar loop on its caller (ReferenceAttention, no pool): report what runs, as plan()
+        // does (workers=1); it reported the cores
+        this.threads = backend == Backend.REFERENCE ? 1 : threads;
         this.budget = budget;
         this.rows = Vectorization.rows();
         switch (backend) {
@@ -393,7 +395,10 @@ public final class Attention {
             return this;
         }
 
-        /** At most this many threads per call (the caller included); capped at the cores. */
+        /**
+         * At most this many threads per call (the caller included); capped at the cores. {@link Backend#REFERENCE}
+         * runs on its caller alone (see {@link Attention#threads()}).
+         */
         public Builder threads(int n) {
             if (n < 1) {
                 throw new IllegalArgumentException("threads must be >= 1, got " + n);
@@ -442,7 +447,10 @@ public final class Attention {
         return backend;
     }
 
-    /** At most this many threads run one call. */
+    /**
+     * At most this many threads run one call: the count asked for (capped at the cores), and 1 for
+     * {@link Backend#REFERENCE}, which runs every call on its caller alone, whatever was asked.
+     */
     public int threads() {
         return threads;
     }

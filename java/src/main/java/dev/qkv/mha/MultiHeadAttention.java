@@ -40,7 +40,8 @@ import java.util.Objects;
  * pool ({@link WorkerPool}), at most the layer's threads at once: OpenBLAS itself stays at one thread, and the
  * Java product runs on its caller. The cut depends on the shape only, so a layer's results are the same bits on
  * one thread or two; a call whose memory a pool thread cannot touch (a confined arena), or that finds the pool
- * busy, runs the same slabs on the caller.
+ * busy, runs the same slabs on the caller. {@link Backend#REFERENCE} runs every call on its caller alone, its
+ * projections included (its attention's {@link Attention#threads()} is 1 whatever was asked).
  *
  * <p>A layer is immutable and thread-safe; each call takes the caller's output and a {@link MhaWorkspace}
  * (one per thread) and allocates no off-heap memory. The workspace keeps the head views of the last shape, so
