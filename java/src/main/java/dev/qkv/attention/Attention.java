@@ -508,16 +508,21 @@ public final class Attention {
         }
     }
 
-    /** Computes attention into {@code out} using the caller's workspace, which must hold {@link #workspaceBytes}. */
+    /**
+     * Computes attention into {@code out} using the caller's workspace, which must hold {@link #workspaceBytes}.
+     * {@link Backend#REFERENCE} computes without it, but refuses the same workspaces (closed, or sharing memory with
+     * a tensor of the call) as the other backends.
+     */
     public void sdpa(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options, Workspace workspace) {
         validate(q, k, v, out, options);
         Objects.requireNonNull(workspace, "workspace is null");
+        // checked on REFERENCE too, which computes without it: the backends refuse the same calls
+        workspace.requireAlive();
+        SdpaArgs.noOverlapWithWorkspace(workspace.whole(), q, k, v, out, options);
         if (matmul == null) {
             ReferenceAttention.compute(q, k, v, out, options);
             return;
         }
-        workspace.requireAlive();
-        SdpaArgs.noOverlapWithWorkspace(workspace.whole(), q, k, v, out, options);
         if (!workspace.acquire()) {
             throw new IllegalStateException("workspace of " + workspace.byteSize() + " bytes: in use by another"
                     + " call (a workspace serves one call at a time; give each thread its own)");
@@ -592,10 +597,10 @@ public final class Attention {
     public long workspaceBytes(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options, Workspace workspace) {
         validate(q, k, v, out, options);
         Objects.requireNonNull(workspace, "workspace is null");
+        workspace.requireAlive();
         if (matmul == null) {
             return 0;
         }
-        workspace.requireAlive();
         return plannedBytes(q, k, v, out, options, workspace.segment());
     }
 
