@@ -27,8 +27,8 @@ import static org.junit.jupiter.api.Assertions.fail;
  * {@code Lq} below and above {@code Lk}, scales, non-contiguous and broadcast views, with and without a caller
  * workspace of exactly {@link Attention#workspaceBytes} bytes) must match {@link Backend#REFERENCE} within
  * {@code atol + rtol·|ref|}, and leave every element of the output's segment outside the view untouched.
- * Invalid calls must throw {@link IllegalArgumentException} or {@link IllegalStateException} and leave the
- * output's memory untouched.
+ * Invalid calls must throw {@link IllegalArgumentException} or {@link IllegalStateException}
+ * ({@link NullPointerException} naming the argument for a null one) and leave the output's memory untouched.
  */
 class SdpaFuzzTest {
     private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
@@ -89,8 +89,8 @@ class SdpaFuzzTest {
                     valid++;
                 } else {
                     for (Attention att : new Attention[] {FAST[0], FAST[1], REFERENCE}) {
-                        if (att == REFERENCE && c.mutation.startsWith("workspace")) {
-                            continue; // the reference takes no workspace, so it ignores a bad one
+                        if (att == REFERENCE && c.mutation.equals("workspace too small")) {
+                            continue; // the reference computes without the workspace, so any size will do
                         }
                         String msg = runInvalid(arena, att, c, what + " backend=" + att.backend());
                         if (att == REFERENCE && rejections.size() < 12 && r.nextInt(8) == 0) {
@@ -161,6 +161,16 @@ class SdpaFuzzTest {
                 att.sdpa(c.q, c.k, c.v, c.out, c.options);
             }
         } catch (IllegalArgumentException | IllegalStateException e) {
+            if (c.mutation.startsWith("null ")) {
+                fail(what + ": a null argument threw " + e + ", not NullPointerException", e);
+            }
+            message = e.getMessage();
+        } catch (NullPointerException e) {
+            // the API's rule: a null argument is a NullPointerException whose message starts with its name
+            if (!c.mutation.startsWith("null ") || e.getMessage() == null
+                    || !e.getMessage().startsWith(c.mutation.substring("null ".length()) + " is null")) {
+                fail(what + ": threw " + e, e);
+            }
             message = e.getMessage();
         } catch (RuntimeException | Error e) {
             fail(what + ": threw an undocumented " + e, e);
