@@ -390,8 +390,8 @@ public final class Attention {
         }
 
         /** The kernels to use. */
-        public Builder backend(Backend b) {
-            this.backend = Objects.requireNonNull(b, "backend is null");
+        public Builder backend(Backend backend) {
+            this.backend = Objects.requireNonNull(backend, "backend is null");
             return this;
         }
 
