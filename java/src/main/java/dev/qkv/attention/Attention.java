@@ -72,8 +72,9 @@ import java.util.Objects;
  * <p><b>Null arguments.</b> One rule for this package and {@code dev.qkv.mha}: an argument is required unless its
  * javadoc says what null means (here only the mask of {@link SdpaOptions}); a null required argument throws
  * {@link NullPointerException} whose message starts with the parameter's name ({@code "q is null"},
- * {@code "workspace is null"}), on every backend, before anything is read or written. Every other bad argument
- * is an {@link IllegalArgumentException} naming the tensor and its shape.
+ * {@code "workspace is null"}), on every backend, before anything is read or written. Other bad arguments throw
+ * {@link IllegalArgumentException} (or {@link IllegalStateException} for memory whose arena is closed) naming
+ * the tensor and its shape.
  */
 public final class Attention {
 
