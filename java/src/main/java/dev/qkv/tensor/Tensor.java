@@ -417,24 +417,62 @@ public final class Tensor {
         return e;
     }
 
-    /** The element at the given coordinates. */
+    /**
+     * The element at the given coordinates.
+     *
+     * @throws IllegalStateException when the tensor's arena is closed, and {@link WrongThreadException} when it is
+     *                               confined to another thread, both naming the tensor and its shape
+     */
     public float get(long... coords) {
-        return segment.getAtIndex(FLOAT, index(coords));
+        long i = index(coords);
+        try {
+            return segment.getAtIndex(FLOAT, i);
+        } catch (IllegalStateException | WrongThreadException e) {
+            throw unusable(e);
+        }
     }
 
-    /** Sets the element at the given coordinates. */
+    /** Sets the element at the given coordinates; errors as for {@link #get}. */
     public void set(float value, long... coords) {
-        segment.setAtIndex(FLOAT, index(coords), value);
+        long i = index(coords);
+        try {
+            segment.setAtIndex(FLOAT, i, value);
+        } catch (IllegalStateException | WrongThreadException e) {
+            throw unusable(e);
+        }
     }
 
-    /** The element at a raw element index from the segment's start (no coordinate checks). */
+    /** The element at a raw element index from the segment's start (no coordinate checks); errors as for {@link #get}. */
     public float getAt(long elementIndex) {
-        return segment.getAtIndex(FLOAT, elementIndex);
+        try {
+            return segment.getAtIndex(FLOAT, elementIndex);
+        } catch (IllegalStateException | WrongThreadException e) {
+            throw unusable(e);
+        }
     }
 
-    /** Sets the element at a raw element index from the segment's start (no coordinate checks). */
+    /** Sets the element at a raw element index from the segment's start (no coordinate checks); errors as for {@link #get}. */
     public void setAt(long elementIndex, float value) {
-        segment.setAtIndex(FLOAT, elementIndex, value);
+        try {
+            segment.setAtIndex(FLOAT, elementIndex, value);
+        } catch (IllegalStateException | WrongThreadException e) {
+            throw unusable(e);
+        }
+    }
+
+    /**
+     * The JDK's refusal of an access ("Already closed", "Attempted access outside owning thread") as the message
+     * {@link #requireUsable(String)} gives, naming this tensor; caught after the fact, so that the accessors cost
+     * no check when they succeed. Any other cause is returned unchanged.
+     */
+    private RuntimeException unusable(RuntimeException e) {
+        try {
+            requireUsable("tensor");
+        } catch (IllegalStateException | WrongThreadException named) {
+            named.initCause(e);
+            return named;
+        }
+        return e;
     }
 
     /** Views whose strides interleave are checked address by address up to this many elements. */

@@ -317,6 +317,51 @@ class TensorTest {
     }
 
     @Test
+    void elementAccessorsOnAClosedArenaNameTheTensor() {
+        Arena arena = Arena.ofConfined();
+        Tensor t = Tensor.allocate(arena, 2, 2);
+        Tensor v = t.transpose().slice(0, 1, 2);
+        arena.close();
+        // the same message toArray/fill/copyFrom give, not the JDK's bare "Already closed"
+        List<Executable> calls = List.of(() -> t.get(1, 1), () -> t.set(1f, 0, 1), () -> t.getAt(3),
+                () -> t.setAt(0, 1f));
+        for (Executable call : calls) {
+            IllegalStateException e = assertThrows(IllegalStateException.class, call);
+            assertEquals("tensor [2, 2]: its arena is closed", e.getMessage());
+        }
+        IllegalStateException e = assertThrows(IllegalStateException.class, () -> v.get(0, 1));
+        assertEquals("tensor [1, 2]: its arena is closed", e.getMessage());
+        // a bad coordinate is still a bad coordinate, closed arena or not
+        assertThrows(IndexOutOfBoundsException.class, () -> t.get(2, 0));
+    }
+
+    @Test
+    void elementAccessorsFromAnotherThreadNameTheTensor() throws Exception {
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor t = Tensor.allocate(arena, 3, 1);
+            List<Throwable> seen = new java.util.ArrayList<>();
+            Thread other = new Thread(() -> {
+                for (Runnable call : List.<Runnable>of(() -> t.get(0, 0), () -> t.set(5f, 2, 0), () -> t.getAt(1),
+                        () -> t.setAt(1, 5f))) {
+                    try {
+                        call.run();
+                    } catch (Throwable e) {
+                        seen.add(e);
+                    }
+                }
+            });
+            other.start();
+            other.join();
+            assertEquals(4, seen.size(), seen.toString());
+            for (Throwable e : seen) {
+                assertInstanceOf(WrongThreadException.class, e);
+                assertEquals("tensor [3, 1]: its arena is confined to another thread", e.getMessage());
+            }
+            assertArrayEquals(new float[3], t.toArray(), "the other thread wrote nothing");
+        }
+    }
+
+    @Test
     void broadcastToANegativeSizeIsRefused() {
         try (Arena arena = Arena.ofConfined()) {
             Tensor t = Tensor.allocate(arena, 1, 4);
