@@ -35,18 +35,54 @@ public final class Tensor {
         this.strides = strides;
     }
 
-    /** A zero-filled, contiguous, 64-byte aligned tensor of the given shape, taken from {@code arena}. */
+    /**
+     * A zero-filled, contiguous, 64-byte aligned tensor of the given shape, taken from {@code arena}.
+     *
+     * <p>Errors name the shape: {@link IllegalArgumentException} for a negative dimension, an element count past
+     * 2^63 (never wrapped to a small size) or a byte size that, with the alignment's slack, no 64-bit address
+     * space holds; {@link OutOfMemoryError} when the memory is refused (the arena's limit, the OS), kept as that
+     * type because it is the machine's limit, not a wrong argument, and callers report it as such;
+     * {@link IllegalStateException} when the arena is closed and {@link WrongThreadException} when it is confined
+     * to another thread.
+     */
     public static Tensor allocate(Arena arena, long... shape) {
         Objects.requireNonNull(arena, "arena");
         long[] s = checkShape(shape);
         long n = elementCount(s);
-        if (n > Long.MAX_VALUE / Float.BYTES) {
+        if (n > MAX_ALLOCATION_BYTES / Float.BYTES) {
             throw new IllegalArgumentException("tensor " + Shapes.format(s) + ": " + n
                     + " floats exceed the 2^63-byte address space");
         }
-        MemorySegment seg = arena.allocate(Math.max(n, 1) * Float.BYTES, ALIGNMENT);
+        long bytes = Math.max(n, 1) * Float.BYTES;
+        MemorySegment seg;
+        try {
+            seg = arena.allocate(bytes, ALIGNMENT);
+        } catch (OutOfMemoryError e) {
+            // the JDK's message names a byte count (for the largest sizes, nothing at all): name the tensor too
+            OutOfMemoryError named = new OutOfMemoryError("tensor " + Shapes.format(s) + ": " + bytes
+                    + " bytes cannot be allocated" + (e.getMessage() == null ? "" : " (" + e.getMessage() + ")"));
+            named.initCause(e);
+            throw named;
+        } catch (IllegalStateException | WrongThreadException e) {
+            if (!arena.scope().isAlive()) {
+                throw new IllegalStateException("tensor " + Shapes.format(s) + ": the arena is closed", e);
+            }
+            if (e instanceof WrongThreadException) {
+                WrongThreadException named = new WrongThreadException("tensor " + Shapes.format(s)
+                        + ": the arena is confined to another thread");
+                named.initCause(e);
+                throw named;
+            }
+            throw e;
+        }
         return new Tensor(seg, 0, s, contiguousStrides(s));
     }
+
+    /**
+     * Largest byte size {@link #allocate} asks an arena for: past it, the size plus the alignment's slack (which the
+     * JDK adds) overflows a long, and the JDK failed with an {@link OutOfMemoryError} without a message.
+     */
+    private static final long MAX_ALLOCATION_BYTES = Long.MAX_VALUE - 2 * ALIGNMENT;
 
     /**
      * A contiguous tensor holding a copy of {@code values}, taken from {@code arena}. A length that does not match

@@ -362,6 +362,59 @@ class TensorTest {
     }
 
     @Test
+    void allocateBeyondMemoryNamesTheShape() {
+        try (Arena arena = Arena.ofConfined()) {
+            // 2^56 floats, 2^58 bytes: more than any x86-64 or AArch64 address space, so no OS gives it (whatever
+            // its overcommit policy); a resource failure, so still an OutOfMemoryError, now naming the tensor
+            OutOfMemoryError e = assertThrows(OutOfMemoryError.class, () -> Tensor.allocate(arena, 1L << 28, 1L << 28));
+            assertTrue(e.getMessage() != null && e.getMessage().startsWith("tensor [268435456, 268435456]: "
+                    + (1L << 58) + " bytes"), String.valueOf(e.getMessage()));
+        }
+    }
+
+    @Test
+    void allocateOfSizesNoAddressSpaceHoldsIsAnArgumentError() {
+        try (Arena arena = Arena.ofConfined()) {
+            // 2^63 - 4 bytes: it fits a long, but with the 64-byte alignment's slack it does not (the JDK threw an
+            // OutOfMemoryError with no message at all)
+            for (long[] shape : new long[][] {{(1L << 61) - 1}, {(1L << 61) - 16}, {1L << 61}, {3, 768614336404564651L}}) {
+                IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                        () -> Tensor.allocate(arena, shape));
+                assertTrue(e.getMessage().startsWith("tensor " + Shapes.format(shape) + ": "), e.getMessage());
+            }
+            // a product past 2^63 never wraps to something small
+            for (long[] shape : new long[][] {{1L << 32, 1L << 32}, {3037000500L, 3037000500L},
+                    {1L << 62, 4, 1}, {-1L >>> 1, 2}}) {
+                IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                        () -> Tensor.allocate(arena, shape));
+                assertTrue(e.getMessage().contains(Arrays.toString(shape)), e.getMessage());
+            }
+        }
+    }
+
+    @Test
+    void allocateFromAClosedOrForeignArenaNamesTheShape() throws Exception {
+        Arena closed = Arena.ofConfined();
+        closed.close();
+        IllegalStateException e = assertThrows(IllegalStateException.class, () -> Tensor.allocate(closed, 2, 3));
+        assertEquals("tensor [2, 3]: the arena is closed", e.getMessage());
+        try (Arena mine = Arena.ofConfined()) {
+            Throwable[] seen = new Throwable[1];
+            Thread other = new Thread(() -> {
+                try {
+                    Tensor.allocate(mine, 4);
+                } catch (Throwable t) {
+                    seen[0] = t;
+                }
+            });
+            other.start();
+            other.join();
+            assertInstanceOf(WrongThreadException.class, seen[0]);
+            assertEquals("tensor [4]: the arena is confined to another thread", seen[0].getMessage());
+        }
+    }
+
+    @Test
     void broadcastToANegativeSizeIsRefused() {
         try (Arena arena = Arena.ofConfined()) {
             Tensor t = Tensor.allocate(arena, 1, 4);
