@@ -186,7 +186,7 @@ public final class Safetensors {
                 throw fail(file, "file of " + size + " bytes is too short for the 8-byte header length");
             }
             ByteBuffer lenBuf = ByteBuffer.allocate(8).order(ByteOrder.LITTLE_ENDIAN);
-            readFully(ch, lenBuf, 0);
+            readFully(file, ch, lenBuf, 0);
             long n = lenBuf.getLong(0);
             if (n < 0 || n > size - 8) {
                 throw fail(file, "header length " + Long.toUnsignedString(n) + " exceeds the " + (size - 8)
@@ -196,7 +196,7 @@ public final class Safetensors {
                 throw fail(file, "header length " + n + " exceeds the limit of " + MAX_HEADER_BYTES + " bytes");
             }
             ByteBuffer headerBuf = ByteBuffer.allocate((int) n);
-            readFully(ch, headerBuf, 8);
+            readFully(file, ch, headerBuf, 8);
             String header;
             try {
                 header = StandardCharsets.UTF_8.newDecoder()
@@ -277,9 +277,12 @@ public final class Safetensors {
         }
     }
 
-    private static void readFully(FileChannel ch, ByteBuffer buf, long at) throws IOException {
-        if (FileRanges.read(ch, buf, at) >= 0) {
-            throw new IOException("unexpected end of file while reading the header");
+    /** Fills {@code buf} from byte {@code at}; a file that ends first (it shrank since its size was read) is an error. */
+    private static void readFully(Path file, FileChannel ch, ByteBuffer buf, long at) throws IOException {
+        long end = FileRanges.read(ch, buf, at);
+        if (end >= 0) {
+            throw fail(file, "the file ended at byte " + end + " while reading its header (of " + ch.size()
+                    + " bytes by its size: it shrank while being read, or is not a regular file's data)");
         }
     }
 

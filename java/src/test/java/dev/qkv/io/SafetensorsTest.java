@@ -253,6 +253,22 @@ class SafetensorsTest {
         }
     }
 
+    /**
+     * A file that ends before its header does although its size said otherwise (a file that shrank after its size
+     * was read, as a sysfs file always does: size 4096, a few bytes of content) was an IOException naming no file.
+     */
+    @Test
+    void aHeaderCutShortWhileReadingNamesTheFile() throws IOException {
+        Path sys = Path.of("/sys/devices/system/cpu/online");
+        assumeTrue(Files.isRegularFile(sys) && Files.size(sys) >= 8 && Files.readAllBytes(sys).length < 8,
+                "needs a sysfs file whose size exceeds its content");
+        try (Arena arena = Arena.ofConfined()) {
+            IOException e = assertThrows(IOException.class, () -> Safetensors.open(sys, arena));
+            assertTrue(e.getMessage().startsWith(sys + ": "), e.getMessage());
+            assertTrue(e.getMessage().contains("ended"), e.getMessage());
+        }
+    }
+
     @Test
     void missingTensorAndNonFloatDtypeAreClearErrors() throws IOException {
         String header = "{\"ids\":{\"dtype\":\"I64\",\"shape\":[1],\"data_offsets\":[0,8]}}";
