@@ -27,7 +27,7 @@ import java.util.Objects;
 /**
  * An open {@code .safetensors} file: an 8-byte little-endian header length, a JSON header mapping tensor names
  * to {@code dtype}, {@code shape} and {@code data_offsets} (plus an optional {@code __metadata__} object of
- * strings), then the raw little-endian tensor bytes.
+ * strings, which may be {@code null} as in the reference implementation), then the raw little-endian tensor bytes.
  *
  * <p>The header is untrusted: {@link #open} validates all of it before reading any tensor (header length within
  * the file, strict JSON, known dtypes, byte counts equal to {@code numel · sizeof(dtype)}, and, as the reference
@@ -301,6 +301,10 @@ public final class Safetensors {
         for (Map.Entry<?, ?> e : top.entrySet()) {
             String name = (String) e.getKey();
             if (name.equals("__metadata__")) {
+                if (e.getValue() == null) {
+                    // the reference implementation's field is an Option<HashMap<String, String>>: null is None
+                    continue;
+                }
                 if (!(e.getValue() instanceof Map<?, ?> m)) {
                     throw fail(file, "__metadata__ is not an object");
                 }

@@ -254,6 +254,30 @@ class SafetensorsTest {
     }
 
     /**
+     * {@code "__metadata__": null} is what the reference implementation reads as "no metadata" (its field is an
+     * {@code Option<HashMap<String, String>>}, and serde reads JSON null as {@code None}); it was refused.
+     */
+    @Test
+    void nullMetadataIsNoMetadata() throws IOException {
+        String header = "{\"__metadata__\":null,\"t\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}";
+        Path p = write("nullmeta.safetensors", file(header, floats(1.5f, -3f)));
+        for (Safetensors.Load load : Safetensors.Load.values()) {
+            try (Arena arena = Arena.ofConfined()) {
+                Safetensors st = Safetensors.open(p, arena, load);
+                assertTrue(st.metadata().isEmpty());
+                assertEquals(java.util.Set.of("t"), st.entries().keySet());
+                assertArrayEquals(new float[] {1.5f, -3f}, st.tensor("t", arena).toArray());
+            }
+        }
+        // only null: another non-object is still refused
+        Path q = write("falsemeta.safetensors", file("{\"__metadata__\":false}", new byte[0]));
+        try (Arena arena = Arena.ofConfined()) {
+            SafetensorsException e = assertThrows(SafetensorsException.class, () -> Safetensors.open(q, arena));
+            assertTrue(e.getMessage().contains("__metadata__ is not an object"), e.getMessage());
+        }
+    }
+
+    /**
      * A file that ends before its header does although its size said otherwise (a file that shrank after its size
      * was read, as a sysfs file always does: size 4096, a few bytes of content) was an IOException naming no file.
      */
