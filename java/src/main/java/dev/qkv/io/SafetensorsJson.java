@@ -8,7 +8,8 @@ import java.util.Map;
 
 /**
  * A strict JSON (RFC 8259) parser for safetensors headers: objects become {@link Map}s with insertion order,
- * arrays {@link List}s, strings {@link String}s, integers {@link Long}s, other numbers {@link Double}s, and
+ * arrays {@link List}s, strings {@link String}s, integers {@link Long}s, other numbers (and {@code -0}, as
+ * serde_json reads it) {@link Double}s, and
  * {@code true}/{@code false}/{@code null} themselves. Duplicate keys, trailing garbage, control characters in
  * strings, lone surrogates and nesting deeper than {@link #MAX_DEPTH} are errors: the header is untrusted.
  */
@@ -244,6 +245,10 @@ final class SafetensorsJson {
         }
         if (s.charAt(pos) == '0') {
             pos++;
+            if (pos < s.length() && s.charAt(pos) >= '0' && s.charAt(pos) <= '9') {
+                pos = start;
+                throw error("leading zeros are not allowed in a JSON number");
+            }
         } else if (s.charAt(pos) >= '1' && s.charAt(pos) <= '9') {
             digits();
         } else {
@@ -268,6 +273,10 @@ final class SafetensorsJson {
             }
         }
         String text = s.substring(start, pos);
+        if (integral && text.equals("-0")) {
+            // as serde_json reads it: the float -0.0, which no offset or dimension (a usize there) accepts
+            return -0.0;
+        }
         if (integral) {
             try {
                 return Long.parseLong(text);

@@ -225,7 +225,18 @@ class SafetensorsTest {
                         + "\"data_offsets\":[0,99999999999999999999]}}", d8), "does not fit in 64 bits"),
                 bad("deep nesting", file("{\"__metadata__\":" + "[".repeat(100) + "]".repeat(100) + "}", d8),
                         "nesting deeper"),
-                bad("control char in string", file("{\"t\u0001\":1}", d8), "control character"));
+                bad("control char in string", file("{\"t\u0001\":1}", d8), "control character"),
+                // RFC 8259 forbids leading zeros; serde_json (the reference reader) refuses them
+                bad("leading zero in an offset", file("{\"t\":{\"dtype\":\"F32\",\"shape\":[2],"
+                        + "\"data_offsets\":[0,008]}}", d8), "leading zero"),
+                bad("leading zero in a dimension", file("{\"t\":{\"dtype\":\"F32\",\"shape\":[02],"
+                        + "\"data_offsets\":[0,8]}}", d8), "leading zero"),
+                // -0 is valid JSON but no offset or size: serde_json reads it as the float -0.0, which a usize
+                // refuses; it read as the offset 0
+                bad("negative zero offset", file("{\"t\":{\"dtype\":\"F32\",\"shape\":[2],"
+                        + "\"data_offsets\":[-0,8]}}", d8), "\"data_offsets\" element -0"),
+                bad("negative zero dimension", file("{\"t\":{\"dtype\":\"F32\",\"shape\":[-0],"
+                        + "\"data_offsets\":[0,0]}}", new byte[0]), "\"shape\" element -0"));
     }
 
     private static org.junit.jupiter.params.provider.Arguments bad(String name, byte[] bytes, String expect) {
@@ -446,7 +457,8 @@ class SafetensorsTest {
     @Test
     void jsonStringEscapesDecode() {
         Object v = SafetensorsJson.parse(" {\"a\\u00e9\\ud83d\\ude00\\n\": [1, -0, 2.5e1, true, null]} ");
-        assertEquals("{aé\uD83D\uDE00\n=[1, 0, 25.0, true, null]}", v.toString());
+        // -0 is a float, as serde_json reads it (so that no offset or dimension takes it)
+        assertEquals("{aé\uD83D\uDE00\n=[1, -0.0, 25.0, true, null]}", v.toString());
         assertThrows(SafetensorsJson.JsonException.class, () -> SafetensorsJson.parse("{\"a\":\"\\ud83d\"}"));
         assertThrows(SafetensorsJson.JsonException.class, () -> SafetensorsJson.parse("01"));
         assertThrows(SafetensorsJson.JsonException.class, () -> SafetensorsJson.parse("{\"a\":tru}"));
