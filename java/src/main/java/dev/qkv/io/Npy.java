@@ -37,7 +37,7 @@ import java.util.concurrent.ConcurrentHashMap;
  * (rounded to float32) or {@code '|b1'} (booleans become 0 and 1, and {@link NpyArray#isBool} says so), in C
  * order. Every other file is a {@link NpyFormatException} whose message is {@code <file>: <what is wrong>}:
  * bad magic, another version, a header that is not a Python dict literal with exactly the keys {@code descr},
- * {@code fortran_order} and {@code shape}, another dtype, Fortran order, a dimension that is negative or not an
+ * {@code fortran_order} and {@code shape} (a repeated key keeps its last value, as numpy reads it), another dtype, Fortran order, a dimension that is negative or not an
  * integer, a shape whose element count or byte size overflows a {@code long}, and a data section whose length is
  * not exactly what the shape needs. Trailing bytes after the data are an error too: a file that is longer than
  * its header says is more likely a wrong header than a valid array. Sizes are checked against the file's length

@@ -9,7 +9,8 @@ import java.util.Map;
 /**
  * A parser for the Python literals a {@code .npy} header is written in: dicts with string keys, strings, integers,
  * floats, {@code True}/{@code False}/{@code None}, tuples and lists. It accepts what numpy's writers produce (and
- * Python 2's {@code 3L} integers), nothing that needs evaluation.
+ * Python 2's {@code 3L} integers), nothing that needs evaluation. As in Python, a key repeated in a dict keeps its
+ * last value, and an integer has no leading zeros ({@code 0} and {@code 00} aside).
  */
 final class PyLiteral {
 
@@ -99,9 +100,8 @@ final class PyLiteral {
             skipSpace();
             expect(':');
             Object v = value(depth + 1);
-            if (map.put(k, v) != null) {
-                throw new SyntaxException("duplicate key '" + k + "'", keyAt);
-            }
+            // a repeated key keeps its last value, as in Python (ast.literal_eval), so as numpy reads the header
+            map.put(k, v);
             skipSpace();
             if (peek() == ',') {
                 pos++;
@@ -191,6 +191,12 @@ final class PyLiteral {
         try {
             if (fraction) {
                 return Double.parseDouble(text);
+            }
+            String digits = text.startsWith("-") || text.startsWith("+") ? text.substring(1) : text;
+            if (digits.length() > 1 && digits.charAt(0) == '0' && !digits.chars().allMatch(c -> c == '0')) {
+                // Python 3 refuses 007 (a SyntaxError in numpy too), and Python 2 read 010 as octal 8
+                throw new SyntaxException("leading zeros in the integer '" + text + "' (Python 3 refuses them)",
+                        start);
             }
             if (text.length() > MAX_INT_DIGITS + 1) {
                 throw new SyntaxException("integer of " + text.length() + " characters exceeds the limit of "

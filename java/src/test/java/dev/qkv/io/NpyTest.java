@@ -293,8 +293,11 @@ class NpyTest {
                         "lacks the key 'fortran_order'"),
                 Arguments.of("extra key", file(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'x': 1}",
                         two), "unexpected key 'x'"),
-                Arguments.of("duplicate key", file(1, "{'descr': '<f4', 'descr': '<f4', 'fortran_order': False, "
-                        + "'shape': (2,)}", two), "duplicate key"),
+                // Python 3 refuses 007 (SyntaxError), so numpy does; Python 2 read 010 as octal 8: it read as 10
+                Arguments.of("leading zeros", file("<f4", "(002,)", two), "leading zeros"),
+                Arguments.of("octal-looking", file("<f4", "(1, 010)", two), "leading zeros"),
+                Arguments.of("repeated key, wrong keys", file(1, "{'descr': '<f4', 'descr': '<f4', 'shape': (2,)}",
+                        two), "lacks the key 'fortran_order'"),
                 Arguments.of("big-endian", file(">f4", "(2,)", two), "'>f4' (big-endian)"),
                 Arguments.of("int32", file("<i4", "(2,)", two), "unsupported dtype '<i4'"),
                 Arguments.of("int64", file("<i8", "(1,)", f8(1)), "unsupported dtype '<i8'"),
@@ -331,6 +334,36 @@ class NpyTest {
             assertTrue(e.getMessage().startsWith(p + ": "), e.getMessage());
             assertTrue(e.getMessage().contains(expected), "expected '" + expected + "' in: " + e.getMessage());
             assertFalse(e.getMessage().contains("\n"), e.getMessage());
+        }
+    }
+
+    /**
+     * numpy reads the header with {@code ast.literal_eval}, where a repeated key keeps its last value, and then
+     * checks only the set of keys: numpy 2.4 loads these files as float32 {@code (2,)}. qkv refused them as a
+     * "duplicate key"; it now reads what numpy reads.
+     */
+    @Test
+    void aRepeatedKeyKeepsItsLastValueAsInNumpy() throws IOException {
+        byte[] two = NpyBytes.f4(1.5f, -2.5f);
+        for (String header : new String[] {
+                "{'descr': '<f8', 'descr': '<f4', 'fortran_order': False, 'shape': (2,)}",
+                "{'descr': '<f4', 'fortran_order': True, 'shape': (3,), 'fortran_order': False, 'shape': (2,)}"}) {
+            Path p = NpyBytes.write(dir, "repeated.npy", NpyBytes.file(1, header, two));
+            try (Arena arena = Arena.ofConfined()) {
+                NpyArray a = Npy.read(p, arena);
+                assertEquals(Npy.Dtype.FLOAT32, a.dtype(), header);
+                assertArrayEquals(new long[] {2}, a.tensor().shape(), header);
+                assertArrayEquals(new float[] {1.5f, -2.5f}, a.tensor().toArray(), header);
+            }
+        }
+    }
+
+    /** Python 3 takes {@code 0} and {@code 00} (zeros only) as integers, so numpy does. */
+    @Test
+    void zerosOnlyAreAnInteger() throws IOException {
+        Path p = NpyBytes.write(dir, "zeros.npy", NpyBytes.file("<f4", "(3, 00)", new byte[0]));
+        try (Arena arena = Arena.ofConfined()) {
+            assertArrayEquals(new long[] {3, 0}, Npy.read(p, arena).tensor().shape());
         }
     }
 
