@@ -473,7 +473,7 @@ public final class Tensor {
         long i = index(coords);
         try {
             segment.setAtIndex(FLOAT, i, value);
-        } catch (IllegalStateException | WrongThreadException e) {
+        } catch (IllegalStateException | WrongThreadException | IllegalArgumentException e) {
             throw unusable(e);
         }
     }
@@ -491,24 +491,35 @@ public final class Tensor {
     public void setAt(long elementIndex, float value) {
         try {
             segment.setAtIndex(FLOAT, elementIndex, value);
-        } catch (IllegalStateException | WrongThreadException e) {
+        } catch (IllegalStateException | WrongThreadException | IllegalArgumentException e) {
             throw unusable(e);
         }
     }
 
     /**
-     * The JDK's refusal of an access ("Already closed", "Attempted access outside owning thread") as the message
-     * {@link #requireUsable(String)} gives, naming this tensor; caught after the fact, so that the accessors cost
-     * no check when they succeed. Any other cause is returned unchanged.
+     * The JDK's refusal of an access ("Already closed", "Attempted access outside owning thread", "Attempt to write
+     * a read-only segment") as the message {@link #requireUsable(String)} and {@link #requireWritable} give,
+     * naming this tensor; caught after the fact, so that the accessors cost no check when they succeed. Any other
+     * cause is returned unchanged.
      */
     private RuntimeException unusable(RuntimeException e) {
         try {
             requireUsable("tensor");
-        } catch (IllegalStateException | WrongThreadException named) {
+            if (e instanceof IllegalArgumentException && segment.isReadOnly()) {
+                requireWritable();
+            }
+        } catch (IllegalStateException | WrongThreadException | IllegalArgumentException named) {
             named.initCause(e);
             return named;
         }
         return e;
+    }
+
+    /** Refuses a write into read-only memory (a view of a read-only file mapping) before any element is written. */
+    private void requireWritable() {
+        if (segment.isReadOnly()) {
+            throw new IllegalArgumentException(describe("tensor") + ": a read-only segment");
+        }
     }
 
     /** Views whose strides interleave are checked address by address up to this many elements. */
@@ -600,11 +611,12 @@ public final class Tensor {
         if (values.length != elementCount()) {
             throw new IllegalArgumentException(values.length + " values for tensor " + shapeString());
         }
-        if (!isContiguous()) {
-            requireDistinctAddresses();
-        }
         if (values.length == 0) {
             return this; // an empty view may sit at any offset (a select next to an empty dimension)
+        }
+        requireWritable();
+        if (!isContiguous()) {
+            requireDistinctAddresses();
         }
         if (isContiguous()) {
             MemorySegment.copy(values, 0, segment, FLOAT, offset * Float.BYTES, values.length);
@@ -630,6 +642,9 @@ public final class Tensor {
         }
         requireUsable("tensor");
         src.requireUsable("source");
+        if (elementCount() > 0) {
+            requireWritable();
+        }
         if (!isContiguous()) {
             requireDistinctAddresses();
         }
@@ -675,6 +690,7 @@ public final class Tensor {
         if (n == 0) {
             return this; // an empty view may sit at any offset (a select next to an empty dimension)
         }
+        requireWritable();
         if (isContiguous()) {
             if (value == 0f && Float.floatToRawIntBits(value) == 0) {
                 segment.asSlice(offset * Float.BYTES, n * Float.BYTES).fill((byte) 0);

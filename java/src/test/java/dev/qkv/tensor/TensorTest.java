@@ -361,6 +361,31 @@ class TensorTest {
         }
     }
 
+    /**
+     * Writes into read-only memory (a {@code Safetensors.Load.MAPPED} F32 tensor is a view of a read-only mapping)
+     * threw the JDK's "IllegalArgumentException: Attempt to write a read-only segment", naming no tensor.
+     */
+    @Test
+    void writesIntoReadOnlyMemoryNameTheTensor() {
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor w = Tensor.of(arena, new float[] {1, 2, 3, 4}, 2, 2);
+            Tensor ro = Tensor.wrap(w.segment().asReadOnly(), 2, 2);
+            List<Executable> calls = List.of(() -> ro.set(9f, 0, 0), () -> ro.setAt(3, 9f), () -> ro.fill(9f),
+                    () -> ro.fill(0f), () -> ro.copyFrom(new float[4]), () -> ro.copyFrom(Tensor.allocate(arena, 2, 2)),
+                    () -> ro.transpose().copyFrom(new float[4]));
+            for (Executable call : calls) {
+                IllegalArgumentException e = assertThrows(IllegalArgumentException.class, call);
+                assertEquals("tensor [2, 2]: a read-only segment", e.getMessage());
+            }
+            assertArrayEquals(new float[] {1, 2, 3, 4}, w.toArray(), "nothing was written");
+            // reading stays allowed, and an empty read-only view has nothing to write
+            assertEquals(4f, ro.get(1, 1));
+            Tensor empty = ro.slice(0, 1, 1);
+            empty.fill(9f);
+            empty.copyFrom(new float[0]);
+        }
+    }
+
     @Test
     void allocateBeyondMemoryNamesTheShape() {
         try (Arena arena = Arena.ofConfined()) {
