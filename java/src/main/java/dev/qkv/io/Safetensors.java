@@ -163,13 +163,18 @@ public final class Safetensors {
      * Validates the header of {@code file}; {@link Load#COPY} keeps the file open and {@link Load#MAPPED} maps it
      * read-only, in both cases until {@code arena} is closed.
      *
-     * @throws SafetensorsException for a malformed header, naming the file and the tensor at fault
+     * @throws SafetensorsException for a malformed header, naming the file and the tensor at fault, or an
+     *                              {@code arena} closed or confined to another thread
      * @throws IOException          when the file cannot be read
      */
     public static Safetensors open(Path file, Arena arena, Load load) throws IOException {
         Objects.requireNonNull(file, "file");
         Objects.requireNonNull(arena, "arena");
         Objects.requireNonNull(load, "load");
+        if (!arena.scope().isAlive()) {
+            // the JDK's own refusal ("Already closed", from map or reinterpret) would not name the file
+            throw fail(file, "the arena given to open is closed");
+        }
         if (Files.isDirectory(file)) {
             // Linux opens a directory for reading and fails only at the first read, with no file name
             throw fail(file, "is a directory, not a .safetensors file");
@@ -211,13 +216,23 @@ public final class Safetensors {
             Map<String, String> meta = new LinkedHashMap<>();
             Map<String, Entry> entries = Collections.unmodifiableMap(parseHeader(file, header, dataSize, meta));
             if (load == Load.MAPPED) {
-                MemorySegment mapped = ch.map(FileChannel.MapMode.READ_ONLY, 0, size, arena);
+                MemorySegment mapped;
+                try {
+                    mapped = ch.map(FileChannel.MapMode.READ_ONLY, 0, size, arena);
+                } catch (WrongThreadException e) {
+                    throw fail(file, "the arena given to open is confined to another thread");
+                }
                 return new Safetensors(file, load, mapped.asSlice(dataStart, dataSize), null, dataStart, entries,
                         Collections.unmodifiableMap(meta));
             }
             // the channel closes with the arena, as a mapping would be unmapped with it
             Source source = new Source(file, ch);
-            MemorySegment token = MemorySegment.NULL.reinterpret(arena, s -> source.close());
+            MemorySegment token;
+            try {
+                token = MemorySegment.NULL.reinterpret(arena, s -> source.close());
+            } catch (WrongThreadException e) {
+                throw fail(file, "the arena given to open is confined to another thread");
+            }
             keep = true;
             return new Safetensors(file, load, token, source, dataStart, entries, Collections.unmodifiableMap(meta));
         } finally {
@@ -497,7 +512,8 @@ public final class Safetensors {
      * dtypes are rejected.
      *
      * @throws SafetensorsException naming the file and tensor: no such tensor, not a float dtype, the arena of
-     *                              {@link #open} or {@code arena} closed, the file shorter than at {@code open},
+     *                              {@link #open} or {@code arena} closed or confined to another thread (for
+     *                              the arena of {@code open}: with {@link Load#MAPPED}), the file shorter than at {@code open},
      *                              or a read interrupted by this thread's interrupt
      */
     public Tensor tensor(String name, Arena arena) throws SafetensorsException {
@@ -505,6 +521,10 @@ public final class Safetensors {
         if (!data.scope().isAlive()) {
             throw fail(file, "tensor '" + name + "': the arena " + (load == Load.MAPPED ? "holding the mapping"
                     : "the file was opened with") + " is closed");
+        }
+        if (load == Load.MAPPED && !data.isAccessibleBy(Thread.currentThread())) {
+            // the JDK's refusal would come mid-copy, naming nothing, or not at all (a view this thread cannot read)
+            throw fail(file, "tensor '" + name + "': the arena holding the mapping is confined to another thread");
         }
         if (e.dtype() != Dtype.F32 && e.dtype() != Dtype.F16 && e.dtype() != Dtype.BF16) {
             // F64, F8_*, F6_*, F4 and C64 are float types too, just not ones qkv reads
@@ -529,6 +549,9 @@ public final class Safetensors {
         } catch (OutOfMemoryError oom) {
             throw fail(file, "tensor '" + name + "' " + e.shapeString() + " needs "
                     + (bytes / e.dtype().byteSize() * Float.BYTES) + " bytes of memory as float32, which cannot be allocated");
+        } catch (WrongThreadException wrong) {
+            throw fail(file, "tensor '" + name + "' " + e.shapeString() + ": the arena given for its copy is confined"
+                    + " to another thread");
         }
         boolean half = e.dtype() == Dtype.F16;
         long n = t.elementCount();

@@ -19,6 +19,8 @@ import java.util.stream.Stream;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertInstanceOf;
+import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assumptions.assumeTrue;
@@ -153,6 +155,84 @@ class SafetensorsTest {
             assertTrue(e.getMessage().contains(p.toString()) && e.getMessage().contains("tensor 'h' [2]")
                     && e.getMessage().contains("closed"), e.getMessage());
         }
+    }
+
+    /** Runs {@code call} on a new thread and returns what it threw (null if nothing). */
+    private static Throwable onAnotherThread(org.junit.jupiter.api.function.Executable call) throws InterruptedException {
+        Throwable[] seen = new Throwable[1];
+        Thread t = new Thread(() -> {
+            try {
+                call.execute();
+            } catch (Throwable e) {
+                seen[0] = e;
+            }
+        });
+        t.start();
+        t.join();
+        return seen[0];
+    }
+
+    /** A closed arena given to open was the JDK's bare "Already closed" in both modes. */
+    @Test
+    void aClosedArenaForOpenIsRefusedNamingTheFile() throws Exception {
+        String header = "{\"h\":{\"dtype\":\"F16\",\"shape\":[2],\"data_offsets\":[0,4]}}";
+        Path p = write("closed-open.safetensors", file(header, shorts(0x3E00, 0xC080)));
+        Arena gone = Arena.ofConfined();
+        gone.close();
+        Arena[] foreign = new Arena[1];
+        assertNull(onAnotherThread(() -> foreign[0] = Arena.ofConfined()));
+        for (Safetensors.Load load : Safetensors.Load.values()) {
+            SafetensorsException e = assertThrows(SafetensorsException.class, () -> Safetensors.open(p, gone, load));
+            assertTrue(e.getMessage().startsWith(p + ": ") && e.getMessage().contains("closed"), e.getMessage());
+            SafetensorsException w = assertThrows(SafetensorsException.class,
+                    () -> Safetensors.open(p, foreign[0], load));
+            assertTrue(w.getMessage().startsWith(p + ": ") && w.getMessage().contains("another thread"),
+                    w.getMessage());
+        }
+        // foreign[0] holds nothing, and only its ended owner thread could close it
+    }
+
+    /**
+     * A mapping lives in the arena given to open; when that arena is confined, another thread's tensor() failed
+     * with the JDK's bare "Attempted access outside owning thread" (or, for aligned F32, returned a view that
+     * thread cannot read). A copy arena confined to another thread named only the shape. Both now name the file
+     * and the tensor, before anything is read.
+     */
+    @Test
+    void arenasConfinedToAnotherThreadAreRefusedNamingTheTensor() throws Exception {
+        String header = "{\"h\":{\"dtype\":\"F16\",\"shape\":[2],\"data_offsets\":[0,4]},"
+                + "\"f\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}";
+        // pad the header so that the data, and "f", start at a multiple of 4 (the zero-copy view case)
+        header = header + " ".repeat((4 - (8 + header.length()) % 4) % 4);
+        byte[] data = new byte[8];
+        System.arraycopy(shorts(0x3E00, 0xC080), 0, data, 0, 4);
+        System.arraycopy(floats(2f), 0, data, 4, 4);
+        Path p = write("confined.safetensors", file(header, data));
+        try (Arena arena = Arena.ofConfined()) {
+            Safetensors st = Safetensors.open(p, arena, Safetensors.Load.MAPPED);
+            for (String name : new String[] {"h", "f"}) {
+                Throwable e = onAnotherThread(() -> {
+                    try (Arena mine = Arena.ofConfined()) {
+                        st.tensor(name, mine).toArray();
+                    }
+                });
+                assertInstanceOf(SafetensorsException.class, e);
+                assertTrue(e.getMessage().startsWith(p + ": tensor '" + name + "'")
+                        && e.getMessage().contains("another thread"), e.getMessage());
+            }
+            assertArrayEquals(new float[] {2f}, st.tensor("f", arena).toArray(), "the owner thread still reads");
+        }
+        Arena[] foreign = new Arena[1];
+        assertNull(onAnotherThread(() -> foreign[0] = Arena.ofConfined()));
+        try (Arena arena = Arena.ofConfined()) {
+            for (Safetensors.Load load : Safetensors.Load.values()) {
+                Safetensors st = Safetensors.open(p, arena, load);
+                SafetensorsException e = assertThrows(SafetensorsException.class, () -> st.tensor("h", foreign[0]));
+                assertTrue(e.getMessage().startsWith(p + ": tensor 'h' [2]")
+                        && e.getMessage().contains("another thread"), e.getMessage());
+            }
+        }
+        // foreign[0] holds nothing, and only its ended owner thread could close it
     }
 
     @Test
