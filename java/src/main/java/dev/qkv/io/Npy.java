@@ -101,6 +101,8 @@ public final class Npy {
      *
      * @throws NpyFormatException when the file is not a {@code .npy} file qkv supports (see the class comment)
      * @throws IOException        when the file cannot be opened or read
+     * @throws IllegalStateException when {@code arena} is closed, and {@link WrongThreadException} when it is
+     *                               confined to another thread, naming the file and the shape
      */
     public static NpyArray read(Path file, Arena arena) throws IOException {
         String name = file.toString();
@@ -121,6 +123,13 @@ public final class Npy {
             } catch (OutOfMemoryError e) {
                 throw new NpyFormatException(name, "shape " + Shapes.format(h.shape) + " needs "
                         + h.count * Float.BYTES + " bytes of memory as float32, which cannot be allocated");
+            } catch (WrongThreadException e) {
+                WrongThreadException named = new WrongThreadException(name + ": " + e.getMessage());
+                named.initCause(e);
+                throw named;
+            } catch (IllegalStateException e) {
+                // the arena is closed: Tensor.allocate names the shape, this the file
+                throw new IllegalStateException(name + ": " + e.getMessage(), e);
             }
             readData(name, ch, h, t.segment());
             return new NpyArray(t, h.dtype);

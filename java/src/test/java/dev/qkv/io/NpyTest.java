@@ -367,6 +367,22 @@ class NpyTest {
         }
     }
 
+    /** A closed arena, or one confined to another thread, named the shape but not the file being read. */
+    @Test
+    void anUnusableArenaIsRefusedNamingTheFile() throws Exception {
+        Path p = NpyBytes.write(dir, "two.npy", NpyBytes.file("<f4", "(2,)", NpyBytes.f4(1f, 2f)));
+        Arena gone = Arena.ofConfined();
+        gone.close();
+        IllegalStateException closed = assertThrows(IllegalStateException.class, () -> Npy.read(p, gone));
+        assertEquals(p + ": tensor [2]: the arena is closed", closed.getMessage());
+        Arena[] foreign = new Arena[1];
+        Thread t = new Thread(() -> foreign[0] = Arena.ofConfined());
+        t.start();
+        t.join();
+        WrongThreadException wrong = assertThrows(WrongThreadException.class, () -> Npy.read(p, foreign[0]));
+        assertEquals(p + ": tensor [2]: the arena is confined to another thread", wrong.getMessage());
+    }
+
     @Test
     void missingFileIsNoSuchFile() {
         try (Arena arena = Arena.ofConfined()) {
