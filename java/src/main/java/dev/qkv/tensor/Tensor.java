@@ -362,7 +362,9 @@ public final class Tensor {
     /** The view with dimension {@code d} fixed at {@code index}; its rank is one less. */
     public Tensor select(int d, long index) {
         int r = dim(d);
-        Objects.checkIndex(index, shape[r]);
+        if (index < 0 || index >= shape[r]) {
+            throw outOfBounds("index " + index, r);
+        }
         long[] s = new long[shape.length - 1];
         long[] st = new long[shape.length - 1];
         for (int i = 0, j = 0; i < shape.length; i++) {
@@ -379,7 +381,9 @@ public final class Tensor {
     /** The view of elements {@code from} (inclusive) to {@code to} (exclusive) along dimension {@code d}. */
     public Tensor slice(int d, long from, long to) {
         int r = dim(d);
-        Objects.checkFromToIndex(from, to, shape[r]);
+        if (from < 0 || from > to || to > shape[r]) {
+            throw outOfBounds("range [" + from + ", " + to + ")", r);
+        }
         long[] s = shape.clone();
         s[r] = to - from;
         // an empty result (this slice or another dimension of 0) reaches nothing: its offset stays (see select)
@@ -448,9 +452,18 @@ public final class Tensor {
         }
         long e = offset;
         for (int i = 0; i < coords.length; i++) {
-            e += Objects.checkIndex(coords[i], shape[i]) * strides[i];
+            if (coords[i] < 0 || coords[i] >= shape[i]) {
+                throw outOfBounds("index " + coords[i], i);
+            }
+            e += coords[i] * strides[i];
         }
         return e;
+    }
+
+    /** {@code tensor [2, 3]: index 3 out of bounds for dimension 1 of size 3}. */
+    private IndexOutOfBoundsException outOfBounds(String what, int d) {
+        return new IndexOutOfBoundsException(describe("tensor") + ": " + what + " out of bounds for dimension " + d
+                + " of size " + shape[d]);
     }
 
     /**

@@ -268,6 +268,32 @@ class TensorTest {
         }
     }
 
+    /** Out-of-range coordinates and ranges said only "Index 4 out of bounds for length 4": which tensor, which dimension? */
+    @Test
+    void outOfBoundsNamesTheTensorAndTheDimension() {
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor t = numbered(arena);
+            String name = "tensor [2, 3, 4, 5]: ";
+            List<Executable> calls = List.of(() -> t.select(1, 3), () -> t.select(-3, -1), () -> t.slice(2, 3, 5),
+                    () -> t.slice(2, 3, 2), () -> t.slice(-1, -1, 2), () -> t.get(0, 0, 4, 0), () -> t.set(1f, 0, -1, 0, 0),
+                    () -> t.index(2, 0, 0, 0));
+            List<String> want = List.of(
+                    "index 3 out of bounds for dimension 1 of size 3",
+                    "index -1 out of bounds for dimension 1 of size 3",
+                    "range [3, 5) out of bounds for dimension 2 of size 4",
+                    "range [3, 2) out of bounds for dimension 2 of size 4",
+                    "range [-1, 2) out of bounds for dimension 3 of size 5",
+                    "index 4 out of bounds for dimension 2 of size 4",
+                    "index -1 out of bounds for dimension 1 of size 3",
+                    "index 2 out of bounds for dimension 0 of size 2");
+            for (int i = 0; i < calls.size(); i++) {
+                IndexOutOfBoundsException e = assertThrows(IndexOutOfBoundsException.class, calls.get(i));
+                assertEquals(name + want.get(i), e.getMessage());
+            }
+            assertEquals(value(1, 2, 3, 4), t.get(1, 2, 3, 4), "in-range access unchanged");
+        }
+    }
+
     @Test
     void closedArenaIsDetected() {
         Arena arena = Arena.ofConfined();
