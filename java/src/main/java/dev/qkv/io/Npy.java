@@ -117,6 +117,13 @@ public final class Npy {
         try (FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
             long size = ch.size();
             Header h = readHeader(name, ch, size);
+            String tooBig = PhysicalMemory.exceeded(h.count * Float.BYTES);
+            if (tooBig != null) {
+                // a sparse file is cheap, and a |b1 one's copy 4 times its size: Linux would grant the memory and
+                // kill the JVM while zeroing it
+                throw new NpyFormatException(name, "shape " + Shapes.format(h.shape) + " needs "
+                        + h.count * Float.BYTES + " bytes of memory as float32, " + tooBig);
+            }
             Tensor t;
             try {
                 t = Tensor.allocate(arena, h.shape);

@@ -543,6 +543,14 @@ public final class Safetensors {
             // the JDK's own refusal ("Already closed") would name neither the file nor the tensor
             throw fail(file, "tensor '" + name + "' " + e.shapeString() + ": the arena given for its copy is closed");
         }
+        long floatBytes = bytes / e.dtype().byteSize() * Float.BYTES;
+        String tooBig = PhysicalMemory.exceeded(floatBytes);
+        if (tooBig != null) {
+            // a sparse file is cheap, and an F16 copy twice its size: Linux would grant the memory and kill the
+            // JVM while zeroing it
+            throw fail(file, "tensor '" + name + "' " + e.shapeString() + " needs " + floatBytes
+                    + " bytes of memory as float32, " + tooBig);
+        }
         Tensor t;
         try {
             t = Tensor.allocate(arena, shape);

@@ -383,6 +383,32 @@ class NpyTest {
         assertEquals(p + ": tensor [2]: the arena is confined to another thread", wrong.getMessage());
     }
 
+    /**
+     * A sparse {@code |b1} file costs no disk, and its float32 copy is 4 times its apparent size: a file whose copy
+     * needs more than the machine's physical memory was handed to the allocator, which under Linux's overcommit
+     * may grant it and then kill the JVM while the memory is zeroed. It is refused before anything is allocated.
+     */
+    @Test
+    void aSparseFileWhoseCopyExceedsPhysicalMemoryIsRefusedBeforeAllocating() throws IOException {
+        assumeTrue(!"1".equals(Files.readString(Path.of("/proc/sys/vm/overcommit_memory")).trim()),
+                "with overcommit always on, the unchanged reader would zero the memory");
+        long physical = ((com.sun.management.OperatingSystemMXBean)
+                java.lang.management.ManagementFactory.getOperatingSystemMXBean()).getTotalMemorySize();
+        long count = physical / Float.BYTES + 1;
+        byte[] head = NpyBytes.file("|b1", "(" + count + ",)", new byte[0]);
+        Path p = NpyBytes.write(dir, "sparse.npy", head);
+        try (java.io.RandomAccessFile f = new java.io.RandomAccessFile(p.toFile(), "rw")) {
+            f.setLength(head.length + count);
+        }
+        try (Arena arena = Arena.ofConfined()) {
+            NpyFormatException e = assertThrows(NpyFormatException.class, () -> Npy.read(p, arena));
+            assertTrue(e.getMessage().startsWith(p + ": shape [" + count + "] needs " + count * Float.BYTES
+                    + " bytes of memory as float32, more than this machine's " + physical), e.getMessage());
+        } finally {
+            Files.delete(p);
+        }
+    }
+
     @Test
     void missingFileIsNoSuchFile() {
         try (Arena arena = Arena.ofConfined()) {

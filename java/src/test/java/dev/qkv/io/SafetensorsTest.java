@@ -105,8 +105,41 @@ class SafetensorsTest {
         try (Arena arena = Arena.ofConfined()) {
             Safetensors st = Safetensors.open(p, arena);
             SafetensorsException e = assertThrows(SafetensorsException.class, () -> st.tensor("w", arena));
+            // refused before allocating when it exceeds physical memory, else when the allocation fails
             assertTrue(e.getMessage().contains("tensor 'w' [" + rows + ", " + cols + "] needs " + bytes
-                    + " bytes of memory as float32, which cannot be allocated"), e.getMessage());
+                    + " bytes of memory as float32, "), e.getMessage());
+        } finally {
+            Files.delete(p);
+        }
+    }
+
+    /**
+     * F16 doubles in memory as float32: a sparse file whose tensor's copy needs more than the machine's physical
+     * memory was handed to the allocator, which under Linux's overcommit may grant it and then kill the JVM while
+     * the memory is zeroed. It is refused, in both load modes, before anything is allocated.
+     */
+    @Test
+    void aSparseTensorWhoseCopyExceedsPhysicalMemoryIsRefusedBeforeAllocating() throws IOException {
+        assumeTrue(!"1".equals(Files.readString(Path.of("/proc/sys/vm/overcommit_memory")).trim()),
+                "with overcommit always on, the unchanged reader would zero the memory");
+        long physical = ((com.sun.management.OperatingSystemMXBean)
+                java.lang.management.ManagementFactory.getOperatingSystemMXBean()).getTotalMemorySize();
+        long count = physical / Float.BYTES + 1;
+        byte[] head = file("{\"w\":{\"dtype\":\"F16\",\"shape\":[" + count + "],\"data_offsets\":[0,"
+                + 2 * count + "]}}", new byte[0]);
+        Path p = write("sparse.safetensors", head);
+        try (RandomAccessFile f = new RandomAccessFile(p.toFile(), "rw")) {
+            f.setLength(head.length + 2 * count);
+        }
+        try {
+            for (Safetensors.Load load : Safetensors.Load.values()) {
+                try (Arena arena = Arena.ofConfined()) {
+                    Safetensors st = Safetensors.open(p, arena, load);
+                    SafetensorsException e = assertThrows(SafetensorsException.class, () -> st.tensor("w", arena));
+                    assertTrue(e.getMessage().contains("tensor 'w' [" + count + "] needs " + count * Float.BYTES
+                            + " bytes of memory as float32, more than this machine's " + physical), e.getMessage());
+                }
+            }
         } finally {
             Files.delete(p);
         }
