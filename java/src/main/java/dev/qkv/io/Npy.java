@@ -408,7 +408,11 @@ public final class Npy {
             // not a POSIX file system, or the file went away meanwhile: the new file's default permissions
         }
         boolean done = false;
-        PendingFiles.add(tmp);
+        try {
+            PendingFiles.add(tmp);
+        } catch (IOException e) {
+            throw new IOException(file + ": " + e.getMessage());
+        }
         try {
             FileChannel opened;
             try {
@@ -416,6 +420,11 @@ public final class Npy {
             } catch (AccessDeniedException e) {
                 // name the file the caller asked for, not our temporary name
                 throw new AccessDeniedException(file.toString(), null, "cannot create files in folder " + dir);
+            }
+            if (PendingFiles.exiting()) {
+                // the clean-up hook may have passed this file before it existed: removed below, in finally
+                opened.close();
+                throw new IOException(file + ": not written, the JVM is exiting");
             }
             try (FileChannel ch = opened) {
                 writeFully(ch, ByteBuffer.wrap(header));
@@ -456,28 +465,61 @@ public final class Npy {
      * run left a partial {@code .qkv-*.tmp} of tens of MB beside its output. The hook is registered with the
      * first write. A writer still running when the hook deletes its file fails its rename; the target is left as
      * it was.
+     *
+     * <p>Other threads run on while the hooks do, so a write may create its file after the hook has passed the
+     * set (a stream of writes left one file in most exits). The hook therefore first marks the JVM as exiting, then
+     * removes the files of the set until the set is empty (for a bounded time). A write that finds the mark before
+     * it creates its file creates none; one that finds it after removes its file itself and fails, its name still
+     * in the set, so the hook waits for it. A write that finds no mark either time was in the set before the mark
+     * was set (the set is added to before the first look), so the hook goes through its file.
      */
     private static final class PendingFiles {
         private static final Set<Path> FILES = ConcurrentHashMap.newKeySet();
+        private static volatile boolean exiting;
+        /** How long the hook waits for writers that are removing their own files (or failing their rename). */
+        private static final long WAIT_NANOS = 500_000_000L;
 
         static {
             try {
-                Runtime.getRuntime().addShutdownHook(new Thread(() -> {
-                    for (Path p : FILES) {
-                        try {
-                            Files.deleteIfExists(p);
-                        } catch (IOException | RuntimeException e) {
-                            // nothing more can be done while the JVM exits
-                        }
-                    }
-                }, "qkv-npy-cleanup"));
+                Runtime.getRuntime().addShutdownHook(new Thread(PendingFiles::removeAll, "qkv-npy-cleanup"));
             } catch (IllegalStateException e) {
                 // the JVM is already shutting down: write's own finally is all there is
             }
         }
 
-        static void add(Path p) {
+        private static void removeAll() {
+            exiting = true;
+            long deadline = System.nanoTime() + WAIT_NANOS;
+            do {
+                for (Path p : FILES) {
+                    try {
+                        Files.deleteIfExists(p);
+                    } catch (IOException | RuntimeException e) {
+                        // nothing more can be done while the JVM exits
+                    }
+                }
+                if (FILES.isEmpty()) {
+                    return;
+                }
+                try {
+                    Thread.sleep(5);
+                } catch (InterruptedException e) {
+                    return;
+                }
+            } while (System.nanoTime() < deadline);
+        }
+
+        static boolean exiting() {
+            return exiting;
+        }
+
+        /** Records {@code p} before it is created; refused once the JVM is exiting (no file is created then). */
+        static void add(Path p) throws IOException {
             FILES.add(p);
+            if (exiting) {
+                FILES.remove(p);
+                throw new IOException("not written, the JVM is exiting");
+            }
         }
 
         static void remove(Path p) {
