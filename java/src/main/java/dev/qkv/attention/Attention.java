@@ -486,33 +486,68 @@ public final class Attention {
     /**
      * Computes attention into {@code out} with scratch kept for each thread that runs it (grown on demand,
      * then reused, so steady-state calls allocate nothing).
+     *
+     * @throws IllegalStateException naming the tensor and its shape ({@code k [1, 2, 70, 16]: its arena is closed})
+     *                               when a tensor's arena is closed, before the call or by another thread during it
      */
     public void sdpa(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options) {
         validate(q, k, v, out, options);
-        if (matmul == null) {
-            ReferenceAttention.compute(q, k, v, out, options);
-            return;
-        }
-        // each thing taken is given back by its own finally, so that an error while taking the next (a stack
-        // overflow or an OutOfMemoryError in enter or takeJob) leaves nothing taken
-        PerThread.Lease lease = PerThread.enter();
         try {
-            Job job = takeJob();
-            try {
-                job.prepare(q, k, v, out, options, null, true);
-                job.execute();
-            } finally {
-                giveBack(job);
+            if (matmul == null) {
+                ReferenceAttention.compute(q, k, v, out, options);
+                return;
             }
-        } finally {
-            PerThread.exit(lease);
+            // each thing taken is given back by its own finally, so that an error while taking the next (a stack
+            // overflow or an OutOfMemoryError in enter or takeJob) leaves nothing taken
+            PerThread.Lease lease = PerThread.enter();
+            try {
+                Job job = takeJob();
+                try {
+                    job.prepare(q, k, v, out, options, null, true);
+                    job.execute();
+                } finally {
+                    giveBack(job);
+                }
+            } finally {
+                PerThread.exit(lease);
+            }
+        } catch (IllegalStateException e) {
+            throw closedDuringCall(e, q, k, v, out, options, null);
         }
+    }
+
+    /**
+     * The exception for {@code e}, thrown inside a call: when another thread closed the shared arena of one of
+     * the call's tensors (or of its workspace) meanwhile, one that names it with its shape, as the checks before
+     * the call do ({@code q [1, 2, 70, 16]: its arena is closed}), with {@code e} as its cause; else {@code e}.
+     * Such a close surfaces deep inside a kernel, as the JDK's bare "Already closed" or as an internal product's
+     * operand ({@code sgemm: c [128, 64]}, a score tile), which said nothing about which tensor it was (found by
+     * ConcurrentCloseTest). Error path only: a call that succeeds never comes here.
+     */
+    private static IllegalStateException closedDuringCall(IllegalStateException e, Tensor q, Tensor k, Tensor v,
+                                                          Tensor out, SdpaOptions options, Workspace workspace) {
+        Mask mask = options.mask();
+        String what = !q.isAlive() ? q.describe("q")
+                : !k.isAlive() ? k.describe("k")
+                : !v.isAlive() ? v.describe("v")
+                : !out.isAlive() ? out.describe("out")
+                : mask != null && !mask.values().isAlive() ? mask.values().describe("mask")
+                : workspace != null && !workspace.segment().scope().isAlive() ? "workspace"
+                : null;
+        if (what == null) {
+            return e;
+        }
+        return new IllegalStateException(what + ": its arena is closed (by another thread, during the call)", e);
     }
 
     /**
      * Computes attention into {@code out} using the caller's workspace, which must hold {@link #workspaceBytes}.
      * {@link Backend#REFERENCE} computes without it, but refuses the same workspaces (closed, or sharing memory with
      * a tensor of the call) as the other backends.
+     *
+     * @throws IllegalStateException when the workspace is in use by another call; or, naming the tensor (or
+     *                               {@code workspace}), when an arena is closed, before the call or by another
+     *                               thread during it
      */
     public void sdpa(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options, Workspace workspace) {
         validate(q, k, v, out, options);
@@ -521,7 +556,8 @@ public final class Attention {
         workspace.requireAlive();
         SdpaArgs.noOverlapWithWorkspace(workspace.whole(), q, k, v, out, options);
         if (matmul == null) {
-            ReferenceAttention.compute(q, k, v, out, options);
+            // the reference uses no workspace
+            sdpa(q, k, v, out, options);
             return;
         }
         if (!workspace.acquire()) {
@@ -530,26 +566,33 @@ public final class Attention {
         }
         // as above, and the workspace too: one left taken would refuse every later call as "in use"
         try {
-            PerThread.Lease lease = PerThread.enter();
-            try {
-                Job job = takeJob();
-                try {
-                    job.prepare(q, k, v, out, options, workspace.segment(), true);
-                    long need = job.workspaceBytes();
-                    if (workspace.byteSize() < need) {
-                        job.release();
-                        throw new IllegalArgumentException("workspace of " + workspace.byteSize() + " bytes is too"
-                                + " small for " + q.describe("q") + ", " + k.describe("k") + ": needs " + need);
-                    }
-                    job.execute();
-                } finally {
-                    giveBack(job);
-                }
-            } finally {
-                PerThread.exit(lease);
-            }
+            sdpaIn(q, k, v, out, options, workspace);
+        } catch (IllegalStateException e) {
+            throw closedDuringCall(e, q, k, v, out, options, workspace);
         } finally {
             workspace.release();
+        }
+    }
+
+    /** The call of {@link #sdpa(Tensor, Tensor, Tensor, Tensor, SdpaOptions, Workspace)} once its workspace is taken. */
+    private void sdpaIn(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options, Workspace workspace) {
+        PerThread.Lease lease = PerThread.enter();
+        try {
+            Job job = takeJob();
+            try {
+                job.prepare(q, k, v, out, options, workspace.segment(), true);
+                long need = job.workspaceBytes();
+                if (workspace.byteSize() < need) {
+                    job.release();
+                    throw new IllegalArgumentException("workspace of " + workspace.byteSize() + " bytes is too"
+                            + " small for " + q.describe("q") + ", " + k.describe("k") + ": needs " + need);
+                }
+                job.execute();
+            } finally {
+                giveBack(job);
+            }
+        } finally {
+            PerThread.exit(lease);
         }
     }
 
