@@ -89,9 +89,16 @@ public final class KvCache {
             throw new IllegalArgumentException("KV cache [" + kvHeads + ", " + capacity + ", " + headDim
                     + "]: more bytes than a long holds");
         }
-        return new KvCache(kvHeads, capacity, headDim, checked(arena.allocate(bytes, Tensor.ALIGNMENT), kvHeads,
-                capacity, headDim, bytes), checked(arena.allocate(bytes, Tensor.ALIGNMENT), kvHeads, capacity,
-                headDim, bytes));
+        MemorySegment k = checked(arena.allocate(bytes, Tensor.ALIGNMENT), kvHeads, capacity, headDim, bytes);
+        MemorySegment v = checked(arena.allocate(bytes, Tensor.ALIGNMENT), kvHeads, capacity, headDim, bytes);
+        long floats = bytes / Float.BYTES;
+        if (Tensor.overlaps(k, 0, floats, v, 0, floats)) {
+            // an arena of one's own that hands out the same memory twice: each step's values overwrote its keys,
+            // and decoding went on with wrong outputs and no error
+            throw new IllegalArgumentException("KV cache [" + kvHeads + ", " + capacity + ", " + headDim + "]: the"
+                    + " arena gave K and V that share memory (" + k + ", " + v + "); they need memory of their own");
+        }
+        return new KvCache(kvHeads, capacity, headDim, k, v);
     }
 
     /**

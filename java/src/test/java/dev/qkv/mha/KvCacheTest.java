@@ -189,6 +189,42 @@ class KvCacheTest {
     }
 
     /**
+     * An arena of one's own that hands out the same memory twice gave a cache whose K and V were one buffer: it was
+     * accepted on every backend, each step's values overwrote its keys, and decoding went on with wrong outputs and
+     * no error (found by an adversarial review). It is refused when made, as memory of the wrong kind is.
+     */
+    @Test
+    void aCacheWhoseKeysAndValuesShareMemoryIsRefused() {
+        try (Arena a = Arena.ofConfined()) {
+            java.lang.foreign.MemorySegment block = a.allocate(1 << 12, Tensor.ALIGNMENT);
+            for (long shift : new long[] {0, 64}) {
+                Arena own = new Arena() {
+                    private int calls;
+
+                    @Override
+                    public java.lang.foreign.MemorySegment allocate(long byteSize, long byteAlignment) {
+                        // the second allocation starts inside the first (at it, or one cache line on)
+                        return block.asSlice(calls++ == 0 ? 0 : shift, byteSize);
+                    }
+
+                    @Override
+                    public java.lang.foreign.MemorySegment.Scope scope() {
+                        return a.scope();
+                    }
+
+                    @Override
+                    public void close() {
+                    }
+                };
+                IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                        () -> KvCache.allocate(own, 2, 8, 4), "shift " + shift);
+                assertTrue(e.getMessage().startsWith("KV cache [2, 8, 4]"), e.getMessage());
+                assertTrue(e.getMessage().contains("share memory"), e.getMessage());
+            }
+        }
+    }
+
+    /**
      * A workspace made for a short cache, met by a long one, is refused before the step projects anything or
      * writes to the cache: the position it would have appended stays as it was (zeros), the length too, and the
      * same step with a workspace for the cache's capacity then matches the reference's causal pass.
