@@ -287,6 +287,10 @@ public final class OpenBlas {
      * {@code B} and {@code C}. Every argument is checked before the native call: sizes non-negative, leading
      * dimensions at least the stored row length, every element reachable inside its segment, segments native
      * and alive, and {@code C} overlapping neither {@code A} nor {@code B}.
+     *
+     * @throws NullPointerException when {@code ta}, {@code tb}, {@code a}, {@code b} or {@code c} is null, the
+     *                              message starting with its name ({@code "a is null (sgemm)"}), before any other
+     *                              check (see {@link SgemmArgs#validate})
      */
     public void sgemm(Transpose ta, Transpose tb, int m, int n, int k, float alpha,
                       MemorySegment a, long aOffset, int lda,
@@ -376,6 +380,9 @@ public final class OpenBlas {
      * inside its segment, segments native and alive, {@code y} writable and overlapping neither input. With
      * {@code beta == 0} the old {@code y} is ignored (NaN there does not propagate); with an empty reduction
      * ({@code x} of length 0) {@code y = beta · y}.
+     *
+     * @throws NullPointerException when {@code ta}, {@code a}, {@code x} or {@code y} is null, the message starting
+     *                              with its name ({@code "x is null (sgemv)"}), before any other check
      */
     public void sgemv(Transpose ta, int m, int n, float alpha, MemorySegment a, long aOffset, int lda,
                       MemorySegment x, long xOffset, int incx, float beta, MemorySegment y, long yOffset, int incy) {
@@ -472,12 +479,18 @@ public final class OpenBlas {
      * in one of its two dimensions: a row-major view uses its row stride as leading dimension, and a transposed
      * view (unit stride in the first dimension) is passed as the transposed operand, so {@code k.transpose()}
      * costs nothing. {@code a [m, k]}, {@code b [k, n]}, {@code c [m, n]} are the shapes after {@code ta}/{@code tb}.
+     *
+     * @throws NullPointerException when an argument is null, the message starting with its name
+     *                              ({@code "c is null (matmul)"}), before any other check
      */
     public void matmul(Transpose ta, Tensor a, Transpose tb, Tensor b, float alpha, float beta, Tensor c) {
-        if (ta == null || tb == null) {
-            // as sgemm refuses it; read as YES below, or flipped, it gave a shape error or a NullPointerException
-            throw new IllegalArgumentException("matmul: transpose flag is null");
-        }
+        // the API's rule for null (README, exception table), before any other check, as sgemm's: a null flag read
+        // as YES below, or flipped, gave a shape error; a null tensor was an IllegalArgumentException
+        SgemmArgs.requireNonNull(ta, "ta", "matmul");
+        SgemmArgs.requireNonNull(a, "a", "matmul");
+        SgemmArgs.requireNonNull(tb, "tb", "matmul");
+        SgemmArgs.requireNonNull(b, "b", "matmul");
+        SgemmArgs.requireNonNull(c, "c", "matmul");
         rank2("a", a);
         rank2("b", b);
         rank2("c", c);
@@ -542,10 +555,6 @@ public final class OpenBlas {
     }
 
     private static void rank2(String name, Tensor t) {
-        if (t == null) {
-            // as sgemm refuses a null segment, naming the operand
-            throw new IllegalArgumentException("matmul: " + name + " is null");
-        }
         if (t.rank() != 2) {
             throw new IllegalArgumentException("matmul: " + t.describe(name) + " must have rank 2");
         }

@@ -18,17 +18,22 @@ public final class SgemmArgs {
      * inside its segment, segments alive (and native when {@code requireNative}), {@code C} overlapping neither
      * input.
      *
+     * @throws NullPointerException     when {@code ta}, {@code tb}, {@code a}, {@code b} or {@code c} is null, the
+     *                                  message starting with its name ({@code "a is null (sgemm)"}), before any
+     *                                  other check: the API's one rule for null arguments (README, exception table)
      * @throws IllegalArgumentException for a bad size, leading dimension, offset or overlap
      * @throws IllegalStateException    when a segment's arena is closed
      */
     public static void validate(boolean requireNative, Transpose ta, Transpose tb, int m, int n, int k,
                                 MemorySegment a, long aOffset, int lda, MemorySegment b, long bOffset, int ldb,
                                 MemorySegment c, long cOffset, int ldc) {
+        requireNonNull(ta, "ta", "sgemm");
+        requireNonNull(tb, "tb", "sgemm");
+        requireNonNull(a, "a", "sgemm");
+        requireNonNull(b, "b", "sgemm");
+        requireNonNull(c, "c", "sgemm");
         if (m < 0 || n < 0 || k < 0) {
             throw new IllegalArgumentException("sgemm: negative size m=" + m + " n=" + n + " k=" + k);
-        }
-        if (ta == null || tb == null) {
-            throw new IllegalArgumentException("sgemm: transpose flag is null");
         }
         long aEnd = checkOperand("sgemm", requireNative, "a", a, aOffset, ta == Transpose.NO ? m : k, ta == Transpose.NO ? k : m, lda);
         long bEnd = checkOperand("sgemm", requireNative, "b", b, bOffset, tb == Transpose.NO ? k : n, tb == Transpose.NO ? n : k, ldb);
@@ -46,14 +51,23 @@ public final class SgemmArgs {
     }
 
     /**
+     * The API's rule for a null argument (README, exception table; as {@code Attention}'s "q is null"):
+     * {@link NullPointerException} whose message starts with the parameter's name, then names the routine. They
+     * were {@link IllegalArgumentException} "sgemm: a is null", and a null flag "transpose flag is null", which
+     * named no parameter. No allocation unless {@code o} is null.
+     */
+    static void requireNonNull(Object o, String name, String fn) {
+        if (o == null) {
+            throw new NullPointerException(name + " is null (" + fn + ")");
+        }
+    }
+
+    /**
      * Checks one row-major operand {@code [rows, cols]} of the routine {@code fn} and returns one past its last
      * element index, or the offset if it is empty.
      */
     static long checkOperand(String fn, boolean requireNative, String name, MemorySegment s, long offset, int rows,
                              int cols, int ld) {
-        if (s == null) {
-            throw new IllegalArgumentException(fn + ": " + name + " is null");
-        }
         if (requireNative) {
             requireBlasReady(fn, name, s);
         }

@@ -21,17 +21,20 @@ public final class SgemvArgs {
      * backward walk of negative increments), every reachable element inside its segment, segments alive (and
      * native when {@code requireNative}), {@code y} writable and overlapping neither {@code A} nor {@code x}.
      *
+     * @throws NullPointerException     when {@code ta}, {@code a}, {@code x} or {@code y} is null, the message
+     *                                  starting with its name ({@code "x is null (sgemv)"}), before any other check
      * @throws IllegalArgumentException for a bad size, leading dimension, increment, offset or overlap
      * @throws IllegalStateException    when a segment's arena is closed
      */
     public static void validate(boolean requireNative, Transpose ta, int m, int n,
                                 MemorySegment a, long aOffset, int lda, MemorySegment x, long xOffset, int incx,
                                 MemorySegment y, long yOffset, int incy) {
+        SgemmArgs.requireNonNull(ta, "ta", "sgemv");
+        SgemmArgs.requireNonNull(a, "a", "sgemv");
+        SgemmArgs.requireNonNull(x, "x", "sgemv");
+        SgemmArgs.requireNonNull(y, "y", "sgemv");
         if (m < 0 || n < 0) {
             throw new IllegalArgumentException("sgemv: negative size m=" + m + " n=" + n);
-        }
-        if (ta == null) {
-            throw new IllegalArgumentException("sgemv: transpose flag is null");
         }
         int xLen = ta == Transpose.NO ? n : m;
         int yLen = ta == Transpose.NO ? m : n;
@@ -52,9 +55,6 @@ public final class SgemvArgs {
 
     /** Checks one strided vector and returns one past its last element index, or the offset if it is empty. */
     private static long vector(boolean requireNative, String name, MemorySegment s, long offset, int len, int inc) {
-        if (s == null) {
-            throw new IllegalArgumentException("sgemv: " + name + " is null");
-        }
         if (requireNative) {
             SgemmArgs.requireBlasReady("sgemv", name, s);
         }

@@ -23,6 +23,10 @@ public abstract class MatmulKernel {
      * elements, checked by {@link SgemmArgs#validate}. With {@code beta == 0} the old contents of C are ignored
      * (even NaN), as in BLAS; with {@code alpha == 0} (or {@code k == 0}) A and B are not read, as in BLAS:
      * {@code C = beta · C} on every kernel, whatever A and B hold.
+     *
+     * @throws NullPointerException when {@code ta}, {@code tb}, {@code a}, {@code b} or {@code c} is null, the
+     *                              message starting with its name ({@code "a is null (sgemm)"}), before any other
+     *                              check
      */
     public final void matmul(Transpose ta, Transpose tb, int m, int n, int k, float alpha,
                              MemorySegment a, long aOffset, int lda, MemorySegment b, long bOffset, int ldb,
@@ -50,6 +54,9 @@ public abstract class MatmulKernel {
      * leading dimension and increments in elements, checked by {@link SgemvArgs#validate}. A product of one row
      * without packing: {@code A} is read once, in place. With {@code beta == 0} the old {@code y} is ignored;
      * with {@code alpha == 0} (or an empty reduction) A and x are not read: {@code y = beta · y}, as in BLAS.
+     *
+     * @throws NullPointerException when {@code ta}, {@code a}, {@code x} or {@code y} is null, the message starting
+     *                              with its name ({@code "x is null (sgemv)"}), before any other check
      */
     public final void matvec(Transpose ta, int m, int n, float alpha, MemorySegment a, long aOffset, int lda,
                              MemorySegment x, long xOffset, int incx, float beta, MemorySegment y, long yOffset,

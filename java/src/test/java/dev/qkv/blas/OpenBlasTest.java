@@ -119,18 +119,17 @@ class OpenBlasTest {
             // output overlapping an input
             Tensor sq = Tensor.allocate(arena, 5, 5);
             assertMessage(() -> BLAS.matmul(no, sq, no, sq, 1f, 0f, sq), "overlaps");
-            // a null transpose flag is an argument error, as sgemm has it, whatever the layout: with a transposed
-            // view (flipped to the other flag) it was a NullPointerException
+            // null arguments follow the API's one rule (README, exception table): NullPointerException naming the
+            // parameter, whatever the layout (with a transposed view, flipped to the other flag, a null flag was
+            // once a bare NullPointerException); see NullArgumentsTest
             Tensor aT = Tensor.allocate(arena, 5, 4).transpose();
-            assertMessage(() -> BLAS.matmul(null, a, no, b, 1f, 0f, c), "transpose flag is null");
-            assertMessage(() -> BLAS.matmul(null, aT, no, b, 1f, 0f, c), "transpose flag is null");
-            assertMessage(() -> BLAS.matmul(no, a, null, Tensor.allocate(arena, 6, 5).transpose(), 1f, 0f, c),
-                    "transpose flag is null");
-            // a null tensor is an argument error naming the operand, as sgemm's "a is null": it was a
-            // NullPointerException saying '"t" is null', which names none of a, b, c
-            assertMessage(() -> BLAS.matmul(no, null, no, b, 1f, 0f, c), "a is null");
-            assertMessage(() -> BLAS.matmul(no, a, no, null, 1f, 0f, c), "b is null");
-            assertMessage(() -> BLAS.matmul(no, a, no, b, 1f, 0f, null), "c is null");
+            assertNull(() -> BLAS.matmul(null, a, no, b, 1f, 0f, c), "ta is null");
+            assertNull(() -> BLAS.matmul(null, aT, no, b, 1f, 0f, c), "ta is null");
+            assertNull(() -> BLAS.matmul(no, a, null, Tensor.allocate(arena, 6, 5).transpose(), 1f, 0f, c),
+                    "tb is null");
+            assertNull(() -> BLAS.matmul(no, null, no, b, 1f, 0f, c), "a is null");
+            assertNull(() -> BLAS.matmul(no, a, no, null, 1f, 0f, c), "b is null");
+            assertNull(() -> BLAS.matmul(no, a, no, b, 1f, 0f, null), "c is null");
         }
     }
 
@@ -182,6 +181,11 @@ class OpenBlasTest {
         } finally {
             Files.delete(file);
         }
+    }
+
+    private static void assertNull(Runnable call, String start) {
+        NullPointerException e = assertThrows(NullPointerException.class, call::run);
+        assertTrue(e.getMessage().startsWith(start), "message \"" + e.getMessage() + "\" should start with \"" + start + "\"");
     }
 
     private static void assertMessage(Runnable call, String fragment) {

@@ -376,9 +376,10 @@ class MatmulKernelTest {
                     () -> kernel.matmul(no, no, 4, -6, 5, 1f, a, 0, 5, b, 0, 6, 0f, c, 0, 6));
             expect(IllegalArgumentException.class, c, "negative size",
                     () -> kernel.matmul(no, no, 4, 6, -5, 1f, a, 0, 5, b, 0, 6, 0f, c, 0, 6));
-            expect(IllegalArgumentException.class, c, "null",
+            // the API's rule for null (README, exception table): NullPointerException naming the parameter
+            expect(NullPointerException.class, c, "ta is null",
                     () -> kernel.matmul(null, no, 4, 6, 5, 1f, a, 0, 5, b, 0, 6, 0f, c, 0, 6));
-            expect(IllegalArgumentException.class, c, "null",
+            expect(NullPointerException.class, c, "a is null",
                     () -> kernel.matmul(no, no, 4, 6, 5, 1f, null, 0, 5, b, 0, 6, 0f, c, 0, 6));
             // C overlapping A or B, in the same segment or through another slice of it
             big.fill((byte) 0x7f);

@@ -90,9 +90,12 @@ class MatmulFuzzTest {
                 try {
                     gemm.call(nullFlag ? null : ta, tb, mm, nn, kk, alpha, a.seg, a.off, a.ld, b.seg, b.off, b.ld,
                             beta, c.seg, c.off, c.ld);
-                } catch (IllegalArgumentException | IllegalStateException e) {
+                } catch (IllegalArgumentException | IllegalStateException | NullPointerException e) {
                     if (verdict == null) {
                         fail(what + ": valid call threw " + e, e);
+                    }
+                    if (verdict.startsWith("null") != e instanceof NullPointerException) {
+                        fail(what + ": threw " + e, e);
                     }
                     rejected++;
                     if (escapes) {
@@ -187,9 +190,7 @@ class MatmulFuzzTest {
      */
     private static String independentVerdict(int m, int n, int k, RawOperand a, RawOperand b, RawOperand c,
                                              boolean nativeOnly, boolean nullFlag) {
-        if (m < 0 || n < 0 || k < 0) {
-            return "negative size";
-        }
+        // the API's rule for null (README, exception table): a NullPointerException, before any other check
         if (nullFlag) {
             return "null flag";
         }
@@ -197,6 +198,11 @@ class MatmulFuzzTest {
             if (o.seg == null) {
                 return "null segment";
             }
+        }
+        if (m < 0 || n < 0 || k < 0) {
+            return "negative size";
+        }
+        for (RawOperand o : new RawOperand[] {a, b, c}) {
             if (o.closed) {
                 return "closed";
             }

@@ -117,9 +117,12 @@ class MatvecFuzzTest {
                 try {
                     gemv.call(nullFlag ? null : ta, mm, nn, alpha, a.seg, a.off, a.ld, x.seg, x.off, x.ld, beta,
                             y.seg, y.off, y.ld);
-                } catch (IllegalArgumentException | IllegalStateException e) {
+                } catch (IllegalArgumentException | IllegalStateException | NullPointerException e) {
                     if (verdict == null) {
                         fail(what + ": valid call threw " + e, e);
+                    }
+                    if (verdict.startsWith("null") != e instanceof NullPointerException) {
+                        fail(what + ": threw " + e, e);
                     }
                     rejected++;
                     if (escapes) {
@@ -210,9 +213,7 @@ class MatvecFuzzTest {
     /** The documented contract, restated from the arguments (no code shared with {@code SgemvArgs}). */
     private static String independentVerdict(int m, int n, RawOperand a, RawOperand x, RawOperand y, boolean nativeOnly,
                                              boolean nullFlag) {
-        if (m < 0 || n < 0) {
-            return "negative size";
-        }
+        // the API's rule for null (README, exception table): a NullPointerException, before any other check
         if (nullFlag) {
             return "null flag";
         }
@@ -220,6 +221,11 @@ class MatvecFuzzTest {
             if (o.seg == null) {
                 return "null segment";
             }
+        }
+        if (m < 0 || n < 0) {
+            return "negative size";
+        }
+        for (RawOperand o : new RawOperand[] {a, x, y}) {
             if (o.closed) {
                 return "closed";
             }
