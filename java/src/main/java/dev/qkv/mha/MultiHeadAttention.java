@@ -226,14 +226,37 @@ public final class MultiHeadAttention {
         }
     }
 
-    /** A workspace of {@link #workspaceBytes} from the caller's arena. */
+    /**
+     * A workspace of {@link #workspaceBytes} from the caller's arena, in two allocations: the projection scratch
+     * and the attention's score tiles.
+     *
+     * @throws IllegalArgumentException when the arena (one of the caller's own) hands out memory that is not
+     *                                  writable off-heap memory of the size asked, at an address that is a
+     *                                  multiple of 4, or hands out the two parts over the same memory, or over
+     *                                  the layer's weights
+     */
     public MhaWorkspace newWorkspace(Arena arena, long batch, long lq, long lkv) {
         Objects.requireNonNull(arena, "arena is null");
         workspaceBytes(batch, lq, lkv);
         long floats = Math.max(selfFloats(batch, lq), crossFloats(batch, lq, lkv));
-        MemorySegment seg = arena.allocate(Math.max(floats * Float.BYTES, 64), Tensor.ALIGNMENT);
-        MhaWorkspace ws = new MhaWorkspace(seg, Workspace.allocate(arena, attentionBytes(batch, lq,
-                Math.max(lq, lkv))));
+        long size = Math.max(floats * Float.BYTES, 64);
+        MemorySegment seg = arena.allocate(size, Tensor.ALIGNMENT);
+        if (!seg.isNative() || seg.isReadOnly() || seg.byteSize() < size || seg.address() % Float.BYTES != 0) {
+            // as Workspace.allocate refuses its part: else the first call failed inside a product, naming it
+            throw new IllegalArgumentException("workspace of " + size + " projection bytes: the arena gave " + seg
+                    + "; a workspace needs writable off-heap memory of that size, at an address that is a"
+                    + " multiple of 4");
+        }
+        Workspace tiles = Workspace.allocate(arena, attentionBytes(batch, lq, Math.max(lq, lkv)));
+        MhaWorkspace ws = new MhaWorkspace(seg, tiles);
+        if (tiles.overlaps(Tensor.wrap(seg, seg.byteSize() / Float.BYTES))) {
+            // an arena of one's own that handed out memory twice: the projections would overwrite the score tiles
+            // and the tiles the heads. Refused before only by the first call, naming the layer's own head view
+            // ("q [..] shares memory with the workspace"), and on the reference backend not at all
+            throw new IllegalArgumentException("workspace: the arena gave its projection scratch (" + seg.byteSize()
+                    + " bytes) and its attention tiles (" + tiles.byteSize() + " bytes) over the same memory; the"
+                    + " parts of a workspace must not share memory");
+        }
         requireClearOfWeights(ws, null);
         return ws;
     }
