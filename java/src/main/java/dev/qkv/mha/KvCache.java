@@ -60,6 +60,11 @@ public final class KvCache {
         this.allValues = Tensor.wrap(v, v.byteSize() / Float.BYTES);
     }
 
+    /** False once the arena of the keys or of the values is closed (names the cache in a call's error). */
+    boolean isAlive() {
+        return k.scope().isAlive() && v.scope().isAlive();
+    }
+
     /** True when {@code t} shares memory with the cached keys or values. */
     boolean overlaps(Tensor t) {
         return t.overlaps(allKeys) || t.overlaps(allValues);

@@ -40,15 +40,28 @@ public final class MhaWorkspace {
     /** All of {@link #floats} as one flat view, for overlap checks that must not allocate. */
     private final Tensor wholeFloats;
 
-    MhaWorkspace(MemorySegment floats, Workspace attention) {
+    /**
+     * The scope of the arena the workspace came from, which also holds the attention's tiles (an
+     * {@link Workspace} does not show its segment outside its package): for naming the workspace when a call
+     * finds its arena closed.
+     */
+    private final MemorySegment.Scope arenaScope;
+
+    MhaWorkspace(MemorySegment floats, Workspace attention, MemorySegment.Scope arenaScope) {
         this.floats = floats;
         this.attention = attention;
+        this.arenaScope = arenaScope;
         this.wholeFloats = Tensor.wrap(floats, floats.byteSize() / Float.BYTES);
     }
 
     /** Whether {@code t} shares memory with the projection scratch or the attention's workspace (no allocation). */
     boolean overlaps(Tensor t) {
         return t.overlaps(wholeFloats) || attention.overlaps(t);
+    }
+
+    /** False once the arena of the projection scratch, or the arena the workspace came from, is closed. */
+    boolean isAlive() {
+        return floats.scope().isAlive() && arenaScope.isAlive();
     }
 
     boolean acquire() {

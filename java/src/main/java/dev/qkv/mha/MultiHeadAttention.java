@@ -248,7 +248,7 @@ public final class MultiHeadAttention {
                     + " multiple of 4");
         }
         Workspace tiles = Workspace.allocate(arena, attentionBytes(batch, lq, Math.max(lq, lkv)));
-        MhaWorkspace ws = new MhaWorkspace(seg, tiles);
+        MhaWorkspace ws = new MhaWorkspace(seg, tiles, arena.scope());
         if (tiles.overlaps(Tensor.wrap(seg, seg.byteSize() / Float.BYTES))) {
             // an arena of one's own that handed out memory twice: the projections would overwrite the score tiles
             // and the tiles the heads. Refused before only by the first call, naming the layer's own head view
@@ -310,6 +310,10 @@ public final class MultiHeadAttention {
      *
      * @throws NullPointerException when {@code x}, {@code out}, {@code options} or {@code ws} is null (the
      *                              message names it), before anything is written
+     * @throws IllegalStateException when the workspace is in use by another call; or, naming the caller's object
+     *                               ({@code x}, {@code kv}, {@code out}, {@code mask}, a weight such as
+     *                               {@code W_O [E, E]}, or {@code workspace}) with its shape, when its arena is
+     *                               closed, before the call or by another thread during it
      */
     public void forward(Tensor x, Tensor kv, Tensor out, SdpaOptions options, MhaWorkspace ws) {
         // the API's rule for null (see the class comment); kv alone may be null
@@ -324,6 +328,8 @@ public final class MultiHeadAttention {
             PerThread.Lease lease = PerThread.enter();
             try {
                 forwardIn(x, kv, out, options, ws);
+            } catch (IllegalStateException e) {
+                throw closedDuringCall(e, x, kv, out, options, ws, null);
             } finally {
                 PerThread.exit(lease);
             }
@@ -415,7 +421,10 @@ public final class MultiHeadAttention {
      * {@code (arena, 1, n, cache.capacity())} or larger.
      *
      * @throws IllegalStateException when the cache has no room for {@code n} more positions (nothing is appended), or
-     *                               when another decode step is using the cache
+     *                               when another decode step is using the cache; or, naming the caller's object
+     *                               ({@code x}, {@code out}, a weight, {@code workspace}, or the cache as
+     *                               {@code KV cache [Hkv, capacity, Dh] holding n}), when its arena is closed,
+     *                               before the step or by another thread during it
      * @throws NullPointerException  when an argument is null (the message names it), before the cache is taken
      */
     public void decode(Tensor x, KvCache cache, Tensor out, MhaWorkspace ws) {
@@ -436,6 +445,8 @@ public final class MultiHeadAttention {
                 PerThread.Lease lease = PerThread.enter();
                 try {
                     decodeIn(x, cache, out, ws);
+                } catch (IllegalStateException e) {
+                    throw closedDuringCall(e, x, null, out, null, ws, cache);
                 } finally {
                     PerThread.exit(lease);
                 }
@@ -445,6 +456,47 @@ public final class MultiHeadAttention {
         } finally {
             cache.release();
         }
+    }
+
+    /**
+     * The exception for {@code e}, thrown inside a call: when the arena of one of the caller's objects (x, kv, out,
+     * the mask, a weight, the workspace, the cache) is closed, one that names it ({@code out [1, 96, 64]},
+     * {@code W_O [64, 64]}, {@code workspace}, {@code KV cache [2, 4096, 16] holding 7}), with {@code e} as its
+     * cause, as the checks before the call do; else {@code e}. A close by another thread during the call surfaced
+     * inside a product or the attention, as the JDK's bare "Already closed", an internal operand
+     * ({@code sgemm: c [96, 64]}) or the layer's own head views ({@code q [1, 4, 1, 16]} when it was the
+     * workspace), none of which the caller made (found by MhaConcurrentCloseTest). An exception that already
+     * starts with that name (a check before the work, or the attention naming the workspace) is kept. Error path
+     * only: a call that succeeds never comes here.
+     */
+    private IllegalStateException closedDuringCall(IllegalStateException e, Tensor x, Tensor kv, Tensor out,
+                                                   SdpaOptions options, MhaWorkspace ws, KvCache cache) {
+        String what = null;
+        if (!x.isAlive()) {
+            what = x.describe("x");
+        } else if (kv != null && !kv.isAlive()) {
+            what = kv.describe("kv");
+        } else if (!out.isAlive()) {
+            what = out.describe("out");
+        } else if (options != null && options.mask() != null && !options.mask().values().isAlive()) {
+            what = options.mask().values().describe("mask");
+        } else {
+            for (int i = 0; i < weightList.length && what == null; i++) {
+                if (weightList[i] != null && !weightList[i].isAlive()) {
+                    what = weightList[i].describe(WEIGHT_NAMES[i]);
+                }
+            }
+            if (what == null && !ws.isAlive()) {
+                what = "workspace";
+            } else if (what == null && cache != null && !cache.isAlive()) {
+                what = cache.describe();
+            }
+        }
+        String message = e.getMessage();
+        if (what == null || message != null && message.startsWith(what + ":")) {
+            return e;
+        }
+        return new IllegalStateException(what + ": its arena is closed (by another thread, during the call)", e);
     }
 
     /**
