@@ -27,6 +27,7 @@ import java.util.Arrays;
 import java.util.HexFormat;
 import java.util.List;
 import java.util.Map;
+import java.util.Objects;
 import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
 
@@ -105,6 +106,9 @@ public final class Npy {
      *                               confined to another thread, naming the file and the shape
      */
     public static NpyArray read(Path file, Arena arena) throws IOException {
+        // the library's rule for null (see Attention): named, before the file is touched
+        Objects.requireNonNull(file, "file is null");
+        Objects.requireNonNull(arena, "arena is null");
         String name = file.toString();
         if (Files.isDirectory(file)) {
             throw new NpyFormatException(name, "is a directory, not a .npy file");
@@ -383,6 +387,8 @@ public final class Npy {
      * @throws IOException         when writing or renaming fails (the temporary file is removed)
      */
     public static void write(Path file, Tensor tensor) throws IOException {
+        Objects.requireNonNull(file, "file is null");
+        Objects.requireNonNull(tensor, "tensor is null");
         // closed (IllegalStateException) or confined to another thread (WrongThreadException), named with the
         // shape and before any file exists: the JDK's own refusal would come mid-write, naming neither
         tensor.requireUsable("tensor");

@@ -168,9 +168,9 @@ public final class Safetensors {
      * @throws IOException          when the file cannot be read
      */
     public static Safetensors open(Path file, Arena arena, Load load) throws IOException {
-        Objects.requireNonNull(file, "file");
-        Objects.requireNonNull(arena, "arena");
-        Objects.requireNonNull(load, "load");
+        Objects.requireNonNull(file, "file is null");
+        Objects.requireNonNull(arena, "arena is null");
+        Objects.requireNonNull(load, "load is null");
         if (!arena.scope().isAlive()) {
             // the JDK's own refusal ("Already closed", from map or reinterpret) would not name the file
             throw fail(file, "the arena given to open is closed");
@@ -509,7 +509,8 @@ public final class Safetensors {
      * Tensor {@code name} as float32 in a new tensor from {@code arena}: F32 copied ({@link Load#COPY}; with
      * {@link Load#MAPPED} a read-only view of the mapping, no copy, and {@code arena} unused, unless the floats
      * sit at an address that is not a multiple of 4, which are copied aligned), F16 and BF16 converted. Other
-     * dtypes are rejected.
+     * dtypes are rejected. Neither argument may be null ({@link NullPointerException} naming it), whatever the
+     * tensor: whether {@code arena} is needed depends on the file.
      *
      * @throws SafetensorsException naming the file and tensor: no such tensor, not a float dtype, the arena of
      *                              {@link #open} or {@code arena} closed or confined to another thread (for
@@ -517,6 +518,8 @@ public final class Safetensors {
      *                              or a read interrupted by this thread's interrupt
      */
     public Tensor tensor(String name, Arena arena) throws SafetensorsException {
+        Objects.requireNonNull(name, "name is null");
+        Objects.requireNonNull(arena, "arena is null");
         Entry e = entry(name);
         if (!data.scope().isAlive()) {
             throw fail(file, "tensor '" + name + "': the arena " + (load == Load.MAPPED ? "holding the mapping"
@@ -538,7 +541,6 @@ public final class Safetensors {
         if (load == Load.MAPPED && e.dtype() == Dtype.F32 && (data.address() + e.begin()) % Float.BYTES == 0) {
             return Tensor.wrap(data.asSlice(e.begin(), bytes), shape);
         }
-        Objects.requireNonNull(arena, "arena");
         if (!arena.scope().isAlive()) {
             // the JDK's own refusal ("Already closed") would name neither the file nor the tensor
             throw fail(file, "tensor '" + name + "' " + e.shapeString() + ": the arena given for its copy is closed");

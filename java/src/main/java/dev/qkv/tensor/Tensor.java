@@ -46,7 +46,7 @@ public final class Tensor {
      * to another thread.
      */
     public static Tensor allocate(Arena arena, long... shape) {
-        Objects.requireNonNull(arena, "arena");
+        Objects.requireNonNull(arena, "arena is null");
         long[] s = checkShape(shape);
         long n = elementCount(s);
         if (n > MAX_ALLOCATION_BYTES / Float.BYTES) {
@@ -89,7 +89,8 @@ public final class Tensor {
      * the shape is refused before anything is taken from the arena (memory an arena gave stays until it closes).
      */
     public static Tensor of(Arena arena, float[] values, long... shape) {
-        Objects.requireNonNull(values, "values");
+        Objects.requireNonNull(arena, "arena is null");
+        Objects.requireNonNull(values, "values is null");
         long[] s = checkShape(shape);
         if (values.length != elementCount(s)) {
             throw new IllegalArgumentException(values.length + " values for tensor " + Shapes.format(s));
@@ -101,6 +102,7 @@ public final class Tensor {
 
     /** A contiguous row-major view of {@code segment} from its first byte; the segment must be large enough. */
     public static Tensor wrap(MemorySegment segment, long... shape) {
+        Objects.requireNonNull(segment, "segment is null");
         long[] s = checkShape(shape);
         return view(segment, 0, s, contiguousStrides(s));
     }
@@ -110,9 +112,9 @@ public final class Tensor {
      * segment's size: every element the view can reach must lie inside the segment.
      */
     public static Tensor view(MemorySegment segment, long offset, long[] shape, long[] strides) {
-        Objects.requireNonNull(segment, "segment");
+        Objects.requireNonNull(segment, "segment is null");
         long[] s = checkShape(shape);
-        Objects.requireNonNull(strides, "strides");
+        Objects.requireNonNull(strides, "strides is null");
         if (strides.length != s.length) {
             throw new IllegalArgumentException("tensor " + Shapes.format(s) + ": " + strides.length
                     + " strides for " + s.length + " dimensions");
@@ -142,7 +144,7 @@ public final class Tensor {
     }
 
     private static long[] checkShape(long[] shape) {
-        Objects.requireNonNull(shape, "shape");
+        Objects.requireNonNull(shape, "shape is null");
         for (long d : shape) {
             if (d < 0) {
                 throw new IllegalArgumentException("negative dimension in shape " + Arrays.toString(shape));
@@ -218,6 +220,7 @@ public final class Tensor {
      * so per-call argument checks may use it.
      */
     public boolean overlaps(Tensor other) {
+        Objects.requireNonNull(other, "other is null");
         return overlaps(segment, offset, endElement(), other.segment, other.offset, other.endElement());
     }
 
@@ -620,6 +623,7 @@ public final class Tensor {
      * element to its own address (see {@link #hasDistinctAddresses}).
      */
     public Tensor copyFrom(float[] values) {
+        Objects.requireNonNull(values, "values is null");
         requireUsable("tensor");
         if (values.length != elementCount()) {
             throw new IllegalArgumentException(values.length + " values for tensor " + shapeString());
@@ -650,6 +654,7 @@ public final class Tensor {
      * element to its own address (see {@link #hasDistinctAddresses}); {@code src} may be a broadcast view.
      */
     public Tensor copyFrom(Tensor src) {
+        Objects.requireNonNull(src, "src is null");
         if (!Arrays.equals(src.shape, shape)) {
             throw new IllegalArgumentException("cannot copy " + src.shapeString() + " into " + shapeString());
         }
