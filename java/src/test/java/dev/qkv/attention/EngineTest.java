@@ -404,4 +404,41 @@ class EngineTest {
             }
         }
     }
+
+    /**
+     * The grouped few-query path ({@code runGroup}: few queries, grouped kv heads, more keys than one of its key
+     * blocks) masks each query head with that head's own rows of the mask. The grouped test above broadcasts one
+     * mask to every head, so a mutant that masked every head of a group with its first head's mask survived it
+     * (mutation testing, round 21). Per-head masks of rank 4 ({@code [B, Hq, Lq, Lk]}, boolean) and rank 3
+     * ({@code [Hq, 1, Lk]}, additive), alone and with causal, against the reference; 1100 keys of 64 floats
+     * take two key blocks (1024 and a tail of 76), Dv = 40 a vector tail.
+     */
+    @Test
+    void groupedDecodeAppliesEachHeadsOwnMask() {
+        Assumptions.assumeTrue(dev.qkv.kernel.Vectorization.enabled(), "Vector API module absent");
+        int b = 2, hq = 4, hkv = 2, lq = 3, lk = 1100, dk = 64, dv = 40;
+        try (Arena arena = Arena.ofShared()) {
+            SplittableRandom r = new SplittableRandom(77);
+            Tensor q = random(arena, r, b, hq, lq, dk);
+            Tensor k = random(arena, r, b, hkv, lk, dk);
+            Tensor v = random(arena, r, b, hkv, lk, dv);
+            Mask perHead = Mask.allowed(bernoulli(arena, r, 0.5, b, hq, lq, lk));
+            Mask perHeadKeys = Mask.additive(uniform(arena, r, -4, 2, hq, 1, lk));
+            List<SdpaOptions> options = List.of(SdpaOptions.DEFAULT.withMask(perHead),
+                    SdpaOptions.CAUSAL.withMask(perHead), SdpaOptions.DEFAULT.withMask(perHeadKeys));
+            for (SdpaOptions o : options) {
+                Tensor ref = Tensor.allocate(arena, b, hq, lq, dv);
+                ReferenceAttention.compute(q, k, v, ref, o);
+                Attention at = Attention.create(Backend.JAVA, 1);
+                Tensor got = Tensor.allocate(arena, b, hq, lq, dv).fill(Float.NaN);
+                String plan = at.plan(q, k, v, got, o);
+                // the grouped path: a task per (batch, kv head)
+                assertTrue(plan.contains(" tasks=" + (b * hkv) + " "), "a task per kv head expected, plan " + plan);
+                at.sdpa(q, k, v, got, o);
+                double tol = Fixtures.tol(dk, lk, 4);
+                Fixtures.assertClose(plan + " options #" + options.indexOf(o), got.shape(),
+                        got.toArray(), ref.toArray(), tol, tol);
+            }
+        }
+    }
 }
