@@ -441,4 +441,38 @@ class EngineTest {
             }
         }
     }
+
+    /**
+     * An output view without unit-stride rows (strided, or transposed) makes the generic engine compute each
+     * block's rows in a packed copy and unpack them afterwards; on the online path (more keys than a key block)
+     * the final 1/sum must be applied to that copy. No test wrote such a view past one key block, and a mutant
+     * that applied it to {@code out}'s offsets instead ({@code Job.runOnline}'s {@code onlineFinish} call) passed
+     * every attention suite (mutation testing, round 21). Both backends, dense, causal and masked, against the
+     * reference.
+     */
+    @Test
+    void onlinePathWritesOutputViewsWithoutUnitStrideRows() {
+        int b = 1, hq = 2, hkv = 1, lq = 70, lk = 2 * Attention.KEY_BLOCK + 300, dk = 24, dv = 20;
+        try (Arena arena = Arena.ofShared()) {
+            SplittableRandom r = new SplittableRandom(91);
+            Tensor q = random(arena, r, b, hq, lq, dk);
+            Tensor k = random(arena, r, b, hkv, lk, dk);
+            Tensor v = random(arena, r, b, hkv, lk, dv);
+            Mask mask = Mask.allowed(bernoulli(arena, r, 0.7, lq, lk));
+            for (SdpaOptions o : List.of(SdpaOptions.DEFAULT, SdpaOptions.CAUSAL.withMask(mask))) {
+                Tensor ref = Tensor.allocate(arena, b, hq, lq, dv);
+                ReferenceAttention.compute(q, k, v, ref, o);
+                for (Fixtures.Layout layout : new Fixtures.Layout[] {Fixtures.Layout.STRIDED,
+                        Fixtures.Layout.TRANSPOSED}) {
+                    for (Backend backend : new Backend[] {Backend.NATIVE, Backend.JAVA}) {
+                        Attention a = Attention.create(backend, 1);
+                        Tensor got = layout.allocate(arena, b, hq, lq, dv).fill(Float.NaN);
+                        a.sdpa(q, k, v, got, o);
+                        check(backend + " out " + layout + " causal=" + o.causal() + " " + a.plan(q, k, v, got, o),
+                                got.toArray(), ref.toArray(), dv, 4.0 * (dk + lk) * 0x1p-24);
+                    }
+                }
+            }
+        }
+    }
 }
