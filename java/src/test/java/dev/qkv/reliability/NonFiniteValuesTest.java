@@ -281,6 +281,48 @@ class NonFiniteValuesTest {
     }
 
     /**
+     * Few queries with grouped kv heads and more keys than the grouped path's key block (256 KiB of 64-float rows:
+     * 1024 keys) take the Java engine's grouped few-query path, a task per kv head, whose p·v sums every key's
+     * row of v into every query row: its rows that came out NaN must be computed again there too. A mutant
+     * without that recomputation ({@code Job.runGroup}) passed this class, whose other cases never reach the path
+     * (mutation testing, round 21). Causal bottom-right: row i sees keys up to i + 1097, so the poison at keys
+     * 1098 and 1099 reaches only the last rows, and a per-head mask hides some poisoned keys from some heads.
+     */
+    @ParameterizedTest
+    @EnumSource(Backend.class)
+    void groupedFewQueriesPath(Backend backend) {
+        Random r = new Random(Fuzz.seed("nonfinite-grouped"));
+        long b = 1;
+        long hq = 4;
+        long hkv = 2;
+        long lq = 3;
+        long lk = 1100;
+        long dk = 64;
+        long dv = 6;
+        Map<long[], Float> p = poison(hkv, 1099, 0, 1098, 1, 1098, 2, 5, 3, 1030, 4, 700, 5);
+        float[] m = new float[(int) (b * hq * lq * lk)];
+        for (int row = 0; row < b * hq * lq; row++) {
+            for (int j = 0; j < lk; j++) {
+                // heads 1 and 3 (the second of each group) forbid the poisoned keys 5, 700 and 1030
+                boolean forbid = (row / lq) % 2 == 1 && (j == 5 || j == 700 || j == 1030) || r.nextInt(5) == 0;
+                m[(int) (row * lk + j)] = forbid ? 0f : 1f;
+            }
+        }
+        Case c = new Case(b, hq, hkv, lq, lk, dk, dv, uniform(r, b * hq * lq * dk), uniform(r, b * hkv * lk * dk),
+                uniform(r, b * hkv * lk * dv), m, true, true, p, "grouped few queries L=" + lk);
+        if (backend == Backend.JAVA && dev.qkv.kernel.Vectorization.enabled()) {
+            try (Arena arena = Arena.ofConfined()) {
+                String plan = Attention.create(Backend.JAVA, 1).plan(Tensor.allocate(arena, b, hq, lq, dk),
+                        Tensor.allocate(arena, b, hkv, lk, dk), Tensor.allocate(arena, b, hkv, lk, dv),
+                        Tensor.allocate(arena, b, hq, lq, dv), c.options(arena));
+                // the grouped path: a task per (batch, kv head)
+                assertTrue(plan.contains(" tasks=" + b * hkv + " "), "grouped path expected, plan " + plan);
+            }
+        }
+        check(backend, c);
+    }
+
+    /**
      * Without any mask: a key whose score is far below the row's maximum has weight exp(-400), 0 in float, so
      * its NaN does not reach that row (other rows, which weigh it, do get NaN).
      */
