@@ -475,4 +475,38 @@ class EngineTest {
             }
         }
     }
+
+    /**
+     * A mask view whose keys are not adjacent (the transpose of a dense {@code [Lk, Lq]}: key stride Lq) on the
+     * online path: each key block must read its mask columns at {@code j0 · stride}. The suites' online cases use
+     * dense masks (key stride 1) and their transposed masks stay within one key block, so a mutant that offset the
+     * key blocks' mask by {@code j0} elements ({@code Job.rowMaxes}) passed EngineTest, AttentionVsReferenceTest,
+     * NativeSmallCallsTest and SdpaFuzzTest (mutation testing, round 21). Both backends, boolean and additive,
+     * causal or not, against the reference.
+     */
+    @Test
+    void onlinePathReadsMaskViewsByTheirKeyStride() {
+        int b = 1, hq = 2, hkv = 2, lq = 70, lk = 2 * Attention.KEY_BLOCK + 300, dk = 24, dv = 20;
+        try (Arena arena = Arena.ofShared()) {
+            SplittableRandom r = new SplittableRandom(92);
+            Tensor q = random(arena, r, b, hq, lq, dk);
+            Tensor k = random(arena, r, b, hkv, lk, dk);
+            Tensor v = random(arena, r, b, hkv, lk, dv);
+            // [Lq, Lk] views of dense [Lk, Lq] storage
+            Mask allowed = Mask.allowed(bernoulli(arena, r, 0.6, lk, lq).transpose(0, 1));
+            Mask additive = Mask.additive(uniform(arena, r, -4, 2, lk, lq).transpose(0, 1));
+            for (SdpaOptions o : List.of(SdpaOptions.DEFAULT.withMask(allowed), SdpaOptions.CAUSAL.withMask(allowed),
+                    SdpaOptions.DEFAULT.withMask(additive))) {
+                Tensor ref = Tensor.allocate(arena, b, hq, lq, dv);
+                ReferenceAttention.compute(q, k, v, ref, o);
+                for (Backend backend : new Backend[] {Backend.NATIVE, Backend.JAVA}) {
+                    Attention a = Attention.create(backend, 1);
+                    Tensor got = Tensor.allocate(arena, b, hq, lq, dv).fill(Float.NaN);
+                    a.sdpa(q, k, v, got, o);
+                    check(backend + " causal=" + o.causal() + " " + o.mask().kind() + " " + a.plan(q, k, v, got, o),
+                            got.toArray(), ref.toArray(), dv, 4.0 * (dk + lk) * 0x1p-24);
+                }
+            }
+        }
+    }
 }
