@@ -509,4 +509,41 @@ class EngineTest {
             }
         }
     }
+
+    /**
+     * q, k and v in every layout of {@link Fixtures.Layout} (heads interleaved, padded slices, transposed views
+     * read in place, strided views packed) on the online path, where each key block's operands start
+     * {@code j0} rows in: {@code j0 · rowStep} floats, which is not {@code j0 · ld} for a transposed view. The
+     * suites' online cases transpose k only, so a mutant that stepped v by {@code j0 · ld}
+     * ({@code Job.genericOnlineStep}) passed EngineTest, AttentionVsReferenceTest, NativeSmallCallsTest,
+     * SdpaFuzzTest and TensorViewFuzzTest (mutation testing, round 21). Both backends, dense and causal, against
+     * the reference on contiguous copies.
+     */
+    @Test
+    void onlinePathReadsOperandViewsInEveryLayout() {
+        int b = 1, hq = 2, hkv = 1, lq = 70, lk = 2 * Attention.KEY_BLOCK + 300, dk = 24, dv = 20;
+        try (Arena arena = Arena.ofShared()) {
+            SplittableRandom r = new SplittableRandom(93);
+            Tensor q = random(arena, r, b, hq, lq, dk);
+            Tensor k = random(arena, r, b, hkv, lk, dk);
+            Tensor v = random(arena, r, b, hkv, lk, dv);
+            for (SdpaOptions o : List.of(SdpaOptions.DEFAULT, SdpaOptions.CAUSAL)) {
+                Tensor ref = Tensor.allocate(arena, b, hq, lq, dv);
+                ReferenceAttention.compute(q, k, v, ref, o);
+                for (Fixtures.Layout layout : Fixtures.Layout.values()) {
+                    Tensor qv = layout.of(arena, q.toArray(), b, hq, lq, dk);
+                    Tensor kv = layout.of(arena, k.toArray(), b, hkv, lk, dk);
+                    Tensor vv = layout.of(arena, v.toArray(), b, hkv, lk, dv);
+                    for (Backend backend : new Backend[] {Backend.NATIVE, Backend.JAVA}) {
+                        Attention a = Attention.create(backend, 1);
+                        Tensor got = Tensor.allocate(arena, b, hq, lq, dv).fill(Float.NaN);
+                        a.sdpa(qv, kv, vv, got, o);
+                        check(backend + " q, k, v " + layout + " causal=" + o.causal() + " "
+                                + a.plan(qv, kv, vv, got, o), got.toArray(), ref.toArray(), dv,
+                                4.0 * (dk + lk) * 0x1p-24);
+                    }
+                }
+            }
+        }
+    }
 }
