@@ -11,6 +11,7 @@ import java.util.stream.Stream;
 
 import static dev.qkv.attention.Fixtures.assertClose;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
  * Rows whose scores all overflow float to -inf ({@code scale · q·k} below -3.4e38: a finite scale of 1e38, or
@@ -22,10 +23,19 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
  */
 class ScoreOverflowTest {
 
+    /**
+     * More keys than the grouped few-query path's key block (256 KiB of 8-float rows: 8192 keys), so that Lq = 3
+     * with two query heads per kv head takes that path, a task per kv head. Without this case a mutant that left
+     * out the path's handling of rows with no score above -inf ({@code Job.runGroup}'s {@code zeroMaskedRows})
+     * gave such rows zeros and passed this class (mutation testing, round 21).
+     */
+    private static final int GROUPED_LK = 8300;
+
     static Stream<Arguments> cases() {
         Stream.Builder<Arguments> b = Stream.builder();
         for (Backend backend : new Backend[] {Backend.NATIVE, Backend.JAVA, Backend.AUTO}) {
-            for (int[] lqLk : new int[][] {{3, 40}, {24, 40}, {24, 2500}}) {
+            // Lq = 3 at Lk = GROUPED_LK: the Java engine's grouped few-query path (runGroup)
+            for (int[] lqLk : new int[][] {{3, 40}, {24, 40}, {24, 2500}, {3, GROUPED_LK}}) {
                 for (String mask : new String[] {"none", "additive", "bool"}) {
                     for (boolean causal : new boolean[] {false, true}) {
                         b.add(Arguments.of(backend, lqLk[0], lqLk[1], mask, causal));
@@ -66,7 +76,12 @@ class ScoreOverflowTest {
             Tensor ref = Tensor.allocate(arena, qs);
             Attention.create(Backend.REFERENCE).sdpa(q, k, v, ref, o);
             Tensor out = Tensor.allocate(arena, qs).fill(Float.NaN);
-            Attention.create(backend, 2).sdpa(q, k, v, out, o);
+            Attention engine = Attention.create(backend, 2);
+            if (lk == GROUPED_LK && backend == Backend.JAVA && dev.qkv.kernel.Vectorization.enabled()) {
+                String plan = engine.plan(q, k, v, out, o);
+                assertTrue(plan.contains(" tasks=2 "), "the grouped path (a task per kv head) expected: " + plan);
+            }
+            engine.sdpa(q, k, v, out, o);
             String what = backend + " Lq=" + lq + " Lk=" + lk + " mask=" + maskKind + " causal=" + causal;
             assertClose(what, qs, out.toArray(), ref.toArray(), 1e-6, 1e-6);
             if (mask != null) {
