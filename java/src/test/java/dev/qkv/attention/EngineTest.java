@@ -546,4 +546,43 @@ class EngineTest {
             }
         }
     }
+
+    /**
+     * The grouped few-query path reads q, k and v and writes out through their row strides: views whose rows are
+     * not adjacent ({@link Fixtures.Layout#HEADS_INNER}, as the projections of a layer give, and
+     * {@link Fixtures.Layout#PADDED}) still take it. Its grouped test above uses contiguous tensors only, so a
+     * mutant that took k's row stride as Dk ({@code Job.runGroup}) passed EngineTest, AttentionVsReferenceTest,
+     * TensorViewFuzzTest, SdpaFuzzTest, MultiHeadAttentionTest and KvCacheTest (mutation testing, round 21).
+     * Every layout, the row-major ones checked to take the grouped path, against the reference.
+     */
+    @Test
+    void groupedDecodeReadsAndWritesViews() {
+        Assumptions.assumeTrue(dev.qkv.kernel.Vectorization.enabled(), "Vector API module absent");
+        int b = 2, hq = 4, hkv = 2, lq = 3, lk = 1100, dk = 64, dv = 40;
+        try (Arena arena = Arena.ofShared()) {
+            SplittableRandom r = new SplittableRandom(94);
+            Tensor q = random(arena, r, b, hq, lq, dk);
+            Tensor k = random(arena, r, b, hkv, lk, dk);
+            Tensor v = random(arena, r, b, hkv, lk, dv);
+            for (SdpaOptions o : List.of(SdpaOptions.DEFAULT, SdpaOptions.CAUSAL)) {
+                Tensor ref = Tensor.allocate(arena, b, hq, lq, dv);
+                ReferenceAttention.compute(q, k, v, ref, o);
+                for (Fixtures.Layout layout : Fixtures.Layout.values()) {
+                    Tensor qv = layout.of(arena, q.toArray(), b, hq, lq, dk);
+                    Tensor kv = layout.of(arena, k.toArray(), b, hkv, lk, dk);
+                    Tensor vv = layout.of(arena, v.toArray(), b, hkv, lk, dv);
+                    Tensor got = layout.allocate(arena, b, hq, lq, dv).fill(Float.NaN);
+                    Attention a = Attention.create(Backend.JAVA, 1);
+                    String plan = a.plan(qv, kv, vv, got, o);
+                    if (layout == Fixtures.Layout.HEADS_INNER || layout == Fixtures.Layout.PADDED) {
+                        assertTrue(plan.contains(" tasks=" + (b * hkv) + " "), layout + ": grouped path expected, "
+                                + plan);
+                    }
+                    a.sdpa(qv, kv, vv, got, o);
+                    check("q, k, v, out " + layout + " causal=" + o.causal() + " " + plan, got.toArray(),
+                            ref.toArray(), dv, 4.0 * (dk + lk) * 0x1p-24);
+                }
+            }
+        }
+    }
 }
