@@ -57,6 +57,9 @@ class EngineTest {
         out.add(new Case(11, 1, 2, 1, 70, 4500, 32, 32, true, "bool2d", false));
         out.add(new Case(12, 1, 1, 1, 65, 2300, 17, 33, false, "additive4d", true));
         out.add(new Case(13, 1, 2, 2, 40, 2 * Attention.KEY_BLOCK + 1, 64, 64, false, "keypad", false));
+        // grouped heads with more than one kv head on the online path: h / (Hq / Hkv) and h % Hkv differ here
+        // (the cases above have one kv head or one query head per kv head, where they agree)
+        out.add(new Case(16, 1, 4, 2, 70, Attention.KEY_BLOCK + 250, 32, 24, true, "additive4d", false));
         // wide heads take fewer keys per block (Attention.javaKeyBlock): 1024 at D = 128, 512 at Dk + Dv = 456
         out.add(new Case(14, 1, 2, 1, 70, 1500, 128, 128, true, "additive4d", false));
         out.add(new Case(15, 1, 1, 1, 40, 700, 256, 200, false, "bool2d", true));
