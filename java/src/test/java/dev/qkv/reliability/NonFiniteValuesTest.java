@@ -83,7 +83,28 @@ class NonFiniteValuesTest {
     }
 
     private static float[] run(Attention att, Case c, float[] v, Arena arena) {
-        Tensor out = Tensor.allocate(arena, c.b, c.hq, c.lq, c.dv).fill(-7f);
+        return run(att, c, v, arena, OutLayout.CONTIGUOUS);
+    }
+
+    /** How the output tensor lies in memory: dense, or a view without unit-stride rows. */
+    private enum OutLayout {
+        CONTIGUOUS,
+        /** Every other float of a dense {@code [B, Hq, Lq, Dv, 2]}: last stride 2. */
+        STRIDED,
+        /** The transpose of a dense {@code [B, Hq, Dv, Lq]}: last stride Lq. */
+        TRANSPOSED;
+
+        Tensor allocate(Arena arena, Case c) {
+            return switch (this) {
+                case CONTIGUOUS -> Tensor.allocate(arena, c.b, c.hq, c.lq, c.dv);
+                case STRIDED -> Tensor.allocate(arena, c.b, c.hq, c.lq, c.dv, 2).select(4, 1);
+                case TRANSPOSED -> Tensor.allocate(arena, c.b, c.hq, c.dv, c.lq).transpose(2, 3);
+            };
+        }
+    }
+
+    private static float[] run(Attention att, Case c, float[] v, Arena arena, OutLayout layout) {
+        Tensor out = layout.allocate(arena, c).fill(-7f);
         att.sdpa(tensor(arena, c.q, c.b, c.hq, c.lq, c.dk), tensor(arena, c.k, c.b, c.hkv, c.lk, c.dk),
                 tensor(arena, v, c.b, c.hkv, c.lk, c.dv), out, c.options(arena));
         return out.toArray();
@@ -126,6 +147,10 @@ class NonFiniteValuesTest {
     }
 
     private static void check(Backend backend, Case c) {
+        check(backend, c, OutLayout.CONTIGUOUS);
+    }
+
+    private static void check(Backend backend, Case c, OutLayout layout) {
         try (Arena arena = Arena.ofShared()) {
             float[] ref = run(Attention.create(Backend.REFERENCE), c, c.v, arena);
             float[] poisoned = c.v.clone();
@@ -134,11 +159,13 @@ class NonFiniteValuesTest {
                 poisoned[(int) (((at[0] * c.hkv + at[1]) * c.lk + at[2]) * c.dv + at[3])] = p.getValue();
             }
             double tol = 8 * Fuzz.EPS * (c.lk + c.dk + 16);
-            List<Attention> engines = engines(backend, c, arena);
+            // budgets are sized for a dense out (a view's packed rows need more): views run the full engines only
+            List<Attention> engines = layout == OutLayout.CONTIGUOUS ? engines(backend, c, arena)
+                    : List.of(Attention.create(backend, 1), Attention.create(backend, 2));
             List<String> plans = new ArrayList<>();
             for (Attention att : engines) {
-                float[] got = run(att, c, poisoned, arena);
-                String who = c.name + " " + backend + " threads=" + att.threads() + " plan: "
+                float[] got = run(att, c, poisoned, arena, layout);
+                String who = c.name + " out " + layout + " " + backend + " threads=" + att.threads() + " plan: "
                         + (backend == Backend.REFERENCE ? "reference" : att.plan(
                         Tensor.allocate(arena, c.b, c.hq, c.lq, c.dk), Tensor.allocate(arena, c.b, c.hkv, c.lk, c.dk),
                         Tensor.allocate(arena, c.b, c.hkv, c.lk, c.dv), Tensor.allocate(arena, c.b, c.hq, c.lq, c.dv),
@@ -320,6 +347,29 @@ class NonFiniteValuesTest {
             }
         }
         check(backend, c);
+    }
+
+    /**
+     * An output view without unit-stride rows (strided, transposed): the engine looks for rows that came out NaN
+     * or infinite element by element there, not by its vectorized pass over dense rows. Every other case writes a
+     * dense out, so a mutant whose element-wise check skipped the last column ({@code Job.redoNaNRows}) passed
+     * this class, EngineTest, AttentionVsReferenceTest, TensorViewFuzzTest and EdgeNumericsTest (mutation
+     * testing, round 21). The causal case, and one whose only poison is a NaN in the last column of the last
+     * key, which every other row of the last block multiplies by a weight of 0: those rows are non-finite in that
+     * column alone.
+     */
+    @ParameterizedTest
+    @EnumSource(Backend.class)
+    void outputViewsWithoutUnitStrideRows(Backend backend) {
+        Case c = causal(Fuzz.seed("nonfinite-out-views"), 8);
+        Map<long[], Float> last = new LinkedHashMap<>();
+        last.put(new long[] {0, 0, c.lk - 1, c.dv - 1}, Float.NaN);
+        Case lastColumn = new Case(c.b, c.hq, c.hkv, c.lq, c.lk, c.dk, c.dv, c.q, c.k, c.v, null, false, true, last,
+                "causal, NaN at the last key's last column");
+        for (OutLayout layout : new OutLayout[] {OutLayout.STRIDED, OutLayout.TRANSPOSED}) {
+            check(backend, c, layout);
+            check(backend, lastColumn, layout);
+        }
     }
 
     /**
