@@ -75,8 +75,9 @@ fuzz:
 	@# blocks (Attention.KEY_BLOCK, SPAN_BLOCKS); and the native engine in small calls on any OpenBLAS core, of
 	@# 16 rows and at most 16·64·64 multiply-adds, so that the fuzzers' calls cut into many (Attention.SMALL_MNK);
 	@# with pool threads spinning between calls, so that small calls are shared (WorkerPool), the concurrency
-	@# tests too
-	$(MVN) test -pl java -am -Dtest='dev/qkv/reliability/*FuzzTest,dev/qkv/reliability/*ConcurrencyTest' \
+	@# tests too; and the non-finite and overflow tests, whose cases reach those paths only past a default block
+	@# (EngineTest stays out: its budget cases are sized for the default blocks)
+	$(MVN) test -pl java -am -Dtest='dev/qkv/reliability/*FuzzTest,dev/qkv/reliability/*ConcurrencyTest,dev/qkv/reliability/NonFiniteValuesTest,dev/qkv/attention/ScoreOverflowTest' \
 	  -Dsurefire.failIfNoSpecifiedTests=false \
 	  '-Dqkv.jvm.flags=$(JVM_FLAGS) $(FUZZ_FORCED)' $(FUZZ_ARGS)
 
