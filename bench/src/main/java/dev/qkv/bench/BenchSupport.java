@@ -13,8 +13,24 @@ final class BenchSupport {
     private BenchSupport() {
     }
 
+    /** Attention on {@code backend} with exactly {@code threads} threads (see {@link #threads}). */
     static Attention attention(String backend, int threads) {
-        return Attention.create(Backend.parse(backend), threads);
+        return Attention.create(Backend.parse(backend), threads(threads));
+    }
+
+    /**
+     * {@code threads}, the count a figure is labelled with, when the cores allow it; else throws. qkv caps its
+     * workers at the cores ({@code Attention.Builder.threads}): {@code -p threads=4} on 2 cores timed 2 threads
+     * under the label 4, beside ORT's intra-op pool of 4 (OrtRatio) or a decode floor read by 4 (DecodeRatio).
+     */
+    static int threads(int threads) {
+        int cores = Runtime.getRuntime().availableProcessors();
+        if (threads < 1 || threads > cores) {
+            throw new IllegalArgumentException("threads=" + threads + ": expected 1.." + cores + " (the " + cores
+                    + " cores; qkv caps its workers at the cores, so the figure would run "
+                    + Math.max(1, Math.min(threads, cores)) + " threads under this label)");
+        }
+        return threads;
     }
 
     /**

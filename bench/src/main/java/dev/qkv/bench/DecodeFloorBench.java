@@ -48,6 +48,8 @@ public class DecodeFloorBench {
 
     @Setup(Level.Trial)
     public void setup() {
+        // as many readers as the step has threads: qkv caps those at the cores
+        BenchSupport.threads(threads);
         arena = Arena.ofShared();
         DecodeBench.Step step = DecodeBench.Step.allocate(arena, kvHeads);
         k = step.k();
@@ -71,7 +73,11 @@ public class DecodeFloorBench {
 
     @TearDown(Level.Trial)
     public void tearDown() {
-        readers.shutdownNow();
-        arena.close();
+        if (readers != null) {
+            readers.shutdownNow();
+        }
+        if (arena != null) {
+            arena.close();
+        }
     }
 }

@@ -20,7 +20,8 @@ import java.util.concurrent.Executors;
  * <pre>java --enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector -cp bench/target/benchmarks.jar \
  *     dev.qkv.bench.DecodeRatio [threads] [rounds] [backends] [kvHeads]</pre>
  *
- * Positional, each optional: threads (default 1), rounds (80), backends (native,java), kvHeads (32), e.g.
+ * Positional, each optional: threads (default 1, at most the cores), rounds (80), backends (native,java), kvHeads
+ * (32), e.g.
  * {@code DecodeRatio 2 80 native,java}.
  *
  * With {@code kvHeads} under 32 the 32 query heads share kv heads (grouped-query attention), and the floor reads
@@ -42,6 +43,8 @@ public final class DecodeRatio {
         if (threads < 1 || rounds < 4) {
             throw new IllegalArgumentException("threads >= 1 and rounds >= 4 expected");
         }
+        // the floor reads with as many threads as the step runs: qkv caps those at the cores
+        BenchSupport.threads(threads);
         ExecutorService readers = Executors.newFixedThreadPool(threads);
         try (Arena arena = Arena.ofShared()) {
             DecodeBench.Step step = DecodeBench.Step.allocate(arena, kvHeads);

@@ -67,7 +67,7 @@ public class MhaBench {
             arena = Arena.ofShared();
             SplittableRandom r = new SplittableRandom(11);
             MhaWeights w = weights(arena, r, kvHeads);
-            layer = MultiHeadAttention.create(w, Backend.parse(backend), threads);
+            layer = MultiHeadAttention.create(w, Backend.parse(backend), BenchSupport.threads(threads));
             x = SdpaBench.random(arena, r, 1, seqLen, E);
             out = Tensor.allocate(arena, 1, seqLen, E);
             ws = layer.newWorkspace(arena, 1, seqLen, seqLen);
@@ -115,7 +115,7 @@ public class MhaBench {
             arena = Arena.ofShared();
             SplittableRandom r = new SplittableRandom(12);
             MhaWeights w = weights(arena, r, kvHeads);
-            layer = MultiHeadAttention.create(w, Backend.parse(backend), threads);
+            layer = MultiHeadAttention.create(w, Backend.parse(backend), BenchSupport.threads(threads));
             Tensor prompt = SdpaBench.random(arena, r, 1, CACHED, E);
             token = SdpaBench.random(arena, r, 1, 1, E);
             out = Tensor.allocate(arena, 1, 1, E);

@@ -40,7 +40,7 @@ import java.util.SplittableRandom;
  * faster): its median, its range, and the rounds in which qkv was faster.
  *
  * <p>qkv runs on {@code threads} workers of its own (OpenBLAS at one thread inside them), ORT on an intra-op pool
- * of {@code threads}.
+ * of {@code threads}; a count above the cores is refused (qkv would run fewer, see {@link BenchSupport#threads}).
  */
 public final class OrtRatio {
     /** A warm-up block of one contender. */
@@ -93,6 +93,9 @@ public final class OrtRatio {
         if (rounds < 1 || blockMs < 1 || threadCounts.stream().anyMatch(t -> t < 1)) {
             throw new IllegalArgumentException("rounds, block-ms and threads must be positive");
         }
+        // before any measuring: qkv caps its workers at the cores, ORT's intra-op pool is not capped, so a count
+        // above the cores would compare ORT on that many threads with qkv on fewer, under one label
+        threadCounts.forEach(BenchSupport::threads);
         for (String shape : shapes) {
             long[] s = BenchSupport.shape(shape);
             // before any measuring: OrtBench.Session refuses causal where Lq != Lk, which with the default shapes
