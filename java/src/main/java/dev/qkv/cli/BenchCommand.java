@@ -4,6 +4,7 @@ import dev.qkv.attention.Attention;
 import dev.qkv.attention.Backend;
 import dev.qkv.attention.SdpaOptions;
 import dev.qkv.blas.OpenBlas;
+import dev.qkv.kernel.Vectorization;
 import dev.qkv.tensor.Tensor;
 
 import java.io.PrintStream;
@@ -89,12 +90,16 @@ final class BenchCommand implements Command {
                 throw new UsageException(e.getMessage());
             }
             int warm = 1 + Timing.warmUp(call);
-            // the OpenBLAS core beside every figure (what ran native products, or would have)
+            // the OpenBLAS core beside every figure (what ran native products, or would have), and the JDK and the
+            // vector kernels (what the Java kernels' speed depends on), as the benchmarks' setup lines record them;
+            // before the plan, so that the line still ends in openblas.core=
             String core = blas != null ? blas.library().coreName() : "unavailable";
             out.println(String.format(Locale.ROOT,
-                    "bench backend=%s q=%s k=%s causal=%s threads=%d warmup=%d iters=%d plan: %s openblas.core=%s",
+                    "bench backend=%s q=%s k=%s causal=%s threads=%d warmup=%d iters=%d jdk=%s vector=\"%s\""
+                            + " plan: %s openblas.core=%s",
                     backend.cliName(), q.shapeString(), k.shapeString(), causal,
-                    attention.threads(), warm, iters, attention.plan(q, k, v, o, options), core));
+                    attention.threads(), warm, iters, Runtime.version(), Vectorization.reason(),
+                    attention.plan(q, k, v, o, options), core));
             double ms = Timing.medianMillis(call, iters);
             double gflops = Timing.gflops(Timing.denseFlops(b, h, l, l, d), ms);
             out.println(resultLine(ms, gflops));

@@ -4,6 +4,10 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.ValueSource;
 
+import java.io.ByteArrayOutputStream;
+import java.io.PrintStream;
+import java.nio.charset.StandardCharsets;
+import java.util.List;
 import java.util.Locale;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
@@ -53,5 +57,26 @@ class BenchCommandTest {
     void anInfiniteOrUndefinedFigureIsNeverPrinted() {
         assertThrows(IllegalStateException.class, () -> BenchCommand.resultLine(0, Double.POSITIVE_INFINITY));
         assertThrows(IllegalStateException.class, () -> BenchCommand.resultLine(Double.NaN, Double.NaN));
+    }
+
+    /**
+     * The figure's header records what the speed of the Java kernels depends on, as every benchmark's setup line
+     * does (bench/RESULTS.md quotes this command's figures): the JDK and the vector kernels beside the OpenBLAS
+     * core and the threads. It named neither the JDK nor the vector width.
+     */
+    @Test
+    void theHeaderNamesTheJdkAndTheVectorKernels() throws Exception {
+        ByteArrayOutputStream out = new ByteArrayOutputStream();
+        ByteArrayOutputStream err = new ByteArrayOutputStream();
+        int code = new BenchCommand().run(List.of("--shape", "1,1,1,1", "--backend", "java", "--threads", "1",
+                "--iters", "1"), new PrintStream(out, true, StandardCharsets.UTF_8),
+                new PrintStream(err, true, StandardCharsets.UTF_8));
+        String text = out.toString(StandardCharsets.UTF_8);
+        assertEquals(0, code, text + err);
+        String header = text.lines().findFirst().orElseThrow();
+        assertTrue(header.contains(" jdk=" + Runtime.version() + " "), header);
+        assertTrue(header.contains(" vector=\"" + dev.qkv.kernel.Vectorization.reason() + "\" "), header);
+        assertTrue(header.contains(" threads=1 "), header);
+        assertTrue(header.contains(" openblas.core="), header);
     }
 }
