@@ -53,7 +53,7 @@ import java.util.concurrent.TimeUnit;
  * prints the difference, so a figure always belongs to a correct run.
  * ORT's intra-op pool has {@code threads} threads, its workers spinning between calls as ORT's default has them
  * unless {@code spin} is false, and ORT's defaults otherwise. The output is pinned, so a call allocates no output
- * tensor.
+ * tensor. Before JMH's warm-up ORT gets the one {@link SdpaBench} gives qkv ({@link BenchSupport#warmUp}).
  */
 @State(Scope.Benchmark)
 @BenchmarkMode(Mode.AverageTime)
@@ -104,6 +104,16 @@ public class OrtBench {
         float[] v = SdpaBench.uniform(r, b * h * lk * d);
         session = new Session(graph, b, h, lq, lk, d, causal, threads, spin, q, k, v);
         double maxDiff = session.check(qkvJava(q, k, v, b, h, lq, lk, d));
+        // the warm-up SdpaBench gives qkv before JMH's own (BenchSupport.warmUp): ORT's calls run Java too (the
+        // session's run, its inputs' map, the result), compiled by the same JIT; without it ORT's figures had
+        // 3 s of warm-up beside qkv's 4 s or more
+        BenchSupport.warmUp("ort " + graph + " " + shape, () -> {
+            try {
+                session.run();
+            } catch (OrtException e) {
+                throw new IllegalStateException(e);
+            }
+        });
         System.out.println("# ort " + OrtEnvironment.getEnvironment().getVersion() + " graph=" + graph + " shape="
                 + shape + (causal ? " causal" : "") + " intra_op_threads=" + threads + " spin=" + spin + " flops="
                 + (long) (4.0 * b * h * lq * lk * d) + " max|ort - qkv java|=" + maxDiff + " "
