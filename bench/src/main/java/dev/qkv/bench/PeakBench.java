@@ -32,8 +32,15 @@ import java.util.concurrent.TimeUnit;
 @Fork(value = 1, jvmArgsPrepend = {"--enable-native-access=ALL-UNNAMED", "--add-modules", "jdk.incubator.vector"})
 public class PeakBench {
     private static final VectorSpecies<Float> S = FloatVector.SPECIES_PREFERRED;
-    private static final int STEPS = 100_000;
     private static final int CHAINS = 16;
+    /**
+     * FLOPs of one {@link #fma} call at every vector width: 100 000 steps of 16-float vectors; a narrower vector
+     * takes proportionally more steps ({@link #steps}). With a fixed 100 000 steps the count held only at 16 floats,
+     * and the benchmark threw on any other width (an AVX2 JVM: 8).
+     */
+    static final int FLOPS = 100_000 * CHAINS * 2 * 16;
+    /** Steps of the chains per call, so that a call does {@link #FLOPS} whatever the width. */
+    private static final int STEPS = steps(S.length());
 
     private float seed;
 
@@ -42,18 +49,24 @@ public class PeakBench {
         seed = 1f;
         // the OpenBLAS core and the JDK beside the figure, as every benchmark records them (RESULTS.md reads the
         // peak against the core OpenBLAS picks on the host); JMH's -t is the thread count
-        BenchSupport.report("peak", S.length() + " floats per vector, " + CHAINS + " FMA chains, thread "
-                + Thread.currentThread().getName());
+        BenchSupport.report("peak", S.length() + " floats per vector, " + CHAINS + " FMA chains of " + STEPS
+                + " steps, thread " + Thread.currentThread().getName());
         // the FMA chains in C2's code before JMH's warm-up, as every qkv benchmark (BenchSupport.warmUp)
         BenchSupport.warmUp("peak", this::fma);
     }
 
-    @Benchmark
-    @OperationsPerInvocation(STEPS * CHAINS * 2 * 16)
-    public float fma() {
-        if (S.length() != 16) {
-            throw new IllegalStateException("OperationsPerInvocation assumes 16 floats per vector, not " + S.length());
+    /** Steps that make {@link #FLOPS} with vectors of {@code lanes} floats (each step: CHAINS FMAs, 2 FLOPs a lane). */
+    static int steps(int lanes) {
+        if (lanes < 1 || FLOPS % (CHAINS * 2 * lanes) != 0) {
+            throw new IllegalStateException("no whole number of steps makes " + FLOPS + " FLOPs with " + lanes
+                    + " floats per vector");
         }
+        return FLOPS / (CHAINS * 2 * lanes);
+    }
+
+    @Benchmark
+    @OperationsPerInvocation(FLOPS)
+    public float fma() {
         FloatVector m = FloatVector.broadcast(S, 0.9999999f);
         FloatVector c = FloatVector.broadcast(S, 1e-7f);
         FloatVector a0 = FloatVector.broadcast(S, seed);
