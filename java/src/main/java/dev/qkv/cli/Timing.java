@@ -15,7 +15,11 @@ final class Timing {
     static final long WARMUP_NANOS = 2_000_000_000L;
     /** At least this many warm-up calls, however slow one call is. */
     static final int MIN_WARMUP = 2;
-    /** At most this many warm-up calls, however fast one call is (a tiny call makes ~60000 in the 2 s). */
+    /**
+     * At most this many warm-up calls in all, however fast one call is: {@code [1, 1, 128, 64]} makes ~60000 in
+     * the 2 s, but a call under ~2 µs ({@code --shape 1,1,1,1}) reaches the cap within them, and warm-up then
+     * ends there, without the windows that wait for a quiet JIT (a million calls have long been compiled).
+     */
     static final int MAX_WARMUP = 1_000_000;
     /**
      * After {@link #WARMUP_NANOS}, warm-up goes on in windows of about this long until one passes in which the
