@@ -161,31 +161,43 @@ class KvCacheTest {
     void aCacheNeedsWritableOffHeapMemoryOfItsSize() {
         try (Arena a = Arena.ofConfined()) {
             for (String kind : new String[] {"short", "read-only", "heap"}) {
-                Arena own = new Arena() {
-                    @Override
-                    public java.lang.foreign.MemorySegment allocate(long byteSize, long byteAlignment) {
-                        java.lang.foreign.MemorySegment s = a.allocate(byteSize, byteAlignment);
-                        return switch (kind) {
-                            case "short" -> s.asSlice(0, byteSize / 2);
-                            case "read-only" -> s.asReadOnly();
-                            default -> java.lang.foreign.MemorySegment.ofArray(new float[(int) (byteSize / 4)]);
-                        };
-                    }
-
-                    @Override
-                    public java.lang.foreign.MemorySegment.Scope scope() {
-                        return a.scope();
-                    }
-
-                    @Override
-                    public void close() {
-                    }
-                };
+                Arena own = ownArena(a, (byteSize, byteAlignment) -> {
+                    java.lang.foreign.MemorySegment s = a.allocate(byteSize, byteAlignment);
+                    return switch (kind) {
+                        case "short" -> s.asSlice(0, byteSize / 2);
+                        case "read-only" -> s.asReadOnly();
+                        default -> java.lang.foreign.MemorySegment.ofArray(new float[(int) (byteSize / 4)]);
+                    };
+                });
                 IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
                         () -> KvCache.allocate(own, 2, 8, 4), kind);
                 assertTrue(e.getMessage().startsWith("KV cache [2, 8, 4]"), kind + ": " + e.getMessage());
             }
         }
+    }
+
+    /** What an arena of one's own hands out, given the size and alignment asked for. */
+    private interface Allocator {
+        java.lang.foreign.MemorySegment allocate(long byteSize, long byteAlignment);
+    }
+
+    /** An arena of one's own: its memory from {@code allocate}, its scope {@code backing}'s, nothing to close. */
+    private static Arena ownArena(Arena backing, Allocator allocate) {
+        return new Arena() {
+            @Override
+            public java.lang.foreign.MemorySegment allocate(long byteSize, long byteAlignment) {
+                return allocate.allocate(byteSize, byteAlignment);
+            }
+
+            @Override
+            public java.lang.foreign.MemorySegment.Scope scope() {
+                return backing.scope();
+            }
+
+            @Override
+            public void close() {
+            }
+        };
     }
 
     /**
@@ -198,24 +210,10 @@ class KvCacheTest {
         try (Arena a = Arena.ofConfined()) {
             java.lang.foreign.MemorySegment block = a.allocate(1 << 12, Tensor.ALIGNMENT);
             for (long shift : new long[] {0, 64}) {
-                Arena own = new Arena() {
-                    private int calls;
-
-                    @Override
-                    public java.lang.foreign.MemorySegment allocate(long byteSize, long byteAlignment) {
-                        // the second allocation starts inside the first (at it, or one cache line on)
-                        return block.asSlice(calls++ == 0 ? 0 : shift, byteSize);
-                    }
-
-                    @Override
-                    public java.lang.foreign.MemorySegment.Scope scope() {
-                        return a.scope();
-                    }
-
-                    @Override
-                    public void close() {
-                    }
-                };
+                int[] calls = {0};
+                // the second allocation starts inside the first (at it, or one cache line on)
+                Arena own = ownArena(a, (byteSize, byteAlignment) -> block.asSlice(calls[0]++ == 0 ? 0 : shift,
+                        byteSize));
                 IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
                         () -> KvCache.allocate(own, 2, 8, 4), "shift " + shift);
                 assertTrue(e.getMessage().startsWith("KV cache [2, 8, 4]"), e.getMessage());

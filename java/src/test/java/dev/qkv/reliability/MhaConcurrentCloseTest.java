@@ -12,20 +12,13 @@ import org.junit.jupiter.api.io.TempDir;
 
 import java.io.IOException;
 import java.lang.foreign.Arena;
-import java.nio.charset.StandardCharsets;
-import java.nio.file.Files;
 import java.nio.file.Path;
-import java.util.List;
 import java.util.Map;
 import java.util.Random;
 import java.util.TreeMap;
 import java.util.concurrent.CountDownLatch;
-import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicReference;
-import java.util.stream.Stream;
 
-import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
  * {@link ConcurrentCloseTest} for the layer: another thread closes the shared arena of exactly one of the caller's
@@ -47,26 +40,7 @@ class MhaConcurrentCloseTest {
     @Test
     void closingAnArenaDuringLayerCallsNamesTheCallersObject(@TempDir Path dir) throws IOException,
             InterruptedException {
-        String javaCmd = ProcessHandle.current().info().command().orElse("java");
-        Process p = new ProcessBuilder(javaCmd, "--enable-native-access=ALL-UNNAMED", "--add-modules",
-                "jdk.incubator.vector", "-XX:ErrorFile=" + dir.resolve("hs_err_%p.log"), "-cp",
-                System.getProperty("java.class.path"), Child.class.getName()).redirectErrorStream(true).start();
-        boolean done = p.waitFor(50, TimeUnit.SECONDS);
-        if (!done) {
-            p.destroyForcibly();
-        }
-        String output = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
-        assertTrue(done, "the child JVM did not return in 50 s (a hang?): " + output);
-        try (Stream<Path> files = Files.list(dir)) {
-            List<Path> crashes = files.filter(f -> f.getFileName().toString().startsWith("hs_err")).toList();
-            assertTrue(crashes.isEmpty(), "the child JVM crashed: " + crashes + "\n" + output);
-        }
-        assertEquals(0, p.exitValue(), output);
-        assertTrue(output.contains("close probe: done"), output);
-        System.out.println(output);
-        for (String line : output.lines().toList()) {
-            assertTrue(!line.startsWith("MISNAMED") && !line.startsWith("UNEXPECTED"), output);
-        }
+        CloseProbes.runChild(Child.class, dir, 50);
     }
 
     /** The child JVM: the races, one line per failure that does not name the caller's object, then a summary. */
