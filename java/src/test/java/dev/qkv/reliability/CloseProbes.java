@@ -43,4 +43,21 @@ final class CloseProbes {
             assertTrue(!line.startsWith("MISNAMED") && !line.startsWith("UNEXPECTED"), output);
         }
     }
+
+    /** Closes {@code doomed} after spinning {@code delayMicros}, again and again while a downcall holds it. */
+    static void closeAfter(java.lang.foreign.Arena doomed, long delayMicros) {
+        long until = System.nanoTime() + delayMicros * 1000L;
+        while (System.nanoTime() < until) {
+            Thread.onSpinWait();
+        }
+        while (true) {
+            try {
+                doomed.close();
+                return;
+            } catch (IllegalStateException busy) {
+                // a downcall holds the arena until it returns: close again
+                Thread.onSpinWait();
+            }
+        }
+    }
 }

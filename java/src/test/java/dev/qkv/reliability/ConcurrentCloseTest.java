@@ -110,19 +110,7 @@ class ConcurrentCloseTest {
             });
             worker.start();
             ready.await();
-            long until = System.nanoTime() + delayMicros * 1000L;
-            while (System.nanoTime() < until) {
-                Thread.onSpinWait();
-            }
-            while (true) {
-                try {
-                    doomed.close();
-                    break;
-                } catch (IllegalStateException busy) {
-                    // a downcall holds the arena until it returns: close again
-                    Thread.onSpinWait();
-                }
-            }
+            CloseProbes.closeAfter(doomed, delayMicros);
             worker.join(60_000);
             String what = backend + " " + VICTIMS[victim];
             if (worker.isAlive()) {

@@ -147,19 +147,7 @@ class MhaConcurrentCloseTest {
             });
             worker.start();
             ready.await();
-            long until = System.nanoTime() + delayMicros * 1000L;
-            while (System.nanoTime() < until) {
-                Thread.onSpinWait();
-            }
-            while (true) {
-                try {
-                    doomed.close();
-                    break;
-                } catch (IllegalStateException busy) {
-                    // a downcall holds the arena until it returns: close again
-                    Thread.onSpinWait();
-                }
-            }
+            CloseProbes.closeAfter(doomed, delayMicros);
             worker.join(20_000);
             String what = backend + " " + (decode ? "decode" : "forward") + " " + victim;
             if (worker.isAlive()) {
