@@ -3,7 +3,9 @@ package dev.qkv.cli;
 import dev.qkv.io.NpyArray;
 import dev.qkv.tensor.Tensor;
 
+import java.io.IOException;
 import java.lang.foreign.Arena;
+import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.SplittableRandom;
 
@@ -22,6 +24,33 @@ final class Inputs {
         if (bytes > physical) {
             throw new UsageException(String.format(java.util.Locale.ROOT, "%s needs %.1f GiB of memory; this machine"
                     + " has %.1f GiB", what, bytes / 1073741824.0, physical / 1073741824.0));
+        }
+    }
+
+    /**
+     * Refuses an output that is one of the inputs, however it is spelt ({@code ./q.npy}, a symbolic link, a hard
+     * link): the atomic write would replace that input with the result. {@code inputs} alternates flag names and
+     * paths ({@code "--q", qPath, ...}); a null path (a flag not given) is skipped, and a path that cannot be compared
+     * (one that does not exist yet) is left to the reader or writer to report.
+     */
+    static void requireOutputIsNoInput(String command, String outFlag, Path out, Object... inputs)
+            throws UsageException {
+        if (!Files.exists(out)) {
+            return;
+        }
+        for (int i = 0; i + 1 < inputs.length; i += 2) {
+            if (inputs[i + 1] instanceof Path in) {
+                boolean same;
+                try {
+                    same = Files.isSameFile(out, in);
+                } catch (IOException | SecurityException e) {
+                    continue;
+                }
+                if (same) {
+                    throw new UsageException(command + ": " + outFlag + " '" + out + "' is the input " + inputs[i]
+                            + " '" + in + "': writing it would replace that input; give the output another name");
+                }
+            }
         }
     }
 

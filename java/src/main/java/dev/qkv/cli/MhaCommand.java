@@ -59,6 +59,8 @@ final class MhaCommand implements Command {
         boolean causal = f.has("causal");
         Path outPath = f.requirePath("out");
         Npy.checkTarget(outPath);
+        Inputs.requireOutputIsNoInput(name(), "--out", outPath, "--x", xPath, "--kv", kvPath, "--weights", wPath,
+                "--mask", maskPath);
         if (backend == Backend.NATIVE) {
             // a missing library becomes one error line here, before any class that needs it is initialised
             OpenBlas.get();

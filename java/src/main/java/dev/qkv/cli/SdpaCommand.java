@@ -51,6 +51,8 @@ final class SdpaCommand implements Command {
         boolean causal = f.has("causal");
         // before any work, so that a long run does not end in vain
         Npy.checkTarget(outPath);
+        Inputs.requireOutputIsNoInput(name(), "--out", outPath, "--q", qPath, "--k", kPath, "--v", vPath, "--mask",
+                maskPath);
 
         Attention attention = Backends.create(backend);
         // shared: the engine's pool threads may only touch memory of a shared (or global/auto) arena

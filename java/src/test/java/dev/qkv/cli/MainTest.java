@@ -381,6 +381,35 @@ class MainTest {
     }
 
     /**
+     * {@code --out} naming one of the inputs replaced that input with the result, exit 0 (found probing the CLI from
+     * outside: {@code sdpa --q q.npy --k k.npy --v v.npy --out q.npy} destroyed q.npy). It is a user error before
+     * any work, whatever spelling reaches the file ({@code ./k.npy}, a symbolic link), and the input is unchanged.
+     */
+    @Test
+    void anOutputThatIsAnInputIsRefusedAndTheInputKept() throws IOException {
+        List<String> args = new ArrayList<>(List.of("sdpa"));
+        args.addAll(inputs(new SplittableRandom(SEED)));
+        Path mask = NpyBytes.writeF4(dir, "mask.npy", new float[(int) (Q[2] * K[2])], Q[2], K[2]);
+        args.addAll(List.of("--mask", mask.toString()));
+        Path q = Path.of(args.get(2));
+        Path k = Path.of(args.get(4));
+        Path v = Path.of(args.get(6));
+        Path link = dir.resolve("link.npy");
+        Files.createSymbolicLink(link, v);
+        Map<String, Path> cases = Map.of("--q", q, "--k", dir.resolve(".").resolve(k.getFileName()), "--v", link,
+                "--mask", mask);
+        for (Map.Entry<String, Path> c : cases.entrySet()) {
+            Path same = c.getValue();
+            byte[] before = Files.readAllBytes(same);
+            List<String> line = new ArrayList<>(args);
+            line.addAll(List.of("--out", same.toString()));
+            assertUserError(run(line.toArray(String[]::new)), "--out '" + same + "' is the input " + c.getKey());
+            assertArrayEquals(before, Files.readAllBytes(same), c.getKey());
+        }
+        assertTrue(Files.isSymbolicLink(link));
+    }
+
+    /**
      * {@code --out results/} names a folder, as it does for every POSIX tool (open(2) fails with EISDIR or ENOENT):
      * Path.of drops the slash, and a missing folder {@code results} used to become a regular file of that name,
      * exit 0. The slash is now a user error, and nothing is written.

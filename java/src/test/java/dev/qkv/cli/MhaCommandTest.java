@@ -15,6 +15,7 @@ import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
+import java.util.Set;
 
 import static dev.qkv.cli.MainTest.assertUserError;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
@@ -115,9 +116,22 @@ class MhaCommandTest {
         assertUserError(mha("--x", x, "--weights", x, "--heads", "4", "--out", y.toString()), "self_x.npy: header");
         assertUserError(mha("--x", x, "--weights", w, "--heads", "4", "--backend", "gpu", "--out", y.toString()),
                 "unknown backend 'gpu'");
+        // --out naming an input replaced it with the result, exit 0: refused, the input left as it was
+        Path xCopy = Files.copy(Path.of(x), dir.resolve("x.npy"));
+        Path wCopy = Files.copy(Path.of(w), dir.resolve("w.safetensors"));
+        Path mCopy = Files.copy(Path.of(fixture("cross_mask.npy")), dir.resolve("m.npy"));
+        Path kvCopy = Files.copy(Path.of(fixture("cross_kv.npy")), dir.resolve("kv.npy"));
+        for (Path same : List.of(xCopy, wCopy, mCopy, kvCopy)) {
+            byte[] before = Files.readAllBytes(same);
+            assertUserError(mha("--x", xCopy.toString(), "--kv", kvCopy.toString(), "--weights", wCopy.toString(),
+                    "--heads", "4", "--mask", mCopy.toString(), "--out", same.toString()),
+                    "--out '" + same + "' is the input --");
+            assertArrayEquals(before, Files.readAllBytes(same), same.toString());
+        }
         assertFalse(Files.exists(y), "no output after an error");
         try (var files = Files.list(dir)) {
-            assertEquals(List.of(bad), files.toList(), "no temporary files left behind");
+            assertEquals(Set.of(bad, xCopy, wCopy, mCopy, kvCopy), Set.copyOf(files.toList()),
+                    "no temporary files left behind");
         }
     }
 }
