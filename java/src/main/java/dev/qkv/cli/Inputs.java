@@ -1,6 +1,7 @@
 package dev.qkv.cli;
 
 import dev.qkv.io.NpyArray;
+import dev.qkv.io.PhysicalMemory;
 import dev.qkv.tensor.Tensor;
 
 import java.io.IOException;
@@ -56,16 +57,7 @@ final class Inputs {
 
     /** Bytes of physical memory (of the container, where there is one), or Long.MAX_VALUE when the JVM cannot say. */
     static long physicalMemory() {
-        try {
-            if (java.lang.management.ManagementFactory.getOperatingSystemMXBean()
-                    instanceof com.sun.management.OperatingSystemMXBean os) {
-                long total = os.getTotalMemorySize();
-                return total > 0 ? total : Long.MAX_VALUE;
-            }
-        } catch (LinkageError e) {
-            // a runtime image without jdk.management: no check
-        }
-        return Long.MAX_VALUE;
+        return PhysicalMemory.bytes();
     }
 
     /**
