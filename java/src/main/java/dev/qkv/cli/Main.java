@@ -56,8 +56,21 @@ public final class Main {
         System.exit(code);
     }
 
-    /** Runs the command line {@code args}, printing to {@code out} and {@code err}, and returns the exit code. */
+    /**
+     * Runs the command line {@code args}, printing to {@code out} and {@code err}, and returns the exit code. A run
+     * that succeeded but could not write {@code out} ({@code > /dev/full}, a closed pipe: a {@link PrintStream}
+     * swallows those errors) lost what it printed, and fails with exit 2, as an output file that cannot be written
+     * does; an output file the command wrote stays.
+     */
     public static int run(String[] args, PrintStream out, PrintStream err) {
+        int code = runCommand(args, out, err);
+        if (code == 0 && out.checkError()) {
+            return fail(err, 2, "standard output cannot be written: what the command printed was lost");
+        }
+        return code;
+    }
+
+    private static int runCommand(String[] args, PrintStream out, PrintStream err) {
         try {
             if (args.length == 0) {
                 return BY_NAME.get(DEFAULT_COMMAND).run(List.of(), out, err);

@@ -73,6 +73,31 @@ class MainTest {
         return new Result(code, out.toString(StandardCharsets.UTF_8), err.toString(StandardCharsets.UTF_8));
     }
 
+    /**
+     * A standard output that cannot be written (`qkv info > /dev/full`, a closed pipe) lost the report, or the
+     * summary and median lines, and the command still exited 0: PrintStream swallows write errors. Now such a run
+     * ends with one {@code error:} line on stderr and exit 2, as an unwritable output file does.
+     */
+    @ParameterizedTest
+    @ValueSource(strings = {"info", "help"})
+    void anUnwritableStandardOutputIsAnError(String command) {
+        ByteArrayOutputStream err = new ByteArrayOutputStream();
+        PrintStream full = new PrintStream(new java.io.OutputStream() {
+            @Override
+            public void write(int b) throws IOException {
+                throw new IOException("No space left on device");
+            }
+        }, true, StandardCharsets.UTF_8);
+        int code;
+        try (PrintStream e = new PrintStream(err, true, StandardCharsets.UTF_8)) {
+            code = Main.run(new String[] {command}, full, e);
+        }
+        String text = err.toString(StandardCharsets.UTF_8);
+        assertEquals(2, code, text);
+        assertEquals(1, text.lines().count(), text);
+        assertTrue(text.startsWith("error: ") && text.contains("standard output"), text);
+    }
+
     /** Asserts a user error: exit 2, nothing on stdout, exactly one {@code error:} line containing {@code text}. */
     static void assertUserError(Result r, String text) {
         assertEquals(2, r.code(), r.toString());
