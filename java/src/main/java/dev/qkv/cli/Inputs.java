@@ -21,7 +21,7 @@ final class Inputs {
      * tensors are filled; a size the shapes make absurd is the user's mistake, to be said in one line.
      */
     static void requireFits(String what, long bytes) throws UsageException {
-        long physical = physicalMemory();
+        long physical = PhysicalMemory.bytes();
         if (bytes > physical) {
             throw new UsageException(String.format(java.util.Locale.ROOT, "%s needs %.1f GiB of memory; this machine"
                     + " has %.1f GiB", what, bytes / 1073741824.0, physical / 1073741824.0));
@@ -53,11 +53,6 @@ final class Inputs {
                 }
             }
         }
-    }
-
-    /** Bytes of physical memory (of the container, where there is one), or Long.MAX_VALUE when the JVM cannot say. */
-    static long physicalMemory() {
-        return PhysicalMemory.bytes();
     }
 
     /**

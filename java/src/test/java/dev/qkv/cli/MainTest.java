@@ -625,7 +625,7 @@ class MainTest {
      */
     @Test
     void tensorsLargerThanTheMachineAreRefusedBeforeAllocation() throws IOException {
-        long physical = Inputs.physicalMemory();
+        long physical = dev.qkv.io.PhysicalMemory.bytes();
         assumeTrue(physical < 1L << 44, "physical memory unknown or over 16 TiB");
         long d = 1 << 20;
         long l = (long) Math.ceil(1.5 * physical / (4.0 * Float.BYTES * d));
