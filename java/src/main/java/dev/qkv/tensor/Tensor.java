@@ -521,8 +521,8 @@ public final class Tensor {
     private RuntimeException unusable(RuntimeException e) {
         try {
             requireUsable("tensor");
-            if (e instanceof IllegalArgumentException && segment.isReadOnly()) {
-                requireWritable();
+            if (e instanceof IllegalArgumentException) {
+                requireWritable(); // throws only for read-only memory
             }
         } catch (IllegalStateException | WrongThreadException | IllegalArgumentException named) {
             named.initCause(e);
