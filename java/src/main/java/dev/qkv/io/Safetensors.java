@@ -163,8 +163,9 @@ public final class Safetensors {
      * Validates the header of {@code file}; {@link Load#COPY} keeps the file open and {@link Load#MAPPED} maps it
      * read-only, in both cases until {@code arena} is closed.
      *
-     * @throws SafetensorsException for a malformed header, naming the file and the tensor at fault, or an
-     *                              {@code arena} closed or confined to another thread
+     * @throws SafetensorsException for a malformed header, naming the file and the tensor at fault, an
+     *                              {@code arena} closed or confined to another thread, or (MAPPED) a file the
+     *                              address space cannot map
      * @throws IOException          when the file cannot be read
      */
     public static Safetensors open(Path file, Arena arena, Load load) throws IOException {
@@ -221,6 +222,10 @@ public final class Safetensors {
                     mapped = ch.map(FileChannel.MapMode.READ_ONLY, 0, size, arena);
                 } catch (WrongThreadException e) {
                     throw fail(file, "the arena given to open is confined to another thread");
+                } catch (IOException e) {
+                    // the JDK says only "Map failed" (mmap refused: ulimit -v, vm.max_map_count, address space)
+                    throw new SafetensorsException(file + ": cannot map its " + size + " bytes into memory ("
+                            + e.getMessage() + "); Load.COPY reads each tensor instead", e);
                 }
                 return new Safetensors(file, load, mapped.asSlice(dataStart, dataSize), null, dataStart, entries,
                         Collections.unmodifiableMap(meta));
