@@ -418,7 +418,8 @@ public final class MultiHeadAttention {
      * chunk) to {@code cache}, then attends the {@code n} new query rows to everything cached, causal
      * bottom-right, writing {@code out [1, n, E]}. Equal to the last {@code n} rows of a causal
      * {@link #forward} over the whole sequence so far. {@code ws} must come from {@link #newWorkspace}
-     * {@code (arena, 1, n, cache.capacity())} or larger.
+     * {@code (arena, 1, n, cache.capacity())} or larger. The scores are scaled by {@code 1/√Dh}; see
+     * {@link #decode(Tensor, KvCache, Tensor, SdpaOptions, MhaWorkspace)} for another scale.
      *
      * @throws IllegalStateException when the cache has no room for {@code n} more positions (nothing is appended), or
      *                               when another decode step is using the cache; or, naming the caller's object
@@ -428,11 +429,32 @@ public final class MultiHeadAttention {
      * @throws NullPointerException  when an argument is null (the message names it), before the cache is taken
      */
     public void decode(Tensor x, KvCache cache, Tensor out, MhaWorkspace ws) {
+        decode(x, cache, out, SdpaOptions.CAUSAL, ws);
+    }
+
+    /**
+     * {@link #decode(Tensor, KvCache, Tensor, MhaWorkspace)} with the scale of {@code options}: a layer whose
+     * {@link #forward} runs with {@code SdpaOptions.CAUSAL.withScale(s)} decodes with the same options, and each
+     * step's rows then equal the last rows of that forward over the whole sequence so far. A step is causal,
+     * aligned bottom-right, and takes no mask, so {@code options} must be causal and carry no mask.
+     *
+     * @throws IllegalArgumentException when {@code options} are not causal or carry a mask (nothing is appended)
+     * @throws IllegalStateException    as {@link #decode(Tensor, KvCache, Tensor, MhaWorkspace)}
+     * @throws NullPointerException     when an argument is null (the message names it), before the cache is taken
+     */
+    public void decode(Tensor x, KvCache cache, Tensor out, SdpaOptions options, MhaWorkspace ws) {
         // the API's rule for null (see the class comment), on every backend
         Objects.requireNonNull(x, "x is null");
         Objects.requireNonNull(cache, "cache is null");
         Objects.requireNonNull(out, "out is null");
+        Objects.requireNonNull(options, "options is null");
         Objects.requireNonNull(ws, "ws is null (make one with newWorkspace)");
+        if (!options.causal() || options.mask() != null) {
+            throw new IllegalArgumentException("options: a decode step is causal, aligned bottom-right, and takes no"
+                    + " mask; only their scale may differ from SdpaOptions.CAUSAL (got "
+                    + (options.causal() ? "a mask" : options.mask() == null ? "not causal" : "not causal, a mask")
+                    + ")");
+        }
         // a step reads the cache's length, appends after it and advances it: two steps at once on one cache
         // would append at the same positions, and count both
         if (!cache.acquire()) {
@@ -444,7 +466,7 @@ public final class MultiHeadAttention {
             try {
                 PerThread.Lease lease = PerThread.enter();
                 try {
-                    decodeIn(x, cache, out, ws);
+                    decodeIn(x, cache, out, options, ws);
                 } catch (IllegalStateException e) {
                     throw closedDuringCall(e, x, null, out, null, ws, cache);
                 } finally {
@@ -510,7 +532,7 @@ public final class MultiHeadAttention {
         }
     }
 
-    private void decodeIn(Tensor x, KvCache cache, Tensor out, MhaWorkspace ws) {
+    private void decodeIn(Tensor x, KvCache cache, Tensor out, SdpaOptions options, MhaWorkspace ws) {
         check3("x", x, 1, -1);
         long n = x.size(1);
         check3("out", out, 1, n);
@@ -561,8 +583,7 @@ public final class MultiHeadAttention {
                 cache.store(false, g, before + t, seg, src + kvd, dh);
             }
         }
-        attention.sdpa(ws.q(), cache.keysAt(len), cache.valuesAt(len), ws.a(), SdpaOptions.CAUSAL,
-                ws.attention());
+        attention.sdpa(ws.q(), cache.keysAt(len), cache.valuesAt(len), ws.a(), options, ws.attention());
         outputProjection(ws, seg, aOff, 1, ni, out);
         cache.advance(ni);
     }

@@ -1,6 +1,7 @@
 package dev.qkv.mha;
 
 import dev.qkv.attention.Backend;
+import dev.qkv.attention.Mask;
 import dev.qkv.attention.SdpaOptions;
 import dev.qkv.tensor.Tensor;
 import org.junit.jupiter.api.Test;
@@ -56,6 +57,76 @@ class KvCacheTest {
                     backend + " seed=" + seed + " E=" + e + " H=" + h + " Hkv=" + hkv + " steps=" + Arrays.toString(steps));
             assertArrayEquals(new long[] {1, hkv, total, e / h}, cache.keys().shape());
         }
+    }
+
+    /**
+     * Decode steps with a scale other than 1/√Dh (including 0, where every visible key weighs the same) equal one
+     * causal pass of the reference backend with that scale; a step's options may differ from CAUSAL only there.
+     */
+    @ParameterizedTest
+    @EnumSource(Backend.class)
+    void decodeWithAScaleEqualsOneCausalPassWithThatScale(Backend backend) {
+        int e = 32;
+        int total = 12;
+        int[] steps = {5, 1, 3, 1, 2};
+        for (float scale : new float[] {1.7f, 0f, -0.3f}) {
+            try (Arena a = Arena.ofConfined()) {
+                Random r = new Random(22);
+                MhaWeights w = MultiHeadAttentionTest.weights(a, r, e, 4, 2, true, backend == Backend.NATIVE);
+                Tensor x = rand(a, r, 1f, 1, total, e);
+                SdpaOptions options = SdpaOptions.CAUSAL.withScale(scale);
+                Tensor full = Tensor.allocate(a, 1, total, e);
+                MhaTestSupport.referenceForward(w, x, null, full, options);
+                Tensor plain = Tensor.allocate(a, 1, total, e);
+                MhaTestSupport.referenceForward(w, x, null, plain, SdpaOptions.CAUSAL);
+                // the scale changes the result (else this test could not tell it was ignored)
+                assertTrue(maxDiff(full.toArray(), plain.toArray()) > 1e-3, "scale " + scale + " changes nothing");
+
+                MultiHeadAttention layer = MultiHeadAttention.create(w, backend);
+                KvCache cache = layer.newCache(a, 16);
+                MhaWorkspace ws = layer.newWorkspace(a, 1, 5, cache.capacity());
+                Tensor out = Tensor.allocate(a, 1, total, e).fill(Float.NaN);
+                int at = 0;
+                for (int n : steps) {
+                    layer.decode(x.slice(1, at, at + n), cache, out.slice(1, at, at + n), options, ws);
+                    at += n;
+                }
+                assertClose(full.toArray(), out.toArray(), MultiHeadAttentionTest.atol(e, total), 1e-4,
+                        backend + " scale=" + scale);
+            }
+        }
+    }
+
+    @Test
+    void decodeRefusesOptionsThatAreNotCausalOrCarryAMaskBeforeAppending() {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(23);
+            MhaWeights w = MultiHeadAttentionTest.weights(a, r, 16, 2, 2, false, false);
+            MultiHeadAttention layer = MultiHeadAttention.create(w, Backend.JAVA);
+            KvCache cache = layer.newCache(a, 8);
+            MhaWorkspace ws = layer.newWorkspace(a, 1, 2, cache.capacity());
+            Tensor x = rand(a, r, 1f, 1, 2, 16);
+            Tensor out = Tensor.allocate(a, 1, 2, 16).fill(Float.NaN);
+            Mask mask = Mask.allowed(Tensor.allocate(a, 2, 2).fill(1f));
+            for (SdpaOptions bad : new SdpaOptions[] {SdpaOptions.DEFAULT, SdpaOptions.DEFAULT.withScale(0.5f),
+                    SdpaOptions.CAUSAL.withMask(mask), SdpaOptions.DEFAULT.withMask(mask)}) {
+                IllegalArgumentException ex = assertThrows(IllegalArgumentException.class,
+                        () -> layer.decode(x, cache, out, bad, ws), bad.toString());
+                assertTrue(ex.getMessage().startsWith("options: a decode step is causal"), ex.getMessage());
+                assertEquals(0, cache.length(), "nothing appended");
+                assertTrue(Float.isNaN(out.toArray()[0]), "out untouched");
+            }
+            layer.decode(x, cache, out, SdpaOptions.CAUSAL.withScale(0.5f), ws);
+            assertEquals(2, cache.length());
+        }
+    }
+
+    private static double maxDiff(float[] a, float[] b) {
+        double m = 0;
+        for (int i = 0; i < a.length; i++) {
+            m = Math.max(m, Math.abs((double) a[i] - b[i]));
+        }
+        return m;
     }
 
     @Test

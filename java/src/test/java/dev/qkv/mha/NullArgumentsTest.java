@@ -128,6 +128,11 @@ class NullArgumentsTest {
             isNull("cache", () -> layer.decode(x, null, out, ws));
             isNull("out", () -> layer.decode(x, cache, null, ws));
             isNull("ws", () -> layer.decode(x, cache, out, null));
+            isNull("x", () -> layer.decode(null, cache, out, o, ws));
+            isNull("cache", () -> layer.decode(x, null, out, o, ws));
+            isNull("out", () -> layer.decode(x, cache, null, o, ws));
+            isNull("options", () -> layer.decode(x, cache, out, null, ws));
+            isNull("ws", () -> layer.decode(x, cache, out, o, null));
             untouched(out);
             assertEquals(0, cache.length());
             isNull("arena", () -> layer.newWorkspace(null, 1, 1, 1));
