@@ -574,7 +574,9 @@ public final class Tensor {
                 nested = false;
                 break;
             }
-            span = st * shape[dims[i]];
+            // the extent so far: one past the farthest address of the dimensions taken (st · size overstated it,
+            // and a nested view past the enumeration bound was reported as not distinct)
+            span += st * (shape[dims[i]] - 1);
         }
         if (nested) {
             return true;

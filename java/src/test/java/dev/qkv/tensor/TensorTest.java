@@ -606,6 +606,41 @@ class TensorTest {
         }
     }
 
+    /**
+     * The javadoc's rule: strides that nest (each at least the extent of the dimensions below it, gaps counted
+     * as they fall) give distinct addresses without enumeration, however many elements. Strides 1, 3, 5 over sizes
+     * of 2 reach 0..9 with gaps (extents 2, 5, 10), so a fourth stride of 10 nests; the check measured each
+     * extent as stride times size (2, 6, 10), found 5 &lt; 6, and past 2^20 elements answered a conservative false,
+     * so copyFrom refused a view whose addresses are distinct.
+     */
+    @Test
+    void nestedStridesWithGapsAreDistinctPastTheEnumerationBound() {
+        try (Arena a = Arena.ofConfined()) {
+            long outer = 1 << 18; // 2^21 elements in all: past the 2^20 the check enumerates
+            long[] shape = {outer, 2, 2, 2};
+            long[] strides = {10, 5, 3, 1};
+            MemorySegment seg = a.allocate((10 * outer) * Float.BYTES, 64);
+            Tensor t = Tensor.view(seg, 0, shape, strides);
+            assertTrue(t.hasDistinctAddresses(), t.toString());
+            float[] values = new float[(int) t.elementCount()];
+            for (int i = 0; i < values.length; i++) {
+                values[i] = i;
+            }
+            t.copyFrom(values);
+            // element [i, b, c, d] at 10i + 5b + 3c + d holds its row-major index 8i + 4b + 2c + d
+            for (long i : new long[] {0, 1, outer - 1}) {
+                for (int b = 0; b < 2; b++) {
+                    for (int c = 0; c < 2; c++) {
+                        for (int d = 0; d < 2; d++) {
+                            assertEquals(8 * i + 4 * b + 2 * c + d,
+                                    seg.getAtIndex(ValueLayout.JAVA_FLOAT, 10 * i + 5 * b + 3 * c + d));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /** hasDistinctAddresses against the set of addresses, enumerated here, over random small views. */
     @Test
     void distinctAddressesMatchEnumeration() {
