@@ -221,7 +221,9 @@ final class SdpaArgs {
                 throw new IllegalArgumentException(out.describe("out") + " with strides "
                         + java.util.Arrays.toString(out.strides()) + " maps several elements to one address");
             }
-            span = out.stride(best) * out.size(best);
+            // the extent so far, gaps included as they fall: stride · size overstated it, and refused outputs
+            // whose rows or heads start right where the last element before them ends
+            span += out.stride(best) * (out.size(best) - 1);
         }
     }
 }

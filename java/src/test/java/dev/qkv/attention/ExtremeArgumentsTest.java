@@ -71,6 +71,30 @@ class ExtremeArgumentsTest {
     }
 
     /**
+     * An output whose elements have distinct addresses is accepted, whatever the spacing of its strides: heads 5
+     * floats apart, rows 3 apart, Dv = 2 (addresses 0, 1, 3, 4 and 5, 6, 8, 9). The check measured each
+     * dimension's extent as stride times size (rows: 6 &gt; 5) and refused it as "maps several elements to one
+     * address", which it does not. Compared with the reference into a contiguous output.
+     */
+    @ParameterizedTest
+    @EnumSource(Backend.class)
+    void anOutputWithGapsBetweenItsRowsAndHeadsIsAccepted(Backend backend) {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(17);
+            Tensor q = Fixtures.random(a, r, 1, 2, 2, 3);
+            Tensor k = Fixtures.random(a, r, 1, 2, 4, 3);
+            Tensor v = Fixtures.random(a, r, 1, 2, 4, 2);
+            MemorySegment seg = a.allocate(10 * Float.BYTES, 64);
+            Tensor out = Tensor.view(seg, 0, new long[] {1, 2, 2, 2}, new long[] {16, 5, 3, 1}).fill(Float.NaN);
+            Tensor want = Tensor.allocate(a, 1, 2, 2, 2);
+            Attention.create(Backend.REFERENCE).sdpa(q, k, v, want, SdpaOptions.CAUSAL);
+            Attention.create(backend).sdpa(q, k, v, out, SdpaOptions.CAUSAL);
+            Fixtures.assertClose(backend + " out strides [16, 5, 3, 1]", out.shape(), out.toArray(), want.toArray(),
+                    Fixtures.tol(3, 4, 1), Fixtures.tol(3, 4, 1));
+        }
+    }
+
+    /**
      * Scratch of more bytes than a long holds (k of 2^62 floats repeated from one, to be packed) is an
      * IllegalArgumentException naming the tensors, from plan, workspaceBytes and sdpa alike; it was an
      * ArithmeticException, or an IndexOutOfBoundsException after a wrapped size.
