@@ -880,7 +880,9 @@ public final class MultiHeadAttention {
         long inner = rowsInner ? s1 : s0;
         long innerCount = rowsInner ? n1 : n0;
         long outer = rowsInner ? s0 : s1;
-        return inner < e || outer / innerCount < inner;
+        // the outer step must clear the inner rows' extent, (count - 1)·inner + E: innerCount·inner (as it was)
+        // refused batches that start where the last row before them ends
+        return inner < e || outer < (innerCount - 1) * inner + e;
     }
 
     /**

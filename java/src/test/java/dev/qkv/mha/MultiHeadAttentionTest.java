@@ -8,6 +8,7 @@ import org.junit.jupiter.api.Named;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
+import org.junit.jupiter.params.provider.EnumSource;
 import org.junit.jupiter.params.provider.MethodSource;
 
 import java.lang.foreign.Arena;
@@ -214,6 +215,34 @@ class MultiHeadAttentionTest {
                     assertClose(ref.toArray(), out.toArray(), atol(e, l), 1e-4, be + (keys == null ? " self" : " cross"));
                 }
             }
+        }
+    }
+
+    /**
+     * An output whose rows are padded and whose batches start right after the last row of the one before (no
+     * padding after it) has disjoint rows: the batch stride is the rows' whole extent, {@code (L - 1)·P + E}, as
+     * the layer's rule says ("the other at least its whole extent"). The check wanted {@code L·P} instead and
+     * refused it as "two rows share memory". Compared with the reference into a contiguous output.
+     */
+    @ParameterizedTest
+    @EnumSource(Backend.class)
+    void anOutputWhoseBatchesFollowTheirLastRowIsAccepted(Backend backend) {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(13);
+            int b = 2;
+            int l = 3;
+            int e = 16;
+            long pad = e + 3;
+            long batch = (l - 1) * pad + e;
+            MhaWeights w = weights(a, r, e, 4, 2, true, true);
+            Tensor x = rand(a, r, 1f, b, l, e);
+            Tensor ref = Tensor.allocate(a, b, l, e);
+            MhaTestSupport.referenceForward(w, x, null, ref, SdpaOptions.CAUSAL);
+            MemorySegment seg = a.allocate((b * batch) * Float.BYTES, 64);
+            Tensor out = Tensor.view(seg, 0, new long[] {b, l, e}, new long[] {batch, pad, 1}).fill(Float.NaN);
+            MultiHeadAttention layer = MultiHeadAttention.create(w, backend);
+            layer.forward(x, out, SdpaOptions.CAUSAL, layer.newWorkspace(a, b, l, l));
+            assertClose(ref.toArray(), out.toArray(), atol(e, l), 1e-4, backend + " out strides " + batch + ", " + pad);
         }
     }
 
