@@ -832,7 +832,9 @@ public final class MultiHeadAttention {
                     + e + "]";
             throw new IllegalArgumentException(t.describe(name) + ": expected " + want + " (E=" + e + ", H=" + h + ")");
         }
-        if (e > 1 && t.stride(2) != 1 || t.size(0) > 0 && t.size(1) > 1 && t.stride(1) < e) {
+        // an empty tensor reaches no element: any strides and any memory (README, failure contract)
+        boolean empty = t.size(0) == 0 || t.size(1) == 0;
+        if (!empty && (e > 1 && t.stride(2) != 1 || t.size(1) > 1 && t.stride(1) < e)) {
             throw new IllegalArgumentException(t.describe(name) + " with strides " + java.util.Arrays.toString(t.strides())
                     + ": rows must have unit stride along E and must not overlap");
         }
@@ -850,7 +852,7 @@ public final class MultiHeadAttention {
                         + java.util.Arrays.toString(t.strides()) + ": two rows share memory");
             }
         }
-        if (backend == Backend.NATIVE && !SgemmArgs.blasReady(t.segment())) {
+        if (backend == Backend.NATIVE && !empty && !SgemmArgs.blasReady(t.segment())) {
             throw new IllegalArgumentException(t.describe(name) + notForBlas(t.segment()));
         }
     }

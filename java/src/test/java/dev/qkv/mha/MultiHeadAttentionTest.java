@@ -193,6 +193,47 @@ class MultiHeadAttentionTest {
         }
     }
 
+    /**
+     * The failure contract: a tensor with a dimension of 0 is accepted whatever its strides, zero strides and heap
+     * memory on the native backend included, since nothing of it is read, written or handed to OpenBLAS. The
+     * layer refused such x, kv and out: heap memory on NATIVE ("a heap segment"), and on every backend strides
+     * that are not 1 along E ("rows must have unit stride along E"), which an empty view does not need. With an
+     * empty kv and query rows, no row has a key to attend: the heads' output is zeros, so out is b_O in every
+     * row (checked against that closed form); an empty batch or decode chunk writes nothing.
+     */
+    @ParameterizedTest
+    @EnumSource(Backend.class)
+    void emptyTensorsAreAcceptedWhateverTheirMemoryAndStrides(Backend backend) {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(19);
+            int e = 16;
+            MhaWeights w = weights(a, r, e, 4, 2, true, true);
+            MultiHeadAttention layer = MultiHeadAttention.create(w, backend);
+            MhaWorkspace ws = layer.newWorkspace(a, 2, 3, 3);
+            java.util.function.Function<long[], Tensor> heap =
+                    s -> Tensor.view(MemorySegment.ofArray(new float[1]), 0, s, new long[s.length]);
+            java.util.function.Function<long[], Tensor> zero =
+                    s -> Tensor.view(a.allocate(64, 64), 0, s, new long[s.length]);
+            for (var empty : List.of(heap, zero)) {
+                layer.forward(empty.apply(new long[] {0, 3, e}), empty.apply(new long[] {0, 3, e}),
+                        SdpaOptions.CAUSAL, ws);
+                layer.forward(empty.apply(new long[] {2, 0, e}), rand(a, r, 1f, 2, 5, e),
+                        empty.apply(new long[] {2, 0, e}), SdpaOptions.DEFAULT, ws);
+                Tensor x = rand(a, r, 1f, 2, 3, e);
+                Tensor out = Tensor.allocate(a, 2, 3, e).fill(Float.NaN);
+                layer.forward(x, empty.apply(new long[] {2, 0, e}), out, SdpaOptions.DEFAULT, ws);
+                float[] bo = w.bo().toArray();
+                float[] got = out.toArray();
+                for (int i = 0; i < got.length; i++) {
+                    assertEquals(bo[i % e], got[i], 1e-6, backend + ": no key to attend, out row = b_O, at " + i);
+                }
+                KvCache cache = layer.newCache(a, 4);
+                layer.decode(empty.apply(new long[] {1, 0, e}), cache, empty.apply(new long[] {1, 0, e}), ws);
+                assertEquals(0, cache.length());
+            }
+        }
+    }
+
     @Test
     void nonContiguousInputsAndOutputsUseTheirStrides() {
         try (Arena a = Arena.ofConfined()) {
