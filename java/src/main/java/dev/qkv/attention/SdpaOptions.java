@@ -11,7 +11,8 @@ package dev.qkv.attention;
  *
  * @param causal whether the causal rule applies
  * @param mask   an extra mask combined with the causal rule, or {@code null}
- * @param scale  the factor applied to {@code q·kᵀ}; {@code NaN} means the default {@code 1/√Dk}
+ * @param scale  the factor applied to {@code q·kᵀ}; {@code NaN} means the default {@code 1/√Dk}, which a call with
+ *               {@code Dk = 0} refuses ({@link IllegalArgumentException}: give a scale)
  */
 public record SdpaOptions(boolean causal, Mask mask, float scale) {
 
