@@ -369,6 +369,7 @@ public final class Attention {
     /**
      * Attention on the given backend with at most {@code threads} threads per call.
      *
+     * @throws IllegalArgumentException when {@code threads < 1}
      * @throws dev.qkv.blas.BlasUnavailableException as {@link #create(Backend)}
      */
     public static Attention create(Backend backend, int threads) {
@@ -399,6 +400,8 @@ public final class Attention {
         /**
          * At most this many threads per call (the caller included); capped at the cores. {@link Backend#REFERENCE}
          * runs on its caller alone (see {@link Attention#threads()}).
+         *
+         * @throws IllegalArgumentException when {@code n < 1}
          */
         public Builder threads(int n) {
             if (n < 1) {
@@ -412,6 +415,8 @@ public final class Attention {
          * At most this many bytes of scratch (off-heap workspace plus the Java backend's heap panels) per call;
          * block rows, then workers, are lowered to fit, and a call that cannot fit even one worker with 8-row
          * blocks is rejected.
+         *
+         * @throws IllegalArgumentException when {@code bytes < 1}
          */
         public Builder workspaceBudget(long bytes) {
             if (bytes < 1) {

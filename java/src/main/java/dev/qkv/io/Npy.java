@@ -385,6 +385,8 @@ public final class Npy {
      * @throws WrongThreadException  when the tensor's arena is confined to another thread
      * @throws NoSuchFileException when the folder of {@code file} does not exist
      * @throws IOException         when writing or renaming fails (the temporary file is removed)
+     * @throws IllegalArgumentException for a tensor of more than 64 dimensions (numpy's limit, and
+     *                             {@link #read}'s), before any file exists
      */
     public static void write(Path file, Tensor tensor) throws IOException {
         Objects.requireNonNull(file, "file is null");

@@ -80,7 +80,14 @@ public final class KvCache {
         return allValues;
     }
 
-    /** An empty cache for {@code capacity} positions of {@code kvHeads} heads of {@code headDim}, from {@code arena}. */
+    /**
+     * An empty cache for {@code capacity} positions of {@code kvHeads} heads of {@code headDim}, from {@code arena}.
+     *
+     * @throws IllegalArgumentException naming the shape ({@code KV cache [Hkv, capacity, Dh]}) when a size is not
+     *                                  positive or its bytes overflow a long, or when the arena (one of one's own)
+     *                                  gives memory that is not writable, off-heap and of that size, or the same
+     *                                  memory for K and V
+     */
     public static KvCache allocate(Arena arena, int kvHeads, int capacity, int headDim) {
         Objects.requireNonNull(arena, "arena is null");
         if (kvHeads <= 0 || capacity <= 0 || headDim <= 0) {

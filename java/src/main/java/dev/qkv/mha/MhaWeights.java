@@ -143,6 +143,7 @@ public final class MhaWeights {
      * @param kvHeads the number of key/value heads, or 0 to infer it from the shapes
      * @param arena   where the tensors are copied; required even when a mapping leaves every tensor in place
      * @throws SafetensorsException naming the file and tensor when a tensor is missing or its shape does not fit
+     * @throws IllegalArgumentException when {@code heads < 1} or {@code kvHeads < 0}
      */
     public static MhaWeights load(Safetensors st, String prefix, int heads, int kvHeads, Arena arena)
             throws SafetensorsException {

@@ -261,7 +261,12 @@ public final class MultiHeadAttention {
         return ws;
     }
 
-    /** An empty KV cache for one sequence of up to {@code capacity} positions, shaped for this layer. */
+    /**
+     * An empty KV cache for one sequence of up to {@code capacity} positions, shaped for this layer.
+     *
+     * @throws IllegalArgumentException when {@code capacity < 1}, or the arena's memory is refused, as by
+     *                                  {@link KvCache#allocate}; or when the arena gives it over the layer's weights
+     */
     public KvCache newCache(Arena arena, int capacity) {
         KvCache cache = KvCache.allocate(arena, hkv, capacity, dh);
         requireClearOfWeights(null, cache);

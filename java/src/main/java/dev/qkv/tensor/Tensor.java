@@ -680,7 +680,12 @@ public final class Tensor {
         return this;
     }
 
-    /** The elements in row-major order of this tensor's shape, as a new array. */
+    /**
+     * The elements in row-major order of this tensor's shape, as a new array.
+     *
+     * @throws IllegalStateException when the tensor has more elements than a {@code float[]} holds, or its arena is
+     *                               closed ({@link WrongThreadException} when it is confined to another thread)
+     */
     public float[] toArray() {
         requireUsable("tensor");
         long n = elementCount();

@@ -144,6 +144,19 @@ class AttentionArgumentsTest {
         assertDoesNotThrow(() -> SdpaOptions.DEFAULT.withScale(-0.5f));
     }
 
+    /** Fewer than one thread, or a budget of no bytes, is refused by create and the builder alike. */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("backends")
+    void threadsAndBudgetBelowOneAreRefused(Backend backend) {
+        for (int n : new int[] {0, -3}) {
+            rejects(IllegalArgumentException.class, null, () -> Attention.create(backend, n), "threads must be >= 1");
+            rejects(IllegalArgumentException.class, null, () -> Attention.builder().backend(backend).threads(n),
+                    "threads must be >= 1");
+        }
+        rejects(IllegalArgumentException.class, null, () -> Attention.builder().workspaceBudget(0), "budget");
+        assertTrue(Attention.create(backend, 1).threads() == 1);
+    }
+
     @ParameterizedTest(name = "{0}")
     @MethodSource("backends")
     void defaultScaleNeedsPositiveDk(Backend backend) {

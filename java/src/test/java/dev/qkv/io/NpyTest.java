@@ -424,6 +424,27 @@ class NpyTest {
         }
     }
 
+    /** A tensor of more dimensions than numpy (and read) take is refused before any file exists. */
+    @Test
+    void writeOfMoreThan64DimensionsIsRefusedBeforeTouchingDisk() throws IOException {
+        Path p = dir.resolve("deep.npy");
+        try (Arena arena = Arena.ofConfined()) {
+            long[] shape = new long[65];
+            Arrays.fill(shape, 1);
+            Tensor t = Tensor.allocate(arena, shape);
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> Npy.write(p, t));
+            assertTrue(e.getMessage().contains("65 dimensions") && e.getMessage().contains("at most 64"),
+                    e.getMessage());
+            assertFalse(Files.exists(p));
+            try (var files = Files.list(dir)) {
+                assertEquals(0, files.count(), "no temporary file either");
+            }
+            // 64 is numpy's limit and still written
+            Npy.write(p, Tensor.allocate(arena, Arrays.copyOf(shape, 64)));
+            assertEquals(64, Npy.read(p, arena).tensor().rank());
+        }
+    }
+
     @Test
     void writeIntoMissingFolderFailsAndCreatesNothing() throws IOException {
         try (Arena arena = Arena.ofConfined()) {

@@ -182,6 +182,23 @@ class KvCacheTest {
         }
     }
 
+    /** A cache of no positions, heads or head size is refused, naming its shape (KvCache.allocate, newCache). */
+    @Test
+    void aCacheNeedsPositiveSizes() {
+        try (Arena a = Arena.ofConfined()) {
+            for (int[] s : new int[][] {{0, 4, 8}, {2, 0, 8}, {2, 4, 0}, {-1, 4, 8}}) {
+                IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                        () -> KvCache.allocate(a, s[0], s[1], s[2]));
+                assertTrue(e.getMessage().startsWith("KV cache [" + s[0] + ", " + s[1] + ", " + s[2] + "]"),
+                        e.getMessage());
+            }
+            MultiHeadAttention layer = MultiHeadAttention.create(
+                    MultiHeadAttentionTest.weights(a, new Random(3), 16, 4, 2, false, true), Backend.JAVA);
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> layer.newCache(a, 0));
+            assertTrue(e.getMessage().startsWith("KV cache [2, 0, 4]"), e.getMessage());
+        }
+    }
+
     @Test
     void capacityIsEnforcedAndResetStartsOver() {
         try (Arena a = Arena.ofConfined()) {

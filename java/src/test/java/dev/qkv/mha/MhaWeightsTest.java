@@ -150,6 +150,23 @@ class MhaWeightsTest {
         }
     }
 
+    /** Head counts outside their range are a wrong argument (IllegalArgumentException), not a file's fault. */
+    @Test
+    void headCountsOutOfRangeAreIllegalArguments() throws IOException {
+        try (Arena a = Arena.ofConfined()) {
+            Path f = dir.resolve("heads.safetensors");
+            MhaTestSupport.writeF32(f, torchNames(a, new Random(9), ""));
+            Safetensors st = Safetensors.open(f, a);
+            IllegalArgumentException none = assertThrows(IllegalArgumentException.class,
+                    () -> MhaWeights.load(st, "", 0, 0, a));
+            assertContains(none.getMessage(), "heads must be positive, got 0");
+            IllegalArgumentException negative = assertThrows(IllegalArgumentException.class,
+                    () -> MhaWeights.load(st, "", H, -1, a));
+            assertContains(negative.getMessage(), "got -1");
+            assertEquals(H, MhaWeights.load(st, "", H, 0, a).heads(), "the file itself loads");
+        }
+    }
+
     @Test
     void shapesThatDoNotFitAreRejectedNamingFileAndTensor() throws IOException {
         try (Arena a = Arena.ofConfined()) {

@@ -641,6 +641,20 @@ class TensorTest {
         }
     }
 
+    /**
+     * toArray of more elements than a float[] holds (a view repeating one float) is an IllegalStateException naming
+     * the shape, before any allocation.
+     */
+    @Test
+    void toArrayOfMoreElementsThanAnArrayHoldsIsRefused() {
+        try (Arena a = Arena.ofConfined()) {
+            Tensor big = Tensor.view(a.allocate(64, 64), 0, new long[] {2, 1L << 30}, new long[] {0, 0});
+            IllegalStateException e = assertThrows(IllegalStateException.class, big::toArray);
+            assertTrue(e.getMessage().contains("[2, 1073741824]") && e.getMessage().contains("float[]"),
+                    e.getMessage());
+        }
+    }
+
     /** hasDistinctAddresses against the set of addresses, enumerated here, over random small views. */
     @Test
     void distinctAddressesMatchEnumeration() {
