@@ -14,6 +14,7 @@ import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.List;
 import java.util.stream.Stream;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
@@ -84,6 +85,29 @@ class SafetensorsTest {
                 assertArrayEquals(a, ta.toArray(), load.toString());
                 assertEquals(42f, st.tensor("b", arena).toArray()[0]);
                 assertFalse(st.contains("c"));
+            }
+        }
+    }
+
+    /**
+     * entries() is in header order (its javadoc), not by name nor by data offset; metadata() is empty when the
+     * header has none, or null as the reference implementation allows; both are read-only views.
+     */
+    @Test
+    void entriesKeepHeaderOrderAndMetadataMayBeAbsent() throws IOException {
+        for (String meta : new String[] {"", "\"__metadata__\":null,"}) {
+            String header = "{" + meta + "\"z\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,12]},"
+                    + "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]},"
+                    + "\"m\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}";
+            Path p = write("order.safetensors", file(header, floats(1f, 2f, 3f)));
+            try (Arena arena = Arena.ofConfined()) {
+                Safetensors st = Safetensors.open(p, arena);
+                assertEquals(List.of("z", "a", "m"), List.copyOf(st.entries().keySet()), header);
+                assertEquals(3f, st.tensor("z", arena).get(0));
+                assertEquals(1f, st.tensor("m", arena).get(0));
+                assertTrue(st.metadata().isEmpty(), header);
+                assertThrows(UnsupportedOperationException.class, () -> st.entries().clear());
+                assertThrows(UnsupportedOperationException.class, () -> st.metadata().put("k", "v"));
             }
         }
     }
