@@ -660,8 +660,14 @@ public final class Attention {
      * head's rows per worker: a few-query call with grouped kv heads plans every head of a group together
      * ({@link #workspaceBytes(Tensor, Tensor, Tensor, Tensor, SdpaOptions)} can then exceed this bound), and given
      * a workspace of this size runs one head per task instead.
+     *
+     * @throws IllegalArgumentException when {@code lq} or {@code lk} is negative, or the bytes overflow a long
      */
     public long scoreTileBytes(long lq, long lk) {
+        if (lq < 0 || lk < 0) {
+            // no call has a negative length: the size for one row or key was returned for it
+            throw new IllegalArgumentException("score tiles for lq=" + lq + ", lk=" + lk + ": lengths must be >= 0");
+        }
         if (matmul == null) {
             return 0;
         }

@@ -210,6 +210,8 @@ public final class MultiHeadAttention {
      * Bytes of a workspace for calls with up to {@code batch} sequences of {@code lq} query rows and {@code lkv}
      * key rows (for self-attention {@code lkv} may be anything up to {@code lq}; for {@link #decode} use
      * {@code batch = 1}, the chunk length and the cache capacity).
+     *
+     * @throws IllegalArgumentException when a size is negative, or the bytes overflow a long
      */
     public long workspaceBytes(long batch, long lq, long lkv) {
         if (batch < 0 || lq < 0 || lkv < 0) {

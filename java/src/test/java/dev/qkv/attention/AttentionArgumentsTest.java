@@ -144,6 +144,19 @@ class AttentionArgumentsTest {
         assertDoesNotThrow(() -> SdpaOptions.DEFAULT.withScale(-0.5f));
     }
 
+    /**
+     * scoreTileBytes sizes a workspace for calls of up to lq query rows and lk keys: a negative length is no call,
+     * and is refused as MultiHeadAttention.workspaceBytes refuses one. It returned the size for one row or key.
+     */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("backends")
+    void scoreTileBytesRefusesNegativeLengths(Backend backend) {
+        Attention a = Attention.create(backend);
+        rejects(IllegalArgumentException.class, null, () -> a.scoreTileBytes(-1, 10), "lq=-1");
+        rejects(IllegalArgumentException.class, null, () -> a.scoreTileBytes(10, -1), "lk=-1");
+        assertTrue(a.scoreTileBytes(0, 0) >= 0);
+    }
+
     /** Fewer than one thread, or a budget of no bytes, is refused by create and the builder alike. */
     @ParameterizedTest(name = "{0}")
     @MethodSource("backends")
