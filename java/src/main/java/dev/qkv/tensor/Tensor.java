@@ -484,7 +484,10 @@ public final class Tensor {
         }
     }
 
-    /** Sets the element at the given coordinates; errors as for {@link #get}. */
+    /**
+     * Sets the element at the given coordinates; errors as for {@link #get}, and {@link IllegalArgumentException}
+     * for read-only memory (a view of a read-only file mapping).
+     */
     public void set(float value, long... coords) {
         long i = index(coords);
         try {
@@ -503,7 +506,7 @@ public final class Tensor {
         }
     }
 
-    /** Sets the element at a raw element index from the segment's start (no coordinate checks); errors as for {@link #get}. */
+    /** Sets the element at a raw element index from the segment's start (no coordinate checks); errors as for {@link #set}. */
     public void setAt(long elementIndex, float value) {
         try {
             segment.setAtIndex(FLOAT, elementIndex, value);
@@ -623,6 +626,10 @@ public final class Tensor {
     /**
      * Copies {@code values}, in row-major order of this tensor's shape, into the tensor, which must map each
      * element to its own address (see {@link #hasDistinctAddresses}).
+     *
+     * @throws IllegalArgumentException when the length is not the element count, the memory is read-only, or two
+     *                                  elements share an address; {@link IllegalStateException} (arena closed) and
+     *                                  {@link WrongThreadException} as for {@link #get}
      */
     public Tensor copyFrom(float[] values) {
         Objects.requireNonNull(values, "values is null");
@@ -708,7 +715,12 @@ public final class Tensor {
         return out;
     }
 
-    /** Sets every element to {@code value}. */
+    /**
+     * Sets every element to {@code value}.
+     *
+     * @throws IllegalArgumentException for read-only memory of a non-empty tensor; {@link IllegalStateException}
+     *                                  (arena closed) and {@link WrongThreadException} as for {@link #get}
+     */
     public Tensor fill(float value) {
         requireUsable("tensor");
         long n = elementCount();
