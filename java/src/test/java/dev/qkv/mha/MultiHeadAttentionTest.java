@@ -234,6 +234,37 @@ class MultiHeadAttentionTest {
         }
     }
 
+    /**
+     * The projections take x and kv rows through a leading dimension, so each must have unit stride along E and
+     * rows at least E apart: a transposed x and an x whose rows overlap (a broadcast token) are refused by name on
+     * every backend, before anything is written.
+     */
+    @ParameterizedTest
+    @EnumSource(Backend.class)
+    void inputRowsNeedUnitStrideAlongEAndMustNotOverlap(Backend backend) {
+        try (Arena a = Arena.ofConfined()) {
+            int e = 16;
+            MhaWeights w = weights(a, new Random(23), e, 4, 2, false, true);
+            MultiHeadAttention layer = MultiHeadAttention.create(w, backend);
+            MhaWorkspace ws = layer.newWorkspace(a, 1, 4, 4);
+            Tensor token = rand(a, new Random(1), 1f, 1, 1, e);
+            Tensor transposed = rand(a, new Random(2), 1f, 1, e, 4).transpose(1, 2);
+            Tensor broadcast = token.broadcastTo(1, 4, e);
+            for (Tensor x : new Tensor[] {transposed, broadcast}) {
+                Tensor out = Tensor.allocate(a, 1, 4, e).fill(Float.NaN);
+                IllegalArgumentException ex = assertThrows(IllegalArgumentException.class,
+                        () -> layer.forward(x, out, SdpaOptions.DEFAULT, ws));
+                assertTrue(ex.getMessage().startsWith("x [1, 4, 16] with strides"), ex.getMessage());
+                IllegalArgumentException cross = assertThrows(IllegalArgumentException.class,
+                        () -> layer.forward(rand(a, new Random(3), 1f, 1, 4, e), x, out, SdpaOptions.DEFAULT, ws));
+                assertTrue(cross.getMessage().startsWith("kv [1, 4, 16] with strides"), cross.getMessage());
+                for (float f : out.toArray()) {
+                    assertTrue(Float.isNaN(f), "a refused call wrote out");
+                }
+            }
+        }
+    }
+
     @Test
     void nonContiguousInputsAndOutputsUseTheirStrides() {
         try (Arena a = Arena.ofConfined()) {
