@@ -310,8 +310,8 @@ public final class MultiHeadAttention {
     /**
      * {@code out [B, L, E]} from queries {@code x [B, L, E]} and keys/values {@code kv [B, Lkv, E]}
      * ({@code null} for self-attention). Inputs and output need unit stride along {@code E} and rows that do not
-     * overlap (at least {@code E} apart: a broadcast token is refused; an empty tensor may have any strides). The options' mask
-     * broadcasts to {@code [B, H, L, Lkv]}; causal is aligned bottom-right. {@code ws} must come from
+     * overlap (at least {@code E} apart: a broadcast token is refused; an empty tensor may have any strides).
+     * The options' mask broadcasts to {@code [B, H, L, Lkv]}; causal is aligned bottom-right. {@code ws} must come from
      * {@link #newWorkspace} with sizes at least these, on every backend ({@link Backend#REFERENCE} computes in
      * scratch of its own, but takes and checks the workspace as the others do, so that a call one backend
      * accepts the others accept too).
