@@ -146,6 +146,39 @@ class AttentionClosedFormTest {
         }
     }
 
+    /**
+     * Mask's rule for a boolean mask: 0 forbids, "anything else" allows. -0.0 equals 0 and forbids; NaN, -inf and
+     * the smallest subnormal are not 0 and allow. With q = [1, 0], k_j = v_j = [j, 10j] and scale 1 the scores are
+     * j, so the output is the softmax-weighted mean of j over the allowed keys 0, 3, 4 and 5 (and ten times it).
+     */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("backends")
+    void booleanMaskAllowsEveryNonZeroValueNaNIncluded(Backend backend) {
+        float[] m = {Float.NaN, -0f, 0f, 2f, Float.NEGATIVE_INFINITY, Float.MIN_VALUE};
+        int lk = m.length;
+        try (Arena arena = Arena.ofConfined()) {
+            float[] kv = new float[2 * lk];
+            for (int j = 0; j < lk; j++) {
+                kv[2 * j] = j;
+                kv[2 * j + 1] = 10 * j;
+            }
+            Tensor q = Tensor.of(arena, new float[] {1, 0}, 1, 1, 1, 2);
+            Tensor k = Tensor.of(arena, kv, 1, 1, lk, 2);
+            Tensor out = Tensor.allocate(arena, 1, 1, 1, 2);
+            Fixtures.run(backend, q, k, k, out, SdpaOptions.DEFAULT.withScale(1f)
+                    .withMask(Mask.allowed(Tensor.of(arena, m, lk))));
+            double sum = 0;
+            double mean = 0;
+            for (int j : new int[] {0, 3, 4, 5}) {
+                sum += Math.exp(j);
+                mean += j * Math.exp(j);
+            }
+            mean /= sum;
+            Fixtures.assertClose(backend + " boolean mask " + java.util.Arrays.toString(m), out.shape(), out.toArray(),
+                    new float[] {(float) mean, (float) (10 * mean)}, TOL, TOL);
+        }
+    }
+
     /** Dk = 0 with an explicit scale: every score is an empty sum, 0, so the output is the mean of v. */
     @ParameterizedTest(name = "{0}")
     @MethodSource("backends")
