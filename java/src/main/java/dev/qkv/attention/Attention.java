@@ -73,8 +73,8 @@ import java.util.Objects;
  * javadoc says what null means (here only the mask of {@link SdpaOptions}); a null required argument throws
  * {@link NullPointerException} whose message starts with the parameter's name ({@code "q is null"},
  * {@code "workspace is null"}), on every backend, before anything is read or written. Other bad arguments throw
- * {@link IllegalArgumentException} (or {@link IllegalStateException} for memory whose arena is closed) naming
- * the tensor and its shape.
+ * {@link IllegalArgumentException} (or {@link IllegalStateException} for memory whose arena is closed, and
+ * {@link WrongThreadException} for memory of an arena confined to another thread) naming the tensor and its shape.
  */
 public final class Attention {
 
