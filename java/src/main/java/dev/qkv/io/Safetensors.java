@@ -152,7 +152,9 @@ public final class Safetensors {
      * Validates the header of {@code file} and keeps it open for {@link #tensor} ({@link Load#COPY}, the safe
      * default) until {@code arena} is closed.
      *
-     * @throws SafetensorsException for a malformed header, naming the file and the tensor at fault
+     * @throws SafetensorsException for a malformed header, naming the file and the tensor at fault, or an
+     *                              {@code arena} closed or confined to another thread (as
+     *                              {@link #open(Path, Arena, Load)})
      * @throws IOException          when the file cannot be read
      */
     public static Safetensors open(Path file, Arena arena) throws IOException {

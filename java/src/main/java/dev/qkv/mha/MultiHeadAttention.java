@@ -232,7 +232,8 @@ public final class MultiHeadAttention {
      * A workspace of {@link #workspaceBytes} from the caller's arena, in two allocations: the projection scratch
      * and the attention's score tiles.
      *
-     * @throws IllegalArgumentException when the arena (one of the caller's own) hands out memory that is not
+     * @throws IllegalArgumentException when a size is negative (as {@link #workspaceBytes}), or when the arena
+     *                                  (one of the caller's own) hands out memory that is not
      *                                  writable off-heap memory of the size asked, at an address that is a
      *                                  multiple of 4, or hands out the two parts over the same memory, or over
      *                                  the layer's weights
