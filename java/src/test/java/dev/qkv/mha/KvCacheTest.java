@@ -13,6 +13,7 @@ import java.util.Arrays;
 import java.util.Random;
 
 import static dev.qkv.mha.MhaTestSupport.assertClose;
+import static dev.qkv.mha.MhaTestSupport.assertWithinFloat32;
 import static dev.qkv.mha.MhaTestSupport.rand;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -53,7 +54,7 @@ class KvCacheTest {
                 at += n;
                 assertEquals(at, cache.length());
             }
-            assertClose(full.toArray(), out.toArray(), MultiHeadAttentionTest.atol(e, total), 1e-4,
+            assertWithinFloat32(full.toArray(), out.toArray(), e, total,
                     backend + " seed=" + seed + " E=" + e + " H=" + h + " Hkv=" + hkv + " steps=" + Arrays.toString(steps));
             assertArrayEquals(new long[] {1, hkv, total, e / h}, cache.keys().shape());
         }
@@ -346,8 +347,7 @@ class KvCacheTest {
             layer.decode(seq.slice(1, prefix, prefix + 1), cache, out, layer.newWorkspace(a, 1, 1, cache.capacity()));
             Tensor full = Tensor.allocate(a, 1, prefix + 1, e);
             MhaTestSupport.referenceForward(w, seq, null, full, SdpaOptions.CAUSAL);
-            assertClose(full.slice(1, prefix, prefix + 1).toArray(), out.toArray(),
-                    MultiHeadAttentionTest.atol(e, prefix + 1), 1e-4, backend + " seed=" + seed);
+            assertWithinFloat32(full.slice(1, prefix, prefix + 1).toArray(), out.toArray(), e, prefix + 1, backend + " seed=" + seed);
         }
     }
 
@@ -381,7 +381,7 @@ class KvCacheTest {
                 Tensor got = Tensor.allocate(a, 1, 1, e);
                 layer.decode(seq.slice(1, prefix, prefix + 1), cache, got, small);
                 assertEquals(prefix + 1, cache.length());
-                assertClose(want.toArray(), got.toArray(), MultiHeadAttentionTest.atol(e, prefix + 1), 1e-4,
+                assertWithinFloat32(want.toArray(), got.toArray(), e, prefix + 1,
                         backend + " threads=" + threads + " seed=" + seed);
             }
         }
@@ -419,8 +419,7 @@ class KvCacheTest {
 
             Tensor full = Tensor.allocate(a, 1, prefix + 1, e);
             MhaTestSupport.referenceForward(w, seq.slice(1, 0, prefix + 1), null, full, SdpaOptions.CAUSAL);
-            assertClose(full.slice(1, prefix, prefix + 1).toArray(), again.toArray(),
-                    MultiHeadAttentionTest.atol(e, prefix + 1), 1e-4, backend + " seed=" + seed);
+            assertWithinFloat32(full.slice(1, prefix, prefix + 1).toArray(), again.toArray(), e, prefix + 1, backend + " seed=" + seed);
 
             IllegalArgumentException tooLong = assertThrows(IllegalArgumentException.class,
                     () -> cache.truncate(prefix + 2));

@@ -72,6 +72,32 @@ final class MhaTestSupport {
         }
     }
 
+    /**
+     * The layer's float32 rounding error against the reference (both round sums of float32 products; the reference
+     * in double, then to float): {@code |got - ref| <= ε·(1 + |ref|)} with {@code ε = 4u·(2E + Lkv)},
+     * {@code u = 2^-24}. A float sum of n terms is off by at most {@code n·u} times the sum of their magnitudes
+     * ({@code γ(n)}); the layer sums E products twice (the input and output projections) and averages Lkv values
+     * in the softmax, and the tests' weights (entries up to {@code 1/√E}) keep every activation of the order of
+     * the output, so the sums' magnitudes are of the order {@code 1 + |ref|}; the factor 4 covers the dot products
+     * of the scores, the exponential and the normalisation. The largest error these tests measured was about
+     * 1e-6 on outputs of order one (E up to 1024, Lkv up to 256); the bound is 3e-5 at E = 64, Lkv = 65.
+     *
+     * <p>It replaced {@code 2e-6·(E + Lkv) + 1e-6 + 1e-4·|ref|}: 33u per key and a fixed 1e-4 relative term were
+     * loose enough for a KV cache that kept only half precision (10 fraction bits; outputs off by 5e-4 to 9e-4
+     * after 340 keys at E = 64) to pass the decode comparisons over 130 and 256 keys
+     * ({@code ParallelProjectionTest.prefillThroughDecodeIsBitIdenticalAcrossThreads},
+     * {@code MultiHeadAttentionTest.workspaceFitsEveryWorkerOfAMultiThreadedLayer}); with this bound they fail.
+     */
+    static double float32Bound(int e, int lkv) {
+        return 4 * 0x1p-24 * (2.0 * e + lkv);
+    }
+
+    /** Asserts {@code got} within {@link #float32Bound} of {@code ref}, for a layer of E and Lkv keys. */
+    static void assertWithinFloat32(float[] ref, float[] got, int e, int lkv, String what) {
+        double eps = float32Bound(e, lkv);
+        assertClose(ref, got, eps, eps, what + " (E=" + e + ", Lkv=" + lkv + ")");
+    }
+
     /** Writes F32 tensors (name → shape and values) as a safetensors file, in map order. */
     static void writeF32(Path file, Map<String, Tensor> tensors) throws IOException {
         Map<String, byte[]> raw = new LinkedHashMap<>();

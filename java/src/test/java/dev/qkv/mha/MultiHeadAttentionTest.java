@@ -19,6 +19,7 @@ import java.util.Random;
 import java.util.stream.Stream;
 
 import static dev.qkv.mha.MhaTestSupport.assertClose;
+import static dev.qkv.mha.MhaTestSupport.assertWithinFloat32;
 import static dev.qkv.mha.MhaTestSupport.rand;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -112,10 +113,6 @@ class MultiHeadAttentionTest {
         return t.copyFrom(x);
     }
 
-    /** Float sums over E (projections) and Lkv (attention) in float: the bound grows with both. */
-    static double atol(int e, int lkv) {
-        return 2e-6 * (e + lkv) + 1e-6;
-    }
 
     @ParameterizedTest(name = "{0} {1}")
     @MethodSource("backendsAndCases")
@@ -132,7 +129,7 @@ class MultiHeadAttentionTest {
             Tensor out = Tensor.allocate(a, c.b(), c.l(), c.e()).fill(Float.NaN);
             MhaWorkspace ws = layer.newWorkspace(a, c.b(), c.l(), c.lkv());
             layer.forward(x, kv, out, o, ws);
-            assertClose(ref.toArray(), out.toArray(), atol(c.e(), c.lkv()), 1e-4, backend + " " + c);
+            assertWithinFloat32(ref.toArray(), out.toArray(), c.e(), c.lkv(), backend + " " + c);
         }
     }
 
@@ -157,12 +154,12 @@ class MultiHeadAttentionTest {
             Tensor ref = Tensor.allocate(a, 1, l, e);
             MhaTestSupport.referenceForward(w, x, null, ref, SdpaOptions.CAUSAL);
             String what = backend + " seed=" + seed + " E=" + e + " H=4 Hkv=2 L=" + l + " threads=2";
-            assertClose(ref.toArray(), out.toArray(), atol(e, l), 1e-4, what);
+            assertWithinFloat32(ref.toArray(), out.toArray(), e, l, what);
 
             KvCache cache = layer.newCache(a, l);
             Tensor dec = Tensor.allocate(a, 1, l, e);
             layer.decode(x, cache, dec, layer.newWorkspace(a, 1, l, cache.capacity()));
-            assertClose(ref.toArray(), dec.toArray(), atol(e, l), 1e-4, what + " prefill");
+            assertWithinFloat32(ref.toArray(), dec.toArray(), e, l, what + " prefill");
         }
     }
 
@@ -284,7 +281,7 @@ class MultiHeadAttentionTest {
                     MultiHeadAttention layer = MultiHeadAttention.create(w, be);
                     Tensor out = Tensor.allocate(a, b, l + 1, e).fill(Float.NaN).slice(1, 0, l);
                     layer.forward(x, keys, out, o, layer.newWorkspace(a, b, l, l));
-                    assertClose(ref.toArray(), out.toArray(), atol(e, l), 1e-4, be + (keys == null ? " self" : " cross"));
+                    assertWithinFloat32(ref.toArray(), out.toArray(), e, l, be + (keys == null ? " self" : " cross"));
                 }
             }
         }
@@ -566,7 +563,7 @@ class MultiHeadAttentionTest {
             MhaTestSupport.referenceForward(w, x, null, ref, SdpaOptions.CAUSAL);
             Tensor out = Tensor.allocate(a, 1, 8, e);
             layer.decode(x, cache, out, ws);
-            assertClose(ref.toArray(), out.toArray(), atol(e, 8), 1e-4, backend + " decode past the weights");
+            assertWithinFloat32(ref.toArray(), out.toArray(), e, 8, backend + " decode past the weights");
         }
     }
 
@@ -625,9 +622,9 @@ class MultiHeadAttentionTest {
             Tensor ref = Tensor.allocate(a, 1, 8, e);
             MhaTestSupport.referenceForward(w, x, null, ref, SdpaOptions.CAUSAL);
             layer.forward(x, out, SdpaOptions.CAUSAL, ok);
-            assertClose(ref.toArray(), out.toArray(), atol(e, 8), 1e-4, backend + " forward");
+            assertWithinFloat32(ref.toArray(), out.toArray(), e, 8, backend + " forward");
             layer.decode(x, good, out, ok);
-            assertClose(ref.toArray(), out.toArray(), atol(e, 8), 1e-4, backend + " decode");
+            assertWithinFloat32(ref.toArray(), out.toArray(), e, 8, backend + " decode");
         }
     }
 
@@ -691,11 +688,11 @@ class MultiHeadAttentionTest {
             next[0] = end;
             Tensor out = Tensor.allocate(bump, 1, 8, e);
             layer.forward(x, out, SdpaOptions.CAUSAL, ws);
-            assertClose(ref.toArray(), out.toArray(), atol(e, 8), 1e-4, backend + " out after the workspace");
+            assertWithinFloat32(ref.toArray(), out.toArray(), e, 8, backend + " out after the workspace");
             KvCache cache = layer.newCache(bump, 8);
             Tensor step = Tensor.allocate(bump, 1, 8, e);
             layer.decode(x, cache, step, ws);
-            assertClose(ref.toArray(), step.toArray(), atol(e, 8), 1e-4, backend + " decode after the workspace");
+            assertWithinFloat32(ref.toArray(), step.toArray(), e, 8, backend + " decode after the workspace");
         }
     }
 
@@ -747,7 +744,7 @@ class MultiHeadAttentionTest {
             Tensor m = Tensor.allocate(bump, l, l).copyFrom(bias);
             Tensor out = Tensor.allocate(a, 1, l, e);
             layer.forward(x, out, SdpaOptions.DEFAULT.withMask(Mask.additive(m)), ws);
-            assertClose(ref.toArray(), out.toArray(), atol(e, l), 1e-4, backend + " mask after the workspace");
+            assertWithinFloat32(ref.toArray(), out.toArray(), e, l, backend + " mask after the workspace");
         }
     }
 
@@ -828,7 +825,7 @@ class MultiHeadAttentionTest {
 
             MultiHeadAttention auto = MultiHeadAttention.create(oddW, Backend.AUTO);
             auto.forward(odd(a, x), out, SdpaOptions.CAUSAL, auto.newWorkspace(a, 1, 9, 9));
-            assertClose(ref.toArray(), out.toArray(), atol(e, 9), 1e-4, "AUTO, odd x and wq");
+            assertWithinFloat32(ref.toArray(), out.toArray(), e, 9, "AUTO, odd x and wq");
         }
     }
 }

@@ -18,7 +18,7 @@ import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import java.util.stream.Stream;
 
-import static dev.qkv.mha.MhaTestSupport.assertClose;
+import static dev.qkv.mha.MhaTestSupport.assertWithinFloat32;
 import static dev.qkv.mha.MhaTestSupport.rand;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 
@@ -83,7 +83,7 @@ class ParallelProjectionTest {
                 got[threads - 1] = out.toArray();
             }
             String what = backend + " " + c;
-            assertClose(ref.toArray(), got[0], MultiHeadAttentionTest.atol(c.e(), c.lkv()), 1e-4, what);
+            assertWithinFloat32(ref.toArray(), got[0], c.e(), c.lkv(), what);
             assertArrayEquals(got[0], got[1], what + ": threads 1 vs 2");
         }
     }
@@ -110,7 +110,7 @@ class ParallelProjectionTest {
                 got[threads - 1] = out.toArray();
             }
             String what = backend + " seed=" + seed + " E=" + e + " H=4 Hkv=2 n=" + n + " decode";
-            assertClose(ref.toArray(), got[0], MultiHeadAttentionTest.atol(e, n), 1e-4, what);
+            assertWithinFloat32(ref.toArray(), got[0], e, n, what);
             assertArrayEquals(got[0], got[1], what + ": threads 1 vs 2");
         }
     }
@@ -143,7 +143,7 @@ class ParallelProjectionTest {
                 got[threads - 1] = out.toArray();
             }
             String what = backend + " seed=" + seed + " E=" + e + " H=8 Hkv=8 step of 2 after " + prefix;
-            assertClose(ref.slice(1, prefix, n).toArray(), got[0], MultiHeadAttentionTest.atol(e, n), 1e-4, what);
+            assertWithinFloat32(ref.slice(1, prefix, n).toArray(), got[0], e, n, what);
             assertArrayEquals(got[0], got[1], what + ": threads 1 vs 2");
         }
     }
