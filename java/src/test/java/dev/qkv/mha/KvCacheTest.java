@@ -92,8 +92,7 @@ class KvCacheTest {
                     layer.decode(x.slice(1, at, at + n), cache, out.slice(1, at, at + n), options, ws);
                     at += n;
                 }
-                assertClose(full.toArray(), out.toArray(), MultiHeadAttentionTest.atol(e, total), 1e-4,
-                        backend + " scale=" + scale);
+                MhaTestSupport.assertWithinFloat32(full.toArray(), out.toArray(), e, total, backend + " scale=" + scale);
             }
         }
     }

@@ -311,7 +311,7 @@ class MultiHeadAttentionTest {
             Tensor out = Tensor.view(seg, 0, new long[] {b, l, e}, new long[] {batch, pad, 1}).fill(Float.NaN);
             MultiHeadAttention layer = MultiHeadAttention.create(w, backend);
             layer.forward(x, out, SdpaOptions.CAUSAL, layer.newWorkspace(a, b, l, l));
-            assertClose(ref.toArray(), out.toArray(), atol(e, l), 1e-4, backend + " out strides " + batch + ", " + pad);
+            assertWithinFloat32(ref.toArray(), out.toArray(), e, l, backend + " out strides " + batch + ", " + pad);
         }
     }
 
