@@ -16,6 +16,7 @@ import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertDoesNotThrow;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 
 /**
  * Bad arguments throw a Java exception that names the tensor and its shape, on every backend, before any
@@ -437,6 +438,29 @@ class AttentionArgumentsTest {
         // the other backends run such tensors, and plan them
         for (Backend b : new Backend[] {Backend.JAVA, Backend.REFERENCE}) {
             assertDoesNotThrow(() -> Attention.create(b).plan(q, k, v, out, SdpaOptions.DEFAULT));
+        }
+    }
+
+    /**
+     * An output whose rows interleave ({@code [1, 2, 8, 8]} with strides {@code [128, 64, 4, 1]}: each row starts
+     * in the middle of the one before) maps several elements to one address without a zero stride. The check
+     * must hold each stride against the whole extent of the dimensions below it, not against their stride alone:
+     * that mutant of SdpaArgs.noInternalOverlap passed every other test.
+     */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("backends")
+    void outputWhoseRowsInterleave(Backend backend) {
+        Attention a = Attention.create(backend);
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor q = Tensor.allocate(arena, 1, 2, 8, 8);
+            Tensor k = Tensor.allocate(arena, 1, 2, 8, 8);
+            Tensor v = Tensor.allocate(arena, 1, 2, 8, 8);
+            Tensor flat = nan(arena, 128);
+            Tensor out = Tensor.view(flat.segment(), 0, new long[] {1, 2, 8, 8}, new long[] {128, 64, 4, 1});
+            // independent of the check under test: Tensor compares the addresses themselves
+            assertFalse(out.hasDistinctAddresses());
+            rejects(IllegalArgumentException.class, flat, () -> a.sdpa(q, k, v, out, SdpaOptions.DEFAULT),
+                    "out [1, 2, 8, 8]", "one address");
         }
     }
 }
