@@ -620,4 +620,37 @@ class NpyTest {
             return files.filter(f -> f.getFileName().toString().startsWith(".qkv-")).toList().stream();
         }
     }
+
+    /**
+     * numpy reads any non-zero byte of a {@code |b1} array as True ({@code np.frombuffer(b'\x00\x01\x02\xff',
+     * bool).astype(np.float32)} is {@code [0, 1, 1, 1]}), as the class comment says ("booleans become 0 and 1").
+     * Only a random bit flip of MalformedNpyTest (one fixed seed) caught reading {@code == 1} as true
+     * (mutation testing); this says it directly.
+     */
+    @Test
+    void boolBytesOtherThanOneAreTrue() throws IOException {
+        try (Arena arena = Arena.ofConfined()) {
+            NpyArray a = Npy.read(NpyBytes.write(dir, "b.npy",
+                    file("|b1", "(5,)", new byte[] {0, 1, 2, (byte) 0x80, (byte) 0xff})), arena);
+            assertArrayEquals(new float[] {0, 1, 1, 1, 1}, a.tensor().toArray());
+        }
+    }
+
+    /**
+     * float32 data is read straight into the tensor in chunks of 2^24 bytes (FileRanges): an array of more than one
+     * chunk must come back whole, each chunk from its own place in the file. Values are their own indices (exact
+     * in float32 below 2^24), so a chunk read from the wrong offset shows.
+     */
+    @Test
+    void float32ArraysLongerThanOneReadChunk() throws IOException {
+        int n = (1 << 22) + 3; // 2^24 + 12 bytes
+        float[] xs = new float[n];
+        for (int i = 0; i < n; i++) {
+            xs[i] = i;
+        }
+        try (Arena arena = Arena.ofConfined()) {
+            NpyArray a = Npy.read(NpyBytes.write(dir, "big.npy", file("<f4", "(" + n + ",)", f4(xs))), arena);
+            assertArrayEquals(xs, a.tensor().toArray());
+        }
+    }
 }
