@@ -320,4 +320,39 @@ class MhaWeightsTest {
             assertEquals(H, MhaWeights.load(Safetensors.open(f, a), "layers.0", H, 0, a).heads());
         }
     }
+
+    /**
+     * Weights whose rows overlap ({@code [8, 8]} with row stride 4) are refused naming the tensor: the products
+     * take a leading dimension of at least the row length, so the layer would read other rows than the view's
+     * and compute another function without a word. No test gave such a view (mutation testing).
+     */
+    @Test
+    void weightsWhoseRowsOverlapAreRefused() {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(12);
+            Tensor overlapping = Tensor.view(rand(a, r, 1f, 64).segment(), 0, new long[] {8, 8}, new long[] {4, 1});
+            Tensor w = rand(a, r, 1f, 8, 8);
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                    () -> MhaWeights.of(2, overlapping, null, w, null, w, null, w, null));
+            assertContains(e.getMessage(), "wq [8, 8] with strides [4, 1]", "not overlap");
+            IllegalArgumentException p = assertThrows(IllegalArgumentException.class,
+                    () -> MhaWeights.packed(2, rand(a, r, 1f, 24, 8), null, overlapping, null));
+            assertContains(p.getMessage(), "out_proj.weight [8, 8] with strides [4, 1]");
+        }
+    }
+
+    /**
+     * An in_proj_weight of only E rows has no rows for K and V (Hkv = 0): refused naming it, as an
+     * IllegalArgumentException, where a bound of {@code r < E} let it through to a division by zero
+     * (ArithmeticException) in the count of kv heads (mutation testing).
+     */
+    @Test
+    void packedProjectionWithoutKeyAndValueRowsIsRefused() {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(13);
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                    () -> MhaWeights.packed(2, rand(a, r, 1f, 8, 8), null, rand(a, r, 1f, 8, 8), null));
+            assertContains(e.getMessage(), "in_proj_weight [8, 8]: expected [E + 2*Hkv*Dh, E]");
+        }
+    }
 }
