@@ -828,4 +828,126 @@ class MultiHeadAttentionTest {
             assertWithinFloat32(ref.toArray(), out.toArray(), e, 9, "AUTO, odd x and wq");
         }
     }
+
+    static Stream<Named<Backend>> projectingBackends() {
+        return Stream.of(Backend.NATIVE, Backend.JAVA).map(b -> Named.of(b.cliName(), b));
+    }
+
+    /**
+     * Biases may be any rank-1 views, e.g. a column of a {@code [n, 2]} tensor (stride 2): MhaWeights accepts them,
+     * and the reference reads them by coordinates. Every other test gave contiguous biases, so adding
+     * {@code bias[c]} at element {@code c} instead of {@code c · stride} passed them (mutation testing). Self-,
+     * cross-attention and a decode step, separate and packed projections.
+     */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("projectingBackends")
+    void biasesGivenAsStridedViews(Backend backend) {
+        int e = 8;
+        int h = 2;
+        Random r = new Random(77);
+        try (Arena a = Arena.ofConfined()) {
+            Tensor x = rand(a, r, 1f, 1, 3, e);
+            Tensor kv = rand(a, r, 1f, 1, 5, e);
+            float s = (float) (1 / Math.sqrt(e));
+            Tensor wo = rand(a, r, s, e, e);
+            Tensor bo = rand(a, r, 0.5f, e, 2).select(1, 0);
+            MhaWeights separate = MhaWeights.of(h, rand(a, r, s, e, e), rand(a, r, 0.5f, e, 2).select(1, 1),
+                    rand(a, r, s, e, e), rand(a, r, 0.5f, e, 2).select(1, 0),
+                    rand(a, r, s, e, e), rand(a, r, 0.5f, e, 3).select(1, 2), wo, bo);
+            MhaWeights packed = MhaWeights.packed(h, rand(a, r, s, 3 * e, e),
+                    rand(a, r, 0.5f, 3 * e, 2).select(1, 1), wo, bo);
+            for (MhaWeights w : new MhaWeights[] {separate, packed}) {
+                String what = backend + (w == packed ? " packed" : " separate");
+                assertEquals(2, w.bq().stride(0), what);
+                MultiHeadAttention layer = MultiHeadAttention.create(w, backend);
+                for (Tensor keys : new Tensor[] {null, kv}) {
+                    Tensor out = Tensor.allocate(a, 1, 3, e);
+                    Tensor ref = Tensor.allocate(a, 1, 3, e);
+                    long lkv = keys == null ? 3 : 5;
+                    layer.forward(x, keys, out, SdpaOptions.DEFAULT, layer.newWorkspace(a, 1, 3, lkv));
+                    MhaTestSupport.referenceForward(w, x, keys, ref, SdpaOptions.DEFAULT);
+                    assertClose(ref.toArray(), out.toArray(), 1e-5, 1e-5, what + (keys == null ? " self" : " cross"));
+                }
+                // decode: three tokens one at a time equal the last rows of a causal forward
+                Tensor ref = Tensor.allocate(a, 1, 3, e);
+                MhaTestSupport.referenceForward(w, x, null, ref, SdpaOptions.CAUSAL);
+                KvCache cache = layer.newCache(a, 3);
+                MhaWorkspace ws = layer.newWorkspace(a, 1, 1, 3);
+                for (int t = 0; t < 3; t++) {
+                    Tensor out = Tensor.allocate(a, 1, 1, e);
+                    layer.decode(x.slice(1, t, t + 1), cache, out, ws);
+                    assertClose(ref.select(1, t).toArray(), out.toArray(), 1e-5, 1e-5, what + " decode step " + t);
+                }
+            }
+        }
+    }
+
+    /**
+     * One workspace serves cross-attention calls of one B and L but different key lengths: the cached head views
+     * depend on Lkv too. A workspace that took only B and L into account attended the second call over the first
+     * call's key count (mutation testing; no test changed Lkv alone on one workspace).
+     */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("projectingBackends")
+    void crossAttentionWithAnotherKeyLengthOnOneWorkspace(Backend backend) {
+        int e = 8;
+        Random r = new Random(78);
+        try (Arena a = Arena.ofConfined()) {
+            MhaWeights w = weights(a, r, e, 2, 1, true, false);
+            MultiHeadAttention layer = MultiHeadAttention.create(w, backend);
+            MhaWorkspace ws = layer.newWorkspace(a, 2, 3, 6);
+            Tensor x = rand(a, r, 1f, 2, 3, e);
+            for (int lkv : new int[] {6, 3, 5, 6}) {
+                Tensor kv = rand(a, r, 1f, 2, lkv, e);
+                Tensor out = Tensor.allocate(a, 2, 3, e);
+                Tensor ref = Tensor.allocate(a, 2, 3, e);
+                layer.forward(x, kv, out, SdpaOptions.DEFAULT, ws);
+                MhaTestSupport.referenceForward(w, x, kv, ref, SdpaOptions.DEFAULT);
+                assertClose(ref.toArray(), out.toArray(), 1e-5, 1e-5, backend + " Lkv=" + lkv);
+            }
+        }
+    }
+
+    /**
+     * Rows of x that overlap (row stride E - 1) are refused naming x: the products take a leading dimension of at
+     * least E, so they would read other rows than x's view. A bound one short ({@code stride < E - 1}) passed every
+     * other test (mutation testing).
+     */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("projectingBackends")
+    void inputRowsThatOverlapAreRefused(Backend backend) {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(79);
+            MultiHeadAttention layer = MultiHeadAttention.create(weights(a, r, 8, 2, 2, false, false), backend);
+            Tensor x = Tensor.view(rand(a, r, 1f, 24).segment(), 0, new long[] {1, 3, 8}, new long[] {24, 7, 1});
+            Tensor out = Tensor.allocate(a, 1, 3, 8).fill(Float.NaN);
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                    () -> layer.forward(x, out, SdpaOptions.DEFAULT, layer.newWorkspace(a, 1, 3, 3)));
+            assertTrue(e.getMessage().startsWith("x [1, 3, 8] with strides [24, 7, 1]"), e.getMessage());
+            for (float v : out.toArray()) {
+                assertTrue(Float.isNaN(v), "out written before x was refused");
+            }
+        }
+    }
+
+    /**
+     * A cache of another head dimension is refused naming the cache, before anything is projected or stored: a
+     * check of Hkv alone let the step store rows of the layer's Dh into a cache laid out for another, and the
+     * attention refused it after that, naming the layer's internal views (mutation testing).
+     */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("projectingBackends")
+    void aCacheOfAnotherHeadDimensionIsRefused(Backend backend) {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(80);
+            MultiHeadAttention layer = MultiHeadAttention.create(weights(a, r, 8, 2, 2, true, false), backend);
+            KvCache cache = KvCache.allocate(a, 2, 4, 8);
+            Tensor out = Tensor.allocate(a, 1, 1, 8);
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                    () -> layer.decode(rand(a, r, 1f, 1, 1, 8), cache, out, layer.newWorkspace(a, 1, 1, 4)));
+            assertTrue(e.getMessage().startsWith("KV cache [2, 4, 8] holding 0 does not fit this layer"),
+                    e.getMessage());
+            assertEquals(0, cache.length());
+        }
+    }
 }
