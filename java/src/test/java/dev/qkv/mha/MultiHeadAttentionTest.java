@@ -950,4 +950,29 @@ class MultiHeadAttentionTest {
             assertEquals(0, cache.length());
         }
     }
+
+    /**
+     * An output whose batches overlap ({@code [2, 3, 8]} with strides {@code [8, 8, 1]}: batch 1 starts at row 1
+     * of batch 0) is refused naming out before anything is written: two rows share memory, and only the last
+     * write of each would remain. Only its row stride was checked by the tests (mutation testing dropped the
+     * nesting check of the other dimension, unnoticed).
+     */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("projectingBackends")
+    void anOutputWhoseBatchesOverlapIsRefused(Backend backend) {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(81);
+            MultiHeadAttention layer = MultiHeadAttention.create(weights(a, r, 8, 2, 2, false, false), backend);
+            Tensor flat = Tensor.allocate(a, 32).fill(Float.NaN);
+            Tensor out = Tensor.view(flat.segment(), 0, new long[] {2, 3, 8}, new long[] {8, 8, 1});
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                    () -> layer.forward(rand(a, r, 1f, 2, 3, 8), out, SdpaOptions.DEFAULT,
+                            layer.newWorkspace(a, 2, 3, 3)));
+            assertTrue(e.getMessage().startsWith("out [2, 3, 8] with strides [8, 8, 1]: two rows share memory"),
+                    e.getMessage());
+            for (float v : flat.toArray()) {
+                assertTrue(Float.isNaN(v), "out written before it was refused");
+            }
+        }
+    }
 }
