@@ -799,6 +799,18 @@ public final class Attention {
         long qTHead = -1;
         int qTRow = -1;
 
+        /**
+         * Drops the operands' references to the task's memory (the caller's tensors, or its workspace): the scratch
+         * lives as long as its thread, a pool thread's as long as the process, and kept the last call's segments
+         * reachable, so memory of an {@link Arena#ofAuto} arena that the caller had dropped was never freed (found
+         * by RetentionTest). Every task sets its operands again before use.
+         */
+        void forget() {
+            qo.seg = null;
+            ko.seg = null;
+            vo.seg = null;
+        }
+
         MemorySegment ensure(long bytes) {
             if (own == null || own.byteSize() < bytes) {
                 // Arena.ofAuto: the tile lives as long as its thread keeps it, and is freed by the GC after.
@@ -1241,15 +1253,19 @@ public final class Attention {
                 ws = s.ensure(perWorker * Float.BYTES);
                 base = 0;
             }
-            if (groupTasks) {
-                runGroup(s, ws, base, task / hkv, task % hkv);
-            } else if (headTasks) {
-                for (int sp = spans - 1; sp >= 0; sp--) {
-                    runSpan(s, ws, base, task, sp);
+            try {
+                if (groupTasks) {
+                    runGroup(s, ws, base, task / hkv, task % hkv);
+                } else if (headTasks) {
+                    for (int sp = spans - 1; sp >= 0; sp--) {
+                        runSpan(s, ws, base, task, sp);
+                    }
+                } else {
+                    // (batch, head, span), the largest causal spans first
+                    runSpan(s, ws, base, task / spans, spans - 1 - task % spans);
                 }
-            } else {
-                // (batch, head, span), the largest causal spans first
-                runSpan(s, ws, base, task / spans, spans - 1 - task % spans);
+            } finally {
+                s.forget();
             }
         }
 
