@@ -4,6 +4,7 @@ import dev.qkv.tensor.Shapes;
 import dev.qkv.tensor.Tensor;
 
 import java.io.IOException;
+import java.io.InterruptedIOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
@@ -101,7 +102,8 @@ public final class Npy {
      * Reads {@code file} into a contiguous float32 tensor allocated from {@code arena}.
      *
      * @throws NpyFormatException when the file is not a {@code .npy} file qkv supports (see the class comment)
-     * @throws IOException        when the file cannot be opened or read
+     * @throws IOException        when the file cannot be opened or read; an {@link InterruptedIOException}
+     *                            naming the file when the thread is interrupted (its interrupt is kept)
      * @throws IllegalStateException when {@code arena} is closed, and {@link WrongThreadException} when it is
      *                               confined to another thread, naming the file and the shape
      */
@@ -118,6 +120,25 @@ public final class Npy {
             throw new NpyFormatException(name, "is not a regular file (a pipe or a device); give the path of a"
                     + " .npy file");
         }
+        try {
+            return readOpen(file, name, arena);
+        } catch (java.nio.channels.ClosedByInterruptException e) {
+            // the JDK's own exception has no message: neither the file nor what happened
+            throw interrupted(name + ": not read, the thread was interrupted (its interrupt is kept)", e);
+        }
+    }
+
+    /**
+     * An {@link InterruptedIOException} with {@code message}, caused by {@code e}: a channel closed by the thread's
+     * interrupt (the interrupt stays set).
+     */
+    private static InterruptedIOException interrupted(String message, IOException e) {
+        InterruptedIOException named = new InterruptedIOException(message);
+        named.initCause(e);
+        return named;
+    }
+
+    private static NpyArray readOpen(Path file, String name, Arena arena) throws IOException {
         try (FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
             long size = ch.size();
             Header h = readHeader(name, ch, size);
@@ -384,7 +405,9 @@ public final class Npy {
      * @throws IllegalStateException when the tensor's arena is closed
      * @throws WrongThreadException  when the tensor's arena is confined to another thread
      * @throws NoSuchFileException when the folder of {@code file} does not exist
-     * @throws IOException         when writing or renaming fails (the temporary file is removed)
+     * @throws IOException         when writing or renaming fails (the temporary file is removed); an
+     *                             {@link InterruptedIOException} naming the file when the thread is interrupted
+     *                             (its interrupt is kept, the file is as it was)
      * @throws IllegalArgumentException for a tensor of more than 64 dimensions (numpy's limit, and
      *                             {@link #read}'s), before any file exists
      */
@@ -454,8 +477,13 @@ public final class Npy {
             throw new FileSystemException(file.toString(), null, e.getReason() != null ? e.getReason()
                     : e instanceof NoSuchFileException ? "cannot create files in folder " + dir
                     : e.getClass().getSimpleName());
+        } catch (java.nio.channels.ClosedByInterruptException e) {
+            // no message of its own: the write read "<file>: null"
+            throw interrupted(file + ": not written, the thread was interrupted (its interrupt is kept; the file is"
+                    + " as it was)", e);
         } catch (IOException e) {
-            throw new IOException(file + ": " + e.getMessage(), e);
+            throw new IOException(file + ": " + (e.getMessage() != null ? e.getMessage() : e.getClass().getSimpleName()),
+                    e);
         } finally {
             try {
                 if (!done) {
