@@ -547,8 +547,8 @@ public final class Attention {
 
     /**
      * Computes attention into {@code out} using the caller's workspace, which must hold {@link #workspaceBytes}.
-     * {@link Backend#REFERENCE} computes without it, but refuses the same workspaces (closed, or sharing memory with
-     * a tensor of the call) as the other backends.
+     * {@link Backend#REFERENCE} computes without it, but refuses the same workspaces (closed, sharing memory with
+     * a tensor of the call, or in use by another call) as the other backends.
      *
      * @throws IllegalStateException when the workspace is in use by another call; or, naming the tensor (or
      *                               {@code workspace}), when an arena is closed, before the call or by another
@@ -560,17 +560,19 @@ public final class Attention {
         // checked on REFERENCE too, which computes without it: the backends refuse the same calls
         workspace.requireAlive();
         SdpaArgs.noOverlapWithWorkspace(workspace.whole(), q, k, v, out, options);
-        if (matmul == null) {
-            // the reference uses no workspace
-            sdpa(q, k, v, out, options);
-            return;
-        }
+        // taken on REFERENCE too, which computes without it: a workspace shared by two threads at once was refused
+        // on the other backends only, so the mistake showed only once a service changed backend
         if (!workspace.acquire()) {
             throw new IllegalStateException("workspace of " + workspace.byteSize() + " bytes: in use by another"
                     + " call (a workspace serves one call at a time; give each thread its own)");
         }
         // as above, and the workspace too: one left taken would refuse every later call as "in use"
         try {
+            if (matmul == null) {
+                // the reference uses no workspace (the arguments are checked above)
+                ReferenceAttention.compute(q, k, v, out, options);
+                return;
+            }
             sdpaIn(q, k, v, out, options, workspace);
         } catch (IllegalStateException e) {
             throw closedDuringCall(e, q, k, v, out, options, workspace);

@@ -264,6 +264,43 @@ class ExtremeArgumentsTest {
     }
 
     /**
+     * A workspace another call holds is refused on every backend, {@link Backend#REFERENCE} too (which computes
+     * without it, but takes it as the others do, as the multi-head layer's reference does): it ran regardless, so a
+     * service that shared one workspace between threads by mistake saw no error until it changed backend. The
+     * workspace is held through its own flag, so the overlap is certain rather than a race's luck.
+     */
+    @ParameterizedTest
+    @EnumSource(Backend.class)
+    void aWorkspaceHeldByAnotherCallIsRefusedOnEveryBackend(Backend backend) {
+        try (Arena a = Arena.ofShared()) {
+            Random r = new Random(10);
+            long[] shape = {1, 2, 40, 16};
+            Attention att = Attention.create(backend);
+            Tensor q = Fixtures.random(a, r, shape);
+            Tensor k = Fixtures.random(a, r, shape);
+            Tensor v = Fixtures.random(a, r, shape);
+            Tensor out = Tensor.allocate(a, shape);
+            Workspace ws = Workspace.allocate(a, Attention.create(Backend.JAVA).workspaceBytes(q, k, v, out,
+                    SdpaOptions.CAUSAL) + att.workspaceBytes(q, k, v, out, SdpaOptions.CAUSAL));
+            assertTrue(ws.acquire());
+            try {
+                IllegalStateException e = assertThrows(IllegalStateException.class,
+                        () -> att.sdpa(q, k, v, out, SdpaOptions.CAUSAL, ws));
+                assertTrue(e.getMessage().contains("in use by another call"), e.getMessage());
+                for (float x : out.toArray()) {
+                    assertEquals(0, Float.floatToRawIntBits(x), backend + ": a refused call wrote out");
+                }
+            } finally {
+                ws.release();
+            }
+            // given back by the refused call's holder, it serves the next call, and was not taken by the refused one
+            att.sdpa(q, k, v, out, SdpaOptions.CAUSAL, ws);
+            assertTrue(ws.acquire(), backend + ": the workspace was left taken");
+            ws.release();
+        }
+    }
+
+    /**
      * One workspace, two threads calling at once: each call either gives exactly the serial result or is
      * refused as in use; never a result that differs (12 to 121 of 400 did, before).
      */
