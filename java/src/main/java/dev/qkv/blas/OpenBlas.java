@@ -7,6 +7,7 @@ import dev.qkv.tensor.Tensor;
 import java.io.IOException;
 import java.io.InputStream;
 import java.io.UncheckedIOException;
+import java.lang.foreign.FunctionDescriptor;
 import java.lang.foreign.Linker;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.SymbolLookup;
@@ -264,12 +265,33 @@ public final class OpenBlas {
                            MemorySegment getNumThreads) {
     }
 
+    /**
+     * The C signatures of the downcalls, as jextract wrote them in the bindings. Not taken from the bindings'
+     * {@code cblas_h.<function>$descriptor()}: each of those initialises a holder class that also looks its
+     * function up in the libraries this class loader loaded, and throws when it finds none there, which is the
+     * case for every copy of qkv after the first in a JVM (see {@link #loadLibrary}; found by ClassLoaderTest).
+     */
+    private static final class Descriptors {
+        static final FunctionDescriptor OPENBLAS_SET_NUM_THREADS = FunctionDescriptor.ofVoid(cblas_h.C_INT);
+        static final FunctionDescriptor OPENBLAS_GET_NUM_THREADS = FunctionDescriptor.of(cblas_h.C_INT);
+        static final FunctionDescriptor OPENBLAS_GET_CONFIG = FunctionDescriptor.of(cblas_h.C_POINTER);
+        static final FunctionDescriptor OPENBLAS_GET_CORENAME = FunctionDescriptor.of(cblas_h.C_POINTER);
+        /** order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy. */
+        static final FunctionDescriptor CBLAS_SGEMV = FunctionDescriptor.ofVoid(cblas_h.C_INT, cblas_h.C_INT,
+                cblas_h.C_INT, cblas_h.C_INT, cblas_h.C_FLOAT, cblas_h.C_POINTER, cblas_h.C_INT, cblas_h.C_POINTER,
+                cblas_h.C_INT, cblas_h.C_FLOAT, cblas_h.C_POINTER, cblas_h.C_INT);
+        /** order, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc. */
+        static final FunctionDescriptor CBLAS_SGEMM = FunctionDescriptor.ofVoid(cblas_h.C_INT, cblas_h.C_INT,
+                cblas_h.C_INT, cblas_h.C_INT, cblas_h.C_INT, cblas_h.C_INT, cblas_h.C_FLOAT, cblas_h.C_POINTER,
+                cblas_h.C_INT, cblas_h.C_POINTER, cblas_h.C_INT, cblas_h.C_FLOAT, cblas_h.C_POINTER, cblas_h.C_INT);
+    }
+
     /** The thread-count downcalls, bound to {@link #symbols} when first used (after loading). */
     private static final class Calls {
         static final MethodHandle SET_NUM_THREADS = Linker.nativeLinker().downcallHandle(symbols.setNumThreads(),
-                cblas_h.openblas_set_num_threads$descriptor());
+                Descriptors.OPENBLAS_SET_NUM_THREADS);
         static final MethodHandle GET_NUM_THREADS = Linker.nativeLinker().downcallHandle(symbols.getNumThreads(),
-                cblas_h.openblas_get_num_threads$descriptor());
+                Descriptors.OPENBLAS_GET_NUM_THREADS);
     }
 
     /** One line for logs and {@code info}: path, config, core and threads. */
@@ -440,19 +462,19 @@ public final class OpenBlas {
         // into Java. OpenBLAS threads can run long for large products, so it is only used where GC latency
         // from a long critical call does not matter: below a size threshold (see sgemm).
         static final MethodHandle SGEMM = Linker.nativeLinker().downcallHandle(symbols.sgemm(),
-                cblas_h.cblas_sgemm$descriptor(), Linker.Option.critical(false));
+                Descriptors.CBLAS_SGEMM, Linker.Option.critical(false));
         /**
          * The ordinary downcall, also held here rather than called through the jextract wrapper: once the
          * wrapper is compiled on its own it is too big to inline, and the slices passed to it escape (120 B
          * per product, measured at [1, 1, 4096, 128]).
          */
         static final MethodHandle PLAIN = Linker.nativeLinker().downcallHandle(symbols.sgemm(),
-                cblas_h.cblas_sgemm$descriptor());
+                Descriptors.CBLAS_SGEMM);
         /** cblas_sgemv, critical (small products) and ordinary, for the same reasons as sgemm's. */
         static final MethodHandle SGEMV = Linker.nativeLinker().downcallHandle(symbols.sgemv(),
-                cblas_h.cblas_sgemv$descriptor(), Linker.Option.critical(false));
+                Descriptors.CBLAS_SGEMV, Linker.Option.critical(false));
         static final MethodHandle PLAIN_SGEMV = Linker.nativeLinker().downcallHandle(symbols.sgemv(),
-                cblas_h.cblas_sgemv$descriptor());
+                Descriptors.CBLAS_SGEMV);
     }
 
     /**
@@ -602,7 +624,7 @@ public final class OpenBlas {
             for (String f : BUNDLED_FILES) {
                 Path file = dir.resolve(f);
                 try {
-                    System.load(file.toString());
+                    loadLibrary(file);
                 } catch (UnsatisfiedLinkError e) {
                     // from a folder the user chose, e.g. on a file system mounted noexec: that setting's fault too
                     String chosen = System.getProperty(CACHE_PROPERTY);
@@ -624,7 +646,7 @@ public final class OpenBlas {
                 continue;
             }
             try {
-                System.load(p);
+                loadLibrary(path);
                 return describeLoaded(BlasLibrary.Source.SYSTEM, path, "system OpenBLAS " + p);
             } catch (UnsatisfiedLinkError e) {
                 tried.add(p + " (cannot be loaded: " + loaderReason(path, e) + ")");
@@ -632,6 +654,32 @@ public final class OpenBlas {
         }
         throw new BlasUnavailableException("no OpenBLAS found; tried: " + String.join("; ", tried)
                 + ". Set -D" + LIBRARY_PROPERTY + "=/path/to/libopenblas.so.0 or " + LIBRARY_ENV + ".");
+    }
+
+    /**
+     * Loads the shared object {@code file} into the process, as {@link System#load}. That refuses a file another
+     * class loader of this JVM loaded ("already loaded in another classloader"): a second copy of qkv (an
+     * application server that redeploys, two applications that each bundle qkv) then had no OpenBLAS, NATIVE
+     * failed and AUTO ran the Java kernels (found by ClassLoaderTest). Such a file is in the process already;
+     * it is opened again through the dynamic loader ({@link SymbolLookup#libraryLookup}, never unloaded), which
+     * hands back the same library, and {@link #describeLoaded} finds its symbols there as for the first copy.
+     *
+     * @throws UnsatisfiedLinkError as {@link System#load}, when the dynamic loader refuses the file
+     */
+    private static void loadLibrary(Path file) {
+        try {
+            System.load(file.toString());
+        } catch (UnsatisfiedLinkError e) {
+            if (!String.valueOf(e.getMessage()).contains("already loaded in another classloader")) {
+                throw e;
+            }
+            try {
+                SymbolLookup.libraryLookup(file, java.lang.foreign.Arena.global());
+            } catch (IllegalArgumentException again) {
+                e.addSuppressed(again);
+                throw e;
+            }
+        }
     }
 
     /**
@@ -698,7 +746,7 @@ public final class OpenBlas {
                     + "; an explicit library path never falls back)");
         }
         try {
-            System.load(path.toString());
+            loadLibrary(path);
         } catch (UnsatisfiedLinkError e) {
             throw new BlasUnavailableException(what + ": cannot be loaded: " + loaderReason(path, e), e);
         }
@@ -834,7 +882,7 @@ public final class OpenBlas {
         Linker linker = Linker.nativeLinker();
         // openblas_get_config takes no arguments, so it is safe to call on any build; every other call passes ints
         String config = cString(call(linker.downcallHandle(found[REQUIRED_SYMBOLS.indexOf("openblas_get_config")],
-                cblas_h.openblas_get_config$descriptor()), "openblas_get_config"));
+                Descriptors.OPENBLAS_GET_CONFIG), "openblas_get_config"));
         if (config.contains("USE64BITINT")) {
             // an ILP64 build (Debian's libopenblas64-0, say) exports the same names with 64-bit integer arguments:
             // it read qkv's 32-bit sizes with garbage upper halves, and its first product aborted the JVM
@@ -843,7 +891,7 @@ public final class OpenBlas {
                     + " LP64 build (libopenblas.so.0, not libopenblas64)");
         }
         String core = cString(call(linker.downcallHandle(found[REQUIRED_SYMBOLS.indexOf("openblas_get_corename")],
-                cblas_h.openblas_get_corename$descriptor()), "openblas_get_corename"));
+                Descriptors.OPENBLAS_GET_CORENAME), "openblas_get_corename"));
         symbols = new Symbols(found[REQUIRED_SYMBOLS.indexOf("cblas_sgemm")],
                 found[REQUIRED_SYMBOLS.indexOf("cblas_sgemv")],
                 found[REQUIRED_SYMBOLS.indexOf("openblas_set_num_threads")],
