@@ -13,7 +13,7 @@ import java.util.concurrent.locks.ReentrantLock;
 /**
  * The process-wide pool behind parallel attention: one daemon thread per core but one (the caller is the
  * other worker), shared by every {@link Attention}, so that no number of instances can oversubscribe the
- * cores. A call hands its tasks to the pool only when the pool is idle; a call that finds it busy runs its tasks
+ * cores. A thread is started by the first call that wants it and ends after {@link #IDLE_NANOS} without a call. A call hands its tasks to the pool only when the pool is idle; a call that finds it busy runs its tasks
  * on the calling thread. Tasks are claimed one at a time from a shared counter, which balances uneven (causal)
  * work, and a call returns when its tasks are done, whether or not every helper got to run. Nothing is
  * allocated per call: workers are woken by {@link LockSupport#unpark}.
@@ -77,6 +77,15 @@ public final class WorkerPool {
     /** A small call's wait for a pool thread's task beyond which that thread lost its core (see run). */
     static final long SMALL_WAIT_NANOS = 100_000L;
 
+    /**
+     * How long a pool thread waits for a call before it ends ({@code qkv.pool.idleMillis}, default a minute); the next
+     * call that wants it starts it again. A thread that never ended kept the class loader that loaded qkv (its code,
+     * its context class loader) and its scratch for the life of the process: every copy of qkv that an application
+     * server redeployed, or a plugin system unloaded, stayed in memory with (cores - 1) threads (found by
+     * PoolLifetimeTest). Steady calls never wait that long, so they start no thread.
+     */
+    static final long IDLE_NANOS = Settings.longSetting("qkv.pool.idleMillis", 60_000, 1, 86_400_000) * 1_000_000;
+
     /** Low 32 bits of {@link #state} while a call's fields are being set or after it ended. */
     private static final long CLOSED = 0xFFFF_FFFFL;
 
@@ -117,10 +126,18 @@ public final class WorkerPool {
     /** How long this pool's threads spin for the next call: {@link #SPIN_NANOS} for the shared pool. */
     private final long spinNanos;
 
+    /** How long this pool's threads wait for a call before they end: {@link #IDLE_NANOS} for the shared pool. */
+    private final long idleNanos;
+
     /** A pool of {@code size} threads; tests make their own with spinning on. */
     WorkerPool(int size, long spinNanos) {
+        this(size, spinNanos, IDLE_NANOS);
+    }
+
+    WorkerPool(int size, long spinNanos, long idleNanos) {
         this.threads = new Thread[size];
         this.spinNanos = spinNanos;
+        this.idleNanos = idleNanos;
     }
 
     /**
@@ -142,12 +159,15 @@ public final class WorkerPool {
         if (threads.length == 0) {
             return false;
         }
-        if (threads[0] == null) {
+        Thread t = threads[0];
+        if (t == null) {
+            // (started again after it ended idle: read once, it may end again meanwhile)
             synchronized (this) {
                 start(1);
+                t = threads[0];
             }
         }
-        return segment.isAccessibleBy(threads[0]);
+        return segment.isAccessibleBy(t);
     }
 
     /**
@@ -332,8 +352,9 @@ public final class WorkerPool {
         for (int i = 0; i < h; i++) {
             if (threads[i] == null) {
                 final int index = i;
-                // started by whichever caller first needs it, and kept for the process: it must keep nothing of that
-                // caller's (its inheritable thread-local values, its context class loader), or they never die
+                // started by whichever caller first needs it, and kept until it is idle for idleNanos (see
+                // IDLE_NANOS): it must keep nothing of that caller's (its inheritable thread-local values, its context
+                // class loader), or they live as long as it
                 Thread t = Thread.ofPlatform().name("qkv-attention-" + (i + 1)).daemon(true)
                         .inheritInheritableThreadLocals(false).unstarted(() -> loop(index));
                 t.setContextClassLoader(WorkerPool.class.getClassLoader());
@@ -367,13 +388,15 @@ public final class WorkerPool {
         if (spinNanos > 0 && threads.length > 0 && !spinWanted && !noCpuClock) {
             long now = System.nanoTime();
             if (now - lastEnd < spinNanos && now - quietUntil >= 0 && callers.get() < threads.length) {
-                if (threads[0] == null) {
+                Thread zero = threads[0];
+                if (zero == null) {
                     synchronized (this) {
                         start(1);
+                        zero = threads[0];
                     }
                 }
                 spinWanted = true;
-                LockSupport.unpark(threads[0]);
+                LockSupport.unpark(zero);
             }
         }
         return false;
@@ -389,10 +412,11 @@ public final class WorkerPool {
         return spinning.get();
     }
 
-    /** True when every pool thread started so far is parked: the pool uses no CPU. */
+    /** True when every pool thread started so far is parked (or has ended idle): the pool uses no CPU. */
     boolean parked() {
         for (Thread t : threads) {
-            if (t != null && t.getState() != Thread.State.WAITING) {
+            Thread.State st = t == null ? Thread.State.TERMINATED : t.getState();
+            if (st != Thread.State.WAITING && st != Thread.State.TIMED_WAITING && st != Thread.State.TERMINATED) {
                 return false;
             }
         }
@@ -556,9 +580,13 @@ public final class WorkerPool {
                 }
                 // an interrupt left set (by a task that restores one it caught, or by anyone holding this thread)
                 // would make every park return at once: the idle thread would spin a core for good. Nothing here
-                // waits for an interrupt; a pool thread ends only with the process
+                // waits for an interrupt
                 Thread.interrupted();
-                LockSupport.park(this);
+                long parkedAt = System.nanoTime();
+                LockSupport.parkNanos(this, idleNanos);
+                if (System.nanoTime() - parkedAt >= idleNanos && retire(index, seen)) {
+                    return;
+                }
                 continue;
             }
             seen = g;
@@ -588,6 +616,21 @@ public final class WorkerPool {
             }
             spin.begin(System.nanoTime());
         }
+    }
+
+    /**
+     * Ends pool thread {@code index} after it waited {@link #idleNanos} for a call, unless a call came meanwhile
+     * ({@code seen} is no longer the last generation) or thread 0 was asked to spin: its slot is emptied, and
+     * {@link #start} makes a new thread when a call wants one. A call that set its fields after this looked at the
+     * generation finds the slot empty or the thread ending, unparks nothing, and runs its tasks on its caller
+     * (a call waits for its tasks, not for its helpers).
+     */
+    private synchronized boolean retire(int index, long seen) {
+        if (generation != seen || (index == 0 && spinWanted) || threads[index] != Thread.currentThread()) {
+            return false;
+        }
+        threads[index] = null;
+        return true;
     }
 
     /** Counts pool thread {@code index} in (+1) or out (-1) of the spinning ones. */

@@ -474,7 +474,9 @@ class WorkerPoolTest {
         }, 2, 1);
         Thread t = helper.get();
         assertTrue(t != null, "no pool thread ran a task");
-        waitUntil(() -> t.getState() == Thread.State.WAITING && !t.isInterrupted(),
+        // parked: until the next call, or (TIMED_WAITING) at most the pool's idle time
+        waitUntil(() -> (t.getState() == Thread.State.WAITING || t.getState() == Thread.State.TIMED_WAITING)
+                        && !t.isInterrupted(),
                 () -> "the pool thread never parked again: " + t.getState() + ", interrupted " + t.isInterrupted());
         // and it still takes part in calls
         AtomicIntegerArray byWorker = new AtomicIntegerArray(2);
