@@ -663,6 +663,7 @@ class MainTest {
         "qkv.groupKeyBlockBytes=1k | -Dqkv.groupKeyBlockBytes=1k: must be an integer",
         "qkv.nativeSmallCalls=yes | -Dqkv.nativeSmallCalls=yes: must be true or false",
         "qkv.pool.spinMicros=-1 | -Dqkv.pool.spinMicros=-1: must be an integer from 0 to",
+        "qkv.pool.idleMillis=0 | -Dqkv.pool.idleMillis=0: must be an integer from 1 to",
         "qkv.blas.threads=abc  | -Dqkv.blas.threads=abc: expected a thread count in 1..1024",
         "qkv.blas.critical=off | -Dqkv.blas.critical=off: must be true or false",
         "qkv.vector=off        | -Dqkv.vector=off: must be true or false",
