@@ -270,8 +270,10 @@ public final class OpenBlas {
      * {@code cblas_h.<function>$descriptor()}: each of those initialises a holder class that also looks its
      * function up in the libraries this class loader loaded, and throws when it finds none there, which is the
      * case for every copy of qkv after the first in a JVM (see {@link #loadLibrary}; found by ClassLoaderTest).
+     * DescriptorsTest checks that each equals the generated one, so regenerated bindings that change a signature
+     * fail the build rather than go unnoticed.
      */
-    private static final class Descriptors {
+    static final class Descriptors {
         static final FunctionDescriptor OPENBLAS_SET_NUM_THREADS = FunctionDescriptor.ofVoid(cblas_h.C_INT);
         static final FunctionDescriptor OPENBLAS_GET_NUM_THREADS = FunctionDescriptor.of(cblas_h.C_INT);
         static final FunctionDescriptor OPENBLAS_GET_CONFIG = FunctionDescriptor.of(cblas_h.C_POINTER);

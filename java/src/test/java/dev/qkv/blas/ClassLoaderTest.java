@@ -27,6 +27,11 @@ class ClassLoaderTest {
 
     @Test
     void everyClassLoaderOfQkvGetsOpenBlas() throws Exception {
+        // this JVM's own copy first, as an application's would be: the copies below are the later ones. (Loaded
+        // by a copy below first, the test class loader's would be a later copy too, and the generated bindings'
+        // own lookups, which DescriptorsTest calls, find nothing in it.)
+        assertArrayEquals(new float[] {19, 22, 43, 50}, product(getClass().getClassLoader(), OpenBlas.class,
+                OpenBlas.get()), "this class loader");
         List<URL> urls = new ArrayList<>();
         for (String s : System.getProperty("java.class.path").split(java.io.File.pathSeparator)) {
             urls.add(Path.of(s).toUri().toURL());
