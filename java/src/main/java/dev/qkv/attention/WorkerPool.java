@@ -13,8 +13,10 @@ import java.util.concurrent.locks.ReentrantLock;
 /**
  * The process-wide pool behind parallel attention: one daemon thread per core but one (the caller is the
  * other worker), shared by every {@link Attention}, so that no number of instances can oversubscribe the
- * cores. A thread is started by the first call that wants it and ends after {@link #IDLE_NANOS} without a call. A call hands its tasks to the pool only when the pool is idle; a call that finds it busy runs its tasks
- * on the calling thread. Tasks are claimed one at a time from a shared counter, which balances uneven (causal)
+ * cores. A thread is started by the first call that wants it and ends after {@link #IDLE_NANOS} without a call;
+ * one the JVM cannot start (the process's thread limit) leaves that call's tasks to its caller, and a later call
+ * tries again. A call hands its tasks to the pool only when the pool is idle; a call that finds it busy runs its
+ * tasks on the calling thread. Tasks are claimed one at a time from a shared counter, which balances uneven (causal)
  * work, and a call returns when its tasks are done, whether or not every helper got to run. Nothing is
  * allocated per call: workers are woken by {@link LockSupport#unpark}.
  *
@@ -129,15 +131,24 @@ public final class WorkerPool {
     /** How long this pool's threads wait for a call before they end: {@link #IDLE_NANOS} for the shared pool. */
     private final long idleNanos;
 
+    /** Starts a pool thread: {@link Thread#start} but in tests. */
+    private final java.util.function.Consumer<Thread> starter;
+
     /** A pool of {@code size} threads; tests make their own with spinning on. */
     WorkerPool(int size, long spinNanos) {
         this(size, spinNanos, IDLE_NANOS);
     }
 
     WorkerPool(int size, long spinNanos, long idleNanos) {
+        this(size, spinNanos, idleNanos, Thread::start);
+    }
+
+    /** As above, with how a pool thread is started: {@link Thread#start}, or a test's that can refuse. */
+    WorkerPool(int size, long spinNanos, long idleNanos, java.util.function.Consumer<Thread> starter) {
         this.threads = new Thread[size];
         this.spinNanos = spinNanos;
         this.idleNanos = idleNanos;
+        this.starter = starter;
     }
 
     /**
@@ -165,6 +176,10 @@ public final class WorkerPool {
             synchronized (this) {
                 start(1);
                 t = threads[0];
+            }
+            if (t == null) {
+                // it could not start: this call runs on its caller
+                return false;
             }
         }
         return segment.isAccessibleBy(t);
@@ -359,7 +374,16 @@ public final class WorkerPool {
                         .inheritInheritableThreadLocals(false).unstarted(() -> loop(index));
                 t.setContextClassLoader(WorkerPool.class.getClassLoader());
                 threads[i] = t;
-                t.start();
+                try {
+                    starter.accept(t);
+                } catch (OutOfMemoryError e) {
+                    // "unable to create native thread": the process met its thread limit. The call runs without
+                    // this helper (its tasks run on the caller, as when a helper is not scheduled), and a later
+                    // call tries again; thrown, it failed a call that needs no second thread, and the thread
+                    // never started stayed in its slot for good
+                    threads[i] = null;
+                    return;
+                }
             }
         }
     }

@@ -454,6 +454,37 @@ class WorkerPoolTest {
     }
 
     /**
+     * A pool thread the JVM cannot start (Thread.start throws OutOfMemoryError "unable to create native thread"
+     * when the process meets its thread limit) costs the call its helper, not its result: the tasks run on the
+     * caller, and a later call starts the thread. Before, the call threw the OutOfMemoryError, and the
+     * never-started thread stayed in its slot for good, so that no later call had a helper.
+     */
+    @Test
+    void aPoolThreadThatCannotStartLeavesTheCallToItsCallerAndIsStartedLater() {
+        AtomicInteger refusals = new AtomicInteger(1);
+        WorkerPool pool = new WorkerPool(1, 0, WorkerPool.IDLE_NANOS, t -> {
+            if (refusals.getAndDecrement() > 0) {
+                throw new OutOfMemoryError("unable to create native thread: possibly out of memory or process/resource"
+                        + " limits reached");
+            }
+            t.start();
+        });
+        AtomicIntegerArray byWorker = new AtomicIntegerArray(2);
+        pool.run((task, worker) -> byWorker.incrementAndGet(worker), 4, 1);
+        assertEquals(4, byWorker.get(0) + byWorker.get(1), "every task ran once");
+        assertEquals(0, byWorker.get(1), "no pool thread ran: it could not start");
+        // the next call starts it, and it takes part
+        AtomicIntegerArray again = new AtomicIntegerArray(2);
+        CountDownLatch both = new CountDownLatch(2);
+        pool.run((task, worker) -> {
+            again.incrementAndGet(worker);
+            both.countDown();
+            await(both);
+        }, 2, 1);
+        assertEquals(1, again.get(1), "tasks run by the pool thread started later");
+    }
+
+    /**
      * A pool thread whose interrupt status is set (by a task that restores an interrupt it caught, as library code
      * does, or by anyone holding the thread) goes back to parking once the call is done: before the fix,
      * {@code LockSupport.park} returned at once for the rest of the process, and the idle thread spun a core.
