@@ -196,6 +196,12 @@ public final class Safetensors {
             ByteBuffer lenBuf = ByteBuffer.allocate(8).order(ByteOrder.LITTLE_ENDIAN);
             readFully(file, ch, lenBuf, 0);
             long n = lenBuf.getLong(0);
+            if (n < 0 || n > size - 8 || n > MAX_HEADER_BYTES) {
+                String other = otherFormat(lenBuf);
+                if (other != null) {
+                    throw fail(file, "not a .safetensors file: " + other);
+                }
+            }
             if (n < 0 || n > size - 8) {
                 throw fail(file, "header length " + Long.toUnsignedString(n) + " exceeds the " + (size - 8)
                         + " bytes after the length field");
@@ -247,6 +253,33 @@ public final class Safetensors {
                 ch.close();
             }
         }
+    }
+
+    /**
+     * What a file whose first 8 bytes are no plausible header length is, when it is one of the formats a user most
+     * likely gives by mistake, else null. Each magic read as a little-endian length is far past
+     * {@link #MAX_HEADER_BYTES}, so no .safetensors file is taken for one. Found embedding qkv: {@code --weights}
+     * naming a .npy file said only "header length 379676406402707 exceeds the 18552 bytes after the length field".
+     */
+    private static String otherFormat(ByteBuffer first8) {
+        int b0 = first8.get(0) & 0xff;
+        int b1 = first8.get(1) & 0xff;
+        if (b0 == 0x93 && b1 == 'N' && first8.get(2) == 'U' && first8.get(3) == 'M' && first8.get(4) == 'P'
+                && first8.get(5) == 'Y') {
+            return "a .npy file (give it as an input array, not as weights)";
+        }
+        if (b0 == 'P' && b1 == 'K' && first8.get(2) == 3 && first8.get(3) == 4) {
+            return "a zip archive (PyTorch's torch.save format of .bin/.pt/.pth files): convert it with"
+                    + " safetensors.torch.save_file(model.state_dict(), path)";
+        }
+        if (b0 == 0x80 && b1 >= 2 && b1 <= 5) {
+            return "a pickle (PyTorch's legacy torch.save format of .bin/.pt files): convert it with"
+                    + " safetensors.torch.save_file(model.state_dict(), path)";
+        }
+        if (b0 == 'G' && b1 == 'G' && first8.get(2) == 'U' && first8.get(3) == 'F') {
+            return "a GGUF file (llama.cpp's format), which qkv does not read";
+        }
+        return null;
     }
 
     /**

@@ -113,7 +113,8 @@ class MhaCommandTest {
         Files.write(bad, new byte[] {(byte) 200, 0, 0, 0, 0, 0, 0, 0, '{', '}'});
         assertUserError(mha("--x", x, "--weights", bad.toString(), "--heads", "4", "--out", y.toString()),
                 bad + ": header length 200 exceeds");
-        assertUserError(mha("--x", x, "--weights", x, "--heads", "4", "--out", y.toString()), "self_x.npy: header");
+        assertUserError(mha("--x", x, "--weights", x, "--heads", "4", "--out", y.toString()),
+                "self_x.npy: not a .safetensors file: a .npy file");
         assertUserError(mha("--x", x, "--weights", w, "--heads", "4", "--backend", "gpu", "--out", y.toString()),
                 "unknown backend 'gpu'");
         // --out naming an input replaced it with the result, exit 0: refused, the input left as it was

@@ -402,6 +402,38 @@ class SafetensorsTest {
     }
 
     /**
+     * Another model format given where a {@code .safetensors} file belongs (found embedding qkv: {@code mha
+     * --weights x.npy} said only "header length 379676406402707 exceeds the 18552 bytes after the length field"):
+     * the message says the file is not a .safetensors file and, for the formats a user most likely holds (a
+     * {@code .npy} array, PyTorch's zip or pickle {@code .bin}/{@code .pt}, GGUF), which one it is.
+     */
+    static Stream<org.junit.jupiter.params.provider.Arguments> otherFormats() {
+        byte[] npy = new byte[200];
+        System.arraycopy(new byte[] {(byte) 0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, 118, 0, '{'}, 0, npy, 0, 11);
+        byte[] zip = new byte[200];
+        System.arraycopy(new byte[] {'P', 'K', 3, 4, 0, 0, 0, 0, 8, 0}, 0, zip, 0, 10);
+        byte[] pickle = new byte[200];
+        System.arraycopy(new byte[] {(byte) 0x80, 2, (byte) 0x8a, 10, 0x6c, (byte) 0xfc, (byte) 0x9c, 0x46,
+                (byte) 0xf9, 0x20}, 0, pickle, 0, 10);
+        byte[] gguf = new byte[200];
+        System.arraycopy(new byte[] {'G', 'G', 'U', 'F', 3, 0, 0, 0, 1, 0}, 0, gguf, 0, 10);
+        return Stream.of(arguments(named(".npy", npy), "a .npy file"),
+                arguments(named("zip", zip), "a zip archive (PyTorch's torch.save format"),
+                arguments(named("pickle", pickle), "a pickle (PyTorch's legacy torch.save format"),
+                arguments(named("gguf", gguf), "a GGUF file"));
+    }
+
+    @ParameterizedTest
+    @MethodSource("otherFormats")
+    void anotherFormatIsNamedNotReadAsAHeaderLength(byte[] bytes, String expect) throws IOException {
+        Path p = write("model.bin", bytes);
+        try (Arena arena = Arena.ofConfined()) {
+            SafetensorsException e = assertThrows(SafetensorsException.class, () -> Safetensors.open(p, arena));
+            assertTrue(e.getMessage().startsWith(p + ": not a .safetensors file: " + expect), e.getMessage());
+        }
+    }
+
+    /**
      * {@code "__metadata__": null} is what the reference implementation reads as "no metadata" (its field is an
      * {@code Option<HashMap<String, String>>}, and serde reads JSON null as {@code None}); it was refused.
      */
