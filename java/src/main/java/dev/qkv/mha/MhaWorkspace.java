@@ -22,7 +22,10 @@ public final class MhaWorkspace {
     /** The slabs of a projection shared with the pool: one per workspace, as a workspace serves one call. */
     private final MultiHeadAttention.Slabs slabs = new MultiHeadAttention.Slabs();
 
-    /** What the cached views were made for: a layer (views depend on its E, H, Hkv), a call kind, sizes. */
+    /**
+     * What the cached views were made for: a layer shape (views depend on its H, Hkv and Dh only, so layers of one
+     * shape share them), a call kind, sizes.
+     */
     private Object viewOwner;
     private int viewKind = -1;
     private long viewB;

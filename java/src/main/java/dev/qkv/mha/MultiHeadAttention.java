@@ -18,6 +18,7 @@ import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.Objects;
+import java.util.concurrent.ConcurrentHashMap;
 
 /**
  * A multi-head attention layer, batch first: for {@code x [B, L, E]} and keys/values from {@code kv [B, Lkv, E]}
@@ -106,6 +107,19 @@ public final class MultiHeadAttention {
     private final int kvd;
     /** Row width of the packed self-attention projection {@code [Q | K | V]}. */
     private final int qkvWidth;
+    /**
+     * What a workspace's cached head views are made for: they depend on the layer's shape (H, Hkv, Dh) and the
+     * workspace only, so every layer of one shape shares one key. Keyed by the layer object, one workspace serving
+     * a model's layers in turn (as it may) made its views again at every call of another layer than the last:
+     * 448 bytes of heap per layer and token (found embedding qkv; {@code SharedWorkspaceTest}).
+     */
+    private final Geometry viewKey;
+
+    /** A layer's shape as the head views see it; interned, so that the views' owner is compared by identity. */
+    private record Geometry(int heads, int kvHeads, int headDim) {
+    }
+
+    private static final ConcurrentHashMap<Geometry, Geometry> GEOMETRIES = new ConcurrentHashMap<>();
 
     private MultiHeadAttention(MhaWeights w, Backend backend, MatmulKernel matmul, Attention attention) {
         this.w = w;
@@ -123,6 +137,8 @@ public final class MultiHeadAttention {
         this.dh = w.headDim();
         this.kvd = w.kvDim();
         this.qkvWidth = e + 2 * kvd;
+        Geometry g = new Geometry(h, hkv, dh);
+        this.viewKey = GEOMETRIES.computeIfAbsent(g, k -> k);
     }
 
     /**
@@ -383,10 +399,10 @@ public final class MultiHeadAttention {
         if (kv == null) {
             // P [B·L, E + 2·Hkv·Dh] = x · [W_Q; W_K; W_V]ᵀ, then heads as views with row stride W
             aOff = b * l * qkvWidth;
-            if (!ws.viewsFor(this, SELF, b, l, l)) {
+            if (!ws.viewsFor(viewKey, SELF, b, l, l)) {
                 long wd = qkvWidth;
                 long[] st = {l * wd, dh, wd, 1};
-                ws.cacheViews(this, SELF, b, l, l,
+                ws.cacheViews(viewKey, SELF, b, l, l,
                         Tensor.view(seg, 0, new long[] {b, h, l, dh}, st),
                         Tensor.view(seg, e, new long[] {b, hkv, l, dh}, st),
                         Tensor.view(seg, e + kvd, new long[] {b, hkv, l, dh}, st),
@@ -399,9 +415,9 @@ public final class MultiHeadAttention {
             // Q [B·L, E] = x·W_Qᵀ; P_kv [B·Lkv, 2·Hkv·Dh] = kv · [W_K; W_V]ᵀ
             long kvOff = b * l * e;
             aOff = kvOff + b * lkv * 2 * kvd;
-            if (!ws.viewsFor(this, CROSS, b, l, lkv)) {
+            if (!ws.viewsFor(viewKey, CROSS, b, l, lkv)) {
                 long[] st = {lkv * 2 * kvd, dh, 2L * kvd, 1};
-                ws.cacheViews(this, CROSS, b, l, lkv,
+                ws.cacheViews(viewKey, CROSS, b, l, lkv,
                         Tensor.view(seg, 0, new long[] {b, h, l, dh}, new long[] {l * e, dh, e, 1}),
                         Tensor.view(seg, kvOff, new long[] {b, hkv, lkv, dh}, st),
                         Tensor.view(seg, kvOff + kvd, new long[] {b, hkv, lkv, dh}, st),
@@ -576,8 +592,8 @@ public final class MultiHeadAttention {
         int ni = (int) n;
         int len = before + ni;
         long aOff = n * qkvWidth;
-        if (!ws.viewsFor(this, DECODE, 1, n, 0)) {
-            ws.cacheViews(this, DECODE, 1, n, 0,
+        if (!ws.viewsFor(viewKey, DECODE, 1, n, 0)) {
+            ws.cacheViews(viewKey, DECODE, 1, n, 0,
                     Tensor.view(seg, 0, new long[] {1, h, n, dh}, new long[] {n * qkvWidth, dh, qkvWidth, 1}),
                     null, null, headsOutput(seg, aOff, 1, n));
         }
