@@ -45,7 +45,12 @@ class AllocationTest {
         /** Projections cut into column slabs (see {@link MultiHeadAttention#SLAB_COLS}), run on the caller. */
         SELF_SLABS,
         /** The same on a two-thread layer: the caller's side of sharing slabs with the pool. */
-        SELF_SLABS_TWO_THREADS
+        SELF_SLABS_TWO_THREADS,
+        /**
+         * Two layers of one shape decoding in turn on one workspace, as a model's layers may (each with its cache):
+         * the workspace's head views were keyed by the layer, and made again at each switch (SharedWorkspaceTest).
+         */
+        DECODE_TWO_LAYERS_ONE_WORKSPACE
     }
 
     // Dh = E / H = 64: four 16-float vectors, no masked tail (see the class comment)
@@ -187,6 +192,40 @@ class AllocationTest {
                     Tensor full = Tensor.allocate(a, 1, PREFIX + 1, E);
                     reference.forward(seq, full, SdpaOptions.CAUSAL, reference.newWorkspace(a, 1, PREFIX + 1, PREFIX + 1));
                     assertWithinFloat32(full.slice(1, PREFIX, PREFIX + 1).toArray(), out.toArray(), E, maxKeys, what);
+                });
+            }
+            case DECODE_TWO_LAYERS_ONE_WORKSPACE -> {
+                MhaWeights w2 = MultiHeadAttentionTest.weights(a, r, E, H, HKV, true, true);
+                MultiHeadAttention layer2 = MultiHeadAttention.create(w2, backend, 1);
+                MultiHeadAttention reference2 = MultiHeadAttention.create(w2, Backend.REFERENCE);
+                Tensor seq = rand(a, r, 1f, 1, PREFIX + 1, E);
+                Tensor seq2 = rand(a, r, 1f, 1, PREFIX + 1, E);
+                KvCache cache = layer.newCache(a, CAPACITY);
+                KvCache cache2 = layer2.newCache(a, CAPACITY);
+                MhaWorkspace ws = layer.newWorkspace(a, 1, PREFIX, CAPACITY);
+                layer.decode(seq.slice(1, 0, PREFIX), cache, Tensor.allocate(a, 1, PREFIX, E), ws);
+                layer2.decode(seq2.slice(1, 0, PREFIX), cache2, Tensor.allocate(a, 1, PREFIX, E), ws);
+                Tensor token = seq.slice(1, PREFIX, PREFIX + 1);
+                Tensor token2 = seq2.slice(1, PREFIX, PREFIX + 1);
+                Tensor out = Tensor.allocate(a, 1, 1, E);
+                Tensor out2 = Tensor.allocate(a, 1, 1, E);
+                Runnable op = () -> {
+                    cache.truncate(PREFIX);
+                    cache2.truncate(PREFIX);
+                    layer.decode(token, cache, out, ws);
+                    layer2.decode(token2, cache2, out2, ws);
+                };
+                return new Case(what, op, () -> {
+                    out.fill(Float.NaN);
+                    out2.fill(Float.NaN);
+                    op.run();
+                    Tensor full = Tensor.allocate(a, 1, PREFIX + 1, E);
+                    reference.forward(seq, full, SdpaOptions.CAUSAL, reference.newWorkspace(a, 1, PREFIX + 1, PREFIX + 1));
+                    assertWithinFloat32(full.slice(1, PREFIX, PREFIX + 1).toArray(), out.toArray(), E, maxKeys, what);
+                    reference2.forward(seq2, full, SdpaOptions.CAUSAL,
+                            reference2.newWorkspace(a, 1, PREFIX + 1, PREFIX + 1));
+                    assertWithinFloat32(full.slice(1, PREFIX, PREFIX + 1).toArray(), out2.toArray(), E, maxKeys,
+                            what + " (second layer)");
                 });
             }
             case DECODE_GROWING -> {
