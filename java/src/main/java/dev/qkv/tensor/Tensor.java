@@ -637,7 +637,67 @@ public final class Tensor {
         if (values.length != elementCount()) {
             throw new IllegalArgumentException(values.length + " values for tensor " + shapeString());
         }
-        if (values.length == 0) {
+        return copyIn(values, 0);
+    }
+
+    /**
+     * Copies {@code values[at, at + elementCount())}, in row-major order of this tensor's shape, into the tensor:
+     * {@link #copyFrom(float[])} from part of a larger array (a service's reused input buffer), with the same
+     * rules. Nothing is allocated for a contiguous tensor.
+     *
+     * @throws IndexOutOfBoundsException when {@code at} is negative or the array holds fewer than
+     *                                   {@code elementCount()} values from {@code at} (nothing is written)
+     * @throws IllegalArgumentException  as {@link #copyFrom(float[])}, for the memory
+     */
+    public Tensor copyFrom(float[] values, int at) {
+        Objects.requireNonNull(values, "values is null");
+        requireUsable("tensor");
+        requireRange(values.length, at, "values");
+        return copyIn(values, at);
+    }
+
+    /**
+     * Copies the elements, in row-major order of this tensor's shape, into {@code dst[at, at + elementCount())}:
+     * {@link #toArray()} into the caller's array, so that copying each call's output to the heap allocates nothing
+     * (for a contiguous tensor; a strided view takes one small index array). The rest of {@code dst} is untouched.
+     *
+     * @throws IndexOutOfBoundsException when {@code at} is negative or {@code dst} holds fewer than
+     *                                   {@code elementCount()} floats from {@code at} (nothing is written)
+     * @throws IllegalStateException     when the arena is closed ({@link WrongThreadException} when it is confined
+     *                                   to another thread)
+     */
+    public void copyTo(float[] dst, int at) {
+        Objects.requireNonNull(dst, "dst is null");
+        requireUsable("tensor");
+        requireRange(dst.length, at, "dst");
+        int n = (int) elementCount();
+        if (n == 0) {
+            return; // an empty view may sit at any offset (a select next to an empty dimension)
+        }
+        if (isContiguous()) {
+            MemorySegment.copy(segment, FLOAT, offset * Float.BYTES, dst, at, n);
+            return;
+        }
+        long[] c = new long[shape.length];
+        for (int i = 0; i < n; i++) {
+            dst[at + i] = segment.getAtIndex(FLOAT, indexOf(c));
+            advance(c);
+        }
+    }
+
+    /** Refuses a range of an array of {@code length} from {@code at} that cannot hold this tensor's elements. */
+    private void requireRange(int length, int at, String name) {
+        long n = elementCount();
+        if (at < 0 || at > length || n > length - at) {
+            throw new IndexOutOfBoundsException(name + " of " + length + " floats from index " + at
+                    + " cannot hold tensor " + shapeString() + " (" + n + " elements)");
+        }
+    }
+
+    /** copyFrom's copy of {@code values[at, at + elementCount())}, the range checked. */
+    private Tensor copyIn(float[] values, int at) {
+        int n = (int) elementCount();
+        if (n == 0) {
             return this; // an empty view may sit at any offset (a select next to an empty dimension)
         }
         requireWritable();
@@ -645,12 +705,12 @@ public final class Tensor {
             requireDistinctAddresses();
         }
         if (isContiguous()) {
-            MemorySegment.copy(values, 0, segment, FLOAT, offset * Float.BYTES, values.length);
+            MemorySegment.copy(values, at, segment, FLOAT, offset * Float.BYTES, n);
             return this;
         }
         long[] c = new long[shape.length];
-        for (float value : values) {
-            segment.setAtIndex(FLOAT, indexOf(c), value);
+        for (int i = 0; i < n; i++) {
+            segment.setAtIndex(FLOAT, indexOf(c), values[at + i]);
             advance(c);
         }
         return this;

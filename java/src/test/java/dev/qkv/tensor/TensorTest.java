@@ -774,4 +774,76 @@ class TensorTest {
             }
         }
     }
+
+    /**
+     * copyTo is toArray into part of a caller's array, for contiguous tensors and strided views alike, leaving the
+     * rest of the array untouched; copyFrom(values, at) is copyFrom of that part (property: both against toArray
+     * and copyFrom(float[]) of Arrays.copyOfRange).
+     */
+    @Test
+    void copyToAndCopyFromAnOffsetAgreeWithToArrayAndCopyFrom() {
+        try (Arena a = Arena.ofConfined()) {
+            float[] values = new float[24];
+            for (int i = 0; i < values.length; i++) {
+                values[i] = i + 0.5f;
+            }
+            Tensor t = Tensor.allocate(a, 2, 3, 4).copyFrom(values);
+            for (Tensor view : List.of(t, t.transpose(0, 2), t.slice(1, 1, 3), t.select(0, 1))) {
+                int n = (int) view.elementCount();
+                float[] dst = new float[n + 7];
+                Arrays.fill(dst, -1f);
+                view.copyTo(dst, 3);
+                float[] want = new float[n + 7];
+                Arrays.fill(want, -1f);
+                System.arraycopy(view.toArray(), 0, want, 3, n);
+                assertArrayEquals(want, dst, "copyTo of " + view);
+
+                Tensor target = Tensor.allocate(a, view.shape());
+                float[] src = new float[n + 5];
+                for (int i = 0; i < src.length; i++) {
+                    src[i] = 100 + i;
+                }
+                target.copyFrom(src, 5);
+                Tensor expected = Tensor.allocate(a, view.shape()).copyFrom(Arrays.copyOfRange(src, 5, 5 + n));
+                assertArrayEquals(expected.toArray(), target.toArray(), "copyFrom at 5 into " + view.shapeString());
+            }
+            // into a strided view (the transpose of a fresh tensor), element by element
+            Tensor strided = Tensor.allocate(a, 4, 3, 2).transpose(0, 2);
+            float[] src = new float[30];
+            for (int i = 0; i < src.length; i++) {
+                src[i] = 200 + i;
+            }
+            strided.copyFrom(src, 2);
+            assertArrayEquals(Arrays.copyOfRange(src, 2, 26), strided.toArray(), "copyFrom at 2 into a transpose");
+        }
+    }
+
+    @Test
+    void copyToAndCopyFromRefuseARangeThatCannotHoldTheTensorAndWriteNothing() {
+        try (Arena a = Arena.ofConfined()) {
+            Tensor t = Tensor.allocate(a, 2, 3).fill(7f);
+            float[] dst = new float[8];
+            Arrays.fill(dst, -1f);
+            for (int at : new int[] {-1, 3, 9, Integer.MAX_VALUE}) {
+                IndexOutOfBoundsException e = assertThrows(IndexOutOfBoundsException.class, () -> t.copyTo(dst, at));
+                assertTrue(e.getMessage().startsWith("dst of 8 floats from index " + at + " cannot hold tensor [2, 3]"),
+                        e.getMessage());
+                IndexOutOfBoundsException f = assertThrows(IndexOutOfBoundsException.class,
+                        () -> t.copyFrom(dst, at));
+                assertTrue(f.getMessage().startsWith("values of 8 floats from index " + at), f.getMessage());
+            }
+            float[] untouched = new float[8];
+            Arrays.fill(untouched, -1f);
+            assertArrayEquals(untouched, dst);
+            assertArrayEquals(new float[] {7, 7, 7, 7, 7, 7}, t.toArray());
+            t.copyTo(dst, 2);
+            assertArrayEquals(new float[] {-1, -1, 7, 7, 7, 7, 7, 7}, dst, "the last range that fits");
+            assertThrows(NullPointerException.class, () -> t.copyTo(null, 0));
+            assertThrows(NullPointerException.class, () -> t.copyFrom(null, 0));
+            // an empty tensor fits anywhere in the array, its end included
+            Tensor empty = Tensor.allocate(a, 0, 3);
+            empty.copyTo(dst, 8);
+            empty.copyFrom(dst, 8);
+        }
+    }
 }
