@@ -31,7 +31,7 @@ final class MhaCommand implements Command {
     @Override
     public String usage() {
         return "mha --x X.npy [--kv KV.npy] --weights W.safetensors --heads H [--kv-heads N] [--prefix P] [--causal]"
-                + " [--mask M.npy] [--backend native|java] --out Y.npy";
+                + " [--mask M.npy] [--scale S] [--backend native|java] --out Y.npy";
     }
 
     @Override
@@ -40,14 +40,16 @@ final class MhaCommand implements Command {
                 + " weights as torch nn.MultiheadAttention (in_proj_weight, out_proj.*) or Hugging Face"
                 + " (q_proj/k_proj/v_proj/o_proj) names under an optional prefix; F32, F16 or BF16. A bool --mask"
                 + " is true where a query MAY attend (the opposite of torch's attn_mask and key_padding_mask, which"
-                + " are true where it may not); a float mask is added to the scaled scores. Default backend native"
+                + " are true where it may not); a float mask is added to the scaled scores. The scores are scaled by --scale, default"
+                + " 1/sqrt(E/H). Default backend native"
                 + " (auto and reference also accepted).";
     }
 
     @Override
     public int run(List<String> args, PrintStream out, PrintStream err) throws UsageException, IOException {
         Flags f = Flags.parse(name(), args,
-                Set.of("x", "kv", "weights", "heads", "kv-heads", "prefix", "mask", "backend", "out"), Set.of("causal"));
+                Set.of("x", "kv", "weights", "heads", "kv-heads", "prefix", "mask", "scale", "backend", "out"),
+                Set.of("causal"));
         Path xPath = f.requirePath("x");
         Path kvPath = f.path("kv");
         Path wPath = f.requirePath("weights");
@@ -57,6 +59,7 @@ final class MhaCommand implements Command {
         Path maskPath = f.path("mask");
         Backend backend = SdpaCommand.backend(f.get("backend", "native"));
         boolean causal = f.has("causal");
+        float scale = f.has("scale") ? SdpaCommand.scale(f.get("scale", null)) : Float.NaN;
         Path outPath = f.requirePath("out");
         Npy.checkTarget(outPath);
         Inputs.requireOutputIsNoInput(name(), "--out", outPath, "--x", xPath, "--kv", kvPath, "--weights", wPath,
@@ -93,7 +96,7 @@ final class MhaCommand implements Command {
                 NpyArray m = Npy.read(maskPath, arena);
                 mask = m.isBool() ? Mask.allowed(m.tensor()) : Mask.additive(m.tensor());
             }
-            SdpaOptions options = new SdpaOptions(causal, mask, Float.NaN);
+            SdpaOptions options = new SdpaOptions(causal, mask, scale);
             long lkv = kv == null ? x.size(1) : kv.size(1);
             Tensor y;
             long nanos;

@@ -135,7 +135,7 @@ final class SdpaCommand implements Command {
      * {@code 0x1p3}, {@code NaN}), and not a non-zero value that float32 rounds to 0 (which would silently make
      * the attention uniform) or to infinity.
      */
-    private static float scale(String text) throws UsageException {
+    static float scale(String text) throws UsageException {
         String t = text.strip();
         // possessive quantifiers: nothing to backtrack into, so a long argument is judged in linear time (with
         // greedy ones the digits before and after the point could split a run of digits every way: quadratic)

@@ -86,6 +86,46 @@ class MhaCommandTest {
         assertMatches("cross_out.npy", y);
     }
 
+    /**
+     * {@code --scale}: 0.5 is the default for these heads (E/H = 4), so it matches PyTorch's output; 1.3 matches the
+     * reference backend called through the API with that scale; a scale that is no number is a user error.
+     */
+    @ParameterizedTest
+    @ValueSource(strings = {"native", "java", "reference"})
+    void scaleIsTheLayersScale(String backend) throws IOException {
+        Path y = dir.resolve("y.npy");
+        MainTest.Result half = mha("--x", fixture("self_x.npy"), "--weights", fixture("self.safetensors"),
+                "--heads", "4", "--scale", "0.5", "--backend", backend, "--out", y.toString());
+        assertEquals(0, half.code(), half.toString());
+        assertMatches("self_out.npy", y);
+
+        MainTest.Result other = mha("--x", fixture("self_x.npy"), "--weights", fixture("self.safetensors"),
+                "--heads", "4", "--scale", "1.3", "--backend", backend, "--out", y.toString());
+        assertEquals(0, other.code(), other.toString());
+        try (Arena a = Arena.ofConfined()) {
+            Tensor x = Npy.read(Path.of(fixture("self_x.npy")), a).tensor();
+            dev.qkv.mha.MhaWeights w = dev.qkv.mha.MhaWeights.load(
+                    dev.qkv.io.Safetensors.open(Path.of(fixture("self.safetensors")), a), "", 4, 0, a);
+            dev.qkv.mha.MultiHeadAttention ref = dev.qkv.mha.MultiHeadAttention.create(w,
+                    dev.qkv.attention.Backend.REFERENCE);
+            Tensor want = Tensor.allocate(a, x.shape());
+            ref.forward(x, want, dev.qkv.attention.SdpaOptions.DEFAULT.withScale(1.3f),
+                    ref.newWorkspace(a, x.size(0), x.size(1), x.size(1)));
+            float[] wv = want.toArray();
+            float[] g = Npy.read(y, a).tensor().toArray();
+            Tensor plain = Npy.read(Path.of(fixture("self_out.npy")), a).tensor();
+            assertFalse(Arrays.equals(plain.toArray(), g), "--scale 1.3 changed nothing");
+            for (int i = 0; i < wv.length; i++) {
+                assertTrue(Math.abs(g[i] - wv[i]) <= 2e-5 + 1e-4 * Math.abs(wv[i]),
+                        "[" + i + "]: want " + wv[i] + ", got " + g[i]);
+            }
+        }
+        Files.delete(y);
+        assertUserError(mha("--x", fixture("self_x.npy"), "--weights", fixture("self.safetensors"), "--heads", "4",
+                "--scale", "abc", "--backend", backend, "--out", y.toString()), "--scale expects a number, got 'abc'");
+        assertFalse(Files.exists(y), "no output after an error");
+    }
+
     @Test
     void userErrorsAreOneLineAndWriteNothing() throws IOException {
         Path y = dir.resolve("y.npy");
