@@ -40,6 +40,24 @@ public record Mask(Kind kind, Tensor values) {
         return new Mask(Kind.BOOLEAN, allowed);
     }
 
+    /**
+     * A key-padding mask from {@code allowed [B, Lk]} (Hugging Face's {@code attention_mask}, as floats: non-zero =
+     * a real token, 0 = padding): a boolean mask viewing it as {@code [B, 1, 1, Lk]}, no copy. A {@code [B, Lk]}
+     * tensor given to {@link #allowed} itself reads as {@code [Lq, Lk]} (NumPy's broadcast), which is refused when
+     * {@code B != Lq} and wrong when they are equal.
+     *
+     * @throws IllegalArgumentException when {@code allowed} is not of rank 2, naming it and its shape
+     */
+    public static Mask keyPadding(Tensor allowed) {
+        Objects.requireNonNull(allowed, "allowed is null");
+        if (allowed.rank() != 2) {
+            throw new IllegalArgumentException(allowed.describe("allowed") + ": a key-padding mask is [B, Lk]");
+        }
+        return new Mask(Kind.BOOLEAN, Tensor.view(allowed.segment(), allowed.offset(),
+                new long[] {allowed.size(0), 1, 1, allowed.size(1)},
+                new long[] {allowed.stride(0), 0, 0, allowed.stride(1)}));
+    }
+
     /** An additive mask: {@code bias} is added to the scaled scores before the softmax. */
     public static Mask additive(Tensor bias) {
         Objects.requireNonNull(bias, "bias is null");
