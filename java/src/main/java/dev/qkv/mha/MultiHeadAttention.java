@@ -146,6 +146,7 @@ public final class MultiHeadAttention {
      *
      * @throws IllegalArgumentException for {@link Backend#NATIVE} when a weight lies in heap memory or at an
      *                                  address that is not a multiple of 4
+     * @throws IllegalStateException    when a weight's arena is closed, naming it ({@code W_Q [64, 64]})
      * @throws dev.qkv.blas.BlasUnavailableException for {@link Backend#NATIVE} when OpenBLAS cannot be loaded, and
      *         for {@link Backend#AUTO} too when a setting of the user's is refused (as {@link Attention#create})
      */
@@ -175,6 +176,14 @@ public final class MultiHeadAttention {
             case AUTO -> Vectorization.enabled() ? MatmulKernel.java() : attention.matmulKernel();
         };
         MultiHeadAttention layer = new MultiHeadAttention(weights, backend, mm, attention);
+        for (int i = 0; i < layer.weightList.length; i++) {
+            // a layer over freed weights could never run: refused here rather than at its first call (a confined
+            // arena of another thread is not refused: the layer may be used on that thread)
+            Tensor t = layer.weightList[i];
+            if (t != null && !t.isAlive()) {
+                throw new IllegalStateException(t.describe(WEIGHT_NAMES[i]) + ": its arena is closed");
+            }
+        }
         if (backend == Backend.NATIVE) {
             Tensor[] ts = layer.weightList;
             for (int i = 0; i < ts.length; i++) {

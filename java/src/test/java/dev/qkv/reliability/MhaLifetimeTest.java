@@ -116,6 +116,18 @@ class MhaLifetimeTest {
         }
     }
 
+    /** A layer over weights whose arena is closed is refused when it is made, naming the first such weight. */
+    @ParameterizedTest
+    @EnumSource(Backend.class)
+    void aLayerOverClosedWeightsIsRefusedWhenMade(Backend backend) {
+        Arena gone = Arena.ofShared();
+        var w = MhaLayers.weights(gone, new Random(6), 4, 2, 8, true, false);
+        gone.close();
+        IllegalStateException e = assertThrows(IllegalStateException.class,
+                () -> MultiHeadAttention.create(w, backend));
+        assertEquals("W_Q [32, 32]: its arena is closed", e.getMessage());
+    }
+
     @ParameterizedTest
     @EnumSource(Backend.class)
     void aCacheWhoseArenaIsClosedIsAnIllegalStateAndOutStaysUntouched(Backend backend) {
