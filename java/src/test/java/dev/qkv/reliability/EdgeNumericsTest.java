@@ -30,8 +30,13 @@ class EdgeNumericsTest {
     private static final long L = 100;
     private static final long DK = 16;
     private static final long DV = 8;
-    /** Float32 kernels against the double reference, sums of at most L = 100 terms of magnitude 1. */
-    private static final double TOL = 8 * Fuzz.EPS * (L + DK + 16);
+    /**
+     * Float32 kernels against the double reference, sums of at most L = 100 terms of magnitude 1: per unit of
+     * {@code 1 + |ref|}, the attention tests' {@code 4·(Dk + Lk)·2^-24} (justified in the attention package's
+     * {@code Fixtures.C}). It was {@code 8·(L + DK + 16)·2^-24}, 2.3 times that, which let softmax weights rounded
+     * to half precision before p·v pass every test of this class.
+     */
+    private static final double TOL = 4 * Fuzz.EPS * (L + DK);
 
     /** Inputs [B, H, L, D] of the edge tests, as arrays so single elements are easy to poison. */
     private static float[][] inputs(long seed) {
