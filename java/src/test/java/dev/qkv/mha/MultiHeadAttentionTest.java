@@ -975,4 +975,36 @@ class MultiHeadAttentionTest {
             }
         }
     }
+
+    /**
+     * An out over one of the layer's weights or biases is refused naming both, by forward and by decode, and the
+     * weight is left as it was: writing there would change the layer for every later call and every thread. No
+     * test gave such an out (mutation testing: with the check removed nothing failed; the Java and native
+     * products then refused it naming an internal operand, "sgemm: output c [4, 16] overlaps input b", and the
+     * reference backend ran and wrote over W_O).
+     */
+    @ParameterizedTest
+    @EnumSource(Backend.class)
+    void anOutputOverAWeightIsRefusedNamingIt(Backend backend) {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(21);
+            MhaWeights w = weights(a, r, 16, 4, 2, true, false);
+            MultiHeadAttention layer = MultiHeadAttention.create(w, backend);
+            float[] wo = w.wo().toArray();
+            float[] bo = w.bo().toArray();
+            Tensor overWo = Tensor.wrap(w.wo().segment(), 1, 4, 16);
+            IllegalArgumentException f = assertThrows(IllegalArgumentException.class,
+                    () -> layer.forward(rand(a, r, 1f, 1, 4, 16), overWo, SdpaOptions.DEFAULT,
+                            layer.newWorkspace(a, 1, 4, 4)));
+            assertEquals("out [1, 4, 16] shares memory with W_O [16, 16]", f.getMessage());
+            KvCache cache = layer.newCache(a, 4);
+            Tensor overBo = Tensor.wrap(w.bo().segment(), 1, 1, 16);
+            IllegalArgumentException d = assertThrows(IllegalArgumentException.class,
+                    () -> layer.decode(rand(a, r, 1f, 1, 1, 16), cache, overBo, layer.newWorkspace(a, 1, 1, 4)));
+            assertEquals("out [1, 1, 16] shares memory with b_O [16]", d.getMessage());
+            assertEquals(0, cache.length(), "nothing appended");
+            assertArrayEquals(wo, w.wo().toArray(), backend + ": W_O changed");
+            assertArrayEquals(bo, w.bo().toArray(), backend + ": b_O changed");
+        }
+    }
 }
