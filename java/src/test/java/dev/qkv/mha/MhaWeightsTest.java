@@ -355,4 +355,25 @@ class MhaWeightsTest {
             assertContains(e.getMessage(), "in_proj_weight [8, 8]: expected [E + 2*Hkv*Dh, E]");
         }
     }
+
+    /**
+     * K/V rows for a number of kv heads that does not divide H (H=4, Dh=4, 12 rows: Hkv=3) are refused when the
+     * weights are made, naming the tensor, for both layouts: query heads are grouped onto kv heads h / (H / Hkv),
+     * which needs H a multiple of Hkv. No test gave such weights (mutation testing: the check removed, nothing
+     * failed).
+     */
+    @Test
+    void kvHeadsThatDoNotDivideTheHeadsAreRefused() {
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(14);
+            Tensor wq = rand(a, r, 1f, 16, 16);
+            Tensor kv = rand(a, r, 1f, 12, 16);
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                    () -> MhaWeights.of(4, wq, null, kv, null, kv, null, wq, null));
+            assertContains(e.getMessage(), "wk [12, 16]", "H=4 is not a multiple of Hkv=3");
+            IllegalArgumentException p = assertThrows(IllegalArgumentException.class,
+                    () -> MhaWeights.packed(4, rand(a, r, 1f, 16 + 2 * 12, 16), null, wq, null));
+            assertContains(p.getMessage(), "in_proj_weight [40, 16]", "H=4 is not a multiple of Hkv=3");
+        }
+    }
 }
