@@ -688,4 +688,34 @@ class WorkerPoolTest {
 
     /** Pools kept alive (with their threads) while the test looks at what they hold. */
     private static final List<WorkerPool> POOLS = java.util.Collections.synchronizedList(new ArrayList<>());
+
+    /**
+     * A pool thread that ended after its idle time is started again by the next call that wants a helper: when
+     * it ends, its slot must be emptied, or the pool keeps the ended thread there, never starts another, and every
+     * later call runs all its tasks on its caller (found by mutation testing: retire() kept the thread in its
+     * slot, and no test failed). Which worker ran each task is the property; each call's two tasks wait for each
+     * other, so the second can only run on a pool thread.
+     */
+    @Test
+    void aPoolThreadThatEndedIdleIsStartedAgainByTheNextCall() throws Exception {
+        WorkerPool pool = new WorkerPool(1, 0, TimeUnit.MILLISECONDS.toNanos(20));
+        for (int round = 0; round < 3; round++) {
+            CountDownLatch both = new CountDownLatch(2);
+            AtomicIntegerArray byWorker = new AtomicIntegerArray(2);
+            AtomicReference<Thread> helper = new AtomicReference<>();
+            pool.run((task, worker) -> {
+                byWorker.incrementAndGet(worker);
+                if (worker == 1) {
+                    helper.set(Thread.currentThread());
+                }
+                both.countDown();
+                await(both);
+            }, 2, 1);
+            assertEquals(1, byWorker.get(1), "round " + round + ": no pool thread ran a task");
+            // idle for 20 ms, the thread ends
+            Thread ended = helper.get();
+            ended.join(TimeUnit.SECONDS.toMillis(WAIT_S));
+            assertTrue(!ended.isAlive(), "round " + round + ": the pool thread did not end idle: " + pool.describe());
+        }
+    }
 }
