@@ -670,6 +670,11 @@ public final class Tensor {
         Objects.requireNonNull(dst, "dst is null");
         requireUsable("tensor");
         requireRange(dst.length, at, "dst");
+        copyOut(dst, at);
+    }
+
+    /** The copy of {@link #copyTo} and {@link #toArray} into {@code dst[at, at + elementCount())}, checked. */
+    private void copyOut(float[] dst, int at) {
         int n = (int) elementCount();
         if (n == 0) {
             return; // an empty view may sit at any offset (a select next to an empty dimension)
@@ -760,18 +765,7 @@ public final class Tensor {
             throw new IllegalStateException("tensor " + shapeString() + " has too many elements for a float[]");
         }
         float[] out = new float[(int) n];
-        if (n == 0) {
-            return out; // an empty view may sit at any offset (a select next to an empty dimension)
-        }
-        if (isContiguous()) {
-            MemorySegment.copy(segment, FLOAT, offset * Float.BYTES, out, 0, out.length);
-            return out;
-        }
-        long[] c = new long[shape.length];
-        for (int i = 0; i < out.length; i++) {
-            out[i] = segment.getAtIndex(FLOAT, indexOf(c));
-            advance(c);
-        }
+        copyOut(out, 0);
         return out;
     }
 
