@@ -89,7 +89,7 @@ public final class MhaWorkspace {
 
     /** True when the cached views were made for this kind of call and these sizes. */
     boolean viewsFor(Object owner, int kind, long b, long l, long lkv) {
-        return viewOwner == owner && viewKind == kind && viewB == b && viewL == l && viewLkv == lkv;
+        return owner.equals(viewOwner) && viewKind == kind && viewB == b && viewL == l && viewLkv == lkv;
     }
 
     void cacheViews(Object owner, int kind, long b, long l, long lkv, Tensor q, Tensor k, Tensor v, Tensor a) {

@@ -18,7 +18,6 @@ import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.Objects;
-import java.util.concurrent.ConcurrentHashMap;
 
 /**
  * A multi-head attention layer, batch first: for {@code x [B, L, E]} and keys/values from {@code kv [B, Lkv, E]}
@@ -115,11 +114,9 @@ public final class MultiHeadAttention {
      */
     private final Geometry viewKey;
 
-    /** A layer's shape as the head views see it; interned, so that the views' owner is compared by identity. */
+    /** A layer's shape as the head views see it (compared by value: layers of one shape are equal). */
     private record Geometry(int heads, int kvHeads, int headDim) {
     }
-
-    private static final ConcurrentHashMap<Geometry, Geometry> GEOMETRIES = new ConcurrentHashMap<>();
 
     private MultiHeadAttention(MhaWeights w, Backend backend, MatmulKernel matmul, Attention attention) {
         this.w = w;
@@ -137,8 +134,7 @@ public final class MultiHeadAttention {
         this.dh = w.headDim();
         this.kvd = w.kvDim();
         this.qkvWidth = e + 2 * kvd;
-        Geometry g = new Geometry(h, hkv, dh);
-        this.viewKey = GEOMETRIES.computeIfAbsent(g, k -> k);
+        this.viewKey = new Geometry(h, hkv, dh);
     }
 
     /**
@@ -177,19 +173,17 @@ public final class MultiHeadAttention {
         };
         MultiHeadAttention layer = new MultiHeadAttention(weights, backend, mm, attention);
         for (int i = 0; i < layer.weightList.length; i++) {
+            Tensor t = layer.weightList[i];
+            if (t == null) {
+                continue;
+            }
             // a layer over freed weights could never run: refused here rather than at its first call (a confined
             // arena of another thread is not refused: the layer may be used on that thread)
-            Tensor t = layer.weightList[i];
-            if (t != null && !t.isAlive()) {
+            if (!t.isAlive()) {
                 throw new IllegalStateException(t.describe(WEIGHT_NAMES[i]) + ": its arena is closed");
             }
-        }
-        if (backend == Backend.NATIVE) {
-            Tensor[] ts = layer.weightList;
-            for (int i = 0; i < ts.length; i++) {
-                if (ts[i] != null && !SgemmArgs.blasReady(ts[i].segment())) {
-                    throw new IllegalArgumentException(ts[i].describe(WEIGHT_NAMES[i]) + notForBlas(ts[i].segment()));
-                }
+            if (backend == Backend.NATIVE && !SgemmArgs.blasReady(t.segment())) {
+                throw new IllegalArgumentException(t.describe(WEIGHT_NAMES[i]) + notForBlas(t.segment()));
             }
         }
         return layer;
