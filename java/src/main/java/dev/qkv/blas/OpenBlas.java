@@ -662,9 +662,10 @@ public final class OpenBlas {
      * Loads the shared object {@code file} into the process, as {@link System#load}. That refuses a file another
      * class loader of this JVM loaded ("already loaded in another classloader"): a second copy of qkv (an
      * application server that redeploys, two applications that each bundle qkv) then had no OpenBLAS, NATIVE
-     * failed and AUTO ran the Java kernels (found by ClassLoaderTest). Such a file is in the process already;
-     * it is opened again through the dynamic loader ({@link SymbolLookup#libraryLookup}, never unloaded), which
-     * hands back the same library, and {@link #describeLoaded} finds its symbols there as for the first copy.
+     * failed and AUTO ran the Java kernels (found by ClassLoaderTest). Such a file is in the process already,
+     * so it is taken as loaded: {@link #describeLoaded} opens it through the dynamic loader
+     * ({@link SymbolLookup#libraryLookup}, a reference of its own that is never released), which hands back the
+     * same library, and finds its symbols there as for the first copy.
      *
      * @throws UnsatisfiedLinkError as {@link System#load}, when the dynamic loader refuses the file
      */
@@ -673,12 +674,6 @@ public final class OpenBlas {
             System.load(file.toString());
         } catch (UnsatisfiedLinkError e) {
             if (!String.valueOf(e.getMessage()).contains("already loaded in another classloader")) {
-                throw e;
-            }
-            try {
-                SymbolLookup.libraryLookup(file, java.lang.foreign.Arena.global());
-            } catch (IllegalArgumentException again) {
-                e.addSuppressed(again);
                 throw e;
             }
         }
