@@ -170,19 +170,24 @@ public final class WorkerPool {
         if (threads.length == 0) {
             return false;
         }
+        Thread t = threadZero();
+        // null: it could not start, and this call runs on its caller
+        return t != null && segment.isAccessibleBy(t);
+    }
+
+    /**
+     * Pool thread 0, started first if it is not running (never started, or ended idle), or null when the JVM
+     * cannot start it. Read once: it may end idle again right after.
+     */
+    private Thread threadZero() {
         Thread t = threads[0];
         if (t == null) {
-            // (started again after it ended idle: read once, it may end again meanwhile)
             synchronized (this) {
                 start(1);
                 t = threads[0];
             }
-            if (t == null) {
-                // it could not start: this call runs on its caller
-                return false;
-            }
         }
-        return segment.isAccessibleBy(t);
+        return t;
     }
 
     /**
@@ -412,13 +417,7 @@ public final class WorkerPool {
         if (spinNanos > 0 && threads.length > 0 && !spinWanted && !noCpuClock) {
             long now = System.nanoTime();
             if (now - lastEnd < spinNanos && now - quietUntil >= 0 && callers.get() < threads.length) {
-                Thread zero = threads[0];
-                if (zero == null) {
-                    synchronized (this) {
-                        start(1);
-                        zero = threads[0];
-                    }
-                }
+                Thread zero = threadZero();
                 spinWanted = true;
                 LockSupport.unpark(zero);
             }
