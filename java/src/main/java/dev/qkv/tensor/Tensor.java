@@ -144,7 +144,11 @@ public final class Tensor {
     }
 
     private static long[] checkShape(long[] shape) {
-        Objects.requireNonNull(shape, "shape is null");
+        return checkShape(shape, "shape");
+    }
+
+    private static long[] checkShape(long[] shape, String name) {
+        Objects.requireNonNull(shape, name + " is null");
         for (long d : shape) {
             if (d < 0) {
                 throw new IllegalArgumentException("negative dimension in shape " + Arrays.toString(shape));
@@ -239,6 +243,8 @@ public final class Tensor {
      * or a copy; off-heap segments and non-overlapping heap ones allocate nothing.
      */
     public static boolean overlaps(MemorySegment x, long xFrom, long xTo, MemorySegment y, long yFrom, long yTo) {
+        Objects.requireNonNull(x, "x is null");
+        Objects.requireNonNull(y, "y is null");
         if (xTo <= xFrom || yTo <= yFrom || x.isNative() != y.isNative()) {
             return false;
         }
@@ -310,6 +316,7 @@ public final class Tensor {
 
     /** True when this thread may use {@code s}: its arena is open and, if confined, confined to this thread. */
     public static boolean usable(MemorySegment s) {
+        Objects.requireNonNull(s, "s is null");
         return s.scope().isAlive() && s.isAccessibleBy(Thread.currentThread());
     }
 
@@ -320,6 +327,7 @@ public final class Tensor {
      * callers whose {@code what} costs a string build test {@link #usable} first.
      */
     public static void requireUsable(MemorySegment s, String what) {
+        Objects.requireNonNull(s, "s is null");
         if (!s.scope().isAlive()) {
             throw new IllegalStateException(what + ": its arena is closed");
         }
@@ -416,7 +424,7 @@ public final class Tensor {
 
     /** A view with a new shape over the same elements; the tensor must be contiguous. */
     public Tensor reshape(long... newShape) {
-        long[] s = checkShape(newShape);
+        long[] s = checkShape(newShape, "newShape");
         if (elementCount(s) != elementCount()) {
             throw new IllegalArgumentException("cannot reshape " + shapeString() + " to " + Shapes.format(s));
         }
@@ -428,6 +436,7 @@ public final class Tensor {
 
     /** A view that repeats this tensor along dimensions of size 1 (stride 0) to reach {@code target}. */
     public Tensor broadcastTo(long... target) {
+        Objects.requireNonNull(target, "target is null");
         if (target.length < shape.length) {
             throw new IllegalArgumentException("cannot broadcast " + shapeString() + " to " + Shapes.format(target));
         }
@@ -450,6 +459,7 @@ public final class Tensor {
 
     /** Element index (from the segment's start) of the given coordinates, bounds-checked. */
     public long index(long... coords) {
+        Objects.requireNonNull(coords, "coords is null");
         if (coords.length != shape.length) {
             throw new IllegalArgumentException(coords.length + " coordinates for tensor " + shapeString());
         }
