@@ -195,9 +195,15 @@ public final class WorkerPool {
      * are done. A failure in any task is rethrown here (the remaining tasks are skipped). The call waits for
      * its tasks, not for its helpers: a helper the scheduler has not run yet (the cores busy with other
      * processes) finds nothing left to claim, and the caller has run every task itself.
+     *
+     * @throws IllegalArgumentException when {@code count} or {@code wanted} is negative (before any task runs)
      */
     public void run(Tasks job, int count, int wanted) {
         Objects.requireNonNull(job, "job is null");
+        if (count < 0 || wanted < 0) {
+            throw new IllegalArgumentException("WorkerPool.run: count " + count + " and wanted " + wanted
+                    + " must not be negative");
+        }
         run(job, count, wanted, false);
     }
 

@@ -83,6 +83,20 @@ class WorkerPoolTest {
     }
 
     @Test
+    void negativeCountsAreRefusedBeforeAnyTaskRuns() {
+        java.util.concurrent.atomic.AtomicInteger runs = new java.util.concurrent.atomic.AtomicInteger();
+        IllegalArgumentException c = assertThrows(IllegalArgumentException.class,
+                () -> POOL.run((task, worker) -> runs.incrementAndGet(), -1, 1));
+        assertTrue(c.getMessage().contains("count -1"), c.getMessage());
+        IllegalArgumentException w = assertThrows(IllegalArgumentException.class,
+                () -> POOL.run((task, worker) -> runs.incrementAndGet(), 4, -2));
+        assertTrue(w.getMessage().contains("wanted -2"), w.getMessage());
+        assertEquals(0, runs.get());
+        POOL.run((task, worker) -> runs.incrementAndGet(), 0, 1); // no task: nothing runs, nothing refused
+        assertEquals(0, runs.get());
+    }
+
+    @Test
     void aCallerGetsNoHelperWhileOtherCallersHoldTheOtherCores() throws Exception {
         assumeTrue(POOL.helpers() >= 1, "one core: the pool has no helpers");
         int n = 64;
