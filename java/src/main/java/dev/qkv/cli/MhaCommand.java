@@ -36,11 +36,13 @@ final class MhaCommand implements Command {
 
     @Override
     public String summary() {
-        return "Y [B, L, E] = multi-head attention of x [B, L, E] (keys and values from kv [B, Lkv, E], default x);"
+        return "Y [B, L, E] = multi-head attention of x [B, L, E] (keys and values from kv [B, Lkv, E], default x;"
+                + " batch first: nn.MultiheadAttention's default, batch_first=False, is [L, B, E]);"
                 + " weights as torch nn.MultiheadAttention (in_proj_weight, out_proj.*) or Hugging Face"
                 + " (q_proj/k_proj/v_proj/o_proj) names under an optional prefix; F32, F16 or BF16. A bool --mask"
-                + " is true where a query MAY attend (the opposite of torch's attn_mask and key_padding_mask, which"
-                + " are true where it may not); a float mask is added to the scaled scores. The scores are scaled by --scale, default"
+                + " is true where a query MAY attend, as F.scaled_dot_product_attention's attn_mask (the opposite of"
+                + " nn.MultiheadAttention's attn_mask and key_padding_mask, which are true where it may not); a float"
+                + " mask is added to the scaled scores. The scores are scaled by --scale, default"
                 + " 1/sqrt(E/H). Default backend native"
                 + " (auto and reference also accepted).";
     }

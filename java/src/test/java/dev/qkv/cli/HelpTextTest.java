@@ -27,4 +27,22 @@ class HelpTextTest {
         assertTrue(r.out().contains("Default backend native"), command + " --help does not give the default:\n"
                 + r.out());
     }
+
+    /**
+     * PyTorch has two boolean mask conventions: {@code F.scaled_dot_product_attention}'s attn_mask is true where a
+     * query may attend (qkv's), {@code nn.MultiheadAttention}'s attn_mask and key_padding_mask are true where it
+     * may not. mha's help said "the opposite of torch's attn_mask", which reads as SDPA's too: a port from SDPA
+     * that followed it would invert a correct mask. It must name the module whose convention is the opposite and
+     * the function whose convention is the same, and say the layout is batch first (nn.MultiheadAttention's
+     * default, batch_first=False, takes [L, B, E]: same shape rank, silently wrong).
+     */
+    @org.junit.jupiter.api.Test
+    void mhaHelpNamesWhichTorchMaskConventionItFollows() {
+        MainTest.Result r = MainTest.run("mha", "--help");
+        assertEquals(0, r.code(), r.toString());
+        String help = r.out().replaceAll("\\s+", " ");
+        assertTrue(help.contains("nn.MultiheadAttention's attn_mask and key_padding_mask"), help);
+        assertTrue(help.contains("as F.scaled_dot_product_attention's attn_mask"), help);
+        assertTrue(help.contains("batch_first"), help);
+    }
 }
