@@ -25,7 +25,10 @@ import java.util.Objects;
  * aligned bottom-right (see {@link SdpaOptions}) and combines with an optional {@link Mask}.
  *
  * <p>The softmax is numerically stable (the row maximum is subtracted before {@code exp}), so scores in the
- * thousands do not overflow. A row in which no key may be attended gives zeros, never NaN. A NaN in an input
+ * thousands do not overflow. A row in which no key may be attended gives zeros, never NaN (as PyTorch's
+ * {@code F.scaled_dot_product_attention} since 2.5; earlier versions, and {@code nn.MultiheadAttention} computing
+ * its weights, give NaN). A row masked only by finite values (Hugging Face's {@code finfo(float32).min}) is not
+ * such a row: its equal scores average v, as in PyTorch. A NaN in an input
  * row makes that output row NaN. A key whose weight is exactly zero for a row (masked, past the causal limit,
  * or {@code exp} underflowed to 0 in float) never contributes to that row, not even as {@code 0 · NaN}; a NaN or
  * Inf of v at a key with a non-zero weight propagates as IEEE arithmetic says. The blocked products would
