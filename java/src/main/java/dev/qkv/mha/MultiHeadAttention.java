@@ -27,6 +27,13 @@ import java.util.Objects;
  * {@code h / (H / Hkv)}), scale {@code 1/√Dh} unless the options say otherwise, and the causal rule and masks of
  * {@link SdpaOptions} ({@code [B, 1, 1, Lkv]} key-padding masks are the common case).
  *
+ * <p>Batch first is {@code nn.MultiheadAttention(batch_first=True)}; its default, {@code batch_first=False},
+ * holds {@code [L, B, E]}: pass {@code x.transpose(0, 1)} (and so {@code kv} and {@code out}), which the layer
+ * reads and writes in place. A boolean mask is true where a query may attend, as
+ * {@code F.scaled_dot_product_attention}'s {@code attn_mask}, the opposite of {@code nn.MultiheadAttention}'s
+ * {@code attn_mask} and {@code key_padding_mask}; {@link dev.qkv.attention.Mask#keyPadding} takes the
+ * {@code 1 = keep} form of Hugging Face's {@code attention_mask}.
+ *
  * <p>On {@link Backend#NATIVE} (OpenBLAS) and {@link Backend#JAVA} each projection is one matrix product over all
  * {@code B·L} rows; with a packed {@code [W_Q; W_K; W_V]} (see {@link MhaWeights#packedQkv()}) self-attention
  * gets Q, K and V from a single product. The heads are strided views of the projection output (q of row

@@ -263,6 +263,71 @@ class TorchSemanticsTest {
         }
     }
 
+    /**
+     * nn.MultiheadAttention's default layout, batch_first=False: query [L, B, E], key/value [S, B, E], output
+     * [L, B, E], with a key_padding_mask [B, S] (True = ignore) turned into Hugging Face form (1 = keep) for
+     * {@link Mask#keyPadding}. The layer is batch first; the port hands it {@code transpose(0, 1)} views, which it
+     * reads and writes in place. Self-attention (the packed single product over strided rows) and cross-attention.
+     */
+    @ParameterizedTest
+    @EnumSource(Backend.class)
+    void sequenceFirstLayoutThroughTransposedViews(Backend backend) {
+        int bsz = 3;
+        int l = 6;
+        int e = 16;
+        int h = 4;
+        for (boolean cross : new boolean[] {false, true}) {
+            int s = cross ? 9 : l;
+            try (Arena a = Arena.ofConfined()) {
+                Random r = new Random(cross ? 21 : 22);
+                Torch t = Torch.random(r, e, h, h, true);
+                float[] xSeq = uniform(r, 1f, l * bsz * e);                 // [L, B, E]
+                float[] kvSeq = cross ? uniform(r, 1f, s * bsz * e) : xSeq; // [S, B, E]
+                boolean[][] kpm = new boolean[bsz][s];
+                for (int b = 0; b < bsz; b++) {
+                    for (int j = 1; j < s; j++) {
+                        kpm[b][j] = r.nextInt(3) == 0;
+                    }
+                }
+                float[] keep = new float[bsz * s];
+                for (int b = 0; b < bsz; b++) {
+                    for (int j = 0; j < s; j++) {
+                        keep[b * s + j] = kpm[b][j] ? 0 : 1;
+                    }
+                }
+                // the definition in batch-first order: element (b, i) of [B, L, E] is (i, b) of [L, B, E]
+                float[] x = new float[bsz * l * e];
+                float[] kv = new float[bsz * s * e];
+                for (int b = 0; b < bsz; b++) {
+                    for (int i = 0; i < l; i++) {
+                        System.arraycopy(xSeq, (i * bsz + b) * e, x, (b * l + i) * e, e);
+                    }
+                    for (int j = 0; j < s; j++) {
+                        System.arraycopy(kvSeq, (j * bsz + b) * e, kv, (b * s + j) * e, e);
+                    }
+                }
+                double[] want = t.definition(bsz, l, s, x, kv,
+                        (b, hh, i, j) -> kpm[b][j] ? Double.NEGATIVE_INFINITY : 0);
+
+                MultiHeadAttention layer = MultiHeadAttention.create(t.packed(a), backend);
+                MhaWorkspace ws = layer.newWorkspace(a, bsz, l, s);
+                Tensor query = tensor(a, xSeq, l, bsz, e);
+                Tensor key = cross ? tensor(a, kvSeq, s, bsz, e) : null;
+                Tensor outSeq = Tensor.allocate(a, l, bsz, e).fill(Float.NaN);
+                layer.forward(query.transpose(0, 1), key == null ? null : key.transpose(0, 1), outSeq.transpose(0, 1),
+                        SdpaOptions.DEFAULT.withMask(Mask.keyPadding(tensor(a, keep, bsz, s))), ws);
+                float[] got = new float[bsz * l * e];
+                float[] seq = outSeq.toArray();
+                for (int b = 0; b < bsz; b++) {
+                    for (int i = 0; i < l; i++) {
+                        System.arraycopy(seq, (i * bsz + b) * e, got, (b * l + i) * e, e);
+                    }
+                }
+                assertNear(want, got, 1e-4, backend + (cross ? " cross" : " self") + " sequence first");
+            }
+        }
+    }
+
     /** Hugging Face names, q/k/v biases (Qwen2-style), no o_proj bias, for Hkv = 1 (multi-query) and Hkv = 2. */
     private static MhaWeights hfLayer(Path dir, Arena a, Random r, int e, int h, int hkv, float[][] parts)
             throws Exception {
