@@ -258,4 +258,62 @@ class TorchSdpaConformanceTest {
             }
         }
     }
+
+    /**
+     * torch takes a mask of any strides: a port may hand over {@code mask.T} of a [Lk, Lq] array (last-dimension
+     * stride Lq) or a slice of a wider one. Both as bool and additive, against the oracle on the dense values.
+     */
+    @ParameterizedTest
+    @EnumSource(Backend.class)
+    void stridedMaskViewsMatchTorch(Backend backend) {
+        Random r = new Random(2304);
+        int b = 2;
+        int hq = 2;
+        int hkv = 1;
+        int dk = 8;
+        try (Arena a = Arena.ofConfined()) {
+            for (int[] l : new int[][] {{5, 9}, {20, 70}}) {
+                int lq = l[0];
+                int lk = l[1];
+                float[] qa = Fixtures.uniform(r, b * hq * lq * dk, -1, 1);
+                float[] ka = Fixtures.uniform(r, b * hkv * lk * dk, -1, 1);
+                float[] va = Fixtures.uniform(r, b * hkv * lk * dk, -1, 1);
+                Tensor q = Tensor.of(a, qa, b, hq, lq, dk);
+                Tensor k = Tensor.of(a, ka, b, hkv, lk, dk);
+                Tensor v = Tensor.of(a, va, b, hkv, lk, dk);
+                for (boolean bool : new boolean[] {true, false}) {
+                    float[] dense = new float[lq * lk];   // the [Lq, Lk] values the oracle applies
+                    for (int i = 0; i < dense.length; i++) {
+                        dense[i] = bool ? (r.nextInt(3) == 0 ? 0f : 1f) : (r.nextInt(4) == 0 ? Float.NEGATIVE_INFINITY
+                                : -2 + 4 * r.nextFloat());
+                    }
+                    // [Lk, Lq] storage, viewed transposed
+                    Tensor stored = Tensor.allocate(a, lk, lq);
+                    // [Lq, Lk + 3] storage, sliced
+                    Tensor wide = Tensor.allocate(a, lq, lk + 3).fill(7f);
+                    for (int i = 0; i < lq; i++) {
+                        for (int j = 0; j < lk; j++) {
+                            stored.set(dense[i * lk + j], j, i);
+                            wide.set(dense[i * lk + j], i, j + 2);
+                        }
+                    }
+                    double[] want = oracle(qa, ka, va, b, hq, hkv, lq, lk, dk, dk, false, bool,
+                            broadcast(dense, new long[] {lq, lk}, b, hq, lq, lk), 1 / Math.sqrt(dk));
+                    float[] wantF = new float[want.length];
+                    for (int i = 0; i < want.length; i++) {
+                        wantF[i] = (float) want[i];
+                    }
+                    for (Tensor m : new Tensor[] {stored.transpose(0, 1), wide.slice(1, 2, lk + 2)}) {
+                        Tensor out = Tensor.allocate(a, b, hq, lq, dk);
+                        Fixtures.run(backend, q, k, v, out,
+                                SdpaOptions.DEFAULT.withMask(bool ? Mask.allowed(m) : Mask.additive(m)));
+                        double tol = Fixtures.tol(dk, lk, 3);
+                        Fixtures.assertClose(backend + (bool ? " bool" : " additive") + " mask strides "
+                                + java.util.Arrays.toString(m.strides()) + " Lq=" + lq + " Lk=" + lk, out.shape(),
+                                out.toArray(), wantF, tol, tol);
+                    }
+                }
+            }
+        }
+    }
 }
