@@ -328,6 +328,60 @@ class TorchSemanticsTest {
         }
     }
 
+    /**
+     * README: a left-padded batch of prompts runs "through forward with a key-padding mask
+     * (SdpaOptions.CAUSAL.withMask(Mask.keyPadding(allowed)) for Hugging Face's attention_mask [B, L])". Each
+     * sequence's real rows must equal the definition over that sequence alone (causal, no padding; the layer has
+     * no positions), and the padding rows, which may attend no key, give b_O (zeros before W_O, as torch's SDPA
+     * since 2.5); and decoding each sequence alone through a KV cache gives the same rows.
+     */
+    @ParameterizedTest
+    @EnumSource(Backend.class)
+    void leftPaddedBatchWithAttentionMaskEqualsEachSequenceAlone(Backend backend, @TempDir Path dir) throws Exception {
+        int e = 16;
+        int h = 4;
+        int hkv = 2;
+        int l = 7;
+        int[] lengths = {7, 4, 1};
+        int bsz = lengths.length;
+        try (Arena a = Arena.ofConfined()) {
+            Random r = new Random(31);
+            float[][] parts = new float[8][];
+            MhaWeights w = hfLayer(dir, a, r, e, h, hkv, parts);
+            float[] x = uniform(r, 1f, bsz * l * e);
+            float[] attentionMask = new float[bsz * l];   // HF: 1 = token, 0 = padding, padded on the left
+            for (int b = 0; b < bsz; b++) {
+                for (int i = l - lengths[b]; i < l; i++) {
+                    attentionMask[b * l + i] = 1;
+                }
+            }
+            MultiHeadAttention layer = MultiHeadAttention.create(w, backend);
+            MhaWorkspace ws = layer.newWorkspace(a, bsz, l, l);
+            Tensor out = Tensor.allocate(a, bsz, l, e).fill(Float.NaN);
+            layer.forward(tensor(a, x, bsz, l, e), out,
+                    SdpaOptions.CAUSAL.withMask(Mask.keyPadding(tensor(a, attentionMask, bsz, l))), ws);
+            float[] got = out.toArray();
+            KvCache cache = layer.newCache(a, l);
+            for (int b = 0; b < bsz; b++) {
+                int n = lengths[b];
+                int pad = l - n;
+                float[] alone = Arrays.copyOfRange(x, (b * l + pad) * e, (b + 1) * l * e);
+                double[] want = definition(1, n, n, e, h, hkv, alone, alone, parts[0], parts[1], parts[2], parts[3],
+                        parts[4], parts[5], parts[6], parts[7], CAUSAL);
+                assertNear(want, Arrays.copyOfRange(got, (b * l + pad) * e, (b + 1) * l * e), 1e-4,
+                        backend + " sequence " + b + " of the left-padded batch");
+                for (int i = 0; i < pad * e; i++) {
+                    assertTrue(got[b * l * e + i] == 0f, backend + " padding row of sequence " + b
+                            + " (no key to attend; o_proj has no bias): " + got[b * l * e + i]);
+                }
+                cache.reset();
+                Tensor decoded = Tensor.allocate(a, 1, n, e).fill(Float.NaN);
+                layer.decode(tensor(a, alone, 1, n, e), cache, decoded, ws);
+                assertNear(want, decoded.toArray(), 1e-4, backend + " sequence " + b + " decoded alone");
+            }
+        }
+    }
+
     /** Hugging Face names, q/k/v biases (Qwen2-style), no o_proj bias, for Hkv = 1 (multi-query) and Hkv = 2. */
     private static MhaWeights hfLayer(Path dir, Arena a, Random r, int e, int h, int hkv, float[][] parts)
             throws Exception {
