@@ -200,6 +200,9 @@ class TorchSdpaConformanceTest {
             check(backend, a, r, 2, 4, 2, 150, 300, 32, 32, true, new long[] {2, 1, 1, 300}, true, Float.NaN);
             check(backend, a, r, 1, 4, 1, 300, 150, 32, 32, true, new long[] {300, 150}, false, 0.2f);
             check(backend, a, r, 1, 2, 2, 70, 2300, 16, 16, false, new long[] {2300}, false, Float.NaN);
+            // few queries over grouped heads and several key blocks of k (the decode paths), per-head masks
+            check(backend, a, r, 1, 8, 2, 2, 3000, 64, 64, true, new long[] {8, 2, 3000}, false, Float.NaN);
+            check(backend, a, r, 2, 8, 2, 5, 3000, 64, 32, true, new long[] {2, 8, 1, 3000}, true, 0.1f);
         }
     }
 
