@@ -319,4 +319,42 @@ class TorchSdpaConformanceTest {
             }
         }
     }
+
+    /**
+     * An additive mask holding +inf: torch's softmax computes inf - inf = NaN at that key, so the row is NaN
+     * (its _safe_softmax zeroes only rows that are all -inf). Rows without +inf are unaffected.
+     */
+    @ParameterizedTest
+    @EnumSource(Backend.class)
+    void positiveInfinityInAnAdditiveMaskMakesItsRowNaN(Backend backend) {
+        Random r = new Random(2305);
+        try (Arena a = Arena.ofConfined()) {
+            for (int[] l : new int[][] {{2, 9}, {20, 70}}) {
+                int lq = l[0];
+                int lk = l[1];
+                float[] m = new float[lq * lk];
+                m[1] = Float.POSITIVE_INFINITY;                       // row 0, key 1
+                m[(lq - 1) * lk + lk - 1] = Float.POSITIVE_INFINITY;  // last row, last key
+                m[(lq - 1) * lk] = Float.NEGATIVE_INFINITY;
+                float[] qa = Fixtures.uniform(r, 2 * lq * 8, -1, 1);
+                float[] ka = Fixtures.uniform(r, lk * 8, -1, 1);
+                float[] va = Fixtures.uniform(r, lk * 8, -1, 1);
+                double[] want = oracle(qa, ka, va, 1, 2, 1, lq, lk, 8, 8, false, false,
+                        broadcast(m, new long[] {lq, lk}, 1, 2, lq, lk), 1 / Math.sqrt(8));
+                float[] wantF = new float[want.length];
+                for (int i = 0; i < want.length; i++) {
+                    wantF[i] = (float) want[i];
+                }
+                org.junit.jupiter.api.Assertions.assertTrue(Float.isNaN(wantF[0]) && Float.isNaN(wantF[(lq - 1) * 8])
+                        && (lq == 2 || !Float.isNaN(wantF[8])), "the oracle: rows with +inf NaN, others finite");
+                Tensor out = Tensor.allocate(a, 1, 2, lq, 8);
+                Fixtures.run(backend, Tensor.of(a, qa, 1, 2, lq, 8), Tensor.of(a, ka, 1, 1, lk, 8),
+                        Tensor.of(a, va, 1, 1, lk, 8), out,
+                        SdpaOptions.DEFAULT.withMask(Mask.additive(Tensor.of(a, m, lq, lk))));
+                double tol = Fixtures.tol(8, lk, 3);
+                Fixtures.assertClose(backend + " +inf mask Lq=" + lq + " Lk=" + lk, out.shape(), out.toArray(), wantF,
+                        tol, tol);
+            }
+        }
+    }
 }
