@@ -322,7 +322,7 @@ class TorchSdpaConformanceTest {
 
     /**
      * An additive mask holding +inf: torch's softmax computes inf - inf = NaN at that key, so the row is NaN
-     * (its _safe_softmax zeroes only rows that are all -inf). Rows without +inf are unaffected.
+     * (its _safe_softmax zeroes only rows that are all -inf); a NaN in the mask likewise. Other rows are unaffected.
      */
     @ParameterizedTest
     @EnumSource(Backend.class)
@@ -336,6 +336,9 @@ class TorchSdpaConformanceTest {
                 m[1] = Float.POSITIVE_INFINITY;                       // row 0, key 1
                 m[(lq - 1) * lk + lk - 1] = Float.POSITIVE_INFINITY;  // last row, last key
                 m[(lq - 1) * lk] = Float.NEGATIVE_INFINITY;
+                if (lq > 2) {
+                    m[2 * lk + 3] = Float.NaN;                        // row 2: NaN + score is NaN in torch too
+                }
                 float[] qa = Fixtures.uniform(r, 2 * lq * 8, -1, 1);
                 float[] ka = Fixtures.uniform(r, lk * 8, -1, 1);
                 float[] va = Fixtures.uniform(r, lk * 8, -1, 1);
