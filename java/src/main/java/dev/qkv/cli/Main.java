@@ -60,14 +60,29 @@ public final class Main {
      * Runs the command line {@code args}, printing to {@code out} and {@code err}, and returns the exit code. A run
      * that succeeded but could not write {@code out} ({@code > /dev/full}, a closed pipe: a {@link PrintStream}
      * swallows those errors) lost what it printed, and fails with exit 2, as an output file that cannot be written
-     * does; an output file the command wrote stays.
+     * does; {@code sdpa} and {@code mha} print their summary before their output file replaces anything
+     * ({@link #printSummary}), so such a run leaves no output file and any earlier one unchanged.
      */
     public static int run(String[] args, PrintStream out, PrintStream err) {
         int code = runCommand(args, out, err);
         if (code == 0 && out.checkError()) {
-            return fail(err, 2, "standard output cannot be written: what the command printed was lost");
+            return fail(err, 2, STDOUT_LOST);
         }
         return code;
+    }
+
+    private static final String STDOUT_LOST = "standard output cannot be written: what the command printed was lost";
+
+    /**
+     * Prints a command's summary {@code line} and fails when standard output cannot take it: given to
+     * {@link dev.qkv.io.Npy#write(java.nio.file.Path, dev.qkv.tensor.Tensor, dev.qkv.io.Npy.BeforeReplace)}, so
+     * that a run whose summary is lost ({@code > /dev/full}) writes no output file and replaces no earlier one.
+     */
+    static void printSummary(PrintStream out, String line) throws IOException {
+        out.println(line);
+        if (out.checkError()) {
+            throw new IOException(STDOUT_LOST + ", so the output file was not written");
+        }
     }
 
     private static int runCommand(String[] args, PrintStream out, PrintStream err) {

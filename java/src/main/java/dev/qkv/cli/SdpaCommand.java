@@ -94,12 +94,14 @@ final class SdpaCommand implements Command {
                 throw new UsageException(outOfMemory("out [B, Hq, Lq, Dv] = " + Shapes.format(
                         new long[] {q.size(0), q.size(1), q.size(2), v.size(3)}), e));
             }
-            Npy.write(outPath, o);
-            out.println(String.format(Locale.ROOT, "sdpa backend=%s q=%s k=%s v=%s mask=%s out=%s causal=%s ms=%.3f",
+            String summary = String.format(Locale.ROOT,
+                    "sdpa backend=%s q=%s k=%s v=%s mask=%s out=%s causal=%s ms=%.3f",
                     backend.cliName(), q.shapeString(), k.shapeString(), v.shapeString(),
                     mask == null ? "none" : (mask.kind() == Mask.Kind.BOOLEAN ? "bool" : "float")
                             + mask.values().shapeString(),
-                    o.shapeString(), causal, nanos / 1e6));
+                    o.shapeString(), causal, nanos / 1e6);
+            // printed before the file replaces anything: a lost summary (> /dev/full) fails the run with no output
+            Npy.write(outPath, o, () -> Main.printSummary(out, summary));
         }
         return 0;
     }

@@ -412,6 +412,26 @@ public final class Npy {
      *                             {@link #read}'s), before any file exists
      */
     public static void write(Path file, Tensor tensor) throws IOException {
+        write(file, tensor, null);
+    }
+
+    /**
+     * A last check before {@link #write(Path, Tensor, BeforeReplace)} puts its file in place; an
+     * {@link IOException} it throws cancels the write.
+     */
+    @FunctionalInterface
+    public interface BeforeReplace {
+        /** Runs once the data is complete and on disk, before the file replaces anything. */
+        void check() throws IOException;
+    }
+
+    /**
+     * {@link #write(Path, Tensor)}, with {@code beforeReplace} (may be null) run once the data is written and forced
+     * to disk, before the rename: when it throws, the temporary file is removed, {@code file} is left as it was and
+     * its {@link IOException} is thrown as it is. The command line prints its summary there, so that a run whose
+     * standard output cannot be written ({@code > /dev/full}) fails without an output file.
+     */
+    public static void write(Path file, Tensor tensor, BeforeReplace beforeReplace) throws IOException {
         Objects.requireNonNull(file, "file is null");
         Objects.requireNonNull(tensor, "tensor is null");
         // closed (IllegalStateException) or confined to another thread (WrongThreadException), named with the
@@ -439,6 +459,7 @@ public final class Npy {
             // not a POSIX file system, or the file went away meanwhile: the new file's default permissions
         }
         boolean done = false;
+        IOException vetoed = null;
         try {
             PendingFiles.add(tmp);
         } catch (IOException e) {
@@ -467,8 +488,18 @@ public final class Npy {
             if (keep != null) {
                 Files.setPosixFilePermissions(tmp, keep);
             }
-            Files.move(tmp, target, StandardCopyOption.ATOMIC_MOVE);
-            done = true;
+            if (beforeReplace != null) {
+                try {
+                    beforeReplace.check();
+                } catch (IOException e) {
+                    // the caller's own refusal: thrown as it is, once the temporary file is gone (finally)
+                    vetoed = e;
+                }
+            }
+            if (vetoed == null) {
+                Files.move(tmp, target, StandardCopyOption.ATOMIC_MOVE);
+                done = true;
+            }
         } catch (FileSystemException e) {
             if (file.toString().equals(e.getFile())) {
                 throw e;
@@ -492,6 +523,9 @@ public final class Npy {
             } finally {
                 PendingFiles.remove(tmp);
             }
+        }
+        if (vetoed != null) {
+            throw vetoed;
         }
     }
 

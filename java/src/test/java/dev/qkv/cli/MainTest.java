@@ -98,6 +98,51 @@ class MainTest {
         assertTrue(text.startsWith("error: ") && text.contains("standard output"), text);
     }
 
+    /** A standard output whose every write fails, as {@code > /dev/full} or a closed pipe does. */
+    static PrintStream unwritableStdout() {
+        return new PrintStream(new java.io.OutputStream() {
+            @Override
+            public void write(int b) throws IOException {
+                throw new IOException("No space left on device");
+            }
+        }, true, StandardCharsets.UTF_8);
+    }
+
+    /** {@code args} run with {@link #unwritableStdout()}: the exit code and stderr (stdout was lost). */
+    static Result runWithUnwritableStdout(String... args) {
+        ByteArrayOutputStream err = new ByteArrayOutputStream();
+        int code;
+        try (PrintStream full = unwritableStdout(); PrintStream e = new PrintStream(err, true, StandardCharsets.UTF_8)) {
+            code = Main.run(args, full, e);
+        }
+        return new Result(code, "", err.toString(StandardCharsets.UTF_8));
+    }
+
+    /**
+     * {@code qkv sdpa ... --out o.npy > /dev/full} exited 2 with "standard output cannot be written" but wrote
+     * (or replaced) o.npy: a failed run must leave no output and an earlier file unchanged (README, failure
+     * contract). Found by running the CLI from outside with stdout on /dev/full.
+     */
+    @Test
+    void anUnwritableStandardOutputLeavesNoOutputFile() throws IOException {
+        SplittableRandom random = new SplittableRandom(SEED);
+        List<String> args = new ArrayList<>(List.of("sdpa"));
+        args.addAll(inputs(random));
+        Path out = dir.resolve("o.npy");
+        args.addAll(List.of("--out", out.toString()));
+        Result fresh = runWithUnwritableStdout(args.toArray(String[]::new));
+        assertUserError(fresh, "standard output");
+        assertFalse(Files.exists(out), "a failed run wrote " + out);
+        byte[] earlier = "an earlier file".getBytes(StandardCharsets.UTF_8);
+        Files.write(out, earlier);
+        Result replacing = runWithUnwritableStdout(args.toArray(String[]::new));
+        assertUserError(replacing, "standard output");
+        assertArrayEquals(earlier, Files.readAllBytes(out), "a failed run replaced " + out);
+        try (Stream<Path> left = Files.list(dir)) {
+            assertEquals(List.of(), left.filter(p -> p.getFileName().toString().endsWith(".tmp")).toList());
+        }
+    }
+
     /** Asserts a user error: exit 2, nothing on stdout, exactly one {@code error:} line containing {@code text}. */
     static void assertUserError(Result r, String text) {
         assertEquals(2, r.code(), r.toString());

@@ -126,6 +126,23 @@ class MhaCommandTest {
         assertFalse(Files.exists(y), "no output after an error");
     }
 
+    /**
+     * {@code qkv mha ... --out y.npy > /dev/full} exited 2 but wrote y.npy (or replaced an earlier one): a failed
+     * run leaves no output and any earlier file unchanged.
+     */
+    @Test
+    void anUnwritableStandardOutputLeavesNoOutputFile() throws IOException {
+        Path y = dir.resolve("y.npy");
+        String[] args = {"mha", "--x", fixture("self_x.npy"), "--weights", fixture("self.safetensors"), "--heads", "4",
+                "--out", y.toString()};
+        assertUserError(MainTest.runWithUnwritableStdout(args), "standard output");
+        assertFalse(Files.exists(y), "a failed run wrote " + y);
+        byte[] earlier = {1, 2, 3};
+        Files.write(y, earlier);
+        assertUserError(MainTest.runWithUnwritableStdout(args), "standard output");
+        assertArrayEquals(earlier, Files.readAllBytes(y), "a failed run replaced " + y);
+    }
+
     @Test
     void userErrorsAreOneLineAndWriteNothing() throws IOException {
         Path y = dir.resolve("y.npy");

@@ -168,6 +168,33 @@ class NpyTest {
     }
 
     /**
+     * The check given to write runs on complete data, before the rename; when it throws, its exception comes out
+     * as it is, the earlier file stays and no temporary file is left (the command line prints its summary there).
+     */
+    @Test
+    void aRefusingBeforeReplaceCancelsTheWrite() throws IOException {
+        try (Arena arena = Arena.ofConfined()) {
+            Path p = dir.resolve("t.npy");
+            Files.writeString(p, "old");
+            IOException refusal = new IOException("stdout lost");
+            IOException thrown = assertThrows(IOException.class, () -> Npy.write(p, Tensor.of(arena,
+                    new float[] {4, 5}, 2), () -> {
+                        // the data is complete and on disk in a temporary file beside p
+                        List<Path> tmp = listDir().stream().filter(f -> !f.equals(p)).toList();
+                        assertEquals(1, tmp.size(), tmp.toString());
+                        assertEquals(Npy.header(new long[] {2}).length + 8L, Files.size(tmp.get(0)));
+                        throw refusal;
+                    }));
+            assertTrue(thrown == refusal, thrown.toString());
+            assertEquals("old", Files.readString(p));
+            assertEquals(List.of(p), listDir());
+            Npy.write(p, Tensor.of(arena, new float[] {4, 5}, 2), () -> { });
+            assertArrayEquals(new float[] {4, 5}, Npy.read(p, arena).tensor().toArray());
+            assertEquals(List.of(p), listDir());
+        }
+    }
+
+    /**
      * Replacing a file keeps its permission bits, as writing it in place (numpy's {@code np.save}, a shell's
      * {@code >}) would: the renamed temporary file used to get the umask's {@code rw-r--r--}, so a private
      * {@code rw-------} output became readable by everyone and a group-writable one lost its group's write.
