@@ -18,10 +18,12 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.AccessDeniedException;
 import java.nio.file.FileSystemException;
 import java.nio.file.Files;
+import java.nio.file.LinkOption;
 import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
 import java.nio.file.StandardOpenOption;
+import java.nio.file.attribute.BasicFileAttributes;
 import java.nio.file.attribute.PosixFilePermission;
 import java.security.SecureRandom;
 import java.util.Arrays;
@@ -600,10 +602,12 @@ public final class Npy {
     /**
      * The checks {@link #write} makes of {@code file} before writing, for callers that want them before long work
      * (the command line checks its output first): the folder exists, and the path is a regular file or nothing
-     * yet. Returns the absolute path the data would replace, a symbolic link to an existing file resolved.
+     * yet, and one the file system can look up (not a name longer than it takes). Returns the absolute path the
+     * data would replace, a symbolic link to an existing file resolved.
      *
      * @throws NoSuchFileException when {@code file} names no file in an existing folder
-     * @throws FileSystemException when {@code file} exists as something other than a regular file
+     * @throws FileSystemException when {@code file} exists as something other than a regular file, or cannot be
+     *                             looked up (e.g. "File name too long")
      */
     public static Path checkTarget(Path file) throws IOException {
         Path target = file.toAbsolutePath();
@@ -618,7 +622,18 @@ public final class Npy {
             throw new NoSuchFileException(file.toString(), null, "folder " + dir
                     + (Files.exists(dir) ? " is a file, not a folder" : " does not exist"));
         }
-        if (Files.exists(target) && !Files.isRegularFile(target)) {
+        BasicFileAttributes attributes;
+        try {
+            attributes = Files.readAttributes(target, BasicFileAttributes.class, LinkOption.NOFOLLOW_LINKS);
+        } catch (NoSuchFileException e) {
+            attributes = null;
+        } catch (FileSystemException e) {
+            // what Files.exists takes for "no file" although the name cannot be written either: a name longer than
+            // the file system takes (ENAMETOOLONG), found only at the rename, after all the work
+            throw new FileSystemException(file.toString(), null, e.getReason() != null ? e.getReason()
+                    : "cannot be written");
+        }
+        if (attributes != null && !attributes.isRegularFile() && !attributes.isSymbolicLink()) {
             throw new FileSystemException(file.toString(), null, "exists and is not a regular file (a folder, a"
                     + " device or another special file), which the output would replace");
         }

@@ -495,6 +495,25 @@ class MainTest {
     }
 
     /**
+     * {@code --out} with a file name longer than the file system takes (300 bytes; Linux's NAME_MAX is 255) was found
+     * only at the rename, after the inputs were read and the attention computed; since the summary is printed
+     * before the rename (so that a lost stdout writes no file), the run printed its summary and then failed. The
+     * name is now refused with the other output checks, before any input is read (the inputs here do not exist).
+     */
+    @ParameterizedTest
+    @ValueSource(strings = {"sdpa", "mha"})
+    void anOutputNameTooLongIsRefusedBeforeAnyWork(String command) {
+        Path out = dir.resolve("o".repeat(300) + ".npy");
+        String missing = dir.resolve("missing.npy").toString();
+        String[] args = command.equals("sdpa")
+                ? new String[] {"sdpa", "--q", missing, "--k", missing, "--v", missing, "--out", out.toString()}
+                : new String[] {"mha", "--x", missing, "--weights", missing, "--heads", "1", "--out", out.toString()};
+        Result r = run(args);
+        assertUserError(r, out.toString());
+        assertFalse(r.err().contains("missing.npy"), r.toString());
+    }
+
+    /**
      * {@code --scale} is matched against a pattern whose digits before and after an optional point could split a
      * run of digits in every way: a long non-number took time quadratic in its length (100 000 digits and an
      * {@code x}, well under Linux's 128 KiB per argument, ran about 80 s before being refused). It is refused at
