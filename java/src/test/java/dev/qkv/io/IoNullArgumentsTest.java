@@ -59,6 +59,8 @@ class IoNullArgumentsTest {
             Path out = dir.resolve("out.npy");
             named("file", () -> Npy.write(null, t));
             named("tensor", () -> Npy.write(out, null));
+            named("file", () -> Npy.write(null, t, () -> { }));
+            named("tensor", () -> Npy.write(out, null, () -> { }));
             assertFalse(Files.exists(out));
         }
         assertEquals(0, Files.size(empty));
