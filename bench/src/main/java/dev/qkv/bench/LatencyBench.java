@@ -19,7 +19,9 @@ import org.openjdk.jmh.annotations.Threads;
 import org.openjdk.jmh.annotations.Warmup;
 
 import java.lang.foreign.Arena;
+import java.util.Queue;
 import java.util.SplittableRandom;
+import java.util.concurrent.ConcurrentLinkedQueue;
 import java.util.concurrent.TimeUnit;
 
 /**
@@ -68,21 +70,23 @@ public class LatencyBench {
     private long[] outShape;
     private SdpaOptions options;
 
-    /** Each request thread's own output. */
+    /** The outputs of the request threads ({@link Output}), checked when the trial ends ({@link #tearDown}). */
+    private final Queue<Tensor> outputs = new ConcurrentLinkedQueue<>();
+
+    /**
+     * Each request thread's own output, in the benchmark's arena: the benchmark's trial teardown, which JMH runs
+     * once on whichever thread gets there first, checks every output against the scalar reference before it closes
+     * that arena (an output checked in its own thread's teardown could meet q, k and v already closed by the
+     * other thread's).
+     */
     @State(Scope.Thread)
     public static class Output {
-        private Arena arena;
         Tensor out;
 
         @Setup(Level.Trial)
         public void setup(LatencyBench b) {
-            arena = Arena.ofShared();
-            out = Tensor.allocate(arena, b.outShape);
-        }
-
-        @TearDown(Level.Trial)
-        public void tearDown() {
-            arena.close();
+            out = Tensor.allocate(b.arena, b.outShape);
+            b.outputs.add(out);
         }
     }
 
@@ -140,8 +144,22 @@ public class LatencyBench {
         return o.out;
     }
 
+    /**
+     * Checks what the timed calls wrote, each request thread's output (the last call of each: two callers sharing
+     * one {@link Attention}, or a fresh virtual thread), against the scalar reference, then closes the memory.
+     * The setup's check covers only its own warm-up output, on the setup's thread.
+     */
     @TearDown(Level.Trial)
     public void tearDown() {
-        arena.close();
+        try {
+            for (Tensor out : outputs) {
+                BenchSupport.check(q, k, v, out, options == SdpaOptions.CAUSAL);
+            }
+            System.out.println("# qkv latency " + shape + ": the " + outputs.size()
+                    + " request threads' outputs checked");
+        } finally {
+            outputs.clear();
+            arena.close();
+        }
     }
 }
