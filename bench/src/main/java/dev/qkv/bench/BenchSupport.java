@@ -189,8 +189,11 @@ final class BenchSupport {
     }
 
     /**
-     * One line per trial: the plan (kernel, workers, scratch), the OpenBLAS core, the JDK, the vector kernels. JMH
-     * prints the JDK in its own header, but {@link OrtRatio} and {@link DecodeRatio} have no other line that does.
+     * One line per trial: the plan (kernel, workers, scratch), the OpenBLAS core and threads, the JDK, the vector
+     * kernels. JMH prints the JDK in its own header, but {@link OrtRatio} and {@link DecodeRatio} have no other line
+     * that does. Called after the calls have run ({@link #warmUp}), so that OpenBLAS's threads are those the timed
+     * calls run with: a native call sets them to one, whatever {@code -Dqkv.blas.threads} gave OpenBLAS when it
+     * loaded.
      */
     static void report(String what, String plan) {
         System.out.println("# qkv " + what + ": " + plan + " " + environment());
@@ -205,7 +208,10 @@ final class BenchSupport {
     }
 
     /**
-     * {@code openblas.core=<the core OpenBLAS picked, or unavailable> OPENBLAS_CORETYPE=<the environment's>}.
+     * {@code openblas.core=<the core OpenBLAS picked, or unavailable> openblas.threads=<its threads per product now>
+     * OPENBLAS_CORETYPE=<the environment's>}: with qkv's workers in the plan, both thread counts of a figure (a
+     * native call sets OpenBLAS to one thread, so a benchmark reports after its warm-up calls, see
+     * {@link #report}).
      * {@code unavailable} only when no OpenBLAS was found ({@link OpenBlas#optional}): a {@code -Dqkv.blas.*} setting
      * outside its values, a library the user chose ({@code -Dqkv.blas.library}, {@code QKV_BLAS_LIBRARY}) that does
      * not load and a {@code -Dqkv.cache.dir} the bundle cannot be extracted to throw its
@@ -216,7 +222,8 @@ final class BenchSupport {
     static String core() {
         OpenBlas blas = OpenBlas.optional();
         String core = blas != null ? blas.library().coreName() : "unavailable";
-        return "openblas.core=" + core + " OPENBLAS_CORETYPE=" + System.getenv("OPENBLAS_CORETYPE");
+        return "openblas.core=" + core + " openblas.threads=" + (blas != null ? blas.threads() : "unavailable")
+                + " OPENBLAS_CORETYPE=" + System.getenv("OPENBLAS_CORETYPE");
     }
 
     /** The running JDK: its full version and vendor, e.g. {@code 25.0.3+9-LTS (Eclipse Adoptium)}. */

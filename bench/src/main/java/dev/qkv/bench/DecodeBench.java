@@ -84,9 +84,9 @@ public class DecodeBench {
             throw new IllegalArgumentException("values=" + values + ": expected normal or subnormal");
         }
         attention = BenchSupport.attention(backend, threads);
+        BenchSupport.warmUp("decode step", this::decodeStep);
         BenchSupport.report("decode 32x1x4096x128 kvHeads=" + kvHeads + " threads=" + threads + " kvBytes="
                 + 2 * k.elementCount() * Float.BYTES, attention.plan(q, k, v, out, SdpaOptions.DEFAULT));
-        BenchSupport.warmUp("decode step", this::decodeStep);
         System.out.println("# qkv decode step: output checked, max |difference| "
                 + BenchSupport.check(q, k, v, out, false));
     }

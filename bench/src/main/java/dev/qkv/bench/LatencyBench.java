@@ -109,11 +109,11 @@ public class LatencyBench {
         attention = BenchSupport.attention(backend, threads);
         // the plan of a call into shared memory, as the request threads' outputs are
         Tensor warmOut = Tensor.allocate(arena, outShape);
-        BenchSupport.report("latency " + shape + (lq == lk ? " causal" : "") + " threads=" + threads + " flops="
-                + (long) (4.0 * b * h * lq * lk * d), attention.plan(q, k, v, warmOut, options));
         // JMH's 2 x 2 s warm-up is not enough for C2 beside other work (bench/RESULTS.md, round 17): without this
         // the percentiles could time the kernels in the lower tiers
         BenchSupport.warmUp("latency " + shape, () -> attention.sdpa(q, k, v, warmOut, options));
+        BenchSupport.report("latency " + shape + (lq == lk ? " causal" : "") + " threads=" + threads + " flops="
+                + (long) (4.0 * b * h * lq * lk * d), attention.plan(q, k, v, warmOut, options));
         System.out.println("# qkv latency " + shape + ": output checked, max |difference| "
                 + BenchSupport.check(q, k, v, warmOut, lq == lk));
     }

@@ -71,9 +71,9 @@ public class MhaBench {
             x = SdpaBench.random(arena, r, 1, seqLen, E);
             out = Tensor.allocate(arena, 1, seqLen, E);
             ws = layer.newWorkspace(arena, 1, seqLen, seqLen);
+            BenchSupport.warmUp("mha forward", () -> layer.forward(x, out, SdpaOptions.CAUSAL, ws));
             BenchSupport.report("mha forward causal L=" + seqLen + " threads=" + threads + " flops="
                     + (long) flops(seqLen, seqLen, kvHeads), layer.toString());
-            BenchSupport.warmUp("mha forward", () -> layer.forward(x, out, SdpaOptions.CAUSAL, ws));
             // the output the trial times, against the same layer in double: no figure for a wrong answer
             Tensor want = Tensor.allocate(arena, 1, seqLen, E);
             MultiHeadAttention reference = MultiHeadAttention.create(w, Backend.REFERENCE);
@@ -122,12 +122,12 @@ public class MhaBench {
             cache = layer.newCache(arena, CACHED + 1);
             ws = layer.newWorkspace(arena, 1, CACHED, cache.capacity());
             layer.decode(prompt, cache, Tensor.allocate(arena, 1, CACHED, E), ws);
-            BenchSupport.report("mha decode cached=" + CACHED + " threads=" + threads + " flops="
-                    + (long) flops(1, CACHED + 1, kvHeads), layer.toString());
             BenchSupport.warmUp("mha decode step", () -> {
                 cache.truncate(CACHED);
                 layer.decode(token, cache, out, ws);
             });
+            BenchSupport.report("mha decode cached=" + CACHED + " threads=" + threads + " flops="
+                    + (long) flops(1, CACHED + 1, kvHeads), layer.toString());
             // the step the trial times (the last warm-up call), against the same prompt and step in double
             MultiHeadAttention ref = MultiHeadAttention.create(w, Backend.REFERENCE);
             KvCache refCache = ref.newCache(arena, CACHED + 1);

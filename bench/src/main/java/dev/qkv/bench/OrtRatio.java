@@ -148,9 +148,10 @@ public final class OrtRatio {
             for (String backend : backends) {
                 Attention attention = BenchSupport.attention(backend, threads);
                 Tensor out = Tensor.allocate(arena, b, h, lq, d);
+                attention.sdpa(q, k, v, out, options);
+                // after a call: OpenBLAS's threads as the timed calls run it (a native call sets one)
                 BenchSupport.report(what + " flops=" + (long) (4.0 * b * h * lq * lk * d) + " backend=" + backend,
                         attention.plan(q, k, v, out, options));
-                attention.sdpa(q, k, v, out, options);
                 check("qkv " + backend, want, out.toArray());
                 contenders.add(new Contender(backend, () -> attention.sdpa(q, k, v, out, options)));
             }

@@ -75,9 +75,9 @@ public class SdpaBench {
         out = Tensor.allocate(arena, b, h, lq, d);
         options = causal ? SdpaOptions.CAUSAL : SdpaOptions.DEFAULT;
         attention = BenchSupport.attention(backend, threads);
+        BenchSupport.warmUp("sdpa " + shape, this::sdpa);
         BenchSupport.report(shape + (causal ? " causal" : "") + " threads=" + threads + " flops="
                 + (long) (4.0 * b * h * lq * lk * d), attention.plan(q, k, v, out, options));
-        BenchSupport.warmUp("sdpa " + shape, this::sdpa);
         System.out.println("# qkv sdpa " + shape + ": output checked, max |difference| "
                 + BenchSupport.check(q, k, v, out, causal));
     }

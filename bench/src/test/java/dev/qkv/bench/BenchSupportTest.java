@@ -1,5 +1,6 @@
 package dev.qkv.bench;
 
+import dev.qkv.blas.OpenBlas;
 import dev.qkv.kernel.Vectorization;
 import org.junit.jupiter.api.Test;
 
@@ -21,6 +22,47 @@ class BenchSupportTest {
         assertTrue(line.contains(" jdk=" + System.getProperty("java.runtime.version")), line);
         assertTrue(line.contains(System.getProperty("java.vm.vendor")), line);
         assertTrue(line.contains(" vector=\"" + Vectorization.reason() + "\""), line);
+    }
+
+    /**
+     * Every figure records its thread counts, qkv's and OpenBLAS's (issue 4's thread policy: qkv's workers times
+     * OpenBLAS's threads per product must not exceed the cores). The lines named qkv's workers only.
+     */
+    @Test
+    void theReportLineNamesOpenBlassThreadCount() {
+        OpenBlas blas = OpenBlas.get();
+        try {
+            blas.setThreads(2);
+            assertTrue(printed(() -> BenchSupport.report("what", "plan")).contains(" openblas.threads=2 "));
+            blas.setThreads(1);
+            assertTrue(printed(() -> BenchSupport.report("what", "plan")).contains(" openblas.threads=1 "));
+        } finally {
+            blas.setThreads(1);
+        }
+    }
+
+    /**
+     * The count recorded is the one the timed calls ran with: a native call sets OpenBLAS to one thread (qkv's
+     * workers are the threads), so a line printed before the first call, with OpenBLAS still at the count it was
+     * given when it loaded ({@code -Dqkv.blas.threads}), would record another count than the figure's.
+     */
+    @Test
+    void sdpaBenchRecordsTheOpenBlasThreadsItsCallsRanWith() {
+        OpenBlas blas = OpenBlas.get();
+        SdpaBench bench = new SdpaBench();
+        bench.shape = "1x2x16x8";
+        bench.backend = "native";
+        bench.causal = false;
+        bench.threads = 1;
+        try {
+            blas.setThreads(2);
+            String out = printed(bench::setup);
+            String report = out.lines().filter(l -> l.startsWith("# qkv 1x2x16x8 ")).findFirst().orElseThrow();
+            assertTrue(report.contains(" openblas.threads=1 "), out);
+        } finally {
+            bench.tearDown();
+            blas.setThreads(1);
+        }
     }
 
     @Test

@@ -94,11 +94,14 @@ final class BenchCommand implements Command {
             // vector kernels (what the Java kernels' speed depends on), as the benchmarks' setup lines record them;
             // before the plan, so that the line still ends in openblas.core=
             String core = blas != null ? blas.library().coreName() : "unavailable";
+            // both thread counts of the figure: qkv's workers and OpenBLAS's threads per product, read after the
+            // warm-up calls, as the timed calls run it (a native call sets it to one)
+            String blasThreads = blas != null ? String.valueOf(blas.threads()) : "unavailable";
             out.println(String.format(Locale.ROOT,
-                    "bench backend=%s q=%s k=%s causal=%s threads=%d warmup=%d iters=%d jdk=%s vector=\"%s\""
-                            + " plan: %s openblas.core=%s",
+                    "bench backend=%s q=%s k=%s causal=%s threads=%d openblas.threads=%s warmup=%d iters=%d jdk=%s"
+                            + " vector=\"%s\" plan: %s openblas.core=%s",
                     backend.cliName(), q.shapeString(), k.shapeString(), causal,
-                    attention.threads(), warm, iters, Runtime.version(), Vectorization.reason(),
+                    attention.threads(), blasThreads, warm, iters, Runtime.version(), Vectorization.reason(),
                     attention.plan(q, k, v, o, options), core));
             double ms = Timing.medianMillis(call, iters);
             double gflops = Timing.gflops(Timing.denseFlops(b, h, l, l, d), ms);

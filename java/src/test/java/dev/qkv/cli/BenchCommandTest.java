@@ -64,6 +64,29 @@ class BenchCommandTest {
      * does (bench/RESULTS.md quotes this command's figures): the JDK and the vector kernels beside the OpenBLAS
      * core and the threads. It named neither the JDK nor the vector width.
      */
+    /**
+     * The header records both thread counts of the figure, qkv's workers and OpenBLAS's threads per product, the
+     * latter as the timed calls ran it: a native call sets OpenBLAS to one thread whatever it was given before. The
+     * header named qkv's threads only.
+     */
+    @Test
+    void theHeaderNamesOpenBlassThreadsAsTheCallsRanThem() throws Exception {
+        dev.qkv.blas.OpenBlas blas = dev.qkv.blas.OpenBlas.get();
+        try {
+            blas.setThreads(2);
+            ByteArrayOutputStream out = new ByteArrayOutputStream();
+            int code = new BenchCommand().run(List.of("--shape", "1,2,16,8", "--backend", "native", "--threads", "1",
+                    "--iters", "1"), new PrintStream(out, true, StandardCharsets.UTF_8),
+                    new PrintStream(new ByteArrayOutputStream(), true, StandardCharsets.UTF_8));
+            String text = out.toString(StandardCharsets.UTF_8);
+            assertEquals(0, code, text);
+            String header = text.lines().findFirst().orElseThrow();
+            assertTrue(header.contains(" threads=1 openblas.threads=1 "), header);
+        } finally {
+            blas.setThreads(1);
+        }
+    }
+
     @Test
     void theHeaderNamesTheJdkAndTheVectorKernels() throws Exception {
         ByteArrayOutputStream out = new ByteArrayOutputStream();
