@@ -18,6 +18,8 @@ import org.openjdk.jmh.annotations.Warmup;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.SplittableRandom;
 import java.util.concurrent.TimeUnit;
 
 /**
@@ -38,22 +40,52 @@ public class DowncallBench {
 
     private Arena arena;
     private OpenBlas blas;
-    private MemorySegment a;
-    private MemorySegment b;
-    private MemorySegment c;
+    MemorySegment a;
+    MemorySegment b;
+    MemorySegment c;
 
     @Setup(Level.Trial)
     public void setup() {
         blas = OpenBlas.get();
         blas.setThreads(1);
         arena = Arena.ofShared();
-        a = arena.allocate((long) n * n * 4, 64);
-        b = arena.allocate((long) n * n * 4, 64);
+        // uniform in [-1, 1), as every benchmark's inputs: with zeros (the memory as allocated) any kernel, a wrong
+        // one included, gave the right answer
+        SplittableRandom r = new SplittableRandom(5);
+        a = arena.allocate((long) n * n * 4, 64).copyFrom(MemorySegment.ofArray(SdpaBench.uniform(r, n * n)));
+        b = arena.allocate((long) n * n * 4, 64).copyFrom(MemorySegment.ofArray(SdpaBench.uniform(r, n * n)));
         c = arena.allocate((long) n * n * 4, 64);
         BenchSupport.report("downcall n=" + n, blas.describe() + " critical="
                 + System.getProperty(OpenBlas.CRITICAL_PROPERTY, "true"));
         // compiled before JMH's warm-up (BenchSupport.warmUp)
         BenchSupport.warmUp("downcall n=" + n, this::sgemm);
+        System.out.println("# qkv downcall n=" + n + ": product checked, max |difference| " + check());
+    }
+
+    /**
+     * Compares {@code c} with {@code a · bᵀ} summed in double and throws when a value differs by more than
+     * {@code 1e-5·n} (the inputs are in [-1, 1), so a float sum of n products is within n²·2⁻²⁴ of it, under
+     * 1e-5·n for every n of the parameter);
+     * returns the largest difference.
+     */
+    double check() {
+        double max = 0;
+        for (int i = 0; i < n; i++) {
+            for (int j = 0; j < n; j++) {
+                double want = 0;
+                for (int p = 0; p < n; p++) {
+                    want += (double) a.getAtIndex(ValueLayout.JAVA_FLOAT, (long) i * n + p)
+                            * b.getAtIndex(ValueLayout.JAVA_FLOAT, (long) j * n + p);
+                }
+                double diff = Math.abs(want - c.getAtIndex(ValueLayout.JAVA_FLOAT, (long) i * n + j));
+                if (!(diff <= 1e-5 * n)) {
+                    throw new IllegalStateException("sgemm n=" + n + ": c[" + i + ", " + j + "] differs from a·bᵀ by "
+                            + diff + ", more than " + 1e-5 * n);
+                }
+                max = Math.max(max, diff);
+            }
+        }
+        return max;
     }
 
     @Benchmark

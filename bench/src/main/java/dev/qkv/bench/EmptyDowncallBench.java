@@ -39,6 +39,11 @@ public class EmptyDowncallBench {
                 + System.getProperty(OpenBlas.CRITICAL_PROPERTY, "true"));
         // compiled before JMH's warm-up (BenchSupport.warmUp)
         BenchSupport.warmUp("empty downcall", this::emptyDowncall);
+        // what the call must return (set above): a downcall that returned anything else did not reach OpenBLAS
+        if (emptyDowncall() != 1) {
+            throw new IllegalStateException("openblas_get_num_threads returned " + emptyDowncall() + " after "
+                    + "openblas_set_num_threads(1)");
+        }
     }
 
     @Benchmark
