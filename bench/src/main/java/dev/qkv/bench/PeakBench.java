@@ -33,6 +33,9 @@ import java.util.concurrent.TimeUnit;
 public class PeakBench {
     private static final VectorSpecies<Float> S = FloatVector.SPECIES_PREFERRED;
     private static final int CHAINS = 16;
+    /** Each chain's step: {@code x ← x·M + C}. */
+    private static final float M = 0.9999999f;
+    private static final float C = 1e-7f;
     /**
      * FLOPs of one {@link #fma} call at every vector width: 100 000 steps of 16-float vectors; a narrower vector
      * takes proportionally more steps ({@link #steps}). With a fixed 100 000 steps the count held only at 16 floats,
@@ -53,6 +56,32 @@ public class PeakBench {
                 + " steps, thread " + Thread.currentThread().getName());
         // the FMA chains in C2's code before JMH's warm-up, as every qkv benchmark (BenchSupport.warmUp)
         BenchSupport.warmUp("peak", this::fma);
+        System.out.println("# qkv peak: FMA chains checked against their scalar reading, |difference| "
+                + check(fma()));
+    }
+
+    /**
+     * Compares a result of {@link #fma} with the same 16 recurrences {@code x ← fma(x, m, c)} from
+     * {@code seed + j} run on scalars ({@code Math.fma}, which each vector lane computes
+     * to the bit), summed over the lanes in double; throws when they differ by more than 1e-5 relative (the order of
+     * the final sum). A kernel that skipped steps reported a peak the cores never reached. Returns the difference.
+     */
+    double check(float got) {
+        int lanes = S.length();
+        double want = 0;
+        for (int j = 0; j < CHAINS; j++) {
+            float x = seed + j;
+            for (int i = 0; i < STEPS; i++) {
+                x = Math.fma(x, M, C);
+            }
+            want += (double) lanes * x;
+        }
+        double diff = Math.abs(got - want);
+        if (!(diff <= 1e-5 * want)) {
+            throw new IllegalStateException("the FMA chains summed to " + got + ", their scalar reading to " + want
+                    + ": the kernel did not do the " + FLOPS + " FLOPs it is credited with");
+        }
+        return diff;
     }
 
     /** Steps that make {@link #FLOPS} with vectors of {@code lanes} floats (each step: CHAINS FMAs, 2 FLOPs a lane). */
@@ -67,8 +96,8 @@ public class PeakBench {
     @Benchmark
     @OperationsPerInvocation(FLOPS)
     public float fma() {
-        FloatVector m = FloatVector.broadcast(S, 0.9999999f);
-        FloatVector c = FloatVector.broadcast(S, 1e-7f);
+        FloatVector m = FloatVector.broadcast(S, M);
+        FloatVector c = FloatVector.broadcast(S, C);
         FloatVector a0 = FloatVector.broadcast(S, seed);
         FloatVector a1 = a0.add(1f);
         FloatVector a2 = a0.add(2f);

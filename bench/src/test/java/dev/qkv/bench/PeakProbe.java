@@ -13,10 +13,11 @@ public final class PeakProbe {
 
     public static void main(String[] args) {
         try {
-            float sum = new PeakBench().fma();
+            PeakBench bench = new PeakBench();
+            float sum = bench.fma();
             int lanes = FloatVector.SPECIES_PREFERRED.length();
             System.out.println("lanes=" + lanes + " flops=" + (long) PeakBench.steps(lanes) * 16 * 2 * lanes
-                    + " sum=" + sum);
+                    + " sum=" + sum + " checked" + bench.check(sum));
         } catch (RuntimeException e) {
             System.out.println("error=" + e);
             System.exit(3);
