@@ -2,9 +2,9 @@ package dev.qkv.bench;
 
 import dev.qkv.attention.Attention;
 import dev.qkv.attention.Backend;
-import dev.qkv.attention.SdpaOptions;
 import dev.qkv.blas.OpenBlas;
 import dev.qkv.cli.Jit;
+import dev.qkv.cli.ReferenceCheck;
 import dev.qkv.kernel.Vectorization;
 import dev.qkv.tensor.Tensor;
 
@@ -72,55 +72,16 @@ final class BenchSupport {
      * last row are always among them (a stride of rows / 16 from the last row alone never reached row 0, checked
      * only the odd heads of the decode step, and at 1x8x2048x64 only query positions 1023 and 2047). Each row is
      * its own reference call on views: that query row against the keys it may see, so a causal row needs no mask.
-     * Returns the largest difference.
+     * Returns the largest difference. The code is {@link ReferenceCheck#rows}, which the CLI's {@code bench} runs
+     * with the same rows and tolerance.
      */
     static double check(Tensor q, Tensor k, Tensor v, Tensor out, boolean causal) {
-        long[] qs = q.shape();
-        long h = qs[1];
-        long lq = qs[2];
-        long hkv = k.size(1);
-        long lk = k.size(2);
-        long rows = qs[0] * h * lq;
-        long checked = Math.min(rows, CHECKED_ROWS);
-        Attention reference = Attention.create(Backend.REFERENCE, 1);
-        double max = 0;
-        try (java.lang.foreign.Arena arena = java.lang.foreign.Arena.ofConfined()) {
-            Tensor want = Tensor.allocate(arena, 1, 1, 1, v.size(3));
-            for (long j = 0; j < checked; j++) {
-                // evenly spaced, rows 0 and rows - 1 included (distinct: rows >= checked)
-                long row = checked == 1 ? 0 : j * (rows - 1) / (checked - 1);
-                long bi = row / (h * lq);
-                long hi = row / lq % h;
-                long i = row % lq;
-                long hk = hi / (h / hkv);
-                long keys = causal ? i + 1 : lk;
-                Tensor got = out.slice(0, bi, bi + 1).slice(1, hi, hi + 1).slice(2, i, i + 1);
-                Tensor seen = v.slice(0, bi, bi + 1).slice(1, hk, hk + 1).slice(2, 0, keys);
-                reference.sdpa(q.slice(0, bi, bi + 1).slice(1, hi, hi + 1).slice(2, i, i + 1),
-                        k.slice(0, bi, bi + 1).slice(1, hk, hk + 1).slice(2, 0, keys), seen, want,
-                        SdpaOptions.DEFAULT);
-                double scale = maxAbs(seen.toArray());
-                double tolerance = TOLERANCE * scale + keys * (double) Float.MIN_VALUE / 2;
-                double diff = maxDiff(want.toArray(), got.toArray());
-                if (!(diff <= tolerance)) {
-                    throw new IllegalStateException("the output differs from softmax(q·kᵀ/√D)·v by " + diff
-                            + " at row " + row + ", more than " + tolerance + " (" + TOLERANCE + " · max|v| "
-                            + scale + " + " + keys + " keys · MIN_VALUE/2; q " + q.shapeString() + ", k "
-                            + k.shapeString() + (causal ? ", causal" : "") + ")");
-                }
-                max = Math.max(max, diff);
-            }
-        }
-        return max;
+        return ReferenceCheck.rows(q, k, v, out, causal, CHECKED_ROWS, TOLERANCE);
     }
 
     /** max |a[i]| (NaN when any value is NaN). */
     static double maxAbs(float[] a) {
-        double max = 0;
-        for (float x : a) {
-            max = Math.max(max, Math.abs(x));
-        }
-        return max;
+        return ReferenceCheck.maxAbs(a);
     }
 
     /**
@@ -143,11 +104,7 @@ final class BenchSupport {
 
     /** max |a[i] - b[i]| over equally long arrays (NaN when any difference is NaN). */
     static double maxDiff(float[] a, float[] b) {
-        double max = 0;
-        for (int i = 0; i < a.length; i++) {
-            max = Math.max(max, Math.abs((double) a[i] - b[i]));
-        }
-        return max;
+        return ReferenceCheck.maxDiff(a, b);
     }
 
     /** Least time of {@link #warmUp}, then windows of {@link #QUIET_WINDOW_NANOS} until one compiles nothing. */

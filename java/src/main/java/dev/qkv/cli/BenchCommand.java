@@ -18,6 +18,13 @@ import java.util.SplittableRandom;
 final class BenchCommand implements Command {
 
     private static final long SEED = 42;
+    /**
+     * Output rows checked against the scalar reference before a figure is printed (every row of a smaller call),
+     * and the largest difference accepted, in units of the largest |v| a row attends to (inputs uniform in
+     * [-1, 1)): the JMH benchmarks' check (bench/, BenchSupport).
+     */
+    static final int CHECKED_ROWS = 64;
+    static final double TOLERANCE = 1e-4;
 
     @Override
     public String name() {
@@ -90,6 +97,10 @@ final class BenchCommand implements Command {
                 throw new UsageException(e.getMessage());
             }
             int warm = 1 + Timing.warmUp(call);
+            // no figure for a wrong answer: rows of the last warm-up call's output against the scalar reference
+            // (throws, exit 1, before anything is printed)
+            long checkedRows = Math.min(b * h * l, CHECKED_ROWS);
+            double maxDiff = ReferenceCheck.rows(q, k, v, o, causal, CHECKED_ROWS, TOLERANCE);
             // the OpenBLAS core beside every figure (what ran native products, or would have), and the JDK and the
             // vector kernels (what the Java kernels' speed depends on), as the benchmarks' setup lines record them;
             // before the plan, so that the line still ends in openblas.core=
@@ -99,10 +110,10 @@ final class BenchCommand implements Command {
             String blasThreads = blas != null ? String.valueOf(blas.threads()) : "unavailable";
             out.println(String.format(Locale.ROOT,
                     "bench backend=%s q=%s k=%s causal=%s threads=%d openblas.threads=%s warmup=%d iters=%d jdk=%s"
-                            + " vector=\"%s\" plan: %s openblas.core=%s",
+                            + " vector=\"%s\" checked_rows=%d max_diff=%.1e plan: %s openblas.core=%s",
                     backend.cliName(), q.shapeString(), k.shapeString(), causal,
                     attention.threads(), blasThreads, warm, iters, Runtime.version(), Vectorization.reason(),
-                    attention.plan(q, k, v, o, options), core));
+                    checkedRows, maxDiff, attention.plan(q, k, v, o, options), core));
             double ms = Timing.medianMillis(call, iters);
             double gflops = Timing.gflops(Timing.denseFlops(b, h, l, l, d), ms);
             out.println(resultLine(ms, gflops));

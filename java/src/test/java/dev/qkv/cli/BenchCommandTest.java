@@ -87,6 +87,32 @@ class BenchCommandTest {
         }
     }
 
+    /**
+     * The figure belongs to a checked answer: before it reports, bench recomputes rows of its output with the
+     * scalar reference (up to 64, the first and the last included; every row of a smaller call) and the header
+     * says how many and the largest difference. bench timed whatever the kernels returned, so a fast wrong kernel
+     * printed a figure.
+     */
+    @ParameterizedTest
+    @ValueSource(strings = {"native", "java", "auto"})
+    void theHeaderSaysTheOutputWasCheckedAgainstTheReference(String backend) throws Exception {
+        for (List<String> shape : List.of(List.of("--shape", "1,4,16,8", "--kv-heads", "2", "--causal"),
+                List.of("--shape", "2,3,40,16"))) {
+            List<String> args = new java.util.ArrayList<>(shape);
+            args.addAll(List.of("--backend", backend, "--threads", "1", "--iters", "1"));
+            ByteArrayOutputStream out = new ByteArrayOutputStream();
+            int code = new BenchCommand().run(args, new PrintStream(out, true, StandardCharsets.UTF_8),
+                    new PrintStream(new ByteArrayOutputStream(), true, StandardCharsets.UTF_8));
+            String text = out.toString(StandardCharsets.UTF_8);
+            assertEquals(0, code, text);
+            String header = text.lines().findFirst().orElseThrow();
+            // 1·4·16 = 64 rows: all; 2·3·40 = 240 rows: 64 of them
+            Matcher m = Pattern.compile(" checked_rows=64 max_diff=(\\S+) ").matcher(header);
+            assertTrue(m.find(), header);
+            assertTrue(Double.parseDouble(m.group(1)) <= 1e-4, header);
+        }
+    }
+
     @Test
     void theHeaderNamesTheJdkAndTheVectorKernels() throws Exception {
         ByteArrayOutputStream out = new ByteArrayOutputStream();
