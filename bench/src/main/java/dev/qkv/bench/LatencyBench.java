@@ -82,6 +82,8 @@ public class LatencyBench {
     @State(Scope.Thread)
     public static class Output {
         Tensor out;
+        /** What a call on a fresh virtual thread threw ({@link #freshVirtualThread}); read after its join. */
+        Throwable failure;
 
         @Setup(Level.Trial)
         public void setup(LatencyBench b) {
@@ -140,7 +142,17 @@ public class LatencyBench {
     @Benchmark
     @Threads(1)
     public Tensor freshVirtualThread(Output o) throws InterruptedException {
-        Thread.ofVirtual().start(() -> attention.sdpa(q, k, v, o.out, options)).join();
+        Thread.ofVirtual().start(() -> {
+            try {
+                attention.sdpa(q, k, v, o.out, options);
+            } catch (Throwable t) {
+                o.failure = t;
+            }
+        }).join();
+        if (o.failure != null) {
+            // a call that threw ended its virtual thread only: not a call to time
+            throw new IllegalStateException("the call on the virtual thread failed", o.failure);
+        }
         return o.out;
     }
 

@@ -41,6 +41,24 @@ class LatencyBenchTest {
         assertThrows(IllegalStateException.class, b::tearDown);
     }
 
+    /**
+     * A call that fails on the fresh virtual thread fails the benchmark: the exception ended that thread only (the
+     * default handler printed it), {@code join} returned, and the time of a thread that threw counted as a call.
+     */
+    @Test
+    void aCallThatThrowsOnTheVirtualThreadIsNotTimedAsACall() {
+        LatencyBench b = bench();
+        b.setup();
+        try (java.lang.foreign.Arena arena = java.lang.foreign.Arena.ofShared()) {
+            LatencyBench.Output o = new LatencyBench.Output();
+            // an output of the wrong shape: sdpa refuses it
+            o.out = dev.qkv.tensor.Tensor.allocate(arena, 1, 2, 4, 7);
+            assertThrows(IllegalStateException.class, () -> b.freshVirtualThread(o));
+        } finally {
+            b.tearDown();
+        }
+    }
+
     private static LatencyBench bench() {
         LatencyBench b = new LatencyBench();
         b.shape = "1x2x4x8x8";
