@@ -514,6 +514,8 @@ public final class Attention {
                     job.prepare(q, k, v, out, options, null, true);
                     job.execute();
                 } finally {
+                    // whatever stopped the call: the job, kept by the thread, must not keep its tensors
+                    job.release();
                     giveBack(job);
                 }
             } finally {
@@ -593,12 +595,15 @@ public final class Attention {
                 job.prepare(q, k, v, out, options, workspace.segment(), true);
                 long need = job.workspaceBytes();
                 if (workspace.byteSize() < need) {
-                    job.release();
                     throw new IllegalArgumentException("workspace of " + workspace.byteSize() + " bytes is too"
                             + " small for " + q.describe("q") + ", " + k.describe("k") + ": needs " + need);
                 }
                 job.execute();
             } finally {
+                // on every way out, not only the refusals foreseen: an exception between prepare and execute (the
+                // "long overflow" of workspaceBytes, ScratchOverflowTest) left this thread's job holding the call's
+                // tensors, and so their memory, until the thread's next call
+                job.release();
                 giveBack(job);
             }
         } finally {
@@ -1105,11 +1110,18 @@ public final class Attention {
          */
         private void packSubnormalV() {
             packV = true;
-            long pw = layout(tileRows);
-            long per = Math.multiplyExact(Math.addExact(pw, qTransposedFloats(tileRows)), (long) Float.BYTES);
-            long all = Math.multiplyExact(per, (long) workers);
-            if (all <= owner.budget && (shared == null || Math.multiplyExact(pw, (long) workers * Float.BYTES)
-                    <= shared.byteSize())) {
+            boolean fits;
+            long pw = 0;
+            try {
+                pw = layout(tileRows);
+                long per = Math.multiplyExact(Math.addExact(pw, qTransposedFloats(tileRows)), (long) Float.BYTES);
+                fits = !over(per, workers, owner.budget)
+                        && (shared == null || !over(pw, (long) workers * Float.BYTES, shared.byteSize()));
+            } catch (ArithmeticException e) {
+                // a copy past a long's bytes fits nothing: v is read as it is, as when the copy exceeds the budget
+                fits = false;
+            }
+            if (fits) {
                 perWorker = pw;
             } else {
                 packV = false;
@@ -1123,6 +1135,16 @@ public final class Attention {
             return pool.accessible(q.segment()) && pool.accessible(k.segment()) && pool.accessible(v.segment())
                     && pool.accessible(out.segment()) && (mSeg == null || pool.accessible(mSeg))
                     && (shared == null || pool.accessible(shared));
+        }
+
+        /**
+         * {@code each · count > limit}, for positive {@code each} and {@code count}, without the product: scratch per
+         * worker that fits a long can pass it times the workers (q [2^30, 2^30] packed is 2^62 bytes), and the
+         * wrapped product then read as within the budget, planned two workers and threw the JDK's "long overflow"
+         * from workspaceBytes, plan and sdpa (ScratchOverflowTest).
+         */
+        private static boolean over(long each, long count, long limit) {
+            return each > limit / count;
         }
 
         /** Block rows and workers under the budget, and the workspace layout of one worker. */
@@ -1144,29 +1166,29 @@ public final class Attention {
                 transQ = smallCalls && !gemv && dk > 0 && (packQ || rowMajorOk(q)) && (packK || rowMajorOk(k));
                 long heap = usePacked ? heapFloats(rowsNow) : qTransposedFloats(rowsNow);
                 long per = Math.multiplyExact(Math.addExact(pw, heap), (long) Float.BYTES);
-                while (w > 1 && per * w > owner.budget) {
+                while (w > 1 && over(per, w, owner.budget)) {
                     w--;
                 }
-                if (groupTasks && (per * w > owner.budget
-                        || shared != null && pw * w * Float.BYTES > shared.byteSize())) {
+                if (groupTasks && (over(per, w, owner.budget)
+                        || shared != null && over(pw, (long) w * Float.BYTES, shared.byteSize()))) {
                     // the group's rows do not fit the budget, or a caller's workspace sized for one head's rows
                     // per worker (as scoreTileBytes promises): a task per head, which needs one head's rows only
                     groupTasks = false;
                     continue;
                 }
-                if (per * w > owner.budget && rowsNow <= 8 && gemv) {
+                if (over(per, w, owner.budget) && rowsNow <= 8 && gemv) {
                     // the sgemv path's tile holds every key; the blocked path's only a key block
                     gemv = false;
                     continue;
                 }
-                if (per * w > owner.budget && rowsNow <= 8 && transQ) {
+                if (over(per, w, owner.budget) && rowsNow <= 8 && transQ) {
                     // the copy of qᵀ does not fit even 8-row blocks: whole calls on q and k in place, as before
                     // small calls (their bits, too: a budget this small changes the native engine's bits anyway)
                     smallCalls = false;
                     continue;
                 }
-                if (per * w <= owner.budget || rowsNow <= 8) {
-                    if (per * w > owner.budget) {
+                if (!over(per, w, owner.budget) || rowsNow <= 8) {
+                    if (over(per, w, owner.budget)) {
                         throw new IllegalArgumentException("workspace budget of " + owner.budget + " bytes is too"
                                 + " small for " + q.describe("q") + ", " + k.describe("k") + ": one worker needs "
                                 + per);
