@@ -307,7 +307,14 @@ public final class Safetensors {
             }
             if (!ch.isOpen()) {
                 FileChannel again = FileChannel.open(file, StandardOpenOption.READ);
-                Object now = Files.readAttributes(file, java.nio.file.attribute.BasicFileAttributes.class).fileKey();
+                Object now;
+                try {
+                    now = Files.readAttributes(file, java.nio.file.attribute.BasicFileAttributes.class).fileKey();
+                } catch (IOException | RuntimeException e) {
+                    // the file went away between the open and this look: the channel just opened is not kept
+                    closeQuietly(again);
+                    throw e;
+                }
                 if (key == null || !key.equals(now)) {
                     closeQuietly(again);
                     throw new IOException("the file was closed by an interrupted read and cannot be opened again as"
