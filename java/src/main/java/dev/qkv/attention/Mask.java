@@ -58,6 +58,42 @@ public record Mask(Kind kind, Tensor values) {
                 new long[] {allowed.stride(0), 0, 0, allowed.stride(1)}));
     }
 
+    /**
+     * Refuses this mask unless it broadcasts to scores {@code [b, hq, lq, lk]} as NumPy and PyTorch broadcast: its
+     * dimensions align with the scores' from the right, each is the scores' size or 1, and the last is {@code lk}
+     * (one value per key). The check {@link Attention} makes of every call's mask, and the multi-head layer of
+     * its options' mask before its projections; it allocates nothing.
+     *
+     * @throws IllegalArgumentException naming the mask and its shape, and the shape it must broadcast to
+     */
+    public void requireBroadcastsTo(long b, long hq, long lq, long lk) {
+        Tensor m = values;
+        int r = m.rank();
+        if (r < 1 || r > 4) {
+            throw new IllegalArgumentException(m.describe("mask") + ": rank " + r + " is not "
+                    + broadcastable(b, hq, lq, lk));
+        }
+        // no array of the scores' sizes: this runs on every call and must not allocate (a long[4] here was 48 B
+        // per masked call, AllocationTest)
+        boolean ok = m.size(r - 1) == lk;
+        for (int d = 0; d < r - 1; d++) {
+            int s = 4 - r + d; // the scores' dimension this one aligns with: 0 (B), 1 (Hq) or 2 (Lq)
+            ok &= fits(m.size(d), s == 0 ? b : s == 1 ? hq : lq);
+        }
+        if (!ok) {
+            throw new IllegalArgumentException(m.describe("mask") + ": not " + broadcastable(b, hq, lq, lk));
+        }
+    }
+
+    private static String broadcastable(long b, long hq, long lq, long lk) {
+        return "broadcastable to [" + b + ", " + hq + ", " + lq + ", " + lk + "] (aligned from the right, as in"
+                + " [Lk], [Lq, Lk], [Hq, Lq, Lk] or [B, Hq, Lq, Lk]; any size may be 1 but the last, " + lk + ")";
+    }
+
+    private static boolean fits(long have, long want) {
+        return have == want || have == 1;
+    }
+
     /** An additive mask: {@code bias} is added to the scaled scores before the softmax. */
     public static Mask additive(Tensor bias) {
         Objects.requireNonNull(bias, "bias is null");

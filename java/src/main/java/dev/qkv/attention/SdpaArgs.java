@@ -82,7 +82,7 @@ final class SdpaArgs {
         }
         Mask mask = options.mask();
         if (mask != null) {
-            checkMask(mask.values(), b, hq, lq, lk);
+            mask.requireBroadcastsTo(b, hq, lq, lk);
         }
         q.requireUsable("q");
         k.requireUsable("k");
@@ -155,37 +155,6 @@ final class SdpaArgs {
         if (t.rank() != 4) {
             throw new IllegalArgumentException(t.describe(name) + ": expected rank 4 " + dims);
         }
-    }
-
-    /**
-     * A mask broadcasts to {@code [B, Hq, Lq, Lk]} as NumPy and PyTorch broadcast: its dimensions align with the
-     * scores' from the right, each is the scores' size or 1, and the last is {@code Lk} (one value per key).
-     */
-    private static void checkMask(Tensor m, long b, long hq, long lq, long lk) {
-        int r = m.rank();
-        if (r < 1 || r > 4) {
-            throw new IllegalArgumentException(m.describe("mask") + ": rank " + r + " is not "
-                    + maskWant(b, hq, lq, lk));
-        }
-        // no array of the scores' sizes: this runs on every call and must not allocate (a long[4] here was 48 B
-        // per masked call, AllocationTest)
-        boolean ok = m.size(r - 1) == lk;
-        for (int d = 0; d < r - 1; d++) {
-            int s = 4 - r + d; // the scores' dimension this one aligns with: 0 (B), 1 (Hq) or 2 (Lq)
-            ok &= fits(m.size(d), s == 0 ? b : s == 1 ? hq : lq);
-        }
-        if (!ok) {
-            throw new IllegalArgumentException(m.describe("mask") + ": not " + maskWant(b, hq, lq, lk));
-        }
-    }
-
-    private static String maskWant(long b, long hq, long lq, long lk) {
-        return "broadcastable to [" + b + ", " + hq + ", " + lq + ", " + lk + "] (aligned from the right, as in"
-                + " [Lk], [Lq, Lk], [Hq, Lq, Lk] or [B, Hq, Lq, Lk]; any size may be 1 but the last, " + lk + ")";
-    }
-
-    private static boolean fits(long have, long want) {
-        return have == want || have == 1;
     }
 
     /** The output must not share memory with an input: a kernel would read what it has already written. */

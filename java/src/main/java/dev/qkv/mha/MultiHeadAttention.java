@@ -382,6 +382,11 @@ public final class MultiHeadAttention {
         }
         check3("out", out, b, l);
         long lkv = kv == null ? l : kv.size(1);
+        if (options.mask() != null) {
+            // before the projections: the attention refuses it too, but only once they have run (work thrown away)
+            options.mask().requireBroadcastsTo(b, h, l, lkv);
+            options.mask().values().requireUsable("mask");
+        }
         checkWeights(out);
         long need = kv == null ? selfFloats(b, l) : crossFloats(b, l, lkv);
         MemorySegment seg = checkWorkspace(ws, need, x);
