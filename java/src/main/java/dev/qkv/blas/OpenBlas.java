@@ -504,8 +504,14 @@ public final class OpenBlas {
      * view (unit stride in the first dimension) is passed as the transposed operand, so {@code k.transpose()}
      * costs nothing. {@code a [m, k]}, {@code b [k, n]}, {@code c [m, n]} are the shapes after {@code ta}/{@code tb}.
      *
-     * @throws NullPointerException when an argument is null, the message starting with its name
-     *                              ({@code "c is null (matmul)"}), before any other check
+     * @throws NullPointerException     when an argument is null, the message starting with its name
+     *                                  ({@code "c is null (matmul)"}), before any other check
+     * @throws IllegalArgumentException for shapes that do not multiply, strides OpenBLAS cannot take, heap or
+     *                                  misaligned memory, a read-only {@code c} or one over an input; the message
+     *                                  names the tensor as passed, with its shape
+     *                                  ({@code "matmul: a [3, 4]: a heap segment; ..."})
+     * @throws IllegalStateException    when a tensor's arena is closed ({@code "matmul: a [3, 4]: its arena is
+     *                                  closed"})
      */
     public void matmul(Transpose ta, Tensor a, Transpose tb, Tensor b, float alpha, float beta, Tensor c) {
         // the API's rule for null (README, exception table), before any other check, as sgemm's: a null flag read
@@ -543,6 +549,22 @@ public final class OpenBlas {
                     + " exceeds the 32-bit BLAS interface");
         }
         int ldc = (int) ldcLong;
+        // sgemm checks these too, but names its raw operands ("sgemm: a is a heap segment", a transposed view by
+        // its stored shape): here they name the caller's tensors, as passed, with their shapes
+        blasOperand("a", a);
+        blasOperand("b", b);
+        blasOperand("c", c);
+        if (!cEmpty) {
+            if (c.segment().isReadOnly()) {
+                throw new IllegalArgumentException("matmul: " + c.describe("c") + ": a read-only segment");
+            }
+            if (c.overlaps(a)) {
+                throw new IllegalArgumentException("matmul: " + c.describe("c") + " overlaps " + a.describe("a"));
+            }
+            if (c.overlaps(b)) {
+                throw new IllegalArgumentException("matmul: " + c.describe("c") + " overlaps " + b.describe("b"));
+            }
+        }
         sgemm(oa.t, ob.t, toInt("m", m), toInt("n", n), toInt("k", ka), alpha, a.segment(), a.offset(), oa.ld,
                 b.segment(), b.offset(), ob.ld, beta, c.segment(), c.offset(), ldc);
     }
@@ -576,6 +598,23 @@ public final class OpenBlas {
         }
         throw new IllegalArgumentException("matmul: " + x.describe(name) + " with strides "
                 + java.util.Arrays.toString(x.strides()) + " has no unit stride");
+    }
+
+    /**
+     * Refuses, naming {@code t} as {@code name} with its shape, memory OpenBLAS cannot be handed (heap, or floats at
+     * an address that is not a multiple of 4) and memory this thread cannot use: what {@link SgemmArgs#validate}
+     * refuses for every operand, empty or not. Builds a string only when it throws.
+     */
+    private static void blasOperand(String name, Tensor t) {
+        MemorySegment s = t.segment();
+        if (!SgemmArgs.blasReady(s)) {
+            throw new IllegalArgumentException("matmul: " + t.describe(name) + (s.isNative()
+                    ? ": floats at address " + s.address() + ", not a multiple of 4; OpenBLAS needs them aligned"
+                    : ": a heap segment; OpenBLAS needs off-heap memory"));
+        }
+        if (!Tensor.usable(s)) {
+            Tensor.requireUsable(s, "matmul: " + t.describe(name));
+        }
     }
 
     private static void rank2(String name, Tensor t) {

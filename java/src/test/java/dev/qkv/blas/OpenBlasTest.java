@@ -134,6 +134,59 @@ class OpenBlasTest {
     }
 
     /**
+     * Every refusal of {@code matmul} names the caller's tensor as the caller passed it, with its shape, and says
+     * {@code matmul}: heap or misaligned memory, a read-only or closed tensor, an output over an input. These were
+     * left to sgemm, whose messages name its raw operands: "sgemm: a is a heap segment" (no shape), "sgemm: a
+     * [4, 3]: its arena is closed" for a transposed view a [3, 4] (the stored operand's shape), "sgemm: output c
+     * [4, 4] overlaps input a" (no shape of a). Found by an audit of the error messages.
+     */
+    @Test
+    void matmulRefusalsNameTheCallersTensorAndItsShape() {
+        Transpose no = Transpose.NO;
+        try (Arena arena = Arena.ofShared()) {
+            Tensor a = Tensor.allocate(arena, 3, 4);
+            Tensor b = Tensor.allocate(arena, 4, 5);
+            Tensor c = Tensor.allocate(arena, 3, 5);
+            Tensor heapA = Tensor.wrap(MemorySegment.ofArray(new float[12]), 3, 4);
+            assertStarts(IllegalArgumentException.class, () -> BLAS.matmul(no, heapA, no, b, 1f, 0f, c),
+                    "matmul: a [3, 4]", "heap");
+            Tensor heapB = Tensor.wrap(MemorySegment.ofArray(new float[20]), 5, 4).transpose();
+            assertStarts(IllegalArgumentException.class, () -> BLAS.matmul(no, a, no, heapB, 1f, 0f, c),
+                    "matmul: b [4, 5]", "heap");
+            Tensor odd = Tensor.view(arena.allocate(15 * 4 + 64, 64).asSlice(2), 0, new long[] {3, 5},
+                    new long[] {5, 1});
+            assertStarts(IllegalArgumentException.class, () -> BLAS.matmul(no, a, no, b, 1f, 0f, odd),
+                    "matmul: c [3, 5]", "multiple");
+            Tensor readOnly = Tensor.view(c.segment().asReadOnly(), 0, new long[] {3, 5}, new long[] {5, 1});
+            assertStarts(IllegalArgumentException.class, () -> BLAS.matmul(no, a, no, b, 1f, 0f, readOnly),
+                    "matmul: c [3, 5]", "read-only");
+            Tensor sq = Tensor.allocate(arena, 4, 4);
+            Tensor sq2 = Tensor.allocate(arena, 4, 4);
+            assertStarts(IllegalArgumentException.class, () -> BLAS.matmul(no, sq, no, sq2, 1f, 0f, sq),
+                    "matmul: c [4, 4]", "overlaps a [4, 4]");
+            assertStarts(IllegalArgumentException.class, () -> BLAS.matmul(no, sq2, no, sq, 1f, 0f, sq),
+                    "matmul: c [4, 4]", "overlaps b [4, 4]");
+            Tensor gone;
+            try (Arena closed = Arena.ofConfined()) {
+                gone = Tensor.allocate(closed, 4, 3);
+            }
+            // a transposed view: the caller's a is [3, 4], though its memory holds rows of [4, 3]
+            Tensor goneT = gone.transpose();
+            assertStarts(IllegalStateException.class, () -> BLAS.matmul(no, goneT, no, b, 1f, 0f, c),
+                    "matmul: a [3, 4]", "closed");
+        }
+    }
+
+    /** {@code call} throws {@code type} whose message starts with {@code start} and contains {@code fragment}. */
+    private static void assertStarts(Class<? extends RuntimeException> type, Runnable call, String start,
+                                     String fragment) {
+        RuntimeException e = assertThrows(type, call::run);
+        assertTrue(e.getMessage().startsWith(start) && e.getMessage().contains(fragment),
+                "message \"" + e.getMessage() + "\" should start with \"" + start + "\" and contain \"" + fragment
+                        + "\"");
+    }
+
+    /**
      * A dimension of size 1 may have any stride (a view reaches only its index 0, as {@code Tensor.view} allows):
      * the row of a {@code [1, k]} a or of a {@code [1, n]} c, the column stride of a {@code [k, 1]} b. The stride
      * of such a dimension was taken as the leading dimension all the same, and a legal one-row product refused as
