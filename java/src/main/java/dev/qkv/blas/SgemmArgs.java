@@ -43,10 +43,12 @@ public final class SgemmArgs {
             throw new IllegalArgumentException("sgemm: output c [" + m + ", " + n + "] is a read-only segment");
         }
         if (Tensor.overlaps(c, cOffset, cEnd, a, aOffset, aEnd)) {
-            throw new IllegalArgumentException("sgemm: output c [" + m + ", " + n + "] overlaps input a");
+            throw new IllegalArgumentException("sgemm: output c [" + m + ", " + n + "] overlaps input a ["
+                    + (ta == Transpose.NO ? m + ", " + k : k + ", " + m) + "]");
         }
         if (Tensor.overlaps(c, cOffset, cEnd, b, bOffset, bEnd)) {
-            throw new IllegalArgumentException("sgemm: output c [" + m + ", " + n + "] overlaps input b");
+            throw new IllegalArgumentException("sgemm: output c [" + m + ", " + n + "] overlaps input b ["
+                    + (tb == Transpose.NO ? k + ", " + n : n + ", " + k) + "]");
         }
     }
 
@@ -69,7 +71,7 @@ public final class SgemmArgs {
     static long checkOperand(String fn, boolean requireNative, String name, MemorySegment s, long offset, int rows,
                              int cols, int ld) {
         if (requireNative) {
-            requireBlasReady(fn, name, s);
+            requireBlasReady(fn, name, s, rows, cols);
         }
         if (!Tensor.usable(s)) {
             Tensor.requireUsable(s, fn + ": " + name + " [" + rows + ", " + cols + "]");
@@ -105,15 +107,21 @@ public final class SgemmArgs {
         return s.isNative() && s.address() % Float.BYTES == 0;
     }
 
-    /** Refuses an operand {@code name} of routine {@code fn} that {@link #blasReady} refuses. */
-    static void requireBlasReady(String fn, String name, MemorySegment s) {
+    /**
+     * Refuses an operand {@code name [rows, cols]} (a vector {@code [rows]} when {@code cols < 0}) of routine
+     * {@code fn} that {@link #blasReady} refuses, naming it with its shape as the other checks do. No allocation
+     * unless it throws (it runs on every product).
+     */
+    static void requireBlasReady(String fn, String name, MemorySegment s, int rows, int cols) {
+        if (blasReady(s)) {
+            return;
+        }
+        String what = fn + ": " + name + " [" + rows + (cols < 0 ? "" : ", " + cols) + "]";
         if (!s.isNative()) {
-            throw new IllegalArgumentException(fn + ": " + name + " is a heap segment; OpenBLAS needs off-heap memory");
+            throw new IllegalArgumentException(what + " is a heap segment; OpenBLAS needs off-heap memory");
         }
-        if (!blasReady(s)) {
-            throw new IllegalArgumentException(fn + ": " + name + " at address " + s.address() + ": OpenBLAS needs"
-                    + " floats at addresses that are multiples of 4");
-        }
+        throw new IllegalArgumentException(what + " at address " + s.address() + ": OpenBLAS needs floats at"
+                + " addresses that are multiples of 4");
     }
 
     /**

@@ -56,7 +56,7 @@ public final class SgemvArgs {
     /** Checks one strided vector and returns one past its last element index, or the offset if it is empty. */
     private static long vector(boolean requireNative, String name, MemorySegment s, long offset, int len, int inc) {
         if (requireNative) {
-            SgemmArgs.requireBlasReady("sgemv", name, s);
+            SgemmArgs.requireBlasReady("sgemv", name, s, len, -1);
         }
         if (!Tensor.usable(s)) {
             Tensor.requireUsable(s, "sgemv: " + name + " [" + len + "]");

@@ -177,6 +177,49 @@ class OpenBlasTest {
         }
     }
 
+    /**
+     * The raw routines' refusals of heap or misaligned memory and of an output over an input give the operand's
+     * shape, as their other refusals do ({@code sgemm: a [2, 3]: leading dimension 2 < 3}): they said "sgemm: a
+     * is a heap segment" and "sgemm: output c [2, 2] overlaps input a", with no shape of a. Found by an audit of
+     * the error messages.
+     */
+    @Test
+    void rawRoutinesNameTheOperandWithItsShape() {
+        Transpose no = Transpose.NO;
+        Transpose yes = Transpose.YES;
+        MemorySegment heap = MemorySegment.ofArray(new float[64]);
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment off = arena.allocate(256, 64);
+            MemorySegment c = arena.allocate(256, 64);
+            // op(a) [2, 3] stored transposed: a [3, 2]; b [3, 4]; c [2, 4]
+            assertStarts(IllegalArgumentException.class,
+                    () -> BLAS.sgemm(yes, no, 2, 4, 3, 1f, heap, 0, 2, off, 0, 4, 0f, c, 0, 4), "sgemm: a [3, 2]",
+                    "heap segment");
+            assertStarts(IllegalArgumentException.class,
+                    () -> BLAS.sgemm(no, no, 2, 4, 3, 1f, off, 0, 3, off.asSlice(1), 0, 4, 0f, c, 0, 4),
+                    "sgemm: b [3, 4]", "multiples of 4");
+            assertStarts(IllegalArgumentException.class,
+                    () -> BLAS.sgemm(no, no, 2, 4, 3, 1f, off, 0, 3, off, 0, 4, 0f, heap, 0, 4), "sgemm: c [2, 4]",
+                    "heap segment");
+            assertStarts(IllegalArgumentException.class,
+                    () -> BLAS.sgemm(no, no, 2, 4, 3, 1f, c, 0, 3, off, 0, 4, 0f, c, 0, 4), "sgemm: output c [2, 4]",
+                    "overlaps input a [2, 3]");
+            assertStarts(IllegalArgumentException.class,
+                    () -> BLAS.sgemm(no, yes, 2, 4, 3, 1f, off, 0, 3, c, 0, 3, 0f, c, 0, 4), "sgemm: output c [2, 4]",
+                    "overlaps input b [4, 3]");
+            // a [5, 3]: x [3], y [5]
+            assertStarts(IllegalArgumentException.class,
+                    () -> BLAS.sgemv(no, 5, 3, 1f, off, 0, 3, heap, 0, 1, 0f, c, 0, 1), "sgemv: x [3]",
+                    "heap segment");
+            assertStarts(IllegalArgumentException.class,
+                    () -> BLAS.sgemv(no, 5, 3, 1f, heap, 0, 3, off, 0, 1, 0f, c, 0, 1), "sgemv: a [5, 3]",
+                    "heap segment");
+            assertStarts(IllegalArgumentException.class,
+                    () -> BLAS.sgemv(no, 5, 3, 1f, off, 0, 3, c, 0, 1, 0f, heap, 0, 1), "sgemv: y [5]",
+                    "heap segment");
+        }
+    }
+
     /** {@code call} throws {@code type} whose message starts with {@code start} and contains {@code fragment}. */
     private static void assertStarts(Class<? extends RuntimeException> type, Runnable call, String start,
                                      String fragment) {
