@@ -58,8 +58,9 @@ import java.util.Objects;
  * thread costs more). OpenBLAS is kept at one
  * thread while qkv runs attention (each native call sets it; a count a user raises during a call, process-wide,
  * is not undone until the next), so threads × OpenBLAS threads never exceeds {@code threads()} ≤ cores. When
- * the pool is busy with another call, a call runs on its own thread. Each worker has its own score tile and
- * packing buffers, so no scratch is shared.
+ * the pool is busy with another call, a call runs on its own thread. Every call's thread ({@link Backend#REFERENCE}
+ * included) counts as a core taken while it computes: a concurrent call gets only the pool threads the callers
+ * leave. Each worker has its own score tile and packing buffers, so no scratch is shared.
  *
  * <p><b>Memory.</b> Per worker the off-heap workspace holds a score tile of {@code rows × min(Lk, keyBlock)}
  * floats (at most {@code KEY_BLOCK}, fewer for wide heads; {@code NATIVE_KEY_BLOCK}, rows padded, for OpenBLAS;
@@ -502,7 +503,7 @@ public final class Attention {
         validate(q, k, v, out, options);
         try {
             if (matmul == null) {
-                ReferenceAttention.compute(q, k, v, out, options);
+                reference(q, k, v, out, options);
                 return;
             }
             // each thing taken is given back by its own finally, so that an error while taking the next (a stack
@@ -524,6 +525,16 @@ public final class Attention {
         } catch (IllegalStateException e) {
             throw closedDuringCall(e, q, k, v, out, options, null);
         }
+    }
+
+    /**
+     * The reference computation, on the caller alone but through the pool, as one task with no helper: its thread
+     * computes on a core for the whole call and must count as a core taken (see {@link WorkerPool}), or a parallel
+     * call made meanwhile gets a pool thread beside it, and three threads compute on two cores. The lambda is one
+     * object per call, which the reference, allocating its scratch per call, never avoided.
+     */
+    private static void reference(Tensor q, Tensor k, Tensor v, Tensor out, SdpaOptions options) {
+        WorkerPool.SHARED.run((task, worker) -> ReferenceAttention.compute(q, k, v, out, options), 1, 0);
     }
 
     /**
@@ -575,7 +586,7 @@ public final class Attention {
         try {
             if (matmul == null) {
                 // the reference uses no workspace (the arguments are checked above)
-                ReferenceAttention.compute(q, k, v, out, options);
+                reference(q, k, v, out, options);
                 return;
             }
             sdpaIn(q, k, v, out, options, workspace);

@@ -48,7 +48,8 @@ import java.util.Objects;
  * Java product runs on its caller. The cut depends on the shape only, so a layer's results are the same bits on
  * one thread or two; a call whose memory a pool thread cannot touch (a confined arena), or that finds the pool
  * busy, runs the same slabs on the caller. {@link Backend#REFERENCE} runs every call on its caller alone, its
- * projections included (its attention's {@link Attention#threads()} is 1 whatever was asked).
+ * projections included (its attention's {@link Attention#threads()} is 1 whatever was asked), counted by the pool
+ * as a core taken, as every call's thread is.
  *
  * <p>A layer is immutable and thread-safe; each call takes the caller's output and a {@link MhaWorkspace}
  * (one per thread) and allocates no off-heap memory. The workspace keeps the head views of the last shape, so
@@ -401,7 +402,11 @@ public final class MultiHeadAttention {
             workspaceOverlap(ws, options.mask().values(), "mask");
         }
         if (backend == Backend.REFERENCE) {
-            MhaReference.forward(w, x, kv == null ? x : kv, out, options);
+            // on the caller alone, but through the pool as one task with no helper: the thread computes all
+            // through the call and counts as a core taken, so that no parallel call made meanwhile gets a pool
+            // thread beside it (a decode step's products and attention go through the pool already)
+            Tensor src = kv == null ? x : kv;
+            WorkerPool.shared().run((task, worker) -> MhaReference.forward(w, x, src, out, options), 1, 0);
             return;
         }
         if (b == 0 || l == 0) {

@@ -313,6 +313,77 @@ class WorkerPoolTest {
     }
 
     /**
+     * The share of 500 ms of samples in which {@link WorkerPool#callersNow} counts a caller while one thread (and
+     * nothing else) repeats {@code call}, after {@code warm} calls.
+     */
+    private static double callerShare(Runnable call, long warm) throws Exception {
+        java.util.concurrent.atomic.AtomicBoolean stop = new java.util.concurrent.atomic.AtomicBoolean();
+        AtomicLong calls = new AtomicLong();
+        AtomicReference<Throwable> failed = new AtomicReference<>();
+        Thread caller = new Thread(() -> {
+            try {
+                while (!stop.get()) {
+                    call.run();
+                    calls.incrementAndGet();
+                }
+            } catch (Throwable t) {
+                failed.set(t);
+            }
+        }, "caller");
+        caller.start();
+        try {
+            while (calls.get() < warm && failed.get() == null) {
+                Thread.sleep(10);
+            }
+            long counted = 0;
+            long samples = 0;
+            for (long end = System.nanoTime() + 500_000_000L; System.nanoTime() - end < 0; samples++) {
+                if (POOL.callersNow() > 0) {
+                    counted++;
+                }
+                Thread.onSpinWait();
+            }
+            return (double) counted / samples;
+        } finally {
+            stop.set(true);
+            caller.join();
+            if (failed.get() != null) {
+                throw new AssertionError("the call failed", failed.get());
+            }
+        }
+    }
+
+    /**
+     * The reference backend computes on its caller's core all through a call (scalar loops in double, seconds for
+     * shapes the other backends take milliseconds for), so it counts as a core taken like any other call: it did
+     * not, running outside the pool, and a parallel call beside it got a pool thread, three threads computing on
+     * two cores for as long as the reference ran (found with a /proc/self/task probe: a native caller beside a
+     * reference caller had 3 threads runnable in 175 of 176 samples; beside a JAVA threads(1) caller, never).
+     * Sampled as for the decode step above, for attention and for the multi-head layer's reference forward.
+     */
+    @Test
+    void aReferenceCallCountsItsThreadAsACaller() throws Exception {
+        try (java.lang.foreign.Arena arena = java.lang.foreign.Arena.ofShared()) {
+            dev.qkv.tensor.Tensor q = dev.qkv.tensor.Tensor.allocate(arena, 1, 2, 64, 32).fill(0.25f);
+            dev.qkv.tensor.Tensor out = dev.qkv.tensor.Tensor.allocate(arena, 1, 2, 64, 32);
+            Attention ref = Attention.create(Backend.REFERENCE);
+            double share = callerShare(() -> ref.sdpa(q, q, q, out, SdpaOptions.CAUSAL), 50);
+            assertTrue(share > 0.6, "a reference sdpa counted its thread as a caller in " + share + " of the samples");
+
+            int e = 64;
+            dev.qkv.tensor.Tensor w = dev.qkv.tensor.Tensor.allocate(arena, e, e).fill(0.01f);
+            dev.qkv.mha.MultiHeadAttention mha = dev.qkv.mha.MultiHeadAttention.create(
+                    dev.qkv.mha.MhaWeights.of(4, w, null, w, null, w, null, w, null), Backend.REFERENCE);
+            dev.qkv.mha.MhaWorkspace ws = mha.newWorkspace(arena, 1, 32, 32);
+            dev.qkv.tensor.Tensor x = dev.qkv.tensor.Tensor.allocate(arena, 1, 32, e).fill(0.5f);
+            dev.qkv.tensor.Tensor y = dev.qkv.tensor.Tensor.allocate(arena, 1, 32, e);
+            share = callerShare(() -> mha.forward(x, y, SdpaOptions.CAUSAL, ws), 50);
+            assertTrue(share > 0.6, "a reference layer forward counted its thread as a caller in " + share
+                    + " of the samples");
+        }
+    }
+
+    /**
      * Threads outside the pool that take the cores (here one busy thread per core; in production another process)
      * are no callers the pool can count: its threads see them in their own CPU time, and the pool stops spinning.
      */
