@@ -62,7 +62,9 @@ public final class OpenBlas {
     /**
      * System property: OpenBLAS threads per product right after loading (default 1). qkv parallelises attention
      * over its own workers; OpenBLAS threads inside them would oversubscribe the cores, and a product's result
-     * should not depend on whether it ran before or after the first attention call.
+     * should not depend on whether it ran before or after the first attention call. {@code OPENBLAS_NUM_THREADS},
+     * {@code GOTO_NUM_THREADS} and {@code OMP_NUM_THREADS} do not set this count: OpenBLAS reads them when it loads,
+     * to start its own threads (at most the cores), and the count is set to this property's value right after.
      */
     public static final String THREADS_PROPERTY = "qkv.blas.threads";
 

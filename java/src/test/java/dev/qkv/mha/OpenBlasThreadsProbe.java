@@ -16,7 +16,9 @@ import java.util.Random;
  * own server threads, which it starts then and which inherit their creator's name, can be told apart in
  * {@code /proc/self/task}. Then runs native decode steps of a layer, each after {@code setThreads(2)} (a user's
  * own direct products between steps, as {@code -Dqkv.blas.threads} is documented for), and prints the CPU ticks
- * the OpenBLAS server threads took during the steps: {@code ticks=N steps=S}.
+ * the OpenBLAS server threads took during the steps: {@code ticks=N steps=S}. With a second argument
+ * {@code env}, no step raises the count: it prints the count OpenBLAS took when it loaded ({@code loaded=N}), under
+ * the environment the test gave the child ({@code OPENBLAS_NUM_THREADS}, {@code OMP_NUM_THREADS}).
  */
 public final class OpenBlasThreadsProbe {
 
@@ -50,6 +52,10 @@ public final class OpenBlasThreadsProbe {
         loader.start();
         loader.join();
         OpenBlas blas = OpenBlas.get();
+        boolean env = args.length > 1 && args[1].equals("env");
+        if (env) {
+            System.out.println("loaded=" + blas.threads());
+        }
         Random r = new Random(1);
         int e = 1024;
         int steps = Integer.parseInt(args[0]);
@@ -73,7 +79,9 @@ public final class OpenBlasThreadsProbe {
                 if (cache.length() == cache.capacity()) {
                     cache.reset();
                 }
-                blas.setThreads(2);
+                if (!env) {
+                    blas.setThreads(2);
+                }
                 mha.decode(x, cache, y, ws);
             }
             System.out.println("ticks=" + (serverTicks() - before) + " steps=" + steps);
