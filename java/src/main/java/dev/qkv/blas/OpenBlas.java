@@ -50,6 +50,13 @@ import java.util.zip.CRC32;
  *
  * <p>Every argument of {@link #sgemm} and {@link #sgemv} is checked in Java against the segments' real sizes before the downcall,
  * so a wrong dimension, leading dimension or offset is an {@link IllegalArgumentException}, never a crash.
+ *
+ * <p><b>Threads.</b> A direct {@link #sgemm} or {@link #sgemv} runs on its caller and, for products OpenBLAS finds
+ * large enough, on up to {@link #threads()} − 1 threads of OpenBLAS's own: 1 in all (the caller alone) unless
+ * raised by {@code -Dqkv.blas.threads} or {@link #setThreads}; {@code OPENBLAS_NUM_THREADS} and
+ * {@code OMP_NUM_THREADS} do not raise it (see {@link #THREADS_PROPERTY}). Direct products are the caller's own
+ * work: qkv's worker pool does not count them as cores taken, so a parallel attention call made meanwhile on
+ * another thread still takes its pool threads beside them.
  */
 public final class OpenBlas {
 
