@@ -98,10 +98,13 @@ public final class OpenBlas {
     private final BlasLibrary library;
     /** Whether small products run as critical downcalls ({@link #CRITICAL_PROPERTY}). */
     private final boolean critical;
+    /** An OpenMP build: the thread count is each thread's own (see {@link #requested}). */
+    private final boolean perThreadCount;
 
     private OpenBlas(BlasLibrary library) {
         this.library = library;
         this.critical = criticalDowncalls();
+        this.perThreadCount = symbols.parallel() == 2;
         if (cblas_h.CblasRowMajor() != ROW_MAJOR || cblas_h.CblasNoTrans() != NO_TRANS || cblas_h.CblasTrans() != TRANS) {
             throw new BlasUnavailableException("cblas.h enum values differ from the CBLAS standard");
         }
@@ -228,8 +231,22 @@ public final class OpenBlas {
         return library;
     }
 
-    /** The number of threads OpenBLAS uses for one product ({@code openblas_get_num_threads}). */
+    /**
+     * How the library runs its threads, as {@code openblas_get_parallel} says: 0 sequential (no threads of its
+     * own), 1 pthreads (the bundled build), 2 OpenMP; 1 when the library does not say.
+     */
+    public int parallel() {
+        return symbols.parallel();
+    }
+
+    /**
+     * The number of threads OpenBLAS uses for one product ({@code openblas_get_num_threads}; for an OpenMP build,
+     * whose count is each thread's own, the count last set, which every product through this class runs at).
+     */
     public int threads() {
+        if (perThreadCount) {
+            return requested;
+        }
         try {
             return (int) Calls.GET_NUM_THREADS.invokeExact();
         } catch (RuntimeException | Error e) {
@@ -245,12 +262,15 @@ public final class OpenBlas {
      * exceed the cores. qkv's native attention and layers set it back to 1 on every call, and a count raised while
      * one runs reaches its products too, beside its own workers: raise it only while no qkv call runs. OpenBLAS takes at most the {@code MAX_THREADS} it was built with (64 for the bundled
      * library; {@code openblas_get_config} names it) and silently caps a larger count there: {@link #threads()}
-     * reads what it took.
+     * reads what it took. An OpenMP build keeps the count per thread ({@code omp_get_max_threads}); every
+     * {@link #sgemm} and {@link #sgemv} then first sets its calling thread's count to this one, so that it is
+     * process-wide there too.
      */
     public void setThreads(int threads) {
         if (threads < 1 || threads > 1024) {
             throw new IllegalArgumentException("OpenBLAS threads must be in 1..1024, got " + threads);
         }
+        requested = threads;
         try {
             Calls.SET_NUM_THREADS.invokeExact(threads);
         } catch (RuntimeException | Error e) {
@@ -270,9 +290,16 @@ public final class OpenBlas {
      */
     private static Symbols symbols;
 
+    /** {@code ompGetMaxThreads}: the OpenMP runtime's {@code omp_get_max_threads} for an OpenMP build, else null. */
     private record Symbols(MemorySegment sgemm, MemorySegment sgemv, MemorySegment setNumThreads,
-                           MemorySegment getNumThreads) {
+                           MemorySegment getNumThreads, int parallel, MemorySegment ompGetMaxThreads) {
     }
+
+    /**
+     * The count last set ({@link #setThreads}, or {@link #THREADS_PROPERTY} at loading): an OpenMP build runs each
+     * product at its calling thread's own count, which {@link #sgemm} and {@link #sgemv} first make this one.
+     */
+    private static volatile int requested = 1;
 
     /**
      * The C signatures of the downcalls, as jextract wrote them in the bindings. Not taken from the bindings'
@@ -299,6 +326,10 @@ public final class OpenBlas {
 
     /** The thread-count downcalls, bound to {@link #symbols} when first used (after loading). */
     private static final class Calls {
+        /** omp_get_max_threads, () -> int as openblas_get_num_threads; null but for an OpenMP build. */
+        static final MethodHandle OMP_GET_MAX_THREADS = symbols.ompGetMaxThreads() == null ? null
+                : Linker.nativeLinker().downcallHandle(symbols.ompGetMaxThreads(),
+                        Descriptors.OPENBLAS_GET_NUM_THREADS, Linker.Option.critical(false));
         static final MethodHandle SET_NUM_THREADS = Linker.nativeLinker().downcallHandle(symbols.setNumThreads(),
                 Descriptors.OPENBLAS_SET_NUM_THREADS);
         static final MethodHandle GET_NUM_THREADS = Linker.nativeLinker().downcallHandle(symbols.getNumThreads(),
@@ -340,6 +371,9 @@ public final class OpenBlas {
             SgemmArgs.betaTimesC(beta, c, cOffset, m, n, ldc);
             return;
         }
+        if (perThreadCount) {
+            matchThreadCount();
+        }
         int tA = ta == Transpose.NO ? NO_TRANS : TRANS;
         int tB = tb == Transpose.NO ? NO_TRANS : TRANS;
         // one wrapper per kind of downcall, each compiled on its own (see Entry); a wrapper's checked
@@ -356,6 +390,24 @@ public final class OpenBlas {
             throw e;
         } catch (Throwable t) {
             throw new AssertionError("cblas_sgemm", t);
+        }
+    }
+
+    /**
+     * For an OpenMP build: makes the calling thread's own count ({@code omp_get_max_threads}) the one last set,
+     * before a product, so that it runs at that count whichever thread calls it. No blocking call comes between
+     * this and the product, so a virtual thread makes both on the same carrier, whose count this is.
+     */
+    private static void matchThreadCount() {
+        int want = requested;
+        try {
+            if ((int) Calls.OMP_GET_MAX_THREADS.invokeExact() != want) {
+                Calls.SET_NUM_THREADS.invokeExact(want);
+            }
+        } catch (RuntimeException | Error e) {
+            throw e;
+        } catch (Throwable t) {
+            throw new AssertionError("omp_get_max_threads", t);
         }
     }
 
@@ -429,6 +481,9 @@ public final class OpenBlas {
             // alpha = 0 it reads neither): y = beta · y
             SgemvArgs.betaTimesY(beta, y, yOffset, yLen, incy);
             return;
+        }
+        if (perThreadCount) {
+            matchThreadCount();
         }
         int tA = ta == Transpose.NO ? NO_TRANS : TRANS;
         try {
@@ -937,11 +992,38 @@ public final class OpenBlas {
         }
         String core = cString(call(linker.downcallHandle(found[REQUIRED_SYMBOLS.indexOf("openblas_get_corename")],
                 Descriptors.OPENBLAS_GET_CORENAME), "openblas_get_corename"));
+        // openblas_get_parallel (0: sequential, 1: pthreads, 2: OpenMP), in every OpenBLAS since 0.2.x; takes no
+        // arguments. Without it, taken for pthreads, as the bundled build is
+        int parallel = lookup.find("openblas_get_parallel")
+                .map(f -> call(linker.downcallHandle(f, Descriptors.OPENBLAS_GET_NUM_THREADS)))
+                .orElse(1);
+        // an OpenMP build takes each product's thread count from omp_get_max_threads() of the thread that calls
+        // it, which openblas_set_num_threads sets for the calling thread only: the count set once, on one thread,
+        // left every other thread's products on a team of OMP_NUM_THREADS (else one per core) threads, beside
+        // qkv's own workers (OpenMpThreadsTest). Each product first matches its thread's count to the one set
+        // (see sgemm), reading it from the OpenMP runtime the library links (libgomp, libomp)
+        MemorySegment ompMax = null;
+        if (parallel == 2) {
+            ompMax = lookup.find("omp_get_max_threads").orElseThrow(() -> new BlasUnavailableException(what
+                    + ": an OpenMP build of OpenBLAS whose OpenMP runtime exports no omp_get_max_threads: qkv"
+                    + " cannot keep its products at the thread count set; use a pthreads or serial build"));
+        }
         symbols = new Symbols(found[REQUIRED_SYMBOLS.indexOf("cblas_sgemm")],
                 found[REQUIRED_SYMBOLS.indexOf("cblas_sgemv")],
                 found[REQUIRED_SYMBOLS.indexOf("openblas_set_num_threads")],
-                found[REQUIRED_SYMBOLS.indexOf("openblas_get_num_threads")]);
+                found[REQUIRED_SYMBOLS.indexOf("openblas_get_num_threads")], parallel, ompMax);
         return new BlasLibrary(source, path, config, core);
+    }
+
+    /** Calls a downcall {@code () -> int} (openblas_get_parallel). */
+    private static int call(MethodHandle handle) {
+        try {
+            return (int) handle.invokeExact();
+        } catch (RuntimeException | Error e) {
+            throw e;
+        } catch (Throwable t) {
+            throw new AssertionError(t);
+        }
     }
 
     /** Calls a downcall {@code () -> char *} (openblas_get_config, openblas_get_corename). */
