@@ -304,6 +304,34 @@ class EngineTest {
         return sum;
     }
 
+    /**
+     * A span of query blocks whose first block sees fewer key blocks than its last: causal, Lk - Lq not a multiple
+     * of the key block, and enough rows that a span of {@code Attention.SPAN_BLOCKS} blocks crosses a key-block
+     * boundary (its first block sees 2 key blocks, its last 3). The online loop must run to the last block's keys;
+     * found by a mutant bounding it by the first block's keys, which no other case here noticed (their spans never
+     * cross such a boundary). One thread, so that one task takes the whole span.
+     */
+    @Test
+    void spanWhoseLastBlockSeesMoreKeyBlocksThanItsFirst() {
+        int kb = Attention.javaKeyBlock(32, 32);
+        int rowsPerSpan = Attention.SPAN_BLOCKS * 64;
+        int lq = 2 * kb + rowsPerSpan / 2 + 64;
+        int lk = lq + kb / 2 + 52;
+        try (Arena arena = Arena.ofShared()) {
+            SplittableRandom r = new SplittableRandom(33);
+            Tensor q = random(arena, r, 1, 1, lq, 32);
+            Tensor k = random(arena, r, 1, 1, lk, 32);
+            Tensor v = random(arena, r, 1, 1, lk, 32);
+            Tensor ref = Tensor.allocate(arena, 1, 1, lq, 32);
+            Attention.create(Backend.REFERENCE).sdpa(q, k, v, ref, SdpaOptions.CAUSAL);
+            Attention a = Attention.create(Backend.JAVA, 1);
+            Tensor got = Tensor.allocate(arena, 1, 1, lq, 32).fill(Float.NaN);
+            a.sdpa(q, k, v, got, SdpaOptions.CAUSAL);
+            check("Lq=" + lq + " Lk=" + lk + " " + a.plan(q, k, v, got, SdpaOptions.CAUSAL), got.toArray(),
+                    ref.toArray(), 32, 4.0 * (32 + lk) * 0x1p-24);
+        }
+    }
+
     private static void check(String context, float[] got, float[] want, int dv, double tol) {
         assertEquals(want.length, got.length, context);
         int bad = 0;
