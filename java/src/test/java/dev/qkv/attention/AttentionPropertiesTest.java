@@ -88,7 +88,7 @@ class AttentionPropertiesTest {
                     }
                     // Lk weights, each within a few roundings of exact
                     double tol = Fixtures.tol(0, lk, 1);
-                    if (Math.abs(sum - 1) > tol) {
+                    if (!(Math.abs(sum - 1) <= tol)) { // a NaN sum fails too
                         fail(backend + " " + shape(s) + " causal=" + causal + ": row "
                                 + Fixtures.coords(new long[] {b, hq, lq}, row) + " sums to " + sum + ", tolerance " + tol);
                     }

@@ -99,7 +99,8 @@ class VectorKernelsTest {
                     for (int j = 0; j < n; j++) {
                         float x = a.getAtIndex(F, j);
                         float y = b.getAtIndex(F, j);
-                        if (Math.abs(x - y) > 1e-6 + 1e-6 * Math.abs(x)) {
+                        // written so that a NaN on one side only fails (a NaN compares false with any bound)
+                        if (!(Math.abs(x - y) <= 1e-6 + 1e-6 * Math.abs(x)) && Float.compare(x, y) != 0) {
                             fail(ctx + " j=" + j + ": scalar " + x + " vector " + y);
                         }
                     }
