@@ -2,15 +2,16 @@
 # `make install`, `make bindings`, `make clean`.
 #
 # Every target runs on a JDK >= 25, found here and never taken from the default `java`: JAVA_HOME when it is
-# one, else the newest JDK under /usr/lib/jvm.
+# one, else the newest JDK >= 25 under $(JVM_DIR) (default /usr/lib/jvm; e.g. JVM_DIR=~/.jdks).
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := run
 
 # $(JAVA_HOME), expanded by make, is the environment's or a command-line JAVA_HOME=... (which $(shell) would not see)
+JVM_DIR ?= /usr/lib/jvm
 JDK := $(shell \
   best=; bestv=0; jh="$(JAVA_HOME)"; \
-  for j in "$$jh" /usr/lib/jvm/*; do \
+  for j in "$$jh" "$(JVM_DIR)"/*; do \
     [ -n "$$j" ] && [ -x "$$j/bin/javac" ] && [ -x "$$j/bin/java" ] || continue; \
     v=$$("$$j/bin/java" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java\.specification\.version = //p'); \
     v=$${v%%.*}; [ "$$v" -eq "$$v" ] 2>/dev/null || continue; \
@@ -19,7 +20,7 @@ JDK := $(shell \
   done; echo "$$best")
 
 ifeq ($(JDK),)
-  $(error no JDK >= 25 found: set JAVA_HOME to one, or install one under /usr/lib/jvm (e.g. Temurin 25))
+  $(error no JDK >= 25 found (JAVA_HOME=$(JAVA_HOME), $(JVM_DIR)/*): set JAVA_HOME or JVM_DIR to one, or install one under $(JVM_DIR) (e.g. Temurin 25))
 endif
 
 # override: a command-line JAVA_HOME=... that is not a JDK >= 25 must not reach Maven either

@@ -1,0 +1,151 @@
+package dev.qkv.build;
+
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.TreeMap;
+import java.util.concurrent.TimeUnit;
+import java.util.stream.Stream;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNotEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
+
+/**
+ * The Makefile's entry points, from outside: the repository's Makefile is copied into a temporary directory and run
+ * there by GNU make, with fake JDKs (a {@code bin/java} that answers {@code -XshowSettings} with a chosen version)
+ * and a fake jextract, so that these checks neither depend on the JDKs installed here nor touch the repository.
+ * Each expectation is the rule the Makefile's header and the README state, not an output of the Makefile.
+ */
+class MakefileTest {
+
+    private static final Path MAKEFILE = Path.of(System.getProperty("user.dir")).getParent().resolve("Makefile");
+
+    @BeforeAll
+    static void makeIsThere() throws InterruptedException {
+        boolean make;
+        try {
+            Process p = new ProcessBuilder("make", "--version").redirectErrorStream(true).start();
+            p.getInputStream().readAllBytes();
+            make = p.waitFor(30, TimeUnit.SECONDS) && p.exitValue() == 0;
+        } catch (IOException e) {
+            make = false;
+        }
+        assumeTrue(make, "GNU make is not on PATH");
+        assertTrue(Files.isRegularFile(MAKEFILE), "no Makefile at " + MAKEFILE);
+    }
+
+    private record Result(int exit, String out, String err) {
+        @Override
+        public String toString() {
+            return "exit " + exit + "\nstdout:\n" + out + "\nstderr:\n" + err;
+        }
+    }
+
+    /** A copy of the Makefile in {@code dir}. */
+    private static Path project(Path dir) throws IOException {
+        Files.createDirectories(dir);
+        Files.copy(MAKEFILE, dir.resolve("Makefile"));
+        return dir;
+    }
+
+    private static void script(Path file, String body) throws IOException {
+        Files.createDirectories(file.getParent());
+        Files.writeString(file, "#!/bin/sh\n" + body);
+        Files.setPosixFilePermissions(file, PosixFilePermissions.fromString("rwxr-xr-x"));
+    }
+
+    /**
+     * A fake JDK of {@code version} under {@code dir}: its java prints the property line the Makefile reads (on stderr,
+     * as java does), and otherwise prints the incubator warning and {@code error: fake failure} on stderr and exits 2.
+     */
+    private static Path fakeJdk(Path dir, int version) throws IOException {
+        script(dir.resolve("bin/javac"), "exit 0\n");
+        script(dir.resolve("bin/java"), """
+                case "$*" in *-XshowSettings*) echo "    java.specification.version = %d" >&2; exit 0;; esac
+                echo "WARNING: Using incubator modules: jdk.incubator.vector" >&2
+                echo "error: fake failure" >&2
+                exit 2
+                """.formatted(version));
+        return dir;
+    }
+
+    /**
+     * GNU make in {@code dir} with {@code args}, JAVA_HOME as given (null: unset), stderr into a file that is read as
+     * soon as make has exited, and no make variables inherited from an outer make (`make test`).
+     */
+    private static Result make(Path dir, String javaHome, String path, String... args)
+            throws IOException, InterruptedException {
+        List<String> cmd = new ArrayList<>(List.of("make", "-s", "-C", dir.toString()));
+        cmd.addAll(List.of(args));
+        ProcessBuilder pb = new ProcessBuilder(cmd);
+        Map<String, String> env = pb.environment();
+        env.keySet().removeAll(List.of("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "JAVA_HOME", "JEXTRACT",
+                "JVM_DIR"));
+        if (javaHome != null) {
+            env.put("JAVA_HOME", javaHome);
+        }
+        if (path != null) {
+            env.put("PATH", path);
+        }
+        Path out = Files.createTempFile(dir, "make", ".out");
+        Path err = Files.createTempFile(dir, "make", ".err");
+        Process p = pb.redirectOutput(out.toFile()).redirectError(err.toFile()).start();
+        assertTrue(p.waitFor(120, TimeUnit.SECONDS), "make " + args[0] + " timed out");
+        Result r = new Result(p.exitValue(), Files.readString(out), Files.readString(err));
+        Files.delete(out);
+        Files.delete(err);
+        return r;
+    }
+
+    @Test
+    void jdkIsJavaHomeWhenItIs25OrNewerElseTheNewestUnderTheJvmDirectory(@TempDir Path tmp) throws Exception {
+        Path dir = project(tmp.resolve("repo"));
+        Path jvms = tmp.resolve("jvm");
+        Path jdk17 = fakeJdk(jvms.resolve("jdk-17"), 17);
+        Path jdk25 = fakeJdk(jvms.resolve("jdk-25"), 25);
+        Path jdk26 = fakeJdk(jvms.resolve("jdk-26"), 26);
+        Path home25 = fakeJdk(tmp.resolve("home-25"), 25);
+        String jvmDir = "JVM_DIR=" + jvms;
+
+        Result unset = make(dir, null, null, "jdk", jvmDir);
+        assertEquals(0, unset.exit(), unset.toString());
+        assertEquals(jdk26.toString(), unset.out().strip(), unset.toString());
+
+        Result home = make(dir, home25.toString(), null, "jdk", jvmDir);
+        assertEquals(home25.toString(), home.out().strip(), home.toString());
+
+        Result old = make(dir, jdk17.toString(), null, "jdk", jvmDir);
+        assertEquals(jdk26.toString(), old.out().strip(), old.toString());
+
+        Result cmdLine = make(dir, null, null, "jdk", jvmDir, "JAVA_HOME=" + jdk25);
+        assertEquals(jdk25.toString(), cmdLine.out().strip(), cmdLine.toString());
+    }
+
+    @Test
+    void noJdk25FailsWithAClearMessage(@TempDir Path tmp) throws Exception {
+        Path dir = project(tmp.resolve("repo"));
+        Path jvms = tmp.resolve("jvm");
+        Path jdk17 = fakeJdk(jvms.resolve("jdk-17"), 17);
+        for (String javaHome : new String[] {null, jdk17.toString(), tmp.resolve("missing").toString()}) {
+            for (String target : new String[] {"jdk", "run", "test"}) {
+                Result r = make(dir, javaHome, null, target, "JVM_DIR=" + jvms);
+                String what = "JAVA_HOME=" + javaHome + ", make " + target + ": " + r;
+                assertNotEquals(0, r.exit(), what);
+                assertTrue(r.err().contains("no JDK >= 25 found"), what);
+                assertTrue(r.err().contains(jvms.toString()), "the message names where it looked: " + what);
+                assertEquals("", r.out(), what);
+            }
+        }
+    }
+}
