@@ -148,4 +148,22 @@ class MakefileTest {
             }
         }
     }
+
+    /** make run must not return before its stderr filter has written the CLI's error line. */
+    @Test
+    void runReturnsAfterTheCliErrorLineIsWritten(@TempDir Path tmp) throws Exception {
+        Path dir = project(tmp.resolve("repo"));
+        Path jdk = fakeJdk(tmp.resolve("jdk-25"), 25);
+        Files.createDirectories(dir.resolve("java/target"));
+        Files.writeString(dir.resolve("java/target/runtime-classpath.txt"), "");
+        Files.writeString(dir.resolve("java/target/.built"), "");
+        // a grep that takes its time, as one may on a loaded machine
+        String path = System.getenv("PATH");
+        script(tmp.resolve("slow/grep"), "sleep 1\nPATH='" + path + "' exec grep \"$@\"\n");
+        Result r = make(dir, jdk.toString(), tmp.resolve("slow") + ":" + path, "run", "ARGS=bogus");
+        assertEquals(2, r.exit(), r.toString());
+        assertTrue(r.err().startsWith("error: fake failure\n"), r.toString());
+        assertTrue(!r.err().contains("WARNING: Using incubator modules"), r.toString());
+        assertEquals("", r.out(), r.toString());
+    }
 }
