@@ -144,11 +144,19 @@ bench-ratio:
 
 # Regenerates bindings/ from native/cblas.h with jextract (not needed for a normal build).
 # JEXTRACT names a jextract binary built from openjdk/jextract; the symbol allowlist is native/openblas.symbols.
+# jextract writes into a fresh directory first: the bindings are replaced only when it succeeds (before, they were
+# deleted first, and a jextract that failed left bindings/ empty or half-written, so the build broke).
 JEXTRACT ?= jextract
+BINDINGS_OUT := bindings/target/jextract
 bindings:
-	@command -v $(JEXTRACT) >/dev/null || { echo "error: jextract not found; set JEXTRACT=/path/to/jextract" >&2; exit 2; }
+	@command -v $(JEXTRACT) >/dev/null || { echo "error: jextract not found (JEXTRACT=$(JEXTRACT)); install it from openjdk/jextract and set JEXTRACT=/path/to/jextract" >&2; exit 2; }
+	rm -rf $(BINDINGS_OUT)
+	$(JEXTRACT) --output $(BINDINGS_OUT) --target-package dev.qkv.bindings.openblas --header-class-name cblas_h @native/openblas.symbols native/cblas.h \
+	  || { rm -rf $(BINDINGS_OUT); echo "error: jextract failed (log above); bindings/ left as it was" >&2; exit 1; }
+	@test -d $(BINDINGS_OUT)/dev/qkv/bindings/openblas || { echo "error: jextract wrote no dev/qkv/bindings/openblas under $(BINDINGS_OUT); bindings/ left as it was" >&2; exit 1; }
 	rm -rf bindings/src/main/java/dev/qkv/bindings/openblas
-	$(JEXTRACT) --output bindings/src/main/java --target-package dev.qkv.bindings.openblas --header-class-name cblas_h @native/openblas.symbols native/cblas.h
+	mv $(BINDINGS_OUT)/dev/qkv/bindings/openblas bindings/src/main/java/dev/qkv/bindings/openblas
+	rm -rf $(BINDINGS_OUT)
 
 # qkv and its bindings into the local Maven repository (~/.m2), for projects that depend on dev.qkv:qkv (README,
 # "Using qkv in your project"); the tests are `make test`'s.

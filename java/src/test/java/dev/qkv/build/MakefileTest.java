@@ -166,4 +166,89 @@ class MakefileTest {
         assertTrue(!r.err().contains("WARNING: Using incubator modules"), r.toString());
         assertEquals("", r.out(), r.toString());
     }
+
+    /** A copy of the repository's bindings and native/ next to the Makefile copy; returns the bindings' files. */
+    private static Map<String, String> withBindings(Path dir) throws IOException {
+        Path repo = MAKEFILE.getParent();
+        for (String sub : new String[] {"native", "bindings/src/main/java/dev/qkv/bindings/openblas"}) {
+            Files.createDirectories(dir.resolve(sub));
+            try (Stream<Path> files = Files.list(repo.resolve(sub))) {
+                for (Path f : files.toList()) {
+                    Files.copy(f, dir.resolve(sub).resolve(f.getFileName()));
+                }
+            }
+        }
+        return tree(dir.resolve("bindings"));
+    }
+
+    private static Map<String, String> tree(Path root) throws IOException {
+        Map<String, String> files = new TreeMap<>();
+        try (Stream<Path> walk = Files.walk(root)) {
+            for (Path f : walk.filter(Files::isRegularFile).toList()) {
+                files.put(root.relativize(f).toString(), Files.readString(f, StandardCharsets.UTF_8));
+            }
+        }
+        return files;
+    }
+
+    @Test
+    void bindingsWithoutJextractFailsClearlyAndWritesNothing(@TempDir Path tmp) throws Exception {
+        Path dir = project(tmp.resolve("repo"));
+        Map<String, String> before = withBindings(dir);
+        Path jdk = fakeJdk(tmp.resolve("jdk-25"), 25);
+        String missing = tmp.resolve("no/jextract").toString();
+        Result r = make(dir, jdk.toString(), null, "bindings", "JEXTRACT=" + missing);
+        assertEquals(2, r.exit(), r.toString());
+        assertTrue(r.err().startsWith("error: jextract not found"), r.toString());
+        assertTrue(r.err().contains(missing), "names the jextract it looked for: " + r);
+        assertEquals(before, tree(dir.resolve("bindings")));
+    }
+
+    @Test
+    void bindingsKeepsTheOldBindingsWhenJextractFails(@TempDir Path tmp) throws Exception {
+        Path dir = project(tmp.resolve("repo"));
+        Map<String, String> before = withBindings(dir);
+        Path jdk = fakeJdk(tmp.resolve("jdk-25"), 25);
+        // writes part of its output, then fails, as jextract does on a header it cannot parse half way
+        Path jextract = tmp.resolve("bin/jextract");
+        script(jextract, """
+                while [ $# -gt 0 ]; do [ "$1" = --output ] && out=$2; shift; done
+                mkdir -p "$out/dev/qkv/bindings/openblas" && echo partial > "$out/dev/qkv/bindings/openblas/cblas_h.java"
+                echo "fatal error: cannot parse" >&2
+                exit 1
+                """);
+        Result r = make(dir, jdk.toString(), null, "bindings", "JEXTRACT=" + jextract);
+        assertNotEquals(0, r.exit(), r.toString());
+        assertEquals(before, tree(dir.resolve("bindings")), "bindings/ changed by a failed jextract: " + r);
+    }
+
+    @Test
+    void bindingsReplacesTheBindingsWithJextractsOutputOnSuccess(@TempDir Path tmp) throws Exception {
+        Path dir = project(tmp.resolve("repo"));
+        withBindings(dir);
+        Path jdk = fakeJdk(tmp.resolve("jdk-25"), 25);
+        Path argsSeen = tmp.resolve("args");
+        Path jextract = tmp.resolve("bin/jextract");
+        script(jextract, """
+                printf '%%s\\n' "$@" > '%s'
+                while [ $# -gt 0 ]; do [ "$1" = --output ] && out=$2; shift; done
+                mkdir -p "$out/dev/qkv/bindings/openblas" && echo generated > "$out/dev/qkv/bindings/openblas/cblas_h.java"
+                """.formatted(argsSeen));
+        Result r = make(dir, jdk.toString(), null, "bindings", "JEXTRACT=" + jextract);
+        assertEquals(0, r.exit(), r.toString());
+        assertEquals(Map.of("src/main/java/dev/qkv/bindings/openblas/cblas_h.java", "generated\n"),
+                tree(dir.resolve("bindings")), r.toString());
+        List<String> args = Files.readAllLines(argsSeen);
+        assertTrue(args.contains("@native/openblas.symbols"), "the allowlist as an @argfile: " + args);
+        assertEquals("native/cblas.h", args.getLast(), args.toString());
+        int pkg = args.indexOf("--target-package");
+        assertTrue(pkg >= 0 && args.get(pkg + 1).equals("dev.qkv.bindings.openblas"), args.toString());
+        int header = args.indexOf("--header-class-name");
+        assertTrue(header >= 0 && args.get(header + 1).equals("cblas_h"), args.toString());
+        try (Stream<Path> left = Files.list(dir)) {
+            assertEquals(List.of("Makefile", "bindings", "native"),
+                    left.map(p -> p.getFileName().toString()).filter(n -> !n.startsWith("make")).sorted().toList(),
+                    "no temporary directory left behind");
+        }
+    }
 }
