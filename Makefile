@@ -1,5 +1,6 @@
-# qkv: the front door. `make run`, `make test`, `make bench`, `make bench-ort`, `make bench-ratio`,
-# `make install`, `make bindings`, `make clean`.
+# qkv: the front door. `make run`, `make test`, `make build`, `make bench`, `make bench-full`, `make bench-ort`,
+# `make bench-ratio`, `make fuzz`, `make alloc`, `make soak`, `make install`, `make bindings`, `make clean`,
+# `make -s jdk` (prints the JDK every target uses).
 #
 # Every target runs on a JDK >= 25, found here and never taken from the default `java`: JAVA_HOME when it is
 # one, else the newest JDK >= 25 under $(JVM_DIR) (default /usr/lib/jvm; e.g. JVM_DIR=~/.jdks).
