@@ -151,7 +151,7 @@ class ConfinedArenaTest {
         if (OpenBlas.isAvailable()) {
             Tensor sq = Tensor.allocate(shared, 16, 16).fill(1f);
             assertRefused(() -> OpenBlas.get().matmul(Transpose.NO, sq, Transpose.YES, fq.reshape(16, 16), 1f, 0f,
-                    c), "sgemm: b [16, 16]");
+                    c), "matmul: b [16, 16]");
         }
         assertAllNaN(c);
     }
