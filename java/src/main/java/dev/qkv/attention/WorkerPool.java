@@ -108,6 +108,8 @@ public final class WorkerPool {
     private volatile long generation;
     /** Pool threads spinning for the next call now. */
     private final AtomicInteger spinning = new AtomicInteger();
+    /** Spins begun since the pool was made (tests: none may begin while the callers hold every core). */
+    private final AtomicLong spinsBegun = new AtomicLong();
     /** Pool thread 0 spins for the next call now: a small call is shared only with it (see spins). */
     private volatile boolean zeroSpins;
     /** Set by {@link #spins} to ask pool thread 0 to spin before a call comes. */
@@ -436,6 +438,11 @@ public final class WorkerPool {
         return callers.get();
     }
 
+    /** Spins begun so far, by any pool thread. */
+    long spinsBegun() {
+        return spinsBegun.get();
+    }
+
     /** Pool threads spinning for the next call now. */
     int spinningNow() {
         return spinning.get();
@@ -531,9 +538,13 @@ public final class WorkerPool {
          * µs), so that a caller right behind finds it; else its account stops until the next spin.
          */
         void begin(long now) {
-            if (maySpin(now)) {
+            // and only while the callers leave this thread a core, as the spin loop checks: announced first, a spin
+            // begun beside callers that hold every core was read as on (spins(), spinningNow) until the loop's
+            // next look ended it, and a small call in that moment was shared with a thread that had no core
+            if (maySpin(now) && callers.get() + index + 1 <= threads.length + 1) {
                 on = true;
                 until = now + spinNanos;
+                spinsBegun.incrementAndGet();
                 spinning(index, +1);
                 add(now, true);
             } else {
