@@ -328,37 +328,14 @@ class WorkerPoolTest {
             dev.qkv.mha.KvCache cache = mha.newCache(arena, 16);
             dev.qkv.tensor.Tensor x = dev.qkv.tensor.Tensor.allocate(arena, 1, 1, e).fill(0.5f);
             dev.qkv.tensor.Tensor y = dev.qkv.tensor.Tensor.allocate(arena, 1, 1, e);
-            java.util.concurrent.atomic.AtomicBoolean stop = new java.util.concurrent.atomic.AtomicBoolean();
-            AtomicLong steps = new AtomicLong();
-            Thread decoder = new Thread(() -> {
-                while (!stop.get()) {
-                    if (cache.length() == cache.capacity()) {
-                        cache.reset();
-                    }
-                    mha.decode(x, cache, y, ws);
-                    steps.incrementAndGet();
+            // warm up for 2000 steps, until they come quickly, then sample
+            double share = callerShare(() -> {
+                if (cache.length() == cache.capacity()) {
+                    cache.reset();
                 }
-            }, "decoder");
-            decoder.start();
-            try {
-                // warm up until steps come quickly, then sample
-                while (steps.get() < 2000) {
-                    Thread.sleep(10);
-                }
-                long counted = 0;
-                long samples = 0;
-                for (long end = System.nanoTime() + 500_000_000L; System.nanoTime() - end < 0; samples++) {
-                    if (POOL.callersNow() > 0) {
-                        counted++;
-                    }
-                    Thread.onSpinWait();
-                }
-                assertTrue(counted > 0.6 * samples, "the decoding thread counted as a caller in " + counted + " of "
-                        + samples + " samples (" + steps.get() + " steps)");
-            } finally {
-                stop.set(true);
-                decoder.join();
-            }
+                mha.decode(x, cache, y, ws);
+            }, 2000);
+            assertTrue(share > 0.6, "the decoding thread counted as a caller in " + share + " of the samples");
         }
     }
 
