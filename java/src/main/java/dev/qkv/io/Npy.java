@@ -441,8 +441,8 @@ public final class Npy {
         tensor.requireUsable("tensor");
         if (tensor.shape().length > MAX_RANK) {
             // a file that read (and numpy) would refuse
-            throw new IllegalArgumentException("tensor of " + tensor.shape().length + " dimensions: a .npy file"
-                    + " holds at most " + MAX_RANK);
+            throw new IllegalArgumentException(file + ": tensor of " + tensor.shape().length + " dimensions: a .npy"
+                    + " file holds at most " + MAX_RANK);
         }
         Path target = checkTarget(file);
         Path dir = target.getParent();

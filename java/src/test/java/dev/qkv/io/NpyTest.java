@@ -462,6 +462,8 @@ class NpyTest {
             IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> Npy.write(p, t));
             assertTrue(e.getMessage().contains("65 dimensions") && e.getMessage().contains("at most 64"),
                     e.getMessage());
+            // the file it was for, as every other refusal of write names it
+            assertTrue(e.getMessage().startsWith(p.toString() + ": "), e.getMessage());
             assertFalse(Files.exists(p));
             try (var files = Files.list(dir)) {
                 assertEquals(0, files.count(), "no temporary file either");
