@@ -309,6 +309,7 @@ public final class Tensor {
      * memory (see {@link #requireUsable(MemorySegment, String)}).
      */
     public void requireUsable(String name) {
+        Objects.requireNonNull(name, "name is null");
         if (!usable(segment)) {
             requireUsable(segment, describe(name));
         }
@@ -328,6 +329,7 @@ public final class Tensor {
      */
     public static void requireUsable(MemorySegment s, String what) {
         Objects.requireNonNull(s, "s is null");
+        Objects.requireNonNull(what, "what is null");
         if (!s.scope().isAlive()) {
             throw new IllegalStateException(what + ": its arena is closed");
         }

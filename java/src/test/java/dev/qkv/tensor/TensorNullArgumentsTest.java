@@ -42,6 +42,10 @@ class TensorNullArgumentsTest {
             isNull("y", () -> Tensor.overlaps(s, 0, 1, null, 0, 1));
             isNull("s", () -> Tensor.usable(null));
             isNull("s", () -> Tensor.requireUsable(null, "w"));
+            // the README lists requireUsable among the methods whose null arguments are refused: a null name was
+            // taken while the tensor was usable, and printed as "null [2, 3]: its arena is closed" once it was not
+            isNull("what", () -> Tensor.requireUsable(s, null));
+            isNull("name", () -> t.requireUsable(null));
             isNull("newShape", () -> t.reshape((long[]) null));
             isNull("target", () -> t.broadcastTo((long[]) null));
             isNull("coords", () -> t.index((long[]) null));
