@@ -104,6 +104,7 @@ public final class SgemmArgs {
      * for every caller that decides between OpenBLAS and the Java kernels.
      */
     public static boolean blasReady(MemorySegment s) {
+        java.util.Objects.requireNonNull(s, "s is null");
         return s.isNative() && s.address() % Float.BYTES == 0;
     }
 
@@ -129,6 +130,7 @@ public final class SgemmArgs {
      * reads neither operand computes ({@code k == 0}, or {@code alpha == 0} as in BLAS), on every kernel.
      */
     public static void betaTimesC(float beta, MemorySegment c, long cOffset, int m, int n, int ldc) {
+        java.util.Objects.requireNonNull(c, "c is null");
         for (int i = 0; i < m; i++) {
             SgemvArgs.betaTimesY(beta, c, cOffset + (long) i * ldc, n, 1);
         }

@@ -85,6 +85,7 @@ public final class SgemvArgs {
      * {@code alpha == 0} as in BLAS), on every kernel.
      */
     public static void betaTimesY(float beta, MemorySegment y, long yOffset, int len, int inc) {
+        java.util.Objects.requireNonNull(y, "y is null");
         final ValueLayout.OfFloat f = ValueLayout.JAVA_FLOAT_UNALIGNED;
         for (int i = 0; i < len; i++) {
             long at = yOffset + (long) i * inc;

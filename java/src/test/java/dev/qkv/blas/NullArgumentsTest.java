@@ -105,6 +105,21 @@ class NullArgumentsTest {
         }
     }
 
+    /**
+     * The public helpers of {@link SgemmArgs} and {@link SgemvArgs} fall under the same rule (the README lists both
+     * classes): they threw the JVM's own "Cannot invoke ... because "s" is null", or nothing at all for an empty
+     * range, instead of naming the parameter.
+     */
+    @Test
+    void argumentHelpersNameTheirNullParameter() {
+        MemorySegment none = MemorySegment.ofArray(new byte[4]);
+        expectNull("s", none, () -> SgemmArgs.blasReady(null));
+        for (int rows : new int[] {0, 2}) {
+            expectNull("c", none, () -> SgemmArgs.betaTimesC(0.5f, null, 0, rows, 3, 3));
+            expectNull("y", none, () -> SgemvArgs.betaTimesY(0.5f, null, 0, rows, 1));
+        }
+    }
+
     @Test
     void matmulThrowsNullPointerExceptionNamingTheParameter() {
         if (!OpenBlas.isAvailable()) {
