@@ -610,6 +610,7 @@ public final class Npy {
      *                             looked up (e.g. "File name too long")
      */
     public static Path checkTarget(Path file) throws IOException {
+        Objects.requireNonNull(file, "file is null");
         Path target = file.toAbsolutePath();
         if (Files.isSymbolicLink(target) && Files.exists(target)) {
             target = target.toRealPath();

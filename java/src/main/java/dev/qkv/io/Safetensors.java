@@ -519,11 +519,13 @@ public final class Safetensors {
 
     /** True when the header has a tensor of this name. */
     public boolean contains(String name) {
+        Objects.requireNonNull(name, "name is null");
         return entries.containsKey(name);
     }
 
     /** The header entry of {@code name}. */
     public Entry entry(String name) throws SafetensorsException {
+        Objects.requireNonNull(name, "name is null");
         Entry e = entries.get(name);
         if (e == null) {
             throw fail(file, "tensor '" + name + "' not found" + available());

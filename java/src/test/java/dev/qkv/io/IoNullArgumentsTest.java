@@ -61,6 +61,9 @@ class IoNullArgumentsTest {
             named("tensor", () -> Npy.write(out, null));
             named("file", () -> Npy.write(null, t, () -> { }));
             named("tensor", () -> Npy.write(out, null, () -> { }));
+            // public too (the command line's check of --out before any work): it threw the JDK's "Cannot invoke
+            // \"java.nio.file.Path.toAbsolutePath()\" because \"file\" is null"
+            named("file", () -> Npy.checkTarget(null));
             assertFalse(Files.exists(out));
         }
         assertEquals(0, Files.size(empty));
@@ -82,6 +85,8 @@ class IoNullArgumentsTest {
             for (Safetensors.Load load : Safetensors.Load.values()) {
                 Safetensors st = Safetensors.open(file, a, load);
                 named("name", () -> st.tensor(null, a));
+                named("name", () -> st.entry(null));
+                named("name", () -> st.contains(null));
                 // a mapped, aligned F32 tensor needs no arena, but null is refused there too: the rule does not
                 // depend on the file's layout
                 named("arena", () -> st.tensor("x", null));
