@@ -361,6 +361,7 @@ public final class Tensor {
 
     /** Name and shape for error messages, e.g. {@code k [1, 8, 128, 64]}. */
     public String describe(String name) {
+        Objects.requireNonNull(name, "name is null");
         return name + " " + Shapes.format(shape);
     }
 

@@ -46,6 +46,7 @@ class TensorNullArgumentsTest {
             // taken while the tensor was usable, and printed as "null [2, 3]: its arena is closed" once it was not
             isNull("what", () -> Tensor.requireUsable(s, null));
             isNull("name", () -> t.requireUsable(null));
+            isNull("name", () -> t.describe(null)); // it returned "null [2, 3]"
             isNull("newShape", () -> t.reshape((long[]) null));
             isNull("target", () -> t.broadcastTo((long[]) null));
             isNull("coords", () -> t.index((long[]) null));
