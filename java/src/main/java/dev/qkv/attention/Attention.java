@@ -1180,26 +1180,28 @@ public final class Attention {
                 while (w > 1 && over(per, w, owner.budget)) {
                     w--;
                 }
-                if (groupTasks && (over(per, w, owner.budget)
+                // true only at one worker (the loop above took workers away until the rest fit): even one is too big
+                boolean overBudget = over(per, w, owner.budget);
+                if (groupTasks && (overBudget
                         || shared != null && over(pw, (long) w * Float.BYTES, shared.byteSize()))) {
                     // the group's rows do not fit the budget, or a caller's workspace sized for one head's rows
                     // per worker (as scoreTileBytes promises): a task per head, which needs one head's rows only
                     groupTasks = false;
                     continue;
                 }
-                if (over(per, w, owner.budget) && rowsNow <= 8 && gemv) {
+                if (overBudget && rowsNow <= 8 && gemv) {
                     // the sgemv path's tile holds every key; the blocked path's only a key block
                     gemv = false;
                     continue;
                 }
-                if (over(per, w, owner.budget) && rowsNow <= 8 && transQ) {
+                if (overBudget && rowsNow <= 8 && transQ) {
                     // the copy of qᵀ does not fit even 8-row blocks: whole calls on q and k in place, as before
                     // small calls (their bits, too: a budget this small changes the native engine's bits anyway)
                     smallCalls = false;
                     continue;
                 }
-                if (!over(per, w, owner.budget) || rowsNow <= 8) {
-                    if (over(per, w, owner.budget)) {
+                if (!overBudget || rowsNow <= 8) {
+                    if (overBudget) {
                         throw new IllegalArgumentException("workspace budget of " + owner.budget + " bytes is too"
                                 + " small for " + q.describe("q") + ", " + k.describe("k") + ": one worker needs "
                                 + per);
