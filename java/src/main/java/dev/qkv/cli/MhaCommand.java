@@ -122,8 +122,7 @@ final class MhaCommand implements Command {
             String summary = String.format(Locale.ROOT,
                     "mha backend=%s x=%s kv=%s E=%d H=%d Hkv=%d mask=%s causal=%s out=%s ms=%.3f",
                     backend.cliName(), x.shapeString(), kv == null ? "x" : kv.shapeString(), e, weights.heads(),
-                    weights.kvHeads(), mask == null ? "none" : (mask.kind() == Mask.Kind.BOOLEAN ? "bool" : "float")
-                            + mask.values().shapeString(), causal, y.shapeString(), nanos / 1e6);
+                    weights.kvHeads(), SdpaCommand.maskSummary(mask), causal, y.shapeString(), nanos / 1e6);
             // printed before the file replaces anything: a lost summary (> /dev/full) fails the run with no output
             Npy.write(outPath, y, () -> Main.printSummary(out, summary));
         }

@@ -97,9 +97,7 @@ final class SdpaCommand implements Command {
             String summary = String.format(Locale.ROOT,
                     "sdpa backend=%s q=%s k=%s v=%s mask=%s out=%s causal=%s ms=%.3f",
                     backend.cliName(), q.shapeString(), k.shapeString(), v.shapeString(),
-                    mask == null ? "none" : (mask.kind() == Mask.Kind.BOOLEAN ? "bool" : "float")
-                            + mask.values().shapeString(),
-                    o.shapeString(), causal, nanos / 1e6);
+                    maskSummary(mask), o.shapeString(), causal, nanos / 1e6);
             // printed before the file replaces anything: a lost summary (> /dev/full) fails the run with no output
             Npy.write(outPath, o, () -> Main.printSummary(out, summary));
         }
@@ -130,6 +128,12 @@ final class SdpaCommand implements Command {
         } catch (IllegalArgumentException e) {
             throw new UsageException("--backend: " + e.getMessage());
         }
+    }
+
+    /** The summary line's {@code mask=}: {@code none}, or the kind and shape, e.g. {@code bool[1, 1, 1, 8]}. */
+    static String maskSummary(Mask mask) {
+        return mask == null ? "none" : (mask.kind() == Mask.Kind.BOOLEAN ? "bool" : "float")
+                + mask.values().shapeString();
     }
 
     /**
