@@ -23,7 +23,10 @@ import java.util.concurrent.locks.ReentrantLock;
  * <p><b>Concurrent callers.</b> Every thread inside {@link #run} computes on its own core, so helpers take only
  * the cores that callers leave: a call gets at most (cores - callers) helpers, and a helper stops claiming a call's
  * tasks (after the one it is running) as soon as another caller comes in, leaving the rest to the call's own
- * thread. Two request threads on two cores then run one thread each, not three threads on two cores.
+ * thread. Two request threads on two cores then run one thread each, not three threads on two cores. A thread
+ * counts once however deep its calls nest: a call made from a task, on the thread of a call already inside
+ * {@link #run} (the multi-head layer's reference forward runs its reference attention so) or on a pool thread
+ * running a call's task, takes no core that thread has not taken already, and is not counted again.
  *
  * <p><b>Spin policy.</b> Waking a parked thread costs about as much as the half of a small call (tens of
  * microseconds) it would take over, so calls under {@link #MIN_PARALLEL_FLOPS} are shared only with a pool thread
@@ -101,8 +104,20 @@ public final class WorkerPool {
     /** Tasks of the open call not yet finished (run, or skipped after a failure). */
     private final AtomicInteger pending = new AtomicInteger();
     private final AtomicReference<Throwable> failure = new AtomicReference<>();
-    /** Threads inside {@link #run} now, each computing on its own core (see "Concurrent callers" above). */
+    /**
+     * Threads inside {@link #run} now, each computing on its own core (see "Concurrent callers" above), each
+     * counted once: not again by a call nested in one of its tasks.
+     */
     private final AtomicInteger callers = new AtomicInteger();
+    /**
+     * Per thread: whether it is counted already, as a caller inside {@link #run} or as one of this pool's threads,
+     * so that a call nested in one of its tasks counts it no more (see "Concurrent callers" above). Read once per
+     * call (a thread-local lookup, a few ns); made once per thread, so that steady calls allocate nothing. Element
+     * 0, read and written by its own thread only. A {@code boolean[]}, not a class of qkv's: a request thread that
+     * outlives an undeploy keeps the value, which must not keep qkv's class loader.
+     */
+    private final ThreadLocal<boolean[]> counted = ThreadLocal.withInitial(() -> new boolean[1]);
+
     /** Pool threads inside {@link #drain} now: a caller that leaves abnormally waits for them (see run). */
     private final AtomicInteger helping = new AtomicInteger();
     private volatile long generation;
@@ -224,10 +239,21 @@ public final class WorkerPool {
         // handler can still overflow the first time it runs (interpreted, linking its VarHandle call): the caller
         // then gets that error instead of the task's, and the finally below still closes the call.
         probeStack(STACK_PROBE_FRAMES, 1.0);
+        boolean[] self = counted.get();
+        if (self[0]) {
+            // a call inside a task, on a thread counted already: by the call that ran the task on this thread
+            // (which also counts it out, once, however either call ends), or as a pool thread helping a call. It
+            // computes on the core it has: counted twice, it took a helper's core from a concurrent call. On a pool
+            // thread the enclosing call holds the lock until its tasks are done, so this call runs here
+            run(job, count, wanted, callers.get(), small);
+            return;
+        }
         int active = callers.incrementAndGet();
+        self[0] = true;
         try {
             run(job, count, wanted, active, small);
         } finally {
+            self[0] = false;
             callers.decrementAndGet();
             if (spinNanos > 0) {
                 lastEnd = System.nanoTime();
@@ -598,6 +624,9 @@ public final class WorkerPool {
             // the clock loads here, when the thread starts, rather than at its first spin
             noCpuClock = true;
         }
+        // a pool thread computes only for a call that counted it as a helper: a call made from a task it runs
+        // counts it no more (see run)
+        counted.get()[0] = true;
         long seen = 0;
         Spin spin = new Spin(index);
         for (;;) {

@@ -566,6 +566,188 @@ class WorkerPoolTest {
     }
 
     /**
+     * A call made inside a task of another call on the same thread (the multi-head layer's reference forward runs
+     * its reference attention so: one task through the pool, whose attention goes through the pool again) counts
+     * that thread once: it computes on one core, not two. Counted twice, a concurrent call got one helper fewer
+     * than the cores left it (found by reading the layer's reference path).
+     */
+    @Test
+    void aCallInsideACallOnTheSameThreadCountsItsThreadOnce() {
+        WorkerPool pool = new WorkerPool(2, 0);
+        AtomicIntegerArray seen = new AtomicIntegerArray(4);
+        // on the caller alone (no helper wanted: the pool's lock is not taken), as the reference paths run
+        pool.run((task, worker) -> {
+            seen.set(0, pool.callersNow());
+            pool.run((t, w) -> {
+                seen.set(1, pool.callersNow());
+                pool.run((t2, w2) -> seen.set(2, pool.callersNow()), 1, 0);
+            }, 1, 0);
+        }, 1, 0);
+        assertEquals(1, seen.get(0), "the outer call");
+        assertEquals(1, seen.get(1), "a call inside it");
+        assertEquals(1, seen.get(2), "a call inside that");
+        // with a helper (the caller holds the pool's lock), from the caller's task: a helper holds its one task
+        // until the caller has run the other, so that the caller runs one
+        CountDownLatch callerRan = new CountDownLatch(1);
+        pool.run((task, worker) -> {
+            if (worker == 0) {
+                pool.run((t, w) -> seen.set(3, pool.callersNow()), 1, 0);
+                callerRan.countDown();
+            } else {
+                await(callerRan);
+            }
+        }, 2, 1);
+        assertEquals(1, seen.get(3), "a call inside a task of a shared call");
+        assertEquals(0, pool.callersNow(), "every caller counted out");
+    }
+
+    /**
+     * While one thread is inside a call inside a call, a call from another thread gets the helpers the two
+     * threads leave: one of the two pool threads of a three-core pool (none, when the nested thread counted twice).
+     */
+    @Test
+    void aConcurrentCallGetsTheHelperANestedCallLeaves() throws Exception {
+        WorkerPool pool = new WorkerPool(2, 0);
+        CountDownLatch nestedIn = new CountDownLatch(1);
+        CountDownLatch release = new CountDownLatch(1);
+        Thread nested = new Thread(() -> pool.run((task, worker) -> pool.run((t, w) -> {
+            nestedIn.countDown();
+            await(release);
+        }, 1, 0), 1, 0), "nested");
+        nested.setDaemon(true);
+        nested.start();
+        try {
+            assertTrue(nestedIn.await(WAIT_S, TimeUnit.SECONDS), "the nested call did not start");
+            int n = 8;
+            AtomicIntegerArray byWorker = new AtomicIntegerArray(pool.helpers() + 1);
+            CountDownLatch helped = new CountDownLatch(1);
+            pool.run((task, worker) -> {
+                byWorker.incrementAndGet(worker);
+                if (worker > 0) {
+                    helped.countDown();
+                } else {
+                    // the caller waits for a helper to take a task; with none granted it waits out the time, once
+                    // (the latch is then open for its other tasks)
+                    await(helped);
+                    helped.countDown();
+                }
+            }, n, pool.helpers());
+            assertTrue(sumFrom(byWorker, 1) > 0, "no helper beside one thread in a nested call: "
+                    + byWorker + " " + pool.describe());
+            assertEquals(0, byWorker.get(2), "a second helper, with two threads computing on three cores");
+        } finally {
+            release.countDown();
+            nested.join(TimeUnit.SECONDS.toMillis(WAIT_S));
+        }
+        assertEquals(0, pool.callersNow());
+    }
+
+    /**
+     * A nested call that throws leaves its thread counted once, by the enclosing call, and that call, throwing too,
+     * counts it out once: the next call on the thread is counted again.
+     */
+    @Test
+    void aNestedCallThatThrowsCountsItsThreadOutOnce() {
+        WorkerPool pool = new WorkerPool(2, 0);
+        AtomicIntegerArray seen = new AtomicIntegerArray(3);
+        IllegalStateException outer = assertThrows(IllegalStateException.class, () -> pool.run((task, worker) -> {
+            IllegalArgumentException inner = assertThrows(IllegalArgumentException.class, () -> pool.run((t, w) -> {
+                seen.set(0, pool.callersNow());
+                throw new IllegalArgumentException("inner");
+            }, 1, 0));
+            assertEquals("inner", inner.getMessage());
+            seen.set(1, pool.callersNow());
+            throw new IllegalStateException("outer");
+        }, 1, 0));
+        assertEquals("outer", outer.getMessage());
+        assertEquals(1, seen.get(0), "inside the nested call");
+        assertEquals(1, seen.get(1), "after the nested call threw");
+        assertEquals(0, pool.callersNow(), "after the outer call threw");
+        pool.run((task, worker) -> seen.set(2, pool.callersNow()), 1, 0);
+        assertEquals(1, seen.get(2), "the next call on the thread");
+        assertEquals(0, pool.callersNow());
+    }
+
+    /**
+     * A pool thread already computes on a core for the call whose task it runs: a call made from that task runs
+     * there (the pool is held by the enclosing call, so it cannot deadlock waiting for it) and does not count the
+     * pool thread again, as a caller that would take the core of the call's next helper.
+     */
+    @Test
+    void aCallFromAPoolThreadsTaskRunsThereAndCountsNoCaller() {
+        WorkerPool pool = new WorkerPool(2, 0);
+        AtomicIntegerArray seen = new AtomicIntegerArray(2);
+        CountDownLatch helperDone = new CountDownLatch(1);
+        int inner = 8;
+        AtomicIntegerArray innerRuns = new AtomicIntegerArray(inner);
+        org.junit.jupiter.api.Assertions.assertTimeoutPreemptively(java.time.Duration.ofSeconds(WAIT_S), () ->
+                pool.run((task, worker) -> {
+                    if (worker == 0) {
+                        await(helperDone);
+                        return;
+                    }
+                    Thread self = Thread.currentThread();
+                    pool.run((t, w) -> {
+                        innerRuns.incrementAndGet(t);
+                        if (Thread.currentThread() != self) {
+                            seen.set(1, 1);
+                        }
+                        seen.set(0, pool.callersNow());
+                    }, inner, pool.helpers());
+                    helperDone.countDown();
+                }, 2, 1));
+        assertEquals(0, helperDone.getCount(), "no pool thread ran a task");
+        for (int t = 0; t < inner; t++) {
+            assertEquals(1, innerRuns.get(t), "inner task " + t);
+        }
+        assertEquals(0, seen.get(1), "an inner task ran off the pool thread that made the call");
+        assertEquals(1, seen.get(0), "callers inside a pool thread's nested call (only the enclosing call's)");
+        assertEquals(0, pool.callersNow());
+    }
+
+    /**
+     * The multi-head layer's reference forward, on one thread: its thread counts as one caller all through the
+     * call, its inner reference attention included (sampled from another thread until the calls end).
+     */
+    @Test
+    void aReferenceLayerForwardCountsItsThreadOnce() throws Exception {
+        try (java.lang.foreign.Arena arena = java.lang.foreign.Arena.ofShared()) {
+            int e = 16;
+            int l = 192;
+            dev.qkv.tensor.Tensor w = dev.qkv.tensor.Tensor.allocate(arena, e, e).fill(0.01f);
+            dev.qkv.mha.MultiHeadAttention mha = dev.qkv.mha.MultiHeadAttention.create(
+                    dev.qkv.mha.MhaWeights.of(2, w, null, w, null, w, null, w, null), Backend.REFERENCE);
+            dev.qkv.mha.MhaWorkspace ws = mha.newWorkspace(arena, 1, l, l);
+            dev.qkv.tensor.Tensor x = dev.qkv.tensor.Tensor.allocate(arena, 1, l, e).fill(0.5f);
+            dev.qkv.tensor.Tensor y = dev.qkv.tensor.Tensor.allocate(arena, 1, l, e);
+            AtomicReference<Throwable> failed = new AtomicReference<>();
+            Thread caller = new Thread(() -> {
+                try {
+                    for (int i = 0; i < 3; i++) {
+                        mha.forward(x, y, SdpaOptions.DEFAULT, ws);
+                    }
+                } catch (Throwable t) {
+                    failed.set(t);
+                }
+            }, "reference-forward");
+            caller.start();
+            int most = 0;
+            long samples = 0;
+            while (caller.isAlive()) {
+                most = Math.max(most, POOL.callersNow());
+                samples++;
+                Thread.onSpinWait();
+            }
+            caller.join();
+            if (failed.get() != null) {
+                throw new AssertionError("the forward failed", failed.get());
+            }
+            assertEquals(1, most, "most callers counted while one thread ran a reference layer forward ("
+                    + samples + " samples)");
+        }
+    }
+
+    /**
      * A pool thread the JVM cannot start (Thread.start throws OutOfMemoryError "unable to create native thread"
      * when the process meets its thread limit) costs the call its helper, not its result: the tasks run on the
      * caller, and a later call starts the thread. Before, the call threw the OutOfMemoryError, and the
