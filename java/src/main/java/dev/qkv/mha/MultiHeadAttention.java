@@ -404,7 +404,8 @@ public final class MultiHeadAttention {
         if (backend == Backend.REFERENCE) {
             // on the caller alone, but through the pool as one task with no helper: the thread computes all
             // through the call and counts as a core taken, so that no parallel call made meanwhile gets a pool
-            // thread beside it (a decode step's products and attention go through the pool already)
+            // thread beside it (a decode step's products and attention go through the pool already). Its reference
+            // attention goes through the pool again, inside this call on the same thread: not counted again
             Tensor src = kv == null ? x : kv;
             WorkerPool.shared().run((task, worker) -> MhaReference.forward(w, x, src, out, options), 1, 0);
             return;
