@@ -2094,7 +2094,9 @@ public final class Attention {
                 return lim > 0;
             }
             final long at = maskHead + (long) i * ms2;
-            for (int j = 0; j < lim; j++) {
+            // one value for every key when the mask's keys broadcast (stride 0): read it once
+            final int n = ms3 == 0 ? 1 : lim;
+            for (int j = 0; j < n; j++) {
                 float m = mSeg.getAtIndex(F, at + j * ms3);
                 if (maskBool ? m != 0f : m != Float.NEGATIVE_INFINITY) {
                     return true;

@@ -8,8 +8,11 @@ import java.util.Objects;
  * An attention mask over scores {@code [B, Hq, Lq, Lk]}, given as a tensor of rank 1 to 4 that broadcasts to that
  * shape as in NumPy and PyTorch: its dimensions align with the scores' from the right, and each is the scores'
  * size or 1 (repeated), e.g. {@code [Lk]}, {@code [Lq, Lk]}, {@code [Hq, Lq, Lk]}, {@code [B, 1, Lq, Lk]},
- * {@code [B, 1, 1, Lk]} (a key-padding mask) or {@code [B, Hq, Lq, Lk]}. The last dimension is always {@code Lk}:
- * a mask has one value per key.
+ * {@code [B, 1, 1, Lk]} (a key-padding mask) or {@code [B, Hq, Lq, Lk]}. The last dimension too may be 1, as in
+ * PyTorch's {@code F.scaled_dot_product_attention}: {@code [Lq, 1]}, {@code [B, 1, Lq, 1]} or {@code [1]} hold one
+ * value per query row, applied to every key (e.g. padded query rows masked out whole; such a row, like any row
+ * with no key allowed, gives zeros). A tensor broadcast along the keys with a stride of 0
+ * ({@link Tensor#broadcastTo}) reads the same.
  *
  * <p>A boolean mask ({@link #allowed}) follows PyTorch: a non-zero element means the query may attend the key,
  * zero means it may not. An additive mask ({@link #additive}) is added to the scaled scores; {@code -inf}
@@ -60,8 +63,8 @@ public record Mask(Kind kind, Tensor values) {
 
     /**
      * Refuses this mask unless it broadcasts to scores {@code [b, hq, lq, lk]} as NumPy and PyTorch broadcast: its
-     * dimensions align with the scores' from the right, each is the scores' size or 1, and the last is {@code lk}
-     * (one value per key). The check {@link Attention} makes of every call's mask, and the multi-head layer of
+     * dimensions align with the scores' from the right, and each, the last ({@code lk}) included, is the scores'
+     * size or 1. The check {@link Attention} makes of every call's mask, and the multi-head layer of
      * its options' mask before its projections; it allocates nothing.
      *
      * @throws IllegalArgumentException naming the mask and its shape, and the shape it must broadcast to
@@ -75,10 +78,10 @@ public record Mask(Kind kind, Tensor values) {
         }
         // no array of the scores' sizes: this runs on every call and must not allocate (a long[4] here was 48 B
         // per masked call, AllocationTest)
-        boolean ok = m.size(r - 1) == lk;
-        for (int d = 0; d < r - 1; d++) {
-            int s = 4 - r + d; // the scores' dimension this one aligns with: 0 (B), 1 (Hq) or 2 (Lq)
-            ok &= fits(m.size(d), s == 0 ? b : s == 1 ? hq : lq);
+        boolean ok = true;
+        for (int d = 0; d < r; d++) {
+            int s = 4 - r + d; // the scores' dimension this one aligns with: 0 (B), 1 (Hq), 2 (Lq) or 3 (Lk)
+            ok &= fits(m.size(d), s == 0 ? b : s == 1 ? hq : s == 2 ? lq : lk);
         }
         if (!ok) {
             throw new IllegalArgumentException(m.describe("mask") + ": not " + broadcastable(b, hq, lq, lk));
@@ -87,7 +90,7 @@ public record Mask(Kind kind, Tensor values) {
 
     private static String broadcastable(long b, long hq, long lq, long lk) {
         return "broadcastable to [" + b + ", " + hq + ", " + lq + ", " + lk + "] (aligned from the right, as in"
-                + " [Lk], [Lq, Lk], [Hq, Lq, Lk] or [B, Hq, Lq, Lk]; any size may be 1 but the last, " + lk + ")";
+                + " [Lk], [Lq, Lk], [Hq, Lq, Lk] or [B, Hq, Lq, Lk]; any size may be 1)";
     }
 
     private static boolean fits(long have, long want) {

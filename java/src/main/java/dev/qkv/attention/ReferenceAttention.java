@@ -103,7 +103,8 @@ final class ReferenceAttention {
 
     /**
      * A mask's strides over {@code [B, Hq, Lq, Lk]}: its dimensions align from the right, and one it lacks or of
-     * size 1 broadcasts (stride 0). The last (keys) keeps its stride.
+     * size 1 broadcasts (stride 0), the last (keys) too: a mask {@code [.., 1]} has one value per query row, for
+     * every key.
      */
     static long[] maskStrides(Tensor m) {
         return new long[] {maskStride(m, 0), maskStride(m, 1), maskStride(m, 2), maskStride(m, 3)};
@@ -111,8 +112,9 @@ final class ReferenceAttention {
 
     /**
      * The stride of mask {@code m} along dimension {@code s} of the scores {@code [B, Hq, Lq, Lk]}, as
-     * {@link #maskStrides}: 0 where it lacks that dimension or has size 1 there (not the last). No allocation, for
-     * the engines' per-call setup.
+     * {@link #maskStrides}: 0 where it lacks that dimension or has size 1 there (the last included: a size-1
+     * stride may be anything, and the keys past the first must read that one value). No allocation, for the
+     * engines' per-call setup.
      */
     static long maskStride(Tensor m, int s) {
         int r = m.rank();
@@ -120,7 +122,7 @@ final class ReferenceAttention {
         if (d < 0) {
             return 0;
         }
-        return m.size(d) == 1 && d < r - 1 ? 0 : m.stride(d);
+        return m.size(d) == 1 ? 0 : m.stride(d);
     }
 
     /** Element index of [b, h, i, j] in a rank-4 tensor; dimensions of size 1 broadcast. */

@@ -170,7 +170,7 @@ class MainTest {
         List<Arguments> cases = new ArrayList<>();
         for (String backend : List.of("native", "java", "reference")) {
             for (String mask : List.of("none", "bool [Lq, Lk]", "bool [B, 1, 1, Lk]", "float [B, 1, Lq, Lk]",
-                    "float64 [B, Hq, Lq, Lk]")) {
+                    "float64 [B, Hq, Lq, Lk]", "bool [Lq, 1]", "float [B, 1, Lq, 1]", "bool [1]")) {
                 for (boolean causal : List.of(false, true)) {
                     cases.add(Arguments.of(backend, mask, causal));
                 }
@@ -190,6 +190,11 @@ class MainTest {
             case "bool [Lq, Lk]" -> boolMask(random, 5, 7);
             case "bool [B, 1, 1, Lk]" -> boolMask(random, 2, 1, 1, 7);
             case "float [B, 1, Lq, Lk]" -> floatMask(random, false, 2, 1, 5, 7);
+            // one value per query row, for every key (torch and NumPy broadcast a last dimension of 1 too)
+            case "bool [Lq, 1]" -> boolMask(random, 5, 1);
+            case "float [B, 1, Lq, 1]" -> floatMask(random, false, 2, 1, 5, 1);
+            case "bool [1]" -> NpyBytes.write(dir, "m.npy", NpyBytes.file("|b1", NpyBytes.tuple(1),
+                    NpyBytes.b1(new boolean[] {true})));
             default -> floatMask(random, true, 2, 4, 5, 7);
         };
         if (maskPath != null) {
@@ -216,7 +221,8 @@ class MainTest {
             Mask m = null;
             if (maskPath != null) {
                 NpyArray a = Npy.read(maskPath, arena);
-                m = a.isBool() ? Mask.allowed(a.tensor()) : Mask.additive(a.tensor());
+                Tensor full = expandedMask(arena, a.tensor());
+                m = a.isBool() ? Mask.allowed(full) : Mask.additive(full);
             }
             Tensor want = Tensor.allocate(arena, OUT);
             Attention.create(Backend.REFERENCE).sdpa(q, k, v, want, new SdpaOptions(causal, m, 0.3f));
@@ -226,6 +232,32 @@ class MainTest {
             assertClose(want.toArray(), got.tensor().toArray(), "seed " + SEED + " " + backend + " mask " + mask
                     + " causal " + causal);
         }
+    }
+
+    /**
+     * The mask file's values written out in full over the scores {@code [2, 4, 5, 7]}, element by element (each
+     * dimension aligned from the right, a size-1 one repeated): the reference reads an independent tensor, not the
+     * broadcast under test.
+     */
+    private static Tensor expandedMask(Arena arena, Tensor m) {
+        long[] scores = {OUT[0], OUT[1], OUT[2], K[2]};
+        Tensor full = Tensor.allocate(arena, scores);
+        int r = m.rank();
+        long[] at = new long[r];
+        for (long b = 0; b < scores[0]; b++) {
+            for (long h = 0; h < scores[1]; h++) {
+                for (long i = 0; i < scores[2]; i++) {
+                    for (long j = 0; j < scores[3]; j++) {
+                        long[] x = {b, h, i, j};
+                        for (int d = 0; d < r; d++) {
+                            at[d] = m.size(d) == 1 ? 0 : x[4 - r + d];
+                        }
+                        full.set(m.get(at), b, h, i, j);
+                    }
+                }
+            }
+        }
+        return full;
     }
 
     private Path boolMask(SplittableRandom random, long... shape) throws IOException {

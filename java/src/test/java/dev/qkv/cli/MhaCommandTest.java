@@ -87,6 +87,31 @@ class MhaCommandTest {
     }
 
     /**
+     * A {@code --mask} with one value per query row ({@code [B, 1, L, 1]}, {@code [L, 1]}: torch's broadcast over
+     * the keys) applies it to every key: all-true rows, or one finite float added to every score of a row (softmax
+     * does not move when a row's scores shift alike), leave PyTorch's unmasked output unchanged.
+     */
+    @ParameterizedTest
+    @ValueSource(strings = {"native", "java", "reference", "auto"})
+    void aMaskWithOneValuePerQueryRowMatchesPyTorch(String backend) throws IOException {
+        Path y = dir.resolve("y.npy");
+        // self_x is [2, 5, 16]
+        Path allTrue = dir.resolve("rows_bool.npy");
+        java.nio.file.Files.write(allTrue, dev.qkv.io.NpyBytes.file("|b1", dev.qkv.io.NpyBytes.tuple(2, 1, 5, 1),
+                dev.qkv.io.NpyBytes.b1(true, true, true, true, true, true, true, true, true, true)));
+        Path shift = dir.resolve("rows_float.npy");
+        java.nio.file.Files.write(shift, dev.qkv.io.NpyBytes.file("<f4", dev.qkv.io.NpyBytes.tuple(5, 1),
+                dev.qkv.io.NpyBytes.f4(-3f, 0.5f, 7f, -0.25f, 2f)));
+        for (Path mask : new Path[] {allTrue, shift}) {
+            MainTest.Result r = mha("--x", fixture("self_x.npy"), "--weights", fixture("self.safetensors"),
+                    "--heads", "4", "--mask", mask.toString(), "--backend", backend, "--out", y.toString());
+            assertEquals(0, r.code(), r.toString());
+            assertEquals("", r.err());
+            assertMatches("self_out.npy", y);
+        }
+    }
+
+    /**
      * {@code --scale}: 0.5 is the default for these heads (E/H = 4), so it matches PyTorch's output; 1.3 matches the
      * reference backend called through the API with that scale; a scale that is no number is a user error.
      */
