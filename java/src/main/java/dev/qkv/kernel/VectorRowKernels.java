@@ -97,6 +97,19 @@ final class VectorRowKernels extends RowKernels {
         if (mStride == 1) {
             return maskAndMax(s, base, limit, mask, mAt * Float.BYTES, maskBool);
         }
+        if (mStride == 0 && limit > 0) {
+            // one value for every key of the row (a mask whose last dimension is 1, or one broadcast along the
+            // keys): read once, not per key through the scalar loop below
+            float m = mask.getAtIndex(F, mAt);
+            if (!maskBool) {
+                return addAndMax(s, base, limit, m);
+            }
+            if (m != 0f) {
+                return max(s, base, limit, n);
+            }
+            fill(s, base, 0, limit, Float.NEGATIVE_INFINITY);
+            return Float.NEGATIVE_INFINITY;
+        }
         applyMaskScalar(s, at, limit, mask, mAt, mStride, maskBool);
         return max(s, base, limit, n);
     }
@@ -227,6 +240,30 @@ final class VectorRowKernels extends RowKernels {
     }
 
     /**
+     * Adds {@code m} to {@code s[0, limit)} in place and returns the row max: {@link #maskAndMax}'s additive loop
+     * with one mask value for the whole row, so the same bits as that value written out per key.
+     */
+    private static float addAndMax(MemorySegment s, long base, int limit, float m) {
+        FloatVector vmax = FloatVector.broadcast(SP, Float.NEGATIVE_INFINITY);
+        int j = 0;
+        for (; j <= limit - L; j += L) {
+            long off = base + (long) j * Float.BYTES;
+            FloatVector x = FloatVector.fromMemorySegment(SP, s, off, O).add(m);
+            x.intoMemorySegment(s, off, O);
+            vmax = vmax.blend(x, vmax.compare(VectorOperators.LT, x));
+        }
+        float max = vmax.reduceLanes(VectorOperators.MAX);
+        for (; j < limit; j++) {
+            long off = base + (long) j * Float.BYTES;
+            float x = s.get(F, off) + m;
+            s.set(F, off, x);
+            max = Math.max(max, x);
+        }
+        // NaN skipped by the blend as in max(); the masked values are in s now
+        return max == Float.NEGATIVE_INFINITY ? nanOrMinusInf(s, base, limit) : max;
+    }
+
+    /**
      * {@code s[j] = exp(s[j] - max)} for {@code j < limit} (and possibly 0 for some {@code j} in
      * {@code [limit, width)}, part of the row); returns the sum. The arguments are at most 0 (max is
      * the row max) or NaN, so the exponential needs no upper clamp, and below {@code EXP_LO} the result is
@@ -309,6 +346,18 @@ final class VectorRowKernels extends RowKernels {
             float m = mask.getAtIndex(F, mAt + j * mStride);
             float x = s.getAtIndex(F, at + j);
             s.setAtIndex(F, at + j, maskBool ? (m == 0f ? Float.NEGATIVE_INFINITY : x) : x + m);
+        }
+    }
+
+    /** {@code s[from, to) = x} (float indices from {@code base}, in bytes). */
+    private static void fill(MemorySegment s, long base, int from, int to, float x) {
+        FloatVector v = FloatVector.broadcast(SP, x);
+        int j = from;
+        for (; j <= to - L; j += L) {
+            v.intoMemorySegment(s, base + (long) j * Float.BYTES, O);
+        }
+        for (; j < to; j++) {
+            s.set(F, base + (long) j * Float.BYTES, x);
         }
     }
 

@@ -147,6 +147,68 @@ class VectorKernelsTest {
     }
 
     /**
+     * A mask read with stride 0 (one value for the whole row: a mask whose last dimension is 1) masks the row as that
+     * value written out once per key and read with stride 1: the same masked scores in place, the same max, the
+     * same weights, in each flavour; boolean 0 and 1, additive finite, -inf and 0, partial limits, NaN scores.
+     */
+    @Test
+    void aStrideZeroMaskIsItsValueWrittenOutPerKey() {
+        SplittableRandom r = new SplittableRandom(27);
+        float[] values = {0f, 1f, -3f, 0.75f, Float.NEGATIVE_INFINITY, 2.5f};
+        try (Arena arena = Arena.ofConfined()) {
+            for (int n : new int[] {1, 7, 16, 17, 33, 64, 100, 129}) {
+                for (int limit : new int[] {n, n / 2, 0}) {
+                    for (float value : values) {
+                        for (boolean maskBool : new boolean[] {true, false}) {
+                            for (boolean nan : new boolean[] {false, true}) {
+                                MemorySegment a = arena.allocate((long) n * 4);
+                                MemorySegment b = arena.allocate((long) n * 4);
+                                MemorySegment one = arena.allocate(8);
+                                one.setAtIndex(F, 1, value);
+                                MemorySegment row = arena.allocate((long) n * 4);
+                                for (int j = 0; j < n; j++) {
+                                    float x = (float) (r.nextDouble() * 20 - 10);
+                                    x = nan && j == n / 3 ? Float.NaN : x;
+                                    a.setAtIndex(F, j, x);
+                                    b.setAtIndex(F, j, x);
+                                    row.setAtIndex(F, j, value);
+                                }
+                                for (RowKernels k : new RowKernels[] {Vectorization.scalarRows(), Vectorization.rows()}) {
+                                    MemorySegment.copy(b, 0, a, 0, (long) n * 4);
+                                    MemorySegment c = arena.allocate((long) n * 4);
+                                    MemorySegment.copy(b, 0, c, 0, (long) n * 4);
+                                    String ctx = k.name() + " n=" + n + " limit=" + limit + " value=" + value
+                                            + (maskBool ? " bool" : " additive") + (nan ? " NaN score" : "");
+                                    float mz = k.maskedMax(a, 0, n, limit, one, 1, 0, maskBool);
+                                    float mf = k.maskedMax(c, 0, n, limit, row, 0, 1, maskBool);
+                                    for (int j = 0; j < limit; j++) {
+                                        assertEquals(Float.floatToIntBits(c.getAtIndex(F, j)),
+                                                Float.floatToIntBits(a.getAtIndex(F, j)), ctx + " masked s[" + j + "]");
+                                    }
+                                    float sz = k.expFrom(a, 0, n, limit, mz);
+                                    float sf = k.expFrom(c, 0, n, limit, mf);
+                                    // a row holding a NaN may report NaN or the max of the rest (RowKernels): both
+                                    // make its sum NaN, all that is promised then; otherwise the very max
+                                    if (Float.isNaN(mz) != Float.isNaN(mf)) {
+                                        assertTrue(nan && Float.isNaN(sz) && Float.isNaN(sf), ctx + " NaN max");
+                                        continue;
+                                    }
+                                    assertEquals(mf, mz, ctx + " max");
+                                    assertEquals(sf, sz, ctx + " sum");
+                                    for (int j = 0; j < n; j++) {
+                                        assertEquals(Float.floatToIntBits(c.getAtIndex(F, j)),
+                                                Float.floatToIntBits(a.getAtIndex(F, j)), ctx + " weight " + j);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /**
      * Weights written to an array (expInto) are the bits expFrom writes back into the row, with the same sum:
      * full and partial vectors, limits inside the row, a row with no allowed key (limit 0 or max -inf).
      */
