@@ -272,7 +272,9 @@ class SdpaFuzzTest {
     private static Mask mask(Arena arena, Random r, Case c) {
         long[][] shapes = {
             {c.lq, c.lk}, {1, c.lk}, {c.b, 1, c.lq, c.lk}, {c.b, c.hq, c.lq, c.lk}, {c.b, 1, 1, c.lk},
-            {1, 1, 1, c.lk}, {1, c.hq, 1, c.lk}, {c.lk}, {c.hq, c.lq, c.lk}, {c.hq, 1, c.lk}, {1, c.lq, c.lk}};
+            {1, 1, 1, c.lk}, {1, c.hq, 1, c.lk}, {c.lk}, {c.hq, c.lq, c.lk}, {c.hq, 1, c.lk}, {1, c.lq, c.lk},
+            // one value per query row, for every key (a last dimension of 1, as torch broadcasts it)
+            {c.lq, 1}, {c.b, 1, c.lq, 1}, {c.b, c.hq, c.lq, 1}, {1}};
         long[] s = shapes[r.nextInt(shapes.length)];
         boolean bool = r.nextBoolean();
         int n = (int) Arrays.stream(s).reduce(1, (x, y) -> x * y);
@@ -336,7 +338,7 @@ class SdpaFuzzTest {
                 c.mutation = "out Dv differs";
             }
             case 7 -> {
-                // aligned from the right, each size the scores' or 1 (the last Lk), rank 1 to 4: each breaks that
+                // aligned from the right, each size the scores' or 1, rank 1 to 4: each breaks that
                 long[][] bad = {{c.lq, c.lk + 1}, {c.lq + 1, c.lk}, {c.hq + 1, c.lq, c.lk}, {c.b, c.hq + 1, c.lq, c.lk},
                     {c.b + 1, 1, c.lq, c.lk}, {c.lk + 1}, {1, c.b, c.hq, c.lq, c.lk}};
                 long[] s = bad[r.nextInt(bad.length)];
