@@ -172,7 +172,8 @@ class MhaFuzzTest {
                                 : b * l * (2L * e + 2 * kvd);
                         applies = need > Math.max(2L * e + 2 * kvd, 16);
                     }
-                    case MASK_SHAPE -> options = options.withMask(Mask.allowed(Tensor.allocate(a, 1, 1, 1, lkv + 1)
+                    // lkv + 2: neither Lkv nor 1 (a last dimension of 1 broadcasts over the keys, even when Lkv = 0)
+                    case MASK_SHAPE -> options = options.withMask(Mask.allowed(Tensor.allocate(a, 1, 1, 1, lkv + 2)
                             .fill(1f)));
                     case X_CLOSED -> {
                         x = MhaLayers.rand(doomed, r, 1f, b, l, e);
