@@ -207,20 +207,43 @@ public final class MultiHeadAttention {
         return backend;
     }
 
-    /** Floats of projection scratch for self-attention over {@code [batch, lq]}: {@code [Q | K | V]} and the heads' output. */
+    /**
+     * Floats of projection scratch for self-attention over {@code [batch, lq]}: {@code [Q | K | V]} and the heads'
+     * output; -1 when they overflow a long.
+     */
     private long selfFloats(long batch, long lq) {
-        return Math.multiplyExact(Math.multiplyExact(batch, lq), (long) qkvWidth + e);
+        return times(times(batch, lq), (long) qkvWidth + e);
     }
 
-    /** Floats of projection scratch for cross-attention: Q, {@code [K | V]} of the kv rows, and the heads' output. */
+    /**
+     * Floats of projection scratch for cross-attention: Q, {@code [K | V]} of the kv rows, and the heads' output;
+     * -1 when they overflow a long.
+     */
     private long crossFloats(long batch, long lq, long lkv) {
         if (batch == 0 || lq == 0) {
             return 0; // forward returns before it projects anything: no query rows, nothing to attend for
         }
-        return Math.addExact(Math.multiplyExact(Math.multiplyExact(batch, lq), 2L * e),
-                Math.multiplyExact(Math.multiplyExact(batch, lkv), 2L * kvd));
+        return plus(times(times(batch, lq), 2L * e), times(times(batch, lkv), 2L * kvd));
     }
 
+    /**
+     * {@code a·b} for sizes {@code a, b >= 0}, or -1 when either is -1 or the product overflows a long: checked by
+     * division, as {@link Attention}'s budget checks are. {@code Math.multiplyExact} threw the JDK's bare
+     * ArithmeticException ("long overflow") out of forward, naming nothing (found by review).
+     */
+    private static long times(long a, long b) {
+        return a < 0 || b < 0 || b != 0 && a > Long.MAX_VALUE / b ? -1 : a * b;
+    }
+
+    /** {@code a + b} for sizes {@code a, b >= 0}, or -1 when either is -1 or the sum overflows a long. */
+    private static long plus(long a, long b) {
+        return a < 0 || b < 0 || a > Long.MAX_VALUE - b ? -1 : a + b;
+    }
+
+    /**
+     * Bytes of the attention's score tiles; -1 when a decode group's rows overflow a long, and
+     * {@link IllegalArgumentException} from {@link Attention#scoreTileBytes} when the bytes do.
+     */
     private long attentionBytes(long batch, long lq, long lk) {
         if (backend == Backend.REFERENCE || batch == 0 || lq == 0) {
             // no attention call runs (an empty batch or no query rows), so no score tile: an empty batch of a
@@ -230,7 +253,8 @@ public final class MultiHeadAttention {
         // our head views are always usable in place (unit inner stride), so the score tiles are all it needs. A
         // decode step's query heads share their kv head's reads when a worker holds the whole group's score rows
         // (Attention's grouped few-query tasks), hence the rows of a group.
-        return attention.scoreTileBytes(Math.multiplyExact(lq, (long) h / Math.max(1, hkv)), lk);
+        long rows = times(lq, (long) h / Math.max(1, hkv));
+        return rows < 0 ? -1 : attention.scoreTileBytes(rows, lk);
     }
 
     /**
@@ -245,14 +269,23 @@ public final class MultiHeadAttention {
             throw new IllegalArgumentException("workspace for batch=" + batch + ", lq=" + lq + ", lkv=" + lkv
                     + ": sizes must be >= 0");
         }
-        try {
-            long floats = Math.max(selfFloats(batch, lq), crossFloats(batch, lq, lkv));
-            return Math.addExact(Math.multiplyExact(floats, Float.BYTES),
-                    attentionBytes(batch, lq, Math.max(lq, lkv)));
-        } catch (ArithmeticException e) {
+        long self = selfFloats(batch, lq);
+        long cross = crossFloats(batch, lq, lkv);
+        long bytes = self < 0 || cross < 0 ? -1 : times(Math.max(self, cross), Float.BYTES);
+        if (bytes >= 0) {
+            long tiles;
+            try {
+                tiles = attentionBytes(batch, lq, Math.max(lq, lkv));
+            } catch (IllegalArgumentException e) {
+                tiles = -1; // the score tiles' bytes overflow a long
+            }
+            bytes = plus(bytes, tiles);
+        }
+        if (bytes < 0) {
             throw new IllegalArgumentException("workspace for batch=" + batch + ", lq=" + lq + ", lkv=" + lkv
                     + ": more bytes than a long holds");
         }
+        return bytes;
     }
 
     /**
@@ -390,6 +423,9 @@ public final class MultiHeadAttention {
         }
         checkWeights(out);
         long need = kv == null ? selfFloats(b, l) : crossFloats(b, l, lkv);
+        if (times(need, Float.BYTES) < 0) {
+            throw scratchOverflow(x, kv);
+        }
         MemorySegment seg = checkWorkspace(ws, need, x);
         requireClearOfWeights(ws, null);
         workspaceOverlap(ws, x, "x");
@@ -599,7 +635,11 @@ public final class MultiHeadAttention {
             throw new IllegalStateException(cache.describe() + ": appending " + x.describe("x") + " needs "
                     + (before + n) + " positions, capacity is " + cache.capacity());
         }
-        MemorySegment seg = checkWorkspace(ws, selfFloats(1, n), x);
+        long need = selfFloats(1, n);
+        if (times(need, Float.BYTES) < 0) {
+            throw scratchOverflow(x, null);
+        }
+        MemorySegment seg = checkWorkspace(ws, need, x);
         requireClearOfWeights(ws, cache);
         workspaceOverlap(ws, x, "x");
         workspaceOverlap(ws, out, "out");
@@ -999,10 +1039,22 @@ public final class MultiHeadAttention {
         }
     }
 
+    /**
+     * The error for a call whose projection scratch is more bytes than a long holds (only views with zero strides,
+     * or of segments made large by reinterpret, get there), naming the caller's tensors. Error path only.
+     */
+    private IllegalArgumentException scratchOverflow(Tensor x, Tensor kv) {
+        return new IllegalArgumentException(x.describe("x") + " = [B, L, E]"
+                + (kv == null ? "" : ", " + kv.describe("kv") + " = [B, Lkv, E]") + ": the layer's projection scratch, "
+                + (kv == null ? "B·L·(2·E + 2·Hkv·Dh)" : "B·L·2·E + B·Lkv·2·Hkv·Dh") + " floats with E=" + e
+                + ", Hkv=" + hkv + ", Dh=" + dh + ", needs more bytes than a long holds");
+    }
+
+    /** {@code needFloats} is at most {@code Long.MAX_VALUE / 4} (the callers check it). */
     private static MemorySegment checkWorkspace(MhaWorkspace ws, long needFloats, Tensor x) {
         MemorySegment seg = ws.floats();
         Tensor.requireUsable(seg, "workspace");
-        long need = Math.multiplyExact(needFloats, Float.BYTES);
+        long need = needFloats * Float.BYTES;
         if (seg.byteSize() < need) {
             throw new IllegalArgumentException("workspace of " + seg.byteSize() + " projection bytes is too small for "
                     + x.describe("x") + ": needs " + need + " (make it with newWorkspace for these sizes)");

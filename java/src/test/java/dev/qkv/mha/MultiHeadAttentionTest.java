@@ -762,6 +762,46 @@ class MultiHeadAttentionTest {
         }
     }
 
+    /**
+     * A call whose projection scratch needs more bytes than a long holds: the layer threw the JDK's bare
+     * ArithmeticException ("long overflow", from Math.multiplyExact) naming nothing. Reached with views of
+     * segments made large by reinterpret at addresses no arena hands out (never touched: the call is refused
+     * before it reads or writes anything) and, for x and kv, a zero batch stride (one sequence broadcast).
+     */
+    @Test
+    void scratchBeyondALongIsAnArgumentErrorNamingTheTensors() {
+        try (Arena a = Arena.ofConfined()) {
+            MultiHeadAttention layer = MultiHeadAttention.create(weights(a, new Random(7), 4, 1, 1, false, true),
+                    Backend.JAVA);
+            MhaWorkspace ws = layer.newWorkspace(a, 1, 1, 1);
+            long b = 1L << 29;
+            long l = 1L << 29;
+            // x [2^29, 2^29, 4]: one sequence for every batch entry; out [2^29, 2^29, 4] contiguous, 2^62 bytes.
+            // The scratch B·L·(2E + 2·Hkv·Dh) = 2^62 floats fits a long, its bytes do not
+            Tensor x = Tensor.view(MemorySegment.ofAddress(1L << 50).reinterpret(1L << 40), 0,
+                    new long[] {b, l, 4}, new long[] {0, 4, 1});
+            Tensor out = Tensor.view(MemorySegment.ofAddress(1L << 56).reinterpret(1L << 62), 0,
+                    new long[] {b, l, 4}, new long[] {l * 4, 4, 1});
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                    () -> layer.forward(x, out, SdpaOptions.DEFAULT, ws));
+            assertTrue(e.getMessage().startsWith("x [536870912, 536870912, 4] = [B, L, E]"), e.getMessage());
+            assertTrue(e.getMessage().contains("more bytes than a long holds"), e.getMessage());
+            // cross-attention: x [2^29, 1, 4], kv [2^29, 2^31 - 1, 4] (zero batch stride): B·Lkv·2·Hkv·Dh floats
+            // overflow a long themselves
+            Tensor xs = Tensor.view(MemorySegment.ofAddress(1L << 50).reinterpret(1L << 40), 0,
+                    new long[] {b, 1, 4}, new long[] {4, 4, 1});
+            Tensor kv = Tensor.view(MemorySegment.ofAddress(1L << 51).reinterpret(1L << 40), 0,
+                    new long[] {b, Integer.MAX_VALUE, 4}, new long[] {0, 4, 1});
+            Tensor outs = Tensor.view(MemorySegment.ofAddress(1L << 52).reinterpret(1L << 40), 0,
+                    new long[] {b, 1, 4}, new long[] {4, 4, 1});
+            IllegalArgumentException c = assertThrows(IllegalArgumentException.class,
+                    () -> layer.forward(xs, kv, outs, SdpaOptions.DEFAULT, ws));
+            assertTrue(c.getMessage().startsWith("x [536870912, 1, 4] = [B, L, E], kv [536870912, 2147483647, 4]"
+                    + " = [B, Lkv, E]"), c.getMessage());
+            assertTrue(c.getMessage().contains("more bytes than a long holds"), c.getMessage());
+        }
+    }
+
     @org.junit.jupiter.params.ParameterizedTest
     @org.junit.jupiter.params.provider.EnumSource(value = Backend.class, names = {"NATIVE", "JAVA", "AUTO"})
     void oneRowViewsWithAnyStrideOnTheirSizeOneDimensions(Backend backend) {
