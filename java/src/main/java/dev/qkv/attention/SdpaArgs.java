@@ -8,7 +8,8 @@ import java.util.Objects;
 
 /**
  * The checks of one attention call, shared by every backend and run before any kernel touches memory.
- * Messages name the tensor and its shape: {@code k [1, 3, 8, 16]: Hq=4 is not a multiple of Hkv=3}.
+ * Messages name the tensor and its shape: {@code q [1, 4, 8, 16] = [B, Hq, Lq, Dk], k [1, 3, 8, 16] =
+ * [B, Hkv, Lk, Dk]: Hq=4 is not a multiple of Hkv=3}.
  */
 final class SdpaArgs {
     /**
@@ -60,7 +61,9 @@ final class SdpaArgs {
                     + ", Dv] to match " + k.describe("k"));
         }
         if (hkv == 0 && hq != 0 || hkv != 0 && hq % hkv != 0) {
-            throw new IllegalArgumentException(k.describe("k") + ": Hq=" + hq + " is not a multiple of Hkv=" + hkv);
+            // both shapes with their dimensions' names: naming k alone left Hq to be found in a q shown nowhere
+            throw new IllegalArgumentException(q.describe("q") + " = [B, Hq, Lq, Dk], " + k.describe("k")
+                    + " = [B, Hkv, Lk, Dk]: Hq=" + hq + " is not a multiple of Hkv=" + hkv);
         }
         if (dk == 0 && Float.isNaN(options.scale())) {
             throw new IllegalArgumentException(q.describe("q") + ": Dk=0 has no default scale 1/sqrt(Dk)");

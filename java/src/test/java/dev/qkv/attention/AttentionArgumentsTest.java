@@ -56,7 +56,10 @@ class AttentionArgumentsTest {
             Tensor out = nan(arena, 1, 4, 8, 16);
             rejects(IllegalArgumentException.class, out,
                     () -> Attention.create(backend).sdpa(q, k, v, out, SdpaOptions.DEFAULT),
-                    "k [1, 3, 8, 16]: Hq=4 is not a multiple of Hkv=3");
+                    // both shapes, with their dimensions' names: the message named k alone, and the user had to
+                    // find Hq in a q shown nowhere
+                    "q [1, 4, 8, 16] = [B, Hq, Lq, Dk], k [1, 3, 8, 16] = [B, Hkv, Lk, Dk]: Hq=4 is not a multiple"
+                            + " of Hkv=3");
         }
     }
 

@@ -378,7 +378,7 @@ class MainTest {
         Path out = dir.resolve("o.npy");
         for (String backend : List.of("native", "java")) {
             assertUserError(run("sdpa", "--q", q.toString(), "--k", k.toString(), "--v", v.toString(), "--backend",
-                    backend, "--out", out.toString()), "k [1, 3, 7, 8]: Hq=4 is not a multiple of Hkv=3");
+                    backend, "--out", out.toString()), "q [1, 4, 5, 8] = [B, Hq, Lq, Dk], k [1, 3, 7, 8] = [B, Hkv, Lk, Dk]: Hq=4 is not a multiple of Hkv=3");
             assertFalse(Files.exists(out));
         }
     }
