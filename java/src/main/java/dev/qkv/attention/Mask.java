@@ -62,19 +62,55 @@ public record Mask(Kind kind, Tensor values) {
     }
 
     /**
+     * The names a caller gives the scores' four dimensions, used in the messages of
+     * {@link #requireBroadcastsTo(long, long, long, long, DimNames)}: {@link #SDPA} for {@link Attention#sdpa}, the
+     * multi-head layer's {@code [B, H, L, Lkv]} for its own calls.
+     *
+     * @param batch   the batch dimension ({@code B})
+     * @param heads   the query heads ({@code Hq})
+     * @param queries the query rows ({@code Lq})
+     * @param keys    the keys ({@code Lk})
+     */
+    public record DimNames(String batch, String heads, String queries, String keys) {
+        /** sdpa's names: {@code [B, Hq, Lq, Lk]}. */
+        public static final DimNames SDPA = new DimNames("B", "Hq", "Lq", "Lk");
+
+        /** Validates that every name is present. */
+        public DimNames {
+            Objects.requireNonNull(batch, "batch is null");
+            Objects.requireNonNull(heads, "heads is null");
+            Objects.requireNonNull(queries, "queries is null");
+            Objects.requireNonNull(keys, "keys is null");
+        }
+    }
+
+    /**
      * Refuses this mask unless it broadcasts to scores {@code [b, hq, lq, lk]} as NumPy and PyTorch broadcast: its
      * dimensions align with the scores' from the right, and each, the last ({@code lk}) included, is the scores'
-     * size or 1. The check {@link Attention} makes of every call's mask, and the multi-head layer of
-     * its options' mask before its projections; it allocates nothing.
+     * size or 1. The check {@link Attention} makes of every call's mask; it allocates nothing.
      *
      * @throws IllegalArgumentException naming the mask and its shape, and the shape it must broadcast to
+     *                                  ({@code [2, 4, 3, 5] = [B, Hq, Lq, Lk]})
      */
     public void requireBroadcastsTo(long b, long hq, long lq, long lk) {
+        requireBroadcastsTo(b, hq, lq, lk, DimNames.SDPA);
+    }
+
+    /**
+     * {@link #requireBroadcastsTo(long, long, long, long)} whose message names the scores' dimensions as the
+     * caller does: the multi-head layer checks its options' mask with this before its projections, against its
+     * scores {@code [B, H, L, Lkv]}. Allocates nothing unless it throws.
+     *
+     * @throws IllegalArgumentException naming the mask and its shape, and the shape it must broadcast to in
+     *                                  {@code names}' terms
+     */
+    public void requireBroadcastsTo(long b, long hq, long lq, long lk, DimNames names) {
+        Objects.requireNonNull(names, "names is null");
         Tensor m = values;
         int r = m.rank();
         if (r < 1 || r > 4) {
             throw new IllegalArgumentException(m.describe("mask") + ": rank " + r + " is not "
-                    + broadcastable(b, hq, lq, lk));
+                    + broadcastable(b, hq, lq, lk, names));
         }
         // no array of the scores' sizes: this runs on every call and must not allocate (a long[4] here was 48 B
         // per masked call, AllocationTest)
@@ -84,13 +120,18 @@ public record Mask(Kind kind, Tensor values) {
             ok &= fits(m.size(d), s == 0 ? b : s == 1 ? hq : s == 2 ? lq : lk);
         }
         if (!ok) {
-            throw new IllegalArgumentException(m.describe("mask") + ": not " + broadcastable(b, hq, lq, lk));
+            throw new IllegalArgumentException(m.describe("mask") + ": not " + broadcastable(b, hq, lq, lk, names));
         }
     }
 
-    private static String broadcastable(long b, long hq, long lq, long lk) {
-        return "broadcastable to [" + b + ", " + hq + ", " + lq + ", " + lk + "] (aligned from the right, as in"
-                + " [Lk], [Lq, Lk], [Hq, Lq, Lk] or [B, Hq, Lq, Lk]; any size may be 1)";
+    private static String broadcastable(long b, long hq, long lq, long lk, DimNames n) {
+        String k = n.keys();
+        String qk = n.queries() + ", " + k;
+        String hqk = n.heads() + ", " + qk;
+        String all = "[" + n.batch() + ", " + hqk + "]";
+        return "broadcastable to [" + b + ", " + hq + ", " + lq + ", " + lk + "] = " + all
+                + " (aligned from the right, as in [" + k + "], [" + qk + "], [" + hqk + "] or " + all
+                + "; any size may be 1)";
     }
 
     private static boolean fits(long have, long want) {

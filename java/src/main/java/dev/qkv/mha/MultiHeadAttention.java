@@ -2,6 +2,7 @@ package dev.qkv.mha;
 
 import dev.qkv.attention.Attention;
 import dev.qkv.attention.Backend;
+import dev.qkv.attention.Mask;
 import dev.qkv.attention.SdpaOptions;
 import dev.qkv.attention.WorkerPool;
 import dev.qkv.attention.Workspace;
@@ -89,6 +90,8 @@ public final class MultiHeadAttention {
     /** The weights in {@link #WEIGHT_NAMES} order, built once: the per-call checks must not allocate. */
     private final Tensor[] weightList;
     private static final String[] WEIGHT_NAMES = {"W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O"};
+    /** The layer's names of its scores' dimensions, in a mask's refusal: x is [B, L, E], kv [B, Lkv, E]. */
+    private static final Mask.DimNames SCORE_DIMS = new Mask.DimNames("B", "H", "L", "Lkv");
     private final Backend backend;
     private final MatmulKernel matmul;
     /**
@@ -418,7 +421,8 @@ public final class MultiHeadAttention {
         long lkv = kv == null ? l : kv.size(1);
         if (options.mask() != null) {
             // before the projections: the attention refuses it too, but only once they have run (work thrown away)
-            options.mask().requireBroadcastsTo(b, h, l, lkv);
+            // in the layer's terms: sdpa's [B, Hq, Lq, Lk] named dimensions this API never shows its caller
+            options.mask().requireBroadcastsTo(b, h, l, lkv, SCORE_DIMS);
             options.mask().values().requireUsable("mask");
         }
         checkWeights(out);

@@ -63,6 +63,23 @@ class AttentionArgumentsTest {
         }
     }
 
+    /** sdpa names its scores' dimensions in a mask's refusal, as the layer names its own. */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("backends")
+    void aMaskThatDoesNotBroadcastIsNamedInSdpasTerms(Backend backend) {
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor q = Tensor.allocate(arena, 2, 4, 3, 8);
+            Tensor k = Tensor.allocate(arena, 2, 2, 5, 8);
+            Tensor v = Tensor.allocate(arena, 2, 2, 5, 8);
+            Tensor out = nan(arena, 2, 4, 3, 8);
+            Tensor m = Tensor.allocate(arena, 3, 4);
+            rejects(IllegalArgumentException.class, out,
+                    () -> Attention.create(backend).sdpa(q, k, v, out, SdpaOptions.DEFAULT.withMask(Mask.additive(m))),
+                    "mask [3, 4]: not broadcastable to [2, 4, 3, 5] = [B, Hq, Lq, Lk] (aligned from the right, as in"
+                            + " [Lk], [Lq, Lk], [Hq, Lq, Lk] or [B, Hq, Lq, Lk]; any size may be 1)");
+        }
+    }
+
     @ParameterizedTest(name = "{0}")
     @MethodSource("backends")
     void shapeMismatches(Backend backend) {

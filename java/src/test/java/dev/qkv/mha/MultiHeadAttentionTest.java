@@ -763,6 +763,39 @@ class MultiHeadAttentionTest {
     }
 
     /**
+     * A mask refused by forward speaks the layer's names: its scores are [B, H, L, Lkv] (x [B, L, E], kv [B, Lkv, E]).
+     * The layer's check used sdpa's message, '[B, Hq, Lq, Lk]', names the layer's caller never meets (review).
+     */
+    @ParameterizedTest
+    @EnumSource(value = Backend.class, names = {"JAVA", "REFERENCE"})
+    void aMaskRefusedByForwardIsNamedInTheLayersTerms(Backend backend) {
+        try (Arena a = Arena.ofConfined()) {
+            MultiHeadAttention layer = MultiHeadAttention.create(weights(a, new Random(8), 8, 2, 1, false, true),
+                    backend);
+            Tensor x = rand(a, new Random(9), 1f, 2, 3, 8);
+            Tensor kv = rand(a, new Random(10), 1f, 2, 5, 8);
+            Tensor out = Tensor.allocate(a, 2, 3, 8);
+            MhaWorkspace ws = layer.newWorkspace(a, 2, 3, 5);
+            SdpaOptions o = SdpaOptions.DEFAULT.withMask(Mask.allowed(Tensor.allocate(a, 3, 4).fill(1f)));
+            IllegalArgumentException self = assertThrows(IllegalArgumentException.class,
+                    () -> layer.forward(x, out, o, ws));
+            assertEquals("mask [3, 4]: not broadcastable to [2, 2, 3, 3] = [B, H, L, Lkv] (aligned from the right,"
+                    + " as in [Lkv], [L, Lkv], [H, L, Lkv] or [B, H, L, Lkv]; any size may be 1)",
+                    self.getMessage());
+            IllegalArgumentException cross = assertThrows(IllegalArgumentException.class,
+                    () -> layer.forward(x, kv, out, o, ws));
+            assertEquals("mask [3, 4]: not broadcastable to [2, 2, 3, 5] = [B, H, L, Lkv] (aligned from the right,"
+                    + " as in [Lkv], [L, Lkv], [H, L, Lkv] or [B, H, L, Lkv]; any size may be 1)",
+                    cross.getMessage());
+            SdpaOptions rank5 = SdpaOptions.DEFAULT.withMask(Mask.additive(Tensor.allocate(a, 1, 2, 2, 3, 5)));
+            IllegalArgumentException r = assertThrows(IllegalArgumentException.class,
+                    () -> layer.forward(x, kv, out, rank5, ws));
+            assertTrue(r.getMessage().startsWith("mask [1, 2, 2, 3, 5]: rank 5 is not broadcastable to [2, 2, 3, 5]"
+                    + " = [B, H, L, Lkv]"), r.getMessage());
+        }
+    }
+
+    /**
      * A call whose projection scratch needs more bytes than a long holds: the layer threw the JDK's bare
      * ArithmeticException ("long overflow", from Math.multiplyExact) naming nothing. Reached with views of
      * segments made large by reinterpret at addresses no arena hands out (never touched: the call is refused
