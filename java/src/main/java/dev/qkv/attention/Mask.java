@@ -87,7 +87,10 @@ public record Mask(Kind kind, Tensor values) {
     /**
      * Refuses this mask unless it broadcasts to scores {@code [b, hq, lq, lk]} as NumPy and PyTorch broadcast: its
      * dimensions align with the scores' from the right, and each, the last ({@code lk}) included, is the scores'
-     * size or 1. The check {@link Attention} makes of every call's mask; it allocates nothing.
+     * size or 1. The check {@link Attention} makes of every call's mask; it allocates nothing. A rank-3
+     * mask is {@code [Hq, Lq, Lk]}: PyTorch's {@code nn.MultiheadAttention} 3-D {@code attn_mask},
+     * {@code [B·Hq, Lq, Lk]}, is refused when {@code B > 1}, with a hint to {@link Tensor#reshape} it to
+     * {@code [B, Hq, Lq, Lk]}.
      *
      * @throws IllegalArgumentException naming the mask and its shape, and the shape it must broadcast to
      *                                  ({@code [2, 4, 3, 5] = [B, Hq, Lq, Lk]})
@@ -120,7 +123,20 @@ public record Mask(Kind kind, Tensor values) {
             ok &= fits(m.size(d), s == 0 ? b : s == 1 ? hq : s == 2 ? lq : lk);
         }
         if (!ok) {
-            throw new IllegalArgumentException(m.describe("mask") + ": not " + broadcastable(b, hq, lq, lk, names));
+            String hint = "";
+            if (r == 3 && b > 1 && hq > 0 && m.size(0) / b == hq && m.size(0) % b == 0 && fits(m.size(1), lq)) {
+                // PyTorch's nn.MultiheadAttention takes a 3-D attn_mask as [B·num_heads, L, S]; NumPy's broadcast
+                // (ours) reads a rank-3 mask as [Hq, Lq, Lk]: say how to pass it rather than leave the user with
+                // the rule alone (found in review)
+                String k = names.keys();
+                String q = names.queries();
+                hint = "; a [" + names.batch() + "·" + names.heads() + ", " + q + ", " + k + "] mask"
+                        + " (nn.MultiheadAttention's 3-D attn_mask) reads here as [" + names.heads() + ", " + q
+                        + ", " + k + "]: reshape it to [" + b + ", " + hq + ", " + m.size(1) + ", " + lk + "]"
+                        + " (Tensor.reshape)";
+            }
+            throw new IllegalArgumentException(m.describe("mask") + ": not " + broadcastable(b, hq, lq, lk, names)
+                    + hint);
         }
     }
 

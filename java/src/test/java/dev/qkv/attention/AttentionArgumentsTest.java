@@ -80,6 +80,36 @@ class AttentionArgumentsTest {
         }
     }
 
+    /**
+     * nn.MultiheadAttention's 3-D attn_mask is [B·num_heads, L, S]; here a rank-3 mask is [Hq, Lq, Lk] (NumPy's
+     * broadcast), so with B > 1 it is refused: the refusal says how to pass it (reshape to [B, Hq, Lq, Lk]), and
+     * only when its first size is B·Hq. Before, the generic broadcast error left the user to find out why.
+     */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("backends")
+    void aTorchStyleBatchTimesHeadsMaskIsRefusedWithAReshapeHint(Backend backend) {
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor q = Tensor.allocate(arena, 2, 4, 3, 8);
+            Tensor k = Tensor.allocate(arena, 2, 2, 5, 8);
+            Tensor v = Tensor.allocate(arena, 2, 2, 5, 8);
+            Tensor out = nan(arena, 2, 4, 3, 8);
+            Tensor torch = Tensor.allocate(arena, 8, 3, 5);
+            Attention a = Attention.create(backend);
+            rejects(IllegalArgumentException.class, out,
+                    () -> a.sdpa(q, k, v, out, SdpaOptions.DEFAULT.withMask(Mask.additive(torch))),
+                    "mask [8, 3, 5]: not broadcastable to [2, 4, 3, 5] = [B, Hq, Lq, Lk]",
+                    "; a [B·Hq, Lq, Lk] mask (nn.MultiheadAttention's 3-D attn_mask) reads here as [Hq, Lq, Lk]:"
+                            + " reshape it to [2, 4, 3, 5] (Tensor.reshape)");
+            // a first size other than B·Hq gets no hint
+            IllegalArgumentException other = assertThrows(IllegalArgumentException.class, () -> a.sdpa(q, k, v, out,
+                    SdpaOptions.DEFAULT.withMask(Mask.additive(Tensor.allocate(arena, 6, 3, 5)))));
+            assertFalse(other.getMessage().contains("reshape"), other.getMessage());
+            // and the hint is right: the reshaped mask is accepted
+            assertDoesNotThrow(() -> a.sdpa(q, k, v, out,
+                    SdpaOptions.DEFAULT.withMask(Mask.additive(torch.reshape(2, 4, 3, 5)))));
+        }
+    }
+
     @ParameterizedTest(name = "{0}")
     @MethodSource("backends")
     void shapeMismatches(Backend backend) {

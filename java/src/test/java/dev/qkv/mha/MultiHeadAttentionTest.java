@@ -787,6 +787,13 @@ class MultiHeadAttentionTest {
             assertEquals("mask [3, 4]: not broadcastable to [2, 2, 3, 5] = [B, H, L, Lkv] (aligned from the right,"
                     + " as in [Lkv], [L, Lkv], [H, L, Lkv] or [B, H, L, Lkv]; any size may be 1)",
                     cross.getMessage());
+            // nn.MultiheadAttention's 3-D attn_mask [B·H, L, Lkv]: the hint in the layer's terms
+            Tensor torch = Tensor.allocate(a, 4, 3, 5);
+            IllegalArgumentException t = assertThrows(IllegalArgumentException.class,
+                    () -> layer.forward(x, kv, out, SdpaOptions.DEFAULT.withMask(Mask.additive(torch)), ws));
+            assertTrue(t.getMessage().endsWith("; a [B·H, L, Lkv] mask (nn.MultiheadAttention's 3-D attn_mask) reads"
+                    + " here as [H, L, Lkv]: reshape it to [2, 2, 3, 5] (Tensor.reshape)"), t.getMessage());
+            layer.forward(x, kv, out, SdpaOptions.DEFAULT.withMask(Mask.additive(torch.reshape(2, 2, 3, 5))), ws);
             SdpaOptions rank5 = SdpaOptions.DEFAULT.withMask(Mask.additive(Tensor.allocate(a, 1, 2, 2, 3, 5)));
             IllegalArgumentException r = assertThrows(IllegalArgumentException.class,
                     () -> layer.forward(x, kv, out, rank5, ws));
