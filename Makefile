@@ -3,19 +3,33 @@
 # `make -s jdk` (prints the JDK every target uses).
 #
 # Every target runs on a JDK >= 25, found here and never taken from the default `java`: JAVA_HOME when it is
-# one, else the newest JDK >= 25 under $(JVM_DIR) (default /usr/lib/jvm; e.g. JVM_DIR=~/.jdks).
+# one, else the newest JDK >= 25 under $(JVM_DIR) (default /usr/lib/jvm; e.g. JVM_DIR=~/.jdks); or the one given
+# as `make JDK=...`, which must be one too.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := run
 
 # $(JAVA_HOME), expanded by make, is the environment's or a command-line JAVA_HOME=... (which $(shell) would not see)
 JVM_DIR ?= /usr/lib/jvm
+# Shell: v = the major Java version of the JDK at $$j (empty unless it has a bin/javac and a bin/java that answers)
+JDK_VERSION = v=; if [ -n "$$j" ] && [ -x "$$j/bin/javac" ] && [ -x "$$j/bin/java" ]; then \
+    v=$$("$$j/bin/java" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java\.specification\.version = //p'); \
+    v=$${v%%.*}; [ "$$v" -eq "$$v" ] 2>/dev/null || v=; fi
+ifeq ($(origin JDK),command line)
+  # make JDK=...: overrides the search below, so it is checked here as the search checks each candidate (it
+  # skipped the check, and a JDK 17 given that way failed later inside Maven)
+  JDK_GIVEN := $(shell j="$(JDK)"; $(JDK_VERSION); echo "$$v")
+  ifeq ($(JDK_GIVEN),)
+    $(error no JDK >= 25 found (JDK=$(JDK): no bin/java and bin/javac that report a version): set JDK to one, or leave it unset to search JAVA_HOME and $(JVM_DIR)/*)
+  endif
+  ifeq ($(shell [ "$(JDK_GIVEN)" -ge 25 ] && echo ok),)
+    $(error no JDK >= 25 found (JDK=$(JDK): version $(JDK_GIVEN)): set JDK to one, or leave it unset to search JAVA_HOME and $(JVM_DIR)/*)
+  endif
+endif
 JDK := $(shell \
   best=; bestv=0; jh="$(JAVA_HOME)"; \
   for j in "$$jh" "$(JVM_DIR)"/*; do \
-    [ -n "$$j" ] && [ -x "$$j/bin/javac" ] && [ -x "$$j/bin/java" ] || continue; \
-    v=$$("$$j/bin/java" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java\.specification\.version = //p'); \
-    v=$${v%%.*}; [ "$$v" -eq "$$v" ] 2>/dev/null || continue; \
+    $(JDK_VERSION); [ -n "$$v" ] || continue; \
     if [ "$$j" = "$$jh" ] && [ "$$v" -ge 25 ]; then best=$$j; break; fi; \
     if [ "$$v" -ge 25 ] && [ "$$v" -gt "$$bestv" ]; then best=$$j; bestv=$$v; fi; \
   done; echo "$$best")

@@ -149,6 +149,36 @@ class MakefileTest {
         }
     }
 
+    /**
+     * {@code make JDK=...} (a command-line variable overrides the Makefile's search) skipped the version check: a
+     * JDK 17 given that way reached Maven and failed later, confusingly. An explicit JDK goes through the same
+     * check, with the same message, and one that is >= 25 is taken as given.
+     */
+    @Test
+    void anExplicitJdkIsCheckedAsTheSearchedOnesAre(@TempDir Path tmp) throws Exception {
+        Path dir = project(tmp.resolve("repo"));
+        Path jvms = tmp.resolve("jvm");
+        fakeJdk(jvms.resolve("jdk-26"), 26);
+        Path jdk17 = fakeJdk(tmp.resolve("jdk-17"), 17);
+        Path jdk25 = fakeJdk(tmp.resolve("jdk-25"), 25);
+        String jvmDir = "JVM_DIR=" + jvms;
+        for (String bad : new String[] {jdk17.toString(), tmp.resolve("missing").toString()}) {
+            for (String target : new String[] {"jdk", "run", "test"}) {
+                Result r = make(dir, null, null, target, jvmDir, "JDK=" + bad);
+                String what = "JDK=" + bad + ", make " + target + ": " + r;
+                assertNotEquals(0, r.exit(), what);
+                assertTrue(r.err().contains("no JDK >= 25 found"), what);
+                assertTrue(r.err().contains("JDK=" + bad), "the message names the JDK given: " + what);
+                assertEquals("", r.out(), what);
+            }
+        }
+        Result r17 = make(dir, null, null, "jdk", jvmDir, "JDK=" + jdk17);
+        assertTrue(r17.err().contains("version 17"), "says what the JDK given is: " + r17);
+        Result ok = make(dir, null, null, "jdk", jvmDir, "JDK=" + jdk25);
+        assertEquals(0, ok.exit(), ok.toString());
+        assertEquals(jdk25.toString(), ok.out().strip(), "taken as given, not the newest under JVM_DIR: " + ok);
+    }
+
     /** make run must not return before its stderr filter has written the CLI's error line. */
     @Test
     void runReturnsAfterTheCliErrorLineIsWritten(@TempDir Path tmp) throws Exception {
