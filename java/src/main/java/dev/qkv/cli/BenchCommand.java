@@ -40,7 +40,8 @@ final class BenchCommand implements Command {
     public String summary() {
         return "Median time of q [B, H, L, D] attending k, v [B, N, L, D] (seed " + SEED + ") after a warm-up;"
                 + " gflops counts the dense 4*B*H*L*L*D. auto = the faster kernels here"
-                + " (README, Backends); the header's plan names them. Default 20 iters.";
+                + " (README, Backends); the header's plan names them. Default 20 iters. B,H,L,D: four positive"
+                + " decimal integers separated by commas (spaces around them are ignored).";
     }
 
     @Override
@@ -139,7 +140,8 @@ final class BenchCommand implements Command {
         return String.format(Locale.ROOT, "%." + decimals + "f", x);
     }
 
-    private static long[] shape(String text) throws UsageException {
+    /** B, H, L, D of a --shape value; package-private for HelpTextTest. */
+    static long[] shape(String text) throws UsageException {
         String[] parts = text.split(",", -1);
         if (parts.length != 4) {
             throw new UsageException("--shape expects B,H,L,D (four positive integers), got '" + text + "'");

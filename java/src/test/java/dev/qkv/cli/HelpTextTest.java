@@ -29,6 +29,22 @@ class HelpTextTest {
     }
 
     /**
+     * bench's --shape takes spaces around its items and a leading '+' (the integer parser of every flag strips and
+     * takes a sign): " 1, 2 ,+3,4 " is [1, 2, 3, 4]. Kept, as harmless, but --help said nothing of the syntax; now
+     * it says what an item is, and the parser does what it says.
+     */
+    @org.junit.jupiter.api.Test
+    void benchHelpSaysWhatAShapeItemIsAndTheParserAgrees() throws UsageException {
+        MainTest.Result r = MainTest.run("bench", "--help");
+        assertEquals(0, r.code(), r.toString());
+        assertTrue(r.out().contains("B,H,L,D: four positive decimal integers separated by commas (spaces around"
+                + " them are ignored)"), r.out());
+        org.junit.jupiter.api.Assertions.assertArrayEquals(new long[] {1, 2, 3, 4}, BenchCommand.shape(" 1, 2 ,+3,4 "));
+        org.junit.jupiter.api.Assertions.assertArrayEquals(new long[] {7, 1, 2147483647, 8},
+                BenchCommand.shape("007,1,2147483647,8"));
+    }
+
+    /**
      * PyTorch has two boolean mask conventions: {@code F.scaled_dot_product_attention}'s attn_mask is true where a
      * query may attend (qkv's), {@code nn.MultiheadAttention}'s attn_mask and key_padding_mask are true where it
      * may not. mha's help said "the opposite of torch's attn_mask", which reads as SDPA's too: a port from SDPA

@@ -633,6 +633,19 @@ class MainTest {
                 Arguments.of(List.of("bench", "--shape", "1,4,3,4", "--iters", "99999999999"),
                         "--iters must be in 1..1000000, got 99999999999"),
                 Arguments.of(List.of("bench", "--shape", "1,4,3,99999999999"), "--shape D must be in 1.."),
+                // malformed --shape values: an empty item, a trailing comma, a space inside a number, a sign
+                // other than a leading '+', a decimal point, another separator
+                Arguments.of(List.of("bench", "--shape", "1,,3,4"), "--shape H expects an integer, got ''"),
+                Arguments.of(List.of("bench", "--shape", "1,2, ,4"), "--shape L expects an integer, got ' '"),
+                Arguments.of(List.of("bench", "--shape", "1,2,3,4,"), "--shape expects B,H,L,D (four positive"
+                        + " integers), got '1,2,3,4,'"),
+                Arguments.of(List.of("bench", "--shape", "1 2,3,4,5"), "--shape B expects an integer, got '1 2'"),
+                Arguments.of(List.of("bench", "--shape", "1,2,3,-4"), "--shape D must be in 1..2147483647, got -4"),
+                Arguments.of(List.of("bench", "--shape", "1,2,+-3,4"), "--shape L expects an integer, got '+-3'"),
+                Arguments.of(List.of("bench", "--shape", "1,2,3,4.0"), "--shape D expects an integer, got '4.0'"),
+                Arguments.of(List.of("bench", "--shape", "1;2;3;4"), "--shape expects B,H,L,D"),
+                Arguments.of(List.of("bench", "--shape", "1,2,3,2147483648"),
+                        "--shape D must be in 1..2147483647, got 2147483648"),
                 Arguments.of(List.of("bench", "--shape", "1,4,3,4", "--backend", "fast"), "unknown backend 'fast'"));
     }
 
