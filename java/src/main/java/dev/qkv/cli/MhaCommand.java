@@ -42,7 +42,8 @@ final class MhaCommand implements Command {
                 + " (q_proj/k_proj/v_proj/o_proj) names under an optional prefix; F32, F16 or BF16. A bool --mask"
                 + " is true where a query MAY attend, as F.scaled_dot_product_attention's attn_mask (the opposite of"
                 + " nn.MultiheadAttention's attn_mask and key_padding_mask, which are true where it may not); a float"
-                + " mask is added to the scaled scores. The scores are scaled by --scale, default"
+                + " mask is added to the scaled scores; an integer mask (int64 as a Hugging Face attention_mask, uint8, ...) is"
+                + " bool, non-zero = may attend. The scores are scaled by --scale, default"
                 + " 1/sqrt(E/H). Default backend native"
                 + " (auto and reference also accepted).";
     }
@@ -95,7 +96,8 @@ final class MhaCommand implements Command {
             }
             Mask mask = null;
             if (maskPath != null) {
-                NpyArray m = Npy.read(maskPath, arena);
+                // integers too ('<i8' is a Hugging Face attention_mask as np.save writes it), read as booleans
+                NpyArray m = Npy.readMask(maskPath, arena);
                 mask = m.isBool() ? Mask.allowed(m.tensor()) : Mask.additive(m.tensor());
             }
             SdpaOptions options = new SdpaOptions(causal, mask, scale);

@@ -34,7 +34,8 @@ final class SdpaCommand implements Command {
     @Override
     public String summary() {
         return "out = softmax(scale * q k^T + mask) v for q [B, Hq, Lq, Dk], k [B, Hkv, Lk, Dk], v [B, Hkv, Lk, Dv];"
-                + " bool masks allow, float masks add; causal is aligned bottom-right. Default backend native"
+                + " bool masks allow, float masks add, integer masks (int64 as a Hugging Face attention_mask, int32, uint8, ...)"
+                + " are bool: non-zero may attend; causal is aligned bottom-right. Default backend native"
                 + " (auto and reference also accepted).";
     }
 
@@ -62,7 +63,8 @@ final class SdpaCommand implements Command {
             Tensor v = Inputs.floats("v", Npy.read(vPath, arena), vPath);
             Mask mask = null;
             if (maskPath != null) {
-                NpyArray m = Npy.read(maskPath, arena);
+                // integers too ('<i8' is a Hugging Face attention_mask as np.save writes it), read as booleans
+                NpyArray m = Npy.readMask(maskPath, arena);
                 mask = m.isBool() ? Mask.allowed(m.tensor()) : Mask.additive(m.tensor());
             }
             rank4(q, "q", "[B, Hq, Lq, Dk]", qPath);

@@ -39,7 +39,8 @@ import java.util.concurrent.ConcurrentHashMap;
  *
  * <p>Reading accepts format versions 1.0, 2.0 and 3.0 with dtype {@code '<f4'} (taken as is), {@code '<f8'}
  * (rounded to float32) or {@code '|b1'} (booleans become 0 and 1, and {@link NpyArray#isBool} says so), in C
- * order. Every other file is a {@link NpyFormatException} whose message is {@code <file>: <what is wrong>}:
+ * order. {@link #readMask} also reads integer dtypes (a Hugging Face {@code attention_mask} is {@code '<i8'}) as
+ * booleans. Every other file is a {@link NpyFormatException} whose message is {@code <file>: <what is wrong>}:
  * bad magic, another version, a header that is not a Python dict literal with exactly the keys {@code descr},
  * {@code fortran_order} and {@code shape} (a repeated key keeps its last value, as numpy reads it), another dtype, Fortran order, a dimension that is negative or not an
  * integer, a shape whose element count or byte size overflows a {@code long}, and a data section whose length is
@@ -65,7 +66,23 @@ public final class Npy {
         /** {@code '<f8'}: little-endian float64, rounded to float32 on reading. */
         FLOAT64("<f8", 8),
         /** {@code '|b1'}: one byte per boolean, read as 0 or 1. */
-        BOOL("|b1", 1);
+        BOOL("|b1", 1),
+        /** {@code '|i1'}: int8, read by {@link #readMask} only, as a boolean (non-zero is 1). */
+        INT8("|i1", 1),
+        /** {@code '|u1'}: uint8, read by {@link #readMask} only, as a boolean (non-zero is 1). */
+        UINT8("|u1", 1),
+        /** {@code '<i2'}: little-endian int16, read by {@link #readMask} only, as a boolean (non-zero is 1). */
+        INT16("<i2", 2),
+        /** {@code '<u2'}: little-endian uint16, read by {@link #readMask} only, as a boolean (non-zero is 1). */
+        UINT16("<u2", 2),
+        /** {@code '<i4'}: little-endian int32, read by {@link #readMask} only, as a boolean (non-zero is 1). */
+        INT32("<i4", 4),
+        /** {@code '<u4'}: little-endian uint32, read by {@link #readMask} only, as a boolean (non-zero is 1). */
+        UINT32("<u4", 4),
+        /** {@code '<i8'}: little-endian int64, read by {@link #readMask} only, as a boolean (non-zero is 1). */
+        INT64("<i8", 8),
+        /** {@code '<u8'}: little-endian uint64, read by {@link #readMask} only, as a boolean (non-zero is 1). */
+        UINT64("<u8", 8);
 
         private final String descr;
         private final int itemSize;
@@ -73,6 +90,11 @@ public final class Npy {
         Dtype(String descr, int itemSize) {
             this.descr = descr;
             this.itemSize = itemSize;
+        }
+
+        /** True for the integer dtypes, which only {@link #readMask} reads (as booleans). */
+        public boolean isInteger() {
+            return ordinal() >= INT8.ordinal();
         }
 
         /** The numpy {@code descr} string, e.g. {@code <f4}. */
@@ -110,6 +132,25 @@ public final class Npy {
      *                               confined to another thread, naming the file and the shape
      */
     public static NpyArray read(Path file, Arena arena) throws IOException {
+        return read(file, arena, false);
+    }
+
+    /**
+     * {@link #read}, for a mask: integer dtypes are accepted too ({@code '|i1'}, {@code '|u1'} and the
+     * little-endian {@code '<i2'}, {@code '<u2'}, {@code '<i4'}, {@code '<u4'}, {@code '<i8'}, {@code '<u8'}) and
+     * read as booleans, as PyTorch and Hugging Face mean an integer {@code attention_mask}: non-zero becomes 1 (may
+     * attend), zero 0, and {@link NpyArray#isBool} is true. Float and bool files read as {@link #read} reads
+     * them. Big-endian integers are refused. The data is converted through a fixed staging buffer, as booleans
+     * are: no copy of the whole file.
+     *
+     * @throws NpyFormatException when the file is not a {@code .npy} file qkv supports as a mask
+     * @throws IOException        when the file cannot be opened or read, as {@link #read}
+     */
+    public static NpyArray readMask(Path file, Arena arena) throws IOException {
+        return read(file, arena, true);
+    }
+
+    private static NpyArray read(Path file, Arena arena, boolean integers) throws IOException {
         // the library's rule for null (see Attention): named, before the file is touched
         Objects.requireNonNull(file, "file is null");
         Objects.requireNonNull(arena, "arena is null");
@@ -123,7 +164,7 @@ public final class Npy {
                     + " .npy file");
         }
         try {
-            return readOpen(file, name, arena);
+            return readOpen(file, name, arena, integers);
         } catch (java.nio.channels.ClosedByInterruptException e) {
             // the JDK's own exception has no message: neither the file nor what happened
             throw interrupted(name + ": not read, the thread was interrupted (its interrupt is kept)", e);
@@ -140,10 +181,10 @@ public final class Npy {
         return named;
     }
 
-    private static NpyArray readOpen(Path file, String name, Arena arena) throws IOException {
+    private static NpyArray readOpen(Path file, String name, Arena arena, boolean integers) throws IOException {
         try (FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
             long size = ch.size();
-            Header h = readHeader(name, ch, size);
+            Header h = readHeader(name, ch, size, integers);
             String tooBig = PhysicalMemory.exceeded(h.count * Float.BYTES);
             if (tooBig != null) {
                 // a sparse file is cheap, and a |b1 one's copy 4 times its size: Linux would grant the memory and
@@ -173,7 +214,7 @@ public final class Npy {
     private record Header(Dtype dtype, long[] shape, long count, long dataOffset) {
     }
 
-    private static Header readHeader(String name, FileChannel ch, long size) throws IOException {
+    private static Header readHeader(String name, FileChannel ch, long size, boolean integers) throws IOException {
         ByteBuffer prefix = ByteBuffer.allocate(12).order(ByteOrder.LITTLE_ENDIAN);
         readFully(name, ch, prefix, 0, (int) Math.min(size, 12));
         if (size < MAGIC.length || !startsWithMagic(prefix)) {
@@ -233,7 +274,7 @@ public final class Npy {
                         + " (expected descr, fortran_order, shape)");
             }
         }
-        Dtype dtype = dtype(name, dict.get("descr"));
+        Dtype dtype = dtype(name, dict.get("descr"), integers);
         Object fortran = dict.get("fortran_order");
         if (!(fortran instanceof Boolean f)) {
             throw new NpyFormatException(name, "fortran_order is " + clip(PyLiteral.repr(fortran))
@@ -276,22 +317,38 @@ public final class Npy {
         return new Header(dtype, shape, count, dataOffset);
     }
 
-    private static Dtype dtype(String name, Object descr) throws NpyFormatException {
+    private static Dtype dtype(String name, Object descr, boolean integers) throws NpyFormatException {
+        String expected = integers ? "; expected '<f4' (float32), '<f8' (float64), '|b1' (bool) or a little-endian"
+                + " integer ('<i8', '<i4', '<i2', '|i1' or unsigned)"
+                : "; expected '<f4' (float32), '<f8' (float64) or '|b1' (bool)";
         if (!(descr instanceof String s)) {
             throw new NpyFormatException(name, "unsupported dtype " + clip(PyLiteral.repr(descr))
-                    + " (structured arrays are not supported); expected '<f4', '<f8' or '|b1'");
+                    + " (structured arrays are not supported)" + expected);
         }
+        Dtype found = null;
         for (Dtype d : Dtype.values()) {
             if (d.descr.equals(s)) {
-                return d;
+                found = d;
             }
         }
-        if (s.equals("b1") || s.equals("<b1") || s.equals(">b1") || s.equals("=b1")) {
-            return Dtype.BOOL;
+        // one byte has no byte order: numpy writes '|', a hand-made header may say '<', '>', '=' or nothing
+        String oneByte = s.length() == 3 && "<>=|".indexOf(s.charAt(0)) >= 0 ? s.substring(1) : s;
+        switch (oneByte) {
+            case "b1" -> found = Dtype.BOOL;
+            case "i1" -> found = Dtype.INT8;
+            case "u1" -> found = Dtype.UINT8;
+            default -> {
+            }
         }
-        String why = s.startsWith(">") && s.length() > 1 && s.charAt(1) != 'b' ? " (big-endian)" : "";
-        throw new NpyFormatException(name, "unsupported dtype '" + clip(s) + "'" + why
-                + "; expected '<f4' (float32), '<f8' (float64) or '|b1' (bool)");
+        if (found != null && (!found.isInteger() || integers)) {
+            return found;
+        }
+        boolean bigEndian = s.startsWith(">") && s.length() > 1 && s.charAt(1) != 'b';
+        String why = bigEndian ? " (big-endian" + (integers && s.matches(">[iu][248]")
+                ? "; save it little-endian: m.astype('<" + s.substring(1) + "')" : "") + ")" : "";
+        boolean integer = found != null || s.matches("[<>=|]?[iu][1248]");
+        throw new NpyFormatException(name, "unsupported dtype '" + clip(s) + "'" + why + expected
+                + (integer && !integers ? "; integer arrays are read only as masks" : ""));
     }
 
     /** Most dimensions a shape may have: numpy's {@code NPY_MAXDIMS} (64 since numpy 2.0, 32 before). */
@@ -346,6 +403,19 @@ public final class Npy {
                 if (h.dtype == Dtype.FLOAT64) {
                     for (long i = 0; i < n; i++) {
                         dst.setAtIndex(F4, first + i, (float) buf.getAtIndex(F8, i));
+                    }
+                } else if (item == 8) {
+                    // an integer mask: whether the element is 0 does not depend on its byte order
+                    for (long i = 0; i < n; i++) {
+                        dst.setAtIndex(F4, first + i, buf.getAtIndex(ValueLayout.JAVA_LONG, i) != 0 ? 1f : 0f);
+                    }
+                } else if (item == 4) {
+                    for (long i = 0; i < n; i++) {
+                        dst.setAtIndex(F4, first + i, buf.getAtIndex(ValueLayout.JAVA_INT, i) != 0 ? 1f : 0f);
+                    }
+                } else if (item == 2) {
+                    for (long i = 0; i < n; i++) {
+                        dst.setAtIndex(F4, first + i, buf.getAtIndex(ValueLayout.JAVA_SHORT, i) != 0 ? 1f : 0f);
                     }
                 } else {
                     for (long i = 0; i < n; i++) {

@@ -7,7 +7,8 @@ import java.util.Objects;
 /**
  * An array read from a {@code .npy} file: its values as float32 and the dtype the file stored them in.
  *
- * @param tensor the values, contiguous, in the caller's arena (booleans become 0 and 1)
+ * @param tensor the values, contiguous, in the caller's arena (booleans, and the integers of
+ *               {@link Npy#readMask}, become 0 and 1)
  * @param dtype  the element type of the file
  */
 public record NpyArray(Tensor tensor, Npy.Dtype dtype) {
@@ -18,8 +19,11 @@ public record NpyArray(Tensor tensor, Npy.Dtype dtype) {
         Objects.requireNonNull(dtype, "dtype");
     }
 
-    /** True when the file held booleans, so the values are a 0/1 mask rather than numbers. */
+    /**
+     * True when the values are a 0/1 mask rather than numbers: the file held booleans, or integers read by
+     * {@link Npy#readMask} (non-zero became 1).
+     */
     public boolean isBool() {
-        return dtype == Npy.Dtype.BOOL;
+        return dtype == Npy.Dtype.BOOL || dtype.isInteger();
     }
 }

@@ -383,6 +383,63 @@ class MainTest {
         }
     }
 
+    /**
+     * A Hugging Face tokenizer's {@code attention_mask} is int64: {@code np.save('m.npy', enc['attention_mask']
+     * .numpy()[:, None, None, :])} gives {@code '<i8'}, which sdpa refused ("unsupported dtype '<i8'"). Found by
+     * saving one as a user would. An integer mask is a boolean mask (non-zero may attend, as the attention_mask
+     * means): the output must equal the reference backend's with the bool mask of the same values.
+     */
+    @ParameterizedTest
+    @ValueSource(strings = {"<i8", "<i4", "|u1", "|i1", "<u2"})
+    void anIntegerMaskIsABooleanMask(String descr) throws IOException {
+        SplittableRandom random = new SplittableRandom(SEED);
+        List<String> args = new ArrayList<>(List.of("sdpa"));
+        args.addAll(inputs(random));
+        long[] shape = {2, 1, 1, 7};
+        long[] values = new long[14];
+        float[] allowed = new float[14];
+        for (int i = 0; i < values.length; i++) {
+            // 0 and 1 as attention_mask holds, and other non-zero values (256 has a zero low byte)
+            values[i] = i % 4 == 0 ? 0 : i % 4 == 1 ? 1 : i % 4 == 2 ? 3 : 1 + (descr.endsWith("1") ? 0 : 256);
+            allowed[i] = values[i] != 0 ? 1 : 0;
+        }
+        int size = Integer.parseInt(descr.substring(descr.length() - 1));
+        Path maskPath = NpyBytes.write(dir, "m.npy", NpyBytes.file(descr, NpyBytes.tuple(shape),
+                NpyBytes.ints(size, values)));
+        Path out = dir.resolve("o.npy");
+        args.addAll(List.of("--mask", maskPath.toString(), "--scale", "0.3", "--out", out.toString()));
+        Result r = run(args.toArray(String[]::new));
+        assertEquals(0, r.code(), r.toString());
+        assertTrue(r.out().contains(" mask=bool[2, 1, 1, 7] "), r.out());
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor q = Npy.read(dir.resolve("q.npy"), arena).tensor();
+            Tensor k = Npy.read(dir.resolve("k.npy"), arena).tensor();
+            Tensor v = Npy.read(dir.resolve("v.npy"), arena).tensor();
+            Tensor m = Tensor.allocate(arena, shape);
+            for (int i = 0; i < allowed.length; i++) {
+                m.setAt(i, allowed[i]);
+            }
+            Tensor want = Tensor.allocate(arena, OUT);
+            Attention.create(Backend.REFERENCE).sdpa(q, k, v, want, new SdpaOptions(false, Mask.allowed(m), 0.3f));
+            assertClose(want.toArray(), Npy.read(out, arena).tensor().toArray(), descr + " mask");
+        }
+    }
+
+    /** q, k and v stay floats: an integer q is refused naming the file, saying what is accepted, and no output. */
+    @Test
+    void anIntegerQueryIsRefused() throws IOException {
+        SplittableRandom random = new SplittableRandom(SEED);
+        List<String> args = new ArrayList<>(List.of("sdpa"));
+        args.addAll(inputs(random));
+        Path q = NpyBytes.write(dir, "qi.npy", NpyBytes.file("<i8", NpyBytes.tuple(Q), new byte[320 * 8]));
+        args.set(2, q.toString());
+        Path out = dir.resolve("o.npy");
+        args.addAll(List.of("--out", out.toString()));
+        assertUserError(run(args.toArray(String[]::new)), q + ": unsupported dtype '<i8'");
+        assertUserError(run(args.toArray(String[]::new)), "expected '<f4' (float32), '<f8' (float64)");
+        assertFalse(Files.exists(out));
+    }
+
     @Test
     void maskThatDoesNotBroadcastIsAUserError() throws IOException {
         SplittableRandom random = new SplittableRandom(SEED);

@@ -152,6 +152,34 @@ class MhaCommandTest {
     }
 
     /**
+     * {@code mha --mask} with the fixture's bool key-padding mask saved as int64 ({@code '<i8'}, as a Hugging Face
+     * attention_mask is) or uint8 was refused; as a boolean mask it gives PyTorch's output for the bool mask.
+     */
+    @ParameterizedTest
+    @ValueSource(strings = {"<i8", "|u1"})
+    void anIntegerMaskIsTheBoolMask(String descr) throws IOException {
+        Path y = dir.resolve("y.npy");
+        Path m;
+        try (Arena a = Arena.ofConfined()) {
+            Tensor bool = Npy.read(Path.of(fixture("cross_mask.npy")), a).tensor();
+            float[] b = bool.toArray();
+            long[] values = new long[b.length];
+            for (int i = 0; i < b.length; i++) {
+                values[i] = b[i] != 0 ? 1 : 0;
+            }
+            int size = descr.equals("<i8") ? 8 : 1;
+            m = dev.qkv.io.NpyBytes.write(dir, "m.npy", dev.qkv.io.NpyBytes.file(descr,
+                    dev.qkv.io.NpyBytes.tuple(bool.shape()), dev.qkv.io.NpyBytes.ints(size, values)));
+        }
+        MainTest.Result r = mha("--x", fixture("cross_x.npy"), "--kv", fixture("cross_kv.npy"), "--mask", m.toString(),
+                "--weights", fixture("cross.safetensors"), "--prefix", "decoder.cross_attn", "--heads", "3",
+                "--out", y.toString());
+        assertEquals(0, r.code(), r.toString());
+        assertTrue(r.out().contains("mask=bool[2, 1, 1, 6]"), r.out());
+        assertMatches("cross_out.npy", y);
+    }
+
+    /**
      * {@code qkv mha ... --out y.npy > /dev/full} exited 2 but wrote y.npy (or replaced an earlier one): a failed
      * run leaves no output and any earlier file unchanged.
      */

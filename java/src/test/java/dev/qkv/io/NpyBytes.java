@@ -52,6 +52,20 @@ public final class NpyBytes {
         return b.array();
     }
 
+    /**
+     * Little-endian integers of {@code size} bytes (1, 2, 4 or 8), each value truncated to its low bytes, as numpy's
+     * {@code astype} would store it.
+     */
+    public static byte[] ints(int size, long... xs) {
+        ByteBuffer b = ByteBuffer.allocate(xs.length * size);
+        for (long x : xs) {
+            for (int j = 0; j < size; j++) {
+                b.put((byte) (x >>> (8 * j)));
+            }
+        }
+        return b.array();
+    }
+
     /** One byte per boolean: 1 for true, 0 for false. */
     public static byte[] b1(boolean... xs) {
         byte[] b = new byte[xs.length];

@@ -682,4 +682,87 @@ class NpyTest {
             assertArrayEquals(xs, a.tensor().toArray());
         }
     }
+
+    /**
+     * A Hugging Face tokenizer's {@code attention_mask} saved with {@code np.save} is {@code '<i8'}; other integer
+     * masks come as {@code '<i4'}, {@code '|u1'}, ... {@link Npy#read} refused them all, so a mask had to be
+     * converted by hand. {@link Npy#readMask} reads every little-endian integer dtype as a boolean mask: non-zero
+     * is 1 (may attend), zero is 0. The values include ones whose low bytes are all zero ({@code 256},
+     * {@code 1 << 40}), so a reader that looks at the first byte only shows; the expected value is the encoded
+     * integer compared with 0.
+     */
+    @ParameterizedTest(name = "{0}")
+    @org.junit.jupiter.params.provider.ValueSource(strings = {"|u1", "|i1", "u1", "<i2", "<u2", "<i4", "<u4", "<i8",
+            "<u8"})
+    void readMaskReadsIntegersAsBooleans(String descr) throws IOException {
+        int size = Integer.parseInt(descr.substring(descr.length() - 1));
+        long[] values = {0, 1, -1, 2, 255, 256, 1L << 16, 1L << 31, 1L << 40, Long.MIN_VALUE, 0};
+        ByteBuffer b = ByteBuffer.allocate(values.length * size).order(ByteOrder.LITTLE_ENDIAN);
+        float[] want = new float[values.length];
+        for (int i = 0; i < values.length; i++) {
+            long truncated = size == 8 ? values[i] : values[i] & ((1L << (8 * size)) - 1);
+            want[i] = truncated != 0 ? 1 : 0;
+            for (int j = 0; j < size; j++) {
+                b.put((byte) (values[i] >>> (8 * j)));
+            }
+        }
+        Path p = NpyBytes.write(dir, "m.npy", file(descr, "(" + values.length + ",)", b.array()));
+        try (Arena arena = Arena.ofConfined()) {
+            NpyArray a = Npy.readMask(p, arena);
+            assertTrue(a.isBool(), descr);
+            assertArrayEquals(new long[] {values.length}, a.tensor().shape());
+            assertArrayEquals(want, a.tensor().toArray(), descr);
+            // q, k, v and x stay floats: an integer file there is refused, saying what is accepted
+            NpyFormatException e = assertThrows(NpyFormatException.class, () -> Npy.read(p, arena));
+            assertTrue(e.getMessage().contains("unsupported dtype '" + descr + "'")
+                    && e.getMessage().contains("'<f4'") && e.getMessage().contains("masks"), e.getMessage());
+        }
+    }
+
+    /** Floats and booleans read by {@link Npy#readMask} are what {@link Npy#read} gives: a float mask stays additive. */
+    @Test
+    void readMaskKeepsFloatsAndBooleans() throws IOException {
+        try (Arena arena = Arena.ofConfined()) {
+            NpyArray f = Npy.readMask(NpyBytes.write(dir, "f.npy", file("<f4", "(3,)", f4(-1.5f, 0, 2))), arena);
+            assertFalse(f.isBool());
+            assertArrayEquals(new float[] {-1.5f, 0, 2}, f.tensor().toArray());
+            NpyArray d = Npy.readMask(NpyBytes.write(dir, "d.npy", file("<f8", "(2,)", f8(-0.25, 3))), arena);
+            assertFalse(d.isBool());
+            assertArrayEquals(new float[] {-0.25f, 3}, d.tensor().toArray());
+            NpyArray m = Npy.readMask(NpyBytes.write(dir, "b.npy", file("|b1", "(3,)", b1(true, false, true))), arena);
+            assertTrue(m.isBool());
+            assertArrayEquals(new float[] {1, 0, 1}, m.tensor().toArray());
+        }
+    }
+
+    /** A big-endian integer mask is refused by name, saying how to save it; nothing is guessed. */
+    @Test
+    void readMaskRefusesBigEndianIntegers() throws IOException {
+        Path p = NpyBytes.write(dir, "m.npy", file(">i8", "(2,)", new byte[16]));
+        try (Arena arena = Arena.ofConfined()) {
+            NpyFormatException e = assertThrows(NpyFormatException.class, () -> Npy.readMask(p, arena));
+            assertTrue(e.getMessage().startsWith(p + ": unsupported dtype '>i8' (big-endian")
+                    && e.getMessage().contains("astype('<i8')"), e.getMessage());
+        }
+    }
+
+    /**
+     * Integer masks are converted through the staging buffer as booleans are: an {@code '<i8'} array of more than
+     * one chunk (2^20 bytes) comes back whole. Non-zero values have their low 32 bits zero.
+     */
+    @Test
+    void integerMasksLongerThanOneChunk() throws IOException {
+        int n = (1 << 17) + 5;
+        ByteBuffer b = ByteBuffer.allocate(n * 8).order(ByteOrder.LITTLE_ENDIAN);
+        float[] want = new float[n];
+        for (int i = 0; i < n; i++) {
+            boolean on = i % 3 != 0;
+            b.putLong(on ? (long) i << 32 : 0);
+            want[i] = on ? 1 : 0;
+        }
+        try (Arena arena = Arena.ofConfined()) {
+            NpyArray a = Npy.readMask(NpyBytes.write(dir, "big.npy", file("<i8", "(" + n + ",)", b.array())), arena);
+            assertArrayEquals(want, a.tensor().toArray());
+        }
+    }
 }
