@@ -115,7 +115,9 @@ final class MhaCommand implements Command {
                 long t0 = System.nanoTime();
                 layer.forward(x, kv, y, options, ws);
                 nanos = System.nanoTime() - t0;
-            } catch (IllegalArgumentException | ArithmeticException ex) {
+            } catch (IllegalArgumentException ex) {
+                throw new UsageException(ex.getMessage() + SdpaCommand.batchByKeysHint(ex, mask, x.size(0), lkv));
+            } catch (ArithmeticException ex) {
                 throw new UsageException(ex.getMessage());
             } catch (OutOfMemoryError ex) {
                 throw new UsageException(SdpaCommand.outOfMemory("out [B, L, E] = [" + x.size(0) + ", " + x.size(1)

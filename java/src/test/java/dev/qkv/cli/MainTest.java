@@ -440,6 +440,29 @@ class MainTest {
         assertFalse(Files.exists(out));
     }
 
+    /**
+     * A Hugging Face attention_mask saved as it is, {@code [B, Lk]}, aligns with the scores' {@code [Lq, Lk]} (NumPy's
+     * broadcast) and is refused; the one error line now says how to save it ({@code [B, 1, 1, Lk]},
+     * {@code m[:, None, None, :]}). A mask of another shape gets no such hint: nothing is guessed.
+     */
+    @Test
+    void aBatchByKeysMaskIsRefusedWithHowToSaveIt() throws IOException {
+        SplittableRandom random = new SplittableRandom(SEED);
+        List<String> args = new ArrayList<>(List.of("sdpa"));
+        args.addAll(inputs(random));
+        Path out = dir.resolve("o.npy");
+        args.addAll(List.of("--mask", boolMask(random, 2, 7).toString(), "--out", out.toString()));
+        Result r = run(args.toArray(String[]::new));
+        assertUserError(r, "mask [2, 7]: not broadcastable to [2, 4, 5, 7]");
+        assertUserError(r, "[B, 1, 1, Lk]");
+        assertUserError(r, "m[:, None, None, :]");
+        assertFalse(Files.exists(out));
+        args.set(args.indexOf("--mask") + 1, boolMask(random, 3, 7).toString());
+        Result other = run(args.toArray(String[]::new));
+        assertUserError(other, "mask [3, 7]");
+        assertFalse(other.err().contains("None"), other.toString());
+    }
+
     @Test
     void maskThatDoesNotBroadcastIsAUserError() throws IOException {
         SplittableRandom random = new SplittableRandom(SEED);

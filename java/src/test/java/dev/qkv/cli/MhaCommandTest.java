@@ -180,6 +180,23 @@ class MhaCommandTest {
     }
 
     /**
+     * The fixture's key-padding mask saved as a Hugging Face attention_mask is, {@code [B, Lkv]}, aligns with
+     * {@code [Lq, Lkv]} and is refused; the error line says to save it as {@code [B, 1, 1, Lkv]}.
+     */
+    @Test
+    void aBatchByKeysMaskIsRefusedWithHowToSaveIt() throws IOException {
+        Path y = dir.resolve("y.npy");
+        Path m = dev.qkv.io.NpyBytes.write(dir, "m.npy", dev.qkv.io.NpyBytes.file("|b1", "(2, 6)", new byte[12]));
+        MainTest.Result r = mha("--x", fixture("cross_x.npy"), "--kv", fixture("cross_kv.npy"), "--mask", m.toString(),
+                "--weights", fixture("cross.safetensors"), "--prefix", "decoder.cross_attn", "--heads", "3",
+                "--out", y.toString());
+        assertUserError(r, "mask [2, 6]");
+        assertUserError(r, "[B, 1, 1, Lk]");
+        assertUserError(r, "m[:, None, None, :]");
+        assertFalse(Files.exists(y));
+    }
+
+    /**
      * {@code qkv mha ... --out y.npy > /dev/full} exited 2 but wrote y.npy (or replaced an earlier one): a failed
      * run leaves no output and any earlier file unchanged.
      */
