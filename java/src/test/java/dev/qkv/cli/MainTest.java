@@ -463,6 +463,40 @@ class MainTest {
         assertFalse(other.err().contains("None"), other.toString());
     }
 
+    /**
+     * A 0-d mask ({@code np.save('m.npy', np.float32(-1.5))}, {@code np.bool_(True)}) broadcasts to every score in
+     * PyTorch; sdpa refused it ("rank 0 is not broadcastable"). Found by saving one. Properties, on every backend: a
+     * constant added to every score changes no softmax, so a float one gives the unmasked output; bool true allows
+     * every key (the unmasked output); bool false allows none, and a row that may attend no key is zeros.
+     */
+    @ParameterizedTest
+    @CsvSource({"native,float", "native,true", "native,false", "java,float", "java,true", "java,false",
+            "reference,float", "reference,true", "reference,false"})
+    void aRankZeroMaskBroadcastsToEveryScore(String backend, String value) throws IOException {
+        SplittableRandom random = new SplittableRandom(SEED);
+        List<String> args = new ArrayList<>(List.of("sdpa"));
+        args.addAll(inputs(random));
+        Path maskPath = value.equals("float") ? NpyBytes.write(dir, "m.npy", NpyBytes.file("<f4", "()",
+                NpyBytes.f4(-1.5f))) : NpyBytes.write(dir, "m.npy", NpyBytes.file("|b1", "()",
+                NpyBytes.b1(Boolean.parseBoolean(value))));
+        Path out = dir.resolve("o.npy");
+        args.addAll(List.of("--mask", maskPath.toString(), "--backend", backend, "--scale", "0.3", "--out",
+                out.toString()));
+        Result r = run(args.toArray(String[]::new));
+        assertEquals(0, r.code(), r.toString());
+        assertTrue(r.out().contains(" mask=" + (value.equals("float") ? "float" : "bool") + "[] "), r.out());
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor q = Npy.read(dir.resolve("q.npy"), arena).tensor();
+            Tensor k = Npy.read(dir.resolve("k.npy"), arena).tensor();
+            Tensor v = Npy.read(dir.resolve("v.npy"), arena).tensor();
+            Tensor want = Tensor.allocate(arena, OUT);
+            if (!value.equals("false")) {
+                Attention.create(Backend.REFERENCE).sdpa(q, k, v, want, new SdpaOptions(false, null, 0.3f));
+            }
+            assertClose(want.toArray(), Npy.read(out, arena).tensor().toArray(), backend + " 0-d mask " + value);
+        }
+    }
+
     @Test
     void maskThatDoesNotBroadcastIsAUserError() throws IOException {
         SplittableRandom random = new SplittableRandom(SEED);

@@ -197,6 +197,22 @@ class MhaCommandTest {
     }
 
     /**
+     * A 0-d float mask adds one constant to every score, which changes no softmax: the output is PyTorch's unmasked
+     * one. mha refused it ("rank 0 is not broadcastable").
+     */
+    @Test
+    void aRankZeroFloatMaskChangesNothing() throws IOException {
+        Path y = dir.resolve("y.npy");
+        Path m = dev.qkv.io.NpyBytes.write(dir, "m.npy", dev.qkv.io.NpyBytes.file("<f8", "()",
+                dev.qkv.io.NpyBytes.f8(-1.0)));
+        MainTest.Result r = mha("--x", fixture("self_x.npy"), "--weights", fixture("self.safetensors"),
+                "--heads", "4", "--mask", m.toString(), "--out", y.toString());
+        assertEquals(0, r.code(), r.toString());
+        assertTrue(r.out().contains("mask=float[] "), r.out());
+        assertMatches("self_out.npy", y);
+    }
+
+    /**
      * {@code qkv mha ... --out y.npy > /dev/full} exited 2 but wrote y.npy (or replaced an earlier one): a failed
      * run leaves no output and any earlier file unchanged.
      */
