@@ -39,7 +39,8 @@ import java.util.Objects;
  * caller's arena: once loaded, nothing depends on the file, which may then be truncated, replaced or deleted.
  * {@link Load#MAPPED} maps the file instead and returns {@code F32} tensors as zero-copy views of the mapping
  * (copies, for F32 data at an address that is not a multiple of 4); see there for the risk. {@code F16} and {@code BF16} are converted to float32 into the caller's arena in
- * both modes.
+ * both modes, and {@code F64} is rounded to the nearest float32 (beyond float's range to ±Inf), as a {@code '<f8'}
+ * {@code .npy} file is.
  */
 public final class Safetensors {
 
@@ -48,6 +49,8 @@ public final class Safetensors {
 
     private static final ValueLayout.OfShort LE_SHORT =
             ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
+    private static final ValueLayout.OfDouble LE_DOUBLE =
+            ValueLayout.JAVA_DOUBLE_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
 
     /** How {@link #open} gives access to the tensors' bytes. */
     public enum Load {
@@ -124,7 +127,7 @@ public final class Safetensors {
         }
     }
 
-    /** Bytes of the staging buffer through which F16 and BF16 tensors are read and converted. */
+    /** Bytes of the staging buffer through which F16, BF16 and F64 tensors are read and converted. */
     private static final int CHUNK = 1 << 24;
 
     private final Path file;
@@ -557,7 +560,8 @@ public final class Safetensors {
     /**
      * Tensor {@code name} as float32 in a new tensor from {@code arena}: F32 copied ({@link Load#COPY}; with
      * {@link Load#MAPPED} a read-only view of the mapping, no copy, and {@code arena} unused, unless the floats
-     * sit at an address that is not a multiple of 4, which are copied aligned), F16 and BF16 converted. Other
+     * sit at an address that is not a multiple of 4, which are copied aligned), F16 and BF16 converted, F64 rounded to
+     * the nearest float32 (beyond float's range to ±Inf). Other
      * dtypes are rejected. Neither argument may be null ({@link NullPointerException} naming it), whatever the
      * tensor: whether {@code arena} is needed depends on the file.
      *
@@ -578,12 +582,12 @@ public final class Safetensors {
             // the JDK's refusal would come mid-copy, naming nothing, or not at all (a view this thread cannot read)
             throw fail(file, "tensor '" + name + "': the arena holding the mapping is confined to another thread");
         }
-        if (e.dtype() != Dtype.F32 && e.dtype() != Dtype.F16 && e.dtype() != Dtype.BF16) {
-            // F64, F8_*, F6_*, F4 and C64 are float types too, just not ones qkv reads
+        if (e.dtype() != Dtype.F32 && e.dtype() != Dtype.F64 && e.dtype() != Dtype.F16 && e.dtype() != Dtype.BF16) {
+            // F8_*, F6_*, F4 and C64 are float types too, just not ones qkv reads
             throw fail(file, "tensor '" + name + "' " + e.shapeString() + ": dtype " + e.dtype()
                     + (e.dtype().name().startsWith("F") || e.dtype() == Dtype.C64 ? " is not supported"
                     : " is not a float type")
-                    + " (F32, F16 or BF16)");
+                    + " (F32, F64, F16 or BF16)");
         }
         long[] shape = e.shape();
         long bytes = e.end() - e.begin();
@@ -612,16 +616,16 @@ public final class Safetensors {
             throw fail(file, "tensor '" + name + "' " + e.shapeString() + ": the arena given for its copy is confined"
                     + " to another thread");
         }
-        boolean half = e.dtype() == Dtype.F16;
+        Dtype dtype = e.dtype();
         long n = t.elementCount();
         if (load == Load.MAPPED) {
             // from the mapping: F32 at an address that is not a multiple of 4 (the format does not pad; older
-            // writers did not) copied aligned, since OpenBLAS loads floats aligned; F16 and BF16 converted
+            // writers did not) copied aligned, since OpenBLAS loads floats aligned; F16, BF16 and F64 converted
             try {
                 if (e.dtype() == Dtype.F32) {
                     MemorySegment.copy(data, e.begin(), t.segment(), 0, bytes);
                 } else {
-                    convert(data, e.begin(), t, 0, n, half);
+                    convert(data, e.begin(), t, 0, n, dtype);
                 }
             } catch (InternalError fault) {
                 // a lost page of the mapping (the file truncated since open): the JDK's fault, as an error here
@@ -634,20 +638,31 @@ public final class Safetensors {
             read(name, t.segment().asSlice(0, bytes), e.begin());
             return t;
         }
+        int item = dtype.byteSize();
         try (Arena staging = Arena.ofConfined()) {
             MemorySegment buf = staging.allocate(Math.min(CHUNK, Math.max(bytes, 1)));
-            long per = buf.byteSize() / 2;
+            long per = buf.byteSize() / item;
             for (long first = 0; first < n; first += per) {
                 long m = Math.min(per, n - first);
-                read(name, buf.asSlice(0, m * 2), e.begin() + first * 2);
-                convert(buf, 0, t, first, m, half);
+                read(name, buf.asSlice(0, m * item), e.begin() + first * item);
+                convert(buf, 0, t, first, m, dtype);
             }
         }
         return t;
     }
 
-    /** Halves or bfloat16s at byte {@code from} of {@code src} into elements {@code [first, first + n)} of t. */
-    private static void convert(MemorySegment src, long from, Tensor t, long first, long n, boolean half) {
+    /**
+     * Halves, bfloat16s or doubles ({@code dtype}) at byte {@code from} of {@code src} into elements
+     * {@code [first, first + n)} of t; a double is rounded to the nearest float.
+     */
+    private static void convert(MemorySegment src, long from, Tensor t, long first, long n, Dtype dtype) {
+        if (dtype == Dtype.F64) {
+            for (long i = 0; i < n; i++) {
+                t.setAt(first + i, (float) src.get(LE_DOUBLE, from + 8 * i));
+            }
+            return;
+        }
+        boolean half = dtype == Dtype.F16;
         for (long i = 0; i < n; i++) {
             short raw = src.get(LE_SHORT, from + 2 * i);
             t.setAt(first + i, half ? Float.float16ToFloat(raw) : Float.intBitsToFloat((raw & 0xffff) << 16));

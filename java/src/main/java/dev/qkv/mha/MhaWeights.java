@@ -130,7 +130,7 @@ public final class MhaWeights {
      * {@code nn.MultiheadAttention} names ({@code in_proj_weight}, {@code in_proj_bias}, {@code out_proj.weight},
      * {@code out_proj.bias}) and Hugging Face names ({@code q_proj}, {@code k_proj}, {@code v_proj},
      * {@code o_proj} or {@code out_proj}, each {@code .weight} with optional {@code .bias}). Every tensor is
-     * copied (F16/BF16 converted) into {@code arena}, so the file may be closed and even truncated afterwards;
+     * copied (F16/BF16 converted, F64 rounded to float32) into {@code arena}, so the file may be closed and even truncated afterwards;
      * only a file opened with {@link Safetensors.Load#MAPPED} leaves F32 tensors as views of its mapping (those at
      * an address that is a multiple of 4; others are copied, aligned).
      *

@@ -213,6 +213,44 @@ class MhaCommandTest {
     }
 
     /**
+     * Weights saved from a float64 torch model are F64; mha refused them ("dtype F64 is not supported") while it
+     * read float64 .npy inputs. The fixture's F32 weights written as F64 (exactly: every float is a double) must
+     * give PyTorch's output.
+     */
+    @Test
+    void float64WeightsAreRead() throws IOException {
+        Path w64 = dir.resolve("w64.safetensors");
+        try (Arena a = Arena.ofConfined()) {
+            dev.qkv.io.Safetensors st = dev.qkv.io.Safetensors.open(Path.of(fixture("self.safetensors")), a);
+            StringBuilder header = new StringBuilder("{");
+            java.io.ByteArrayOutputStream data = new java.io.ByteArrayOutputStream();
+            for (String name : st.entries().keySet()) {
+                Tensor t = st.tensor(name, a);
+                float[] v = t.toArray();
+                java.nio.ByteBuffer b = java.nio.ByteBuffer.allocate(v.length * 8)
+                        .order(java.nio.ByteOrder.LITTLE_ENDIAN);
+                for (float f : v) {
+                    b.putDouble(f);
+                }
+                header.append(header.length() > 1 ? "," : "").append('"').append(name).append("\":{\"dtype\":\"F64\","
+                        + "\"shape\":").append(Arrays.toString(t.shape()).replace(" ", "")).append(",\"data_offsets\":[")
+                        .append(data.size()).append(',').append(data.size() + b.capacity()).append("]}");
+                data.write(b.array());
+            }
+            byte[] h = header.append('}').toString().getBytes(java.nio.charset.StandardCharsets.UTF_8);
+            java.nio.ByteBuffer file = java.nio.ByteBuffer.allocate(8 + h.length + data.size())
+                    .order(java.nio.ByteOrder.LITTLE_ENDIAN);
+            file.putLong(h.length).put(h).put(data.toByteArray());
+            Files.write(w64, file.array());
+        }
+        Path y = dir.resolve("y.npy");
+        MainTest.Result r = mha("--x", fixture("self_x.npy"), "--weights", w64.toString(), "--heads", "4",
+                "--out", y.toString());
+        assertEquals(0, r.code(), r.toString());
+        assertMatches("self_out.npy", y);
+    }
+
+    /**
      * {@code qkv mha ... --out y.npy > /dev/full} exited 2 but wrote y.npy (or replaced an earlier one): a failed
      * run leaves no output and any earlier file unchanged.
      */

@@ -485,14 +485,58 @@ class SafetensorsTest {
             assertTrue(dtype.getMessage().contains("tensor 'ids' [1]: dtype I64 is not a float type"),
                     dtype.getMessage());
         }
-        // F64 is a float type, just not one qkv reads
-        Path f64 = write("f64.safetensors", file("{\"w\":{\"dtype\":\"F64\",\"shape\":[1],\"data_offsets\":[0,8]}}",
-                new byte[8]));
+        // F8_E4M3 is a float type, just not one qkv reads
+        Path f8 = write("f8.safetensors", file("{\"w\":{\"dtype\":\"F8_E4M3\",\"shape\":[1],\"data_offsets\":[0,1]}}",
+                new byte[1]));
         try (Arena arena = Arena.ofConfined()) {
-            Safetensors st = Safetensors.open(f64, arena);
+            Safetensors st = Safetensors.open(f8, arena);
             SafetensorsException e = assertThrows(SafetensorsException.class, () -> st.tensor("w", arena));
-            assertTrue(e.getMessage().contains("tensor 'w' [1]: dtype F64 is not supported (F32, F16 or BF16)"),
-                    e.getMessage());
+            assertTrue(e.getMessage().contains("tensor 'w' [1]: dtype F8_E4M3 is not supported (F32, F64, F16 or"
+                    + " BF16)"), e.getMessage());
+        }
+    }
+
+    /**
+     * A float64 torch model saved with safetensors has F64 weights, which were refused ("dtype F64 is not
+     * supported") while a '<f8' .npy is read, rounded to float32. F64 is now read the same way, copied and mapped,
+     * at an odd data offset (after a 1-byte tensor) and across more than one staging chunk: each value rounded to
+     * the nearest float32 (the float literals below are the compiler's nearest floats), beyond float's range to
+     * ±Inf, below its smallest subnormal to ±0.
+     */
+    @org.junit.jupiter.params.ParameterizedTest
+    @org.junit.jupiter.params.provider.EnumSource(Safetensors.Load.class)
+    void float64IsRoundedToFloat32(Safetensors.Load load) throws IOException {
+        // Float.MAX_VALUE is 0x1.fffffep127; 0x1.ffffffp127 is halfway to 2^128: ties to even, which is 2^128, so
+        // +Inf; 0x1.fffffefp127 is below halfway: MAX_VALUE
+        double[] d = {1.5, -0.1, 1.0 / 3, 1e300, -1e300, 1e-50, -1e-50, 0x1.ffffffp127, 0x1.fffffefp127, 65504.0};
+        float[] want = {1.5f, -0.1f, 0.33333334f, Float.POSITIVE_INFINITY, Float.NEGATIVE_INFINITY, 0f, -0f,
+                Float.POSITIVE_INFINITY, Float.MAX_VALUE, 65504f};
+        int n = (1 << 21) + d.length; // 16 MiB of F64 and more: two staging chunks
+        ByteBuffer data = ByteBuffer.allocate(1 + n * 8).order(ByteOrder.LITTLE_ENDIAN);
+        data.put((byte) 7);
+        float[] all = new float[n];
+        for (int i = 0; i < n; i++) {
+            if (i < d.length) {
+                data.putDouble(d[i]);
+                all[i] = want[i];
+            } else {
+                data.putDouble(i + 0.25); // exact in float32 below 2^22
+                all[i] = i + 0.25f;
+            }
+        }
+        String header = "{\"b\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]},"
+                + "\"w\":{\"dtype\":\"F64\",\"shape\":[" + n + "],\"data_offsets\":[1," + (1 + n * 8) + "]}}";
+        Path p = write("f64.safetensors", file(header, data.array()));
+        try (Arena arena = Arena.ofConfined()) {
+            Safetensors st = Safetensors.open(p, arena, load);
+            Tensor w = st.tensor("w", arena);
+            assertArrayEquals(new long[] {n}, w.shape());
+            float[] got = w.toArray();
+            for (int i = 0; i < n; i++) {
+                if (Float.floatToRawIntBits(all[i]) != Float.floatToRawIntBits(got[i])) {
+                    org.junit.jupiter.api.Assertions.fail(load + " [" + i + "]: want " + all[i] + " got " + got[i]);
+                }
+            }
         }
     }
 

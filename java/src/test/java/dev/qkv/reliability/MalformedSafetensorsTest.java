@@ -150,7 +150,7 @@ class MalformedSafetensorsTest {
             assertEquals(numel * e.dtype().byteSize(), e.end() - e.begin(), what + ": " + e.name());
 
             boolean isFloat = switch (e.dtype()) {
-                case F32, F16, BF16 -> true;
+                case F32, F64, F16, BF16 -> true;
                 default -> false;
             };
             if (!isFloat) {
@@ -166,6 +166,7 @@ class MalformedSafetensorsTest {
             for (int i = 0; i < got.length; i++) {
                 float want = switch (e.dtype()) {
                     case F32 -> b.getFloat(at + 4 * i);
+                    case F64 -> (float) b.getDouble(at + 8 * i);
                     case F16 -> Float.float16ToFloat(b.getShort(at + 2 * i));
                     default -> Float.intBitsToFloat((b.getShort(at + 2 * i) & 0xffff) << 16);
                 };
