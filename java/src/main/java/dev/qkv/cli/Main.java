@@ -1,12 +1,14 @@
 package dev.qkv.cli;
 
 import dev.qkv.blas.BlasUnavailableException;
+import dev.qkv.io.Npy;
+import dev.qkv.tensor.Tensor;
 
 import java.io.IOException;
 import java.io.PrintStream;
 import java.nio.file.AccessDeniedException;
-import java.nio.file.FileSystemException;
 import java.nio.file.NoSuchFileException;
+import java.nio.file.Path;
 import java.util.Arrays;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -122,16 +124,8 @@ public final class Main {
             }
         } catch (UsageException e) {
             return fail(err, 2, e.getMessage());
-        } catch (NoSuchFileException e) {
-            return fail(err, 2, e.getFile() + ": " + (e.getReason() != null ? e.getReason() : "no such file"));
-        } catch (AccessDeniedException e) {
-            return fail(err, 2, e.getFile() + ": " + (e.getReason() != null ? e.getReason() : "permission denied"));
-        } catch (FileSystemException e) {
-            return fail(err, 2, e.getMessage());
         } catch (IOException e) {
-            // NpyFormatException and other problems with the files the user named (some of the JDK's carry no
-            // message, e.g. ClosedByInterruptException: their name then)
-            return fail(err, 2, e.getMessage() != null ? e.getMessage() : e.toString());
+            return fail(err, 2, ioMessage(e));
         } catch (BlasUnavailableException e) {
             // a -Dqkv.blas.* setting it refuses, or a library the user chose that does not load, is the user's to
             // fix; the bundled or system library not loading is not
@@ -150,6 +144,47 @@ public final class Main {
             return internal(err, e);
         } catch (RuntimeException | Error e) {
             return internal(err, e);
+        }
+    }
+
+    /** The error line's text for a problem with a file the user named. */
+    static String ioMessage(IOException e) {
+        if (e instanceof NoSuchFileException n) {
+            return n.getFile() + ": " + (n.getReason() != null ? n.getReason() : "no such file");
+        }
+        if (e instanceof AccessDeniedException a) {
+            return a.getFile() + ": " + (a.getReason() != null ? a.getReason() : "permission denied");
+        }
+        // NpyFormatException, FileSystemException and other problems with the files the user named (some of the
+        // JDK's carry no message, e.g. ClosedByInterruptException: their name then)
+        return e.getMessage() != null ? e.getMessage() : e.toString();
+    }
+
+    /**
+     * Writes {@code tensor} to {@code file} ({@link Npy#write(Path, Tensor, Npy.BeforeReplace)}), printing the
+     * command's {@code summary} once the data is on disk and before the file replaces anything, so that a lost
+     * summary ({@code > /dev/full}) cancels the write.
+     *
+     * <p>Residual case: the rename can still fail after the summary is out (another process made the path a
+     * folder, removed the folder or its permissions meanwhile). The summary cannot be taken back; the error line
+     * then says it stands for no output, and no file is written (exit 2). The other order, the rename first, would
+     * instead leave an output file without a summary when standard output fails, which is worse: a script that
+     * checks the file would take the run for a success.
+     */
+    static void writeWithSummary(Path file, Tensor tensor, PrintStream out, String summary) throws IOException,
+            UsageException {
+        boolean[] printed = {false};
+        try {
+            Npy.write(file, tensor, () -> {
+                printSummary(out, summary);
+                printed[0] = true;
+            });
+        } catch (IOException e) {
+            if (!printed[0]) {
+                throw e;
+            }
+            throw new UsageException(ioMessage(e) + "; the summary line printed above stands for no output: " + file
+                    + " was not written");
         }
     }
 

@@ -130,7 +130,7 @@ final class MhaCommand implements Command {
                     backend.cliName(), x.shapeString(), kv == null ? "x" : kv.shapeString(), e, weights.heads(),
                     weights.kvHeads(), SdpaCommand.maskSummary(mask, m), causal, y.shapeString(), nanos / 1e6);
             // printed before the file replaces anything: a lost summary (> /dev/full) fails the run with no output
-            Npy.write(outPath, y, () -> Main.printSummary(out, summary));
+            Main.writeWithSummary(outPath, y, out, summary);
         }
         return 0;
     }

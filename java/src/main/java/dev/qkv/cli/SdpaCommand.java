@@ -102,7 +102,7 @@ final class SdpaCommand implements Command {
                     backend.cliName(), q.shapeString(), k.shapeString(), v.shapeString(),
                     maskSummary(mask, m), o.shapeString(), causal, nanos / 1e6);
             // printed before the file replaces anything: a lost summary (> /dev/full) fails the run with no output
-            Npy.write(outPath, o, () -> Main.printSummary(out, summary));
+            Main.writeWithSummary(outPath, o, out, summary);
         }
         return 0;
     }

@@ -143,6 +143,47 @@ class MainTest {
         }
     }
 
+    /**
+     * The summary is printed before the rename (an unwritable stdout must cancel the write), so a rename that fails
+     * after it (another process made the output path a folder meanwhile, removed the folder, ...) left the summary
+     * on stdout and then an error line that did not say that summary stands for nothing. Here the summary's own
+     * write makes the path a non-empty folder. The run must fail (exit 2, one error line that says the summary
+     * above is void), write no file there and leave no temporary file.
+     */
+    @Test
+    void aRenameThatFailsAfterTheSummarySaysTheSummaryIsVoid() throws IOException {
+        SplittableRandom random = new SplittableRandom(SEED);
+        List<String> args = new ArrayList<>(List.of("sdpa"));
+        args.addAll(inputs(random));
+        Path out = dir.resolve("o.npy");
+        args.addAll(List.of("--out", out.toString()));
+        ByteArrayOutputStream seen = new ByteArrayOutputStream();
+        ByteArrayOutputStream err = new ByteArrayOutputStream();
+        PrintStream racing = new PrintStream(new java.io.OutputStream() {
+            @Override
+            public void write(int b) throws IOException {
+                if (!Files.exists(out)) {
+                    Files.createDirectories(out.resolve("sub"));
+                }
+                seen.write(b);
+            }
+        }, true, StandardCharsets.UTF_8);
+        int code;
+        try (PrintStream e = new PrintStream(err, true, StandardCharsets.UTF_8)) {
+            code = Main.run(args.toArray(String[]::new), racing, e);
+        }
+        Result r = new Result(code, seen.toString(StandardCharsets.UTF_8), err.toString(StandardCharsets.UTF_8));
+        assertEquals(2, r.code(), r.toString());
+        assertEquals(1, r.errLines().size(), r.toString());
+        assertTrue(r.err().startsWith("error: " + out), r.toString());
+        assertTrue(r.out().startsWith("sdpa backend="), r.toString());
+        assertTrue(r.err().contains("the summary line printed above stands for no output"), r.toString());
+        assertTrue(Files.isDirectory(out), "the folder made meanwhile is left as it is");
+        try (Stream<Path> left = Files.list(dir)) {
+            assertEquals(List.of(), left.filter(p -> p.getFileName().toString().endsWith(".tmp")).toList());
+        }
+    }
+
     /** Asserts a user error: exit 2, nothing on stdout, exactly one {@code error:} line containing {@code text}. */
     static void assertUserError(Result r, String text) {
         assertEquals(2, r.code(), r.toString());
