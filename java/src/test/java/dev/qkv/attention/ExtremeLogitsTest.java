@@ -1,0 +1,229 @@
+package dev.qkv.attention;
+
+import dev.qkv.tensor.Tensor;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.EnumSource;
+
+import java.lang.foreign.Arena;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Random;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/**
+ * Extreme logits across the key blocks of the online softmax: the row max jumps by 50 to 1e30 between key blocks
+ * (up and down), whole key blocks masked, rows masked in every block, scores near and past Float.MAX_VALUE, and
+ * the decode (few-query) path with the same scores. Every case is compared with {@link Backend#REFERENCE} (the
+ * scalar double definition) at the attention tests' tolerance {@code 4·(Dk + Lk)·2^-24} (see {@link Fixtures#C}).
+ *
+ * <p>The scores are exact in float: Dk = 2, q_i = (1, c_i) and k_j = (off_j, u_j) with c_i = 1 + i/16, u_j a
+ * multiple of 1/32 in [-1, 1] and off_j the offset of j's segment, so that {@code q_i·k_j = off_j + c_i·u_j} has
+ * at most 24 significant bits (up to |off| = 2e4) or rounds to off_j in float and double alike (1e30). The float
+ * engines and the reference therefore see the same scores, and the only differences are the softmax's and
+ * products' roundings of O(1) quantities: the tolerance need not grow with the scores. The segments are 1024 keys
+ * (the native engine's key block; two per Java key block at this head size), Lk = 4·1024 + 300 with a partial
+ * last block. c_i spreads the rows' gaps between segments over a few units, so that rows fall on both sides of
+ * float exp's thresholds (-87, -87.34, -103.97) when the jump is near them.
+ */
+class ExtremeLogitsTest {
+    static final int SEG = 1024;
+    static final int LK = 4 * SEG + 300;
+    static final int LQ = 16;
+    static final int DK = 2;
+    static final int DV = 4;
+    static final double TOL = Fixtures.tol(DK, LK, 1);
+
+    /** Offsets of the 5 segments of keys for a jump of {@code jump}. */
+    static float[][] patterns(float jump) {
+        return new float[][] {
+            {0, 0, jump, jump, jump}, // up at the Java block boundary (2048)
+            {0, jump, jump, jump, jump}, // up inside the first Java block, at the first native one
+            {jump, jump, 0, 0, 0}, // huge first, then small
+            {jump, 0, 0, 0, 0},
+            {0, 0, 0, 0, jump}, // the last (partial) block raises the max
+            {-2 * jump, -jump, 0, jump, 2 * jump}, // a staircase: every block raises it
+            {-jump, 0, -jump, 0, -jump},
+        };
+    }
+
+    static final float[] JUMPS = {50f, 87f, 87.3f, 88f, 100f, 103.9f, 104f, 200f, 1e4f, 1e30f};
+
+    static float[] keys(float[] offsets, Random r) {
+        float[] k = new float[LK * DK];
+        for (int j = 0; j < LK; j++) {
+            k[j * DK] = offsets[j / SEG];
+            k[j * DK + 1] = (r.nextInt(65) - 32) / 32f;
+        }
+        return k;
+    }
+
+    static float[] queries() {
+        float[] q = new float[LQ * DK];
+        for (int i = 0; i < LQ; i++) {
+            q[i * DK] = 1f;
+            q[i * DK + 1] = 1f + i / 16f;
+        }
+        return q;
+    }
+
+    /**
+     * Runs one case on {@code backend} with 1 and 2 threads and compares with the reference; returns a failure
+     * message or null. Also checks that no NaN appears where the reference has none (the comparison's rule).
+     */
+    static String check(Backend backend, String what, float[] qa, float[] ka, float[] va, int lq, SdpaOptions o) {
+        try (Arena arena = Arena.ofShared()) {
+            long[] qs = {1, 1, lq, DK};
+            long[] ks = {1, 1, LK, DK};
+            long[] vs = {1, 1, LK, DV};
+            long[] os = {1, 1, lq, DV};
+            Tensor q = Tensor.of(arena, java.util.Arrays.copyOf(qa, lq * DK), qs);
+            Tensor k = Tensor.of(arena, ka, ks);
+            Tensor v = Tensor.of(arena, va, vs);
+            Tensor ref = Tensor.allocate(arena, os);
+            Fixtures.run(Backend.REFERENCE, q, k, v, ref, o);
+            float[] want = ref.toArray();
+            for (int threads = 1; threads <= 2; threads++) {
+                Tensor out = Tensor.allocate(arena, os).fill(Float.NaN);
+                Attention.create(backend, threads).sdpa(q, k, v, out, o);
+                try {
+                    Fixtures.assertClose(backend + " threads=" + threads + " " + what, os, out.toArray(), want, TOL,
+                            TOL);
+                } catch (AssertionError e) {
+                    return e.getMessage();
+                }
+            }
+            return null;
+        }
+    }
+
+    static float[] values(Random r) {
+        return Fixtures.uniform(r, LK * DV, -1f, 1f);
+    }
+
+    /** Every case of this class on {@code backend}; the failures, one line each. */
+    static List<String> allCases(Backend backend) {
+        List<String> bad = new ArrayList<>();
+        Random r = new Random(7);
+        float[] q = queries();
+        float[] v = values(r);
+        for (float jump : JUMPS) {
+            float[][] ps = patterns(jump);
+            for (int p = 0; p < ps.length; p++) {
+                float[] k = keys(ps[p], r);
+                String what = "jump=" + jump + " pattern=" + java.util.Arrays.toString(ps[p]);
+                for (int lq : new int[] {LQ, 3, 1}) {
+                    // Lq = 3 and 1: the few-query (decode) path, one pass over all keys
+                    add(bad, check(backend, what + " Lq=" + lq, q, k, v, lq, SdpaOptions.DEFAULT.withScale(1f)));
+                }
+                add(bad, check(backend, what + " causal", q, k, v, LQ, SdpaOptions.CAUSAL.withScale(1f)));
+            }
+        }
+        maskedBlocks(backend, bad);
+        nearFloatMax(backend, bad);
+        return bad;
+    }
+
+    private static void add(List<String> bad, String failure) {
+        if (failure != null) {
+            bad.add(failure);
+        }
+    }
+
+    /**
+     * A whole key block masked (additive -inf or boolean) and the next not, in both orders, with NaN in v under
+     * the masked keys (which must not reach the row) and the masked keys' scores the largest of the row; and row 5
+     * masked in every block (zeros).
+     */
+    static void maskedBlocks(Backend backend, List<String> bad) {
+        Random r = new Random(11);
+        float[] q = queries();
+        for (float jump : new float[] {0f, 100f, 1e30f}) {
+            for (int maskedSeg : new int[] {0, 1, 2, 4}) {
+                float[] off = new float[5];
+                off[maskedSeg] = jump; // the masked segment holds the largest scores
+                float[] k = keys(off, r);
+                float[] v = values(r);
+                for (int j = maskedSeg * SEG; j < Math.min(LK, (maskedSeg + 1) * SEG); j += 7) {
+                    v[j * DV] = Float.NaN;
+                    v[j * DV + 1] = Float.POSITIVE_INFINITY;
+                }
+                for (boolean bool : new boolean[] {false, true}) {
+                    float[] m = new float[LQ * LK];
+                    for (int i = 0; i < LQ; i++) {
+                        for (int j = 0; j < LK; j++) {
+                            boolean allowed = j / SEG != maskedSeg && i != 5;
+                            m[i * LK + j] = bool ? (allowed ? 1f : 0f) : (allowed ? 0f : Float.NEGATIVE_INFINITY);
+                        }
+                    }
+                    try (Arena arena = Arena.ofShared()) {
+                        Tensor mt = Tensor.of(arena, m, LQ, LK);
+                        Mask mask = bool ? Mask.allowed(mt) : Mask.additive(mt);
+                        String what = "masked segment " + maskedSeg + " jump=" + jump + (bool ? " bool" : " additive");
+                        String f = check(backend, what, q, k, v, LQ, new SdpaOptions(false, mask, 1f));
+                        add(bad, f);
+                        if (f == null) {
+                            add(bad, zeroRow(backend, what, q, k, v, new SdpaOptions(false, mask, 1f)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /** Row 5, masked in every block, is exact zeros (the reference comparison allows |x| ≤ TOL). */
+    private static String zeroRow(Backend backend, String what, float[] qa, float[] ka, float[] va, SdpaOptions o) {
+        try (Arena arena = Arena.ofShared()) {
+            Tensor q = Tensor.of(arena, qa, 1, 1, LQ, DK);
+            Tensor k = Tensor.of(arena, ka, 1, 1, LK, DK);
+            Tensor v = Tensor.of(arena, va, 1, 1, LK, DV);
+            Tensor out = Tensor.allocate(arena, 1, 1, LQ, DV).fill(Float.NaN);
+            Attention.create(backend, 1).sdpa(q, k, v, out, o);
+            for (int d = 0; d < DV; d++) {
+                if (Float.floatToRawIntBits(out.get(0, 0, 5, d)) != 0) {
+                    return backend + " " + what + ": fully masked row 5 has " + out.get(0, 0, 5, d) + " at " + d;
+                }
+            }
+            return null;
+        }
+    }
+
+    /**
+     * Scales that put scores near Float.MAX_VALUE and past it: q·k up to 4 · 1e2 times 1e36, so that some segments
+     * overflow float to +inf or -inf while the reference, scoring in double, stays finite. The documented contract
+     * (README, Numerics): a key scored -inf gets weight 0; a row with any +inf score (or only -inf) is computed
+     * again exactly and matches the reference. Here the scores differ by at least 1e36/512 between distinct keys,
+     * so the reference's weights are one-hot on the largest score (shared by ties), which float also ranks first.
+     */
+    static void nearFloatMax(Backend backend, List<String> bad) {
+        Random r = new Random(13);
+        float[] q = queries();
+        float[] v = values(r);
+        for (float[] off : new float[][] {{0, 300, 0, 300, 0}, {300, 0, 0, 0, 0}, {0, 0, 0, 0, 300}, {400, 0, 0, 0, 0},
+            {0, 0, 400, 0, 0}, {-400, -400, 0, -400, -400}, {-400, -400, -400, -400, -400}, {0, -400, 400, 0, 0}}) {
+            float[] k = keys(off, r);
+            for (float scale : new float[] {1e36f, Float.MAX_VALUE / 400f}) {
+                String what = "scale=" + scale + " offsets=" + java.util.Arrays.toString(off);
+                add(bad, check(backend, what, q, k, v, LQ, SdpaOptions.DEFAULT.withScale(scale)));
+                add(bad, check(backend, what + " Lq=1", q, k, v, 1, SdpaOptions.DEFAULT.withScale(scale)));
+            }
+        }
+    }
+
+    @ParameterizedTest
+    @EnumSource(value = Backend.class, names = {"NATIVE", "JAVA", "AUTO"})
+    void extremeLogitsAcrossKeyBlocksMatchTheReference(Backend backend) {
+        List<String> bad = allCases(backend);
+        assertTrue(bad.isEmpty(), bad.size() + " failures:\n" + String.join("\n", bad));
+    }
+
+    /** The key blocks of the engines at this head size: the cases above cross them. */
+    @Test
+    void theSegmentsCrossKeyBlocks() {
+        org.junit.jupiter.api.Assumptions.assumeTrue(System.getProperty("qkv.keyBlock") == null);
+        assertEquals(2 * SEG, Attention.javaKeyBlock(DK, DV));
+        assertEquals(SEG, Attention.NATIVE_KEY_BLOCK);
+    }
+}
