@@ -2034,9 +2034,10 @@ public final class Attention {
                 final long at = base + (long) r * lds;
                 final float blockSum = dst == null ? rk.expFrom(ws, at, nk, lim, m)
                         : rk.expInto(ws, at, nk, lim, m, dst, (r - r0) * nk);
-                // StrictMath: the same bits in every JIT tier; once per row and block, so its cost is nil
+                // the kernels' own underflow (0 where their exp gives 0), in StrictMath: the same bits in every
+                // JIT tier; once per row and block, so its cost is nil
                 final float alpha = j0 == 0 || old == m ? 1f
-                        : old == Float.NEGATIVE_INFINITY ? 0f : (float) StrictMath.exp(old - m);
+                        : old == Float.NEGATIVE_INFINITY ? 0f : rk.rescale(old - m);
                 sum[so + r] = sum[so + r] * alpha + blockSum;
                 if (alpha != 1f) {
                     rk.scaleRow(outSeg, outRows + (long) r * ldo, dv, alpha);

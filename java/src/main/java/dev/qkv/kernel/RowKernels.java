@@ -82,6 +82,17 @@ public abstract class RowKernels {
     /** {@code s[at .. at+n) *= f} (float indices). */
     public abstract void scaleRow(MemorySegment s, long at, int n, float f);
 
+    /**
+     * The online softmax's rescale factor {@code exp(d)} for {@code d = m_old - m_new <= 0} (or NaN), with this
+     * flavour's underflow: 0 wherever {@link #expFrom} would give a key at {@code d} below the row max the weight
+     * 0, so that a key of an earlier key block counts exactly as it would in one pass over the row. Computed with
+     * {@link StrictMath#exp} (the same bits in every JIT tier); called once per row and key block. Here: float's
+     * own underflow (subnormal down to about -103.97), as {@link Math#exp} gives the scalar kernels.
+     */
+    public float rescale(float d) {
+        return (float) StrictMath.exp(d);
+    }
+
     /** {@code dst[i] = exp(src[i])} for {@code i < n}, with this flavour's exponential (exposed for tests). */
     public abstract void exp(float[] src, float[] dst, int n);
 }

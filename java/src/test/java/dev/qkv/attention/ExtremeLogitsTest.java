@@ -219,6 +219,57 @@ class ExtremeLogitsTest {
         assertTrue(bad.isEmpty(), bad.size() + " failures:\n" + String.join("\n", bad));
     }
 
+    /**
+     * The online softmax's rescale follows the row kernels' own underflow. The Vector API exponential returns 0
+     * below -87 (README, Numerics: a weight below e^-87 of the row's largest is 0 on native and java, and the
+     * key never contributes, whatever the block size). Key 0, in the first key block, has score 0 and
+     * v = Float.MAX_VALUE; one key of the next block scores {@code gap} (87 < gap < 103.97, where float's
+     * exp(-gap) is subnormal, not 0) with v = 1; every other key scores -1000 (weight 0 everywhere). With the rule,
+     * every row is exactly 1. The rescale of the first block's output by exp(0 - gap) computed that factor as a
+     * subnormal float instead of 0, so key 0 added up to 3.4e38 · e^-88 ≈ 2 to the row, which a single pass over
+     * the same keys (fewer of them, one block) gives as 0 (found by this class, reading onlineWeights). The
+     * scalar kernels' exponential keeps subnormal weights as the reference does: there the reference is the
+     * expectation.
+     */
+    @ParameterizedTest
+    @EnumSource(value = Backend.class, names = {"NATIVE", "JAVA", "AUTO"})
+    void aKeyBelowTheExponentialsRangeInAnEarlierKeyBlockDoesNotContribute(Backend backend) {
+        int lk = 2 * 2048 + 100;
+        int lq = 16;
+        for (float gap : new float[] {87.5f, 88f, 90f, 93f}) {
+            float[] q = new float[lq];
+            java.util.Arrays.fill(q, 1f);
+            float[] k = new float[lk];
+            float[] v = new float[lk];
+            for (int j = 0; j < lk; j++) {
+                k[j] = j == 0 ? 0f : j == 2048 ? gap : -1000f;
+                v[j] = j == 0 ? Float.MAX_VALUE : 1f;
+            }
+            try (Arena arena = Arena.ofShared()) {
+                Tensor qt = Tensor.of(arena, q, 1, 1, lq, 1);
+                Tensor kt = Tensor.of(arena, k, 1, 1, lk, 1);
+                Tensor vt = Tensor.of(arena, v, 1, 1, lk, 1);
+                SdpaOptions o = SdpaOptions.DEFAULT.withScale(1f);
+                float[] want = new float[lq];
+                if (dev.qkv.kernel.Vectorization.enabled()) {
+                    java.util.Arrays.fill(want, 1f);
+                } else {
+                    Tensor ref = Tensor.allocate(arena, 1, 1, lq, 1);
+                    Fixtures.run(Backend.REFERENCE, qt, kt, vt, ref, o);
+                    want = ref.toArray();
+                    assertTrue(want[0] > 1.0001f, "the reference keeps key 0's subnormal weight: " + want[0]);
+                }
+                double tol = Fixtures.tol(1, lk, 1);
+                for (int threads = 1; threads <= 2; threads++) {
+                    Tensor out = Tensor.allocate(arena, 1, 1, lq, 1).fill(Float.NaN);
+                    Attention.create(backend, threads).sdpa(qt, kt, vt, out, o);
+                    Fixtures.assertClose(backend + " gap=" + gap + " threads=" + threads + " ("
+                            + dev.qkv.kernel.Vectorization.reason() + ")", out.shape(), out.toArray(), want, tol, tol);
+                }
+            }
+        }
+    }
+
     /** The key blocks of the engines at this head size: the cases above cross them. */
     @Test
     void theSegmentsCrossKeyBlocks() {
