@@ -270,6 +270,49 @@ class ExtremeLogitsTest {
         }
     }
 
+    /**
+     * NaN or Inf in v at a key whose weight the vector exponential makes 0 (below e^-87 of the row's largest) but
+     * float's exp does not (above e^-103.97): the blocked product's 0 · Inf is NaN, the row is computed again
+     * exactly, and the exact row (the reference's definition) gives the key its subnormal weight. So the value
+     * reaches the row on every backend, one pass (Lk = 1500) or across key blocks (Lk = 4200, the key in the
+     * first block): what README says of such keys. Below e^-103.97 it never reaches it.
+     */
+    @ParameterizedTest
+    @EnumSource(value = Backend.class, names = {"NATIVE", "JAVA", "AUTO"})
+    void nonFiniteValuesAtKeysBetweenTheTwoUnderflowsMatchTheReference(Backend backend) {
+        int lq = 16;
+        for (int lk : new int[] {1500, 2 * 2048 + 100}) {
+            for (float bad : new float[] {Float.POSITIVE_INFINITY, Float.NaN}) {
+                for (float gap : new float[] {88f, 95f, 103f, 105f, 200f}) {
+                    float[] q = new float[lq];
+                    java.util.Arrays.fill(q, 1f);
+                    float[] k = new float[lk];
+                    float[] v = new float[lk];
+                    for (int j = 0; j < lk; j++) {
+                        // key 0 (first block) gap below the row max, which the keys from 1000 on hold
+                        k[j] = j == 0 ? -gap : j >= 1000 ? 0f : -1000f;
+                        v[j] = j == 0 ? bad : (j % 5) / 5f;
+                    }
+                    try (Arena arena = Arena.ofShared()) {
+                        Tensor qt = Tensor.of(arena, q, 1, 1, lq, 1);
+                        Tensor kt = Tensor.of(arena, k, 1, 1, lk, 1);
+                        Tensor vt = Tensor.of(arena, v, 1, 1, lk, 1);
+                        SdpaOptions o = SdpaOptions.DEFAULT.withScale(1f);
+                        Tensor ref = Tensor.allocate(arena, 1, 1, lq, 1);
+                        Fixtures.run(Backend.REFERENCE, qt, kt, vt, ref, o);
+                        float r0 = ref.get(0, 0, 0, 0);
+                        assertEquals(gap < 103.97f, !Float.isFinite(r0), "reference at gap " + gap + ": " + r0);
+                        double tol = Fixtures.tol(1, lk, 1);
+                        Tensor out = Tensor.allocate(arena, 1, 1, lq, 1).fill(Float.NaN);
+                        Attention.create(backend, 1).sdpa(qt, kt, vt, out, o);
+                        Fixtures.assertClose(backend + " Lk=" + lk + " v0=" + bad + " gap=" + gap, out.shape(),
+                                out.toArray(), ref.toArray(), tol, tol);
+                    }
+                }
+            }
+        }
+    }
+
     /** The key blocks of the engines at this head size: the cases above cross them. */
     @Test
     void theSegmentsCrossKeyBlocks() {
