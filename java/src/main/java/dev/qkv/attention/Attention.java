@@ -1887,7 +1887,9 @@ public final class Attention {
          * The product over keys in blocks of {@code keyBlock} ({@link #javaKeyBlock}; {@link #NATIVE_KEY_BLOCK} on
          * the generic engine) with an online softmax: per row a running max {@code m} and sum {@code l}; each
          * block's weights are {@code exp(s - m_new)}, and what earlier blocks put in {@code out} and {@code l} is
-         * rescaled by {@code exp(m_old - m_new)} before the block's {@code p · v} is added. The score tile then holds
+         * rescaled by {@code exp(m_old - m_new)} ({@link RowKernels#rescale}: 0 where the kernels' exponential gives
+         * a key that far below the max weight 0, so a key counts as in one pass) before the block's {@code p · v} is
+         * added. The score tile then holds
          * {@code rows × keyBlock} floats (L2-sized) however long the sequence. Masks and causal limits apply per
          * block; a row no key may see stays at zeros.
          * <p>

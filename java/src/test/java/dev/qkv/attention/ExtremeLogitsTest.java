@@ -313,6 +313,20 @@ class ExtremeLogitsTest {
         }
     }
 
+    /** The cases above on the scalar kernels (no Vector API), in a JVM of their own. */
+    @Test
+    void scalarKernels() throws Exception {
+        List<String> cmd = new ArrayList<>(List.of(ProcessHandle.current().info().command().orElseThrow(),
+                "--enable-native-access=ALL-UNNAMED", "-Dqkv.vector=false", "-cp",
+                System.getProperty("java.class.path"), ExtremeLogitsScalarProbe.class.getName()));
+        Process p = new ProcessBuilder(cmd).redirectErrorStream(true).start();
+        String out = new String(p.getInputStream().readAllBytes(), java.nio.charset.StandardCharsets.UTF_8).trim();
+        assertTrue(p.waitFor(300, java.util.concurrent.TimeUnit.SECONDS), "child timed out");
+        assertEquals(0, p.exitValue(), out);
+        assertTrue(out.startsWith("scalar kernels"), out);
+        assertTrue(out.endsWith("ok"), out);
+    }
+
     /** The key blocks of the engines at this head size: the cases above cross them. */
     @Test
     void theSegmentsCrossKeyBlocks() {
