@@ -124,15 +124,17 @@ public record Mask(Kind kind, Tensor values) {
         }
         if (!ok) {
             String hint = "";
-            if (r == 3 && b > 1 && hq > 0 && m.size(0) / b == hq && m.size(0) % b == 0 && fits(m.size(1), lq)) {
+            if (r == 3 && b > 1 && hq > 0 && m.size(0) / b == hq && m.size(0) % b == 0 && fits(m.size(1), lq)
+                    && fits(m.size(2), lk)) {
                 // PyTorch's nn.MultiheadAttention takes a 3-D attn_mask as [B·num_heads, L, S]; NumPy's broadcast
                 // (ours) reads a rank-3 mask as [Hq, Lq, Lk]: say how to pass it rather than leave the user with
-                // the rule alone (found in review)
+                // the rule alone (found in review). Its own last size, Lk or 1 (one value per row), and none for
+                // another: "[.., Lk]" named a reshape to a count of elements the mask does not have
                 String k = names.keys();
                 String q = names.queries();
                 hint = "; a [" + names.batch() + "·" + names.heads() + ", " + q + ", " + k + "] mask"
                         + " (nn.MultiheadAttention's 3-D attn_mask) reads here as [" + names.heads() + ", " + q
-                        + ", " + k + "]: reshape it to [" + b + ", " + hq + ", " + m.size(1) + ", " + lk + "]"
+                        + ", " + k + "]: reshape it to [" + b + ", " + hq + ", " + m.size(1) + ", " + m.size(2) + "]"
                         + " (Tensor.reshape)";
             }
             throw new IllegalArgumentException(m.describe("mask") + ": not " + broadcastable(b, hq, lq, lk, names)

@@ -110,6 +110,36 @@ class AttentionArgumentsTest {
         }
     }
 
+    /**
+     * The reshape hint since a mask's last dimension may be 1: a torch-style {@code [B·Hq, Lq, 1]} mask must be told
+     * to become {@code [B, Hq, Lq, 1]} (its own last size; the hint said {@code [.., Lk]}, which no reshape of it can
+     * give), and a {@code [B·Hq, Lq, X]} mask whose X is neither Lk nor 1 gets no hint (it named a reshape of 8·3·7
+     * elements to 2·4·3·5). Found in review. The property: whatever shape the hint names, the mask reshaped to it is
+     * accepted.
+     */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("backends")
+    void theReshapeHintKeepsTheMasksOwnLastSize(Backend backend) {
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor q = Tensor.allocate(arena, 2, 4, 3, 8);
+            Tensor k = Tensor.allocate(arena, 2, 2, 5, 8);
+            Tensor v = Tensor.allocate(arena, 2, 2, 5, 8);
+            Tensor out = nan(arena, 2, 4, 3, 8);
+            Tensor perRow = Tensor.allocate(arena, 8, 3, 1);
+            Attention a = Attention.create(backend);
+            rejects(IllegalArgumentException.class, out,
+                    () -> a.sdpa(q, k, v, out, SdpaOptions.DEFAULT.withMask(Mask.additive(perRow))),
+                    "mask [8, 3, 1]: not broadcastable to [2, 4, 3, 5] = [B, Hq, Lq, Lk]",
+                    "reshape it to [2, 4, 3, 1] (Tensor.reshape)");
+            assertDoesNotThrow(() -> a.sdpa(q, k, v, out,
+                    SdpaOptions.DEFAULT.withMask(Mask.additive(perRow.reshape(2, 4, 3, 1)))));
+            IllegalArgumentException wrongKeys = assertThrows(IllegalArgumentException.class, () -> a.sdpa(q, k, v,
+                    out, SdpaOptions.DEFAULT.withMask(Mask.additive(Tensor.allocate(arena, 8, 3, 7)))));
+            assertTrue(wrongKeys.getMessage().startsWith("mask [8, 3, 7]: not broadcastable"), wrongKeys.getMessage());
+            assertFalse(wrongKeys.getMessage().contains("reshape"), wrongKeys.getMessage());
+        }
+    }
+
     @ParameterizedTest(name = "{0}")
     @MethodSource("backends")
     void shapeMismatches(Backend backend) {
