@@ -5,14 +5,15 @@ import dev.qkv.tensor.Tensor;
 import java.util.Objects;
 
 /**
- * An attention mask over scores {@code [B, Hq, Lq, Lk]}, given as a tensor of rank 1 to 4 that broadcasts to that
+ * An attention mask over scores {@code [B, Hq, Lq, Lk]}, given as a tensor of rank 0 to 4 that broadcasts to that
  * shape as in NumPy and PyTorch: its dimensions align with the scores' from the right, and each is the scores'
  * size or 1 (repeated), e.g. {@code [Lk]}, {@code [Lq, Lk]}, {@code [Hq, Lq, Lk]}, {@code [B, 1, Lq, Lk]},
  * {@code [B, 1, 1, Lk]} (a key-padding mask) or {@code [B, Hq, Lq, Lk]}. The last dimension too may be 1, as in
  * PyTorch's {@code F.scaled_dot_product_attention}: {@code [Lq, 1]}, {@code [B, 1, Lq, 1]} or {@code [1]} hold one
  * value per query row, applied to every key (e.g. padded query rows masked out whole; such a row, like any row
  * with no key allowed, gives zeros). A tensor broadcast along the keys with a stride of 0
- * ({@link Tensor#broadcastTo}) reads the same.
+ * ({@link Tensor#broadcastTo}) reads the same. A rank-0 mask (NumPy's 0-d array, {@code np.float32(-1)}) holds one
+ * value for every score.
  *
  * <p>A boolean mask ({@link #allowed}) follows PyTorch: a non-zero element means the query may attend the key,
  * zero means it may not. An additive mask ({@link #additive}) is added to the scaled scores; {@code -inf}
@@ -87,7 +88,8 @@ public record Mask(Kind kind, Tensor values) {
     /**
      * Refuses this mask unless it broadcasts to scores {@code [b, hq, lq, lk]} as NumPy and PyTorch broadcast: its
      * dimensions align with the scores' from the right, and each, the last ({@code lk}) included, is the scores'
-     * size or 1. The check {@link Attention} makes of every call's mask; it allocates nothing. A rank-3
+     * size or 1 (a rank-0 mask, one value, broadcasts to every score). The check {@link Attention} makes of every
+     * call's mask; it allocates nothing. A rank-3
      * mask is {@code [Hq, Lq, Lk]}: PyTorch's {@code nn.MultiheadAttention} 3-D {@code attn_mask},
      * {@code [B·Hq, Lq, Lk]}, is refused when {@code B > 1}, with a hint to {@link Tensor#reshape} it to
      * {@code [B, Hq, Lq, Lk]}.
@@ -111,7 +113,7 @@ public record Mask(Kind kind, Tensor values) {
         Objects.requireNonNull(names, "names is null");
         Tensor m = values;
         int r = m.rank();
-        if (r < 1 || r > 4) {
+        if (r > 4) {
             throw new IllegalArgumentException(m.describe("mask") + ": rank " + r + " is not "
                     + broadcastable(b, hq, lq, lk, names));
         }

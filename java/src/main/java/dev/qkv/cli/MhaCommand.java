@@ -96,12 +96,10 @@ final class MhaCommand implements Command {
                 rank3(kv, "kv", "[" + x.size(0) + ", Lkv, " + e + "]", kvPath, e, x.size(0));
             }
             long lkv = kv == null ? x.size(1) : kv.size(1);
-            NpyArray m = null;
             Mask mask = null;
             if (maskPath != null) {
                 // integers too ('<i8' is a Hugging Face attention_mask as np.save writes it), read as booleans
-                m = Npy.readMask(maskPath, arena);
-                mask = SdpaCommand.mask(m, lkv);
+                mask = SdpaCommand.mask(Npy.readMask(maskPath, arena));
             }
             SdpaOptions options = new SdpaOptions(causal, mask, scale);
             Tensor y;
@@ -128,7 +126,7 @@ final class MhaCommand implements Command {
             String summary = String.format(Locale.ROOT,
                     "mha backend=%s x=%s kv=%s E=%d H=%d Hkv=%d mask=%s causal=%s out=%s ms=%.3f",
                     backend.cliName(), x.shapeString(), kv == null ? "x" : kv.shapeString(), e, weights.heads(),
-                    weights.kvHeads(), SdpaCommand.maskSummary(mask, m), causal, y.shapeString(), nanos / 1e6);
+                    weights.kvHeads(), SdpaCommand.maskSummary(mask), causal, y.shapeString(), nanos / 1e6);
             // printed before the file replaces anything: a lost summary (> /dev/full) fails the run with no output
             Main.writeWithSummary(outPath, y, out, summary);
         }

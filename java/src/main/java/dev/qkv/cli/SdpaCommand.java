@@ -68,7 +68,7 @@ final class SdpaCommand implements Command {
             }
             rank4(q, "q", "[B, Hq, Lq, Dk]", qPath);
             rank4(v, "v", "[B, Hkv, Lk, Dv]", vPath);
-            Mask mask = m == null ? null : mask(m, k.rank() == 4 ? k.size(2) : -1);
+            Mask mask = m == null ? null : mask(m);
             SdpaOptions options = new SdpaOptions(causal, mask, scale);
             Tensor o;
             long nanos;
@@ -100,7 +100,7 @@ final class SdpaCommand implements Command {
             String summary = String.format(Locale.ROOT,
                     "sdpa backend=%s q=%s k=%s v=%s mask=%s out=%s causal=%s ms=%.3f",
                     backend.cliName(), q.shapeString(), k.shapeString(), v.shapeString(),
-                    maskSummary(mask, m), o.shapeString(), causal, nanos / 1e6);
+                    maskSummary(mask), o.shapeString(), causal, nanos / 1e6);
             // printed before the file replaces anything: a lost summary (> /dev/full) fails the run with no output
             Main.writeWithSummary(outPath, o, out, summary);
         }
@@ -149,25 +149,20 @@ final class SdpaCommand implements Command {
     }
 
     /**
-     * The mask of file {@code m}: bool (and integer) files allow, float ones add. A 0-d mask (PyTorch broadcasts it
-     * to every score; {@link Mask} takes rank 1 to 4) becomes a view of its one value as {@code [lk]}, stride 0,
-     * when {@code lk} (the keys) is known ({@code >= 0}); otherwise it is left for the shape checks to refuse.
+     * The mask of file {@code m}: bool (and integer) files allow, float ones add. A 0-d one is taken as it is:
+     * {@link Mask} broadcasts it to every score, as PyTorch does.
      */
-    static Mask mask(NpyArray m, long lk) {
-        Tensor t = m.tensor();
-        if (t.rank() == 0 && lk >= 0) {
-            t = t.broadcastTo(lk);
-        }
-        return m.isBool() ? Mask.allowed(t) : Mask.additive(t);
+    static Mask mask(NpyArray m) {
+        return m.isBool() ? Mask.allowed(m.tensor()) : Mask.additive(m.tensor());
     }
 
     /**
-     * The summary line's {@code mask=}: {@code none}, or the kind and the shape of the file {@code m}, e.g.
-     * {@code bool[1, 1, 1, 8]}, {@code float[]} for a 0-d one.
+     * The summary line's {@code mask=}: {@code none}, or the kind and shape, e.g. {@code bool[1, 1, 1, 8]},
+     * {@code float[]} for a 0-d one.
      */
-    static String maskSummary(Mask mask, NpyArray m) {
+    static String maskSummary(Mask mask) {
         return mask == null ? "none" : (mask.kind() == Mask.Kind.BOOLEAN ? "bool" : "float")
-                + m.tensor().shapeString();
+                + mask.values().shapeString();
     }
 
     /**

@@ -46,16 +46,34 @@ class KeyBroadcastMaskTest {
     @ParameterizedTest(name = "{0} {1}")
     @MethodSource("backendsAndShapes")
     void aMaskWithOneValuePerRowAppliesItToEveryKey(Backend backend, int[] shape) {
+        int b = shape[0], hq = shape[1], lq = shape[3];
+        check(backend, shape, new long[][] {{1}, {lq, 1}, {1, 1}, {hq, lq, 1}, {1, lq, 1}, {b, 1, lq, 1},
+                {b, hq, lq, 1}, {b, 1, 1, 1}, {1, hq, 1, 1}});
+    }
+
+    /**
+     * A 0-d mask (a rank-0 tensor, as {@code np.save} writes {@code np.float32(-1)}; a 0-d {@code attn_mask} in
+     * PyTorch) broadcasts to every score as in NumPy and PyTorch: one value for all of them. The CLI took one (by a
+     * view of its own) while the Java API refused it ("rank 0 is not broadcastable"), for the layer too. Found in
+     * review. Same checks as above: the bits of the value written out in full, which agrees with the reference.
+     */
+    @ParameterizedTest(name = "{0} {1}")
+    @MethodSource("backendsAndShapes")
+    void aRankZeroMaskAppliesItsValueToEveryScore(Backend backend, int[] shape) {
+        // twice: the value drawn first forbids every key (0, -inf), then allows them (1, a finite shift)
+        check(backend, shape, new long[][] {{}, {}});
+    }
+
+    private static void check(Backend backend, int[] shape, long[][] forms) {
         int b = shape[0], hq = shape[1], hkv = shape[2], lq = shape[3], lk = shape[4], dk = shape[5], dv = shape[6];
-        long[][] forms = {{1}, {lq, 1}, {1, 1}, {hq, lq, 1}, {1, lq, 1}, {b, 1, lq, 1}, {b, hq, lq, 1},
-                {b, 1, 1, 1}, {1, hq, 1, 1}};
         long[] scores = {b, hq, lq, lk};
         try (Arena arena = Arena.ofConfined()) {
             Random r = new Random(SEED);
             Tensor q = Fixtures.random(arena, r, b, hq, lq, dk);
             Tensor k = Fixtures.random(arena, r, b, hkv, lk, dk);
             Tensor v = Fixtures.random(arena, r, b, hkv, lk, dv);
-            for (long[] form : forms) {
+            for (int f = 0; f < forms.length; f++) {
+                long[] form = forms[f];
                 int n = Fixtures.count(form);
                 for (boolean bool : new boolean[] {true, false}) {
                     float[] x = new float[n];
@@ -63,6 +81,10 @@ class KeyBroadcastMaskTest {
                         // a third of the rows forbidden outright (0 or -inf), the rest allowed or shifted
                         x[i] = bool ? (r.nextInt(3) == 0 ? 0f : 1f)
                                 : r.nextInt(3) == 0 ? Float.NEGATIVE_INFINITY : 4 * r.nextFloat() - 2;
+                    }
+                    if (form.length == 0) {
+                        // one value for every score: forbidding in the first form, allowing in the next
+                        x[0] = f == 0 ? (bool ? 0f : Float.NEGATIVE_INFINITY) : (bool ? 1f : -1.5f);
                     }
                     // the full mask: element (x0, x1, x2, x3) reads the form's element at the aligned indices
                     float[] full = new float[Fixtures.count(scores)];
