@@ -92,7 +92,7 @@ public record Mask(Kind kind, Tensor values) {
      * call's mask; it allocates nothing. A rank-3
      * mask is {@code [Hq, Lq, Lk]}: PyTorch's {@code nn.MultiheadAttention} 3-D {@code attn_mask},
      * {@code [B·Hq, Lq, Lk]}, is refused when {@code B > 1}, with a hint to {@link Tensor#reshape} it to
-     * {@code [B, Hq, Lq, Lk]}.
+     * {@code [B, Hq, Lq, Lk]} ({@code [B, Hq, Lq, 1]} for one of {@code [B·Hq, Lq, 1]}).
      *
      * @throws IllegalArgumentException naming the mask and its shape, and the shape it must broadcast to
      *                                  ({@code [2, 4, 3, 5] = [B, Hq, Lq, Lk]})
