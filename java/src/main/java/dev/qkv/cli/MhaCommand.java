@@ -116,7 +116,8 @@ final class MhaCommand implements Command {
                 layer.forward(x, kv, y, options, ws);
                 nanos = System.nanoTime() - t0;
             } catch (IllegalArgumentException ex) {
-                throw new UsageException(ex.getMessage() + SdpaCommand.batchByKeysHint(ex, mask, x.size(0), lkv));
+                throw new UsageException(ex.getMessage() + SdpaCommand.batchByKeysHint(ex, mask, x.size(0), lkv,
+                        "Lkv"));
             } catch (ArithmeticException ex) {
                 throw new UsageException(ex.getMessage());
             } catch (OutOfMemoryError ex) {

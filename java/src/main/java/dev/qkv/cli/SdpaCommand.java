@@ -92,7 +92,7 @@ final class SdpaCommand implements Command {
                 nanos = System.nanoTime() - t0;
             } catch (IllegalArgumentException e) {
                 throw new UsageException(e.getMessage() + batchByKeysHint(e, mask, q.size(0),
-                        k.rank() == 4 ? k.size(2) : -1));
+                        k.rank() == 4 ? k.size(2) : -1, "Lk"));
             } catch (OutOfMemoryError e) {
                 throw new UsageException(outOfMemory("out [B, Hq, Lq, Dv] = " + Shapes.format(
                         new long[] {q.size(0), q.size(1), q.size(2), v.size(3)}), e));
@@ -135,17 +135,18 @@ final class SdpaCommand implements Command {
 
     /**
      * For a refused mask {@code [B, Lk]} (a Hugging Face attention_mask saved as it is, which NumPy's broadcast
-     * aligns with the scores' {@code [Lq, Lk]}): how to save it so it means what it says. Empty for any other
-     * refusal or shape; nothing is guessed, the mask is refused either way.
+     * aligns with the scores' {@code [Lq, Lk]}): how to save it so it means what it says, naming the keys
+     * {@code keys} as the rest of the error line does ({@code Lk} for sdpa, {@code Lkv} for the layer). Empty for
+     * any other refusal or shape; nothing is guessed, the mask is refused either way.
      */
-    static String batchByKeysHint(IllegalArgumentException e, Mask mask, long b, long lk) {
+    static String batchByKeysHint(IllegalArgumentException e, Mask mask, long b, long lk, String keys) {
         if (mask == null || mask.values().rank() != 2 || b < 2 || mask.values().size(0) != b
                 || mask.values().size(1) != lk || !String.valueOf(e.getMessage()).startsWith(
                         mask.values().describe("mask") + ":")) {
             return "";
         }
-        return "; a [B, Lk] key-padding mask (Hugging Face's attention_mask) must be saved as [B, 1, 1, Lk]:"
-                + " np.save(path, m[:, None, None, :])";
+        return "; a [B, " + keys + "] key-padding mask (Hugging Face's attention_mask) must be saved as [B, 1, 1, "
+                + keys + "]: np.save(path, m[:, None, None, :])";
     }
 
     /**

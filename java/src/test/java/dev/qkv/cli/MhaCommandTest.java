@@ -181,7 +181,9 @@ class MhaCommandTest {
 
     /**
      * The fixture's key-padding mask saved as a Hugging Face attention_mask is, {@code [B, Lkv]}, aligns with
-     * {@code [Lq, Lkv]} and is refused; the error line says to save it as {@code [B, 1, 1, Lkv]}.
+     * {@code [Lq, Lkv]} and is refused; the error line says to save it as {@code [B, 1, 1, Lkv]}, in the layer's
+     * names as the rest of the line ({@code = [B, H, L, Lkv]}): it said {@code [B, Lk]} and {@code [B, 1, 1, Lk]},
+     * sdpa's (found in review; this test looked for {@code [B, 1, 1, Lk]}, a prefix of either).
      */
     @Test
     void aBatchByKeysMaskIsRefusedWithHowToSaveIt() throws IOException {
@@ -191,7 +193,9 @@ class MhaCommandTest {
                 "--weights", fixture("cross.safetensors"), "--prefix", "decoder.cross_attn", "--heads", "3",
                 "--out", y.toString());
         assertUserError(r, "mask [2, 6]");
-        assertUserError(r, "[B, 1, 1, Lk]");
+        assertUserError(r, "= [B, H, L, Lkv]");
+        assertUserError(r, "a [B, Lkv] key-padding mask");
+        assertUserError(r, "[B, 1, 1, Lkv]");
         assertUserError(r, "m[:, None, None, :]");
         assertFalse(Files.exists(y));
     }
