@@ -116,8 +116,7 @@ final class MhaCommand implements Command {
                 layer.forward(x, kv, y, options, ws);
                 nanos = System.nanoTime() - t0;
             } catch (IllegalArgumentException ex) {
-                throw new UsageException(ex.getMessage() + SdpaCommand.batchByKeysHint(ex, mask, x.size(0), lkv,
-                        "Lkv"));
+                throw new UsageException(SdpaCommand.refusal(ex, mask, x.size(0), weights.heads(), lkv, "Lkv"));
             } catch (ArithmeticException ex) {
                 throw new UsageException(ex.getMessage());
             } catch (OutOfMemoryError ex) {

@@ -91,8 +91,8 @@ final class SdpaCommand implements Command {
                 attention.sdpa(q, k, v, o, options);
                 nanos = System.nanoTime() - t0;
             } catch (IllegalArgumentException e) {
-                throw new UsageException(e.getMessage() + batchByKeysHint(e, mask, q.size(0),
-                        k.rank() == 4 ? k.size(2) : -1, "Lk"));
+                throw new UsageException(refusal(e, mask, q.size(0), q.size(1), k.rank() == 4 ? k.size(2) : -1,
+                        "Lk"));
             } catch (OutOfMemoryError e) {
                 throw new UsageException(outOfMemory("out [B, Hq, Lq, Dv] = " + Shapes.format(
                         new long[] {q.size(0), q.size(1), q.size(2), v.size(3)}), e));
@@ -131,6 +131,24 @@ final class SdpaCommand implements Command {
         } catch (IllegalArgumentException e) {
             throw new UsageException("--backend: " + e.getMessage());
         }
+    }
+
+    /**
+     * The error line for a call refused with {@code e}: its message, with how to save the mask file when the mask is
+     * one PyTorch users save in another shape. A {@code [B, Lk]} mask gets {@link #batchByKeysHint}; the hint for
+     * {@code nn.MultiheadAttention}'s {@code [B·Hq, Lq, Lk]}, which names {@code Tensor.reshape} (a Java method, of
+     * no use here), says NumPy's reshape instead: {@code np.save(path, m.reshape(B, Hq, Lq, Lk))}.
+     */
+    static String refusal(IllegalArgumentException e, Mask mask, long b, long hq, long lk, String keys) {
+        String msg = String.valueOf(e.getMessage());
+        String java = " (Tensor.reshape)";
+        if (mask != null && mask.values().rank() == 3 && msg.endsWith(java)
+                && msg.startsWith(mask.values().describe("mask") + ":")) {
+            Tensor m = mask.values();
+            msg = msg.substring(0, msg.length() - java.length()) + ": np.save(path, m.reshape(" + b + ", " + hq
+                    + ", " + m.size(1) + ", " + m.size(2) + "))";
+        }
+        return msg + batchByKeysHint(e, mask, b, lk, keys);
     }
 
     /**

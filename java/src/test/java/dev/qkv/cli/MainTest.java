@@ -505,6 +505,28 @@ class MainTest {
     }
 
     /**
+     * nn.MultiheadAttention's 3-D attn_mask saved as it is, {@code [B·Hq, Lq, Lk]}, is refused (a rank-3 mask is
+     * {@code [Hq, Lq, Lk]}); the error line told a command-line user to use {@code Tensor.reshape}, a Java method
+     * they have no way to call. It now says how to save the file, with NumPy, as {@code [B, Hq, Lq, Lk]}; and that
+     * file is accepted. Found in review.
+     */
+    @Test
+    void aTorchStyleMaskIsRefusedWithHowToSaveIt() throws IOException {
+        SplittableRandom random = new SplittableRandom(SEED);
+        List<String> args = new ArrayList<>(List.of("sdpa"));
+        args.addAll(inputs(random));
+        Path out = dir.resolve("o.npy");
+        args.addAll(List.of("--mask", boolMask(random, 8, 5, 7).toString(), "--out", out.toString()));
+        Result r = run(args.toArray(String[]::new));
+        assertUserError(r, "mask [8, 5, 7]: not broadcastable to [2, 4, 5, 7]");
+        assertUserError(r, "np.save(path, m.reshape(2, 4, 5, 7))");
+        assertFalse(r.err().contains("Tensor.reshape"), r.toString());
+        assertFalse(Files.exists(out));
+        args.set(args.indexOf("--mask") + 1, boolMask(random, 2, 4, 5, 7).toString());
+        assertEquals(0, run(args.toArray(String[]::new)).code());
+    }
+
+    /**
      * A 0-d mask ({@code np.save('m.npy', np.float32(-1.5))}, {@code np.bool_(True)}) broadcasts to every score in
      * PyTorch; sdpa refused it ("rank 0 is not broadcastable"). Found by saving one. Properties, on every backend: a
      * constant added to every score changes no softmax, so a float one gives the unmasked output; bool true allows

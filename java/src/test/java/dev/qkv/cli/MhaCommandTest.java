@@ -201,6 +201,23 @@ class MhaCommandTest {
     }
 
     /**
+     * nn.MultiheadAttention's own 3-D attn_mask, {@code [B·H, L, Lkv]}, saved as it is: refused, the error line saying
+     * how to save it with NumPy ({@code Tensor.reshape}, which it named, is no help on the command line).
+     */
+    @Test
+    void aTorchStyleMaskIsRefusedWithHowToSaveIt() throws IOException {
+        Path y = dir.resolve("y.npy");
+        Path m = dev.qkv.io.NpyBytes.write(dir, "m.npy", dev.qkv.io.NpyBytes.file("|b1", "(6, 4, 6)", new byte[144]));
+        MainTest.Result r = mha("--x", fixture("cross_x.npy"), "--kv", fixture("cross_kv.npy"), "--mask", m.toString(),
+                "--weights", fixture("cross.safetensors"), "--prefix", "decoder.cross_attn", "--heads", "3",
+                "--out", y.toString());
+        assertUserError(r, "mask [6, 4, 6]: not broadcastable to [2, 3, 4, 6] = [B, H, L, Lkv]");
+        assertUserError(r, "np.save(path, m.reshape(2, 3, 4, 6))");
+        assertFalse(r.err().contains("Tensor.reshape"), r.toString());
+        assertFalse(Files.exists(y));
+    }
+
+    /**
      * A 0-d float mask adds one constant to every score, which changes no softmax: the output is PyTorch's unmasked
      * one. mha refused it ("rank 0 is not broadcastable").
      */
