@@ -5,7 +5,6 @@ import dev.qkv.attention.Mask;
 import dev.qkv.attention.SdpaOptions;
 import dev.qkv.blas.OpenBlas;
 import dev.qkv.io.Npy;
-import dev.qkv.io.NpyArray;
 import dev.qkv.io.Safetensors;
 import dev.qkv.mha.MhaWeights;
 import dev.qkv.mha.MhaWorkspace;
