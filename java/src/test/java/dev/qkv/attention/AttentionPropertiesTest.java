@@ -425,22 +425,7 @@ class AttentionPropertiesTest {
                     for (int i = 0; i < n; i++) {
                         x[i] = bool ? (r.nextInt(3) == 0 ? 0f : 1f) : 2 * r.nextFloat() - 1;
                     }
-                    // the full mask: element (x0, x1, x2, x3) reads the form's element at the aligned indices
-                    float[] full = new float[b * hq * lq * lk];
-                    int[] at = new int[4];
-                    for (int e = 0; e < full.length; e++) {
-                        int rest = e;
-                        for (int d = 3; d >= 0; d--) {
-                            at[d] = rest % (int) scores[d];
-                            rest /= (int) scores[d];
-                        }
-                        int src = 0;
-                        for (int d = 0; d < form.length; d++) {
-                            int sd = 4 - form.length + d;
-                            src = src * (int) form[d] + (form[d] == 1 ? 0 : at[sd]);
-                        }
-                        full[e] = x[src];
-                    }
+                    float[] full = Fixtures.expandMask(x, form, scores);
                     Tensor m = Tensor.of(arena, x, form);
                     Tensor mFull = Tensor.of(arena, full, scores);
                     SdpaOptions o = SdpaOptions.CAUSAL.withMask(bool ? Mask.allowed(m) : Mask.additive(m));

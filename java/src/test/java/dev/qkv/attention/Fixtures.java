@@ -54,6 +54,29 @@ final class Fixtures {
         return Math.toIntExact(n);
     }
 
+    /**
+     * The values {@code x} of a mask of shape {@code form} written out in full over {@code scores} (rank 4), element
+     * by element as NumPy broadcasts: each of the form's dimensions aligns with the scores' from the right, and one
+     * of size 1 repeats. The independent form of a broadcast mask that the tests compare the engines' reading with.
+     */
+    static float[] expandMask(float[] x, long[] form, long[] scores) {
+        float[] full = new float[count(scores)];
+        int[] at = new int[4];
+        for (int e = 0; e < full.length; e++) {
+            int rest = e;
+            for (int d = 3; d >= 0; d--) {
+                at[d] = rest % (int) scores[d];
+                rest /= (int) scores[d];
+            }
+            int src = 0;
+            for (int d = 0; d < form.length; d++) {
+                src = src * (int) form[d] + (form[d] == 1 ? 0 : at[4 - form.length + d]);
+            }
+            full[e] = x[src];
+        }
+        return full;
+    }
+
     /** A contiguous tensor with values uniform in [-1, 1). */
     static Tensor random(Arena arena, Random r, long... shape) {
         return Tensor.of(arena, uniform(r, count(shape), -1, 1), shape);

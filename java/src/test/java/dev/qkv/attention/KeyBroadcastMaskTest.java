@@ -86,21 +86,7 @@ class KeyBroadcastMaskTest {
                         // one value for every score: forbidding in the first form, allowing in the next
                         x[0] = f == 0 ? (bool ? 0f : Float.NEGATIVE_INFINITY) : (bool ? 1f : -1.5f);
                     }
-                    // the full mask: element (x0, x1, x2, x3) reads the form's element at the aligned indices
-                    float[] full = new float[Fixtures.count(scores)];
-                    int[] at = new int[4];
-                    for (int e = 0; e < full.length; e++) {
-                        int rest = e;
-                        for (int d = 3; d >= 0; d--) {
-                            at[d] = rest % (int) scores[d];
-                            rest /= (int) scores[d];
-                        }
-                        int src = 0;
-                        for (int d = 0; d < form.length; d++) {
-                            src = src * (int) form[d] + (form[d] == 1 ? 0 : at[4 - form.length + d]);
-                        }
-                        full[e] = x[src];
-                    }
+                    float[] full = Fixtures.expandMask(x, form, scores);
                     Tensor m = Tensor.of(arena, x, form);
                     Tensor mFull = Tensor.of(arena, full, scores);
                     Tensor mStride0 = m.broadcastTo(scores);
