@@ -93,4 +93,62 @@ class ScoreOverflowTest {
             }
         }
     }
+
+    static Stream<Arguments> perRowCases() {
+        Stream.Builder<Arguments> b = Stream.builder();
+        for (Backend backend : new Backend[] {Backend.NATIVE, Backend.JAVA, Backend.AUTO}) {
+            for (int[] lqLk : new int[][] {{3, 40}, {24, 2500}, {3, GROUPED_LK}}) {
+                for (boolean bool : new boolean[] {false, true}) {
+                    for (boolean stride0 : new boolean[] {false, true}) {
+                        b.add(Arguments.of(backend, lqLk[0], lqLk[1], bool, stride0));
+                    }
+                }
+            }
+        }
+        return b.build();
+    }
+
+    /**
+     * The same rows under a mask with one value per query row ({@code [Lq, 1]}, or that broadcast to
+     * {@code [Lq, Lk]} with stride 0 along the keys): a row it allows whose scores all overflow to -inf still
+     * matches the reference, and only the row it forbids is zeros. The check of whether such a row may attend reads
+     * the row's one value (stride 0); a mutant that read none ({@code ms3 == 0 ? 0 : lim} in
+     * {@code Attention.mayAttend}) gave the allowed rows zeros and passed every test (mutation testing, round 24).
+     */
+    @ParameterizedTest(name = "{0} Lq={1} Lk={2} bool={3} stride0={4}")
+    @MethodSource("perRowCases")
+    void rowsWhoseScoresOverflowUnderAPerRowMaskMatchTheReference(Backend backend, int lq, int lk, boolean bool,
+                                                                   boolean stride0) {
+        long[] qs = {1, 4, lq, 8};
+        long[] ks = {1, 2, lk, 8};
+        try (Arena arena = Arena.ofShared()) {
+            Random r = new Random(lq * 37L + lk);
+            Tensor q = Tensor.of(arena, Fixtures.uniform(r, Fixtures.count(qs), 0.5f, 1f), qs);
+            Tensor k = Tensor.of(arena, Fixtures.uniform(r, Fixtures.count(ks), -1f, -0.5f), ks);
+            Tensor v = Tensor.of(arena, Fixtures.uniform(r, Fixtures.count(ks), -1f, 1f), ks);
+            float[] m = new float[lq];
+            for (int i = 0; i < lq; i++) {
+                // row 1 may attend nothing; the others every key
+                m[i] = bool ? (i != 1 ? 1f : 0f) : i != 1 ? 0f : Float.NEGATIVE_INFINITY;
+            }
+            Tensor mt = Tensor.of(arena, m, lq, 1);
+            if (stride0) {
+                mt = mt.broadcastTo(lq, lk);
+            }
+            Mask mask = bool ? Mask.allowed(mt) : Mask.additive(mt);
+            SdpaOptions o = new SdpaOptions(false, mask, Float.NaN).withScale(1e38f);
+            Tensor ref = Tensor.allocate(arena, qs);
+            Attention.create(Backend.REFERENCE).sdpa(q, k, v, ref, o);
+            Tensor out = Tensor.allocate(arena, qs).fill(Float.NaN);
+            Attention.create(backend, 2).sdpa(q, k, v, out, o);
+            String what = backend + " Lq=" + lq + " Lk=" + lk + " mask " + mt.shapeString() + " strides "
+                    + java.util.Arrays.toString(mt.strides()) + (bool ? " bool" : " additive");
+            assertClose(what, qs, out.toArray(), ref.toArray(), 1e-6, 1e-6);
+            for (int h = 0; h < qs[1]; h++) {
+                for (int d = 0; d < qs[3]; d++) {
+                    assertEquals(0f, out.get(0, h, 1, d), what + ": a row that may attend nothing");
+                }
+            }
+        }
+    }
 }
