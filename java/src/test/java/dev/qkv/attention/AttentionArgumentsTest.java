@@ -140,6 +140,47 @@ class AttentionArgumentsTest {
         }
     }
 
+    /**
+     * The reshape hint as a property over rank-3 masks {@code [n0, n1, n2]} refused for scores
+     * {@code [2, 4, 3, 5]}: it is given exactly when the mask is a torch {@code [B·Hq, Lq|1, Lk|1]} one
+     * ({@code n0 = 8}), and the shape it names is {@code [B, Hq, n1, n2]}: the mask's own elements, which reshaped
+     * so are accepted. Mutation testing (round 24) found two mutants of {@link Mask#requireBroadcastsTo} that no
+     * test caught: without {@code n0 % B == 0} a {@code [9, 3, 5]} mask (9 / 2 = 4 = Hq) was told to become
+     * {@code [2, 4, 3, 5]}, 120 elements from 45; naming {@code Lq} for the mask's second size told a
+     * {@code [8, 1, 5]} one to become {@code [2, 4, 3, 5]} too.
+     */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("backends")
+    void theReshapeHintNamesTheMasksOwnElements(Backend backend) {
+        java.util.regex.Pattern hint = java.util.regex.Pattern.compile(
+                "reshape it to \\[(\\d+), (\\d+), (\\d+), (\\d+)\\] \\(Tensor\\.reshape\\)$");
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor q = Tensor.allocate(arena, 2, 4, 3, 8);
+            Tensor k = Tensor.allocate(arena, 2, 2, 5, 8);
+            Tensor v = Tensor.allocate(arena, 2, 2, 5, 8);
+            Tensor out = nan(arena, 2, 4, 3, 8);
+            Attention a = Attention.create(backend);
+            long[][] shapes = {{8, 3, 5}, {8, 1, 5}, {8, 3, 1}, {8, 1, 1}, {9, 3, 5}, {9, 1, 1}, {7, 3, 5},
+                    {6, 3, 5}, {16, 3, 5}, {17, 1, 5}, {8, 2, 5}, {8, 3, 7}};
+            for (long[] s : shapes) {
+                Tensor m = Tensor.allocate(arena, s);
+                IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                        () -> a.sdpa(q, k, v, out, SdpaOptions.DEFAULT.withMask(Mask.additive(m))));
+                String msg = e.getMessage();
+                boolean torch = s[0] == 2 * 4 && (s[1] == 1 || s[1] == 3) && (s[2] == 1 || s[2] == 5);
+                java.util.regex.Matcher h = hint.matcher(msg);
+                assertTrue(h.find() == torch, java.util.Arrays.toString(s) + ": hint expected " + torch + ": " + msg);
+                if (torch) {
+                    long[] to = {Long.parseLong(h.group(1)), Long.parseLong(h.group(2)), Long.parseLong(h.group(3)),
+                            Long.parseLong(h.group(4))};
+                    assertArrayEquals(new long[] {2, 4, s[1], s[2]}, to, msg);
+                    assertDoesNotThrow(() -> a.sdpa(q, k, v, out,
+                            SdpaOptions.DEFAULT.withMask(Mask.additive(m.reshape(to)))), msg);
+                }
+            }
+        }
+    }
+
     @ParameterizedTest(name = "{0}")
     @MethodSource("backends")
     void shapeMismatches(Backend backend) {
