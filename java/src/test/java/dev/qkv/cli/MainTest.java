@@ -502,6 +502,13 @@ class MainTest {
         Result other = run(args.toArray(String[]::new));
         assertUserError(other, "mask [3, 7]");
         assertFalse(other.err().contains("None"), other.toString());
+        // [B, X] with X not Lk: not a key-padding mask of these keys, so no hint either (mutation testing, round
+        // 24: without the check of its last size, SdpaCommand.batchByKeysHint gave it one and no test saw it)
+        args.set(args.indexOf("--mask") + 1, boolMask(random, 2, 9).toString());
+        Result wrongKeys = run(args.toArray(String[]::new));
+        assertUserError(wrongKeys, "mask [2, 9]: not broadcastable to [2, 4, 5, 7]");
+        assertFalse(wrongKeys.err().contains("None"), wrongKeys.toString());
+        assertFalse(Files.exists(out));
     }
 
     /**
@@ -522,6 +529,18 @@ class MainTest {
         assertUserError(r, "np.save(path, m.reshape(2, 4, 5, 7))");
         assertFalse(r.err().contains("Tensor.reshape"), r.toString());
         assertFalse(Files.exists(out));
+        // rank-3 masks that are not [B·Hq, Lq, Lk] ([6, 5, 7]: 6 is not B·Hq; [8, 5, 9]: 9 is neither Lk nor 1)
+        // get no reshape hint, and the library's message whole (mutation testing, round 24: SdpaCommand.refusal
+        // without its check that the message ends with the Java hint cut the last characters of any rank-3 mask's
+        // refusal and appended a reshape no file can have, and no test saw it)
+        for (long[] shape : new long[][] {{6, 5, 7}, {8, 5, 9}}) {
+            args.set(args.indexOf("--mask") + 1, boolMask(random, shape).toString());
+            Result other = run(args.toArray(String[]::new));
+            assertUserError(other, "mask " + Arrays.toString(shape) + ": not broadcastable to [2, 4, 5, 7]");
+            assertFalse(other.err().contains("reshape"), other.toString());
+            assertTrue(other.err().strip().endsWith("any size may be 1)"), other.toString());
+            assertFalse(Files.exists(out));
+        }
         args.set(args.indexOf("--mask") + 1, boolMask(random, 2, 4, 5, 7).toString());
         assertEquals(0, run(args.toArray(String[]::new)).code());
     }
