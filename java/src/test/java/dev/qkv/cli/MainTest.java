@@ -512,6 +512,26 @@ class MainTest {
     }
 
     /**
+     * A {@code [B, Lk]} mask that broadcasts (here {@code B = Lq}, so it reads as {@code [Lq, Lk]}) gets no
+     * key-padding hint when the call is refused for something else (Hq = 3 not a multiple of Hkv = 2): the error
+     * line is that refusal alone. Mutation testing (round 24): {@code SdpaCommand.batchByKeysHint} without its
+     * check that the refusal is the mask's appended the hint to this error, and no test saw it.
+     */
+    @Test
+    void aBatchByKeysShapedMaskGetsNoHintWhenTheRefusalIsAboutSomethingElse() throws IOException {
+        SplittableRandom random = new SplittableRandom(SEED);
+        Path out = dir.resolve("o.npy");
+        Result r = run("sdpa", "--q", randomNpy("q.npy", random, 2, 3, 2, 8).toString(),
+                "--k", randomNpy("k.npy", random, 2, 2, 7, 8).toString(),
+                "--v", randomNpy("v.npy", random, 2, 2, 7, 6).toString(),
+                "--mask", boolMask(random, 2, 7).toString(), "--out", out.toString());
+        assertUserError(r, "Hq=3 is not a multiple of Hkv=2");
+        assertFalse(r.err().contains("None"), r.toString());
+        assertFalse(r.err().contains("key-padding"), r.toString());
+        assertFalse(Files.exists(out));
+    }
+
+    /**
      * nn.MultiheadAttention's 3-D attn_mask saved as it is, {@code [B·Hq, Lq, Lk]}, is refused (a rank-3 mask is
      * {@code [Hq, Lq, Lk]}); the error line told a command-line user to use {@code Tensor.reshape}, a Java method
      * they have no way to call. It now says how to save the file, with NumPy, as {@code [B, Hq, Lq, Lk]}; and that
