@@ -17,6 +17,7 @@ import java.util.concurrent.TimeUnit;
 import java.util.stream.Stream;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNotEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assumptions.assumeTrue;
@@ -70,9 +71,14 @@ class MakefileTest {
      * as java does), and otherwise prints the incubator warning and {@code error: fake failure} on stderr and exits 2.
      */
     private static Path fakeJdk(Path dir, int version) throws IOException {
+        return fakeJdk(dir, Integer.toString(version));
+    }
+
+    /** A fake JDK whose java reports {@code java.specification.version = <version>}, whatever that text is. */
+    private static Path fakeJdk(Path dir, String version) throws IOException {
         script(dir.resolve("bin/javac"), "exit 0\n");
         script(dir.resolve("bin/java"), """
-                case "$*" in *-XshowSettings*) echo "    java.specification.version = %d" >&2; exit 0;; esac
+                case "$*" in *-XshowSettings*) echo "    java.specification.version = %s" >&2; exit 0;; esac
                 echo "WARNING: Using incubator modules: jdk.incubator.vector" >&2
                 echo "error: fake failure" >&2
                 exit 2
@@ -177,6 +183,29 @@ class MakefileTest {
         Result ok = make(dir, null, null, "jdk", jvmDir, "JDK=" + jdk25);
         assertEquals(0, ok.exit(), ok.toString());
         assertEquals(jdk25.toString(), ok.out().strip(), "taken as given, not the newest under JVM_DIR: " + ok);
+    }
+
+    /**
+     * A JDK whose java reports a version that is not a number is no JDK: given as {@code JDK=...} it is refused as
+     * one with no version (not "version banana"), and under JVM_DIR it is skipped quietly, the JDK 25 beside it
+     * taken. Mutation testing (round 24): the JDK_VERSION macro without its numeric check passed every test; the
+     * search then wrote the shell's "integer expression expected" to stderr.
+     */
+    @Test
+    void aJdkReportingNoNumericVersionIsNone(@TempDir Path tmp) throws Exception {
+        Path dir = project(tmp.resolve("repo"));
+        Path jvms = tmp.resolve("jvm");
+        Path banana = fakeJdk(jvms.resolve("jdk-banana"), "banana");
+        Path jdk25 = fakeJdk(jvms.resolve("jdk-25"), 25);
+        String jvmDir = "JVM_DIR=" + jvms;
+        Result given = make(dir, null, null, "jdk", jvmDir, "JDK=" + banana);
+        assertNotEquals(0, given.exit(), given.toString());
+        assertTrue(given.err().contains("no JDK >= 25 found (JDK=" + banana + ": no bin/java and bin/javac that"
+                + " report a version)"), given.toString());
+        Result searched = make(dir, null, null, "jdk", jvmDir);
+        assertEquals(0, searched.exit(), searched.toString());
+        assertEquals(jdk25.toString(), searched.out().strip(), searched.toString());
+        assertFalse(searched.err().contains("integer expression"), searched.toString());
     }
 
     /** make run must not return before its stderr filter has written the CLI's error line. */
