@@ -563,6 +563,19 @@ class MainTest {
         }
         args.set(args.indexOf("--mask") + 1, boolMask(random, 2, 4, 5, 7).toString());
         assertEquals(0, run(args.toArray(String[]::new)).code());
+        // a torch mask with a size-1 dimension keeps it in the NumPy reshape, which then saves a file that is
+        // accepted (mutation testing, round 24: naming Lk for the mask's last size, [8, 5, 1] was told to become
+        // [2, 4, 5, 7], and no test saw it)
+        Files.delete(out);
+        for (long[] shape : new long[][] {{8, 5, 1}, {8, 1, 7}}) {
+            args.set(args.indexOf("--mask") + 1, boolMask(random, shape).toString());
+            Result perRow = run(args.toArray(String[]::new));
+            assertUserError(perRow, "np.save(path, m.reshape(2, 4, " + shape[1] + ", " + shape[2] + "))");
+            assertFalse(Files.exists(out));
+            args.set(args.indexOf("--mask") + 1, boolMask(random, 2, 4, shape[1], shape[2]).toString());
+            assertEquals(0, run(args.toArray(String[]::new)).code());
+            Files.delete(out);
+        }
     }
 
     /**
