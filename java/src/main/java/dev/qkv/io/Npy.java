@@ -343,7 +343,8 @@ public final class Npy {
         if (found != null && (!found.isInteger() || integers)) {
             return found;
         }
-        boolean bigEndian = s.startsWith(">") && s.length() > 1 && s.charAt(1) != 'b';
+        // a one-byte type's '>' says nothing (it has no byte order): '>u1' is refused as an integer, not as big-endian
+        boolean bigEndian = s.startsWith(">") && s.length() > 1 && !oneByte.matches("[biu]1");
         String why = bigEndian ? " (big-endian" + (integers && s.matches(">[iu][248]")
                 ? "; save it little-endian: m.astype('<" + s.substring(1) + "')" : "") + ")" : "";
         boolean integer = found != null || s.matches("[<>=|]?[iu][1248]");

@@ -330,6 +330,8 @@ class NpyTest {
                 Arguments.of("int64", file("<i8", "(1,)", f8(1)), "unsupported dtype '<i8'"),
                 Arguments.of("float16", file("<f2", "(4,)", two), "unsupported dtype '<f2'"),
                 Arguments.of("uint8", file("|u1", "(8,)", two), "unsupported dtype '|u1'"),
+                // one byte has no byte order: '>u1' is an integer refused as such, not as big-endian
+                Arguments.of("uint8, '>' mark", file(">u1", "(8,)", two), "unsupported dtype '>u1'; expected"),
                 Arguments.of("structured", file(1, "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (2,)}",
                         two), "structured"),
                 Arguments.of("fortran order", file(1, "{'descr': '<f4', 'fortran_order': True, 'shape': (2,)}", two),
