@@ -385,9 +385,18 @@ public final class WorkerPool {
         }
     }
 
+    /**
+     * Whether the callers inside {@link #run} now leave a core to helper {@code worker} (pool thread
+     * {@code worker - 1}): callers and helpers 1..worker together no more than the cores. Read where a helper claims a
+     * task, begins a spin and keeps spinning.
+     */
+    private boolean coreLeftFor(int worker) {
+        return callers.get() + worker <= threads.length + 1;
+    }
+
     private void drain(Tasks job, long g, int count, int worker) {
         // a helper (worker > 0) claims while the callers leave it a core; the caller claims until none is left
-        for (int t; (worker == 0 || callers.get() + worker <= threads.length + 1) && (t = claim(g, count)) >= 0; ) {
+        for (int t; (worker == 0 || coreLeftFor(worker)) && (t = claim(g, count)) >= 0; ) {
             try {
                 if (failure.get() == null) {
                     job.run(t, worker);
@@ -567,7 +576,7 @@ public final class WorkerPool {
             // and only while the callers leave this thread a core, as the spin loop checks: announced first, a spin
             // begun beside callers that hold every core was read as on (spins(), spinningNow) until the loop's
             // next look ended it, and a small call in that moment was shared with a thread that had no core
-            if (maySpin(now) && callers.get() + index + 1 <= threads.length + 1) {
+            if (maySpin(now) && coreLeftFor(index + 1)) {
                 on = true;
                 until = now + spinNanos;
                 spinsBegun.incrementAndGet();
@@ -640,7 +649,7 @@ public final class WorkerPool {
                 if (spin.on) {
                     // while the time lasts, the callers leave this thread a core, and the pool is not quiet
                     long now = System.nanoTime();
-                    if (now - spin.until < 0 && callers.get() + index + 1 <= threads.length + 1
+                    if (now - spin.until < 0 && coreLeftFor(index + 1)
                             && now - quietUntil >= 0) {
                         Thread.onSpinWait();
                         continue;
