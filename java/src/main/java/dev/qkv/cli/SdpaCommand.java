@@ -141,26 +141,27 @@ final class SdpaCommand implements Command {
      */
     static String refusal(IllegalArgumentException e, Mask mask, long b, long hq, long lk, String keys) {
         String msg = String.valueOf(e.getMessage());
+        if (mask == null || !msg.startsWith(mask.values().describe("mask") + ":")) {
+            return msg; // not a refusal of the mask: no hint about how it was saved
+        }
+        Tensor m = mask.values();
         String java = " (Tensor.reshape)";
-        if (mask != null && mask.values().rank() == 3 && msg.endsWith(java)
-                && msg.startsWith(mask.values().describe("mask") + ":")) {
-            Tensor m = mask.values();
-            msg = msg.substring(0, msg.length() - java.length()) + ": np.save(path, m.reshape(" + b + ", " + hq
+        if (m.rank() == 3 && msg.endsWith(java)) {
+            return msg.substring(0, msg.length() - java.length()) + ": np.save(path, m.reshape(" + b + ", " + hq
                     + ", " + m.size(1) + ", " + m.size(2) + "))";
         }
-        return msg + batchByKeysHint(e, mask, b, lk, keys);
+        return msg + batchByKeysHint(m, b, lk, keys);
     }
 
     /**
      * For a refused mask {@code [B, Lk]} (a Hugging Face attention_mask saved as it is, which NumPy's broadcast
      * aligns with the scores' {@code [Lq, Lk]}): how to save it so it means what it says, naming the keys
      * {@code keys} as the rest of the error line does ({@code Lk} for sdpa, {@code Lkv} for the layer). Empty for
-     * any other refusal or shape; nothing is guessed, the mask is refused either way.
+     * any other shape (the caller gives it only refusals of the mask); nothing is guessed, the mask is refused
+     * either way.
      */
-    static String batchByKeysHint(IllegalArgumentException e, Mask mask, long b, long lk, String keys) {
-        if (mask == null || mask.values().rank() != 2 || b < 2 || mask.values().size(0) != b
-                || mask.values().size(1) != lk || !String.valueOf(e.getMessage()).startsWith(
-                        mask.values().describe("mask") + ":")) {
+    private static String batchByKeysHint(Tensor m, long b, long lk, String keys) {
+        if (m.rank() != 2 || b < 2 || m.size(0) != b || m.size(1) != lk) {
             return "";
         }
         return "; a [B, " + keys + "] key-padding mask (Hugging Face's attention_mask) must be saved as [B, 1, 1, "
