@@ -67,11 +67,11 @@ final class VectorRowKernels extends RowKernels {
         final long base = at * Float.BYTES;
         if (max == Float.NEGATIVE_INFINITY || limit == 0) {
             // no key may be attended: zeros, never NaN
-            zero(s, base, 0, n);
+            fill(s, base, 0, n, 0f);
             return 0f;
         }
         float sum = expAndSum(s, base, limit, n, max, null, 0);
-        zero(s, base, limit, n);
+        fill(s, base, limit, n, 0f);
         return sum;
     }
 
@@ -358,17 +358,6 @@ final class VectorRowKernels extends RowKernels {
         }
         for (; j < to; j++) {
             s.set(F, base + (long) j * Float.BYTES, x);
-        }
-    }
-
-    private static void zero(MemorySegment s, long base, int from, int to) {
-        FloatVector z = FloatVector.zero(SP);
-        int j = from;
-        for (; j <= to - L; j += L) {
-            z.intoMemorySegment(s, base + (long) j * Float.BYTES, O);
-        }
-        for (; j < to; j++) {
-            s.set(F, base + (long) j * Float.BYTES, 0f);
         }
     }
 
