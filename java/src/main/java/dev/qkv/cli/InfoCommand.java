@@ -5,6 +5,7 @@ import dev.qkv.attention.Attention;
 import dev.qkv.attention.Backend;
 import dev.qkv.blas.BlasUnavailableException;
 import dev.qkv.blas.OpenBlas;
+import dev.qkv.kernel.Vectorization;
 
 import java.io.IOException;
 import java.io.PrintStream;
@@ -72,8 +73,10 @@ final class InfoCommand implements Command {
         if (!env.isEmpty()) {
             report.add("openblas environment: " + env);
         }
+        String blocks = Vectorization.enabled()
+                ? ", " + Vectorization.packed().registerBlock() + " register blocks" : "";
         report.add("backends: native " + nativeStatus + "; java yes (" + Attention.create(Backend.JAVA).kernelName()
-                + " products); reference yes (scalar, double accumulation)");
+                + " products" + blocks + "); reference yes (scalar, double accumulation)");
         report.forEach(out::println);
         return 0;
     }

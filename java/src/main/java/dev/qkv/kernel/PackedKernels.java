@@ -13,6 +13,9 @@ public interface PackedKernels {
     /** Columns per packed panel of a wide operand (an operand at most half as wide may use narrower panels). */
     int panel();
 
+    /** The products' register block, rows x vectors ({@code 6x4} or {@code 6x2}), as reports name it. */
+    String registerBlock();
+
     /** Floats a {@link #packB} destination needs for {@code op(B) [k, n]}, slack for its alignment included. */
     int packedSize(int k, int n);
 

@@ -16,7 +16,11 @@ final class VectorKernels {
         return new VectorRowKernels();
     }
 
-    PackedKernels packed() {
-        return new VectorPackedKernels();
+    /**
+     * The product kernels, with 6 × 2-vector register blocks when {@code smallBlocks} is true, 6 × 4 when false,
+     * and when null the blocks that fit this machine's vector registers ({@link VectorPackedKernels#sixteenRegisters}).
+     */
+    PackedKernels packed(Boolean smallBlocks) {
+        return new VectorPackedKernels(smallBlocks != null ? smallBlocks : VectorPackedKernels.sixteenRegisters());
     }
 }

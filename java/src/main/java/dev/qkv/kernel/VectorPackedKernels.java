@@ -15,8 +15,40 @@ import java.nio.ByteOrder;
  * one element of each A row: 24 FMAs for 4 loads and 6 broadcasts. A broadcast from a register competes with
  * the FMAs for a port, so fewer broadcasts per FMA than the former 8 × 2 block (8 per 16) leave the FMA units
  * busier.
+ *
+ * <p>That block needs 29 vector registers. x86 without AVX-512 has 16 (AVX2: 8 floats per vector), and there the
+ * 6 × 4 block ran at a third of the core's peak: C2 spilled the accumulators and left some vector operations as
+ * calls (measured on an AMD EPYC Zen 3, 2026-11-27: [1, 1, 128, 64] 0.27-0.32 ms, [1, 12, 512, 64] 27 GFLOP/s,
+ * against 0.11-0.16 ms and 32-41 GFLOP/s with the blocks below; bench/RESULTS.md, round 25). With
+ * {@link #smallBlocks} each panel is multiplied in two halves of two vectors: 6 × 2 blocks (12 accumulators,
+ * 2 panel loads and 6 broadcasts per 12 FMAs, the shape of the AVX2 kernels of BLIS and OpenBLAS), and 8 × 1
+ * for narrow panels. The panels' layout is the same for both.
  */
 final class VectorPackedKernels implements PackedKernels {
+    /**
+     * Whether the register blocks are 6 × 2 vectors (and 8 × 1 on narrow panels) instead of 6 × 4 (and 8 × 2):
+     * for machines with 16 vector registers (see the class comment).
+     */
+    private final boolean smallBlocks;
+
+    VectorPackedKernels(boolean smallBlocks) {
+        this.smallBlocks = smallBlocks;
+    }
+
+    /**
+     * Whether this JVM's vectors live in 16 registers rather than 32, so that the 6 × 4 block does not fit: x86
+     * (amd64) with vectors under 512 bits (AVX2; AVX-512 doubles the registers to 32). AArch64 has 32 (NEON,
+     * SVE).
+     */
+    static boolean sixteenRegisters() {
+        String arch = System.getProperty("os.arch", "");
+        return (arch.equals("amd64") || arch.equals("x86_64")) && L < 16;
+    }
+
+    @Override
+    public String registerBlock() {
+        return smallBlocks ? "6x2" : "6x4";
+    }
     private static final VectorSpecies<Float> SP = FloatVector.SPECIES_PREFERRED;
     private static final int L = SP.length();
     /** Columns of a panel: four vectors, or two when the whole operand is at most two vectors wide. */
@@ -324,7 +356,10 @@ final class VectorPackedKernels implements PackedKernels {
         final float[] tile = direct ? null : tb.array();
         final int t = direct ? 0 : tb.alignedStart();
         if (narrow) {
-            if (m == 8) {
+            if (m == 8 && smallBlocks) {
+                kernel8h(a, 0, k, k, bp, bAt + bRow0 * NARROW, tile, t);
+                kernel8h(a, 0, k, k, bp, bAt + bRow0 * NARROW + L, tile, t + L);
+            } else if (m == 8) {
                 kernel8(a, 0, k, k, bp, bAt + bRow0 * NARROW, tile, t);
             } else {
                 for (int r = 0; r < m; r++) {
@@ -357,14 +392,27 @@ final class VectorPackedKernels implements PackedKernels {
      * {@code beta == 0} (every product of a single-pass call) is stored by the 6- and 4-row kernels from their
      * registers; the others go through {@code tile} and {@link #flush}.
      */
-    private static void block(float[] a, int a0, int k, int mr, boolean stepMajor, float[] bp, int bBase,
+    private void block(float[] a, int a0, int k, int mr, boolean stepMajor, float[] bp, int bBase,
                               float[] tile, int t, float[] rowScale, int i, float beta, MemorySegment c, long cOff,
                               int ldc, int nb) {
         final boolean direct = beta == 0f && nb == NR && c.isNative();
         final MemorySegment to = direct ? c : null;
         final long cAt = cOff * Float.BYTES;
         final long ldcBytes = (long) ldc * Float.BYTES;
-        if (mr == 6 && stepMajor) {
+        if (smallBlocks && (mr == 6 || mr == 4)) {
+            for (int h = 0; h < NR; h += NARROW) {
+                long ch = cAt + (long) h * Float.BYTES;
+                if (mr == 6 && stepMajor) {
+                    kernel6ih(a, a0, k, bp, bBase + h, tile, t + h, to, ch, ldcBytes, rowScale, i);
+                } else if (mr == 6) {
+                    kernel6h(a, a0, k, k, bp, bBase + h, tile, t + h, to, ch, ldcBytes, rowScale, i);
+                } else if (stepMajor) {
+                    kernel4ih(a, a0, k, bp, bBase + h, tile, t + h, to, ch, ldcBytes, rowScale, i);
+                } else {
+                    kernel4h(a, a0, k, k, bp, bBase + h, tile, t + h, to, ch, ldcBytes, rowScale, i);
+                }
+            }
+        } else if (mr == 6 && stepMajor) {
             kernel6i(a, a0, k, bp, bBase, tile, t, to, cAt, ldcBytes, rowScale, i);
         } else if (mr == 6) {
             kernel6(a, a0, k, k, bp, bBase, tile, t, to, cAt, ldcBytes, rowScale, i);
@@ -967,6 +1015,293 @@ final class VectorPackedKernels implements PackedKernels {
         c33.mul(s3).intoMemorySegment(c, o3 + 3 * VB, O);
     }
 
+    /**
+     * {@link #kernel6} on two of the panel's four vectors, for {@link #smallBlocks}: {@code bBase}, {@code t} and
+     * {@code cAt} point at the half (the panel's and the tile's rows stay {@code NR} floats apart); 12
+     * accumulators, 2 panel loads and 6 broadcasts per 12 FMAs. The halves kernels below are written out alike.
+     */
+    private static void kernel6h(float[] a, int a0, int lda, int k, float[] bp, int bBase, float[] tile, int t,
+                                 MemorySegment c, long cAt, long ldcBytes, float[] rowScale, int i) {
+        final int a1 = a0 + lda;
+        final int a2 = a1 + lda;
+        final int a3 = a2 + lda;
+        final int a4 = a3 + lda;
+        final int a5 = a4 + lda;
+        FloatVector c00 = FloatVector.zero(SP);
+        FloatVector c01 = c00;
+        FloatVector c10 = c00;
+        FloatVector c11 = c00;
+        FloatVector c20 = c00;
+        FloatVector c21 = c00;
+        FloatVector c30 = c00;
+        FloatVector c31 = c00;
+        FloatVector c40 = c00;
+        FloatVector c41 = c00;
+        FloatVector c50 = c00;
+        FloatVector c51 = c00;
+        for (int p = 0; p < k; p++) {
+            final int bo = bBase + (p) * NR;
+            FloatVector b0 = FloatVector.fromArray(SP, bp, bo);
+            FloatVector b1 = FloatVector.fromArray(SP, bp, bo + L);
+            FloatVector x0 = FloatVector.broadcast(SP, a[a0 + p]);
+            c00 = x0.fma(b0, c00);
+            c01 = x0.fma(b1, c01);
+            FloatVector x1 = FloatVector.broadcast(SP, a[a1 + p]);
+            c10 = x1.fma(b0, c10);
+            c11 = x1.fma(b1, c11);
+            FloatVector x2 = FloatVector.broadcast(SP, a[a2 + p]);
+            c20 = x2.fma(b0, c20);
+            c21 = x2.fma(b1, c21);
+            FloatVector x3 = FloatVector.broadcast(SP, a[a3 + p]);
+            c30 = x3.fma(b0, c30);
+            c31 = x3.fma(b1, c31);
+            FloatVector x4 = FloatVector.broadcast(SP, a[a4 + p]);
+            c40 = x4.fma(b0, c40);
+            c41 = x4.fma(b1, c41);
+            FloatVector x5 = FloatVector.broadcast(SP, a[a5 + p]);
+            c50 = x5.fma(b0, c50);
+            c51 = x5.fma(b1, c51);
+        }
+        if (c == null) {
+            c00.intoArray(tile, t);
+            c01.intoArray(tile, t + L);
+            c10.intoArray(tile, t + NR);
+            c11.intoArray(tile, t + NR + L);
+            c20.intoArray(tile, t + 2 * NR);
+            c21.intoArray(tile, t + 2 * NR + L);
+            c30.intoArray(tile, t + 3 * NR);
+            c31.intoArray(tile, t + 3 * NR + L);
+            c40.intoArray(tile, t + 4 * NR);
+            c41.intoArray(tile, t + 4 * NR + L);
+            c50.intoArray(tile, t + 5 * NR);
+            c51.intoArray(tile, t + 5 * NR + L);
+            return;
+        }
+        float s0 = rowScale == null ? 1f : rowScale[i];
+        long o0 = cAt;
+        c00.mul(s0).intoMemorySegment(c, o0, O);
+        c01.mul(s0).intoMemorySegment(c, o0 + VB, O);
+        float s1 = rowScale == null ? 1f : rowScale[i + 1];
+        long o1 = cAt + ldcBytes;
+        c10.mul(s1).intoMemorySegment(c, o1, O);
+        c11.mul(s1).intoMemorySegment(c, o1 + VB, O);
+        float s2 = rowScale == null ? 1f : rowScale[i + 2];
+        long o2 = cAt + 2 * ldcBytes;
+        c20.mul(s2).intoMemorySegment(c, o2, O);
+        c21.mul(s2).intoMemorySegment(c, o2 + VB, O);
+        float s3 = rowScale == null ? 1f : rowScale[i + 3];
+        long o3 = cAt + 3 * ldcBytes;
+        c30.mul(s3).intoMemorySegment(c, o3, O);
+        c31.mul(s3).intoMemorySegment(c, o3 + VB, O);
+        float s4 = rowScale == null ? 1f : rowScale[i + 4];
+        long o4 = cAt + 4 * ldcBytes;
+        c40.mul(s4).intoMemorySegment(c, o4, O);
+        c41.mul(s4).intoMemorySegment(c, o4 + VB, O);
+        float s5 = rowScale == null ? 1f : rowScale[i + 5];
+        long o5 = cAt + 5 * ldcBytes;
+        c50.mul(s5).intoMemorySegment(c, o5, O);
+        c51.mul(s5).intoMemorySegment(c, o5 + VB, O);
+    }
+
+    /** {@link #kernel6i} on half a panel, as {@link #kernel6h}. */
+    private static void kernel6ih(float[] a, int a0, int k, float[] bp, int bBase, float[] tile, int t,
+                                 MemorySegment c, long cAt, long ldcBytes, float[] rowScale, int i) {
+        FloatVector c00 = FloatVector.zero(SP);
+        FloatVector c01 = c00;
+        FloatVector c10 = c00;
+        FloatVector c11 = c00;
+        FloatVector c20 = c00;
+        FloatVector c21 = c00;
+        FloatVector c30 = c00;
+        FloatVector c31 = c00;
+        FloatVector c40 = c00;
+        FloatVector c41 = c00;
+        FloatVector c50 = c00;
+        FloatVector c51 = c00;
+        for (int p = 0; p < k; p++) {
+            final int bo = bBase + (p) * NR;
+            final int ao = a0 + (p) * 6;
+            FloatVector b0 = FloatVector.fromArray(SP, bp, bo);
+            FloatVector b1 = FloatVector.fromArray(SP, bp, bo + L);
+            FloatVector x0 = FloatVector.broadcast(SP, a[ao]);
+            c00 = x0.fma(b0, c00);
+            c01 = x0.fma(b1, c01);
+            FloatVector x1 = FloatVector.broadcast(SP, a[ao + 1]);
+            c10 = x1.fma(b0, c10);
+            c11 = x1.fma(b1, c11);
+            FloatVector x2 = FloatVector.broadcast(SP, a[ao + 2]);
+            c20 = x2.fma(b0, c20);
+            c21 = x2.fma(b1, c21);
+            FloatVector x3 = FloatVector.broadcast(SP, a[ao + 3]);
+            c30 = x3.fma(b0, c30);
+            c31 = x3.fma(b1, c31);
+            FloatVector x4 = FloatVector.broadcast(SP, a[ao + 4]);
+            c40 = x4.fma(b0, c40);
+            c41 = x4.fma(b1, c41);
+            FloatVector x5 = FloatVector.broadcast(SP, a[ao + 5]);
+            c50 = x5.fma(b0, c50);
+            c51 = x5.fma(b1, c51);
+        }
+        if (c == null) {
+            c00.intoArray(tile, t);
+            c01.intoArray(tile, t + L);
+            c10.intoArray(tile, t + NR);
+            c11.intoArray(tile, t + NR + L);
+            c20.intoArray(tile, t + 2 * NR);
+            c21.intoArray(tile, t + 2 * NR + L);
+            c30.intoArray(tile, t + 3 * NR);
+            c31.intoArray(tile, t + 3 * NR + L);
+            c40.intoArray(tile, t + 4 * NR);
+            c41.intoArray(tile, t + 4 * NR + L);
+            c50.intoArray(tile, t + 5 * NR);
+            c51.intoArray(tile, t + 5 * NR + L);
+            return;
+        }
+        float s0 = rowScale == null ? 1f : rowScale[i];
+        long o0 = cAt;
+        c00.mul(s0).intoMemorySegment(c, o0, O);
+        c01.mul(s0).intoMemorySegment(c, o0 + VB, O);
+        float s1 = rowScale == null ? 1f : rowScale[i + 1];
+        long o1 = cAt + ldcBytes;
+        c10.mul(s1).intoMemorySegment(c, o1, O);
+        c11.mul(s1).intoMemorySegment(c, o1 + VB, O);
+        float s2 = rowScale == null ? 1f : rowScale[i + 2];
+        long o2 = cAt + 2 * ldcBytes;
+        c20.mul(s2).intoMemorySegment(c, o2, O);
+        c21.mul(s2).intoMemorySegment(c, o2 + VB, O);
+        float s3 = rowScale == null ? 1f : rowScale[i + 3];
+        long o3 = cAt + 3 * ldcBytes;
+        c30.mul(s3).intoMemorySegment(c, o3, O);
+        c31.mul(s3).intoMemorySegment(c, o3 + VB, O);
+        float s4 = rowScale == null ? 1f : rowScale[i + 4];
+        long o4 = cAt + 4 * ldcBytes;
+        c40.mul(s4).intoMemorySegment(c, o4, O);
+        c41.mul(s4).intoMemorySegment(c, o4 + VB, O);
+        float s5 = rowScale == null ? 1f : rowScale[i + 5];
+        long o5 = cAt + 5 * ldcBytes;
+        c50.mul(s5).intoMemorySegment(c, o5, O);
+        c51.mul(s5).intoMemorySegment(c, o5 + VB, O);
+    }
+
+    /** {@link #kernel4} on half a panel, as {@link #kernel6h}. */
+    private static void kernel4h(float[] a, int a0, int lda, int k, float[] bp, int bBase, float[] tile, int t,
+                                 MemorySegment c, long cAt, long ldcBytes, float[] rowScale, int i) {
+        final int a1 = a0 + lda;
+        final int a2 = a1 + lda;
+        final int a3 = a2 + lda;
+        FloatVector c00 = FloatVector.zero(SP);
+        FloatVector c01 = c00;
+        FloatVector c10 = c00;
+        FloatVector c11 = c00;
+        FloatVector c20 = c00;
+        FloatVector c21 = c00;
+        FloatVector c30 = c00;
+        FloatVector c31 = c00;
+        for (int p = 0; p < k; p++) {
+            final int bo = bBase + (p) * NR;
+            FloatVector b0 = FloatVector.fromArray(SP, bp, bo);
+            FloatVector b1 = FloatVector.fromArray(SP, bp, bo + L);
+            FloatVector x0 = FloatVector.broadcast(SP, a[a0 + p]);
+            c00 = x0.fma(b0, c00);
+            c01 = x0.fma(b1, c01);
+            FloatVector x1 = FloatVector.broadcast(SP, a[a1 + p]);
+            c10 = x1.fma(b0, c10);
+            c11 = x1.fma(b1, c11);
+            FloatVector x2 = FloatVector.broadcast(SP, a[a2 + p]);
+            c20 = x2.fma(b0, c20);
+            c21 = x2.fma(b1, c21);
+            FloatVector x3 = FloatVector.broadcast(SP, a[a3 + p]);
+            c30 = x3.fma(b0, c30);
+            c31 = x3.fma(b1, c31);
+        }
+        if (c == null) {
+            c00.intoArray(tile, t);
+            c01.intoArray(tile, t + L);
+            c10.intoArray(tile, t + NR);
+            c11.intoArray(tile, t + NR + L);
+            c20.intoArray(tile, t + 2 * NR);
+            c21.intoArray(tile, t + 2 * NR + L);
+            c30.intoArray(tile, t + 3 * NR);
+            c31.intoArray(tile, t + 3 * NR + L);
+            return;
+        }
+        float s0 = rowScale == null ? 1f : rowScale[i];
+        long o0 = cAt;
+        c00.mul(s0).intoMemorySegment(c, o0, O);
+        c01.mul(s0).intoMemorySegment(c, o0 + VB, O);
+        float s1 = rowScale == null ? 1f : rowScale[i + 1];
+        long o1 = cAt + ldcBytes;
+        c10.mul(s1).intoMemorySegment(c, o1, O);
+        c11.mul(s1).intoMemorySegment(c, o1 + VB, O);
+        float s2 = rowScale == null ? 1f : rowScale[i + 2];
+        long o2 = cAt + 2 * ldcBytes;
+        c20.mul(s2).intoMemorySegment(c, o2, O);
+        c21.mul(s2).intoMemorySegment(c, o2 + VB, O);
+        float s3 = rowScale == null ? 1f : rowScale[i + 3];
+        long o3 = cAt + 3 * ldcBytes;
+        c30.mul(s3).intoMemorySegment(c, o3, O);
+        c31.mul(s3).intoMemorySegment(c, o3 + VB, O);
+    }
+
+    /** {@link #kernel4i} on half a panel, as {@link #kernel6h}. */
+    private static void kernel4ih(float[] a, int a0, int k, float[] bp, int bBase, float[] tile, int t,
+                                 MemorySegment c, long cAt, long ldcBytes, float[] rowScale, int i) {
+        FloatVector c00 = FloatVector.zero(SP);
+        FloatVector c01 = c00;
+        FloatVector c10 = c00;
+        FloatVector c11 = c00;
+        FloatVector c20 = c00;
+        FloatVector c21 = c00;
+        FloatVector c30 = c00;
+        FloatVector c31 = c00;
+        for (int p = 0; p < k; p++) {
+            final int bo = bBase + (p) * NR;
+            final int ao = a0 + (p) * 4;
+            FloatVector b0 = FloatVector.fromArray(SP, bp, bo);
+            FloatVector b1 = FloatVector.fromArray(SP, bp, bo + L);
+            FloatVector x0 = FloatVector.broadcast(SP, a[ao]);
+            c00 = x0.fma(b0, c00);
+            c01 = x0.fma(b1, c01);
+            FloatVector x1 = FloatVector.broadcast(SP, a[ao + 1]);
+            c10 = x1.fma(b0, c10);
+            c11 = x1.fma(b1, c11);
+            FloatVector x2 = FloatVector.broadcast(SP, a[ao + 2]);
+            c20 = x2.fma(b0, c20);
+            c21 = x2.fma(b1, c21);
+            FloatVector x3 = FloatVector.broadcast(SP, a[ao + 3]);
+            c30 = x3.fma(b0, c30);
+            c31 = x3.fma(b1, c31);
+        }
+        if (c == null) {
+            c00.intoArray(tile, t);
+            c01.intoArray(tile, t + L);
+            c10.intoArray(tile, t + NR);
+            c11.intoArray(tile, t + NR + L);
+            c20.intoArray(tile, t + 2 * NR);
+            c21.intoArray(tile, t + 2 * NR + L);
+            c30.intoArray(tile, t + 3 * NR);
+            c31.intoArray(tile, t + 3 * NR + L);
+            return;
+        }
+        float s0 = rowScale == null ? 1f : rowScale[i];
+        long o0 = cAt;
+        c00.mul(s0).intoMemorySegment(c, o0, O);
+        c01.mul(s0).intoMemorySegment(c, o0 + VB, O);
+        float s1 = rowScale == null ? 1f : rowScale[i + 1];
+        long o1 = cAt + ldcBytes;
+        c10.mul(s1).intoMemorySegment(c, o1, O);
+        c11.mul(s1).intoMemorySegment(c, o1 + VB, O);
+        float s2 = rowScale == null ? 1f : rowScale[i + 2];
+        long o2 = cAt + 2 * ldcBytes;
+        c20.mul(s2).intoMemorySegment(c, o2, O);
+        c21.mul(s2).intoMemorySegment(c, o2 + VB, O);
+        float s3 = rowScale == null ? 1f : rowScale[i + 3];
+        long o3 = cAt + 3 * ldcBytes;
+        c30.mul(s3).intoMemorySegment(c, o3, O);
+        c31.mul(s3).intoMemorySegment(c, o3 + VB, O);
+    }
+
+
     private static void kernel1(float[] a, int a0, int k, float[] bp, int bBase, float[] tile, int at) {
         FloatVector c0 = FloatVector.zero(SP);
         FloatVector c1 = c0;
@@ -1060,6 +1395,48 @@ final class VectorPackedKernels implements PackedKernels {
         c70.intoArray(tile, t + 7 * NARROW);
         c71.intoArray(tile, t + 7 * NARROW + L);
     }
+
+    /**
+     * Half of {@link #kernel8} for {@link #smallBlocks}: the 8 rows times one vector of a narrow panel (from
+     * {@code bBase}, rows {@code NARROW} apart) into {@code tile [8, NARROW]} from {@code t}; 8 accumulators.
+     */
+    private static void kernel8h(float[] a, int a0, int lda, int k, float[] bp, int bBase, float[] tile, int t) {
+        final int a1 = a0 + lda;
+        final int a2 = a1 + lda;
+        final int a3 = a2 + lda;
+        final int a4 = a3 + lda;
+        final int a5 = a4 + lda;
+        final int a6 = a5 + lda;
+        final int a7 = a6 + lda;
+        FloatVector c0 = FloatVector.zero(SP);
+        FloatVector c1 = c0;
+        FloatVector c2 = c0;
+        FloatVector c3 = c0;
+        FloatVector c4 = c0;
+        FloatVector c5 = c0;
+        FloatVector c6 = c0;
+        FloatVector c7 = c0;
+        for (int p = 0; p < k; p++) {
+            FloatVector b = FloatVector.fromArray(SP, bp, bBase + p * NARROW);
+            c0 = FloatVector.broadcast(SP, a[a0 + p]).fma(b, c0);
+            c1 = FloatVector.broadcast(SP, a[a1 + p]).fma(b, c1);
+            c2 = FloatVector.broadcast(SP, a[a2 + p]).fma(b, c2);
+            c3 = FloatVector.broadcast(SP, a[a3 + p]).fma(b, c3);
+            c4 = FloatVector.broadcast(SP, a[a4 + p]).fma(b, c4);
+            c5 = FloatVector.broadcast(SP, a[a5 + p]).fma(b, c5);
+            c6 = FloatVector.broadcast(SP, a[a6 + p]).fma(b, c6);
+            c7 = FloatVector.broadcast(SP, a[a7 + p]).fma(b, c7);
+        }
+        c0.intoArray(tile, t);
+        c1.intoArray(tile, t + NARROW);
+        c2.intoArray(tile, t + 2 * NARROW);
+        c3.intoArray(tile, t + 3 * NARROW);
+        c4.intoArray(tile, t + 4 * NARROW);
+        c5.intoArray(tile, t + 5 * NARROW);
+        c6.intoArray(tile, t + 6 * NARROW);
+        c7.intoArray(tile, t + 7 * NARROW);
+    }
+
 
     private static void kernel1Narrow(float[] a, int a0, int k, float[] bp, int bBase, float[] tile, int at) {
         FloatVector c0 = FloatVector.zero(SP);

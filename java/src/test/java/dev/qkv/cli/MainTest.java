@@ -1252,6 +1252,11 @@ class MainTest {
         assertTrue(r.out().contains("jdk: " + System.getProperty("java.version")), r.out());
         assertTrue(r.out().contains("backends: native yes"), r.out());
         assertTrue(r.out().contains("FloatVector.SPECIES_PREFERRED"), r.out());
+        if (dev.qkv.kernel.Vectorization.enabled()) {
+            // the register blocks the Java products run (6x2 for AVX2's 16 vector registers, 6x4 for AVX-512's 32)
+            String blocks = dev.qkv.kernel.Vectorization.packed().registerBlock() + " register blocks";
+            assertTrue(r.out().contains("java yes (java-vector products, " + blocks + ")"), r.out());
+        }
     }
 
     @ParameterizedTest
