@@ -121,8 +121,33 @@ public final class Attention {
     private static final java.util.Set<String> AVX512_CORES =
             java.util.Set.of("skylakex", "cooperlake", "sapphirerapids");
 
+    /**
+     * OpenBLAS cores whose sgemm uses AVX2 and FMA. Against Java kernels of 8-float vectors (x86 without AVX-512,
+     * where they run 6 × 2 register blocks) OpenBLAS on such a core is the faster at every prefill shape measured
+     * (AMD EPYC Zen 3, core Zen, one thread, medians of three alternating runs each, bench/RESULTS.md round 25:
+     * [1, 12, 512, 64] 17.0 vs 23.5 ms, [1, 8, 2048, 64] 164 vs 242, [1, 1, 4096, 128] 150 vs 232; [1, 1, 128, 64]
+     * a tie, 0.12 vs 0.11), so {@link Backend#AUTO} runs native there from head size 1 ({@link #autoNativeMinDk}).
+     * The rounds above compared AVX2 OpenBLAS with Java kernels of 16-float vectors, which win.
+     */
+    private static final java.util.Set<String> AVX2_CORES = java.util.Set.of("haswell", "zen");
+
     /** With an AVX-512 core, {@link Backend#AUTO} runs native at this head size (Dk) and above (see AVX512_CORES). */
     static final int AUTO_NATIVE_MIN_DK = 256;
+
+    /**
+     * The head size from which {@link Backend#AUTO} runs OpenBLAS (for 8 query rows or more), given its core and the
+     * Java kernels' vector width, or 0 for never: {@link #AUTO_NATIVE_MIN_DK} with an AVX-512 core and Java vectors
+     * of 16 floats or more, 1 (every head size) with an AVX2 or AVX-512 core and Java vectors of 8 (see
+     * {@link #AVX2_CORES}), else 0 (an AVX2 core against 16-float Java vectors, or a core without FMA kernels).
+     */
+    static int autoNativeMinDk(String core, int javaLanes) {
+        String c = core.toLowerCase(java.util.Locale.ROOT);
+        boolean avx512 = AVX512_CORES.contains(c);
+        if (javaLanes <= 8 && (avx512 || AVX2_CORES.contains(c))) {
+            return 1;
+        }
+        return avx512 ? AUTO_NATIVE_MIN_DK : 0;
+    }
 
     /**
      * Most keys per block of the Java engine's online softmax: a query block that sees more keys takes them at
@@ -313,13 +338,19 @@ public final class Attention {
     private final PerThread.Spares<Job> spareJobs = new PerThread.Spares<>(PerThread.LEASES);
     /** OpenBLAS when the generic engine's products are native, else null. */
     private final OpenBlas blas;
-    /** AUTO runs OpenBLAS (an AVX-512 core) except for decoding-sized queries. */
+    /**
+     * AUTO runs OpenBLAS from this head size (see {@link #autoNativeMinDk}) except for decoding-sized queries; 0:
+     * never (and {@link #autoNative} is false).
+     */
+    private final int autoMinDk;
+    /** AUTO runs OpenBLAS for some calls: an AVX-512 core, or an AVX2 one against 8-float Java vectors. */
     private final boolean autoNative;
     /** The OpenBLAS engine cuts its products into calls OpenBLAS's small-matrix kernels take (see SMALL_MNK). */
     private final boolean smallCalls;
 
     private Attention(Backend backend, int threads, long budget, Boolean smallCalls) {
         boolean fastBlas = false;
+        int minDk = 0;
         this.backend = backend;
         // the reference is one scalar loop on its caller (ReferenceAttention, no pool): report what runs, as plan()
         // does (workers=1); it reported the cores
@@ -340,9 +371,12 @@ public final class Attention {
                 // mistake, not a missing library to run without: optional() throws them
                 OpenBlas lib = OpenBlas.optional();
                 boolean blas = lib != null;
-                fastBlas = blas && AVX512_CORES.contains(
-                        lib.library().coreName().toLowerCase(java.util.Locale.ROOT));
                 this.packed = Vectorization.packed();
+                minDk = blas && packed != null ? autoNativeMinDk(lib.library().coreName(), Vectorization.lanes()) : 0;
+                // without the Vector API every call runs OpenBLAS when it loads; autoNative then still marks the
+                // AVX-512 cores, as before the AVX2 rule
+                fastBlas = packed != null ? minDk > 0 : blas && AVX512_CORES.contains(
+                        lib.library().coreName().toLowerCase(java.util.Locale.ROOT));
                 this.matmul = blas && (fastBlas || packed == null) ? MatmulKernel.openBlas() : MatmulKernel.java();
             }
             default -> {
@@ -351,6 +385,7 @@ public final class Attention {
             }
         }
         this.autoNative = backend == Backend.AUTO && fastBlas;
+        this.autoMinDk = autoNative ? minDk : 0;
         this.blas = matmul != null && "native".equals(matmul.name()) ? OpenBlas.get() : null;
         this.javaMatmul = backend == Backend.AUTO && packed != null && blas != null ? MatmulKernel.java() : null;
         this.smallCalls = blas != null && (smallCalls != null ? smallCalls : SMALL_CALLS_SET != null
@@ -467,15 +502,16 @@ public final class Attention {
 
     /**
      * The matrix-product kernel behind this instance: {@code native}, {@code java-vector}, {@code java-scalar},
-     * or {@code reference} for the scalar oracle. For {@link Backend#AUTO} with an AVX-512 OpenBLAS core and the
-     * Vector API, which chooses per call, the rule instead: {@code auto(native from Dk = 256 and 8 query rows;
-     * java-vector otherwise)} (heap tensors, and off-heap ones in layouts the Java engine cannot read in place,
-     * are exceptions); {@link #plan} names the kernel of a given call.
+     * or {@code reference} for the scalar oracle. For {@link Backend#AUTO} when it runs OpenBLAS for some calls
+     * (see {@link #autoNativeMinDk}), which it chooses per call, the rule instead: {@code auto(native from Dk = 256
+     * and 8 query rows; java-vector otherwise)}, or {@code auto(native from 8 query rows; java-vector otherwise)}
+     * where native runs every head size (heap tensors, and off-heap ones in layouts the Java engine cannot read
+     * in place, are exceptions); {@link #plan} names the kernel of a given call.
      */
     public String kernelName() {
         if (backend == Backend.AUTO) {
             if (autoNative && packed != null) {
-                return "auto(native from Dk = " + AUTO_NATIVE_MIN_DK + " and " + AUTO_JAVA_QUERIES
+                return "auto(native from " + (autoMinDk > 1 ? "Dk = " + autoMinDk + " and " : "") + AUTO_JAVA_QUERIES
                         + " query rows; java-vector otherwise)";
             }
             return packed != null ? "java-vector" : matmul.name();
@@ -1065,7 +1101,7 @@ public final class Attention {
             boolean heap = owner.autoNative && !(SdpaArgs.offHeap(q) && SdpaArgs.offHeap(k) && SdpaArgs.offHeap(v)
                     && SdpaArgs.offHeap(out));
             usePacked = owner.packed != null && !packQ && !packK && !packV && !packOut
-                    && (!owner.autoNative || heap || lq < AUTO_JAVA_QUERIES || dk < AUTO_NATIVE_MIN_DK);
+                    && (!owner.autoNative || heap || lq < AUTO_JAVA_QUERIES || dk < owner.autoMinDk);
             small = usePacked && lq < 8 && rowMajorOk(q) && rowMajorOk(k) && rowMajorOk(v);
             // AUTO with tensors OpenBLAS may not be handed, which the packed Java engine cannot read in place: the
             // generic engine on the Java products, as the README's contract has it, not a refusal

@@ -26,10 +26,12 @@ public final class Vectorization {
     private static final RowKernels ROWS;
     private static final PackedKernels PACKED;
     private static final String REASON;
+    private static final int LANES;
 
     static {
         RowKernels rows = ScalarRowKernels.INSTANCE;
         PackedKernels packed = null;
+        int lanes = 0;
         String reason;
         Level level = Level.DEBUG;
         // true or false, or refused when this class loads (Settings): off, 0 or no once ran the Vector API kernels
@@ -51,6 +53,7 @@ public final class Vectorization {
                 } else {
                     rows = vk.rows();
                     packed = vk.packed(smallBlocks);
+                    lanes = vk.lanes();
                     reason = "Vector API kernels, " + vk.lanes() + " floats per vector, " + packed.registerBlock()
                             + " register blocks";
                 }
@@ -61,6 +64,7 @@ public final class Vectorization {
         }
         ROWS = rows;
         PACKED = packed;
+        LANES = lanes;
         REASON = reason;
         // a fallback the user did not ask for is worth a line on the console; the normal case is not
         System.getLogger("dev.qkv.kernel").log(level, "qkv: " + REASON);
@@ -72,6 +76,11 @@ public final class Vectorization {
     /** True when the Vector API kernels run. */
     public static boolean enabled() {
         return PACKED != null;
+    }
+
+    /** Floats per vector of the Vector API kernels; 0 when they do not run. */
+    public static int lanes() {
+        return LANES;
     }
 
     /** Which kernels run, and why the Vector API ones do not when they do not. */
