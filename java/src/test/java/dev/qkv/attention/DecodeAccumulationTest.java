@@ -18,8 +18,9 @@ import static org.junit.jupiter.api.Assertions.fail;
  * sgemv stays within a few ulps and the blocked engine (8 or more rows) within ~160. The keys are now summed in
  * runs of {@code SUM_KEYS}, each from zero, and the runs' sums added: ~20 ulps at 65 536 keys, ~430 at 2^20. The
  * softmax's denominator had the same drift in the vector lanes of its sum, twice as far with 8-float vectors
- * (AVX2) as with 16: 329 ulps here on an AMD EPYC; its lanes now sum runs of 256 keys, added in double (3-9 ulps). Over one head (a task per head) and grouped heads
- * on two threads (a task per kv head), v rows of 16 (one vector), 40 (a masked tail) and 128 (eight vectors).
+ * (AVX2) as with 16: 329 ulps here on an AMD EPYC; its lanes now sum runs of 256 keys, added in double (3-9 ulps).
+ * Over one head (a task per head) and grouped heads on two threads (a task per kv head), v rows of 16 (one
+ * vector), 40 (a masked tail) and 128 (eight vectors).
  */
 class DecodeAccumulationTest {
 
