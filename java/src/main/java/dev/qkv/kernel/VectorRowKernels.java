@@ -70,7 +70,7 @@ final class VectorRowKernels extends RowKernels {
             fill(s, base, 0, n, 0f);
             return 0f;
         }
-        float sum = expAndSum(s, base, limit, n, max, null, 0);
+        float sum = expAndSumRuns(s, base, limit, n, max, null, 0);
         fill(s, base, limit, n, 0f);
         return sum;
     }
@@ -81,7 +81,7 @@ final class VectorRowKernels extends RowKernels {
             java.util.Arrays.fill(dst, dOff, dOff + n, 0f);
             return 0f;
         }
-        float sum = expAndSum(s, at * Float.BYTES, limit, n, max, dst, dOff);
+        float sum = expAndSumRuns(s, at * Float.BYTES, limit, n, max, dst, dOff);
         java.util.Arrays.fill(dst, dOff + limit, dOff + n, 0f);
         return sum;
     }
@@ -263,8 +263,35 @@ final class VectorRowKernels extends RowKernels {
         return max == Float.NEGATIVE_INFINITY ? nanOrMinusInf(s, base, limit) : max;
     }
 
-    /** Vectors per run of {@link #expAndSum}'s sums: 256 keys. */
-    private static final int SUM_RUN = Math.max(1, 256 / L);
+    /**
+     * Keys per run of {@link #expAndSumRuns}: a multiple of every vector length. One running sum per lane over a
+     * whole row drifted with the row's length per lane, so with 8-float vectors (AVX2) twice as far as with 16: 329
+     * ulps for weights alternating 1 and 0.3 over 65 536 keys (DecodeAccumulationTest, AMD EPYC, 2026-11-27), past
+     * the few-query path's bound of 256. Runs of this many keys, their sums added in double: 3-9 ulps.
+     */
+    private static final int SUM_RUN = 256;
+
+    /**
+     * {@link #expAndSum} over runs of {@link #SUM_RUN} keys, each run's sum added in double: a row of at most one
+     * run is one call, as before. The runs are calls, not a fold inside expAndSum's loop: that fold (a lane sum
+     * and a reset of the vector sum per run) made C2 box vectors once {@code make alloc}'s mixed warm-up had run
+     * (hundreds of bytes per call on this AVX2 machine; it was allocation-free as calls).
+     */
+    private static float expAndSumRuns(MemorySegment s, long base, int limit, int width, float max, float[] dst,
+                                       int dOff) {
+        if (limit <= SUM_RUN) {
+            return expAndSum(s, base, limit, width, max, dst, dOff);
+        }
+        double sum = 0;
+        for (int j0 = 0; j0 < limit; j0 += SUM_RUN) {
+            final boolean lastRun = j0 + SUM_RUN >= limit;
+            // a run before the last holds whole vectors (SUM_RUN is a multiple of L); the last keeps the row's
+            // width, so that its partial vector is handled as the row's was
+            sum += expAndSum(s, base + (long) j0 * Float.BYTES, lastRun ? limit - j0 : SUM_RUN,
+                    lastRun ? width - j0 : SUM_RUN, max, dst, dOff + j0);
+        }
+        return (float) sum;
+    }
 
     /**
      * {@code s[j] = exp(s[j] - max)} for {@code j < limit} (and possibly 0 for some {@code j} in
@@ -278,12 +305,6 @@ final class VectorRowKernels extends RowKernels {
                                    int dOff) {
         final FloatVector zero = FloatVector.zero(SP);
         FloatVector vsum = zero;
-        // the lanes sum runs of SUM_RUN vectors from zero, and the runs' sums are added in double: one running sum
-        // per lane over a whole row drifted with the row's length per lane, so with 8-float vectors (AVX2) twice
-        // as far as with 16: 329 ulps for weights alternating 1 and 0.3 over 65 536 keys (DecodeAccumulationTest,
-        // AMD EPYC, 2026-11-27), past the few-query path's bound of 256; the double costs one add per run
-        double runs = 0;
-        int inRun = 0;
         int j = 0;
         // as in max: the last partial vector too when the row (width floats) holds it; its lanes past the limit
         // become 0, which is what the caller's zeroing writes there anyway
@@ -313,13 +334,8 @@ final class VectorRowKernels extends RowKernels {
                 e.intoArray(dst, dOff + j);
             }
             vsum = vsum.add(e);
-            if (++inRun == SUM_RUN) {
-                runs += Lanes.sum(vsum);
-                vsum = zero;
-                inRun = 0;
-            }
         }
-        float sum = (float) (runs + Lanes.sum(vsum));
+        float sum = Lanes.sum(vsum);
         for (; j < limit; j++) {
             long off = base + (long) j * Float.BYTES;
             float e = expScalar(s.get(F, off) - max);
