@@ -18,13 +18,32 @@ import java.nio.ByteOrder;
  *
  * <p>That block needs 29 vector registers. x86 without AVX-512 has 16 (AVX2: 8 floats per vector), and there the
  * 6 × 4 block ran at a third of the core's peak: C2 spilled the accumulators and left some vector operations as
- * calls (measured on an AMD EPYC Zen 3, 2026-11-27: [1, 1, 128, 64] 0.27-0.32 ms, [1, 12, 512, 64] 27 GFLOP/s,
- * against 0.11-0.16 ms and 32-41 GFLOP/s with the blocks below; bench/RESULTS.md, round 25). With
+ * calls (measured on an AMD EPYC Zen 3, 2026-11-27, one thread, medians of three runs: [1, 1, 128, 64] 0.225 ms,
+ * [1, 12, 512, 64] 32.0 ms, against 0.106 and 23.5 ms with the blocks below; bench/RESULTS.md, round 25). With
  * {@link #smallBlocks} each panel is multiplied in two halves of two vectors: 6 × 2 blocks (12 accumulators,
  * 2 panel loads and 6 broadcasts per 12 FMAs, the shape of the AVX2 kernels of BLIS and OpenBLAS), and 8 × 1
  * for narrow panels. The panels' layout is the same for both.
  */
 final class VectorPackedKernels implements PackedKernels {
+    private static final VectorSpecies<Float> SP = FloatVector.SPECIES_PREFERRED;
+    private static final int L = SP.length();
+    /** Columns of a panel: four vectors, or two when the whole operand is at most two vectors wide. */
+    private static final int NR = 4 * L;
+    private static final int NARROW = 2 * L;
+    /** Bytes of one vector. */
+    private static final long VB = (long) L * Float.BYTES;
+    private static final ByteOrder O = ByteOrder.nativeOrder();
+    private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
+    /**
+     * Per-thread 8 × NR accumulator tile between the micro-kernel and the store, used from a cache-line-aligned
+     * index (see {@link HeapAlignment}).
+     */
+    private static final PerThread<PackBuffer> TILE = PerThread.withInitial(() -> {
+        PackBuffer b = new PackBuffer();
+        b.ensure(8 * NR + HeapAlignment.SLACK);
+        return b;
+    });
+
     /**
      * Whether the register blocks are 6 × 2 vectors (and 8 × 1 on narrow panels) instead of 6 × 4 (and 8 × 2):
      * for machines with 16 vector registers (see the class comment).
@@ -49,24 +68,6 @@ final class VectorPackedKernels implements PackedKernels {
     public String registerBlock() {
         return smallBlocks ? "6x2" : "6x4";
     }
-    private static final VectorSpecies<Float> SP = FloatVector.SPECIES_PREFERRED;
-    private static final int L = SP.length();
-    /** Columns of a panel: four vectors, or two when the whole operand is at most two vectors wide. */
-    private static final int NR = 4 * L;
-    private static final int NARROW = 2 * L;
-    /** Bytes of one vector. */
-    private static final long VB = (long) L * Float.BYTES;
-    private static final ByteOrder O = ByteOrder.nativeOrder();
-    private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT_UNALIGNED;
-    /**
-     * Per-thread 8 × NR accumulator tile between the micro-kernel and the store, used from a cache-line-aligned
-     * index (see {@link HeapAlignment}).
-     */
-    private static final PerThread<PackBuffer> TILE = PerThread.withInitial(() -> {
-        PackBuffer b = new PackBuffer();
-        b.ensure(8 * NR + HeapAlignment.SLACK);
-        return b;
-    });
 
     @Override
     public int panel() {
@@ -1040,7 +1041,7 @@ final class VectorPackedKernels implements PackedKernels {
         FloatVector c50 = c00;
         FloatVector c51 = c00;
         for (int p = 0; p < k; p++) {
-            final int bo = bBase + (p) * NR;
+            final int bo = bBase + p * NR;
             FloatVector b0 = FloatVector.fromArray(SP, bp, bo);
             FloatVector b1 = FloatVector.fromArray(SP, bp, bo + L);
             FloatVector x0 = FloatVector.broadcast(SP, a[a0 + p]);
@@ -1119,7 +1120,7 @@ final class VectorPackedKernels implements PackedKernels {
         FloatVector c50 = c00;
         FloatVector c51 = c00;
         for (int p = 0; p < k; p++) {
-            final int bo = bBase + (p) * NR;
+            final int bo = bBase + p * NR;
             final int ao = a0 + (p) * 6;
             FloatVector b0 = FloatVector.fromArray(SP, bp, bo);
             FloatVector b1 = FloatVector.fromArray(SP, bp, bo + L);
@@ -1198,7 +1199,7 @@ final class VectorPackedKernels implements PackedKernels {
         FloatVector c30 = c00;
         FloatVector c31 = c00;
         for (int p = 0; p < k; p++) {
-            final int bo = bBase + (p) * NR;
+            final int bo = bBase + p * NR;
             FloatVector b0 = FloatVector.fromArray(SP, bp, bo);
             FloatVector b1 = FloatVector.fromArray(SP, bp, bo + L);
             FloatVector x0 = FloatVector.broadcast(SP, a[a0 + p]);
@@ -1255,7 +1256,7 @@ final class VectorPackedKernels implements PackedKernels {
         FloatVector c30 = c00;
         FloatVector c31 = c00;
         for (int p = 0; p < k; p++) {
-            final int bo = bBase + (p) * NR;
+            final int bo = bBase + p * NR;
             final int ao = a0 + (p) * 4;
             FloatVector b0 = FloatVector.fromArray(SP, bp, bo);
             FloatVector b1 = FloatVector.fromArray(SP, bp, bo + L);
