@@ -61,9 +61,19 @@ class OpenMpThreadsTest {
             if (omp != null) {
                 pb.environment().put("OMP_NUM_THREADS", omp);
             }
+            // where the library's own dependencies were unpacked beside it rather than installed (.ci/run fetches
+            // libgfortran5 on machines without it): the child's loader looks there first
+            String deps = System.getenv("QKV_TEST_OPENMP_LIBRARY_PATH");
+            if (deps != null && !deps.isBlank()) {
+                String old = pb.environment().get("LD_LIBRARY_PATH");
+                pb.environment().put("LD_LIBRARY_PATH", old == null || old.isEmpty() ? deps : deps + ":" + old);
+            }
             Process p = pb.start();
             String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
             assertTrue(p.waitFor(180, TimeUnit.SECONDS), "child timed out");
+            // a library this machine cannot load for want of its own dependencies is not a finding about qkv
+            assumeTrue(p.exitValue() == 0 || !out.contains("cannot open shared object file"),
+                    "the OpenMP OpenBLAS's dependencies are missing here (.ci/run unpacks them): " + out);
             assertEquals(0, p.exitValue(), out);
             Matcher m = Pattern.compile("parallel=(\\d+) direct=(\\d+) attention=(\\d+)").matcher(out);
             assertTrue(m.find(), out);
