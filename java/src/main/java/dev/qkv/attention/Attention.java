@@ -339,17 +339,14 @@ public final class Attention {
     /** OpenBLAS when the generic engine's products are native, else null. */
     private final OpenBlas blas;
     /**
-     * AUTO runs OpenBLAS from this head size (see {@link #autoNativeMinDk}) except for decoding-sized queries; 0:
-     * never (and {@link #autoNative} is false).
+     * AUTO with both engines runs OpenBLAS from this head size (see {@link #autoNativeMinDk}) except for
+     * decoding-sized queries; 0: never, and for every other backend.
      */
     private final int autoMinDk;
-    /** AUTO runs OpenBLAS for some calls: an AVX-512 core, or an AVX2 one against 8-float Java vectors. */
-    private final boolean autoNative;
     /** The OpenBLAS engine cuts its products into calls OpenBLAS's small-matrix kernels take (see SMALL_MNK). */
     private final boolean smallCalls;
 
     private Attention(Backend backend, int threads, long budget, Boolean smallCalls) {
-        boolean fastBlas = false;
         int minDk = 0;
         this.backend = backend;
         // the reference is one scalar loop on its caller (ReferenceAttention, no pool): report what runs, as plan()
@@ -372,20 +369,16 @@ public final class Attention {
                 OpenBlas lib = OpenBlas.optional();
                 boolean blas = lib != null;
                 this.packed = Vectorization.packed();
+                // a choice per call only with both engines; without the Vector API every call runs OpenBLAS
                 minDk = blas && packed != null ? autoNativeMinDk(lib.library().coreName(), Vectorization.lanes()) : 0;
-                // without the Vector API every call runs OpenBLAS when it loads; autoNative then still marks the
-                // AVX-512 cores, as before the AVX2 rule
-                fastBlas = packed != null ? minDk > 0 : blas && AVX512_CORES.contains(
-                        lib.library().coreName().toLowerCase(java.util.Locale.ROOT));
-                this.matmul = blas && (fastBlas || packed == null) ? MatmulKernel.openBlas() : MatmulKernel.java();
+                this.matmul = blas && (minDk > 0 || packed == null) ? MatmulKernel.openBlas() : MatmulKernel.java();
             }
             default -> {
                 this.matmul = null;
                 this.packed = null;
             }
         }
-        this.autoNative = backend == Backend.AUTO && fastBlas;
-        this.autoMinDk = autoNative ? minDk : 0;
+        this.autoMinDk = minDk;
         this.blas = matmul != null && "native".equals(matmul.name()) ? OpenBlas.get() : null;
         this.javaMatmul = backend == Backend.AUTO && packed != null && blas != null ? MatmulKernel.java() : null;
         this.smallCalls = blas != null && (smallCalls != null ? smallCalls : SMALL_CALLS_SET != null
@@ -510,7 +503,7 @@ public final class Attention {
      */
     public String kernelName() {
         if (backend == Backend.AUTO) {
-            if (autoNative && packed != null) {
+            if (autoMinDk > 0) {
                 return "auto(native from " + (autoMinDk > 1 ? "Dk = " + autoMinDk + " and " : "") + AUTO_JAVA_QUERIES
                         + " query rows; java-vector otherwise)";
             }
@@ -1098,10 +1091,10 @@ public final class Attention {
             // the packed Java engine reads q, k, v in place (any unit-stride layout) and writes out row-major
             double flops = 4.0 * batch * hq * lq * lk * Math.max(dk, dv);
             // AUTO keeps heap tensors (arrays wrapped as segments) on the Java kernels: OpenBLAS needs addresses
-            boolean heap = owner.autoNative && !(SdpaArgs.offHeap(q) && SdpaArgs.offHeap(k) && SdpaArgs.offHeap(v)
+            boolean heap = owner.autoMinDk > 0 && !(SdpaArgs.offHeap(q) && SdpaArgs.offHeap(k) && SdpaArgs.offHeap(v)
                     && SdpaArgs.offHeap(out));
             usePacked = owner.packed != null && !packQ && !packK && !packV && !packOut
-                    && (!owner.autoNative || heap || lq < AUTO_JAVA_QUERIES || dk < owner.autoMinDk);
+                    && (owner.autoMinDk == 0 || heap || lq < AUTO_JAVA_QUERIES || dk < owner.autoMinDk);
             small = usePacked && lq < 8 && rowMajorOk(q) && rowMajorOk(k) && rowMajorOk(v);
             // AUTO with tensors OpenBLAS may not be handed, which the packed Java engine cannot read in place: the
             // generic engine on the Java products, as the README's contract has it, not a refusal

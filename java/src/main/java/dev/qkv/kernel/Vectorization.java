@@ -54,7 +54,7 @@ public final class Vectorization {
                     rows = vk.rows();
                     packed = vk.packed(smallBlocks);
                     lanes = vk.lanes();
-                    reason = "Vector API kernels, " + vk.lanes() + " floats per vector, " + packed.registerBlock()
+                    reason = "Vector API kernels, " + lanes + " floats per vector, " + packed.registerBlock()
                             + " register blocks";
                 }
             } catch (ReflectiveOperationException | LinkageError e) {
