@@ -85,7 +85,8 @@ test:
 # FUZZ_ARGS=-Dqkv.fuzz.seed=N replays or varies the random cases.
 FUZZ_ITERATIONS ?= 20000
 FUZZ_FORCED = -Dqkv.groupKeyBlockBytes=256 -Dqkv.keyBlock=64 -Dqkv.spanBlocks=3 -Dqkv.nativeSmallCalls=true \
-  -Dqkv.nativeSmallRows=16 -Dqkv.nativeSmallMnk=65536 -Dqkv.pool.spinMicros=50 -Dqkv.vector.smallBlocks=true
+  -Dqkv.nativeSmallRows=16 -Dqkv.nativeSmallMnk=65536 -Dqkv.pool.spinMicros=50 -Dqkv.vector.smallBlocks=true \
+  -XX:MaxVectorSize=32
 .PHONY: fuzz soak
 fuzz:
 	$(MVN) test -pl java -am -Dtest='dev/qkv/reliability/*Test' -Dsurefire.failIfNoSpecifiedTests=false \
@@ -95,7 +96,8 @@ fuzz:
 	@# blocks (Attention.KEY_BLOCK, SPAN_BLOCKS); and the native engine in small calls on any OpenBLAS core, of
 	@# 16 rows and at most 16·64·64 multiply-adds, so that the fuzzers' calls cut into many (Attention.SMALL_MNK);
 	@# with pool threads spinning between calls, so that small calls are shared (WorkerPool), the concurrency
-	@# tests too; with the Java products' 6 x 2 register blocks, which AVX-512 machines do not run by default;
+	@# tests too; with the Java kernels of 8-float vectors and 6 x 2 register blocks (AVX2's), which AVX-512
+	@# machines do not run by default;
 	@# and the non-finite and overflow tests, whose cases reach those paths only past a default block
 	@# (EngineTest stays out: its budget cases are sized for the default blocks)
 	$(MVN) test -pl java -am -Dtest='dev/qkv/reliability/*FuzzTest,dev/qkv/reliability/*ConcurrencyTest,dev/qkv/reliability/NonFiniteValuesTest,dev/qkv/attention/ScoreOverflowTest' \

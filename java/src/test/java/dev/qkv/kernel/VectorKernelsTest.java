@@ -27,6 +27,23 @@ class VectorKernelsTest {
     }
 
     /**
+     * java/pom.xml's eight-float-vectors run passes {@code -XX:MaxVectorSize=32} so that AVX-512 machines test the
+     * 8-float kernels too: where it does, the vectors must be at most 8 floats, and at 8 on x86 the products must
+     * take the 6 x 2 register blocks of 16 vector registers.
+     */
+    @Test
+    void thirtyTwoByteVectorsGiveTheEightFloatKernels() {
+        boolean asked = java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()
+                .contains("-XX:MaxVectorSize=32");
+        Assumptions.assumeTrue(asked, "only in the run given -XX:MaxVectorSize=32");
+        int lanes = jdk.incubator.vector.FloatVector.SPECIES_PREFERRED.length();
+        assertTrue(lanes <= 8, lanes + " floats per vector");
+        if (lanes == 8 && System.getProperty("os.arch").equals("amd64")) {
+            assertEquals("6x2", Vectorization.packed().registerBlock());
+        }
+    }
+
+    /**
      * The stated accuracy of the vectorized exp: relative error below 2e-7 on [-87, 88] (1.65e-7 at most over
      * every float there, measured once against Math.exp), 0 below, NaN kept.
      */
