@@ -515,10 +515,21 @@ public final class Attention {
     /**
      * The matrix-product kernel of the blocked engine (for {@link Backend#AUTO}, the one it chose for large
      * products), or {@code null} for {@link Backend#REFERENCE}. The multi-head layer under AUTO uses it for its
-     * projections only when the Vector API is absent (it measured the Java kernels faster there otherwise).
+     * projections when the Vector API is absent or {@link #autoNativeAtEverySize} (it measured the Java kernels
+     * faster otherwise).
      */
     public MatmulKernel matmulKernel() {
         return matmul;
+    }
+
+    /**
+     * True when this is {@link Backend#AUTO} with both engines and OpenBLAS measured faster than the Java kernels at
+     * every head size here ({@link #autoNativeMinDk} 1: an AVX2 or AVX-512 core against Java vectors of 8 floats),
+     * so that products of any shape are best run on it; false otherwise. The multi-head layer under AUTO runs its
+     * projections on OpenBLAS then.
+     */
+    public boolean autoNativeAtEverySize() {
+        return autoMinDk == 1;
     }
 
     /**

@@ -103,8 +103,8 @@ public final class MultiHeadAttention {
     private final OpenBlas blas;
     /**
      * AUTO's kernel for products with heap memory (arrays wrapped as segments) when its projections run on
-     * OpenBLAS (no Vector API), which needs addresses: the scalar Java kernels, as AUTO's attention uses for heap
-     * tensors. Null otherwise.
+     * OpenBLAS, which needs addresses: the Java kernels (scalar without the Vector API), as AUTO's attention uses
+     * for heap tensors. Null otherwise.
      */
     private final MatmulKernel heapKernel;
     private final Attention attention;
@@ -178,9 +178,11 @@ public final class MultiHeadAttention {
             case JAVA -> MatmulKernel.java();
             case REFERENCE -> DoubleMatmul.INSTANCE;
             // the projections: the Java Vector API kernels when present, which ran the layer's products faster
-            // than OpenBLAS's SkylakeX sgemm (E = 512, bench/RESULTS.md, round 11), else what AUTO chose for the
-            // attention (OpenBLAS when it loads)
-            case AUTO -> Vectorization.enabled() ? MatmulKernel.java() : attention.matmulKernel();
+            // than OpenBLAS's SkylakeX sgemm (E = 512, bench/RESULTS.md, round 11), unless OpenBLAS is faster at
+            // every size here (8-float Java vectors against an AVX2 core: 1.26-1.6x at projection shapes, round
+            // 26); else what AUTO chose for the attention (OpenBLAS when it loads)
+            case AUTO -> Vectorization.enabled() && !attention.autoNativeAtEverySize() ? MatmulKernel.java()
+                    : attention.matmulKernel();
         };
         MultiHeadAttention layer = new MultiHeadAttention(weights, backend, mm, attention);
         for (int i = 0; i < layer.weightList.length; i++) {
@@ -1090,6 +1092,7 @@ public final class MultiHeadAttention {
     @Override
     public String toString() {
         return "MultiHeadAttention[E=" + e + ", H=" + h + ", Hkv=" + hkv + ", Dh=" + dh + ", " + backend.cliName()
-                + ", W_Q " + Shapes.format(w.wq().shape()) + (w.packedQkv() != null ? " packed" : "") + "]";
+                + ", projections " + matmul.name() + ", W_Q " + Shapes.format(w.wq().shape())
+                + (w.packedQkv() != null ? " packed" : "") + "]";
     }
 }

@@ -67,6 +67,7 @@ class AutoChoiceTest {
                 }
             }
         }
+        assertEquals(minDk == 1, auto.autoNativeAtEverySize(), "core " + core);
         String name = auto.kernelName();
         if (minDk == 0) {
             assertEquals("java-vector", name);

@@ -26,7 +26,8 @@ import static dev.qkv.mha.MhaTestSupport.rand;
  * Steady-state calls of the multi-head layer allocate nothing on the Java heap (issues 3 and 4): forward
  * (self-attention with packed or separate weights, causal or with a key-padding mask; cross-attention) and a
  * decode step (one token at a fixed cache length, by {@link KvCache#truncate}; and tokens appended until the
- * cache is full, then {@link KvCache#reset}), on the native and Java backends, one thread
+ * cache is full, then {@link KvCache#reset}), on the native and Java backends and AUTO (the default, with its own
+ * pairing: on an AVX2 machine OpenBLAS's projections and prefill attention with the Java decode step), one thread
  * ({@code create(w, backend, 1)}) so that every allocation happens on the measured thread (one case runs two,
  * for the caller's side of projections shared with the pool). All cases are
  * warmed up together first (see {@link Allocations} for why and for how "nothing" is measured); each then checks
@@ -74,7 +75,7 @@ class AllocationTest {
 
     static Stream<Arguments> cases() {
         List<Arguments> all = new ArrayList<>();
-        for (Backend b : new Backend[] {Backend.NATIVE, Backend.JAVA}) {
+        for (Backend b : new Backend[] {Backend.NATIVE, Backend.JAVA, Backend.AUTO}) {
             for (Call c : Call.values()) {
                 all.add(Arguments.of(b, c));
             }
