@@ -581,6 +581,60 @@ class VectorKernelsTest {
         }
     }
 
+    /**
+     * The few-query row updates ({@code axpyRows}, a decode step's p·v) give, for every output element, the bits of
+     * one fixed order, modelled here in scalars: per block of {@code block} keys and per run of
+     * {@code SUM_KEYS} keys within it, a fused chain over the run's keys in order from 0, added to the sum of the
+     * runs before it, times the row's scale at the very end. Whatever group of output vectors a kernel holds at
+     * once (eight, four, one, a masked tail), each column is one such chain, so this covers them all.
+     */
+    @Test
+    void axpyRowsGiveTheBitsOfOneFixedOrder() {
+        SplittableRandom r = new SplittableRandom(23);
+        PackedKernels pk = Vectorization.packed();
+        int run = VectorPackedKernels.SUM_KEYS;
+        try (Arena arena = Arena.ofConfined()) {
+            for (int d : new int[] {128, 256, 136, 64, 20, 8, 3}) {
+                for (int n : new int[] {1, run - 1, run + 1, 2 * run + 37}) {
+                    for (int block : new int[] {n, 100}) {
+                        int m = 2;
+                        int ldp = n + r.nextInt(3);
+                        int ldv = d + (r.nextBoolean() ? 0 : 1 + r.nextInt(9));
+                        int ldc = d + r.nextInt(5);
+                        MemorySegment p = fill(arena, r, (long) m * ldp);
+                        MemorySegment v = fill(arena, r, (long) n * ldv);
+                        MemorySegment c = arena.allocate((long) m * ldc * Float.BYTES);
+                        float[] scale = {(float) r.nextDouble(), (float) r.nextDouble()};
+                        pk.axpyRows(p, 0, ldp, m, v, 0, ldv, n, d, block, scale, c, 0, ldc);
+                        for (int row = 0; row < m; row++) {
+                            for (int col = 0; col < d; col++) {
+                                float acc = 0f;
+                                boolean any = false;
+                                for (int b0 = 0; b0 < n; b0 += block) {
+                                    int bEnd = Math.min(n, b0 + block);
+                                    for (int r0 = b0; r0 < bEnd; r0 += run) {
+                                        float sum = 0f;
+                                        for (int j = r0; j < Math.min(bEnd, r0 + run); j++) {
+                                            sum = Math.fma(p.getAtIndex(F, (long) row * ldp + j),
+                                                    v.getAtIndex(F, (long) j * ldv + col), sum);
+                                        }
+                                        acc = any ? sum + acc : sum;
+                                        any = true;
+                                    }
+                                }
+                                float want = acc * scale[row];
+                                float got = c.getAtIndex(F, (long) row * ldc + col);
+                                assertEquals(Float.floatToRawIntBits(want), Float.floatToRawIntBits(got),
+                                        "d=" + d + " n=" + n + " block=" + block + " row " + row + " column " + col
+                                                + ": got " + got + " want " + want);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     private static MemorySegment fill(Arena arena, SplittableRandom r, long n) {
         MemorySegment s = arena.allocate(Math.max(n, 1) * 4, 64);
         for (long i = 0; i < n; i++) {
