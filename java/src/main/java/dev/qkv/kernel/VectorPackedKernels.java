@@ -1597,11 +1597,11 @@ final class VectorPackedKernels implements PackedKernels {
     // constant-offset reads together where a loop checks each, and each key's lines are read in order where
     // dot4 reads four lines 512 bytes apart. (Sixteen keys at once, summed by a transposing reduction that keeps
     // the bits, read 1.05-1.19x: no steadier, not kept.) dots128e and dots64e are the same with 8-float vectors
-    // (AVX2), where sixteen registers hold eight of the query's vectors and dots128e reads the other eight from
-    // the array, in L1. On an AVX2 machine (AMD EPYC, 2026-11-27) q·kᵀ from memory took 1.22-1.30x the time of
-    // a plain read of the same bytes at D = 64, against dot4's 2.18-2.26x, and a whole decode step (32 heads x
-    // 4096 keys, D = 128) went from 1.76x to 1.36-1.42x the time of reading its cache once (DecodeRatio). With
-    // two keys per pass, interleaved, the step took 1.72x: not kept.
+    // (AVX2). On an AVX2 machine (AMD EPYC, 2026-11-27) q·kᵀ from memory took 1.22-1.30x the time of a plain
+    // read of the same bytes at D = 64, against dot4's 2.18-2.26x, and a whole decode step (32 heads x 4096 keys,
+    // D = 128) went from 1.50-1.58x to 1.12-1.22x the time of reading its cache once on one thread, and from
+    // 1.21-1.36x to 1.03-1.06x on two (DecodeRatio, bench/RESULTS.md round 26; 1.28-1.45x on one while dots128e
+    // still boxed, see there). With two keys per pass, interleaved, the step took 1.72x: not kept.
 
     /** {@code s[so + j] = a[ar .. ar + 128) · b_j} for the {@code n} rows {@code b_j} at {@code bOff + j·ldb}. */
     private static void dots128(float[] a, int ar, MemorySegment b, long bOff, int ldb, int n, MemorySegment s,
@@ -1645,7 +1645,13 @@ final class VectorPackedKernels implements PackedKernels {
         }
     }
 
-    /** {@link #dots128} with 8-float vectors: the first eight of the query's sixteen vectors in registers. */
+    /**
+     * {@link #dots128} with 8-float vectors: the query's sixteen vectors hoisted (C2 keeps what AVX2's registers do
+     * not hold on the stack, in L1). Each key's lanes are summed at the top of the next pass, and one pass more
+     * than keys stores the last: C2 inlines in bytecode order up to a node budget (NodeCountInliningCutoff), and
+     * with the sum after sixteen segment loads it left {@code Lanes.sum} out of line, boxing every key's vector
+     * (64 bytes per key, {@code make alloc}'s Java decode cases at D = 128; {@code -XX:+PrintInlining}).
+     */
     private static void dots128e(float[] a, int ar, MemorySegment b, long bOff, int ldb, int n, MemorySegment s,
                                 long so) {
         final FloatVector q0 = FloatVector.fromArray(SP, a, ar);
@@ -1656,9 +1662,24 @@ final class VectorPackedKernels implements PackedKernels {
         final FloatVector q5 = FloatVector.fromArray(SP, a, ar + 5 * L);
         final FloatVector q6 = FloatVector.fromArray(SP, a, ar + 6 * L);
         final FloatVector q7 = FloatVector.fromArray(SP, a, ar + 7 * L);
-        for (int j = 0; j < n; j++) {
+        final FloatVector q8 = FloatVector.fromArray(SP, a, ar + 8 * L);
+        final FloatVector q9 = FloatVector.fromArray(SP, a, ar + 9 * L);
+        final FloatVector q10 = FloatVector.fromArray(SP, a, ar + 10 * L);
+        final FloatVector q11 = FloatVector.fromArray(SP, a, ar + 11 * L);
+        final FloatVector q12 = FloatVector.fromArray(SP, a, ar + 12 * L);
+        final FloatVector q13 = FloatVector.fromArray(SP, a, ar + 13 * L);
+        final FloatVector q14 = FloatVector.fromArray(SP, a, ar + 14 * L);
+        final FloatVector q15 = FloatVector.fromArray(SP, a, ar + 15 * L);
+        FloatVector t = FloatVector.zero(SP);
+        for (int j = 0; j <= n; j++) {
+            if (j > 0) {
+                s.setAtIndex(F, so + j - 1, Lanes.sum(t));
+            }
+            if (j == n) {
+                break;
+            }
             long bb = (bOff + (long) j * ldb) * Float.BYTES;
-            FloatVector t = q0.fma(FloatVector.fromMemorySegment(SP, b, bb, O), FloatVector.zero(SP));
+            t = q0.fma(FloatVector.fromMemorySegment(SP, b, bb, O), FloatVector.zero(SP));
             t = q1.fma(FloatVector.fromMemorySegment(SP, b, bb + VB, O), t);
             t = q2.fma(FloatVector.fromMemorySegment(SP, b, bb + 2 * VB, O), t);
             t = q3.fma(FloatVector.fromMemorySegment(SP, b, bb + 3 * VB, O), t);
@@ -1666,15 +1687,14 @@ final class VectorPackedKernels implements PackedKernels {
             t = q5.fma(FloatVector.fromMemorySegment(SP, b, bb + 5 * VB, O), t);
             t = q6.fma(FloatVector.fromMemorySegment(SP, b, bb + 6 * VB, O), t);
             t = q7.fma(FloatVector.fromMemorySegment(SP, b, bb + 7 * VB, O), t);
-            t = FloatVector.fromArray(SP, a, ar + 8 * L).fma(FloatVector.fromMemorySegment(SP, b, bb + 8 * VB, O), t);
-            t = FloatVector.fromArray(SP, a, ar + 9 * L).fma(FloatVector.fromMemorySegment(SP, b, bb + 9 * VB, O), t);
-            t = FloatVector.fromArray(SP, a, ar + 10 * L).fma(FloatVector.fromMemorySegment(SP, b, bb + 10 * VB, O), t);
-            t = FloatVector.fromArray(SP, a, ar + 11 * L).fma(FloatVector.fromMemorySegment(SP, b, bb + 11 * VB, O), t);
-            t = FloatVector.fromArray(SP, a, ar + 12 * L).fma(FloatVector.fromMemorySegment(SP, b, bb + 12 * VB, O), t);
-            t = FloatVector.fromArray(SP, a, ar + 13 * L).fma(FloatVector.fromMemorySegment(SP, b, bb + 13 * VB, O), t);
-            t = FloatVector.fromArray(SP, a, ar + 14 * L).fma(FloatVector.fromMemorySegment(SP, b, bb + 14 * VB, O), t);
-            t = FloatVector.fromArray(SP, a, ar + 15 * L).fma(FloatVector.fromMemorySegment(SP, b, bb + 15 * VB, O), t);
-            s.setAtIndex(F, so + j, Lanes.sum(t));
+            t = q8.fma(FloatVector.fromMemorySegment(SP, b, bb + 8 * VB, O), t);
+            t = q9.fma(FloatVector.fromMemorySegment(SP, b, bb + 9 * VB, O), t);
+            t = q10.fma(FloatVector.fromMemorySegment(SP, b, bb + 10 * VB, O), t);
+            t = q11.fma(FloatVector.fromMemorySegment(SP, b, bb + 11 * VB, O), t);
+            t = q12.fma(FloatVector.fromMemorySegment(SP, b, bb + 12 * VB, O), t);
+            t = q13.fma(FloatVector.fromMemorySegment(SP, b, bb + 13 * VB, O), t);
+            t = q14.fma(FloatVector.fromMemorySegment(SP, b, bb + 14 * VB, O), t);
+            t = q15.fma(FloatVector.fromMemorySegment(SP, b, bb + 15 * VB, O), t);
         }
     }
 
