@@ -179,7 +179,7 @@ public final class MultiHeadAttention {
             case REFERENCE -> DoubleMatmul.INSTANCE;
             // the projections: the Java Vector API kernels when present, which ran the layer's products faster
             // than OpenBLAS's SkylakeX sgemm (E = 512, bench/RESULTS.md, round 11), unless OpenBLAS is faster at
-            // every size here (8-float Java vectors against an AVX2 core: 1.26-1.6x at projection shapes, round
+            // every size here (8-float Java vectors against an AVX2 core: 1.18-1.6x at projection shapes, round
             // 26); else what AUTO chose for the attention (OpenBLAS when it loads)
             case AUTO -> Vectorization.enabled() && !attention.autoNativeAtEverySize() ? MatmulKernel.java()
                     : attention.matmulKernel();
