@@ -90,7 +90,7 @@ FUZZ_FORCED = -Dqkv.groupKeyBlockBytes=256 -Dqkv.keyBlock=64 -Dqkv.spanBlocks=3 
 .PHONY: fuzz soak
 fuzz:
 	$(MVN) test -pl java -am -Dtest='dev/qkv/reliability/*Test' -Dsurefire.failIfNoSpecifiedTests=false \
-	  -Dqkv.fuzz.iterations=$(FUZZ_ITERATIONS) $(FUZZ_ARGS)
+	  -Dqkv.eightFloatVectors.skip=true -Dqkv.fuzz.iterations=$(FUZZ_ITERATIONS) $(FUZZ_ARGS)
 	@# again with small key blocks, so that the calls the fuzzers draw (a few hundred keys) take the grouped
 	@# few-query path in many blocks (Attention.GROUP_KEY_BLOCK_BYTES) and the online path in spans of 3 query
 	@# blocks (Attention.KEY_BLOCK, SPAN_BLOCKS); and the native engine in small calls on any OpenBLAS core, of
@@ -101,14 +101,15 @@ fuzz:
 	@# and the non-finite and overflow tests, whose cases reach those paths only past a default block
 	@# (EngineTest stays out: its budget cases are sized for the default blocks)
 	$(MVN) test -pl java -am -Dtest='dev/qkv/reliability/*FuzzTest,dev/qkv/reliability/*ConcurrencyTest,dev/qkv/reliability/NonFiniteValuesTest,dev/qkv/attention/ScoreOverflowTest' \
-	  -Dsurefire.failIfNoSpecifiedTests=false \
+	  -Dsurefire.failIfNoSpecifiedTests=false -Dqkv.eightFloatVectors.skip=true \
 	  '-Dqkv.jvm.flags=$(JVM_FLAGS) $(FUZZ_FORCED)' $(FUZZ_ARGS)
 
 # Steady-state allocation, exactly: after a warm-up, rounds of 1000 calls must allocate 0 bytes on the Java heap
 # (sdpa with 16 and with 1 query row, mha forward, mha decode; native and Java backends; ThreadMXBean). Run on a quiet machine: the JIT must have compiled the kernels.
 .PHONY: alloc
 alloc:
-	$(MVN) test -pl java -am -Dtest='**/AllocationTest' -Dsurefire.failIfNoSpecifiedTests=false
+	$(MVN) test -pl java -am -Dtest='**/AllocationTest' -Dsurefire.failIfNoSpecifiedTests=false \
+	  -Dqkv.eightFloatVectors.skip=true
 
 # Reliability: SOAK_CALLS mixed calls; fails (exit 1) when heap, resident or native memory grows past its bound.
 # NMT is on so that the run can read the JVM's native memory (FFM arenas) besides the resident set; a fixed,
