@@ -1121,7 +1121,7 @@ final class VectorPackedKernels implements PackedKernels {
         FloatVector c51 = c00;
         for (int p = 0; p < k; p++) {
             final int bo = bBase + p * NR;
-            final int ao = a0 + (p) * 6;
+            final int ao = a0 + p * 6;
             FloatVector b0 = FloatVector.fromArray(SP, bp, bo);
             FloatVector b1 = FloatVector.fromArray(SP, bp, bo + L);
             FloatVector x0 = FloatVector.broadcast(SP, a[ao]);
@@ -1257,7 +1257,7 @@ final class VectorPackedKernels implements PackedKernels {
         FloatVector c31 = c00;
         for (int p = 0; p < k; p++) {
             final int bo = bBase + p * NR;
-            final int ao = a0 + (p) * 4;
+            final int ao = a0 + p * 4;
             FloatVector b0 = FloatVector.fromArray(SP, bp, bo);
             FloatVector b1 = FloatVector.fromArray(SP, bp, bo + L);
             FloatVector x0 = FloatVector.broadcast(SP, a[ao]);
@@ -1506,20 +1506,16 @@ final class VectorPackedKernels implements PackedKernels {
         for (int r = 0; r < m; r++) {
             final int ar = aOff + r * lda;
             final long so = sOff + (long) r * lds;
-            if (L == 16 && k == 128) {
-                dots128(a, ar, b, bOff, ldb, n, s, so);
+            if ((L == 16 && k == 128) || (L == 8 && k == 64)) {
+                dots8(a, ar, b, bOff, ldb, n, s, so);
                 continue;
             }
             if (L == 16 && k == 64) {
-                dots64(a, ar, b, bOff, ldb, n, s, so);
+                dots4(a, ar, b, bOff, ldb, n, s, so);
                 continue;
             }
             if (L == 8 && k == 128) {
-                dots128e(a, ar, b, bOff, ldb, n, s, so);
-                continue;
-            }
-            if (L == 8 && k == 64) {
-                dots64e(a, ar, b, bOff, ldb, n, s, so);
+                dots16(a, ar, b, bOff, ldb, n, s, so);
                 continue;
             }
             if (n < 4) {
@@ -1589,23 +1585,24 @@ final class VectorPackedKernels implements PackedKernels {
         }
     }
 
-    // dots128 and dots64: the common head sizes, key by key in straight-line code with the query row held in
-    // registers. Each key's products are dot4's, in its order, so the scores are the same bits. Reading k from
-    // memory (a decode step), q·kᵀ took 1.13-1.16x the time of a plain read of k at D = 128, against dot4's
-    // 1.51x (D = 64: 1.40x against 1.91x; each variant in its own JVM against the same read, 128 MiB). Written as
-    // a loop over k, the same one-key order read 1.8-2.2x. Likely causes, not pinned down: C2 can check a key's
-    // constant-offset reads together where a loop checks each, and each key's lines are read in order where
-    // dot4 reads four lines 512 bytes apart. (Sixteen keys at once, summed by a transposing reduction that keeps
-    // the bits, read 1.05-1.19x: no steadier, not kept.) dots128e and dots64e are the same with 8-float vectors
-    // (AVX2). On an AVX2 machine (AMD EPYC, 2026-11-27) q·kᵀ from memory took 1.22-1.30x the time of a plain
-    // read of the same bytes at D = 64, against dot4's 2.18-2.26x, and a whole decode step (32 heads x 4096 keys,
-    // D = 128) went from 1.50-1.58x to 1.12-1.22x the time of reading its cache once on one thread, and from
-    // 1.21-1.36x to 1.03-1.06x on two (DecodeRatio, bench/RESULTS.md round 26; 1.28-1.45x on one while dots128e
-    // still boxed, see there). With two keys per pass, interleaved, the step took 1.72x: not kept.
+    // dots8 and dots4 (eight and four vectors: D = 128 and 64 at 16 floats per vector; dots8 is also D = 64 at 8): the
+    // common head sizes, key by key in straight-line code with the query row held in registers. Each key's products are
+    // dot4's, in its order, so the scores are the same bits. Reading k from memory (a decode step), q·kᵀ took
+    // 1.13-1.16x the time of a plain read of k at D = 128, against dot4's 1.51x (D = 64: 1.40x against 1.91x; each
+    // variant in its own JVM against the same read, 128 MiB). Written as a loop over k, the same one-key order read
+    // 1.8-2.2x. Likely causes, not pinned down: C2 can check a key's constant-offset reads together where a loop checks
+    // each, and each key's lines are read in order where dot4 reads four lines 512 bytes apart. (Sixteen keys at once,
+    // summed by a transposing reduction that keeps the bits, read 1.05-1.19x: no steadier, not kept.) With 8-float
+    // vectors (AVX2) dots8 takes D = 64 and dots16 D = 128 (dots64e and dots128e in bench/RESULTS.md, round 26). On an
+    // AVX2 machine (AMD EPYC, 2026-11-27) q·kᵀ from memory took 1.22-1.30x the time of a plain read of the same bytes
+    // at D = 64, against dot4's 2.18-2.26x, and a whole decode step (32 heads x 4096 keys, D = 128) went from
+    // 1.50-1.58x to 1.12-1.22x the time of reading its cache once on one thread, and from 1.21-1.36x to 1.03-1.06x on
+    // two (DecodeRatio, bench/RESULTS.md round 26; 1.28-1.45x on one while dots16 still boxed, see there). With two
+    // keys per pass, interleaved, the step took 1.72x: not kept.
 
-    /** {@code s[so + j] = a[ar .. ar + 128) · b_j} for the {@code n} rows {@code b_j} at {@code bOff + j·ldb}. */
-    private static void dots128(float[] a, int ar, MemorySegment b, long bOff, int ldb, int n, MemorySegment s,
-                                long so) {
+    /** {@code s[so + j] = a[ar .. ar + 8L) · b_j} for the {@code n} rows {@code b_j} at {@code bOff + j·ldb}. */
+    private static void dots8(float[] a, int ar, MemorySegment b, long bOff, int ldb, int n, MemorySegment s,
+                              long so) {
         final FloatVector q0 = FloatVector.fromArray(SP, a, ar);
         final FloatVector q1 = FloatVector.fromArray(SP, a, ar + L);
         final FloatVector q2 = FloatVector.fromArray(SP, a, ar + 2 * L);
@@ -1628,9 +1625,9 @@ final class VectorPackedKernels implements PackedKernels {
         }
     }
 
-    /** {@code s[so + j] = a[ar .. ar + 64) · b_j} for the {@code n} rows {@code b_j} at {@code bOff + j·ldb}. */
-    private static void dots64(float[] a, int ar, MemorySegment b, long bOff, int ldb, int n, MemorySegment s,
-                               long so) {
+    /** {@code s[so + j] = a[ar .. ar + 4L) · b_j} for the {@code n} rows {@code b_j} at {@code bOff + j·ldb}. */
+    private static void dots4(float[] a, int ar, MemorySegment b, long bOff, int ldb, int n, MemorySegment s,
+                              long so) {
         final FloatVector q0 = FloatVector.fromArray(SP, a, ar);
         final FloatVector q1 = FloatVector.fromArray(SP, a, ar + L);
         final FloatVector q2 = FloatVector.fromArray(SP, a, ar + 2 * L);
@@ -1646,14 +1643,15 @@ final class VectorPackedKernels implements PackedKernels {
     }
 
     /**
-     * {@link #dots128} with 8-float vectors: the query's sixteen vectors hoisted (C2 keeps what AVX2's registers do
-     * not hold on the stack, in L1). Each key's lanes are summed at the top of the next pass, and one pass more
-     * than keys stores the last: C2 inlines in bytecode order up to a node budget (NodeCountInliningCutoff), and
-     * with the sum after sixteen segment loads it left {@code Lanes.sum} out of line, boxing every key's vector
-     * (64 bytes per key, {@code make alloc}'s Java decode cases at D = 128; {@code -XX:+PrintInlining}).
+     * {@link #dots8} over sixteen vectors (D = 128 with 8-float vectors): the query's sixteen vectors hoisted (C2 keeps
+     * what AVX2's registers do not hold on the stack, in L1). Each key's lanes are summed at the top of the next pass,
+     * and one pass more than keys stores the last: C2 inlines in bytecode order up to a node budget
+     * (NodeCountInliningCutoff), and with the sum after sixteen segment loads it left {@code Lanes.sum} out of line,
+     * boxing every key's vector (64 bytes per key, {@code make alloc}'s Java decode cases at D = 128;
+     * {@code -XX:+PrintInlining}).
      */
-    private static void dots128e(float[] a, int ar, MemorySegment b, long bOff, int ldb, int n, MemorySegment s,
-                                long so) {
+    private static void dots16(float[] a, int ar, MemorySegment b, long bOff, int ldb, int n, MemorySegment s,
+                               long so) {
         final FloatVector q0 = FloatVector.fromArray(SP, a, ar);
         final FloatVector q1 = FloatVector.fromArray(SP, a, ar + L);
         final FloatVector q2 = FloatVector.fromArray(SP, a, ar + 2 * L);
@@ -1695,31 +1693,6 @@ final class VectorPackedKernels implements PackedKernels {
             t = q13.fma(FloatVector.fromMemorySegment(SP, b, bb + 13 * VB, O), t);
             t = q14.fma(FloatVector.fromMemorySegment(SP, b, bb + 14 * VB, O), t);
             t = q15.fma(FloatVector.fromMemorySegment(SP, b, bb + 15 * VB, O), t);
-        }
-    }
-
-    /** {@link #dots64} with 8-float vectors. */
-    private static void dots64e(float[] a, int ar, MemorySegment b, long bOff, int ldb, int n, MemorySegment s,
-                                long so) {
-        final FloatVector q0 = FloatVector.fromArray(SP, a, ar);
-        final FloatVector q1 = FloatVector.fromArray(SP, a, ar + L);
-        final FloatVector q2 = FloatVector.fromArray(SP, a, ar + 2 * L);
-        final FloatVector q3 = FloatVector.fromArray(SP, a, ar + 3 * L);
-        final FloatVector q4 = FloatVector.fromArray(SP, a, ar + 4 * L);
-        final FloatVector q5 = FloatVector.fromArray(SP, a, ar + 5 * L);
-        final FloatVector q6 = FloatVector.fromArray(SP, a, ar + 6 * L);
-        final FloatVector q7 = FloatVector.fromArray(SP, a, ar + 7 * L);
-        for (int j = 0; j < n; j++) {
-            long bb = (bOff + (long) j * ldb) * Float.BYTES;
-            FloatVector t = q0.fma(FloatVector.fromMemorySegment(SP, b, bb, O), FloatVector.zero(SP));
-            t = q1.fma(FloatVector.fromMemorySegment(SP, b, bb + VB, O), t);
-            t = q2.fma(FloatVector.fromMemorySegment(SP, b, bb + 2 * VB, O), t);
-            t = q3.fma(FloatVector.fromMemorySegment(SP, b, bb + 3 * VB, O), t);
-            t = q4.fma(FloatVector.fromMemorySegment(SP, b, bb + 4 * VB, O), t);
-            t = q5.fma(FloatVector.fromMemorySegment(SP, b, bb + 5 * VB, O), t);
-            t = q6.fma(FloatVector.fromMemorySegment(SP, b, bb + 6 * VB, O), t);
-            t = q7.fma(FloatVector.fromMemorySegment(SP, b, bb + 7 * VB, O), t);
-            s.setAtIndex(F, so + j, Lanes.sum(t));
         }
     }
 
